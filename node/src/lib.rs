@@ -1,0 +1,1 @@
+//! edgeswarm node (placeholder while the foundation lands).

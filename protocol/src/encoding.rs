@@ -1,0 +1,104 @@
+//! Canonical, size-bounded CBOR.
+//!
+//! Every edgeswarm structure on the wire or on disk is CBOR (RFC 8949) as
+//! produced by [`encode`]: structures are CBOR arrays whose first element is
+//! a format version, integers use their shortest form, byte strings are
+//! definite-length. Since signatures and content addresses are computed
+//! over encoded bytes, a value must have exactly one encoding: [`decode`]
+//! re-encodes what it decoded and rejects the input unless the two are
+//! byte-identical. It also refuses inputs larger than a caller-given bound
+//! before parsing anything, so a peer cannot make us allocate without limit.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Why bytes could not be decoded into an edgeswarm structure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input is larger than the structure may ever be.
+    #[error("{what} is {len} bytes, more than the {max}-byte limit")]
+    TooLarge {
+        /// What was being decoded.
+        what: &'static str,
+        /// The input length.
+        len: usize,
+        /// The limit for this structure.
+        max: usize,
+    },
+    /// The bytes are not valid CBOR of the expected shape.
+    #[error("{what} is malformed: {reason}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// The parser's explanation.
+        reason: String,
+    },
+    /// The bytes decode, but are not the canonical encoding of their value.
+    #[error("{what} is not canonically encoded")]
+    NonCanonical {
+        /// What was being decoded.
+        what: &'static str,
+    },
+    /// The format version is not one this implementation speaks.
+    #[error("{what} has format version {found}, this node speaks version {supported}")]
+    UnsupportedVersion {
+        /// What was being decoded.
+        what: &'static str,
+        /// The version found in the input.
+        found: u64,
+        /// The version this implementation speaks.
+        supported: u64,
+    },
+    /// The structure decoded but its fields contradict each other.
+    #[error("{what} is invalid: {reason}")]
+    Invalid {
+        /// What was being decoded.
+        what: &'static str,
+        /// Which rule the value breaks.
+        reason: String,
+    },
+}
+
+/// Encodes `value` as canonical CBOR.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out)
+        .expect("serialising into a Vec cannot fail for edgeswarm types");
+    out
+}
+
+/// Decodes `bytes` as the canonical CBOR encoding of a `T` of at most `max`
+/// bytes. `what` names the structure in errors.
+pub fn decode<T: Serialize + DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge {
+            what,
+            len: bytes.len(),
+            max,
+        });
+    }
+    let value: T = ciborium::from_reader(bytes).map_err(|e| DecodeError::Malformed {
+        what,
+        reason: e.to_string(),
+    })?;
+    if encode(&value) != bytes {
+        return Err(DecodeError::NonCanonical { what });
+    }
+    Ok(value)
+}
+
+/// Checks a decoded format version.
+pub fn check_version(what: &'static str, found: u64, supported: u64) -> Result<(), DecodeError> {
+    if found == supported {
+        Ok(())
+    } else {
+        Err(DecodeError::UnsupportedVersion {
+            what,
+            found,
+            supported,
+        })
+    }
+}

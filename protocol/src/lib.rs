@@ -1,0 +1,51 @@
+//! # edgeswarm-protocol
+//!
+//! The sans-IO core of edgeswarm: everything two edgeswarm nodes must agree
+//! on, and the decisions that can be made without touching a socket, a disk
+//! or a clock. This crate has no tokio, no threads, no time source and no
+//! randomness of its own; callers pass in time and seeds, which makes every
+//! behaviour reproducible in tests and simulations.
+//!
+//! ## Layout
+//!
+//! - [`address`]: content addresses. A [`Digest`] is a sha2-256 digest; it
+//!   converts 1:1 to an OCI digest string (`sha256:<hex>`) and to a CIDv1.
+//! - [`chunkmap`]: the `.torrent` of a blob. A [`ChunkMap`] lists a blob's
+//!   size, its chunk size and the digest of every chunk; it can be built
+//!   incrementally from a byte stream with [`ChunkMapBuilder`] (the gateway
+//!   sees bytes as the registry sends them) and verifies chunks.
+//! - [`bitfield`]: which chunks of a blob a peer holds.
+//! - [`encoding`]: canonical, size-bounded CBOR shared by every wire type.
+//! - [`release`]: release announcements signed with ed25519 by a publisher.
+//! - [`wire`]: versioned swarm messages (availability, chunk requests and
+//!   responses, node status).
+//! - [`picker`]: the piece picker, pure deterministic logic deciding which
+//!   chunk to request from which peer (rarest-first, in-order deadline
+//!   window, per-peer caps, endgame, seeded tie-breaking).
+//!
+//! ## Goals
+//!
+//! - One precise definition of every byte on the wire, pinned by golden
+//!   tests, so a second implementation can interoperate (see
+//!   `docs/PROTOCOL.md`).
+//! - Paranoia about data integrity: every decoder is bounded in size,
+//!   rejects non-canonical input and never panics on arbitrary bytes.
+//!
+//! ## Non-goals
+//!
+//! - I/O of any kind. Networking, storage and timers live in `edgeswarm-node`.
+//! - Registry formats (OCI manifests): those are parsed by the node's
+//!   registry client; this crate only speaks in digests.
+
+pub mod address;
+pub mod bitfield;
+pub mod chunkmap;
+pub mod encoding;
+pub mod picker;
+pub mod release;
+pub mod wire;
+
+pub use address::{AddressError, Codec, Digest};
+pub use bitfield::Bitfield;
+pub use chunkmap::{ChunkError, ChunkMap, ChunkMapBuilder, ChunkSize};
+pub use encoding::DecodeError;
