@@ -1,1 +1,2 @@
 //! edgeswarm node (placeholder while the foundation lands).
+pub mod registry;
