@@ -13,6 +13,10 @@
 //!   (references, platforms, auth, resumable blob streams), and test
 //!   support to build and push images to a real registry.
 //!
+//! - [`import`]: the streaming import pipeline: verified layer bytes ->
+//!   decompression -> diff_id check -> Docker, a rootfs directory or an
+//!   OCI layout.
+//!
 //! The binary (`src/main.rs`) is a thin clap front-end over these modules.
 //!
 //! ## Goals
@@ -29,5 +33,6 @@
 //! - Running containers (that is the runtime's job: Docker, runc, podman).
 //! - Building or pushing images to registries in production.
 
+pub mod import;
 pub mod registry;
 pub mod store;
