@@ -1,1 +1,3 @@
 //! edgeswarm node (placeholder while the foundation lands).
+
+pub mod swarm;
