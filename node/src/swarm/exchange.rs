@@ -905,7 +905,9 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 r.read_exact(&mut buf).await?;
                 match inner.store.write_chunk(blob, index, Bytes::from(buf)).await {
                     Ok(outcome) => {
-                        if outcome != ChunkWrite::AlreadyHad {
+                        if outcome == ChunkWrite::AlreadyHad {
+                            inner.metrics.duplicate_chunks.inc();
+                        } else {
                             inner.metrics.chunks_downloaded.inc();
                             inner.metrics.bytes_downloaded.inc_by(expected as u64);
                             inner.metrics.record_source(peer);

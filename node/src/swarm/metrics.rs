@@ -16,6 +16,8 @@ pub struct SwarmMetrics {
     pub chunks_downloaded: Counter,
     /// Bytes of verified chunks received from peers.
     pub bytes_downloaded: Counter,
+    /// Chunks received that were already stored (endgame duplicates).
+    pub duplicate_chunks: Counter,
     /// Chunks served to peers.
     pub chunks_uploaded: Counter,
     /// Bytes of chunks served to peers.
@@ -51,6 +53,7 @@ impl SwarmMetrics {
         };
         c(registry, "chunks_downloaded", "Verified chunks received", &self.chunks_downloaded);
         c(registry, "bytes_downloaded", "Verified bytes received", &self.bytes_downloaded);
+        c(registry, "duplicate_chunks", "Chunks received that were already stored", &self.duplicate_chunks);
         c(registry, "chunks_uploaded", "Chunks served", &self.chunks_uploaded);
         c(registry, "bytes_uploaded", "Bytes served", &self.bytes_uploaded);
         c(registry, "bad_chunks", "Chunks failing verification", &self.bad_chunks);
@@ -76,6 +79,7 @@ impl SwarmMetrics {
         SwarmStats {
             chunks_downloaded: self.chunks_downloaded.get(),
             bytes_downloaded: self.bytes_downloaded.get(),
+            duplicate_chunks: self.duplicate_chunks.get(),
             chunks_uploaded: self.chunks_uploaded.get(),
             bytes_uploaded: self.bytes_uploaded.get(),
             bad_chunks: self.bad_chunks.get(),
@@ -99,6 +103,8 @@ pub struct SwarmStats {
     pub chunks_downloaded: u64,
     /// Verified bytes received.
     pub bytes_downloaded: u64,
+    /// Chunks received that were already stored.
+    pub duplicate_chunks: u64,
     /// Chunks served.
     pub chunks_uploaded: u64,
     /// Bytes served.
