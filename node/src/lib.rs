@@ -12,10 +12,14 @@
 //! - [`registry`]: the OCI Distribution pull client the gateway uses
 //!   (references, platforms, auth, resumable blob streams), and test
 //!   support to build and push images to a real registry.
-//!
 //! - [`import`]: the streaming import pipeline: verified layer bytes ->
 //!   decompression -> diff_id check -> Docker, a rootfs directory or an
 //!   OCI layout.
+//! - [`swarm`]: the libp2p layer: identity, membership (pnet), locality-scoped
+//!   Kademlia and gossipsub, mDNS, and the chunk exchange over raw streams.
+//! - [`daemon`]: the release flow: trust checks, gateway election and the
+//!   gateway's registry pull, and the fetch-and-import pipeline of every node.
+//! - [`api`]: the local HTTP API (`/v1/...`, `/metrics`) the CLI talks to.
 //!
 //! The binary (`src/main.rs`) is a thin clap front-end over these modules.
 //!
@@ -34,5 +38,9 @@
 //! - Building or pushing images to registries in production.
 
 pub mod import;
+pub mod api;
+pub mod daemon;
 pub mod registry;
 pub mod store;
+pub mod swarm;
+mod swarm_store;
