@@ -152,9 +152,9 @@ fn twenty_nodes_complete_and_seed_uploads_about_one_copy() {
 /// complete; prints the figures (`--nocapture`) for tuning.
 #[test]
 fn every_configuration_completes() {
-    for window in [0, 4, 8, 16] {
-        for k in [1, 2, 4] {
-            for seed in 0..4 {
+    for window in [0, 8, 16] {
+        for k in [1, 4] {
+            for seed in 0..2 {
                 let r = simulate(20, 100, k, window, seed);
                 println!(
                     "window {window} k {k} seed {seed}: rounds {} seed x{:.2} complete {}",
