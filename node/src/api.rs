@@ -206,9 +206,8 @@ async fn images(State(daemon): State<Daemon>) -> impl IntoResponse {
 }
 
 async fn metrics(State(daemon): State<Daemon>) -> Response {
-    let mut text = String::new();
-    match daemon.swarm().metrics().encode(&mut text) {
-        Ok(()) => (
+    match daemon.encode_metrics() {
+        Ok(text) => (
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             text,
         )

@@ -181,6 +181,7 @@ async fn pull_layer(
         let bytes = item.map_err(|e| e.to_string())?;
         let now = counter.load(Ordering::Relaxed);
         cloud.fetch_add(now - before, Ordering::Relaxed);
+        inner.metrics.cloud_bytes.inc_by(now - before);
         before = now;
         buffer.extend_from_slice(&bytes);
         while !buffer.is_empty() && buffer.len() >= chunk_len(index) {

@@ -247,6 +247,52 @@ pub(crate) struct Inner {
     /// Layers this node is pulling from the registry right now (its own
     /// fetch pipeline waits for them instead of asking peers).
     pulling_blobs: Mutex<std::collections::HashSet<Digest>>,
+    /// Release-level metrics.
+    metrics: DaemonMetrics,
+    /// Every metric of the node, for `/metrics`.
+    metrics_registry: prometheus_client::registry::Registry,
+}
+
+/// Release-level Prometheus metrics.
+#[derive(Clone, Default)]
+struct DaemonMetrics {
+    /// Releases imported.
+    releases_done: prometheus_client::metrics::counter::Counter,
+    /// Releases failed.
+    releases_failed: prometheus_client::metrics::counter::Counter,
+    /// Seconds from accepting a release to its image being imported.
+    release_seconds: ReleaseHistogram,
+    /// Bytes pulled from the cloud registry.
+    cloud_bytes: prometheus_client::metrics::counter::Counter,
+}
+
+/// A histogram of release durations (seconds).
+#[derive(Clone)]
+struct ReleaseHistogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for ReleaseHistogram {
+    fn default() -> Self {
+        ReleaseHistogram(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.5, 2.0, 12),
+        ))
+    }
+}
+
+impl DaemonMetrics {
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("releases_done", "Releases imported", self.releases_done.clone());
+        registry.register("releases_failed", "Releases failed", self.releases_failed.clone());
+        registry.register(
+            "release_duration_seconds",
+            "Seconds from accepting a release to its image being imported",
+            self.release_seconds.0.clone(),
+        );
+        registry.register(
+            "cloud_bytes",
+            "Bytes pulled from the cloud registry",
+            self.cloud_bytes.clone(),
+        );
+    }
 }
 
 /// A running node daemon. Cheap to clone.
@@ -279,6 +325,10 @@ impl Daemon {
             sink = %sink.kind(),
             "node started"
         );
+        let metrics = DaemonMetrics::default();
+        let mut registry_metrics = prometheus_client::registry::Registry::with_prefix("edgeswarm");
+        metrics.register(&mut registry_metrics);
+        swarm.metrics().register(&mut registry_metrics);
         let inner = Arc::new(Inner {
             config,
             store,
@@ -290,6 +340,8 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             release_slots: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE_RELEASES)),
             pulling_blobs: Mutex::new(Default::default()),
+            metrics,
+            metrics_registry: registry_metrics,
         });
         let gossip = tokio::spawn(gossip_loop(inner.clone(), inner.swarm.subscribe_gossip()));
         let ticker = tokio::spawn(status_loop(inner.clone()));
@@ -425,6 +477,13 @@ impl Daemon {
         }
     }
 
+    /// Every metric of the node in the Prometheus text format.
+    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.metrics_registry)?;
+        Ok(text)
+    }
+
     /// Stops the daemon and its swarm.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -544,7 +603,13 @@ impl Inner {
             }
             t.state = new;
             if new == ReleaseState::Done {
-                t.took = Some(t.accepted.elapsed());
+                let took = t.accepted.elapsed();
+                t.took = Some(took);
+                self.metrics.releases_done.inc();
+                self.metrics.release_seconds.0.observe(took.as_secs_f64());
+            }
+            if new == ReleaseState::Failed {
+                self.metrics.releases_failed.inc();
             }
             if let Some(e) = error {
                 tracing::error!(release = %id, error = %e, "release failed");
@@ -692,7 +757,7 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
                     );
                 }
             }
-            GossipMessage::Resolution(signed) => on_resolution(&inner, msg.source, signed),
+            GossipMessage::Resolution(signed) => on_resolution(msg.source, signed),
             GossipMessage::ChunkDigests(_) | GossipMessage::Availability(_) => {}
         }
     }
@@ -701,7 +766,7 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
 /// A gateway says a release is resolved: only informative (nodes read the
 /// layers from the verified manifest), but it must come from the node that
 /// signed it.
-fn on_resolution(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedReleaseResolution) {
+fn on_resolution(source: Option<PeerId>, signed: SignedReleaseResolution) {
     let Some(source) = source else { return };
     let Some(key) = peer_public_key(&source) else {
         tracing::warn!(%source, "resolution from a peer without an ed25519 key");
