@@ -60,8 +60,12 @@ impl From<DaemonError> for ApiError {
 
 /// Parses a JSON body ourselves so that malformed input gets a JSON 400.
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
 }
 
 /// `POST /v1/deploy` and `/v1/resolve` body.
@@ -115,7 +119,10 @@ pub async fn serve(
 /// The API's routes.
 pub fn router(daemon: Daemon) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
         .route("/v1/status", get(status))
         .route("/v1/resolve", post(resolve))
         .route("/v1/deploy", post(deploy))
@@ -134,14 +141,20 @@ fn selector(terms: &[String]) -> Result<Vec<(String, String)>, ApiError> {
     terms
         .iter()
         .map(|t| {
-            Release::parse_selector_term(t).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+            Release::parse_selector_term(t)
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
         })
         .collect()
 }
 
-async fn resolve(State(daemon): State<Daemon>, body: Bytes) -> Result<Json<ResolveResponse>, ApiError> {
+async fn resolve(
+    State(daemon): State<Daemon>,
+    body: Bytes,
+) -> Result<Json<ResolveResponse>, ApiError> {
     let req: DeployRequest = parse(&body)?;
-    let signed = daemon.prepare_release(&req.image, selector(&req.selector)?, None).await?;
+    let signed = daemon
+        .prepare_release(&req.image, selector(&req.selector)?, None)
+        .await?;
     let release = signed.body_unverified();
     Ok(Json(ResolveResponse {
         release: base64::engine::general_purpose::STANDARD
@@ -150,9 +163,14 @@ async fn resolve(State(daemon): State<Daemon>, body: Bytes) -> Result<Json<Resol
     }))
 }
 
-async fn deploy(State(daemon): State<Daemon>, body: Bytes) -> Result<Json<DeployResponse>, ApiError> {
+async fn deploy(
+    State(daemon): State<Daemon>,
+    body: Bytes,
+) -> Result<Json<DeployResponse>, ApiError> {
     let req: DeployRequest = parse(&body)?;
-    let signed = daemon.prepare_release(&req.image, selector(&req.selector)?, None).await?;
+    let signed = daemon
+        .prepare_release(&req.image, selector(&req.selector)?, None)
+        .await?;
     let manifest = signed.body_unverified().manifest.to_string();
     let id = daemon.publish_release(signed).await?;
     Ok(Json(DeployResponse {
@@ -161,11 +179,19 @@ async fn deploy(State(daemon): State<Daemon>, body: Bytes) -> Result<Json<Deploy
     }))
 }
 
-async fn publish(State(daemon): State<Daemon>, body: Bytes) -> Result<Json<DeployResponse>, ApiError> {
+async fn publish(
+    State(daemon): State<Daemon>,
+    body: Bytes,
+) -> Result<Json<DeployResponse>, ApiError> {
     let req: PublishRequest = parse(&body)?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(req.release.as_bytes())
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("release is not base64: {e}")))?;
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("release is not base64: {e}"),
+            )
+        })?;
     let signed = SignedRelease::decode(&bytes)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed release: {e}")))?;
     let manifest = signed.body_unverified().manifest.to_string();
@@ -208,7 +234,10 @@ async fn images(State(daemon): State<Daemon>) -> impl IntoResponse {
 async fn metrics(State(daemon): State<Daemon>) -> Response {
     match daemon.encode_metrics() {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

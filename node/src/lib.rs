@@ -37,9 +37,9 @@
 //! - Running containers (that is the runtime's job: Docker, runc, podman).
 //! - Building or pushing images to registries in production.
 
-pub mod import;
 pub mod api;
 pub mod daemon;
+pub mod import;
 pub mod registry;
 pub mod store;
 pub mod swarm;

@@ -193,9 +193,23 @@ impl NodeArgs {
             ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
         }
         fill!(
-            data_dir, locality, listen, bootstrap, swarm_key, no_mdns, max_upload_rate,
-            max_store_size, gateway, insecure_registry, registry_auth, platform, import, trust,
-            api, label, chunk_size
+            data_dir,
+            locality,
+            listen,
+            bootstrap,
+            swarm_key,
+            no_mdns,
+            max_upload_rate,
+            max_store_size,
+            gateway,
+            insecure_registry,
+            registry_auth,
+            platform,
+            import,
+            trust,
+            api,
+            label,
+            chunk_size
         );
         Ok(self)
     }
@@ -255,8 +269,9 @@ impl NodeArgs {
         for path in self.trust.unwrap_or_default() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading --trust {}", path.display()))?;
-            let key = PublicKey::from_file_contents(&text)
-                .with_context(|| format!("--trust {} is not a publisher public key", path.display()))?;
+            let key = PublicKey::from_file_contents(&text).with_context(|| {
+                format!("--trust {} is not a publisher public key", path.display())
+            })?;
             trusted.insert(key);
         }
         let mut labels = BTreeMap::new();
@@ -307,9 +322,7 @@ fn parse_addrs(flag: &str, addrs: &[String]) -> Result<Vec<libp2p::Multiaddr>> {
 /// spellings.
 fn parse_size(flag: &str, s: &str) -> Result<u64> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(split);
     let n: u64 = digits
         .parse()
@@ -339,8 +352,7 @@ async fn run() -> Result<()> {
         Command::Node(args) => node(*args).await,
         Command::Keygen { out } => keygen(&out),
         Command::SwarmKey { out } => {
-            keys::generate_swarm_key(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
+            keys::generate_swarm_key(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote swarm key {}", out.display());
             Ok(())
         }
@@ -380,7 +392,11 @@ async fn node(args: NodeArgs) -> Result<()> {
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let (daemon, handle) = Daemon::start(config).await.context("starting the node")?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let api_task = tokio::spawn(edgeswarm_node::api::serve(daemon.clone(), api, shutdown.clone()));
+    let api_task = tokio::spawn(edgeswarm_node::api::serve(
+        daemon.clone(),
+        api,
+        shutdown.clone(),
+    ));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         result = api_task => {
@@ -406,7 +422,11 @@ fn keygen(out: &Path) -> Result<()> {
     write_private(out, key.to_file_contents().as_bytes())?;
     std::fs::write(&public, key.public().to_file_contents())
         .with_context(|| format!("writing {}", public.display()))?;
-    println!("wrote secret key {} and public key {}", out.display(), public.display());
+    println!(
+        "wrote secret key {} and public key {}",
+        out.display(),
+        public.display()
+    );
     Ok(())
 }
 
@@ -429,9 +449,9 @@ fn api_url(api: &str, path: &str) -> String {
 }
 
 async fn get_json<T: for<'de> Deserialize<'de>>(api: &str, path: &str) -> Result<T> {
-    let response = reqwest::get(api_url(api, path))
-        .await
-        .with_context(|| format!("no edgeswarm node answers at {api} (is `edgeswarm node` running? see --api)"))?;
+    let response = reqwest::get(api_url(api, path)).await.with_context(|| {
+        format!("no edgeswarm node answers at {api} (is `edgeswarm node` running? see --api)")
+    })?;
     decode_response(response).await
 }
 
@@ -445,13 +465,18 @@ async fn post_json<B: serde::Serialize, T: for<'de> Deserialize<'de>>(
         .json(body)
         .send()
         .await
-        .with_context(|| format!("no edgeswarm node answers at {api} (is `edgeswarm node` running? see --api)"))?;
+        .with_context(|| {
+            format!("no edgeswarm node answers at {api} (is `edgeswarm node` running? see --api)")
+        })?;
     decode_response(response).await
 }
 
 async fn decode_response<T: for<'de> Deserialize<'de>>(response: reqwest::Response) -> Result<T> {
     let status = response.status();
-    let bytes = response.bytes().await.context("reading the node's answer")?;
+    let bytes = response
+        .bytes()
+        .await
+        .context("reading the node's answer")?;
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
@@ -496,7 +521,10 @@ async fn deploy(
     if client.json {
         println!("{}", serde_json::to_string(&response)?);
     } else {
-        println!("release {} (manifest {})", response.release_id, response.manifest);
+        println!(
+            "release {} (manifest {})",
+            response.release_id, response.manifest
+        );
     }
     Ok(())
 }
@@ -544,8 +572,13 @@ fn print_release(indent: &str, r: &edgeswarm_node::daemon::ReleaseView) {
         r.bytes_total,
         r.bytes_from_cloud,
         r.bytes_from_peers,
-        r.seconds.map(|s| format!(" in {s:.1}s")).unwrap_or_default(),
-        r.error.as_ref().map(|e| format!(" error: {e}")).unwrap_or_default(),
+        r.seconds
+            .map(|s| format!(" in {s:.1}s"))
+            .unwrap_or_default(),
+        r.error
+            .as_ref()
+            .map(|e| format!(" error: {e}"))
+            .unwrap_or_default(),
     );
 }
 
@@ -554,18 +587,23 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
     let started = Instant::now();
     loop {
         let view: StatusView = get_json(&client.api, "/v1/status").await?;
-        let mine: Vec<_> = view.this.releases.iter().filter(|r| r.image == image).collect();
+        let mine: Vec<_> = view
+            .this
+            .releases
+            .iter()
+            .filter(|r| r.image == image)
+            .collect();
         let Some(release_id) = mine.first().map(|r| r.id.clone()) else {
             if started.elapsed() > timeout {
-                bail!("no release of {image} seen on this node within {}s", timeout.as_secs());
+                bail!(
+                    "no release of {image} seen on this node within {}s",
+                    timeout.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let failed: Vec<&str> = mine
-            .iter()
-            .filter_map(|r| r.error.as_deref())
-            .collect();
+        let failed: Vec<&str> = mine.iter().filter_map(|r| r.error.as_deref()).collect();
         if let Some(e) = failed.first() {
             bail!("release of {image} failed on this node: {e}");
         }
@@ -581,9 +619,15 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
                 .count();
         if done >= nodes {
             if client.json {
-                println!("{}", serde_json::json!({"image": image, "nodes_done": done}));
+                println!(
+                    "{}",
+                    serde_json::json!({"image": image, "nodes_done": done})
+                );
             } else {
-                println!("{image}: {done} node(s) done in {:.1}s", started.elapsed().as_secs_f64());
+                println!(
+                    "{image}: {done} node(s) done in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
             }
             return Ok(());
         }

@@ -40,8 +40,15 @@ async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
         assert!(holds(&n.store, &digest, &data));
         assert_eq!(n.client.stats().bad_chunks, 0);
     }
-    let total: u64 = nodes.iter().map(|n| n.client.stats().bytes_downloaded).sum();
-    assert_eq!(total, 3 * data.len() as u64, "every chunk fetched exactly once");
+    let total: u64 = nodes
+        .iter()
+        .map(|n| n.client.stats().bytes_downloaded)
+        .sum();
+    assert_eq!(
+        total,
+        3 * data.len() as u64,
+        "every chunk fetched exactly once"
+    );
     for n in nodes {
         n.stop().await;
     }

@@ -126,7 +126,11 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
         if store.is_complete(&layer.digest) {
             continue;
         }
-        let providers = inner.swarm.providers(layer.digest).await.unwrap_or_default();
+        let providers = inner
+            .swarm
+            .providers(layer.digest)
+            .await
+            .unwrap_or_default();
         let me = inner.swarm.local_peer_id();
         if providers.iter().any(|p| *p != me) {
             tracing::info!(layer = %layer.digest, "layer already in the locality; not pulled");
@@ -161,13 +165,20 @@ async fn pull_layer(
     let store = &inner.store;
     let blob = layer.digest;
     let chunk_size = inner.config.chunk_size;
-    inner.pulling_blobs.lock().expect("pulling lock").insert(blob);
+    inner
+        .pulling_blobs
+        .lock()
+        .expect("pulling lock")
+        .insert(blob);
     let _unmark = Unmark(inner.clone(), blob);
     store
         .create_blob(blob, layer.size, chunk_size)
         .await
         .map_err(|e| e.to_string())?;
-    let held = store.bitfield(&blob).map(|b| b.next_zero(0)).unwrap_or(Some(0));
+    let held = store
+        .bitfield(&blob)
+        .map(|b| b.next_zero(0))
+        .unwrap_or(Some(0));
     let Some(mut index) = held else {
         return Ok(()); // every chunk already held
     };

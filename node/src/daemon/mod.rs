@@ -280,8 +280,16 @@ impl Default for ReleaseHistogram {
 
 impl DaemonMetrics {
     fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register("releases_done", "Releases imported", self.releases_done.clone());
-        registry.register("releases_failed", "Releases failed", self.releases_failed.clone());
+        registry.register(
+            "releases_done",
+            "Releases imported",
+            self.releases_done.clone(),
+        );
+        registry.register(
+            "releases_failed",
+            "Releases failed",
+            self.releases_failed.clone(),
+        );
         registry.register(
             "release_duration_seconds",
             "Seconds from accepting a release to its image being imported",
@@ -386,7 +394,12 @@ impl Daemon {
             .map_err(|e| DaemonError::Refused(format!("bad image reference {image:?}: {e}")))?;
         let platform = self.inner.config.platform.clone();
         let manifest = match (&self.inner.registry, reference.digest) {
-            (Some(registry), _) => registry.resolve(&reference, &platform).await?.manifest_digest,
+            (Some(registry), _) => {
+                registry
+                    .resolve(&reference, &platform)
+                    .await?
+                    .manifest_digest
+            }
             (None, Some(digest)) => digest,
             (None, None) => {
                 return Err(DaemonError::Refused(format!(
@@ -468,7 +481,12 @@ impl Daemon {
             this: SelfView {
                 peer_id: self.inner.swarm.local_peer_id().to_string(),
                 addresses,
-                role: if self.inner.config.gateway { "gateway" } else { "node" }.into(),
+                role: if self.inner.config.gateway {
+                    "gateway"
+                } else {
+                    "node"
+                }
+                .into(),
                 locality: self.inner.config.swarm.locality.clone(),
                 connected_peers,
                 releases,
@@ -511,7 +529,11 @@ impl Inner {
 
     /// Starts tracking an accepted release, if this node is targeted.
     fn accept_release(self: &Arc<Self>, release: Release) {
-        let labels = self.config.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let labels = self
+            .config
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
         let targeted = release.selects(labels);
         let id = release.id();
         {
@@ -552,10 +574,11 @@ impl Inner {
         let (pull, fetch) = {
             let mut state = self.state.lock().expect("state lock");
             let candidates = self.gateway_candidates(&state);
-            let Some(t) = state.releases.get_mut(&id) else { return };
-            let gateway = election::elect(&t.release.manifest, &candidates).map(|c| {
-                PeerId::from_bytes(c).expect("candidates are encoded peer ids")
-            });
+            let Some(t) = state.releases.get_mut(&id) else {
+                return;
+            };
+            let gateway = election::elect(&t.release.manifest, &candidates)
+                .map(|c| PeerId::from_bytes(c).expect("candidates are encoded peer ids"));
             if gateway != t.gateway {
                 tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
                 t.gateway = gateway;
@@ -568,7 +591,10 @@ impl Inner {
             if fetch {
                 t.fetching = true;
             }
-            (pull.then(|| t.release.clone()), fetch.then(|| t.release.clone()))
+            (
+                pull.then(|| t.release.clone()),
+                fetch.then(|| t.release.clone()),
+            )
         };
         if let Some(release) = pull {
             let inner = self.clone();
@@ -672,7 +698,11 @@ impl Inner {
     fn status_report(&self) -> NodeStatus {
         let state = self.state.lock().expect("state lock");
         NodeStatus {
-            role: if self.config.gateway { PeerRole::Gateway } else { PeerRole::Node },
+            role: if self.config.gateway {
+                PeerRole::Gateway
+            } else {
+                PeerRole::Node
+            },
             gateway_capable: self.config.gateway,
             timestamp_ms: unix_millis(),
             releases: self.progress(&state),
@@ -795,9 +825,15 @@ async fn status_loop(inner: Arc<Inner>) {
             state
                 .releases
                 .iter()
-                .filter(|(_, t)| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed) || t.pulling)
+                .filter(|(_, t)| {
+                    !matches!(t.state, ReleaseState::Done | ReleaseState::Failed) || t.pulling
+                })
                 .map(|(id, t)| {
-                    let labels = inner.config.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                    let labels = inner
+                        .config
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()));
                     (*id, t.release.selects(labels))
                 })
                 .collect()

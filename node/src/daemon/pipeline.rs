@@ -73,9 +73,13 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
     for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         let digest = Digest::parse_oci(&descriptor.digest)
             .map_err(|e| format!("layer digest {}: {e}", descriptor.digest))?;
-        let diff_id =
-            Digest::parse_oci(diff_id).map_err(|e| format!("diff_id {diff_id}: {e}"))?;
-        layers.push((digest, descriptor.size, descriptor.media_type.clone(), diff_id));
+        let diff_id = Digest::parse_oci(diff_id).map_err(|e| format!("diff_id {diff_id}: {e}"))?;
+        layers.push((
+            digest,
+            descriptor.size,
+            descriptor.media_type.clone(),
+            diff_id,
+        ));
     }
     {
         let mut state = inner.state.lock().expect("state lock");

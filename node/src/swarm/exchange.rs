@@ -200,7 +200,10 @@ impl<S: ChunkStore> Fetch for Exchange<S> {
 
 // ---------------------------------------------------------------- serving
 
-async fn accept_loop<S: ChunkStore>(inner: Arc<Inner<S>>, mut incoming: libp2p_stream::IncomingStreams) {
+async fn accept_loop<S: ChunkStore>(
+    inner: Arc<Inner<S>>,
+    mut incoming: libp2p_stream::IncomingStreams,
+) {
     let limit = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
     loop {
         let next = tokio::select! {
@@ -254,7 +257,9 @@ async fn serve_reader<R: AsyncRead + Unpin>(
     loop {
         let h = match frame::read_header(&mut r).await {
             Ok(h) => h,
-            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(())
+            }
             Err(e) => return Err(e),
         };
         if h.body_len > 64 {
@@ -360,8 +365,12 @@ async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
         }
         _ => {
             // First knowledge of the blob: send the whole bitfield.
-            frame::write_frame(w, frame::BITFIELD, &[&now.len().to_be_bytes(), now.as_bytes()])
-                .await?;
+            frame::write_frame(
+                w,
+                frame::BITFIELD,
+                &[&now.len().to_be_bytes(), now.as_bytes()],
+            )
+            .await?;
         }
     }
     *sent = Some(now);
@@ -487,7 +496,10 @@ async fn download<S: ChunkStore>(
     };
     let _ = inner.commands.send(Command::Provide(blob)).await;
     let count = map.chunk_count();
-    let mut have = inner.store.bitfield(&blob).unwrap_or_else(|| Bitfield::new(count));
+    let mut have = inner
+        .store
+        .bitfield(&blob)
+        .unwrap_or_else(|| Bitfield::new(count));
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
     let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
     let mut backoff: HashMap<PeerId, Instant> = HashMap::new();
@@ -498,7 +510,8 @@ async fn download<S: ChunkStore>(
     let seed = {
         let b = inner.local_peer.to_bytes();
         let tail: [u8; 8] = b[b.len() - 8..].try_into().unwrap_or([0; 8]);
-        u64::from_le_bytes(tail) ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        u64::from_le_bytes(tail)
+            ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
     };
     let params = PickParams {
         per_peer: inner.requests_per_peer,
@@ -507,8 +520,8 @@ async fn download<S: ChunkStore>(
         seed,
     };
     let chunk_len = map.chunk_size().get() as u64;
-    let stall_after = inner.stall_base
-        + Duration::from_secs_f64(chunk_len as f64 / inner.stall_min_rate as f64);
+    let stall_after =
+        inner.stall_base + Duration::from_secs_f64(chunk_len as f64 / inner.stall_min_rate as f64);
     let session_cancel = inner.shutdown.child_token();
     let _guard = session_cancel.clone().drop_guard();
 
@@ -664,7 +677,8 @@ fn schedule<S: ChunkStore>(
     let mut outstanding: HashMap<u32, usize> = HashMap::new();
     for p in peers.values_mut() {
         p.inflight.retain(|i, _| !have.get(*i));
-        p.declined.retain(|_, t| now.duration_since(*t) < DECLINE_BACKOFF);
+        p.declined
+            .retain(|_, t| now.duration_since(*t) < DECLINE_BACKOFF);
         for i in p.inflight.keys() {
             *outstanding.entry(*i).or_default() += 1;
         }
@@ -708,17 +722,30 @@ fn schedule<S: ChunkStore>(
 }
 
 /// Asks candidate peers for the chunk map of `blob` until one answers.
-async fn fetch_map<S: ChunkStore>(inner: &Arc<Inner<S>>, blob: Digest) -> Result<ChunkMap, SwarmError> {
+async fn fetch_map<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+) -> Result<ChunkMap, SwarmError> {
     let mut tried: HashSet<PeerId> = HashSet::new();
     for round in 0..60u32 {
         let mut candidates = Vec::new();
         let (tx, rx) = oneshot::channel();
-        if inner.commands.send(Command::ConnectedPeers(tx)).await.is_ok() {
+        if inner
+            .commands
+            .send(Command::ConnectedPeers(tx))
+            .await
+            .is_ok()
+        {
             candidates.extend(rx.await.unwrap_or_default());
         }
         if round % 5 == 0 {
             let (tx, rx) = oneshot::channel();
-            if inner.commands.send(Command::GetProviders(blob, tx)).await.is_ok() {
+            if inner
+                .commands
+                .send(Command::GetProviders(blob, tx))
+                .await
+                .is_ok()
+            {
                 if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
                     candidates.extend(list);
                 }
@@ -766,7 +793,9 @@ async fn get_map<S: ChunkStore>(
             Ok(Some(map))
         }
         frame::NO_MAP => Ok(None),
-        t => Err(FrameError::violation(format!("unexpected reply tag {t} to GET_MAP"))),
+        t => Err(FrameError::violation(format!(
+            "unexpected reply tag {t} to GET_MAP"
+        ))),
     }
 }
 
@@ -855,7 +884,9 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                     continue; // the peer has not heard of the blob yet
                 }
                 if len != count {
-                    return Err(FrameError::violation(format!("BITFIELD of {len} bits for {count} chunks")));
+                    return Err(FrameError::violation(format!(
+                        "BITFIELD of {len} bits for {count} chunks"
+                    )));
                 }
                 let bits = Bitfield::from_bytes(len, body[4..].to_vec())
                     .map_err(|e| FrameError::violation(e.to_string()))?;

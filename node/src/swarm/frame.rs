@@ -142,8 +142,8 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     parts: &[&[u8]],
 ) -> Result<(), FrameError> {
     let body: usize = parts.iter().map(|p| p.len()).sum();
-    let len = u32::try_from(body + 1)
-        .map_err(|_| FrameError::violation("frame too large to send"))?;
+    let len =
+        u32::try_from(body + 1).map_err(|_| FrameError::violation("frame too large to send"))?;
     let mut head = [0u8; 5];
     head[..4].copy_from_slice(&len.to_be_bytes());
     head[4] = tag;
@@ -190,7 +190,10 @@ mod tests {
             assert_eq!(h.tag, REQUEST);
             assert_eq!(parse_u32(&read_body(&mut r, &h).await.unwrap()).unwrap(), 7);
             let mut truncated: &[u8] = &ok[..3];
-            assert!(!read_header(&mut truncated).await.unwrap_err().is_violation());
+            assert!(!read_header(&mut truncated)
+                .await
+                .unwrap_err()
+                .is_violation());
         });
     }
 }

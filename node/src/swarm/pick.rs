@@ -145,8 +145,22 @@ mod tests {
         }
         let no = |_: u32| false;
         let peers = [
-            (1u8, PeerView { bits: &seed, inflight: 0, excluded: &no }),
-            (2u8, PeerView { bits: &partial, inflight: 0, excluded: &no }),
+            (
+                1u8,
+                PeerView {
+                    bits: &seed,
+                    inflight: 0,
+                    excluded: &no,
+                },
+            ),
+            (
+                2u8,
+                PeerView {
+                    bits: &partial,
+                    inflight: 0,
+                    excluded: &no,
+                },
+            ),
         ];
         let out = pick(&params(), &local, &HashMap::new(), 0, &peers);
         assert_eq!(out.len(), 4);
@@ -154,7 +168,9 @@ mod tests {
         assert_eq!(out[0], (2, 0));
         assert_eq!(out[1], (2, 1));
         // Rarest (held by the seed only) next, from the seed.
-        assert!(out[2..].iter().all(|(p, i)| *p == 1 && ![0, 1, 5].contains(i)));
+        assert!(out[2..]
+            .iter()
+            .all(|(p, i)| *p == 1 && ![0, 1, 5].contains(i)));
     }
 
     #[test]
@@ -164,8 +180,22 @@ mod tests {
         let full = Bitfield::full(8);
         let no = |_: u32| false;
         let peers = [
-            (1u8, PeerView { bits: &full, inflight: 1, excluded: &|i| i == 3 }),
-            (2u8, PeerView { bits: &full, inflight: 0, excluded: &no }),
+            (
+                1u8,
+                PeerView {
+                    bits: &full,
+                    inflight: 1,
+                    excluded: &|i| i == 3,
+                },
+            ),
+            (
+                2u8,
+                PeerView {
+                    bits: &full,
+                    inflight: 0,
+                    excluded: &no,
+                },
+            ),
         ];
         let mut outstanding = HashMap::new();
         outstanding.insert(3, 1);

@@ -133,7 +133,10 @@ struct SwarmTask {
 impl SwarmTask {
     fn add_bootstrap(&mut self, addr: Multiaddr) {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
         }
         if let Err(e) = self.swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -351,7 +354,9 @@ fn validate_gossip(data: &[u8]) -> Result<(), String> {
         encoding::decode("gossip message", data, super::behaviour::MAX_GOSSIP_MESSAGE)
             .map_err(|e| e.to_string())?;
     match value {
-        ciborium::Value::Array(items) if matches!(items.first(), Some(ciborium::Value::Integer(_))) => {
+        ciborium::Value::Array(items)
+            if matches!(items.first(), Some(ciborium::Value::Integer(_))) =>
+        {
             Ok(())
         }
         _ => Err("gossip message is not a versioned CBOR array".into()),
