@@ -108,13 +108,18 @@ struct ClientArgs {
 /// Options of `edgeswarm node`. Each can also be set in the `--config` TOML
 /// file (same name, `-` as `_`) or as `EDGESWARM_<NAME>`; precedence is
 /// command line > environment > file > default.
-#[derive(Args, Debug, Default, Deserialize)]
+#[derive(Args, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct NodeArgs {
-    /// TOML file with any of these options.
+    /// TOML file with any of these options [default: none].
     #[arg(long, env = "EDGESWARM_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Print the options in effect (after merging the command line, the
+    /// environment and the config file) as TOML, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
     /// Where the node keeps its store, identity and imported images
     /// [default: /var/lib/edgeswarm].
     #[arg(long, env = "EDGESWARM_DATA_DIR")]
@@ -135,7 +140,7 @@ struct NodeArgs {
     #[arg(long, env = "EDGESWARM_SWARM_KEY")]
     swarm_key: Option<PathBuf>,
     /// Disable mDNS discovery [default: mDNS on].
-    #[arg(long, env = "EDGESWARM_NO_MDNS")]
+    #[arg(long, env = "EDGESWARM_NO_MDNS", num_args = 0..=1, default_missing_value = "true")]
     no_mdns: Option<bool>,
     /// Upload cap, bytes per second with optional K/M/G suffix
     /// [default: unlimited].
@@ -145,7 +150,7 @@ struct NodeArgs {
     #[arg(long, env = "EDGESWARM_MAX_STORE_SIZE")]
     max_store_size: Option<String>,
     /// This node may pull from the cloud registry [default: off].
-    #[arg(long, env = "EDGESWARM_GATEWAY")]
+    #[arg(long, env = "EDGESWARM_GATEWAY", num_args = 0..=1, default_missing_value = "true")]
     gateway: Option<bool>,
     /// Registry (HOST:PORT) spoken to over plain HTTP, repeatable
     /// [default: none; loopback registries are always allowed, as in Docker].
@@ -386,8 +391,16 @@ fn init_tracing() {
 }
 
 async fn node(args: NodeArgs) -> Result<()> {
+    let args = args.merge_file()?;
+    if args.print_config {
+        print!(
+            "{}",
+            toml::to_string(&args).context("rendering the options")?
+        );
+        return Ok(());
+    }
     init_tracing();
-    let (config, api) = args.merge_file()?.into_config()?;
+    let (config, api) = args.into_config()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let (daemon, handle) = Daemon::start(config).await.context("starting the node")?;
