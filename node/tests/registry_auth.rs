@@ -46,11 +46,16 @@ fn client_with(credentials: DockerConfig) -> RegistryClient {
 #[tokio::test]
 async fn htpasswd_basic_auth() {
     init_tracing();
-    let registry = TestRegistry::start_with_users(&[(USER, PASSWORD)]).await.unwrap();
+    let registry = TestRegistry::start_with_users(&[(USER, PASSWORD)])
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let image = build(dir.path(), Compression::Gzip, "v1").await;
     let pusher = Pusher::new(&registry.host(), Some((USER, PASSWORD))).unwrap();
-    pusher.push_image("private/app", Some("v1"), &image).await.unwrap();
+    pusher
+        .push_image("private/app", Some("v1"), &image)
+        .await
+        .unwrap();
     let reference = format!("{}/private/app:v1", registry.host());
 
     // Credentials from a --registry-auth file (Docker config.json shape).
@@ -58,7 +63,10 @@ async fn htpasswd_basic_auth() {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     std::fs::write(
         &auth_file,
-        format!(r#"{{"auths":{{"http://{}":{{"auth":"{auth}"}}}}}}"#, registry.host()),
+        format!(
+            r#"{{"auths":{{"http://{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.host()
+        ),
     )
     .unwrap();
     let client = client_with(DockerConfig::load(&auth_file).unwrap());
@@ -73,7 +81,10 @@ async fn htpasswd_basic_auth() {
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("private/app:v1"), "{text}");
-    assert!(text.contains("rejected the configured credentials"), "{text}");
+    assert!(
+        text.contains("rejected the configured credentials"),
+        "{text}"
+    );
 
     // No credentials at all: 401 with a hint where to put them.
     let anonymous = registry_common::client();
@@ -141,7 +152,9 @@ async fn forward(front: &Front, req: Request) -> Response {
             builder = builder.header(name, value.clone());
         }
     }
-    builder.body(Body::from_stream(resp.bytes_stream())).unwrap()
+    builder
+        .body(Body::from_stream(resp.bytes_stream()))
+        .unwrap()
 }
 
 async fn registry_front(State(front): State<Arc<Front>>, req: Request) -> Response {
@@ -187,7 +200,9 @@ async fn registry_front(State(front): State<Arc<Front>>, req: Request) -> Respon
 async fn storage(State(front): State<Arc<Front>>, req: Request) -> Response {
     front.storage_requests.fetch_add(1, Ordering::SeqCst);
     if req.headers().contains_key("authorization") {
-        front.storage_saw_authorization.fetch_add(1, Ordering::SeqCst);
+        front
+            .storage_saw_authorization
+            .fetch_add(1, Ordering::SeqCst);
     }
     forward(&front, req).await
 }
@@ -260,5 +275,8 @@ async fn bearer_token_flow_with_cached_tokens_and_cross_origin_redirects() {
         .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("private/app:v1") && text.contains("token endpoint"), "{text}");
+    assert!(
+        text.contains("private/app:v1") && text.contains("token endpoint"),
+        "{text}"
+    );
 }

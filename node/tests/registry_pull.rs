@@ -21,7 +21,10 @@ async fn pulls_multi_layer_gzip_docker_image() {
     let dir = tempfile::tempdir().unwrap();
     let image = build(dir.path(), Compression::Gzip, "v1").await;
     assert_eq!(image.layers.len(), 3);
-    assert!(image.layers[0].size > 1 << 20, "host lib layer is realistic");
+    assert!(
+        image.layers[0].size > 1 << 20,
+        "host lib layer is realistic"
+    );
     push(&registry, "team/app", "v1", &image).await;
 
     let client = client();
@@ -31,7 +34,11 @@ async fn pulls_multi_layer_gzip_docker_image() {
     assert!(resolved.index_digest.is_none());
     let stats = client.stats();
     let documents = (resolved.manifest_bytes.len() + resolved.config_bytes.len()) as u64;
-    assert_eq!(stats.bytes_pulled, image.layers_size() + documents, "{stats:?}");
+    assert_eq!(
+        stats.bytes_pulled,
+        image.layers_size() + documents,
+        "{stats:?}"
+    );
     assert_eq!(stats.resumes, 0);
 
     // Pinned by digest: same result, no tag needed.
@@ -102,7 +109,10 @@ async fn resolves_multi_arch_index_to_requested_platform() {
 
     let client = client();
     for (tag, set) in [("oci", &images), ("docker", &docker_images)] {
-        for (i, want) in ["linux/amd64", "linux/arm64", "linux/arm/v7"].iter().enumerate() {
+        for (i, want) in ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+            .iter()
+            .enumerate()
+        {
             let platform = Platform::parse(want).unwrap();
             let resolved = pull_and_verify(
                 &client,
@@ -150,14 +160,23 @@ async fn unknown_images_and_blobs_give_clear_errors() {
     let client = client();
 
     let missing_tag = Reference::parse(&format!("{}/team/app:nope", registry.host())).unwrap();
-    let err = client.resolve(&missing_tag, &Platform::host()).await.unwrap_err();
+    let err = client
+        .resolve(&missing_tag, &Platform::host())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
     assert_eq!(err.http_status(), Some(404));
     let text = err.to_string();
-    assert!(text.contains("team/app:nope") && text.contains("MANIFEST_UNKNOWN"), "{text}");
+    assert!(
+        text.contains("team/app:nope") && text.contains("MANIFEST_UNKNOWN"),
+        "{text}"
+    );
 
     let missing_repo = Reference::parse(&format!("{}/no/such:v1", registry.host())).unwrap();
-    let err = client.resolve(&missing_repo, &Platform::host()).await.unwrap_err();
+    let err = client
+        .resolve(&missing_repo, &Platform::host())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
     assert!(err.to_string().contains("no/such:v1"), "{err}");
 
@@ -171,17 +190,32 @@ async fn unknown_images_and_blobs_give_clear_errors() {
 
     // Pinned to a digest the registry does not have.
     let pinned = good.with_digest(unknown_blob);
-    let err = client.resolve(&pinned, &Platform::host()).await.unwrap_err();
+    let err = client
+        .resolve(&pinned, &Platform::host())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
 
     // Bad references never reach the network.
-    for bad in ["", "Upper", "docker.io/Team/app", "app:bad tag", "app@sha256:123", "host:99999/x"] {
-        let err = Reference::parse(bad).map_err(RegistryError::from).unwrap_err();
+    for bad in [
+        "",
+        "Upper",
+        "docker.io/Team/app",
+        "app:bad tag",
+        "app@sha256:123",
+        "host:99999/x",
+    ] {
+        let err = Reference::parse(bad)
+            .map_err(RegistryError::from)
+            .unwrap_err();
         assert!(
             matches!(err, RegistryError::InvalidReference(_)),
             "{bad:?}: {err}"
         );
-        assert!(err.to_string().starts_with("invalid image reference"), "{err}");
+        assert!(
+            err.to_string().starts_with("invalid image reference"),
+            "{err}"
+        );
     }
 
     // Nothing listening: retries, then a clear error naming the reference.
@@ -197,8 +231,14 @@ async fn unknown_images_and_blobs_give_clear_errors() {
     };
     let dead = Reference::parse(&format!("{closed}/team/app:v1")).unwrap();
     let err = quick.resolve(&dead, &Platform::host()).await.unwrap_err();
-    assert!(matches!(err, RegistryError::RetriesExhausted { attempts: 2, .. }), "{err}");
-    assert!(err.to_string().contains(&format!("{closed}/team/app:v1")), "{err}");
+    assert!(
+        matches!(err, RegistryError::RetriesExhausted { attempts: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("{closed}/team/app:v1")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -220,7 +260,10 @@ async fn plain_http_needs_insecure_registry_unless_loopback_rule() {
         .resolve(&Reference::parse(&reference).unwrap(), &Platform::host())
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::RetriesExhausted { .. }), "{err}");
+    assert!(
+        matches!(err, RegistryError::RetriesExhausted { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("--insecure-registry"), "{err}");
 
     let listed = RegistryClient::new(RegistryConfig {
@@ -246,8 +289,18 @@ async fn foreign_layers_come_from_their_urls() {
         .push_blob_file("elsewhere/blobs", &base.digest, base.size, &base.path)
         .await
         .unwrap();
-    let url = format!("{}/v2/elsewhere/blobs/blobs/{}", registry.url(), base.digest);
-    image.make_foreign(0, vec![format!("{}/v2/missing/blobs/{}", registry.url(), base.digest), url]);
+    let url = format!(
+        "{}/v2/elsewhere/blobs/blobs/{}",
+        registry.url(),
+        base.digest
+    );
+    image.make_foreign(
+        0,
+        vec![
+            format!("{}/v2/missing/blobs/{}", registry.url(), base.digest),
+            url,
+        ],
+    );
     push(&registry, "team/foreign", "v1", &image).await;
     assert!(!pusher.has_blob("team/foreign", &base.digest).await.unwrap());
 
@@ -260,6 +313,9 @@ async fn foreign_layers_come_from_their_urls() {
     )
     .await;
     assert!(resolved.layers[0].foreign);
-    assert_eq!(resolved.layers[0].media_type, manifest::DOCKER_LAYER_FOREIGN_GZIP);
+    assert_eq!(
+        resolved.layers[0].media_type,
+        manifest::DOCKER_LAYER_FOREIGN_GZIP
+    );
     assert_eq!(resolved.layers[0].urls.len(), 2);
 }

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeswarm_node::registry::testing::{self, ImageSpec, LayerSource, TestRegistry};
-use edgeswarm_node::registry::{Platform, Reference, RegistryClient, RegistryConfig, RegistryError};
+use edgeswarm_node::registry::{
+    Platform, Reference, RegistryClient, RegistryConfig, RegistryError,
+};
 use futures::StreamExt;
 use registry_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,10 +43,14 @@ async fn start_proxy(upstream: SocketAddr, faults: Arc<Faults>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((client, _)) = listener.accept().await else { return };
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
             let faults = faults.clone();
             tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(upstream).await else { return };
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut server_read, mut server_write) = server.into_split();
                 let armed = Arc::new(AtomicBool::new(false));
@@ -65,7 +71,8 @@ async fn start_proxy(upstream: SocketAddr, faults: Arc<Faults>) -> SocketAddr {
                                 faults.seen.lock().unwrap().push(text.clone());
                                 let canned = {
                                     let mut canned = faults.canned.lock().unwrap();
-                                    let pos = canned.iter().position(|(m, _)| line.contains(m.as_str()));
+                                    let pos =
+                                        canned.iter().position(|(m, _)| line.contains(m.as_str()));
                                     pos.and_then(|p| canned.remove(p))
                                 };
                                 if let Some((_, response)) = canned {
@@ -76,7 +83,9 @@ async fn start_proxy(upstream: SocketAddr, faults: Arc<Faults>) -> SocketAddr {
                                     if line.contains(target.as_str())
                                         && faults
                                             .times
-                                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1))
+                                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                                                t.checked_sub(1)
+                                            })
                                             .is_ok()
                                     {
                                         armed.store(true, Ordering::SeqCst);
@@ -144,7 +153,11 @@ fn quick_client(max_attempts: u32, idle: Duration) -> RegistryClient {
     .unwrap()
 }
 
-async fn collect(client: &RegistryClient, reference: &Reference, index: usize) -> (Vec<u8>, u64, u64) {
+async fn collect(
+    client: &RegistryClient,
+    reference: &Reference,
+    index: usize,
+) -> (Vec<u8>, u64, u64) {
     let resolved = client.resolve(reference, &Platform::host()).await.unwrap();
     let layer = &resolved.layers[index];
     let mut stream = client.layer_stream(&resolved.reference, layer, 0);
@@ -191,7 +204,11 @@ async fn blob_cut_mid_body_resumes_with_range_at_1x_bytes() {
     let (bytes, received, size) = collect(&client, &reference, 1).await;
     assert_eq!(size, layer.size);
     assert_eq!(bytes.len() as u64, size);
-    assert_eq!(sha(&bytes), layer.digest, "one continuous, correct byte stream");
+    assert_eq!(
+        sha(&bytes),
+        layer.digest,
+        "one continuous, correct byte stream"
+    );
     assert_eq!(client.stats().resumes, 1);
     let ranges = ranges(&faults, &layer.digest.to_oci());
     assert_eq!(ranges.len(), 1, "exactly one resume request: {ranges:?}");
@@ -200,7 +217,10 @@ async fn blob_cut_mid_body_resumes_with_range_at_1x_bytes() {
         .nth(1)
         .and_then(|r| r.trim().trim_end_matches('-').parse().ok())
         .unwrap();
-    assert!(from > 2 << 20 && from < 3 << 20, "resumed from the last byte delivered: {from}");
+    assert!(
+        from > 2 << 20 && from < 3 << 20,
+        "resumed from the last byte delivered: {from}"
+    );
     assert_eq!(received, size, "no byte fetched twice");
     println!(
         "cut at ~3 MiB of {size} bytes: resumed from {from}, received {received} ({:.4}x)",
@@ -237,7 +257,12 @@ async fn retries_server_errors_and_honours_retry_after() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let image = build(dir.path(), edgeswarm_node::registry::Compression::Gzip, "v1").await;
+    let image = build(
+        dir.path(),
+        edgeswarm_node::registry::Compression::Gzip,
+        "v1",
+    )
+    .await;
     push(&registry, "team/app", "v1", &image).await;
     let faults = Arc::new(Faults::default());
     {
@@ -258,8 +283,17 @@ async fn retries_server_errors_and_honours_retry_after() {
     let proxy = start_proxy(registry.addr(), faults.clone()).await;
     let client = quick_client(4, Duration::from_secs(10));
     let started = Instant::now();
-    pull_and_verify(&client, &format!("{proxy}/team/app:v1"), &Platform::host(), &image).await;
-    assert!(faults.canned.lock().unwrap().is_empty(), "every fault was served");
+    pull_and_verify(
+        &client,
+        &format!("{proxy}/team/app:v1"),
+        &Platform::host(),
+        &image,
+    )
+    .await;
+    assert!(
+        faults.canned.lock().unwrap().is_empty(),
+        "every fault was served"
+    );
     assert!(client.stats().retries >= 3, "{:?}", client.stats());
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -287,9 +321,15 @@ async fn persistent_failure_gives_a_clear_error() {
     let resolved = client.resolve(&reference, &Platform::host()).await.unwrap();
     let mut stream = client.layer_stream(&resolved.reference, &resolved.layers[1], 0);
     let err = stream.next().await.unwrap().unwrap_err();
-    assert!(matches!(err, RegistryError::RetriesExhausted { attempts: 3, .. }), "{err}");
+    assert!(
+        matches!(err, RegistryError::RetriesExhausted { attempts: 3, .. }),
+        "{err}"
+    );
     let text = err.to_string();
-    assert!(text.contains("team/big") && text.contains(&layer.digest.to_oci()), "{text}");
+    assert!(
+        text.contains("team/big") && text.contains(&layer.digest.to_oci()),
+        "{text}"
+    );
     assert!(stream.next().await.is_none());
 }
 
@@ -315,7 +355,10 @@ async fn blob_stream_starts_at_offset() {
     let mut stream = client.blob_stream(&reference, &layer.digest, layer.size + 10);
     let err = stream.next().await.unwrap().unwrap_err();
     assert!(
-        matches!(err, RegistryError::BadRange { .. } | RegistryError::Http { status: 416, .. }),
+        matches!(
+            err,
+            RegistryError::BadRange { .. } | RegistryError::Http { status: 416, .. }
+        ),
         "{err}"
     );
 }
