@@ -362,3 +362,62 @@ async fn blob_stream_starts_at_offset() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn tampered_documents_are_rejected() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = build(dir.path(), edgeswarm_node::registry::Compression::Gzip, "v1").await;
+    push(&registry, "team/app", "v1", &image).await;
+    let other = build(dir.path(), edgeswarm_node::registry::Compression::Gzip, "v2").await;
+    let respond = |content_type: &str, extra: &str, body: &[u8]| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{extra}content-length: {}\r\n\r\n{}",
+            body.len(),
+            String::from_utf8_lossy(body)
+        )
+    };
+    let faults = Arc::new(Faults::default());
+    {
+        let mut canned = faults.canned.lock().unwrap();
+        // Right bytes, wrong Docker-Content-Digest header.
+        canned.push_back((
+            "/manifests/v1 ".into(),
+            respond(
+                &image.manifest_media_type,
+                &format!("docker-content-digest: {}\r\n", other.manifest_digest),
+                &image.manifest_bytes,
+            ),
+        ));
+        // Pinned by digest, but another manifest's bytes come back.
+        canned.push_back((
+            format!("/manifests/{}", image.manifest_digest),
+            respond(&other.manifest_media_type, "", &other.manifest_bytes),
+        ));
+        // A config whose bytes do not match its digest.
+        canned.push_back((
+            format!("/blobs/{}", image.config_digest),
+            respond("application/octet-stream", "", &other.config_bytes),
+        ));
+    }
+    let proxy = start_proxy(registry.addr(), faults.clone()).await;
+    let client = quick_client(2, Duration::from_secs(10));
+    let tagged = Reference::parse(&format!("{proxy}/team/app:v1")).unwrap();
+    for expected in [other.manifest_digest, image.manifest_digest, image.config_digest] {
+        let reference = if expected == image.manifest_digest {
+            tagged.with_digest(image.manifest_digest)
+        } else {
+            tagged.clone()
+        };
+        let err = client.resolve(&reference, &Platform::host()).await.unwrap_err();
+        match &err {
+            RegistryError::DigestMismatch { expected: e, .. } => assert_eq!(*e, expected, "{err}"),
+            other => panic!("expected DigestMismatch, got {other}"),
+        }
+        assert!(err.to_string().contains("team/app"), "{err}");
+    }
+    assert!(faults.canned.lock().unwrap().is_empty());
+    // Untampered, the same client pulls fine.
+    pull_and_verify(&client, &format!("{proxy}/team/app:v1"), &Platform::host(), &image).await;
+}
