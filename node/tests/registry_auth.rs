@@ -108,6 +108,34 @@ struct Front {
     storage: Mutex<String>,
 }
 
+fn issue_token(front: &Front) -> Response {
+    let token = format!("tok-{}", rand::random::<u64>());
+    front.tokens.lock().unwrap().insert(token.clone());
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(
+            serde_json::json!({ "access_token": token, "expires_in": 300 }).to_string(),
+        ))
+        .unwrap()
+}
+
+/// OAuth2 refresh-token grant (identity tokens from `docker login`).
+async fn token_refresh(State(front): State<Arc<Front>>, body: String) -> Response {
+    front.token_requests.fetch_add(1, Ordering::SeqCst);
+    let grant = body.split('&').any(|kv| kv == "grant_type=refresh_token");
+    let refresh = body.split('&').any(|kv| kv == "refresh_token=refresh-xyz");
+    let scoped = body
+        .split('&')
+        .any(|kv| kv.starts_with("scope=repository%3Aprivate%2Fapp%3Apull"));
+    if !(grant && refresh && scoped) {
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .body(Body::from(format!("bad grant: {body}")))
+            .unwrap();
+    }
+    issue_token(&front)
+}
+
 async fn token(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
     front.token_requests.fetch_add(1, Ordering::SeqCst);
     let expected = format!(
@@ -121,14 +149,7 @@ async fn token(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response 
             .body(Body::from(r#"{"details":"bad credentials"}"#))
             .unwrap();
     }
-    let token = format!("tok-{}", rand::random::<u64>());
-    front.tokens.lock().unwrap().insert(token.clone());
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from(
-            serde_json::json!({ "access_token": token, "expires_in": 300 }).to_string(),
-        ))
-        .unwrap()
+    issue_token(&front)
 }
 
 async fn forward(front: &Front, req: Request) -> Response {
@@ -234,7 +255,7 @@ async fn bearer_token_flow_with_cached_tokens_and_cross_origin_redirects() {
     });
     let auth_addr = serve(
         Router::new()
-            .route("/token", get(token))
+            .route("/token", get(token).post(token_refresh))
             .with_state(front.clone()),
     )
     .await;
@@ -279,4 +300,17 @@ async fn bearer_token_flow_with_cached_tokens_and_cross_origin_redirects() {
         text.contains("private/app:v1") && text.contains("token endpoint"),
         "{text}"
     );
+
+    // An identity token (OAuth2 refresh token) is exchanged by POST.
+    let identity = client_with(
+        DockerConfig::from_json(
+            serde_json::json!({ "auths": { host.clone(): { "identitytoken": "refresh-xyz" } } })
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap(),
+    );
+    let before = front.token_requests.load(Ordering::SeqCst);
+    pull_and_verify(&identity, &reference, &Platform::host(), &image).await;
+    assert_eq!(front.token_requests.load(Ordering::SeqCst), before + 1);
 }

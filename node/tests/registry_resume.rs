@@ -368,9 +368,19 @@ async fn tampered_documents_are_rejected() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let image = build(dir.path(), edgeswarm_node::registry::Compression::Gzip, "v1").await;
+    let image = build(
+        dir.path(),
+        edgeswarm_node::registry::Compression::Gzip,
+        "v1",
+    )
+    .await;
     push(&registry, "team/app", "v1", &image).await;
-    let other = build(dir.path(), edgeswarm_node::registry::Compression::Gzip, "v2").await;
+    let other = build(
+        dir.path(),
+        edgeswarm_node::registry::Compression::Gzip,
+        "v2",
+    )
+    .await;
     let respond = |content_type: &str, extra: &str, body: &[u8]| {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{extra}content-length: {}\r\n\r\n{}",
@@ -404,13 +414,20 @@ async fn tampered_documents_are_rejected() {
     let proxy = start_proxy(registry.addr(), faults.clone()).await;
     let client = quick_client(2, Duration::from_secs(10));
     let tagged = Reference::parse(&format!("{proxy}/team/app:v1")).unwrap();
-    for expected in [other.manifest_digest, image.manifest_digest, image.config_digest] {
+    for expected in [
+        other.manifest_digest,
+        image.manifest_digest,
+        image.config_digest,
+    ] {
         let reference = if expected == image.manifest_digest {
             tagged.with_digest(image.manifest_digest)
         } else {
             tagged.clone()
         };
-        let err = client.resolve(&reference, &Platform::host()).await.unwrap_err();
+        let err = client
+            .resolve(&reference, &Platform::host())
+            .await
+            .unwrap_err();
         match &err {
             RegistryError::DigestMismatch { expected: e, .. } => assert_eq!(*e, expected, "{err}"),
             other => panic!("expected DigestMismatch, got {other}"),
@@ -419,5 +436,11 @@ async fn tampered_documents_are_rejected() {
     }
     assert!(faults.canned.lock().unwrap().is_empty());
     // Untampered, the same client pulls fine.
-    pull_and_verify(&client, &format!("{proxy}/team/app:v1"), &Platform::host(), &image).await;
+    pull_and_verify(
+        &client,
+        &format!("{proxy}/team/app:v1"),
+        &Platform::host(),
+        &image,
+    )
+    .await;
 }

@@ -137,6 +137,9 @@ pub struct DockerConfig {
     /// Credential helper per registry.
     #[serde(default, rename = "credHelpers")]
     cred_helpers: BTreeMap<String, String>,
+    /// Directory holding `docker-credential-*` programs; `None` searches `PATH`.
+    #[serde(skip)]
+    helper_dir: Option<PathBuf>,
 }
 
 impl DockerConfig {
@@ -155,6 +158,13 @@ impl DockerConfig {
             path: path.to_owned(),
             reason,
         })
+    }
+
+    /// Looks for credential helpers in `dir` instead of `PATH` (tests,
+    /// sandboxed deployments).
+    pub fn with_helper_dir(mut self, dir: PathBuf) -> DockerConfig {
+        self.helper_dir = Some(dir);
+        self
     }
 
     /// Parses config JSON.
@@ -186,7 +196,7 @@ impl DockerConfig {
     ) -> Result<Option<Credentials>, CredentialError> {
         let keys = registry_keys(registry);
         if let Some(helper) = keys.iter().find_map(|k| self.cred_helpers.get(k)) {
-            return run_helper(helper, registry).await;
+            return run_helper(self.helper_dir.as_deref(), helper, registry).await;
         }
         for (key, entry) in &self.auths {
             if keys.contains(&normalize_key(key)) {
@@ -196,7 +206,7 @@ impl DockerConfig {
             }
         }
         if let Some(store) = &self.creds_store {
-            return run_helper(store, registry).await;
+            return run_helper(self.helper_dir.as_deref(), store, registry).await;
         }
         Ok(None)
     }
@@ -260,7 +270,11 @@ fn entry_credentials(
 }
 
 /// Runs `docker-credential-<helper> get`.
-async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, CredentialError> {
+async fn run_helper(
+    dir: Option<&Path>,
+    helper: &str,
+    registry: &str,
+) -> Result<Option<Credentials>, CredentialError> {
     use tokio::io::AsyncWriteExt;
     let fail = |reason: String| CredentialError::Helper {
         helper: helper.to_owned(),
@@ -278,7 +292,12 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>,
     } else {
         registry.to_owned()
     };
-    let mut child = tokio::process::Command::new(format!("docker-credential-{helper}"))
+    let program = format!("docker-credential-{helper}");
+    let program = match dir {
+        Some(dir) => dir.join(program),
+        None => PathBuf::from(program),
+    };
+    let mut child = tokio::process::Command::new(program)
         .arg("get")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -538,17 +557,11 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!(
-            "{}:{}",
-            dir.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        // Only this test touches PATH in this binary's unit tests of auth.
-        std::env::set_var("PATH", path);
         let cfg = DockerConfig::from_json(
             br#"{"credsStore":"edgeswarmtest","credHelpers":{"x.example":"missinghelper"}}"#,
         )
-        .unwrap();
+        .unwrap()
+        .with_helper_dir(dir.path().to_owned());
         assert_eq!(
             cfg.credentials_for("reg.example").await.unwrap(),
             Some(Credentials::Basic {
