@@ -319,3 +319,83 @@ async fn foreign_layers_come_from_their_urls() {
     );
     assert_eq!(resolved.layers[0].urls.len(), 2);
 }
+
+/// The test image builder must produce images other tools accept, since the
+/// testnet feeds them to dockerd and containerd: skopeo copies them (checking
+/// every digest) in all three compressions and as a multi-arch index.
+#[tokio::test]
+async fn built_images_are_valid_for_skopeo() {
+    init_tracing();
+    if std::process::Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("skopeo (Debian package `skopeo`) is required for this test");
+    }
+    let registry = TestRegistry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    for (compression, format, tag) in [
+        (Compression::Gzip, ManifestFormat::Docker, "gzip"),
+        (Compression::Zstd, ManifestFormat::Oci, "zstd"),
+        (Compression::None, ManifestFormat::Oci, "plain"),
+    ] {
+        let mut spec = ImageSpec::realistic(1 << 20, tag);
+        spec.compression = compression;
+        spec.format = format;
+        let image = testing::build_image(spec, dir.path()).await.unwrap();
+        push(&registry, "interop/app", tag, &image).await;
+        images.push((tag, image));
+    }
+    let mut arm = ImageSpec::realistic(1 << 20, "arm64");
+    arm.platform = Platform::parse("linux/arm64").unwrap();
+    arm.format = ManifestFormat::Oci;
+    let arm = testing::build_image(arm, dir.path()).await.unwrap();
+    let amd = &images[1].1;
+    let index_digest = Pusher::new(&registry.host(), None)
+        .unwrap()
+        .push_index("interop/app", "multi", &[amd, &arm], ManifestFormat::Oci)
+        .await
+        .unwrap();
+
+    for tag in ["gzip", "zstd", "plain", "multi"] {
+        let out = dir.path().join(format!("copy-{tag}"));
+        let output = tokio::process::Command::new("skopeo")
+            .args(["copy", "--all", "--src-tls-verify=false", "--quiet"])
+            .arg(format!("docker://{}/interop/app:{tag}", registry.host()))
+            .arg(format!("oci:{}:{tag}", out.display()))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "skopeo copy {tag}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = tokio::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--override-arch", "arm64"])
+        .arg(format!("docker://{}/interop/app:multi", registry.host()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let inspect: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(inspect["Architecture"], "arm64");
+    // skopeo reports the digest of the index it was pointed at.
+    assert_eq!(inspect["Digest"], index_digest.to_oci());
+    assert_eq!(
+        inspect["Layers"].as_array().unwrap().len(),
+        arm.layers.len()
+    );
+    assert_eq!(
+        inspect["Layers"][2],
+        arm.layers[2].digest.to_oci(),
+        "the arm64 entry was chosen"
+    );
+}
