@@ -88,8 +88,14 @@ async fn resolves_multi_arch_index_to_requested_platform() {
         spec.format = ManifestFormat::Oci;
         images.push(testing::build_image(spec, dir.path()).await.unwrap());
     }
+    // A BuildKit-style attestation entry (unknown/unknown) listed first must be skipped.
+    let mut attestation = ImageSpec::realistic(1 << 20, "attestation");
+    attestation.layers.truncate(1);
+    attestation.platform = Platform::new("unknown", "unknown", None);
+    attestation.format = ManifestFormat::Oci;
+    let attestation = testing::build_image(attestation, dir.path()).await.unwrap();
     let pusher = Pusher::new(&registry.host(), None).unwrap();
-    let refs: Vec<_> = images.iter().collect();
+    let refs: Vec<_> = std::iter::once(&attestation).chain(images.iter()).collect();
     let index_digest = pusher
         .push_index("multi/app", "oci", &refs, ManifestFormat::Oci)
         .await
