@@ -113,7 +113,7 @@ pub enum CredentialError {
     },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 struct AuthEntry {
     #[serde(default)]
     auth: Option<String>,
@@ -126,7 +126,7 @@ struct AuthEntry {
 }
 
 /// Docker's `config.json` (the parts about registry credentials).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct DockerConfig {
     /// Inline credentials per registry key.
     #[serde(default)]
@@ -140,6 +140,18 @@ pub struct DockerConfig {
     /// Directory holding `docker-credential-*` programs; `None` searches `PATH`.
     #[serde(skip)]
     helper_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DockerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Registry names and helper names only: never secrets.
+        f.debug_struct("DockerConfig")
+            .field("auths", &self.auths.keys().collect::<Vec<_>>())
+            .field("creds_store", &self.creds_store)
+            .field("cred_helpers", &self.cred_helpers)
+            .field("helper_dir", &self.helper_dir)
+            .finish()
+    }
 }
 
 impl DockerConfig {
@@ -424,9 +436,18 @@ fn parse_params(s: &str) -> HashMap<String, String> {
 }
 
 /// Bearer tokens per (registry, scope), dropped shortly before expiry.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("TokenCache")
+            .field("scopes", &tokens.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Margin before a token's stated expiry at which it is no longer used.
@@ -574,6 +595,23 @@ mod tests {
             cfg.credentials_for("x.example").await,
             Err(CredentialError::Helper { .. })
         ));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let cfg = DockerConfig::from_json(
+            br#"{"auths":{"r.example":{"auth":"dTpzM2NyZXQ=","password":"s3cret"}}}"#,
+        )
+        .unwrap();
+        let text = format!("{cfg:?}");
+        assert!(text.contains("r.example"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("dTpzM2NyZXQ"),
+            "{text}"
+        );
+        let cache = TokenCache::default();
+        cache.put("r", "s", "tok-secret".into(), Duration::from_secs(60));
+        assert!(!format!("{cache:?}").contains("tok-secret"));
     }
 
     #[test]

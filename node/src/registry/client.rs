@@ -415,7 +415,12 @@ impl RegistryClient {
                 Some(format!("Bearer {token}"))
             }
         };
-        Ok(value.and_then(|v| HeaderValue::from_str(&v).ok()))
+        Ok(value
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            }))
     }
 
     /// The token flow: GET realm?service=..&scope=.. (Basic creds or

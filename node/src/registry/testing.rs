@@ -719,7 +719,9 @@ impl Pusher {
         let basic = credentials.map(|(user, pass)| {
             use base64::Engine;
             let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            HeaderValue::from_str(&format!("Basic {token}")).expect("ascii")
+            let mut value = HeaderValue::from_str(&format!("Basic {token}")).expect("ascii");
+            value.set_sensitive(true);
+            value
         });
         let http = reqwest::Client::builder()
             .build()
