@@ -9,9 +9,7 @@ mod registry_common;
 
 use std::time::Instant;
 
-use edgeswarm_node::registry::testing::{
-    self, ImageSpec, LayerSource, ManifestFormat, TestRegistry,
-};
+use edgeswarm_node::registry::testing::{self, ImageSpec, TestRegistry};
 use edgeswarm_node::registry::{Compression, Platform, Reference};
 use futures::StreamExt;
 use registry_common::*;
@@ -22,13 +20,7 @@ async fn bench_blob_stream_throughput() {
     let registry = TestRegistry::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let size = 256u64 << 20;
-    let spec = ImageSpec {
-        layers: vec![LayerSource::random("data.bin", size, 1)],
-        compression: Compression::None,
-        format: ManifestFormat::Oci,
-        platform: Platform::host(),
-        cmd: vec![],
-    };
+    let spec = ImageSpec::random_layers(&[size], 1, Compression::None);
     let started = Instant::now();
     let image = testing::build_image(spec, dir.path()).await.unwrap();
     println!(
