@@ -444,3 +444,28 @@ async fn tampered_documents_are_rejected() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn response_stalled_before_headers_is_retried() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = big_image(&registry, dir.path()).await;
+    let layer = &image.layers[1];
+    // The first response to this blob stops after 10 bytes of its status line.
+    let faults = Arc::new(Faults {
+        target: Some(layer.digest.to_oci()),
+        after: 10,
+        times: AtomicU32::new(1),
+        stall: true,
+        ..Faults::default()
+    });
+    let proxy = start_proxy(registry.addr(), faults.clone()).await;
+    let client = quick_client(3, Duration::from_millis(500));
+    let reference = Reference::parse(&format!("{proxy}/team/big:v1")).unwrap();
+    let (bytes, received, size) = collect(&client, &reference, 1).await;
+    assert_eq!(sha(&bytes), layer.digest);
+    assert_eq!(received, size);
+    assert!(client.stats().retries >= 1, "{:?}", client.stats());
+    assert_eq!(client.stats().resumes, 0, "nothing was delivered before the stall");
+}

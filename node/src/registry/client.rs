@@ -628,7 +628,19 @@ impl RegistryClient {
                 request = request.timeout(self.inner.config.request_timeout);
             }
             self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let response = match request.send().await {
+            // Small requests carry a whole-request timeout; streams get the
+            // idle timeout for their headers here and per chunk later.
+            let idle = self.inner.config.idle_timeout;
+            let sent = match tokio::time::timeout(idle, request.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Ok(Attempt::Retry {
+                        after: None,
+                        reason: format!("no response within {idle:?}"),
+                    })
+                }
+            };
+            let response = match sent {
                 Ok(r) => r,
                 Err(e) if e.is_builder() => {
                     return Err(RegistryError::BadUrl {
