@@ -467,5 +467,9 @@ async fn response_stalled_before_headers_is_retried() {
     assert_eq!(sha(&bytes), layer.digest);
     assert_eq!(received, size);
     assert!(client.stats().retries >= 1, "{:?}", client.stats());
-    assert_eq!(client.stats().resumes, 0, "nothing was delivered before the stall");
+    assert_eq!(
+        client.stats().resumes,
+        0,
+        "nothing was delivered before the stall"
+    );
 }
