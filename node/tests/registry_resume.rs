@@ -243,13 +243,22 @@ async fn stalled_blob_times_out_and_resumes() {
         ..Faults::default()
     });
     let proxy = start_proxy(registry.addr(), faults.clone()).await;
-    let client = quick_client(4, Duration::from_millis(500));
+    let client = quick_client(4, Duration::from_secs(1));
     let reference = Reference::parse(&format!("{proxy}/team/big:v1")).unwrap();
     let (bytes, received, size) = collect(&client, &reference, 1).await;
     assert_eq!(sha(&bytes), layer.digest);
-    assert_eq!(client.stats().resumes, 2);
-    assert_eq!(ranges(&faults, &layer.digest.to_oci()).len(), 2);
-    assert_eq!(received, size);
+    // Two injected stalls; a loaded machine may add a genuine one.
+    assert!(client.stats().resumes >= 2, "{:?}", client.stats());
+    assert!(ranges(&faults, &layer.digest.to_oci()).len() >= 2);
+    assert_eq!(
+        faults.times.load(Ordering::SeqCst),
+        0,
+        "both stalls were injected"
+    );
+    assert_eq!(
+        received, size,
+        "resumed from the last byte delivered each time"
+    );
 }
 
 #[tokio::test]
@@ -461,15 +470,15 @@ async fn response_stalled_before_headers_is_retried() {
         ..Faults::default()
     });
     let proxy = start_proxy(registry.addr(), faults.clone()).await;
-    let client = quick_client(3, Duration::from_millis(500));
+    let client = quick_client(3, Duration::from_secs(1));
     let reference = Reference::parse(&format!("{proxy}/team/big:v1")).unwrap();
     let (bytes, received, size) = collect(&client, &reference, 1).await;
     assert_eq!(sha(&bytes), layer.digest);
     assert_eq!(received, size);
-    assert!(client.stats().retries >= 1, "{:?}", client.stats());
     assert_eq!(
-        client.stats().resumes,
+        faults.times.load(Ordering::SeqCst),
         0,
-        "nothing was delivered before the stall"
+        "the stall was injected"
     );
+    assert!(client.stats().retries >= 1, "{:?}", client.stats());
 }
