@@ -113,7 +113,7 @@ pub enum CredentialError {
     },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 struct AuthEntry {
     #[serde(default)]
     auth: Option<String>,
@@ -126,7 +126,7 @@ struct AuthEntry {
 }
 
 /// Docker's `config.json` (the parts about registry credentials).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct DockerConfig {
     /// Inline credentials per registry key.
     #[serde(default)]
@@ -137,6 +137,21 @@ pub struct DockerConfig {
     /// Credential helper per registry.
     #[serde(default, rename = "credHelpers")]
     cred_helpers: BTreeMap<String, String>,
+    /// Directory holding `docker-credential-*` programs; `None` searches `PATH`.
+    #[serde(skip)]
+    helper_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DockerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Registry names and helper names only: never secrets.
+        f.debug_struct("DockerConfig")
+            .field("auths", &self.auths.keys().collect::<Vec<_>>())
+            .field("creds_store", &self.creds_store)
+            .field("cred_helpers", &self.cred_helpers)
+            .field("helper_dir", &self.helper_dir)
+            .finish()
+    }
 }
 
 impl DockerConfig {
@@ -155,6 +170,13 @@ impl DockerConfig {
             path: path.to_owned(),
             reason,
         })
+    }
+
+    /// Looks for credential helpers in `dir` instead of `PATH` (tests,
+    /// sandboxed deployments).
+    pub fn with_helper_dir(mut self, dir: PathBuf) -> DockerConfig {
+        self.helper_dir = Some(dir);
+        self
     }
 
     /// Parses config JSON.
@@ -186,7 +208,7 @@ impl DockerConfig {
     ) -> Result<Option<Credentials>, CredentialError> {
         let keys = registry_keys(registry);
         if let Some(helper) = keys.iter().find_map(|k| self.cred_helpers.get(k)) {
-            return run_helper(helper, registry).await;
+            return run_helper(self.helper_dir.as_deref(), helper, registry).await;
         }
         for (key, entry) in &self.auths {
             if keys.contains(&normalize_key(key)) {
@@ -196,7 +218,7 @@ impl DockerConfig {
             }
         }
         if let Some(store) = &self.creds_store {
-            return run_helper(store, registry).await;
+            return run_helper(self.helper_dir.as_deref(), store, registry).await;
         }
         Ok(None)
     }
@@ -260,7 +282,11 @@ fn entry_credentials(
 }
 
 /// Runs `docker-credential-<helper> get`.
-async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, CredentialError> {
+async fn run_helper(
+    dir: Option<&Path>,
+    helper: &str,
+    registry: &str,
+) -> Result<Option<Credentials>, CredentialError> {
     use tokio::io::AsyncWriteExt;
     let fail = |reason: String| CredentialError::Helper {
         helper: helper.to_owned(),
@@ -278,7 +304,12 @@ async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>,
     } else {
         registry.to_owned()
     };
-    let mut child = tokio::process::Command::new(format!("docker-credential-{helper}"))
+    let program = format!("docker-credential-{helper}");
+    let program = match dir {
+        Some(dir) => dir.join(program),
+        None => PathBuf::from(program),
+    };
+    let mut child = tokio::process::Command::new(program)
         .arg("get")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -405,9 +436,18 @@ fn parse_params(s: &str) -> HashMap<String, String> {
 }
 
 /// Bearer tokens per (registry, scope), dropped shortly before expiry.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("TokenCache")
+            .field("scopes", &tokens.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Margin before a token's stated expiry at which it is no longer used.
@@ -538,17 +578,11 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!(
-            "{}:{}",
-            dir.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        // Only this test touches PATH in this binary's unit tests of auth.
-        std::env::set_var("PATH", path);
         let cfg = DockerConfig::from_json(
             br#"{"credsStore":"edgeswarmtest","credHelpers":{"x.example":"missinghelper"}}"#,
         )
-        .unwrap();
+        .unwrap()
+        .with_helper_dir(dir.path().to_owned());
         assert_eq!(
             cfg.credentials_for("reg.example").await.unwrap(),
             Some(Credentials::Basic {
@@ -561,6 +595,23 @@ mod tests {
             cfg.credentials_for("x.example").await,
             Err(CredentialError::Helper { .. })
         ));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let cfg = DockerConfig::from_json(
+            br#"{"auths":{"r.example":{"auth":"dTpzM2NyZXQ=","password":"s3cret"}}}"#,
+        )
+        .unwrap();
+        let text = format!("{cfg:?}");
+        assert!(text.contains("r.example"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("dTpzM2NyZXQ"),
+            "{text}"
+        );
+        let cache = TokenCache::default();
+        cache.put("r", "s", "tok-secret".into(), Duration::from_secs(60));
+        assert!(!format!("{cache:?}").contains("tok-secret"));
     }
 
     #[test]

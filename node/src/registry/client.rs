@@ -79,6 +79,40 @@ impl Default for RegistryConfig {
     }
 }
 
+impl RegistryConfig {
+    /// The configuration for the daemon's flags: `--insecure-registry
+    /// HOST[:PORT]` (repeatable) and `--registry-auth FILE` (Docker
+    /// `config.json` shape; without it `~/.docker/config.json` is used,
+    /// missing meaning anonymous).
+    pub fn from_flags(
+        insecure_registries: &[String],
+        registry_auth: Option<&std::path::Path>,
+    ) -> Result<RegistryConfig, RegistryError> {
+        for entry in insecure_registries {
+            // Same host grammar as references.
+            Reference::parse(&format!("{entry}/probe")).map_err(RegistryError::from)?;
+            if entry.contains('/') {
+                return Err(RegistryError::from(
+                    super::reference::ReferenceError::InvalidDomain(entry.clone()),
+                ));
+            }
+        }
+        let credentials = match registry_auth {
+            Some(path) => DockerConfig::load(path),
+            None => DockerConfig::load_default(),
+        }
+        .map_err(|source| RegistryError::Credentials {
+            reference: "(registry credentials)".into(),
+            source,
+        })?;
+        Ok(RegistryConfig {
+            insecure_registries: insecure_registries.to_vec(),
+            credentials,
+            ..RegistryConfig::default()
+        })
+    }
+}
+
 /// Counters of registry traffic, for "bytes from the cloud" metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegistryStats {
@@ -381,7 +415,12 @@ impl RegistryClient {
                 Some(format!("Bearer {token}"))
             }
         };
-        Ok(value.and_then(|v| HeaderValue::from_str(&v).ok()))
+        Ok(value
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            }))
     }
 
     /// The token flow: GET realm?service=..&scope=.. (Basic creds or
@@ -589,7 +628,19 @@ impl RegistryClient {
                 request = request.timeout(self.inner.config.request_timeout);
             }
             self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let response = match request.send().await {
+            // Small requests carry a whole-request timeout; streams get the
+            // idle timeout for their headers here and per chunk later.
+            let idle = self.inner.config.idle_timeout;
+            let sent = match tokio::time::timeout(idle, request.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Ok(Attempt::Retry {
+                        after: None,
+                        reason: format!("no response within {idle:?}"),
+                    })
+                }
+            };
+            let response = match sent {
                 Ok(r) => r,
                 Err(e) if e.is_builder() => {
                     return Err(RegistryError::BadUrl {
@@ -1542,6 +1593,26 @@ mod tests {
             client.base_url(&r).unwrap().as_str(),
             "https://registry-1.docker.io/v2/"
         );
+    }
+
+    #[test]
+    fn config_from_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.json");
+        std::fs::write(
+            &file,
+            br#"{"auths":{"r.example:5000":{"username":"u","password":"p"}}}"#,
+        )
+        .unwrap();
+        let cfg = RegistryConfig::from_flags(&["r.example:5000".into()], Some(&file)).unwrap();
+        assert_eq!(cfg.insecure_registries, vec!["r.example:5000".to_owned()]);
+        assert!(RegistryConfig::from_flags(&["bad host".into()], Some(&file)).is_err());
+        assert!(RegistryConfig::from_flags(&["h:1/x".into()], Some(&file)).is_err());
+        let missing = dir.path().join("missing.json");
+        assert!(matches!(
+            RegistryConfig::from_flags(&[], Some(&missing)),
+            Err(RegistryError::Credentials { .. })
+        ));
     }
 
     #[test]

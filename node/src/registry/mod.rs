@@ -4,7 +4,7 @@
 //!
 //! ## Layout
 //!
-//! - [`reference`]: Docker's image reference grammar ([`Reference`]).
+//! - [`reference`](mod@reference): Docker's image reference grammar ([`Reference`]).
 //! - [`platform`]: `OS/ARCH[/VARIANT]` and index entry selection ([`Platform`]).
 //! - [`manifest`]: serde types for manifests, indexes and configs, media types.
 //! - [`auth`]: credentials (`~/.docker/config.json`, `--registry-auth FILE`,
@@ -40,7 +40,8 @@
 //!
 //! - Pushing (except the test helper), schema 1 manifests, digest
 //!   algorithms other than sha256, mutual TLS, custom CA files (HTTPS uses
-//!   the webpki root set), HTTP-date forms of `Retry-After` (seconds only;
+//!   the webpki root set), trying HTTPS before HTTP for insecure registries
+//!   (dockerd does; we go straight to HTTP), HTTP-date forms of `Retry-After` (seconds only;
 //!   dates fall back to exponential backoff), CIDR entries in the insecure list.
 
 pub mod auth;

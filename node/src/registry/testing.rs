@@ -532,6 +532,32 @@ impl ImageSpec {
     }
 }
 
+impl ImageSpec {
+    /// One incompressible layer per entry of `sizes` (bytes of file data;
+    /// the tar adds ~1.5 KiB), seeded by `seed` so two specs with different
+    /// seeds share nothing and equal seeds give identical layers. For
+    /// size-controlled benchmarks (`Compression::None` keeps blob sizes exact).
+    pub fn random_layers(sizes: &[u64], seed: u64, compression: Compression) -> ImageSpec {
+        ImageSpec {
+            layers: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, size)| {
+                    LayerSource::random(
+                        &format!("data/layer{i}.bin"),
+                        *size,
+                        seed.wrapping_add(i as u64),
+                    )
+                })
+                .collect(),
+            compression,
+            format: ManifestFormat::Oci,
+            platform: Platform::host(),
+            cmd: Vec::new(),
+        }
+    }
+}
+
 /// A built image: layer files plus config and manifest documents.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
@@ -719,7 +745,9 @@ impl Pusher {
         let basic = credentials.map(|(user, pass)| {
             use base64::Engine;
             let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            HeaderValue::from_str(&format!("Basic {token}")).expect("ascii")
+            let mut value = HeaderValue::from_str(&format!("Basic {token}")).expect("ascii");
+            value.set_sensitive(true);
+            value
         });
         let http = reqwest::Client::builder()
             .build()
@@ -923,6 +951,10 @@ impl Pusher {
 pub struct TestRegistryOptions {
     /// htpasswd users `(name, password)`; empty means no auth.
     pub users: Vec<(String, String)>,
+    /// Listen address; default 127.0.0.1 on a free port. A fixed address
+    /// (e.g. a testnet's "cloud" address) must be reachable from this
+    /// process, which polls `/v2/` on it.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A real `docker-registry` on 127.0.0.1, killed on drop.
@@ -948,6 +980,7 @@ impl TestRegistry {
                 .iter()
                 .map(|(u, p)| ((*u).to_owned(), (*p).to_owned()))
                 .collect(),
+            listen: None,
         })
         .await
     }
@@ -972,11 +1005,14 @@ impl TestRegistry {
             .prefix("edgeswarm-registry-")
             .tempdir()
             .map_err(io_err("creating registry dir"))?;
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("picking a port"))?;
-            l.local_addr().map_err(io_err("picking a port"))?.port()
+        let addr = match options.listen {
+            Some(addr) => addr,
+            None => {
+                let l =
+                    std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("picking a port"))?;
+                l.local_addr().map_err(io_err("picking a port"))?
+            }
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).map_err(io_err("creating registry root"))?;
         let mut auth = String::new();
