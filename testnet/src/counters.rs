@@ -48,15 +48,28 @@ impl IfCounters {
 pub fn read_ns(ns: &str) -> Result<BTreeMap<String, IfCounters>> {
     let args = ["-n", ns, "-s", "-j", "link", "show"];
     let out = cmd::run("ip", &args)?;
-    let parse_err = |reason: String| TestnetError::Parse { command: cmd::render("ip", &args), reason };
+    let parse_err = |reason: String| TestnetError::Parse {
+        command: cmd::render("ip", &args),
+        reason,
+    };
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| parse_err(e.to_string()))?;
-    let arr = v.as_array().ok_or_else(|| parse_err("not a JSON array".into()))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| parse_err("not a JSON array".into()))?;
     let mut map = BTreeMap::new();
     for link in arr {
-        let name = link["ifname"].as_str().ok_or_else(|| parse_err("link without ifname".into()))?;
-        let stats = if link["stats64"].is_object() { &link["stats64"] } else { &link["stats"] };
+        let name = link["ifname"]
+            .as_str()
+            .ok_or_else(|| parse_err("link without ifname".into()))?;
+        let stats = if link["stats64"].is_object() {
+            &link["stats64"]
+        } else {
+            &link["stats"]
+        };
         let get = |dir: &str, what: &str| {
-            stats[dir][what].as_u64().ok_or_else(|| parse_err(format!("{name}: no {dir}.{what}")))
+            stats[dir][what]
+                .as_u64()
+                .ok_or_else(|| parse_err(format!("{name}: no {dir}.{what}")))
         };
         map.insert(
             name.to_string(),
@@ -73,10 +86,12 @@ pub fn read_ns(ns: &str) -> Result<BTreeMap<String, IfCounters>> {
 
 /// Counters of one interface.
 pub fn read(iface: &Iface) -> Result<IfCounters> {
-    read_ns(&iface.ns)?.remove(&iface.name).ok_or_else(|| TestnetError::Parse {
-        command: format!("ip -n {} -s -j link show", iface.ns),
-        reason: format!("no interface {}", iface.name),
-    })
+    read_ns(&iface.ns)?
+        .remove(&iface.name)
+        .ok_or_else(|| TestnetError::Parse {
+            command: format!("ip -n {} -s -j link show", iface.ns),
+            reason: format!("no interface {}", iface.name),
+        })
 }
 
 /// One interface to sample, under a label used in the CSV (e.g. `cloud`,
@@ -92,7 +107,10 @@ pub struct Probe {
 impl Probe {
     /// A probe.
     pub fn new(label: impl Into<String>, iface: Iface) -> Self {
-        Self { label: label.into(), iface }
+        Self {
+            label: label.into(),
+            iface,
+        }
     }
 }
 
@@ -118,9 +136,8 @@ impl Series {
     /// Counters of `label` at the last sample minus the first: the traffic
     /// during the sampling window.
     pub fn delta(&self, label: &str) -> Option<IfCounters> {
-        let mut it = self.samples.iter().filter(|s| s.label == label);
-        let first = it.next()?;
-        let last = it.last().unwrap_or(first);
+        let first = self.samples.iter().find(|s| s.label == label)?;
+        let last = self.samples.iter().rev().find(|s| s.label == label)?;
         Some(last.counters.since(&first.counters))
     }
 
@@ -145,7 +162,8 @@ impl Sampler {
     pub fn start(probes: Vec<Probe>, interval: Duration, csv: Option<PathBuf>) -> Result<Sampler> {
         let mut w = match &csv {
             Some(p) => {
-                let f = std::fs::File::create(p).map_err(|e| TestnetError::io(format!("creating {}", p.display()), e))?;
+                let f = std::fs::File::create(p)
+                    .map_err(|e| TestnetError::io(format!("creating {}", p.display()), e))?;
                 let mut w = std::io::BufWriter::new(f);
                 writeln!(w, "t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s")
                     .map_err(|e| TestnetError::io(format!("writing {}", p.display()), e))?;
@@ -181,12 +199,16 @@ impl Sampler {
                     }
                 }
                 if let Some((w, p)) = &mut w {
-                    w.flush().map_err(|e| TestnetError::io(format!("writing {}", p.display()), e))?;
+                    w.flush()
+                        .map_err(|e| TestnetError::io(format!("writing {}", p.display()), e))?;
                 }
                 Ok(series)
             })
             .map_err(|e| TestnetError::io("starting sampler thread", e))?;
-        Ok(Sampler { stop, handle: Some(handle) })
+        Ok(Sampler {
+            stop,
+            handle: Some(handle),
+        })
     }
 
     /// Takes a final sample, stops the thread, flushes the CSV, returns the
@@ -194,7 +216,12 @@ impl Sampler {
     pub fn stop(mut self) -> Result<Series> {
         self.stop.store(true, Ordering::Relaxed);
         let h = self.handle.take().expect("handle present until stop");
-        h.join().unwrap_or_else(|_| Err(TestnetError::io("sampler thread", std::io::Error::other("panicked"))))
+        h.join().unwrap_or_else(|_| {
+            Err(TestnetError::io(
+                "sampler thread",
+                std::io::Error::other("panicked"),
+            ))
+        })
     }
 }
 
@@ -221,24 +248,38 @@ fn sample_once(
     }
     let t_s = start.elapsed().as_secs_f64();
     for p in probes {
-        let c = by_ns[p.iface.ns.as_str()].get(&p.iface.name).copied().ok_or_else(|| TestnetError::Parse {
-            command: format!("ip -n {} -s -j link show", p.iface.ns),
-            reason: format!("no interface {}", p.iface.name),
-        })?;
+        let c = by_ns[p.iface.ns.as_str()]
+            .get(&p.iface.name)
+            .copied()
+            .ok_or_else(|| TestnetError::Parse {
+                command: format!("ip -n {} -s -j link show", p.iface.ns),
+                reason: format!("no interface {}", p.iface.name),
+            })?;
         let prev = series.samples.iter().rev().find(|s| s.label == p.label);
         let (rx_r, tx_r) = match prev {
             Some(prev) if t_s > prev.t_s => {
                 let d = c.since(&prev.counters);
                 let dt = t_s - prev.t_s;
-                (d.rx_bytes as f64 * 8.0 / dt / 1e6, d.tx_bytes as f64 * 8.0 / dt / 1e6)
+                (
+                    d.rx_bytes as f64 * 8.0 / dt / 1e6,
+                    d.tx_bytes as f64 * 8.0 / dt / 1e6,
+                )
             }
             _ => (0.0, 0.0),
         };
         if let Some((w, path)) = w {
-            writeln!(w, "{t_s:.3},{},{},{},{rx_r:.3},{tx_r:.3}", p.label, c.rx_bytes, c.tx_bytes)
-                .map_err(|e| TestnetError::io(format!("writing {}", path.display()), e))?;
+            writeln!(
+                w,
+                "{t_s:.3},{},{},{},{rx_r:.3},{tx_r:.3}",
+                p.label, c.rx_bytes, c.tx_bytes
+            )
+            .map_err(|e| TestnetError::io(format!("writing {}", path.display()), e))?;
         }
-        series.samples.push(Sample { t_s, label: p.label.clone(), counters: c });
+        series.samples.push(Sample {
+            t_s,
+            label: p.label.clone(),
+            counters: c,
+        });
     }
     Ok(())
 }

@@ -118,6 +118,9 @@ pub type Result<T, E = TestnetError> = std::result::Result<T, E>;
 impl TestnetError {
     /// Wraps an I/O error with a context string.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

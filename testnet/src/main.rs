@@ -119,12 +119,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 node_rate: a.node_rate,
                 state_dir: cli.state_dir,
             };
-            let mut topo = Topology::up(&spec).with_context(|| format!("creating testnet {:?}", a.name))?;
+            let mut topo =
+                Topology::up(&spec).with_context(|| format!("creating testnet {:?}", a.name))?;
             topo.detach();
             print(&topo, a.json)?;
         }
         Cmd::Down { name } => {
-            topology::down(&cli.state_dir, &name).with_context(|| format!("removing testnet {name:?}"))?;
+            topology::down(&cli.state_dir, &name)
+                .with_context(|| format!("removing testnet {name:?}"))?;
             println!("testnet {name:?} removed");
         }
         Cmd::Show { name, json } => {
@@ -160,9 +162,21 @@ fn print(topo: &Topology, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
-    println!("testnet {:?}  cloud link {}  node links {}  state {}", s.name, s.cloud_rate, s.node_rate, topo.state_path().display());
-    println!("{:<10} {:<22} {:<16} {}", "role", "namespace", "address", "counters");
-    println!("{:<10} {:<22} {:<16} {}", "cloud", s.cloud.ns, s.cloud.addr, "-");
+    println!(
+        "testnet {:?}  cloud link {}  node links {}  state {}",
+        s.name,
+        s.cloud_rate,
+        s.node_rate,
+        topo.state_path().display()
+    );
+    println!(
+        "{:<10} {:<22} {:<16} {}",
+        "role", "namespace", "address", "counters"
+    );
+    println!(
+        "{:<10} {:<22} {:<16} {}",
+        "cloud", s.cloud.ns, s.cloud.addr, "-"
+    );
     for l in &s.localities {
         println!(
             "{:<10} {:<22} {:<16} cloud link: {} in {}",
@@ -173,7 +187,14 @@ fn print(topo: &Topology, json: bool) -> Result<()> {
             l.cloud_link.ns
         );
         for n in &l.nodes {
-            println!("{:<10} {:<22} {:<16} {} in {}", format!("node{}.{}", l.index, n.index), n.ns, n.addr, n.link.name, n.link.ns);
+            println!(
+                "{:<10} {:<22} {:<16} {} in {}",
+                format!("node{}.{}", l.index, n.index),
+                n.ns,
+                n.addr,
+                n.link.name,
+                n.link.ns
+            );
         }
     }
     Ok(())

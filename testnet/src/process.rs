@@ -38,7 +38,13 @@ pub struct SpawnSpec {
 impl SpawnSpec {
     /// Runs `program` with output to `log`.
     pub fn new(program: impl Into<OsString>, log: impl Into<PathBuf>) -> Self {
-        Self { program: program.into(), args: Vec::new(), envs: Vec::new(), log: log.into(), data_dir: None }
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            log: log.into(),
+            data_dir: None,
+        }
     }
 
     /// Adds an argument.
@@ -93,15 +99,18 @@ impl NetnsProcess {
                 .into_os_string();
         }
         if let Some(parent) = spec.log.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| TestnetError::io(format!("creating log dir {}", parent.display()), e))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                TestnetError::io(format!("creating log dir {}", parent.display()), e)
+            })?;
         }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&spec.log)
             .map_err(|e| TestnetError::io(format!("opening log {}", spec.log.display()), e))?;
-        let log2 = log.try_clone().map_err(|e| TestnetError::io("duplicating log handle", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| TestnetError::io("duplicating log handle", e))?;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).arg(&program).args(&spec.args);
         c.envs(spec.envs.iter().map(|(k, v)| (k, v)));
@@ -111,12 +120,21 @@ impl NetnsProcess {
                 .map_err(|e| TestnetError::io(format!("creating data dir {}", dir.display()), e))?;
             c.current_dir(dir).env("EDGESWARM_TESTNET_DATA_DIR", dir);
         }
-        c.stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
+        c.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
         let child = c
             .spawn()
             .map_err(|e| TestnetError::io(format!("spawning {:?} in {ns}", spec.program), e))?;
         tracing::debug!(pid = child.id(), log = %spec.log.display(), "spawned");
-        Ok(Self { child, ns: ns.to_string(), log: spec.log, data_dir: spec.data_dir, exited: None })
+        Ok(Self {
+            child,
+            ns: ns.to_string(),
+            log: spec.log,
+            data_dir: spec.data_dir,
+            exited: None,
+        })
     }
 
     /// Process id (also its process group id).
@@ -149,7 +167,10 @@ impl NetnsProcess {
     /// The exit status if the process has exited; does not block.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.exited.is_none() {
-            self.exited = self.child.try_wait().map_err(|e| TestnetError::io("waiting for child", e))?;
+            self.exited = self
+                .child
+                .try_wait()
+                .map_err(|e| TestnetError::io("waiting for child", e))?;
         }
         Ok(self.exited)
     }
@@ -181,7 +202,10 @@ impl NetnsProcess {
         }
         let _ = cmd::output("kill", &["-s", "KILL", "--", &group]);
         let _ = self.child.kill();
-        let s = self.child.wait().map_err(|e| TestnetError::io("reaping child", e))?;
+        let s = self
+            .child
+            .wait()
+            .map_err(|e| TestnetError::io("reaping child", e))?;
         self.exited = Some(s);
         Ok(s)
     }

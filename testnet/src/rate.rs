@@ -22,7 +22,9 @@ pub struct Rate {
 impl Rate {
     /// A rate of `n` megabits per second.
     pub const fn mbit(n: u64) -> Self {
-        Self { bits_per_sec: n * 1_000_000 }
+        Self {
+            bits_per_sec: n * 1_000_000,
+        }
     }
 
     /// Bits per second.
@@ -57,7 +59,9 @@ impl FromStr for Rate {
             "gbit" => 1_000_000_000,
             _ => return Err(TestnetError::InvalidRate(s.to_string())),
         };
-        let n: u64 = num.parse().map_err(|_| TestnetError::InvalidRate(s.to_string()))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| TestnetError::InvalidRate(s.to_string()))?;
         match n.checked_mul(mult) {
             Some(b) if b > 0 => Ok(Self { bits_per_sec: b }),
             _ => Err(TestnetError::InvalidRate(s.to_string())),
@@ -81,11 +85,11 @@ impl From<Rate> for String {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.bits_per_sec;
-        if b % 1_000_000_000 == 0 {
+        if b.is_multiple_of(1_000_000_000) {
             write!(f, "{}gbit", b / 1_000_000_000)
-        } else if b % 1_000_000 == 0 {
+        } else if b.is_multiple_of(1_000_000) {
             write!(f, "{}mbit", b / 1_000_000)
-        } else if b % 1_000 == 0 {
+        } else if b.is_multiple_of(1_000) {
             write!(f, "{}kbit", b / 1_000)
         } else {
             write!(f, "{b}bit")
@@ -99,7 +103,12 @@ mod tests {
 
     #[test]
     fn parses_tc_bit_units_and_round_trips() {
-        for (s, b) in [("100mbit", 100_000_000), ("1gbit", 1_000_000_000), ("512kbit", 512_000), ("9600bit", 9600)] {
+        for (s, b) in [
+            ("100mbit", 100_000_000),
+            ("1gbit", 1_000_000_000),
+            ("512kbit", 512_000),
+            ("9600bit", 9600),
+        ] {
             let r: Rate = s.parse().unwrap();
             assert_eq!(r.bits_per_sec(), b);
             assert_eq!(r.to_string(), s);
@@ -109,8 +118,19 @@ mod tests {
 
     #[test]
     fn rejects_byte_units_and_garbage() {
-        for s in ["100mbps", "100", "mbit", "0mbit", "-1mbit", "1.5mbit", "99999999999999gbit"] {
-            assert!(matches!(s.parse::<Rate>(), Err(TestnetError::InvalidRate(_))), "{s}");
+        for s in [
+            "100mbps",
+            "100",
+            "mbit",
+            "0mbit",
+            "-1mbit",
+            "1.5mbit",
+            "99999999999999gbit",
+        ] {
+            assert!(
+                matches!(s.parse::<Rate>(), Err(TestnetError::InvalidRate(_))),
+                "{s}"
+            );
         }
     }
 

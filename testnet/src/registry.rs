@@ -33,7 +33,11 @@ pub struct RegistryOptions {
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        Self { port: DEFAULT_PORT, root_dir: None, work_dir: None }
+        Self {
+            port: DEFAULT_PORT,
+            root_dir: None,
+            work_dir: None,
+        }
     }
 }
 
@@ -53,15 +57,23 @@ impl Registry {
     pub fn start(topo: &Topology, opts: RegistryOptions) -> Result<Registry> {
         cmd::require("docker-registry", "apt-get install docker-registry")?;
         let tmp = if opts.root_dir.is_none() || opts.work_dir.is_none() {
-            Some(tempfile::Builder::new().prefix("es-registry-").tempdir().map_err(|e| TestnetError::io("creating temp dir", e))?)
+            Some(
+                tempfile::Builder::new()
+                    .prefix("es-registry-")
+                    .tempdir()
+                    .map_err(|e| TestnetError::io("creating temp dir", e))?,
+            )
         } else {
             None
         };
         let base = tmp.as_ref().map(|t| t.path().to_path_buf());
-        let root_dir = opts.root_dir.unwrap_or_else(|| base.clone().expect("tmp exists").join("storage"));
+        let root_dir = opts
+            .root_dir
+            .unwrap_or_else(|| base.clone().expect("tmp exists").join("storage"));
         let work_dir = opts.work_dir.unwrap_or_else(|| base.expect("tmp exists"));
         for d in [&root_dir, &work_dir] {
-            std::fs::create_dir_all(d).map_err(|e| TestnetError::io(format!("creating {}", d.display()), e))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| TestnetError::io(format!("creating {}", d.display()), e))?;
         }
         let addr = SocketAddrV4::new(topo.cloud().addr, opts.port);
         let config = format!(
@@ -69,14 +81,20 @@ impl Registry {
             root_dir.display()
         );
         let cfg_path = work_dir.join("registry.yml");
-        std::fs::write(&cfg_path, config).map_err(|e| TestnetError::io(format!("writing {}", cfg_path.display()), e))?;
+        std::fs::write(&cfg_path, config)
+            .map_err(|e| TestnetError::io(format!("writing {}", cfg_path.display()), e))?;
         let spec = SpawnSpec::new("docker-registry", work_dir.join("registry.log"))
             .arg("serve")
             .arg(&cfg_path)
             .data_dir(&work_dir);
         let process = topo.spawn(&topo.cloud().ns, spec)?;
         tracing::info!(%addr, root = %root_dir.display(), "registry started");
-        Ok(Registry { process, addr, root_dir, _tmp: tmp })
+        Ok(Registry {
+            process,
+            addr,
+            root_dir,
+            _tmp: tmp,
+        })
     }
 
     /// Polls `GET /v2/` with curl from namespace `from_ns` (normally a node's,
@@ -93,12 +111,28 @@ impl Registry {
                     stderr: self.process.log_tail(2000),
                 });
             }
-            let out = topo.exec_output(from_ns, "curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", &url])?;
+            let out = topo.exec_output(
+                from_ns,
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "1",
+                    &url,
+                ],
+            )?;
             if String::from_utf8_lossy(&out.stdout).trim() == "200" {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(TestnetError::Timeout { what: format!("{url} answering 200 from {from_ns}"), after: timeout });
+                return Err(TestnetError::Timeout {
+                    what: format!("{url} answering 200 from {from_ns}"),
+                    after: timeout,
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -118,7 +118,10 @@ pub struct Iface {
 
 impl Iface {
     fn new(ns: &str, name: &str) -> Self {
-        Self { ns: ns.to_string(), name: name.to_string() }
+        Self {
+            ns: ns.to_string(),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -209,7 +212,9 @@ pub struct Topology {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 12
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -230,7 +235,11 @@ pub fn prefix(name: &str) -> String {
 /// Names of all network namespaces on the host (`ip netns list`).
 pub fn list_namespaces() -> Result<Vec<String>> {
     let out = cmd::run("ip", &["netns", "list"])?;
-    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
 }
 
 /// Plans names and addresses; creates nothing.
@@ -287,7 +296,10 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
         prefix: p,
         cloud_rate: spec.cloud_rate,
         node_rate: spec.node_rate,
-        cloud: CloudInfo { ns: cloud_ns, addr: CLOUD_ADDR },
+        cloud: CloudInfo {
+            ns: cloud_ns,
+            addr: CLOUD_ADDR,
+        },
         localities,
         namespaces: Vec::new(),
     })
@@ -308,7 +320,22 @@ fn shape(iface: &Iface, rate: Rate) -> Result<()> {
     // bucket, enough for TCP to keep the link full without bufferbloat.
     cmd::run(
         "tc",
-        &["-n", &iface.ns, "qdisc", "replace", "dev", &iface.name, "root", "tbf", "rate", &rate_s, "burst", &burst, "latency", "20ms"],
+        &[
+            "-n",
+            &iface.ns,
+            "qdisc",
+            "replace",
+            "dev",
+            &iface.name,
+            "root",
+            "tbf",
+            "rate",
+            &rate_s,
+            "burst",
+            &burst,
+            "latency",
+            "20ms",
+        ],
     )
     .map(drop)
 }
@@ -337,12 +364,26 @@ impl Topology {
                 what: format!("state file {}", state_path.display()),
             });
         }
-        if let Some(ns) = list_namespaces()?.into_iter().find(|n| n.starts_with(&state.prefix)) {
-            return Err(TestnetError::AlreadyExists { name: spec.name.clone(), what: format!("namespace {ns}") });
+        if let Some(ns) = list_namespaces()?
+            .into_iter()
+            .find(|n| n.starts_with(&state.prefix))
+        {
+            return Err(TestnetError::AlreadyExists {
+                name: spec.name.clone(),
+                what: format!("namespace {ns}"),
+            });
         }
-        std::fs::create_dir_all(&spec.state_dir)
-            .map_err(|e| TestnetError::io(format!("creating state dir {}", spec.state_dir.display()), e))?;
-        let mut topo = Topology { state, state_path, detached: false };
+        std::fs::create_dir_all(&spec.state_dir).map_err(|e| {
+            TestnetError::io(
+                format!("creating state dir {}", spec.state_dir.display()),
+                e,
+            )
+        })?;
+        let mut topo = Topology {
+            state,
+            state_path,
+            detached: false,
+        };
         topo.save()?;
         let started = Instant::now();
         if let Err(e) = topo.build() {
@@ -364,21 +405,37 @@ impl Topology {
         let path = state_path(state_dir, name);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                TestnetError::NotFound { name: name.to_string(), path: path.clone() }
+                TestnetError::NotFound {
+                    name: name.to_string(),
+                    path: path.clone(),
+                }
             } else {
                 TestnetError::io(format!("reading state file {}", path.display()), e)
             }
         })?;
-        let state: TopologyState = serde_json::from_str(&text)
-            .map_err(|e| TestnetError::BadState { path: path.clone(), reason: e.to_string() })?;
+        let state: TopologyState =
+            serde_json::from_str(&text).map_err(|e| TestnetError::BadState {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         let expected = prefix(name);
         if state.name != name || state.prefix != expected {
-            return Err(TestnetError::BadState { path, reason: format!("names testnet {:?}, expected {name:?}", state.name) });
+            return Err(TestnetError::BadState {
+                path,
+                reason: format!("names testnet {:?}, expected {name:?}", state.name),
+            });
         }
         if let Some(bad) = state.namespaces.iter().find(|n| !n.starts_with(&expected)) {
-            return Err(TestnetError::BadState { path, reason: format!("namespace {bad:?} lacks prefix {expected:?}") });
+            return Err(TestnetError::BadState {
+                path,
+                reason: format!("namespace {bad:?} lacks prefix {expected:?}"),
+            });
         }
-        Ok(Topology { state, state_path: path, detached: true })
+        Ok(Topology {
+            state,
+            state_path: path,
+            detached: true,
+        })
     }
 
     /// Keeps the testnet running after this value is dropped.
@@ -412,13 +469,24 @@ impl Topology {
     /// Locality `l`.
     pub fn locality(&self, l: usize) -> Result<&LocalityInfo> {
         let count = self.state.localities.len();
-        self.state.localities.get(l).ok_or(TestnetError::NoSuchIndex { what: "locality", index: l, count })
+        self.state
+            .localities
+            .get(l)
+            .ok_or(TestnetError::NoSuchIndex {
+                what: "locality",
+                index: l,
+                count,
+            })
     }
 
     /// Node `i` of locality `l`.
     pub fn node(&self, l: usize, i: usize) -> Result<&NodeInfo> {
         let loc = self.locality(l)?;
-        loc.nodes.get(i).ok_or(TestnetError::NoSuchIndex { what: "node", index: i, count: loc.nodes.len() })
+        loc.nodes.get(i).ok_or(TestnetError::NoSuchIndex {
+            what: "node",
+            index: i,
+            count: loc.nodes.len(),
+        })
     }
 
     /// All nodes of all localities, locality by locality.
@@ -461,14 +529,18 @@ impl Topology {
         if self.state.namespaces.iter().any(|n| n == ns) {
             Ok(())
         } else {
-            Err(TestnetError::InvalidSpec(format!("namespace {ns:?} is not part of testnet {:?}", self.state.name)))
+            Err(TestnetError::InvalidSpec(format!(
+                "namespace {ns:?} is not part of testnet {:?}",
+                self.state.name
+            )))
         }
     }
 
     fn save(&self) -> Result<()> {
         let json = serde_json::to_vec_pretty(&self.state).expect("state serializes");
         let tmp = self.state_path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(|e| TestnetError::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::write(&tmp, json)
+            .map_err(|e| TestnetError::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &self.state_path)
             .map_err(|e| TestnetError::io(format!("renaming to {}", self.state_path.display()), e))
     }
@@ -487,7 +559,10 @@ impl Topology {
         self.add_ns(&cloud.ns)?;
         probe_kernel(&cloud.ns)?;
         ip_n(&cloud.ns, &["link", "add", "name", "br0", "type", "bridge"])?;
-        ip_n(&cloud.ns, &["addr", "add", &format!("{}/24", cloud.addr), "dev", "br0"])?;
+        ip_n(
+            &cloud.ns,
+            &["addr", "add", &format!("{}/24", cloud.addr), "dev", "br0"],
+        )?;
         ip_n(&cloud.ns, &["link", "set", "dev", "br0", "up"])?;
         ns_sh(&cloud.ns, "echo 1 > /proc/sys/net/ipv4/ip_forward")?;
         let (cloud_rate, node_rate) = (self.state.cloud_rate, self.state.node_rate);
@@ -499,29 +574,103 @@ impl Topology {
             ns_sh(r, "echo 1 > /proc/sys/net/ipv4/ip_forward")?;
             // Cloud link: router `cloud` <-> cloud `l<L>` on the cloud bridge.
             let cl = &loc.cloud_link;
-            ip_n(r, &["link", "add", "name", "cloud", "type", "veth", "peer", "name", &cl.name, "netns", &cloud.ns])?;
-            ip_n(&cloud.ns, &["link", "set", "dev", &cl.name, "master", "br0", "up"])?;
-            ip_n(r, &["addr", "add", &format!("{}/24", loc.router_cloud_addr), "dev", "cloud"])?;
+            ip_n(
+                r,
+                &[
+                    "link", "add", "name", "cloud", "type", "veth", "peer", "name", &cl.name,
+                    "netns", &cloud.ns,
+                ],
+            )?;
+            ip_n(
+                &cloud.ns,
+                &["link", "set", "dev", &cl.name, "master", "br0", "up"],
+            )?;
+            ip_n(
+                r,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", loc.router_cloud_addr),
+                    "dev",
+                    "cloud",
+                ],
+            )?;
             ip_n(r, &["link", "set", "dev", "cloud", "up"])?;
-            ip_n(r, &["route", "add", "default", "via", &cloud.addr.to_string()])?;
-            ip_n(&cloud.ns, &["route", "add", &loc.subnet, "via", &loc.router_cloud_addr.to_string()])?;
+            ip_n(
+                r,
+                &["route", "add", "default", "via", &cloud.addr.to_string()],
+            )?;
+            ip_n(
+                &cloud.ns,
+                &[
+                    "route",
+                    "add",
+                    &loc.subnet,
+                    "via",
+                    &loc.router_cloud_addr.to_string(),
+                ],
+            )?;
             shape(&loc.cloud_link_router_end, cloud_rate)?;
             shape(cl, cloud_rate)?;
             // LAN bridge and the router's leg on it.
-            ip_n(lan, &["link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+            ip_n(
+                lan,
+                &[
+                    "link",
+                    "add",
+                    "name",
+                    "br0",
+                    "type",
+                    "bridge",
+                    "mcast_snooping",
+                    "0",
+                ],
+            )?;
             ip_n(lan, &["link", "set", "dev", "br0", "up"])?;
-            ip_n(lan, &["link", "add", "name", "rtr", "type", "veth", "peer", "name", "lan", "netns", r])?;
+            ip_n(
+                lan,
+                &[
+                    "link", "add", "name", "rtr", "type", "veth", "peer", "name", "lan", "netns", r,
+                ],
+            )?;
             ip_n(lan, &["link", "set", "dev", "rtr", "master", "br0", "up"])?;
-            ip_n(r, &["addr", "add", &format!("{}/24", loc.router_addr), "dev", "lan"])?;
+            ip_n(
+                r,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", loc.router_addr),
+                    "dev",
+                    "lan",
+                ],
+            )?;
             ip_n(r, &["link", "set", "dev", "lan", "up"])?;
             for node in &loc.nodes {
                 self.add_ns(&node.ns)?;
                 let port = &node.bridge_port.name;
-                ip_n(lan, &["link", "add", "name", port, "type", "veth", "peer", "name", "eth0", "netns", &node.ns])?;
+                ip_n(
+                    lan,
+                    &[
+                        "link", "add", "name", port, "type", "veth", "peer", "name", "eth0",
+                        "netns", &node.ns,
+                    ],
+                )?;
                 ip_n(lan, &["link", "set", "dev", port, "master", "br0", "up"])?;
-                ip_n(&node.ns, &["addr", "add", &format!("{}/24", node.addr), "dev", "eth0"])?;
+                ip_n(
+                    &node.ns,
+                    &["addr", "add", &format!("{}/24", node.addr), "dev", "eth0"],
+                )?;
                 ip_n(&node.ns, &["link", "set", "dev", "eth0", "up"])?;
-                ip_n(&node.ns, &["route", "add", "default", "via", &loc.router_addr.to_string()])?;
+                ip_n(
+                    &node.ns,
+                    &[
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &loc.router_addr.to_string(),
+                    ],
+                )?;
                 shape(&node.link, node_rate)?;
                 shape(&node.bridge_port, node_rate)?;
             }
@@ -543,7 +692,10 @@ impl Topology {
         match std::fs::remove_file(&self.state_path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(TestnetError::io(format!("removing {}", self.state_path.display()), e)),
+            Err(e) => Err(TestnetError::io(
+                format!("removing {}", self.state_path.display()),
+                e,
+            )),
         }
     }
 }
@@ -567,7 +719,12 @@ pub fn down(state_dir: &Path, name: &str) -> Result<()> {
 /// Checks that veth pairs, bridges and tbf work, inside namespace `ns`
 /// (probe objects are removed again).
 fn probe_kernel(ns: &str) -> Result<()> {
-    let veth = ip_n(ns, &["link", "add", "name", "probe0", "type", "veth", "peer", "name", "probe1"]);
+    let veth = ip_n(
+        ns,
+        &[
+            "link", "add", "name", "probe0", "type", "veth", "peer", "name", "probe1",
+        ],
+    );
     if let Err(TestnetError::Command { stderr, .. }) = &veth {
         return Err(TestnetError::KernelLacks {
             feature: "veth pairs (CONFIG_VETH)",
@@ -576,7 +733,13 @@ fn probe_kernel(ns: &str) -> Result<()> {
         });
     }
     veth?;
-    let tbf = cmd::run("tc", &["-n", ns, "qdisc", "add", "dev", "probe0", "root", "tbf", "rate", "1mbit", "burst", "32kb", "latency", "20ms"]);
+    let tbf = cmd::run(
+        "tc",
+        &[
+            "-n", ns, "qdisc", "add", "dev", "probe0", "root", "tbf", "rate", "1mbit", "burst",
+            "32kb", "latency", "20ms",
+        ],
+    );
     let _ = ip_n(ns, &["link", "del", "probe0"]);
     if let Err(TestnetError::Command { stderr, .. }) = &tbf {
         return Err(TestnetError::KernelLacks {
@@ -611,7 +774,10 @@ fn remove_namespace(ns: &str) -> Result<()> {
 
 fn pids_in(ns: &str) -> Result<Vec<u32>> {
     let out = cmd::run("ip", &["netns", "pids", ns])?;
-    Ok(out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    Ok(out
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
 }
 
 fn kill_all_in(ns: &str) -> Result<()> {
@@ -646,7 +812,10 @@ mod tests {
             validate_name(ok).unwrap();
         }
         for bad in ["", "A", "a-b", "abcdefghijklm", "../x", "a b"] {
-            assert!(matches!(validate_name(bad), Err(TestnetError::InvalidName(_))), "{bad}");
+            assert!(
+                matches!(validate_name(bad), Err(TestnetError::InvalidName(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -659,8 +828,15 @@ mod tests {
         assert_eq!(s.localities[1].nodes[2].ns, "es-p1-n1-2");
         assert_eq!(s.localities[1].nodes[2].addr, Ipv4Addr::new(10, 77, 2, 12));
         assert_eq!(s.localities[1].router_addr, Ipv4Addr::new(10, 77, 2, 1));
-        assert_eq!(s.localities[1].router_cloud_addr, Ipv4Addr::new(10, 77, 250, 11));
-        let mut addrs: Vec<_> = s.localities.iter().flat_map(|l| l.nodes.iter().map(|n| n.addr)).collect();
+        assert_eq!(
+            s.localities[1].router_cloud_addr,
+            Ipv4Addr::new(10, 77, 250, 11)
+        );
+        let mut addrs: Vec<_> = s
+            .localities
+            .iter()
+            .flat_map(|l| l.nodes.iter().map(|n| n.addr))
+            .collect();
         addrs.sort();
         addrs.dedup();
         assert_eq!(addrs.len(), 6);
@@ -668,8 +844,14 @@ mod tests {
 
     #[test]
     fn plan_rejects_out_of_range_sizes() {
-        assert!(matches!(plan(&TopologySpec::new("x", 0)), Err(TestnetError::InvalidSpec(_))));
-        assert!(matches!(plan(&TopologySpec::new("x", 241)), Err(TestnetError::InvalidSpec(_))));
+        assert!(matches!(
+            plan(&TopologySpec::new("x", 0)),
+            Err(TestnetError::InvalidSpec(_))
+        ));
+        assert!(matches!(
+            plan(&TopologySpec::new("x", 241)),
+            Err(TestnetError::InvalidSpec(_))
+        ));
         let mut s = TopologySpec::new("x", 1);
         s.localities = 201;
         assert!(matches!(plan(&s), Err(TestnetError::InvalidSpec(_))));

@@ -1,0 +1,619 @@
+//! Integration tests of the testnet topology against the real kernel: real
+//! namespaces, veths, bridges, tbf shaping, iperf3 and docker-registry.
+//!
+//! They need root (as here and in CI). Without root they fail with a clear
+//! message instead of passing silently. Each test uses its own testnet name
+//! and state directory, so they run in parallel.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use edgeswarm_testnet::counters::{Probe, Sampler};
+use edgeswarm_testnet::process::SpawnSpec;
+use edgeswarm_testnet::registry::{Registry, RegistryOptions};
+use edgeswarm_testnet::topology::{self, Topology, TopologySpec};
+use edgeswarm_testnet::{Rate, TestnetError};
+
+fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let euid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap();
+    assert_eq!(euid, "0", "these tests build network namespaces and need root: run them as root (sudo -E cargo test -p edgeswarm-testnet)");
+}
+
+/// A unique testnet name (<= 12 chars) and a private state dir.
+fn setup(tag: &str, nodes: usize) -> (TopologySpec, tempfile::TempDir) {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("t{}{}", std::process::id() % 100_000, tag);
+    let mut spec = TopologySpec::new(name, nodes);
+    spec.state_dir = dir.path().to_path_buf();
+    (spec, dir)
+}
+
+fn namespaces() -> Vec<String> {
+    topology::list_namespaces().unwrap()
+}
+
+/// Runs iperf3 between two namespaces of `topo` and returns what the
+/// receiver measured in Mbit/s. `reverse`: the server sends.
+fn iperf(
+    topo: &Topology,
+    log_dir: &Path,
+    server_ns: &str,
+    server: Ipv4Addr,
+    client_ns: &str,
+    args: &[&str],
+) -> f64 {
+    let port = "5201";
+    let _srv = topo
+        .spawn(
+            server_ns,
+            SpawnSpec::new("iperf3", log_dir.join(format!("iperf-{server_ns}.log"))).args([
+                "-s",
+                "-1",
+                "-B",
+                &server.to_string(),
+                "-p",
+                port,
+            ]),
+        )
+        .unwrap();
+    let addr = server.to_string();
+    let mut full = vec!["-c", addr.as_str(), "-p", port, "-J"];
+    full.extend_from_slice(args);
+    for _ in 0..50 {
+        let out = topo.exec_output(client_ns, "iperf3", &full).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // iperf3 3.12 with -J may exit 0 on "connection refused": trust the JSON.
+        if out.status.success() && v["error"].is_null() {
+            let bps = v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "iperf3 JSON lacks end.sum_received: {}",
+                        String::from_utf8_lossy(&out.stdout)
+                    )
+                });
+            return bps / 1e6;
+        }
+        // The server may not listen yet: retry "connection refused" only.
+        let err = v["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            err.contains("refused") || err.contains("unable to connect"),
+            "iperf3 failed: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("iperf3 server in {server_ns} never accepted");
+}
+
+#[test]
+fn up_gives_tcp_connectivity_node_to_node_and_node_to_cloud() {
+    let (spec, dir) = setup("conn", 3);
+    let topo = Topology::up(&spec).unwrap();
+    assert_eq!(topo.nodes().count(), 3);
+    let cloud = topo.cloud().clone();
+    // Every node reaches the cloud address through the cloud link.
+    for n in topo.nodes() {
+        let mbit = iperf(
+            &topo,
+            dir.path(),
+            &cloud.ns,
+            cloud.addr,
+            &n.ns,
+            &["-n", "200K"],
+        );
+        assert!(mbit > 0.0, "{} -> cloud moved nothing", n.ns);
+    }
+    // Node to node over the bridge, both ways round the ring.
+    let nodes: Vec<_> = topo.nodes().cloned().collect();
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        let mbit = iperf(
+            &topo,
+            dir.path(),
+            &nodes[b].ns,
+            nodes[b].addr,
+            &nodes[a].ns,
+            &["-n", "200K"],
+        );
+        assert!(mbit > 0.0, "node{a} -> node{b} moved nothing");
+    }
+    // Each node sees its own address and a default route via its router.
+    let routes = topo.exec(&nodes[1].ns, "ip", &["-4", "route"]).unwrap();
+    assert!(routes.contains("default via 10.77.1.1"), "{routes}");
+    topo.down().unwrap();
+}
+
+#[test]
+fn node_links_are_shaped_in_both_directions() {
+    let (spec, dir) = setup("nrate", 2);
+    let topo = Topology::up(&spec).unwrap(); // node 100mbit, cloud 200mbit
+    let cloud = topo.cloud().clone();
+    let n0 = topo.node(0, 0).unwrap().clone();
+    let n1 = topo.node(0, 1).unwrap().clone();
+    // Cloud link (200mbit) is faster: node->cloud is bounded by the node's upload shaper.
+    let up = iperf(
+        &topo,
+        dir.path(),
+        &cloud.ns,
+        cloud.addr,
+        &n0.ns,
+        &["-t", "2"],
+    );
+    // cloud->node (-R) is bounded by the bridge port's shaper (the node's download).
+    let down = iperf(
+        &topo,
+        dir.path(),
+        &cloud.ns,
+        cloud.addr,
+        &n0.ns,
+        &["-t", "2", "-R"],
+    );
+    let peer = iperf(&topo, dir.path(), &n1.ns, n1.addr, &n0.ns, &["-t", "2"]);
+    eprintln!("100mbit node link: upload {up:.1} Mbit/s, download {down:.1} Mbit/s, node->node {peer:.1} Mbit/s");
+    for (what, m) in [("upload", up), ("download", down), ("node->node", peer)] {
+        assert!(
+            (60.0..=110.0).contains(&m),
+            "{what} over a 100mbit node link measured {m:.1} Mbit/s"
+        );
+    }
+    topo.down().unwrap();
+}
+
+#[test]
+fn cloud_link_is_shaped_in_both_directions() {
+    let (mut spec, dir) = setup("crate", 1);
+    spec.cloud_rate = Rate::mbit(20);
+    let topo = Topology::up(&spec).unwrap();
+    let cloud = topo.cloud().clone();
+    let n0 = topo.node(0, 0).unwrap().clone();
+    let up = iperf(
+        &topo,
+        dir.path(),
+        &cloud.ns,
+        cloud.addr,
+        &n0.ns,
+        &["-t", "2"],
+    );
+    let down = iperf(
+        &topo,
+        dir.path(),
+        &cloud.ns,
+        cloud.addr,
+        &n0.ns,
+        &["-t", "2", "-R"],
+    );
+    eprintln!(
+        "20mbit cloud link from a 100mbit node: upload {up:.1} Mbit/s, download {down:.1} Mbit/s"
+    );
+    for (what, m) in [("upload", up), ("download", down)] {
+        assert!(
+            (10.0..30.0).contains(&m),
+            "{what} over a 20mbit cloud link measured {m:.1} Mbit/s"
+        );
+    }
+    topo.down().unwrap();
+}
+
+#[test]
+fn down_removes_everything_up_created_and_nothing_else() {
+    let (spec, _dir) = setup("down", 3);
+    let keep = format!("zz-keep-{}", std::process::id());
+    assert!(Command::new("ip")
+        .args(["netns", "add", &keep])
+        .status()
+        .unwrap()
+        .success());
+    // A neighbouring testnet whose name extends ours must survive too.
+    let mut other_spec = spec.clone();
+    other_spec.name = format!("{}x", spec.name);
+    let other = Topology::up(&other_spec).unwrap();
+    let topo = Topology::up(&spec).unwrap();
+    let created = topo.state().namespaces.clone();
+    assert_eq!(
+        created.len(),
+        1 + 2 + 3,
+        "cloud, router, lan, 3 nodes: {created:?}"
+    );
+    let before = namespaces();
+    for ns in &created {
+        assert!(before.contains(ns), "{ns} missing after up");
+    }
+    // A process started outside the library, living in a node namespace.
+    let mut stray = Command::new("ip")
+        .args(["netns", "exec", &created[5], "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let state_file = topo.state_path().to_path_buf();
+    assert!(state_file.exists());
+
+    topology::down(&spec.state_dir, &spec.name).unwrap();
+    // This handle's drop now finds nothing left to remove (and must not fail).
+    drop(topo);
+
+    let after = namespaces();
+    for ns in &created {
+        assert!(!after.contains(ns), "{ns} survived down");
+    }
+    assert!(
+        after.contains(&keep),
+        "pre-existing namespace {keep} was removed"
+    );
+    for ns in &other.state().namespaces {
+        assert!(after.contains(ns), "other testnet's {ns} was removed");
+    }
+    assert!(!state_file.exists(), "state file survived down");
+    let status = stray.wait_timeout_compat(Duration::from_secs(5));
+    assert!(status, "process in a removed namespace still runs");
+    assert!(Command::new("ip")
+        .args(["netns", "del", &keep])
+        .status()
+        .unwrap()
+        .success());
+    other.down().unwrap();
+}
+
+trait WaitCompat {
+    fn wait_timeout_compat(&mut self, d: Duration) -> bool;
+}
+impl WaitCompat for std::process::Child {
+    fn wait_timeout_compat(&mut self, d: Duration) -> bool {
+        let deadline = std::time::Instant::now() + d;
+        while std::time::Instant::now() < deadline {
+            if self.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.kill();
+        false
+    }
+}
+
+#[test]
+fn up_refuses_a_name_in_use_and_touches_nothing() {
+    let (spec, _dir) = setup("dup", 1);
+    let topo = Topology::up(&spec).unwrap();
+    let err = Topology::up(&spec).unwrap_err();
+    assert!(matches!(err, TestnetError::AlreadyExists { .. }), "{err}");
+    assert!(err.to_string().contains("down --name"), "{err}");
+    // The refused `up` removed nothing of the first one.
+    let ns = namespaces();
+    for n in &topo.state().namespaces {
+        assert!(ns.contains(n), "{n} removed by a refused up");
+    }
+    // A stray namespace with the prefix (no state file) also blocks `up`.
+    let (mut spec2, _dir2) = setup("dup2", 1);
+    spec2.name = format!("{}s", spec.name);
+    let stray = format!("es-{}-stray", spec2.name);
+    assert!(Command::new("ip")
+        .args(["netns", "add", &stray])
+        .status()
+        .unwrap()
+        .success());
+    let err = Topology::up(&spec2).unwrap_err();
+    assert!(matches!(err, TestnetError::AlreadyExists { .. }), "{err}");
+    assert!(namespaces().contains(&stray));
+    assert!(Command::new("ip")
+        .args(["netns", "del", &stray])
+        .status()
+        .unwrap()
+        .success());
+    topo.down().unwrap();
+}
+
+#[test]
+fn cloud_link_counters_and_sampler_see_the_bytes_sent() {
+    let (spec, dir) = setup("ctr", 2);
+    let topo = Topology::up(&spec).unwrap();
+    let cloud = topo.cloud().clone();
+    let loc = topo.locality(0).unwrap().clone();
+    let n0 = topo.node(0, 0).unwrap().clone();
+    let n1 = topo.node(0, 1).unwrap().clone();
+    let csv = dir.path().join("util.csv");
+    let sampler = Sampler::start(
+        vec![
+            Probe::new("cloud", loc.cloud_link.clone()),
+            Probe::new("node0", n0.link.clone()),
+            Probe::new("node1", n1.link.clone()),
+        ],
+        Duration::from_millis(200),
+        Some(csv.clone()),
+    )
+    .unwrap();
+    let before = topo.counters(&loc.cloud_link).unwrap();
+    // The cloud sends 20 MiB to node 0 (iperf3 -R: the server sends).
+    iperf(
+        &topo,
+        dir.path(),
+        &cloud.ns,
+        cloud.addr,
+        &n0.ns,
+        &["-R", "-n", "20M"],
+    );
+    let after = topo.counters(&loc.cloud_link).unwrap();
+    let series = sampler.stop().unwrap();
+    let direct = after.since(&before);
+    let sampled = series.delta("cloud").unwrap();
+    let node0 = series.delta("node0").unwrap();
+    let node1 = series.delta("node1").unwrap();
+    eprintln!(
+        "cloud link tx {} B (sampled {} B), node0 rx {} B, node1 rx {} B",
+        direct.tx_bytes, sampled.tx_bytes, node0.rx_bytes, node1.rx_bytes
+    );
+    // 20 MiB-ish payload ("20M" is 20 MiB in iperf3) plus TCP/IP headers (~3-5 %).
+    let payload = 20 * 1024 * 1024;
+    for (what, b) in [
+        ("cloud tx", direct.tx_bytes),
+        ("sampled cloud tx", sampled.tx_bytes),
+        ("node0 rx", node0.rx_bytes),
+    ] {
+        assert!(
+            b >= payload && b <= payload * 110 / 100,
+            "{what} = {b}, expected about {payload}"
+        );
+    }
+    assert!(
+        node1.rx_bytes < 100_000,
+        "node1 received {} B it was not sent",
+        node1.rx_bytes
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s\n"));
+    let cloud_rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(1) == Some("cloud"))
+        .map(|l| l.split(',').filter_map(|f| f.parse().ok()).collect())
+        .collect();
+    assert!(
+        cloud_rows.len() >= 5,
+        "only {} samples in {:.1} s",
+        cloud_rows.len(),
+        series.samples.last().unwrap().t_s
+    );
+    let peak = cloud_rows.iter().map(|r| r[4]).fold(0.0, f64::max);
+    eprintln!(
+        "cloud link peak {peak:.1} Mbit/s over 200 ms samples ({} rows)",
+        cloud_rows.len()
+    );
+    assert!(
+        peak > 40.0 && peak < 130.0,
+        "peak cloud tx {peak:.1} Mbit/s; the transfer is bounded by the 100mbit node link"
+    );
+    topo.down().unwrap();
+}
+
+#[test]
+fn registry_in_cloud_answers_from_a_node_namespace() {
+    let (spec, _dir) = setup("reg", 3);
+    let topo = Topology::up(&spec).unwrap();
+    let n2 = topo.node(0, 2).unwrap().clone();
+    let mut reg = Registry::start(&topo, RegistryOptions::default()).unwrap();
+    assert_eq!(reg.url(), "http://10.77.250.1:5000");
+    reg.wait_ready(&topo, &n2.ns, Duration::from_secs(15))
+        .unwrap();
+    let headers = topo
+        .exec(
+            &n2.ns,
+            "curl",
+            &[
+                "-s",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                &format!("{}/v2/", reg.url()),
+            ],
+        )
+        .unwrap();
+    assert!(headers.contains(" 200"), "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("docker-distribution-api-version: registry/2.0"),
+        "{headers}"
+    );
+    let pid = reg.process().pid();
+    let root = reg.root_dir().to_path_buf();
+    drop(reg);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "registry process survived drop"
+    );
+    assert!(!root.exists(), "temporary storage survived drop");
+    topo.down().unwrap();
+}
+
+#[test]
+fn spawned_process_has_its_log_and_data_dir_and_dies_with_its_handle() {
+    let (spec, dir) = setup("proc", 1);
+    let topo = Topology::up(&spec).unwrap();
+    let n0 = topo.node(0, 0).unwrap().clone();
+    let data = dir.path().join("data0");
+    let log = dir.path().join("logs/n0.log");
+    let mut p = topo
+        .spawn(&n0.ns, SpawnSpec::new("sh", &log).args(["-c", "echo hello from $EDGESWARM_TESTNET_NS in $(pwd); ip -4 -o addr show dev eth0; exec sleep 600"]).data_dir(&data))
+        .unwrap();
+    assert!(data.is_dir());
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("10.77.1.10") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        text.contains(&format!("hello from {} in {}", n0.ns, data.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.77.1.10/24"),
+        "process not in the node namespace: {text}"
+    );
+    assert!(p.try_wait().unwrap().is_none());
+    let pid = p.pid();
+    drop(p);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process survived its handle"
+    );
+    // Namespaces outside the testnet are refused.
+    let err = topo
+        .spawn("some-other-ns", SpawnSpec::new("true", &log))
+        .unwrap_err();
+    assert!(matches!(err, TestnetError::InvalidSpec(_)), "{err}");
+    topo.down().unwrap();
+}
+
+#[test]
+fn dropping_a_topology_removes_it() {
+    let (spec, _dir) = setup("drop", 2);
+    let created = {
+        let topo = Topology::up(&spec).unwrap();
+        topo.state().namespaces.clone()
+    };
+    let after = namespaces();
+    for ns in &created {
+        assert!(!after.contains(ns), "{ns} survived drop");
+    }
+}
+
+#[test]
+fn cli_up_exec_down_and_refusals() {
+    let (spec, dir) = setup("cli", 2);
+    let bin = env!("CARGO_BIN_EXE_edgeswarm-testnet");
+    let sd = dir.path().to_str().unwrap();
+    let out = Command::new(bin)
+        .args([
+            "--state-dir",
+            sd,
+            "up",
+            "--nodes",
+            "2",
+            "--name",
+            &spec.name,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["localities"][0]["nodes"][1]["addr"], "10.77.1.11");
+    assert_eq!(v["cloud"]["addr"], "10.77.250.1");
+    let out = Command::new(bin)
+        .args([
+            "--state-dir",
+            sd,
+            "exec",
+            "--name",
+            &spec.name,
+            "--node",
+            "1",
+            "--",
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.77.1.11/24"));
+    let out = Command::new(bin)
+        .args([
+            "--state-dir",
+            sd,
+            "exec",
+            "--name",
+            &spec.name,
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "exec must pass the exit code through"
+    );
+    let out = Command::new(bin)
+        .args(["--state-dir", sd, "down", "--name", &spec.name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ns = namespaces();
+    assert!(!ns
+        .iter()
+        .any(|n| n.starts_with(&format!("es-{}-", spec.name))));
+    // Refusals, with what to do about them.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin,
+            "--state-dir",
+            sd,
+            "up",
+            "--name",
+            &spec.name,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(bin)
+        .env("PATH", empty.path())
+        .args(["--state-dir", sd, "up", "--name", &spec.name])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`ip` not found") && err.contains("apt-get install iproute2"),
+        "{err}"
+    );
+    let out = Command::new(bin)
+        .args(["--state-dir", sd, "up", "--name", "Bad-Name"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid testnet name"));
+    let out = Command::new(bin)
+        .args(["--state-dir", sd, "up", "--node-rate", "100mbps"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bit, kbit, mbit or gbit"));
+    assert!(
+        !namespaces()
+            .iter()
+            .any(|n| n.starts_with(&format!("es-{}-", spec.name))),
+        "a refused up created namespaces"
+    );
+}
