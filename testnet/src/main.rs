@@ -170,13 +170,10 @@ fn print(topo: &Topology, json: bool) -> Result<()> {
         topo.state_path().display()
     );
     println!(
-        "{:<10} {:<22} {:<16} {}",
-        "role", "namespace", "address", "counters"
+        "{:<10} {:<22} {:<16} counters",
+        "role", "namespace", "address"
     );
-    println!(
-        "{:<10} {:<22} {:<16} {}",
-        "cloud", s.cloud.ns, s.cloud.addr, "-"
-    );
+    println!("{:<10} {:<22} {:<16} -", "cloud", s.cloud.ns, s.cloud.addr);
     for l in &s.localities {
         println!(
             "{:<10} {:<22} {:<16} cloud link: {} in {}",
