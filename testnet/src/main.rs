@@ -45,6 +45,60 @@ enum Cmd {
     },
     /// Run a command inside a namespace of a testnet (a node's by default).
     Exec(ExecArgs),
+    /// Network probes run inside namespaces by the tests (hidden).
+    #[command(subcommand, hide = true)]
+    Probe(Probe),
+}
+
+/// Tiny network probes, so tests need no extra tools inside namespaces.
+#[derive(Debug, Subcommand)]
+enum Probe {
+    /// Join a multicast group and print the first datagram received.
+    McastRecv {
+        /// Group address.
+        #[arg(long, default_value = "224.0.0.251")]
+        group: std::net::Ipv4Addr,
+        /// UDP port.
+        #[arg(long, default_value_t = 5353)]
+        port: u16,
+        /// Local interface address to join on.
+        #[arg(long)]
+        iface: std::net::Ipv4Addr,
+        /// Give up (exit 2) after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Send datagrams to a multicast group (every 100 ms, `--count` times).
+    McastSend {
+        /// Group address.
+        #[arg(long, default_value = "224.0.0.251")]
+        group: std::net::Ipv4Addr,
+        /// UDP port.
+        #[arg(long, default_value_t = 5353)]
+        port: u16,
+        /// Payload.
+        #[arg(long)]
+        message: String,
+        /// Number of datagrams.
+        #[arg(long, default_value_t = 20)]
+        count: u32,
+    },
+    /// Accept one TCP connection, read it to EOF, reply with the byte count.
+    TcpSink {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// Send `--bytes` zero bytes over TCP, then wait for the sink's count:
+    /// exits 0 only once the receiver has read every byte.
+    TcpSend {
+        /// The sink's address.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Bytes to send.
+        #[arg(long)]
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -152,8 +206,111 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => ExitCode::FAILURE,
             });
         }
+        Cmd::Probe(p) => return probe(p),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn probe(p: Probe) -> Result<ExitCode> {
+    use std::net::{Ipv4Addr, UdpSocket};
+    match p {
+        Probe::McastRecv {
+            group,
+            port,
+            iface,
+            timeout_ms,
+        } => {
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).context("binding")?;
+            sock.join_multicast_v4(&group, &iface)
+                .context("joining group")?;
+            sock.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
+            println!("ready");
+            let mut buf = [0u8; 1500];
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    println!("from {from}: {}", String::from_utf8_lossy(&buf[..n]));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    println!("timeout");
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e).context("receiving"),
+            }
+        }
+        Probe::TcpSink { listen } => {
+            use std::io::{Read, Write};
+            let l = std::net::TcpListener::bind(listen).context("binding")?;
+            println!("ready");
+            let (mut c, from) = l.accept().context("accepting")?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n: u64 = 0;
+            loop {
+                match c.read(&mut buf).context("reading")? {
+                    0 => break,
+                    k => n += k as u64,
+                }
+            }
+            writeln!(c, "{n}").context("replying")?;
+            println!("received {n} bytes from {from}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Probe::TcpSend { to, bytes } => {
+            use std::io::{Read, Write};
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut c = loop {
+                match std::net::TcpStream::connect(to) {
+                    Ok(c) => break c,
+                    Err(e)
+                        if std::time::Instant::now() < deadline
+                            && e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("connecting to {to}")),
+                }
+            };
+            let buf = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                c.write_all(&buf[..k]).context("sending")?;
+                left -= k as u64;
+            }
+            c.shutdown(std::net::Shutdown::Write)
+                .context("closing write side")?;
+            let mut reply = String::new();
+            c.read_to_string(&mut reply)
+                .context("reading the sink's count")?;
+            let acked: u64 = reply
+                .trim()
+                .parse()
+                .with_context(|| format!("bad reply {reply:?}"))?;
+            println!("sent {bytes} acked {acked}");
+            anyhow::ensure!(acked == bytes, "sink received {acked} of {bytes} bytes");
+            Ok(ExitCode::SUCCESS)
+        }
+        Probe::McastSend {
+            group,
+            port,
+            message,
+            count,
+        } => {
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding")?;
+            sock.set_multicast_ttl_v4(255)?;
+            for _ in 0..count {
+                sock.send_to(message.as_bytes(), (group, port))
+                    .context("sending")?;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn print(topo: &Topology, json: bool) -> Result<()> {

@@ -502,6 +502,22 @@ impl Topology {
         NetnsProcess::spawn(ns, spec)
     }
 
+    /// A `std::process::Command` that runs `program` in namespace `ns`
+    /// (`ip netns exec NS program`), for callers that want their own stdio
+    /// handling or an async runtime (`tokio::process::Command::from(cmd)`).
+    /// Unlike [`Topology::spawn`], nothing kills it on drop; `down` still
+    /// kills it.
+    pub fn command(
+        &self,
+        ns: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<std::process::Command> {
+        self.check_ns(ns)?;
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(program);
+        Ok(c)
+    }
+
     /// Runs a short command in namespace `ns` to completion and returns its
     /// output (success or not: callers judge the status).
     pub fn exec_output(&self, ns: &str, program: &str, args: &[&str]) -> Result<Output> {

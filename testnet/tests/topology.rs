@@ -93,6 +93,54 @@ fn iperf(
     panic!("iperf3 server in {server_ns} never accepted");
 }
 
+/// Moves exactly `bytes` over one TCP connection from `from_ns` to a sink
+/// at `to` in `to_ns`; returns once the sink has read them all.
+fn tcp_transfer(
+    topo: &Topology,
+    log_dir: &Path,
+    to_ns: &str,
+    to: Ipv4Addr,
+    from_ns: &str,
+    bytes: u64,
+) {
+    let bin = env!("CARGO_BIN_EXE_edgeswarm-testnet");
+    let listen = format!("{to}:6001");
+    let log = log_dir.join(format!("sink-{to_ns}-{}.log", bytes));
+    let mut sink = topo
+        .spawn(
+            to_ns,
+            SpawnSpec::new(bin, &log).args(["probe", "tcp-sink", "--listen", &listen]),
+        )
+        .unwrap();
+    let out = topo
+        .exec_output(
+            from_ns,
+            bin,
+            &[
+                "probe",
+                "tcp-send",
+                "--to",
+                &listen,
+                "--bytes",
+                &bytes.to_string(),
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{from_ns} -> {listen}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = sink
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap()
+        .expect("sink exits after the transfer");
+    assert!(status.success());
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains(&format!("received {bytes} bytes")));
+}
+
 #[test]
 fn up_gives_tcp_connectivity_node_to_node_and_node_to_cloud() {
     let (spec, dir) = setup("conn", 3);
@@ -101,28 +149,19 @@ fn up_gives_tcp_connectivity_node_to_node_and_node_to_cloud() {
     let cloud = topo.cloud().clone();
     // Every node reaches the cloud address through the cloud link.
     for n in topo.nodes() {
-        let mbit = iperf(
-            &topo,
-            dir.path(),
-            &cloud.ns,
-            cloud.addr,
-            &n.ns,
-            &["-n", "200K"],
-        );
-        assert!(mbit > 0.0, "{} -> cloud moved nothing", n.ns);
+        tcp_transfer(&topo, dir.path(), &cloud.ns, cloud.addr, &n.ns, 100_000);
     }
     // Node to node over the bridge, both ways round the ring.
     let nodes: Vec<_> = topo.nodes().cloned().collect();
     for (a, b) in [(0, 1), (1, 2), (2, 0)] {
-        let mbit = iperf(
+        tcp_transfer(
             &topo,
             dir.path(),
             &nodes[b].ns,
             nodes[b].addr,
             &nodes[a].ns,
-            &["-n", "200K"],
+            100_000,
         );
-        assert!(mbit > 0.0, "node{a} -> node{b} moved nothing");
     }
     // Each node sees its own address and a default route via its router.
     let routes = topo.exec(&nodes[1].ns, "ip", &["-4", "route"]).unwrap();
@@ -230,6 +269,25 @@ fn down_removes_everything_up_created_and_nothing_else() {
         .args(["netns", "exec", &created[5], "sleep", "600"])
         .spawn()
         .unwrap();
+    // Wait until it has entered the namespace.
+    let pid = stray.id().to_string();
+    while !topo
+        .exec_output(&created[5], "true", &[])
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "pids", &created[5]])
+                .output()
+                .unwrap()
+        })
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|p| p == pid)
+        })
+        .unwrap()
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let state_file = topo.state_path().to_path_buf();
     assert!(state_file.exists());
 
@@ -328,15 +386,8 @@ fn cloud_link_counters_and_sampler_see_the_bytes_sent() {
     )
     .unwrap();
     let before = topo.counters(&loc.cloud_link).unwrap();
-    // The cloud sends 20 MiB to node 0 (iperf3 -R: the server sends).
-    iperf(
-        &topo,
-        dir.path(),
-        &cloud.ns,
-        cloud.addr,
-        &n0.ns,
-        &["-R", "-n", "20M"],
-    );
+    // The cloud sends 20 MiB to node 0; returns once node 0 has read it all.
+    tcp_transfer(&topo, dir.path(), &n0.ns, n0.addr, &cloud.ns, 20 << 20);
     let after = topo.counters(&loc.cloud_link).unwrap();
     let series = sampler.stop().unwrap();
     let direct = after.since(&before);
@@ -347,8 +398,8 @@ fn cloud_link_counters_and_sampler_see_the_bytes_sent() {
         "cloud link tx {} B (sampled {} B), node0 rx {} B, node1 rx {} B",
         direct.tx_bytes, sampled.tx_bytes, node0.rx_bytes, node1.rx_bytes
     );
-    // 20 MiB-ish payload ("20M" is 20 MiB in iperf3) plus TCP/IP headers (~3-5 %).
-    let payload = 20 * 1024 * 1024;
+    // 20 MiB of payload plus TCP/IP headers (~3-5 %).
+    let payload = 20 << 20;
     for (what, b) in [
         ("cloud tx", direct.tx_bytes),
         ("sampled cloud tx", sampled.tx_bytes),
@@ -616,4 +667,174 @@ fn cli_up_exec_down_and_refusals() {
             .any(|n| n.starts_with(&format!("es-{}-", spec.name))),
         "a refused up created namespaces"
     );
+}
+
+#[test]
+fn multicast_floods_the_locality_bridge_and_localities_route_via_the_cloud() {
+    let (mut spec, dir) = setup("mcast", 3);
+    spec.localities = 2;
+    let topo = Topology::up(&spec).unwrap();
+    let bin = env!("CARGO_BIN_EXE_edgeswarm-testnet");
+    let n = |l, i| topo.node(l, i).unwrap().clone();
+    let (sender, same1, same2, other) = (n(0, 0), n(0, 1), n(0, 2), n(1, 0));
+    // mDNS-style receivers: two in the sender's locality, one in the other.
+    let mut receivers = Vec::new();
+    for r in [&same1, &same2, &other] {
+        let log = dir.path().join(format!("{}.log", r.ns));
+        let p = topo
+            .spawn(
+                &r.ns,
+                SpawnSpec::new(bin, &log).args([
+                    "probe",
+                    "mcast-recv",
+                    "--iface",
+                    &r.addr.to_string(),
+                    "--timeout-ms",
+                    "2500",
+                ]),
+            )
+            .unwrap();
+        receivers.push((r.ns.clone(), log, p));
+    }
+    for (_, log, _) in &receivers {
+        while !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("ready")
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let out = topo
+        .exec_output(
+            &sender.ns,
+            bin,
+            &[
+                "probe",
+                "mcast-send",
+                "--message",
+                "hello-mdns",
+                "--count",
+                "10",
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (ns, log, p) in &mut receivers {
+        let status = p
+            .wait_timeout(Duration::from_secs(5))
+            .unwrap()
+            .expect("receiver exits");
+        let text = std::fs::read_to_string(&log).unwrap();
+        if *ns == other.ns {
+            assert_eq!(
+                status.code(),
+                Some(2),
+                "multicast crossed into another locality: {text}"
+            );
+        } else {
+            assert!(
+                status.success()
+                    && text.contains(&format!("from {}:", sender.addr))
+                    && text.contains("hello-mdns"),
+                "{ns}: {text}"
+            );
+        }
+    }
+    // Unicast between localities goes through both cloud links.
+    let loc1 = topo.locality(1).unwrap().clone();
+    let before = topo.counters(&loc1.cloud_link).unwrap();
+    tcp_transfer(
+        &topo,
+        dir.path(),
+        &other.ns,
+        other.addr,
+        &sender.ns,
+        1 << 20,
+    );
+    let d = topo.counters(&loc1.cloud_link).unwrap().since(&before);
+    assert!(
+        d.tx_bytes >= 1 << 20,
+        "locality 1's cloud link carried only {} B of a 1 MiB transfer",
+        d.tx_bytes
+    );
+    topo.down().unwrap();
+}
+
+#[test]
+fn a_locality_shares_one_cloud_link() {
+    let (spec, dir) = setup("share", 3); // cloud 200mbit, nodes 100mbit
+    let topo = Topology::up(&spec).unwrap();
+    let cloud = topo.cloud().clone();
+    let nodes: Vec<_> = topo.nodes().cloned().collect();
+    // Three downloads at once: 3 x 100mbit of demand on a 200mbit link.
+    let mut servers = Vec::new();
+    for (i, _) in nodes.iter().enumerate() {
+        let port = (5301 + i).to_string();
+        let log = dir.path().join(format!("srv{i}.log"));
+        servers.push(
+            topo.spawn(
+                &cloud.ns,
+                SpawnSpec::new("iperf3", log).args([
+                    "-s",
+                    "-1",
+                    "-B",
+                    &cloud.addr.to_string(),
+                    "-p",
+                    &port,
+                ]),
+            )
+            .unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let clients: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let port = (5301 + i).to_string();
+            topo.command(&n.ns, "iperf3")
+                .unwrap()
+                .args([
+                    "-c",
+                    &cloud.addr.to_string(),
+                    "-p",
+                    &port,
+                    "-R",
+                    "-t",
+                    "3",
+                    "-J",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let rates: Vec<f64> = clients
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{v}"))
+                / 1e6
+        })
+        .collect();
+    let total: f64 = rates.iter().sum();
+    eprintln!("3 nodes downloading at once over a 200mbit cloud link: {rates:.1?} Mbit/s, total {total:.1}");
+    assert!(
+        (140.0..=210.0).contains(&total),
+        "aggregate {total:.1} Mbit/s over a 200mbit cloud link"
+    );
+    for r in &rates {
+        assert!(
+            *r <= 110.0,
+            "a node got {r:.1} Mbit/s over a 100mbit node link"
+        );
+    }
+    topo.down().unwrap();
 }
