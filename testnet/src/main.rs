@@ -116,6 +116,9 @@ struct UpArgs {
     /// Rate of each node's link to its bridge, both directions.
     #[arg(long, default_value = "100mbit")]
     node_rate: Rate,
+    /// Queue of each shaper in milliseconds at its rate (tbf latency).
+    #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
+    queue_ms: u32,
     /// Testnet name (1-12 chars of [a-z0-9]); namespaces are `es-<name>-*`.
     #[arg(long, default_value = "default")]
     name: String,
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 nodes_per_locality: a.nodes,
                 cloud_rate: a.cloud_rate,
                 node_rate: a.node_rate,
+                queue_ms: a.queue_ms,
                 state_dir: cli.state_dir,
             };
             let mut topo =

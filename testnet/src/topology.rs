@@ -67,6 +67,9 @@ pub const DEFAULT_STATE_DIR: &str = "/run/edgeswarm-testnet";
 /// The cloud namespace's address: where the registry listens.
 pub const CLOUD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 250, 1);
 
+/// Default shaper queue, in milliseconds at the link's rate.
+pub const DEFAULT_QUEUE_MS: u32 = 50;
+
 /// Most localities one testnet may have (10.77.1.0/24 .. 10.77.200.0/24).
 pub const MAX_LOCALITIES: usize = 200;
 
@@ -87,6 +90,11 @@ pub struct TopologySpec {
     pub cloud_rate: Rate,
     /// Rate of each node's link to its bridge, shaped in both directions.
     pub node_rate: Rate,
+    /// Queue of every shaper, in milliseconds at its rate (tbf `latency`).
+    /// Drops at a node link downstream of the cloud link make TCP resend
+    /// across the cloud link, inflating cloud bytes; a deeper queue absorbs
+    /// slow-start bursts (default 50 ms: 625 KB at 100mbit).
+    pub queue_ms: u32,
     /// Directory for the state file.
     pub state_dir: PathBuf,
 }
@@ -101,6 +109,7 @@ impl TopologySpec {
             nodes_per_locality: nodes,
             cloud_rate: Rate::mbit(200),
             node_rate: Rate::mbit(100),
+            queue_ms: DEFAULT_QUEUE_MS,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
@@ -190,6 +199,8 @@ pub struct TopologyState {
     pub cloud_rate: Rate,
     /// Node link rate.
     pub node_rate: Rate,
+    /// Shaper queue length in milliseconds.
+    pub queue_ms: u32,
     /// The cloud namespace.
     pub cloud: CloudInfo,
     /// The localities.
@@ -251,6 +262,12 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
             spec.localities
         )));
     }
+    if !(1..=1000).contains(&spec.queue_ms) {
+        return Err(TestnetError::InvalidSpec(format!(
+            "queue_ms must be 1..=1000, got {}",
+            spec.queue_ms
+        )));
+    }
     if spec.nodes_per_locality == 0 || spec.nodes_per_locality > MAX_NODES_PER_LOCALITY {
         return Err(TestnetError::InvalidSpec(format!(
             "nodes per locality must be 1..={MAX_NODES_PER_LOCALITY}, got {}",
@@ -296,6 +313,7 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
         prefix: p,
         cloud_rate: spec.cloud_rate,
         node_rate: spec.node_rate,
+        queue_ms: spec.queue_ms,
         cloud: CloudInfo {
             ns: cloud_ns,
             addr: CLOUD_ADDR,
@@ -313,11 +331,12 @@ fn ip_n(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Puts a tbf qdisc as root of `iface`'s egress.
-fn shape(iface: &Iface, rate: Rate) -> Result<()> {
+fn shape(iface: &Iface, rate: Rate, queue_ms: u32) -> Result<()> {
     let rate_s = rate.to_string();
     let burst = rate.tbf_burst_bytes().to_string();
-    // latency bounds the queue: 20 ms of queueing at this rate on top of the
-    // bucket, enough for TCP to keep the link full without bufferbloat.
+    let latency = format!("{queue_ms}ms");
+    // latency bounds the queue: `queue_ms` of queueing at this rate on top
+    // of the bucket.
     cmd::run(
         "tc",
         &[
@@ -334,7 +353,7 @@ fn shape(iface: &Iface, rate: Rate) -> Result<()> {
             "burst",
             &burst,
             "latency",
-            "20ms",
+            &latency,
         ],
     )
     .map(drop)
@@ -582,6 +601,7 @@ impl Topology {
         ip_n(&cloud.ns, &["link", "set", "dev", "br0", "up"])?;
         ns_sh(&cloud.ns, "echo 1 > /proc/sys/net/ipv4/ip_forward")?;
         let (cloud_rate, node_rate) = (self.state.cloud_rate, self.state.node_rate);
+        let queue_ms = self.state.queue_ms;
         for loc in self.state.localities.clone() {
             let r = &loc.router_ns;
             let lan = &loc.lan_ns;
@@ -626,8 +646,8 @@ impl Topology {
                     &loc.router_cloud_addr.to_string(),
                 ],
             )?;
-            shape(&loc.cloud_link_router_end, cloud_rate)?;
-            shape(cl, cloud_rate)?;
+            shape(&loc.cloud_link_router_end, cloud_rate, queue_ms)?;
+            shape(cl, cloud_rate, queue_ms)?;
             // LAN bridge and the router's leg on it.
             ip_n(
                 lan,
@@ -687,8 +707,8 @@ impl Topology {
                         &loc.router_addr.to_string(),
                     ],
                 )?;
-                shape(&node.link, node_rate)?;
-                shape(&node.bridge_port, node_rate)?;
+                shape(&node.link, node_rate, queue_ms)?;
+                shape(&node.bridge_port, node_rate, queue_ms)?;
             }
         }
         self.save()

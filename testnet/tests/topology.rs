@@ -838,3 +838,59 @@ fn a_locality_shares_one_cloud_link() {
     }
     topo.down().unwrap();
 }
+
+#[test]
+fn a_blob_pulled_from_the_registry_crosses_the_cloud_link_once() {
+    let (spec, dir) = setup("blob", 2);
+    let topo = Topology::up(&spec).unwrap();
+    let cloud = topo.cloud().clone();
+    let loc = topo.locality(0).unwrap().clone();
+    let n1 = topo.node(0, 1).unwrap().clone();
+    let mut reg = Registry::start(&topo, RegistryOptions::default()).unwrap();
+    reg.wait_ready(&topo, &n1.ns, Duration::from_secs(15))
+        .unwrap();
+    // 5 MiB of incompressible bytes, pushed from inside the cloud namespace
+    // (so the push itself does not cross the cloud link).
+    let blob = dir.path().join("blob");
+    let data: Vec<u8> = (0..5u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&blob, &data).unwrap();
+    let push = format!(
+        "set -e; d=sha256:$(sha256sum {b} | cut -d' ' -f1); \
+         loc=$(curl -sf -D - -o /dev/null -X POST {u}/v2/t/blob/blobs/uploads/ | tr -d '\\r' | sed -n 's/^[Ll]ocation: //p'); \
+         case $loc in http*) ;; *) loc={u}$loc;; esac; \
+         curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @{b} \"$loc&digest=$d\" >/dev/null; echo $d",
+        b = blob.display(),
+        u = reg.url()
+    );
+    let digest = topo
+        .exec(&cloud.ns, "sh", &["-c", &push])
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest:?}"
+    );
+    let before = topo.counters(&loc.cloud_link).unwrap();
+    let out = dir.path().join("pulled");
+    let url = format!("{}/v2/t/blob/blobs/{digest}", reg.url());
+    topo.exec(&n1.ns, "curl", &["-sfL", "-o", out.to_str().unwrap(), &url])
+        .unwrap();
+    let d = topo.counters(&loc.cloud_link).unwrap().since(&before);
+    assert_eq!(std::fs::read(&out).unwrap(), data, "pulled blob differs");
+    let size = data.len() as u64;
+    eprintln!(
+        "5 MiB blob pull: {} B over the cloud link ({:.3}x)",
+        d.tx_bytes,
+        d.tx_bytes as f64 / size as f64
+    );
+    assert!(
+        d.tx_bytes >= size && d.tx_bytes <= size * 105 / 100,
+        "cloud link carried {} B for a {size} B blob",
+        d.tx_bytes
+    );
+    drop(reg);
+    topo.down().unwrap();
+}
