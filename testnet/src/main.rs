@@ -9,8 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use edgeswarm_testnet::counters::Sampler;
 use edgeswarm_testnet::topology::{self, Topology, TopologySpec, DEFAULT_STATE_DIR};
 use edgeswarm_testnet::Rate;
+use std::time::Duration;
 
 /// Emulated edgeswarm localities in Linux network namespaces (needs root).
 #[derive(Debug, Parser)]
@@ -33,6 +35,27 @@ enum Cmd {
         /// Testnet name (1-12 chars of [a-z0-9]).
         #[arg(long, default_value = "default")]
         name: String,
+        /// The state file is lost: remove the namespaces named
+        /// `es-<name>-*` (and their processes) instead.
+        #[arg(long)]
+        orphans: bool,
+    },
+    /// List testnets: state files, and `es-*` namespaces without one.
+    List,
+    /// Record link counters of a running testnet to CSV for a while.
+    Sample {
+        /// Testnet name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Sampling interval in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// How long to sample, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// CSV output (t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s).
+        #[arg(long, default_value = "testnet-links.csv")]
+        out: PathBuf,
     },
     /// Print the description of a running testnet.
     Show {
@@ -182,10 +205,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
             topo.detach();
             print(&topo, a.json)?;
         }
-        Cmd::Down { name } => {
+        Cmd::Down {
+            name,
+            orphans: false,
+        } => {
             topology::down(&cli.state_dir, &name)
                 .with_context(|| format!("removing testnet {name:?}"))?;
             println!("testnet {name:?} removed");
+        }
+        Cmd::Down {
+            name,
+            orphans: true,
+        } => {
+            let removed = topology::remove_orphans(&cli.state_dir, &name)
+                .with_context(|| format!("removing orphaned namespaces of {name:?}"))?;
+            println!(
+                "removed {} namespaces: {}",
+                removed.len(),
+                removed.join(" ")
+            );
+        }
+        Cmd::List => {
+            let mut named = std::collections::BTreeSet::new();
+            if let Ok(rd) = std::fs::read_dir(&cli.state_dir) {
+                for e in rd.flatten() {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    if let Some(name) = f.strip_suffix(".json") {
+                        named.insert(name.to_string());
+                        match Topology::load(&cli.state_dir, name) {
+                            Ok(t) => println!(
+                                "{name}: {} localities x {} nodes, {} namespaces",
+                                t.state().localities.len(),
+                                t.state().localities.first().map_or(0, |l| l.nodes.len()),
+                                t.state().namespaces.len()
+                            ),
+                            Err(e) => println!("{name}: unreadable state: {e}"),
+                        }
+                    }
+                }
+            }
+            for ns in topology::list_namespaces()? {
+                if let Some(rest) = ns.strip_prefix("es-") {
+                    let name = rest.split('-').next().unwrap_or_default();
+                    if !named.contains(name) {
+                        println!(
+                            "orphan namespace {ns} (remove with: down --name {name} --orphans)"
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Sample {
+            name,
+            interval_ms,
+            seconds,
+            out,
+        } => {
+            let topo = Topology::load(&cli.state_dir, &name)?;
+            let sampler = Sampler::start(
+                topo.probes(),
+                Duration::from_millis(interval_ms),
+                Some(out.clone()),
+            )?;
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            let series = sampler.stop()?;
+            for p in topo.probes() {
+                if let Some(d) = series.delta(&p.label) {
+                    println!(
+                        "{:<8} rx {:>12} B  tx {:>12} B",
+                        p.label, d.rx_bytes, d.tx_bytes
+                    );
+                }
+            }
+            println!("wrote {}", out.display());
         }
         Cmd::Show { name, json } => {
             let topo = Topology::load(&cli.state_dir, &name)?;

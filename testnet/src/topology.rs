@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cmd;
-use crate::counters::{self, IfCounters};
+use crate::counters::{self, IfCounters, Probe};
 use crate::error::{Result, TestnetError};
 use crate::process::{NetnsProcess, SpawnSpec};
 use crate::rate::Rate;
@@ -513,6 +513,25 @@ impl Topology {
         self.state.localities.iter().flat_map(|l| l.nodes.iter())
     }
 
+    /// One probe per cloud link (label `cloud<L>`: tx = bytes into
+    /// locality L, rx = bytes out of it) and per node link (label `n<L>-<i>`:
+    /// rx = the node's download, tx = its upload), for a [`Sampler`].
+    ///
+    /// [`Sampler`]: crate::counters::Sampler
+    pub fn probes(&self) -> Vec<Probe> {
+        let mut v: Vec<Probe> = self
+            .state
+            .localities
+            .iter()
+            .map(|l| Probe::new(format!("cloud{}", l.index), l.cloud_link.clone()))
+            .collect();
+        v.extend(
+            self.nodes()
+                .map(|n| Probe::new(format!("n{}-{}", n.locality, n.index), n.link.clone())),
+        );
+        v
+    }
+
     /// Spawns a long-running process in namespace `ns` (one of this
     /// testnet's), with its output in the spec's log file. The process is
     /// killed when the returned handle drops, and by [`Topology::down`].
@@ -750,6 +769,31 @@ impl Drop for Topology {
 pub fn down(state_dir: &Path, name: &str) -> Result<()> {
     cmd::preflight()?;
     Topology::load(state_dir, name)?.down()
+}
+
+/// Removes namespaces named `es-<name>-*` of a testnet whose state file is
+/// gone (e.g. a test killed with SIGKILL whose temporary state dir was
+/// lost). Refuses while a state file for `name` exists in `state_dir`: use
+/// [`down`] then. Returns the namespaces removed.
+pub fn remove_orphans(state_dir: &Path, name: &str) -> Result<Vec<String>> {
+    cmd::preflight()?;
+    validate_name(name)?;
+    let path = state_path(state_dir, name);
+    if path.exists() {
+        return Err(TestnetError::AlreadyExists {
+            name: name.to_string(),
+            what: format!("state file {}", path.display()),
+        });
+    }
+    let p = prefix(name);
+    let victims: Vec<String> = list_namespaces()?
+        .into_iter()
+        .filter(|n| n.starts_with(&p))
+        .collect();
+    for ns in &victims {
+        remove_namespace(ns)?;
+    }
+    Ok(victims)
 }
 
 /// Checks that veth pairs, bridges and tbf work, inside namespace `ns`

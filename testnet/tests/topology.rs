@@ -604,6 +604,64 @@ fn cli_up_exec_down_and_refusals() {
         Some(7),
         "exec must pass the exit code through"
     );
+    // `sample` records every cloud and node link.
+    let csv = dir.path().join("links.csv");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .arg("--state-dir")
+            .arg(sd)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = run(&[
+        "sample",
+        "--name",
+        &spec.name,
+        "--interval-ms",
+        "50",
+        "--seconds",
+        "0.3",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains("cloud0") && printed.contains("n0-1"),
+        "{printed}"
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    for label in ["cloud0", "n0-0", "n0-1"] {
+        let rows = text
+            .lines()
+            .filter(|l| l.split(',').nth(1) == Some(label))
+            .count();
+        assert!(rows >= 3, "{rows} rows for {label} in {text}");
+    }
+    // An orphaned namespace (state file lost) is listed and removable.
+    let orphan_name = format!("{}o", spec.name);
+    let orphan = format!("es-{orphan_name}-n0-0");
+    assert!(Command::new("ip")
+        .args(["netns", "add", &orphan])
+        .status()
+        .unwrap()
+        .success());
+    let listed = run(&["list"]);
+    assert!(
+        listed.contains(&format!("orphan namespace {orphan}")),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("{}: 1 localities x 2 nodes", spec.name)),
+        "{listed}"
+    );
+    run(&["down", "--name", &orphan_name, "--orphans"]);
+    assert!(!namespaces().contains(&orphan));
     let out = Command::new(bin)
         .args(["--state-dir", sd, "down", "--name", &spec.name])
         .output()
