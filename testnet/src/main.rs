@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use edgeswarm_testnet::counters::Sampler;
+use edgeswarm_testnet::registry::{Registry, RegistryOptions};
 use edgeswarm_testnet::topology::{self, Topology, TopologySpec, DEFAULT_STATE_DIR};
 use edgeswarm_testnet::Rate;
 use std::time::Duration;
@@ -148,6 +149,17 @@ struct UpArgs {
     /// Print JSON (the state file) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also start a docker-registry in the cloud namespace (storage under
+    /// `--registry-dir`, removed by `down`).
+    #[arg(long)]
+    registry: bool,
+    /// Registry port on the cloud address.
+    #[arg(long, default_value_t = edgeswarm_testnet::registry::DEFAULT_PORT)]
+    registry_port: u16,
+    /// Parent of the registry's storage, config and log
+    /// (`<dir>/<name>/registry/`; `<dir>/<name>` must not exist).
+    #[arg(long, default_value = "/var/tmp/edgeswarm-testnet")]
+    registry_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +214,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let mut topo =
                 Topology::up(&spec).with_context(|| format!("creating testnet {:?}", a.name))?;
+            if a.registry {
+                let dir = std::path::absolute(a.registry_dir.join(&a.name))
+                    .context("resolving --registry-dir")?;
+                if let Err(e) = start_registry(&mut topo, &dir, a.registry_port) {
+                    // Dropping `topo` (not detached yet) removes the testnet.
+                    return Err(e.context("starting the registry; testnet removed again"));
+                }
+            }
             topo.detach();
             print(&topo, a.json)?;
         }
@@ -305,6 +325,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Probe(p) => return probe(p),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts a detached registry with its files under `base` (which must not
+/// exist: `down` removes it whole).
+fn start_registry(topo: &mut Topology, base: &std::path::Path, port: u16) -> Result<()> {
+    anyhow::ensure!(
+        !base.exists(),
+        "{} already exists; remove it or pick another --registry-dir",
+        base.display()
+    );
+    topo.own_dir(base)?;
+    let dir = base.join("registry");
+    let opts = RegistryOptions {
+        port,
+        root_dir: Some(dir.join("storage")),
+        work_dir: Some(dir.clone()),
+    };
+    let mut reg = Registry::start(topo, opts)?;
+    let n0 = topo.node(0, 0)?.ns.clone();
+    reg.wait_ready(topo, &n0, Duration::from_secs(20))?;
+    let url = reg.url();
+    let pid = reg.detach()?;
+    eprintln!(
+        "registry {url} running (pid {pid}, storage {})",
+        dir.join("storage").display()
+    );
+    Ok(())
 }
 
 fn probe(p: Probe) -> Result<ExitCode> {

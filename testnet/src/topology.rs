@@ -207,6 +207,10 @@ pub struct TopologyState {
     pub localities: Vec<LocalityInfo>,
     /// Namespaces in creation order; recorded *before* each is created.
     pub namespaces: Vec<String>,
+    /// Directories created for this testnet (e.g. a detached registry's
+    /// storage), removed by `down` after the namespaces and their processes.
+    #[serde(default)]
+    pub owned_dirs: Vec<PathBuf>,
 }
 
 /// A live testnet. Dropping it tears it down unless [`Topology::detach`] was
@@ -320,6 +324,7 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
         },
         localities,
         namespaces: Vec::new(),
+        owned_dirs: Vec::new(),
     })
 }
 
@@ -460,6 +465,23 @@ impl Topology {
     /// Keeps the testnet running after this value is dropped.
     pub fn detach(&mut self) {
         self.detached = true;
+    }
+
+    /// Records `dir` as belonging to this testnet: `down` removes it. The
+    /// state file is updated before returning; create the directory after.
+    pub fn own_dir(&mut self, dir: impl Into<PathBuf>) -> Result<()> {
+        let dir = dir.into();
+        if !dir.is_absolute() {
+            return Err(TestnetError::InvalidSpec(format!(
+                "owned dir {} must be absolute",
+                dir.display()
+            )));
+        }
+        if !self.state.owned_dirs.contains(&dir) {
+            self.state.owned_dirs.push(dir);
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Removes everything `up` created: kills processes in its namespaces,
@@ -743,6 +765,13 @@ impl Topology {
         }
         if let Some(e) = first_err {
             return Err(e);
+        }
+        for dir in &self.state.owned_dirs {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TestnetError::io(format!("removing {}", dir.display()), e)),
+            }
         }
         match std::fs::remove_file(&self.state_path) {
             Ok(()) => Ok(()),

@@ -552,6 +552,9 @@ fn cli_up_exec_down_and_refusals() {
             "--name",
             &spec.name,
             "--json",
+            "--registry",
+            "--registry-dir",
+            &format!("{sd}/reg"),
         ])
         .output()
         .unwrap();
@@ -643,6 +646,24 @@ fn cli_up_exec_down_and_refusals() {
             .count();
         assert!(rows >= 3, "{rows} rows for {label} in {text}");
     }
+    // `up --registry` left a registry answering in the cloud namespace.
+    let code = run(&[
+        "exec",
+        "--name",
+        &spec.name,
+        "--node",
+        "1",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://10.77.250.1:5000/v2/",
+    ]);
+    assert_eq!(code, "200");
+    assert!(Path::new(&format!("{sd}/reg/{}/registry/registry.yml", spec.name)).exists());
     // An orphaned namespace (state file lost) is listed and removable.
     let orphan_name = format!("{}o", spec.name);
     let orphan = format!("es-{orphan_name}-n0-0");
@@ -675,6 +696,10 @@ fn cli_up_exec_down_and_refusals() {
     assert!(!ns
         .iter()
         .any(|n| n.starts_with(&format!("es-{}-", spec.name))));
+    assert!(
+        !Path::new(&format!("{sd}/reg/{}", spec.name)).exists(),
+        "down left the registry dir"
+    );
     // Refusals, with what to do about them.
     let out = Command::new("setpriv")
         .args([
