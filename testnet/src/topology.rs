@@ -28,9 +28,9 @@
 //! other through the cloud (two cloud links).
 //!
 //! Every namespace is recorded in a JSON state file
-//! (`/run/edgeswarm-testnet/NAME.json` by default) *before* it is created, so
-//! [`down`] removes exactly what [`Topology::up`] created, even after a crash
-//! half-way through `up`: it kills the processes living in those namespaces
+//! (`/run/edgeswarm-testnet/NAME.json` by default) as soon as it is created,
+//! so [`down`] removes exactly what [`Topology::up`] created, even after a
+//! crash half-way through `up`: it kills the processes living in those namespaces
 //! and deletes the namespaces, which deletes their veths and bridges. Nothing
 //! outside the `es-NAME-` prefix is ever touched.
 //!
@@ -205,7 +205,7 @@ pub struct TopologyState {
     pub cloud: CloudInfo,
     /// The localities.
     pub localities: Vec<LocalityInfo>,
-    /// Namespaces in creation order; recorded *before* each is created.
+    /// Namespaces in creation order, each recorded right after its creation.
     pub namespaces: Vec<String>,
     /// Directories created for this testnet (e.g. a detached registry's
     /// storage), removed by `down` after the namespaces and their processes.
@@ -623,9 +623,13 @@ impl Topology {
 
     /// Records, then creates, a namespace with loopback up.
     fn add_ns(&mut self, ns: &str) -> Result<()> {
+        // Recorded only once `ip netns add` succeeded: a namespace of that
+        // name made by someone else in the meantime makes the add fail and is
+        // never ours to remove. (A crash between add and save leaves an
+        // orphan, which `down --orphans` finds by its prefix.)
+        cmd::run("ip", &["netns", "add", ns])?;
         self.state.namespaces.push(ns.to_string());
         self.save()?;
-        cmd::run("ip", &["netns", "add", ns])?;
         ip_n(ns, &["link", "set", "dev", "lo", "up"])?;
         Ok(())
     }
