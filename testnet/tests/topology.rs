@@ -977,3 +977,33 @@ fn a_blob_pulled_from_the_registry_crosses_the_cloud_link_once() {
     drop(reg);
     topo.down().unwrap();
 }
+
+#[test]
+fn a_failed_up_removes_what_it_created() {
+    let (mut spec, _dir) = setup("fail", 2);
+    // tc cannot parse this rate: `up` fails at the first node link, after the
+    // cloud, router, bridge and first node namespaces exist.
+    spec.node_rate = "100000gbit".parse().unwrap();
+    let err = Topology::up(&spec).unwrap_err();
+    let prefix = format!("es-{}-", spec.name);
+    match &err {
+        // The failing command ran inside the first node's namespace, so
+        // the cloud, router, bridge and that node namespace had been made.
+        TestnetError::Command { command, .. } => {
+            assert!(
+                command.starts_with(&format!("tc -n {prefix}n0-0 ")),
+                "{err}"
+            )
+        }
+        other => panic!("expected the tc failure, got {other}"),
+    }
+    let left: Vec<_> = namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "a failed up left {left:?}");
+    assert!(
+        !topology::state_path(&spec.state_dir, &spec.name).exists(),
+        "a failed up left its state file"
+    );
+}
