@@ -37,7 +37,7 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         name: String,
         /// The state file is lost: remove the namespaces named
-        /// `es-<name>-*` (and their processes) instead.
+        /// `es-<name>-*` (and their processes) instead [default: off].
         #[arg(long)]
         orphans: bool,
     },
@@ -63,7 +63,7 @@ enum Cmd {
         /// Testnet name.
         #[arg(long, default_value = "default")]
         name: String,
-        /// Print JSON (the state file) instead of a table.
+        /// Print JSON (the state file) instead of a table [default: off].
         #[arg(long)]
         json: bool,
     },
@@ -146,11 +146,11 @@ struct UpArgs {
     /// Testnet name (1-12 chars of [a-z0-9]); namespaces are `es-<name>-*`.
     #[arg(long, default_value = "default")]
     name: String,
-    /// Print JSON (the state file) instead of a table.
+    /// Print JSON (the state file) instead of a table [default: off].
     #[arg(long)]
     json: bool,
     /// Also start a docker-registry in the cloud namespace (storage under
-    /// `--registry-dir`, removed by `down`).
+    /// `--registry-dir`, removed by `down`) [default: off].
     #[arg(long)]
     registry: bool,
     /// Registry port on the cloud address.
@@ -173,10 +173,10 @@ struct ExecArgs {
     /// Node index inside the locality (0-based).
     #[arg(long, default_value_t = 0, conflicts_with_all = ["cloud", "router"])]
     node: usize,
-    /// Run in the cloud namespace instead of a node's.
+    /// Run in the cloud namespace instead of a node's [default: off].
     #[arg(long, conflicts_with = "router")]
     cloud: bool,
-    /// Run in the locality's router namespace instead of a node's.
+    /// Run in the locality's router namespace instead of a node's [default: off].
     #[arg(long)]
     router: bool,
     /// The command and its arguments (after `--`).
