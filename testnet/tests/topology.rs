@@ -271,21 +271,23 @@ fn down_removes_everything_up_created_and_nothing_else() {
         .unwrap();
     // Wait until it has entered the namespace.
     let pid = stray.id().to_string();
-    while !topo
-        .exec_output(&created[5], "true", &[])
-        .map(|_| {
-            Command::new("ip")
-                .args(["netns", "pids", &created[5]])
-                .output()
-                .unwrap()
-        })
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .any(|p| p == pid)
-        })
-        .unwrap()
-    {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &created[5]])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|p| p == pid)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stray process never entered {}",
+            created[5]
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let state_file = topo.state_path().to_path_buf();
@@ -779,11 +781,16 @@ fn multicast_floods_the_locality_bridge_and_localities_route_via_the_cloud() {
             .unwrap();
         receivers.push((r.ns.clone(), log, p));
     }
-    for (_, log, _) in &receivers {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for (ns, log, _) in &receivers {
         while !std::fs::read_to_string(log)
             .unwrap_or_default()
             .contains("ready")
         {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "receiver in {ns} never got ready"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
