@@ -1,7 +1,6 @@
 //! Running `ip`, `tc` and friends, with failures turned into typed errors.
 
 use std::ffi::OsStr;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::error::{Result, TestnetError};
@@ -45,13 +44,10 @@ pub(crate) fn check<S: AsRef<OsStr>>(program: &str, args: &[S], out: &Output) ->
     })
 }
 
-/// Finds a program on PATH (and in the sbin directories, which a non-login
-/// root shell may lack).
+/// Finds a program on PATH, exactly where `Command::new(program)` will look.
 pub(crate) fn which(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
     std::env::split_paths(&path)
-        .chain(extra.iter().map(|p| Path::new(p).to_path_buf()))
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
 }

@@ -9,8 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use edgeswarm_testnet::counters::Sampler;
+use edgeswarm_testnet::registry::{Registry, RegistryOptions};
 use edgeswarm_testnet::topology::{self, Topology, TopologySpec, DEFAULT_STATE_DIR};
 use edgeswarm_testnet::Rate;
+use std::time::Duration;
 
 /// Emulated edgeswarm localities in Linux network namespaces (needs root).
 #[derive(Debug, Parser)]
@@ -33,18 +36,93 @@ enum Cmd {
         /// Testnet name (1-12 chars of [a-z0-9]).
         #[arg(long, default_value = "default")]
         name: String,
+        /// The state file is lost: remove the namespaces named
+        /// `es-<name>-*` (and their processes) instead [default: off].
+        #[arg(long)]
+        orphans: bool,
+    },
+    /// List testnets: state files, and `es-*` namespaces without one.
+    List,
+    /// Record link counters of a running testnet to CSV for a while.
+    Sample {
+        /// Testnet name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Sampling interval in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// How long to sample, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// CSV output (t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s).
+        #[arg(long, default_value = "testnet-links.csv")]
+        out: PathBuf,
     },
     /// Print the description of a running testnet.
     Show {
         /// Testnet name.
         #[arg(long, default_value = "default")]
         name: String,
-        /// Print JSON (the state file) instead of a table.
+        /// Print JSON (the state file) instead of a table [default: off].
         #[arg(long)]
         json: bool,
     },
     /// Run a command inside a namespace of a testnet (a node's by default).
     Exec(ExecArgs),
+    /// Network probes run inside namespaces by the tests (hidden).
+    #[command(subcommand, hide = true)]
+    Probe(Probe),
+}
+
+/// Tiny network probes, so tests need no extra tools inside namespaces.
+#[derive(Debug, Subcommand)]
+enum Probe {
+    /// Join a multicast group and print the first datagram received.
+    McastRecv {
+        /// Group address.
+        #[arg(long, default_value = "224.0.0.251")]
+        group: std::net::Ipv4Addr,
+        /// UDP port.
+        #[arg(long, default_value_t = 5353)]
+        port: u16,
+        /// Local interface address to join on.
+        #[arg(long)]
+        iface: std::net::Ipv4Addr,
+        /// Give up (exit 2) after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Send datagrams to a multicast group (every 100 ms, `--count` times).
+    McastSend {
+        /// Group address.
+        #[arg(long, default_value = "224.0.0.251")]
+        group: std::net::Ipv4Addr,
+        /// UDP port.
+        #[arg(long, default_value_t = 5353)]
+        port: u16,
+        /// Payload.
+        #[arg(long)]
+        message: String,
+        /// Number of datagrams.
+        #[arg(long, default_value_t = 20)]
+        count: u32,
+    },
+    /// Accept one TCP connection, read it to EOF, reply with the byte count.
+    TcpSink {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// Send `--bytes` zero bytes over TCP, then wait for the sink's count:
+    /// exits 0 only once the receiver has read every byte.
+    TcpSend {
+        /// The sink's address.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Bytes to send.
+        #[arg(long)]
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -62,12 +140,26 @@ struct UpArgs {
     /// Rate of each node's link to its bridge, both directions.
     #[arg(long, default_value = "100mbit")]
     node_rate: Rate,
+    /// Queue of each shaper in milliseconds at its rate (tbf latency).
+    #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
+    queue_ms: u32,
     /// Testnet name (1-12 chars of [a-z0-9]); namespaces are `es-<name>-*`.
     #[arg(long, default_value = "default")]
     name: String,
-    /// Print JSON (the state file) instead of a table.
+    /// Print JSON (the state file) instead of a table [default: off].
     #[arg(long)]
     json: bool,
+    /// Also start a docker-registry in the cloud namespace (storage under
+    /// `--registry-dir`, removed by `down`) [default: off].
+    #[arg(long)]
+    registry: bool,
+    /// Registry port on the cloud address.
+    #[arg(long, default_value_t = edgeswarm_testnet::registry::DEFAULT_PORT)]
+    registry_port: u16,
+    /// Parent of the registry's storage, config and log
+    /// (`<dir>/<name>/registry/`; `<dir>/<name>` must not exist).
+    #[arg(long, default_value = "/var/tmp/edgeswarm-testnet")]
+    registry_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -81,10 +173,10 @@ struct ExecArgs {
     /// Node index inside the locality (0-based).
     #[arg(long, default_value_t = 0, conflicts_with_all = ["cloud", "router"])]
     node: usize,
-    /// Run in the cloud namespace instead of a node's.
+    /// Run in the cloud namespace instead of a node's [default: off].
     #[arg(long, conflicts_with = "router")]
     cloud: bool,
-    /// Run in the locality's router namespace instead of a node's.
+    /// Run in the locality's router namespace instead of a node's [default: off].
     #[arg(long)]
     router: bool,
     /// The command and its arguments (after `--`).
@@ -117,17 +209,95 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 nodes_per_locality: a.nodes,
                 cloud_rate: a.cloud_rate,
                 node_rate: a.node_rate,
+                queue_ms: a.queue_ms,
                 state_dir: cli.state_dir,
             };
             let mut topo =
                 Topology::up(&spec).with_context(|| format!("creating testnet {:?}", a.name))?;
+            if a.registry {
+                let dir = std::path::absolute(a.registry_dir.join(&a.name))
+                    .context("resolving --registry-dir")?;
+                if let Err(e) = start_registry(&mut topo, &dir, a.registry_port) {
+                    // Dropping `topo` (not detached yet) removes the testnet.
+                    return Err(e.context("starting the registry; testnet removed again"));
+                }
+            }
             topo.detach();
             print(&topo, a.json)?;
         }
-        Cmd::Down { name } => {
+        Cmd::Down {
+            name,
+            orphans: false,
+        } => {
             topology::down(&cli.state_dir, &name)
                 .with_context(|| format!("removing testnet {name:?}"))?;
             println!("testnet {name:?} removed");
+        }
+        Cmd::Down {
+            name,
+            orphans: true,
+        } => {
+            let removed = topology::remove_orphans(&cli.state_dir, &name)
+                .with_context(|| format!("removing orphaned namespaces of {name:?}"))?;
+            println!(
+                "removed {} namespaces: {}",
+                removed.len(),
+                removed.join(" ")
+            );
+        }
+        Cmd::List => {
+            let mut named = std::collections::BTreeSet::new();
+            if let Ok(rd) = std::fs::read_dir(&cli.state_dir) {
+                for e in rd.flatten() {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    if let Some(name) = f.strip_suffix(".json") {
+                        named.insert(name.to_string());
+                        match Topology::load(&cli.state_dir, name) {
+                            Ok(t) => println!(
+                                "{name}: {} localities x {} nodes, {} namespaces",
+                                t.state().localities.len(),
+                                t.state().localities.first().map_or(0, |l| l.nodes.len()),
+                                t.state().namespaces.len()
+                            ),
+                            Err(e) => println!("{name}: unreadable state: {e}"),
+                        }
+                    }
+                }
+            }
+            for ns in topology::list_namespaces()? {
+                if let Some(rest) = ns.strip_prefix("es-") {
+                    let name = rest.split('-').next().unwrap_or_default();
+                    if !named.contains(name) {
+                        println!(
+                            "orphan namespace {ns} (remove with: down --name {name} --orphans)"
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Sample {
+            name,
+            interval_ms,
+            seconds,
+            out,
+        } => {
+            let topo = Topology::load(&cli.state_dir, &name)?;
+            let sampler = Sampler::start(
+                topo.probes(),
+                Duration::from_millis(interval_ms),
+                Some(out.clone()),
+            )?;
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            let series = sampler.stop()?;
+            for p in topo.probes() {
+                if let Some(d) = series.delta(&p.label) {
+                    println!(
+                        "{:<8} rx {:>12} B  tx {:>12} B",
+                        p.label, d.rx_bytes, d.tx_bytes
+                    );
+                }
+            }
+            println!("wrote {}", out.display());
         }
         Cmd::Show { name, json } => {
             let topo = Topology::load(&cli.state_dir, &name)?;
@@ -152,8 +322,138 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => ExitCode::FAILURE,
             });
         }
+        Cmd::Probe(p) => return probe(p),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts a detached registry with its files under `base` (which must not
+/// exist: `down` removes it whole).
+fn start_registry(topo: &mut Topology, base: &std::path::Path, port: u16) -> Result<()> {
+    anyhow::ensure!(
+        !base.exists(),
+        "{} already exists; remove it or pick another --registry-dir",
+        base.display()
+    );
+    topo.own_dir(base)?;
+    let dir = base.join("registry");
+    let opts = RegistryOptions {
+        port,
+        root_dir: Some(dir.join("storage")),
+        work_dir: Some(dir.clone()),
+    };
+    let mut reg = Registry::start(topo, opts)?;
+    let n0 = topo.node(0, 0)?.ns.clone();
+    reg.wait_ready(topo, &n0, Duration::from_secs(20))?;
+    let url = reg.url();
+    let pid = reg.detach()?;
+    eprintln!(
+        "registry {url} running (pid {pid}, storage {})",
+        dir.join("storage").display()
+    );
+    Ok(())
+}
+
+fn probe(p: Probe) -> Result<ExitCode> {
+    use std::net::{Ipv4Addr, UdpSocket};
+    match p {
+        Probe::McastRecv {
+            group,
+            port,
+            iface,
+            timeout_ms,
+        } => {
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).context("binding")?;
+            sock.join_multicast_v4(&group, &iface)
+                .context("joining group")?;
+            sock.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
+            println!("ready");
+            let mut buf = [0u8; 1500];
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    println!("from {from}: {}", String::from_utf8_lossy(&buf[..n]));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    println!("timeout");
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e).context("receiving"),
+            }
+        }
+        Probe::TcpSink { listen } => {
+            use std::io::{Read, Write};
+            let l = std::net::TcpListener::bind(listen).context("binding")?;
+            println!("ready");
+            let (mut c, from) = l.accept().context("accepting")?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n: u64 = 0;
+            loop {
+                match c.read(&mut buf).context("reading")? {
+                    0 => break,
+                    k => n += k as u64,
+                }
+            }
+            writeln!(c, "{n}").context("replying")?;
+            println!("received {n} bytes from {from}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Probe::TcpSend { to, bytes } => {
+            use std::io::{Read, Write};
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut c = loop {
+                match std::net::TcpStream::connect(to) {
+                    Ok(c) => break c,
+                    Err(e)
+                        if std::time::Instant::now() < deadline
+                            && e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("connecting to {to}")),
+                }
+            };
+            let buf = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                c.write_all(&buf[..k]).context("sending")?;
+                left -= k as u64;
+            }
+            c.shutdown(std::net::Shutdown::Write)
+                .context("closing write side")?;
+            let mut reply = String::new();
+            c.read_to_string(&mut reply)
+                .context("reading the sink's count")?;
+            let acked: u64 = reply
+                .trim()
+                .parse()
+                .with_context(|| format!("bad reply {reply:?}"))?;
+            println!("sent {bytes} acked {acked}");
+            anyhow::ensure!(acked == bytes, "sink received {acked} of {bytes} bytes");
+            Ok(ExitCode::SUCCESS)
+        }
+        Probe::McastSend {
+            group,
+            port,
+            message,
+            count,
+        } => {
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding")?;
+            sock.set_multicast_ttl_v4(255)?;
+            for _ in 0..count {
+                sock.send_to(message.as_bytes(), (group, port))
+                    .context("sending")?;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn print(topo: &Topology, json: bool) -> Result<()> {
@@ -170,13 +470,10 @@ fn print(topo: &Topology, json: bool) -> Result<()> {
         topo.state_path().display()
     );
     println!(
-        "{:<10} {:<22} {:<16} {}",
-        "role", "namespace", "address", "counters"
+        "{:<10} {:<22} {:<16} counters",
+        "role", "namespace", "address"
     );
-    println!(
-        "{:<10} {:<22} {:<16} {}",
-        "cloud", s.cloud.ns, s.cloud.addr, "-"
-    );
+    println!("{:<10} {:<22} {:<16} -", "cloud", s.cloud.ns, s.cloud.addr);
     for l in &s.localities {
         println!(
             "{:<10} {:<22} {:<16} cloud link: {} in {}",

@@ -86,6 +86,8 @@ pub struct NetnsProcess {
     data_dir: Option<PathBuf>,
     /// Exit status once reaped, so that drop does not signal a recycled pid.
     exited: Option<ExitStatus>,
+    /// Set by [`NetnsProcess::detach`]: drop leaves the process running.
+    detached: bool,
 }
 
 impl NetnsProcess {
@@ -134,6 +136,7 @@ impl NetnsProcess {
             log: spec.log,
             data_dir: spec.data_dir,
             exited: None,
+            detached: false,
         })
     }
 
@@ -190,6 +193,14 @@ impl NetnsProcess {
         }
     }
 
+    /// Leaves the process running after this handle drops (for the CLI,
+    /// whose `up` outlives itself); `down` still kills it with its
+    /// namespace. Returns its pid.
+    pub fn detach(mut self) -> u32 {
+        self.detached = true;
+        self.pid()
+    }
+
     /// TERM to the process group, wait up to `grace`, then KILL; reaps it.
     pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
         if let Some(s) = self.try_wait()? {
@@ -213,6 +224,9 @@ impl NetnsProcess {
 
 impl Drop for NetnsProcess {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if let Err(e) = self.terminate(Duration::from_millis(500)) {
             tracing::warn!(pid = self.pid(), error = %e, "terminating process on drop");
         }

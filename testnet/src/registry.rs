@@ -158,6 +158,20 @@ impl Registry {
         &self.root_dir
     }
 
+    /// Leaves the registry running after this handle drops (the CLI's
+    /// `up --registry`); `down` kills it with the cloud namespace. Refused
+    /// when the storage is a temporary directory that drop would delete.
+    pub fn detach(self) -> Result<u32> {
+        if self._tmp.is_some() {
+            return Err(TestnetError::InvalidSpec(
+                "a registry with temporary storage cannot be detached: give root_dir and work_dir"
+                    .into(),
+            ));
+        }
+        let Registry { process, .. } = self;
+        Ok(process.detach())
+    }
+
     /// The registry process (log path, pid, stop).
     pub fn process(&mut self) -> &mut NetnsProcess {
         &mut self.process

@@ -28,9 +28,9 @@
 //! other through the cloud (two cloud links).
 //!
 //! Every namespace is recorded in a JSON state file
-//! (`/run/edgeswarm-testnet/NAME.json` by default) *before* it is created, so
-//! [`down`] removes exactly what [`Topology::up`] created, even after a crash
-//! half-way through `up`: it kills the processes living in those namespaces
+//! (`/run/edgeswarm-testnet/NAME.json` by default) as soon as it is created,
+//! so [`down`] removes exactly what [`Topology::up`] created, even after a
+//! crash half-way through `up`: it kills the processes living in those namespaces
 //! and deletes the namespaces, which deletes their veths and bridges. Nothing
 //! outside the `es-NAME-` prefix is ever touched.
 //!
@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cmd;
-use crate::counters::{self, IfCounters};
+use crate::counters::{self, IfCounters, Probe};
 use crate::error::{Result, TestnetError};
 use crate::process::{NetnsProcess, SpawnSpec};
 use crate::rate::Rate;
@@ -66,6 +66,9 @@ pub const DEFAULT_STATE_DIR: &str = "/run/edgeswarm-testnet";
 
 /// The cloud namespace's address: where the registry listens.
 pub const CLOUD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 250, 1);
+
+/// Default shaper queue, in milliseconds at the link's rate.
+pub const DEFAULT_QUEUE_MS: u32 = 50;
 
 /// Most localities one testnet may have (10.77.1.0/24 .. 10.77.200.0/24).
 pub const MAX_LOCALITIES: usize = 200;
@@ -87,6 +90,11 @@ pub struct TopologySpec {
     pub cloud_rate: Rate,
     /// Rate of each node's link to its bridge, shaped in both directions.
     pub node_rate: Rate,
+    /// Queue of every shaper, in milliseconds at its rate (tbf `latency`).
+    /// Drops at a node link downstream of the cloud link make TCP resend
+    /// across the cloud link, inflating cloud bytes; a deeper queue absorbs
+    /// slow-start bursts (default 50 ms: 625 KB at 100mbit).
+    pub queue_ms: u32,
     /// Directory for the state file.
     pub state_dir: PathBuf,
 }
@@ -101,6 +109,7 @@ impl TopologySpec {
             nodes_per_locality: nodes,
             cloud_rate: Rate::mbit(200),
             node_rate: Rate::mbit(100),
+            queue_ms: DEFAULT_QUEUE_MS,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
@@ -190,12 +199,18 @@ pub struct TopologyState {
     pub cloud_rate: Rate,
     /// Node link rate.
     pub node_rate: Rate,
+    /// Shaper queue length in milliseconds.
+    pub queue_ms: u32,
     /// The cloud namespace.
     pub cloud: CloudInfo,
     /// The localities.
     pub localities: Vec<LocalityInfo>,
-    /// Namespaces in creation order; recorded *before* each is created.
+    /// Namespaces in creation order, each recorded right after its creation.
     pub namespaces: Vec<String>,
+    /// Directories created for this testnet (e.g. a detached registry's
+    /// storage), removed by `down` after the namespaces and their processes.
+    #[serde(default)]
+    pub owned_dirs: Vec<PathBuf>,
 }
 
 /// A live testnet. Dropping it tears it down unless [`Topology::detach`] was
@@ -251,6 +266,12 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
             spec.localities
         )));
     }
+    if !(1..=1000).contains(&spec.queue_ms) {
+        return Err(TestnetError::InvalidSpec(format!(
+            "queue_ms must be 1..=1000, got {}",
+            spec.queue_ms
+        )));
+    }
     if spec.nodes_per_locality == 0 || spec.nodes_per_locality > MAX_NODES_PER_LOCALITY {
         return Err(TestnetError::InvalidSpec(format!(
             "nodes per locality must be 1..={MAX_NODES_PER_LOCALITY}, got {}",
@@ -296,12 +317,14 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
         prefix: p,
         cloud_rate: spec.cloud_rate,
         node_rate: spec.node_rate,
+        queue_ms: spec.queue_ms,
         cloud: CloudInfo {
             ns: cloud_ns,
             addr: CLOUD_ADDR,
         },
         localities,
         namespaces: Vec::new(),
+        owned_dirs: Vec::new(),
     })
 }
 
@@ -313,11 +336,12 @@ fn ip_n(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Puts a tbf qdisc as root of `iface`'s egress.
-fn shape(iface: &Iface, rate: Rate) -> Result<()> {
+fn shape(iface: &Iface, rate: Rate, queue_ms: u32) -> Result<()> {
     let rate_s = rate.to_string();
     let burst = rate.tbf_burst_bytes().to_string();
-    // latency bounds the queue: 20 ms of queueing at this rate on top of the
-    // bucket, enough for TCP to keep the link full without bufferbloat.
+    let latency = format!("{queue_ms}ms");
+    // latency bounds the queue: `queue_ms` of queueing at this rate on top
+    // of the bucket.
     cmd::run(
         "tc",
         &[
@@ -334,7 +358,7 @@ fn shape(iface: &Iface, rate: Rate) -> Result<()> {
             "burst",
             &burst,
             "latency",
-            "20ms",
+            &latency,
         ],
     )
     .map(drop)
@@ -443,6 +467,23 @@ impl Topology {
         self.detached = true;
     }
 
+    /// Records `dir` as belonging to this testnet: `down` removes it. The
+    /// state file is updated before returning; create the directory after.
+    pub fn own_dir(&mut self, dir: impl Into<PathBuf>) -> Result<()> {
+        let dir = dir.into();
+        if !dir.is_absolute() {
+            return Err(TestnetError::InvalidSpec(format!(
+                "owned dir {} must be absolute",
+                dir.display()
+            )));
+        }
+        if !self.state.owned_dirs.contains(&dir) {
+            self.state.owned_dirs.push(dir);
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Removes everything `up` created: kills processes in its namespaces,
     /// deletes the namespaces (and with them every veth and bridge), and the
     /// state file.
@@ -494,12 +535,47 @@ impl Topology {
         self.state.localities.iter().flat_map(|l| l.nodes.iter())
     }
 
+    /// One probe per cloud link (label `cloud<L>`: tx = bytes into
+    /// locality L, rx = bytes out of it) and per node link (label `n<L>-<i>`:
+    /// rx = the node's download, tx = its upload), for a [`Sampler`].
+    ///
+    /// [`Sampler`]: crate::counters::Sampler
+    pub fn probes(&self) -> Vec<Probe> {
+        let mut v: Vec<Probe> = self
+            .state
+            .localities
+            .iter()
+            .map(|l| Probe::new(format!("cloud{}", l.index), l.cloud_link.clone()))
+            .collect();
+        v.extend(
+            self.nodes()
+                .map(|n| Probe::new(format!("n{}-{}", n.locality, n.index), n.link.clone())),
+        );
+        v
+    }
+
     /// Spawns a long-running process in namespace `ns` (one of this
     /// testnet's), with its output in the spec's log file. The process is
     /// killed when the returned handle drops, and by [`Topology::down`].
     pub fn spawn(&self, ns: &str, spec: SpawnSpec) -> Result<NetnsProcess> {
         self.check_ns(ns)?;
         NetnsProcess::spawn(ns, spec)
+    }
+
+    /// A `std::process::Command` that runs `program` in namespace `ns`
+    /// (`ip netns exec NS program`), for callers that want their own stdio
+    /// handling or an async runtime (`tokio::process::Command::from(cmd)`).
+    /// Unlike [`Topology::spawn`], nothing kills it on drop; `down` still
+    /// kills it.
+    pub fn command(
+        &self,
+        ns: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<std::process::Command> {
+        self.check_ns(ns)?;
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(program);
+        Ok(c)
     }
 
     /// Runs a short command in namespace `ns` to completion and returns its
@@ -547,9 +623,13 @@ impl Topology {
 
     /// Records, then creates, a namespace with loopback up.
     fn add_ns(&mut self, ns: &str) -> Result<()> {
+        // Recorded only once `ip netns add` succeeded: a namespace of that
+        // name made by someone else in the meantime makes the add fail and is
+        // never ours to remove. (A crash between add and save leaves an
+        // orphan, which `down --orphans` finds by its prefix.)
+        cmd::run("ip", &["netns", "add", ns])?;
         self.state.namespaces.push(ns.to_string());
         self.save()?;
-        cmd::run("ip", &["netns", "add", ns])?;
         ip_n(ns, &["link", "set", "dev", "lo", "up"])?;
         Ok(())
     }
@@ -566,6 +646,7 @@ impl Topology {
         ip_n(&cloud.ns, &["link", "set", "dev", "br0", "up"])?;
         ns_sh(&cloud.ns, "echo 1 > /proc/sys/net/ipv4/ip_forward")?;
         let (cloud_rate, node_rate) = (self.state.cloud_rate, self.state.node_rate);
+        let queue_ms = self.state.queue_ms;
         for loc in self.state.localities.clone() {
             let r = &loc.router_ns;
             let lan = &loc.lan_ns;
@@ -610,8 +691,8 @@ impl Topology {
                     &loc.router_cloud_addr.to_string(),
                 ],
             )?;
-            shape(&loc.cloud_link_router_end, cloud_rate)?;
-            shape(cl, cloud_rate)?;
+            shape(&loc.cloud_link_router_end, cloud_rate, queue_ms)?;
+            shape(cl, cloud_rate, queue_ms)?;
             // LAN bridge and the router's leg on it.
             ip_n(
                 lan,
@@ -671,8 +752,8 @@ impl Topology {
                         &loc.router_addr.to_string(),
                     ],
                 )?;
-                shape(&node.link, node_rate)?;
-                shape(&node.bridge_port, node_rate)?;
+                shape(&node.link, node_rate, queue_ms)?;
+                shape(&node.bridge_port, node_rate, queue_ms)?;
             }
         }
         self.save()
@@ -688,6 +769,13 @@ impl Topology {
         }
         if let Some(e) = first_err {
             return Err(e);
+        }
+        for dir in &self.state.owned_dirs {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TestnetError::io(format!("removing {}", dir.display()), e)),
+            }
         }
         match std::fs::remove_file(&self.state_path) {
             Ok(()) => Ok(()),
@@ -714,6 +802,31 @@ impl Drop for Topology {
 pub fn down(state_dir: &Path, name: &str) -> Result<()> {
     cmd::preflight()?;
     Topology::load(state_dir, name)?.down()
+}
+
+/// Removes namespaces named `es-<name>-*` of a testnet whose state file is
+/// gone (e.g. a test killed with SIGKILL whose temporary state dir was
+/// lost). Refuses while a state file for `name` exists in `state_dir`: use
+/// [`down`] then. Returns the namespaces removed.
+pub fn remove_orphans(state_dir: &Path, name: &str) -> Result<Vec<String>> {
+    cmd::preflight()?;
+    validate_name(name)?;
+    let path = state_path(state_dir, name);
+    if path.exists() {
+        return Err(TestnetError::AlreadyExists {
+            name: name.to_string(),
+            what: format!("state file {}", path.display()),
+        });
+    }
+    let p = prefix(name);
+    let victims: Vec<String> = list_namespaces()?
+        .into_iter()
+        .filter(|n| n.starts_with(&p))
+        .collect();
+    for ns in &victims {
+        remove_namespace(ns)?;
+    }
+    Ok(victims)
 }
 
 /// Checks that veth pairs, bridges and tbf work, inside namespace `ns`
