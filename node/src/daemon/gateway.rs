@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use edgeswarm_protocol::release::Release;
-use edgeswarm_protocol::wire::{BlobDescriptor, GossipMessage, ReleaseResolution, ReleaseState};
+use edgeswarm_protocol::wire::{
+    BlobDescriptor, ChunkDigestUpdate, GossipMessage, ReleaseResolution, ReleaseState,
+};
 use edgeswarm_protocol::Digest;
 use futures::StreamExt;
 use tracing::Instrument;
@@ -24,6 +26,10 @@ use crate::swarm::Topic;
 
 /// Layers pulled from the registry at once (dockerd also uses 3).
 const PARALLEL_LAYER_PULLS: usize = 3;
+/// Chunk digests announced per gossip message while a layer streams in:
+/// small enough that peers learn of chunks within a few hundred
+/// milliseconds of their arrival, large enough to keep gossip light.
+const DIGESTS_PER_ANNOUNCEMENT: usize = 8;
 
 /// Pulls `release` as this locality's gateway; failures are reported in
 /// the release's status.
@@ -147,7 +153,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
         .map(|layer| {
             let cloud = cloud.clone();
             let reference = reference.clone();
-            async move { pull_layer(inner, &reference, &layer, &cloud).await }
+            async move { pull_layer(inner, id, &reference, &layer, &cloud).await }
         })
         .buffer_unordered(PARALLEL_LAYER_PULLS)
         .collect()
@@ -158,6 +164,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
 /// Streams one layer from the registry into the store, chunk by chunk.
 async fn pull_layer(
     inner: &Arc<Inner>,
+    release_id: Digest,
     reference: &Reference,
     layer: &LayerDescriptor,
     cloud: &Arc<std::sync::atomic::AtomicU64>,
@@ -182,6 +189,9 @@ async fn pull_layer(
     let Some(mut index) = held else {
         return Ok(()); // every chunk already held
     };
+    // Peers look for providers as soon as they learn of the layer.
+    let _ = inner.swarm.provide(blob).await;
+    let mut announcer = DigestAnnouncer::new(inner, release_id, layer, chunk_size, index);
     let cs = chunk_size.get() as u64;
     let mut stream = registry_of(inner)?.layer_stream(reference, layer, index as u64 * cs);
     let counter = stream.counter();
@@ -197,10 +207,12 @@ async fn pull_layer(
         buffer.extend_from_slice(&bytes);
         while !buffer.is_empty() && buffer.len() >= chunk_len(index) {
             let chunk = buffer.split_to(chunk_len(index)).freeze();
-            store_chunk(inner, blob, index, chunk).await?;
+            let digest = store_chunk(inner, blob, index, chunk).await?;
+            announcer.push(digest).await;
             index += 1;
         }
     }
+    announcer.finish(store.is_complete(&blob)).await;
     if !store.is_complete(&blob) {
         return Err(format!(
             "registry stream for layer {blob} ended at chunk {index} before the layer was complete"
@@ -217,7 +229,7 @@ async fn store_chunk(
     blob: Digest,
     index: u32,
     chunk: bytes::Bytes,
-) -> Result<(), String> {
+) -> Result<Digest, String> {
     let for_hash = chunk.clone();
     let digest = tokio::task::spawn_blocking(move || Digest::of(&for_hash))
         .await
@@ -232,7 +244,85 @@ async fn store_chunk(
         .write_chunk(blob, index, chunk)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(digest)
+}
+
+/// Gossips a layer's chunk digests, signed by this gateway, as the layer
+/// streams in, so peers can verify (and so fetch and forward) chunks long
+/// before the layer is complete.
+struct DigestAnnouncer<'a> {
+    /// The daemon (swarm and identity).
+    inner: &'a Arc<Inner>,
+    /// The release the layer belongs to.
+    release_id: Digest,
+    /// The layer.
+    layer: &'a LayerDescriptor,
+    /// Its chunk size.
+    chunk_size: edgeswarm_protocol::ChunkSize,
+    /// Index of the first digest in `pending`.
+    first_index: u32,
+    /// Digests not yet announced.
+    pending: Vec<Digest>,
+}
+
+impl<'a> DigestAnnouncer<'a> {
+    fn new(
+        inner: &'a Arc<Inner>,
+        release_id: Digest,
+        layer: &'a LayerDescriptor,
+        chunk_size: edgeswarm_protocol::ChunkSize,
+        first_index: u32,
+    ) -> Self {
+        DigestAnnouncer {
+            inner,
+            release_id,
+            layer,
+            chunk_size,
+            first_index,
+            pending: Vec::with_capacity(DIGESTS_PER_ANNOUNCEMENT),
+        }
+    }
+
+    async fn push(&mut self, digest: Digest) {
+        self.pending.push(digest);
+        if self.pending.len() >= DIGESTS_PER_ANNOUNCEMENT {
+            self.flush(false).await;
+        }
+    }
+
+    async fn finish(mut self, verified: bool) {
+        self.flush(verified).await;
+    }
+
+    async fn flush(&mut self, final_blob_digest_checked: bool) {
+        if self.pending.is_empty() && !final_blob_digest_checked {
+            return;
+        }
+        let digests = std::mem::take(&mut self.pending);
+        let count = digests.len() as u32;
+        let update = ChunkDigestUpdate {
+            release_id: Some(self.release_id),
+            blob: self.layer.digest,
+            blob_size: self.layer.size,
+            chunk_size: self.chunk_size,
+            first_index: self.first_index,
+            digests,
+            final_blob_digest_checked,
+        };
+        self.first_index += count;
+        let signed = edgeswarm_protocol::release::Signed::sign(update, &self.inner.identity);
+        if let Err(e) = self
+            .inner
+            .swarm
+            .publish(
+                Topic::Releases,
+                GossipMessage::ChunkDigests(signed).encode(),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "chunk digests not gossiped");
+        }
+    }
 }
 
 fn registry_of(inner: &Inner) -> Result<&crate::registry::RegistryClient, String> {

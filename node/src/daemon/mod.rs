@@ -41,7 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
 use edgeswarm_protocol::wire::{
-    GossipMessage, NodeStatus, PeerRole, ReleaseProgress, ReleaseState, SignedReleaseResolution,
+    GossipMessage, NodeStatus, PeerRole, ReleaseProgress, ReleaseState, SignedChunkDigestUpdate,
+    SignedReleaseResolution,
 };
 use edgeswarm_protocol::{election, ChunkSize, Digest};
 use libp2p::PeerId;
@@ -827,8 +828,58 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
                 }
             }
             GossipMessage::Resolution(signed) => on_resolution(msg.source, signed),
-            GossipMessage::ChunkDigests(_) | GossipMessage::Availability(_) => {}
+            GossipMessage::ChunkDigests(signed) => {
+                on_chunk_digests(&inner, msg.source, signed).await
+            }
+            GossipMessage::Availability(_) => {}
         }
+    }
+}
+
+/// A gateway announces chunk digests of a layer it is pulling. Accepted
+/// only from the gateway elected for that release, signed with its own
+/// identity: a member that lies cannot poison a transfer.
+async fn on_chunk_digests(
+    inner: &Arc<Inner>,
+    source: Option<PeerId>,
+    signed: SignedChunkDigestUpdate,
+) {
+    let Some(source) = source else { return };
+    let Some(key) = peer_public_key(&source) else {
+        return;
+    };
+    let update = match signed.verify_signer(&key) {
+        Ok(update) => update.clone(),
+        Err(e) => {
+            tracing::warn!(%source, error = %e, "forged chunk digests");
+            return;
+        }
+    };
+    let gateway = update.release_id.and_then(|id| {
+        let state = inner.state.lock().expect("state lock");
+        state.releases.get(&id).map(|t| t.gateway)
+    });
+    match gateway {
+        Some(Some(gateway)) if gateway == source => {}
+        Some(_) => {
+            tracing::warn!(%source, blob = %update.blob, "chunk digests from a peer that is not the release's gateway; ignored");
+            return;
+        }
+        None => return, // a release this node does not follow
+    }
+    let store = &inner.store;
+    if let Err(e) = store
+        .create_blob(update.blob, update.blob_size, update.chunk_size)
+        .await
+    {
+        tracing::warn!(blob = %update.blob, error = %e, "cannot declare layer");
+        return;
+    }
+    if let Err(e) = store
+        .add_chunk_digests(update.blob, update.first_index, &update.digests)
+        .await
+    {
+        tracing::warn!(%source, blob = %update.blob, error = %e, "chunk digests refused");
     }
 }
 
