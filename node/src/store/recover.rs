@@ -310,9 +310,26 @@ fn open_partial(
     if !held.is_empty() {
         compact.extend(Record::Verified(held).encode());
     }
-    inner.write_atomic(&journal_path, &compact)?;
+    let journal_len = match inner.write_atomic(&journal_path, &compact) {
+        Ok(()) => compact.len() as u64,
+        Err(err) => {
+            // A full disk must not stop the node from opening: keep the old
+            // journal cut to its intact prefix. Cleared bits are not
+            // recorded, but the next open re-hashes and clears them again.
+            tracing::warn!(blob = %digest, error = %err, "could not compact the journal; keeping it");
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&journal_path)
+                .map_err(io(&journal_path))?;
+            f.set_len(valid as u64).map_err(io(&journal_path))?;
+            valid as u64
+        }
+    };
     let journal = OpenOptions::new()
         .append(true)
+        .create(true)
         .open(&journal_path)
         .map_err(io(&journal_path))?;
     let known = digests.iter().filter(|d| d.is_some()).count() as u32;
@@ -338,7 +355,7 @@ fn open_partial(
             phase: Phase::Partial,
             file: Arc::new(file),
             journal: Some(Arc::new(journal)),
-            journal_len: compact.len() as u64,
+            journal_len,
             digests,
             known,
             map,
