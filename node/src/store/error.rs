@@ -20,7 +20,7 @@ pub enum StoreError {
     },
     /// The file system is full (ENOSPC or EDQUOT). Nothing was recorded for
     /// the write that hit it; free space and fetch again.
-    #[error("disk full: writing {path} needs {needed} more bytes; free space on that file system or lower --max-store-size")]
+    #[error("disk full: writing {path} needs {needed} more bytes; free space on that file system, or set --max-store-size below it so unpinned blobs are collected first")]
     DiskFull {
         /// The file being written.
         path: PathBuf,

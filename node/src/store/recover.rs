@@ -92,7 +92,7 @@ pub(super) fn open(
         }
         match open_partial(&inner, digest, &path) {
             Ok(Some(b)) => {
-                if b.chunk_count > 0 && b.lock().have.is_complete() {
+                if b.lock().have.is_complete() {
                     b.lock().phase = Phase::Finishing;
                     finish.push(b.clone());
                 }
