@@ -670,3 +670,82 @@ async fn empty_blob_completes_on_create() {
     store.reader(d).unwrap().read_to_end(&mut out).unwrap();
     assert!(out.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_concurrent_writers_store_each_chunk_once() {
+    // Endgame: several peers deliver the same chunks at the same time.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let t = std::sync::Arc::new(TestBlob::new(32 * 65536 + 17, 11, ChunkSize::MIN));
+    store.put_chunk_map(t.digest, &t.map).await.unwrap();
+    let mut reader = store.reader(t.digest).unwrap();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).map(|_| out)
+    });
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let store = store.clone();
+            let t = t.clone();
+            tokio::spawn(async move {
+                let n = t.map.chunk_count();
+                let mut outcomes = Vec::new();
+                for k in 0..n {
+                    let i = (k * (2 * w + 1) + w) % n;
+                    let o = store.write_chunk(t.digest, i, t.chunk(i)).await.unwrap();
+                    outcomes.push((i, o));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut stored = vec![0u32; t.map.chunk_count() as usize];
+    let mut completes = 0;
+    for w in writers {
+        for (i, o) in w.await.unwrap() {
+            match o {
+                WriteOutcome::Stored => stored[i as usize] += 1,
+                WriteOutcome::BlobComplete => {
+                    stored[i as usize] += 1;
+                    completes += 1
+                }
+                WriteOutcome::AlreadyHad => {}
+            }
+        }
+    }
+    assert_eq!(completes, 1, "exactly one writer completes the blob");
+    assert!(
+        stored.iter().all(|&n| n == 1),
+        "each chunk stored exactly once: {stored:?}"
+    );
+    assert!(read.await.unwrap().unwrap() == t.bytes);
+    assert_eq!(
+        std::fs::read(store.blob_path(&t.digest).unwrap()).unwrap(),
+        t.bytes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_reader_fails_when_the_blob_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let t = TestBlob::new(2 * 65536, 12, ChunkSize::MIN);
+    let claimed = Digest::of(b"not these bytes");
+    store.put_chunk_map(claimed, &t.map).await.unwrap();
+    let mut r = store.reader(claimed).unwrap();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap_err()
+    });
+    // Chunk 1 first so the reader is still waiting for chunk 0 when the
+    // last write fails the blob.
+    store.write_chunk(claimed, 1, t.chunk(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(matches!(
+        store.write_chunk(claimed, 0, t.chunk(0)).await,
+        Err(StoreError::BlobCorrupt { .. })
+    ));
+    let err = read.await.unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("hashes to"), "{err}");
+}

@@ -1047,8 +1047,9 @@ impl Store {
 
     /// A blocking [`std::io::Read`] over the blob in order, waiting for
     /// chunks that are not there yet (use it inside `spawn_blocking`).
-    /// Each chunk is re-verified before its bytes are returned. Reading
-    /// advances [`cursor`](Self::cursor).
+    /// Each chunk is re-verified before its bytes are returned, and end of
+    /// file waits for the whole-blob check. Reading advances
+    /// [`cursor`](Self::cursor). See [`BlobReader`] for timeouts and abort.
     pub fn reader(&self, blob: Digest) -> Result<BlobReader, StoreError> {
         self.check_open()?;
         let b = self.inner.get(&blob)?;
