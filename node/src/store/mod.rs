@@ -341,6 +341,27 @@ fn hash_file(file: &File, len: u64, path: &Path) -> Result<Digest, StoreError> {
     Ok(Digest::from_bytes(h.finalize().into()))
 }
 
+/// Chunks of `file` that no longer match their digests (streaming).
+fn bad_chunks(
+    b: &Blob,
+    file: &File,
+    digests: &[Digest],
+    path: &Path,
+) -> Result<Vec<u32>, StoreError> {
+    let mut buf = vec![0u8; b.chunk_size.get() as usize];
+    let mut bad = Vec::new();
+    for (i, d) in digests.iter().enumerate() {
+        let r = b.range(i as u32);
+        let n = (r.end - r.start) as usize;
+        file.read_exact_at(&mut buf[..n], r.start)
+            .map_err(io(path))?;
+        if Digest::of(&buf[..n]) != *d {
+            bad.push(i as u32);
+        }
+    }
+    Ok(bad)
+}
+
 /// `[version, size, chunk_size]` of a partial blob.
 type Meta = (u64, u64, ChunkSize);
 /// `[version, name, blobs]` of a pin.
@@ -556,7 +577,9 @@ impl Inner {
         let res = (|| {
             let actual = hash_file(&file, b.size, &data_path)?;
             if actual != b.digest {
-                return Ok(Err(actual));
+                // Rot since the chunks were verified, or a lying chunk map?
+                let bad = bad_chunks(b, &file, &digests, &data_path)?;
+                return Ok(Err((actual, bad)));
             }
             let map = ChunkMap::new(b.size, b.chunk_size, digests).map_err(|e| StoreError::Io {
                 path: data_path.clone(),
@@ -584,7 +607,24 @@ impl Inner {
                 self.emit(StoreEvent::BlobComplete { blob: b.digest });
                 Ok(WriteOutcome::BlobComplete)
             }
-            Ok(Err(actual)) => {
+            Ok(Err((_, bad))) if !bad.is_empty() => {
+                // Chunks rotted on disk after they were verified: refetch
+                // just those.
+                tracing::warn!(blob = %b.digest, chunks = ?bad, "chunks rotted before the whole-blob check; cleared for refetch");
+                {
+                    let mut st = b.lock();
+                    for &i in &bad {
+                        st.have.clear(i);
+                    }
+                    if let Err(e) = self.append(b, &mut st, &Record::Cleared(bad)) {
+                        tracing::warn!(blob = %b.digest, error = %e, "could not journal cleared chunks");
+                    }
+                    st.phase = Phase::Partial;
+                }
+                b.cond.notify_all();
+                Ok(WriteOutcome::Stored)
+            }
+            Ok(Err((actual, _))) => {
                 let reason = format!("content hashes to {actual}");
                 {
                     let mut st = b.lock();
