@@ -775,6 +775,7 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`, recovering from any
     /// crash: torn journal tails are dropped and every chunk marked present
     /// in a partial blob is re-hashed; failures are cleared for refetch.
+    #[tracing::instrument(level = "debug", skip(config), fields(dir = %dir.display()))]
     pub async fn open(dir: PathBuf, config: StoreConfig) -> Result<Store, StoreError> {
         let (inner, finish) = blocking(move || recover::open(dir, config)).await?;
         let store = Store {
@@ -800,6 +801,7 @@ impl Store {
     /// Declares a blob (size known from the manifest). Idempotent; a
     /// different size or chunk size than declared before is refused. Under
     /// a quota, unpinned blobs are collected first to make room.
+    #[tracing::instrument(level = "debug", skip(self), fields(blob = %blob))]
     pub async fn create_blob(
         &self,
         blob: Digest,
@@ -1006,6 +1008,7 @@ impl Store {
     /// `blobs/` ([`WriteOutcome::BlobComplete`]); a mismatch drops it,
     /// emits [`StoreEvent::BlobFailed`] and returns
     /// [`StoreError::BlobCorrupt`]. Wrong bytes store nothing.
+    #[tracing::instrument(level = "trace", skip(self, bytes), fields(blob = %blob, len = bytes.len()))]
     pub async fn write_chunk(
         &self,
         blob: Digest,
@@ -1045,6 +1048,7 @@ impl Store {
     /// Stores a whole small blob (manifest, config) after checking that its
     /// sha256 is `digest`; a mismatch is [`StoreError::BlobCorrupt`] and
     /// stores nothing. Completes a partial blob of the same digest.
+    #[tracing::instrument(level = "debug", skip(self, bytes), fields(blob = %digest, len = bytes.len()))]
     pub async fn put_blob(&self, digest: Digest, bytes: Bytes) -> Result<(), StoreError> {
         self.check_open()?;
         if self.is_complete(&digest) {
@@ -1108,6 +1112,7 @@ impl Store {
 
     /// Pins `blobs` under `name` (replacing an earlier pin of that name).
     /// Pinned blobs are never collected; blobs need not exist yet.
+    #[tracing::instrument(level = "debug", skip(self, blobs), fields(blobs = blobs.len()))]
     pub async fn pin(&self, name: &str, blobs: &[Digest]) -> Result<(), StoreError> {
         if name.is_empty() || name.len() > 255 {
             return Err(StoreError::InvalidName(name.to_string()));
@@ -1148,6 +1153,7 @@ impl Store {
     /// Removes every blob, complete or partial, that no pin references
     /// (oldest first), except blobs with an open reader or in their final
     /// check.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn gc(&self) -> Result<GcReport, StoreError> {
         let _admin = self.inner.admin.lock().await;
         let inner = self.inner.clone();
