@@ -75,6 +75,7 @@ fn futures_are_send(s: Store, d: Digest, map: ChunkMap) {
     send(s.pin("x", &[]));
     send(s.unpin("x"));
     send(s.gc());
+    send(s.flush());
     send(s.reader(d));
     send(s.clone());
 }
