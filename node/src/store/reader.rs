@@ -10,7 +10,9 @@ use super::{Blob, Inner, Phase, StoreError};
 /// Reads a blob in order, blocking on a condvar until the next chunk is
 /// verified. Each chunk is re-verified from disk before its bytes are
 /// returned (at most one chunk is buffered). Reading advances the blob's
-/// consume cursor, which the picker's deadline window follows.
+/// consume cursor, which the picker's deadline window follows. End of file
+/// is reported only once the whole blob passed its final sha256 check, so
+/// a consumer never mistakes a corrupt blob for a clean one.
 ///
 /// It fails with an [`io::Error`] wrapping a [`StoreError`] when the blob
 /// fails or is collected, the store closes, the reader is aborted through
@@ -99,64 +101,66 @@ impl BlobReader {
         self.blob.size
     }
 
+    /// Blocks until `ready` holds for the blob's state, or fails on abort,
+    /// store close, blob failure/removal or timeout.
+    fn wait_for(&self, what: &str, ready: impl Fn(&super::BlobState) -> bool) -> io::Result<()> {
+        let b = &self.blob;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let mut st = b.lock();
+        loop {
+            if self.aborted.load(Ordering::SeqCst) {
+                return Err(io::Error::other("blob reader aborted"));
+            }
+            if self.inner.closing.load(Ordering::SeqCst) {
+                return Err(io::Error::other(StoreError::Closing));
+            }
+            match &st.phase {
+                Phase::Removed => {
+                    return Err(io::Error::other(StoreError::BlobGone {
+                        blob: b.digest,
+                        reason: "collected or replaced".into(),
+                    }))
+                }
+                Phase::Failed(r) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        StoreError::BlobGone {
+                            blob: b.digest,
+                            reason: r.clone(),
+                        },
+                    ))
+                }
+                _ => {}
+            }
+            if ready(&st) {
+                return Ok(());
+            }
+            st = match deadline {
+                None => b.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("timed out waiting for {what} of blob {}", b.digest),
+                        ));
+                    }
+                    b.cond
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
     /// Waits for the chunk holding `self.pos`, reads and verifies it.
     fn load(&mut self) -> io::Result<()> {
         let b = self.blob.clone();
         let cs = b.chunk_size.get() as u64;
         let index = (self.pos / cs) as u32;
-        let deadline = self.timeout.map(|t| Instant::now() + t);
         loop {
-            {
-                let mut st = b.lock();
-                loop {
-                    if self.aborted.load(Ordering::SeqCst) {
-                        return Err(io::Error::other("blob reader aborted"));
-                    }
-                    if self.inner.closing.load(Ordering::SeqCst) {
-                        return Err(io::Error::other(StoreError::Closing));
-                    }
-                    match &st.phase {
-                        Phase::Removed => {
-                            return Err(io::Error::other(StoreError::BlobGone {
-                                blob: b.digest,
-                                reason: "collected or replaced".into(),
-                            }))
-                        }
-                        Phase::Failed(r) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                StoreError::BlobGone {
-                                    blob: b.digest,
-                                    reason: r.clone(),
-                                },
-                            ))
-                        }
-                        _ => {}
-                    }
-                    if st.have.get(index) {
-                        break;
-                    }
-                    st = match deadline {
-                        None => b.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
-                        Some(d) => {
-                            let now = Instant::now();
-                            if now >= d {
-                                return Err(io::Error::new(
-                                    io::ErrorKind::TimedOut,
-                                    format!(
-                                        "timed out waiting for chunk {index} of blob {}",
-                                        b.digest
-                                    ),
-                                ));
-                            }
-                            b.cond
-                                .wait_timeout(st, d - now)
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0
-                        }
-                    };
-                }
-            }
+            self.wait_for(&format!("chunk {index}"), |st| st.have.get(index))?;
             match self.inner.read_chunk_blocking(&b, index) {
                 Ok(bytes) => {
                     self.buf = bytes;
@@ -175,7 +179,13 @@ impl BlobReader {
 
 impl io::Read for BlobReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() || self.pos >= self.blob.size {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.pos >= self.blob.size {
+            // End of file only once the whole blob verified: a blob that
+            // fails its final check is an error, never a clean EOF.
+            self.wait_for("the whole-blob check", |st| st.phase == Phase::Complete)?;
             return Ok(0);
         }
         let buf_end = self.buf_start + self.buf.len() as u64;

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use super::journal::{self, Record};
 use super::{
     fsync_dir, io, map_of_file, read_small, Blob, BlobState, Inner, Meta, Phase, PinFile, State,
-    StoreConfig, StoreError, StoreEvent, EVENT_CAPACITY, IO_BUF, META_VERSION,
+    StoreConfig, StoreError, StoreEvent, SyncState, EVENT_CAPACITY, IO_BUF, META_VERSION,
 };
 
 /// Opens the store in `dir`; returns it and the partial blobs whose every
@@ -92,7 +92,7 @@ pub(super) fn open(
         }
         match open_partial(&inner, digest, &path) {
             Ok(Some(b)) => {
-                if b.chunk_count > 0 && b.lock().have.is_complete() {
+                if b.lock().have.is_complete() {
                     b.lock().phase = Phase::Finishing;
                     finish.push(b.clone());
                 }
@@ -191,6 +191,7 @@ fn complete_blob(digest: Digest, map: ChunkMap, file: Arc<File>, created: System
             readers: 0,
         }),
         cond: Condvar::new(),
+        sync: SyncState::default(),
     }
 }
 
@@ -310,9 +311,26 @@ fn open_partial(
     if !held.is_empty() {
         compact.extend(Record::Verified(held).encode());
     }
-    inner.write_atomic(&journal_path, &compact)?;
+    let journal_len = match inner.write_atomic(&journal_path, &compact) {
+        Ok(()) => compact.len() as u64,
+        Err(err) => {
+            // A full disk must not stop the node from opening: keep the old
+            // journal cut to its intact prefix. Cleared bits are not
+            // recorded, but the next open re-hashes and clears them again.
+            tracing::warn!(blob = %digest, error = %err, "could not compact the journal; keeping it");
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&journal_path)
+                .map_err(io(&journal_path))?;
+            f.set_len(valid as u64).map_err(io(&journal_path))?;
+            valid as u64
+        }
+    };
     let journal = OpenOptions::new()
         .append(true)
+        .create(true)
         .open(&journal_path)
         .map_err(io(&journal_path))?;
     let known = digests.iter().filter(|d| d.is_some()).count() as u32;
@@ -338,7 +356,7 @@ fn open_partial(
             phase: Phase::Partial,
             file: Arc::new(file),
             journal: Some(Arc::new(journal)),
-            journal_len: compact.len() as u64,
+            journal_len,
             digests,
             known,
             map,
@@ -347,6 +365,7 @@ fn open_partial(
             readers: 0,
         }),
         cond: Condvar::new(),
+        sync: SyncState::default(),
     })))
 }
 
@@ -399,6 +418,7 @@ pub(super) fn create_partial(
             readers: 0,
         }),
         cond: Condvar::new(),
+        sync: SyncState::default(),
     }))
 }
 
