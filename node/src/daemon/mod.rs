@@ -58,6 +58,8 @@ use crate::swarm::{keys, Node, SwarmClient, SwarmConfig, Topic};
 
 /// How often a node reports its status on gossip.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// Shortest gap between two status reports triggered by state changes.
+const MIN_STATUS_GAP: Duration = Duration::from_millis(250);
 /// A peer not heard from for this long is considered gone (failover).
 const PEER_TIMEOUT: Duration = Duration::from_secs(8);
 /// How many releases a node works on at once.
@@ -266,6 +268,9 @@ pub(crate) struct Inner {
     /// Layers this node is pulling from the registry right now (its own
     /// fetch pipeline waits for them instead of asking peers).
     pulling_blobs: Mutex<std::collections::HashSet<Digest>>,
+    /// Wakes the status loop when a release changes state, so the locality
+    /// learns of completions without waiting for the next periodic report.
+    status_changed: tokio::sync::Notify,
     /// Release-level metrics.
     metrics: DaemonMetrics,
     /// Every metric of the node, for `/metrics`.
@@ -367,6 +372,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             release_slots: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE_RELEASES)),
             pulling_blobs: Mutex::new(Default::default()),
+            status_changed: tokio::sync::Notify::new(),
             metrics,
             metrics_registry: registry_metrics,
         });
@@ -677,6 +683,7 @@ impl Inner {
             if new == ReleaseState::Failed {
                 self.metrics.releases_failed.inc();
             }
+            self.status_changed.notify_one();
             if let Some(e) = error {
                 tracing::error!(release = %id, error = %e, "release failed");
                 t.error = Some(e);
@@ -905,7 +912,13 @@ fn on_resolution(source: Option<PeerId>, signed: SignedReleaseResolution) {
 async fn status_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.status_changed.notified() => {
+                // Coalesce bursts of changes into one report.
+                tokio::time::sleep(MIN_STATUS_GAP).await;
+            }
+        }
         let report = GossipMessage::Status(inner.status_report()).encode();
         if let Err(e) = inner.swarm.publish(Topic::Status, report).await {
             tracing::trace!(error = %e, "status not published");
