@@ -36,7 +36,11 @@ const DIGESTS_PER_ANNOUNCEMENT: usize = 8;
 pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
     let id = release.id();
     let span = tracing::info_span!("gateway_pull", release = %id, image = %release.image);
-    if let Err(e) = pull_inner(&inner, &release).instrument(span).await {
+    let result = tokio::select! {
+        r = pull_inner(&inner, &release).instrument(span) => r,
+        _ = inner.shutdown.cancelled() => return,
+    };
+    if let Err(e) = result {
         inner.set_state(&id, ReleaseState::Failed, Some(e));
     }
     let mut state = inner.state.lock().expect("state lock");
@@ -132,13 +136,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
         if store.is_complete(&layer.digest) {
             continue;
         }
-        let providers = inner
-            .swarm
-            .providers(layer.digest)
-            .await
-            .unwrap_or_default();
-        let me = inner.swarm.local_peer_id();
-        if providers.iter().any(|p| *p != me) {
+        if inner.locality_holds(&layer.digest) {
             tracing::info!(layer = %layer.digest, "layer already in the locality; not pulled");
             continue;
         }
@@ -182,45 +180,64 @@ async fn pull_layer(
         .create_blob(blob, layer.size, chunk_size)
         .await
         .map_err(|e| e.to_string())?;
-    let held = store
-        .bitfield(&blob)
-        .map(|b| b.next_zero(0))
-        .unwrap_or(Some(0));
-    let Some(mut index) = held else {
-        return Ok(()); // every chunk already held
-    };
     // Peers look for providers as soon as they learn of the layer.
     let _ = inner.swarm.provide(blob).await;
-    let mut announcer = DigestAnnouncer::new(inner, release_id, layer, chunk_size, index);
     let cs = chunk_size.get() as u64;
-    let mut stream = registry_of(inner)?.layer_stream(reference, layer, index as u64 * cs);
-    let counter = stream.counter();
-    let mut buffer = BytesMut::with_capacity(cs as usize);
     let chunk_len = |i: u32| (layer.size - i as u64 * cs).min(cs) as usize;
-    let mut before = 0;
-    while let Some(item) = stream.next().await {
-        let bytes = item.map_err(|e| e.to_string())?;
-        let now = counter.load(Ordering::Relaxed);
-        cloud.fetch_add(now - before, Ordering::Relaxed);
-        inner.metrics.cloud_bytes.inc_by(now - before);
-        before = now;
-        buffer.extend_from_slice(&bytes);
-        while !buffer.is_empty() && buffer.len() >= chunk_len(index) {
-            let chunk = buffer.split_to(chunk_len(index)).freeze();
-            let digest = store_chunk(inner, blob, index, chunk).await?;
-            announcer.push(digest).await;
-            index += 1;
+    let registry = registry_of(inner)?;
+    // Pull every run of chunks this node lacks: all of the layer normally;
+    // after a failover, what the previous gateway had not delivered here.
+    while let Some((first, end)) = next_missing_run(store, &blob) {
+        let mut index = first;
+        let mut announcer = DigestAnnouncer::new(inner, release_id, layer, chunk_size, index);
+        let mut stream = registry.layer_stream(reference, layer, index as u64 * cs);
+        let counter = stream.counter();
+        let mut buffer = BytesMut::with_capacity(cs as usize);
+        let mut before = 0;
+        while index < end {
+            if inner.shutdown.is_cancelled() {
+                return Err("node shutting down".into());
+            }
+            let Some(item) = stream.next().await else {
+                break;
+            };
+            let bytes = item.map_err(|e| e.to_string())?;
+            let now = counter.load(Ordering::Relaxed);
+            cloud.fetch_add(now - before, Ordering::Relaxed);
+            inner.metrics.cloud_bytes.inc_by(now - before);
+            before = now;
+            buffer.extend_from_slice(&bytes);
+            while index < end && !buffer.is_empty() && buffer.len() >= chunk_len(index) {
+                let chunk = buffer.split_to(chunk_len(index)).freeze();
+                let digest = store_chunk(inner, blob, index, chunk).await?;
+                announcer.push(digest).await;
+                index += 1;
+            }
+        }
+        announcer.finish(store.is_complete(&blob)).await;
+        if index < end {
+            return Err(format!(
+                "registry stream for layer {blob} ended at chunk {index} of {end}"
+            ));
         }
     }
-    announcer.finish(store.is_complete(&blob)).await;
     if !store.is_complete(&blob) {
         return Err(format!(
-            "registry stream for layer {blob} ended at chunk {index} before the layer was complete"
+            "layer {blob} holds every chunk but did not complete"
         ));
     }
-    let _ = inner.swarm.provide(blob).await;
     tracing::info!(layer = %blob, bytes = layer.size, "layer pulled from the registry");
     Ok(())
+}
+
+/// The next run `[first, end)` of chunks this node lacks, if any.
+fn next_missing_run(store: &crate::store::Store, blob: &Digest) -> Option<(u32, u32)> {
+    let bits = store.bitfield(blob)?;
+    let first = bits.next_zero(0)?;
+    let end = (first..bits.len())
+        .find(|&i| bits.get(i))
+        .unwrap_or(bits.len());
+    Some((first, end))
 }
 
 /// Hashes a chunk off the runtime, records its digest and stores it.

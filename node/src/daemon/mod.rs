@@ -41,8 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
 use edgeswarm_protocol::wire::{
-    GossipMessage, NodeStatus, PeerRole, ReleaseProgress, ReleaseState, SignedChunkDigestUpdate,
-    SignedReleaseResolution,
+    Availability, AvailabilityBatch, AvailabilityEntry, GossipMessage, NodeStatus, PeerRole,
+    ReleaseProgress, ReleaseState, SignedChunkDigestUpdate, SignedReleaseResolution,
 };
 use edgeswarm_protocol::{election, ChunkSize, Digest};
 use libp2p::PeerId;
@@ -177,6 +177,13 @@ pub struct RefusedView {
     pub reason: String,
 }
 
+/// Most complete blobs announced in one availability message (each entry
+/// is about 40 bytes; gossip messages are at most 64 KiB).
+const MAX_ANNOUNCED_BLOBS: usize = 1024;
+/// A node re-announces its complete blobs at least this often, so nodes
+/// that joined later learn of them.
+const AVAILABILITY_REFRESH: Duration = Duration::from_secs(30);
+
 /// How many refusals status keeps.
 const MAX_REFUSALS: usize = 32;
 
@@ -206,6 +213,10 @@ struct State {
     peers: HashMap<PeerId, PeerEntry>,
     /// Recently refused releases, oldest first, at most [`MAX_REFUSALS`].
     refused: std::collections::VecDeque<RefusedView>,
+    /// Blobs other nodes report holding complete (availability gossip), at
+    /// most [`MAX_ANNOUNCED_BLOBS`] per peer: a gateway pulls only layers no
+    /// live peer holds.
+    complete_at: HashMap<PeerId, std::collections::HashSet<Digest>>,
 }
 
 /// What the daemon knows of another node.
@@ -652,6 +663,18 @@ impl Inner {
         }
     }
 
+    /// Whether a live peer reports holding `blob` complete.
+    fn locality_holds(&self, blob: &Digest) -> bool {
+        let state = self.state.lock().expect("state lock");
+        state.complete_at.iter().any(|(peer, blobs)| {
+            blobs.contains(blob)
+                && state
+                    .peers
+                    .get(peer)
+                    .is_some_and(|e| e.last_seen.elapsed() <= PEER_TIMEOUT)
+        })
+    }
+
     /// Live gateway-capable nodes, this one included, as encoded peer ids.
     fn gateway_candidates(&self, state: &State) -> Vec<Vec<u8>> {
         let mut candidates: Vec<Vec<u8>> = state
@@ -838,7 +861,23 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             GossipMessage::ChunkDigests(signed) => {
                 on_chunk_digests(&inner, msg.source, signed).await
             }
-            GossipMessage::Availability(_) => {}
+            GossipMessage::Availability(batch) => {
+                if let Some(peer) = msg.source {
+                    let complete: std::collections::HashSet<Digest> = batch
+                        .entries
+                        .iter()
+                        .filter(|e| matches!(e.availability, Availability::Complete))
+                        .map(|e| e.blob)
+                        .take(MAX_ANNOUNCED_BLOBS)
+                        .collect();
+                    let mut state = inner.state.lock().expect("state lock");
+                    let known = state.complete_at.entry(peer).or_default();
+                    known.extend(complete);
+                    if known.len() > MAX_ANNOUNCED_BLOBS {
+                        known.clear(); // the next refresh repopulates it
+                    }
+                }
+            }
         }
     }
 }
@@ -911,6 +950,9 @@ fn on_resolution(source: Option<PeerId>, signed: SignedReleaseResolution) {
 /// go, so a release whose gateway died is taken over.
 async fn status_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut store_events = inner.store.subscribe();
+    let mut announced = 0usize;
+    let mut last_refresh: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -922,6 +964,38 @@ async fn status_loop(inner: Arc<Inner>) {
         let report = GossipMessage::Status(inner.status_report()).encode();
         if let Err(e) = inner.swarm.publish(Topic::Status, report).await {
             tracing::trace!(error = %e, "status not published");
+        }
+        // Announce complete blobs when some completed, and now and then.
+        let mut completed = false;
+        loop {
+            match store_events.try_recv() {
+                Ok(crate::store::StoreEvent::BlobComplete { .. }) => completed = true,
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(_)) => completed = true,
+                Err(_) => break,
+            }
+        }
+        let stale = last_refresh.is_none_or(|t| t.elapsed() >= AVAILABILITY_REFRESH);
+        if completed || stale {
+            let entries: Vec<AvailabilityEntry> = inner
+                .store
+                .blobs()
+                .into_iter()
+                .filter(|b| b.complete)
+                .take(MAX_ANNOUNCED_BLOBS)
+                .map(|b| AvailabilityEntry {
+                    blob: b.digest,
+                    availability: Availability::Complete,
+                })
+                .collect();
+            if !entries.is_empty() && (stale || entries.len() != announced) {
+                announced = entries.len();
+                let batch = GossipMessage::Availability(AvailabilityBatch { entries }).encode();
+                match inner.swarm.publish(Topic::Availability, batch).await {
+                    Ok(()) => last_refresh = Some(Instant::now()),
+                    Err(e) => tracing::trace!(error = %e, "availability not published"),
+                }
+            }
         }
         let pending: Vec<(Digest, bool)> = {
             let state = inner.state.lock().expect("state lock");

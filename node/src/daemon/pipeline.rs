@@ -30,7 +30,11 @@ pub(super) async fn run(inner: Arc<Inner>, release: Release) {
         return;
     };
     let span = tracing::info_span!("release", release = %id, image = %release.image);
-    match run_inner(&inner, &release).instrument(span).await {
+    let result = tokio::select! {
+        r = run_inner(&inner, &release).instrument(span) => r,
+        _ = inner.shutdown.cancelled() => return,
+    };
+    match result {
         Ok(()) => {
             inner.set_state(&id, ReleaseState::Done, None);
             let took = inner

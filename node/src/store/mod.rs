@@ -1057,6 +1057,18 @@ impl Store {
         })
     }
 
+    /// How many leading chunks have known digests: chunks below this index
+    /// can be verified, so a gateway that takes over a half-pulled blob
+    /// resumes the registry download here and gets the rest from peers.
+    pub fn known_digest_prefix(&self, blob: &Digest) -> Option<u32> {
+        let b = self.inner.get(blob).ok()?;
+        let st = b.lock();
+        if st.map.is_some() {
+            return Some(b.chunk_count);
+        }
+        Some(st.digests.iter().take_while(|d| d.is_some()).count() as u32)
+    }
+
     /// Snapshot of the verified chunks.
     pub fn bitfield(&self, blob: &Digest) -> Option<Bitfield> {
         let b = self.inner.get(blob).ok()?;
