@@ -397,6 +397,7 @@ impl LayerLoad {
         };
         let produced = producer
             .await
+            .inspect(|r| tracing::debug!(index, ok = r.is_ok(), "layer streamed into upload"))
             .map_err(|e| ImportError::Task(e.to_string()))
             .and_then(|r| r);
         let stats = match produced {
@@ -407,7 +408,9 @@ impl LayerLoad {
                     .send(Err(io::Error::other("layer failed verification")))
                     .await;
                 drop(tx);
+                tracing::debug!(index, error = %e, "aborting upload");
                 let load_result = load.await;
+                tracing::debug!(index, ok = matches!(load_result, Ok(Ok(_))), "upload aborted");
                 return Err(match load_result {
                     Ok(Err(docker)) if is_echo(&e) => docker,
                     _ => e,

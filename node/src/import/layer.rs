@@ -86,6 +86,19 @@ pub struct LayerStats {
     pub diff_id: Digest,
 }
 
+/// The error a layer's reader returns once another layer of the same
+/// import failed (recognised by [`super::is_echo`]).
+#[derive(Debug)]
+pub(crate) struct AbortedByOtherLayer;
+
+impl std::fmt::Display for AbortedByOtherLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("import aborted because another layer failed")
+    }
+}
+
+impl std::error::Error for AbortedByOtherLayer {}
+
 /// A reader that hashes and counts what passes through, and gives up as
 /// soon as the shared abort flag is raised (another layer of the same
 /// import failed; nothing more needs reading).
@@ -115,10 +128,8 @@ impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(abort) = &self.abort {
             if abort.load(Ordering::Relaxed) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "import aborted because another layer failed",
-                ));
+                // Not ErrorKind::Interrupted: std's read loops retry those.
+                return Err(io::Error::other(AbortedByOtherLayer));
             }
         }
         let n = loop {

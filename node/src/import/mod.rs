@@ -566,10 +566,12 @@ pub async fn import_image(
 pub(crate) fn is_echo(e: &ImportError) -> bool {
     match e {
         ImportError::Aborted => true,
-        ImportError::LayerStream { source, .. } => matches!(
-            source.kind(),
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::BrokenPipe
-        ),
+        ImportError::LayerStream { source, .. } => {
+            source.kind() == std::io::ErrorKind::BrokenPipe
+                || source
+                    .get_ref()
+                    .is_some_and(|e| e.is::<layer::AbortedByOtherLayer>())
+        }
         _ => false,
     }
 }
