@@ -26,7 +26,9 @@ fn build_tar(src: &Path, limit: u64) -> Vec<u8> {
     let mut stack = vec![src.to_owned()];
     let mut total = 0u64;
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
@@ -34,7 +36,9 @@ fn build_tar(src: &Path, limit: u64) -> Vec<u8> {
                 return builder.into_inner().unwrap();
             }
             let path = entry.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             let name = path.strip_prefix("/").unwrap_or(&path);
             if meta.is_dir() {
                 let _ = builder.append_dir(name, &path);
@@ -98,7 +102,11 @@ fn main() {
     );
 
     println!("\none core, uncompressed MB/s (best of 3):");
-    for (name, media_type, blob) in [("gzip", GZIP, &gz), ("zstd", ZSTD, &zst), ("none", PLAIN, &tar)] {
+    for (name, media_type, blob) in [
+        ("gzip", GZIP, &gz),
+        ("zstd", ZSTD, &zst),
+        ("none", PLAIN, &tar),
+    ] {
         let verify = best(3, || {
             let stats = verify_layer(&mut Cursor::new(&blob[..]), media_type, diff_id).unwrap();
             assert_eq!(stats.uncompressed_bytes, size);
@@ -123,7 +131,9 @@ fn main() {
         let secs = best(2, || {
             std::thread::scope(|s| {
                 for _ in 0..2 {
-                    s.spawn(|| verify_layer(&mut Cursor::new(&blob[..]), media_type, diff_id).unwrap());
+                    s.spawn(|| {
+                        verify_layer(&mut Cursor::new(&blob[..]), media_type, diff_id).unwrap()
+                    });
                 }
             });
         });

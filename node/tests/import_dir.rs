@@ -52,21 +52,49 @@ async fn dir_applies_whiteouts_opaque_dirs_links_and_modes() {
     )
     .await
     .unwrap();
-    assert!(report.layers.iter().all(|l| l.action == LayerAction::Imported));
+    assert!(report
+        .layers
+        .iter()
+        .all(|l| l.action == LayerAction::Imported));
     // Both layers were mid-stream at the same time: parallel extraction.
     assert_eq!(probe.max_active.load(Ordering::SeqCst), 2);
     let root = tmp.path().join("rootfs/local_dir-test_v1");
     assert_eq!(report.location, root.display().to_string());
 
-    assert_eq!(std::fs::read(root.join("etc/hello")).unwrap(), b"hello from the overlay\n");
-    assert_eq!(std::fs::read_link(root.join("etc/hello-sym")).unwrap(), Path::new("hello"));
-    assert_eq!(std::fs::read_link(root.join("bin/cat")).unwrap(), Path::new("/bin/busybox"));
+    assert_eq!(
+        std::fs::read(root.join("etc/hello")).unwrap(),
+        b"hello from the overlay\n"
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("etc/hello-sym")).unwrap(),
+        Path::new("hello")
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("bin/cat")).unwrap(),
+        Path::new("/bin/busybox")
+    );
     let ino = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().ino();
-    assert_eq!(ino("etc/hello"), ino("etc/hello-link"), "hard link within a layer");
+    assert_eq!(
+        ino("etc/hello"),
+        ino("etc/hello-link"),
+        "hard link within a layer"
+    );
     assert!(!root.join("etc/removeme").exists(), "whiteout applied");
-    assert!(!root.join("etc/keepdir/old").exists(), "opaque dir hides lower content");
-    assert_eq!(std::fs::read(root.join("etc/keepdir/new")).unwrap(), b"new in opaque dir\n");
-    let mode = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert!(
+        !root.join("etc/keepdir/old").exists(),
+        "opaque dir hides lower content"
+    );
+    assert_eq!(
+        std::fs::read(root.join("etc/keepdir/new")).unwrap(),
+        b"new in opaque dir\n"
+    );
+    let mode = |p: &str| {
+        std::fs::symlink_metadata(root.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
     assert_eq!(mode("etc/keepdir"), 0o750);
     assert_eq!(mode("etc/keepdir/new"), 0o600);
     assert_eq!(mode("opt"), 0o700);
@@ -111,7 +139,10 @@ async fn dir_wrong_diff_id_keeps_nothing() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, ImportError::DiffIdMismatch { index: 1, .. }), "{err}");
+    assert!(
+        matches!(err, ImportError::DiffIdMismatch { index: 1, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("diff_id mismatch"), "{err}");
     assert_no_leftovers(tmp.path());
 }
@@ -122,20 +153,36 @@ async fn dir_reimport_replaces_the_previous_rootfs() {
     let probe = Arc::new(ReadProbe::default());
     let sink = dir_sink(tmp.path());
     let one = build_image(&[(base_layer("re"), Compression::Gzip)], false, None);
-    import_image(&sink, one.import("re:v1", Duration::ZERO, &probe), &ImportOptions::default())
-        .await
-        .unwrap();
+    import_image(
+        &sink,
+        one.import("re:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
     let two = build_image(
-        &[(base_layer("re"), Compression::Gzip), (extra_layer(), Compression::None)],
+        &[
+            (base_layer("re"), Compression::Gzip),
+            (extra_layer(), Compression::None),
+        ],
         false,
         None,
     );
-    import_image(&sink, two.import("re:v1", Duration::ZERO, &probe), &ImportOptions::default())
-        .await
-        .unwrap();
+    import_image(
+        &sink,
+        two.import("re:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
     let root = tmp.path().join("rootfs/re_v1");
-    assert_eq!(std::fs::read(root.join("etc/extra")).unwrap(), b"third layer\n");
-    let names: Vec<_> = std::fs::read_dir(tmp.path().join("rootfs")).unwrap().collect();
+    assert_eq!(
+        std::fs::read(root.join("etc/extra")).unwrap(),
+        b"third layer\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(tmp.path().join("rootfs"))
+        .unwrap()
+        .collect();
     assert_eq!(names.len(), 1);
 }
 
@@ -165,7 +212,13 @@ async fn dir_rejects_parent_traversal() {
     )]))
     .await;
     assert!(
-        matches!(err, ImportError::UnsafeEntry { reason: "path traversal (..)", .. }),
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "path traversal (..)",
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -179,7 +232,16 @@ async fn dir_rejects_absolute_paths() {
         b"owned",
     )]))
     .await;
-    assert!(matches!(err, ImportError::UnsafeEntry { reason: "absolute path", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "absolute path",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!Path::new("/tmp/edgeswarm-absolute").exists());
 }
 
@@ -193,17 +255,31 @@ async fn dir_rejects_writing_through_an_absolute_symlink() {
     ]))
     .await;
     assert!(
-        matches!(err, ImportError::UnsafeEntry { reason: "a parent directory is a symlink", .. }),
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "a parent directory is a symlink",
+                ..
+            }
+        ),
         "{err}"
     );
-    assert!(!outside.path().join("pwned").exists(), "wrote through the symlink");
+    assert!(
+        !outside.path().join("pwned").exists(),
+        "wrote through the symlink"
+    );
 }
 
 #[tokio::test]
 async fn dir_rejects_writing_through_a_relative_symlink_escape() {
     let (_tmp, err) = import_hostile(raw_tar(&[
         raw_entry(b"up", EntryType::Symlink, b"../../../../../../tmp", b""),
-        raw_entry(b"up/edgeswarm-rel-escape", EntryType::Regular, b"", b"owned"),
+        raw_entry(
+            b"up/edgeswarm-rel-escape",
+            EntryType::Regular,
+            b"",
+            b"owned",
+        ),
     ]))
     .await;
     assert!(matches!(err, ImportError::UnsafeEntry { .. }), "{err}");
@@ -220,7 +296,13 @@ async fn dir_rejects_hard_links_out_of_the_rootfs() {
     )]))
     .await;
     assert!(
-        matches!(err, ImportError::UnsafeEntry { reason: "path traversal (..)", .. }),
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "path traversal (..)",
+                ..
+            }
+        ),
         "{err}"
     );
 }

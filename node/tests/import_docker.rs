@@ -31,7 +31,16 @@ fn helper_images() -> String {
 
 fn run(tag: &str, script: &str) -> String {
     let (ok, out, err) = docker(&[
-        "run", "--rm", "--pull", "never", "--network", "none", tag, "/bin/sh", "-c", script,
+        "run",
+        "--rm",
+        "--pull",
+        "never",
+        "--network",
+        "none",
+        tag,
+        "/bin/sh",
+        "-c",
+        script,
     ]);
     assert!(ok, "docker run {tag} failed: {err}");
     out
@@ -42,7 +51,8 @@ const CHECK_SCRIPT: &str = "cat /etc/hello; readlink /etc/hello-sym; \
     test $(stat -c %i /etc/hello) = $(stat -c %i /etc/hello-link) && echo hardlinked; \
     stat -c %a /opt/tool /tmp";
 
-const CHECK_OUTPUT: &str = "hello from the overlay\nhello\nremoveme-gone\nnew\nhardlinked\n4755\n1777\n";
+const CHECK_OUTPUT: &str =
+    "hello from the overlay\nhello\nremoveme-gone\nnew\nhardlinked\n4755\n1777\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_imports_gzip_image_that_runs() {
@@ -65,9 +75,20 @@ async fn docker_imports_gzip_image_that_runs() {
     )
     .await
     .unwrap();
-    assert!(report.location.starts_with("sha256:"), "{}", report.location);
-    assert!(report.layers.iter().all(|l| l.action == LayerAction::Imported));
-    assert_eq!(probe.max_active.load(Ordering::SeqCst), 2, "layers stream in parallel");
+    assert!(
+        report.location.starts_with("sha256:"),
+        "{}",
+        report.location
+    );
+    assert!(report
+        .layers
+        .iter()
+        .all(|l| l.action == LayerAction::Imported));
+    assert_eq!(
+        probe.max_active.load(Ordering::SeqCst),
+        2,
+        "layers stream in parallel"
+    );
     assert_eq!(run(tag, CHECK_SCRIPT), CHECK_OUTPUT);
     // The engine holds exactly our diff_ids, and no helper image remains.
     let (_, layers, _) = docker(&["image", "inspect", "-f", "{{json .RootFS.Layers}}", tag]);
@@ -111,15 +132,22 @@ async fn docker_reimport_with_shared_layers_loads_only_new_layers() {
     let _cleanup = RemoveImages(vec![tag1.into(), tag2.into()]);
     let base = base_layer("docker-shared");
     let first = build_image(
-        &[(base.clone(), Compression::Gzip), (overlay_layer(), Compression::Gzip)],
+        &[
+            (base.clone(), Compression::Gzip),
+            (overlay_layer(), Compression::Gzip),
+        ],
         true,
         None,
     );
     let sink = docker_sink().await;
     let probe1 = Arc::new(ReadProbe::default());
-    let r1 = import_image(&sink, first.import(tag1, Duration::ZERO, &probe1), &ImportOptions::default())
-        .await
-        .unwrap();
+    let r1 = import_image(
+        &sink,
+        first.import(tag1, Duration::ZERO, &probe1),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
     assert!(r1.layers.iter().all(|l| l.action == LayerAction::Imported));
 
     let second = build_image(
@@ -132,23 +160,44 @@ async fn docker_reimport_with_shared_layers_loads_only_new_layers() {
         None,
     );
     let probe2 = Arc::new(ReadProbe::default());
-    let r2 = import_image(&sink, second.import(tag2, Duration::ZERO, &probe2), &ImportOptions::default())
-        .await
-        .unwrap();
+    let r2 = import_image(
+        &sink,
+        second.import(tag2, Duration::ZERO, &probe2),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
     let actions: Vec<_> = r2.layers.iter().map(|l| l.action).collect();
     assert_eq!(
         actions,
-        [LayerAction::AlreadyPresent, LayerAction::AlreadyPresent, LayerAction::Imported]
+        [
+            LayerAction::AlreadyPresent,
+            LayerAction::AlreadyPresent,
+            LayerAction::Imported
+        ]
     );
     // Only the new layer's bytes were read (and so sent).
-    assert_eq!(probe2.bytes.load(Ordering::SeqCst), second.layers[2].1.len() as u64);
-    assert_eq!(run(tag2, "cat /etc/extra /etc/hello"), "third layer\nhello from the overlay\n");
+    assert_eq!(
+        probe2.bytes.load(Ordering::SeqCst),
+        second.layers[2].1.len() as u64
+    );
+    assert_eq!(
+        run(tag2, "cat /etc/extra /etc/hello"),
+        "third layer\nhello from the overlay\n"
+    );
     // Re-importing the same image reads nothing at all.
     let probe3 = Arc::new(ReadProbe::default());
-    let r3 = import_image(&sink, second.import(tag2, Duration::ZERO, &probe3), &ImportOptions::default())
-        .await
-        .unwrap();
-    assert!(r3.layers.iter().all(|l| l.action == LayerAction::AlreadyPresent));
+    let r3 = import_image(
+        &sink,
+        second.import(tag2, Duration::ZERO, &probe3),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(r3
+        .layers
+        .iter()
+        .all(|l| l.action == LayerAction::AlreadyPresent));
     assert_eq!(probe3.bytes.load(Ordering::SeqCst), 0);
     assert_eq!(helper_images(), "");
 }
@@ -174,7 +223,10 @@ async fn docker_wrong_diff_id_fails_and_tags_nothing() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, ImportError::DiffIdMismatch { index: 1, .. }), "{err}");
+    assert!(
+        matches!(err, ImportError::DiffIdMismatch { index: 1, .. }),
+        "{err}"
+    );
     let (exists, _, _) = docker(&["image", "inspect", tag]);
     assert!(!exists, "no image may be tagged after a failed import");
     assert_eq!(helper_images(), "");
@@ -196,7 +248,14 @@ fn sha(bytes: &[u8]) -> String {
 fn docker_added(path: &str) -> bool {
     matches!(
         path,
-        ".dockerenv" | "dev" | "proc" | "sys" | "etc/hosts" | "etc/hostname" | "etc/resolv.conf" | "etc/mtab"
+        ".dockerenv"
+            | "dev"
+            | "proc"
+            | "sys"
+            | "etc/hosts"
+            | "etc/hostname"
+            | "etc/resolv.conf"
+            | "etc/mtab"
     ) || path.starts_with("dev/")
         || path.starts_with("proc/")
         || path.starts_with("sys/")
@@ -217,9 +276,13 @@ async fn dir_output_matches_docker_export() {
         None,
     );
     let probe = Arc::new(ReadProbe::default());
-    import_image(&docker_sink().await, image.import(tag, Duration::ZERO, &probe), &ImportOptions::default())
-        .await
-        .unwrap();
+    import_image(
+        &docker_sink().await,
+        image.import(tag, Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let report = import_image(
         &ImportSink::Dir {
@@ -259,7 +322,10 @@ async fn dir_output_matches_docker_export() {
             tar::EntryType::Regular => {
                 let mut data = Vec::new();
                 entry.read_to_end(&mut data).unwrap();
-                Node::File { mode, sha: sha(&data) }
+                Node::File {
+                    mode,
+                    sha: sha(&data),
+                }
             }
             tar::EntryType::Symlink => Node::Symlink {
                 target: entry.link_name().unwrap().unwrap().display().to_string(),
@@ -269,7 +335,10 @@ async fn dir_output_matches_docker_export() {
                 hardlinks.push((path.clone(), target.clone()));
                 // Same content as its target.
                 let target_node = match expected.get(&target).unwrap() {
-                    Node::File { mode, sha } => Node::File { mode: *mode, sha: sha.clone() },
+                    Node::File { mode, sha } => Node::File {
+                        mode: *mode,
+                        sha: sha.clone(),
+                    },
                     other => panic!("hard link to {other:?}"),
                 };
                 target_node
@@ -303,7 +372,9 @@ async fn dir_output_matches_docker_export() {
     assert!(!hardlinks.is_empty(), "the image has hard links to compare");
     for (path, target) in hardlinks {
         let a = std::fs::symlink_metadata(rootfs.join(&path)).unwrap().ino();
-        let b = std::fs::symlink_metadata(rootfs.join(&target)).unwrap().ino();
+        let b = std::fs::symlink_metadata(rootfs.join(&target))
+            .unwrap()
+            .ino();
         assert_eq!(a, b, "{path} must be a hard link to {target}");
     }
     assert_eq!(helper_images(), "");

@@ -14,7 +14,10 @@ use edgeswarm_node::import::{
 use import_common::*;
 
 fn skopeo(args: &[&str]) -> String {
-    let out = Command::new("skopeo").args(args).output().expect("skopeo installed");
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo installed");
     assert!(
         out.status.success(),
         "skopeo {args:?}: {}",
@@ -34,7 +37,10 @@ async fn import_oci(root: &Path, image: &TestImage, reference: &str) -> String {
     )
     .await
     .unwrap();
-    assert!(report.layers.iter().all(|l| l.action == LayerAction::Imported));
+    assert!(report
+        .layers
+        .iter()
+        .all(|l| l.action == LayerAction::Imported));
     report.location
 }
 
@@ -50,7 +56,13 @@ async fn oci_layout_from_docker_manifest_is_readable_by_skopeo_and_umoci() {
         None,
     );
     let layout = import_oci(tmp.path(), &image, "registry.local:5000/app:v1").await;
-    assert_eq!(layout, tmp.path().join("registry.local_5000_app_v1").display().to_string());
+    assert_eq!(
+        layout,
+        tmp.path()
+            .join("registry.local_5000_app_v1")
+            .display()
+            .to_string()
+    );
     let inspect: serde_json::Value =
         serde_json::from_str(&skopeo(&["inspect", &format!("oci:{layout}:v1")])).unwrap();
     let layers: Vec<String> = inspect["Layers"]
@@ -77,7 +89,11 @@ async fn oci_layout_from_docker_manifest_is_readable_by_skopeo_and_umoci() {
         .args(["ls", "--layout", &layout])
         .output()
         .unwrap();
-    assert!(umoci.status.success(), "{}", String::from_utf8_lossy(&umoci.stderr));
+    assert!(
+        umoci.status.success(),
+        "{}",
+        String::from_utf8_lossy(&umoci.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&umoci.stdout).trim(), "v1");
 }
 
@@ -95,7 +111,12 @@ async fn oci_layout_keeps_zstd_oci_manifest_byte_for_byte() {
     let layout = import_oci(tmp.path(), &image, "app").await;
     let manifest = skopeo(&["inspect", "--raw", &format!("oci:{layout}:latest")]);
     assert_eq!(manifest.as_bytes(), &image.manifest[..]);
-    let config = skopeo(&["inspect", "--config", "--raw", &format!("oci:{layout}:latest")]);
+    let config = skopeo(&[
+        "inspect",
+        "--config",
+        "--raw",
+        &format!("oci:{layout}:latest"),
+    ]);
     assert_eq!(config.as_bytes(), &image.config[..]);
 }
 

@@ -44,8 +44,8 @@ use tar::EntryType;
 
 use super::layer::{stream_layer, Expected, LayerStats};
 use super::{
-    image_dir_name, is_echo, ImageImport, ImportError, ImportOptions, LayerAction, LayerInfo, LayerReport,
-    ParsedImage,
+    image_dir_name, is_echo, ImageImport, ImportError, ImportOptions, LayerAction, LayerInfo,
+    LayerReport, ParsedImage,
 };
 
 /// Longest GNU long name / long link we accept (Linux PATH_MAX is 4096).
@@ -206,9 +206,11 @@ pub(super) async fn import(
         apply_dir_meta(&merged, &dir_meta, is_root)?;
         if fs::symlink_metadata(&final_path).is_ok() {
             let old = work.path().join("previous");
-            fs::rename(&final_path, &old).map_err(|e| ImportError::io("move aside", &final_path, e))?;
+            fs::rename(&final_path, &old)
+                .map_err(|e| ImportError::io("move aside", &final_path, e))?;
         }
-        fs::rename(&merged, &final_path).map_err(|e| ImportError::io("rename into", &final_path, e))?;
+        fs::rename(&merged, &final_path)
+            .map_err(|e| ImportError::io("rename into", &final_path, e))?;
         drop(work);
         Ok(())
     })
@@ -344,7 +346,11 @@ fn read_capped(
     Ok(buf)
 }
 
-fn parse_num<T: std::str::FromStr>(index: usize, key: &str, value: &[u8]) -> Result<T, ImportError> {
+fn parse_num<T: std::str::FromStr>(
+    index: usize,
+    key: &str,
+    value: &[u8],
+) -> Result<T, ImportError> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.split('.').next())
@@ -365,22 +371,34 @@ fn extract_tar(
     let bad = |reason: String| ImportError::BadTar { index, reason };
     let mut archive = tar::Archive::new(plain);
     // Raw mode: we handle long names and PAX ourselves, with size caps.
-    let entries = archive
-        .entries()
-        .map_err(|e| bad(e.to_string()))?
-        .raw(true);
+    let entries = archive.entries().map_err(|e| bad(e.to_string()))?.raw(true);
     let mut ext = Extensions::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
         let kind = entry.header().entry_type();
-        let size = entry.header().entry_size().map_err(|e| bad(e.to_string()))?;
+        let size = entry
+            .header()
+            .entry_size()
+            .map_err(|e| bad(e.to_string()))?;
         match kind {
             EntryType::GNULongName => {
-                ext.long_name = Some(read_capped(index, &mut entry, size, MAX_LONG_NAME, "GNU long name")?);
+                ext.long_name = Some(read_capped(
+                    index,
+                    &mut entry,
+                    size,
+                    MAX_LONG_NAME,
+                    "GNU long name",
+                )?);
                 continue;
             }
             EntryType::GNULongLink => {
-                ext.long_link = Some(read_capped(index, &mut entry, size, MAX_LONG_NAME, "GNU long link")?);
+                ext.long_link = Some(read_capped(
+                    index,
+                    &mut entry,
+                    size,
+                    MAX_LONG_NAME,
+                    "GNU long link",
+                )?);
                 continue;
             }
             EntryType::XHeader => {
@@ -420,7 +438,9 @@ fn extract_tar(
                     b"size" => {
                         let pax_size: u64 = parse_num(index, "size", value)?;
                         if pax_size != size {
-                            return Err(bad("PAX size override (file > 8 GiB) not supported".into()));
+                            return Err(bad(
+                                "PAX size override (file > 8 GiB) not supported".into()
+                            ));
                         }
                     }
                     k if k.starts_with(b"SCHILY.xattr.") => {
@@ -702,11 +722,17 @@ mod tests {
         assert_eq!(clean_path(0, b"./a//b/").unwrap(), PathBuf::from("a/b"));
         assert!(matches!(
             clean_path(0, b"a/../../etc"),
-            Err(ImportError::UnsafeEntry { reason: "path traversal (..)", .. })
+            Err(ImportError::UnsafeEntry {
+                reason: "path traversal (..)",
+                ..
+            })
         ));
         assert!(matches!(
             clean_path(0, b"/etc/passwd"),
-            Err(ImportError::UnsafeEntry { reason: "absolute path", .. })
+            Err(ImportError::UnsafeEntry {
+                reason: "absolute path",
+                ..
+            })
         ));
     }
 }

@@ -43,8 +43,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::layer::{stream_layer, Compression, Expected, LayerStats};
 use super::{
-    chain_ids, docker_tag, is_echo, ImageImport, ImportError, ImportOptions, LayerAction, LayerInfo,
-    LayerReport, LayerSource, ParsedImage,
+    chain_ids, docker_tag, is_echo, ImageImport, ImportError, ImportOptions, LayerAction,
+    LayerInfo, LayerReport, LayerSource, ParsedImage,
 };
 
 /// Default engine socket.
@@ -117,9 +117,7 @@ impl DockerTarget {
 
     /// ChainIDs of every layer stack the engine's images reference.
     pub async fn known_chain_ids(&self) -> Result<HashSet<Digest>, ImportError> {
-        let docker_err = |context: String| {
-            move |source| ImportError::Docker { context, source }
-        };
+        let docker_err = |context: String| move |source| ImportError::Docker { context, source };
         let images = self
             .docker
             .list_images(Some(ListImagesOptions {
@@ -164,7 +162,11 @@ impl DockerTarget {
         let known = self.known_chain_ids().await?;
         // A known ChainID implies its whole prefix is known.
         let first_new = chain.iter().take_while(|c| known.contains(c)).count();
-        tracing::info!(layers = chain.len(), already_present = first_new, "loading into docker");
+        tracing::info!(
+            layers = chain.len(),
+            already_present = first_new,
+            "loading into docker"
+        );
         let config: serde_json::Value = serde_json::from_slice(&image.config_bytes)
             .map_err(|e| ImportError::InvalidConfig(e.to_string()))?;
         let nonce = format!("{:016x}", rand::random::<u64>());
@@ -188,7 +190,12 @@ impl DockerTarget {
                 stats: None,
             })
             .collect();
-        for (index, (source, info)) in image.layers.into_iter().zip(parsed.layers.clone()).enumerate() {
+        for (index, (source, info)) in image
+            .layers
+            .into_iter()
+            .zip(parsed.layers.clone())
+            .enumerate()
+        {
             if index < first_new {
                 continue; // dropping the source: never read
             }
@@ -240,7 +247,10 @@ impl DockerTarget {
         }
         let result = match failure {
             Some(e) => Err(e),
-            None => self.load_final(&image.config_bytes, &tag, chain.len()).await,
+            None => {
+                self.load_final(&image.config_bytes, &tag, chain.len())
+                    .await
+            }
         };
         self.remove_helpers(&helper_tags[first_new..]).await;
         result.map(|id| (id, reports))
@@ -256,14 +266,14 @@ impl DockerTarget {
         let tail = archive_tail(config_bytes, tag, layers);
         let body = futures::stream::once(async move { Ok::<_, io::Error>(Bytes::from(tail)) });
         run_load(&self.docker, body, format!("load {tag}")).await?;
-        let inspect = self
-            .docker
-            .inspect_image(tag)
-            .await
-            .map_err(|source| ImportError::Docker {
-                context: format!("inspect {tag}"),
-                source,
-            })?;
+        let inspect =
+            self.docker
+                .inspect_image(tag)
+                .await
+                .map_err(|source| ImportError::Docker {
+                    context: format!("inspect {tag}"),
+                    source,
+                })?;
         Ok(inspect.id.unwrap_or_default())
     }
 
@@ -410,7 +420,11 @@ impl LayerLoad {
                 drop(tx);
                 tracing::debug!(index, error = %e, "aborting upload");
                 let load_result = load.await;
-                tracing::debug!(index, ok = matches!(load_result, Ok(Ok(_))), "upload aborted");
+                tracing::debug!(
+                    index,
+                    ok = matches!(load_result, Ok(Ok(_))),
+                    "upload aborted"
+                );
                 return Err(match load_result {
                     Ok(Err(docker)) if is_echo(&e) => docker,
                     _ => e,
@@ -518,7 +532,8 @@ fn write_layer_entry(
     let (stats, size) = match info.compression {
         Compression::Gzip | Compression::None => {
             // Pass through: Docker decompresses gzip itself.
-            out.write_all(&tar_header(&name, info.size)).map_err(send_err)?;
+            out.write_all(&tar_header(&name, info.size))
+                .map_err(send_err)?;
             let mut capped = Capped {
                 inner: &mut out,
                 left: info.size,
@@ -539,13 +554,20 @@ fn write_layer_entry(
             // not memory), then into the upload.
             let mut spool = tempfile::tempfile_in(scratch)
                 .map_err(|e| ImportError::io("create spool file in", scratch, e))?;
-            let stats = stream_layer(source, info.compression, expected, None, Some(abort), &mut |plain| {
-                let mut w = io::BufWriter::with_capacity(CHUNK, &mut spool);
-                io::copy(plain, &mut w)
-                    .and_then(|_| w.flush())
-                    .map_err(|e| ImportError::io("write spool file in", scratch, e))?;
-                Ok(())
-            })?;
+            let stats = stream_layer(
+                source,
+                info.compression,
+                expected,
+                None,
+                Some(abort),
+                &mut |plain| {
+                    let mut w = io::BufWriter::with_capacity(CHUNK, &mut spool);
+                    io::copy(plain, &mut w)
+                        .and_then(|_| w.flush())
+                        .map_err(|e| ImportError::io("write spool file in", scratch, e))?;
+                    Ok(())
+                },
+            )?;
             spool
                 .seek(io::SeekFrom::Start(0))
                 .map_err(|e| ImportError::io("rewind spool file in", scratch, e))?;

@@ -120,7 +120,10 @@ impl<R: Read> HashReader<R> {
     }
 
     fn finish(self) -> (u64, Digest) {
-        (self.count, Digest::from_bytes(self.hasher.finalize().into()))
+        (
+            self.count,
+            Digest::from_bytes(self.hasher.finalize().into()),
+        )
     }
 }
 
@@ -189,7 +192,13 @@ pub(crate) fn stream_layer(
 ) -> Result<LayerStats, ImportError> {
     let index = expected.index;
     let stream_err = |source: io::Error| ImportError::LayerStream { index, source };
-    let mut compressed = HashReader::new(TeeReader { inner: source, sink: tee }, abort);
+    let mut compressed = HashReader::new(
+        TeeReader {
+            inner: source,
+            sink: tee,
+        },
+        abort,
+    );
     let (uncompressed_bytes, diff_id) = {
         let decoder: Box<dyn Read + '_> = match compression {
             Compression::Gzip => Box::new(MultiGzDecoder::new(&mut compressed)),
@@ -250,11 +259,12 @@ pub fn verify_layer(
     media_type: &str,
     diff_id: Digest,
 ) -> Result<LayerStats, ImportError> {
-    let compression =
-        Compression::from_media_type(media_type).ok_or_else(|| ImportError::UnsupportedMediaType {
+    let compression = Compression::from_media_type(media_type).ok_or_else(|| {
+        ImportError::UnsupportedMediaType {
             index: 0,
             media_type: media_type.to_owned(),
-        })?;
+        }
+    })?;
     stream_layer(
         source,
         compression,

@@ -441,10 +441,7 @@ pub(crate) fn parse_image(image: &ImageImport) -> Result<ParsedImage, ImportErro
             diff_id,
         });
     }
-    Ok(ParsedImage {
-        manifest,
-        layers,
-    })
+    Ok(ParsedImage { manifest, layers })
 }
 
 /// The ChainIDs of a diff_id list (how Docker and containerd name a layer
@@ -607,7 +604,10 @@ mod tests {
 
     #[test]
     fn sink_kinds_parse() {
-        assert_eq!("dir".parse::<ImportSinkKind>().unwrap(), ImportSinkKind::Dir);
+        assert_eq!(
+            "dir".parse::<ImportSinkKind>().unwrap(),
+            ImportSinkKind::Dir
+        );
         assert!(matches!(
             "tarball".parse::<ImportSinkKind>(),
             Err(ImportError::UnknownSink(_))

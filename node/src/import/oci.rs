@@ -59,9 +59,16 @@ pub(super) async fn import(
     let layout = work.path().join("layout");
     let blobs = layout.join("blobs/sha256");
     let abort = Arc::new(AtomicBool::new(false));
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(options.max_parallel_layers.max(1)));
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(
+        options.max_parallel_layers.max(1),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, (source, info)) in image.layers.into_iter().zip(parsed.layers.clone()).enumerate() {
+    for (index, (source, info)) in image
+        .layers
+        .into_iter()
+        .zip(parsed.layers.clone())
+        .enumerate()
+    {
         let permit = semaphore
             .clone()
             .acquire_owned()
@@ -73,7 +80,8 @@ pub(super) async fn import(
             let _permit = permit;
             let final_path = blobs.join(info.digest.to_hex());
             let partial = blobs.join(format!("{}.partial-{index}", info.digest.to_hex()));
-            let file = fs::File::create(&partial).map_err(|e| ImportError::io("create", &partial, e))?;
+            let file =
+                fs::File::create(&partial).map_err(|e| ImportError::io("create", &partial, e))?;
             let mut out = BufWriter::with_capacity(256 * 1024, file);
             let mut reader = source.reader;
             let result = stream_layer(
@@ -90,7 +98,8 @@ pub(super) async fn import(
                 &mut |_| Ok(()),
             )
             .and_then(|stats| {
-                out.flush().map_err(|e| ImportError::io("write", &partial, e))?;
+                out.flush()
+                    .map_err(|e| ImportError::io("write", &partial, e))?;
                 // Two layers may share a blob: the rename is idempotent.
                 fs::rename(&partial, &final_path)
                     .map_err(|e| ImportError::io("rename", &final_path, e))?;
@@ -157,9 +166,11 @@ pub(super) async fn import(
         write("index.json", serde_json::to_vec(&index).expect("json"))?;
         if fs::symlink_metadata(&final_path).is_ok() {
             let old = work.path().join("previous");
-            fs::rename(&final_path, &old).map_err(|e| ImportError::io("move aside", &final_path, e))?;
+            fs::rename(&final_path, &old)
+                .map_err(|e| ImportError::io("move aside", &final_path, e))?;
         }
-        fs::rename(&layout, &final_path).map_err(|e| ImportError::io("rename into", &final_path, e))?;
+        fs::rename(&layout, &final_path)
+            .map_err(|e| ImportError::io("rename into", &final_path, e))?;
         drop(work);
         Ok::<_, ImportError>(())
     })
@@ -181,7 +192,9 @@ pub(super) async fn import(
 /// The manifest bytes for the layout: OCI manifests unchanged, Docker
 /// schema 2 manifests rewritten with OCI media types.
 fn oci_manifest(parsed: &ParsedImage, original: &[u8]) -> Result<Vec<u8>, ImportError> {
-    let media_type = parsed.manifest["mediaType"].as_str().unwrap_or(OCI_MANIFEST);
+    let media_type = parsed.manifest["mediaType"]
+        .as_str()
+        .unwrap_or(OCI_MANIFEST);
     if media_type == OCI_MANIFEST {
         return Ok(original.to_vec());
     }
@@ -195,7 +208,8 @@ fn oci_manifest(parsed: &ParsedImage, original: &[u8]) -> Result<Vec<u8>, Import
     manifest["config"]["mediaType"] = json!(OCI_CONFIG);
     if let Some(layers) = manifest["layers"].as_array_mut() {
         for (layer, info) in layers.iter_mut().zip(&parsed.layers) {
-            let foreign = info.media_type.contains("foreign") || info.media_type.contains("nondistributable");
+            let foreign =
+                info.media_type.contains("foreign") || info.media_type.contains("nondistributable");
             layer["mediaType"] = json!(info.compression.oci_media_type(foreign));
         }
     }

@@ -23,7 +23,9 @@ pub fn docker_answers() -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut response = String::new();
@@ -80,7 +82,10 @@ pub fn ensure_dockerd() -> Arc<Dockerd> {
         let guard = Arc::new(Dockerd { child: Some(child) });
         let deadline = Instant::now() + Duration::from_secs(60);
         while !docker_answers() {
-            assert!(Instant::now() < deadline, "dockerd did not answer within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         guard
@@ -91,7 +96,10 @@ pub fn ensure_dockerd() -> Arc<Dockerd> {
 
 /// Runs `docker ARGS` and returns (success, stdout, stderr).
 pub fn docker(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -401,11 +409,17 @@ impl TestImage {
                 .map(|(i, (media_type, blob, _))| {
                     let config: serde_json::Value = serde_json::from_slice(&self.config).unwrap();
                     let diff_id =
-                        Digest::parse_oci(config["rootfs"]["diff_ids"][i].as_str().unwrap()).unwrap();
+                        Digest::parse_oci(config["rootfs"]["diff_ids"][i].as_str().unwrap())
+                            .unwrap();
                     LayerSource {
                         media_type: media_type.clone(),
                         diff_id,
-                        reader: Box::new(SlowReader::new(blob.clone(), 64 * 1024, delay, probe.clone())),
+                        reader: Box::new(SlowReader::new(
+                            blob.clone(),
+                            64 * 1024,
+                            delay,
+                            probe.clone(),
+                        )),
                     }
                 })
                 .collect(),
