@@ -43,10 +43,11 @@ fn build_tar(src: &Path, limit: u64) -> Vec<u8> {
             if meta.is_dir() {
                 let _ = builder.append_dir(name, &path);
                 stack.push(path);
-            } else if meta.is_file() || meta.file_type().is_symlink() {
-                if builder.append_path_with_name(&path, name).is_ok() && meta.is_file() {
-                    total += meta.len();
-                }
+            } else if (meta.is_file() || meta.file_type().is_symlink())
+                && builder.append_path_with_name(&path, name).is_ok()
+                && meta.is_file()
+            {
+                total += meta.len();
             }
         }
     }

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use edgeswarm_node::import::{Compression, ImageImport, LayerSource};
 use edgeswarm_protocol::address::Digest;
 
-pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub(crate) const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// True when the Docker socket answers `GET /_ping` with 200.
-pub fn docker_answers() -> bool {
+pub(crate) fn docker_answers() -> bool {
     let Ok(mut s) = UnixStream::connect(DOCKER_SOCKET) else {
         return false;
     };
@@ -34,7 +34,7 @@ pub fn docker_answers() -> bool {
 }
 
 /// A dockerd this test process started; killed when the last user drops it.
-pub struct Dockerd {
+pub(crate) struct Dockerd {
     child: Option<Child>,
 }
 
@@ -63,7 +63,7 @@ static DOCKERD: Mutex<Weak<Dockerd>> = Mutex::new(Weak::new());
 /// Ensures a Docker engine answers on the default socket: reuses a running
 /// one, else starts `dockerd` in the background and waits for it. Hold the
 /// returned guard for the test's duration.
-pub fn ensure_dockerd() -> Arc<Dockerd> {
+pub(crate) fn ensure_dockerd() -> Arc<Dockerd> {
     let mut slot = DOCKERD.lock().unwrap();
     if let Some(existing) = slot.upgrade() {
         return existing;
@@ -95,7 +95,7 @@ pub fn ensure_dockerd() -> Arc<Dockerd> {
 }
 
 /// Runs `docker ARGS` and returns (success, stdout, stderr).
-pub fn docker(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn docker(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -108,7 +108,7 @@ pub fn docker(args: &[&str]) -> (bool, String, String) {
 }
 
 /// Removes the given image tags when dropped (test cleanup).
-pub struct RemoveImages(pub Vec<String>);
+pub(crate) struct RemoveImages(pub(crate) Vec<String>);
 
 impl Drop for RemoveImages {
     fn drop(&mut self) {
@@ -133,7 +133,7 @@ fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header
 }
 
 /// A small tar builder for test layers.
-pub struct LayerTar(tar::Builder<Vec<u8>>);
+pub(crate) struct LayerTar(tar::Builder<Vec<u8>>);
 
 impl Default for LayerTar {
     fn default() -> Self {
@@ -142,33 +142,33 @@ impl Default for LayerTar {
 }
 
 impl LayerTar {
-    pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+    pub(crate) fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
         let mut h = header(path, tar::EntryType::Directory, mode, 0);
         h.set_cksum();
         self.0.append(&h, io::empty()).unwrap();
         self
     }
-    pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
+    pub(crate) fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
         let mut h = header(path, tar::EntryType::Regular, mode, data.len() as u64);
         h.set_cksum();
         self.0.append(&h, data).unwrap();
         self
     }
-    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+    pub(crate) fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut h = header(path, tar::EntryType::Symlink, 0o777, 0);
         h.set_link_name(target).unwrap();
         h.set_cksum();
         self.0.append(&h, io::empty()).unwrap();
         self
     }
-    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+    pub(crate) fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut h = header(path, tar::EntryType::Link, 0o644, 0);
         h.set_link_name(target).unwrap();
         h.set_cksum();
         self.0.append(&h, io::empty()).unwrap();
         self
     }
-    pub fn finish(self) -> Vec<u8> {
+    pub(crate) fn finish(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
     }
 }
@@ -176,7 +176,7 @@ impl LayerTar {
 /// A base layer: static busybox with a few applet symlinks, plus files the
 /// overlay deletes (`etc/removeme`) and hides (`etc/keepdir/old`). `unique`
 /// lands in `etc/test-id` so parallel tests never share layers.
-pub fn base_layer(unique: &str) -> Vec<u8> {
+pub(crate) fn base_layer(unique: &str) -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
     let mut t = LayerTar::default();
     t.dir("bin", 0o755)
@@ -202,7 +202,7 @@ pub fn base_layer(unique: &str) -> Vec<u8> {
 
 /// An overlay layer: new files, a hard link, symlinks, a whiteout of a base
 /// file, an opaque directory, special modes.
-pub fn overlay_layer() -> Vec<u8> {
+pub(crate) fn overlay_layer() -> Vec<u8> {
     let mut t = LayerTar::default();
     t.dir("etc", 0o755)
         .file("etc/hello", 0o644, b"hello from the overlay\n")
@@ -218,7 +218,7 @@ pub fn overlay_layer() -> Vec<u8> {
 }
 
 /// A third layer for shared-layer tests.
-pub fn extra_layer() -> Vec<u8> {
+pub(crate) fn extra_layer() -> Vec<u8> {
     let mut t = LayerTar::default();
     t.dir("etc", 0o755)
         .file("etc/extra", 0o644, b"third layer\n");
@@ -227,7 +227,7 @@ pub fn extra_layer() -> Vec<u8> {
 
 /// One raw tar entry with an arbitrary name (bypassing the tar crate's
 /// path checks), for hostile fixtures.
-pub fn raw_entry(name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) -> Vec<u8> {
+pub(crate) fn raw_entry(name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) -> Vec<u8> {
     let mut h = tar::Header::new_gnu();
     {
         let gnu = h.as_gnu_mut().unwrap();
@@ -248,7 +248,7 @@ pub fn raw_entry(name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) ->
 }
 
 /// Concatenates raw entries and the end marker.
-pub fn raw_tar(entries: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn raw_tar(entries: &[Vec<u8>]) -> Vec<u8> {
     let mut out: Vec<u8> = entries.concat();
     out.resize(out.len() + 1024, 0);
     out
@@ -256,7 +256,7 @@ pub fn raw_tar(entries: &[Vec<u8>]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- images
 
-pub fn compress(tar: &[u8], compression: Compression) -> Vec<u8> {
+pub(crate) fn compress(tar: &[u8], compression: Compression) -> Vec<u8> {
     match compression {
         Compression::Gzip => {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -270,17 +270,17 @@ pub fn compress(tar: &[u8], compression: Compression) -> Vec<u8> {
 
 /// A complete test image: manifest, config and compressed blobs.
 #[derive(Clone)]
-pub struct TestImage {
-    pub manifest: Vec<u8>,
-    pub config: Vec<u8>,
+pub(crate) struct TestImage {
+    pub(crate) manifest: Vec<u8>,
+    pub(crate) config: Vec<u8>,
     /// (media type, compressed blob, diff_id) per layer.
-    pub layers: Vec<(String, Vec<u8>, Digest)>,
+    pub(crate) layers: Vec<(String, Vec<u8>, Digest)>,
 }
 
 /// Builds an image from uncompressed layer tars. `docker_types` selects
 /// Docker schema 2 media types (gzip only) instead of OCI ones.
 /// `wrong_diff_id` replaces that layer's diff_id in the config.
-pub fn build_image(
+pub(crate) fn build_image(
     layers: &[(Vec<u8>, Compression)],
     docker_types: bool,
     wrong_diff_id: Option<usize>,
@@ -344,15 +344,15 @@ pub fn build_image(
 
 /// Counts bytes read, and how many readers are mid-stream at once.
 #[derive(Default)]
-pub struct ReadProbe {
-    pub bytes: AtomicU64,
-    pub active: AtomicUsize,
-    pub max_active: AtomicUsize,
+pub(crate) struct ReadProbe {
+    pub(crate) bytes: AtomicU64,
+    pub(crate) active: AtomicUsize,
+    pub(crate) max_active: AtomicUsize,
 }
 
 /// A reader that hands out `chunk` bytes at a time, sleeping `delay`
 /// before each (a download arriving chunk by chunk).
-pub struct SlowReader {
+pub(crate) struct SlowReader {
     data: Cursor<Vec<u8>>,
     chunk: usize,
     delay: Duration,
@@ -362,7 +362,7 @@ pub struct SlowReader {
 }
 
 impl SlowReader {
-    pub fn new(data: Vec<u8>, chunk: usize, delay: Duration, probe: Arc<ReadProbe>) -> Self {
+    pub(crate) fn new(data: Vec<u8>, chunk: usize, delay: Duration, probe: Arc<ReadProbe>) -> Self {
         SlowReader {
             data: Cursor::new(data),
             chunk,
@@ -397,7 +397,12 @@ impl Read for SlowReader {
 
 impl TestImage {
     /// The import request, with slow readers sharing `probe`.
-    pub fn import(&self, reference: &str, delay: Duration, probe: &Arc<ReadProbe>) -> ImageImport {
+    pub(crate) fn import(
+        &self,
+        reference: &str,
+        delay: Duration,
+        probe: &Arc<ReadProbe>,
+    ) -> ImageImport {
         ImageImport {
             reference: reference.to_owned(),
             config_bytes: self.config.clone(),
@@ -428,7 +433,7 @@ impl TestImage {
 }
 
 /// Entries of `root` (relative paths), excluding `root` itself.
-pub fn list_tree(root: &Path) -> Vec<String> {
+pub(crate) fn list_tree(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         for e in std::fs::read_dir(dir).unwrap() {
