@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeswarm_node::import::{
-    import_image, Compression, DockerTarget, ImportError, ImportOptions, ImportSink, LayerAction,
+    detect_sink_at, import_image, Compression, DockerTarget, ImportError, ImportOptions,
+    ImportSink, ImportSinkKind, LayerAction,
 };
 use import_common::*;
 use sha2::{Digest as _, Sha256};
@@ -378,4 +379,17 @@ async fn dir_output_matches_docker_export() {
         assert_eq!(a, b, "{path} must be a hard link to {target}");
     }
     assert_eq!(helper_images(), "");
+}
+
+#[tokio::test]
+async fn default_sink_is_docker_when_the_socket_answers_else_dir() {
+    let _dockerd = ensure_dockerd();
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = detect_sink_at(None, tmp.path()).await;
+    assert_eq!(sink.kind(), ImportSinkKind::Docker);
+    let dead = tmp.path().join("no-docker.sock");
+    match detect_sink_at(Some(&dead), tmp.path()).await {
+        ImportSink::Dir { root } => assert_eq!(root, tmp.path().join("rootfs")),
+        other => panic!("expected dir sink, got {other:?}"),
+    }
 }

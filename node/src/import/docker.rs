@@ -49,6 +49,8 @@ use super::{
 
 /// Default engine socket.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// How long the engine may take to answer the version request.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Repository of the short-lived helper tags of per-layer loads.
 const HELPER_REPO: &str = "edgeswarm-import-helper";
 /// Upload chunk size: large enough for few syscalls, small enough that
@@ -94,9 +96,15 @@ impl DockerTarget {
         // Uploads last as long as a layer download: a day, not bollard's 2 min.
         let docker = Docker::connect_with_socket(&path, 24 * 3600, bollard::API_DEFAULT_VERSION)
             .map_err(|e| docker_err("connect to", e))?;
-        let docker = docker
-            .negotiate_version()
+        // Bounded: a socket whose daemon hangs must not stall detection.
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
             .await
+            .map_err(|_| {
+                docker_err(
+                    "no answer within 10 s from",
+                    bollard::errors::Error::RequestTimeoutError,
+                )
+            })?
             .map_err(|e| docker_err("negotiate API version with", e))?;
         Ok(DockerTarget {
             docker,

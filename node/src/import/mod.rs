@@ -126,10 +126,16 @@ impl ImportSink {
     }
 }
 
-/// The default sink: `docker` when the Docker socket answers a ping, else
-/// `dir` under `data_dir`.
+/// The default sink: `docker` when the Docker socket answers, else `dir`
+/// under `data_dir`.
 pub async fn detect_default_sink(data_dir: &Path) -> ImportSink {
-    match DockerTarget::connect(None).await {
+    detect_sink_at(None, data_dir).await
+}
+
+/// [`detect_default_sink`] with an explicit Docker socket path (`None`:
+/// `$DOCKER_HOST` or `/var/run/docker.sock`).
+pub async fn detect_sink_at(socket: Option<&Path>, data_dir: &Path) -> ImportSink {
+    match DockerTarget::connect(socket).await {
         Ok(target) => ImportSink::Docker(target),
         Err(e) => {
             tracing::info!(error = %e, "docker not available; importing into rootfs directories");
