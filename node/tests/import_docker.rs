@@ -20,12 +20,18 @@ use edgeswarm_node::import::{
 use import_common::*;
 use sha2::{Digest as _, Sha256};
 
-async fn docker_sink() -> ImportSink {
-    ImportSink::Docker(DockerTarget::connect(None).await.expect("docker answers"))
+/// A docker sink whose helper tags live in a repository of this test only.
+async fn docker_sink(helper_repo: &str) -> ImportSink {
+    ImportSink::Docker(
+        DockerTarget::connect(None)
+            .await
+            .expect("docker answers")
+            .with_helper_repo(helper_repo),
+    )
 }
 
-fn helper_images() -> String {
-    let (ok, out, err) = docker(&["images", "-q", "edgeswarm-import-helper"]);
+fn helper_images(helper_repo: &str) -> String {
+    let (ok, out, err) = docker(&["images", "-q", helper_repo]);
     assert!(ok, "{err}");
     out.trim().to_owned()
 }
@@ -70,7 +76,7 @@ async fn docker_imports_gzip_image_that_runs() {
     );
     let probe = Arc::new(ReadProbe::default());
     let report = import_image(
-        &docker_sink().await,
+        &docker_sink("edgeswarm-test-helper-docker-imports-gzip-image-that-runs").await,
         image.import(tag, Duration::from_millis(5), &probe),
         &ImportOptions::default(),
     )
@@ -98,7 +104,10 @@ async fn docker_imports_gzip_image_that_runs() {
     assert_eq!(layers, expected);
     let (_, id, _) = docker(&["image", "inspect", "-f", "{{.Id}}", tag]);
     assert_eq!(id.trim(), report.location);
-    assert_eq!(helper_images(), "");
+    assert_eq!(
+        helper_images("edgeswarm-test-helper-docker-imports-gzip-image-that-runs"),
+        ""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,14 +125,17 @@ async fn docker_imports_zstd_oci_image_by_transcoding() {
     );
     let probe = Arc::new(ReadProbe::default());
     import_image(
-        &docker_sink().await,
+        &docker_sink("edgeswarm-test-helper-docker-imports-zstd-oci-image-by-transco").await,
         image.import(tag, Duration::ZERO, &probe),
         &ImportOptions::default(),
     )
     .await
     .unwrap();
     assert_eq!(run(tag, CHECK_SCRIPT), CHECK_OUTPUT);
-    assert_eq!(helper_images(), "");
+    assert_eq!(
+        helper_images("edgeswarm-test-helper-docker-imports-zstd-oci-image-by-transco"),
+        ""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +152,7 @@ async fn docker_reimport_with_shared_layers_loads_only_new_layers() {
         true,
         None,
     );
-    let sink = docker_sink().await;
+    let sink = docker_sink("edgeswarm-test-helper-docker-reimport-with-shared-layers-loads").await;
     let probe1 = Arc::new(ReadProbe::default());
     let r1 = import_image(
         &sink,
@@ -200,7 +212,10 @@ async fn docker_reimport_with_shared_layers_loads_only_new_layers() {
         .iter()
         .all(|l| l.action == LayerAction::AlreadyPresent));
     assert_eq!(probe3.bytes.load(Ordering::SeqCst), 0);
-    assert_eq!(helper_images(), "");
+    assert_eq!(
+        helper_images("edgeswarm-test-helper-docker-reimport-with-shared-layers-loads"),
+        ""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +233,7 @@ async fn docker_wrong_diff_id_fails_and_tags_nothing() {
     );
     let probe = Arc::new(ReadProbe::default());
     let err = import_image(
-        &docker_sink().await,
+        &docker_sink("edgeswarm-test-helper-docker-wrong-diff-id-fails-and-tags-noth").await,
         image.import(tag, Duration::ZERO, &probe),
         &ImportOptions::default(),
     )
@@ -230,7 +245,10 @@ async fn docker_wrong_diff_id_fails_and_tags_nothing() {
     );
     let (exists, _, _) = docker(&["image", "inspect", tag]);
     assert!(!exists, "no image may be tagged after a failed import");
-    assert_eq!(helper_images(), "");
+    assert_eq!(
+        helper_images("edgeswarm-test-helper-docker-wrong-diff-id-fails-and-tags-noth"),
+        ""
+    );
 }
 
 /// One file-system object, as seen in a tar or on disk.
@@ -278,7 +296,7 @@ async fn dir_output_matches_docker_export() {
     );
     let probe = Arc::new(ReadProbe::default());
     import_image(
-        &docker_sink().await,
+        &docker_sink("edgeswarm-test-helper-dir-output-matches-docker-export").await,
         image.import(tag, Duration::ZERO, &probe),
         &ImportOptions::default(),
     )
@@ -378,7 +396,10 @@ async fn dir_output_matches_docker_export() {
             .ino();
         assert_eq!(a, b, "{path} must be a hard link to {target}");
     }
-    assert_eq!(helper_images(), "");
+    assert_eq!(
+        helper_images("edgeswarm-test-helper-dir-output-matches-docker-export"),
+        ""
+    );
 }
 
 #[tokio::test]

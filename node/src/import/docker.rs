@@ -51,8 +51,8 @@ use super::{
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// How long the engine may take to answer the version request.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Repository of the short-lived helper tags of per-layer loads.
-const HELPER_REPO: &str = "edgeswarm-import-helper";
+/// Default repository of the short-lived helper tags of per-layer loads.
+pub const DEFAULT_HELPER_REPO: &str = "edgeswarm-import-helper";
 /// Upload chunk size: large enough for few syscalls, small enough that
 /// 8 in flight per layer stay far below a device's memory.
 const CHUNK: usize = 256 * 1024;
@@ -66,6 +66,7 @@ type BodyItem = Result<Bytes, io::Error>;
 pub struct DockerTarget {
     docker: Docker,
     scratch: PathBuf,
+    helper_repo: String,
 }
 
 impl std::fmt::Debug for DockerTarget {
@@ -109,12 +110,21 @@ impl DockerTarget {
         Ok(DockerTarget {
             docker,
             scratch: std::env::temp_dir(),
+            helper_repo: DEFAULT_HELPER_REPO.to_owned(),
         })
     }
 
     /// Uses `dir` (e.g. under the data dir) for zstd spool files.
     pub fn with_scratch_dir(mut self, dir: PathBuf) -> Self {
         self.scratch = dir;
+        self
+    }
+
+    /// Uses `repo` (lowercase, a valid Docker repository name) for the
+    /// short-lived helper tags of per-layer loads, e.g. to tell concurrent
+    /// importers' helpers apart.
+    pub fn with_helper_repo(mut self, repo: &str) -> Self {
+        self.helper_repo = repo.to_owned();
         self
     }
 
@@ -179,7 +189,7 @@ impl DockerTarget {
             .map_err(|e| ImportError::InvalidConfig(e.to_string()))?;
         let nonce = format!("{:016x}", rand::random::<u64>());
         let helper_tags: Vec<String> = (0..chain.len())
-            .map(|i| format!("{HELPER_REPO}:{nonce}-{i}"))
+            .map(|i| format!("{}:{nonce}-{i}", self.helper_repo))
             .collect();
 
         // registered: how many leading layers the engine holds; failed: stop.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use edgeswarm_protocol::address::Digest;
 use sha2::{Digest as _, Sha256};
 
-pub use docker::DockerTarget;
+pub use docker::{DockerTarget, DEFAULT_HELPER_REPO};
 pub use layer::{verify_layer, Compression, LayerStats};
 
 /// Which sink an import feeds (`--import docker|dir|oci|none`).
