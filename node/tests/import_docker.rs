@@ -414,3 +414,54 @@ async fn default_sink_is_docker_when_the_socket_answers_else_dir() {
         other => panic!("expected dir sink, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_registers_earlier_layers_while_later_ones_still_download() {
+    let _dockerd = ensure_dockerd();
+    let tag = "edgeswarm-test/overlap:v1";
+    let repo = "edgeswarm-test-helper-overlap";
+    let _cleanup = RemoveImages(vec![tag.into()]);
+    // Layer 0 is small and fast; layer 1 (busybox, ~1 MB gzip) arrives in
+    // 64 KiB pieces every 150 ms, i.e. over about 2.5 s.
+    let mut small = LayerTar::default();
+    small
+        .dir("etc", 0o755)
+        .file("etc/first", 0o644, b"overlap test\n");
+    let image = build_image(
+        &[
+            (small.finish(), Compression::Gzip),
+            (base_layer("docker-overlap"), Compression::Gzip),
+        ],
+        true,
+        None,
+    );
+    let probes = [
+        Arc::new(ReadProbe::default()),
+        Arc::new(ReadProbe::default()),
+    ];
+    let request =
+        image.import_per_layer(tag, &[Duration::ZERO, Duration::from_millis(150)], &probes);
+    let sink = docker_sink(repo).await;
+    let import =
+        tokio::spawn(async move { import_image(&sink, request, &ImportOptions::default()).await });
+    // Wait until Docker has registered layer 0 (its helper image exists).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if !helper_images(repo).is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "layer 0 never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let layer1_read = probes[1].bytes.load(Ordering::SeqCst);
+    assert!(
+        layer1_read < image.layers[1].1.len() as u64,
+        "layer 0 was registered only after layer 1 fully arrived ({layer1_read} bytes read)"
+    );
+    import.await.unwrap().unwrap();
+    assert_eq!(run(tag, "cat /etc/first"), "overlap test\n");
+    assert_eq!(helper_images(repo), "");
+}

@@ -403,6 +403,18 @@ impl TestImage {
         delay: Duration,
         probe: &Arc<ReadProbe>,
     ) -> ImageImport {
+        let delays = vec![delay; self.layers.len()];
+        let probes = vec![probe.clone(); self.layers.len()];
+        self.import_per_layer(reference, &delays, &probes)
+    }
+
+    /// The import request with a delay and a probe per layer.
+    pub(crate) fn import_per_layer(
+        &self,
+        reference: &str,
+        delays: &[Duration],
+        probes: &[Arc<ReadProbe>],
+    ) -> ImageImport {
         ImageImport {
             reference: reference.to_owned(),
             config_bytes: self.config.clone(),
@@ -422,8 +434,8 @@ impl TestImage {
                         reader: Box::new(SlowReader::new(
                             blob.clone(),
                             64 * 1024,
-                            delay,
-                            probe.clone(),
+                            delays[i],
+                            probes[i].clone(),
                         )),
                     }
                 })
