@@ -338,3 +338,66 @@ async fn dir_rejects_oversized_extension_headers() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn dir_follows_lower_layer_symlinks_only_inside_the_rootfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lower = LayerTar::default();
+    lower
+        .dir("usr", 0o755)
+        .dir("usr/lib", 0o755)
+        .file("usr/lib/existing", 0o644, b"old\n")
+        .symlink("lib", "usr/lib")
+        .symlink("lib64", "/usr/lib")
+        .dir("tmp", 0o1777)
+        .symlink("esc", "../../../../../tmp");
+    // The upper layer names paths through those symlinks without naming
+    // the symlinked directories themselves (as non-Docker builders do).
+    let upper = raw_tar(&[
+        raw_entry(b"lib/libfoo.so", EntryType::Regular, b"", b"foo"),
+        raw_entry(b"lib/.wh.existing", EntryType::Regular, b"", b""),
+        raw_entry(b"lib64/libbar.so", EntryType::Regular, b"", b"bar"),
+        raw_entry(b"esc/edgeswarm-clamped", EntryType::Regular, b"", b"inside"),
+    ]);
+    let image = build_image(
+        &[
+            (lower.finish(), Compression::Gzip),
+            (upper, Compression::None),
+        ],
+        false,
+        None,
+    );
+    let probe = Arc::new(ReadProbe::default());
+    let report = import_image(
+        &dir_sink(tmp.path()),
+        image.import("links:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let root = Path::new(&report.location);
+    assert_eq!(
+        std::fs::read_link(root.join("lib")).unwrap(),
+        Path::new("usr/lib")
+    );
+    assert_eq!(
+        std::fs::read(root.join("usr/lib/libfoo.so")).unwrap(),
+        b"foo"
+    );
+    assert_eq!(
+        std::fs::read(root.join("usr/lib/libbar.so")).unwrap(),
+        b"bar"
+    );
+    assert!(
+        !root.join("usr/lib/existing").exists(),
+        "whiteout through a symlink"
+    );
+    assert_eq!(
+        std::fs::read(root.join("tmp/edgeswarm-clamped")).unwrap(),
+        b"inside"
+    );
+    assert!(
+        !Path::new("/tmp/edgeswarm-clamped").exists(),
+        "escaped the rootfs"
+    );
+}
