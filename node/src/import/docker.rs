@@ -51,6 +51,8 @@ use super::{
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// How long the engine may take to answer the version request.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long to wait for Docker's reason after it closed an upload.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default repository of the short-lived helper tags of per-layer loads.
 pub const DEFAULT_HELPER_REPO: &str = "edgeswarm-import-helper";
 /// Upload chunk size: large enough for few syscalls, small enough that
@@ -431,22 +433,20 @@ impl LayerLoad {
         let stats = match produced {
             Ok(stats) => stats,
             Err(e) => {
-                // Abort the upload: Docker discards a broken archive.
-                let _ = tx
-                    .send(Err(io::Error::other("layer failed verification")))
-                    .await;
-                drop(tx);
                 tracing::debug!(index, error = %e, "aborting upload");
-                let load_result = load.await;
-                tracing::debug!(
-                    index,
-                    ok = matches!(load_result, Ok(Ok(_))),
-                    "upload aborted"
-                );
-                return Err(match load_result {
-                    Ok(Err(docker)) if is_echo(&e) => docker,
-                    _ => e,
-                });
+                if is_echo(&e) {
+                    // Docker closed the upload first: its answer says why.
+                    drop(tx);
+                    let answer = tokio::time::timeout(ABORT_GRACE, load).await;
+                    if let Ok(Ok(Err(docker))) = answer {
+                        return Err(docker);
+                    }
+                    return Err(e);
+                }
+                // Dropping the request mid-body aborts the upload; Docker
+                // discards a truncated archive and registers nothing.
+                load.abort();
+                return Err(e);
             }
         };
         // Wait until the engine holds every earlier layer.
@@ -457,9 +457,7 @@ impl LayerLoad {
             .map(|p| !p.1)
             .unwrap_or(false);
         if !turn {
-            let _ = tx.send(Err(io::Error::other("import aborted"))).await;
-            drop(tx);
-            let _ = load.await;
+            load.abort();
             return Err(ImportError::Aborted);
         }
         let tail = archive_tail(&self.helper_config, &self.helper_tag, index + 1);
