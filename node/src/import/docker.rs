@@ -116,7 +116,9 @@ impl DockerTarget {
         })
     }
 
-    /// Uses `dir` (e.g. under the data dir) for zstd spool files.
+    /// Uses `dir` for zstd spool files (default: the system temp dir, which
+    /// may be RAM-backed tmpfs on devices; the sinks built from a data dir
+    /// use `<data-dir>/tmp`). Created on first use.
     pub fn with_scratch_dir(mut self, dir: PathBuf) -> Self {
         self.scratch = dir;
         self
@@ -568,6 +570,8 @@ fn write_layer_entry(
             // Docker 20.10 cannot read zstd; a tar header needs the size
             // first, so the plain tar goes through a scratch file (disk,
             // not memory), then into the upload.
+            std::fs::create_dir_all(scratch)
+                .map_err(|e| ImportError::io("create scratch dir", scratch, e))?;
             let mut spool = tempfile::tempfile_in(scratch)
                 .map_err(|e| ImportError::io("create spool file in", scratch, e))?;
             let stats = stream_layer(

@@ -104,7 +104,11 @@ impl ImportSink {
     /// its default socket for [`ImportSinkKind::Docker`]).
     pub async fn from_kind(kind: ImportSinkKind, data_dir: &Path) -> Result<Self, ImportError> {
         Ok(match kind {
-            ImportSinkKind::Docker => ImportSink::Docker(DockerTarget::connect(None).await?),
+            ImportSinkKind::Docker => ImportSink::Docker(
+                DockerTarget::connect(None)
+                    .await?
+                    .with_scratch_dir(data_dir.join("tmp")),
+            ),
             ImportSinkKind::Dir => ImportSink::Dir {
                 root: data_dir.join("rootfs"),
             },
@@ -136,7 +140,7 @@ pub async fn detect_default_sink(data_dir: &Path) -> ImportSink {
 /// `$DOCKER_HOST` or `/var/run/docker.sock`).
 pub async fn detect_sink_at(socket: Option<&Path>, data_dir: &Path) -> ImportSink {
     match DockerTarget::connect(socket).await {
-        Ok(target) => ImportSink::Docker(target),
+        Ok(target) => ImportSink::Docker(target.with_scratch_dir(data_dir.join("tmp"))),
         Err(e) => {
             tracing::info!(error = %e, "docker not available; importing into rootfs directories");
             ImportSink::Dir {
