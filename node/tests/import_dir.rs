@@ -401,3 +401,69 @@ async fn dir_follows_lower_layer_symlinks_only_inside_the_rootfs() {
         "escaped the rootfs"
     );
 }
+
+#[tokio::test]
+async fn dir_handles_gnu_long_names_and_pax_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long_dir = "d".repeat(120);
+    let long_file = format!("{long_dir}/{}", "f".repeat(150));
+    let long_link = format!("{long_dir}/{}", "l".repeat(140));
+    // GNU long names and long link targets, written by the tar crate.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(0o640);
+    h.set_size(4);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    builder
+        .append_data(&mut h, &long_file, &b"long"[..])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    builder
+        .append_link(&mut h, &long_link, format!("/{long_file}"))
+        .unwrap();
+    let gnu = builder.into_inner().unwrap();
+    // A PAX header overriding the path of the entry that follows it.
+    let pax_path = format!("pax/{}", "p".repeat(200));
+    let record = {
+        let body = format!(" path={pax_path}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        format!("{len}{body}")
+    };
+    let pax = raw_tar(&[
+        raw_entry(b"PaxHeaders/x", EntryType::XHeader, b"", record.as_bytes()),
+        raw_entry(b"short-name", EntryType::Regular, b"", b"pax"),
+    ]);
+    let image = build_image(
+        &[(gnu, Compression::Gzip), (pax, Compression::Gzip)],
+        false,
+        None,
+    );
+    let probe = Arc::new(ReadProbe::default());
+    let report = import_image(
+        &dir_sink(tmp.path()),
+        image.import("long:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let root = Path::new(&report.location);
+    assert_eq!(std::fs::read(root.join(&long_file)).unwrap(), b"long");
+    assert_eq!(
+        std::fs::read_link(root.join(&long_link)).unwrap(),
+        Path::new(&format!("/{long_file}"))
+    );
+    assert_eq!(std::fs::read(root.join(&pax_path)).unwrap(), b"pax");
+    assert!(!root.join("short-name").exists());
+}
