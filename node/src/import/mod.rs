@@ -12,7 +12,7 @@
 //! # Goals
 //! Each layer is read exactly once, as its bytes arrive (the reader blocks
 //! until the store has verified the next chunk), by one task on the blocking
-//! pool; layers of one image stream in parallel with one another (up to
+//! pool (plus a dedicated thread hashing what it reads); layers of one image stream in parallel with one another (up to
 //! [`ImportOptions::max_parallel_layers`]). Nothing holds a whole layer in
 //! memory: bytes flow through fixed buffers and bounded channels. Every
 //! layer's uncompressed sha256 is checked against the config's diff_id and
@@ -187,9 +187,9 @@ pub struct ImageImport {
 /// Tunables for an import.
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
-    /// How many layers stream at once (each holds one blocking thread and,
-    /// for Docker, one upload). Bounded so a 100-layer image cannot take
-    /// 100 threads.
+    /// How many layers stream at once (each holds one blocking thread, one
+    /// hashing thread and, for Docker, one upload). Bounded so a 100-layer
+    /// image cannot take 200 threads.
     pub max_parallel_layers: usize,
 }
 
