@@ -195,7 +195,8 @@ impl Drop for OffloadHasher {
 struct HashReader<R> {
     inner: R,
     hasher: Rc<RefCell<OffloadHasher>>,
-    which: usize,
+    /// Stream 0 (compressed) or 1 (uncompressed); `None`: count only.
+    which: Option<usize>,
     count: u64,
     abort: Option<Arc<AtomicBool>>,
 }
@@ -214,7 +215,9 @@ impl<R: Read> Read for HashReader<R> {
                 other => break other?,
             }
         };
-        self.hasher.borrow_mut().update(self.which, &buf[..n]);
+        if let Some(which) = self.which {
+            self.hasher.borrow_mut().update(which, &buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -272,7 +275,8 @@ pub(crate) fn stream_layer(
             sink: tee,
         },
         hasher: hasher.clone(),
-        which: 0,
+        // An uncompressed layer's blob digest is its diff_id: hash once.
+        which: (compression != Compression::None).then_some(0),
         count: 0,
         abort,
     };
@@ -287,7 +291,7 @@ pub(crate) fn stream_layer(
         let mut plain = HashReader {
             inner: decoder,
             hasher: hasher.clone(),
-            which: 1,
+            which: Some(1),
             count: 0,
             abort: None,
         };
@@ -303,6 +307,11 @@ pub(crate) fn stream_layer(
     let compressed_bytes = compressed.count;
     drop(compressed);
     let [compressed_digest, diff_id] = hasher.borrow_mut().finish().map_err(stream_err)?;
+    let compressed_digest = if compression == Compression::None {
+        diff_id
+    } else {
+        compressed_digest
+    };
     if let Some(size) = expected.size {
         if size != compressed_bytes {
             return Err(ImportError::SizeMismatch {
@@ -415,6 +424,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stats.diff_id, diff);
+        let stats = verify_layer(
+            &mut Cursor::new(&data),
+            "application/vnd.oci.image.layer.v1.tar",
+            diff,
+        )
+        .unwrap();
+        assert_eq!(stats.compressed_digest, diff);
+        assert_eq!(stats.compressed_bytes, data.len() as u64);
     }
 
     #[test]
