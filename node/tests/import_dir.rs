@@ -47,7 +47,7 @@ async fn dir_applies_whiteouts_opaque_dirs_links_and_modes() {
     let probe = Arc::new(ReadProbe::default());
     let report = import_image(
         &dir_sink(tmp.path()),
-        image.import("local/dir-test:v1", Duration::from_millis(20), &probe),
+        image.import("local/dir-test:v1", Duration::from_millis(50), &probe),
         &ImportOptions::default(),
     )
     .await

@@ -77,7 +77,7 @@ async fn docker_imports_gzip_image_that_runs() {
     let probe = Arc::new(ReadProbe::default());
     let report = import_image(
         &docker_sink("edgeswarm-test-helper-docker-imports-gzip-image-that-runs").await,
-        image.import(tag, Duration::from_millis(5), &probe),
+        image.import(tag, Duration::from_millis(30), &probe),
         &ImportOptions::default(),
     )
     .await
@@ -422,7 +422,7 @@ async fn docker_registers_earlier_layers_while_later_ones_still_download() {
     let repo = "edgeswarm-test-helper-overlap";
     let _cleanup = RemoveImages(vec![tag.into()]);
     // Layer 0 is small and fast; layer 1 (busybox, ~1 MB gzip) arrives in
-    // 64 KiB pieces every 150 ms, i.e. over about 2.5 s.
+    // 64 KiB pieces every 300 ms, i.e. over about 5 s.
     let mut small = LayerTar::default();
     small
         .dir("etc", 0o755)
@@ -440,7 +440,7 @@ async fn docker_registers_earlier_layers_while_later_ones_still_download() {
         Arc::new(ReadProbe::default()),
     ];
     let request =
-        image.import_per_layer(tag, &[Duration::ZERO, Duration::from_millis(150)], &probes);
+        image.import_per_layer(tag, &[Duration::ZERO, Duration::from_millis(300)], &probes);
     let sink = docker_sink(repo).await;
     let import =
         tokio::spawn(async move { import_image(&sink, request, &ImportOptions::default()).await });
