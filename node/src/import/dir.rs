@@ -131,6 +131,9 @@ pub(super) async fn import(
                 let Ok(permit) = semaphore.clone().acquire_owned().await else {
                     return;
                 };
+                if abort.load(Ordering::Relaxed) {
+                    return; // a layer failed: leave the rest unread
+                }
                 let staging = work_path.join(format!("layer-{index}"));
                 let abort = abort.clone();
                 let handle = tokio::task::spawn_blocking(move || {
