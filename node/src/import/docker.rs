@@ -49,8 +49,12 @@ use super::{
 
 /// Default engine socket.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
-/// Repository of the short-lived helper tags of per-layer loads.
-const HELPER_REPO: &str = "edgeswarm-import-helper";
+/// How long the engine may take to answer the version request.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long to wait for Docker's reason after it closed an upload.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default repository of the short-lived helper tags of per-layer loads.
+pub const DEFAULT_HELPER_REPO: &str = "edgeswarm-import-helper";
 /// Upload chunk size: large enough for few syscalls, small enough that
 /// 8 in flight per layer stay far below a device's memory.
 const CHUNK: usize = 256 * 1024;
@@ -64,6 +68,7 @@ type BodyItem = Result<Bytes, io::Error>;
 pub struct DockerTarget {
     docker: Docker,
     scratch: PathBuf,
+    helper_repo: String,
 }
 
 impl std::fmt::Debug for DockerTarget {
@@ -94,19 +99,36 @@ impl DockerTarget {
         // Uploads last as long as a layer download: a day, not bollard's 2 min.
         let docker = Docker::connect_with_socket(&path, 24 * 3600, bollard::API_DEFAULT_VERSION)
             .map_err(|e| docker_err("connect to", e))?;
-        let docker = docker
-            .negotiate_version()
+        // Bounded: a socket whose daemon hangs must not stall detection.
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
             .await
+            .map_err(|_| {
+                docker_err(
+                    "no answer within 10 s from",
+                    bollard::errors::Error::RequestTimeoutError,
+                )
+            })?
             .map_err(|e| docker_err("negotiate API version with", e))?;
         Ok(DockerTarget {
             docker,
             scratch: std::env::temp_dir(),
+            helper_repo: DEFAULT_HELPER_REPO.to_owned(),
         })
     }
 
-    /// Uses `dir` (e.g. under the data dir) for zstd spool files.
+    /// Uses `dir` for zstd spool files (default: the system temp dir, which
+    /// may be RAM-backed tmpfs on devices; the sinks built from a data dir
+    /// use `<data-dir>/tmp`). Created on first use.
     pub fn with_scratch_dir(mut self, dir: PathBuf) -> Self {
         self.scratch = dir;
+        self
+    }
+
+    /// Uses `repo` (lowercase, a valid Docker repository name) for the
+    /// short-lived helper tags of per-layer loads, e.g. to tell concurrent
+    /// importers' helpers apart.
+    pub fn with_helper_repo(mut self, repo: &str) -> Self {
+        self.helper_repo = repo.to_owned();
         self
     }
 
@@ -171,7 +193,7 @@ impl DockerTarget {
             .map_err(|e| ImportError::InvalidConfig(e.to_string()))?;
         let nonce = format!("{:016x}", rand::random::<u64>());
         let helper_tags: Vec<String> = (0..chain.len())
-            .map(|i| format!("{HELPER_REPO}:{nonce}-{i}"))
+            .map(|i| format!("{}:{nonce}-{i}", self.helper_repo))
             .collect();
 
         // registered: how many leading layers the engine holds; failed: stop.
@@ -407,21 +429,26 @@ impl LayerLoad {
         };
         let produced = producer
             .await
+            .inspect(|r| tracing::debug!(index, ok = r.is_ok(), "layer streamed into upload"))
             .map_err(|e| ImportError::Task(e.to_string()))
             .and_then(|r| r);
         let stats = match produced {
             Ok(stats) => stats,
             Err(e) => {
-                // Abort the upload: Docker discards a broken archive.
-                let _ = tx
-                    .send(Err(io::Error::other("layer failed verification")))
-                    .await;
-                drop(tx);
-                let load_result = load.await;
-                return Err(match load_result {
-                    Ok(Err(docker)) if is_echo(&e) => docker,
-                    _ => e,
-                });
+                tracing::debug!(index, error = %e, "aborting upload");
+                if is_echo(&e) {
+                    // Docker closed the upload first: its answer says why.
+                    drop(tx);
+                    let answer = tokio::time::timeout(ABORT_GRACE, load).await;
+                    if let Ok(Ok(Err(docker))) = answer {
+                        return Err(docker);
+                    }
+                    return Err(e);
+                }
+                // Dropping the request mid-body aborts the upload; Docker
+                // discards a truncated archive and registers nothing.
+                load.abort();
+                return Err(e);
             }
         };
         // Wait until the engine holds every earlier layer.
@@ -432,9 +459,7 @@ impl LayerLoad {
             .map(|p| !p.1)
             .unwrap_or(false);
         if !turn {
-            let _ = tx.send(Err(io::Error::other("import aborted"))).await;
-            drop(tx);
-            let _ = load.await;
+            load.abort();
             return Err(ImportError::Aborted);
         }
         let tail = archive_tail(&self.helper_config, &self.helper_tag, index + 1);
@@ -545,6 +570,8 @@ fn write_layer_entry(
             // Docker 20.10 cannot read zstd; a tar header needs the size
             // first, so the plain tar goes through a scratch file (disk,
             // not memory), then into the upload.
+            std::fs::create_dir_all(scratch)
+                .map_err(|e| ImportError::io("create scratch dir", scratch, e))?;
             let mut spool = tempfile::tempfile_in(scratch)
                 .map_err(|e| ImportError::io("create spool file in", scratch, e))?;
             let stats = stream_layer(

@@ -7,13 +7,20 @@
 //! source -> [tee] -> HashReader (blob digest, size) -> decoder -> HashReader (diff_id)
 //! ```
 //!
+//! The two sha256 computations run on one dedicated hashing thread per
+//! layer, fed in 256 KiB batches through a bounded channel, so hashing
+//! overlaps decompression (sha256 costs about as much per byte as gzip
+//! decoding; in series the pair could not reach 500 MB/s on one core).
+//!
 //! and hands the uncompressed reader to a sink-specific consumer. After the
 //! consumer returns, both streams are drained to their end (so the digests
 //! cover every byte) and checked: the uncompressed sha256 against the
 //! config's diff_id, the compressed sha256 and size against the manifest
 //! descriptor. Everything here is blocking and runs on the blocking pool.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -86,42 +93,120 @@ pub struct LayerStats {
     pub diff_id: Digest,
 }
 
-/// A reader that hashes and counts what passes through, and gives up as
-/// soon as the shared abort flag is raised (another layer of the same
-/// import failed; nothing more needs reading).
-pub(crate) struct HashReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-    abort: Option<Arc<AtomicBool>>,
+/// The error a layer's reader returns once another layer of the same
+/// import failed (recognised by [`super::is_echo`]).
+#[derive(Debug)]
+pub(crate) struct AbortedByOtherLayer;
+
+impl std::fmt::Display for AbortedByOtherLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("import aborted because another layer failed")
+    }
 }
 
-impl<R: Read> HashReader<R> {
-    pub(crate) fn new(inner: R, abort: Option<Arc<AtomicBool>>) -> Self {
-        HashReader {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-            abort,
+impl std::error::Error for AbortedByOtherLayer {}
+
+/// Bytes handed to the hashing thread at once: large enough that the
+/// channel costs nothing, small enough that 8 in flight stay at 2 MiB.
+const HASH_BATCH: usize = 256 * 1024;
+/// Batches queued for the hashing thread (bounds its memory).
+const HASH_QUEUE: usize = 8;
+
+/// Computes the sha256 of the compressed (0) and uncompressed (1) streams
+/// on a dedicated thread, so hashing overlaps decompression instead of
+/// adding to it (gzip decoding and sha256 cost about the same per byte).
+struct OffloadHasher {
+    tx: Option<std::sync::mpsc::SyncSender<(usize, Vec<u8>)>>,
+    bufs: [Vec<u8>; 2],
+    handle: Option<std::thread::JoinHandle<[Digest; 2]>>,
+}
+
+impl OffloadHasher {
+    fn new() -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(HASH_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("layer-sha256".into())
+            .spawn(move || {
+                let mut hashers = [Sha256::new(), Sha256::new()];
+                for (which, batch) in rx {
+                    hashers[which].update(&batch);
+                }
+                hashers.map(|h| Digest::from_bytes(h.finalize().into()))
+            })?;
+        Ok(OffloadHasher {
+            tx: Some(tx),
+            bufs: [
+                Vec::with_capacity(HASH_BATCH),
+                Vec::with_capacity(HASH_BATCH),
+            ],
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&mut self, which: usize) {
+        let batch = std::mem::replace(&mut self.bufs[which], Vec::with_capacity(HASH_BATCH));
+        if let Some(tx) = &self.tx {
+            // A send fails only if the thread died; finish() reports that.
+            let _ = tx.send((which, batch));
         }
     }
 
-    fn finish(self) -> (u64, Digest) {
-        (
-            self.count,
-            Digest::from_bytes(self.hasher.finalize().into()),
-        )
+    fn update(&mut self, which: usize, data: &[u8]) {
+        let mut data = data;
+        while !data.is_empty() {
+            let room = HASH_BATCH - self.bufs[which].len();
+            let n = room.min(data.len());
+            self.bufs[which].extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.bufs[which].len() >= HASH_BATCH {
+                self.send(which);
+            }
+        }
     }
+
+    fn finish(&mut self) -> io::Result<[Digest; 2]> {
+        for which in 0..2 {
+            if !self.bufs[which].is_empty() {
+                self.send(which);
+            }
+        }
+        self.tx = None;
+        self.handle
+            .take()
+            .ok_or_else(|| io::Error::other("hasher already finished"))?
+            .join()
+            .map_err(|_| io::Error::other("hashing thread panicked"))
+    }
+}
+
+impl Drop for OffloadHasher {
+    fn drop(&mut self) {
+        // Let the thread end (on error paths finish() was not called).
+        self.tx = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A reader that counts what passes through, feeds it to the hashing
+/// thread as stream `which`, and gives up as soon as the shared abort flag
+/// is raised (another layer of the same import failed).
+struct HashReader<R> {
+    inner: R,
+    hasher: Rc<RefCell<OffloadHasher>>,
+    /// Stream 0 (compressed) or 1 (uncompressed); `None`: count only.
+    which: Option<usize>,
+    count: u64,
+    abort: Option<Arc<AtomicBool>>,
 }
 
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(abort) = &self.abort {
             if abort.load(Ordering::Relaxed) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "import aborted because another layer failed",
-                ));
+                // Not ErrorKind::Interrupted: std's read loops retry those.
+                return Err(io::Error::other(AbortedByOtherLayer));
             }
         }
         let n = loop {
@@ -130,7 +215,9 @@ impl<R: Read> Read for HashReader<R> {
                 other => break other?,
             }
         };
-        self.hasher.update(&buf[..n]);
+        if let Some(which) = self.which {
+            self.hasher.borrow_mut().update(which, &buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -181,14 +268,19 @@ pub(crate) fn stream_layer(
 ) -> Result<LayerStats, ImportError> {
     let index = expected.index;
     let stream_err = |source: io::Error| ImportError::LayerStream { index, source };
-    let mut compressed = HashReader::new(
-        TeeReader {
+    let hasher = Rc::new(RefCell::new(OffloadHasher::new().map_err(stream_err)?));
+    let mut compressed = HashReader {
+        inner: TeeReader {
             inner: source,
             sink: tee,
         },
+        hasher: hasher.clone(),
+        // An uncompressed layer's blob digest is its diff_id: hash once.
+        which: (compression != Compression::None).then_some(0),
+        count: 0,
         abort,
-    );
-    let (uncompressed_bytes, diff_id) = {
+    };
+    let uncompressed_bytes = {
         let decoder: Box<dyn Read + '_> = match compression {
             Compression::Gzip => Box::new(MultiGzDecoder::new(&mut compressed)),
             Compression::Zstd => {
@@ -196,17 +288,30 @@ pub(crate) fn stream_layer(
             }
             Compression::None => Box::new(&mut compressed),
         };
-        let mut plain = HashReader::new(decoder, None);
+        let mut plain = HashReader {
+            inner: decoder,
+            hasher: hasher.clone(),
+            which: Some(1),
+            count: 0,
+            abort: None,
+        };
         consume(&mut plain)?;
         // The consumer may stop at the tar end marker; the digest covers
         // the whole stream, padding included.
         io::copy(&mut plain, &mut io::sink()).map_err(stream_err)?;
-        plain.finish()
+        plain.count
     };
     // Trailing bytes after the last gzip member or zstd frame still belong
     // to the blob and its digest.
     io::copy(&mut compressed, &mut io::sink()).map_err(stream_err)?;
-    let (compressed_bytes, compressed_digest) = compressed.finish();
+    let compressed_bytes = compressed.count;
+    drop(compressed);
+    let [compressed_digest, diff_id] = hasher.borrow_mut().finish().map_err(stream_err)?;
+    let compressed_digest = if compression == Compression::None {
+        diff_id
+    } else {
+        compressed_digest
+    };
     if let Some(size) = expected.size {
         if size != compressed_bytes {
             return Err(ImportError::SizeMismatch {
@@ -319,6 +424,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stats.diff_id, diff);
+        let stats = verify_layer(
+            &mut Cursor::new(&data),
+            "application/vnd.oci.image.layer.v1.tar",
+            diff,
+        )
+        .unwrap();
+        assert_eq!(stats.compressed_digest, diff);
+        assert_eq!(stats.compressed_bytes, data.len() as u64);
     }
 
     #[test]

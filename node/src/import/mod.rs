@@ -12,7 +12,7 @@
 //! # Goals
 //! Each layer is read exactly once, as its bytes arrive (the reader blocks
 //! until the store has verified the next chunk), by one task on the blocking
-//! pool; layers of one image stream in parallel with one another (up to
+//! pool (plus a dedicated thread hashing what it reads); layers of one image stream in parallel with one another (up to
 //! [`ImportOptions::max_parallel_layers`]). Nothing holds a whole layer in
 //! memory: bytes flow through fixed buffers and bounded channels. Every
 //! layer's uncompressed sha256 is checked against the config's diff_id and
@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use edgeswarm_protocol::address::Digest;
 use sha2::{Digest as _, Sha256};
 
-pub use docker::DockerTarget;
+pub use docker::{DockerTarget, DEFAULT_HELPER_REPO};
 pub use layer::{verify_layer, Compression, LayerStats};
 
 /// Which sink an import feeds (`--import docker|dir|oci|none`).
@@ -104,7 +104,11 @@ impl ImportSink {
     /// its default socket for [`ImportSinkKind::Docker`]).
     pub async fn from_kind(kind: ImportSinkKind, data_dir: &Path) -> Result<Self, ImportError> {
         Ok(match kind {
-            ImportSinkKind::Docker => ImportSink::Docker(DockerTarget::connect(None).await?),
+            ImportSinkKind::Docker => ImportSink::Docker(
+                DockerTarget::connect(None)
+                    .await?
+                    .with_scratch_dir(data_dir.join("tmp")),
+            ),
             ImportSinkKind::Dir => ImportSink::Dir {
                 root: data_dir.join("rootfs"),
             },
@@ -126,11 +130,17 @@ impl ImportSink {
     }
 }
 
-/// The default sink: `docker` when the Docker socket answers a ping, else
-/// `dir` under `data_dir`.
+/// The default sink: `docker` when the Docker socket answers, else `dir`
+/// under `data_dir`.
 pub async fn detect_default_sink(data_dir: &Path) -> ImportSink {
-    match DockerTarget::connect(None).await {
-        Ok(target) => ImportSink::Docker(target),
+    detect_sink_at(None, data_dir).await
+}
+
+/// [`detect_default_sink`] with an explicit Docker socket path (`None`:
+/// `$DOCKER_HOST` or `/var/run/docker.sock`).
+pub async fn detect_sink_at(socket: Option<&Path>, data_dir: &Path) -> ImportSink {
+    match DockerTarget::connect(socket).await {
+        Ok(target) => ImportSink::Docker(target.with_scratch_dir(data_dir.join("tmp"))),
         Err(e) => {
             tracing::info!(error = %e, "docker not available; importing into rootfs directories");
             ImportSink::Dir {
@@ -177,9 +187,9 @@ pub struct ImageImport {
 /// Tunables for an import.
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
-    /// How many layers stream at once (each holds one blocking thread and,
-    /// for Docker, one upload). Bounded so a 100-layer image cannot take
-    /// 100 threads.
+    /// How many layers stream at once (each holds one blocking thread, one
+    /// hashing thread and, for Docker, one upload). Bounded so a 100-layer
+    /// image cannot take 200 threads.
     pub max_parallel_layers: usize,
 }
 
@@ -563,10 +573,12 @@ pub async fn import_image(
 pub(crate) fn is_echo(e: &ImportError) -> bool {
     match e {
         ImportError::Aborted => true,
-        ImportError::LayerStream { source, .. } => matches!(
-            source.kind(),
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::BrokenPipe
-        ),
+        ImportError::LayerStream { source, .. } => {
+            source.kind() == std::io::ErrorKind::BrokenPipe
+                || source
+                    .get_ref()
+                    .is_some_and(|e| e.is::<layer::AbortedByOtherLayer>())
+        }
         _ => false,
     }
 }

@@ -74,6 +74,9 @@ pub(super) async fn import(
             .acquire_owned()
             .await
             .map_err(|e| ImportError::Task(e.to_string()))?;
+        if abort.load(Ordering::Relaxed) {
+            break; // a layer failed: leave the rest unread
+        }
         let blobs = blobs.clone();
         let abort = abort.clone();
         tasks.spawn_blocking(move || {

@@ -1,0 +1,469 @@
+//! The `dir` sink: layer semantics (whiteouts, opaque dirs, links, modes),
+//! parallel streaming, verification failures and hostile tars.
+
+mod import_common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgeswarm_node::import::{
+    import_image, Compression, ImportError, ImportOptions, ImportSink, LayerAction,
+};
+use import_common::*;
+use tar::EntryType;
+
+fn dir_sink(root: &Path) -> ImportSink {
+    ImportSink::Dir {
+        root: root.join("rootfs"),
+    }
+}
+
+/// Nothing is left in the sink root but finished images.
+fn assert_no_leftovers(root: &Path) {
+    let rootfs = root.join("rootfs");
+    if rootfs.exists() {
+        let left: Vec<_> = std::fs::read_dir(&rootfs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dir_applies_whiteouts_opaque_dirs_links_and_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(
+        &[
+            (base_layer("dir-semantics"), Compression::Gzip),
+            (overlay_layer(), Compression::Zstd),
+        ],
+        false,
+        None,
+    );
+    let probe = Arc::new(ReadProbe::default());
+    let report = import_image(
+        &dir_sink(tmp.path()),
+        image.import("local/dir-test:v1", Duration::from_millis(50), &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(report
+        .layers
+        .iter()
+        .all(|l| l.action == LayerAction::Imported));
+    // Both layers were mid-stream at the same time: parallel extraction.
+    assert_eq!(probe.max_active.load(Ordering::SeqCst), 2);
+    let root = tmp.path().join("rootfs/local_dir-test_v1");
+    assert_eq!(report.location, root.display().to_string());
+
+    assert_eq!(
+        std::fs::read(root.join("etc/hello")).unwrap(),
+        b"hello from the overlay\n"
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("etc/hello-sym")).unwrap(),
+        Path::new("hello")
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("bin/cat")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+    let ino = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().ino();
+    assert_eq!(
+        ino("etc/hello"),
+        ino("etc/hello-link"),
+        "hard link within a layer"
+    );
+    assert!(!root.join("etc/removeme").exists(), "whiteout applied");
+    assert!(
+        !root.join("etc/keepdir/old").exists(),
+        "opaque dir hides lower content"
+    );
+    assert_eq!(
+        std::fs::read(root.join("etc/keepdir/new")).unwrap(),
+        b"new in opaque dir\n"
+    );
+    let mode = |p: &str| {
+        std::fs::symlink_metadata(root.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("etc/keepdir"), 0o750);
+    assert_eq!(mode("etc/keepdir/new"), 0o600);
+    assert_eq!(mode("opt"), 0o700);
+    assert_eq!(mode("opt/tool"), 0o4755);
+    assert_eq!(mode("tmp"), 0o1777);
+    assert_eq!(mode("bin/busybox"), 0o755);
+    let mtime = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().mtime();
+    assert_eq!(mtime("etc/hello"), 1_600_000_000);
+    assert_eq!(mtime("etc"), 1_600_000_000, "directory mtimes applied last");
+    assert!(!root.join("etc/.wh.removeme").exists());
+    assert!(!root.join("etc/keepdir/.wh..wh..opq").exists());
+    // The busybox from the rootfs runs.
+    let out = std::process::Command::new(root.join("bin/busybox"))
+        .args(["cat", root.join("etc/hello").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"hello from the overlay\n");
+    // Only the finished rootfs remains.
+    let entries: Vec<_> = std::fs::read_dir(tmp.path().join("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["local_dir-test_v1"]);
+}
+
+#[tokio::test]
+async fn dir_wrong_diff_id_keeps_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(
+        &[
+            (base_layer("dir-wrong"), Compression::Gzip),
+            (overlay_layer(), Compression::Gzip),
+        ],
+        true,
+        Some(1),
+    );
+    let probe = Arc::new(ReadProbe::default());
+    let err = import_image(
+        &dir_sink(tmp.path()),
+        image.import("local/wrong:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ImportError::DiffIdMismatch { index: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("diff_id mismatch"), "{err}");
+    assert_no_leftovers(tmp.path());
+}
+
+#[tokio::test]
+async fn dir_reimport_replaces_the_previous_rootfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = Arc::new(ReadProbe::default());
+    let sink = dir_sink(tmp.path());
+    let one = build_image(&[(base_layer("re"), Compression::Gzip)], false, None);
+    import_image(
+        &sink,
+        one.import("re:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let two = build_image(
+        &[
+            (base_layer("re"), Compression::Gzip),
+            (extra_layer(), Compression::None),
+        ],
+        false,
+        None,
+    );
+    import_image(
+        &sink,
+        two.import("re:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let root = tmp.path().join("rootfs/re_v1");
+    assert_eq!(
+        std::fs::read(root.join("etc/extra")).unwrap(),
+        b"third layer\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(tmp.path().join("rootfs"))
+        .unwrap()
+        .collect();
+    assert_eq!(names.len(), 1);
+}
+
+/// Imports a single-layer image made of `tar` into a fresh dir sink.
+async fn import_hostile(tar: Vec<u8>) -> (tempfile::TempDir, ImportError) {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(&[(tar, Compression::Gzip)], false, None);
+    let probe = Arc::new(ReadProbe::default());
+    let err = import_image(
+        &dir_sink(tmp.path()),
+        image.import("hostile:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .expect_err("hostile tar must be rejected");
+    assert_no_leftovers(tmp.path());
+    (tmp, err)
+}
+
+#[tokio::test]
+async fn dir_rejects_parent_traversal() {
+    let (_tmp, err) = import_hostile(raw_tar(&[raw_entry(
+        b"etc/../../escaped",
+        EntryType::Regular,
+        b"",
+        b"owned",
+    )]))
+    .await;
+    assert!(
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "path traversal (..)",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn dir_rejects_absolute_paths() {
+    let (_tmp, err) = import_hostile(raw_tar(&[raw_entry(
+        b"/tmp/edgeswarm-absolute",
+        EntryType::Regular,
+        b"",
+        b"owned",
+    )]))
+    .await;
+    assert!(
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "absolute path",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!Path::new("/tmp/edgeswarm-absolute").exists());
+}
+
+#[tokio::test]
+async fn dir_rejects_writing_through_an_absolute_symlink() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().as_bytes().to_vec();
+    let (_tmp, err) = import_hostile(raw_tar(&[
+        raw_entry(b"evil", EntryType::Symlink, &target, b""),
+        raw_entry(b"evil/pwned", EntryType::Regular, b"", b"owned"),
+    ]))
+    .await;
+    assert!(
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "a parent directory is a symlink",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        !outside.path().join("pwned").exists(),
+        "wrote through the symlink"
+    );
+}
+
+#[tokio::test]
+async fn dir_rejects_writing_through_a_relative_symlink_escape() {
+    let (_tmp, err) = import_hostile(raw_tar(&[
+        raw_entry(b"up", EntryType::Symlink, b"../../../../../../tmp", b""),
+        raw_entry(
+            b"up/edgeswarm-rel-escape",
+            EntryType::Regular,
+            b"",
+            b"owned",
+        ),
+    ]))
+    .await;
+    assert!(matches!(err, ImportError::UnsafeEntry { .. }), "{err}");
+    assert!(!Path::new("/tmp/edgeswarm-rel-escape").exists());
+}
+
+#[tokio::test]
+async fn dir_rejects_hard_links_out_of_the_rootfs() {
+    let (_tmp, err) = import_hostile(raw_tar(&[raw_entry(
+        b"passwd",
+        EntryType::Link,
+        b"../../../../etc/passwd",
+        b"",
+    )]))
+    .await;
+    assert!(
+        matches!(
+            err,
+            ImportError::UnsafeEntry {
+                reason: "path traversal (..)",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn dir_rejects_oversized_extension_headers() {
+    // A GNU long-name header claiming 1 GiB: refused before allocating it.
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(EntryType::GNULongName);
+    h.set_size(1 << 30);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend_from_slice(&[b'a'; 4096]);
+    let (_tmp, err) = import_hostile(tar).await;
+    assert!(
+        matches!(&err, ImportError::BadTar { reason, .. } if reason.contains("exceeds")),
+        "{err}"
+    );
+    // Same for a PAX header.
+    let mut h = tar::Header::new_ustar();
+    h.set_path("PaxHeaders/x").unwrap();
+    h.set_entry_type(EntryType::XHeader);
+    h.set_size(64 << 20);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend_from_slice(&[b'1'; 4096]);
+    let (_tmp, err) = import_hostile(tar).await;
+    assert!(
+        matches!(&err, ImportError::BadTar { reason, .. } if reason.contains("PAX")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn dir_follows_lower_layer_symlinks_only_inside_the_rootfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lower = LayerTar::default();
+    lower
+        .dir("usr", 0o755)
+        .dir("usr/lib", 0o755)
+        .file("usr/lib/existing", 0o644, b"old\n")
+        .symlink("lib", "usr/lib")
+        .symlink("lib64", "/usr/lib")
+        .dir("tmp", 0o1777)
+        .symlink("esc", "../../../../../tmp");
+    // The upper layer names paths through those symlinks without naming
+    // the symlinked directories themselves (as non-Docker builders do).
+    let upper = raw_tar(&[
+        raw_entry(b"lib/libfoo.so", EntryType::Regular, b"", b"foo"),
+        raw_entry(b"lib/.wh.existing", EntryType::Regular, b"", b""),
+        raw_entry(b"lib64/libbar.so", EntryType::Regular, b"", b"bar"),
+        raw_entry(b"esc/edgeswarm-clamped", EntryType::Regular, b"", b"inside"),
+    ]);
+    let image = build_image(
+        &[
+            (lower.finish(), Compression::Gzip),
+            (upper, Compression::None),
+        ],
+        false,
+        None,
+    );
+    let probe = Arc::new(ReadProbe::default());
+    let report = import_image(
+        &dir_sink(tmp.path()),
+        image.import("links:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let root = Path::new(&report.location);
+    assert_eq!(
+        std::fs::read_link(root.join("lib")).unwrap(),
+        Path::new("usr/lib")
+    );
+    assert_eq!(
+        std::fs::read(root.join("usr/lib/libfoo.so")).unwrap(),
+        b"foo"
+    );
+    assert_eq!(
+        std::fs::read(root.join("usr/lib/libbar.so")).unwrap(),
+        b"bar"
+    );
+    assert!(
+        !root.join("usr/lib/existing").exists(),
+        "whiteout through a symlink"
+    );
+    assert_eq!(
+        std::fs::read(root.join("tmp/edgeswarm-clamped")).unwrap(),
+        b"inside"
+    );
+    assert!(
+        !Path::new("/tmp/edgeswarm-clamped").exists(),
+        "escaped the rootfs"
+    );
+}
+
+#[tokio::test]
+async fn dir_handles_gnu_long_names_and_pax_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long_dir = "d".repeat(120);
+    let long_file = format!("{long_dir}/{}", "f".repeat(150));
+    let long_link = format!("{long_dir}/{}", "l".repeat(140));
+    // GNU long names and long link targets, written by the tar crate.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(0o640);
+    h.set_size(4);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    builder
+        .append_data(&mut h, &long_file, &b"long"[..])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    builder
+        .append_link(&mut h, &long_link, format!("/{long_file}"))
+        .unwrap();
+    let gnu = builder.into_inner().unwrap();
+    // A PAX header overriding the path of the entry that follows it.
+    let pax_path = format!("pax/{}", "p".repeat(200));
+    let record = {
+        let body = format!(" path={pax_path}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        format!("{len}{body}")
+    };
+    let pax = raw_tar(&[
+        raw_entry(b"PaxHeaders/x", EntryType::XHeader, b"", record.as_bytes()),
+        raw_entry(b"short-name", EntryType::Regular, b"", b"pax"),
+    ]);
+    let image = build_image(
+        &[(gnu, Compression::Gzip), (pax, Compression::Gzip)],
+        false,
+        None,
+    );
+    let probe = Arc::new(ReadProbe::default());
+    let report = import_image(
+        &dir_sink(tmp.path()),
+        image.import("long:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let root = Path::new(&report.location);
+    assert_eq!(std::fs::read(root.join(&long_file)).unwrap(), b"long");
+    assert_eq!(
+        std::fs::read_link(root.join(&long_link)).unwrap(),
+        Path::new(&format!("/{long_file}"))
+    );
+    assert_eq!(std::fs::read(root.join(&pax_path)).unwrap(), b"pax");
+    assert!(!root.join("short-name").exists());
+}
