@@ -1,0 +1,131 @@
+//! Gateway failover against a real `docker-registry` behind a throttling
+//! proxy (so the pull takes seconds): the elected gateway is stopped half
+//! way through the layer; the other gateway-capable node takes the release
+//! over, resumes from what the locality already holds with Range requests,
+//! and every surviving node completes. The image crosses the cloud link
+//! about once.
+
+mod daemon_common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use daemon_common::*;
+use edgeswarm_node::registry::testing::{build_image, ImageSpec, TestRegistry};
+use edgeswarm_node::registry::Compression;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP proxy to `upstream` that delivers responses at `rate` bytes/s.
+async fn throttled_proxy(upstream: SocketAddr, rate: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else { return };
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut server_r, mut server_w) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
+                    let _ = server_w.shutdown().await;
+                });
+                let mut buf = vec![0u8; 16 << 10];
+                loop {
+                    let n = match server_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if client_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+                }
+                up.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_gateway_takes_over_a_half_pulled_release() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(
+        ImageSpec::random_layers(&[12 << 20], 7, Compression::None),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    push(&registry, "failover/app", "v1", &image).await;
+    let proxy = throttled_proxy(registry.addr(), 3 << 20).await;
+    let reference = format!("{proxy}/failover/app:v1");
+
+    let locality = Locality::start("failover", 2, 3).await;
+    let first = &locality.daemons[0];
+    let signed = first.prepare_release(&reference, vec![], None).await.unwrap();
+    first.publish_release(signed).await.unwrap();
+
+    // Find the elected gateway and stop it half way through the layer.
+    let started = Instant::now();
+    let elected = loop {
+        if let Some(gateway) = release_of(first, &reference).await.and_then(|r| r.gateway) {
+            break locality
+                .daemons
+                .iter()
+                .position(|d| d.swarm().local_peer_id().to_string() == gateway)
+                .expect("the gateway is one of ours");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no gateway elected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(elected < 2, "only gateway-capable nodes are elected");
+    let dead = &locality.daemons[elected];
+    let half = image.layers_size() / 2;
+    while dead.registry().unwrap().stats().bytes_pulled < half {
+        assert!(started.elapsed() < Duration::from_secs(30), "pull did not progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dead.shutdown();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dead_pulled = dead.registry().unwrap().stats().bytes_pulled;
+
+    let survivors: Vec<_> = locality
+        .daemons
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != elected)
+        .map(|(_, d)| d.clone())
+        .collect();
+    wait_done(&survivors, &reference, Duration::from_secs(90)).await;
+    let took_over = killed_at.elapsed();
+
+    let other_gateway = 1 - elected;
+    let survivor_pulled = locality.daemons[other_gateway]
+        .registry()
+        .unwrap()
+        .stats()
+        .bytes_pulled;
+    let total = dead_pulled + survivor_pulled;
+    let ratio = total as f64 / image_bytes(&image) as f64;
+    println!(
+        "failover: first gateway pulled {dead_pulled} bytes, second {survivor_pulled}; \
+         {ratio:.3}x the image; survivors done {:.1}s after the kill",
+        took_over.as_secs_f64()
+    );
+    assert!(
+        ratio <= 1.25,
+        "the cloud link carried {ratio:.2}x the image ({total} bytes)"
+    );
+    for (i, dir) in locality.dirs.iter().enumerate() {
+        if i == elected {
+            continue;
+        }
+        let name = edgeswarm_node::import::image_dir_name(&reference);
+        assert!(dir.path().join("rootfs").join(name).join("data/layer0.bin").is_file());
+    }
+    locality.shutdown();
+}
