@@ -39,6 +39,7 @@ async fn start(trusted: TrustedKeys, locality: &str) -> Api {
         trusted,
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,
+        keep_versions: 2,
     };
     let (daemon, _handle) = Daemon::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

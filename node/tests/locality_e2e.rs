@@ -31,6 +31,7 @@ fn config(dir: &Path, gateway: bool, bootstrap: Vec<libp2p::Multiaddr>) -> Daemo
         trusted: TrustedKeys::new(),
         labels: Default::default(),
         chunk_size: ChunkSize::new(256 << 10).unwrap(),
+        keep_versions: 2,
     }
 }
 

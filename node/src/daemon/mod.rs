@@ -33,6 +33,13 @@
 
 mod gateway;
 mod pipeline;
+mod removal;
+
+pub use removal::{
+    decode_gossip as decode_removal_gossip, decode_signed as decode_removal,
+    encode_gossip as encode_removal_gossip, repository_of, Removal, RemoveReport, SignedRemoval,
+    REMOVAL_TAG, REMOVAL_VERSION,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -85,7 +92,15 @@ pub struct DaemonConfig {
     pub labels: BTreeMap<String, String>,
     /// Chunk size the gateway cuts layers in.
     pub chunk_size: ChunkSize,
+    /// Versions of each repository kept once a newer one is imported
+    /// (rollback window); older ones are unpinned and collected.
+    pub keep_versions: usize,
 }
+
+/// Default of [`DaemonConfig::keep_versions`].
+pub const DEFAULT_KEEP_VERSIONS: usize = 2;
+/// Removal requests from gossip handled at once; more are dropped.
+const MAX_GOSSIP_REMOVALS: usize = 4;
 
 /// Why the daemon could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +120,15 @@ pub enum DaemonError {
     /// A release was refused.
     #[error("release refused: {0}")]
     Refused(String),
+    /// The request conflicts with work in progress (retry later).
+    #[error("{0}")]
+    Conflict(String),
+    /// A removal request was refused (untrusted, other locality, malformed).
+    #[error("removal refused: {0}")]
+    RemovalRefused(String),
+    /// Removing an image's files failed.
+    #[error("removing the image: {0}")]
+    Remove(String),
 }
 
 /// A release as this node tracks it.
@@ -182,7 +206,7 @@ const MAX_REFUSALS: usize = 32;
 pub struct SelfView {
     /// Its peer id.
     pub peer_id: String,
-    /// Its listen addresses.
+    /// Its listen addresses, each ending in `/p2p/<peer id>`.
     pub addresses: Vec<String>,
     /// `node` or `gateway`.
     pub role: String,
@@ -269,6 +293,13 @@ pub(crate) struct Inner {
     metrics: DaemonMetrics,
     /// Every metric of the node, for `/metrics`.
     metrics_registry: prometheus_client::registry::Registry,
+    /// Serialises updates of `versions.json` (the rollback window).
+    versions_lock: tokio::sync::Mutex<()>,
+    /// Bounds removal requests from gossip handled at once.
+    removal_slots: Arc<tokio::sync::Semaphore>,
+    /// A removal skipped garbage collection because releases were in
+    /// progress; collect when they finish.
+    gc_deferred: std::sync::atomic::AtomicBool,
 }
 
 /// Release-level Prometheus metrics.
@@ -368,6 +399,9 @@ impl Daemon {
             pulling_blobs: Mutex::new(Default::default()),
             metrics,
             metrics_registry: registry_metrics,
+            versions_lock: tokio::sync::Mutex::new(()),
+            removal_slots: Arc::new(tokio::sync::Semaphore::new(MAX_GOSSIP_REMOVALS)),
+            gc_deferred: Default::default(),
         });
         let gossip = tokio::spawn(gossip_loop(inner.clone(), inner.swarm.subscribe_gossip()));
         let ticker = tokio::spawn(status_loop(inner.clone()));
@@ -466,14 +500,25 @@ impl Daemon {
 
     /// The locality as this node sees it.
     pub async fn status(&self) -> StatusView {
+        let me = self.inner.swarm.local_peer_id();
+        // With the `/p2p/` suffix, ready to paste into another node's
+        // `--bootstrap`.
         let addresses = self
             .inner
             .swarm
             .listen_addrs()
             .await
             .unwrap_or_default()
-            .iter()
-            .map(|a| a.to_string())
+            .into_iter()
+            .map(|a| {
+                if a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                {
+                    a.to_string()
+                } else {
+                    a.with(libp2p::multiaddr::Protocol::P2p(me)).to_string()
+                }
+            })
             .collect();
         let connected_peers = self
             .inner
@@ -520,6 +565,52 @@ impl Daemon {
         }
     }
 
+    /// Removes `image` from this node (pin, status, import sink, then
+    /// unreferenced blobs). With `request`, the removal is first checked
+    /// against this node's trust policy (as every node will check it) and
+    /// then gossiped to the locality; `request` must name `image`.
+    pub async fn remove(
+        &self,
+        image: &str,
+        request: Option<SignedRemoval>,
+    ) -> Result<RemoveReport, DaemonError> {
+        let not_after = match &request {
+            Some(signed) => {
+                let removal = self.inner.check_removal(signed)?;
+                if removal.image != image {
+                    return Err(DaemonError::RemovalRefused(format!(
+                        "the signed removal names {:?}, not {image:?}",
+                        removal.image
+                    )));
+                }
+                Some(removal.created)
+            }
+            None => None,
+        };
+        let report = self.inner.remove_image(image, not_after).await?;
+        if let Some(signed) = request {
+            let bytes = removal::encode_gossip(&signed);
+            if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
+                // A locality of one has no gossip peers.
+                tracing::warn!(error = %e, "removal not gossiped");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Signs a removal of `image` for this locality with the node's own
+    /// identity (accepted by nodes without `--trust`).
+    pub fn sign_removal(&self, image: &str) -> SignedRemoval {
+        SignedRemoval::sign(
+            Removal {
+                image: image.to_owned(),
+                locality: self.inner.config.swarm.locality.clone(),
+                created: unix_seconds(),
+            },
+            &self.inner.identity,
+        )
+    }
+
     /// Every metric of the node in the Prometheus text format.
     pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
@@ -555,14 +646,23 @@ impl Inner {
     /// Records and reports a refused release.
     fn refuse(&self, signed: &SignedRelease, from: Option<PeerId>, error: &DaemonError) {
         tracing::warn!(from = ?from, image = %signed.body_unverified().image, error = %error, "release refused");
+        self.record_refusal(
+            signed.body_unverified().image.clone(),
+            from,
+            error.to_string(),
+        );
+    }
+
+    /// Keeps a refusal for status (bounded to [`MAX_REFUSALS`]).
+    fn record_refusal(&self, image: String, from: Option<PeerId>, reason: String) {
         let mut state = self.state.lock().expect("state lock");
         if state.refused.len() == MAX_REFUSALS {
             state.refused.pop_front();
         }
         state.refused.push_back(RefusedView {
-            image: signed.body_unverified().image.clone(),
+            image,
             from: from.map(|p| p.to_string()),
-            reason: error.to_string(),
+            reason,
         });
     }
 
@@ -641,7 +741,21 @@ impl Inner {
         }
         if let Some(release) = fetch {
             let inner = self.clone();
-            tokio::spawn(async move { pipeline::run(inner, release).await });
+            tokio::spawn(async move {
+                let id = release.id();
+                pipeline::run(inner.clone(), release.clone()).await;
+                let done = inner
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .releases
+                    .get(&id)
+                    .is_some_and(|t| t.state == ReleaseState::Done);
+                if done {
+                    inner.retain_versions(&release.image, release.created).await;
+                }
+                inner.collect_deferred().await;
+            });
         }
     }
 
@@ -801,6 +915,10 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        if let Some(removal) = removal::decode_gossip(&msg.data) {
+            on_removal(&inner, msg.source, removal);
+            continue;
+        }
         let decoded = match GossipMessage::decode(&msg.data) {
             Ok(d) => d,
             Err(e) => {
@@ -830,6 +948,42 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             GossipMessage::ChunkDigests(_) | GossipMessage::Availability(_) => {}
         }
     }
+}
+
+/// A removal request arrived on gossip: checked like a release, then run
+/// in the background (bounded; extra requests are dropped and logged).
+fn on_removal(
+    inner: &Arc<Inner>,
+    source: Option<PeerId>,
+    removal: Result<SignedRemoval, DaemonError>,
+) {
+    let checked = removal.and_then(|signed| inner.check_removal(&signed));
+    let removal = match checked {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(from = ?source, error = %e, "removal refused");
+            inner.record_refusal(String::new(), source, e.to_string());
+            return;
+        }
+    };
+    let Ok(slot) = inner.removal_slots.clone().try_acquire_owned() else {
+        tracing::warn!(image = %removal.image, "too many removals at once; request dropped");
+        return;
+    };
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        match inner
+            .remove_image(&removal.image, Some(removal.created))
+            .await
+        {
+            Ok(report) => tracing::info!(from = ?source, ?report, "removed on request"),
+            Err(e) => {
+                tracing::warn!(from = ?source, image = %removal.image, error = %e, "removal request not applied");
+                inner.record_refusal(removal.image.clone(), source, e.to_string());
+            }
+        }
+    });
 }
 
 /// A gateway says a release is resolved: only informative (nodes read the
