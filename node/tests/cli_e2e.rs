@@ -49,7 +49,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts a node and waits for its API.
-async fn start_node(dir: &Path, extra: &[&str]) -> NodeProc {
+async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
     let api = format!("127.0.0.1:{}", free_port());
     let log = std::fs::File::create(dir.join("node.log")).unwrap();
     let child = std::process::Command::new(BIN)
@@ -63,7 +63,7 @@ async fn start_node(dir: &Path, extra: &[&str]) -> NodeProc {
             "/ip4/127.0.0.1/tcp/0",
             "--no-mdns",
             "--import",
-            "dir",
+            import,
             "--locality",
             "cli-e2e",
             "--chunk-size",
@@ -160,7 +160,7 @@ async fn cli(args: &[&str]) -> Run {
 async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc> {
     let mut args = vec!["--gateway"];
     args.extend_from_slice(extra);
-    let gateway = start_node(dirs[0].path(), &args).await;
+    let gateway = start_node(dirs[0].path(), "dir", &args).await;
     let status = cli(&["status", "--json", "--api", &gateway.api]).await.ok();
     let v = status.json();
     let addr = v["self"]["addresses"][0].as_str().unwrap().to_owned();
@@ -170,7 +170,7 @@ async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc
     for dir in &dirs[1..] {
         let mut args = vec!["--bootstrap", addr.as_str()];
         args.extend_from_slice(extra);
-        nodes.push(start_node(dir.path(), &args).await);
+        nodes.push(start_node(dir.path(), "dir", &args).await);
     }
     let started = Instant::now();
     loop {
@@ -232,10 +232,23 @@ async fn wait_pins(api: &str, what: &str, pred: impl Fn(&[String]) -> bool) {
 async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> String {
     let mut args = vec!["deploy", image, "--api", &nodes[0].api];
     if let Some(k) = key {
-        args.extend(["--key", k]);
+        // Also exercises deploy --json.
+        args.extend(["--key", k, "--json"]);
     }
     let run = cli(&args).await.ok();
-    assert!(run.stdout.starts_with("release sha256:"), "{}", run.stdout);
+    if key.is_some() {
+        let v = run.json();
+        assert!(
+            v["release_id"].as_str().unwrap().starts_with("sha256:"),
+            "{v}"
+        );
+        assert!(
+            v["manifest"].as_str().unwrap().starts_with("sha256:"),
+            "{v}"
+        );
+    } else {
+        assert!(run.stdout.starts_with("release sha256:"), "{}", run.stdout);
+    }
     let wait = cli(&[
         "status",
         "--wait",
@@ -465,4 +478,49 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
     for n in &nodes {
         wait_pins(&n.api, "signed removal", |p| !p.contains(&image)).await;
     }
+}
+
+/// `docker image inspect` succeeds.
+fn docker_has(tag: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a running dockerd"]
+async fn rm_removes_the_image_from_docker() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = push(&registry, "docker").await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "docker", &["--gateway"]).await;
+    cli(&["deploy", &image, "--api", &node.api]).await.ok();
+    let wait = cli(&[
+        "status",
+        "--wait",
+        &image,
+        "--nodes",
+        "1",
+        "--timeout",
+        "120",
+        "--api",
+        &node.api,
+    ])
+    .await;
+    assert_eq!(wait.code, 0, "{} {}", wait.stderr, node.log());
+    assert!(docker_has(&image), "{image} not loaded into docker");
+    let rm = cli(&["rm", &image, "--json", "--api", &node.api])
+        .await
+        .ok();
+    let report = rm.json();
+    assert!(
+        report["sink_removed"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker image"),
+        "{report}"
+    );
+    assert!(!docker_has(&image), "{image} still in docker");
 }

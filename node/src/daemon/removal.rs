@@ -241,11 +241,13 @@ impl Inner {
                 .any(|t| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed));
             (mine.len(), busy)
         };
+        // The imported copy goes first: if that fails, the pin (and so the
+        // blobs to re-import from) stays.
+        let sink_removed = remove_from_sink(&self.sink, image).await?;
         let unpinned = self.store.pins().contains_key(image);
         if unpinned {
             self.store.unpin(image).await?;
         }
-        let sink_removed = remove_from_sink(&self.sink, image).await?;
         self.forget_version(image).await;
         let gc = if busy {
             // Collecting now would drop the unpinned blobs of releases in
