@@ -689,18 +689,24 @@ async fn rm(client: &ClientArgs, image: String, locality: bool, key: Option<&Pat
     Ok(())
 }
 
-/// Waits until `nodes` nodes (this one included) report `image` done.
+/// Waits until `nodes` nodes (this one included) report the newest
+/// release of `image` done; shows progress bars meanwhile on a terminal.
 async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Duration) -> Result<()> {
     let started = Instant::now();
+    let mut bars = (operator::stdout_is_terminal() && !client.json).then(operator::Bars::new);
     loop {
         let view: StatusView = get_json(&client.api, "/v1/status").await?;
-        let mine: Vec<_> = view
+        if let Some(bars) = bars.as_mut() {
+            bars.update(&view);
+        }
+        // A redeploy of the same image is a new release: follow the newest.
+        let newest = view
             .this
             .releases
             .iter()
             .filter(|r| r.image == image)
-            .collect();
-        let Some(release_id) = mine.first().map(|r| r.id.clone()) else {
+            .max_by_key(|r| r.created);
+        let Some(mine) = newest else {
             if started.elapsed() > timeout {
                 bail!(
                     "no release of {image} seen on this node within {}s",
@@ -710,11 +716,11 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let failed: Vec<&str> = mine.iter().filter_map(|r| r.error.as_deref()).collect();
-        if let Some(e) = failed.first() {
+        if let Some(e) = &mine.error {
             bail!("release of {image} failed on this node: {e}");
         }
-        let done = mine.iter().any(|r| r.state == "done") as usize
+        let release_id = mine.id.clone();
+        let done = (mine.state == "done") as usize
             + view
                 .nodes
                 .iter()
@@ -725,10 +731,13 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
                 })
                 .count();
         if done >= nodes {
+            if let Some(bars) = bars.as_mut() {
+                bars.finish();
+            }
             if client.json {
                 println!(
                     "{}",
-                    serde_json::json!({"image": image, "nodes_done": done})
+                    serde_json::json!({"image": image, "release_id": release_id, "nodes_done": done})
                 );
             } else {
                 println!(
@@ -739,6 +748,9 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
             return Ok(());
         }
         if started.elapsed() > timeout {
+            if let Some(bars) = bars.as_mut() {
+                bars.finish();
+            }
             bail!(
                 "timed out after {}s: {done} of {nodes} nodes have {image}",
                 timeout.as_secs()

@@ -419,6 +419,7 @@ mod tests {
             seconds: (state == "done").then_some(2.5),
             error: error.map(str::to_owned),
             gateway: None,
+            created: Some(1),
         }
     }
 

@@ -156,6 +156,10 @@ pub struct ReleaseView {
     pub error: Option<String>,
     /// The node that pulls the release from the registry, when known.
     pub gateway: Option<String>,
+    /// When the release was made (unix seconds), when this node knows the
+    /// release: tells a redeploy of the same image from the earlier one.
+    #[serde(default)]
+    pub created: Option<u64>,
 }
 
 /// Another node of the locality, as its status reports describe it.
@@ -880,6 +884,7 @@ fn progress_view(p: &ReleaseProgress, state: &State) -> ReleaseView {
         seconds: tracked.and_then(|t| t.took).map(|d| d.as_secs_f64()),
         error: p.error.clone(),
         gateway: tracked.and_then(|t| t.gateway).map(|g| g.to_string()),
+        created: tracked.map(|t| t.release.created),
     }
 }
 
