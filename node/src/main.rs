@@ -56,12 +56,19 @@ enum Command {
         /// Where to write the secret key (required; never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Print JSON (paths and the public key) instead of text
+        /// [default: text].
+        #[arg(long)]
+        json: bool,
     },
     /// Write a new locality membership key (go-ipfs swarm.key format).
     SwarmKey {
         /// Where to write the key (required; never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Print JSON instead of text [default: text].
+        #[arg(long)]
+        json: bool,
     },
     /// Announce a release of IMAGE to the locality.
     Deploy {
@@ -392,10 +399,14 @@ async fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Node(args) => node(*args).await,
-        Command::Keygen { out } => keygen(&out),
-        Command::SwarmKey { out } => {
+        Command::Keygen { out, json } => keygen(&out, json),
+        Command::SwarmKey { out, json } => {
             keys::generate_swarm_key(&out).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote swarm key {}", out.display());
+            if json {
+                println!("{}", serde_json::json!({ "swarm_key": out }));
+            } else {
+                println!("wrote swarm key {}", out.display());
+            }
             Ok(())
         }
         Command::Deploy {
@@ -481,7 +492,7 @@ async fn node(args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
-fn keygen(out: &Path) -> Result<()> {
+fn keygen(out: &Path, json: bool) -> Result<()> {
     let key = PublisherKey::generate(&mut rand::rngs::OsRng);
     let public = out.with_extension(match out.extension() {
         Some(ext) => format!("{}.pub", ext.to_string_lossy()),
@@ -490,6 +501,17 @@ fn keygen(out: &Path) -> Result<()> {
     write_private(out, key.to_file_contents().as_bytes())?;
     std::fs::write(&public, key.public().to_file_contents())
         .with_context(|| format!("writing {}", public.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "secret_key": out,
+                "public_key": public,
+                "public_key_hex": key.public().to_hex(),
+            })
+        );
+        return Ok(());
+    }
     println!(
         "wrote secret key {} and public key {}",
         out.display(),

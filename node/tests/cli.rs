@@ -103,9 +103,7 @@ fn every_client_command_has_help_json_and_stated_defaults() {
             );
         }
         // Every command that reports has --json.
-        if !["keygen", "swarm-key"].contains(&cmd) {
-            assert!(text.contains("--json"), "{cmd} has no --json");
-        }
+        assert!(text.contains("--json"), "{cmd} has no --json");
     }
 }
 
@@ -219,6 +217,19 @@ fn keygen_writes_a_pair_and_never_overwrites() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
+
+    // --json names the files and the public key.
+    let second = dir.path().join("second.key");
+    let out = edgeswarm(
+        &["keygen", "--out", second.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let public = std::fs::read_to_string(dir.path().join("second.key.pub")).unwrap();
+    let public = edgeswarm_protocol::release::PublicKey::from_file_contents(&public).unwrap();
+    assert_eq!(v["public_key_hex"], public.to_hex());
+    assert_eq!(v["secret_key"], second.to_str().unwrap());
 
     let again = edgeswarm(&["keygen", "--out", key.to_str().unwrap()], &[]);
     assert!(!again.status.success());
