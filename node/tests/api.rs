@@ -282,5 +282,14 @@ async fn rm_checks_its_input_trust_and_work_in_progress() {
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["unpinned"], false);
     assert_eq!(json["locality"], true);
+    let (_, metrics) = api.get("/metrics").await;
+    assert!(
+        metrics.contains("edgeswarm_removals_refused_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgeswarm_images_removed_total 1"),
+        "{metrics}"
+    );
     api.daemon.shutdown();
 }

@@ -317,6 +317,10 @@ struct DaemonMetrics {
     release_seconds: ReleaseHistogram,
     /// Bytes pulled from the cloud registry.
     cloud_bytes: prometheus_client::metrics::counter::Counter,
+    /// Images removed (`rm`, `rm --locality`, the rollback window).
+    images_removed: prometheus_client::metrics::counter::Counter,
+    /// Removal requests refused (untrusted, other locality, stale).
+    removals_refused: prometheus_client::metrics::counter::Counter,
 }
 
 /// A histogram of release durations (seconds).
@@ -352,6 +356,16 @@ impl DaemonMetrics {
             "cloud_bytes",
             "Bytes pulled from the cloud registry",
             self.cloud_bytes.clone(),
+        );
+        registry.register(
+            "images_removed",
+            "Images removed by rm, rm --locality or the rollback window",
+            self.images_removed.clone(),
+        );
+        registry.register(
+            "removals_refused",
+            "Removal requests refused (untrusted, other locality, stale, busy)",
+            self.removals_refused.clone(),
         );
     }
 }
@@ -580,7 +594,9 @@ impl Daemon {
     ) -> Result<RemoveReport, DaemonError> {
         let not_after = match &request {
             Some(signed) => {
-                let removal = self.inner.check_removal(signed)?;
+                let removal = self.inner.check_removal(signed).inspect_err(|_| {
+                    self.inner.metrics.removals_refused.inc();
+                })?;
                 if removal.image != image {
                     return Err(DaemonError::RemovalRefused(format!(
                         "the signed removal names {:?}, not {image:?}",
@@ -967,6 +983,7 @@ fn on_removal(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(from = ?source, error = %e, "removal refused");
+            inner.metrics.removals_refused.inc();
             inner.record_refusal(String::new(), source, e.to_string());
             return;
         }
@@ -985,6 +1002,7 @@ fn on_removal(
             Ok(report) => tracing::info!(from = ?source, ?report, "removed on request"),
             Err(e) => {
                 tracing::warn!(from = ?source, image = %removal.image, error = %e, "removal request not applied");
+                inner.metrics.removals_refused.inc();
                 inner.record_refusal(removal.image.clone(), source, e.to_string());
             }
         }

@@ -207,6 +207,24 @@ impl Inner {
         image: &str,
         not_after: Option<u64>,
     ) -> Result<RemoveReport, DaemonError> {
+        if let Some(limit) = not_after {
+            // Releases in memory are gone after a restart; the rollback
+            // record keeps the creation time of what is installed.
+            let installed = {
+                let _guard = self.versions_lock.lock().await;
+                self.load_versions().await
+            };
+            if let Some(v) = installed
+                .iter()
+                .find(|v| v.image == image && v.created > limit)
+            {
+                return Err(DaemonError::RemovalRefused(format!(
+                    "{image} installed here was released at {} (unix), after the removal \
+                     request ({limit}); keeping it",
+                    v.created
+                )));
+            }
+        }
         let (releases_dropped, busy) = {
             let mut state = self.state.lock().expect("state lock");
             let mine: Vec<_> = state
@@ -267,6 +285,7 @@ impl Inner {
             bytes_freed: gc.freed,
             gc_deferred: busy,
         };
+        self.metrics.images_removed.inc();
         tracing::info!(?report, "image removed");
         Ok(report)
     }
