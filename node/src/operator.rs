@@ -112,6 +112,13 @@ pub(crate) fn render_plain(view: &StatusView) -> String {
             let _ = writeln!(out, "{}", release_line(r));
         }
     }
+    out.push_str(&render_refused(view));
+    out
+}
+
+/// One line per refusal this node recorded.
+fn render_refused(view: &StatusView) -> String {
+    let mut out = String::new();
     for refused in &view.refused {
         let _ = writeln!(
             out,
@@ -267,10 +274,11 @@ impl Bars {
         }
     }
 
-    /// Draws one snapshot and leaves it on screen.
+    /// Draws one snapshot and leaves it on screen, refusals below.
     pub(crate) fn show_once(mut self, view: &StatusView) {
         self.update(view);
         self.finish();
+        print!("{}", render_refused(view));
     }
 
     /// Leaves the bars on screen as they are.
@@ -452,7 +460,19 @@ mod tests {
             release("failed", 1 << 20, Some("disk full")),
             false,
         );
+        let mut v = v;
+        v.refused.push(edgeswarm_node::daemon::RefusedView {
+            image: "reg:5000/app:v9".into(),
+            from: Some("12D3KooWrogue".into()),
+            reason: "release refused: untrusted key".into(),
+        });
         let text = render_plain(&v);
+        assert!(
+            text.contains(
+                "refused reg:5000/app:v9 from 12D3KooWrogue: release refused: untrusted key"
+            ),
+            "{text}"
+        );
         assert!(text.contains("12D3KooWself gateway (this node, locality plant-7"));
         assert!(text.contains("reg:5000/app:v1 done 100% (4.00 MiB of 4.00 MiB"));
         assert!(text.contains("2.5s"));
