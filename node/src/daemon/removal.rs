@@ -231,19 +231,20 @@ impl Inner {
                 .releases
                 .iter()
                 .filter(|(_, t)| t.release.image == image)
-                .map(|(id, t)| (*id, t.state, t.release.created))
+                .map(|(id, t)| (*id, t.state, t.release.created, t.fetching))
                 .collect();
             if let Some(limit) = not_after {
-                if let Some((id, ..)) = mine.iter().find(|(_, _, created)| *created > limit) {
+                if let Some((id, ..)) = mine.iter().find(|(_, _, created, _)| *created > limit) {
                     return Err(DaemonError::RemovalRefused(format!(
                         "release {id} of {image} is newer than the removal request; keeping it"
                     )));
                 }
             }
-            if let Some((id, s, _)) = mine
-                .iter()
-                .find(|(_, s, _)| !matches!(s, ReleaseState::Done | ReleaseState::Failed))
-            {
+            // Only this node's own import can be in the way; a gateway that
+            // is not targeted tracks the release without importing it.
+            if let Some((id, s, ..)) = mine.iter().find(|(_, s, _, fetching)| {
+                *fetching && !matches!(s, ReleaseState::Done | ReleaseState::Failed)
+            }) {
                 return Err(DaemonError::Conflict(format!(
                     "release {id} of {image} is still {} here; remove it once it is done",
                     super::state_name(*s)
