@@ -11,6 +11,7 @@
 //! | POST | `/v1/deploy` | `{image, selector?}`: a release signed by the node's identity |
 //! | POST | `/v1/releases` | `{release}`: a publisher-signed release (base64 canonical CBOR) |
 //! | GET | `/v1/images` | blobs in the store and what pins them |
+//! | POST | `/v1/rm` | `{image, locality?, removal?}`: remove an image here, and with `locality` ask every node (gossiped signed removal; `removal` is one signed off-node, base64 canonical CBOR, else the node signs with its identity) |
 //! | GET | `/metrics` | Prometheus text format |
 //!
 //! It listens on loopback by default: anyone who can reach it can deploy.
@@ -48,7 +49,10 @@ impl IntoResponse for ApiError {
 impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> Self {
         let status = match e {
-            DaemonError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DaemonError::Refused(_) | DaemonError::RemovalRefused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            DaemonError::Conflict(_) => StatusCode::CONFLICT,
             DaemonError::Registry(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -92,6 +96,31 @@ pub struct DeployResponse {
     pub manifest: String,
 }
 
+/// `POST /v1/rm` body.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RemoveRequest {
+    /// Image reference, exactly as deployed.
+    pub image: String,
+    /// Also ask every node of the locality to remove it.
+    #[serde(default)]
+    pub locality: bool,
+    /// With `locality`: a removal signed off-node by a publisher key
+    /// (canonical CBOR, base64); without it the node signs with its own
+    /// identity, which only nodes without `--trust` accept.
+    #[serde(default)]
+    pub removal: Option<String>,
+}
+
+/// Answer to `POST /v1/rm`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RemoveResponse {
+    /// What the removal did on this node.
+    #[serde(flatten)]
+    pub report: crate::daemon::RemoveReport,
+    /// Whether the removal was also sent to the locality.
+    pub locality: bool,
+}
+
 /// Answer to resolve: the unsigned release a publisher should sign.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct ResolveResponse {
@@ -125,6 +154,7 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/v1/deploy", post(deploy))
         .route("/v1/releases", post(publish))
         .route("/v1/images", get(images))
+        .route("/v1/rm", post(remove))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(daemon)
@@ -196,6 +226,45 @@ async fn publish(
     Ok(Json(DeployResponse {
         release_id: id.to_string(),
         manifest,
+    }))
+}
+
+async fn remove(
+    State(daemon): State<Daemon>,
+    body: Bytes,
+) -> Result<Json<RemoveResponse>, ApiError> {
+    let req: RemoveRequest = parse(&body)?;
+    if req.image.trim().is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "image is empty".into()));
+    }
+    let request = match (req.locality, req.removal) {
+        (false, Some(_)) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "a signed removal is only used with locality: true".into(),
+            ))
+        }
+        (false, None) => None,
+        (true, None) => Some(daemon.sign_removal(&req.image)),
+        (true, Some(text)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map_err(|e| {
+                    ApiError(
+                        StatusCode::BAD_REQUEST,
+                        format!("removal is not base64: {e}"),
+                    )
+                })?;
+            Some(
+                crate::daemon::decode_removal(&bytes)
+                    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?,
+            )
+        }
+    };
+    let report = daemon.remove(&req.image, request).await?;
+    Ok(Json(RemoveResponse {
+        report,
+        locality: req.locality,
     }))
 }
 

@@ -22,6 +22,8 @@ use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedReleas
 use edgeswarm_protocol::ChunkSize;
 use serde::Deserialize;
 
+mod operator;
+
 /// Default address of a node's local API.
 const DEFAULT_API: &str = "127.0.0.1:7465";
 
@@ -38,6 +40,9 @@ const EXAMPLES: &str = "Examples:
   edgeswarm node --data-dir /var/lib/edgeswarm --locality plant-7 --gateway
   edgeswarm deploy registry.example:5000/app:v2
   edgeswarm status --wait registry.example:5000/app:v2 --nodes 10 --timeout 600
+  edgeswarm status --watch                 # live progress until every release is done
+  edgeswarm images
+  edgeswarm rm registry.example:5000/app:v1 --locality
   edgeswarm keygen --out publisher.key     # writes publisher.key and publisher.key.pub
   edgeswarm swarm-key --out swarm.key";
 
@@ -48,15 +53,22 @@ enum Command {
     /// Write a new publisher key pair: the secret key to FILE, the public
     /// key to FILE.pub.
     Keygen {
-        /// Where to write the secret key.
-        #[arg(long)]
+        /// Where to write the secret key (required; never overwritten).
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Print JSON (paths and the public key) instead of text
+        /// [default: text].
+        #[arg(long)]
+        json: bool,
     },
     /// Write a new locality membership key (go-ipfs swarm.key format).
     SwarmKey {
-        /// Where to write the key.
-        #[arg(long)]
+        /// Where to write the key (required; never overwritten).
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Print JSON instead of text [default: text].
+        #[arg(long)]
+        json: bool,
     },
     /// Announce a release of IMAGE to the locality.
     Deploy {
@@ -73,22 +85,47 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Show the locality as the local node sees it.
+    /// Show the locality as the local node sees it: every node, its role,
+    /// and each release's progress (progress bars on a terminal, plain
+    /// lines otherwise).
     Status {
-        /// Wait until `--nodes` nodes report IMAGE imported.
-        #[arg(long)]
+        /// Keep refreshing until every release is done or failed, or
+        /// Ctrl-C [default: show once].
+        #[arg(long, conflicts_with = "wait")]
+        watch: bool,
+        /// Wait until `--nodes` nodes report IMAGE imported, then exit 0;
+        /// fail at `--timeout` [default: don't wait].
+        #[arg(long, value_name = "IMAGE")]
         wait: Option<String>,
         /// Nodes that must report the image done, with --wait [default: 1].
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, hide_default_value = true)]
         nodes: usize,
         /// Seconds to wait, with --wait [default: 600].
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 600, hide_default_value = true)]
         timeout: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List the blobs in the local store and what pins them.
+    /// List the images and blobs in the local store: sizes, completeness,
+    /// and what pins them.
     Images {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove IMAGE from this node (store pin, unreferenced blobs, and the
+    /// imported copy), or from every node with --locality.
+    Rm {
+        /// Image reference, exactly as deployed.
+        image: String,
+        /// Ask every node of the locality to remove it too (a signed
+        /// request gossiped like a release) [default: this node only].
+        #[arg(long)]
+        locality: bool,
+        /// Publisher secret key signing the removal, needed when nodes run
+        /// with --trust; implies --locality [default: the node's own
+        /// identity].
+        #[arg(long)]
+        key: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -98,9 +135,9 @@ enum Command {
 #[derive(Args, Debug)]
 struct ClientArgs {
     /// The node's API address [default: 127.0.0.1:7465].
-    #[arg(long, env = "EDGESWARM_API", default_value = DEFAULT_API)]
+    #[arg(long, env = "EDGESWARM_API", default_value = DEFAULT_API, hide_default_value = true)]
     api: String,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text [default: text].
     #[arg(long)]
     json: bool,
 }
@@ -181,6 +218,10 @@ struct NodeArgs {
     /// a power of two from 64K to 16M [default: 1M].
     #[arg(long, env = "EDGESWARM_CHUNK_SIZE")]
     chunk_size: Option<String>,
+    /// Versions of each repository kept once a newer one is imported (the
+    /// rollback window); older ones are removed [default: 2].
+    #[arg(long, env = "EDGESWARM_KEEP_VERSIONS")]
+    keep_versions: Option<usize>,
 }
 
 impl NodeArgs {
@@ -214,7 +255,8 @@ impl NodeArgs {
             trust,
             api,
             label,
-            chunk_size
+            chunk_size,
+            keep_versions
         );
         Ok(self)
     }
@@ -287,6 +329,12 @@ impl NodeArgs {
             }
             None => ChunkSize::DEFAULT,
         };
+        let keep_versions = self
+            .keep_versions
+            .unwrap_or(edgeswarm_node::daemon::DEFAULT_KEEP_VERSIONS);
+        if keep_versions == 0 {
+            bail!("--keep-versions must be at least 1 (the version just imported)");
+        }
         let api = self
             .api
             .unwrap_or_else(|| DEFAULT_API.parse().expect("static address"));
@@ -302,6 +350,7 @@ impl NodeArgs {
                 trusted,
                 labels,
                 chunk_size,
+                keep_versions,
             },
             api,
         ))
@@ -350,10 +399,14 @@ async fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Node(args) => node(*args).await,
-        Command::Keygen { out } => keygen(&out),
-        Command::SwarmKey { out } => {
+        Command::Keygen { out, json } => keygen(&out, json),
+        Command::SwarmKey { out, json } => {
             keys::generate_swarm_key(&out).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote swarm key {}", out.display());
+            if json {
+                println!("{}", serde_json::json!({ "swarm_key": out }));
+            } else {
+                println!("wrote swarm key {}", out.display());
+            }
             Ok(())
         }
         Command::Deploy {
@@ -363,19 +416,30 @@ async fn run() -> Result<()> {
             client,
         } => deploy(&client, image, key.as_deref(), select).await,
         Command::Status {
+            watch,
             wait,
             nodes,
             timeout,
             client,
         } => match wait {
             Some(image) => wait_for(&client, &image, nodes, Duration::from_secs(timeout)).await,
-            None => status(&client).await,
+            None => status(&client, watch).await,
         },
         Command::Images { client } => {
             let value: serde_json::Value = get_json(&client.api, "/v1/images").await?;
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", operator::render_images(&value)?);
+            }
             Ok(())
         }
+        Command::Rm {
+            image,
+            locality,
+            key,
+            client,
+        } => rm(&client, image, locality || key.is_some(), key.as_deref()).await,
     }
 }
 
@@ -428,7 +492,7 @@ async fn node(args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
-fn keygen(out: &Path) -> Result<()> {
+fn keygen(out: &Path, json: bool) -> Result<()> {
     let key = PublisherKey::generate(&mut rand::rngs::OsRng);
     let public = out.with_extension(match out.extension() {
         Some(ext) => format!("{}.pub", ext.to_string_lossy()),
@@ -437,6 +501,17 @@ fn keygen(out: &Path) -> Result<()> {
     write_private(out, key.to_file_contents().as_bytes())?;
     std::fs::write(&public, key.public().to_file_contents())
         .with_context(|| format!("writing {}", public.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "secret_key": out,
+                "public_key": public,
+                "public_key_hex": key.public().to_hex(),
+            })
+        );
+        return Ok(());
+    }
     println!(
         "wrote secret key {} and public key {}",
         out.display(),
@@ -544,71 +619,116 @@ async fn deploy(
     Ok(())
 }
 
-async fn status(client: &ClientArgs) -> Result<()> {
-    let view: serde_json::Value = get_json(&client.api, "/v1/status").await?;
-    if client.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+async fn status(client: &ClientArgs, watch: bool) -> Result<()> {
+    let fetch = || get_json::<serde_json::Value>(&client.api, "/v1/status");
+    if !watch {
+        let value = fetch().await?;
+        if client.json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        let view: StatusView = serde_json::from_value(value).context("status shape")?;
+        if operator::stdout_is_terminal() {
+            operator::Bars::new().show_once(&view);
+        } else {
+            print!("{}", operator::render_plain(&view));
+        }
         return Ok(());
     }
-    let view: StatusView = serde_json::from_value(view).context("status shape")?;
-    println!(
-        "{} ({}, locality {}, {} peers connected)",
-        view.this.peer_id, view.this.role, view.this.locality, view.this.connected_peers
-    );
-    for r in &view.this.releases {
-        print_release("  ", r);
-    }
-    for n in &view.nodes {
-        println!(
-            "{} ({}{})",
-            n.peer_id,
-            n.role,
-            if n.gone { ", gone" } else { "" }
-        );
-        for r in &n.releases {
-            print_release("  ", r);
+    let mut bars = operator::stdout_is_terminal()
+        .then(operator::Bars::new)
+        .filter(|_| !client.json);
+    let mut last_plain = String::new();
+    loop {
+        let value = tokio::select! {
+            v = fetch() => v?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let view: StatusView = serde_json::from_value(value.clone()).context("status shape")?;
+        if client.json {
+            println!("{}", serde_json::to_string(&value)?);
+        } else if let Some(bars) = bars.as_mut() {
+            bars.update(&view);
+        } else {
+            // Plain output: a new block only when something changed.
+            let text = operator::render_plain(&view);
+            if text != last_plain {
+                println!("{text}");
+                last_plain = text;
+            }
         }
+        if let Some(outcome) = operator::settled(&view) {
+            if let Some(bars) = bars.as_mut() {
+                bars.finish();
+            }
+            return outcome;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn rm(client: &ClientArgs, image: String, locality: bool, key: Option<&Path>) -> Result<()> {
+    let removal = match key {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading publisher key {}", path.display()))?;
+            let key = PublisherKey::from_file_contents(&text)
+                .with_context(|| format!("{} is not a publisher secret key", path.display()))?;
+            let view: StatusView = get_json(&client.api, "/v1/status").await?;
+            let removal = edgeswarm_node::daemon::Removal {
+                image: image.clone(),
+                locality: view.this.locality,
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            let signed = edgeswarm_node::daemon::SignedRemoval::sign(removal, &key);
+            Some(base64::engine::general_purpose::STANDARD.encode(signed.encode()))
+        }
+    };
+    let request = edgeswarm_node::api::RemoveRequest {
+        image: image.clone(),
+        locality,
+        removal,
+    };
+    let response: edgeswarm_node::api::RemoveResponse =
+        post_json(&client.api, "/v1/rm", &request).await?;
+    let r = &response.report;
+    let found = r.unpinned || r.releases_dropped > 0 || r.sink_removed.is_some();
+    if client.json {
+        println!("{}", serde_json::to_string(&response)?);
+    } else {
+        print!("{}", operator::render_removal(&response));
+    }
+    if !found && !locality {
+        bail!("{image} is not on this node (see `edgeswarm images`)");
     }
     Ok(())
 }
 
-fn print_release(indent: &str, r: &edgeswarm_node::daemon::ReleaseView) {
-    let percent = if r.bytes_total > 0 {
-        100.0 * r.bytes_done as f64 / r.bytes_total as f64
-    } else {
-        0.0
-    };
-    println!(
-        "{indent}{} {} {:.0}% ({} of {} bytes; cloud {}, peers {}){}{}",
-        if r.image.is_empty() { &r.id } else { &r.image },
-        r.state,
-        percent,
-        r.bytes_done,
-        r.bytes_total,
-        r.bytes_from_cloud,
-        r.bytes_from_peers,
-        r.seconds
-            .map(|s| format!(" in {s:.1}s"))
-            .unwrap_or_default(),
-        r.error
-            .as_ref()
-            .map(|e| format!(" error: {e}"))
-            .unwrap_or_default(),
-    );
-}
-
-/// Waits until `nodes` nodes (this one included) report `image` done.
+/// Waits until `nodes` nodes (this one included) report the newest
+/// release of `image` done; shows progress bars meanwhile on a terminal.
 async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Duration) -> Result<()> {
     let started = Instant::now();
+    let mut bars = (operator::stdout_is_terminal() && !client.json).then(operator::Bars::new);
     loop {
         let view: StatusView = get_json(&client.api, "/v1/status").await?;
-        let mine: Vec<_> = view
+        if let Some(bars) = bars.as_mut() {
+            bars.update(&view);
+        }
+        // A redeploy of the same image is a new release: follow the newest.
+        let newest = view
             .this
             .releases
             .iter()
             .filter(|r| r.image == image)
-            .collect();
-        let Some(release_id) = mine.first().map(|r| r.id.clone()) else {
+            .max_by_key(|r| r.created);
+        let Some(mine) = newest else {
             if started.elapsed() > timeout {
                 bail!(
                     "no release of {image} seen on this node within {}s",
@@ -618,11 +738,11 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let failed: Vec<&str> = mine.iter().filter_map(|r| r.error.as_deref()).collect();
-        if let Some(e) = failed.first() {
+        if let Some(e) = &mine.error {
             bail!("release of {image} failed on this node: {e}");
         }
-        let done = mine.iter().any(|r| r.state == "done") as usize
+        let release_id = mine.id.clone();
+        let done = (mine.state == "done") as usize
             + view
                 .nodes
                 .iter()
@@ -633,10 +753,13 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
                 })
                 .count();
         if done >= nodes {
+            if let Some(bars) = bars.as_mut() {
+                bars.finish();
+            }
             if client.json {
                 println!(
                     "{}",
-                    serde_json::json!({"image": image, "nodes_done": done})
+                    serde_json::json!({"image": image, "release_id": release_id, "nodes_done": done})
                 );
             } else {
                 println!(
@@ -647,6 +770,9 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
             return Ok(());
         }
         if started.elapsed() > timeout {
+            if let Some(bars) = bars.as_mut() {
+                bars.finish();
+            }
             bail!(
                 "timed out after {}s: {done} of {nodes} nodes have {image}",
                 timeout.as_secs()

@@ -39,6 +39,7 @@ async fn start(trusted: TrustedKeys, locality: &str) -> Api {
         trusted,
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,
+        keep_versions: 2,
     };
     let (daemon, _handle) = Daemon::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -203,5 +204,92 @@ async fn metrics_are_prometheus_text() {
     assert!(text.contains("edgeswarm_cloud_bytes_total"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     tokio::time::sleep(Duration::from_millis(10)).await;
+    api.daemon.shutdown();
+}
+
+fn removal_body(image: &str, locality: &str, key: &PublisherKey) -> String {
+    let signed = edgeswarm_node::daemon::SignedRemoval::sign(
+        edgeswarm_node::daemon::Removal {
+            image: image.into(),
+            locality: locality.into(),
+            created: 1_700_000_100,
+        },
+        key,
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(signed.encode());
+    serde_json::json!({ "image": image, "locality": true, "removal": b64 }).to_string()
+}
+
+#[tokio::test]
+async fn rm_checks_its_input_trust_and_work_in_progress() {
+    let trusted_key = key(1);
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(trusted_key.public());
+    let api = start(trusted, "plant").await;
+    for (body, want) in [
+        ("{not json", 400),
+        (r#"{"image": ""}"#, 400),
+        (r#"{"image": "a/b:c", "removal": "AAAA"}"#, 400),
+        (
+            r#"{"image": "a/b:c", "locality": true, "removal": "***"}"#,
+            400,
+        ),
+        (
+            r#"{"image": "a/b:c", "locality": true, "removal": "AAAA"}"#,
+            400,
+        ),
+        // Signed by the node's identity, which --trust does not accept.
+        (r#"{"image": "a/b:c", "locality": true}"#, 422),
+    ] {
+        let (status, json) = api.post("/v1/rm", body).await;
+        assert_eq!(status, want, "{body}: {json}");
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let (status, json) = api
+        .post("/v1/rm", &removal_body("a/b:c", "plant", &key(2)))
+        .await;
+    assert_eq!(status, 422, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("removal refused"));
+    let (status, json) = api
+        .post("/v1/rm", &removal_body("a/b:c", "other", &trusted_key))
+        .await;
+    assert_eq!(status, 422, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("locality"));
+    // A removal naming another image than the request.
+    let mut mismatched: serde_json::Value =
+        serde_json::from_str(&removal_body("a/b:c", "plant", &trusted_key)).unwrap();
+    mismatched["image"] = "a/b:d".into();
+    let (status, _) = api.post("/v1/rm", &mismatched.to_string()).await;
+    assert_eq!(status, 422);
+
+    // A release still in progress (no gateway can serve it here) is not
+    // removed under its feet.
+    let good = SignedRelease::sign(release("plant"), &trusted_key);
+    let image = good.body_unverified().image.clone();
+    let (status, _) = api.post("/v1/releases", &encoded(&good)).await;
+    assert_eq!(status, 200);
+    let (status, json) = api
+        .post("/v1/rm", &serde_json::json!({ "image": image }).to_string())
+        .await;
+    assert_eq!(status, 409, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("still"), "{json}");
+
+    // A trusted removal of an image this node does not hold succeeds and
+    // says it removed nothing.
+    let (status, json) = api
+        .post("/v1/rm", &removal_body("a/b:c", "plant", &trusted_key))
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["unpinned"], false);
+    assert_eq!(json["locality"], true);
+    let (_, metrics) = api.get("/metrics").await;
+    assert!(
+        metrics.contains("edgeswarm_removals_refused_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgeswarm_images_removed_total 1"),
+        "{metrics}"
+    );
     api.daemon.shutdown();
 }

@@ -44,6 +44,18 @@ fn snapshot(name: &str, actual: &str) {
     );
 }
 
+/// Every long option in a help text, with its description (up to the
+/// next option).
+fn option_blocks(text: &str) -> Vec<(String, String)> {
+    text.split("\n      --")
+        .skip(1)
+        .map(|block| {
+            let name = block.split_whitespace().next().unwrap_or("").to_owned();
+            (name, block.to_owned())
+        })
+        .collect()
+}
+
 #[test]
 fn help_snapshots_and_every_node_option_documents_its_default() {
     let top = edgeswarm(&["--help"], &[]);
@@ -56,9 +68,8 @@ fn help_snapshots_and_every_node_option_documents_its_default() {
     snapshot("node-help.txt", &text);
     // Every long option's description (up to the next option) names a default.
     let mut options = 0;
-    for block in text.split("\n      --").skip(1) {
-        let name = block.split_whitespace().next().unwrap_or("");
-        if ["help", "print-config"].contains(&name) {
+    for (name, block) in option_blocks(&text) {
+        if ["help", "print-config"].contains(&name.as_str()) {
             continue;
         }
         options += 1;
@@ -67,7 +78,33 @@ fn help_snapshots_and_every_node_option_documents_its_default() {
             "--{name} does not document its default"
         );
     }
-    assert!(options >= 15, "found only {options} documented options");
+    assert!(options >= 16, "found only {options} documented options");
+    assert!(text.contains("--keep-versions"), "{text}");
+}
+
+#[test]
+fn every_client_command_has_help_json_and_stated_defaults() {
+    for cmd in ["deploy", "status", "images", "rm", "keygen", "swarm-key"] {
+        let out = edgeswarm(&[cmd, "--help"], &[]);
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+        let text = stdout(&out);
+        snapshot(&format!("{cmd}-help.txt"), &text);
+        for (name, block) in option_blocks(&text) {
+            if name == "help" {
+                continue;
+            }
+            assert!(
+                block.contains("[default:") || block.contains("(required"),
+                "{cmd} --{name} states neither a default nor that it is required"
+            );
+            assert!(
+                block.matches("[default:").count() <= 1,
+                "{cmd} --{name} states its default twice"
+            );
+        }
+        // Every command that reports has --json.
+        assert!(text.contains("--json"), "{cmd} has no --json");
+    }
 }
 
 #[test]
@@ -180,6 +217,19 @@ fn keygen_writes_a_pair_and_never_overwrites() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
+
+    // --json names the files and the public key.
+    let second = dir.path().join("second.key");
+    let out = edgeswarm(
+        &["keygen", "--out", second.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let public = std::fs::read_to_string(dir.path().join("second.key.pub")).unwrap();
+    let public = edgeswarm_protocol::release::PublicKey::from_file_contents(&public).unwrap();
+    assert_eq!(v["public_key_hex"], public.to_hex());
+    assert_eq!(v["secret_key"], second.to_str().unwrap());
 
     let again = edgeswarm(&["keygen", "--out", key.to_str().unwrap()], &[]);
     assert!(!again.status.success());

@@ -23,7 +23,9 @@ async fn throttled_proxy(upstream: SocketAddr, rate: u64) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(upstream).await else { return };
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
                 let (mut client_r, mut client_w) = client.into_split();
                 let (mut server_r, mut server_w) = server.into_split();
                 let up = tokio::spawn(async move {
@@ -65,7 +67,10 @@ async fn another_gateway_takes_over_a_half_pulled_release() {
 
     let locality = Locality::start("failover", 2, 3).await;
     let first = &locality.daemons[0];
-    let signed = first.prepare_release(&reference, vec![], None).await.unwrap();
+    let signed = first
+        .prepare_release(&reference, vec![], None)
+        .await
+        .unwrap();
     first.publish_release(signed).await.unwrap();
 
     // Find the elected gateway and stop it half way through the layer.
@@ -78,14 +83,20 @@ async fn another_gateway_takes_over_a_half_pulled_release() {
                 .position(|d| d.swarm().local_peer_id().to_string() == gateway)
                 .expect("the gateway is one of ours");
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no gateway elected");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no gateway elected"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(elected < 2, "only gateway-capable nodes are elected");
     let dead = &locality.daemons[elected];
     let half = image.layers_size() / 2;
     while dead.registry().unwrap().stats().bytes_pulled < half {
-        assert!(started.elapsed() < Duration::from_secs(30), "pull did not progress");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "pull did not progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     dead.shutdown();
@@ -125,7 +136,12 @@ async fn another_gateway_takes_over_a_half_pulled_release() {
             continue;
         }
         let name = edgeswarm_node::import::image_dir_name(&reference);
-        assert!(dir.path().join("rootfs").join(name).join("data/layer0.bin").is_file());
+        assert!(dir
+            .path()
+            .join("rootfs")
+            .join(name)
+            .join("data/layer0.bin")
+            .is_file());
     }
     locality.shutdown();
 }

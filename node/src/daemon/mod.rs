@@ -33,6 +33,13 @@
 
 mod gateway;
 mod pipeline;
+mod removal;
+
+pub use removal::{
+    decode_gossip as decode_removal_gossip, decode_signed as decode_removal,
+    encode_gossip as encode_removal_gossip, repository_of, Removal, RemoveReport, SignedRemoval,
+    REMOVAL_TAG, REMOVAL_VERSION,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -88,7 +95,15 @@ pub struct DaemonConfig {
     pub labels: BTreeMap<String, String>,
     /// Chunk size the gateway cuts layers in.
     pub chunk_size: ChunkSize,
+    /// Versions of each repository kept once a newer one is imported
+    /// (rollback window); older ones are unpinned and collected.
+    pub keep_versions: usize,
 }
+
+/// Default of [`DaemonConfig::keep_versions`].
+pub const DEFAULT_KEEP_VERSIONS: usize = 2;
+/// Removal requests from gossip handled at once; more are dropped.
+const MAX_GOSSIP_REMOVALS: usize = 4;
 
 /// Why the daemon could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +123,15 @@ pub enum DaemonError {
     /// A release was refused.
     #[error("release refused: {0}")]
     Refused(String),
+    /// The request conflicts with work in progress (retry later).
+    #[error("{0}")]
+    Conflict(String),
+    /// A removal request was refused (untrusted, other locality, malformed).
+    #[error("removal refused: {0}")]
+    RemovalRefused(String),
+    /// Removing an image's files failed.
+    #[error("removing the image: {0}")]
+    Remove(String),
 }
 
 /// A release as this node tracks it.
@@ -135,6 +159,10 @@ pub struct ReleaseView {
     pub error: Option<String>,
     /// The node that pulls the release from the registry, when known.
     pub gateway: Option<String>,
+    /// When the release was made (unix seconds), when this node knows the
+    /// release: tells a redeploy of the same image from the earlier one.
+    #[serde(default)]
+    pub created: Option<u64>,
 }
 
 /// Another node of the locality, as its status reports describe it.
@@ -192,7 +220,7 @@ const MAX_REFUSALS: usize = 32;
 pub struct SelfView {
     /// Its peer id.
     pub peer_id: String,
-    /// Its listen addresses.
+    /// Its listen addresses, each ending in `/p2p/<peer id>`.
     pub addresses: Vec<String>,
     /// `node` or `gateway`.
     pub role: String,
@@ -286,6 +314,13 @@ pub(crate) struct Inner {
     metrics: DaemonMetrics,
     /// Every metric of the node, for `/metrics`.
     metrics_registry: prometheus_client::registry::Registry,
+    /// Serialises updates of `versions.json` (the rollback window).
+    versions_lock: tokio::sync::Mutex<()>,
+    /// Bounds removal requests from gossip handled at once.
+    removal_slots: Arc<tokio::sync::Semaphore>,
+    /// A removal skipped garbage collection because releases were in
+    /// progress; collect when they finish.
+    gc_deferred: std::sync::atomic::AtomicBool,
 }
 
 /// Release-level Prometheus metrics.
@@ -299,6 +334,10 @@ struct DaemonMetrics {
     release_seconds: ReleaseHistogram,
     /// Bytes pulled from the cloud registry.
     cloud_bytes: prometheus_client::metrics::counter::Counter,
+    /// Images removed (`rm`, `rm --locality`, the rollback window).
+    images_removed: prometheus_client::metrics::counter::Counter,
+    /// Removal requests refused (untrusted, other locality, stale).
+    removals_refused: prometheus_client::metrics::counter::Counter,
 }
 
 /// A histogram of release durations (seconds).
@@ -334,6 +373,16 @@ impl DaemonMetrics {
             "cloud_bytes",
             "Bytes pulled from the cloud registry",
             self.cloud_bytes.clone(),
+        );
+        registry.register(
+            "images_removed",
+            "Images removed by rm, rm --locality or the rollback window",
+            self.images_removed.clone(),
+        );
+        registry.register(
+            "removals_refused",
+            "Removal requests refused (untrusted, other locality, stale, busy)",
+            self.removals_refused.clone(),
         );
     }
 }
@@ -386,6 +435,9 @@ impl Daemon {
             status_changed: tokio::sync::Notify::new(),
             metrics,
             metrics_registry: registry_metrics,
+            versions_lock: tokio::sync::Mutex::new(()),
+            removal_slots: Arc::new(tokio::sync::Semaphore::new(MAX_GOSSIP_REMOVALS)),
+            gc_deferred: Default::default(),
         });
         let gossip = tokio::spawn(gossip_loop(inner.clone(), inner.swarm.subscribe_gossip()));
         let ticker = tokio::spawn(status_loop(inner.clone()));
@@ -484,14 +536,25 @@ impl Daemon {
 
     /// The locality as this node sees it.
     pub async fn status(&self) -> StatusView {
+        let me = self.inner.swarm.local_peer_id();
+        // With the `/p2p/` suffix, ready to paste into another node's
+        // `--bootstrap`.
         let addresses = self
             .inner
             .swarm
             .listen_addrs()
             .await
             .unwrap_or_default()
-            .iter()
-            .map(|a| a.to_string())
+            .into_iter()
+            .map(|a| {
+                if a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                {
+                    a.to_string()
+                } else {
+                    a.with(libp2p::multiaddr::Protocol::P2p(me)).to_string()
+                }
+            })
             .collect();
         let connected_peers = self
             .inner
@@ -538,6 +601,54 @@ impl Daemon {
         }
     }
 
+    /// Removes `image` from this node (pin, status, import sink, then
+    /// unreferenced blobs). With `request`, the removal is first checked
+    /// against this node's trust policy (as every node will check it) and
+    /// then gossiped to the locality; `request` must name `image`.
+    pub async fn remove(
+        &self,
+        image: &str,
+        request: Option<SignedRemoval>,
+    ) -> Result<RemoveReport, DaemonError> {
+        let not_after = match &request {
+            Some(signed) => {
+                let removal = self.inner.check_removal(signed).inspect_err(|_| {
+                    self.inner.metrics.removals_refused.inc();
+                })?;
+                if removal.image != image {
+                    return Err(DaemonError::RemovalRefused(format!(
+                        "the signed removal names {:?}, not {image:?}",
+                        removal.image
+                    )));
+                }
+                Some(removal.created)
+            }
+            None => None,
+        };
+        let report = self.inner.remove_image(image, not_after).await?;
+        if let Some(signed) = request {
+            let bytes = removal::encode_gossip(&signed);
+            if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
+                // A locality of one has no gossip peers.
+                tracing::warn!(error = %e, "removal not gossiped");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Signs a removal of `image` for this locality with the node's own
+    /// identity (accepted by nodes without `--trust`).
+    pub fn sign_removal(&self, image: &str) -> SignedRemoval {
+        SignedRemoval::sign(
+            Removal {
+                image: image.to_owned(),
+                locality: self.inner.config.swarm.locality.clone(),
+                created: unix_seconds(),
+            },
+            &self.inner.identity,
+        )
+    }
+
     /// Every metric of the node in the Prometheus text format.
     pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
@@ -573,14 +684,23 @@ impl Inner {
     /// Records and reports a refused release.
     fn refuse(&self, signed: &SignedRelease, from: Option<PeerId>, error: &DaemonError) {
         tracing::warn!(from = ?from, image = %signed.body_unverified().image, error = %error, "release refused");
+        self.record_refusal(
+            signed.body_unverified().image.clone(),
+            from,
+            error.to_string(),
+        );
+    }
+
+    /// Keeps a refusal for status (bounded to [`MAX_REFUSALS`]).
+    fn record_refusal(&self, image: String, from: Option<PeerId>, reason: String) {
         let mut state = self.state.lock().expect("state lock");
         if state.refused.len() == MAX_REFUSALS {
             state.refused.pop_front();
         }
         state.refused.push_back(RefusedView {
-            image: signed.body_unverified().image.clone(),
+            image,
             from: from.map(|p| p.to_string()),
-            reason: error.to_string(),
+            reason,
         });
     }
 
@@ -659,7 +779,21 @@ impl Inner {
         }
         if let Some(release) = fetch {
             let inner = self.clone();
-            tokio::spawn(async move { pipeline::run(inner, release).await });
+            tokio::spawn(async move {
+                let id = release.id();
+                pipeline::run(inner.clone(), release.clone()).await;
+                let done = inner
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .releases
+                    .get(&id)
+                    .is_some_and(|t| t.state == ReleaseState::Done);
+                if done {
+                    inner.retain_versions(&release.image, release.created).await;
+                }
+                inner.collect_deferred().await;
+            });
         }
     }
 
@@ -797,6 +931,7 @@ fn progress_view(p: &ReleaseProgress, state: &State) -> ReleaseView {
         seconds: tracked.and_then(|t| t.took).map(|d| d.as_secs_f64()),
         error: p.error.clone(),
         gateway: tracked.and_then(|t| t.gateway).map(|g| g.to_string()),
+        created: tracked.map(|t| t.release.created),
     }
 }
 
@@ -832,6 +967,10 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        if let Some(removal) = removal::decode_gossip(&msg.data) {
+            on_removal(&inner, msg.source, removal);
+            continue;
+        }
         let decoded = match GossipMessage::decode(&msg.data) {
             Ok(d) => d,
             Err(e) => {
@@ -927,6 +1066,44 @@ async fn on_chunk_digests(
     {
         tracing::warn!(%source, blob = %update.blob, error = %e, "chunk digests refused");
     }
+}
+
+/// A removal request arrived on gossip: checked like a release, then run
+/// in the background (bounded; extra requests are dropped and logged).
+fn on_removal(
+    inner: &Arc<Inner>,
+    source: Option<PeerId>,
+    removal: Result<SignedRemoval, DaemonError>,
+) {
+    let checked = removal.and_then(|signed| inner.check_removal(&signed));
+    let removal = match checked {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(from = ?source, error = %e, "removal refused");
+            inner.metrics.removals_refused.inc();
+            inner.record_refusal(String::new(), source, e.to_string());
+            return;
+        }
+    };
+    let Ok(slot) = inner.removal_slots.clone().try_acquire_owned() else {
+        tracing::warn!(image = %removal.image, "too many removals at once; request dropped");
+        return;
+    };
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        match inner
+            .remove_image(&removal.image, Some(removal.created))
+            .await
+        {
+            Ok(report) => tracing::info!(from = ?source, ?report, "removed on request"),
+            Err(e) => {
+                tracing::warn!(from = ?source, image = %removal.image, error = %e, "removal request not applied");
+                inner.metrics.removals_refused.inc();
+                inner.record_refusal(removal.image.clone(), source, e.to_string());
+            }
+        }
+    });
 }
 
 /// A gateway says a release is resolved: only informative (nodes read the

@@ -47,6 +47,7 @@ pub(crate) fn config(
         trusted: TrustedKeys::new(),
         labels: Default::default(),
         chunk_size: ChunkSize::new(256 << 10).unwrap(),
+        keep_versions: 2,
     }
 }
 

@@ -1,0 +1,439 @@
+//! Removing images from nodes: `edgeswarm rm` on one node, a signed removal
+//! request gossiped to the whole locality (`rm --locality`), and rollback
+//! retention (`--keep-versions`), which drops versions of a repository
+//! older than the last K once a newer one is imported.
+//!
+//! ## Layout
+//!
+//! - [`Removal`]: the signed request (image, locality, creation time),
+//!   canonical CBOR, signed with the release signature scheme under its own
+//!   domain-separation context, so a release signature can never be replayed
+//!   as a removal or vice versa;
+//! - the gossip envelope: `[REMOVAL_TAG, REMOVAL_VERSION, Signed<Removal>]`
+//!   on the releases topic. The protocol's gossip messages start with their
+//!   format version (a small integer); [`REMOVAL_TAG`] is a large constant
+//!   that no protocol version will reach, so neither side mistakes one for
+//!   the other. The swarm's validator accepts any versioned CBOR array; if
+//!   it ever decodes protocol messages only, removals will be rejected there
+//!   (the `rm --locality` end-to-end test catches that);
+//! - [`Inner::remove_image`]: unpin, drop the release from status, remove
+//!   the sink's copy (rootfs directory, OCI layout, Docker image), collect
+//!   the store's garbage;
+//! - [`Inner::retain_versions`]: the rollback window, recorded in
+//!   `<data-dir>/versions.json` so it survives restarts.
+//!
+//! ## Trust and replay
+//!
+//! A removal is accepted under the same policy as a release: signed by a
+//! `--trust` key, or by any key on nodes without one. It applies only to
+//! releases of the image created no later than the removal, so a stale
+//! removal replayed after a redeploy removes nothing.
+//!
+//! ## Non-goals
+//!
+//! - Cancelling a release that is still downloading: removal of an image
+//!   whose release is in progress is refused (retry once it is done).
+//! - Removing images that edgeswarm did not import.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgeswarm_protocol::encoding;
+use edgeswarm_protocol::release::{Signable, Signed};
+use edgeswarm_protocol::wire::ReleaseState;
+use serde::{Deserialize, Serialize};
+
+use super::{DaemonError, Inner};
+use crate::import::{docker_tag, image_dir_name, ImportSink};
+
+/// Leading element of a removal gossip message ("esrm" in ASCII): far above
+/// any protocol format version, so it cannot collide with protocol gossip.
+pub const REMOVAL_TAG: u64 = 0x6573_726d;
+/// Format version of [`Removal`] and its envelope.
+pub const REMOVAL_VERSION: u64 = 1;
+/// Largest removal message accepted (an image reference is short).
+const MAX_REMOVAL_BYTES: usize = 4 << 10;
+
+/// A request to remove an image from every node of a locality.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The image reference, exactly as it was deployed (pins are named by it).
+    pub image: String,
+    /// The locality the request is for; nodes elsewhere ignore it.
+    pub locality: String,
+    /// Unix seconds when the request was made: releases of the image
+    /// created later are kept, so replaying an old removal is harmless.
+    pub created: u64,
+}
+
+/// Wire shape of [`Removal`]: `[version, image, locality, created]`.
+type WireRemoval = (u64, String, String, u64);
+
+impl Serialize for Removal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (REMOVAL_VERSION, &self.image, &self.locality, self.created).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Removal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (version, image, locality, created): WireRemoval =
+            Deserialize::deserialize(deserializer)?;
+        if version != REMOVAL_VERSION {
+            return Err(serde::de::Error::custom(format!(
+                "removal version {version}, expected {REMOVAL_VERSION}"
+            )));
+        }
+        Ok(Removal {
+            image,
+            locality,
+            created,
+        })
+    }
+}
+
+impl Signable for Removal {
+    const CONTEXT: &'static [u8] = b"edgeswarm-removal-v1\0";
+    const WHAT: &'static str = "removal";
+}
+
+/// A removal signed by a publisher (or a node's identity).
+pub type SignedRemoval = Signed<Removal>;
+
+/// Encodes a signed removal as a gossip message.
+pub fn encode_gossip(signed: &SignedRemoval) -> Vec<u8> {
+    encoding::encode(&(REMOVAL_TAG, REMOVAL_VERSION, signed))
+}
+
+/// Decodes a removal gossip message. `None` when the bytes are not a
+/// removal at all (a protocol message); `Some(Err)` when they claim to be
+/// one but are malformed.
+pub fn decode_gossip(bytes: &[u8]) -> Option<Result<SignedRemoval, DaemonError>> {
+    // Cheap check of the leading tag before a full decode.
+    let value: ciborium::Value = encoding::decode("gossip", bytes, MAX_REMOVAL_BYTES).ok()?;
+    let is_removal = matches!(
+        value.as_array().and_then(|a| a.first()).and_then(|v| v.as_integer()),
+        Some(tag) if u64::try_from(tag).ok() == Some(REMOVAL_TAG)
+    );
+    if !is_removal {
+        return None;
+    }
+    Some(
+        encoding::decode::<(u64, u64, SignedRemoval)>("removal", bytes, MAX_REMOVAL_BYTES)
+            .map_err(|e| DaemonError::RemovalRefused(e.to_string()))
+            .and_then(|(_, version, signed)| {
+                if version == REMOVAL_VERSION {
+                    Ok(signed)
+                } else {
+                    Err(DaemonError::RemovalRefused(format!(
+                        "removal envelope version {version}, expected {REMOVAL_VERSION}"
+                    )))
+                }
+            }),
+    )
+}
+
+/// Decodes a signed removal handed to the API (canonical CBOR).
+pub fn decode_signed(bytes: &[u8]) -> Result<SignedRemoval, DaemonError> {
+    encoding::decode("signed removal", bytes, MAX_REMOVAL_BYTES)
+        .map_err(|e| DaemonError::RemovalRefused(format!("malformed removal: {e}")))
+}
+
+/// What removing an image did on one node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoveReport {
+    /// The image.
+    pub image: String,
+    /// Whether a store pin of that name existed and was dropped.
+    pub unpinned: bool,
+    /// Releases of the image dropped from status.
+    pub releases_dropped: usize,
+    /// What was removed from the import sink (`rootfs dir ...`, `docker
+    /// image ...`), or `None` when the sink held nothing.
+    pub sink_removed: Option<String>,
+    /// Blobs the garbage collection removed (shared blobs stay).
+    pub blobs_removed: usize,
+    /// Bytes those blobs occupied.
+    pub bytes_freed: u64,
+    /// Whether collection waits for releases still in progress here
+    /// (their blobs are not pinned until imported).
+    pub gc_deferred: bool,
+}
+
+/// One imported version, in `versions.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Installed {
+    /// The image reference (pin name).
+    image: String,
+    /// Its repository, `registry/path` without tag or digest.
+    repository: String,
+    /// The release's creation time (orders versions).
+    created: u64,
+}
+
+/// The repository part of a reference (`reg:5000/app:v1` -> `reg:5000/app`).
+pub fn repository_of(image: &str) -> String {
+    match crate::registry::Reference::parse(image) {
+        Ok(r) => format!("{}/{}", r.registry, r.repository),
+        Err(_) => image.split('@').next().unwrap_or(image).to_owned(),
+    }
+}
+
+impl Inner {
+    /// Checks a removal against this node's trust policy and locality.
+    pub(super) fn check_removal(&self, signed: &SignedRemoval) -> Result<Removal, DaemonError> {
+        let removal = if self.config.trusted.is_empty() {
+            signed.verify_embedded()
+        } else {
+            signed.verify_trusted(&self.config.trusted)
+        }
+        .map_err(|e| DaemonError::RemovalRefused(e.to_string()))?
+        .clone();
+        if removal.locality != self.config.swarm.locality {
+            return Err(DaemonError::RemovalRefused(format!(
+                "removal is for locality {:?}, this node is in {:?}",
+                removal.locality, self.config.swarm.locality
+            )));
+        }
+        Ok(removal)
+    }
+
+    /// Removes `image` from this node: its pin, its releases in status,
+    /// its copy in the import sink, then unreferenced blobs. With
+    /// `not_after`, releases created later than that are kept (a removal
+    /// request older than a redeploy removes nothing).
+    pub(super) async fn remove_image(
+        self: &Arc<Self>,
+        image: &str,
+        not_after: Option<u64>,
+    ) -> Result<RemoveReport, DaemonError> {
+        if let Some(limit) = not_after {
+            // Releases in memory are gone after a restart; the rollback
+            // record keeps the creation time of what is installed.
+            let installed = {
+                let _guard = self.versions_lock.lock().await;
+                self.load_versions().await
+            };
+            if let Some(v) = installed
+                .iter()
+                .find(|v| v.image == image && v.created > limit)
+            {
+                return Err(DaemonError::RemovalRefused(format!(
+                    "{image} installed here was released at {} (unix), after the removal \
+                     request ({limit}); keeping it",
+                    v.created
+                )));
+            }
+        }
+        let (releases_dropped, busy) = {
+            let mut state = self.state.lock().expect("state lock");
+            let mine: Vec<_> = state
+                .releases
+                .iter()
+                .filter(|(_, t)| t.release.image == image)
+                .map(|(id, t)| (*id, t.state, t.release.created, t.fetching))
+                .collect();
+            if let Some(limit) = not_after {
+                if let Some((id, ..)) = mine.iter().find(|(_, _, created, _)| *created > limit) {
+                    return Err(DaemonError::RemovalRefused(format!(
+                        "release {id} of {image} is newer than the removal request; keeping it"
+                    )));
+                }
+            }
+            // Only this node's own import can be in the way; a gateway that
+            // is not targeted tracks the release without importing it.
+            if let Some((id, s, ..)) = mine.iter().find(|(_, s, _, fetching)| {
+                *fetching && !matches!(s, ReleaseState::Done | ReleaseState::Failed)
+            }) {
+                return Err(DaemonError::Conflict(format!(
+                    "release {id} of {image} is still {} here; remove it once it is done",
+                    super::state_name(*s)
+                )));
+            }
+            for (id, ..) in &mine {
+                state.releases.remove(id);
+            }
+            // Blobs of a release still downloading are not pinned yet.
+            let busy = state
+                .releases
+                .values()
+                .any(|t| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed));
+            (mine.len(), busy)
+        };
+        // The imported copy goes first: if that fails, the pin (and so the
+        // blobs to re-import from) stays.
+        let sink_removed = remove_from_sink(&self.sink, image).await?;
+        let unpinned = self.store.pins().contains_key(image);
+        if unpinned {
+            self.store.unpin(image).await?;
+        }
+        self.forget_version(image).await;
+        let gc = if busy {
+            // Collecting now would drop the unpinned blobs of releases in
+            // progress; collect once they finish instead.
+            self.gc_deferred
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            Default::default()
+        } else {
+            self.store.gc().await?
+        };
+        let report = RemoveReport {
+            image: image.to_owned(),
+            unpinned,
+            releases_dropped,
+            sink_removed,
+            blobs_removed: gc.removed.len(),
+            bytes_freed: gc.freed,
+            gc_deferred: busy,
+        };
+        self.metrics.images_removed.inc();
+        tracing::info!(?report, "image removed");
+        Ok(report)
+    }
+
+    /// Records that `image` (a release created at `created`) is imported,
+    /// then removes versions of its repository older than the newest
+    /// `keep_versions`. Failures are logged: retention never fails a release.
+    pub(super) async fn retain_versions(self: &Arc<Self>, image: &str, created: u64) {
+        let keep = self.config.keep_versions.max(1);
+        let repository = repository_of(image);
+        let evict = {
+            let _guard = self.versions_lock.lock().await;
+            let mut versions = self.load_versions().await;
+            versions.retain(|v| v.image != image);
+            versions.push(Installed {
+                image: image.to_owned(),
+                repository: repository.clone(),
+                created,
+            });
+            let mut same: Vec<&Installed> = versions
+                .iter()
+                .filter(|v| v.repository == repository)
+                .collect();
+            // Newest first; `created` ties keep the order of installation.
+            same.reverse();
+            same.sort_by_key(|v| std::cmp::Reverse(v.created));
+            let evict: Vec<String> = same.iter().skip(keep).map(|v| v.image.clone()).collect();
+            if let Err(e) = self.save_versions(&versions).await {
+                tracing::warn!(error = %e, "versions.json not saved");
+            }
+            evict
+        };
+        for old in evict {
+            tracing::info!(image = %old, keep, %repository, "rolling window: removing an old version");
+            if let Err(e) = self.remove_image(&old, None).await {
+                tracing::warn!(image = %old, error = %e, "old version not removed");
+            }
+        }
+    }
+
+    /// Runs a collection deferred by an earlier removal, once no release
+    /// is in progress.
+    pub(super) async fn collect_deferred(&self) {
+        let busy = self
+            .state
+            .lock()
+            .expect("state lock")
+            .releases
+            .values()
+            .any(|t| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed));
+        if busy
+            || !self
+                .gc_deferred
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        match self.store.gc().await {
+            Ok(report) => tracing::info!(
+                blobs = report.removed.len(),
+                bytes = report.freed,
+                "deferred collection done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "deferred collection failed"),
+        }
+    }
+
+    /// Drops `image` from `versions.json`.
+    async fn forget_version(&self, image: &str) {
+        let _guard = self.versions_lock.lock().await;
+        let mut versions = self.load_versions().await;
+        let before = versions.len();
+        versions.retain(|v| v.image != image);
+        if versions.len() != before {
+            if let Err(e) = self.save_versions(&versions).await {
+                tracing::warn!(error = %e, "versions.json not saved");
+            }
+        }
+    }
+
+    fn versions_path(&self) -> PathBuf {
+        self.config.data_dir.join("versions.json")
+    }
+
+    async fn load_versions(&self) -> Vec<Installed> {
+        let path = self.versions_path();
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "versions.json unreadable; starting afresh");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn save_versions(&self, versions: &[Installed]) -> std::io::Result<()> {
+        let path = self.versions_path();
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(versions).map_err(std::io::Error::other)?;
+        tokio::fs::write(&tmp, bytes).await?;
+        tokio::fs::rename(&tmp, &path).await
+    }
+}
+
+/// Removes an image's copy from the sink; returns what was removed.
+async fn remove_from_sink(sink: &ImportSink, image: &str) -> Result<Option<String>, DaemonError> {
+    match sink {
+        ImportSink::Dir { root } => remove_tree(root, image, "rootfs").await,
+        ImportSink::Oci { root } => remove_tree(root, image, "OCI layout").await,
+        ImportSink::None => Ok(None),
+        ImportSink::Docker(target) => {
+            let tag = docker_tag(image)?;
+            match target
+                .client()
+                .remove_image(
+                    &tag,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => Ok(Some(format!("docker image {tag}"))),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(None),
+                Err(e) => Err(DaemonError::Remove(format!(
+                    "docker could not remove {tag}: {e}"
+                ))),
+            }
+        }
+    }
+}
+
+/// Removes `<root>/<image_dir_name(image)>` on a blocking thread.
+async fn remove_tree(root: &Path, image: &str, what: &str) -> Result<Option<String>, DaemonError> {
+    let dir = root.join(image_dir_name(image));
+    let shown = format!("{what} {}", dir.display());
+    let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    })
+    .await
+    .map_err(|e| DaemonError::Remove(format!("removal task: {e}")))?;
+    match result {
+        Ok(true) => Ok(Some(shown)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(DaemonError::Remove(e)),
+    }
+}

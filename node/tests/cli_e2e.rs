@@ -1,0 +1,617 @@
+//! The operator's day, end to end through the `edgeswarm` binary: a real
+//! `docker-registry`, real images, three real `edgeswarm node` processes on
+//! loopback (one gateway, two bootstrapping from it), and the CLI commands
+//! an operator types: deploy, status (--wait, --json, --watch, on a
+//! terminal), images, rm (local and --locality), the rollback window, and
+//! publisher keys with `--trust`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use edgeswarm_node::registry::testing::{build_image, ImageSpec, Pusher, TestRegistry};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeswarm");
+
+/// A running `edgeswarm node`; killed on drop.
+struct NodeProc {
+    child: std::process::Child,
+    api: String,
+    dir: PathBuf,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    fn rootfs(&self, image: &str) -> PathBuf {
+        self.dir
+            .join("rootfs")
+            .join(edgeswarm_node::import::image_dir_name(image))
+    }
+}
+
+/// A free loopback port (bound and released; good enough on one machine).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a node and waits for its API.
+async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
+    let api = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(dir.join("node.log")).unwrap();
+    let child = std::process::Command::new(BIN)
+        .args([
+            "node",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--api",
+            &api,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--import",
+            import,
+            "--locality",
+            "cli-e2e",
+            "--chunk-size",
+            "256K",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info,libp2p=warn")
+        .env_remove("EDGESWARM_API")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn edgeswarm node");
+    let node = NodeProc {
+        child,
+        api,
+        dir: dir.to_path_buf(),
+    };
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{}/v1/health", node.api)).await {
+            if r.status().is_success() {
+                return node;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node did not start: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Output of one CLI run.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "command failed: stdout {} stderr {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Drops terminal escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn cli(args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("EDGESWARM_API")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run edgeswarm");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Starts a gateway and two nodes bootstrapping from it, and waits until
+/// the gateway hears both.
+async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc> {
+    let mut args = vec!["--gateway"];
+    args.extend_from_slice(extra);
+    let gateway = start_node(dirs[0].path(), "dir", &args).await;
+    let status = cli(&["status", "--json", "--api", &gateway.api]).await.ok();
+    let v = status.json();
+    let addr = v["self"]["addresses"][0].as_str().unwrap().to_owned();
+    assert!(addr.contains("/p2p/"), "{addr}");
+    assert_eq!(v["self"]["role"], "gateway");
+    let mut nodes = vec![gateway];
+    for dir in &dirs[1..] {
+        let mut args = vec!["--bootstrap", addr.as_str()];
+        args.extend_from_slice(extra);
+        nodes.push(start_node(dir.path(), "dir", &args).await);
+    }
+    let started = Instant::now();
+    loop {
+        let v = cli(&["status", "--json", "--api", &nodes[0].api])
+            .await
+            .ok()
+            .json();
+        if v["nodes"].as_array().map_or(0, |n| n.len()) >= 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the gateway never heard both nodes: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    nodes
+}
+
+async fn push(registry: &TestRegistry, tag: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let image = build_image(ImageSpec::realistic(2 << 20, tag), dir.path())
+        .await
+        .unwrap();
+    Pusher::new(&registry.host(), None)
+        .unwrap()
+        .push_image("cli/app", Some(tag), &image)
+        .await
+        .unwrap();
+    format!("{}/cli/app:{tag}", registry.host())
+}
+
+async fn pins(api: &str) -> Vec<String> {
+    let v = cli(&["images", "--json", "--api", api]).await.ok().json();
+    v["pins"]
+        .as_object()
+        .expect("pins object")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Polls until `api`'s pins satisfy `pred`.
+async fn wait_pins(api: &str, what: &str, pred: impl Fn(&[String]) -> bool) {
+    let started = Instant::now();
+    loop {
+        let p = pins(api).await;
+        if pred(&p) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: pins on {api} are {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> String {
+    let mut args = vec!["deploy", image, "--api", &nodes[0].api];
+    if let Some(k) = key {
+        // Also exercises deploy --json.
+        args.extend(["--key", k, "--json"]);
+    }
+    let run = cli(&args).await.ok();
+    if key.is_some() {
+        let v = run.json();
+        assert!(
+            v["release_id"].as_str().unwrap().starts_with("sha256:"),
+            "{v}"
+        );
+        assert!(
+            v["manifest"].as_str().unwrap().starts_with("sha256:"),
+            "{v}"
+        );
+    } else {
+        assert!(run.stdout.starts_with("release sha256:"), "{}", run.stdout);
+    }
+    let wait = cli(&[
+        "status",
+        "--wait",
+        image,
+        "--nodes",
+        "3",
+        "--timeout",
+        "120",
+        "--api",
+        &nodes[1].api,
+    ])
+    .await;
+    if wait.code != 0 {
+        for n in nodes {
+            eprintln!("---- node {} log:\n{}", n.api, n.log());
+        }
+    }
+    let wait = wait.ok();
+    assert!(wait.stdout.contains("3 node(s) done"), "{}", wait.stdout);
+    run.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_status_images_rm_and_rollback_through_the_cli() {
+    let registry = TestRegistry::start().await.unwrap();
+    let v1 = push(&registry, "v1").await;
+    let v2 = push(&registry, "v2").await;
+    let v3 = push(&registry, "v3").await;
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let nodes = locality(&dirs, &[]).await;
+
+    deploy_and_wait(&nodes, &v1, None).await;
+
+    // status --json: self and nodes, with the release done everywhere.
+    let v = cli(&["status", "--json", "--api", &nodes[1].api])
+        .await
+        .ok()
+        .json();
+    assert!(v["self"]["peer_id"].as_str().unwrap().starts_with("12D3"));
+    assert!(!v["self"]["addresses"].as_array().unwrap().is_empty());
+    assert_eq!(v["self"]["role"], "node");
+    let peers = v["nodes"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{v}");
+    assert!(peers.iter().any(|n| n["role"] == "gateway"), "{v}");
+    let mine = &v["self"]["releases"][0];
+    assert_eq!(mine["state"], "done");
+    assert_eq!(
+        mine["bytes_from_cloud"], 0,
+        "a plain node pulls nothing from the cloud"
+    );
+    assert!(mine["bytes_from_peers"].as_u64().unwrap() > 0);
+
+    // Plain status (stdout is a pipe) and --watch, which returns once all is done.
+    let plain = cli(&["status", "--api", &nodes[1].api]).await.ok();
+    assert!(plain.stdout.contains(" done 100% "), "{}", plain.stdout);
+    assert!(plain.stdout.contains("gateway"), "{}", plain.stdout);
+    let watch = cli(&["status", "--watch", "--api", &nodes[1].api])
+        .await
+        .ok();
+    assert!(watch.stdout.contains(" done 100% "), "{}", watch.stdout);
+
+    // On a terminal: progress bars (util-linux `script` provides the tty).
+    let tty = tokio::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{BIN} status --api {}", nodes[1].api),
+            "/dev/null",
+        ])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run script");
+    let tty_out = strip_ansi(&String::from_utf8_lossy(&tty.stdout));
+    assert!(tty.status.success(), "{tty_out}");
+    assert!(
+        tty_out.contains("[===="),
+        "no progress bar on a tty: {tty_out}"
+    );
+    assert!(tty_out.contains("100%"), "{tty_out}");
+    assert!(tty_out.contains("done | cloud"), "{tty_out}");
+
+    // images: a table naming the image, and JSON.
+    let table = cli(&["images", "--api", &nodes[1].api]).await.ok();
+    assert!(table.stdout.contains(&v1), "{}", table.stdout);
+    assert!(table.stdout.contains("complete"), "{}", table.stdout);
+    assert!(table.stdout.contains("PINNED BY"), "{}", table.stdout);
+    assert_eq!(pins(&nodes[1].api).await, vec![v1.clone()]);
+    assert!(nodes[1].rootfs(&v1).join("bin/busybox").is_file());
+
+    // Rollback window (default 2): v3 pushes v1 out, everywhere.
+    deploy_and_wait(&nodes, &v2, None).await;
+    deploy_and_wait(&nodes, &v3, None).await;
+    for n in &nodes {
+        wait_pins(&n.api, "v1 rolled out", |p| {
+            !p.contains(&v1) && p.contains(&v2) && p.contains(&v3)
+        })
+        .await;
+        assert!(!n.rootfs(&v1).exists(), "v1 rootfs kept on {}", n.api);
+        assert!(n.rootfs(&v2).join("bin/busybox").is_file());
+    }
+
+    // Rollback: redeploying v2, still held everywhere, moves no layer and
+    // keeps v3 (two versions).
+    deploy_and_wait(&nodes, &v2, None).await;
+    for n in &nodes {
+        let v = cli(&["status", "--json", "--api", &n.api])
+            .await
+            .ok()
+            .json();
+        let newest = v["self"]["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["image"] == v2.as_str())
+            .max_by_key(|r| r["created"].as_u64())
+            .cloned()
+            .unwrap();
+        assert_eq!(newest["state"], "done", "{v}");
+        // The gateway re-reads the manifest and config at the registry
+        // (measured: 1.6 KB); no layer byte moves again.
+        let cloud = newest["bytes_from_cloud"].as_u64().unwrap();
+        assert!(cloud < 16 << 10, "rollback pulled layers again: {v}");
+        assert_eq!(newest["bytes_from_peers"], 0, "rollback fetched again: {v}");
+        let p = pins(&n.api).await;
+        assert!(p.contains(&v2) && p.contains(&v3), "{p:?}");
+        assert!(n.rootfs(&v2).join("bin/busybox").is_file());
+    }
+
+    // rm on one node only.
+    let rm = cli(&["rm", &v2, "--json", "--api", &nodes[1].api])
+        .await
+        .ok();
+    let report = rm.json();
+    assert_eq!(report["unpinned"], true, "{report}");
+    assert_eq!(report["locality"], false);
+    assert!(report["blobs_removed"].as_u64().unwrap() >= 1, "{report}");
+    assert!(!nodes[1].rootfs(&v2).exists());
+    assert!(!pins(&nodes[1].api).await.contains(&v2));
+    assert!(
+        nodes[2].rootfs(&v2).is_dir(),
+        "local rm touched another node"
+    );
+    assert!(pins(&nodes[2].api).await.contains(&v2));
+    // The shared base layers stay for v3.
+    assert!(nodes[1].rootfs(&v3).join("bin/busybox").is_file());
+    let v = cli(&["status", "--json", "--api", &nodes[1].api])
+        .await
+        .ok()
+        .json();
+    assert!(
+        v["self"]["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["image"] != v2.as_str()),
+        "removed release still in status: {v}"
+    );
+
+    // rm of something that is not there: a clear error, non-zero exit.
+    let missing = cli(&["rm", &v2, "--api", &nodes[1].api]).await;
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("is not on this node"),
+        "{}",
+        missing.stderr
+    );
+
+    // rm --locality: every node drops v3.
+    let rm = cli(&["rm", &v3, "--locality", "--api", &nodes[1].api])
+        .await
+        .ok();
+    assert!(rm.stdout.contains("sent to every node"), "{}", rm.stdout);
+    for n in &nodes {
+        wait_pins(&n.api, "v3 removed by --locality", |p| !p.contains(&v3)).await;
+        let started = Instant::now();
+        while n.rootfs(&v3).exists() {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Node 2 still had v2 (only node 1 removed it locally).
+    assert!(pins(&nodes[2].api).await.contains(&v2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_keys_accept_the_publisher_and_refuse_others() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = push(&registry, "signed").await;
+    let keys = tempfile::tempdir().unwrap();
+    let good = keys.path().join("good.key");
+    let bad = keys.path().join("bad.key");
+    cli(&["keygen", "--out", good.to_str().unwrap()]).await.ok();
+    cli(&["keygen", "--out", bad.to_str().unwrap()]).await.ok();
+    let good_pub = keys.path().join("good.key.pub");
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let nodes = locality(&dirs, &["--trust", good_pub.to_str().unwrap()]).await;
+
+    // Signed by the node's own identity: refused, clearly.
+    let own = cli(&["deploy", &image, "--api", &nodes[0].api]).await;
+    assert_ne!(own.code, 0, "{}", own.stdout);
+    assert!(own.stderr.contains("refused"), "{}", own.stderr);
+    // Signed by an untrusted publisher key: refused, clearly.
+    let wrong = cli(&[
+        "deploy",
+        &image,
+        "--key",
+        bad.to_str().unwrap(),
+        "--api",
+        &nodes[0].api,
+    ])
+    .await;
+    assert_ne!(wrong.code, 0, "{}", wrong.stdout);
+    assert!(
+        wrong.stderr.starts_with("edgeswarm: release refused:"),
+        "{}",
+        wrong.stderr
+    );
+    assert_eq!(wrong.stderr.trim().lines().count(), 1, "{}", wrong.stderr);
+    // Status reports the refusals.
+    let v = cli(&["status", "--json", "--api", &nodes[0].api])
+        .await
+        .ok()
+        .json();
+    assert!(v["refused"].as_array().unwrap().len() >= 2, "{v}");
+
+    // The trusted key deploys to all three.
+    deploy_and_wait(&nodes, &image, Some(good.to_str().unwrap())).await;
+
+    // A removal made before the release (a replay) removes nothing.
+    let key = edgeswarm_protocol::release::PublisherKey::from_file_contents(
+        &std::fs::read_to_string(&good).unwrap(),
+    )
+    .unwrap();
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let stale = edgeswarm_node::daemon::SignedRemoval::sign(
+        edgeswarm_node::daemon::Removal {
+            image: image.clone(),
+            locality: "cli-e2e".into(),
+            created: an_hour_ago,
+        },
+        &key,
+    );
+    use base64::Engine as _;
+    let body = serde_json::json!({
+        "image": image,
+        "locality": true,
+        "removal": base64::engine::general_purpose::STANDARD.encode(stale.encode()),
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/rm", nodes[1].api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("keeping it"), "{text}");
+    for n in &nodes {
+        assert!(
+            pins(&n.api).await.contains(&image),
+            "replayed removal applied"
+        );
+    }
+
+    // A locality-wide removal must be signed by a trusted key too.
+    let unsigned = cli(&["rm", &image, "--locality", "--api", &nodes[1].api]).await;
+    assert_ne!(unsigned.code, 0);
+    assert!(
+        unsigned.stderr.contains("removal refused"),
+        "{}",
+        unsigned.stderr
+    );
+    assert!(pins(&nodes[1].api).await.contains(&image));
+    let signed = cli(&[
+        "rm",
+        &image,
+        "--key",
+        good.to_str().unwrap(),
+        "--api",
+        &nodes[1].api,
+    ])
+    .await
+    .ok();
+    assert!(
+        signed.stdout.contains("sent to every node"),
+        "{}",
+        signed.stdout
+    );
+    for n in &nodes {
+        wait_pins(&n.api, "signed removal", |p| !p.contains(&image)).await;
+    }
+}
+
+/// `docker image inspect` succeeds.
+fn docker_has(tag: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a running dockerd"]
+async fn rm_removes_the_image_from_docker() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = push(&registry, "docker").await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "docker", &["--gateway"]).await;
+    cli(&["deploy", &image, "--api", &node.api]).await.ok();
+    let wait = cli(&[
+        "status",
+        "--wait",
+        &image,
+        "--nodes",
+        "1",
+        "--timeout",
+        "120",
+        "--api",
+        &node.api,
+    ])
+    .await;
+    assert_eq!(wait.code, 0, "{} {}", wait.stderr, node.log());
+    assert!(docker_has(&image), "{image} not loaded into docker");
+    let rm = cli(&["rm", &image, "--json", "--api", &node.api])
+        .await
+        .ok();
+    let report = rm.json();
+    assert!(
+        report["sink_removed"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker image"),
+        "{report}"
+    );
+    assert!(!docker_has(&image), "{image} still in docker");
+}
+
+/// Reproducer of a known gap (not in this branch's files): after `rm
+/// --locality` collected an image's blobs everywhere, the Kademlia provider
+/// records for its layers live on (no stop-providing, 48 h record TTL), so
+/// the gateway's "layer already in the locality" check skips the registry
+/// pull and a redeploy of the same image never completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: stale DHT provider records after rm; gateway does not re-pull"]
+async fn redeploy_after_locality_rm_pulls_again() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = push(&registry, "again").await;
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let nodes = locality(&dirs, &[]).await;
+    deploy_and_wait(&nodes, &image, None).await;
+    cli(&["rm", &image, "--locality", "--api", &nodes[1].api])
+        .await
+        .ok();
+    for n in &nodes {
+        wait_pins(&n.api, "removed", |p| !p.contains(&image)).await;
+    }
+    // Another second, so the redeploy is a new release.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    deploy_and_wait(&nodes, &image, None).await;
+}
