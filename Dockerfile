@@ -10,7 +10,8 @@
 #     --build-arg RUNTIME_IMAGE=edgeswarm-base:local --build-arg INSTALL_PACKAGES=0 \
 #     -t edgeswarm:local .
 
-ARG RUST_VERSION=1.88
+# 1.89: the newest rust-version in Cargo.lock (uuid 1.29); the workspace says 1.88.
+ARG RUST_VERSION=1.89
 ARG BUILDER_IMAGE=rust:${RUST_VERSION}-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 

@@ -6,7 +6,7 @@
 #                                              # (c) registry image, then docker-compose build
 #   scripts/compose-offline.sh up [N]          # images + docker-compose up -d --scale node=N (default 3)
 #   scripts/compose-offline.sh seed [REPO:TAG] [SIZE]   # push a test image (default demo/app:v1 48M)
-#   scripts/compose-offline.sh demo [N]        # up + seed + deploy + status --wait, timed
+#   scripts/compose-offline.sh demo [N] [SIZE] # up + seed + deploy + status --wait, timed
 #   scripts/compose-offline.sh compose ARGS... # docker-compose ARGS with the offline images
 #   scripts/compose-offline.sh down            # docker-compose down -v
 #
@@ -183,9 +183,9 @@ seed() {
 }
 
 demo() {
-    local n=${1:-3} t0 t1
+    local n=${1:-3} size=${2:-48M} t0 t1
     up "$n"
-    seed demo/app:v1 48M
+    seed demo/app:v1 "$size"
     # Let mDNS and the gossip mesh settle (nodes report status over gossip).
     sleep 5
     t0=$(date +%s.%N)
