@@ -69,9 +69,14 @@ copy_with_libs() {
     done
 }
 
-# Minimal /etc for a root-only container.
+# Merged-/usr layout (as Debian 12: /bin, /sbin, /lib, /lib64 link into
+# /usr) and a minimal /etc for a root-only container.
 base_etc() {
-    local rootfs=$1
+    local rootfs=$1 dir
+    for dir in bin sbin lib lib64; do
+        mkdir -p "$rootfs/usr/$dir"
+        ln -s "usr/$dir" "$rootfs/$dir"
+    done
     mkdir -p "$rootfs/etc" "$rootfs/tmp" "$rootfs/var/lib" "$rootfs/root"
     chmod 1777 "$rootfs/tmp"
     echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"

@@ -76,8 +76,12 @@ async fn main() -> Result<()> {
     let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
     let libs = if Path::new(&multiarch).is_dir() {
         tree_size(Path::new(&multiarch), size)
-    } else {
+    } else if Path::new("/usr/lib").is_dir() {
         tree_size(Path::new("/usr/lib"), size)
+    } else {
+        // No library directory at all (a minimal container): no libs layer.
+        spec.layers.remove(0);
+        0
     };
     if size > libs + (1 << 20) {
         let filler = size - libs;
