@@ -7,6 +7,8 @@
 #   scripts/compose-offline.sh up [N]          # images + docker-compose up -d --scale node=N (default 3)
 #   scripts/compose-offline.sh seed [REPO:TAG] [SIZE]   # push a test image (default demo/app:v1 48M)
 #   scripts/compose-offline.sh demo [N] [SIZE] # up + seed + deploy + status --wait, timed
+#   scripts/compose-offline.sh test [N] [SIZE] # demo, then checks every node and the
+#                                              # cloud link, then down -v (exit 1 on failure)
 #   scripts/compose-offline.sh compose ARGS... # docker-compose ARGS with the offline images
 #   scripts/compose-offline.sh down            # docker-compose down -v
 #
@@ -202,6 +204,55 @@ demo() {
     docker-compose exec -T gateway edgeswarm status --api 127.0.0.1:7465
 }
 
+# Checks after `demo`: every node reports the image done with all bytes from
+# peers, none from the cloud; its root filesystem runs the app; the gateway
+# alone pulled, and the registry's shaped interface sent about one image.
+check() {
+    local n=${1:-3} image=registry:5000/demo/app:v1 i failed=0 json sent total
+    for i in $(seq 1 "$n"); do
+        json=$(docker-compose exec -T --index="$i" node edgeswarm status --json)
+        if ! echo "$json" | python3 -c '
+import json, sys
+image = sys.argv[1]
+r = [r for r in json.load(sys.stdin)["self"]["releases"] if r["image"] == image]
+assert r, "no release of " + image
+r = r[0]
+assert r["state"] == "done", r
+assert r["bytes_done"] == r["bytes_total"] > 0, r
+assert r["bytes_from_cloud"] == 0, r
+assert r["bytes_from_peers"] > 0, r
+' "$image"; then
+            log "FAIL node $i: $json"
+            failed=1
+        fi
+        out=$(docker-compose exec -T --index="$i" node sh -c \
+            'chroot /var/lib/edgeswarm/rootfs/registry_5000_demo_app_v1 /bin/sh /app/run.sh' || true)
+        [ "$out" = "edgeswarm app v1" ] || { log "FAIL node $i: app printed '$out'"; failed=1; }
+    done
+    json=$(docker-compose exec -T gateway edgeswarm status --json)
+    total=$(echo "$json" | python3 -c '
+import json, sys
+r = [r for r in json.load(sys.stdin)["self"]["releases"] if r["image"] == sys.argv[1]][0]
+assert r["state"] == "done" and r["bytes_from_cloud"] == r["bytes_total"], r
+print(r["bytes_total"])' "$image") || { log "FAIL gateway: $json"; failed=1; total=0; }
+    sent=$(docker-compose exec -T registry-link tc -s qdisc show dev eth0 |
+        sed -n 's/.*Sent \([0-9]*\) bytes.*/\1/p' | head -1)
+    log "image layers $total bytes; registry sent $sent bytes over the cloud link"
+    if [ "$total" -gt 0 ] && [ "$sent" -gt $((total * 110 / 100)) ]; then
+        log "FAIL cloud link carried more than 1.1x the image"
+        failed=1
+    fi
+    [ "$failed" = 0 ] && log "PASS: $n nodes + gateway have $image; cloud link $sent bytes"
+    return "$failed"
+}
+
+test_e2e() {
+    local n=${1:-3}
+    trap 'log "docker-compose down -v"; docker-compose down -v >/dev/null 2>&1 || true' EXIT
+    demo "$@"
+    check "$n"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -209,10 +260,11 @@ case "$cmd" in
     up) up "$@" ;;
     seed) seed "$@" ;;
     demo) demo "$@" ;;
+    test) test_e2e "$@" ;;
     compose) exec docker-compose "$@" ;;
     down) exec docker-compose down -v ;;
     *)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 2
         ;;
 esac
