@@ -9,6 +9,7 @@ PACKAGES=(
   docker-registry    # real OCI registry (CNCF distribution 2.8) for gateway tests
   skopeo umoci       # OCI layout validation in tests
   busybox-static     # a real static rootfs to build test images from
+  docker-compose     # v1, for the docker-compose testnet (scripts/compose-offline.sh)
   apache2-utils      # htpasswd, for the basic-auth registry test
   iproute2 iperf3    # network namespaces and shaped links (testnet)
   ca-certificates curl
