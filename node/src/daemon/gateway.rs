@@ -40,8 +40,20 @@ pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
         r = pull_inner(&inner, &release).instrument(span) => r,
         _ = inner.shutdown.cancelled() => return,
     };
-    if let Err(e) = result {
-        inner.set_state(&id, ReleaseState::Failed, Some(e));
+    match result {
+        Err(e) => inner.set_state(&id, ReleaseState::Failed, Some(e)),
+        Ok(()) => {
+            // A gateway the release does not select has nothing to import:
+            // its part is done once the layers are in the locality.
+            let labels = inner
+                .config
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()));
+            if !release.selects(labels) {
+                inner.set_state(&id, ReleaseState::Done, None);
+            }
+        }
     }
     let mut state = inner.state.lock().expect("state lock");
     if let Some(t) = state.releases.get_mut(&id) {

@@ -253,6 +253,10 @@ struct PeerEntry {
     status: NodeStatus,
     /// When that report arrived.
     last_seen: Instant,
+    /// Per release: when this node first saw the peer report it, and how
+    /// long until it reported it done (as observed through status gossip,
+    /// so within a status interval of the truth).
+    timings: HashMap<Digest, (Instant, Option<Duration>)>,
 }
 
 /// One release on this node.
@@ -578,7 +582,15 @@ impl Daemon {
                     .status
                     .releases
                     .iter()
-                    .map(|p| progress_view(p, &state))
+                    .map(|p| {
+                        let mut view = progress_view(p, &state);
+                        view.seconds = entry
+                            .timings
+                            .get(&p.release_id)
+                            .and_then(|t| t.1)
+                            .map(|d| d.as_secs_f64());
+                        view
+                    })
                     .collect(),
             })
             .collect();
@@ -987,13 +999,23 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             GossipMessage::Status(status) => {
                 if let Some(peer) = msg.source {
                     let mut state = inner.state.lock().expect("state lock");
-                    state.peers.insert(
-                        peer,
-                        PeerEntry {
-                            status,
-                            last_seen: Instant::now(),
-                        },
-                    );
+                    let now = Instant::now();
+                    let entry = state.peers.entry(peer).or_insert_with(|| PeerEntry {
+                        status: status.clone(),
+                        last_seen: now,
+                        timings: HashMap::new(),
+                    });
+                    entry
+                        .timings
+                        .retain(|id, _| status.releases.iter().any(|r| r.release_id == *id));
+                    for r in &status.releases {
+                        let timing = entry.timings.entry(r.release_id).or_insert((now, None));
+                        if r.state == ReleaseState::Done && timing.1.is_none() {
+                            timing.1 = Some(now.duration_since(timing.0));
+                        }
+                    }
+                    entry.status = status;
+                    entry.last_seen = now;
                 }
             }
             GossipMessage::Resolution(signed) => on_resolution(msg.source, signed),
@@ -1009,12 +1031,10 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
                         .map(|e| e.blob)
                         .take(MAX_ANNOUNCED_BLOBS)
                         .collect();
+                    // Each message lists everything the peer holds complete
+                    // (up to the cap), so removals show as well.
                     let mut state = inner.state.lock().expect("state lock");
-                    let known = state.complete_at.entry(peer).or_default();
-                    known.extend(complete);
-                    if known.len() > MAX_ANNOUNCED_BLOBS {
-                        known.clear(); // the next refresh repopulates it
-                    }
+                    state.complete_at.insert(peer, complete);
                 }
             }
         }
@@ -1127,8 +1147,7 @@ fn on_resolution(source: Option<PeerId>, signed: SignedReleaseResolution) {
 /// go, so a release whose gateway died is taken over.
 async fn status_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
-    let mut store_events = inner.store.subscribe();
-    let mut announced = 0usize;
+    let mut announced: Vec<Digest> = Vec::new();
     let mut last_refresh: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -1142,36 +1161,32 @@ async fn status_loop(inner: Arc<Inner>) {
         if let Err(e) = inner.swarm.publish(Topic::Status, report).await {
             tracing::trace!(error = %e, "status not published");
         }
-        // Announce complete blobs when some completed, and now and then.
-        let mut completed = false;
-        loop {
-            match store_events.try_recv() {
-                Ok(crate::store::StoreEvent::BlobComplete { .. }) => completed = true,
-                Ok(_) => {}
-                Err(broadcast::error::TryRecvError::Lagged(_)) => completed = true,
-                Err(_) => break,
-            }
-        }
+        // Announce the complete blobs when the set changed, and now and then.
+        let mut complete: Vec<Digest> = inner
+            .store
+            .blobs()
+            .into_iter()
+            .filter(|b| b.complete)
+            .map(|b| b.digest)
+            .take(MAX_ANNOUNCED_BLOBS)
+            .collect();
+        complete.sort();
         let stale = last_refresh.is_none_or(|t| t.elapsed() >= AVAILABILITY_REFRESH);
-        if completed || stale {
-            let entries: Vec<AvailabilityEntry> = inner
-                .store
-                .blobs()
-                .into_iter()
-                .filter(|b| b.complete)
-                .take(MAX_ANNOUNCED_BLOBS)
-                .map(|b| AvailabilityEntry {
-                    blob: b.digest,
+        if complete != announced || stale {
+            let entries = complete
+                .iter()
+                .map(|blob| AvailabilityEntry {
+                    blob: *blob,
                     availability: Availability::Complete,
                 })
                 .collect();
-            if !entries.is_empty() && (stale || entries.len() != announced) {
-                announced = entries.len();
-                let batch = GossipMessage::Availability(AvailabilityBatch { entries }).encode();
-                match inner.swarm.publish(Topic::Availability, batch).await {
-                    Ok(()) => last_refresh = Some(Instant::now()),
-                    Err(e) => tracing::trace!(error = %e, "availability not published"),
+            let batch = GossipMessage::Availability(AvailabilityBatch { entries }).encode();
+            match inner.swarm.publish(Topic::Availability, batch).await {
+                Ok(()) => {
+                    last_refresh = Some(Instant::now());
+                    announced = complete;
                 }
+                Err(e) => tracing::trace!(error = %e, "availability not published"),
             }
         }
         let pending: Vec<(Digest, bool)> = {
