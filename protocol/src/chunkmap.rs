@@ -243,7 +243,7 @@ impl ChunkMap {
         let wire: WireChunkMap = encoding::decode("chunk map", bytes, MAX_CHUNK_MAP_BYTES)?;
         encoding::check_version("chunk map", wire.0, CHUNK_MAP_VERSION)?;
         let digests = wire.3.as_slice();
-        if digests.len() % Digest::LEN != 0 {
+        if !digests.len().is_multiple_of(Digest::LEN) {
             return Err(DecodeError::Invalid {
                 what: "chunk map",
                 reason: format!(

@@ -1,1 +1,800 @@
-//! Placeholder; see issue 2.
+//! The piece picker: which chunk to request from which peer, as pure,
+//! deterministic logic.
+//!
+//! A node keeps one [`Picker`] for all blobs it is fetching. The swarm code
+//! feeds it facts (blobs and what we hold of them, peers and their
+//! bitfields, chunk arrivals, failures, the consume cursor of each blob)
+//! and asks [`Picker::next_requests`] what to send; [`Picker::expire`]
+//! reports requests that took too long so they can be sent elsewhere.
+//! Time is passed in as milliseconds and ties are broken by a ChaCha
+//! generator seeded from [`PickerConfig::seed`], so the same seed and the
+//! same sequence of calls give the same requests: tests and simulations
+//! are reproducible.
+//!
+//! ## Rules, in order
+//!
+//! 1. **Deadline window.** For each blob, the missing chunks in
+//!    `cursor..cursor + window_chunks` (the cursor is how far decompression
+//!    has read) are requested first, nearest first, so a layer's front
+//!    arrives in order and extraction can start long before the layer is
+//!    complete.
+//! 2. **Rarest first.** Every other missing chunk is ordered by how many
+//!    known peers hold it (fewest first, seeded random among equals): rare
+//!    chunks get replicated before the peers holding them leave or get
+//!    busy, and different nodes fetch different chunks, so they can trade.
+//! 3. **Peer choice and load balance.** A chunk goes to the holder with the
+//!    fewest of our requests in flight; among equals, the holder with the
+//!    fewest chunks of the blob (a seed or gateway is kept for chunks only
+//!    it has), then seeded random. A peer never has more than
+//!    `max_in_flight_per_peer` of our requests. A peer that answered
+//!    `Busy` gets nothing for `busy_backoff_ms`. A peer that failed or
+//!    timed out on a chunk is not asked for that chunk again while another
+//!    holder exists.
+//! 4. **Endgame.** Only when a blob has at most `endgame_threshold` chunks
+//!    missing and every missing chunk with a holder is already requested,
+//!    in-flight chunks are also requested from a second holder (at most
+//!    `max_requests_per_chunk` requests per chunk); when one copy arrives
+//!    [`Picker::chunk_received`] returns the others to cancel.
+//! 5. **Stalls.** A request outstanding longer than
+//!    `timeout_base_ms + chunk_len * timeout_ms_per_mib / 1 MiB` is
+//!    returned by [`Picker::expire`] and its chunk becomes requestable from
+//!    another holder.
+//!
+//! Only chunks whose digests are known are requested
+//! ([`Picker::set_digests_known`]): while the gateway is still streaming a
+//! blob from the registry, its later chunks cannot be verified yet.
+//!
+//! ## Non-goals
+//!
+//! Choking/reciprocity (nodes of a locality cooperate), upload scheduling
+//! (the serving side answers `Busy`), bandwidth estimation.
+
+use std::collections::BTreeMap;
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::address::Digest;
+use crate::bitfield::Bitfield;
+use crate::chunkmap::{chunk_count, ChunkSize};
+
+/// Tuning of a [`Picker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickerConfig {
+    /// Most of our requests outstanding at one peer: enough to keep a
+    /// fast link busy while a response is in flight, few enough that a
+    /// stalled peer holds up little.
+    pub max_in_flight_per_peer: usize,
+    /// How many chunks ahead of the consume cursor are fetched in order.
+    pub window_chunks: u32,
+    /// Endgame starts when a blob has at most this many chunks missing.
+    pub endgame_threshold: u32,
+    /// Most concurrent requests for one chunk during endgame.
+    pub max_requests_per_chunk: usize,
+    /// Seed of the tie-breaking generator.
+    pub seed: u64,
+    /// Fixed part of a request's timeout.
+    pub timeout_base_ms: u64,
+    /// Timeout added per MiB of chunk (the slowest acceptable rate is
+    /// 1 MiB per this many milliseconds).
+    pub timeout_ms_per_mib: u64,
+    /// How long a peer that answered `Busy` is left alone.
+    pub busy_backoff_ms: u64,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        PickerConfig {
+            max_in_flight_per_peer: 4,
+            window_chunks: 8,
+            endgame_threshold: 4,
+            max_requests_per_chunk: 2,
+            seed: 0,
+            timeout_base_ms: 5_000,
+            timeout_ms_per_mib: 4_000,
+            busy_backoff_ms: 250,
+        }
+    }
+}
+
+/// Why the picker refused an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickerError {
+    /// The blob was never added.
+    #[error("blob {0} is not being fetched")]
+    UnknownBlob(Digest),
+    /// A bitfield's length differs from the blob's chunk count.
+    #[error("bitfield for {blob} covers {found} chunks, the blob has {expected}")]
+    LengthMismatch {
+        /// The blob.
+        blob: Digest,
+        /// The blob's chunk count.
+        expected: u32,
+        /// The bitfield's length.
+        found: u32,
+    },
+    /// A chunk index is past the end of the blob.
+    #[error("chunk {index} of {blob} is out of range ({count} chunks)")]
+    IndexOutOfRange {
+        /// The blob.
+        blob: Digest,
+        /// The index.
+        index: u32,
+        /// The blob's chunk count.
+        count: u32,
+    },
+}
+
+/// Why a request is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// In the deadline window ahead of the cursor.
+    Window,
+    /// Rarest-first.
+    Rarest,
+    /// A duplicate of an in-flight request, near the end of a blob.
+    Endgame,
+}
+
+/// A chunk request to send (or, from [`Picker::expire`] and
+/// [`Picker::chunk_received`], one that is no longer tracked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<P> {
+    /// Who to ask.
+    pub peer: P,
+    /// The blob.
+    pub blob: Digest,
+    /// The chunk index.
+    pub index: u32,
+    /// Why it was chosen.
+    pub kind: RequestKind,
+}
+
+/// How a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailReason {
+    /// The peer does not hold the chunk: its bit is cleared.
+    NotHave,
+    /// The peer is at its upload limit: it is left alone for a while.
+    Busy,
+    /// Anything else (bad data, stream error): the peer is not asked for
+    /// this chunk again while another holder exists.
+    Error,
+}
+
+/// One outstanding request.
+#[derive(Debug, Clone)]
+struct InFlight<P> {
+    peer: P,
+    started_ms: u64,
+    kind: RequestKind,
+}
+
+/// What we know of a blob being fetched.
+#[derive(Debug, Clone)]
+struct BlobState<P> {
+    blob_size: u64,
+    chunk_size: ChunkSize,
+    count: u32,
+    have: Bitfield,
+    missing: u32,
+    cursor: u32,
+    /// Chunks `0..known` have known digests.
+    known: u32,
+    /// Number of known peers holding each chunk.
+    availability: Vec<u32>,
+    in_flight: BTreeMap<u32, Vec<InFlight<P>>>,
+    /// Peers that failed or timed out on a chunk.
+    excluded: BTreeMap<u32, Vec<P>>,
+}
+
+impl<P> BlobState<P> {
+    fn chunk_len(&self, index: u32) -> u64 {
+        let start = index as u64 * self.chunk_size.get() as u64;
+        (self.blob_size - start).min(self.chunk_size.get() as u64)
+    }
+}
+
+/// What we know of a peer.
+#[derive(Debug, Clone, Default)]
+struct PeerState {
+    /// Its bitfield per blob, with the number of bits set.
+    blobs: BTreeMap<Digest, (Bitfield, u32)>,
+    in_flight: usize,
+    blocked_until_ms: u64,
+}
+
+/// The piece picker. `P` identifies a peer (a libp2p `PeerId` in the node,
+/// an integer in simulations); it must be `Ord` so iteration order, and so
+/// every decision, is deterministic.
+#[derive(Debug, Clone)]
+pub struct Picker<P: Ord + Clone> {
+    config: PickerConfig,
+    rng: ChaCha8Rng,
+    blobs: BTreeMap<Digest, BlobState<P>>,
+    peers: BTreeMap<P, PeerState>,
+}
+
+impl<P: Ord + Clone> Picker<P> {
+    /// An empty picker.
+    pub fn new(config: PickerConfig) -> Self {
+        Picker {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            config,
+            blobs: BTreeMap::new(),
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PickerConfig {
+        &self.config
+    }
+
+    /// Starts fetching a blob, of which we already hold `have` (its length
+    /// must be the chunk count). All digests are assumed known; see
+    /// [`set_digests_known`](Self::set_digests_known). Re-adding a blob
+    /// replaces its local state.
+    pub fn add_blob(
+        &mut self,
+        blob: Digest,
+        blob_size: u64,
+        chunk_size: ChunkSize,
+        have: Bitfield,
+    ) -> Result<(), PickerError> {
+        let count = chunk_count(blob_size, chunk_size).min(u32::MAX as u64) as u32;
+        if have.len() != count {
+            return Err(PickerError::LengthMismatch {
+                blob,
+                expected: count,
+                found: have.len(),
+            });
+        }
+        self.remove_blob(&blob);
+        let mut availability = vec![0u32; count as usize];
+        for peer in self.peers.values_mut() {
+            match peer.blobs.get(&blob) {
+                Some((bits, _)) if bits.len() == count => {
+                    for i in bits.iter_ones() {
+                        availability[i as usize] += 1;
+                    }
+                }
+                Some(_) => {
+                    peer.blobs.remove(&blob);
+                }
+                None => {}
+            }
+        }
+        let missing = count - have.count_ones();
+        self.blobs.insert(
+            blob,
+            BlobState {
+                blob_size,
+                chunk_size,
+                count,
+                have,
+                missing,
+                cursor: 0,
+                known: count,
+                availability,
+                in_flight: BTreeMap::new(),
+                excluded: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops fetching a blob (complete, or abandoned). Returns its
+    /// outstanding requests so the caller can cancel them.
+    pub fn remove_blob(&mut self, blob: &Digest) -> Vec<Request<P>> {
+        let Some(state) = self.blobs.remove(blob) else {
+            return Vec::new();
+        };
+        let mut dropped = Vec::new();
+        for (index, flights) in state.in_flight {
+            for f in flights {
+                if let Some(p) = self.peers.get_mut(&f.peer) {
+                    p.in_flight -= 1;
+                }
+                dropped.push(Request {
+                    peer: f.peer,
+                    blob: *blob,
+                    index,
+                    kind: f.kind,
+                });
+            }
+        }
+        dropped
+    }
+
+    /// Only chunks `0..count` have known digests and may be requested.
+    pub fn set_digests_known(&mut self, blob: &Digest, count: u32) -> Result<(), PickerError> {
+        let state = self.blob_mut(blob)?;
+        state.known = count.min(state.count);
+        Ok(())
+    }
+
+    /// The consumer has read every chunk before `index`; the deadline
+    /// window starts there.
+    pub fn set_cursor(&mut self, blob: &Digest, index: u32) -> Result<(), PickerError> {
+        let state = self.blob_mut(blob)?;
+        state.cursor = index.min(state.count);
+        Ok(())
+    }
+
+    /// Registers a peer (idempotent).
+    pub fn add_peer(&mut self, peer: P) {
+        self.peers.entry(peer).or_default();
+    }
+
+    /// Forgets a peer (disconnected). Returns its outstanding requests:
+    /// their chunks are requestable elsewhere at once.
+    pub fn remove_peer(&mut self, peer: &P) -> Vec<Request<P>> {
+        let Some(state) = self.peers.remove(peer) else {
+            return Vec::new();
+        };
+        let mut dropped = Vec::new();
+        for (blob, (bits, _)) in &state.blobs {
+            if let Some(b) = self.blobs.get_mut(blob) {
+                if bits.len() == b.count {
+                    for i in bits.iter_ones() {
+                        b.availability[i as usize] -= 1;
+                    }
+                }
+            }
+        }
+        for (blob, b) in self.blobs.iter_mut() {
+            for (index, flights) in b.in_flight.iter_mut() {
+                flights.retain(|f| {
+                    if &f.peer == peer {
+                        dropped.push(Request {
+                            peer: f.peer.clone(),
+                            blob: *blob,
+                            index: *index,
+                            kind: f.kind,
+                        });
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            b.in_flight.retain(|_, f| !f.is_empty());
+            for excluded in b.excluded.values_mut() {
+                excluded.retain(|p| p != peer);
+            }
+        }
+        dropped
+    }
+
+    /// Sets a peer's whole bitfield for a blob (registering the peer if
+    /// new). For a blob not added yet the bitfield is kept and used once
+    /// the blob is added (if its length matches).
+    pub fn peer_bitfield(
+        &mut self,
+        peer: &P,
+        blob: &Digest,
+        bitfield: Bitfield,
+    ) -> Result<(), PickerError> {
+        if let Some(b) = self.blobs.get(blob) {
+            if bitfield.len() != b.count {
+                return Err(PickerError::LengthMismatch {
+                    blob: *blob,
+                    expected: b.count,
+                    found: bitfield.len(),
+                });
+            }
+        }
+        let state = self.peers.entry(peer.clone()).or_default();
+        let ones = bitfield.count_ones();
+        let old = state.blobs.insert(*blob, (bitfield, ones));
+        if let Some(b) = self.blobs.get_mut(blob) {
+            let new = &state.blobs[blob].0;
+            for i in 0..b.count {
+                let was = old.as_ref().is_some_and(|(o, _)| o.get(i));
+                let is = new.get(i);
+                if was != is {
+                    if is {
+                        b.availability[i as usize] += 1;
+                    } else {
+                        b.availability[i as usize] -= 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer holds every chunk of a blob we fetch.
+    pub fn peer_has_all(&mut self, peer: &P, blob: &Digest) -> Result<(), PickerError> {
+        let count = self.blob(blob)?.count;
+        self.peer_bitfield(peer, blob, Bitfield::full(count))
+    }
+
+    /// The peer verified one more chunk of a blob we fetch.
+    pub fn peer_has(&mut self, peer: &P, blob: &Digest, index: u32) -> Result<(), PickerError> {
+        let count = self.blob(blob)?.count;
+        if index >= count {
+            return Err(PickerError::IndexOutOfRange {
+                blob: *blob,
+                index,
+                count,
+            });
+        }
+        let state = self.peers.entry(peer.clone()).or_default();
+        let (bits, ones) = state
+            .blobs
+            .entry(*blob)
+            .or_insert_with(|| (Bitfield::new(count), 0));
+        if bits.set(index) {
+            *ones += 1;
+            self.blobs
+                .get_mut(blob)
+                .expect("checked above")
+                .availability[index as usize] += 1;
+        }
+        Ok(())
+    }
+
+    /// A chunk was verified and stored (from `from`, or from elsewhere such
+    /// as the registry). Returns the other outstanding requests for it,
+    /// which the caller may cancel.
+    pub fn chunk_received(
+        &mut self,
+        blob: &Digest,
+        index: u32,
+        from: Option<&P>,
+    ) -> Result<Vec<Request<P>>, PickerError> {
+        let state = self
+            .blobs
+            .get_mut(blob)
+            .ok_or(PickerError::UnknownBlob(*blob))?;
+        if index >= state.count {
+            return Err(PickerError::IndexOutOfRange {
+                blob: *blob,
+                index,
+                count: state.count,
+            });
+        }
+        if state.have.set(index) {
+            state.missing -= 1;
+        }
+        state.excluded.remove(&index);
+        let mut others = Vec::new();
+        for f in state.in_flight.remove(&index).unwrap_or_default() {
+            if let Some(p) = self.peers.get_mut(&f.peer) {
+                p.in_flight -= 1;
+            }
+            if from != Some(&f.peer) {
+                others.push(Request {
+                    peer: f.peer,
+                    blob: *blob,
+                    index,
+                    kind: f.kind,
+                });
+            }
+        }
+        Ok(others)
+    }
+
+    /// A chunk we held turned out corrupt and was dropped: fetch it again.
+    pub fn chunk_lost(&mut self, blob: &Digest, index: u32) -> Result<(), PickerError> {
+        let state = self.blob_mut(blob)?;
+        if index < state.count && state.have.get(index) {
+            state.have.clear(index);
+            state.missing += 1;
+        }
+        Ok(())
+    }
+
+    /// A request failed; its chunk becomes requestable again.
+    pub fn request_failed(
+        &mut self,
+        peer: &P,
+        blob: &Digest,
+        index: u32,
+        reason: FailReason,
+        now_ms: u64,
+    ) {
+        let Some(state) = self.blobs.get_mut(blob) else {
+            return;
+        };
+        let mut removed = false;
+        if let Some(flights) = state.in_flight.get_mut(&index) {
+            let before = flights.len();
+            flights.retain(|f| &f.peer != peer);
+            removed = flights.len() < before;
+            if flights.is_empty() {
+                state.in_flight.remove(&index);
+            }
+        }
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if removed {
+            p.in_flight -= 1;
+        }
+        match reason {
+            FailReason::NotHave => {
+                if let Some((bits, ones)) = p.blobs.get_mut(blob) {
+                    if bits.get(index) {
+                        bits.clear(index);
+                        *ones -= 1;
+                        state.availability[index as usize] -= 1;
+                    }
+                }
+            }
+            FailReason::Busy => {
+                p.blocked_until_ms = now_ms.saturating_add(self.config.busy_backoff_ms);
+            }
+            FailReason::Error => {
+                let excluded = state.excluded.entry(index).or_default();
+                if !excluded.contains(peer) {
+                    excluded.push(peer.clone());
+                }
+            }
+        }
+    }
+
+    /// Removes and returns the requests outstanding for longer than their
+    /// timeout (see the module docs); the peer is not asked for that chunk
+    /// again while another holder exists.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Request<P>> {
+        let mut expired = Vec::new();
+        for (blob, state) in self.blobs.iter_mut() {
+            let mut emptied = Vec::new();
+            for (&index, flights) in state.in_flight.iter_mut() {
+                let chunk_len = {
+                    let start = index as u64 * state.chunk_size.get() as u64;
+                    (state.blob_size - start).min(state.chunk_size.get() as u64)
+                };
+                let timeout = self.config.timeout_base_ms
+                    + chunk_len.saturating_mul(self.config.timeout_ms_per_mib) / (1 << 20);
+                flights.retain(|f| {
+                    if now_ms.saturating_sub(f.started_ms) >= timeout {
+                        expired.push(Request {
+                            peer: f.peer.clone(),
+                            blob: *blob,
+                            index,
+                            kind: f.kind,
+                        });
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if flights.is_empty() {
+                    emptied.push(index);
+                }
+            }
+            for index in emptied {
+                state.in_flight.remove(&index);
+            }
+        }
+        for r in &expired {
+            if let Some(p) = self.peers.get_mut(&r.peer) {
+                p.in_flight -= 1;
+            }
+            let excluded = self
+                .blobs
+                .get_mut(&r.blob)
+                .expect("expired from this blob")
+                .excluded
+                .entry(r.index)
+                .or_default();
+            if !excluded.contains(&r.peer) {
+                excluded.push(r.peer.clone());
+            }
+        }
+        expired
+    }
+
+    /// Chooses the requests to send now and records them as in flight.
+    pub fn next_requests(&mut self, now_ms: u64) -> Vec<Request<P>> {
+        let mut out = Vec::new();
+        if !self.any_capacity(now_ms) {
+            return out;
+        }
+
+        // 1. Deadline window, nearest to the cursor first.
+        let mut window = Vec::new();
+        for (blob, s) in &self.blobs {
+            let end = s
+                .cursor
+                .saturating_add(self.config.window_chunks)
+                .min(s.known);
+            for index in s.cursor..end {
+                if !s.have.get(index) && !s.in_flight.contains_key(&index) {
+                    window.push((index - s.cursor, self.rng.next_u64(), *blob, index));
+                }
+            }
+        }
+        window.sort_unstable();
+        for (_, _, blob, index) in window {
+            self.assign(blob, index, RequestKind::Window, now_ms, &mut out);
+        }
+
+        // 2. Rarest first.
+        if self.any_capacity(now_ms) {
+            let mut rarest = Vec::new();
+            for (blob, s) in &self.blobs {
+                for index in s.have.iter_zeros() {
+                    if index >= s.known {
+                        break;
+                    }
+                    let avail = s.availability[index as usize];
+                    if avail > 0 && !s.in_flight.contains_key(&index) {
+                        rarest.push((avail, self.rng.next_u64(), *blob, index));
+                    }
+                }
+            }
+            rarest.sort_unstable();
+            for (_, _, blob, index) in rarest {
+                if !self.any_capacity(now_ms) {
+                    break;
+                }
+                self.assign(blob, index, RequestKind::Rarest, now_ms, &mut out);
+            }
+        }
+
+        // 3. Endgame: duplicates for blobs that are nearly done and have no
+        //    other work.
+        if self.any_capacity(now_ms) {
+            let mut dup = Vec::new();
+            for (blob, s) in &self.blobs {
+                if s.missing == 0 || s.missing > self.config.endgame_threshold {
+                    continue;
+                }
+                let other_work = s.have.iter_zeros().any(|i| {
+                    i < s.known && s.availability[i as usize] > 0 && !s.in_flight.contains_key(&i)
+                });
+                if other_work {
+                    continue;
+                }
+                for (&index, flights) in &s.in_flight {
+                    if flights.len() < self.config.max_requests_per_chunk {
+                        dup.push((flights.len(), self.rng.next_u64(), *blob, index));
+                    }
+                }
+            }
+            dup.sort_unstable();
+            for (_, _, blob, index) in dup {
+                self.assign(blob, index, RequestKind::Endgame, now_ms, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Picks a peer for one chunk and records the request.
+    fn assign(
+        &mut self,
+        blob: Digest,
+        index: u32,
+        kind: RequestKind,
+        now_ms: u64,
+        out: &mut Vec<Request<P>>,
+    ) {
+        let max = self.config.max_in_flight_per_peer;
+        let state = &self.blobs[&blob];
+        let no_flights = Vec::new();
+        let flights = state.in_flight.get(&index).unwrap_or(&no_flights);
+        let no_excluded = Vec::new();
+        let excluded = state.excluded.get(&index).unwrap_or(&no_excluded);
+        let holds = |p: &PeerState| p.blobs.get(&blob).is_some_and(|(b, _)| b.get(index));
+        // Excluded peers only when no other holder exists at all.
+        let others_exist = self
+            .peers
+            .iter()
+            .any(|(id, p)| holds(p) && !excluded.contains(id));
+        let mut best: Option<((usize, u32, u64), &P)> = None;
+        for (id, p) in &self.peers {
+            if !holds(p)
+                || p.in_flight >= max
+                || p.blocked_until_ms > now_ms
+                || flights.iter().any(|f| &f.peer == id)
+                || (others_exist && excluded.contains(id))
+            {
+                continue;
+            }
+            let key = (p.in_flight, p.blobs[&blob].1, self.rng.next_u64());
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, id));
+            }
+        }
+        let Some((_, peer)) = best else {
+            return;
+        };
+        let peer = peer.clone();
+        self.peers.get_mut(&peer).expect("chosen above").in_flight += 1;
+        self.blobs
+            .get_mut(&blob)
+            .expect("exists")
+            .in_flight
+            .entry(index)
+            .or_default()
+            .push(InFlight {
+                peer: peer.clone(),
+                started_ms: now_ms,
+                kind,
+            });
+        out.push(Request {
+            peer,
+            blob,
+            index,
+            kind,
+        });
+    }
+
+    fn any_capacity(&self, now_ms: u64) -> bool {
+        self.peers.values().any(|p| {
+            p.in_flight < self.config.max_in_flight_per_peer && p.blocked_until_ms <= now_ms
+        })
+    }
+
+    fn blob(&self, blob: &Digest) -> Result<&BlobState<P>, PickerError> {
+        self.blobs.get(blob).ok_or(PickerError::UnknownBlob(*blob))
+    }
+
+    fn blob_mut(&mut self, blob: &Digest) -> Result<&mut BlobState<P>, PickerError> {
+        self.blobs
+            .get_mut(blob)
+            .ok_or(PickerError::UnknownBlob(*blob))
+    }
+
+    /// Our requests outstanding at `peer`.
+    pub fn in_flight(&self, peer: &P) -> usize {
+        self.peers.get(peer).map_or(0, |p| p.in_flight)
+    }
+
+    /// All outstanding requests, in (blob, index) order.
+    pub fn outstanding(&self) -> Vec<Request<P>> {
+        let mut all = Vec::new();
+        for (blob, s) in &self.blobs {
+            for (&index, flights) in &s.in_flight {
+                for f in flights {
+                    all.push(Request {
+                        peer: f.peer.clone(),
+                        blob: *blob,
+                        index,
+                        kind: f.kind,
+                    });
+                }
+            }
+        }
+        all
+    }
+
+    /// How many chunks of `blob` we still lack (`None` if unknown).
+    pub fn missing(&self, blob: &Digest) -> Option<u32> {
+        self.blobs.get(blob).map(|s| s.missing)
+    }
+
+    /// Whether we hold every chunk of `blob`.
+    pub fn is_complete(&self, blob: &Digest) -> bool {
+        self.missing(blob) == Some(0)
+    }
+
+    /// Our bitfield of `blob`.
+    pub fn local_bitfield(&self, blob: &Digest) -> Option<&Bitfield> {
+        self.blobs.get(blob).map(|s| &s.have)
+    }
+
+    /// How many known peers hold chunk `index` of `blob`.
+    pub fn availability(&self, blob: &Digest, index: u32) -> u32 {
+        self.blobs
+            .get(blob)
+            .and_then(|s| s.availability.get(index as usize).copied())
+            .unwrap_or(0)
+    }
+
+    /// The timeout of a request for chunk `index` of `blob`.
+    pub fn timeout_ms(&self, blob: &Digest, index: u32) -> Option<u64> {
+        let s = self.blobs.get(blob)?;
+        (index < s.count).then(|| {
+            self.config.timeout_base_ms
+                + s.chunk_len(index)
+                    .saturating_mul(self.config.timeout_ms_per_mib)
+                    / (1 << 20)
+        })
+    }
+}

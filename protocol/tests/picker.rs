@@ -1,0 +1,477 @@
+//! Piece picker behaviour on crafted swarms.
+
+use edgeswarm_protocol::picker::*;
+use edgeswarm_protocol::{Bitfield, ChunkSize, Digest};
+
+const CS: ChunkSize = ChunkSize::MIN;
+
+fn blob() -> Digest {
+    Digest::of(b"blob")
+}
+
+fn size(chunks: u32) -> u64 {
+    chunks as u64 * CS.get() as u64
+}
+
+fn config() -> PickerConfig {
+    PickerConfig {
+        max_in_flight_per_peer: 100,
+        window_chunks: 0,
+        endgame_threshold: 0,
+        max_requests_per_chunk: 2,
+        seed: 42,
+        timeout_base_ms: 1_000,
+        timeout_ms_per_mib: 8_000,
+        busy_backoff_ms: 500,
+    }
+}
+
+fn bits(len: u32, ones: impl IntoIterator<Item = u32>) -> Bitfield {
+    let mut b = Bitfield::new(len);
+    for i in ones {
+        b.set(i);
+    }
+    b
+}
+
+fn picker(config: PickerConfig, chunks: u32) -> Picker<u32> {
+    let mut p = Picker::new(config);
+    p.add_blob(blob(), size(chunks), CS, Bitfield::new(chunks))
+        .unwrap();
+    p
+}
+
+fn indices(reqs: &[Request<u32>]) -> Vec<u32> {
+    reqs.iter().map(|r| r.index).collect()
+}
+
+fn sorted(reqs: &[Request<u32>]) -> Vec<u32> {
+    let mut v = indices(reqs);
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn rarest_chunk_goes_first() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 1,
+            ..config()
+        },
+        10,
+    );
+    // Peers 1..=3 hold everything but chunk 6; peer 4 holds only chunk 6
+    // and chunk 2.
+    for peer in 1..=3 {
+        p.peer_bitfield(&peer, &blob(), bits(10, (0..10).filter(|&i| i != 6)))
+            .unwrap();
+    }
+    p.peer_bitfield(&4, &blob(), bits(10, [2, 6])).unwrap();
+    assert_eq!(p.availability(&blob(), 6), 1);
+    assert_eq!(p.availability(&blob(), 2), 4);
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 4, "one request per peer: {reqs:?}");
+    let six: Vec<_> = reqs.iter().filter(|r| r.index == 6).collect();
+    assert_eq!(six.len(), 1);
+    assert_eq!(six[0].peer, 4, "chunk 6 only at peer 4");
+    assert_eq!(six[0].kind, RequestKind::Rarest);
+    assert!(reqs.iter().all(|r| r.kind == RequestKind::Rarest));
+    // The three other requests are for distinct chunks.
+    let mut idx = indices(&reqs);
+    idx.sort();
+    idx.dedup();
+    assert_eq!(idx.len(), 4);
+}
+
+#[test]
+fn rarer_chunks_are_ordered_before_common_ones() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 2,
+            ..config()
+        },
+        6,
+    );
+    // Availability: chunk i held by i+1 peers (chunk 5 by all 6).
+    for peer in 0..6u32 {
+        p.peer_bitfield(&peer, &blob(), bits(6, peer..6)).unwrap();
+    }
+    let reqs = p.next_requests(0);
+    // Every chunk has a holder with capacity, so all 6 are requested, in
+    // order of rarity.
+    assert_eq!(indices(&reqs), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(reqs[0].peer, 0);
+}
+
+#[test]
+fn deadline_window_comes_first_and_in_order() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 2,
+            window_chunks: 3,
+            ..config()
+        },
+        20,
+    );
+    // Chunk 15 is rare, the window chunks are common.
+    for peer in 1..=4 {
+        p.peer_bitfield(&peer, &blob(), bits(20, (0..20).filter(|&i| i != 15)))
+            .unwrap();
+    }
+    p.peer_bitfield(&5, &blob(), bits(20, [15])).unwrap();
+    p.set_cursor(&blob(), 10).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(&indices(&reqs)[..3], &[10, 11, 12], "{reqs:?}");
+    assert!(reqs[..3].iter().all(|r| r.kind == RequestKind::Window));
+    assert!(reqs[3..].iter().all(|r| r.kind == RequestKind::Rarest));
+    assert_eq!(reqs[3].index, 15, "then the rarest chunk");
+    // Chunks inside the window are never requested twice outside endgame.
+    let mut idx = indices(&reqs);
+    idx.sort();
+    idx.dedup();
+    assert_eq!(idx.len(), reqs.len());
+}
+
+#[test]
+fn window_follows_the_cursor_and_skips_held_chunks() {
+    let mut p = Picker::new(PickerConfig {
+        max_in_flight_per_peer: 3,
+        window_chunks: 4,
+        ..config()
+    });
+    p.add_blob(blob(), size(10), CS, bits(10, [1])).unwrap();
+    p.peer_has_all(&1, &blob()).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(
+        indices(&reqs),
+        vec![0, 2, 3],
+        "window 0..4 minus held 1, in order"
+    );
+    p.chunk_received(&blob(), 0, Some(&1)).unwrap();
+    p.set_cursor(&blob(), 2).unwrap();
+    let reqs = p.next_requests(1);
+    assert_eq!(indices(&reqs), vec![4]);
+    assert_eq!(reqs[0].kind, RequestKind::Window);
+}
+
+#[test]
+fn unknown_digests_are_not_requested() {
+    let mut p = picker(config(), 10);
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.set_digests_known(&blob(), 3).unwrap();
+    assert_eq!(sorted(&p.next_requests(0)), vec![0, 1, 2]);
+    p.set_digests_known(&blob(), 5).unwrap();
+    assert_eq!(sorted(&p.next_requests(0)), vec![3, 4]);
+}
+
+#[test]
+fn per_peer_in_flight_cap_is_respected() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 3,
+            ..config()
+        },
+        100,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    let first = p.next_requests(0);
+    assert_eq!(first.len(), 3);
+    assert_eq!(p.in_flight(&1), 3);
+    assert!(p.next_requests(1).is_empty(), "cap reached");
+    p.chunk_received(&blob(), first[0].index, Some(&1)).unwrap();
+    assert_eq!(p.in_flight(&1), 2);
+    assert_eq!(p.next_requests(2).len(), 1);
+}
+
+#[test]
+fn load_is_balanced_and_seeds_are_spared() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 4,
+            ..config()
+        },
+        8,
+    );
+    // Peer 1 is a seed; peers 2 and 3 hold every chunk but 7.
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_bitfield(&2, &blob(), bits(8, 0..7)).unwrap();
+    p.peer_bitfield(&3, &blob(), bits(8, 0..7)).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 8);
+    let to = |peer| reqs.iter().filter(|r| r.peer == peer).count();
+    // Chunk 7 only at the seed; the seed gets as few of the others as the
+    // balance allows (holders with fewer requests in flight first, then
+    // the holder with fewer chunks).
+    assert!(reqs.iter().any(|r| r.index == 7 && r.peer == 1));
+    assert_eq!((to(1), to(2), to(3)), (2, 3, 3), "{reqs:?}");
+}
+
+#[test]
+fn endgame_duplicates_only_at_the_end() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 100,
+            endgame_threshold: 2,
+            ..config()
+        },
+        10,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_has_all(&2, &blob()).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 10);
+    assert!(reqs.iter().all(|r| r.kind == RequestKind::Rarest));
+    // Nothing more to do while 10 > threshold chunks are missing.
+    assert!(p.next_requests(1).is_empty());
+    // Receive all but 3: still no duplicates.
+    let mut rest: Vec<_> = reqs.clone();
+    rest.sort_by_key(|r| r.index);
+    for r in &rest[..7] {
+        p.chunk_received(&blob(), r.index, Some(&r.peer)).unwrap();
+    }
+    assert_eq!(p.missing(&blob()), Some(3));
+    assert!(p.next_requests(2).is_empty(), "3 missing > threshold 2");
+    p.chunk_received(&blob(), rest[7].index, Some(&rest[7].peer))
+        .unwrap();
+    // 2 missing, both in flight: duplicates to the other holder.
+    let dups = p.next_requests(3);
+    assert_eq!(dups.len(), 2, "{dups:?}");
+    for d in &dups {
+        assert_eq!(d.kind, RequestKind::Endgame);
+        let original = rest.iter().find(|r| r.index == d.index).unwrap();
+        assert_ne!(d.peer, original.peer, "a duplicate goes to another peer");
+    }
+    // At most max_requests_per_chunk (2) per chunk.
+    assert!(p.next_requests(4).is_empty());
+    // When a copy lands, the other request is returned for cancelling.
+    let cancel = p
+        .chunk_received(&blob(), dups[0].index, Some(&dups[0].peer))
+        .unwrap();
+    assert_eq!(cancel.len(), 1);
+    assert_eq!(cancel[0].index, dups[0].index);
+    assert_ne!(cancel[0].peer, dups[0].peer);
+}
+
+#[test]
+fn no_endgame_while_other_work_waits_for_capacity() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 1,
+            endgame_threshold: 5,
+            ..config()
+        },
+        3,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_has_all(&2, &blob()).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 2);
+    // Chunk 3rd is unrequested (no capacity); finishing one frees a slot
+    // which must go to the unrequested chunk, not a duplicate.
+    p.chunk_received(&blob(), reqs[0].index, Some(&reqs[0].peer))
+        .unwrap();
+    let next = p.next_requests(1);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].kind, RequestKind::Rarest);
+    assert!(!reqs.iter().any(|r| r.index == next[0].index));
+}
+
+#[test]
+fn same_seed_same_requests_and_seeds_change_ties() {
+    let run = |seed: u64| {
+        let mut p = picker(
+            PickerConfig {
+                max_in_flight_per_peer: 3,
+                window_chunks: 2,
+                seed,
+                ..config()
+            },
+            64,
+        );
+        for peer in 0..8u32 {
+            p.peer_bitfield(&peer, &blob(), bits(64, (0..64).filter(|i| i % 8 != peer)))
+                .unwrap();
+        }
+        let mut all = Vec::new();
+        for t in 0..5 {
+            let reqs = p.next_requests(t);
+            for r in reqs.iter().take(4) {
+                p.chunk_received(&blob(), r.index, Some(&r.peer)).unwrap();
+            }
+            all.extend(reqs);
+        }
+        all
+    };
+    assert_eq!(run(7), run(7));
+    assert!(
+        (0..5).any(|s| run(s) != run(7)),
+        "the seed must influence tie-breaking"
+    );
+}
+
+#[test]
+fn stalled_requests_expire_and_move_to_another_peer() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 1,
+            ..config()
+        },
+        1,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    let first = p.next_requests(0);
+    assert_eq!(first.len(), 1);
+    let stalled = first[0].peer;
+    // Timeout: 1000 ms + 64 KiB * 8000 ms/MiB = 1500 ms.
+    assert_eq!(p.timeout_ms(&blob(), 0), Some(1_500));
+    p.peer_has_all(&2, &blob()).unwrap();
+    assert!(p.expire(1_499).is_empty());
+    assert!(
+        p.next_requests(1_499).is_empty(),
+        "still in flight, no endgame"
+    );
+    let expired = p.expire(1_500);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].peer, stalled);
+    assert_eq!(p.in_flight(&stalled), 0);
+    let retry = p.next_requests(1_500);
+    assert_eq!(retry.len(), 1);
+    assert_ne!(retry[0].peer, stalled, "not the stalled peer again");
+}
+
+#[test]
+fn timeout_scales_with_chunk_size() {
+    let mut p = Picker::<u32>::new(config());
+    let big = ChunkSize::new(4 << 20).unwrap();
+    p.add_blob(blob(), (4 << 20) + 1024, big, Bitfield::new(2))
+        .unwrap();
+    assert_eq!(p.timeout_ms(&blob(), 0), Some(1_000 + 32_000));
+    // The 1 KiB tail chunk gets a short timeout.
+    assert_eq!(p.timeout_ms(&blob(), 1), Some(1_000 + 7));
+    assert_eq!(p.timeout_ms(&blob(), 2), None);
+}
+
+#[test]
+fn busy_peers_are_left_alone_for_the_backoff() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 1,
+            ..config()
+        },
+        4,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    let r = p.next_requests(0);
+    p.request_failed(&1, &blob(), r[0].index, FailReason::Busy, 100);
+    assert_eq!(p.in_flight(&1), 0);
+    assert!(p.next_requests(599).is_empty(), "backoff until 600");
+    assert_eq!(p.next_requests(600).len(), 1);
+}
+
+#[test]
+fn not_have_clears_stale_availability() {
+    let mut p = picker(config(), 2);
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_has(&2, &blob(), 0).unwrap();
+    assert_eq!(p.availability(&blob(), 0), 2);
+    let reqs = p.next_requests(0);
+    let r0 = reqs.iter().find(|r| r.index == 0).unwrap().clone();
+    p.request_failed(&r0.peer, &blob(), 0, FailReason::NotHave, 1);
+    assert_eq!(p.availability(&blob(), 0), 1);
+    let again = p.next_requests(2);
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].peer, r0.peer);
+}
+
+#[test]
+fn error_excludes_peer_for_that_chunk_while_others_exist() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 1,
+            ..config()
+        },
+        1,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    let r = p.next_requests(0);
+    assert_eq!(r[0].peer, 1);
+    p.request_failed(&1, &blob(), 0, FailReason::Error, 1);
+    // Only holder: asked again despite the error.
+    let again = p.next_requests(2);
+    assert_eq!(again[0].peer, 1);
+    p.request_failed(&1, &blob(), 0, FailReason::Error, 3);
+    p.peer_has_all(&2, &blob()).unwrap();
+    assert_eq!(p.next_requests(4)[0].peer, 2);
+}
+
+#[test]
+fn removed_peers_return_their_requests() {
+    let mut p = picker(config(), 4);
+    p.peer_has_all(&1, &blob()).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 4);
+    let dropped = p.remove_peer(&1);
+    assert_eq!(dropped.len(), 4);
+    assert_eq!(p.availability(&blob(), 0), 0);
+    assert!(p.outstanding().is_empty());
+    assert!(p.next_requests(1).is_empty(), "no holder left");
+}
+
+#[test]
+fn bitfields_before_the_blob_are_kept() {
+    let mut p = Picker::<u32>::new(config());
+    p.peer_bitfield(&1, &blob(), bits(4, [0, 1])).unwrap();
+    p.peer_bitfield(&2, &blob(), bits(5, [0])).unwrap(); // wrong length: dropped later
+    p.add_blob(blob(), size(4), CS, Bitfield::new(4)).unwrap();
+    assert_eq!(p.availability(&blob(), 0), 1);
+    assert_eq!(sorted(&p.next_requests(0)), vec![0, 1]);
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let mut p = picker(config(), 4);
+    assert_eq!(
+        p.peer_bitfield(&1, &blob(), Bitfield::new(5)),
+        Err(PickerError::LengthMismatch {
+            blob: blob(),
+            expected: 4,
+            found: 5
+        })
+    );
+    assert_eq!(
+        p.peer_has(&1, &blob(), 4),
+        Err(PickerError::IndexOutOfRange {
+            blob: blob(),
+            index: 4,
+            count: 4
+        })
+    );
+    let other = Digest::of(b"other");
+    assert_eq!(
+        p.peer_has(&1, &other, 0),
+        Err(PickerError::UnknownBlob(other))
+    );
+    assert_eq!(
+        p.set_cursor(&other, 0),
+        Err(PickerError::UnknownBlob(other))
+    );
+    assert!(p.add_blob(other, size(3), CS, Bitfield::new(4)).is_err());
+    assert!(p.chunk_received(&blob(), 9, None).is_err());
+}
+
+#[test]
+fn completion_and_lost_chunks() {
+    let mut p = picker(config(), 2);
+    p.peer_has_all(&1, &blob()).unwrap();
+    for r in p.next_requests(0) {
+        p.chunk_received(&blob(), r.index, Some(&r.peer)).unwrap();
+    }
+    assert!(p.is_complete(&blob()));
+    assert!(p.next_requests(1).is_empty());
+    p.chunk_lost(&blob(), 1).unwrap();
+    assert_eq!(p.missing(&blob()), Some(1));
+    assert_eq!(indices(&p.next_requests(2)), vec![1]);
+    // Removing the blob hands back its outstanding requests.
+    assert_eq!(p.remove_blob(&blob()).len(), 1);
+    assert_eq!(p.in_flight(&1), 0);
+}
