@@ -1,3 +1,4 @@
 //! edgeswarm node (placeholder while the foundation lands).
 
+pub mod store;
 pub mod swarm;

@@ -1,0 +1,141 @@
+//! Store throughput: write + verify (per-chunk hash, fdatasync, journal,
+//! whole-blob check at the end) of a 256 MiB blob in 1 MiB chunks, then
+//! an in-order read through `BlobReader` (re-verifies every chunk), then
+//! reopening a half-written blob (re-hashes every chunk held).
+//!
+//! `cargo bench -p edgeswarm-node --bench store_throughput`
+//! (`STORE_BENCH_DIR` picks the file system; default: the temp dir;
+//! `STORE_BENCH_MIB` the blob size).
+
+use std::io::Read;
+use std::time::Instant;
+
+use bytes::Bytes;
+use edgeswarm_node::store::{Store, StoreConfig, WriteOutcome};
+use edgeswarm_protocol::{ChunkMapBuilder, ChunkSize};
+
+const CS: usize = 1 << 20;
+/// Distinct chunks the blob repeats.
+const POOL: u32 = 16;
+
+fn chunk(i: u32, len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn mibs(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs
+}
+
+async fn write_all(store: &Store, mib: u32, concurrency: usize) -> f64 {
+    let mut b = ChunkMapBuilder::new(ChunkSize::DEFAULT);
+    for i in 0..mib {
+        b.update(&chunk(i % POOL, CS));
+    }
+    let (map, digest) = b.finish();
+    store.put_chunk_map(digest, &map).await.unwrap();
+    // A pool of 16 distinct chunks generated ahead of time (16 MiB, not
+    // the whole blob) so only the store is timed.
+    let pool: Vec<Bytes> = (0..POOL).map(|i| Bytes::from(chunk(i, CS))).collect();
+    let start = Instant::now();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for i in 0..mib as usize {
+        let c = pool[i % POOL as usize].clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = store.write_chunk(digest, i as u32, c).await.unwrap();
+            drop(permit);
+            r
+        }));
+    }
+    let mut complete = 0;
+    for t in tasks {
+        if t.await.unwrap() == WriteOutcome::BlobComplete {
+            complete += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(complete, 1);
+    let rate = mibs(mib as u64 * CS as u64, secs);
+    println!("write+verify {mib} MiB in 1 MiB chunks, {concurrency} in flight: {secs:.2} s, {rate:.0} MiB/s (incl. whole-blob check)");
+
+    let start = Instant::now();
+    let mut r = store.reader(digest).unwrap();
+    let n = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break total;
+            }
+            total += n as u64;
+        }
+    })
+    .await
+    .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "BlobReader in-order read+verify: {:.0} MiB/s",
+        mibs(n, secs)
+    );
+    rate
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let mib: u32 = std::env::var("STORE_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let base = std::env::var("STORE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    for concurrency in [1, 4] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
+            .await
+            .unwrap();
+        write_all(&store, mib, concurrency).await;
+    }
+
+    // Recovery cost: half a blob held, reopen re-hashes it.
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let mut b = ChunkMapBuilder::new(ChunkSize::DEFAULT);
+    for i in 0..mib {
+        b.update(&chunk(i % POOL, CS));
+    }
+    let (map, digest) = b.finish();
+    {
+        let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
+            .await
+            .unwrap();
+        store.put_chunk_map(digest, &map).await.unwrap();
+        for i in 0..mib / 2 {
+            store
+                .write_chunk(digest, i, Bytes::from(chunk(i % POOL, CS)))
+                .await
+                .unwrap();
+        }
+    }
+    let start = Instant::now();
+    let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
+        .await
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let held = store.bitfield(&digest).unwrap().count_ones();
+    println!(
+        "reopen with {held} MiB held (re-verified): {secs:.2} s, {:.0} MiB/s",
+        mibs(held as u64 * CS as u64, secs)
+    );
+}
