@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig};
 use edgeswarm_protocol::{Bitfield, ChunkMap, Digest};
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream};
@@ -29,7 +30,6 @@ use tracing::{debug, info, warn};
 
 use super::frame::{self, FrameError, RejectReason};
 use super::metrics::SwarmMetrics;
-use super::pick::{pick, PeerView, PickParams};
 use super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, Protocols, SwarmConfig, SwarmError};
 
 /// Inbound chunk streams served concurrently at most.
@@ -38,8 +38,6 @@ const MAX_INBOUND_STREAMS: usize = 256;
 const SERVER_QUEUE: usize = 64;
 /// Session events queued towards a download coordinator.
 const EVENTS: usize = 512;
-/// How long a declined chunk is not asked of the same peer again.
-const DECLINE_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a failed peer is left alone by a download.
 const PEER_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -455,12 +453,11 @@ enum Event {
     Candidates(Vec<PeerId>),
 }
 
-struct PeerState {
+/// A download's view of one peer session.
+struct Session {
+    /// Requests for the session to send.
     tx: mpsc::Sender<u32>,
-    bits: Bitfield,
-    inflight: HashMap<u32, Instant>,
-    declined: HashMap<u32, Instant>,
-    last_progress: Instant,
+    /// Ends the session.
     cancel: CancellationToken,
 }
 
@@ -487,28 +484,41 @@ async fn download<S: ChunkStore>(
     };
     let _ = inner.commands.send(Command::Provide(blob)).await;
     let count = map.chunk_count();
-    let mut have = inner.store.bitfield(&blob).unwrap_or_else(|| Bitfield::new(count));
+    let have = inner
+        .store
+        .bitfield(&blob)
+        .filter(|b| b.len() == count)
+        .unwrap_or_else(|| Bitfield::new(count));
+    let seed = {
+        let b = inner.local_peer.to_bytes();
+        let mut x = [0u8; 8];
+        for (i, byte) in b.iter().rev().take(8).enumerate() {
+            x[i] = *byte;
+        }
+        u64::from_le_bytes(x) ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    };
+    let mut picker: Picker<PeerId> = Picker::new(PickerConfig {
+        max_in_flight_per_peer: inner.requests_per_peer,
+        window_chunks: inner.deadline_window,
+        endgame_threshold: 8,
+        max_requests_per_chunk: 2,
+        seed,
+        timeout_base_ms: inner.stall_base.as_millis() as u64,
+        timeout_ms_per_mib: (1_000u64 << 20) / inner.stall_min_rate,
+        busy_backoff_ms: 250,
+    });
+    picker
+        .add_blob(blob, map.blob_size(), map.chunk_size(), have)
+        .map_err(|e| SwarmError::Config(e.to_string()))?;
+
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
-    let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
+    let mut sessions: HashMap<PeerId, Session> = HashMap::new();
     let mut backoff: HashMap<PeerId, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let started = Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
     let mut last_discovery: Option<Instant> = None;
     let mut last_providers: Option<Instant> = None;
-    let seed = {
-        let b = inner.local_peer.to_bytes();
-        let tail: [u8; 8] = b[b.len() - 8..].try_into().unwrap_or([0; 8]);
-        u64::from_le_bytes(tail) ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
-    };
-    let params = PickParams {
-        per_peer: inner.requests_per_peer,
-        window: inner.deadline_window,
-        endgame_below: 8,
-        seed,
-    };
-    let chunk_len = map.chunk_size().get() as u64;
-    let stall_after = inner.stall_base
-        + Duration::from_secs_f64(chunk_len as f64 / inner.stall_min_rate as f64);
     let session_cancel = inner.shutdown.child_token();
     let _guard = session_cancel.clone().drop_guard();
 
@@ -520,45 +530,36 @@ async fn download<S: ChunkStore>(
                 match ev {
                     Event::Candidates(list) => {
                         for peer in list {
-                            if peer == inner.local_peer || peers.contains_key(&peer) || peers.len() >= inner.max_download_peers {
-                                continue;
-                            }
-                            if backoff.get(&peer).is_some_and(|t| *t > Instant::now()) {
+                            if peer == inner.local_peer
+                                || sessions.contains_key(&peer)
+                                || sessions.len() >= inner.max_download_peers
+                                || backoff.get(&peer).is_some_and(|t| *t > Instant::now())
+                            {
                                 continue;
                             }
                             let (tx, rx) = mpsc::channel(inner.requests_per_peer * 2);
                             let cancel = session_cancel.child_token();
-                            peers.insert(peer, PeerState {
-                                tx,
-                                bits: Bitfield::new(count),
-                                inflight: HashMap::new(),
-                                declined: HashMap::new(),
-                                last_progress: Instant::now(),
-                                cancel: cancel.clone(),
-                            });
+                            sessions.insert(peer, Session { tx, cancel: cancel.clone() });
+                            picker.add_peer(peer);
                             tokio::spawn(session(inner.clone(), peer, blob, map.clone(), rx, ev_tx.clone(), cancel));
                         }
                     }
                     Event::Bitfield(peer, bits) => {
-                        if let Some(p) = peers.get_mut(&peer) {
-                            if bits.len() == count {
-                                p.bits = bits;
-                            }
+                        if sessions.contains_key(&peer) {
+                            let _ = picker.peer_bitfield(&peer, &blob, bits);
                         }
                     }
                     Event::Have(peer, list) => {
-                        if let Some(p) = peers.get_mut(&peer) {
+                        if sessions.contains_key(&peer) {
                             for i in list {
-                                if i < count { p.bits.set(i); }
+                                let _ = picker.peer_has(&peer, &blob, i);
                             }
                         }
                     }
                     Event::Stored(peer, index, outcome) => {
-                        if let Some(p) = peers.get_mut(&peer) {
-                            p.inflight.remove(&index);
-                            p.last_progress = Instant::now();
-                        }
-                        have.set(index);
+                        // Endgame duplicates still outstanding elsewhere
+                        // are answered and dropped as AlreadyHad.
+                        let _ = picker.chunk_received(&blob, index, Some(&peer));
                         if outcome == ChunkWrite::BlobComplete {
                             break;
                         }
@@ -567,10 +568,11 @@ async fn download<S: ChunkStore>(
                         warn!(%peer, %blob, index, %reason, "bad chunk; banning sender");
                         inner.metrics.bad_chunks.inc();
                         let _ = inner.commands.try_send(Command::Ban(peer, format!("bad chunk {index} of {blob}: {reason}")));
-                        drop_peer(&mut peers, &mut backoff, peer, Duration::from_secs(3600));
+                        picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
+                        drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
                     }
                     Event::StoreFailed(peer, index, err) => {
-                        if let Some(p) = peers.get_mut(&peer) { p.inflight.remove(&index); }
+                        picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
                         warn!(%blob, index, error = %err, "store failed to take a chunk");
                         if matches!(err, ChunkStoreError::BlobCorrupt(_)) {
                             return Err(SwarmError::Store(err));
@@ -578,34 +580,36 @@ async fn download<S: ChunkStore>(
                     }
                     Event::Rejected(peer, index, reason) => {
                         inner.metrics.rejected_requests.inc();
-                        if let Some(p) = peers.get_mut(&peer) {
-                            p.inflight.remove(&index);
-                            p.last_progress = Instant::now();
-                            p.declined.insert(index, Instant::now());
-                            if reason == RejectReason::NotHeld {
-                                p.bits.clear(index);
-                            }
-                        }
+                        let why = match reason {
+                            RejectReason::NotHeld => FailReason::NotHave,
+                            // Seed sparing: ask another holder of this chunk.
+                            RejectReason::RecentlyUploaded | RejectReason::Invalid => FailReason::Error,
+                        };
+                        picker.request_failed(&peer, &blob, index, why, now_ms());
                     }
                     Event::Closed(peer, violation, unsupported) => {
                         if let Some(reason) = violation {
                             penalise(&inner, peer, &reason);
                         }
                         let wait = if unsupported { Duration::from_secs(60) } else { PEER_BACKOFF };
-                        drop_peer(&mut peers, &mut backoff, peer, wait);
+                        drop_peer(&mut picker, &mut sessions, &mut backoff, peer, wait);
                     }
                 }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                // Stalls: requests in flight, nothing delivered for too long.
-                let stalled: Vec<PeerId> = peers.iter()
-                    .filter(|(_, p)| !p.inflight.is_empty() && now.duration_since(p.last_progress) > stall_after)
-                    .map(|(k, _)| *k).collect();
+                // Stalls: a request outstanding past its size-scaled timeout
+                // means the peer stalled; its requests go elsewhere.
+                let mut stalled: Vec<PeerId> = picker.expire(now_ms()).into_iter().map(|r| r.peer).collect();
+                stalled.sort();
+                stalled.dedup();
                 for peer in stalled {
                     info!(%peer, %blob, "peer stalled; reassigning its requests");
                     inner.metrics.stalls.inc();
-                    drop_peer(&mut peers, &mut backoff, peer, Duration::from_secs(30));
+                    drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(30));
+                }
+                if let Some(c) = map.chunk_at(inner.store.cursor(&blob)) {
+                    let _ = picker.set_cursor(&blob, c);
                 }
                 // Discovery: connected peers often at first, providers less often.
                 let every = if now.duration_since(started) < Duration::from_secs(5) { Duration::from_millis(500) } else { Duration::from_secs(2) };
@@ -631,8 +635,13 @@ async fn download<S: ChunkStore>(
                 }
             }
         }
-        if !have.is_complete() {
-            schedule(&inner, &params, &have, &mut peers, &map, &blob);
+        for req in picker.next_requests(now_ms()) {
+            let sent = sessions
+                .get(&req.peer)
+                .is_some_and(|s| s.tx.try_send(req.index).is_ok());
+            if !sent {
+                picker.request_failed(&req.peer, &blob, req.index, FailReason::Busy, now_ms());
+            }
         }
     }
     session_cancel.cancel();
@@ -641,70 +650,19 @@ async fn download<S: ChunkStore>(
 }
 
 fn drop_peer(
-    peers: &mut HashMap<PeerId, PeerState>,
+    picker: &mut Picker<PeerId>,
+    sessions: &mut HashMap<PeerId, Session>,
     backoff: &mut HashMap<PeerId, Instant>,
     peer: PeerId,
     wait: Duration,
 ) {
-    if let Some(p) = peers.remove(&peer) {
-        p.cancel.cancel();
+    if let Some(s) = sessions.remove(&peer) {
+        s.cancel.cancel();
     }
+    // Its requests become requestable elsewhere; its bits leave the
+    // availability counts.
+    picker.remove_peer(&peer);
     backoff.insert(peer, Instant::now() + wait);
-}
-
-fn schedule<S: ChunkStore>(
-    inner: &Inner<S>,
-    params: &PickParams,
-    have: &Bitfield,
-    peers: &mut HashMap<PeerId, PeerState>,
-    map: &ChunkMap,
-    blob: &Digest,
-) {
-    let now = Instant::now();
-    let mut outstanding: HashMap<u32, usize> = HashMap::new();
-    for p in peers.values_mut() {
-        p.inflight.retain(|i, _| !have.get(*i));
-        p.declined.retain(|_, t| now.duration_since(*t) < DECLINE_BACKOFF);
-        for i in p.inflight.keys() {
-            *outstanding.entry(*i).or_default() += 1;
-        }
-    }
-    let cursor_chunk = map.chunk_at(inner.store.cursor(blob)).unwrap_or(0);
-    let picks = {
-        let excl: Vec<Box<dyn Fn(u32) -> bool + '_>> = peers
-            .values()
-            .map(|p| {
-                let f: Box<dyn Fn(u32) -> bool + '_> =
-                    Box::new(move |i| p.inflight.contains_key(&i) || p.declined.contains_key(&i));
-                f
-            })
-            .collect();
-        let views: Vec<(PeerId, PeerView<'_>)> = peers
-            .iter()
-            .zip(excl.iter())
-            .map(|((k, p), f)| {
-                (
-                    *k,
-                    PeerView {
-                        bits: &p.bits,
-                        inflight: p.inflight.len(),
-                        excluded: f.as_ref(),
-                    },
-                )
-            })
-            .collect();
-        pick(params, have, &outstanding, cursor_chunk, &views)
-    };
-    for (peer, index) in picks {
-        if let Some(p) = peers.get_mut(&peer) {
-            if p.tx.try_send(index).is_ok() {
-                if p.inflight.is_empty() {
-                    p.last_progress = now;
-                }
-                p.inflight.insert(index, now);
-            }
-        }
-    }
 }
 
 /// Asks candidate peers for the chunk map of `blob` until one answers.

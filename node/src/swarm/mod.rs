@@ -19,7 +19,7 @@
 //! - `exchange` (private): the chunk protocol over raw `libp2p-stream`
 //!   streams (framing in `frame`). Bytes go from the socket to the store
 //!   without passing through the swarm task. One downloader task per blob
-//!   runs the piece picker (`pick`) over per-peer sessions; one server task
+//!   runs the `protocol::picker::Picker` over per-peer sessions; one server task
 //!   per inbound stream serves verified chunks under upload slots and an
 //!   optional token-bucket rate.
 //! - [`chunkstore`]: the storage operations the swarm needs, and an interim
@@ -48,7 +48,6 @@ mod exchange;
 mod frame;
 pub mod keys;
 pub mod metrics;
-mod pick;
 mod task;
 
 use std::path::PathBuf;
