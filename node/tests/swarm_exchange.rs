@@ -47,3 +47,54 @@ async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
     }
     s.stop().await;
 }
+
+/// The same exchange over the node's real store (`node::store::Store`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_exchange_a_blob_over_the_real_store() {
+    use edgeswarm_node::store::{Store, StoreConfig};
+    use edgeswarm_node::swarm::Node;
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(6 << 20, 2, 256 << 10);
+    let open = |name: &str| {
+        let d = tmp.path().join(name);
+        async move {
+            let store = Store::open(d.join("store"), StoreConfig { max_size: None }).await.unwrap();
+            (d, store)
+        }
+    };
+    let (sd, seed_store) = open("seed").await;
+    seed_store.put_chunk_map(digest, &map).await.unwrap();
+    for i in 0..map.chunk_count() {
+        let r = map.chunk_range(i).unwrap();
+        seed_store
+            .write_chunk(digest, i, bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]))
+            .await
+            .unwrap();
+    }
+    assert!(seed_store.is_complete(&digest));
+    let (seed, seed_task) = Node::start(config(&sd, "lab", &[]), seed_store.clone()).await.unwrap();
+    seed.provide(digest).await.unwrap();
+    let seed_addr = seed.listen_addrs().await.unwrap()[0].clone();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let (d, store) = open(&format!("n{i}")).await;
+        let (c, t) = Node::start(config(&d, "lab", &[seed_addr.clone()]), store.clone()).await.unwrap();
+        nodes.push((c, t, store));
+    }
+    for (i, (c, _, store)) in nodes.iter().enumerate() {
+        let m = (i == 0).then(|| map.clone());
+        tokio::time::timeout(Duration::from_secs(120), c.fetch_blob(digest, m))
+            .await
+            .expect("fetch timed out")
+            .unwrap();
+        let path = store.blob_path(&digest).expect("blob complete");
+        assert_eq!(std::fs::read(path).unwrap(), data);
+    }
+    for (c, t, _) in nodes {
+        c.shutdown();
+        let _ = t.await;
+    }
+    seed.shutdown();
+    let _ = seed_task.await;
+}

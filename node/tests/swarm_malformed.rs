@@ -130,7 +130,14 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     assert!(penalised, "sender score did not drop: {:?}", a.client.gossip_score(bad_id).await);
 
     // Positive control: valid messages from an honest peer still arrive.
-    let valid = edgeswarm_protocol::encoding::encode(&(1u64, "status ok"));
+    use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
+    let valid = GossipMessage::Status(NodeStatus {
+        role: PeerRole::Node,
+        gateway_capable: false,
+        timestamp_ms: 1,
+        releases: Vec::new(),
+    })
+    .encode();
     let got = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let _ = b.client.publish(Topic::Status, valid.clone()).await;
@@ -144,8 +151,10 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     .await
     .expect("valid gossip never arrived");
     assert_eq!(got.source, Some(b.client.local_peer_id()));
-    // And our own publish path refuses garbage with a typed error.
+    // Our own publish path refuses garbage, and messages on the wrong topic,
+    // with a typed error.
     assert!(b.client.publish(Topic::Status, b"junk".to_vec()).await.is_err());
+    assert!(b.client.publish(Topic::Releases, valid.clone()).await.is_err());
     task.abort();
     a.stop().await;
     b.stop().await;

@@ -363,3 +363,60 @@ impl ChunkStore for DirStore {
         .map_err(|err| ChunkStoreError::Local(err.to_string()))?
     }
 }
+
+/// The node's real store (`node::store`), as the swarm sees it.
+impl ChunkStore for crate::store::Store {
+    fn chunk_map(&self, blob: &Digest) -> Option<Arc<ChunkMap>> {
+        crate::store::Store::chunk_map(self, blob)
+    }
+
+    fn bitfield(&self, blob: &Digest) -> Option<Bitfield> {
+        crate::store::Store::bitfield(self, blob)
+    }
+
+    fn is_complete(&self, blob: &Digest) -> bool {
+        crate::store::Store::is_complete(self, blob)
+    }
+
+    fn cursor(&self, blob: &Digest) -> u64 {
+        crate::store::Store::cursor(self, blob)
+    }
+
+    async fn put_chunk_map(&self, blob: Digest, map: &ChunkMap) -> Result<(), ChunkStoreError> {
+        crate::store::Store::put_chunk_map(self, blob, map)
+            .await
+            .map_err(from_store_error)
+    }
+
+    async fn write_chunk(
+        &self,
+        blob: Digest,
+        index: u32,
+        bytes: Bytes,
+    ) -> Result<ChunkWrite, ChunkStoreError> {
+        use crate::store::WriteOutcome;
+        match crate::store::Store::write_chunk(self, blob, index, bytes).await {
+            Ok(WriteOutcome::AlreadyHad) => Ok(ChunkWrite::AlreadyHad),
+            Ok(WriteOutcome::Stored) => Ok(ChunkWrite::Stored),
+            Ok(WriteOutcome::BlobComplete) => Ok(ChunkWrite::BlobComplete),
+            Err(e) => Err(from_store_error(e)),
+        }
+    }
+
+    async fn read_chunk(&self, blob: Digest, index: u32) -> Result<Bytes, ChunkStoreError> {
+        crate::store::Store::read_chunk(self, blob, index)
+            .await
+            .map_err(from_store_error)
+    }
+}
+
+/// Classifies store errors by whose fault they are.
+fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Chunk(c) => ChunkStoreError::Corrupt(c.to_string()),
+        StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
+        e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
+        e => ChunkStoreError::Local(e.to_string()),
+    }
+}

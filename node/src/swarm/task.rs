@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::encoding;
 use edgeswarm_protocol::Codec;
 use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
@@ -214,7 +213,7 @@ impl SwarmTask {
                 self.provider_queries.insert(id, (HashSet::new(), tx));
             }
             Command::Publish(topic, bytes, tx) => {
-                let r = match validate_gossip(&bytes) {
+                let r = match validate_gossip(topic, &bytes) {
                     Err(reason) => Err(SwarmError::Publish(reason)),
                     Ok(()) => self
                         .swarm
@@ -316,7 +315,7 @@ impl SwarmTask {
             .find(|t| self.protocols.topic(*t).hash() == msg.topic);
         let verdict = match topic {
             None => Err("unknown topic".to_string()),
-            Some(_) => validate_gossip(&msg.data),
+            Some(t) => validate_gossip(t, &msg.data),
         };
         let acceptance = match verdict {
             Ok(()) => gossipsub::MessageAcceptance::Accept,
@@ -343,17 +342,26 @@ impl SwarmTask {
     }
 }
 
-/// Validates a gossip payload: bounded, canonical CBOR array whose first
-/// element is a format version. (Topic-specific decoding moves to
-/// `protocol::wire` once it lands.)
-fn validate_gossip(data: &[u8]) -> Result<(), String> {
-    let value: ciborium::Value =
-        encoding::decode("gossip message", data, super::behaviour::MAX_GOSSIP_MESSAGE)
-            .map_err(|e| e.to_string())?;
-    match value {
-        ciborium::Value::Array(items) if matches!(items.first(), Some(ciborium::Value::Integer(_))) => {
-            Ok(())
-        }
-        _ => Err("gossip message is not a versioned CBOR array".into()),
+/// Validates a gossip payload with `protocol::wire`: bounded, canonical,
+/// a known message kind on the topic it belongs to. Signatures are checked
+/// by the consumer (it holds the trust policy).
+fn validate_gossip(topic: Topic, data: &[u8]) -> Result<(), String> {
+    use edgeswarm_protocol::wire::GossipMessage;
+    let msg = GossipMessage::decode(data).map_err(|e| e.to_string())?;
+    let ok = match topic {
+        Topic::Releases => matches!(
+            msg,
+            GossipMessage::Release(_) | GossipMessage::Resolution(_) | GossipMessage::ChunkDigests(_)
+        ),
+        Topic::Availability => matches!(
+            msg,
+            GossipMessage::Availability(_) | GossipMessage::ChunkDigests(_)
+        ),
+        Topic::Status => matches!(msg, GossipMessage::Status(_)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("message kind {} does not belong on {}", msg.kind(), topic.name()))
     }
 }
