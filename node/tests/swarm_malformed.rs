@@ -75,11 +75,17 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
     seed(&s, &data, digest, &map).await;
     let chunks = Protocols::new("lab").unwrap().chunks;
 
-    // Three attackers, three kinds of garbage.
-    let cases: [&[u8]; 3] = [
-        &[0xff, 0xff, 0xff, 0xff, 3],      // oversize length
-        &[0, 0, 0, 5, 99, 1, 2, 3, 4],     // unknown tag
-        &[0, 0, 0, 3, 3, 1, 2],            // REQUEST with a 2-byte body
+    // Four attackers, four kinds of garbage.
+    use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
+    let wrong_direction = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
+        request_id: 1,
+        status: ChunkStatus::NotHave,
+    }));
+    let cases: [&[u8]; 4] = [
+        &[0xff, 0xff, 0xff, 0xff, 3],  // oversize header length
+        &[0, 0, 0, 5, 99, 1, 2, 3, 4], // not CBOR
+        &[0, 0, 0, 3, 0x83, 1, 2],     // truncated CBOR array
+        &wrong_direction,              // a response sent by a requester
     ];
     for (n, junk) in cases.iter().enumerate() {
         let (id, mut control, task) = attacker(s.addr.clone(), false);
@@ -95,7 +101,7 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
         assert!(gone, "banned attacker {n} still connected");
         task.abort();
     }
-    assert!(s.client.stats().protocol_violations >= 3);
+    assert!(s.client.stats().protocol_violations >= 4);
 
     // The node survived and still serves honest peers.
     let d = tmp.path().join("honest");

@@ -1,17 +1,23 @@
-//! Chunk exchange over raw `libp2p-stream` streams (framing: `frame`).
+//! Chunk exchange over raw `libp2p-stream` streams, speaking the frames of
+//! `protocol::wire` (see `frame`).
 //!
 //! - **Serving.** Every inbound stream gets a task (bounded by a semaphore).
 //!   A reader half parses frames into a bounded queue; the writer half
-//!   answers in order, pushes `HAVE` deltas every 200 ms, and serves each
-//!   chunk under an upload slot and the optional token bucket, reading it
-//!   from the store (which re-verifies it). Partial blobs are served.
-//! - **Downloading.** One coordinator task per blob owns the picker state:
-//!   our bitfield, each peer's bitfield and in-flight requests. Per peer a
-//!   session task owns one stream: it sends `INTEREST` and the requests the
-//!   coordinator hands it (bounded queue, several in flight), reads
-//!   `BITFIELD`/`HAVE`/`CHUNK`/`REJECT`, and writes each chunk into the store
-//!   (verified there), reporting back. The swarm task only sees commands
-//!   (providers, bans), never bytes.
+//!   answers `Hello` with our `Hello` and a `Bitfield` per known blob, pushes
+//!   `Have` for newly verified chunks every 200 ms, and answers requests in
+//!   order: each chunk under an upload slot and the optional token bucket,
+//!   read from the store (which re-verifies it). Partial blobs are served.
+//!   An origin seed answers `Busy` for a chunk it uploaded moments ago
+//!   (seed sparing), so peers trade it among themselves.
+//! - **Downloading.** One coordinator task per blob owns a
+//!   `protocol::picker::Picker` fed with our bitfield, each peer's
+//!   bitfield/haves, arrivals and failures; it hands requests to per-peer
+//!   session tasks. A session owns one stream: it sends `Hello` and
+//!   pipelined `ChunkRequest`s (several in flight, ids tracked), reads
+//!   `Bitfield`/`Have`/`ChunkResponse`, reads each payload straight into a
+//!   chunk-sized buffer and writes it to the store (verified there),
+//!   reporting back. The swarm task only sees commands (providers, bans),
+//!   never bytes.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -21,6 +27,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig};
+use edgeswarm_protocol::chunkmap::MAX_CHUNK_MAP_BYTES;
+use edgeswarm_protocol::wire::{
+    self, BitfieldMsg, ChunkMapRequest, ChunkMapResponse, ChunkRequest, ChunkResponse, ChunkStatus,
+    Have, Hello, StreamMessage,
+};
 use edgeswarm_protocol::{Bitfield, ChunkMap, Digest};
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream};
@@ -28,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::frame::{self, FrameError, RejectReason};
+use super::frame::{self, FrameError};
 use super::metrics::SwarmMetrics;
 use super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, Protocols, SwarmConfig, SwarmError};
 
@@ -238,37 +249,52 @@ fn penalise<S>(inner: &Inner<S>, peer: PeerId, reason: &str) {
         .try_send(Command::Ban(peer, format!("protocol violation: {reason}")));
 }
 
+/// Most blobs one stream's `Hello` may bind.
+const MAX_HELLO_BLOBS: usize = 64;
+
 /// Requests parsed by a server's reader half.
 enum Incoming {
-    GetMap(Digest),
-    Interest(Digest),
-    Request(u32),
+    Hello(Vec<Digest>),
+    Map(u64, Digest),
+    Chunk(u64, Digest, u32),
 }
 
 async fn serve_reader<R: AsyncRead + Unpin>(
     mut r: R,
     tx: mpsc::Sender<Incoming>,
 ) -> Result<(), FrameError> {
+    let mut hello = false;
     loop {
-        let h = match frame::read_header(&mut r).await {
-            Ok(h) => h,
-            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        let msg = match frame::read_message(&mut r).await {
+            Ok(m) => m,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(())
+            }
             Err(e) => return Err(e),
         };
-        if h.body_len > 64 {
-            return Err(FrameError::violation(format!(
-                "request frame of {} bytes",
-                h.body_len
-            )));
-        }
-        let body = frame::read_body(&mut r, &h).await?;
-        let msg = match h.tag {
-            frame::GET_MAP => Incoming::GetMap(frame::parse_digest(&body)?),
-            frame::INTEREST => Incoming::Interest(frame::parse_digest(&body)?),
-            frame::REQUEST => Incoming::Request(frame::parse_u32(&body)?),
-            t => return Err(FrameError::violation(format!("unexpected frame tag {t}"))),
+        let incoming = match msg {
+            StreamMessage::Hello(h) if !hello => {
+                hello = true;
+                if h.blobs.len() > MAX_HELLO_BLOBS {
+                    return Err(FrameError::violation(format!(
+                        "Hello lists {} blobs",
+                        h.blobs.len()
+                    )));
+                }
+                Incoming::Hello(h.blobs)
+            }
+            StreamMessage::ChunkRequest(q) if hello => Incoming::Chunk(q.request_id, q.blob, q.index),
+            StreamMessage::ChunkMapRequest(q) if hello => Incoming::Map(q.request_id, q.blob),
+            StreamMessage::Cancel(_) if hello => continue, // we answer anyway (allowed)
+            StreamMessage::Have(_) | StreamMessage::Bitfield(_) if hello => continue,
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} from a requester",
+                    other.kind()
+                )))
+            }
         };
-        if tx.send(msg).await.is_err() {
+        if tx.send(incoming).await.is_err() {
             return Ok(());
         }
     }
@@ -283,40 +309,45 @@ async fn serve_stream<S: ChunkStore>(
     let (tx, mut rx) = mpsc::channel(SERVER_QUEUE);
     let reader = serve_reader(r, tx);
     let writer = async {
-        let mut bound: Option<Digest> = None;
-        let mut sent: Option<Bitfield> = None;
+        // Blobs the requester asked about, with the bitfield last sent.
+        let mut bound: Vec<(Digest, Option<Bitfield>)> = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return Ok::<(), FrameError>(()) };
                     match msg {
-                        Incoming::GetMap(blob) => match inner.store.chunk_map(&blob) {
-                            Some(map) => frame::write_frame(&mut w, frame::MAP, &[&map.encode()]).await?,
-                            None => frame::write_frame(&mut w, frame::NO_MAP, &[]).await?,
-                        },
-                        Incoming::Interest(blob) => {
-                            if bound.is_some() {
-                                return Err(FrameError::violation("second INTEREST on a stream"));
+                        Incoming::Hello(blobs) => {
+                            let known: Vec<Digest> = blobs.iter().copied().filter(|b| inner.store.bitfield(b).is_some()).collect();
+                            let hello = StreamMessage::Hello(Hello { protocol_version: wire::STREAM_VERSION, blobs: known });
+                            frame::write_message(&mut w, &hello, &[]).await?;
+                            bound = blobs.into_iter().map(|b| (b, None)).collect();
+                            for (blob, sent) in bound.iter_mut() {
+                                push_haves(inner, &mut w, blob, sent).await?;
                             }
-                            bound = Some(blob);
-                            let bits = advertised(inner, &blob).unwrap_or_else(|| Bitfield::new(0));
-                            frame::write_frame(&mut w, frame::BITFIELD, &[&bits.len().to_be_bytes(), bits.as_bytes()]).await?;
-                            sent = Some(bits);
                         }
-                        Incoming::Request(index) => {
-                            let Some(blob) = bound else {
-                                frame::write_frame(&mut w, frame::REJECT, &[&index.to_be_bytes(), &[RejectReason::Invalid as u8]]).await?;
-                                continue;
-                            };
-                            serve_chunk(inner, peer, &mut w, blob, index).await?;
+                        Incoming::Map(request_id, blob) => match inner.store.chunk_map(&blob) {
+                            Some(map) => {
+                                let bytes = map.encode();
+                                let resp = StreamMessage::ChunkMapResponse(ChunkMapResponse { request_id, blob, status: ChunkStatus::Ok { len: bytes.len() as u64 } });
+                                frame::write_message(&mut w, &resp, &bytes).await?;
+                            }
+                            None => {
+                                let resp = StreamMessage::ChunkMapResponse(ChunkMapResponse { request_id, blob, status: ChunkStatus::NotHave });
+                                frame::write_message(&mut w, &resp, &[]).await?;
+                            }
+                        },
+                        Incoming::Chunk(request_id, blob, index) => {
+                            serve_chunk(inner, peer, &mut w, request_id, blob, index).await?;
                         }
                     }
                     w.flush().await?;
                 }
                 _ = tick.tick() => {
-                    if let Some(blob) = bound {
-                        push_haves(inner, &mut w, &blob, &mut sent).await?;
+                    if !bound.is_empty() {
+                        for (blob, sent) in bound.iter_mut() {
+                            push_haves(inner, &mut w, blob, sent).await?;
+                        }
                         w.flush().await?;
                     }
                 }
@@ -339,6 +370,8 @@ fn advertised<S: ChunkStore>(inner: &Inner<S>, blob: &Digest) -> Option<Bitfield
     Some(bits)
 }
 
+/// Sends the bitfield of `blob` the first time we know it, then `Have`
+/// for every chunk verified since the last call.
 async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
     w: &mut W,
@@ -350,43 +383,46 @@ async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
     };
     match sent {
         Some(prev) if prev.len() == now.len() => {
-            let new: Vec<u32> = now.iter_ones().filter(|i| !prev.get(*i)).collect();
-            for batch in new.chunks(frame::MAX_HAVE_BATCH) {
-                let body: Vec<u8> = batch.iter().flat_map(|i| i.to_be_bytes()).collect();
-                frame::write_frame(w, frame::HAVE, &[&body]).await?;
+            for index in now.iter_ones().filter(|i| !prev.get(*i)) {
+                let have = StreamMessage::Have(Have { blob: *blob, index });
+                frame::write_message(w, &have, &[]).await?;
             }
         }
         _ => {
-            // First knowledge of the blob: send the whole bitfield.
-            frame::write_frame(w, frame::BITFIELD, &[&now.len().to_be_bytes(), now.as_bytes()])
-                .await?;
+            let msg = StreamMessage::Bitfield(BitfieldMsg {
+                blob: *blob,
+                bitfield: now.clone(),
+            });
+            frame::write_message(w, &msg, &[]).await?;
         }
     }
     *sent = Some(now);
     Ok(())
 }
 
+async fn respond<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    request_id: u64,
+    status: ChunkStatus,
+) -> Result<(), FrameError> {
+    let msg = StreamMessage::ChunkResponse(ChunkResponse { request_id, status });
+    frame::write_message(w, &msg, &[]).await
+}
+
 async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
     peer: PeerId,
     w: &mut W,
+    request_id: u64,
     blob: Digest,
     index: u32,
 ) -> Result<(), FrameError> {
-    let reject = |reason: RejectReason| {
-        let idx = index.to_be_bytes();
-        async move {
-            let _ = reason;
-            (idx, reason as u8)
-        }
-    };
     let Some(map) = inner.store.chunk_map(&blob) else {
-        let (i, r) = reject(RejectReason::NotHeld).await;
-        return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
+        return respond(w, request_id, ChunkStatus::NotHave).await;
     };
     let Ok(len) = map.chunk_len(index) else {
-        let (i, r) = reject(RejectReason::Invalid).await;
-        return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
+        let message = wire::truncate_message(&format!("chunk {index} out of range"));
+        return respond(w, request_id, ChunkStatus::Error { message }).await;
     };
     let _slot = inner
         .upload_slots
@@ -396,9 +432,11 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     let bytes = if inner.corrupt_uploads {
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
-        // Seed sparing: an origin seed uploads each chunk once per period.
+        // Seed sparing: an origin seed uploads each chunk once per period
+        // and answers Busy meanwhile, so peers fetch it from each other.
         if let Some(period) = inner.seed_sparing {
-            let origin = inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
+            let origin =
+                inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
             if origin {
                 let now = Instant::now();
                 let recently = {
@@ -415,8 +453,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
                     }
                 };
                 if recently {
-                    let (i, r) = reject(RejectReason::RecentlyUploaded).await;
-                    return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
+                    return respond(w, request_id, ChunkStatus::Busy).await;
                 }
             }
         }
@@ -424,15 +461,20 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
             Ok(b) => b,
             Err(e) => {
                 debug!(%blob, index, error = %e, "cannot serve chunk");
-                let (i, r) = reject(RejectReason::NotHeld).await;
-                return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
+                return respond(w, request_id, ChunkStatus::NotHave).await;
             }
         }
     };
     if let Some(bucket) = &inner.bucket {
         bucket.take(bytes.len() as u64).await;
     }
-    frame::write_frame(w, frame::CHUNK, &[&index.to_be_bytes(), &bytes]).await?;
+    let head = StreamMessage::ChunkResponse(ChunkResponse {
+        request_id,
+        status: ChunkStatus::Ok {
+            len: bytes.len() as u64,
+        },
+    });
+    frame::write_message(w, &head, &bytes).await?;
     inner.metrics.chunks_uploaded.inc();
     inner.metrics.bytes_uploaded.inc_by(bytes.len() as u64);
     debug!(%peer, %blob, index, "served chunk");
@@ -448,7 +490,7 @@ enum Event {
     Stored(PeerId, u32, ChunkWrite),
     Corrupt(PeerId, u32, String),
     StoreFailed(PeerId, u32, ChunkStoreError),
-    Rejected(PeerId, u32, RejectReason),
+    Rejected(PeerId, u32, FailReason),
     Closed(PeerId, Option<String>, bool),
     Candidates(Vec<PeerId>),
 }
@@ -578,13 +620,8 @@ async fn download<S: ChunkStore>(
                             return Err(SwarmError::Store(err));
                         }
                     }
-                    Event::Rejected(peer, index, reason) => {
+                    Event::Rejected(peer, index, why) => {
                         inner.metrics.rejected_requests.inc();
-                        let why = match reason {
-                            RejectReason::NotHeld => FailReason::NotHave,
-                            // Seed sparing: ask another holder of this chunk.
-                            RejectReason::RecentlyUploaded | RejectReason::Invalid => FailReason::Error,
-                        };
                         picker.request_failed(&peer, &blob, index, why, now_ms());
                     }
                     Event::Closed(peer, violation, unsupported) => {
@@ -666,7 +703,10 @@ fn drop_peer(
 }
 
 /// Asks candidate peers for the chunk map of `blob` until one answers.
-async fn fetch_map<S: ChunkStore>(inner: &Arc<Inner<S>>, blob: Digest) -> Result<ChunkMap, SwarmError> {
+async fn fetch_map<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+) -> Result<ChunkMap, SwarmError> {
     let mut tried: HashSet<PeerId> = HashSet::new();
     for round in 0..60u32 {
         let mut candidates = Vec::new();
@@ -676,7 +716,12 @@ async fn fetch_map<S: ChunkStore>(inner: &Arc<Inner<S>>, blob: Digest) -> Result
         }
         if round % 5 == 0 {
             let (tx, rx) = oneshot::channel();
-            if inner.commands.send(Command::GetProviders(blob, tx)).await.is_ok() {
+            if inner
+                .commands
+                .send(Command::GetProviders(blob, tx))
+                .await
+                .is_ok()
+            {
                 if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
                     candidates.extend(list);
                 }
@@ -714,19 +759,47 @@ async fn get_map<S: ChunkStore>(
         .open_stream(peer, inner.protocols.chunks.clone())
         .await
         .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
-    frame::write_frame(&mut stream, frame::GET_MAP, &[blob.as_bytes()]).await?;
+    let hello = StreamMessage::Hello(Hello {
+        protocol_version: wire::STREAM_VERSION,
+        blobs: vec![blob],
+    });
+    frame::write_message(&mut stream, &hello, &[]).await?;
+    let req = StreamMessage::ChunkMapRequest(ChunkMapRequest {
+        request_id: 1,
+        blob,
+    });
+    frame::write_message(&mut stream, &req, &[]).await?;
     stream.flush().await?;
-    let h = frame::read_header(&mut stream).await?;
-    match h.tag {
-        frame::MAP => {
-            let body = frame::read_body(&mut stream, &h).await?;
-            let map = ChunkMap::decode(&body).map_err(|e| FrameError::violation(e.to_string()))?;
-            Ok(Some(map))
+    loop {
+        match frame::read_message(&mut stream).await? {
+            StreamMessage::Hello(_) | StreamMessage::Bitfield(_) | StreamMessage::Have(_) => {}
+            StreamMessage::ChunkMapResponse(resp) if resp.request_id == 1 && resp.blob == blob => {
+                return match resp.status {
+                    ChunkStatus::Ok { len } => {
+                        if len > MAX_CHUNK_MAP_BYTES as u64 {
+                            return Err(FrameError::violation("oversize chunk map"));
+                        }
+                        let mut body = vec![0u8; len as usize];
+                        stream.read_exact(&mut body).await?;
+                        let map = ChunkMap::decode(&body)
+                            .map_err(|e| FrameError::violation(e.to_string()))?;
+                        Ok(Some(map))
+                    }
+                    _ => Ok(None),
+                };
+            }
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} while awaiting a chunk map",
+                    other.kind()
+                )))
+            }
         }
-        frame::NO_MAP => Ok(None),
-        t => Err(FrameError::violation(format!("unexpected reply tag {t} to GET_MAP"))),
     }
 }
+
+/// Request ids sent on a session and not yet answered, with their chunk.
+type Outstanding = Arc<Mutex<HashMap<u64, u32>>>;
 
 /// One download session with one peer for one blob.
 async fn session<S: ChunkStore>(
@@ -761,10 +834,11 @@ async fn session<S: ChunkStore>(
         }
     };
     let (r, w) = stream.split();
+    let outstanding: Outstanding = Arc::new(Mutex::new(HashMap::new()));
     let res = tokio::select! {
         _ = cancel.cancelled() => return,
-        r = session_writer(w, blob, requests) => r,
-        r = session_reader(&inner, r, peer, blob, &map, &events) => r,
+        r = session_writer(w, blob, requests, outstanding.clone()) => r,
+        r = session_reader(&inner, r, peer, blob, &map, &events, &outstanding) => r,
     };
     let violation = match res {
         Err(e) if e.is_violation() => Some(e.to_string()),
@@ -781,11 +855,24 @@ async fn session_writer<W: AsyncWrite + Unpin>(
     mut w: W,
     blob: Digest,
     mut requests: mpsc::Receiver<u32>,
+    outstanding: Outstanding,
 ) -> Result<(), FrameError> {
-    frame::write_frame(&mut w, frame::INTEREST, &[blob.as_bytes()]).await?;
+    let hello = StreamMessage::Hello(Hello {
+        protocol_version: wire::STREAM_VERSION,
+        blobs: vec![blob],
+    });
+    frame::write_message(&mut w, &hello, &[]).await?;
     w.flush().await?;
+    let mut next_id: u64 = 0;
     while let Some(index) = requests.recv().await {
-        frame::write_frame(&mut w, frame::REQUEST, &[&index.to_be_bytes()]).await?;
+        next_id += 1;
+        lock(&outstanding).insert(next_id, index);
+        let req = StreamMessage::ChunkRequest(ChunkRequest {
+            request_id: next_id,
+            blob,
+            index,
+        });
+        frame::write_message(&mut w, &req, &[]).await?;
         w.flush().await?;
     }
     Ok(())
@@ -798,88 +885,89 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
     blob: Digest,
     map: &ChunkMap,
     events: &mpsc::Sender<Event>,
+    outstanding: &Outstanding,
 ) -> Result<(), FrameError> {
     let count = map.chunk_count();
+    let mut hello = false;
     loop {
-        let h = frame::read_header(&mut r).await?;
-        let ev = match h.tag {
-            frame::BITFIELD => {
-                let body = frame::read_body(&mut r, &h).await?;
-                if body.len() < 4 {
-                    return Err(FrameError::violation("short BITFIELD"));
-                }
-                let len = frame::parse_u32(&body[..4])?;
-                if len == 0 {
-                    continue; // the peer has not heard of the blob yet
-                }
-                if len != count {
-                    return Err(FrameError::violation(format!("BITFIELD of {len} bits for {count} chunks")));
-                }
-                let bits = Bitfield::from_bytes(len, body[4..].to_vec())
-                    .map_err(|e| FrameError::violation(e.to_string()))?;
-                Event::Bitfield(peer, bits)
+        let msg = frame::read_message(&mut r).await?;
+        let ev = match msg {
+            StreamMessage::Hello(_) if !hello => {
+                hello = true;
+                continue;
             }
-            frame::HAVE => {
-                let body = frame::read_body(&mut r, &h).await?;
-                if body.len() % 4 != 0 || body.len() / 4 > frame::MAX_HAVE_BATCH {
-                    return Err(FrameError::violation("malformed HAVE"));
+            StreamMessage::Bitfield(b) if hello => {
+                if b.blob != blob {
+                    continue; // about another blob we did not ask for: ignore
                 }
-                let list: Vec<u32> = body
-                    .chunks_exact(4)
-                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                if list.iter().any(|i| *i >= count) {
-                    return Err(FrameError::violation("HAVE index out of range"));
-                }
-                Event::Have(peer, list)
-            }
-            frame::REJECT => {
-                let body = frame::read_body(&mut r, &h).await?;
-                if body.len() != 5 {
-                    return Err(FrameError::violation("malformed REJECT"));
-                }
-                let index = frame::parse_u32(&body[..4])?;
-                let reason = RejectReason::from_u8(body[4])
-                    .ok_or_else(|| FrameError::violation("unknown REJECT reason"))?;
-                Event::Rejected(peer, index, reason)
-            }
-            frame::CHUNK => {
-                if h.body_len < 4 {
-                    return Err(FrameError::violation("short CHUNK"));
-                }
-                let mut idx = [0u8; 4];
-                r.read_exact(&mut idx).await?;
-                let index = u32::from_be_bytes(idx);
-                let expected = map
-                    .chunk_len(index)
-                    .map_err(|e| FrameError::violation(e.to_string()))?;
-                if h.body_len - 4 != expected {
+                if b.bitfield.len() != count {
                     return Err(FrameError::violation(format!(
-                        "CHUNK {index} of {} bytes, expected {expected}",
-                        h.body_len - 4
+                        "bitfield of {} bits for {count} chunks",
+                        b.bitfield.len()
                     )));
                 }
-                let mut buf = vec![0u8; expected as usize];
-                r.read_exact(&mut buf).await?;
-                match inner.store.write_chunk(blob, index, Bytes::from(buf)).await {
-                    Ok(outcome) => {
-                        if outcome == ChunkWrite::AlreadyHad {
-                            inner.metrics.duplicate_chunks.inc();
-                        } else {
-                            inner.metrics.chunks_downloaded.inc();
-                            inner.metrics.bytes_downloaded.inc_by(expected as u64);
-                            inner.metrics.record_source(peer);
+                Event::Bitfield(peer, b.bitfield)
+            }
+            StreamMessage::Have(h) if hello => {
+                if h.blob != blob {
+                    continue;
+                }
+                if h.index >= count {
+                    return Err(FrameError::violation("Have index out of range"));
+                }
+                Event::Have(peer, vec![h.index])
+            }
+            StreamMessage::ChunkResponse(resp) if hello => {
+                let Some(index) = lock(outstanding).remove(&resp.request_id) else {
+                    return Err(FrameError::violation(format!(
+                        "response to unknown request {}",
+                        resp.request_id
+                    )));
+                };
+                match resp.status {
+                    ChunkStatus::Ok { len } => {
+                        let expected = map
+                            .chunk_len(index)
+                            .map_err(|e| FrameError::violation(e.to_string()))?;
+                        if len != expected as u64 {
+                            return Err(FrameError::violation(format!(
+                                "chunk {index} of {len} bytes, expected {expected}"
+                            )));
                         }
-                        Event::Stored(peer, index, outcome)
+                        let mut buf = vec![0u8; expected as usize];
+                        r.read_exact(&mut buf).await?;
+                        match inner.store.write_chunk(blob, index, Bytes::from(buf)).await {
+                            Ok(outcome) => {
+                                if outcome == ChunkWrite::AlreadyHad {
+                                    inner.metrics.duplicate_chunks.inc();
+                                } else {
+                                    inner.metrics.chunks_downloaded.inc();
+                                    inner.metrics.bytes_downloaded.inc_by(expected as u64);
+                                    inner.metrics.record_source(peer);
+                                }
+                                Event::Stored(peer, index, outcome)
+                            }
+                            Err(ChunkStoreError::Corrupt(reason)) => {
+                                let _ = events.send(Event::Corrupt(peer, index, reason)).await;
+                                return Ok(());
+                            }
+                            Err(e) => Event::StoreFailed(peer, index, e),
+                        }
                     }
-                    Err(ChunkStoreError::Corrupt(reason)) => {
-                        let _ = events.send(Event::Corrupt(peer, index, reason)).await;
-                        return Ok(());
+                    ChunkStatus::NotHave => Event::Rejected(peer, index, FailReason::NotHave),
+                    // Busy (seed sparing, upload limit) and errors: ask
+                    // another holder of this chunk.
+                    ChunkStatus::Busy | ChunkStatus::Error { .. } => {
+                        Event::Rejected(peer, index, FailReason::Error)
                     }
-                    Err(e) => Event::StoreFailed(peer, index, e),
                 }
             }
-            t => return Err(FrameError::violation(format!("unexpected frame tag {t}"))),
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} from a server",
+                    other.kind()
+                )))
+            }
         };
         if events.send(ev).await.is_err() {
             return Ok(());

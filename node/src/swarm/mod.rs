@@ -179,7 +179,7 @@ impl SwarmConfig {
             ban_duration: Duration::from_secs(600),
             stall_base: Duration::from_secs(10),
             stall_min_rate: 256 << 10,
-            seed_sparing: Some(Duration::from_secs(15)),
+            seed_sparing: Some(Duration::from_secs(60)),
             deadline_window: 8,
             corrupt_uploads: false,
         }
