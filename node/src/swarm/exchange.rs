@@ -59,6 +59,19 @@ pub(crate) trait Fetch: Send + Sync {
     fn fetch(&self, blob: Digest, map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>>;
 }
 
+/// The exchange of a peer without a store (the bootstrap peer).
+pub(crate) struct NoStore;
+
+impl Fetch for NoStore {
+    fn fetch(&self, _blob: Digest, _map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
+        Box::pin(async {
+            Err(SwarmError::Config(
+                "this peer has no store (bootstrap mode)".into(),
+            ))
+        })
+    }
+}
+
 /// A token bucket for `--max-upload-rate`.
 struct TokenBucket {
     rate: f64,

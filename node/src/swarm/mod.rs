@@ -327,6 +327,18 @@ impl Node {
         config: SwarmConfig,
         store: S,
     ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
-        task::start(config, store).await
+        let key = config.data_dir.join(keys::IDENTITY_FILE);
+        task::start(config, key, Some(store)).await
+    }
+
+    /// Starts a bootstrap peer: DHT and gossip mesh only, no store and no
+    /// chunk protocol, with its identity in `key_file` (created if absent)
+    /// so its PeerId, and so the `/p2p/` address operators configure, is
+    /// fixed. `fetch_blob` on its client returns an error.
+    pub async fn start_bootstrap(
+        config: SwarmConfig,
+        key_file: PathBuf,
+    ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
+        task::start::<DirStore>(config, key_file, None).await
     }
 }

@@ -3,6 +3,7 @@
 //! runs elsewhere.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::behaviour::{build_swarm, Behaviour, BehaviourEvent, NetConfig, Protocols, Topic};
-use super::exchange::Exchange;
-use super::keys::{load_or_create_identity, read_swarm_key, IDENTITY_FILE};
+use super::exchange::{Exchange, Fetch, NoStore};
+use super::keys::{load_or_create_identity, read_swarm_key};
 use super::metrics::SwarmMetrics;
 use super::{ChunkStore, Command, GossipMessage, SwarmClient, SwarmConfig, SwarmError};
 
@@ -27,10 +28,10 @@ const COMMANDS: usize = 256;
 
 pub(crate) async fn start<S: ChunkStore>(
     config: SwarmConfig,
-    store: S,
+    key_path: PathBuf,
+    store: Option<S>,
 ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
     let protocols = Protocols::new(&config.locality)?;
-    let key_path = config.data_dir.join(IDENTITY_FILE);
     let key = tokio::task::spawn_blocking(move || load_or_create_identity(&key_path))
         .await
         .map_err(|e| SwarmError::Config(e.to_string()))??;
@@ -74,16 +75,19 @@ pub(crate) async fn start<S: ChunkStore>(
     let (gossip_tx, _) = broadcast::channel(256);
     let metrics = SwarmMetrics::default();
     let shutdown = CancellationToken::new();
-    let exchange = Exchange::start(
-        &config,
-        store,
-        control,
-        protocols.clone(),
-        cmd_tx.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-        peer_id,
-    )?;
+    let exchange: Arc<dyn Fetch> = match store {
+        Some(store) => Arc::new(Exchange::start(
+            &config,
+            store,
+            control,
+            protocols.clone(),
+            cmd_tx.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            peer_id,
+        )?),
+        None => Arc::new(NoStore),
+    };
     let mut state = SwarmTask {
         swarm,
         protocols,
@@ -106,7 +110,7 @@ pub(crate) async fn start<S: ChunkStore>(
         peer_id,
         cmd: cmd_tx,
         gossip: gossip_tx,
-        exchange: Arc::new(exchange),
+        exchange,
         metrics,
         shutdown,
     };
