@@ -39,8 +39,7 @@ struct Args {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -57,7 +56,11 @@ async fn main() -> Result<()> {
     let (client, task) = Node::start_bootstrap(config, args.key.clone())
         .await
         .with_context(|| format!("starting bootstrap peer with key {}", args.key.display()))?;
-    for addr in client.listen_addrs().await.context("reading listen addresses")? {
+    for addr in client
+        .listen_addrs()
+        .await
+        .context("reading listen addresses")?
+    {
         println!("{addr}");
     }
     tokio::select! {

@@ -89,10 +89,14 @@ async fn seed_child(mib: u64, key: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let store = DirStore::open(dir.path().join("store")).await.unwrap();
     let len = mib << 20;
-    let (digest, map) = tokio::task::spawn_blocking(move || chunk_map_of(7, len)).await.unwrap();
+    let (digest, map) = tokio::task::spawn_blocking(move || chunk_map_of(7, len))
+        .await
+        .unwrap();
     store.import(digest, &map, Gen::new(7, len)).await.unwrap();
     let key = key.map(std::path::PathBuf::from);
-    let (client, task) = Node::start(cfg(dir.path(), key.as_deref(), vec![]), store).await.unwrap();
+    let (client, task) = Node::start(cfg(dir.path(), key.as_deref(), vec![]), store)
+        .await
+        .unwrap();
     client.provide(digest).await.unwrap();
     let addr = client.listen_addrs().await.unwrap()[0].clone();
     println!("{addr} {}", digest.to_hex());
@@ -136,7 +140,9 @@ async fn pair(mib: u64, key: Option<&Path>) -> PairResult {
 
     let dir = tempfile::tempdir().unwrap();
     let store = DirStore::open(dir.path().join("store")).await.unwrap();
-    let (client, task) = Node::start(cfg(dir.path(), key, vec![addr]), store).await.unwrap();
+    let (client, task) = Node::start(cfg(dir.path(), key, vec![addr]), store)
+        .await
+        .unwrap();
     let base = rss_kib();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(base));
     let p2 = peak.clone();
@@ -204,7 +210,12 @@ fn main() {
         rt.block_on(seed_child(mib, args.get(3).cloned()));
         return;
     }
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let mib = env("SWARM_BENCH_MIB", 256);
     let big = env("SWARM_BENCH_BIG_MIB", 1024);
     rt.block_on(async {

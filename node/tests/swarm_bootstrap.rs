@@ -10,11 +10,15 @@ use swarm_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_meet_through_a_bootstrap_peer() {
-    let _ = tracing_subscriber::fmt().with_env_filter("error").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("boot").join("bootstrap.key");
     let bcfg = config(&tmp.path().join("boot"), "lab", &[]);
-    let (boot, boot_task) = Node::start_bootstrap(bcfg.clone(), key.clone()).await.unwrap();
+    let (boot, boot_task) = Node::start_bootstrap(bcfg.clone(), key.clone())
+        .await
+        .unwrap();
     let boot_id = boot.local_peer_id();
     let boot_addr = boot.listen_addrs().await.unwrap()[0].clone();
 
@@ -30,7 +34,11 @@ async fn nodes_meet_through_a_bootstrap_peer() {
         .expect("fetch through bootstrap timed out")
         .unwrap();
     assert!(holds(&n.store, &digest, &data));
-    assert_eq!(boot.stats().bytes_uploaded, 0, "the bootstrap peer serves no chunks");
+    assert_eq!(
+        boot.stats().bytes_uploaded,
+        0,
+        "the bootstrap peer serves no chunks"
+    );
     assert!(boot.fetch_blob(digest, None).await.is_err());
 
     // Fixed identity: a restart from the same key file keeps the PeerId.

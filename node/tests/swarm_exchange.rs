@@ -40,8 +40,15 @@ async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
         assert!(holds(&n.store, &digest, &data));
         assert_eq!(n.client.stats().bad_chunks, 0);
     }
-    let total: u64 = nodes.iter().map(|n| n.client.stats().bytes_downloaded).sum();
-    assert_eq!(total, 3 * data.len() as u64, "every chunk fetched exactly once");
+    let total: u64 = nodes
+        .iter()
+        .map(|n| n.client.stats().bytes_downloaded)
+        .sum();
+    assert_eq!(
+        total,
+        3 * data.len() as u64,
+        "every chunk fetched exactly once"
+    );
     for n in nodes {
         n.stop().await;
     }
@@ -59,7 +66,9 @@ async fn nodes_exchange_a_blob_over_the_real_store() {
     let open = |name: &str| {
         let d = tmp.path().join(name);
         async move {
-            let store = Store::open(d.join("store"), StoreConfig { max_size: None }).await.unwrap();
+            let store = Store::open(d.join("store"), StoreConfig { max_size: None })
+                .await
+                .unwrap();
             (d, store)
         }
     };
@@ -68,18 +77,26 @@ async fn nodes_exchange_a_blob_over_the_real_store() {
     for i in 0..map.chunk_count() {
         let r = map.chunk_range(i).unwrap();
         seed_store
-            .write_chunk(digest, i, bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]))
+            .write_chunk(
+                digest,
+                i,
+                bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]),
+            )
             .await
             .unwrap();
     }
     assert!(seed_store.is_complete(&digest));
-    let (seed, seed_task) = Node::start(config(&sd, "lab", &[]), seed_store.clone()).await.unwrap();
+    let (seed, seed_task) = Node::start(config(&sd, "lab", &[]), seed_store.clone())
+        .await
+        .unwrap();
     seed.provide(digest).await.unwrap();
     let seed_addr = seed.listen_addrs().await.unwrap()[0].clone();
     let mut nodes = Vec::new();
     for i in 0..2 {
         let (d, store) = open(&format!("n{i}")).await;
-        let (c, t) = Node::start(config(&d, "lab", &[seed_addr.clone()]), store.clone()).await.unwrap();
+        let (c, t) = Node::start(config(&d, "lab", &[seed_addr.clone()]), store.clone())
+            .await
+            .unwrap();
         nodes.push((c, t, store));
     }
     for (i, (c, _, store)) in nodes.iter().enumerate() {

@@ -9,7 +9,9 @@ use swarm_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
-    let _ = tracing_subscriber::fmt().with_env_filter("error").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(8 << 20, 3, 256 << 10);
     let seed_dir = tmp.path().join("seed");
@@ -50,14 +52,20 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
         let st = n.client.stats();
         bad_chunks += st.bad_chunks;
         if st.bad_chunks > 0 {
-            assert!(st.bans >= 1, "a node that got a bad chunk must ban the sender");
+            assert!(
+                st.bans >= 1,
+                "a node that got a bad chunk must ban the sender"
+            );
             assert!(
                 !n.client.connected_peers().await.unwrap().contains(&bad_id),
                 "banned peer still connected"
             );
         }
     }
-    assert!(bad_chunks >= 1, "the liar was never asked: the test proves nothing");
+    assert!(
+        bad_chunks >= 1,
+        "the liar was never asked: the test proves nothing"
+    );
     for n in nodes {
         n.stop().await;
     }
@@ -67,7 +75,9 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_transfer_resumes_without_refetching() {
-    let _ = tracing_subscriber::fmt().with_env_filter("error").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(16 << 20, 4, 256 << 10);
     let chunks = map.chunk_count() as u64;
@@ -129,17 +139,35 @@ async fn a_node_killed_mid_transfer_resumes_without_refetching() {
     }
     // Restart from the same data dir: same identity, verified chunks kept.
     let victim = start(&victim_dir, slow(&victim_dir)).await;
-    assert_eq!(victim.client.local_peer_id(), victim_id, "identity must persist");
+    assert_eq!(
+        victim.client.local_peer_id(),
+        victim_id,
+        "identity must persist"
+    );
     let held = victim.store.bitfield(&digest).unwrap().count_ones() as u64;
-    assert!(held >= chunks / 4 && held < chunks, "held {held} of {chunks}");
-    tokio::time::timeout(Duration::from_secs(180), victim.client.fetch_blob(digest, None))
-        .await
-        .expect("restarted victim did not finish")
-        .unwrap();
+    assert!(
+        held >= chunks / 4 && held < chunks,
+        "held {held} of {chunks}"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(180),
+        victim.client.fetch_blob(digest, None),
+    )
+    .await
+    .expect("restarted victim did not finish")
+    .unwrap();
     assert!(holds(&victim.store, &digest, &data));
     let st = victim.client.stats();
-    assert_eq!(st.chunks_downloaded, chunks - held, "verified chunks were fetched again");
-    assert!(st.duplicate_chunks <= 8, "{} duplicate chunks", st.duplicate_chunks);
+    assert_eq!(
+        st.chunks_downloaded,
+        chunks - held,
+        "verified chunks were fetched again"
+    );
+    assert!(
+        st.duplicate_chunks <= 8,
+        "{} duplicate chunks",
+        st.duplicate_chunks
+    );
     victim.stop().await;
     for n in nodes {
         n.stop().await;

@@ -25,7 +25,10 @@ fn attacker_config() -> NetConfig {
 /// Starts a bare attacker peer speaking our protocols, connected to
 /// `target`. With `gossip_garbage`, it publishes invalid messages once the
 /// target subscribes to the availability topic.
-fn attacker(target: Multiaddr, gossip_garbage: bool) -> (PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>) {
+fn attacker(
+    target: Multiaddr,
+    gossip_garbage: bool,
+) -> (PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>) {
     let key = Keypair::generate_ed25519();
     let id = key.public().to_peer_id();
     let mut swarm = build_swarm(key, &attacker_config()).unwrap();
@@ -67,7 +70,9 @@ async fn wait_for(mut cond: impl AsyncFnMut() -> bool, secs: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_serving() {
-    let _ = tracing_subscriber::fmt().with_env_filter("error").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(2 << 20, 7, 256 << 10);
     let d = tmp.path().join("seed");
@@ -89,15 +94,22 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
     ];
     for (n, junk) in cases.iter().enumerate() {
         let (id, mut control, task) = attacker(s.addr.clone(), false);
-        let mut stream = tokio::time::timeout(Duration::from_secs(10), control.open_stream(s.client.local_peer_id(), chunks.clone()))
-            .await
-            .expect("open timed out")
-            .expect("open failed");
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            control.open_stream(s.client.local_peer_id(), chunks.clone()),
+        )
+        .await
+        .expect("open timed out")
+        .expect("open failed");
         stream.write_all(junk).await.unwrap();
         stream.flush().await.unwrap();
         let banned = wait_for(async || s.client.stats().bans as usize > n, 10).await;
         assert!(banned, "attacker {n} was not banned");
-        let gone = wait_for(async || !s.client.connected_peers().await.unwrap().contains(&id), 10).await;
+        let gone = wait_for(
+            async || !s.client.connected_peers().await.unwrap().contains(&id),
+            10,
+        )
+        .await;
         assert!(gone, "banned attacker {n} still connected");
         task.abort();
     }
@@ -106,10 +118,13 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
     // The node survived and still serves honest peers.
     let d = tmp.path().join("honest");
     let honest = start(&d, config(&d, "lab", &[s.addr.clone()])).await;
-    tokio::time::timeout(Duration::from_secs(60), honest.client.fetch_blob(digest, None))
-        .await
-        .expect("honest fetch timed out")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        honest.client.fetch_blob(digest, None),
+    )
+    .await
+    .expect("honest fetch timed out")
+    .unwrap();
     assert!(holds(&honest.store, &digest, &data));
     honest.stop().await;
     s.stop().await;
@@ -117,7 +132,9 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
-    let _ = tracing_subscriber::fmt().with_env_filter("error").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("a");
     let a = start(&d, config(&d, "lab", &[])).await;
@@ -129,11 +146,21 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     let rejected = wait_for(async || a.client.stats().gossip_rejected >= 2, 20).await;
     assert!(rejected, "garbage gossip was not rejected");
     let penalised = wait_for(
-        async || a.client.gossip_score(bad_id).await.unwrap().is_some_and(|s| s < 0.0),
+        async || {
+            a.client
+                .gossip_score(bad_id)
+                .await
+                .unwrap()
+                .is_some_and(|s| s < 0.0)
+        },
         20,
     )
     .await;
-    assert!(penalised, "sender score did not drop: {:?}", a.client.gossip_score(bad_id).await);
+    assert!(
+        penalised,
+        "sender score did not drop: {:?}",
+        a.client.gossip_score(bad_id).await
+    );
 
     // Positive control: valid messages from an honest peer still arrive.
     use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
@@ -147,7 +174,8 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     let got = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let _ = b.client.publish(Topic::Status, valid.clone()).await;
-            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await {
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await
+            {
                 if m.topic == Topic::Status && m.data.as_ref() == valid.as_slice() {
                     return m;
                 }
@@ -159,8 +187,16 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     assert_eq!(got.source, Some(b.client.local_peer_id()));
     // Our own publish path refuses garbage, and messages on the wrong topic,
     // with a typed error.
-    assert!(b.client.publish(Topic::Status, b"junk".to_vec()).await.is_err());
-    assert!(b.client.publish(Topic::Releases, valid.clone()).await.is_err());
+    assert!(b
+        .client
+        .publish(Topic::Status, b"junk".to_vec())
+        .await
+        .is_err());
+    assert!(b
+        .client
+        .publish(Topic::Releases, valid.clone())
+        .await
+        .is_err());
     task.abort();
     a.stop().await;
     b.stop().await;

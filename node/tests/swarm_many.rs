@@ -41,21 +41,31 @@ async fn twenty_nodes_and_a_seed_share_a_64_mib_blob() {
     }
     let elapsed = t0.elapsed();
     let seed_up = s.client.stats().bytes_uploaded;
-    let mut sources: Vec<usize> = nodes.iter().map(|n| n.client.stats().distinct_sources).collect();
+    let mut sources: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.client.stats().distinct_sources)
+        .collect();
     sources.sort_unstable();
     eprintln!(
         "20 nodes done in {elapsed:?}; seed uploaded {:.2}x the blob; distinct sources per node {sources:?}",
         seed_up as f64 / data.len() as f64
     );
     for n in &nodes {
-        assert!(holds(&n.store, &digest, &data), "a node lacks the verified blob");
+        assert!(
+            holds(&n.store, &digest, &data),
+            "a node lacks the verified blob"
+        );
     }
     assert!(
         seed_up as f64 <= 1.2 * data.len() as f64,
         "seed uploaded {seed_up} bytes for a {}-byte blob",
         data.len()
     );
-    assert!(sources[sources.len() / 2] >= 4, "median node received from {} peers", sources[sources.len() / 2]);
+    assert!(
+        sources[sources.len() / 2] >= 4,
+        "median node received from {} peers",
+        sources[sources.len() / 2]
+    );
     for n in nodes {
         n.stop().await;
     }

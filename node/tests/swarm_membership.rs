@@ -9,7 +9,9 @@ use swarm_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_holders_of_the_swarm_key_join() {
-    let _ = tracing_subscriber::fmt().with_env_filter("error").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let k1 = tmp.path().join("k1.key");
     let k2 = tmp.path().join("k2.key");
@@ -33,10 +35,13 @@ async fn only_holders_of_the_swarm_key_join() {
     let keyless = start(&d, c).await;
 
     // The member (positive control) fetches; the others cannot even connect.
-    tokio::time::timeout(Duration::from_secs(60), member.client.fetch_blob(digest, Some(map.clone())))
-        .await
-        .expect("member fetch timed out")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        member.client.fetch_blob(digest, Some(map.clone())),
+    )
+    .await
+    .expect("member fetch timed out")
+    .unwrap();
     assert!(holds(&member.store, &digest, &data));
     for outsider in [&wrong, &keyless] {
         let r = tokio::time::timeout(
@@ -57,7 +62,9 @@ async fn only_holders_of_the_swarm_key_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_locality_cannot_join() {
-    let _ = tracing_subscriber::fmt().with_env_filter("error").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(1 << 20, 6, 256 << 10);
     let d = tmp.path().join("seed");
@@ -68,10 +75,13 @@ async fn another_locality_cannot_join() {
     let d = tmp.path().join("foreign");
     let foreign = start(&d, config(&d, "plant-2", &[s.addr.clone()])).await;
 
-    tokio::time::timeout(Duration::from_secs(60), local.client.fetch_blob(digest, Some(map.clone())))
-        .await
-        .expect("same-locality fetch timed out")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        local.client.fetch_blob(digest, Some(map.clone())),
+    )
+    .await
+    .expect("same-locality fetch timed out")
+    .unwrap();
     assert!(holds(&local.store, &digest, &data));
     let r = tokio::time::timeout(
         Duration::from_secs(5),
@@ -82,9 +92,24 @@ async fn another_locality_cannot_join() {
     assert_eq!(foreign.client.stats().chunks_downloaded, 0);
     let fid = foreign.client.local_peer_id();
     assert!(!s.client.routing_table_peers().await.unwrap().contains(&fid));
-    assert!(!local.client.routing_table_peers().await.unwrap().contains(&fid));
-    assert!(foreign.client.routing_table_peers().await.unwrap().is_empty());
-    assert!(s.client.routing_table_peers().await.unwrap().contains(&local.client.local_peer_id()));
+    assert!(!local
+        .client
+        .routing_table_peers()
+        .await
+        .unwrap()
+        .contains(&fid));
+    assert!(foreign
+        .client
+        .routing_table_peers()
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .client
+        .routing_table_peers()
+        .await
+        .unwrap()
+        .contains(&local.client.local_peer_id()));
     for n in [local, foreign, s] {
         n.stop().await;
     }

@@ -221,8 +221,7 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
     }
 
     let identify = identify::Behaviour::new(
-        identify::Config::new(p.identify.clone(), key.public())
-            .with_push_listen_addr_updates(true),
+        identify::Config::new(p.identify.clone(), key.public()).with_push_listen_addr_updates(true),
     );
     let mdns = if cfg.mdns {
         Some(

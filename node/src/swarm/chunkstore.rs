@@ -189,8 +189,7 @@ impl DirStore {
         for index in 0..map.chunk_count() {
             let len = map
                 .chunk_len(index)
-                .map_err(|e| ChunkStoreError::Local(e.to_string()))?
-                as usize;
+                .map_err(|e| ChunkStoreError::Local(e.to_string()))? as usize;
             let (r, buf) = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; len];
                 let res = reader.read_exact(&mut buf);

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig};
 use edgeswarm_protocol::chunkmap::MAX_CHUNK_MAP_BYTES;
+use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig};
 use edgeswarm_protocol::wire::{
     self, BitfieldMsg, ChunkMapRequest, ChunkMapResponse, ChunkRequest, ChunkResponse, ChunkStatus,
     Have, Hello, StreamMessage,
@@ -222,7 +222,10 @@ impl<S: ChunkStore> Fetch for Exchange<S> {
 
 // ---------------------------------------------------------------- serving
 
-async fn accept_loop<S: ChunkStore>(inner: Arc<Inner<S>>, mut incoming: libp2p_stream::IncomingStreams) {
+async fn accept_loop<S: ChunkStore>(
+    inner: Arc<Inner<S>>,
+    mut incoming: libp2p_stream::IncomingStreams,
+) {
     let limit = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
     loop {
         let next = tokio::select! {
@@ -296,7 +299,9 @@ async fn serve_reader<R: AsyncRead + Unpin>(
                 }
                 Incoming::Hello(h.blobs)
             }
-            StreamMessage::ChunkRequest(q) if hello => Incoming::Chunk(q.request_id, q.blob, q.index),
+            StreamMessage::ChunkRequest(q) if hello => {
+                Incoming::Chunk(q.request_id, q.blob, q.index)
+            }
             StreamMessage::ChunkMapRequest(q) if hello => Incoming::Map(q.request_id, q.blob),
             StreamMessage::Cancel(_) if hello => continue, // we answer anyway (allowed)
             StreamMessage::Have(_) | StreamMessage::Bitfield(_) if hello => continue,
@@ -448,8 +453,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         // Seed sparing: an origin seed uploads each chunk once per period
         // and answers Busy meanwhile, so peers fetch it from each other.
         if let Some(period) = inner.seed_sparing {
-            let origin =
-                inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
+            let origin = inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
             if origin {
                 let now = Instant::now();
                 let recently = {
@@ -550,7 +554,8 @@ async fn download<S: ChunkStore>(
         for (i, byte) in b.iter().rev().take(8).enumerate() {
             x[i] = *byte;
         }
-        u64::from_le_bytes(x) ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        u64::from_le_bytes(x)
+            ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
     };
     let mut picker: Picker<PeerId> = Picker::new(PickerConfig {
         max_in_flight_per_peer: inner.requests_per_peer,
@@ -724,7 +729,12 @@ async fn fetch_map<S: ChunkStore>(
     for round in 0..60u32 {
         let mut candidates = Vec::new();
         let (tx, rx) = oneshot::channel();
-        if inner.commands.send(Command::ConnectedPeers(tx)).await.is_ok() {
+        if inner
+            .commands
+            .send(Command::ConnectedPeers(tx))
+            .await
+            .is_ok()
+        {
             candidates.extend(rx.await.unwrap_or_default());
         }
         if round % 5 == 0 {

@@ -93,7 +93,10 @@ mod tests {
             let mut r: &[u8] = &ok;
             assert_eq!(read_message(&mut r).await.unwrap(), req);
             let mut truncated: &[u8] = &ok[..ok.len() - 1];
-            assert!(!read_message(&mut truncated).await.unwrap_err().is_violation());
+            assert!(!read_message(&mut truncated)
+                .await
+                .unwrap_err()
+                .is_violation());
             let hello = StreamMessage::Hello(Hello {
                 protocol_version: wire::STREAM_VERSION,
                 blobs: vec![],

@@ -24,12 +24,10 @@ pub const IDENTITY_FILE: &str = "identity.key";
 /// file does not exist.
 pub fn load_or_create_identity(path: &Path) -> Result<Keypair, SwarmError> {
     match std::fs::read(path) {
-        Ok(bytes) => {
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| SwarmError::Identity {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-        }
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| SwarmError::Identity {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
             let bytes = key
@@ -134,13 +132,19 @@ mod tests {
         let p = dir.path().join("swarm.key");
         let k = generate_swarm_key(&p).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"), "{text:?}");
+        assert!(
+            text.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"),
+            "{text:?}"
+        );
         assert_eq!(
             read_swarm_key(&p).unwrap().fingerprint().to_string(),
             k.fingerprint().to_string()
         );
         assert!(generate_swarm_key(&p).is_err(), "must not overwrite");
         std::fs::write(&p, "/key/swarm/psk/1.0.0/\n/base16/\nzz\n").unwrap();
-        assert!(matches!(read_swarm_key(&p), Err(SwarmError::SwarmKey { .. })));
+        assert!(matches!(
+            read_swarm_key(&p),
+            Err(SwarmError::SwarmKey { .. })
+        ));
     }
 }

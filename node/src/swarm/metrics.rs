@@ -51,20 +51,83 @@ impl SwarmMetrics {
         let c = |r: &mut Registry, n: &str, h: &str, m: &Counter| {
             r.register(n, h, m.clone());
         };
-        c(registry, "chunks_downloaded", "Verified chunks received", &self.chunks_downloaded);
-        c(registry, "bytes_downloaded", "Verified bytes received", &self.bytes_downloaded);
-        c(registry, "duplicate_chunks", "Chunks received that were already stored", &self.duplicate_chunks);
-        c(registry, "chunks_uploaded", "Chunks served", &self.chunks_uploaded);
-        c(registry, "bytes_uploaded", "Bytes served", &self.bytes_uploaded);
-        c(registry, "bad_chunks", "Chunks failing verification", &self.bad_chunks);
+        c(
+            registry,
+            "chunks_downloaded",
+            "Verified chunks received",
+            &self.chunks_downloaded,
+        );
+        c(
+            registry,
+            "bytes_downloaded",
+            "Verified bytes received",
+            &self.bytes_downloaded,
+        );
+        c(
+            registry,
+            "duplicate_chunks",
+            "Chunks received that were already stored",
+            &self.duplicate_chunks,
+        );
+        c(
+            registry,
+            "chunks_uploaded",
+            "Chunks served",
+            &self.chunks_uploaded,
+        );
+        c(
+            registry,
+            "bytes_uploaded",
+            "Bytes served",
+            &self.bytes_uploaded,
+        );
+        c(
+            registry,
+            "bad_chunks",
+            "Chunks failing verification",
+            &self.bad_chunks,
+        );
         c(registry, "bans", "Peers banned", &self.bans);
-        c(registry, "protocol_violations", "Protocol violations by peers", &self.protocol_violations);
-        c(registry, "gossip_rejected", "Gossip messages rejected", &self.gossip_rejected);
-        c(registry, "gossip_accepted", "Gossip messages accepted", &self.gossip_accepted);
-        c(registry, "stalls", "Stalled peers whose requests were reassigned", &self.stalls);
-        c(registry, "rejected_requests", "Requests declined by servers", &self.rejected_requests);
-        registry.register("banned_peers", "Peers banned now", self.banned_peers.clone());
-        registry.register("connected_peers", "Peers connected now", self.connected_peers.clone());
+        c(
+            registry,
+            "protocol_violations",
+            "Protocol violations by peers",
+            &self.protocol_violations,
+        );
+        c(
+            registry,
+            "gossip_rejected",
+            "Gossip messages rejected",
+            &self.gossip_rejected,
+        );
+        c(
+            registry,
+            "gossip_accepted",
+            "Gossip messages accepted",
+            &self.gossip_accepted,
+        );
+        c(
+            registry,
+            "stalls",
+            "Stalled peers whose requests were reassigned",
+            &self.stalls,
+        );
+        c(
+            registry,
+            "rejected_requests",
+            "Requests declined by servers",
+            &self.rejected_requests,
+        );
+        registry.register(
+            "banned_peers",
+            "Peers banned now",
+            self.banned_peers.clone(),
+        );
+        registry.register(
+            "connected_peers",
+            "Peers connected now",
+            self.connected_peers.clone(),
+        );
     }
 
     pub(crate) fn record_source(&self, peer: PeerId) {
@@ -87,11 +150,7 @@ impl SwarmMetrics {
             protocol_violations: self.protocol_violations.get(),
             gossip_rejected: self.gossip_rejected.get(),
             stalls: self.stalls.get(),
-            distinct_sources: self
-                .sources
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len(),
+            distinct_sources: self.sources.lock().unwrap_or_else(|p| p.into_inner()).len(),
         }
     }
 }

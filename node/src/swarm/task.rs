@@ -136,7 +136,10 @@ struct SwarmTask {
 impl SwarmTask {
     fn add_bootstrap(&mut self, addr: Multiaddr) {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
         }
         if let Err(e) = self.swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -355,7 +358,9 @@ fn validate_gossip(topic: Topic, data: &[u8]) -> Result<(), String> {
     let ok = match topic {
         Topic::Releases => matches!(
             msg,
-            GossipMessage::Release(_) | GossipMessage::Resolution(_) | GossipMessage::ChunkDigests(_)
+            GossipMessage::Release(_)
+                | GossipMessage::Resolution(_)
+                | GossipMessage::ChunkDigests(_)
         ),
         Topic::Availability => matches!(
             msg,
@@ -366,6 +371,10 @@ fn validate_gossip(topic: Topic, data: &[u8]) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("message kind {} does not belong on {}", msg.kind(), topic.name()))
+        Err(format!(
+            "message kind {} does not belong on {}",
+            msg.kind(),
+            topic.name()
+        ))
     }
 }
