@@ -24,10 +24,10 @@ async fn nodes_meet_through_a_bootstrap_peer() {
 
     let (data, digest, map) = blob(2 << 20, 8, 256 << 10);
     let d = tmp.path().join("seed");
-    let s = start(&d, config(&d, "lab", &[boot_addr.clone()])).await;
+    let s = start(&d, config(&d, "lab", std::slice::from_ref(&boot_addr))).await;
     seed(&s, &data, digest, &map).await;
     let d = tmp.path().join("node");
-    let n = start(&d, config(&d, "lab", &[boot_addr.clone()])).await;
+    let n = start(&d, config(&d, "lab", std::slice::from_ref(&boot_addr))).await;
     // The node learns the chunk map and the seed from the DHT alone.
     tokio::time::timeout(Duration::from_secs(90), n.client.fetch_blob(digest, None))
         .await

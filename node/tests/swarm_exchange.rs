@@ -17,7 +17,7 @@ async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
     let mut nodes = Vec::new();
     for i in 0..3 {
         let d = tmp.path().join(format!("n{i}"));
-        nodes.push(start(&d, config(&d, "lab", &[s.addr.clone()])).await);
+        nodes.push(start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await);
     }
     let fetches: Vec<_> = nodes
         .iter()
@@ -94,9 +94,12 @@ async fn nodes_exchange_a_blob_over_the_real_store() {
     let mut nodes = Vec::new();
     for i in 0..2 {
         let (d, store) = open(&format!("n{i}")).await;
-        let (c, t) = Node::start(config(&d, "lab", &[seed_addr.clone()]), store.clone())
-            .await
-            .unwrap();
+        let (c, t) = Node::start(
+            config(&d, "lab", std::slice::from_ref(&seed_addr)),
+            store.clone(),
+        )
+        .await
+        .unwrap();
         nodes.push((c, t, store));
     }
     for (i, (c, _, store)) in nodes.iter().enumerate() {

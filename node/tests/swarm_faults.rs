@@ -19,7 +19,7 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
     seed(&s, &data, digest, &map).await;
     // The liar declares the blob, then advertises every chunk and serves garbage.
     let bad_dir = tmp.path().join("bad");
-    let mut bad_cfg = config(&bad_dir, "lab", &[s.addr.clone()]);
+    let mut bad_cfg = config(&bad_dir, "lab", std::slice::from_ref(&s.addr));
     bad_cfg.corrupt_uploads = true;
     let bad = start(&bad_dir, bad_cfg).await;
     bad.store.put_chunk_map(digest, &map).await.unwrap();
@@ -88,7 +88,7 @@ async fn a_node_killed_mid_transfer_resumes_without_refetching() {
     let s = start(&seed_dir, seed_cfg).await;
     seed(&s, &data, digest, &map).await;
     let slow = |d: &std::path::Path| {
-        let mut c = config(d, "lab", &[s.addr.clone()]);
+        let mut c = config(d, "lab", std::slice::from_ref(&s.addr));
         c.max_upload_rate = Some(4 << 20);
         c
     };

@@ -117,7 +117,7 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
 
     // The node survived and still serves honest peers.
     let d = tmp.path().join("honest");
-    let honest = start(&d, config(&d, "lab", &[s.addr.clone()])).await;
+    let honest = start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await;
     tokio::time::timeout(
         Duration::from_secs(60),
         honest.client.fetch_blob(digest, None),
@@ -139,7 +139,7 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     let d = tmp.path().join("a");
     let a = start(&d, config(&d, "lab", &[])).await;
     let d = tmp.path().join("b");
-    let b = start(&d, config(&d, "lab", &[a.addr.clone()])).await;
+    let b = start(&d, config(&d, "lab", std::slice::from_ref(&a.addr))).await;
     let mut inbox = a.client.subscribe_gossip();
     let (bad_id, _control, task) = attacker(a.addr.clone(), true);
 

@@ -52,6 +52,9 @@ const EVENTS: usize = 512;
 /// How long a failed peer is left alone by a download.
 const PEER_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Completion of a running download, shared by concurrent callers.
+type DownloadWatch = watch::Receiver<Option<Result<(), String>>>;
+
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Type-erased download entry point, so `SwarmClient` is not generic.
@@ -123,7 +126,7 @@ struct Inner<S> {
     /// Last upload time of chunks of origin-seeded blobs.
     recent_uploads: Mutex<HashMap<(Digest, u32), Instant>>,
     /// Running downloads, shared by concurrent callers.
-    downloads: Mutex<HashMap<Digest, watch::Receiver<Option<Result<(), String>>>>>,
+    downloads: Mutex<HashMap<Digest, DownloadWatch>>,
     corrupt_uploads: bool,
     requests_per_peer: usize,
     max_download_peers: usize,
@@ -142,6 +145,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<S: ChunkStore> Exchange<S> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         config: &SwarmConfig,
         store: S,

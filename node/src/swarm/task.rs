@@ -248,10 +248,8 @@ impl SwarmTask {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if !self.listen_addrs.contains(&address) {
-                    self.listen_addrs.push(address);
-                }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
             }
             SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
                 self.metrics
