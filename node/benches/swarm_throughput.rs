@@ -143,6 +143,10 @@ async fn pair(mib: u64, key: Option<&Path>) -> PairResult {
     let (client, task) = Node::start(cfg(dir.path(), key, vec![addr]), store)
         .await
         .unwrap();
+    // Time the transfer, not the connection set-up.
+    while client.connected_peers().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let base = rss_kib();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(base));
     let p2 = peak.clone();

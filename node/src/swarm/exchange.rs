@@ -730,7 +730,7 @@ async fn fetch_map<S: ChunkStore>(
     blob: Digest,
 ) -> Result<ChunkMap, SwarmError> {
     let mut tried: HashSet<PeerId> = HashSet::new();
-    for round in 0..60u32 {
+    for round in 0..240u32 {
         let mut candidates = Vec::new();
         let (tx, rx) = oneshot::channel();
         if inner
@@ -749,7 +749,8 @@ async fn fetch_map<S: ChunkStore>(
                 .await
                 .is_ok()
             {
-                if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
+                // Short wait: connected peers are re-polled meanwhile.
+                if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
                     candidates.extend(list);
                 }
             }
@@ -770,7 +771,7 @@ async fn fetch_map<S: ChunkStore>(
         }
         tokio::select! {
             _ = inner.shutdown.cancelled() => return Err(SwarmError::Shutdown),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
     Err(SwarmError::NoChunkMap(blob))
