@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::chunkstore::BlobLayout;
 use super::frame::{self, FrameError};
 use super::metrics::SwarmMetrics;
 use super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, Protocols, SwarmConfig, SwarmError};
@@ -439,10 +440,12 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     blob: Digest,
     index: u32,
 ) -> Result<(), FrameError> {
-    let Some(map) = inner.store.chunk_map(&blob) else {
+    // The layout suffices: a partial blob's verified chunks are served
+    // while its later digests are still unknown.
+    let Some(layout) = inner.store.layout(&blob) else {
         return respond(w, request_id, ChunkStatus::NotHave).await;
     };
-    let Ok(len) = map.chunk_len(index) else {
+    let Some(len) = layout.chunk_len(index) else {
         let message = wire::truncate_message(&format!("chunk {index} out of range"));
         return respond(w, request_id, ChunkStatus::Error { message }).await;
     };
@@ -533,20 +536,20 @@ async fn download<S: ChunkStore>(
         return Ok(());
     }
     lock(&inner.downloaded).insert(blob);
-    let map = match (map, inner.store.chunk_map(&blob)) {
-        (_, Some(m)) => m,
-        (Some(m), None) => {
+    if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
+        inner.store.put_chunk_map(blob, m).await?;
+    }
+    if inner.store.layout(&blob).is_none() {
+        if let Some(m) = fetch_map(&inner, blob).await? {
             inner.store.put_chunk_map(blob, &m).await?;
-            Arc::new(m)
         }
-        (None, None) => {
-            let m = fetch_map(&inner, blob).await?;
-            inner.store.put_chunk_map(blob, &m).await?;
-            Arc::new(m)
-        }
-    };
+    }
+    let layout = inner
+        .store
+        .layout(&blob)
+        .ok_or(SwarmError::NoChunkMap(blob))?;
     let _ = inner.commands.send(Command::Provide(blob)).await;
-    let count = map.chunk_count();
+    let count = layout.chunk_count();
     let have = inner
         .store
         .bitfield(&blob)
@@ -572,8 +575,9 @@ async fn download<S: ChunkStore>(
         busy_backoff_ms: 250,
     });
     picker
-        .add_blob(blob, map.blob_size(), map.chunk_size(), have)
+        .add_blob(blob, layout.size, layout.chunk_size, have)
         .map_err(|e| SwarmError::Config(e.to_string()))?;
+    let _ = picker.set_digests_known(&blob, layout.digests_known);
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
     let mut sessions: HashMap<PeerId, Session> = HashMap::new();
@@ -605,7 +609,7 @@ async fn download<S: ChunkStore>(
                             let cancel = session_cancel.child_token();
                             sessions.insert(peer, Session { tx, cancel: cancel.clone() });
                             picker.add_peer(peer);
-                            tokio::spawn(session(inner.clone(), peer, blob, map.clone(), rx, ev_tx.clone(), cancel));
+                            tokio::spawn(session(inner.clone(), peer, blob, layout, rx, ev_tx.clone(), cancel));
                         }
                     }
                     Event::Bitfield(peer, bits) => {
@@ -667,8 +671,12 @@ async fn download<S: ChunkStore>(
                     inner.metrics.stalls.inc();
                     drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(30));
                 }
-                if let Some(c) = map.chunk_at(inner.store.cursor(&blob)) {
+                if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
                     let _ = picker.set_cursor(&blob, c);
+                }
+                // Digests arrive while a gateway streams the blob in.
+                if let Some(l) = inner.store.layout(&blob) {
+                    let _ = picker.set_digests_known(&blob, l.digests_known);
                 }
                 // Discovery: connected peers often at first, providers less often.
                 let every = if now.duration_since(started) < Duration::from_secs(5) { Duration::from_millis(500) } else { Duration::from_secs(2) };
@@ -724,13 +732,18 @@ fn drop_peer(
     backoff.insert(peer, Instant::now() + wait);
 }
 
-/// Asks candidate peers for the chunk map of `blob` until one answers.
+/// Asks candidate peers for the chunk map of `blob` until one answers, or
+/// until the store learns the blob's layout some other way (`None`).
 async fn fetch_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
-) -> Result<ChunkMap, SwarmError> {
+) -> Result<Option<ChunkMap>, SwarmError> {
     let mut tried: HashSet<PeerId> = HashSet::new();
     for round in 0..240u32 {
+        // The layout may arrive meanwhile by other means (gateway gossip).
+        if inner.store.layout(&blob).is_some() {
+            return Ok(None);
+        }
         let mut candidates = Vec::new();
         let (tx, rx) = oneshot::channel();
         if inner
@@ -760,7 +773,7 @@ async fn fetch_map<S: ChunkStore>(
                 continue;
             }
             match tokio::time::timeout(Duration::from_secs(10), get_map(inner, peer, blob)).await {
-                Ok(Ok(Some(map))) => return Ok(map),
+                Ok(Ok(Some(map))) => return Ok(Some(map)),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) if e.is_violation() => penalise(inner, peer, &e.to_string()),
                 _ => {}
@@ -834,7 +847,7 @@ async fn session<S: ChunkStore>(
     inner: Arc<Inner<S>>,
     peer: PeerId,
     blob: Digest,
-    map: Arc<ChunkMap>,
+    layout: BlobLayout,
     requests: mpsc::Receiver<u32>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
@@ -866,7 +879,7 @@ async fn session<S: ChunkStore>(
     let res = tokio::select! {
         _ = cancel.cancelled() => return,
         r = session_writer(w, blob, requests, outstanding.clone()) => r,
-        r = session_reader(&inner, r, peer, blob, &map, &events, &outstanding) => r,
+        r = session_reader(&inner, r, peer, blob, &layout, &events, &outstanding) => r,
     };
     let violation = match res {
         Err(e) if e.is_violation() => Some(e.to_string()),
@@ -911,11 +924,11 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
     mut r: R,
     peer: PeerId,
     blob: Digest,
-    map: &ChunkMap,
+    layout: &BlobLayout,
     events: &mpsc::Sender<Event>,
     outstanding: &Outstanding,
 ) -> Result<(), FrameError> {
-    let count = map.chunk_count();
+    let count = layout.chunk_count();
     let mut hello = false;
     loop {
         let msg = frame::read_message(&mut r).await?;
@@ -954,9 +967,9 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 };
                 match resp.status {
                     ChunkStatus::Ok { len } => {
-                        let expected = map
-                            .chunk_len(index)
-                            .map_err(|e| FrameError::violation(e.to_string()))?;
+                        let expected = layout.chunk_len(index).ok_or_else(|| {
+                            FrameError::violation(format!("chunk {index} out of range"))
+                        })?;
                         if len != expected as u64 {
                             return Err(FrameError::violation(format!(
                                 "chunk {index} of {len} bytes, expected {expected}"

@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{Protocols, Topic};
-pub use chunkstore::{ChunkStore, ChunkStoreError, ChunkWrite, DirStore};
+pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite, DirStore};
 pub use metrics::{SwarmMetrics, SwarmStats};
 
 /// Errors of the swarm layer.
