@@ -125,7 +125,11 @@ struct Inner<S> {
     /// Blobs downloaded through the swarm in this process (not origin seeds).
     downloaded: Mutex<HashSet<Digest>>,
     /// Last upload time of chunks of origin-seeded blobs.
-    recent_uploads: Mutex<HashMap<(Digest, u32), Instant>>,
+    /// and to whom.
+    recent_uploads: Mutex<HashMap<(Digest, u32), (Instant, PeerId)>>,
+    /// Peers connected now (kept by the swarm task): sparing ends early
+    /// for a chunk whose only recipient left.
+    connected: Arc<Mutex<HashSet<PeerId>>>,
     /// Running downloads, shared by concurrent callers.
     downloads: Mutex<HashMap<Digest, DownloadWatch>>,
     corrupt_uploads: bool,
@@ -156,6 +160,7 @@ impl<S: ChunkStore> Exchange<S> {
         metrics: SwarmMetrics,
         shutdown: CancellationToken,
         local_peer: PeerId,
+        connected: Arc<Mutex<HashSet<PeerId>>>,
     ) -> Result<Self, SwarmError> {
         let incoming = control
             .accept(protocols.chunks.clone())
@@ -173,6 +178,7 @@ impl<S: ChunkStore> Exchange<S> {
             seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),
             recent_uploads: Mutex::new(HashMap::new()),
+            connected,
             downloads: Mutex::new(HashMap::new()),
             corrupt_uploads: config.corrupt_uploads,
             requests_per_peer: config.requests_per_peer.max(1),
@@ -458,7 +464,8 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
         // Seed sparing: an origin seed uploads each chunk once per period
-        // and answers Busy meanwhile, so peers fetch it from each other.
+        // and answers Busy meanwhile, so peers fetch it from each other;
+        // unless the peer it went to has disconnected.
         if let Some(period) = inner.seed_sparing {
             let origin = inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
             if origin {
@@ -466,15 +473,20 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
                 let recently = {
                     let mut recent = lock(&inner.recent_uploads);
                     if recent.len() > 1 << 20 {
-                        recent.retain(|_, t| now.duration_since(*t) < period);
+                        recent.retain(|_, (t, _)| now.duration_since(*t) < period);
                     }
-                    match recent.get(&(blob, index)) {
-                        Some(t) if now.duration_since(*t) < period => true,
-                        _ => {
-                            recent.insert((blob, index), now);
-                            false
+                    let spared = match recent.get(&(blob, index)) {
+                        Some((t, to)) => {
+                            now.duration_since(*t) < period
+                                && *to != peer
+                                && lock(&inner.connected).contains(to)
                         }
+                        None => false,
+                    };
+                    if !spared {
+                        recent.insert((blob, index), (now, peer));
                     }
+                    spared
                 };
                 if recently {
                     return respond(w, request_id, ChunkStatus::Busy).await;

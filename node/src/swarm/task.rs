@@ -75,6 +75,7 @@ pub(crate) async fn start<S: ChunkStore>(
     let (gossip_tx, _) = broadcast::channel(256);
     let metrics = SwarmMetrics::default();
     let shutdown = CancellationToken::new();
+    let connected = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let exchange: Arc<dyn Fetch> = match store {
         Some(store) => Arc::new(Exchange::start(
             &config,
@@ -85,6 +86,7 @@ pub(crate) async fn start<S: ChunkStore>(
             metrics.clone(),
             shutdown.clone(),
             peer_id,
+            connected.clone(),
         )?),
         None => Arc::new(NoStore),
     };
@@ -100,6 +102,7 @@ pub(crate) async fn start<S: ChunkStore>(
         provider_queries: HashMap::new(),
         bootstrapped: false,
         shutdown: shutdown.clone(),
+        connected,
     };
     for addr in &config.bootstrap {
         state.add_bootstrap(addr.clone());
@@ -131,6 +134,8 @@ struct SwarmTask {
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     bootstrapped: bool,
     shutdown: CancellationToken,
+    /// Connected peers, shared with the exchange.
+    connected: Arc<std::sync::Mutex<HashSet<PeerId>>>,
 }
 
 impl SwarmTask {
@@ -252,9 +257,9 @@ impl SwarmTask {
                 self.listen_addrs.push(address);
             }
             SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
-                self.metrics
-                    .connected_peers
-                    .set(self.swarm.connected_peers().count() as i64);
+                let now: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+                self.metrics.connected_peers.set(now.len() as i64);
+                *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = now;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
