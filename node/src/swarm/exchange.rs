@@ -48,6 +48,8 @@ use super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, Protocols, SwarmCo
 const MAX_INBOUND_STREAMS: usize = 256;
 /// Frames queued between a server's reader and writer halves.
 const SERVER_QUEUE: usize = 64;
+/// Chunks of one session being verified and stored at once.
+const STORE_WRITES_PER_SESSION: usize = 2;
 /// Session events queued towards a download coordinator.
 const EVENTS: usize = 512;
 /// How long a failed peer is left alone by a download.
@@ -932,7 +934,7 @@ async fn session_writer<W: AsyncWrite + Unpin>(
 }
 
 async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
-    inner: &Inner<S>,
+    inner: &Arc<Inner<S>>,
     mut r: R,
     peer: PeerId,
     blob: Digest,
@@ -942,6 +944,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
 ) -> Result<(), FrameError> {
     let count = layout.chunk_count();
     let mut hello = false;
+    let writes = Arc::new(Semaphore::new(STORE_WRITES_PER_SESSION));
     loop {
         let msg = frame::read_message(&mut r).await?;
         let ev = match msg {
@@ -989,23 +992,39 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         }
                         let mut buf = vec![0u8; expected as usize];
                         r.read_exact(&mut buf).await?;
-                        match inner.store.write_chunk(blob, index, Bytes::from(buf)).await {
-                            Ok(outcome) => {
-                                if outcome == ChunkWrite::AlreadyHad {
-                                    inner.metrics.duplicate_chunks.inc();
-                                } else {
-                                    inner.metrics.chunks_downloaded.inc();
-                                    inner.metrics.bytes_downloaded.inc_by(expected as u64);
-                                    inner.metrics.record_source(peer);
+                        // Verify and store off the read path, so the next
+                        // chunk streams in meanwhile (bounded per session).
+                        let permit =
+                            writes.clone().acquire_owned().await.map_err(|_| {
+                                FrameError::Io(std::io::ErrorKind::BrokenPipe.into())
+                            })?;
+                        let inner = inner.clone();
+                        let events = events.clone();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let ev = match inner
+                                .store
+                                .write_chunk(blob, index, Bytes::from(buf))
+                                .await
+                            {
+                                Ok(outcome) => {
+                                    if outcome == ChunkWrite::AlreadyHad {
+                                        inner.metrics.duplicate_chunks.inc();
+                                    } else {
+                                        inner.metrics.chunks_downloaded.inc();
+                                        inner.metrics.bytes_downloaded.inc_by(expected as u64);
+                                        inner.metrics.record_source(peer);
+                                    }
+                                    Event::Stored(peer, index, outcome)
                                 }
-                                Event::Stored(peer, index, outcome)
-                            }
-                            Err(ChunkStoreError::Corrupt(reason)) => {
-                                let _ = events.send(Event::Corrupt(peer, index, reason)).await;
-                                return Ok(());
-                            }
-                            Err(e) => Event::StoreFailed(peer, index, e),
-                        }
+                                Err(ChunkStoreError::Corrupt(reason)) => {
+                                    Event::Corrupt(peer, index, reason)
+                                }
+                                Err(e) => Event::StoreFailed(peer, index, e),
+                            };
+                            let _ = events.send(ev).await;
+                        });
+                        continue;
                     }
                     ChunkStatus::NotHave => Event::Rejected(peer, index, FailReason::NotHave),
                     // Busy (seed sparing, upload limit) and errors: ask
