@@ -22,8 +22,12 @@
 //!   runs the `protocol::picker::Picker` over per-peer sessions; one server task
 //!   per inbound stream serves verified chunks under upload slots and an
 //!   optional token-bucket rate.
-//! - [`chunkstore`]: the storage operations the swarm needs, and an interim
-//!   crash-safe directory store used until `node::store` is merged.
+//! - [`chunkstore`]: the storage operations the swarm needs (implemented
+//!   for `node::store::Store`), and a small crash-safe directory store the
+//!   swarm's tests and benches use. A blob is fetchable and servable as
+//!   soon as its layout is declared: chunks are requested only once their
+//!   digests are known, so a gateway's chunks are forwarded while it is
+//!   still streaming the layer in.
 //! - [`metrics`]: prometheus counters/gauges and per-node statistics.
 //!
 //! ## Goals
@@ -148,8 +152,9 @@ pub struct SwarmConfig {
     /// Slowest acceptable delivery rate (bytes/s) for the stall timeout.
     pub stall_min_rate: u64,
     /// Seed sparing: a node that holds a blob it did not download here
-    /// (an origin seed) declines to upload the same chunk again within this
-    /// period, so peers fetch it from each other. `None` disables.
+    /// (an origin seed) answers `Busy` to a chunk it uploaded to another,
+    /// still connected peer within this period, so peers fetch it from each
+    /// other. `None` disables.
     pub seed_sparing: Option<Duration>,
     /// Chunks ahead of the store's consume cursor fetched in order first.
     pub deadline_window: u32,
