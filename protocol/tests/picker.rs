@@ -475,3 +475,44 @@ fn completion_and_lost_chunks() {
     assert_eq!(p.remove_blob(&blob()).len(), 1);
     assert_eq!(p.in_flight(&1), 0);
 }
+
+#[test]
+fn contended_window_chunks_are_left_to_rarest_first() {
+    // One seed, and another node known to lack everything: the front chunks
+    // are contended, so they are not requested as window chunks (the two
+    // nodes should fetch different chunks from the seed and trade).
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 2,
+            window_chunks: 4,
+            ..config()
+        },
+        64,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_bitfield(&2, &blob(), Bitfield::new(64)).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 2);
+    assert!(
+        reqs.iter().all(|r| r.kind == RequestKind::Rarest),
+        "{reqs:?}"
+    );
+    // Once the other node holds chunk 0 too, it is a window chunk again.
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 2,
+            window_chunks: 4,
+            ..config()
+        },
+        64,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_bitfield(&2, &blob(), bits(64, [0])).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs[0].index, 0);
+    assert_eq!(reqs[0].kind, RequestKind::Window);
+    assert_eq!(
+        reqs[0].peer, 2,
+        "the holder with fewer chunks spares the seed"
+    );
+}
