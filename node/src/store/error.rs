@@ -1,0 +1,148 @@
+//! Errors of the chunk store.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use edgeswarm_protocol::{ChunkError, ChunkSize, Digest};
+
+/// Why a store operation failed. Every variant leaves the store consistent:
+/// a failed write never sets a chunk's bit.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system operation failed.
+    #[error("store I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file system is full (ENOSPC or EDQUOT). Nothing was recorded for
+    /// the write that hit it; free space and fetch again.
+    #[error("disk full: writing {path} needs {needed} more bytes; free space on that file system or lower --max-store-size")]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+        /// Bytes the failed write needed.
+        needed: u64,
+    },
+    /// The blob was never declared (or was collected).
+    #[error("unknown blob {0}")]
+    UnknownBlob(Digest),
+    /// The chunk's digest is not known yet, so it cannot be verified.
+    #[error("digest of chunk {index} of blob {blob} is not known yet")]
+    DigestUnknown {
+        /// The blob.
+        blob: Digest,
+        /// The chunk index.
+        index: u32,
+    },
+    /// A different digest was already recorded for this chunk.
+    #[error("chunk {index} of blob {blob}: digest {offered} conflicts with the recorded {known}")]
+    DigestConflict {
+        /// The blob.
+        blob: Digest,
+        /// The chunk index.
+        index: u32,
+        /// The digest recorded earlier.
+        known: Digest,
+        /// The conflicting digest offered now.
+        offered: Digest,
+    },
+    /// The chunk is out of range, has the wrong length or the wrong digest.
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    /// The assembled blob does not hash to its digest (every chunk matched
+    /// its chunk map, so the chunk map was wrong). The blob was dropped.
+    #[error("blob {blob} is corrupt: its content hashes to {actual}; dropped it")]
+    BlobCorrupt {
+        /// The blob's expected digest.
+        blob: Digest,
+        /// What its content actually hashes to.
+        actual: Digest,
+    },
+    /// The blob does not fit under `--max-store-size`, even after
+    /// collecting every unpinned blob.
+    #[error("store quota exceeded: blob {blob} needs {needed} bytes but {used} of the {max}-byte limit are held by pinned or in-use blobs")]
+    QuotaExceeded {
+        /// The blob refused.
+        blob: Digest,
+        /// Its size.
+        needed: u64,
+        /// Bytes in use after collecting what could be collected.
+        used: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// The blob was declared earlier with a different size or chunk size.
+    #[error("blob {blob} is already declared as {existing_size} bytes in {}-byte chunks; refused {size} bytes in {}-byte chunks", existing_chunk_size.get(), chunk_size.get())]
+    LayoutConflict {
+        /// The blob.
+        blob: Digest,
+        /// Size declared first.
+        existing_size: u64,
+        /// Chunk size declared first.
+        existing_chunk_size: ChunkSize,
+        /// Size offered now.
+        size: u64,
+        /// Chunk size offered now.
+        chunk_size: ChunkSize,
+    },
+    /// The chunk is not stored (yet).
+    #[error("chunk {index} of blob {blob} is not stored")]
+    ChunkMissing {
+        /// The blob.
+        blob: Digest,
+        /// The chunk index.
+        index: u32,
+    },
+    /// A stored chunk failed re-verification on read (disk rot or a torn
+    /// write). Its bit was cleared so it gets fetched again.
+    #[error("chunk {index} of blob {blob} is corrupt on disk (hashes to {actual}); cleared it for refetch")]
+    ChunkCorrupt {
+        /// The blob.
+        blob: Digest,
+        /// The chunk index.
+        index: u32,
+        /// What the bytes on disk hash to.
+        actual: Digest,
+    },
+    /// The blob failed (or was collected) while a reader waited for it.
+    #[error("blob {blob} is gone: {reason}")]
+    BlobGone {
+        /// The blob.
+        blob: Digest,
+        /// Why.
+        reason: String,
+    },
+    /// A pin name that cannot be stored.
+    #[error("invalid pin name {0:?}: must be 1 to 255 bytes")]
+    InvalidName(String),
+    /// The store is shutting down.
+    #[error("the store is closing")]
+    Closing,
+    /// A blocking task panicked or was cancelled.
+    #[error("store background task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// Maps an I/O error on `path`, turning ENOSPC/EDQUOT into
+    /// [`StoreError::DiskFull`] with the bytes the operation needed.
+    pub(crate) fn io(path: &Path, needed: u64, source: io::Error) -> StoreError {
+        let full = source.kind() == io::ErrorKind::StorageFull
+            || matches!(source.raw_os_error(), Some(28) | Some(122));
+        if full {
+            StoreError::DiskFull {
+                path: path.to_path_buf(),
+                needed,
+            }
+        } else {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}

@@ -1,0 +1,1203 @@
+//! The content-addressed, crash-safe chunk store.
+//!
+//! Every layer, manifest and config a node holds lives here, addressed by
+//! its sha256 digest. Layers arrive as verified chunks in any order (from
+//! the registry through the gateway, or from peers); the store assembles
+//! them in place, remembers which chunks it holds across restarts, and
+//! serves them to peers and to the import pipeline while the blob is still
+//! incomplete.
+//!
+//! ## On-disk layout (under the directory given to [`Store::open`])
+//!
+//! ```text
+//! blobs/sha256/<hex>        complete blobs, verified as a whole, read-only
+//! maps/sha256/<hex>         chunk map of each complete blob (canonical CBOR)
+//! partial/<hex>/meta        CBOR [1, size, chunk_size]; written last on create,
+//!                           so a partial dir without it is debris
+//! partial/<hex>/data        the blob's bytes at their final offsets (sparse file)
+//! partial/<hex>/journal     append-only records: chunk digests as they become
+//!                           known, verified / cleared chunk indices (see `journal`)
+//! refs/<hex(name)>          a pin: CBOR [1, name, [digest, ...]]
+//! tmp/                      temp files for atomic replace; emptied on open
+//! ```
+//!
+//! ## Crash safety
+//!
+//! A chunk is hashed and compared with its known digest before anything is
+//! written. Its bytes are then written at their offset in `data` and
+//! `fdatasync`ed, and only then is its index appended to the journal and its
+//! bit set in memory (visible to peers and readers). The journal is
+//! fsynced after each append (outside the lock). A crash can therefore
+//! lose at most bits whose record had not reached the disk: those chunks
+//! are fetched again. On open the store replays each journal (dropping a
+//! torn tail), **re-hashes every chunk marked present** on the blocking
+//! pool and clears the bit of any chunk that fails (a torn or rotten
+//! write), then rewrites the journal compactly (temp file + fsync +
+//! rename). When the last chunk lands the whole file is stream-hashed
+//! against the blob digest; on a match it is fsynced and renamed into
+//! `blobs/sha256/` after its chunk map was written to `maps/`. Reads
+//! re-verify every chunk; a complete blob whose chunk rots on disk is
+//! moved back to `partial/` with that one chunk cleared.
+//!
+//! ## Space
+//!
+//! `usage()` counts the declared size of every blob, partial or complete
+//! (a partial blob will grow to its size). With a quota, `create_blob` and
+//! `put_blob` first collect unpinned blobs, oldest first, then refuse with
+//! [`StoreError::QuotaExceeded`]. A full file system gives
+//! [`StoreError::DiskFull`] naming the file and the bytes needed, and sets
+//! no bit. Pin a blob (by image name) *before* declaring it, or a
+//! concurrent collection may drop it; blobs with an open reader or in their
+//! final check are never collected.
+//!
+//! ## Goals and non-goals
+//!
+//! - Never trust a byte that was not verified: chunks on write, chunks again
+//!   on read and on restart, whole blobs at completion.
+//! - Never block the async runtime: every disk access and hash runs on
+//!   `spawn_blocking`; a whole blob is never held in memory.
+//! - Not a general key-value store: no deletion of single chunks by callers,
+//!   no compression, no deduplication across chunk sizes.
+
+mod error;
+mod journal;
+mod reader;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use edgeswarm_protocol::chunkmap::{chunk_count, MAX_CHUNKS};
+use edgeswarm_protocol::{
+    encoding, Bitfield, ChunkError, ChunkMap, ChunkMapBuilder, ChunkSize, Digest,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::broadcast;
+
+pub use error::StoreError;
+use journal::Record;
+pub use reader::{BlobReader, ReaderAbort};
+
+/// Capacity of the [`StoreEvent`] broadcast channel; slow subscribers see
+/// `Lagged` and should resynchronise from [`Store::bitfield`].
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// Buffer size for streaming hashes and copies.
+const IO_BUF: usize = 1 << 20;
+
+/// Version of the `meta` and `refs` encodings.
+const META_VERSION: u64 = 1;
+
+/// Store settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Upper bound on [`Store::usage`] in bytes (`--max-store-size`);
+    /// `None` means limited only by the disk.
+    pub max_size: Option<u64>,
+}
+
+/// What [`Store::write_chunk`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The chunk was already held; nothing written.
+    AlreadyHad,
+    /// The chunk was verified and stored.
+    Stored,
+    /// The chunk was the last one and the whole blob verified.
+    BlobComplete,
+}
+
+/// Something that happened in the store, for the swarm (advertise new
+/// chunks) and the API (progress).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A chunk was verified and stored durably.
+    ChunkStored {
+        /// The blob.
+        blob: Digest,
+        /// The chunk index.
+        index: u32,
+    },
+    /// A blob is complete and verified as a whole.
+    BlobComplete {
+        /// The blob.
+        blob: Digest,
+    },
+    /// A blob failed its whole-blob check and was dropped.
+    BlobFailed {
+        /// The blob.
+        blob: Digest,
+        /// Why, for logs and status.
+        reason: String,
+    },
+}
+
+/// Layout of a blob, available as soon as it is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: ChunkSize,
+    /// Number of chunks.
+    pub chunk_count: u32,
+    /// How many chunk digests are known (all once the chunk map is known).
+    pub digests_known: u32,
+}
+
+/// One blob as listed by [`Store::blobs`] (for `edgeswarm images`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobSummary {
+    /// The blob digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: ChunkSize,
+    /// Number of chunks.
+    pub chunk_count: u32,
+    /// Verified chunks held.
+    pub chunks_have: u32,
+    /// Whether the blob is complete and verified as a whole.
+    pub complete: bool,
+    /// Pin names referencing the blob (empty: collectable).
+    pub pinned_by: Vec<String>,
+}
+
+/// What [`Store::gc`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed, oldest first.
+    pub removed: Vec<Digest>,
+    /// Bytes of declared size freed.
+    pub freed: u64,
+}
+
+/// The chunk store. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct Store {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+/// State shared by clones of a [`Store`] and its readers.
+struct Inner {
+    /// Root directory.
+    dir: PathBuf,
+    /// Settings.
+    config: StoreConfig,
+    /// Blobs and pins.
+    state: Mutex<State>,
+    /// Serialises create/put/pin/gc so quota decisions see a stable usage.
+    admin: tokio::sync::Mutex<()>,
+    /// Event fan-out.
+    events: broadcast::Sender<StoreEvent>,
+    /// Set by [`Store::close`]: readers and writers stop.
+    closing: AtomicBool,
+    /// Unique suffix for temp files.
+    tmp_seq: AtomicU64,
+}
+
+/// The in-memory index.
+#[derive(Default)]
+struct State {
+    /// Every live blob.
+    blobs: HashMap<Digest, Arc<Blob>>,
+    /// Pin name -> blobs it keeps.
+    pins: BTreeMap<String, Vec<Digest>>,
+}
+
+/// One blob: immutable layout plus mutable state under a mutex, with a
+/// condvar readers wait on for chunks.
+pub(crate) struct Blob {
+    /// The blob digest.
+    digest: Digest,
+    /// Size in bytes.
+    size: u64,
+    /// Chunk size.
+    chunk_size: ChunkSize,
+    /// Number of chunks.
+    chunk_count: u32,
+    /// When it was declared (GC order: oldest first).
+    created: SystemTime,
+    /// Mutable state.
+    st: Mutex<BlobState>,
+    /// Signalled on every bit set and phase change.
+    cond: Condvar,
+}
+
+/// Where a blob is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Chunks are being collected under `partial/`.
+    Partial,
+    /// Every chunk is there; the whole-blob check and move are running.
+    Finishing,
+    /// Verified and in `blobs/sha256/`.
+    Complete,
+    /// Collected or replaced; handles to it are stale.
+    Removed,
+    /// Failed its whole-blob check.
+    Failed(String),
+}
+
+/// Mutable part of a [`Blob`].
+struct BlobState {
+    /// Life phase.
+    phase: Phase,
+    /// The data file (partial `data`, or the complete blob: same inode
+    /// across the final rename, so handles stay valid).
+    file: Arc<File>,
+    /// The journal (partial blobs only).
+    journal: Option<Arc<File>>,
+    /// Length of the intact journal, to cut a failed append back off.
+    journal_len: u64,
+    /// Known chunk digests.
+    digests: Vec<Option<Digest>>,
+    /// How many entries of `digests` are known.
+    known: u32,
+    /// The chunk map, once every digest is known.
+    map: Option<Arc<ChunkMap>>,
+    /// Verified chunks.
+    have: Bitfield,
+    /// Bytes consumed by the furthest reader.
+    cursor: u64,
+    /// Open readers (the blob is not collected while > 0).
+    readers: u32,
+}
+
+impl Blob {
+    /// Byte range of chunk `index` (caller checked the index).
+    fn range(&self, index: u32) -> Range<u64> {
+        let start = index as u64 * self.chunk_size.get() as u64;
+        start..(start + self.chunk_size.get() as u64).min(self.size)
+    }
+
+    /// Locks the mutable state (a poisoned lock is still usable: every
+    /// update keeps the state consistent before it can panic).
+    fn lock(&self) -> MutexGuard<'_, BlobState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks `index` against the chunk count.
+    fn check_index(&self, index: u32) -> Result<(), StoreError> {
+        if index < self.chunk_count {
+            Ok(())
+        } else {
+            Err(ChunkError::IndexOutOfRange {
+                index,
+                count: self.chunk_count,
+            }
+            .into())
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Maps an I/O error that cannot be a full disk (reads, renames).
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::io(path, 0, e)
+}
+
+/// Fsyncs a directory so a rename or create in it is durable.
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Stream-hashes `len` bytes of `file` from offset 0.
+fn hash_file(file: &File, len: u64, path: &Path) -> Result<Digest, StoreError> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; IO_BUF.min(len.max(1) as usize)];
+    let mut off = 0u64;
+    while off < len {
+        let n = ((len - off) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], off).map_err(io(path))?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(Digest::from_bytes(h.finalize().into()))
+}
+
+/// `[version, size, chunk_size]` of a partial blob.
+type Meta = (u64, u64, ChunkSize);
+/// `[version, name, blobs]` of a pin.
+type PinFile = (u64, String, Vec<Digest>);
+
+impl Inner {
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(d.to_hex())
+    }
+    fn map_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("maps/sha256").join(d.to_hex())
+    }
+    fn partial_dir(&self, d: &Digest) -> PathBuf {
+        self.dir.join("partial").join(d.to_hex())
+    }
+    fn pin_path(&self, name: &str) -> PathBuf {
+        self.dir.join("refs").join(hex::encode(name.as_bytes()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, blob: &Digest) -> Result<Arc<Blob>, StoreError> {
+        self.lock()
+            .blobs
+            .get(blob)
+            .cloned()
+            .ok_or(StoreError::UnknownBlob(*blob))
+    }
+
+    fn emit(&self, ev: StoreEvent) {
+        // No subscriber is fine.
+        let _ = self.events.send(ev);
+    }
+
+    /// Writes `bytes` to `dest` atomically: temp file, fsync, rename, fsync dir.
+    fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let res = (|| {
+            let mut f =
+                File::create(&tmp).map_err(|e| StoreError::io(&tmp, bytes.len() as u64, e))?;
+            f.write_all(bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| StoreError::io(&tmp, bytes.len() as u64, e))?;
+            fs::rename(&tmp, dest).map_err(io(dest))?;
+            fsync_dir(dest.parent().expect("store paths have parents"))
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Appends `rec` to a partial blob's journal (under its lock). A failed
+    /// append is cut off again so later records stay readable.
+    fn append(&self, b: &Blob, st: &mut BlobState, rec: &Record) -> Result<(), StoreError> {
+        let Some(j) = st.journal.clone() else {
+            return Ok(());
+        };
+        let bytes = rec.encode();
+        let path = self.partial_dir(&b.digest).join("journal");
+        if let Err(e) = (&*j).write_all(&bytes) {
+            let _ = j.set_len(st.journal_len);
+            return Err(StoreError::io(&path, bytes.len() as u64, e));
+        }
+        st.journal_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Evicts unpinned, idle blobs oldest first until `needed` more bytes
+    /// fit under the quota (`needed = None`: evict all of them).
+    fn collect(&self, needed: Option<u64>, keep: Option<&Digest>) -> GcReport {
+        let mut report = GcReport::default();
+        let victims: Vec<Arc<Blob>> = {
+            let mut state = self.lock();
+            let pinned: std::collections::HashSet<Digest> =
+                state.pins.values().flatten().copied().collect();
+            let mut candidates: Vec<Arc<Blob>> = state
+                .blobs
+                .values()
+                .filter(|b| !pinned.contains(&b.digest) && Some(&b.digest) != keep)
+                .filter(|b| {
+                    let st = b.lock();
+                    st.readers == 0 && matches!(st.phase, Phase::Partial | Phase::Complete)
+                })
+                .cloned()
+                .collect();
+            candidates.sort_by_key(|b| (b.created, b.digest));
+            let mut usage = usage_of(&state);
+            let mut out = Vec::new();
+            for b in candidates {
+                if let (Some(n), Some(max)) = (needed, self.config.max_size) {
+                    if usage.saturating_add(n) <= max {
+                        break;
+                    }
+                }
+                let mut st = b.lock();
+                if st.readers > 0 || !matches!(st.phase, Phase::Partial | Phase::Complete) {
+                    continue;
+                }
+                st.phase = Phase::Removed;
+                drop(st);
+                b.cond.notify_all();
+                state.blobs.remove(&b.digest);
+                usage -= b.size;
+                report.removed.push(b.digest);
+                report.freed += b.size;
+                out.push(b);
+            }
+            out
+        };
+        for b in victims {
+            self.delete_files(&b.digest);
+            tracing::info!(blob = %b.digest, size = b.size, "collected unpinned blob");
+        }
+        report
+    }
+
+    /// Removes every file of a blob (best effort; leftovers are cleaned on open).
+    fn delete_files(&self, d: &Digest) {
+        let _ = fs::remove_file(self.blob_path(d));
+        let _ = fs::remove_file(self.map_path(d));
+        let _ = fs::remove_dir_all(self.partial_dir(d));
+    }
+
+    /// Verifies and durably stores one chunk, then sets its bit (blocking).
+    fn write_chunk_blocking(
+        &self,
+        b: &Arc<Blob>,
+        index: u32,
+        digest: Digest,
+        file: &File,
+        bytes: &[u8],
+    ) -> Result<WriteOutcome, StoreError> {
+        let range = b.range(index);
+        let expected = (range.end - range.start) as u32;
+        if bytes.len() != expected as usize {
+            return Err(ChunkError::WrongLength {
+                index,
+                expected,
+                actual: bytes.len(),
+            }
+            .into());
+        }
+        let actual = Digest::of(bytes);
+        if actual != digest {
+            return Err(ChunkError::DigestMismatch {
+                index,
+                expected: digest,
+                actual,
+            }
+            .into());
+        }
+        let data_path = self.partial_dir(&b.digest).join("data");
+        file.write_all_at(bytes, range.start)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| StoreError::io(&data_path, bytes.len() as u64, e))?;
+        let (journal, complete) = {
+            let mut st = b.lock();
+            match st.phase {
+                Phase::Partial => {}
+                Phase::Finishing | Phase::Complete => return Ok(WriteOutcome::AlreadyHad),
+                Phase::Removed | Phase::Failed(_) => return Err(StoreError::UnknownBlob(b.digest)),
+            }
+            if st.have.get(index) {
+                return Ok(WriteOutcome::AlreadyHad);
+            }
+            self.append(b, &mut st, &Record::Verified(vec![index]))?;
+            st.have.set(index);
+            let complete = st.have.is_complete();
+            if complete {
+                st.phase = Phase::Finishing;
+            }
+            (st.journal.clone(), complete)
+        };
+        b.cond.notify_all();
+        if let Some(j) = journal {
+            if let Err(e) = j.sync_data() {
+                // The data is durable; at worst the chunk is fetched again.
+                tracing::warn!(blob = %b.digest, error = %e, "journal fsync failed");
+            }
+        }
+        self.emit(StoreEvent::ChunkStored {
+            blob: b.digest,
+            index,
+        });
+        if complete {
+            self.finish(b)
+        } else {
+            Ok(WriteOutcome::Stored)
+        }
+    }
+
+    /// Whole-blob check and move into `blobs/` (blocking; phase is Finishing).
+    fn finish(&self, b: &Arc<Blob>) -> Result<WriteOutcome, StoreError> {
+        let (file, digests) = {
+            let st = b.lock();
+            (
+                st.file.clone(),
+                st.digests
+                    .iter()
+                    .map(|d| d.expect("all known"))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let dir = self.partial_dir(&b.digest);
+        let data_path = dir.join("data");
+        let res = (|| {
+            let actual = hash_file(&file, b.size, &data_path)?;
+            if actual != b.digest {
+                return Ok(Err(actual));
+            }
+            let map = ChunkMap::new(b.size, b.chunk_size, digests).map_err(|e| StoreError::Io {
+                path: data_path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            file.sync_all().map_err(io(&data_path))?;
+            self.write_atomic(&self.map_path(&b.digest), &map.encode())?;
+            let dest = self.blob_path(&b.digest);
+            fs::rename(&data_path, &dest).map_err(io(&dest))?;
+            fsync_dir(dest.parent().expect("parent"))?;
+            let _ = fs::remove_dir_all(&dir);
+            let _ = fsync_dir(&self.dir.join("partial"));
+            Ok(Ok(map))
+        })();
+        match res {
+            Ok(Ok(map)) => {
+                {
+                    let mut st = b.lock();
+                    st.phase = Phase::Complete;
+                    st.journal = None;
+                    st.map = Some(Arc::new(map));
+                }
+                b.cond.notify_all();
+                tracing::info!(blob = %b.digest, size = b.size, "blob complete and verified");
+                self.emit(StoreEvent::BlobComplete { blob: b.digest });
+                Ok(WriteOutcome::BlobComplete)
+            }
+            Ok(Err(actual)) => {
+                let reason = format!("content hashes to {actual}");
+                {
+                    let mut st = b.lock();
+                    st.phase = Phase::Failed(reason.clone());
+                }
+                b.cond.notify_all();
+                {
+                    let mut state = self.lock();
+                    if state
+                        .blobs
+                        .get(&b.digest)
+                        .is_some_and(|x| Arc::ptr_eq(x, b))
+                    {
+                        state.blobs.remove(&b.digest);
+                    }
+                }
+                let _ = fs::remove_dir_all(&dir);
+                tracing::error!(blob = %b.digest, %actual, "blob failed its whole-blob check; dropped");
+                self.emit(StoreEvent::BlobFailed {
+                    blob: b.digest,
+                    reason,
+                });
+                Err(StoreError::BlobCorrupt {
+                    blob: b.digest,
+                    actual,
+                })
+            }
+            Err(e) => {
+                // Retried on the next open (every bit is set then).
+                b.lock().phase = Phase::Partial;
+                b.cond.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads and re-verifies one chunk (blocking).
+    fn read_chunk_blocking(&self, b: &Arc<Blob>, index: u32) -> Result<Vec<u8>, StoreError> {
+        let (file, digest, path) = {
+            let st = b.lock();
+            match st.phase {
+                Phase::Removed | Phase::Failed(_) => return Err(StoreError::UnknownBlob(b.digest)),
+                _ => {}
+            }
+            if !st.have.get(index) {
+                return Err(StoreError::ChunkMissing {
+                    blob: b.digest,
+                    index,
+                });
+            }
+            let path = if st.phase == Phase::Complete {
+                self.blob_path(&b.digest)
+            } else {
+                self.partial_dir(&b.digest).join("data")
+            };
+            (
+                st.file.clone(),
+                st.digests[index as usize].expect("set bit has a digest"),
+                path,
+            )
+        };
+        let range = b.range(index);
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact_at(&mut buf, range.start)
+            .map_err(io(&path))?;
+        let actual = Digest::of(&buf);
+        if actual != digest {
+            self.chunk_corrupt(b, index);
+            return Err(StoreError::ChunkCorrupt {
+                blob: b.digest,
+                index,
+                actual,
+            });
+        }
+        Ok(buf)
+    }
+
+    /// A held chunk failed re-verification: clear its bit durably. A
+    /// complete blob goes back to `partial/` so only this chunk is refetched.
+    fn chunk_corrupt(&self, b: &Arc<Blob>, index: u32) {
+        tracing::warn!(blob = %b.digest, index, "chunk failed re-verification; cleared for refetch");
+        let mut st = b.lock();
+        match st.phase {
+            Phase::Partial if st.have.get(index) => {
+                st.have.clear(index);
+                if let Err(e) = self.append(b, &mut st, &Record::Cleared(vec![index])) {
+                    // The restart re-hash clears it anyway.
+                    tracing::warn!(blob = %b.digest, error = %e, "could not journal a cleared chunk");
+                }
+            }
+            Phase::Complete => match self.demote(b, &mut st, index) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(blob = %b.digest, error = %e, "could not move a damaged blob back to partial; dropping it");
+                    st.phase = Phase::Failed(format!("chunk {index} rotted on disk"));
+                    drop(st);
+                    self.lock().blobs.remove(&b.digest);
+                    self.delete_files(&b.digest);
+                    b.cond.notify_all();
+                    return;
+                }
+            },
+            _ => {}
+        }
+        drop(st);
+        b.cond.notify_all();
+    }
+
+    /// Moves a complete blob back to `partial/` with chunk `index` cleared.
+    fn demote(&self, b: &Blob, st: &mut BlobState, index: u32) -> Result<(), StoreError> {
+        let dir = self.partial_dir(&b.digest);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let digests: Vec<Digest> = st.digests.iter().map(|d| d.expect("complete")).collect();
+        let mut journal = Record::Digests { first: 0, digests }.encode();
+        let held: Vec<u32> = (0..b.chunk_count).filter(|&i| i != index).collect();
+        journal.extend(Record::Verified(held).encode());
+        let jpath = dir.join("journal");
+        self.write_atomic(&jpath, &journal)?;
+        let data = dir.join("data");
+        fs::rename(self.blob_path(&b.digest), &data).map_err(io(&data))?;
+        let meta: Meta = (META_VERSION, b.size, b.chunk_size);
+        self.write_atomic(&dir.join("meta"), &encoding::encode(&meta))?;
+        let _ = fs::remove_file(self.map_path(&b.digest));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data)
+            .map_err(io(&data))?;
+        let j = OpenOptions::new()
+            .append(true)
+            .open(&jpath)
+            .map_err(io(&jpath))?;
+        st.file = Arc::new(file);
+        st.journal = Some(Arc::new(j));
+        st.journal_len = journal.len() as u64;
+        st.have.clear(index);
+        st.phase = Phase::Partial;
+        Ok(())
+    }
+}
+
+/// Sum of declared sizes of live blobs.
+fn usage_of(state: &State) -> u64 {
+    state.blobs.values().map(|b| b.size).sum()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, recovering from any
+    /// crash: torn journal tails are dropped and every chunk marked present
+    /// in a partial blob is re-hashed; failures are cleared for refetch.
+    pub async fn open(dir: PathBuf, config: StoreConfig) -> Result<Store, StoreError> {
+        let (inner, finish) = blocking(move || recover::open(dir, config)).await?;
+        let store = Store {
+            inner: Arc::new(inner),
+        };
+        for b in finish {
+            let inner = store.inner.clone();
+            let digest = b.digest;
+            // A blob that lost its final step in a crash; a failure is logged
+            // and leaves it dropped (BlobCorrupt) or partial (I/O).
+            if let Err(e) = blocking(move || inner.finish(&b)).await {
+                tracing::warn!(blob = %digest, error = %e, "finishing a recovered blob failed");
+            }
+        }
+        Ok(store)
+    }
+
+    /// The store's root directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Declares a blob (size known from the manifest). Idempotent; a
+    /// different size or chunk size than declared before is refused. Under
+    /// a quota, unpinned blobs are collected first to make room.
+    pub async fn create_blob(
+        &self,
+        blob: Digest,
+        size: u64,
+        chunk_size: ChunkSize,
+    ) -> Result<(), StoreError> {
+        let count = chunk_count(size, chunk_size);
+        if count > MAX_CHUNKS as u64 {
+            return Err(ChunkError::TooManyChunks {
+                size,
+                chunk_size: chunk_size.get(),
+                max: MAX_CHUNKS,
+            }
+            .into());
+        }
+        self.check_open()?;
+        let _admin = self.inner.admin.lock().await;
+        if let Some(b) = self.inner.lock().blobs.get(&blob) {
+            if b.size == size && b.chunk_size == chunk_size {
+                return Ok(());
+            }
+            return Err(StoreError::LayoutConflict {
+                blob,
+                existing_size: b.size,
+                existing_chunk_size: b.chunk_size,
+                size,
+                chunk_size,
+            });
+        }
+        self.reserve(blob, size).await?;
+        let inner = self.inner.clone();
+        let b = blocking(move || recover::create_partial(&inner, blob, size, chunk_size)).await?;
+        self.inner.lock().blobs.insert(blob, b.clone());
+        tracing::debug!(%blob, size, chunks = count, "declared blob");
+        if count == 0 {
+            b.lock().phase = Phase::Finishing;
+            let inner = self.inner.clone();
+            blocking(move || inner.finish(&b)).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes room for `size` more bytes under the quota, collecting
+    /// unpinned blobs oldest first.
+    async fn reserve(&self, blob: Digest, size: u64) -> Result<(), StoreError> {
+        let Some(max) = self.inner.config.max_size else {
+            return Ok(());
+        };
+        if self.usage().saturating_add(size) <= max {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let report = blocking(move || Ok(inner.collect(Some(size), Some(&blob)))).await?;
+        if !report.removed.is_empty() {
+            tracing::info!(
+                freed = report.freed,
+                blobs = report.removed.len(),
+                "quota pressure: collected unpinned blobs"
+            );
+        }
+        let used = self.usage();
+        if used.saturating_add(size) > max {
+            return Err(StoreError::QuotaExceeded {
+                blob,
+                needed: size,
+                used,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records chunk digests `first_index..` as they become known (the
+    /// gateway streams them). A digest conflicting with a recorded one is
+    /// refused and nothing of the batch is recorded.
+    pub async fn add_chunk_digests(
+        &self,
+        blob: Digest,
+        first_index: u32,
+        digests: &[Digest],
+    ) -> Result<(), StoreError> {
+        let b = self.inner.get(&blob)?;
+        let end = first_index as u64 + digests.len() as u64;
+        if end > b.chunk_count as u64 {
+            return Err(ChunkError::IndexOutOfRange {
+                index: (end - 1).min(u32::MAX as u64) as u32,
+                count: b.chunk_count,
+            }
+            .into());
+        }
+        let digests = digests.to_vec();
+        let inner = self.inner.clone();
+        blocking(move || {
+            let journal = {
+                let mut st = b.lock();
+                let mut new = false;
+                for (i, d) in digests.iter().enumerate() {
+                    let index = first_index + i as u32;
+                    match st.digests[index as usize] {
+                        Some(known) if known != *d => {
+                            return Err(StoreError::DigestConflict {
+                                blob,
+                                index,
+                                known,
+                                offered: *d,
+                            })
+                        }
+                        Some(_) => {}
+                        None => new = true,
+                    }
+                }
+                if !new {
+                    return Ok(());
+                }
+                match st.phase {
+                    Phase::Partial | Phase::Finishing => {}
+                    _ => return Err(StoreError::UnknownBlob(blob)),
+                }
+                let rec = Record::Digests {
+                    first: first_index,
+                    digests: digests.clone(),
+                };
+                inner.append(&b, &mut st, &rec)?;
+                for (i, d) in digests.iter().enumerate() {
+                    let slot = &mut st.digests[first_index as usize + i];
+                    if slot.is_none() {
+                        *slot = Some(*d);
+                        st.known += 1;
+                    }
+                }
+                if st.known == b.chunk_count {
+                    let all = st.digests.iter().map(|d| d.expect("known")).collect();
+                    st.map = ChunkMap::new(b.size, b.chunk_size, all).ok().map(Arc::new);
+                }
+                st.journal.clone()
+            };
+            if let Some(j) = journal {
+                let path = inner.partial_dir(&blob).join("journal");
+                j.sync_data().map_err(|e| StoreError::io(&path, 0, e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`create_blob`](Self::create_blob) plus
+    /// [`add_chunk_digests`](Self::add_chunk_digests) for a complete map.
+    pub async fn put_chunk_map(&self, blob: Digest, map: &ChunkMap) -> Result<(), StoreError> {
+        self.create_blob(blob, map.blob_size(), map.chunk_size())
+            .await?;
+        if self.is_complete(&blob) {
+            // A complete blob's map was computed from its verified bytes.
+            return match self.chunk_map(&blob) {
+                Some(m) if *m == *map => Ok(()),
+                Some(m) => {
+                    let index = m
+                        .digests()
+                        .iter()
+                        .zip(map.digests())
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0) as u32;
+                    Err(StoreError::DigestConflict {
+                        blob,
+                        index,
+                        known: m.digests()[index as usize],
+                        offered: map.digests()[index as usize],
+                    })
+                }
+                None => Ok(()),
+            };
+        }
+        self.add_chunk_digests(blob, 0, map.digests()).await
+    }
+
+    /// The chunk map once every digest is known.
+    pub fn chunk_map(&self, blob: &Digest) -> Option<Arc<ChunkMap>> {
+        let b = self.inner.get(blob).ok()?;
+        let st = b.lock();
+        st.map.clone()
+    }
+
+    /// Layout info, even while digests are still arriving.
+    pub fn blob_info(&self, blob: &Digest) -> Option<BlobInfo> {
+        let b = self.inner.get(blob).ok()?;
+        let known = b.lock().known;
+        Some(BlobInfo {
+            size: b.size,
+            chunk_size: b.chunk_size,
+            chunk_count: b.chunk_count,
+            digests_known: known,
+        })
+    }
+
+    /// Snapshot of the verified chunks.
+    pub fn bitfield(&self, blob: &Digest) -> Option<Bitfield> {
+        let b = self.inner.get(blob).ok()?;
+        let bits = b.lock().have.clone();
+        Some(bits)
+    }
+
+    /// Verifies the chunk against its known digest (on the blocking pool),
+    /// writes it durably, then sets its bit. When the last chunk lands the
+    /// whole blob is stream-hashed against `blob`: a match moves it to
+    /// `blobs/` ([`WriteOutcome::BlobComplete`]); a mismatch drops it,
+    /// emits [`StoreEvent::BlobFailed`] and returns
+    /// [`StoreError::BlobCorrupt`]. Wrong bytes store nothing.
+    pub async fn write_chunk(
+        &self,
+        blob: Digest,
+        index: u32,
+        bytes: Bytes,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.check_open()?;
+        let b = self.inner.get(&blob)?;
+        b.check_index(index)?;
+        let (digest, file) = {
+            let st = b.lock();
+            match st.phase {
+                Phase::Partial => {}
+                Phase::Finishing | Phase::Complete => return Ok(WriteOutcome::AlreadyHad),
+                Phase::Removed | Phase::Failed(_) => return Err(StoreError::UnknownBlob(blob)),
+            }
+            if st.have.get(index) {
+                return Ok(WriteOutcome::AlreadyHad);
+            }
+            let digest =
+                st.digests[index as usize].ok_or(StoreError::DigestUnknown { blob, index })?;
+            (digest, st.file.clone())
+        };
+        let inner = self.inner.clone();
+        blocking(move || inner.write_chunk_blocking(&b, index, digest, &file, &bytes)).await
+    }
+
+    /// Reads chunk `index` and re-verifies it; on mismatch clears its bit
+    /// (so it is fetched again) and returns [`StoreError::ChunkCorrupt`].
+    pub async fn read_chunk(&self, blob: Digest, index: u32) -> Result<Bytes, StoreError> {
+        let b = self.inner.get(&blob)?;
+        b.check_index(index)?;
+        let inner = self.inner.clone();
+        blocking(move || inner.read_chunk_blocking(&b, index).map(Bytes::from)).await
+    }
+
+    /// Stores a whole small blob (manifest, config) after checking that its
+    /// sha256 is `digest`; a mismatch is [`StoreError::BlobCorrupt`] and
+    /// stores nothing. Completes a partial blob of the same digest.
+    pub async fn put_blob(&self, digest: Digest, bytes: Bytes) -> Result<(), StoreError> {
+        self.check_open()?;
+        if self.is_complete(&digest) {
+            return Ok(());
+        }
+        let _admin = self.inner.admin.lock().await;
+        let existing = self.inner.lock().blobs.get(&digest).cloned();
+        if let Some(b) = &existing {
+            if b.size != bytes.len() as u64 {
+                return Err(StoreError::LayoutConflict {
+                    blob: digest,
+                    existing_size: b.size,
+                    existing_chunk_size: b.chunk_size,
+                    size: bytes.len() as u64,
+                    chunk_size: b.chunk_size,
+                });
+            }
+            if b.lock().phase != Phase::Partial {
+                return Ok(());
+            }
+        } else {
+            self.reserve(digest, bytes.len() as u64).await?;
+        }
+        let inner = self.inner.clone();
+        blocking(move || recover::put_blob(&inner, digest, &bytes, existing)).await
+    }
+
+    /// Whether the blob is complete and verified as a whole.
+    pub fn is_complete(&self, blob: &Digest) -> bool {
+        self.inner
+            .get(blob)
+            .is_ok_and(|b| b.lock().phase == Phase::Complete)
+    }
+
+    /// Path of a complete blob's file, for read-only use (for example
+    /// serving it to containerd). Do not modify it.
+    pub fn blob_path(&self, blob: &Digest) -> Option<PathBuf> {
+        self.is_complete(blob).then(|| self.inner.blob_path(blob))
+    }
+
+    /// A blocking [`std::io::Read`] over the blob in order, waiting for
+    /// chunks that are not there yet (use it inside `spawn_blocking`).
+    /// Each chunk is re-verified before its bytes are returned. Reading
+    /// advances [`cursor`](Self::cursor).
+    pub fn reader(&self, blob: Digest) -> Result<BlobReader, StoreError> {
+        self.check_open()?;
+        let b = self.inner.get(&blob)?;
+        Ok(BlobReader::new(self.inner.clone(), b))
+    }
+
+    /// Bytes consumed by the furthest reader of the blob (0 if unknown).
+    pub fn cursor(&self, blob: &Digest) -> u64 {
+        self.inner.get(blob).map(|b| b.lock().cursor).unwrap_or(0)
+    }
+
+    /// Subscribes to store events (bounded: [`EVENT_CAPACITY`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Pins `blobs` under `name` (replacing an earlier pin of that name).
+    /// Pinned blobs are never collected; blobs need not exist yet.
+    pub async fn pin(&self, name: &str, blobs: &[Digest]) -> Result<(), StoreError> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(StoreError::InvalidName(name.to_string()));
+        }
+        let _admin = self.inner.admin.lock().await;
+        let pin: PinFile = (META_VERSION, name.to_string(), blobs.to_vec());
+        let inner = self.inner.clone();
+        let path = self.inner.pin_path(name);
+        blocking(move || inner.write_atomic(&path, &encoding::encode(&pin))).await?;
+        self.inner
+            .lock()
+            .pins
+            .insert(name.to_string(), blobs.to_vec());
+        Ok(())
+    }
+
+    /// Drops the pin `name` (no error if absent). Its blobs become
+    /// collectable unless another pin keeps them.
+    pub async fn unpin(&self, name: &str) -> Result<(), StoreError> {
+        let _admin = self.inner.admin.lock().await;
+        let path = self.inner.pin_path(name);
+        let dir = self.inner.dir.join("refs");
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => fsync_dir(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&path, 0, e)),
+        })
+        .await?;
+        self.inner.lock().pins.remove(name);
+        Ok(())
+    }
+
+    /// Pin names and the blobs they keep.
+    pub fn pins(&self) -> BTreeMap<String, Vec<Digest>> {
+        self.inner.lock().pins.clone()
+    }
+
+    /// Removes every blob, complete or partial, that no pin references
+    /// (oldest first), except blobs with an open reader or in their final
+    /// check.
+    pub async fn gc(&self) -> Result<GcReport, StoreError> {
+        let _admin = self.inner.admin.lock().await;
+        let inner = self.inner.clone();
+        blocking(move || Ok(inner.collect(None, None))).await
+    }
+
+    /// Declared bytes of all blobs (partial blobs count in full).
+    pub fn usage(&self) -> u64 {
+        usage_of(&self.inner.lock())
+    }
+
+    /// Every blob with its progress and pins, sorted by digest.
+    pub fn blobs(&self) -> Vec<BlobSummary> {
+        let state = self.inner.lock();
+        let mut out: Vec<BlobSummary> = state
+            .blobs
+            .values()
+            .map(|b| {
+                let st = b.lock();
+                BlobSummary {
+                    digest: b.digest,
+                    size: b.size,
+                    chunk_size: b.chunk_size,
+                    chunk_count: b.chunk_count,
+                    chunks_have: st.have.count_ones(),
+                    complete: st.phase == Phase::Complete,
+                    pinned_by: state
+                        .pins
+                        .iter()
+                        .filter(|(_, v)| v.contains(&b.digest))
+                        .map(|(k, _)| k.clone())
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.digest);
+        out
+    }
+
+    /// Starts shutting down: waiting readers return an error, new writes
+    /// are refused with [`StoreError::Closing`]. Everything already
+    /// acknowledged is durable.
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let blobs: Vec<Arc<Blob>> = self.inner.lock().blobs.values().cloned().collect();
+        for b in blobs {
+            // Take the lock so a reader between its check and its wait
+            // cannot miss the wakeup.
+            drop(b.lock());
+            b.cond.notify_all();
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            Err(StoreError::Closing)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+mod recover;
+
+#[cfg(test)]
+mod tests;
+
+/// Reads a whole small file (metadata), mapping errors to `path`.
+fn read_small(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut v = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut v))
+        .map_err(io(path))?;
+    Ok(v)
+}
+
+/// Builds a chunk map by streaming a file (recovering a missing map).
+fn map_of_file(
+    file: &File,
+    len: u64,
+    chunk_size: ChunkSize,
+    path: &Path,
+) -> Result<(ChunkMap, Digest), StoreError> {
+    let mut builder = ChunkMapBuilder::new(chunk_size);
+    let mut buf = vec![0u8; IO_BUF];
+    let mut off = 0u64;
+    while off < len {
+        let n = ((len - off) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], off).map_err(io(path))?;
+        builder.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(builder.finish())
+}

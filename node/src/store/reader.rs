@@ -1,0 +1,202 @@
+//! A blocking reader over a blob that may still be arriving.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Blob, Inner, Phase, StoreError};
+
+/// Reads a blob in order, blocking on a condvar until the next chunk is
+/// verified. Each chunk is re-verified from disk before its bytes are
+/// returned (at most one chunk is buffered). Reading advances the blob's
+/// consume cursor, which the picker's deadline window follows.
+///
+/// It fails with an [`io::Error`] wrapping a [`StoreError`] when the blob
+/// fails or is collected, the store closes, the reader is aborted through
+/// its [`ReaderAbort`], or no new chunk arrives within the timeout.
+pub struct BlobReader {
+    /// The store.
+    inner: Arc<Inner>,
+    /// The blob read.
+    blob: Arc<Blob>,
+    /// Next blob offset to return.
+    pos: u64,
+    /// The verified chunk being returned.
+    buf: Vec<u8>,
+    /// Blob offset of `buf[0]`.
+    buf_start: u64,
+    /// Longest wait for one chunk; `None` waits until aborted.
+    timeout: Option<Duration>,
+    /// Set by [`ReaderAbort::abort`].
+    aborted: Arc<AtomicBool>,
+}
+
+/// Aborts a [`BlobReader`] from another thread or task: a blocked or
+/// later `read` returns an error.
+#[derive(Clone)]
+pub struct ReaderAbort {
+    /// Shared with the reader.
+    aborted: Arc<AtomicBool>,
+    /// To wake the reader.
+    blob: Arc<Blob>,
+}
+
+impl ReaderAbort {
+    /// Makes the reader fail its current and every later `read`.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        drop(self.blob.lock());
+        self.blob.cond.notify_all();
+    }
+}
+
+impl std::fmt::Debug for BlobReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobReader")
+            .field("blob", &self.blob.digest)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl BlobReader {
+    pub(super) fn new(inner: Arc<Inner>, blob: Arc<Blob>) -> Self {
+        blob.lock().readers += 1;
+        BlobReader {
+            inner,
+            blob,
+            pos: 0,
+            buf: Vec::new(),
+            buf_start: 0,
+            timeout: None,
+            aborted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Sets the longest wait for one chunk (`None`: wait until aborted or
+    /// the store closes). A timeout fails the read with
+    /// [`io::ErrorKind::TimedOut`]; a later read may wait again.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// A handle that aborts this reader.
+    pub fn abort_handle(&self) -> ReaderAbort {
+        ReaderAbort {
+            aborted: self.aborted.clone(),
+            blob: self.blob.clone(),
+        }
+    }
+
+    /// Bytes returned so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Size of the blob.
+    pub fn size(&self) -> u64 {
+        self.blob.size
+    }
+
+    /// Waits for the chunk holding `self.pos`, reads and verifies it.
+    fn load(&mut self) -> io::Result<()> {
+        let b = self.blob.clone();
+        let cs = b.chunk_size.get() as u64;
+        let index = (self.pos / cs) as u32;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        loop {
+            {
+                let mut st = b.lock();
+                loop {
+                    if self.aborted.load(Ordering::SeqCst) {
+                        return Err(io::Error::other("blob reader aborted"));
+                    }
+                    if self.inner.closing.load(Ordering::SeqCst) {
+                        return Err(io::Error::other(StoreError::Closing));
+                    }
+                    match &st.phase {
+                        Phase::Removed => {
+                            return Err(io::Error::other(StoreError::BlobGone {
+                                blob: b.digest,
+                                reason: "collected or replaced".into(),
+                            }))
+                        }
+                        Phase::Failed(r) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                StoreError::BlobGone {
+                                    blob: b.digest,
+                                    reason: r.clone(),
+                                },
+                            ))
+                        }
+                        _ => {}
+                    }
+                    if st.have.get(index) {
+                        break;
+                    }
+                    st = match deadline {
+                        None => b.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    format!(
+                                        "timed out waiting for chunk {index} of blob {}",
+                                        b.digest
+                                    ),
+                                ));
+                            }
+                            b.cond
+                                .wait_timeout(st, d - now)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                    };
+                }
+            }
+            match self.inner.read_chunk_blocking(&b, index) {
+                Ok(bytes) => {
+                    self.buf = bytes;
+                    self.buf_start = index as u64 * cs;
+                    return Ok(());
+                }
+                // Cleared for refetch: wait for it again.
+                Err(StoreError::ChunkCorrupt { .. }) | Err(StoreError::ChunkMissing { .. }) => {
+                    continue
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+    }
+}
+
+impl io::Read for BlobReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() || self.pos >= self.blob.size {
+            return Ok(0);
+        }
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if self.buf.is_empty() || self.pos < self.buf_start || self.pos >= buf_end {
+            self.load()?;
+        }
+        let off = (self.pos - self.buf_start) as usize;
+        let n = out.len().min(self.buf.len() - off);
+        out[..n].copy_from_slice(&self.buf[off..off + n]);
+        self.pos += n as u64;
+        let mut st = self.blob.lock();
+        if self.pos > st.cursor {
+            st.cursor = self.pos;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for BlobReader {
+    fn drop(&mut self) {
+        let mut st = self.blob.lock();
+        st.readers = st.readers.saturating_sub(1);
+    }
+}

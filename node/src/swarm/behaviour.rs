@@ -1,0 +1,257 @@
+//! The libp2p behaviour of an edgeswarm node, shared with the bootstrap
+//! binary: transport (TCP + optional pnet + noise + yamux), Kademlia,
+//! gossipsub and identify scoped to a locality, mDNS, ping, connection
+//! limits, a block list for bans, and `libp2p-stream` for chunk bytes.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, Transport as _,
+};
+
+use super::SwarmError;
+
+/// Protocol names of one locality. Peers with another locality speak other
+/// names and so cannot share a DHT, a gossip mesh or chunks with us.
+#[derive(Debug, Clone)]
+pub struct Protocols {
+    /// The locality name.
+    pub locality: String,
+    /// `/edgeswarm/<locality>/kad/1.0.0`.
+    pub kad: StreamProtocol,
+    /// `/edgeswarm/<locality>/id/1.0.0` (identify's protocol version string).
+    pub identify: String,
+    /// `/edgeswarm/<locality>/meshsub` (gossipsub prefix).
+    pub gossip_prefix: String,
+    /// `/edgeswarm/<locality>/chunks/1.0.0`.
+    pub chunks: StreamProtocol,
+}
+
+impl Protocols {
+    /// Protocol names for `locality` (letters, digits, `-`, `_`, `.`; 1..=64).
+    pub fn new(locality: &str) -> Result<Self, SwarmError> {
+        let ok = !locality.is_empty()
+            && locality.len() <= 64
+            && locality
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(SwarmError::Config(format!(
+                "invalid locality {locality:?}: use 1-64 of [A-Za-z0-9._-]"
+            )));
+        }
+        let proto = |s: String| {
+            StreamProtocol::try_from_owned(s).map_err(|e| SwarmError::Config(e.to_string()))
+        };
+        Ok(Protocols {
+            locality: locality.to_owned(),
+            kad: proto(format!("/edgeswarm/{locality}/kad/1.0.0"))?,
+            identify: format!("/edgeswarm/{locality}/id/1.0.0"),
+            gossip_prefix: format!("/edgeswarm/{locality}/meshsub"),
+            chunks: proto(format!("/edgeswarm/{locality}/chunks/1.0.0"))?,
+        })
+    }
+
+    /// The gossip topic `edgeswarm/<locality>/<name>`.
+    pub fn topic(&self, topic: Topic) -> gossipsub::IdentTopic {
+        gossipsub::IdentTopic::new(format!("edgeswarm/{}/{}", self.locality, topic.name()))
+    }
+}
+
+/// The few long-lived gossip topics of a locality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Signed release announcements.
+    Releases,
+    /// Batched availability (have) deltas.
+    Availability,
+    /// Node status reports.
+    Status,
+}
+
+impl Topic {
+    /// Every topic, for subscribing.
+    pub const ALL: [Topic; 3] = [Topic::Releases, Topic::Availability, Topic::Status];
+
+    /// The topic's last path segment.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Releases => "releases",
+            Topic::Availability => "availability",
+            Topic::Status => "status",
+        }
+    }
+}
+
+/// Largest gossip message (bytes).
+pub const MAX_GOSSIP_MESSAGE: usize = 64 << 10;
+
+/// Tunables of the network layer shared by nodes and the bootstrap peer.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Locality protocol names.
+    pub protocols: Protocols,
+    /// Pre-shared key of the locality, if membership is restricted.
+    pub swarm_key: Option<PreSharedKey>,
+    /// Whether to discover peers with mDNS.
+    pub mdns: bool,
+    /// Most established connections in total.
+    pub max_connections: u32,
+    /// Connections kept open without traffic this long (long transfers pause).
+    pub idle_timeout: Duration,
+}
+
+/// The composed behaviour of an edgeswarm peer.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Ban list: blocked peers are disconnected and refused.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Connection limits.
+    pub limits: connection_limits::Behaviour,
+    /// Locality-scoped DHT: peer routing and provider records per blob.
+    pub kad: kad::Behaviour<MemoryStore>,
+    /// Locality-scoped gossip mesh.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Learns listen addresses and protocol versions of peers.
+    pub identify: identify::Behaviour,
+    /// LAN discovery (optional).
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Raw streams for chunk bytes.
+    pub stream: libp2p_stream::Behaviour,
+}
+
+/// Builds the transport: TCP (+ pnet if keyed) + noise + yamux.
+fn transport(
+    key: &Keypair,
+    psk: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, SwarmError> {
+    let noise = noise::Config::new(key).map_err(|e| SwarmError::Transport(e.to_string()))?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let mut yamux = yamux::Config::default();
+    yamux.set_max_num_streams(512);
+    Ok(match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(Duration::from_secs(20))
+            .boxed(),
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(Duration::from_secs(20))
+            .boxed(),
+    })
+}
+
+/// Builds a `Swarm` with the edgeswarm behaviour for `key` and `cfg`.
+/// Kademlia is forced into server mode (a LAN never confirms an external
+/// address) and gossipsub validates every message in the application.
+pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, SwarmError> {
+    let transport = transport(&key, cfg.swarm_key)?;
+    let peer_id = key.public().to_peer_id();
+    let p = &cfg.protocols;
+
+    // Kademlia: LAN-sized TTLs, raised store limits.
+    let mut kcfg = kad::Config::new(p.kad.clone());
+    kcfg.set_query_timeout(Duration::from_secs(20))
+        .set_provider_record_ttl(Some(Duration::from_secs(2 * 3600)))
+        .set_provider_publication_interval(Some(Duration::from_secs(30 * 60)))
+        .set_record_ttl(Some(Duration::from_secs(2 * 3600)))
+        .set_max_packet_size(64 << 20)
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    if let Some(n) = NonZeroUsize::new(3) {
+        kcfg.set_parallelism(n);
+    }
+    let store = MemoryStore::with_config(
+        peer_id,
+        MemoryStoreConfig {
+            max_records: 4096,
+            max_value_bytes: 65 * 1024,
+            max_providers_per_key: 256,
+            max_provided_keys: 16 * 1024,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kcfg);
+    kad.set_mode(Some(kad::Mode::Server));
+
+    // Gossipsub: signed, strict, application-validated, bounded messages.
+    let gcfg = gossipsub::ConfigBuilder::default()
+        .protocol_id_prefix(p.gossip_prefix.clone())
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP_MESSAGE)
+        .heartbeat_interval(Duration::from_millis(700))
+        .build()
+        .map_err(|e| SwarmError::Config(e.to_string()))?;
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
+            .map_err(|e| SwarmError::Config(e.to_string()))?;
+    let mut params = gossipsub::PeerScoreParams::default();
+    for t in Topic::ALL {
+        let mut tp = gossipsub::TopicScoreParams::default();
+        tp.invalid_message_deliveries_weight = -100.0;
+        tp.invalid_message_deliveries_decay = 0.9;
+        params.topics.insert(p.topic(t).hash(), tp);
+    }
+    gossipsub
+        .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+        .map_err(SwarmError::Config)?;
+    for t in Topic::ALL {
+        gossipsub
+            .subscribe(&p.topic(t))
+            .map_err(|e| SwarmError::Config(e.to_string()))?;
+    }
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(p.identify.clone(), key.public()).with_push_listen_addr_updates(true),
+    );
+    let mdns = if cfg.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| SwarmError::Transport(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(cfg.max_connections))
+            .with_max_established_per_peer(Some(2))
+            .with_max_pending_incoming(Some(64))
+            .with_max_pending_outgoing(Some(64)),
+    );
+    let behaviour = Behaviour {
+        blocked: Default::default(),
+        limits,
+        kad,
+        gossipsub,
+        identify,
+        mdns: Toggle::from(mdns),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+        stream: libp2p_stream::Behaviour::new(),
+    };
+    let idle = cfg.idle_timeout;
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|_| transport)
+        .map_err(|e| SwarmError::Transport(e.to_string()))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| SwarmError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
+}

@@ -1,0 +1,183 @@
+//! Prometheus metrics of the swarm, plus the per-node statistics that tests
+//! and the status API read (distinct peers chunks came from, bytes moved).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges of one node's swarm. Cheap to clone (Arc inside).
+#[derive(Clone, Default)]
+pub struct SwarmMetrics {
+    /// Verified chunks received from peers.
+    pub chunks_downloaded: Counter,
+    /// Bytes of verified chunks received from peers.
+    pub bytes_downloaded: Counter,
+    /// Chunks received that were already stored (endgame duplicates).
+    pub duplicate_chunks: Counter,
+    /// Chunks served to peers.
+    pub chunks_uploaded: Counter,
+    /// Bytes of chunks served to peers.
+    pub bytes_uploaded: Counter,
+    /// Chunks that failed verification (each bans the sender).
+    pub bad_chunks: Counter,
+    /// Peers banned (bad chunks or protocol violations).
+    pub bans: Counter,
+    /// Peers banned right now.
+    pub banned_peers: Gauge,
+    /// Stream or gossip messages that broke the protocol.
+    pub protocol_violations: Counter,
+    /// Gossip messages rejected by validation.
+    pub gossip_rejected: Counter,
+    /// Gossip messages accepted by validation.
+    pub gossip_accepted: Counter,
+    /// Peers whose requests were reassigned because they stalled.
+    pub stalls: Counter,
+    /// Requests declined by servers (seed sparing, not held).
+    pub rejected_requests: Counter,
+    /// Peers connected right now.
+    pub connected_peers: Gauge,
+    /// Distinct peers this node has received verified chunks from.
+    sources: Arc<Mutex<HashSet<PeerId>>>,
+}
+
+impl SwarmMetrics {
+    /// Registers every metric under `registry` (prefix it with
+    /// `registry.sub_registry_with_prefix("swarm")` if wanted).
+    pub fn register(&self, registry: &mut Registry) {
+        let c = |r: &mut Registry, n: &str, h: &str, m: &Counter| {
+            r.register(n, h, m.clone());
+        };
+        c(
+            registry,
+            "chunks_downloaded",
+            "Verified chunks received",
+            &self.chunks_downloaded,
+        );
+        c(
+            registry,
+            "bytes_downloaded",
+            "Verified bytes received",
+            &self.bytes_downloaded,
+        );
+        c(
+            registry,
+            "duplicate_chunks",
+            "Chunks received that were already stored",
+            &self.duplicate_chunks,
+        );
+        c(
+            registry,
+            "chunks_uploaded",
+            "Chunks served",
+            &self.chunks_uploaded,
+        );
+        c(
+            registry,
+            "bytes_uploaded",
+            "Bytes served",
+            &self.bytes_uploaded,
+        );
+        c(
+            registry,
+            "bad_chunks",
+            "Chunks failing verification",
+            &self.bad_chunks,
+        );
+        c(registry, "bans", "Peers banned", &self.bans);
+        c(
+            registry,
+            "protocol_violations",
+            "Protocol violations by peers",
+            &self.protocol_violations,
+        );
+        c(
+            registry,
+            "gossip_rejected",
+            "Gossip messages rejected",
+            &self.gossip_rejected,
+        );
+        c(
+            registry,
+            "gossip_accepted",
+            "Gossip messages accepted",
+            &self.gossip_accepted,
+        );
+        c(
+            registry,
+            "stalls",
+            "Stalled peers whose requests were reassigned",
+            &self.stalls,
+        );
+        c(
+            registry,
+            "rejected_requests",
+            "Requests declined by servers",
+            &self.rejected_requests,
+        );
+        registry.register(
+            "banned_peers",
+            "Peers banned now",
+            self.banned_peers.clone(),
+        );
+        registry.register(
+            "connected_peers",
+            "Peers connected now",
+            self.connected_peers.clone(),
+        );
+    }
+
+    pub(crate) fn record_source(&self, peer: PeerId) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer);
+    }
+
+    /// A snapshot of the headline figures.
+    pub fn stats(&self) -> SwarmStats {
+        SwarmStats {
+            chunks_downloaded: self.chunks_downloaded.get(),
+            bytes_downloaded: self.bytes_downloaded.get(),
+            duplicate_chunks: self.duplicate_chunks.get(),
+            chunks_uploaded: self.chunks_uploaded.get(),
+            bytes_uploaded: self.bytes_uploaded.get(),
+            bad_chunks: self.bad_chunks.get(),
+            bans: self.bans.get(),
+            protocol_violations: self.protocol_violations.get(),
+            gossip_rejected: self.gossip_rejected.get(),
+            stalls: self.stalls.get(),
+            distinct_sources: self.sources.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        }
+    }
+}
+
+/// Headline figures of one node (see [`SwarmMetrics`] for meanings).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwarmStats {
+    /// Verified chunks received.
+    pub chunks_downloaded: u64,
+    /// Verified bytes received.
+    pub bytes_downloaded: u64,
+    /// Chunks received that were already stored.
+    pub duplicate_chunks: u64,
+    /// Chunks served.
+    pub chunks_uploaded: u64,
+    /// Bytes served.
+    pub bytes_uploaded: u64,
+    /// Chunks that failed verification.
+    pub bad_chunks: u64,
+    /// Bans issued.
+    pub bans: u64,
+    /// Protocol violations seen.
+    pub protocol_violations: u64,
+    /// Gossip messages rejected.
+    pub gossip_rejected: u64,
+    /// Stalled peers.
+    pub stalls: u64,
+    /// Distinct peers verified chunks came from.
+    pub distinct_sources: usize,
+}

@@ -1,0 +1,333 @@
+//! # node::swarm — the peer-to-peer layer of an edgeswarm node
+//!
+//! Every locality is a BitTorrent-like swarm over libp2p. This module owns
+//! the network: identity and membership, discovery, gossip, and the chunk
+//! exchange that moves blob bytes between peers.
+//!
+//! ## Layout
+//!
+//! - [`keys`]: persistent ed25519 identity (`<data-dir>/identity.key`) and
+//!   go-ipfs `swarm.key` pre-shared keys (pnet).
+//! - [`behaviour`]: the composed libp2p behaviour (Kademlia, gossipsub and
+//!   identify scoped to `/edgeswarm/<locality>/...`, mDNS, ping, connection
+//!   limits, ban list, `libp2p-stream`) and transport; the bootstrap binary
+//!   reuses [`behaviour::build_swarm`].
+//! - `task` (private): the single task that owns the `Swarm`. It never blocks;
+//!   it answers [`SwarmClient`] commands (bounded mpsc + oneshot replies,
+//!   the rust-libp2p `file-sharing` example shape), validates every gossip
+//!   message, applies bans.
+//! - `exchange` (private): the chunk protocol over raw `libp2p-stream`
+//!   streams (framing in `frame`). Bytes go from the socket to the store
+//!   without passing through the swarm task. One downloader task per blob
+//!   runs the piece picker (`pick`) over per-peer sessions; one server task
+//!   per inbound stream serves verified chunks under upload slots and an
+//!   optional token-bucket rate.
+//! - [`chunkstore`]: the storage operations the swarm needs, and an interim
+//!   crash-safe directory store used until `node::store` is merged.
+//! - [`metrics`]: prometheus counters/gauges and per-node statistics.
+//!
+//! ## Goals
+//!
+//! - Every node of a locality receives a blob at close to its own link
+//!   speed, whatever the number of nodes; a seed uploads each chunk about
+//!   once (rarest-first + seed sparing); partial blobs are served.
+//! - Every chunk is verified before use or forwarding; a peer that sends a
+//!   bad chunk or breaks the protocol is banned for a while; stalled peers'
+//!   requests move elsewhere; dead peers leave the availability maps.
+//! - Everything is bounded: channels, in-flight requests, upload slots,
+//!   inbound streams, frame sizes, connections.
+//!
+//! ## Non-goals
+//!
+//! - NAT traversal, relays, QUIC (a LAN is assumed), WAN DHT participation.
+//! - Deciding *what* to fetch (releases, manifests): callers ask for blobs.
+
+pub mod behaviour;
+pub mod chunkstore;
+mod exchange;
+mod frame;
+pub mod keys;
+pub mod metrics;
+mod pick;
+mod task;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgeswarm_protocol::{ChunkMap, Digest};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use behaviour::{Protocols, Topic};
+pub use chunkstore::{ChunkStore, ChunkStoreError, ChunkWrite, DirStore};
+pub use metrics::{SwarmMetrics, SwarmStats};
+
+/// Errors of the swarm layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The identity key file is unusable.
+    #[error("identity key {path}: {reason}")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The swarm key file is unusable.
+    #[error("swarm key {path}: {reason}")]
+    SwarmKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is invalid.
+    #[error("invalid swarm configuration: {0}")]
+    Config(String),
+    /// The transport could not be built or could not listen.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The node is shutting down or has stopped.
+    #[error("the swarm has shut down")]
+    Shutdown,
+    /// The store failed locally.
+    #[error("store: {0}")]
+    Store(#[from] ChunkStoreError),
+    /// A gossip message could not be published.
+    #[error("publish: {0}")]
+    Publish(String),
+    /// A blob's chunk map could not be obtained from any peer.
+    #[error("no peer provided a chunk map for {0}")]
+    NoChunkMap(Digest),
+}
+
+/// Configuration of a swarm node. Build it with [`SwarmConfig::new`] and
+/// adjust fields; every field has a sensible LAN default.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// Data directory; holds `identity.key`.
+    pub data_dir: PathBuf,
+    /// Locality name: scopes the DHT, gossip and chunk protocols.
+    pub locality: String,
+    /// Addresses to listen on (e.g. `/ip4/0.0.0.0/tcp/4001`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (`/ip4/../tcp/../p2p/<id>` preferred).
+    pub bootstrap: Vec<Multiaddr>,
+    /// go-ipfs swarm.key file restricting membership (pnet).
+    pub swarm_key: Option<PathBuf>,
+    /// Discover peers with mDNS.
+    pub mdns: bool,
+    /// Upload rate cap in bytes per second (token bucket), if any.
+    pub max_upload_rate: Option<u64>,
+    /// Chunks served concurrently at most (upload slots).
+    pub upload_slots: usize,
+    /// Requests pipelined to one peer at most.
+    pub requests_per_peer: usize,
+    /// Peers one download talks to at most.
+    pub max_download_peers: usize,
+    /// Established connections at most.
+    pub max_connections: u32,
+    /// Idle connections close after this long.
+    pub idle_timeout: Duration,
+    /// How long a peer stays banned after a bad chunk or protocol violation.
+    pub ban_duration: Duration,
+    /// Stall timeout: a peer with requests in flight that delivers nothing
+    /// for `stall_base + chunk_len / stall_min_rate` loses its requests.
+    pub stall_base: Duration,
+    /// Slowest acceptable delivery rate (bytes/s) for the stall timeout.
+    pub stall_min_rate: u64,
+    /// Seed sparing: a node that holds a blob it did not download here
+    /// (an origin seed) declines to upload the same chunk again within this
+    /// period, so peers fetch it from each other. `None` disables.
+    pub seed_sparing: Option<Duration>,
+    /// Chunks ahead of the store's consume cursor fetched in order first.
+    pub deadline_window: u32,
+    /// Fault injection for tests: serve garbage instead of chunks while
+    /// advertising every chunk. Never set this in production.
+    #[doc(hidden)]
+    pub corrupt_uploads: bool,
+}
+
+impl SwarmConfig {
+    /// Defaults for `data_dir` and `locality`, listening on all IPv4
+    /// interfaces on an ephemeral port, mDNS on.
+    pub fn new(data_dir: impl Into<PathBuf>, locality: impl Into<String>) -> Self {
+        SwarmConfig {
+            data_dir: data_dir.into(),
+            locality: locality.into(),
+            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("static multiaddr")],
+            bootstrap: Vec::new(),
+            swarm_key: None,
+            mdns: true,
+            max_upload_rate: None,
+            upload_slots: 8,
+            requests_per_peer: 4,
+            max_download_peers: 32,
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(600),
+            ban_duration: Duration::from_secs(600),
+            stall_base: Duration::from_secs(10),
+            stall_min_rate: 256 << 10,
+            seed_sparing: Some(Duration::from_secs(15)),
+            deadline_window: 8,
+            corrupt_uploads: false,
+        }
+    }
+}
+
+/// A validated gossip message delivered to subscribers.
+#[derive(Debug, Clone)]
+pub struct GossipMessage {
+    /// The topic it arrived on.
+    pub topic: Topic,
+    /// The signing author.
+    pub source: Option<PeerId>,
+    /// The payload (canonical CBOR, at most 64 KiB).
+    pub data: Bytes,
+}
+
+/// Commands from [`SwarmClient`] to the swarm task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    RoutingPeers(oneshot::Sender<Vec<PeerId>>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), SwarmError>>),
+    Provide(Digest),
+    GetProviders(Digest, oneshot::Sender<Vec<PeerId>>),
+    Publish(Topic, Vec<u8>, oneshot::Sender<Result<(), SwarmError>>),
+    Ban(PeerId, String),
+    GossipScore(PeerId, oneshot::Sender<Option<f64>>),
+}
+
+/// Cloneable handle to a running node.
+#[derive(Clone)]
+pub struct SwarmClient {
+    peer_id: PeerId,
+    cmd: mpsc::Sender<Command>,
+    gossip: broadcast::Sender<GossipMessage>,
+    exchange: Arc<dyn exchange::Fetch>,
+    metrics: SwarmMetrics,
+    shutdown: CancellationToken,
+}
+
+impl SwarmClient {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SwarmError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| SwarmError::Shutdown)?;
+        rx.await.map_err(|_| SwarmError::Shutdown)
+    }
+
+    /// This node's stable PeerId.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Addresses the node listens on, each with `/p2p/<id>` appended.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, SwarmError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Peers with an established connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, SwarmError> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// Peers in the Kademlia routing table (same locality only).
+    pub async fn routing_table_peers(&self) -> Result<Vec<PeerId>, SwarmError> {
+        self.ask(Command::RoutingPeers).await
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), SwarmError> {
+        self.ask(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Fetches `blob` from the swarm into the store, verifying every chunk;
+    /// returns once the store holds the verified blob. Without a chunk map
+    /// the map is requested from peers. Concurrent calls for one blob share
+    /// one download. Wrap in a timeout to bound the wait.
+    pub async fn fetch_blob(&self, blob: Digest, map: Option<ChunkMap>) -> Result<(), SwarmError> {
+        if self.shutdown.is_cancelled() {
+            return Err(SwarmError::Shutdown);
+        }
+        self.exchange.fetch(blob, map).await
+    }
+
+    /// Announces in the DHT that this node holds (part of) `blob`.
+    pub async fn provide(&self, blob: Digest) -> Result<(), SwarmError> {
+        self.cmd
+            .send(Command::Provide(blob))
+            .await
+            .map_err(|_| SwarmError::Shutdown)
+    }
+
+    /// Peers the DHT lists as providers of `blob`.
+    pub async fn providers(&self, blob: Digest) -> Result<Vec<PeerId>, SwarmError> {
+        self.ask(|tx| Command::GetProviders(blob, tx)).await
+    }
+
+    /// Publishes `bytes` on a topic (must be canonical CBOR; at most 64 KiB).
+    pub async fn publish(&self, topic: Topic, bytes: Vec<u8>) -> Result<(), SwarmError> {
+        self.ask(|tx| Command::Publish(topic, bytes, tx)).await?
+    }
+
+    /// Receives every validated gossip message from now on.
+    pub fn subscribe_gossip(&self) -> broadcast::Receiver<GossipMessage> {
+        self.gossip.subscribe()
+    }
+
+    /// Gossipsub score of a peer (negative after invalid messages).
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, SwarmError> {
+        self.ask(|tx| Command::GossipScore(peer, tx)).await
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &SwarmMetrics {
+        &self.metrics
+    }
+
+    /// Headline statistics.
+    pub fn stats(&self) -> SwarmStats {
+        self.metrics.stats()
+    }
+
+    /// Stops the node: the swarm task, servers and downloads end; pending
+    /// `fetch_blob` calls return [`SwarmError::Shutdown`].
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Entry point: starts nodes.
+pub struct Node;
+
+impl Node {
+    /// Starts a node over `store`: loads (or creates) its identity, builds
+    /// the swarm, starts listening and returns once every listen address is
+    /// bound. The returned handle completes after [`SwarmClient::shutdown`].
+    pub async fn start<S: ChunkStore>(
+        config: SwarmConfig,
+        store: S,
+    ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
+        task::start(config, store).await
+    }
+}

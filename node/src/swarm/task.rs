@@ -1,0 +1,364 @@
+//! The task that owns the `Swarm`. It never blocks: every arm of its loop is
+//! a quick state update, and everything slow (disk, hashing, bulk bytes)
+//! runs elsewhere.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgeswarm_protocol::encoding;
+use edgeswarm_protocol::Codec;
+use futures::StreamExt as _;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::behaviour::{build_swarm, Behaviour, BehaviourEvent, NetConfig, Protocols, Topic};
+use super::exchange::Exchange;
+use super::keys::{load_or_create_identity, read_swarm_key, IDENTITY_FILE};
+use super::metrics::SwarmMetrics;
+use super::{ChunkStore, Command, GossipMessage, SwarmClient, SwarmConfig, SwarmError};
+
+/// Capacity of the command channel.
+const COMMANDS: usize = 256;
+
+pub(crate) async fn start<S: ChunkStore>(
+    config: SwarmConfig,
+    store: S,
+) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
+    let protocols = Protocols::new(&config.locality)?;
+    let key_path = config.data_dir.join(IDENTITY_FILE);
+    let key = tokio::task::spawn_blocking(move || load_or_create_identity(&key_path))
+        .await
+        .map_err(|e| SwarmError::Config(e.to_string()))??;
+    let swarm_key = match &config.swarm_key {
+        Some(p) => Some(read_swarm_key(p)?),
+        None => None,
+    };
+    let net = NetConfig {
+        protocols: protocols.clone(),
+        swarm_key,
+        mdns: config.mdns,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+    };
+    let peer_id = key.public().to_peer_id();
+    let mut swarm = build_swarm(key, &net)?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| SwarmError::Transport(format!("listen on {addr}: {e}")))?;
+    }
+    // Wait until every listener reports an address, so callers can hand
+    // them out immediately.
+    let mut listen_addrs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listen_addrs.len() < config.listen.len() {
+        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => listen_addrs.push(address),
+            Ok(SwarmEvent::ListenerError { error, .. }) => {
+                return Err(SwarmError::Transport(error.to_string()))
+            }
+            Ok(SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            }) => return Err(SwarmError::Transport(error.to_string())),
+            Ok(_) => {}
+            Err(_) => return Err(SwarmError::Transport("listen timed out".into())),
+        }
+    }
+    let control = swarm.behaviour().stream.new_control();
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS);
+    let (gossip_tx, _) = broadcast::channel(256);
+    let metrics = SwarmMetrics::default();
+    let shutdown = CancellationToken::new();
+    let exchange = Exchange::start(
+        &config,
+        store,
+        control,
+        protocols.clone(),
+        cmd_tx.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        peer_id,
+    )?;
+    let mut state = SwarmTask {
+        swarm,
+        protocols,
+        listen_addrs,
+        commands: cmd_rx,
+        gossip: gossip_tx.clone(),
+        metrics: metrics.clone(),
+        bans: HashMap::new(),
+        ban_duration: config.ban_duration,
+        provider_queries: HashMap::new(),
+        bootstrapped: false,
+        shutdown: shutdown.clone(),
+    };
+    for addr in &config.bootstrap {
+        state.add_bootstrap(addr.clone());
+    }
+    info!(%peer_id, locality = %config.locality, "swarm started");
+    let handle = tokio::spawn(async move { state.run().await });
+    let client = SwarmClient {
+        peer_id,
+        cmd: cmd_tx,
+        gossip: gossip_tx,
+        exchange: Arc::new(exchange),
+        metrics,
+        shutdown,
+    };
+    Ok((client, handle))
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    protocols: Protocols,
+    listen_addrs: Vec<Multiaddr>,
+    commands: mpsc::Receiver<Command>,
+    gossip: broadcast::Sender<GossipMessage>,
+    metrics: SwarmMetrics,
+    /// Banned peers and when their ban ends.
+    bans: HashMap<PeerId, Instant>,
+    ban_duration: Duration,
+    /// Running provider lookups: found so far and whom to tell.
+    provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    bootstrapped: bool,
+    shutdown: CancellationToken,
+}
+
+impl SwarmTask {
+    fn add_bootstrap(&mut self, addr: Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = tick.tick() => self.expire_bans(),
+            }
+        }
+        info!("swarm task stopped");
+    }
+
+    fn expire_bans(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.bans.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+            info!(peer = %p, "ban expired");
+        }
+        self.metrics.banned_peers.set(self.bans.len() as i64);
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs(tx) => {
+                let me = *self.swarm.local_peer_id();
+                let addrs = self
+                    .listen_addrs
+                    .iter()
+                    .map(|a| a.clone().with(Protocol::P2p(me)))
+                    .collect();
+                let _ = tx.send(addrs);
+            }
+            Command::ConnectedPeers(tx) => {
+                let _ = tx.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::RoutingPeers(tx) => {
+                let mut peers = Vec::new();
+                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+                    for e in bucket.iter() {
+                        peers.push(*e.node.key.preimage());
+                    }
+                }
+                let _ = tx.send(peers);
+            }
+            Command::Dial(addr, tx) => {
+                let r = self
+                    .swarm
+                    .dial(addr)
+                    .map_err(|e| SwarmError::Transport(e.to_string()));
+                let _ = tx.send(r);
+            }
+            Command::Provide(blob) => {
+                let key = kad::RecordKey::new(&blob.to_cid(Codec::Raw).to_bytes());
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    warn!(%blob, error = %e, "cannot provide");
+                }
+            }
+            Command::GetProviders(blob, tx) => {
+                let key = kad::RecordKey::new(&blob.to_cid(Codec::Raw).to_bytes());
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.provider_queries.insert(id, (HashSet::new(), tx));
+            }
+            Command::Publish(topic, bytes, tx) => {
+                let r = match validate_gossip(&bytes) {
+                    Err(reason) => Err(SwarmError::Publish(reason)),
+                    Ok(()) => self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(self.protocols.topic(topic), bytes)
+                        .map(|_| ())
+                        .map_err(|e| SwarmError::Publish(e.to_string())),
+                };
+                let _ = tx.send(r);
+            }
+            Command::Ban(peer, reason) => {
+                warn!(%peer, %reason, "banning peer");
+                self.metrics.bans.inc();
+                self.bans.insert(peer, Instant::now() + self.ban_duration);
+                self.metrics.banned_peers.set(self.bans.len() as i64);
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            }
+            Command::GossipScore(peer, tx) => {
+                let _ = tx.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
+                self.metrics
+                    .connected_peers
+                    .set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocol_version != self.protocols.identify {
+                    debug!(peer = %peer_id, version = %info.protocol_version, "foreign peer, disconnecting");
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if info.protocols.contains(&self.protocols.kad) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    if !self.bootstrapped {
+                        self.bootstrapped = true;
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    if self.bans.contains_key(&peer) {
+                        continue;
+                    }
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(res),
+                step,
+                ..
+            })) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = res {
+                    if let Some((found, _)) = self.provider_queries.get_mut(&id) {
+                        found.extend(providers);
+                    }
+                }
+                if step.last {
+                    if let Some((found, tx)) = self.provider_queries.remove(&id) {
+                        let _ = tx.send(found.into_iter().collect());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
+        let topic = Topic::ALL
+            .into_iter()
+            .find(|t| self.protocols.topic(*t).hash() == msg.topic);
+        let verdict = match topic {
+            None => Err("unknown topic".to_string()),
+            Some(_) => validate_gossip(&msg.data),
+        };
+        let acceptance = match verdict {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(reason) => {
+                warn!(peer = %from, %reason, "rejecting gossip message");
+                self.metrics.gossip_rejected.inc();
+                self.metrics.protocol_violations.inc();
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        let accepted = matches!(acceptance, gossipsub::MessageAcceptance::Accept);
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &from, acceptance);
+        if let (true, Some(topic)) = (accepted, topic) {
+            self.metrics.gossip_accepted.inc();
+            let _ = self.gossip.send(GossipMessage {
+                topic,
+                source: msg.source,
+                data: msg.data.into(),
+            });
+        }
+    }
+}
+
+/// Validates a gossip payload: bounded, canonical CBOR array whose first
+/// element is a format version. (Topic-specific decoding moves to
+/// `protocol::wire` once it lands.)
+fn validate_gossip(data: &[u8]) -> Result<(), String> {
+    let value: ciborium::Value =
+        encoding::decode("gossip message", data, super::behaviour::MAX_GOSSIP_MESSAGE)
+            .map_err(|e| e.to_string())?;
+    match value {
+        ciborium::Value::Array(items)
+            if matches!(items.first(), Some(ciborium::Value::Integer(_))) =>
+        {
+            Ok(())
+        }
+        _ => Err("gossip message is not a versioned CBOR array".into()),
+    }
+}

@@ -1,0 +1,176 @@
+//! Integrity and liveness: corrupt peers are banned, killed nodes resume.
+
+mod swarm_util;
+
+use std::time::Duration;
+
+use edgeswarm_node::swarm::ChunkStore;
+use swarm_util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(8 << 20, 3, 256 << 10);
+    let seed_dir = tmp.path().join("seed");
+    let s = start(&seed_dir, config(&seed_dir, "lab", &[])).await;
+    seed(&s, &data, digest, &map).await;
+    // The liar declares the blob, then advertises every chunk and serves garbage.
+    let bad_dir = tmp.path().join("bad");
+    let mut bad_cfg = config(&bad_dir, "lab", &[s.addr.clone()]);
+    bad_cfg.corrupt_uploads = true;
+    let bad = start(&bad_dir, bad_cfg).await;
+    bad.store.put_chunk_map(digest, &map).await.unwrap();
+    bad.client.provide(digest).await.unwrap();
+    let bad_id = bad.client.local_peer_id();
+    let mut nodes = Vec::new();
+    for i in 0..5 {
+        let d = tmp.path().join(format!("n{i}"));
+        nodes.push(start(&d, config(&d, "lab", &[s.addr.clone(), bad.addr.clone()])).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fetches: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let c = n.client.clone();
+            let m = map.clone();
+            tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
+        })
+        .collect();
+    for f in fetches {
+        tokio::time::timeout(Duration::from_secs(180), f)
+            .await
+            .expect("fetch timed out")
+            .unwrap()
+            .unwrap();
+    }
+    let mut bad_chunks = 0;
+    for n in &nodes {
+        assert!(holds(&n.store, &digest, &data));
+        let st = n.client.stats();
+        bad_chunks += st.bad_chunks;
+        if st.bad_chunks > 0 {
+            assert!(
+                st.bans >= 1,
+                "a node that got a bad chunk must ban the sender"
+            );
+            assert!(
+                !n.client.connected_peers().await.unwrap().contains(&bad_id),
+                "banned peer still connected"
+            );
+        }
+    }
+    assert!(
+        bad_chunks >= 1,
+        "the liar was never asked: the test proves nothing"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+    bad.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_transfer_resumes_without_refetching() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(16 << 20, 4, 256 << 10);
+    let chunks = map.chunk_count() as u64;
+    let seed_dir = tmp.path().join("seed");
+    // Slow uploads so the transfer is still running when the victim dies.
+    let mut seed_cfg = config(&seed_dir, "lab", &[]);
+    seed_cfg.max_upload_rate = Some(4 << 20);
+    let s = start(&seed_dir, seed_cfg).await;
+    seed(&s, &data, digest, &map).await;
+    let slow = |d: &std::path::Path| {
+        let mut c = config(d, "lab", &[s.addr.clone()]);
+        c.max_upload_rate = Some(4 << 20);
+        c
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let d = tmp.path().join(format!("n{i}"));
+        nodes.push(start(&d, slow(&d)).await);
+    }
+    let victim_dir = tmp.path().join("victim");
+    let victim = start(&victim_dir, slow(&victim_dir)).await;
+    let victim_id = victim.client.local_peer_id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut fetches: Vec<_> = nodes
+        .iter()
+        .chain(std::iter::once(&victim))
+        .map(|n| {
+            let c = n.client.clone();
+            let m = map.clone();
+            tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
+        })
+        .collect();
+    let victim_fetch = fetches.pop().unwrap();
+    // Kill the victim once it holds a quarter of the blob.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while victim
+            .store
+            .bitfield(&digest)
+            .is_none_or(|b| (b.count_ones() as u64) < chunks / 4)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("victim never got a quarter of the blob");
+    victim.client.shutdown();
+    let _ = victim_fetch.await;
+    let _ = victim.handle.await;
+    drop(victim.store);
+    for f in fetches {
+        tokio::time::timeout(Duration::from_secs(180), f)
+            .await
+            .expect("survivors did not finish")
+            .unwrap()
+            .unwrap();
+    }
+    for n in &nodes {
+        assert!(holds(&n.store, &digest, &data));
+    }
+    // Restart from the same data dir: same identity, verified chunks kept.
+    let victim = start(&victim_dir, slow(&victim_dir)).await;
+    assert_eq!(
+        victim.client.local_peer_id(),
+        victim_id,
+        "identity must persist"
+    );
+    let held = victim.store.bitfield(&digest).unwrap().count_ones() as u64;
+    assert!(
+        held >= chunks / 4 && held < chunks,
+        "held {held} of {chunks}"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(180),
+        victim.client.fetch_blob(digest, None),
+    )
+    .await
+    .expect("restarted victim did not finish")
+    .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    let st = victim.client.stats();
+    assert_eq!(
+        st.chunks_downloaded,
+        chunks - held,
+        "verified chunks were fetched again"
+    );
+    assert!(
+        st.duplicate_chunks <= 8,
+        "{} duplicate chunks",
+        st.duplicate_chunks
+    );
+    victim.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    s.stop().await;
+}
