@@ -75,7 +75,7 @@ fn sample_stream_messages() -> Vec<StreamMessage> {
         }),
         StreamMessage::Have(Have {
             blob: d("blob"),
-            index: 300,
+            indices: vec![300, 7],
         }),
         StreamMessage::ChunkRequest(ChunkRequest {
             request_id: 1,
@@ -99,6 +99,10 @@ fn sample_stream_messages() -> Vec<StreamMessage> {
             status: ChunkStatus::Error {
                 message: "disk".into(),
             },
+        }),
+        StreamMessage::ChunkResponse(ChunkResponse {
+            request_id: 6,
+            status: ChunkStatus::TryElsewhere,
         }),
         StreamMessage::ChunkMapRequest(ChunkMapRequest {
             request_id: 5,
@@ -158,12 +162,13 @@ fn sample_gossip_messages() -> Vec<GossipMessage> {
 const STREAM_GOLDEN: &[&str] = &[
     "000000288301008201815820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b8",
     "0000002b830101825820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b8820a428040",
-    "00000029830102825820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b819012c",
+    "0000002b830102825820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b88219012c07",
     "0000002883010383015820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b802",
     "0000000c830104820182001a00010000",
     "0000000783010482028101",
     "0000000783010482038102",
     "0000000c83010482048203646469736b",
+    "0000000783010482068104",
     "0000002783010582055820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b8",
     "0000002b83010683055820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b88200182a",
     "000000058301078109",
@@ -329,7 +334,7 @@ fn non_canonical_and_truncated_inputs_are_rejected() {
     // Have with index 300 written as a 4-byte integer instead of 2 bytes.
     let good = StreamMessage::Have(Have {
         blob: d("blob"),
-        index: 300,
+        indices: vec![300],
     })
     .encode();
     let n = good.len();
@@ -454,6 +459,7 @@ fn arb_status() -> impl Strategy<Value = ChunkStatus> {
         (0..=MAX_PAYLOAD_BYTES).prop_map(|len| ChunkStatus::Ok { len }),
         Just(ChunkStatus::NotHave),
         Just(ChunkStatus::Busy),
+        Just(ChunkStatus::TryElsewhere),
         ".{0,40}".prop_map(|message| ChunkStatus::Error { message }),
     ]
 }
@@ -468,8 +474,8 @@ fn arb_stream_message() -> impl Strategy<Value = StreamMessage> {
         ),
         (arb_digest(), arb_bitfield())
             .prop_map(|(blob, bitfield)| StreamMessage::Bitfield(BitfieldMsg { blob, bitfield })),
-        (arb_digest(), any::<u32>())
-            .prop_map(|(blob, index)| StreamMessage::Have(Have { blob, index })),
+        (arb_digest(), proptest::collection::vec(any::<u32>(), 0..50))
+            .prop_map(|(blob, indices)| StreamMessage::Have(Have { blob, indices })),
         (any::<u64>(), arb_digest(), any::<u32>()).prop_map(|(request_id, blob, index)| {
             StreamMessage::ChunkRequest(ChunkRequest {
                 request_id,
@@ -727,4 +733,16 @@ proptest! {
             prop_assert!(StreamMessage::decode(truncated).is_err());
         }
     }
+}
+
+#[test]
+fn oversized_have_batches_are_rejected() {
+    let m = StreamMessage::Have(Have {
+        blob: d("blob"),
+        indices: vec![1; MAX_HAVE_BATCH + 1],
+    });
+    assert!(matches!(
+        StreamMessage::decode(&m.encode()),
+        Err(WireError::Decode(DecodeError::Invalid { .. }))
+    ));
 }
