@@ -15,8 +15,6 @@
 //!
 //! It listens on loopback by default: anyone who can reach it can deploy.
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -103,14 +101,13 @@ pub struct ResolveResponse {
     pub manifest: String,
 }
 
-/// Serves the API on `addr` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`.
 pub async fn serve(
     daemon: Daemon,
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "API listening");
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
     axum::serve(listener, router(daemon))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use edgeswarm_node::api::{DeployRequest, DeployResponse, PublishRequest, ResolveResponse};
 use edgeswarm_node::daemon::{Daemon, DaemonConfig, StatusView};
 use edgeswarm_node::import::ImportSinkKind;
-use edgeswarm_node::registry::{DockerConfig, Platform, RegistryConfig};
+use edgeswarm_node::registry::{Platform, RegistryConfig};
 use edgeswarm_node::store::StoreConfig;
 use edgeswarm_node::swarm::{keys, SwarmConfig};
 use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
@@ -249,16 +249,11 @@ impl NodeArgs {
                 .transpose()?,
         };
         let gateway = self.gateway.unwrap_or(false);
-        let credentials = match &self.registry_auth {
-            Some(path) => DockerConfig::load(path)
-                .with_context(|| format!("reading --registry-auth {}", path.display()))?,
-            None => DockerConfig::load_default().unwrap_or_else(|_| DockerConfig::empty()),
-        };
-        let registry = RegistryConfig {
-            insecure_registries: self.insecure_registry.unwrap_or_default(),
-            credentials,
-            ..RegistryConfig::default()
-        };
+        let registry = RegistryConfig::from_flags(
+            &self.insecure_registry.unwrap_or_default(),
+            self.registry_auth.as_deref(),
+        )
+        .context("--insecure-registry / --registry-auth")?;
         let platform = match &self.platform {
             Some(p) => Platform::parse(p).map_err(|e| anyhow::anyhow!("--platform {p:?}: {e}"))?,
             None => Platform::host(),
@@ -404,10 +399,17 @@ async fn node(args: NodeArgs) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let (daemon, handle) = Daemon::start(config).await.context("starting the node")?;
+    let listener = match tokio::net::TcpListener::bind(api).await {
+        Ok(l) => l,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(e).with_context(|| format!("binding the API to {api} (see --api)"));
+        }
+    };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let api_task = tokio::spawn(edgeswarm_node::api::serve(
         daemon.clone(),
-        api,
+        listener,
         shutdown.clone(),
     ));
     tokio::select! {

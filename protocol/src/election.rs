@@ -38,7 +38,7 @@ where
         .into_iter()
         .map(|c| (c, weight(manifest, c.as_ref())))
         .collect();
-    ranked.sort_by_key(|b| std::cmp::Reverse(b.1));
+    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     ranked.into_iter().map(|(c, _)| c).collect()
 }
 

@@ -159,7 +159,23 @@ pub struct StatusView {
     pub this: SelfView,
     /// Every other node heard from.
     pub nodes: Vec<PeerView>,
+    /// Releases this node refused recently (newest last).
+    pub refused: Vec<RefusedView>,
 }
+
+/// A release this node refused, in [`StatusView`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RefusedView {
+    /// The image the release named.
+    pub image: String,
+    /// The peer that gossiped it, when it came from the network.
+    pub from: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// How many refusals status keeps.
+const MAX_REFUSALS: usize = 32;
 
 /// This node, in [`StatusView`].
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -185,6 +201,8 @@ struct State {
     releases: HashMap<Digest, Tracked>,
     /// Other nodes by peer id.
     peers: HashMap<PeerId, PeerEntry>,
+    /// Recently refused releases, oldest first, at most [`MAX_REFUSALS`].
+    refused: std::collections::VecDeque<RefusedView>,
 }
 
 /// What the daemon knows of another node.
@@ -429,7 +447,13 @@ impl Daemon {
     /// Validates a signed release as every node would and gossips it to the
     /// locality (this node acts on it too). Returns the release id.
     pub async fn publish_release(&self, signed: SignedRelease) -> Result<Digest, DaemonError> {
-        let release = self.inner.check_release(&signed)?;
+        let release = match self.inner.check_release(&signed) {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.refuse(&signed, None, &e);
+                return Err(e);
+            }
+        };
         let id = release.id();
         let bytes = GossipMessage::Release(signed).encode();
         self.inner.accept_release(release);
@@ -492,6 +516,7 @@ impl Daemon {
                 releases,
             },
             nodes,
+            refused: state.refused.iter().cloned().collect(),
         }
     }
 
@@ -525,6 +550,20 @@ impl Inner {
             )));
         }
         Ok(release)
+    }
+
+    /// Records and reports a refused release.
+    fn refuse(&self, signed: &SignedRelease, from: Option<PeerId>, error: &DaemonError) {
+        tracing::warn!(from = ?from, image = %signed.body_unverified().image, error = %error, "release refused");
+        let mut state = self.state.lock().expect("state lock");
+        if state.refused.len() == MAX_REFUSALS {
+            state.refused.pop_front();
+        }
+        state.refused.push_back(RefusedView {
+            image: signed.body_unverified().image.clone(),
+            from: from.map(|p| p.to_string()),
+            reason: error.to_string(),
+        });
     }
 
     /// Starts tracking an accepted release, if this node is targeted.
@@ -773,7 +812,7 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
         match decoded {
             GossipMessage::Release(signed) => match inner.check_release(&signed) {
                 Ok(release) => inner.accept_release(release),
-                Err(e) => tracing::warn!(source = ?msg.source, error = %e, "release refused"),
+                Err(e) => inner.refuse(&signed, msg.source, &e),
             },
             GossipMessage::Status(status) => {
                 if let Some(peer) = msg.source {
