@@ -669,6 +669,54 @@ proptest! {
         }
     }
 
+    /// A pipelined stream of frames (with payloads) cut at random points
+    /// decodes to exactly the frames sent, and nothing stays buffered.
+    #[test]
+    fn frame_streams_survive_any_split(
+        msgs in proptest::collection::vec(arb_stream_message(), 1..12),
+        cuts in proptest::collection::vec(1usize..300, 1..40),
+    ) {
+        let mut stream = Vec::new();
+        let mut expected = Vec::new();
+        for (i, m) in msgs.into_iter().enumerate() {
+            // Keep payloads small so the test stays fast.
+            let m = match m {
+                StreamMessage::ChunkResponse(r) if m.payload_len() > 0 => {
+                    StreamMessage::ChunkResponse(ChunkResponse {
+                        request_id: r.request_id,
+                        status: ChunkStatus::Ok { len: (i as u64 * 37) % 500 },
+                    })
+                }
+                StreamMessage::ChunkMapResponse(r) if m.payload_len() > 0 => {
+                    StreamMessage::ChunkMapResponse(ChunkMapResponse {
+                        status: ChunkStatus::Ok { len: (i as u64 * 11) % 300 },
+                        ..r
+                    })
+                }
+                other => other,
+            };
+            let payload: Vec<u8> = (0..m.payload_len()).map(|j| (j as u8) ^ (i as u8)).collect();
+            stream.extend(encode_frame(&m));
+            stream.extend(&payload);
+            expected.push(Frame { message: m, payload });
+        }
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        let mut rest = &stream[..];
+        let mut k = 0;
+        while !rest.is_empty() {
+            let n = cuts[k % cuts.len()].min(rest.len());
+            k += 1;
+            dec.push(&rest[..n]);
+            rest = &rest[n..];
+            while let Some(f) = dec.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        prop_assert_eq!(got, expected);
+        prop_assert_eq!(dec.buffered(), 0);
+    }
+
     #[test]
     fn gossip_messages_round_trip(m in arb_gossip_message()) {
         let bytes = m.encode();
