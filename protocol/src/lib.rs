@@ -19,6 +19,8 @@
 //! - [`release`]: release announcements signed with ed25519 by a publisher.
 //! - [`wire`]: versioned swarm messages (availability, chunk requests and
 //!   responses, node status).
+//! - [`election`]: which gateway-capable node pulls a release (rendezvous
+//!   hashing), so every node agrees without a coordinator.
 //! - [`picker`]: the piece picker, pure deterministic logic deciding which
 //!   chunk to request from which peer (rarest-first, in-order deadline
 //!   window, per-peer caps, endgame, seeded tie-breaking).
@@ -40,6 +42,7 @@
 pub mod address;
 pub mod bitfield;
 pub mod chunkmap;
+pub mod election;
 pub mod encoding;
 pub mod picker;
 pub mod release;

@@ -7,7 +7,7 @@
 //!   `Have` for newly verified chunks every 200 ms, and answers requests in
 //!   order: each chunk under an upload slot and the optional token bucket,
 //!   read from the store (which re-verifies it). Partial blobs are served.
-//!   An origin seed answers `Busy` for a chunk it uploaded moments ago
+//!   An origin seed answers `TryElsewhere` for a chunk it uploaded moments ago
 //!   (seed sparing), so peers trade it among themselves.
 //! - **Downloading.** One coordinator task per blob owns a
 //!   `protocol::picker::Picker` fed with our bitfield, each peer's
@@ -414,8 +414,12 @@ async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
     };
     match sent {
         Some(prev) if prev.len() == now.len() => {
-            for index in now.iter_ones().filter(|i| !prev.get(*i)) {
-                let have = StreamMessage::Have(Have { blob: *blob, index });
+            let new: Vec<u32> = now.iter_ones().filter(|i| !prev.get(*i)).collect();
+            for batch in new.chunks(wire::MAX_HAVE_BATCH) {
+                let have = StreamMessage::Have(Have {
+                    blob: *blob,
+                    indices: batch.to_vec(),
+                });
                 frame::write_message(w, &have, &[]).await?;
             }
         }
@@ -466,7 +470,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
         // Seed sparing: an origin seed uploads each chunk once per period
-        // and answers Busy meanwhile, so peers fetch it from each other;
+        // and answers TryElsewhere meanwhile, so peers fetch it from each other;
         // unless the peer it went to has disconnected.
         if let Some(period) = inner.seed_sparing {
             let origin = inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
@@ -491,7 +495,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
                     spared
                 };
                 if recently {
-                    return respond(w, request_id, ChunkStatus::Busy).await;
+                    return respond(w, request_id, ChunkStatus::TryElsewhere).await;
                 }
             }
         }
@@ -968,10 +972,10 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 if h.blob != blob {
                     continue;
                 }
-                if h.index >= count {
+                if h.indices.iter().any(|i| *i >= count) {
                     return Err(FrameError::violation("Have index out of range"));
                 }
-                Event::Have(peer, vec![h.index])
+                Event::Have(peer, h.indices)
             }
             StreamMessage::ChunkResponse(resp) if hello => {
                 let Some(index) = lock(outstanding).remove(&resp.request_id) else {
@@ -1027,9 +1031,11 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         continue;
                     }
                     ChunkStatus::NotHave => Event::Rejected(peer, index, FailReason::NotHave),
-                    // Busy (seed sparing, upload limit) and errors: ask
-                    // another holder of this chunk.
-                    ChunkStatus::Busy | ChunkStatus::Error { .. } => {
+                    // At its upload limit: leave the peer alone briefly.
+                    ChunkStatus::Busy => Event::Rejected(peer, index, FailReason::Busy),
+                    // Seed sparing and errors: ask another holder of this
+                    // chunk (the picker comes back here if there is none).
+                    ChunkStatus::TryElsewhere | ChunkStatus::Error { .. } => {
                         Event::Rejected(peer, index, FailReason::Error)
                     }
                 }

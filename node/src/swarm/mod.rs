@@ -152,7 +152,7 @@ pub struct SwarmConfig {
     /// Slowest acceptable delivery rate (bytes/s) for the stall timeout.
     pub stall_min_rate: u64,
     /// Seed sparing: a node that holds a blob it did not download here
-    /// (an origin seed) answers `Busy` to a chunk it uploaded to another,
+    /// (an origin seed) answers `TryElsewhere` to a chunk it uploaded to another,
     /// still connected peer within this period, so peers fetch it from each
     /// other. `None` disables.
     pub seed_sparing: Option<Duration>,

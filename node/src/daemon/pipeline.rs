@@ -1,0 +1,207 @@
+//! The fetch side of a release, run by every targeted node: manifest and
+//! config from the swarm (verified by digest), then every layer from the
+//! swarm, each streamed from the store into the import sink while its
+//! chunks arrive (the store's reader blocks until the next chunk is
+//! verified, and its cursor steers the picker's deadline window).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgeswarm_protocol::release::Release;
+use edgeswarm_protocol::wire::ReleaseState;
+use edgeswarm_protocol::Digest;
+use tracing::Instrument;
+
+use super::Inner;
+use crate::import::{import_image, ImageImport, ImportOptions, LayerSource};
+use crate::registry::manifest::{parse_manifest, ImageConfig, ManifestDocument};
+
+/// Longest wait for a blob to become available in the locality.
+const FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
+/// Pause between attempts while no peer holds a blob yet.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// Largest manifest or config read into memory.
+const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
+
+/// Runs the release on this node; failures are reported in its status.
+pub(super) async fn run(inner: Arc<Inner>, release: Release) {
+    let id = release.id();
+    let Ok(_slot) = inner.release_slots.clone().acquire_owned().await else {
+        return;
+    };
+    let span = tracing::info_span!("release", release = %id, image = %release.image);
+    match run_inner(&inner, &release).instrument(span).await {
+        Ok(()) => {
+            inner.set_state(&id, ReleaseState::Done, None);
+            let took = inner
+                .state
+                .lock()
+                .expect("state lock")
+                .releases
+                .get(&id)
+                .and_then(|t| t.took);
+            tracing::info!(release = %id, seconds = ?took.map(|d| d.as_secs_f64()), "release done");
+        }
+        Err(e) => inner.set_state(&id, ReleaseState::Failed, Some(e)),
+    }
+}
+
+async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> {
+    let id = release.id();
+    inner.set_state(&id, ReleaseState::Resolving, None);
+    let manifest_bytes = fetch_document(inner, release.manifest).await?;
+    let manifest = match parse_manifest(None, &manifest_bytes) {
+        Ok(ManifestDocument::Image(m)) => m,
+        Ok(ManifestDocument::Index(_)) => {
+            return Err("the release pins an index, not a platform manifest".into())
+        }
+        Err(e) => return Err(format!("manifest {}: {e}", release.manifest)),
+    };
+    let config_digest = Digest::parse_oci(&manifest.config.digest)
+        .map_err(|e| format!("manifest config digest: {e}"))?;
+    let config_bytes = fetch_document(inner, config_digest).await?;
+    let config: ImageConfig =
+        serde_json::from_slice(&config_bytes).map_err(|e| format!("image config: {e}"))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(format!(
+            "manifest lists {} layers, config {} diff_ids",
+            manifest.layers.len(),
+            config.rootfs.diff_ids.len()
+        ));
+    }
+    let mut layers = Vec::new();
+    for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        let digest = Digest::parse_oci(&descriptor.digest)
+            .map_err(|e| format!("layer digest {}: {e}", descriptor.digest))?;
+        let diff_id = Digest::parse_oci(diff_id).map_err(|e| format!("diff_id {diff_id}: {e}"))?;
+        layers.push((
+            digest,
+            descriptor.size,
+            descriptor.media_type.clone(),
+            diff_id,
+        ));
+    }
+    {
+        let mut state = inner.state.lock().expect("state lock");
+        if let Some(t) = state.releases.get_mut(&id) {
+            t.layers = layers.iter().map(|l| l.0).collect();
+            t.bytes_total = layers.iter().map(|l| l.1).sum();
+            t.bytes_held_before = layers
+                .iter()
+                .filter(|l| inner.store.is_complete(&l.0))
+                .map(|l| l.1)
+                .sum();
+        }
+    }
+    inner.set_state(&id, ReleaseState::Fetching, None);
+
+    // Every layer downloads at once; each import stream follows its layer.
+    let mut fetches = tokio::task::JoinSet::new();
+    for (digest, ..) in &layers {
+        let inner = inner.clone();
+        let digest = *digest;
+        fetches.spawn(async move { fetch_blob(&inner, digest).await });
+    }
+    let mut sources = Vec::new();
+    for (digest, _, media_type, diff_id) in &layers {
+        wait_declared(inner, *digest).await?;
+        let reader = inner
+            .store
+            .reader(*digest)
+            .map_err(|e| format!("layer {digest}: {e}"))?;
+        sources.push(LayerSource {
+            media_type: media_type.clone(),
+            diff_id: *diff_id,
+            reader: Box::new(reader),
+        });
+    }
+    let image = ImageImport {
+        reference: release.image.clone(),
+        config_bytes: config_bytes.clone(),
+        manifest_bytes: manifest_bytes.clone(),
+        layers: sources,
+    };
+    let imported = import_image(&inner.sink, image, &ImportOptions::default()).await;
+    while let Some(result) = fetches.join_next().await {
+        result.map_err(|e| format!("fetch task: {e}"))??;
+    }
+    let report = imported.map_err(|e| e.to_string())?;
+    let mut pinned = vec![release.manifest, config_digest];
+    pinned.extend(layers.iter().map(|l| l.0));
+    inner
+        .store
+        .pin(&release.image, &pinned)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(location = %report.location, "image imported");
+    Ok(())
+}
+
+/// Fetches a small document blob (manifest, config) and reads it.
+async fn fetch_document(inner: &Arc<Inner>, digest: Digest) -> Result<Vec<u8>, String> {
+    fetch_blob(inner, digest).await?;
+    let path = inner
+        .store
+        .blob_path(&digest)
+        .ok_or_else(|| format!("blob {digest} vanished from the store"))?;
+    let len = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if len > MAX_DOCUMENT_BYTES {
+        return Err(format!("document {digest} is {len} bytes, too large"));
+    }
+    tokio::fs::read(&path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Brings a blob into the store: from peers, or by waiting for this node's
+/// own registry pull. Retries while nobody holds it yet.
+async fn fetch_blob(inner: &Arc<Inner>, digest: Digest) -> Result<(), String> {
+    let started = Instant::now();
+    let mut last_error = String::new();
+    loop {
+        if inner.store.is_complete(&digest) {
+            return Ok(());
+        }
+        if inner.shutdown.is_cancelled() {
+            return Err("node shutting down".into());
+        }
+        if started.elapsed() > FETCH_DEADLINE {
+            return Err(format!(
+                "blob {digest} not available in the locality after {}s: {last_error}",
+                FETCH_DEADLINE.as_secs()
+            ));
+        }
+        let pulling_here = inner
+            .pulling_blobs
+            .lock()
+            .expect("pulling lock")
+            .contains(&digest);
+        if pulling_here {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            continue;
+        }
+        match inner.swarm.fetch_blob(digest, None).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                last_error = e.to_string();
+                tracing::debug!(blob = %digest, error = %last_error, "blob not fetched yet");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Waits until the store knows a blob's layout, so a reader can follow it.
+async fn wait_declared(inner: &Arc<Inner>, digest: Digest) -> Result<(), String> {
+    let started = Instant::now();
+    while inner.store.blob_info(&digest).is_none() {
+        if started.elapsed() > FETCH_DEADLINE || inner.shutdown.is_cancelled() {
+            return Err(format!("layer {digest} never became available"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The local HTTP API against a real in-process node: bad input gets a
+//! 4xx with a JSON error (never a 5xx or a crash), releases signed by an
+//! untrusted key are refused and reported, and metrics are served.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use edgeswarm_node::daemon::{Daemon, DaemonConfig};
+use edgeswarm_node::import::ImportSinkKind;
+use edgeswarm_node::registry::{Platform, RegistryConfig};
+use edgeswarm_node::store::StoreConfig;
+use edgeswarm_node::swarm::SwarmConfig;
+use edgeswarm_protocol::release::{
+    Platform as ReleasePlatform, PublisherKey, Release, SignedRelease, TrustedKeys,
+};
+use edgeswarm_protocol::{ChunkSize, Digest};
+use rand::SeedableRng;
+
+struct Api {
+    base: String,
+    daemon: Daemon,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(trusted: TrustedKeys, locality: &str) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let mut swarm = SwarmConfig::new(dir.path(), locality);
+    swarm.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    swarm.mdns = false;
+    let config = DaemonConfig {
+        data_dir: dir.path().to_path_buf(),
+        swarm,
+        store: StoreConfig::default(),
+        gateway: false,
+        registry: RegistryConfig::default(),
+        platform: Platform::host(),
+        import: Some(ImportSinkKind::None),
+        trusted,
+        labels: Default::default(),
+        chunk_size: ChunkSize::DEFAULT,
+    };
+    let (daemon, _handle) = Daemon::start(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(edgeswarm_node::api::serve(
+        daemon.clone(),
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    Api {
+        base,
+        daemon,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let json = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+fn release(locality: &str) -> Release {
+    Release {
+        image: "registry.example:5000/app@sha256:".to_owned() + &Digest::of(b"m").to_hex(),
+        manifest: Digest::of(b"m"),
+        platform: ReleasePlatform::new("linux", "amd64"),
+        created: 1_700_000_000,
+        locality: locality.into(),
+        selector: vec![],
+    }
+}
+
+fn encoded(signed: &SignedRelease) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(signed.encode());
+    serde_json::json!({ "release": b64 }).to_string()
+}
+
+fn key(seed: u64) -> PublisherKey {
+    PublisherKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_4xx() {
+    let api = start(TrustedKeys::new(), "api").await;
+    for (path, body, want) in [
+        ("/v1/deploy", "{not json", 400),
+        ("/v1/deploy", r#"{"imag": "x"}"#, 400),
+        ("/v1/deploy", r#"{"image": "UPPER/Case::bad"}"#, 422),
+        (
+            "/v1/deploy",
+            r#"{"image": "registry.example:5000/app:v1"}"#,
+            422,
+        ),
+        (
+            "/v1/deploy",
+            r#"{"image": "a/b:c", "selector": ["novalue"]}"#,
+            400,
+        ),
+        ("/v1/releases", r#"{"release": "***"}"#, 400),
+        ("/v1/releases", r#"{"release": "AAAA"}"#, 400),
+        ("/v1/resolve", "[]", 400),
+    ] {
+        let (status, json) = api.post(path, body).await;
+        assert_eq!(status, want, "{path} {body}: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path} {body}: {json}"
+        );
+    }
+    let (status, json) = api
+        .post("/v1/deploy", r#"{"image": "registry.example:5000/app:v1"}"#)
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the registry"),
+        "{json}"
+    );
+    // Oversized bodies are refused, not buffered.
+    let big = format!(r#"{{"image": "{}"}}"#, "a".repeat(200_000));
+    let (status, _) = api.post("/v1/deploy", &big).await;
+    assert_eq!(status, 413);
+    // Still alive.
+    let (status, body) = api.get("/v1/health").await;
+    assert_eq!((status, body.contains("true")), (200, true));
+    api.daemon.shutdown();
+}
+
+#[tokio::test]
+async fn untrusted_and_foreign_releases_are_refused_and_reported() {
+    let trusted_key = key(1);
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(trusted_key.public());
+    let api = start(trusted, "plant").await;
+
+    let rogue = SignedRelease::sign(release("plant"), &key(2));
+    let (status, json) = api.post("/v1/releases", &encoded(&rogue)).await;
+    assert_eq!(status, 422, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("trusted"),
+        "{json}"
+    );
+
+    let elsewhere = SignedRelease::sign(release("other"), &trusted_key);
+    let (status, json) = api.post("/v1/releases", &encoded(&elsewhere)).await;
+    assert_eq!(status, 422, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("locality"),
+        "{json}"
+    );
+
+    let good = SignedRelease::sign(release("plant"), &trusted_key);
+    let (status, json) = api.post("/v1/releases", &encoded(&good)).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["release_id"], good.release_id().to_string());
+
+    let (status, body) = api.get("/v1/status").await;
+    assert_eq!(status, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let refused = status["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 2, "{status}");
+    assert!(status["self"]["peer_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("12D3"));
+    let releases = status["self"]["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 1, "{status}");
+    assert_eq!(releases[0]["id"], good.release_id().to_string());
+    api.daemon.shutdown();
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let api = start(TrustedKeys::new(), "metrics").await;
+    let (status, text) = api.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("edgeswarm_releases_done_total"), "{text}");
+    assert!(text.contains("edgeswarm_cloud_bytes_total"), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    api.daemon.shutdown();
+}
