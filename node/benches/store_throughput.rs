@@ -101,6 +101,18 @@ async fn main() {
     let base = std::env::var("STORE_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
+    // Baseline under the current machine load: sha256 alone over the same bytes.
+    let pool: Vec<Vec<u8>> = (0..POOL).map(|i| chunk(i, CS)).collect();
+    let start = Instant::now();
+    for i in 0..mib {
+        std::hint::black_box(edgeswarm_protocol::Digest::of(&pool[(i % POOL) as usize]));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "baseline sha256 only: {:.0} MiB/s",
+        mibs(mib as u64 * CS as u64, secs)
+    );
+    drop(pool);
     for concurrency in [1, 4] {
         let dir = tempfile::tempdir_in(&base).unwrap();
         let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())

@@ -147,6 +147,31 @@ async fn round_trip_write_read_verify_complete() {
     assert!(store.is_complete(&t.digest));
     assert_eq!(store.read_chunk(t.digest, 5).await.unwrap(), t.chunk(5));
     assert_eq!(*store.chunk_map(&t.digest).unwrap(), t.map);
+
+    // A lost chunk map is rebuilt from the blob (at the default chunk
+    // size); debris of an interrupted create and temp files are removed.
+    drop(store);
+    let map_file = dir.path().join("maps/sha256").join(t.digest.to_hex());
+    std::fs::remove_file(&map_file).unwrap();
+    let debris = dir
+        .path()
+        .join("partial")
+        .join(Digest::of(b"debris").to_hex());
+    std::fs::create_dir_all(&debris).unwrap();
+    std::fs::write(debris.join("data"), b"half").unwrap();
+    std::fs::write(dir.path().join("tmp/123.4"), b"tmp").unwrap();
+    let store = open(dir.path()).await;
+    assert_eq!(
+        *store.chunk_map(&t.digest).unwrap(),
+        ChunkMap::from_bytes(&t.bytes, ChunkSize::DEFAULT)
+    );
+    assert!(map_file.exists());
+    assert!(!debris.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+    assert_eq!(store.blobs().len(), 1);
 }
 
 #[tokio::test]
@@ -185,6 +210,7 @@ async fn wrong_bytes_are_refused_with_typed_errors_and_nothing_stored() {
         "{err}"
     );
     assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert!(err.is_bad_chunk() && !err.is_local());
     assert!(matches!(
         store.write_chunk(t.digest, 3, t.chunk(0)).await,
         Err(StoreError::Chunk(ChunkError::WrongLength {

@@ -103,6 +103,7 @@ async fn full_disk_gives_disk_full_and_corrupts_nothing() {
         other => panic!("expected DiskFull, got {other}"),
     }
     assert!(msg.contains("disk full"), "{msg}");
+    assert!(err.is_local() && !err.is_bad_chunk());
     eprintln!("after {} chunks: {msg}", stored.len());
     // Nothing half-recorded: exactly the acknowledged chunks are held.
     let bits = store.bitfield(&digest).unwrap();

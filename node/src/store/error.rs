@@ -128,6 +128,29 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the offered chunk bytes were wrong (wrong length or digest):
+    /// the peer that sent them is at fault, not this node. The swarm uses
+    /// this to penalise senders without blaming them for local disk trouble.
+    pub fn is_bad_chunk(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Chunk(ChunkError::DigestMismatch { .. } | ChunkError::WrongLength { .. })
+        )
+    }
+
+    /// Whether the failure is local to this node (disk, quota, shutdown):
+    /// retrying the same chunk from another peer will not help.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { .. }
+                | StoreError::DiskFull { .. }
+                | StoreError::QuotaExceeded { .. }
+                | StoreError::Closing
+                | StoreError::Task(_)
+        )
+    }
+
     /// Maps an I/O error on `path`, turning ENOSPC/EDQUOT into
     /// [`StoreError::DiskFull`] with the bytes the operation needed.
     pub(crate) fn io(path: &Path, needed: u64, source: io::Error) -> StoreError {

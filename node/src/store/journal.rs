@@ -145,6 +145,32 @@ fn decode_one(bytes: &[u8]) -> Option<(Record, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn replay_of_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (_, valid) = replay(&bytes);
+            prop_assert!(valid <= bytes.len());
+        }
+
+        #[test]
+        fn records_survive_any_truncation(idx in proptest::collection::vec(any::<u32>(), 1..50), cut in 0usize..400) {
+            let recs: Vec<Record> = idx.chunks(7).map(|c| Record::Verified(c.to_vec())).collect();
+            let bytes: Vec<u8> = recs.iter().flat_map(|r| r.encode()).collect();
+            let cut = cut.min(bytes.len());
+            let (got, valid) = replay(&bytes[..bytes.len() - cut]);
+            // Exactly the records wholly inside the prefix come back.
+            let mut end = 0;
+            let mut whole = 0;
+            for r in &recs {
+                end += r.encode().len();
+                if end <= bytes.len() - cut { whole += 1; }
+            }
+            prop_assert_eq!(&got[..], &recs[..whole]);
+            prop_assert!(valid <= bytes.len() - cut);
+        }
+    }
 
     #[test]
     fn round_trip_and_torn_tail() {

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use super::journal::{self, Record};
 use super::{
     fsync_dir, io, map_of_file, read_small, Blob, BlobState, Inner, Meta, Phase, PinFile, State,
-    StoreConfig, StoreError, StoreEvent, EVENT_CAPACITY, IO_BUF, META_VERSION,
+    StoreConfig, StoreError, StoreEvent, SyncState, EVENT_CAPACITY, IO_BUF, META_VERSION,
 };
 
 /// Opens the store in `dir`; returns it and the partial blobs whose every
@@ -191,6 +191,7 @@ fn complete_blob(digest: Digest, map: ChunkMap, file: Arc<File>, created: System
             readers: 0,
         }),
         cond: Condvar::new(),
+        sync: SyncState::default(),
     }
 }
 
@@ -364,6 +365,7 @@ fn open_partial(
             readers: 0,
         }),
         cond: Condvar::new(),
+        sync: SyncState::default(),
     })))
 }
 
@@ -416,6 +418,7 @@ pub(super) fn create_partial(
             readers: 0,
         }),
         cond: Condvar::new(),
+        sync: SyncState::default(),
     }))
 }
 

@@ -59,3 +59,23 @@ async fn journal_is_compacted_on_open_and_torn_tail_dropped() {
     );
     assert_eq!(store.chunk_map(&blob).as_deref(), Some(&map));
 }
+
+/// Compile-time check: every async method's future is `Send`, so callers
+/// can `tokio::spawn` them (the swarm's `ChunkStore` trait requires it).
+#[allow(dead_code)]
+fn futures_are_send(s: Store, d: Digest, map: ChunkMap) {
+    fn send<T: Send>(_: T) {}
+    send(Store::open(PathBuf::new(), StoreConfig::default()));
+    send(s.create_blob(d, 1, ChunkSize::MIN));
+    send(s.add_chunk_digests(d, 0, &[]));
+    send(s.put_chunk_map(d, &map));
+    send(s.write_chunk(d, 0, Bytes::new()));
+    send(s.read_chunk(d, 0));
+    send(s.put_blob(d, Bytes::new()));
+    send(s.pin("x", &[]));
+    send(s.unpin("x"));
+    send(s.gc());
+    send(s.flush());
+    send(s.reader(d));
+    send(s.clone());
+}
