@@ -94,8 +94,14 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
     ];
     for (n, junk) in cases.iter().enumerate() {
         let (id, mut control, task) = attacker(s.addr.clone(), false);
+        let connected = wait_for(
+            async || s.client.connected_peers().await.unwrap().contains(&id),
+            20,
+        )
+        .await;
+        assert!(connected, "attacker {n} never connected");
         let mut stream = tokio::time::timeout(
-            Duration::from_secs(10),
+            Duration::from_secs(20),
             control.open_stream(s.client.local_peer_id(), chunks.clone()),
         )
         .await
