@@ -43,4 +43,3 @@ pub mod import;
 pub mod registry;
 pub mod store;
 pub mod swarm;
-mod swarm_store;

@@ -17,7 +17,7 @@ async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
     let mut nodes = Vec::new();
     for i in 0..3 {
         let d = tmp.path().join(format!("n{i}"));
-        nodes.push(start(&d, config(&d, "lab", &[s.addr.clone()])).await);
+        nodes.push(start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await);
     }
     let fetches: Vec<_> = nodes
         .iter()
@@ -53,4 +53,146 @@ async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
         n.stop().await;
     }
     s.stop().await;
+}
+
+/// The same exchange over the node's real store (`node::store::Store`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_exchange_a_blob_over_the_real_store() {
+    use edgeswarm_node::store::{Store, StoreConfig};
+    use edgeswarm_node::swarm::Node;
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(6 << 20, 2, 256 << 10);
+    let open = |name: &str| {
+        let d = tmp.path().join(name);
+        async move {
+            let store = Store::open(d.join("store"), StoreConfig { max_size: None })
+                .await
+                .unwrap();
+            (d, store)
+        }
+    };
+    let (sd, seed_store) = open("seed").await;
+    seed_store.put_chunk_map(digest, &map).await.unwrap();
+    for i in 0..map.chunk_count() {
+        let r = map.chunk_range(i).unwrap();
+        seed_store
+            .write_chunk(
+                digest,
+                i,
+                bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(seed_store.is_complete(&digest));
+    let (seed, seed_task) = Node::start(config(&sd, "lab", &[]), seed_store.clone())
+        .await
+        .unwrap();
+    seed.provide(digest).await.unwrap();
+    let seed_addr = seed.listen_addrs().await.unwrap()[0].clone();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let (d, store) = open(&format!("n{i}")).await;
+        let (c, t) = Node::start(
+            config(&d, "lab", std::slice::from_ref(&seed_addr)),
+            store.clone(),
+        )
+        .await
+        .unwrap();
+        nodes.push((c, t, store));
+    }
+    for (i, (c, _, store)) in nodes.iter().enumerate() {
+        let m = (i == 0).then(|| map.clone());
+        tokio::time::timeout(Duration::from_secs(120), c.fetch_blob(digest, m))
+            .await
+            .expect("fetch timed out")
+            .unwrap();
+        let path = store.blob_path(&digest).expect("blob complete");
+        assert_eq!(std::fs::read(path).unwrap(), data);
+    }
+    for (c, t, _) in nodes {
+        c.shutdown();
+        let _ = t.await;
+    }
+    seed.shutdown();
+    let _ = seed_task.await;
+}
+
+/// A gateway that is still streaming a blob in (digests learned chunk by
+/// chunk) already serves its verified chunks: a node fetching the blob
+/// holds chunks before the gateway has the whole blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_forwarded_while_the_gateway_still_streams_the_blob() {
+    use edgeswarm_node::store::{Store, StoreConfig};
+    use edgeswarm_node::swarm::Node;
+    use edgeswarm_protocol::ChunkSize;
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(8 << 20, 11, 256 << 10);
+    let cs = ChunkSize::new(256 << 10).unwrap();
+    let gd = tmp.path().join("gw");
+    let gw_store = Store::open(gd.join("store"), StoreConfig { max_size: None })
+        .await
+        .unwrap();
+    let (gw, gw_task) = Node::start(config(&gd, "lab", &[]), gw_store.clone())
+        .await
+        .unwrap();
+    let gw_addr = gw.listen_addrs().await.unwrap()[0].clone();
+    let nd = tmp.path().join("node");
+    let n_store = Store::open(nd.join("store"), StoreConfig { max_size: None })
+        .await
+        .unwrap();
+    let (n, n_task) = Node::start(config(&nd, "lab", &[gw_addr]), n_store.clone())
+        .await
+        .unwrap();
+
+    // Both learn the layout up front (the daemon does this from the
+    // gateway's signed chunk-digest gossip), then digests one by one.
+    gw_store
+        .create_blob(digest, data.len() as u64, cs)
+        .await
+        .unwrap();
+    n_store
+        .create_blob(digest, data.len() as u64, cs)
+        .await
+        .unwrap();
+    gw.provide(digest).await.unwrap();
+    let fetch = {
+        let n = n.clone();
+        tokio::spawn(async move { n.fetch_blob(digest, None).await })
+    };
+    for i in 0..map.chunk_count() {
+        let d = [map.digest(i).unwrap()];
+        gw_store.add_chunk_digests(digest, i, &d).await.unwrap();
+        n_store.add_chunk_digests(digest, i, &d).await.unwrap();
+        let r = map.chunk_range(i).unwrap();
+        gw_store
+            .write_chunk(
+                digest,
+                i,
+                bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held_when_gateway_done = n_store.bitfield(&digest).map_or(0, |b| b.count_ones());
+    tokio::time::timeout(Duration::from_secs(60), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        std::fs::read(n_store.blob_path(&digest).unwrap()).unwrap(),
+        data
+    );
+    assert!(
+        held_when_gateway_done >= map.chunk_count() / 2,
+        "only {held_when_gateway_done} chunks forwarded while the gateway streamed"
+    );
+    n.shutdown();
+    gw.shutdown();
+    let _ = n_task.await;
+    let _ = gw_task.await;
 }

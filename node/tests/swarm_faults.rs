@@ -19,7 +19,7 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
     seed(&s, &data, digest, &map).await;
     // The liar declares the blob, then advertises every chunk and serves garbage.
     let bad_dir = tmp.path().join("bad");
-    let mut bad_cfg = config(&bad_dir, "lab", &[s.addr.clone()]);
+    let mut bad_cfg = config(&bad_dir, "lab", std::slice::from_ref(&s.addr));
     bad_cfg.corrupt_uploads = true;
     let bad = start(&bad_dir, bad_cfg).await;
     bad.store.put_chunk_map(digest, &map).await.unwrap();
@@ -88,7 +88,7 @@ async fn a_node_killed_mid_transfer_resumes_without_refetching() {
     let s = start(&seed_dir, seed_cfg).await;
     seed(&s, &data, digest, &map).await;
     let slow = |d: &std::path::Path| {
-        let mut c = config(d, "lab", &[s.addr.clone()]);
+        let mut c = config(d, "lab", std::slice::from_ref(&s.addr));
         c.max_upload_rate = Some(4 << 20);
         c
     };
@@ -172,5 +172,113 @@ async fn a_node_killed_mid_transfer_resumes_without_refetching() {
     for n in nodes {
         n.stop().await;
     }
+    s.stop().await;
+}
+
+/// A peer that advertises every chunk, accepts requests and never answers:
+/// its requests are reassigned after the size-scaled timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_stalled_peer_are_reassigned() {
+    use edgeswarm_node::swarm::behaviour::{build_swarm, NetConfig, Protocols};
+    use edgeswarm_protocol::wire::{
+        encode_frame, BitfieldMsg, Hello, StreamMessage, STREAM_VERSION,
+    };
+    use edgeswarm_protocol::Bitfield;
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(4 << 20, 9, 256 << 10);
+    let seed_dir = tmp.path().join("seed");
+    // A slow seed, so the transfer outlasts the stall timeout.
+    let mut seed_cfg = config(&seed_dir, "lab", &[]);
+    seed_cfg.max_upload_rate = Some(2 << 20);
+    let s = start(&seed_dir, seed_cfg).await;
+    seed(&s, &data, digest, &map).await;
+
+    // The staller: a bare peer speaking the chunk protocol.
+    let protocols = Protocols::new("lab").unwrap();
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let staller_id = key.public().to_peer_id();
+    let mut swarm = build_swarm(
+        key,
+        &NetConfig {
+            protocols: protocols.clone(),
+            swarm_key: None,
+            mdns: false,
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(60),
+        },
+    )
+    .unwrap();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let mut incoming = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(protocols.chunks.clone())
+        .unwrap();
+    let count = map.chunk_count();
+    let staller_streams = tokio::spawn(async move {
+        while let Some((_peer, mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let hello = encode_frame(&StreamMessage::Hello(Hello {
+                    protocol_version: STREAM_VERSION,
+                    blobs: vec![digest],
+                }));
+                let bits = encode_frame(&StreamMessage::Bitfield(BitfieldMsg {
+                    blob: digest,
+                    bitfield: Bitfield::full(count),
+                }));
+                let _ = stream.write_all(&hello).await;
+                let _ = stream.write_all(&bits).await;
+                let _ = stream.flush().await;
+                // Swallow requests forever.
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let mut addr = None;
+    while addr.is_none() {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+            swarm.select_next_some().await
+        {
+            addr = Some(address.with(libp2p::multiaddr::Protocol::P2p(staller_id)));
+        }
+    }
+    let staller_addr = addr.unwrap();
+    let staller_task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+
+    let d = tmp.path().join("node");
+    let mut c = config(&d, "lab", &[s.addr.clone(), staller_addr]);
+    c.stall_base = Duration::from_millis(500);
+    c.stall_min_rate = 4 << 20;
+    let n = start(&d, c).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        n.client.fetch_blob(digest, Some(map.clone())),
+    )
+    .await
+    .expect("fetch timed out despite a healthy seed")
+    .unwrap();
+    assert!(holds(&n.store, &digest, &data));
+    assert!(
+        n.client.stats().stalls >= 1,
+        "the staller was never detected: {:?}",
+        n.client.stats()
+    );
+    staller_task.abort();
+    staller_streams.abort();
+    n.stop().await;
     s.stop().await;
 }

@@ -18,7 +18,7 @@ async fn twenty_nodes_and_a_seed_share_a_64_mib_blob() {
     let mut nodes = Vec::new();
     for i in 0..20 {
         let d = tmp.path().join(format!("n{i}"));
-        nodes.push(start(&d, config(&d, "lab", &[s.addr.clone()])).await);
+        nodes.push(start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await);
     }
     // Let the DHT settle a moment so nodes know each other, as a rollout
     // would find them.

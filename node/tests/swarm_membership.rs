@@ -27,11 +27,11 @@ async fn only_holders_of_the_swarm_key_join() {
     let (d, c) = keyed("seed", Some(&k1), &[]);
     let s = start(&d, c).await;
     seed(&s, &data, digest, &map).await;
-    let (d, c) = keyed("member", Some(&k1), &[s.addr.clone()]);
+    let (d, c) = keyed("member", Some(&k1), std::slice::from_ref(&s.addr));
     let member = start(&d, c).await;
-    let (d, c) = keyed("wrong", Some(&k2), &[s.addr.clone()]);
+    let (d, c) = keyed("wrong", Some(&k2), std::slice::from_ref(&s.addr));
     let wrong = start(&d, c).await;
-    let (d, c) = keyed("keyless", None, &[s.addr.clone()]);
+    let (d, c) = keyed("keyless", None, std::slice::from_ref(&s.addr));
     let keyless = start(&d, c).await;
 
     // The member (positive control) fetches; the others cannot even connect.
@@ -71,9 +71,9 @@ async fn another_locality_cannot_join() {
     let s = start(&d, config(&d, "lab", &[])).await;
     seed(&s, &data, digest, &map).await;
     let d = tmp.path().join("local");
-    let local = start(&d, config(&d, "lab", &[s.addr.clone()])).await;
+    let local = start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await;
     let d = tmp.path().join("foreign");
-    let foreign = start(&d, config(&d, "plant-2", &[s.addr.clone()])).await;
+    let foreign = start(&d, config(&d, "plant-2", std::slice::from_ref(&s.addr))).await;
 
     tokio::time::timeout(
         Duration::from_secs(60),

@@ -17,7 +17,12 @@
 //!    `cursor..cursor + window_chunks` (the cursor is how far decompression
 //!    has read) are requested first, nearest first, so a layer's front
 //!    arrives in order and extraction can start long before the layer is
-//!    complete.
+//!    complete. Exception: a *contended* chunk (held by one peer only,
+//!    while other known peers of the blob lack it) is left to rarest-first:
+//!    otherwise every node of a fresh swarm asks the seed for the same
+//!    front chunks and the seed uploads them many times over. In the
+//!    20-node simulation (`tests/picker_sim.rs`) this keeps the seed's
+//!    upload at 1.0-1.2 copies of the blob with any window size.
 //! 2. **Rarest first.** Every other missing chunk is ordered by how many
 //!    known peers hold it (fewest first, seeded random among equals): rare
 //!    chunks get replicated before the peers holding them leave or get
@@ -596,6 +601,36 @@ impl<P: Ord + Clone> Picker<P> {
             return out;
         }
 
+        // Candidates are limited to chunks some peer with spare capacity
+        // holds: the others cannot be assigned now anyway, and skipping
+        // them keeps a call cheap when most peers are saturated.
+        let max = self.config.max_in_flight_per_peer;
+        let open: Vec<&PeerState> = self
+            .peers
+            .values()
+            .filter(|p| p.in_flight < max && p.blocked_until_ms <= now_ms)
+            .collect();
+        let open_holds = |blob: &Digest, index: u32| {
+            open.iter()
+                .any(|p| p.blobs.get(blob).is_some_and(|(b, _)| b.get(index)))
+        };
+
+        // A chunk is contended when only one peer holds it and other known
+        // peers lack it: they are fetching it too, probably from that same
+        // holder. Contended chunks are left to rarest-first even inside the
+        // window, so that nodes spread over a seed's chunks instead of all
+        // asking it for the same front (and then trade among themselves).
+        let peers_with = |blob: &Digest| {
+            self.peers
+                .values()
+                .filter(|p| p.blobs.contains_key(blob))
+                .count() as u32
+        };
+        let contended = |s: &BlobState<P>, peers_with: u32, index: u32| {
+            let avail = s.availability[index as usize];
+            avail < 2 && peers_with > avail
+        };
+
         // 1. Deadline window, nearest to the cursor first.
         let mut window = Vec::new();
         for (blob, s) in &self.blobs {
@@ -603,31 +638,47 @@ impl<P: Ord + Clone> Picker<P> {
                 .cursor
                 .saturating_add(self.config.window_chunks)
                 .min(s.known);
+            let with = peers_with(blob);
             for index in s.cursor..end {
-                if !s.have.get(index) && !s.in_flight.contains_key(&index) {
+                let scarce = contended(s, with, index);
+                if !s.have.get(index)
+                    && !scarce
+                    && !s.in_flight.contains_key(&index)
+                    && open_holds(blob, index)
+                {
                     window.push((index - s.cursor, self.rng.next_u64(), *blob, index));
                 }
             }
         }
+        let mut rarest = Vec::new();
+        for (blob, s) in &self.blobs {
+            let window_end = s.cursor.saturating_add(self.config.window_chunks);
+            let with = peers_with(blob);
+            for index in s.have.iter_zeros() {
+                if index >= s.known {
+                    break;
+                }
+                let in_window =
+                    (s.cursor..window_end).contains(&index) && !contended(s, with, index);
+                let avail = s.availability[index as usize];
+                if avail > 0
+                    && !in_window
+                    && !s.in_flight.contains_key(&index)
+                    && open_holds(blob, index)
+                {
+                    rarest.push((avail, self.rng.next_u64(), *blob, index));
+                }
+            }
+        }
+        drop(open);
         window.sort_unstable();
         for (_, _, blob, index) in window {
             self.assign(blob, index, RequestKind::Window, now_ms, &mut out);
         }
 
-        // 2. Rarest first.
+        // 2. Rarest first (window chunks that found no peer above stay for
+        //    the next call: they have no open holder now).
         if self.any_capacity(now_ms) {
-            let mut rarest = Vec::new();
-            for (blob, s) in &self.blobs {
-                for index in s.have.iter_zeros() {
-                    if index >= s.known {
-                        break;
-                    }
-                    let avail = s.availability[index as usize];
-                    if avail > 0 && !s.in_flight.contains_key(&index) {
-                        rarest.push((avail, self.rng.next_u64(), *blob, index));
-                    }
-                }
-            }
             rarest.sort_unstable();
             for (_, _, blob, index) in rarest {
                 if !self.any_capacity(now_ms) {

@@ -96,6 +96,9 @@ pub enum ReleaseError {
     /// A key file or key string could not be parsed.
     #[error("invalid key: {0}")]
     InvalidKey(String),
+    /// A release field given as text (platform, selector term) is malformed.
+    #[error("invalid release field: {0}")]
+    InvalidField(String),
 }
 
 /// An ed25519 public key (32 bytes, a valid curve point).
@@ -504,7 +507,7 @@ impl Platform {
     /// Parses `os/arch[/variant]`.
     pub fn parse(s: &str) -> Result<Self, ReleaseError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let bad = || ReleaseError::InvalidKey(format!("platform {s:?} is not os/arch[/variant]"));
+        let bad = || ReleaseError::InvalidField(format!("platform {s:?} is not os/arch[/variant]"));
         if parts.iter().any(|p| p.is_empty()) {
             return Err(bad());
         }
@@ -574,7 +577,7 @@ impl Release {
     pub fn parse_selector_term(term: &str) -> Result<(String, String), ReleaseError> {
         match term.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => Err(ReleaseError::InvalidKey(format!(
+            _ => Err(ReleaseError::InvalidField(format!(
                 "selector term {term:?} is not label=value"
             ))),
         }

@@ -28,7 +28,7 @@
 //! |---|---|---|
 //! | 0 | [`Hello`] `[protocol_version, [blob*]]` | first frame each way: blobs the sender wants or serves |
 //! | 1 | [`BitfieldMsg`] `[blob, [chunk_count, bits]]` | the sender's verified chunks of a blob |
-//! | 2 | [`Have`] `[blob, index]` | the sender verified one more chunk |
+//! | 2 | [`Have`] `[blob, [index*]]` | the sender verified more chunks |
 //! | 3 | [`ChunkRequest`] `[request_id, blob, index]` | please send chunk |
 //! | 4 | [`ChunkResponse`] `[request_id, status]` | answer; payload follows if `Ok` |
 //! | 5 | [`ChunkMapRequest`] `[request_id, blob]` | please send the blob's complete chunk map |
@@ -36,7 +36,8 @@
 //! | 7 | [`Cancel`] `[request_id]` | the sender no longer wants an answer (endgame) |
 //!
 //! `status` is `[0, payload_len]` (Ok), `[1]` (NotHave), `[2]` (Busy: try
-//! later or elsewhere), `[3, message: text]` (Error).
+//! later or elsewhere), `[3, message: text]` (Error), `[4]` (TryElsewhere:
+//! a seed sparing its upload for a chunk it sent very recently).
 //!
 //! A blob no larger than its chunk size is a single chunk whose digest is
 //! the blob digest, so small blobs (manifests, configs) can be fetched with
@@ -361,15 +362,19 @@ cbor_tuple_struct! {
 }
 
 cbor_tuple_struct! {
-    /// The sender verified one more chunk.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    /// The sender verified more chunks (batched: a sender collects the
+    /// chunks verified since its last `Have`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Have {
         /// The blob.
         pub blob: Digest,
-        /// The chunk index.
-        pub index: u32,
+        /// The chunk indices, at most [`MAX_HAVE_BATCH`].
+        pub indices: Vec<u32>,
     }
 }
+
+/// Most indices in one [`Have`] (20 KiB of CBOR at most).
+pub const MAX_HAVE_BATCH: usize = 4096;
 
 cbor_tuple_struct! {
     /// A request for one chunk.
@@ -397,6 +402,9 @@ pub enum ChunkStatus {
     NotHave,
     /// The responder is at its upload limit; ask again later or elsewhere.
     Busy,
+    /// The responder is a seed that uploaded this chunk very recently:
+    /// ask a peer that got it from there (seed sparing).
+    TryElsewhere,
     /// The responder failed (for example its copy no longer verifies).
     Error {
         /// Human-readable reason, at most [`MAX_MESSAGE_CHARS`].
@@ -411,6 +419,7 @@ impl Serialize for ChunkStatus {
             ChunkStatus::NotHave => (1u64,).serialize(serializer),
             ChunkStatus::Busy => (2u64,).serialize(serializer),
             ChunkStatus::Error { message } => (3u64, message).serialize(serializer),
+            ChunkStatus::TryElsewhere => (4u64,).serialize(serializer),
         }
     }
 }
@@ -434,6 +443,7 @@ impl<'de> Deserialize<'de> for ChunkStatus {
                     3 => ChunkStatus::Error {
                         message: next(&mut seq, 1, &self)?,
                     },
+                    4 => ChunkStatus::TryElsewhere,
                     other => {
                         return Err(de::Error::custom(format!("unknown chunk status {other}")))
                     }
@@ -559,6 +569,18 @@ impl StreamMessage {
         const WHAT: &str = "stream message";
         precheck_envelope(WHAT, bytes, MAX_HEADER_BYTES, STREAM_VERSION, STREAM_KINDS)?;
         let msg: StreamMessage = encoding::decode(WHAT, bytes, MAX_HEADER_BYTES)?;
+        if let StreamMessage::Have(have) = &msg {
+            if have.indices.len() > MAX_HAVE_BATCH {
+                return Err(DecodeError::Invalid {
+                    what: WHAT,
+                    reason: format!(
+                        "Have lists {} indices, at most {MAX_HAVE_BATCH}",
+                        have.indices.len()
+                    ),
+                }
+                .into());
+            }
+        }
         let len = msg.payload_len();
         if len > MAX_PAYLOAD_BYTES {
             return Err(WireError::PayloadTooLarge {

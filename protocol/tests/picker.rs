@@ -475,3 +475,199 @@ fn completion_and_lost_chunks() {
     assert_eq!(p.remove_blob(&blob()).len(), 1);
     assert_eq!(p.in_flight(&1), 0);
 }
+
+#[test]
+fn contended_window_chunks_are_left_to_rarest_first() {
+    // One seed, and another node known to lack everything: the front chunks
+    // are contended, so they are not requested as window chunks (the two
+    // nodes should fetch different chunks from the seed and trade).
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 2,
+            window_chunks: 4,
+            ..config()
+        },
+        64,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_bitfield(&2, &blob(), Bitfield::new(64)).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 2);
+    assert!(
+        reqs.iter().all(|r| r.kind == RequestKind::Rarest),
+        "{reqs:?}"
+    );
+    // Once the other node holds chunk 0 too, it is a window chunk again.
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 2,
+            window_chunks: 4,
+            ..config()
+        },
+        64,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_bitfield(&2, &blob(), bits(64, [0])).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs[0].index, 0);
+    assert_eq!(reqs[0].kind, RequestKind::Window);
+    assert_eq!(
+        reqs[0].peer, 2,
+        "the holder with fewer chunks spares the seed"
+    );
+}
+
+mod invariants {
+    //! Random event sequences: whatever happens, the picker's requests
+    //! respect its rules and its bookkeeping stays consistent.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Bitfield(u32, Vec<bool>),
+        Has(u32, u32),
+        RemovePeer(u32),
+        Next,
+        Receive(usize),
+        Fail(usize, u8),
+        Advance(u64),
+        Cursor(u32),
+        Lost(u32),
+    }
+
+    const CHUNKS: u32 = 24;
+    const PEERS: u32 = 5;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                0..PEERS,
+                proptest::collection::vec(any::<bool>(), CHUNKS as usize)
+            )
+                .prop_map(|(p, b)| Op::Bitfield(p, b)),
+            (0..PEERS, 0..CHUNKS).prop_map(|(p, i)| Op::Has(p, i)),
+            (0..PEERS).prop_map(Op::RemovePeer),
+            Just(Op::Next),
+            Just(Op::Next),
+            any::<usize>().prop_map(Op::Receive),
+            (any::<usize>(), 0u8..3).prop_map(|(i, r)| Op::Fail(i, r)),
+            (0u64..3000).prop_map(Op::Advance),
+            (0..=CHUNKS).prop_map(Op::Cursor),
+            (0..CHUNKS).prop_map(Op::Lost),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn rules_hold_under_random_events(
+            ops in proptest::collection::vec(op(), 1..80),
+            cap in 1usize..4,
+            window in 0u32..6,
+            endgame in 0u32..5,
+            seed in any::<u64>(),
+        ) {
+            let cfg = PickerConfig {
+                max_in_flight_per_peer: cap,
+                window_chunks: window,
+                endgame_threshold: endgame,
+                max_requests_per_chunk: 2,
+                seed,
+                timeout_base_ms: 1_000,
+                timeout_ms_per_mib: 1_000,
+                busy_backoff_ms: 300,
+            };
+            let mut p = picker(cfg, CHUNKS);
+            // Our model of what peers hold and what we hold.
+            let mut holds: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+            let mut have: BTreeSet<u32> = BTreeSet::new();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Bitfield(peer, b) => {
+                        let set: BTreeSet<u32> = (0..CHUNKS).filter(|&i| b[i as usize]).collect();
+                        p.peer_bitfield(&peer, &blob(), bits(CHUNKS, set.iter().copied())).unwrap();
+                        holds.insert(peer, set);
+                    }
+                    Op::Has(peer, i) => {
+                        p.peer_has(&peer, &blob(), i).unwrap();
+                        holds.entry(peer).or_default().insert(i);
+                    }
+                    Op::RemovePeer(peer) => {
+                        let dropped = p.remove_peer(&peer);
+                        prop_assert!(dropped.iter().all(|r| r.peer == peer));
+                        holds.remove(&peer);
+                    }
+                    Op::Next => {
+                        let missing_before = CHUNKS - have.len() as u32;
+                        let outstanding: BTreeSet<(u32, u32)> =
+                            p.outstanding().iter().map(|r| (r.peer, r.index)).collect();
+                        for r in p.next_requests(now) {
+                            prop_assert!(holds.get(&r.peer).is_some_and(|h| h.contains(&r.index)),
+                                "{r:?} goes to a peer that does not hold the chunk");
+                            prop_assert!(!have.contains(&r.index), "{r:?} for a chunk we hold");
+                            prop_assert!(!outstanding.contains(&(r.peer, r.index)), "{r:?} repeats an outstanding request");
+                            if r.kind == RequestKind::Endgame {
+                                prop_assert!(missing_before <= endgame, "endgame with {missing_before} missing");
+                            }
+                        }
+                    }
+                    Op::Receive(k) => {
+                        let out = p.outstanding();
+                        if !out.is_empty() {
+                            let r = &out[k % out.len()];
+                            let others = p.chunk_received(&blob(), r.index, Some(&r.peer)).unwrap();
+                            prop_assert!(others.iter().all(|o| o.index == r.index && o.peer != r.peer));
+                            have.insert(r.index);
+                        }
+                    }
+                    Op::Fail(k, reason) => {
+                        let out = p.outstanding();
+                        if !out.is_empty() {
+                            let r = &out[k % out.len()];
+                            let reason = [FailReason::NotHave, FailReason::Busy, FailReason::Error][reason as usize];
+                            p.request_failed(&r.peer, &blob(), r.index, reason, now);
+                            if reason == FailReason::NotHave {
+                                if let Some(h) = holds.get_mut(&r.peer) { h.remove(&r.index); }
+                            }
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        now += ms;
+                        for r in p.expire(now) {
+                            prop_assert!(now >= p.timeout_ms(&blob(), r.index).unwrap());
+                        }
+                    }
+                    Op::Cursor(c) => p.set_cursor(&blob(), c).unwrap(),
+                    Op::Lost(i) => {
+                        p.chunk_lost(&blob(), i).unwrap();
+                        have.remove(&i);
+                    }
+                }
+                // Bookkeeping invariants after every event.
+                let out = p.outstanding();
+                let mut per_peer: BTreeMap<u32, usize> = BTreeMap::new();
+                let mut per_chunk: BTreeMap<u32, usize> = BTreeMap::new();
+                for r in &out {
+                    *per_peer.entry(r.peer).or_default() += 1;
+                    *per_chunk.entry(r.index).or_default() += 1;
+                }
+                for peer in 0..PEERS {
+                    let n = per_peer.get(&peer).copied().unwrap_or(0);
+                    prop_assert_eq!(p.in_flight(&peer), n);
+                    prop_assert!(n <= cap, "peer {} has {} in flight, cap {}", peer, n, cap);
+                }
+                prop_assert!(per_chunk.values().all(|&n| n <= 2));
+                prop_assert_eq!(p.missing(&blob()), Some(CHUNKS - have.len() as u32));
+                for i in 0..CHUNKS {
+                    let holders = holds.values().filter(|h| h.contains(&i)).count() as u32;
+                    prop_assert_eq!(p.availability(&blob(), i), holders, "availability of {}", i);
+                }
+            }
+        }
+    }
+}

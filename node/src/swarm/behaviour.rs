@@ -203,9 +203,15 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
             .map_err(|e| SwarmError::Config(e.to_string()))?;
     let mut params = gossipsub::PeerScoreParams::default();
     for t in Topic::ALL {
-        let mut tp = gossipsub::TopicScoreParams::default();
-        tp.invalid_message_deliveries_weight = -100.0;
-        tp.invalid_message_deliveries_decay = 0.9;
+        // Quiet topics are normal here: no penalties for few deliveries;
+        // invalid messages cost a lot.
+        let tp = gossipsub::TopicScoreParams {
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            invalid_message_deliveries_weight: -100.0,
+            invalid_message_deliveries_decay: 0.9,
+            ..Default::default()
+        };
         params.topics.insert(p.topic(t).hash(), tp);
     }
     gossipsub

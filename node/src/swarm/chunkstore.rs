@@ -54,11 +54,54 @@ pub enum ChunkWrite {
     BlobComplete,
 }
 
+/// A blob's layout, known as soon as it is declared, before every chunk
+/// digest is (a gateway streams digests as the registry sends the layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLayout {
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: edgeswarm_protocol::ChunkSize,
+    /// Chunks `0..digests_known` have known digests and can be verified.
+    pub digests_known: u32,
+}
+
+impl BlobLayout {
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u32 {
+        edgeswarm_protocol::chunkmap::chunk_count(self.size, self.chunk_size) as u32
+    }
+
+    /// Length of chunk `index`, if in range.
+    pub fn chunk_len(&self, index: u32) -> Option<u32> {
+        let start = index as u64 * self.chunk_size.get() as u64;
+        (index < self.chunk_count())
+            .then(|| (self.size - start).min(self.chunk_size.get() as u64) as u32)
+    }
+
+    /// The chunk holding byte `offset`.
+    pub fn chunk_at(&self, offset: u64) -> Option<u32> {
+        (offset < self.size).then(|| (offset / self.chunk_size.get() as u64) as u32)
+    }
+
+    fn of(map: &ChunkMap) -> Self {
+        BlobLayout {
+            size: map.blob_size(),
+            chunk_size: map.chunk_size(),
+            digests_known: map.chunk_count(),
+        }
+    }
+}
+
 /// The storage operations the swarm uses. Implementations must be cheap to
 /// clone (an `Arc` inside) and must never block the async runtime.
 pub trait ChunkStore: Clone + Send + Sync + 'static {
     /// The complete chunk map of `blob`, if known.
     fn chunk_map(&self, blob: &Digest) -> Option<Arc<ChunkMap>>;
+    /// The layout of `blob` once declared, even while digests are partial.
+    fn layout(&self, blob: &Digest) -> Option<BlobLayout> {
+        self.chunk_map(blob).map(|m| BlobLayout::of(&m))
+    }
     /// Snapshot of the verified chunks of `blob`, if the blob is known.
     fn bitfield(&self, blob: &Digest) -> Option<Bitfield>;
     /// Whether `blob` is complete and verified.
@@ -360,5 +403,70 @@ impl ChunkStore for DirStore {
         })
         .await
         .map_err(|err| ChunkStoreError::Local(err.to_string()))?
+    }
+}
+
+/// The node's real store (`node::store`), as the swarm sees it.
+impl ChunkStore for crate::store::Store {
+    fn chunk_map(&self, blob: &Digest) -> Option<Arc<ChunkMap>> {
+        crate::store::Store::chunk_map(self, blob)
+    }
+
+    fn layout(&self, blob: &Digest) -> Option<BlobLayout> {
+        crate::store::Store::blob_info(self, blob).map(|i| BlobLayout {
+            size: i.size,
+            chunk_size: i.chunk_size,
+            digests_known: i.digests_known,
+        })
+    }
+
+    fn bitfield(&self, blob: &Digest) -> Option<Bitfield> {
+        crate::store::Store::bitfield(self, blob)
+    }
+
+    fn is_complete(&self, blob: &Digest) -> bool {
+        crate::store::Store::is_complete(self, blob)
+    }
+
+    fn cursor(&self, blob: &Digest) -> u64 {
+        crate::store::Store::cursor(self, blob)
+    }
+
+    async fn put_chunk_map(&self, blob: Digest, map: &ChunkMap) -> Result<(), ChunkStoreError> {
+        crate::store::Store::put_chunk_map(self, blob, map)
+            .await
+            .map_err(from_store_error)
+    }
+
+    async fn write_chunk(
+        &self,
+        blob: Digest,
+        index: u32,
+        bytes: Bytes,
+    ) -> Result<ChunkWrite, ChunkStoreError> {
+        use crate::store::WriteOutcome;
+        match crate::store::Store::write_chunk(self, blob, index, bytes).await {
+            Ok(WriteOutcome::AlreadyHad) => Ok(ChunkWrite::AlreadyHad),
+            Ok(WriteOutcome::Stored) => Ok(ChunkWrite::Stored),
+            Ok(WriteOutcome::BlobComplete) => Ok(ChunkWrite::BlobComplete),
+            Err(e) => Err(from_store_error(e)),
+        }
+    }
+
+    async fn read_chunk(&self, blob: Digest, index: u32) -> Result<Bytes, ChunkStoreError> {
+        crate::store::Store::read_chunk(self, blob, index)
+            .await
+            .map_err(from_store_error)
+    }
+}
+
+/// Classifies store errors by whose fault they are.
+fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Chunk(c) => ChunkStoreError::Corrupt(c.to_string()),
+        StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
+        e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
+        e => ChunkStoreError::Local(e.to_string()),
     }
 }

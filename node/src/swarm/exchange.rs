@@ -1,17 +1,23 @@
-//! Chunk exchange over raw `libp2p-stream` streams (framing: `frame`).
+//! Chunk exchange over raw `libp2p-stream` streams, speaking the frames of
+//! `protocol::wire` (see `frame`).
 //!
 //! - **Serving.** Every inbound stream gets a task (bounded by a semaphore).
 //!   A reader half parses frames into a bounded queue; the writer half
-//!   answers in order, pushes `HAVE` deltas every 200 ms, and serves each
-//!   chunk under an upload slot and the optional token bucket, reading it
-//!   from the store (which re-verifies it). Partial blobs are served.
-//! - **Downloading.** One coordinator task per blob owns the picker state:
-//!   our bitfield, each peer's bitfield and in-flight requests. Per peer a
-//!   session task owns one stream: it sends `INTEREST` and the requests the
-//!   coordinator hands it (bounded queue, several in flight), reads
-//!   `BITFIELD`/`HAVE`/`CHUNK`/`REJECT`, and writes each chunk into the store
-//!   (verified there), reporting back. The swarm task only sees commands
-//!   (providers, bans), never bytes.
+//!   answers `Hello` with our `Hello` and a `Bitfield` per known blob, pushes
+//!   `Have` for newly verified chunks every 200 ms, and answers requests in
+//!   order: each chunk under an upload slot and the optional token bucket,
+//!   read from the store (which re-verifies it). Partial blobs are served.
+//!   An origin seed answers `TryElsewhere` for a chunk it uploaded moments ago
+//!   (seed sparing), so peers trade it among themselves.
+//! - **Downloading.** One coordinator task per blob owns a
+//!   `protocol::picker::Picker` fed with our bitfield, each peer's
+//!   bitfield/haves, arrivals and failures; it hands requests to per-peer
+//!   session tasks. A session owns one stream: it sends `Hello` and
+//!   pipelined `ChunkRequest`s (several in flight, ids tracked), reads
+//!   `Bitfield`/`Have`/`ChunkResponse`, reads each payload straight into a
+//!   chunk-sized buffer and writes it to the store (verified there),
+//!   reporting back. The swarm task only sees commands (providers, bans),
+//!   never bytes.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -20,6 +26,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edgeswarm_protocol::chunkmap::MAX_CHUNK_MAP_BYTES;
+use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig};
+use edgeswarm_protocol::wire::{
+    self, BitfieldMsg, ChunkMapRequest, ChunkMapResponse, ChunkRequest, ChunkResponse, ChunkStatus,
+    Have, Hello, StreamMessage,
+};
 use edgeswarm_protocol::{Bitfield, ChunkMap, Digest};
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream};
@@ -27,27 +39,43 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::frame::{self, FrameError, RejectReason};
+use super::chunkstore::BlobLayout;
+use super::frame::{self, FrameError};
 use super::metrics::SwarmMetrics;
-use super::pick::{pick, PeerView, PickParams};
 use super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, Protocols, SwarmConfig, SwarmError};
 
 /// Inbound chunk streams served concurrently at most.
 const MAX_INBOUND_STREAMS: usize = 256;
 /// Frames queued between a server's reader and writer halves.
 const SERVER_QUEUE: usize = 64;
+/// Chunks of one session being verified and stored at once.
+const STORE_WRITES_PER_SESSION: usize = 2;
 /// Session events queued towards a download coordinator.
 const EVENTS: usize = 512;
-/// How long a declined chunk is not asked of the same peer again.
-const DECLINE_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a failed peer is left alone by a download.
 const PEER_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Completion of a running download, shared by concurrent callers.
+type DownloadWatch = watch::Receiver<Option<Result<(), String>>>;
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Type-erased download entry point, so `SwarmClient` is not generic.
 pub(crate) trait Fetch: Send + Sync {
     fn fetch(&self, blob: Digest, map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>>;
+}
+
+/// The exchange of a peer without a store (the bootstrap peer).
+pub(crate) struct NoStore;
+
+impl Fetch for NoStore {
+    fn fetch(&self, _blob: Digest, _map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
+        Box::pin(async {
+            Err(SwarmError::Config(
+                "this peer has no store (bootstrap mode)".into(),
+            ))
+        })
+    }
 }
 
 /// A token bucket for `--max-upload-rate`.
@@ -99,9 +127,13 @@ struct Inner<S> {
     /// Blobs downloaded through the swarm in this process (not origin seeds).
     downloaded: Mutex<HashSet<Digest>>,
     /// Last upload time of chunks of origin-seeded blobs.
-    recent_uploads: Mutex<HashMap<(Digest, u32), Instant>>,
+    /// and to whom.
+    recent_uploads: Mutex<HashMap<(Digest, u32), (Instant, PeerId)>>,
+    /// Peers connected now (kept by the swarm task): sparing ends early
+    /// for a chunk whose only recipient left.
+    connected: Arc<Mutex<HashSet<PeerId>>>,
     /// Running downloads, shared by concurrent callers.
-    downloads: Mutex<HashMap<Digest, watch::Receiver<Option<Result<(), String>>>>>,
+    downloads: Mutex<HashMap<Digest, DownloadWatch>>,
     corrupt_uploads: bool,
     requests_per_peer: usize,
     max_download_peers: usize,
@@ -120,6 +152,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<S: ChunkStore> Exchange<S> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         config: &SwarmConfig,
         store: S,
@@ -129,6 +162,7 @@ impl<S: ChunkStore> Exchange<S> {
         metrics: SwarmMetrics,
         shutdown: CancellationToken,
         local_peer: PeerId,
+        connected: Arc<Mutex<HashSet<PeerId>>>,
     ) -> Result<Self, SwarmError> {
         let incoming = control
             .accept(protocols.chunks.clone())
@@ -146,6 +180,7 @@ impl<S: ChunkStore> Exchange<S> {
             seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),
             recent_uploads: Mutex::new(HashMap::new()),
+            connected,
             downloads: Mutex::new(HashMap::new()),
             corrupt_uploads: config.corrupt_uploads,
             requests_per_peer: config.requests_per_peer.max(1),
@@ -243,39 +278,54 @@ fn penalise<S>(inner: &Inner<S>, peer: PeerId, reason: &str) {
         .try_send(Command::Ban(peer, format!("protocol violation: {reason}")));
 }
 
+/// Most blobs one stream's `Hello` may bind.
+const MAX_HELLO_BLOBS: usize = 64;
+
 /// Requests parsed by a server's reader half.
 enum Incoming {
-    GetMap(Digest),
-    Interest(Digest),
-    Request(u32),
+    Hello(Vec<Digest>),
+    Map(u64, Digest),
+    Chunk(u64, Digest, u32),
 }
 
 async fn serve_reader<R: AsyncRead + Unpin>(
     mut r: R,
     tx: mpsc::Sender<Incoming>,
 ) -> Result<(), FrameError> {
+    let mut hello = false;
     loop {
-        let h = match frame::read_header(&mut r).await {
-            Ok(h) => h,
+        let msg = match frame::read_message(&mut r).await {
+            Ok(m) => m,
             Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Ok(())
             }
             Err(e) => return Err(e),
         };
-        if h.body_len > 64 {
-            return Err(FrameError::violation(format!(
-                "request frame of {} bytes",
-                h.body_len
-            )));
-        }
-        let body = frame::read_body(&mut r, &h).await?;
-        let msg = match h.tag {
-            frame::GET_MAP => Incoming::GetMap(frame::parse_digest(&body)?),
-            frame::INTEREST => Incoming::Interest(frame::parse_digest(&body)?),
-            frame::REQUEST => Incoming::Request(frame::parse_u32(&body)?),
-            t => return Err(FrameError::violation(format!("unexpected frame tag {t}"))),
+        let incoming = match msg {
+            StreamMessage::Hello(h) if !hello => {
+                hello = true;
+                if h.blobs.len() > MAX_HELLO_BLOBS {
+                    return Err(FrameError::violation(format!(
+                        "Hello lists {} blobs",
+                        h.blobs.len()
+                    )));
+                }
+                Incoming::Hello(h.blobs)
+            }
+            StreamMessage::ChunkRequest(q) if hello => {
+                Incoming::Chunk(q.request_id, q.blob, q.index)
+            }
+            StreamMessage::ChunkMapRequest(q) if hello => Incoming::Map(q.request_id, q.blob),
+            StreamMessage::Cancel(_) if hello => continue, // we answer anyway (allowed)
+            StreamMessage::Have(_) | StreamMessage::Bitfield(_) if hello => continue,
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} from a requester",
+                    other.kind()
+                )))
+            }
         };
-        if tx.send(msg).await.is_err() {
+        if tx.send(incoming).await.is_err() {
             return Ok(());
         }
     }
@@ -290,40 +340,45 @@ async fn serve_stream<S: ChunkStore>(
     let (tx, mut rx) = mpsc::channel(SERVER_QUEUE);
     let reader = serve_reader(r, tx);
     let writer = async {
-        let mut bound: Option<Digest> = None;
-        let mut sent: Option<Bitfield> = None;
+        // Blobs the requester asked about, with the bitfield last sent.
+        let mut bound: Vec<(Digest, Option<Bitfield>)> = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return Ok::<(), FrameError>(()) };
                     match msg {
-                        Incoming::GetMap(blob) => match inner.store.chunk_map(&blob) {
-                            Some(map) => frame::write_frame(&mut w, frame::MAP, &[&map.encode()]).await?,
-                            None => frame::write_frame(&mut w, frame::NO_MAP, &[]).await?,
-                        },
-                        Incoming::Interest(blob) => {
-                            if bound.is_some() {
-                                return Err(FrameError::violation("second INTEREST on a stream"));
+                        Incoming::Hello(blobs) => {
+                            let known: Vec<Digest> = blobs.iter().copied().filter(|b| inner.store.bitfield(b).is_some()).collect();
+                            let hello = StreamMessage::Hello(Hello { protocol_version: wire::STREAM_VERSION, blobs: known });
+                            frame::write_message(&mut w, &hello, &[]).await?;
+                            bound = blobs.into_iter().map(|b| (b, None)).collect();
+                            for (blob, sent) in bound.iter_mut() {
+                                push_haves(inner, &mut w, blob, sent).await?;
                             }
-                            bound = Some(blob);
-                            let bits = advertised(inner, &blob).unwrap_or_else(|| Bitfield::new(0));
-                            frame::write_frame(&mut w, frame::BITFIELD, &[&bits.len().to_be_bytes(), bits.as_bytes()]).await?;
-                            sent = Some(bits);
                         }
-                        Incoming::Request(index) => {
-                            let Some(blob) = bound else {
-                                frame::write_frame(&mut w, frame::REJECT, &[&index.to_be_bytes(), &[RejectReason::Invalid as u8]]).await?;
-                                continue;
-                            };
-                            serve_chunk(inner, peer, &mut w, blob, index).await?;
+                        Incoming::Map(request_id, blob) => match inner.store.chunk_map(&blob) {
+                            Some(map) => {
+                                let bytes = map.encode();
+                                let resp = StreamMessage::ChunkMapResponse(ChunkMapResponse { request_id, blob, status: ChunkStatus::Ok { len: bytes.len() as u64 } });
+                                frame::write_message(&mut w, &resp, &bytes).await?;
+                            }
+                            None => {
+                                let resp = StreamMessage::ChunkMapResponse(ChunkMapResponse { request_id, blob, status: ChunkStatus::NotHave });
+                                frame::write_message(&mut w, &resp, &[]).await?;
+                            }
+                        },
+                        Incoming::Chunk(request_id, blob, index) => {
+                            serve_chunk(inner, peer, &mut w, request_id, blob, index).await?;
                         }
                     }
                     w.flush().await?;
                 }
                 _ = tick.tick() => {
-                    if let Some(blob) = bound {
-                        push_haves(inner, &mut w, &blob, &mut sent).await?;
+                    if !bound.is_empty() {
+                        for (blob, sent) in bound.iter_mut() {
+                            push_haves(inner, &mut w, blob, sent).await?;
+                        }
                         w.flush().await?;
                     }
                 }
@@ -346,6 +401,8 @@ fn advertised<S: ChunkStore>(inner: &Inner<S>, blob: &Digest) -> Option<Bitfield
     Some(bits)
 }
 
+/// Sends the bitfield of `blob` the first time we know it, then `Have`
+/// for every chunk verified since the last call.
 async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
     w: &mut W,
@@ -358,46 +415,51 @@ async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
     match sent {
         Some(prev) if prev.len() == now.len() => {
             let new: Vec<u32> = now.iter_ones().filter(|i| !prev.get(*i)).collect();
-            for batch in new.chunks(frame::MAX_HAVE_BATCH) {
-                let body: Vec<u8> = batch.iter().flat_map(|i| i.to_be_bytes()).collect();
-                frame::write_frame(w, frame::HAVE, &[&body]).await?;
+            for batch in new.chunks(wire::MAX_HAVE_BATCH) {
+                let have = StreamMessage::Have(Have {
+                    blob: *blob,
+                    indices: batch.to_vec(),
+                });
+                frame::write_message(w, &have, &[]).await?;
             }
         }
         _ => {
-            // First knowledge of the blob: send the whole bitfield.
-            frame::write_frame(
-                w,
-                frame::BITFIELD,
-                &[&now.len().to_be_bytes(), now.as_bytes()],
-            )
-            .await?;
+            let msg = StreamMessage::Bitfield(BitfieldMsg {
+                blob: *blob,
+                bitfield: now.clone(),
+            });
+            frame::write_message(w, &msg, &[]).await?;
         }
     }
     *sent = Some(now);
     Ok(())
 }
 
+async fn respond<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    request_id: u64,
+    status: ChunkStatus,
+) -> Result<(), FrameError> {
+    let msg = StreamMessage::ChunkResponse(ChunkResponse { request_id, status });
+    frame::write_message(w, &msg, &[]).await
+}
+
 async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
     peer: PeerId,
     w: &mut W,
+    request_id: u64,
     blob: Digest,
     index: u32,
 ) -> Result<(), FrameError> {
-    let reject = |reason: RejectReason| {
-        let idx = index.to_be_bytes();
-        async move {
-            let _ = reason;
-            (idx, reason as u8)
-        }
+    // The layout suffices: a partial blob's verified chunks are served
+    // while its later digests are still unknown.
+    let Some(layout) = inner.store.layout(&blob) else {
+        return respond(w, request_id, ChunkStatus::NotHave).await;
     };
-    let Some(map) = inner.store.chunk_map(&blob) else {
-        let (i, r) = reject(RejectReason::NotHeld).await;
-        return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
-    };
-    let Ok(len) = map.chunk_len(index) else {
-        let (i, r) = reject(RejectReason::Invalid).await;
-        return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
+    let Some(len) = layout.chunk_len(index) else {
+        let message = wire::truncate_message(&format!("chunk {index} out of range"));
+        return respond(w, request_id, ChunkStatus::Error { message }).await;
     };
     let _slot = inner
         .upload_slots
@@ -407,7 +469,9 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     let bytes = if inner.corrupt_uploads {
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
-        // Seed sparing: an origin seed uploads each chunk once per period.
+        // Seed sparing: an origin seed uploads each chunk once per period
+        // and answers TryElsewhere meanwhile, so peers fetch it from each other;
+        // unless the peer it went to has disconnected.
         if let Some(period) = inner.seed_sparing {
             let origin = inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
             if origin {
@@ -415,19 +479,23 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
                 let recently = {
                     let mut recent = lock(&inner.recent_uploads);
                     if recent.len() > 1 << 20 {
-                        recent.retain(|_, t| now.duration_since(*t) < period);
+                        recent.retain(|_, (t, _)| now.duration_since(*t) < period);
                     }
-                    match recent.get(&(blob, index)) {
-                        Some(t) if now.duration_since(*t) < period => true,
-                        _ => {
-                            recent.insert((blob, index), now);
-                            false
+                    let spared = match recent.get(&(blob, index)) {
+                        Some((t, to)) => {
+                            now.duration_since(*t) < period
+                                && *to != peer
+                                && lock(&inner.connected).contains(to)
                         }
+                        None => false,
+                    };
+                    if !spared {
+                        recent.insert((blob, index), (now, peer));
                     }
+                    spared
                 };
                 if recently {
-                    let (i, r) = reject(RejectReason::RecentlyUploaded).await;
-                    return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
+                    return respond(w, request_id, ChunkStatus::TryElsewhere).await;
                 }
             }
         }
@@ -435,15 +503,20 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
             Ok(b) => b,
             Err(e) => {
                 debug!(%blob, index, error = %e, "cannot serve chunk");
-                let (i, r) = reject(RejectReason::NotHeld).await;
-                return frame::write_frame(w, frame::REJECT, &[&i, &[r]]).await;
+                return respond(w, request_id, ChunkStatus::NotHave).await;
             }
         }
     };
     if let Some(bucket) = &inner.bucket {
         bucket.take(bytes.len() as u64).await;
     }
-    frame::write_frame(w, frame::CHUNK, &[&index.to_be_bytes(), &bytes]).await?;
+    let head = StreamMessage::ChunkResponse(ChunkResponse {
+        request_id,
+        status: ChunkStatus::Ok {
+            len: bytes.len() as u64,
+        },
+    });
+    frame::write_message(w, &head, &bytes).await?;
     inner.metrics.chunks_uploaded.inc();
     inner.metrics.bytes_uploaded.inc_by(bytes.len() as u64);
     debug!(%peer, %blob, index, "served chunk");
@@ -459,17 +532,16 @@ enum Event {
     Stored(PeerId, u32, ChunkWrite),
     Corrupt(PeerId, u32, String),
     StoreFailed(PeerId, u32, ChunkStoreError),
-    Rejected(PeerId, u32, RejectReason),
+    Rejected(PeerId, u32, FailReason),
     Closed(PeerId, Option<String>, bool),
     Candidates(Vec<PeerId>),
 }
 
-struct PeerState {
+/// A download's view of one peer session.
+struct Session {
+    /// Requests for the session to send.
     tx: mpsc::Sender<u32>,
-    bits: Bitfield,
-    inflight: HashMap<u32, Instant>,
-    declined: HashMap<u32, Instant>,
-    last_progress: Instant,
+    /// Ends the session.
     cancel: CancellationToken,
 }
 
@@ -482,46 +554,57 @@ async fn download<S: ChunkStore>(
         return Ok(());
     }
     lock(&inner.downloaded).insert(blob);
-    let map = match (map, inner.store.chunk_map(&blob)) {
-        (_, Some(m)) => m,
-        (Some(m), None) => {
+    if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
+        inner.store.put_chunk_map(blob, m).await?;
+    }
+    if inner.store.layout(&blob).is_none() {
+        if let Some(m) = fetch_map(&inner, blob).await? {
             inner.store.put_chunk_map(blob, &m).await?;
-            Arc::new(m)
         }
-        (None, None) => {
-            let m = fetch_map(&inner, blob).await?;
-            inner.store.put_chunk_map(blob, &m).await?;
-            Arc::new(m)
-        }
-    };
+    }
+    let layout = inner
+        .store
+        .layout(&blob)
+        .ok_or(SwarmError::NoChunkMap(blob))?;
     let _ = inner.commands.send(Command::Provide(blob)).await;
-    let count = map.chunk_count();
-    let mut have = inner
+    let count = layout.chunk_count();
+    let have = inner
         .store
         .bitfield(&blob)
+        .filter(|b| b.len() == count)
         .unwrap_or_else(|| Bitfield::new(count));
+    let seed = {
+        let b = inner.local_peer.to_bytes();
+        let mut x = [0u8; 8];
+        for (i, byte) in b.iter().rev().take(8).enumerate() {
+            x[i] = *byte;
+        }
+        u64::from_le_bytes(x)
+            ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    };
+    let mut picker: Picker<PeerId> = Picker::new(PickerConfig {
+        max_in_flight_per_peer: inner.requests_per_peer,
+        window_chunks: inner.deadline_window,
+        endgame_threshold: 8,
+        max_requests_per_chunk: 2,
+        seed,
+        timeout_base_ms: inner.stall_base.as_millis() as u64,
+        timeout_ms_per_mib: (1_000u64 << 20) / inner.stall_min_rate,
+        busy_backoff_ms: 250,
+    });
+    picker
+        .add_blob(blob, layout.size, layout.chunk_size, have)
+        .map_err(|e| SwarmError::Config(e.to_string()))?;
+    let _ = picker.set_digests_known(&blob, layout.digests_known);
+
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
-    let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
+    let mut sessions: HashMap<PeerId, Session> = HashMap::new();
     let mut backoff: HashMap<PeerId, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let started = Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
     let mut last_discovery: Option<Instant> = None;
     let mut last_providers: Option<Instant> = None;
-    let seed = {
-        let b = inner.local_peer.to_bytes();
-        let tail: [u8; 8] = b[b.len() - 8..].try_into().unwrap_or([0; 8]);
-        u64::from_le_bytes(tail)
-            ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
-    };
-    let params = PickParams {
-        per_peer: inner.requests_per_peer,
-        window: inner.deadline_window,
-        endgame_below: 8,
-        seed,
-    };
-    let chunk_len = map.chunk_size().get() as u64;
-    let stall_after =
-        inner.stall_base + Duration::from_secs_f64(chunk_len as f64 / inner.stall_min_rate as f64);
     let session_cancel = inner.shutdown.child_token();
     let _guard = session_cancel.clone().drop_guard();
 
@@ -533,45 +616,36 @@ async fn download<S: ChunkStore>(
                 match ev {
                     Event::Candidates(list) => {
                         for peer in list {
-                            if peer == inner.local_peer || peers.contains_key(&peer) || peers.len() >= inner.max_download_peers {
-                                continue;
-                            }
-                            if backoff.get(&peer).is_some_and(|t| *t > Instant::now()) {
+                            if peer == inner.local_peer
+                                || sessions.contains_key(&peer)
+                                || sessions.len() >= inner.max_download_peers
+                                || backoff.get(&peer).is_some_and(|t| *t > Instant::now())
+                            {
                                 continue;
                             }
                             let (tx, rx) = mpsc::channel(inner.requests_per_peer * 2);
                             let cancel = session_cancel.child_token();
-                            peers.insert(peer, PeerState {
-                                tx,
-                                bits: Bitfield::new(count),
-                                inflight: HashMap::new(),
-                                declined: HashMap::new(),
-                                last_progress: Instant::now(),
-                                cancel: cancel.clone(),
-                            });
-                            tokio::spawn(session(inner.clone(), peer, blob, map.clone(), rx, ev_tx.clone(), cancel));
+                            sessions.insert(peer, Session { tx, cancel: cancel.clone() });
+                            picker.add_peer(peer);
+                            tokio::spawn(session(inner.clone(), peer, blob, layout, rx, ev_tx.clone(), cancel));
                         }
                     }
                     Event::Bitfield(peer, bits) => {
-                        if let Some(p) = peers.get_mut(&peer) {
-                            if bits.len() == count {
-                                p.bits = bits;
-                            }
+                        if sessions.contains_key(&peer) {
+                            let _ = picker.peer_bitfield(&peer, &blob, bits);
                         }
                     }
                     Event::Have(peer, list) => {
-                        if let Some(p) = peers.get_mut(&peer) {
+                        if sessions.contains_key(&peer) {
                             for i in list {
-                                if i < count { p.bits.set(i); }
+                                let _ = picker.peer_has(&peer, &blob, i);
                             }
                         }
                     }
                     Event::Stored(peer, index, outcome) => {
-                        if let Some(p) = peers.get_mut(&peer) {
-                            p.inflight.remove(&index);
-                            p.last_progress = Instant::now();
-                        }
-                        have.set(index);
+                        // Endgame duplicates still outstanding elsewhere
+                        // are answered and dropped as AlreadyHad.
+                        let _ = picker.chunk_received(&blob, index, Some(&peer));
                         if outcome == ChunkWrite::BlobComplete {
                             break;
                         }
@@ -580,45 +654,47 @@ async fn download<S: ChunkStore>(
                         warn!(%peer, %blob, index, %reason, "bad chunk; banning sender");
                         inner.metrics.bad_chunks.inc();
                         let _ = inner.commands.try_send(Command::Ban(peer, format!("bad chunk {index} of {blob}: {reason}")));
-                        drop_peer(&mut peers, &mut backoff, peer, Duration::from_secs(3600));
+                        picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
+                        drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
                     }
                     Event::StoreFailed(peer, index, err) => {
-                        if let Some(p) = peers.get_mut(&peer) { p.inflight.remove(&index); }
+                        picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
                         warn!(%blob, index, error = %err, "store failed to take a chunk");
                         if matches!(err, ChunkStoreError::BlobCorrupt(_)) {
                             return Err(SwarmError::Store(err));
                         }
                     }
-                    Event::Rejected(peer, index, reason) => {
+                    Event::Rejected(peer, index, why) => {
                         inner.metrics.rejected_requests.inc();
-                        if let Some(p) = peers.get_mut(&peer) {
-                            p.inflight.remove(&index);
-                            p.last_progress = Instant::now();
-                            p.declined.insert(index, Instant::now());
-                            if reason == RejectReason::NotHeld {
-                                p.bits.clear(index);
-                            }
-                        }
+                        picker.request_failed(&peer, &blob, index, why, now_ms());
                     }
                     Event::Closed(peer, violation, unsupported) => {
                         if let Some(reason) = violation {
                             penalise(&inner, peer, &reason);
                         }
                         let wait = if unsupported { Duration::from_secs(60) } else { PEER_BACKOFF };
-                        drop_peer(&mut peers, &mut backoff, peer, wait);
+                        drop_peer(&mut picker, &mut sessions, &mut backoff, peer, wait);
                     }
                 }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                // Stalls: requests in flight, nothing delivered for too long.
-                let stalled: Vec<PeerId> = peers.iter()
-                    .filter(|(_, p)| !p.inflight.is_empty() && now.duration_since(p.last_progress) > stall_after)
-                    .map(|(k, _)| *k).collect();
+                // Stalls: a request outstanding past its size-scaled timeout
+                // means the peer stalled; its requests go elsewhere.
+                let mut stalled: Vec<PeerId> = picker.expire(now_ms()).into_iter().map(|r| r.peer).collect();
+                stalled.sort();
+                stalled.dedup();
                 for peer in stalled {
                     info!(%peer, %blob, "peer stalled; reassigning its requests");
                     inner.metrics.stalls.inc();
-                    drop_peer(&mut peers, &mut backoff, peer, Duration::from_secs(30));
+                    drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(30));
+                }
+                if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
+                    let _ = picker.set_cursor(&blob, c);
+                }
+                // Digests arrive while a gateway streams the blob in.
+                if let Some(l) = inner.store.layout(&blob) {
+                    let _ = picker.set_digests_known(&blob, l.digests_known);
                 }
                 // Discovery: connected peers often at first, providers less often.
                 let every = if now.duration_since(started) < Duration::from_secs(5) { Duration::from_millis(500) } else { Duration::from_secs(2) };
@@ -644,8 +720,13 @@ async fn download<S: ChunkStore>(
                 }
             }
         }
-        if !have.is_complete() {
-            schedule(&inner, &params, &have, &mut peers, &map, &blob);
+        for req in picker.next_requests(now_ms()) {
+            let sent = sessions
+                .get(&req.peer)
+                .is_some_and(|s| s.tx.try_send(req.index).is_ok());
+            if !sent {
+                picker.request_failed(&req.peer, &blob, req.index, FailReason::Busy, now_ms());
+            }
         }
     }
     session_cancel.cancel();
@@ -654,80 +735,33 @@ async fn download<S: ChunkStore>(
 }
 
 fn drop_peer(
-    peers: &mut HashMap<PeerId, PeerState>,
+    picker: &mut Picker<PeerId>,
+    sessions: &mut HashMap<PeerId, Session>,
     backoff: &mut HashMap<PeerId, Instant>,
     peer: PeerId,
     wait: Duration,
 ) {
-    if let Some(p) = peers.remove(&peer) {
-        p.cancel.cancel();
+    if let Some(s) = sessions.remove(&peer) {
+        s.cancel.cancel();
     }
+    // Its requests become requestable elsewhere; its bits leave the
+    // availability counts.
+    picker.remove_peer(&peer);
     backoff.insert(peer, Instant::now() + wait);
 }
 
-fn schedule<S: ChunkStore>(
-    inner: &Inner<S>,
-    params: &PickParams,
-    have: &Bitfield,
-    peers: &mut HashMap<PeerId, PeerState>,
-    map: &ChunkMap,
-    blob: &Digest,
-) {
-    let now = Instant::now();
-    let mut outstanding: HashMap<u32, usize> = HashMap::new();
-    for p in peers.values_mut() {
-        p.inflight.retain(|i, _| !have.get(*i));
-        p.declined
-            .retain(|_, t| now.duration_since(*t) < DECLINE_BACKOFF);
-        for i in p.inflight.keys() {
-            *outstanding.entry(*i).or_default() += 1;
-        }
-    }
-    let cursor_chunk = map.chunk_at(inner.store.cursor(blob)).unwrap_or(0);
-    let picks = {
-        let excl: Vec<Box<dyn Fn(u32) -> bool + '_>> = peers
-            .values()
-            .map(|p| {
-                let f: Box<dyn Fn(u32) -> bool + '_> =
-                    Box::new(move |i| p.inflight.contains_key(&i) || p.declined.contains_key(&i));
-                f
-            })
-            .collect();
-        let views: Vec<(PeerId, PeerView<'_>)> = peers
-            .iter()
-            .zip(excl.iter())
-            .map(|((k, p), f)| {
-                (
-                    *k,
-                    PeerView {
-                        bits: &p.bits,
-                        inflight: p.inflight.len(),
-                        excluded: f.as_ref(),
-                    },
-                )
-            })
-            .collect();
-        pick(params, have, &outstanding, cursor_chunk, &views)
-    };
-    for (peer, index) in picks {
-        if let Some(p) = peers.get_mut(&peer) {
-            if p.tx.try_send(index).is_ok() {
-                if p.inflight.is_empty() {
-                    p.last_progress = now;
-                }
-                p.inflight.insert(index, now);
-            }
-        }
-    }
-}
-
-/// Asks candidate peers for the chunk map of `blob` until one answers.
+/// Asks candidate peers for the chunk map of `blob` until one answers, or
+/// until the store learns the blob's layout some other way (`None`).
 async fn fetch_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
-) -> Result<ChunkMap, SwarmError> {
+) -> Result<Option<ChunkMap>, SwarmError> {
     let mut tried: HashSet<PeerId> = HashSet::new();
-    for round in 0..60u32 {
+    for round in 0..240u32 {
+        // The layout may arrive meanwhile by other means (gateway gossip).
+        if inner.store.layout(&blob).is_some() {
+            return Ok(None);
+        }
         let mut candidates = Vec::new();
         let (tx, rx) = oneshot::channel();
         if inner
@@ -746,7 +780,8 @@ async fn fetch_map<S: ChunkStore>(
                 .await
                 .is_ok()
             {
-                if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
+                // Short wait: connected peers are re-polled meanwhile.
+                if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
                     candidates.extend(list);
                 }
             }
@@ -756,7 +791,7 @@ async fn fetch_map<S: ChunkStore>(
                 continue;
             }
             match tokio::time::timeout(Duration::from_secs(10), get_map(inner, peer, blob)).await {
-                Ok(Ok(Some(map))) => return Ok(map),
+                Ok(Ok(Some(map))) => return Ok(Some(map)),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) if e.is_violation() => penalise(inner, peer, &e.to_string()),
                 _ => {}
@@ -767,7 +802,7 @@ async fn fetch_map<S: ChunkStore>(
         }
         tokio::select! {
             _ = inner.shutdown.cancelled() => return Err(SwarmError::Shutdown),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
     Err(SwarmError::NoChunkMap(blob))
@@ -783,28 +818,54 @@ async fn get_map<S: ChunkStore>(
         .open_stream(peer, inner.protocols.chunks.clone())
         .await
         .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
-    frame::write_frame(&mut stream, frame::GET_MAP, &[blob.as_bytes()]).await?;
+    let hello = StreamMessage::Hello(Hello {
+        protocol_version: wire::STREAM_VERSION,
+        blobs: vec![blob],
+    });
+    frame::write_message(&mut stream, &hello, &[]).await?;
+    let req = StreamMessage::ChunkMapRequest(ChunkMapRequest {
+        request_id: 1,
+        blob,
+    });
+    frame::write_message(&mut stream, &req, &[]).await?;
     stream.flush().await?;
-    let h = frame::read_header(&mut stream).await?;
-    match h.tag {
-        frame::MAP => {
-            let body = frame::read_body(&mut stream, &h).await?;
-            let map = ChunkMap::decode(&body).map_err(|e| FrameError::violation(e.to_string()))?;
-            Ok(Some(map))
+    loop {
+        match frame::read_message(&mut stream).await? {
+            StreamMessage::Hello(_) | StreamMessage::Bitfield(_) | StreamMessage::Have(_) => {}
+            StreamMessage::ChunkMapResponse(resp) if resp.request_id == 1 && resp.blob == blob => {
+                return match resp.status {
+                    ChunkStatus::Ok { len } => {
+                        if len > MAX_CHUNK_MAP_BYTES as u64 {
+                            return Err(FrameError::violation("oversize chunk map"));
+                        }
+                        let mut body = vec![0u8; len as usize];
+                        stream.read_exact(&mut body).await?;
+                        let map = ChunkMap::decode(&body)
+                            .map_err(|e| FrameError::violation(e.to_string()))?;
+                        Ok(Some(map))
+                    }
+                    _ => Ok(None),
+                };
+            }
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} while awaiting a chunk map",
+                    other.kind()
+                )))
+            }
         }
-        frame::NO_MAP => Ok(None),
-        t => Err(FrameError::violation(format!(
-            "unexpected reply tag {t} to GET_MAP"
-        ))),
     }
 }
+
+/// Request ids sent on a session and not yet answered, with their chunk.
+type Outstanding = Arc<Mutex<HashMap<u64, u32>>>;
 
 /// One download session with one peer for one blob.
 async fn session<S: ChunkStore>(
     inner: Arc<Inner<S>>,
     peer: PeerId,
     blob: Digest,
-    map: Arc<ChunkMap>,
+    layout: BlobLayout,
     requests: mpsc::Receiver<u32>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
@@ -832,10 +893,11 @@ async fn session<S: ChunkStore>(
         }
     };
     let (r, w) = stream.split();
+    let outstanding: Outstanding = Arc::new(Mutex::new(HashMap::new()));
     let res = tokio::select! {
         _ = cancel.cancelled() => return,
-        r = session_writer(w, blob, requests) => r,
-        r = session_reader(&inner, r, peer, blob, &map, &events) => r,
+        r = session_writer(w, blob, requests, outstanding.clone()) => r,
+        r = session_reader(&inner, r, peer, blob, &layout, &events, &outstanding) => r,
     };
     let violation = match res {
         Err(e) if e.is_violation() => Some(e.to_string()),
@@ -852,107 +914,138 @@ async fn session_writer<W: AsyncWrite + Unpin>(
     mut w: W,
     blob: Digest,
     mut requests: mpsc::Receiver<u32>,
+    outstanding: Outstanding,
 ) -> Result<(), FrameError> {
-    frame::write_frame(&mut w, frame::INTEREST, &[blob.as_bytes()]).await?;
+    let hello = StreamMessage::Hello(Hello {
+        protocol_version: wire::STREAM_VERSION,
+        blobs: vec![blob],
+    });
+    frame::write_message(&mut w, &hello, &[]).await?;
     w.flush().await?;
+    let mut next_id: u64 = 0;
     while let Some(index) = requests.recv().await {
-        frame::write_frame(&mut w, frame::REQUEST, &[&index.to_be_bytes()]).await?;
+        next_id += 1;
+        lock(&outstanding).insert(next_id, index);
+        let req = StreamMessage::ChunkRequest(ChunkRequest {
+            request_id: next_id,
+            blob,
+            index,
+        });
+        frame::write_message(&mut w, &req, &[]).await?;
         w.flush().await?;
     }
     Ok(())
 }
 
 async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
-    inner: &Inner<S>,
+    inner: &Arc<Inner<S>>,
     mut r: R,
     peer: PeerId,
     blob: Digest,
-    map: &ChunkMap,
+    layout: &BlobLayout,
     events: &mpsc::Sender<Event>,
+    outstanding: &Outstanding,
 ) -> Result<(), FrameError> {
-    let count = map.chunk_count();
+    let count = layout.chunk_count();
+    let mut hello = false;
+    let writes = Arc::new(Semaphore::new(STORE_WRITES_PER_SESSION));
     loop {
-        let h = frame::read_header(&mut r).await?;
-        let ev = match h.tag {
-            frame::BITFIELD => {
-                let body = frame::read_body(&mut r, &h).await?;
-                if body.len() < 4 {
-                    return Err(FrameError::violation("short BITFIELD"));
+        let msg = frame::read_message(&mut r).await?;
+        let ev = match msg {
+            StreamMessage::Hello(_) if !hello => {
+                hello = true;
+                continue;
+            }
+            StreamMessage::Bitfield(b) if hello => {
+                if b.blob != blob {
+                    continue; // about another blob we did not ask for: ignore
                 }
-                let len = frame::parse_u32(&body[..4])?;
-                if len == 0 {
-                    continue; // the peer has not heard of the blob yet
-                }
-                if len != count {
+                if b.bitfield.len() != count {
                     return Err(FrameError::violation(format!(
-                        "BITFIELD of {len} bits for {count} chunks"
+                        "bitfield of {} bits for {count} chunks",
+                        b.bitfield.len()
                     )));
                 }
-                let bits = Bitfield::from_bytes(len, body[4..].to_vec())
-                    .map_err(|e| FrameError::violation(e.to_string()))?;
-                Event::Bitfield(peer, bits)
+                Event::Bitfield(peer, b.bitfield)
             }
-            frame::HAVE => {
-                let body = frame::read_body(&mut r, &h).await?;
-                if body.len() % 4 != 0 || body.len() / 4 > frame::MAX_HAVE_BATCH {
-                    return Err(FrameError::violation("malformed HAVE"));
+            StreamMessage::Have(h) if hello => {
+                if h.blob != blob {
+                    continue;
                 }
-                let list: Vec<u32> = body
-                    .chunks_exact(4)
-                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                if list.iter().any(|i| *i >= count) {
-                    return Err(FrameError::violation("HAVE index out of range"));
+                if h.indices.iter().any(|i| *i >= count) {
+                    return Err(FrameError::violation("Have index out of range"));
                 }
-                Event::Have(peer, list)
+                Event::Have(peer, h.indices)
             }
-            frame::REJECT => {
-                let body = frame::read_body(&mut r, &h).await?;
-                if body.len() != 5 {
-                    return Err(FrameError::violation("malformed REJECT"));
-                }
-                let index = frame::parse_u32(&body[..4])?;
-                let reason = RejectReason::from_u8(body[4])
-                    .ok_or_else(|| FrameError::violation("unknown REJECT reason"))?;
-                Event::Rejected(peer, index, reason)
-            }
-            frame::CHUNK => {
-                if h.body_len < 4 {
-                    return Err(FrameError::violation("short CHUNK"));
-                }
-                let mut idx = [0u8; 4];
-                r.read_exact(&mut idx).await?;
-                let index = u32::from_be_bytes(idx);
-                let expected = map
-                    .chunk_len(index)
-                    .map_err(|e| FrameError::violation(e.to_string()))?;
-                if h.body_len - 4 != expected {
+            StreamMessage::ChunkResponse(resp) if hello => {
+                let Some(index) = lock(outstanding).remove(&resp.request_id) else {
                     return Err(FrameError::violation(format!(
-                        "CHUNK {index} of {} bytes, expected {expected}",
-                        h.body_len - 4
+                        "response to unknown request {}",
+                        resp.request_id
                     )));
-                }
-                let mut buf = vec![0u8; expected as usize];
-                r.read_exact(&mut buf).await?;
-                match inner.store.write_chunk(blob, index, Bytes::from(buf)).await {
-                    Ok(outcome) => {
-                        if outcome == ChunkWrite::AlreadyHad {
-                            inner.metrics.duplicate_chunks.inc();
-                        } else {
-                            inner.metrics.chunks_downloaded.inc();
-                            inner.metrics.bytes_downloaded.inc_by(expected as u64);
-                            inner.metrics.record_source(peer);
+                };
+                match resp.status {
+                    ChunkStatus::Ok { len } => {
+                        let expected = layout.chunk_len(index).ok_or_else(|| {
+                            FrameError::violation(format!("chunk {index} out of range"))
+                        })?;
+                        if len != expected as u64 {
+                            return Err(FrameError::violation(format!(
+                                "chunk {index} of {len} bytes, expected {expected}"
+                            )));
                         }
-                        Event::Stored(peer, index, outcome)
+                        let mut buf = vec![0u8; expected as usize];
+                        r.read_exact(&mut buf).await?;
+                        // Verify and store off the read path, so the next
+                        // chunk streams in meanwhile (bounded per session).
+                        let permit =
+                            writes.clone().acquire_owned().await.map_err(|_| {
+                                FrameError::Io(std::io::ErrorKind::BrokenPipe.into())
+                            })?;
+                        let inner = inner.clone();
+                        let events = events.clone();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let ev = match inner
+                                .store
+                                .write_chunk(blob, index, Bytes::from(buf))
+                                .await
+                            {
+                                Ok(outcome) => {
+                                    if outcome == ChunkWrite::AlreadyHad {
+                                        inner.metrics.duplicate_chunks.inc();
+                                    } else {
+                                        inner.metrics.chunks_downloaded.inc();
+                                        inner.metrics.bytes_downloaded.inc_by(expected as u64);
+                                        inner.metrics.record_source(peer);
+                                    }
+                                    Event::Stored(peer, index, outcome)
+                                }
+                                Err(ChunkStoreError::Corrupt(reason)) => {
+                                    Event::Corrupt(peer, index, reason)
+                                }
+                                Err(e) => Event::StoreFailed(peer, index, e),
+                            };
+                            let _ = events.send(ev).await;
+                        });
+                        continue;
                     }
-                    Err(ChunkStoreError::Corrupt(reason)) => {
-                        let _ = events.send(Event::Corrupt(peer, index, reason)).await;
-                        return Ok(());
+                    ChunkStatus::NotHave => Event::Rejected(peer, index, FailReason::NotHave),
+                    // At its upload limit: leave the peer alone briefly.
+                    ChunkStatus::Busy => Event::Rejected(peer, index, FailReason::Busy),
+                    // Seed sparing and errors: ask another holder of this
+                    // chunk (the picker comes back here if there is none).
+                    ChunkStatus::TryElsewhere | ChunkStatus::Error { .. } => {
+                        Event::Rejected(peer, index, FailReason::Error)
                     }
-                    Err(e) => Event::StoreFailed(peer, index, e),
                 }
             }
-            t => return Err(FrameError::violation(format!("unexpected frame tag {t}"))),
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} from a server",
+                    other.kind()
+                )))
+            }
         };
         if events.send(ev).await.is_err() {
             return Ok(());

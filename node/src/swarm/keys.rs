@@ -136,7 +136,10 @@ mod tests {
             text.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"),
             "{text:?}"
         );
-        assert_eq!(read_swarm_key(&p).unwrap().fingerprint(), k.fingerprint());
+        assert_eq!(
+            read_swarm_key(&p).unwrap().fingerprint().to_string(),
+            k.fingerprint().to_string()
+        );
         assert!(generate_swarm_key(&p).is_err(), "must not overwrite");
         std::fs::write(&p, "/key/swarm/psk/1.0.0/\n/base16/\nzz\n").unwrap();
         assert!(matches!(

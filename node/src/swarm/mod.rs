@@ -19,11 +19,15 @@
 //! - `exchange` (private): the chunk protocol over raw `libp2p-stream`
 //!   streams (framing in `frame`). Bytes go from the socket to the store
 //!   without passing through the swarm task. One downloader task per blob
-//!   runs the piece picker (`pick`) over per-peer sessions; one server task
+//!   runs the `protocol::picker::Picker` over per-peer sessions; one server task
 //!   per inbound stream serves verified chunks under upload slots and an
 //!   optional token-bucket rate.
-//! - [`chunkstore`]: the storage operations the swarm needs, and an interim
-//!   crash-safe directory store used until `node::store` is merged.
+//! - [`chunkstore`]: the storage operations the swarm needs (implemented
+//!   for `node::store::Store`), and a small crash-safe directory store the
+//!   swarm's tests and benches use. A blob is fetchable and servable as
+//!   soon as its layout is declared: chunks are requested only once their
+//!   digests are known, so a gateway's chunks are forwarded while it is
+//!   still streaming the layer in.
 //! - [`metrics`]: prometheus counters/gauges and per-node statistics.
 //!
 //! ## Goals
@@ -48,7 +52,6 @@ mod exchange;
 mod frame;
 pub mod keys;
 pub mod metrics;
-mod pick;
 mod task;
 
 use std::path::PathBuf;
@@ -63,7 +66,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{Protocols, Topic};
-pub use chunkstore::{ChunkStore, ChunkStoreError, ChunkWrite, DirStore};
+pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite, DirStore};
 pub use metrics::{SwarmMetrics, SwarmStats};
 
 /// Errors of the swarm layer.
@@ -149,8 +152,9 @@ pub struct SwarmConfig {
     /// Slowest acceptable delivery rate (bytes/s) for the stall timeout.
     pub stall_min_rate: u64,
     /// Seed sparing: a node that holds a blob it did not download here
-    /// (an origin seed) declines to upload the same chunk again within this
-    /// period, so peers fetch it from each other. `None` disables.
+    /// (an origin seed) answers `TryElsewhere` to a chunk it uploaded to another,
+    /// still connected peer within this period, so peers fetch it from each
+    /// other. `None` disables.
     pub seed_sparing: Option<Duration>,
     /// Chunks ahead of the store's consume cursor fetched in order first.
     pub deadline_window: u32,
@@ -180,7 +184,7 @@ impl SwarmConfig {
             ban_duration: Duration::from_secs(600),
             stall_base: Duration::from_secs(10),
             stall_min_rate: 256 << 10,
-            seed_sparing: Some(Duration::from_secs(15)),
+            seed_sparing: Some(Duration::from_secs(60)),
             deadline_window: 8,
             corrupt_uploads: false,
         }
@@ -328,6 +332,18 @@ impl Node {
         config: SwarmConfig,
         store: S,
     ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
-        task::start(config, store).await
+        let key = config.data_dir.join(keys::IDENTITY_FILE);
+        task::start(config, key, Some(store)).await
+    }
+
+    /// Starts a bootstrap peer: DHT and gossip mesh only, no store and no
+    /// chunk protocol, with its identity in `key_file` (created if absent)
+    /// so its PeerId, and so the `/p2p/` address operators configure, is
+    /// fixed. `fetch_blob` on its client returns an error.
+    pub async fn start_bootstrap(
+        config: SwarmConfig,
+        key_file: PathBuf,
+    ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
+        task::start::<DirStore>(config, key_file, None).await
     }
 }

@@ -3,10 +3,10 @@
 //! runs elsewhere.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::encoding;
 use edgeswarm_protocol::Codec;
 use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::behaviour::{build_swarm, Behaviour, BehaviourEvent, NetConfig, Protocols, Topic};
-use super::exchange::Exchange;
-use super::keys::{load_or_create_identity, read_swarm_key, IDENTITY_FILE};
+use super::exchange::{Exchange, Fetch, NoStore};
+use super::keys::{load_or_create_identity, read_swarm_key};
 use super::metrics::SwarmMetrics;
 use super::{ChunkStore, Command, GossipMessage, SwarmClient, SwarmConfig, SwarmError};
 
@@ -28,10 +28,10 @@ const COMMANDS: usize = 256;
 
 pub(crate) async fn start<S: ChunkStore>(
     config: SwarmConfig,
-    store: S,
+    key_path: PathBuf,
+    store: Option<S>,
 ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
     let protocols = Protocols::new(&config.locality)?;
-    let key_path = config.data_dir.join(IDENTITY_FILE);
     let key = tokio::task::spawn_blocking(move || load_or_create_identity(&key_path))
         .await
         .map_err(|e| SwarmError::Config(e.to_string()))??;
@@ -75,16 +75,21 @@ pub(crate) async fn start<S: ChunkStore>(
     let (gossip_tx, _) = broadcast::channel(256);
     let metrics = SwarmMetrics::default();
     let shutdown = CancellationToken::new();
-    let exchange = Exchange::start(
-        &config,
-        store,
-        control,
-        protocols.clone(),
-        cmd_tx.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-        peer_id,
-    )?;
+    let connected = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let exchange: Arc<dyn Fetch> = match store {
+        Some(store) => Arc::new(Exchange::start(
+            &config,
+            store,
+            control,
+            protocols.clone(),
+            cmd_tx.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            peer_id,
+            connected.clone(),
+        )?),
+        None => Arc::new(NoStore),
+    };
     let mut state = SwarmTask {
         swarm,
         protocols,
@@ -97,6 +102,7 @@ pub(crate) async fn start<S: ChunkStore>(
         provider_queries: HashMap::new(),
         bootstrapped: false,
         shutdown: shutdown.clone(),
+        connected,
     };
     for addr in &config.bootstrap {
         state.add_bootstrap(addr.clone());
@@ -107,7 +113,7 @@ pub(crate) async fn start<S: ChunkStore>(
         peer_id,
         cmd: cmd_tx,
         gossip: gossip_tx,
-        exchange: Arc::new(exchange),
+        exchange,
         metrics,
         shutdown,
     };
@@ -128,6 +134,8 @@ struct SwarmTask {
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     bootstrapped: bool,
     shutdown: CancellationToken,
+    /// Connected peers, shared with the exchange.
+    connected: Arc<std::sync::Mutex<HashSet<PeerId>>>,
 }
 
 impl SwarmTask {
@@ -217,7 +225,7 @@ impl SwarmTask {
                 self.provider_queries.insert(id, (HashSet::new(), tx));
             }
             Command::Publish(topic, bytes, tx) => {
-                let r = match validate_gossip(&bytes) {
+                let r = match validate_gossip(topic, &bytes) {
                     Err(reason) => Err(SwarmError::Publish(reason)),
                     Ok(()) => self
                         .swarm
@@ -245,15 +253,13 @@ impl SwarmTask {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if !self.listen_addrs.contains(&address) {
-                    self.listen_addrs.push(address);
-                }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
             }
             SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
-                self.metrics
-                    .connected_peers
-                    .set(self.swarm.connected_peers().count() as i64);
+                let now: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+                self.metrics.connected_peers.set(now.len() as i64);
+                *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = now;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -319,7 +325,7 @@ impl SwarmTask {
             .find(|t| self.protocols.topic(*t).hash() == msg.topic);
         let verdict = match topic {
             None => Err("unknown topic".to_string()),
-            Some(_) => validate_gossip(&msg.data),
+            Some(t) => validate_gossip(t, &msg.data),
         };
         let acceptance = match verdict {
             Ok(()) => gossipsub::MessageAcceptance::Accept,
@@ -346,19 +352,32 @@ impl SwarmTask {
     }
 }
 
-/// Validates a gossip payload: bounded, canonical CBOR array whose first
-/// element is a format version. (Topic-specific decoding moves to
-/// `protocol::wire` once it lands.)
-fn validate_gossip(data: &[u8]) -> Result<(), String> {
-    let value: ciborium::Value =
-        encoding::decode("gossip message", data, super::behaviour::MAX_GOSSIP_MESSAGE)
-            .map_err(|e| e.to_string())?;
-    match value {
-        ciborium::Value::Array(items)
-            if matches!(items.first(), Some(ciborium::Value::Integer(_))) =>
-        {
-            Ok(())
-        }
-        _ => Err("gossip message is not a versioned CBOR array".into()),
+/// Validates a gossip payload with `protocol::wire`: bounded, canonical,
+/// a known message kind on the topic it belongs to. Signatures are checked
+/// by the consumer (it holds the trust policy).
+fn validate_gossip(topic: Topic, data: &[u8]) -> Result<(), String> {
+    use edgeswarm_protocol::wire::GossipMessage;
+    let msg = GossipMessage::decode(data).map_err(|e| e.to_string())?;
+    let ok = match topic {
+        Topic::Releases => matches!(
+            msg,
+            GossipMessage::Release(_)
+                | GossipMessage::Resolution(_)
+                | GossipMessage::ChunkDigests(_)
+        ),
+        Topic::Availability => matches!(
+            msg,
+            GossipMessage::Availability(_) | GossipMessage::ChunkDigests(_)
+        ),
+        Topic::Status => matches!(msg, GossipMessage::Status(_)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "message kind {} does not belong on {}",
+            msg.kind(),
+            topic.name()
+        ))
     }
 }

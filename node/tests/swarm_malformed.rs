@@ -1,0 +1,209 @@
+//! Malformed and oversize input on the chunk stream protocol and on gossip:
+//! the node survives and the offender is penalised.
+
+mod swarm_util;
+
+use std::time::Duration;
+
+use edgeswarm_node::swarm::behaviour::{build_swarm, BehaviourEvent, NetConfig, Protocols, Topic};
+use futures::{AsyncWriteExt as _, StreamExt as _};
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, Multiaddr, PeerId};
+use swarm_util::*;
+
+fn attacker_config() -> NetConfig {
+    NetConfig {
+        protocols: Protocols::new("lab").unwrap(),
+        swarm_key: None,
+        mdns: false,
+        max_connections: 16,
+        idle_timeout: Duration::from_secs(60),
+    }
+}
+
+/// Starts a bare attacker peer speaking our protocols, connected to
+/// `target`. With `gossip_garbage`, it publishes invalid messages once the
+/// target subscribes to the availability topic.
+fn attacker(
+    target: Multiaddr,
+    gossip_garbage: bool,
+) -> (PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>) {
+    let key = Keypair::generate_ed25519();
+    let id = key.public().to_peer_id();
+    let mut swarm = build_swarm(key, &attacker_config()).unwrap();
+    let control = swarm.behaviour().stream.new_control();
+    swarm.dial(target).unwrap();
+    let topic = attacker_config().protocols.topic(Topic::Availability);
+    let handle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        let mut ready = false;
+        loop {
+            tokio::select! {
+                ev = swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic: t, .. })) = ev {
+                        if t == topic.hash() { ready = true; }
+                    }
+                }
+                _ = tick.tick() => {
+                    if gossip_garbage && ready {
+                        let junk = format!("not cbor {}", rand::random::<u64>()).into_bytes();
+                        let _ = swarm.behaviour_mut().gossipsub.publish(topic.clone(), junk);
+                    }
+                }
+            }
+        }
+    });
+    (id, control, handle)
+}
+
+async fn wait_for(mut cond: impl AsyncFnMut() -> bool, secs: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_serving() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(2 << 20, 7, 256 << 10);
+    let d = tmp.path().join("seed");
+    let s = start(&d, config(&d, "lab", &[])).await;
+    seed(&s, &data, digest, &map).await;
+    let chunks = Protocols::new("lab").unwrap().chunks;
+
+    // Four attackers, four kinds of garbage.
+    use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
+    let wrong_direction = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
+        request_id: 1,
+        status: ChunkStatus::NotHave,
+    }));
+    let cases: [&[u8]; 4] = [
+        &[0xff, 0xff, 0xff, 0xff, 3],  // oversize header length
+        &[0, 0, 0, 5, 99, 1, 2, 3, 4], // not CBOR
+        &[0, 0, 0, 3, 0x83, 1, 2],     // truncated CBOR array
+        &wrong_direction,              // a response sent by a requester
+    ];
+    for (n, junk) in cases.iter().enumerate() {
+        let (id, mut control, task) = attacker(s.addr.clone(), false);
+        let connected = wait_for(
+            async || s.client.connected_peers().await.unwrap().contains(&id),
+            20,
+        )
+        .await;
+        assert!(connected, "attacker {n} never connected");
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(20),
+            control.open_stream(s.client.local_peer_id(), chunks.clone()),
+        )
+        .await
+        .expect("open timed out")
+        .expect("open failed");
+        stream.write_all(junk).await.unwrap();
+        stream.flush().await.unwrap();
+        let banned = wait_for(async || s.client.stats().bans as usize > n, 10).await;
+        assert!(banned, "attacker {n} was not banned");
+        let gone = wait_for(
+            async || !s.client.connected_peers().await.unwrap().contains(&id),
+            10,
+        )
+        .await;
+        assert!(gone, "banned attacker {n} still connected");
+        task.abort();
+    }
+    assert!(s.client.stats().protocol_violations >= 4);
+
+    // The node survived and still serves honest peers.
+    let d = tmp.path().join("honest");
+    let honest = start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        honest.client.fetch_blob(digest, None),
+    )
+    .await
+    .expect("honest fetch timed out")
+    .unwrap();
+    assert!(holds(&honest.store, &digest, &data));
+    honest.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("a");
+    let a = start(&d, config(&d, "lab", &[])).await;
+    let d = tmp.path().join("b");
+    let b = start(&d, config(&d, "lab", std::slice::from_ref(&a.addr))).await;
+    let mut inbox = a.client.subscribe_gossip();
+    let (bad_id, _control, task) = attacker(a.addr.clone(), true);
+
+    let rejected = wait_for(async || a.client.stats().gossip_rejected >= 2, 20).await;
+    assert!(rejected, "garbage gossip was not rejected");
+    let penalised = wait_for(
+        async || {
+            a.client
+                .gossip_score(bad_id)
+                .await
+                .unwrap()
+                .is_some_and(|s| s < 0.0)
+        },
+        20,
+    )
+    .await;
+    assert!(
+        penalised,
+        "sender score did not drop: {:?}",
+        a.client.gossip_score(bad_id).await
+    );
+
+    // Positive control: valid messages from an honest peer still arrive.
+    use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
+    let valid = GossipMessage::Status(NodeStatus {
+        role: PeerRole::Node,
+        gateway_capable: false,
+        timestamp_ms: 1,
+        releases: Vec::new(),
+    })
+    .encode();
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let _ = b.client.publish(Topic::Status, valid.clone()).await;
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await
+            {
+                if m.topic == Topic::Status && m.data.as_ref() == valid.as_slice() {
+                    return m;
+                }
+            }
+        }
+    })
+    .await
+    .expect("valid gossip never arrived");
+    assert_eq!(got.source, Some(b.client.local_peer_id()));
+    // Our own publish path refuses garbage, and messages on the wrong topic,
+    // with a typed error.
+    assert!(b
+        .client
+        .publish(Topic::Status, b"junk".to_vec())
+        .await
+        .is_err());
+    assert!(b
+        .client
+        .publish(Topic::Releases, valid.clone())
+        .await
+        .is_err());
+    task.abort();
+    a.stop().await;
+    b.stop().await;
+}
