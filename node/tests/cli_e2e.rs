@@ -556,8 +556,8 @@ fn docker_has(tag: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Needs dockerd, which `scripts/install-deps.sh` starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a running dockerd"]
 async fn rm_removes_the_image_from_docker() {
     let registry = TestRegistry::start().await.unwrap();
     let image = push(&registry, "docker").await;
@@ -592,13 +592,10 @@ async fn rm_removes_the_image_from_docker() {
     assert!(!docker_has(&image), "{image} still in docker");
 }
 
-/// Reproducer of a known gap (not in this branch's files): after `rm
-/// --locality` collected an image's blobs everywhere, the Kademlia provider
-/// records for its layers live on (no stop-providing, 48 h record TTL), so
-/// the gateway's "layer already in the locality" check skips the registry
-/// pull and a redeploy of the same image never completes.
+/// After `rm --locality` collected an image's blobs everywhere, Kademlia
+/// provider records for its layers live on; the gateway must not trust them
+/// (it asks which live peers hold a layer complete) and pulls again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: stale DHT provider records after rm; gateway does not re-pull"]
 async fn redeploy_after_locality_rm_pulls_again() {
     let registry = TestRegistry::start().await.unwrap();
     let image = push(&registry, "again").await;
