@@ -26,10 +26,12 @@ use crate::swarm::Topic;
 
 /// Layers pulled from the registry at once (dockerd also uses 3).
 const PARALLEL_LAYER_PULLS: usize = 3;
-/// Chunk digests announced per gossip message while a layer streams in:
-/// small enough that peers learn of chunks within a few hundred
-/// milliseconds of their arrival, large enough to keep gossip light.
+/// Chunk digests announced per gossip message at most while a layer
+/// streams in (a fast registry fills a batch quickly; gossip stays light).
 const DIGESTS_PER_ANNOUNCEMENT: usize = 8;
+/// Longest a digest waits to be announced: peers can only fetch (and so
+/// keep, should this gateway die) chunks whose digests they know.
+const ANNOUNCE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Pulls `release` as this locality's gateway; failures are reported in
 /// the release's status.
@@ -292,6 +294,8 @@ struct DigestAnnouncer<'a> {
     first_index: u32,
     /// Digests not yet announced.
     pending: Vec<Digest>,
+    /// When the oldest pending digest was learned.
+    oldest: Option<std::time::Instant>,
 }
 
 impl<'a> DigestAnnouncer<'a> {
@@ -309,12 +313,14 @@ impl<'a> DigestAnnouncer<'a> {
             chunk_size,
             first_index,
             pending: Vec::with_capacity(DIGESTS_PER_ANNOUNCEMENT),
+            oldest: None,
         }
     }
 
     async fn push(&mut self, digest: Digest) {
         self.pending.push(digest);
-        if self.pending.len() >= DIGESTS_PER_ANNOUNCEMENT {
+        let oldest = *self.oldest.get_or_insert_with(std::time::Instant::now);
+        if self.pending.len() >= DIGESTS_PER_ANNOUNCEMENT || oldest.elapsed() >= ANNOUNCE_DELAY {
             self.flush(false).await;
         }
     }
@@ -328,6 +334,7 @@ impl<'a> DigestAnnouncer<'a> {
             return;
         }
         let digests = std::mem::take(&mut self.pending);
+        self.oldest = None;
         let count = digests.len() as u32;
         let update = ChunkDigestUpdate {
             release_id: Some(self.release_id),

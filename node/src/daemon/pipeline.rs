@@ -187,7 +187,13 @@ async fn fetch_blob(inner: &Arc<Inner>, digest: Digest) -> Result<(), String> {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         }
-        match inner.swarm.fetch_blob(digest, None).await {
+        // The blob may also complete by another path meanwhile (this node's
+        // own registry pull, a small blob put whole): stop waiting then.
+        let fetched = tokio::select! {
+            r = inner.swarm.fetch_blob(digest, None) => r,
+            () = until_complete(inner, digest) => Ok(()),
+        };
+        match fetched {
             Ok(()) => return Ok(()),
             Err(e) => {
                 last_error = e.to_string();
@@ -195,6 +201,13 @@ async fn fetch_blob(inner: &Arc<Inner>, digest: Digest) -> Result<(), String> {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// Resolves once the store holds `digest` complete.
+async fn until_complete(inner: &Inner, digest: Digest) {
+    while !inner.store.is_complete(&digest) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
