@@ -209,8 +209,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             eprintln!(
                 "   {:<9} last node {:>6}s  mean {:>6.1}s  cloud {:>7.1} MB ({:.3}x)",
                 m.name(),
-                r.last_seconds()
-                    .map_or("-".into(), |x| format!("{x:.1}")),
+                r.last_seconds().map_or("-".into(), |x| format!("{x:.1}")),
                 r.mean_seconds(),
                 r.cloud_bytes as f64 / 1e6,
                 r.cloud_bytes as f64 / img.total_bytes as f64
@@ -250,7 +249,10 @@ fn mb(b: u64) -> String {
 
 pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
     let tools = tools(a.edgeswarm.clone())?;
-    anyhow::ensure!(a.nodes >= 2, "--nodes must be at least 2 (a gateway and a node)");
+    anyhow::ensure!(
+        a.nodes >= 2,
+        "--nodes must be at least 2 (a gateway and a node)"
+    );
     let tmp;
     let work = match &a.work {
         Some(w) => {
@@ -307,7 +309,10 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
             println!("starting {nodes} edgeswarm nodes (node 0 is the gateway) ...")
         }
         Progress::Ready { seconds } => {
-            println!("locality formed in {seconds:.1}s; deploying {}", img.reference)
+            println!(
+                "locality formed in {seconds:.1}s; deploying {}",
+                img.reference
+            )
         }
         Progress::Deployed => println!("release announced; progress:"),
         Progress::Node { t, line } => {

@@ -145,7 +145,8 @@ impl RunResult {
     /// (node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified).
     pub fn write_nodes_csv(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("nodes-{}-{}.csv", self.method.name(), self.nodes));
-        let mut s = String::from("node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified\n");
+        let mut s =
+            String::from("node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified\n");
         for n in &self.per_node {
             s.push_str(&format!(
                 "{},{},{},{},{},{}\n",
@@ -153,7 +154,9 @@ impl RunResult {
                 n.seconds.map(|x| format!("{x:.3}")).unwrap_or_default(),
                 n.bytes_from_cloud,
                 n.bytes_from_peers,
-                n.node_seconds.map(|x| format!("{x:.3}")).unwrap_or_default(),
+                n.node_seconds
+                    .map(|x| format!("{x:.3}"))
+                    .unwrap_or_default(),
                 n.verified
             ));
         }
@@ -437,8 +440,8 @@ pub fn run_edgeswarm(
     // Ready: every API answers, and the gateway hears every other node.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ready = latest.iter().all(|l| l.up && (n == 1 || l.peers >= 1))
-            && latest[0].seen + 1 >= n;
+        let ready =
+            latest.iter().all(|l| l.up && (n == 1 || l.peers >= 1)) && latest[0].seen + 1 >= n;
         if ready {
             break;
         }
@@ -609,9 +612,16 @@ pub fn push_images(
         .collect::<Vec<_>>()
         .join(",");
     let mut cmd = topo.command(&topo.cloud().ns, &tools.testnet)?;
-    cmd.args(["helper", "push-images", "--registry", registry_host, "--sizes", &sizes])
-        .arg("--work")
-        .arg(work);
+    cmd.args([
+        "helper",
+        "push-images",
+        "--registry",
+        registry_host,
+        "--sizes",
+        &sizes,
+    ])
+    .arg("--work")
+    .arg(work);
     if versions {
         cmd.arg("--versions");
     }

@@ -90,7 +90,9 @@ fn spec(raw_bytes: u64, tag: &str) -> ImageSpec {
     }
 }
 
-fn image_err(what: String) -> impl FnOnce(edgeswarm_node::registry::testing::TestSupportError) -> TestnetError {
+fn image_err(
+    what: String,
+) -> impl FnOnce(edgeswarm_node::registry::testing::TestSupportError) -> TestnetError {
     move |e| TestnetError::Image {
         what,
         reason: e.to_string(),
@@ -112,7 +114,12 @@ pub async fn build_sized(mb: u64, tag: &str, dir: &Path) -> Result<(BuiltImage, 
     let off = (got as f64 - target as f64).abs() / target as f64;
     if off > 0.15 && got > 0 {
         raw = (raw as f64 * target as f64 / got as f64) as u64;
-        tracing::info!(mb, got, raw, "rebuilding test image with the measured ratio");
+        tracing::info!(
+            mb,
+            got,
+            raw,
+            "rebuilding test image with the measured ratio"
+        );
         image = build_image(spec(raw, tag), dir)
             .await
             .map_err(image_err(format!("rebuilding {mb} MB image {tag}")))?;
@@ -132,8 +139,8 @@ pub async fn build_and_push(
 ) -> Result<Vec<TestImage>> {
     std::fs::create_dir_all(work)
         .map_err(|e| TestnetError::io(format!("creating {}", work.display()), e))?;
-    let pusher = Pusher::new(registry_host, None)
-        .map_err(image_err(format!("registry {registry_host}")))?;
+    let pusher =
+        Pusher::new(registry_host, None).map_err(image_err(format!("registry {registry_host}")))?;
     let mut out = Vec::new();
     let tags: &[&str] = if versions { &["v1", "v2"] } else { &["v1"] };
     for &mb in sizes_mb {

@@ -34,24 +34,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestnetError + '_ {
 }
 
 fn plot_err(path: &Path) -> impl Fn(String) -> TestnetError + '_ {
-    move |e| TestnetError::io(
-        format!("drawing {}", path.display()),
-        std::io::Error::other(e),
-    )
+    move |e| {
+        TestnetError::io(
+            format!("drawing {}", path.display()),
+            std::io::Error::other(e),
+        )
+    }
 }
 
 /// Writes `results.csv`
 /// (method,nodes,last_s,mean_s,cloud_bytes,cloud_x_image,cloud_bytes_up).
 pub fn write_results_csv(dir: &Path, image: &ImageInfo, runs: &[RunResult]) -> Result<PathBuf> {
     let path = dir.join("results.csv");
-    let mut s = String::from("method,nodes,last_s,mean_s,cloud_bytes,cloud_x_image,cloud_bytes_up\n");
+    let mut s =
+        String::from("method,nodes,last_s,mean_s,cloud_bytes,cloud_x_image,cloud_bytes_up\n");
     for r in runs {
         let _ = writeln!(
             s,
             "{},{},{},{:.3},{},{:.4},{}",
             r.method.name(),
             r.nodes,
-            r.last_seconds().map(|x| format!("{x:.3}")).unwrap_or_default(),
+            r.last_seconds()
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_default(),
             r.mean_seconds(),
             r.cloud_bytes,
             r.cloud_bytes as f64 / image.bytes as f64,
@@ -92,7 +97,10 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
     for &n in &ns {
         let naive = find(runs, Method::Naive, n);
         let es = find(runs, Method::Edgeswarm, n);
-        let speedup = match (naive.and_then(RunResult::last_seconds), es.and_then(RunResult::last_seconds)) {
+        let speedup = match (
+            naive.and_then(RunResult::last_seconds),
+            es.and_then(RunResult::last_seconds),
+        ) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
             _ => "-".into(),
         };
@@ -104,7 +112,10 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
             fmt(es.and_then(RunResult::last_seconds)),
             es.map_or("-".into(), |r| format!("{:.1}", r.mean_seconds())),
             es.map_or("-".into(), |r| format!("{:.1}", r.cloud_bytes as f64 / 1e6)),
-            es.map_or("-".into(), |r| format!("{:.3}", r.cloud_bytes as f64 / image.bytes as f64)),
+            es.map_or("-".into(), |r| format!(
+                "{:.3}",
+                r.cloud_bytes as f64 / image.bytes as f64
+            )),
         );
     }
     // Targets (issue 7), judged at the largest N and against N=1.
@@ -112,8 +123,8 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
         let es_max = find(runs, Method::Edgeswarm, max_n).and_then(RunResult::last_seconds);
         let es_min = find(runs, Method::Edgeswarm, min_n).and_then(RunResult::last_seconds);
         let naive_max = find(runs, Method::Naive, max_n).and_then(RunResult::last_seconds);
-        let cloud_x = find(runs, Method::Edgeswarm, max_n)
-            .map(|r| r.cloud_bytes as f64 / image.bytes as f64);
+        let cloud_x =
+            find(runs, Method::Edgeswarm, max_n).map(|r| r.cloud_bytes as f64 / image.bytes as f64);
         let _ = writeln!(s, "\nTargets at N={max_n}:\n");
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         if let (Some(a), Some(b)) = (naive_max, es_max) {
@@ -177,7 +188,9 @@ pub fn plot_time_vs_nodes(path: &Path, runs: &[RunResult]) -> Result<()> {
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(format!("{} (last node)", m.name()))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(|e| err(e.to_string()))?;
@@ -188,7 +201,12 @@ pub fn plot_time_vs_nodes(path: &Path, runs: &[RunResult]) -> Result<()> {
             .collect();
         mean.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
-            .draw_series(DashedLineSeries::new(mean, 6, 4, color.mix(0.6).stroke_width(1)))
+            .draw_series(DashedLineSeries::new(
+                mean,
+                6,
+                4,
+                color.mix(0.6).stroke_width(1),
+            ))
             .map_err(|e| err(e.to_string()))?
             .label(format!("{} (mean node)", m.name()))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.6)));
@@ -257,7 +275,9 @@ pub fn plot_throughput(path: &Path, title: &str, curves: &[Curve]) -> Result<()>
             .draw_series(LineSeries::new(c.points.clone(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(c.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -274,7 +294,12 @@ pub fn plot_throughput(path: &Path, title: &str, curves: &[Curve]) -> Result<()>
 /// `summary.md`, `fig5-time-vs-nodes.svg`, `fig6-cloud-link.svg`,
 /// `fig7-node-link.svg` (figures 6 and 7 at the largest N). Returns the
 /// summary text.
-pub fn write_all(dir: &Path, image: &ImageInfo, setting: &Setting, runs: &[RunResult]) -> Result<String> {
+pub fn write_all(
+    dir: &Path,
+    image: &ImageInfo,
+    setting: &Setting,
+    runs: &[RunResult],
+) -> Result<String> {
     write_results_csv(dir, image, runs)?;
     let summary = summary_markdown(image, setting, runs);
     let p = dir.join("summary.md");
@@ -300,12 +325,27 @@ pub fn write_all(dir: &Path, image: &ImageInfo, setting: &Setting, runs: &[RunRe
     let last = format!("n0-{}", n - 1);
     let mut node = Vec::new();
     if let Some(r) = naive {
-        node.push(curve(r, &last, true, format!("naive: node {} download", n - 1)));
+        node.push(curve(
+            r,
+            &last,
+            true,
+            format!("naive: node {} download", n - 1),
+        ));
     }
     if let Some(r) = es {
-        node.push(curve(r, &last, true, format!("edgeswarm: node {} download", n - 1)));
+        node.push(curve(
+            r,
+            &last,
+            true,
+            format!("edgeswarm: node {} download", n - 1),
+        ));
         if n > 1 {
-            node.push(curve(r, &last, false, format!("edgeswarm: node {} upload", n - 1)));
+            node.push(curve(
+                r,
+                &last,
+                false,
+                format!("edgeswarm: node {} upload", n - 1),
+            ));
             node.push(curve(r, "n0-0", false, "edgeswarm: gateway upload".into()));
         }
     }

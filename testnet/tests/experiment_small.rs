@@ -129,19 +129,31 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
     assert_eq!(result.per_node.len(), 3);
     let dir_name = edgeswarm_node::import::image_dir_name(&image.reference);
     for n in &result.per_node {
-        assert!(n.seconds.is_some(), "node {} never reported done: {n:?}", n.node);
+        assert!(
+            n.seconds.is_some(),
+            "node {} never reported done: {n:?}",
+            n.node
+        );
         assert!(n.verified, "node {} lacks the image's files: {n:?}", n.node);
         let run_sh = run
             .work
             .join(format!("es-data/n{}/rootfs/{dir_name}/app/run.sh", n.node));
         let text = std::fs::read_to_string(&run_sh).unwrap();
-        assert!(text.contains("edgeswarm app v1"), "{}: {text:?}", run_sh.display());
+        assert!(
+            text.contains("edgeswarm app v1"),
+            "{}: {text:?}",
+            run_sh.display()
+        );
     }
     // Only the gateway (node 0) pulled from the registry; the others got
     // every layer byte from peers.
     assert_eq!(result.per_node[0].bytes_from_cloud, image.layer_bytes);
     for n in &result.per_node[1..] {
-        assert_eq!(n.bytes_from_cloud, 0, "node {} pulled from the cloud", n.node);
+        assert_eq!(
+            n.bytes_from_cloud, 0,
+            "node {} pulled from the cloud",
+            n.node
+        );
         assert_eq!(n.bytes_from_peers, image.layer_bytes, "node {}", n.node);
     }
     // The kernel's count of the cloud link: about one copy of the image.
