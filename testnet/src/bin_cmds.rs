@@ -192,6 +192,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             rust_log: a.node_log.clone(),
             chunk_size: a.chunk_size.clone(),
             keep_data: a.keep_data,
+            import: a.import.clone(),
         };
         for m in &methods {
             let r = match m {
@@ -207,12 +208,14 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             .with_context(|| format!("{} run with {n} nodes", m.name()))?;
             r.write_nodes_csv(&spec.work)?;
             eprintln!(
-                "   {:<9} last node {:>6}s  mean {:>6.1}s  cloud {:>7.1} MB ({:.3}x)",
+                "   {:<9} last node {:>6}s  mean {:>6.1}s  cloud {:>7.1} MB ({:.3}x)  CPU busy {:.0}% iowait {:.0}%",
                 m.name(),
                 r.last_seconds().map_or("-".into(), |x| format!("{x:.1}")),
                 r.mean_seconds(),
                 r.cloud_bytes as f64 / 1e6,
-                r.cloud_bytes as f64 / img.total_bytes as f64
+                r.cloud_bytes as f64 / img.total_bytes as f64,
+                r.cpu.busy * 100.0,
+                r.cpu.iowait * 100.0
             );
             runs.push(r);
         }
@@ -301,6 +304,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         rust_log: "info,libp2p=warn".into(),
         chunk_size: None,
         keep_data: false,
+        import: "dir".into(),
     };
     let mut last_print: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
     let started = Instant::now();

@@ -70,6 +70,9 @@ pub struct RunSpec {
     pub chunk_size: Option<String>,
     /// Keep node data dirs after the run (they hold N copies of the image).
     pub keep_data: bool,
+    /// The nodes' `--import` sink (`dir`; `none` measures distribution
+    /// without extraction).
+    pub import: String,
 }
 
 /// Which provisioning method a result is for.
@@ -124,6 +127,52 @@ pub struct RunResult {
     pub cloud_bytes_up: u64,
     /// Every link's counters over the run.
     pub series: Series,
+    /// Machine-wide CPU use during the run (all processes, not only the
+    /// testnet's: other work on the machine shows here too).
+    pub cpu: CpuUse,
+}
+
+/// Machine-wide CPU time split over an interval, from `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuUse {
+    /// Fraction of all cores' time spent running (user, system, irq).
+    pub busy: f64,
+    /// Fraction spent idle waiting for disk I/O.
+    pub iowait: f64,
+}
+
+/// Cumulative CPU jiffies: (busy, iowait, total).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes(u64, u64, u64);
+
+impl CpuTimes {
+    /// Reads the `cpu` line of `/proc/stat` (zeros if unreadable).
+    pub fn now() -> CpuTimes {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() < 5 {
+            return CpuTimes::default();
+        }
+        let total: u64 = f.iter().take(8).sum();
+        let (idle, iowait) = (f[3], f[4]);
+        CpuTimes(total - idle - iowait, iowait, total)
+    }
+
+    /// Use between `self` (earlier) and `later`.
+    pub fn until(self, later: CpuTimes) -> CpuUse {
+        let total = later.2.saturating_sub(self.2).max(1) as f64;
+        CpuUse {
+            busy: later.0.saturating_sub(self.0) as f64 / total,
+            iowait: later.1.saturating_sub(self.1) as f64 / total,
+        }
+    }
 }
 
 impl RunResult {
@@ -194,6 +243,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
     let nodes: Vec<_> = topo.locality(0)?.nodes.clone();
     let n = nodes.len();
     let sampler = start_sampler(topo, spec, spec.work.join(format!("links-naive-{n}.csv")))?;
+    let cpu0 = CpuTimes::now();
     let start = Instant::now();
     let mut procs = Vec::with_capacity(n);
     for node in &nodes {
@@ -236,6 +286,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let cpu = cpu0.until(CpuTimes::now());
     let series = sampler.stop()?;
     let cloud = series.delta("cloud0").unwrap_or_default();
     let per_node = nodes
@@ -264,6 +315,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         cloud_bytes: cloud.tx_bytes,
         cloud_bytes_up: cloud.rx_bytes,
         series,
+        cpu,
     })
 }
 
@@ -322,7 +374,7 @@ fn node_spec(
             "--api".into(),
             api_addr(addr).to_string(),
             "--import".into(),
-            "dir".into(),
+            spec.import.clone(),
         ]);
     if gateway {
         s = s.args(["--gateway", "--insecure-registry", registry_host]);
@@ -473,6 +525,7 @@ pub fn run_edgeswarm(
         spec,
         spec.work.join(format!("links-edgeswarm-{n}.csv")),
     )?;
+    let cpu0 = CpuTimes::now();
     let start = Instant::now();
     let out = topo.exec_output(
         &nodes[0].ns,
@@ -527,6 +580,7 @@ pub fn run_edgeswarm(
             });
         }
     }
+    let cpu = cpu0.until(CpuTimes::now());
     let series = sampler.stop()?;
     drop(watcher);
     let cloud = series.delta("cloud0").unwrap_or_default();
@@ -540,8 +594,13 @@ pub fn run_edgeswarm(
                 bytes_from_cloud: latest[i].bytes_from_cloud,
                 bytes_from_peers: latest[i].bytes_from_peers,
                 node_seconds: latest[i].seconds,
-                verified: rootfs.join("app/run.sh").is_file()
-                    && rootfs.join("bin/busybox").is_file(),
+                verified: if spec.import == "dir" {
+                    rootfs.join("app/run.sh").is_file() && rootfs.join("bin/busybox").is_file()
+                } else {
+                    // Other sinks are checked by the node itself (digests,
+                    // diff_ids); only `dir` leaves files to look at here.
+                    latest[i].state == "done"
+                },
             }
         })
         .collect();
@@ -560,6 +619,7 @@ pub fn run_edgeswarm(
         cloud_bytes: cloud.tx_bytes,
         cloud_bytes_up: cloud.rx_bytes,
         series,
+        cpu,
     })
 }
 

@@ -179,6 +179,10 @@ struct ExperimentArgs {
     /// Keep the nodes' data dirs (N copies of the image) [default: off].
     #[arg(long)]
     keep_data: bool,
+    /// Where edgeswarm nodes put the image: `dir` (extract a rootfs) or
+    /// `none` (store only: measures distribution without extraction).
+    #[arg(long, default_value = "dir")]
+    import: String,
 }
 
 #[derive(Debug, Args)]

@@ -43,15 +43,16 @@ fn plot_err(path: &Path) -> impl Fn(String) -> TestnetError + '_ {
 }
 
 /// Writes `results.csv`
-/// (method,nodes,last_s,mean_s,cloud_bytes,cloud_x_image,cloud_bytes_up).
+/// (method,nodes,last_s,mean_s,cloud_bytes,cloud_x_image,cloud_bytes_up,cpu_busy,cpu_iowait).
 pub fn write_results_csv(dir: &Path, image: &ImageInfo, runs: &[RunResult]) -> Result<PathBuf> {
     let path = dir.join("results.csv");
-    let mut s =
-        String::from("method,nodes,last_s,mean_s,cloud_bytes,cloud_x_image,cloud_bytes_up\n");
+    let mut s = String::from(
+        "method,nodes,last_s,mean_s,cloud_bytes,cloud_x_image,cloud_bytes_up,cpu_busy,cpu_iowait\n",
+    );
     for r in runs {
         let _ = writeln!(
             s,
-            "{},{},{},{:.3},{},{:.4},{}",
+            "{},{},{},{:.3},{},{:.4},{},{:.3},{:.3}",
             r.method.name(),
             r.nodes,
             r.last_seconds()
@@ -60,7 +61,9 @@ pub fn write_results_csv(dir: &Path, image: &ImageInfo, runs: &[RunResult]) -> R
             r.mean_seconds(),
             r.cloud_bytes,
             r.cloud_bytes as f64 / image.bytes as f64,
-            r.cloud_bytes_up
+            r.cloud_bytes_up,
+            r.cpu.busy,
+            r.cpu.iowait
         );
     }
     std::fs::write(&path, s).map_err(io(&path))?;
@@ -90,9 +93,9 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
     );
     let _ = writeln!(
         s,
-        "| nodes | naive last (s) | naive cloud (MB) | edgeswarm last (s) | edgeswarm mean (s) | edgeswarm cloud (MB) | cloud x image | speed-up |"
+        "| nodes | naive last (s) | naive cloud (MB) | edgeswarm last (s) | edgeswarm mean (s) | edgeswarm cloud (MB) | cloud x image | speed-up | CPU busy naive / edgeswarm |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
     for &n in &ns {
         let naive = find(runs, Method::Naive, n);
@@ -106,7 +109,7 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
         };
         let _ = writeln!(
             s,
-            "| {n} | {} | {} | {} | {} | {} | {} | {speedup} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {speedup} | {} / {} |",
             fmt(naive.and_then(RunResult::last_seconds)),
             naive.map_or("-".into(), |r| format!("{:.1}", r.cloud_bytes as f64 / 1e6)),
             fmt(es.and_then(RunResult::last_seconds)),
@@ -116,6 +119,8 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
                 "{:.3}",
                 r.cloud_bytes as f64 / image.bytes as f64
             )),
+            naive.map_or("-".into(), |r| format!("{:.0}%", r.cpu.busy * 100.0)),
+            es.map_or("-".into(), |r| format!("{:.0}%", r.cpu.busy * 100.0)),
         );
     }
     // Targets (issue 7), judged at the largest N and against N=1.

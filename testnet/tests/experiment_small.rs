@@ -122,6 +122,7 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         rust_log: "info,libp2p=warn".into(),
         chunk_size: None,
         keep_data: true,
+        import: "dir".into(),
     };
     let result = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &run, &mut |_| {})
         .unwrap_or_else(|e| panic!("edgeswarm run failed: {e}"));
