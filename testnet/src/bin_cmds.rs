@@ -164,6 +164,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
     let setting = Setting {
         cloud_rate: a.cloud_rate.to_string(),
         node_rate: a.node_rate.to_string(),
+        import: a.import.clone(),
     };
     for &n in &a.nodes {
         eprintln!("== N = {n}: building the testnet");

@@ -27,6 +27,8 @@ pub struct Setting {
     pub cloud_rate: String,
     /// Node link rate.
     pub node_rate: String,
+    /// The edgeswarm nodes' import sink (`dir`, `none`).
+    pub import: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestnetError + '_ {
@@ -84,12 +86,14 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
         s,
         "# edgeswarm vs naive pulls\n\nImage `{}` ({:.1} MB per full pull); cloud link {}, node links {}.\n\
          Naive: every node runs `skopeo copy` from the registry at once. edgeswarm: node 0 is the\n\
-         gateway (one of the N), all nodes import the image into a rootfs dir.\n\
+         gateway (one of the N); edgeswarm nodes' import sink: `{}` (`dir` extracts a rootfs,\n\
+         `none` keeps verified layers in the store only).\n\
          Cloud bytes: kernel counters of the cloud link (into the locality).\n",
         image.reference,
         image.bytes as f64 / 1e6,
         setting.cloud_rate,
-        setting.node_rate
+        setting.node_rate,
+        setting.import
     );
     let _ = writeln!(
         s,
