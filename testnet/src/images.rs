@@ -3,7 +3,7 @@
 //!
 //! # Layout of an image
 //!
-//! `testnet/img<MB>:v1` and `:v2`, each four gzip layers, base first:
+//! `testnet/img<MB>:v1` and `:v2`, each three or four gzip layers, base first:
 //! 1. host shared libraries (`/usr/lib/<arch>-linux-gnu`), sized so that the
 //!    compressed image is about `<MB>` megabytes;
 //! 2. `/usr/share` files, only when the libraries alone are too small;
