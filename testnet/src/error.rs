@@ -102,6 +102,17 @@ pub enum TestnetError {
         /// How long we waited.
         after: std::time::Duration,
     },
+    /// A test image could not be built or pushed.
+    #[error("test image: {what}: {reason}")]
+    Image {
+        /// What was being done ("pushing testnet/img50:v1").
+        what: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// An experiment run failed (a node errored, a deadline passed).
+    #[error("experiment: {0}")]
+    Experiment(String),
     /// Output of a tool that we could not parse.
     #[error("cannot parse output of `{command}`: {reason}")]
     Parse {

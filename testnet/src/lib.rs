@@ -10,6 +10,11 @@
 //!   sampler (the experiments' source of truth for cloud-link bytes).
 //! - [`registry`]: a real `docker-registry` in the cloud namespace.
 //! - [`rate`]: link rates in `tc` bit notation.
+//! - [`images`]: realistic multi-layer test images from the host's files,
+//!   pushed into the cloud registry.
+//! - [`experiment`]: the naive baseline and edgeswarm runs at one N.
+//! - [`watch`]: polling nodes' APIs from inside the testnet.
+//! - [`report`]: results CSV, Markdown summary and SVG figures.
 //!
 //! # Goals
 //! Real TCP/IP between real processes over links with the paper's rate
@@ -43,10 +48,14 @@
 mod cmd;
 pub mod counters;
 pub mod error;
+pub mod experiment;
+pub mod images;
 pub mod process;
 pub mod rate;
 pub mod registry;
+pub mod report;
 pub mod topology;
+pub mod watch;
 
 pub use error::{Result, TestnetError};
 pub use rate::Rate;

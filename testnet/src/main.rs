@@ -2,10 +2,15 @@
 //!
 //! Thin CLI over the `edgeswarm_testnet` library: `up` builds a topology and
 //! leaves it running (recorded in a state file), `down` removes it, `exec`
-//! runs a command inside one of its namespaces, `show` prints it again.
+//! runs a command inside one of its namespaces, `show` prints it again;
+//! `images`, `experiment` and `demo` (in `bin_cmds`) run edgeswarm on it.
+
+mod bin_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use bin_cmds::{demo_cmd, experiment_cmd, helper, images_cmd};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -72,6 +77,135 @@ enum Cmd {
     /// Network probes run inside namespaces by the tests (hidden).
     #[command(subcommand, hide = true)]
     Probe(Probe),
+    /// Build test images from this machine's files and push them into a
+    /// running testnet's registry (started with `up --registry`).
+    Images(ImagesArgs),
+    /// Reproduce the paper's evaluation: naive pulls vs edgeswarm for each N,
+    /// with CSVs, SVG figures and a Markdown summary.
+    Experiment(ExperimentArgs),
+    /// The main demo: a 5-node locality on shaped links deploys a real
+    /// ~50 MB image with live progress, then prints a per-node table.
+    Demo(DemoArgs),
+    /// Helpers the experiment runs inside namespaces (hidden).
+    #[command(subcommand, hide = true)]
+    Helper(Helper),
+}
+
+/// Work done inside a testnet namespace on the experiment's behalf.
+#[derive(Debug, Subcommand)]
+enum Helper {
+    /// Build test images and push them to a registry; prints one JSON line
+    /// per image pushed.
+    PushImages {
+        /// Registry `HOST:PORT` (plain HTTP).
+        #[arg(long)]
+        registry: String,
+        /// Compressed image sizes in MB, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+        sizes: Vec<u64>,
+        /// Also push a `v2` of each size sharing all base layers [default: off].
+        #[arg(long)]
+        versions: bool,
+        /// Directory for the build files (a temporary subdirectory is used).
+        #[arg(long, default_value = "/var/tmp")]
+        work: PathBuf,
+    },
+    /// Poll nodes' APIs and print a JSON line per change of IMAGE's state.
+    Watch {
+        /// Image reference whose release is watched.
+        #[arg(long)]
+        image: String,
+        /// Node API address, repeatable.
+        #[arg(long = "api", required = true)]
+        apis: Vec<std::net::SocketAddr>,
+        /// Poll interval in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ImagesArgs {
+    /// Testnet name.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Registry address in the cloud namespace.
+    #[arg(long, default_value = "10.77.250.1:5000")]
+    registry: String,
+    /// Compressed image sizes in MB, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+    sizes: Vec<u64>,
+    /// Push only `v1` of each size (no `v2` sharing its base layers)
+    /// [default: off: both].
+    #[arg(long)]
+    no_versions: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExperimentArgs {
+    /// Node counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,15,21")]
+    nodes: Vec<usize>,
+    /// Compressed size of the test image in MB.
+    #[arg(long, default_value_t = 50)]
+    image_mb: u64,
+    /// Rate of the cloud link, both directions.
+    #[arg(long, default_value = "200mbit")]
+    cloud_rate: Rate,
+    /// Rate of each node link, both directions.
+    #[arg(long, default_value = "100mbit")]
+    node_rate: Rate,
+    /// Queue of each shaper in milliseconds at its rate.
+    #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
+    queue_ms: u32,
+    /// Output directory (CSVs, SVGs, summary.md, logs).
+    #[arg(long, default_value = "experiment-out")]
+    out: PathBuf,
+    /// Methods to run, comma-separated (naive, edgeswarm).
+    #[arg(long, value_delimiter = ',', default_value = "naive,edgeswarm")]
+    methods: Vec<String>,
+    /// The `edgeswarm` binary [default: next to this binary, else on PATH].
+    #[arg(long)]
+    edgeswarm: Option<PathBuf>,
+    /// `--chunk-size` for the nodes [default: the node's, 1M].
+    #[arg(long)]
+    chunk_size: Option<String>,
+    /// RUST_LOG of the nodes (their logs are in OUT/n<N>/logs).
+    #[arg(long, default_value = "info,libp2p=warn")]
+    node_log: String,
+    /// Seconds before a run is abandoned.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Keep the nodes' data dirs (N copies of the image) [default: off].
+    #[arg(long)]
+    keep_data: bool,
+    /// Where edgeswarm nodes put the image: `dir` (extract a rootfs) or
+    /// `none` (store only: measures distribution without extraction).
+    #[arg(long, default_value = "dir")]
+    import: String,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Nodes in the locality (node 0 is the gateway).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Compressed size of the image in MB.
+    #[arg(long, default_value_t = 50)]
+    image_mb: u64,
+    /// Rate of the cloud link.
+    #[arg(long, default_value = "200mbit")]
+    cloud_rate: Rate,
+    /// Rate of each node link.
+    #[arg(long, default_value = "100mbit")]
+    node_rate: Rate,
+    /// The `edgeswarm` binary [default: next to this binary, else on PATH].
+    #[arg(long)]
+    edgeswarm: Option<PathBuf>,
+    /// Where logs and node data go [default: a temporary directory,
+    /// removed at the end].
+    #[arg(long)]
+    work: Option<PathBuf>,
 }
 
 /// Tiny network probes, so tests need no extra tools inside namespaces.
@@ -323,6 +457,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             });
         }
         Cmd::Probe(p) => return probe(p),
+        Cmd::Images(a) => images_cmd(&cli.state_dir, a)?,
+        Cmd::Experiment(a) => experiment_cmd(a)?,
+        Cmd::Demo(a) => demo_cmd(a)?,
+        Cmd::Helper(h) => helper(h)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,417 @@
+//! The experiment-side commands of the `edgeswarm-testnet` binary:
+//! `images`, `experiment`, `demo` and the hidden `helper` subcommands.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use edgeswarm_testnet::experiment::{self, Method, Progress, RunResult, RunSpec, Tools};
+use edgeswarm_testnet::images::TestImage;
+use edgeswarm_testnet::registry::{Registry, RegistryOptions};
+use edgeswarm_testnet::report::{self, ImageInfo, Setting};
+use edgeswarm_testnet::topology::{Topology, TopologySpec};
+use edgeswarm_testnet::watch::WatchLine;
+
+use crate::{DemoArgs, ExperimentArgs, Helper, ImagesArgs};
+
+/// Finds the programs: `edgeswarm` from the flag, else next to this binary,
+/// else on PATH.
+fn tools(edgeswarm: Option<PathBuf>) -> Result<Tools> {
+    let testnet = std::env::current_exe().context("locating this binary")?;
+    let edgeswarm = match edgeswarm {
+        Some(p) => std::path::absolute(&p).context("resolving --edgeswarm")?,
+        None => {
+            let sibling = testnet.with_file_name("edgeswarm");
+            if sibling.is_file() {
+                sibling
+            } else {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                std::env::split_paths(&path)
+                    .map(|d| d.join("edgeswarm"))
+                    .find(|p| p.is_file())
+                    .context(
+                        "no `edgeswarm` binary next to this one or on PATH: build it with \
+                         `cargo build --release -p edgeswarm-node` or pass --edgeswarm",
+                    )?
+            }
+        }
+    };
+    anyhow::ensure!(edgeswarm.is_file(), "{} is not a file", edgeswarm.display());
+    Ok(Tools { edgeswarm, testnet })
+}
+
+pub(crate) fn helper(h: Helper) -> Result<()> {
+    match h {
+        Helper::PushImages {
+            registry,
+            sizes,
+            versions,
+            work,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime")?;
+            let images = rt.block_on(edgeswarm_testnet::images::build_and_push(
+                &registry, &sizes, versions, &work,
+            ))?;
+            for i in images {
+                println!("{}", serde_json::to_string(&i)?);
+            }
+            Ok(())
+        }
+        Helper::Watch {
+            image,
+            apis,
+            interval_ms,
+        } => Ok(edgeswarm_testnet::watch::run_watcher(
+            &apis,
+            &image,
+            Duration::from_millis(interval_ms),
+        )?),
+    }
+}
+
+pub(crate) fn images_cmd(state_dir: &Path, a: ImagesArgs) -> Result<()> {
+    let topo = Topology::load(state_dir, &a.name)?;
+    let tools = Tools {
+        edgeswarm: PathBuf::new(),
+        testnet: std::env::current_exe().context("locating this binary")?,
+    };
+    let images = experiment::push_images(
+        &topo,
+        &tools,
+        &a.registry,
+        &a.sizes,
+        !a.no_versions,
+        Path::new("/var/tmp"),
+    )?;
+    print_images(&images);
+    Ok(())
+}
+
+fn print_images(images: &[TestImage]) {
+    for i in images {
+        println!(
+            "{:<45} {:>8.1} MB  {} layers ({})  {}",
+            i.reference,
+            i.total_bytes as f64 / 1e6,
+            i.layers.len(),
+            i.layers
+                .iter()
+                .map(|b| format!("{:.1}", *b as f64 / 1e6))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            i.manifest
+        );
+    }
+}
+
+/// A topology plus a registry whose storage persists across topologies.
+fn locality(
+    name: &str,
+    nodes: usize,
+    cloud_rate: edgeswarm_testnet::Rate,
+    node_rate: edgeswarm_testnet::Rate,
+    queue_ms: u32,
+    registry_root: &Path,
+    registry_work: &Path,
+) -> Result<(Topology, Registry)> {
+    // A previous run killed hard may have left this testnet behind.
+    let state_dir = PathBuf::from(edgeswarm_testnet::topology::DEFAULT_STATE_DIR);
+    if edgeswarm_testnet::topology::state_path(&state_dir, name).exists() {
+        edgeswarm_testnet::topology::down(&state_dir, name)
+            .with_context(|| format!("removing the leftover testnet {name:?}"))?;
+    }
+    let mut spec = TopologySpec::new(name, nodes);
+    spec.cloud_rate = cloud_rate;
+    spec.node_rate = node_rate;
+    spec.queue_ms = queue_ms;
+    let topo = Topology::up(&spec).with_context(|| format!("creating testnet {name:?}"))?;
+    let mut reg = Registry::start(
+        &topo,
+        RegistryOptions {
+            port: edgeswarm_testnet::registry::DEFAULT_PORT,
+            root_dir: Some(registry_root.to_path_buf()),
+            work_dir: Some(registry_work.to_path_buf()),
+        },
+    )?;
+    let n0 = topo.node(0, 0)?.ns.clone();
+    reg.wait_ready(&topo, &n0, Duration::from_secs(20))?;
+    Ok((topo, reg))
+}
+
+pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
+    let tools = tools(a.edgeswarm.clone())?;
+    let methods: Vec<Method> = a
+        .methods
+        .iter()
+        .map(|m| match m.as_str() {
+            "naive" => Ok(Method::Naive),
+            "edgeswarm" => Ok(Method::Edgeswarm),
+            other => bail!("unknown method {other:?} (use naive, edgeswarm)"),
+        })
+        .collect::<Result<_>>()?;
+    anyhow::ensure!(!a.nodes.is_empty(), "--nodes is empty");
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let out = std::path::absolute(&a.out)?;
+    let registry_root = out.join("registry/storage");
+    let registry_work = out.join("registry");
+    std::fs::create_dir_all(&registry_root)?;
+    let mut image: Option<TestImage> = None;
+    let mut runs: Vec<RunResult> = Vec::new();
+    let setting = Setting {
+        cloud_rate: a.cloud_rate.to_string(),
+        node_rate: a.node_rate.to_string(),
+        import: a.import.clone(),
+    };
+    for &n in &a.nodes {
+        eprintln!("== N = {n}: building the testnet");
+        let (topo, reg) = locality(
+            "exp",
+            n,
+            a.cloud_rate,
+            a.node_rate,
+            a.queue_ms,
+            &registry_root,
+            &registry_work,
+        )?;
+        if image.is_none() {
+            eprintln!("   building and pushing the {} MB test images", a.image_mb);
+            let images =
+                experiment::push_images(&topo, &tools, &reg.host(), &[a.image_mb], true, &out)?;
+            print_images(&images);
+            image = images.into_iter().find(|i| i.tag == "v1");
+        }
+        let img = image.clone().context("the helper pushed no v1 image")?;
+        let spec = RunSpec {
+            image: img.reference.clone(),
+            work: out.join(format!("n{n}")),
+            timeout: Duration::from_secs(a.timeout),
+            sample_interval: Duration::from_millis(100),
+            rust_log: a.node_log.clone(),
+            chunk_size: a.chunk_size.clone(),
+            keep_data: a.keep_data,
+            import: a.import.clone(),
+        };
+        for m in &methods {
+            let r = match m {
+                Method::Naive => experiment::run_naive(&topo, &spec),
+                Method::Edgeswarm => {
+                    experiment::run_edgeswarm(&topo, &tools, &reg.host(), &spec, &mut |p| {
+                        if let Progress::Ready { seconds } = p {
+                            eprintln!("   locality formed in {seconds:.1}s; deploying");
+                        }
+                    })
+                }
+            }
+            .with_context(|| format!("{} run with {n} nodes", m.name()))?;
+            r.write_nodes_csv(&spec.work)?;
+            eprintln!(
+                "   {:<9} last node {:>6}s  mean {:>6.1}s  cloud {:>7.1} MB ({:.3}x)  CPU busy {:.0}% iowait {:.0}%",
+                m.name(),
+                r.last_seconds().map_or("-".into(), |x| format!("{x:.1}")),
+                r.mean_seconds(),
+                r.cloud_bytes as f64 / 1e6,
+                r.cloud_bytes as f64 / img.total_bytes as f64,
+                r.cpu.busy * 100.0,
+                r.cpu.iowait * 100.0
+            );
+            runs.push(r);
+        }
+        drop(reg);
+        topo.down()?;
+        // Outputs after every N, so an interrupted experiment keeps its data.
+        let info = ImageInfo {
+            reference: img.reference.clone(),
+            bytes: img.total_bytes,
+        };
+        report::write_all(&out, &info, &setting, &runs)?;
+    }
+    let img = image.context("no run")?;
+    let summary = report::write_all(
+        &out,
+        &ImageInfo {
+            reference: img.reference,
+            bytes: img.total_bytes,
+        },
+        &setting,
+        &runs,
+    )?;
+    println!("{summary}");
+    println!(
+        "outputs in {}: results.csv, summary.md, fig5-time-vs-nodes.svg, fig6-cloud-link.svg, fig7-node-link.svg, n<N>/ (per-node CSVs, link CSVs, logs)",
+        out.display()
+    );
+    Ok(())
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1}", b as f64 / 1e6)
+}
+
+pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
+    let tools = tools(a.edgeswarm.clone())?;
+    anyhow::ensure!(
+        a.nodes >= 2,
+        "--nodes must be at least 2 (a gateway and a node)"
+    );
+    let tmp;
+    let work = match &a.work {
+        Some(w) => {
+            std::fs::create_dir_all(w)?;
+            std::path::absolute(w)?
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("edgeswarm-demo-")
+                .tempdir_in("/var/tmp")
+                .context("creating a work dir")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    println!(
+        "edgeswarm demo: {} nodes on {} links, a {} cloud link, a real registry in the cloud",
+        a.nodes, a.node_rate, a.cloud_rate
+    );
+    let (topo, reg) = locality(
+        "demo",
+        a.nodes,
+        a.cloud_rate,
+        a.node_rate,
+        edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
+        &work.join("registry/storage"),
+        &work.join("registry"),
+    )?;
+    println!(
+        "building a ~{} MB image from this machine's libraries and busybox, pushing it to {} ...",
+        a.image_mb,
+        reg.url()
+    );
+    let images = experiment::push_images(&topo, &tools, &reg.host(), &[a.image_mb], false, &work)?;
+    let img = images.into_iter().next().context("no image pushed")?;
+    println!(
+        "image {} : {} MB in {} layers",
+        img.reference,
+        mb(img.total_bytes),
+        img.layers.len()
+    );
+    let spec = RunSpec {
+        image: img.reference.clone(),
+        work: work.join("run"),
+        timeout: Duration::from_secs(300),
+        sample_interval: Duration::from_millis(200),
+        rust_log: "info,libp2p=warn".into(),
+        chunk_size: None,
+        keep_data: false,
+        import: "dir".into(),
+    };
+    let mut last_print: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
+    let started = Instant::now();
+    let result = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &spec, &mut |p| match p {
+        Progress::Starting { nodes } => {
+            println!("starting {nodes} edgeswarm nodes (node 0 is the gateway) ...")
+        }
+        Progress::Ready { seconds } => {
+            println!(
+                "locality formed in {seconds:.1}s; deploying {}",
+                img.reference
+            )
+        }
+        Progress::Deployed => println!("release announced; progress:"),
+        Progress::Node { t, line } => {
+            if line.state.is_empty() {
+                return;
+            }
+            let prev = last_print.get(&line.node);
+            let changed = prev.is_none_or(|(_, s)| *s != line.state);
+            let stale = prev.is_none_or(|(at, _)| at.elapsed() >= Duration::from_millis(700));
+            if changed || stale {
+                print_progress(*t, line);
+                last_print.insert(line.node, (Instant::now(), line.state.clone()));
+            }
+        }
+    });
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("node logs are in {}", spec.work.join("logs").display());
+            if a.work.is_none() {
+                // Keep the logs of a failed demo.
+                let kept = tmp_keep(&work);
+                eprintln!("(kept in {})", kept.display());
+            }
+            return Err(e.into());
+        }
+    };
+    println!();
+    println!(
+        "| node | role | done after (s) | from cloud (MB) | from peers (MB) | files verified |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for n in &r.per_node {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            n.node,
+            if n.node == 0 { "gateway" } else { "node" },
+            n.seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            mb(n.bytes_from_cloud),
+            mb(n.bytes_from_peers),
+            if n.verified { "yes" } else { "NO" }
+        );
+    }
+    println!();
+    println!(
+        "every node done after {:.1}s; the cloud link carried {} MB for a {} MB image ({:.2}x); \
+         pulling it naively from every node would carry {} MB",
+        r.last_seconds().unwrap_or_default(),
+        mb(r.cloud_bytes),
+        mb(img.total_bytes),
+        r.cloud_bytes as f64 / img.total_bytes as f64,
+        mb(img.total_bytes * a.nodes as u64)
+    );
+    println!("(demo took {:.0}s in all)", started.elapsed().as_secs_f64());
+    drop(reg);
+    topo.down()?;
+    anyhow::ensure!(
+        r.per_node.iter().all(|n| n.verified),
+        "some node lacks the image's files"
+    );
+    Ok(())
+}
+
+/// Moves a temporary work dir's logs somewhere that survives its removal.
+fn tmp_keep(work: &Path) -> PathBuf {
+    let dest = PathBuf::from(format!(
+        "/var/tmp/edgeswarm-demo-logs-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::create_dir_all(&dest);
+    let _ = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(work.join("run/logs"))
+        .arg(&dest)
+        .status();
+    dest
+}
+
+fn print_progress(t: f64, l: &WatchLine) {
+    let pct = if l.bytes_total > 0 {
+        100.0 * l.bytes_done as f64 / l.bytes_total as f64
+    } else {
+        0.0
+    };
+    let bar_len = 20usize;
+    let filled = ((pct / 100.0) * bar_len as f64).round() as usize;
+    println!(
+        "[{t:>5.1}s] node {} {:<9} [{}{}] {:>5.1}%  cloud {:>5} MB  peers {:>5} MB",
+        l.node,
+        l.state,
+        "#".repeat(filled.min(bar_len)),
+        ".".repeat(bar_len - filled.min(bar_len)),
+        pct,
+        mb(l.bytes_from_cloud),
+        mb(l.bytes_from_peers)
+    );
+}

@@ -1,0 +1,708 @@
+//! The Streamed Deployment paper's evaluation on an emulated locality:
+//! provisioning one image to N nodes, naively and with edgeswarm.
+//!
+//! # Methods
+//! - **Naive baseline** ([`run_naive`]): every node runs `skopeo copy
+//!   docker://REGISTRY/IMAGE dir:DIR` at the same moment, i.e. pulls every
+//!   blob from the registry itself and verifies its digest, as `docker pull`
+//!   does on each device (skopeo does not extract layers, so the baseline
+//!   does slightly less work than edgeswarm, which also imports).
+//! - **edgeswarm** ([`run_edgeswarm`]): node 0 runs `edgeswarm node
+//!   --gateway`, nodes 1..N run `edgeswarm node` bootstrapped from it (mDNS
+//!   on too), all with `--import dir`. The gateway is **one of the N nodes**
+//!   (it imports the image like every other node), so both methods provision
+//!   exactly N devices. After every node is up and the gateway hears every
+//!   other node's status reports, the release is deployed through node 0's
+//!   API; a watcher in the router namespace polls every node's API every
+//!   100 ms and a node's time is when the watcher first sees it `done`.
+//!
+//! # What is recorded
+//! Per node: completion time (seconds since the deploy/pull started) and
+//! the bytes it reports from cloud and peers. Per run: the last node's time,
+//! the bytes the cloud link carried into the locality (kernel counters of
+//! the cloud end of the link: retransmissions and HTTP/TCP overhead
+//! included, whatever nodes claim) and a time series of every link
+//! ([`crate::counters::Sampler`], 100 ms).
+
+use std::io::BufRead;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::counters::{Sampler, Series};
+use crate::error::{Result, TestnetError};
+use crate::process::{NetnsProcess, SpawnSpec};
+use crate::topology::Topology;
+use crate::watch::WatchLine;
+
+/// TCP port every node listens on for libp2p.
+pub const P2P_PORT: u16 = 4001;
+/// TCP port of every node's API (on the node's testnet address).
+pub const API_PORT: u16 = 7465;
+
+/// Programs the experiment runs inside namespaces.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// The `edgeswarm` node binary.
+    pub edgeswarm: PathBuf,
+    /// The `edgeswarm-testnet` binary (for its `helper` subcommands).
+    pub testnet: PathBuf,
+}
+
+/// How to run one method at one N.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Image reference to provision (`10.77.250.1:5000/testnet/img50:v1`).
+    pub image: String,
+    /// Where logs, node data dirs and CSVs of this run go.
+    pub work: PathBuf,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Sampling interval of the link counters.
+    pub sample_interval: Duration,
+    /// `RUST_LOG` of the edgeswarm nodes.
+    pub rust_log: String,
+    /// `--chunk-size` of the nodes (`None`: the node's default, 1M).
+    pub chunk_size: Option<String>,
+    /// Keep node data dirs after the run (they hold N copies of the image).
+    pub keep_data: bool,
+    /// The nodes' `--import` sink (`dir`; `none` measures distribution
+    /// without extraction).
+    pub import: String,
+}
+
+/// Which provisioning method a result is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Every node pulls from the registry (skopeo).
+    Naive,
+    /// edgeswarm.
+    Edgeswarm,
+}
+
+impl Method {
+    /// Lower-case name used in file names and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Naive => "naive",
+            Method::Edgeswarm => "edgeswarm",
+        }
+    }
+}
+
+/// One node's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeResult {
+    /// Node index in the locality (0 = the gateway for edgeswarm).
+    pub node: usize,
+    /// Seconds from the start of the run to the node being done.
+    pub seconds: Option<f64>,
+    /// Bytes the node reports from the registry (edgeswarm only).
+    pub bytes_from_cloud: u64,
+    /// Bytes the node reports from peers (edgeswarm only).
+    pub bytes_from_peers: u64,
+    /// The node's own accept-to-done time (edgeswarm only).
+    pub node_seconds: Option<f64>,
+    /// Whether the image's files were found where the node put them.
+    pub verified: bool,
+}
+
+/// One method at one N.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The method.
+    pub method: Method,
+    /// Number of nodes provisioned.
+    pub nodes: usize,
+    /// Per node.
+    pub per_node: Vec<NodeResult>,
+    /// Bytes the cloud link carried into the locality during the run.
+    pub cloud_bytes: u64,
+    /// Bytes the cloud link carried out of the locality (requests, acks).
+    pub cloud_bytes_up: u64,
+    /// Every link's counters over the run.
+    pub series: Series,
+    /// Machine-wide CPU use during the run (all processes, not only the
+    /// testnet's: other work on the machine shows here too).
+    pub cpu: CpuUse,
+}
+
+/// Machine-wide CPU time split over an interval, from `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuUse {
+    /// Fraction of all cores' time spent running (user, system, irq).
+    pub busy: f64,
+    /// Fraction spent idle waiting for disk I/O.
+    pub iowait: f64,
+}
+
+/// Cumulative CPU jiffies: (busy, iowait, total).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes(u64, u64, u64);
+
+impl CpuTimes {
+    /// Reads the `cpu` line of `/proc/stat` (zeros if unreadable).
+    pub fn now() -> CpuTimes {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() < 5 {
+            return CpuTimes::default();
+        }
+        let total: u64 = f.iter().take(8).sum();
+        let (idle, iowait) = (f[3], f[4]);
+        CpuTimes(total - idle - iowait, iowait, total)
+    }
+
+    /// Use between `self` (earlier) and `later`.
+    pub fn until(self, later: CpuTimes) -> CpuUse {
+        let total = later.2.saturating_sub(self.2).max(1) as f64;
+        CpuUse {
+            busy: later.0.saturating_sub(self.0) as f64 / total,
+            iowait: later.1.saturating_sub(self.1) as f64 / total,
+        }
+    }
+}
+
+impl RunResult {
+    /// The last node's completion time (`None` unless every node finished).
+    pub fn last_seconds(&self) -> Option<f64> {
+        self.per_node
+            .iter()
+            .map(|n| n.seconds)
+            .try_fold(0.0f64, |m, s| s.map(|s| m.max(s)))
+    }
+
+    /// Mean completion time of the nodes that finished.
+    pub fn mean_seconds(&self) -> f64 {
+        let done: Vec<f64> = self.per_node.iter().filter_map(|n| n.seconds).collect();
+        done.iter().sum::<f64>() / done.len().max(1) as f64
+    }
+
+    /// Writes `nodes-<method>-<N>.csv`
+    /// (node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified).
+    pub fn write_nodes_csv(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(format!("nodes-{}-{}.csv", self.method.name(), self.nodes));
+        let mut s =
+            String::from("node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified\n");
+        for n in &self.per_node {
+            s.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                n.node,
+                n.seconds.map(|x| format!("{x:.3}")).unwrap_or_default(),
+                n.bytes_from_cloud,
+                n.bytes_from_peers,
+                n.node_seconds
+                    .map(|x| format!("{x:.3}"))
+                    .unwrap_or_default(),
+                n.verified
+            ));
+        }
+        std::fs::write(&path, s)
+            .map_err(|e| TestnetError::io(format!("writing {}", path.display()), e))?;
+        Ok(path)
+    }
+}
+
+/// Where node `i`'s API listens.
+pub fn api_addr(addr: Ipv4Addr) -> SocketAddr {
+    SocketAddr::from((addr, API_PORT))
+}
+
+/// Kills a child (the watcher) on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_sampler(topo: &Topology, spec: &RunSpec, csv: PathBuf) -> Result<Sampler> {
+    Sampler::start(topo.probes(), spec.sample_interval, Some(csv))
+}
+
+/// The naive baseline: every node of locality 0 runs `skopeo copy` from the
+/// registry at once.
+pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
+    crate::cmd::require("skopeo", "apt-get install skopeo")?;
+    std::fs::create_dir_all(&spec.work)
+        .map_err(|e| TestnetError::io(format!("creating {}", spec.work.display()), e))?;
+    let nodes: Vec<_> = topo.locality(0)?.nodes.clone();
+    let n = nodes.len();
+    let sampler = start_sampler(topo, spec, spec.work.join(format!("links-naive-{n}.csv")))?;
+    let cpu0 = CpuTimes::now();
+    let start = Instant::now();
+    let mut procs = Vec::with_capacity(n);
+    for node in &nodes {
+        let dest = spec.work.join(format!("naive-data/n{}", node.index));
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::create_dir_all(&dest)
+            .map_err(|e| TestnetError::io(format!("creating {}", dest.display()), e))?;
+        let log = spec.work.join(format!("logs/naive-n{}.log", node.index));
+        procs.push(topo.spawn(
+            &node.ns,
+            SpawnSpec::new("skopeo", log).args([
+                "copy".to_string(),
+                "--quiet".to_string(),
+                "--src-tls-verify=false".to_string(),
+                format!("docker://{}", spec.image),
+                format!("dir:{}", dest.display()),
+            ]),
+        )?);
+    }
+    let mut done: Vec<Option<f64>> = vec![None; n];
+    while done.iter().any(Option::is_none) {
+        for (i, p) in procs.iter_mut().enumerate() {
+            if done[i].is_none() {
+                if let Some(status) = p.try_wait()? {
+                    if !status.success() {
+                        return Err(TestnetError::Experiment(format!(
+                            "naive node {i}: skopeo failed ({status}): {}",
+                            p.log_tail(800)
+                        )));
+                    }
+                    done[i] = Some(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if start.elapsed() > spec.timeout {
+            return Err(TestnetError::Timeout {
+                what: format!("naive pulls of {} by {n} nodes", spec.image),
+                after: spec.timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cpu = cpu0.until(CpuTimes::now());
+    let series = sampler.stop()?;
+    let cloud = series.delta("cloud0").unwrap_or_default();
+    let per_node = nodes
+        .iter()
+        .zip(&done)
+        .map(|(node, s)| {
+            let dest = spec.work.join(format!("naive-data/n{}", node.index));
+            let verified = dest.join("manifest.json").is_file();
+            if !spec.keep_data {
+                let _ = std::fs::remove_dir_all(&dest);
+            }
+            NodeResult {
+                node: node.index,
+                seconds: *s,
+                bytes_from_cloud: 0,
+                bytes_from_peers: 0,
+                node_seconds: None,
+                verified,
+            }
+        })
+        .collect();
+    Ok(RunResult {
+        method: Method::Naive,
+        nodes: n,
+        per_node,
+        cloud_bytes: cloud.tx_bytes,
+        cloud_bytes_up: cloud.rx_bytes,
+        series,
+        cpu,
+    })
+}
+
+/// Progress of an edgeswarm run, for live displays.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Nodes are starting.
+    Starting {
+        /// How many.
+        nodes: usize,
+    },
+    /// Every node is up and the gateway hears them all.
+    Ready {
+        /// Seconds the locality took to form.
+        seconds: f64,
+    },
+    /// The release was deployed.
+    Deployed,
+    /// A node's state changed.
+    Node {
+        /// Seconds since the deploy.
+        t: f64,
+        /// The node's state.
+        line: WatchLine,
+    },
+}
+
+/// A running edgeswarm locality: one process per node, killed on drop.
+struct Locality {
+    procs: Vec<NetnsProcess>,
+    data_dirs: Vec<PathBuf>,
+}
+
+fn node_spec(
+    tools: &Tools,
+    spec: &RunSpec,
+    addr: Ipv4Addr,
+    index: usize,
+    gateway: bool,
+    registry_host: &str,
+    bootstrap: Option<&str>,
+) -> (SpawnSpec, PathBuf) {
+    let data = spec.work.join(format!("es-data/n{index}"));
+    let log = spec.work.join(format!("logs/edgeswarm-n{index}.log"));
+    let mut s = SpawnSpec::new(tools.edgeswarm.clone(), log)
+        .env("RUST_LOG", &spec.rust_log)
+        .env("NO_COLOR", "1")
+        .args([
+            "node".to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--locality".into(),
+            "testnet".into(),
+            "--listen".into(),
+            format!("/ip4/{addr}/tcp/{P2P_PORT}"),
+            "--api".into(),
+            api_addr(addr).to_string(),
+            "--import".into(),
+            spec.import.clone(),
+        ]);
+    if gateway {
+        s = s.args(["--gateway", "--insecure-registry", registry_host]);
+    }
+    if let Some(b) = bootstrap {
+        s = s.args(["--bootstrap", b]);
+    }
+    if let Some(c) = &spec.chunk_size {
+        s = s.args(["--chunk-size", c.as_str()]);
+    }
+    (s, data)
+}
+
+/// Starts the watcher in locality 0's router namespace, returning its
+/// lines on a channel.
+fn start_watcher(
+    topo: &Topology,
+    tools: &Tools,
+    image: &str,
+) -> Result<(KillOnDrop, mpsc::Receiver<WatchLine>)> {
+    let loc = topo.locality(0)?;
+    let mut cmd = topo.command(&loc.router_ns, &tools.testnet)?;
+    cmd.args(["helper", "watch", "--image", image, "--interval-ms", "100"]);
+    for n in &loc.nodes {
+        cmd.arg("--api").arg(api_addr(n.addr).to_string());
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| TestnetError::io("starting the watcher", e))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::sync_channel(1024);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            match serde_json::from_str::<WatchLine>(&line) {
+                Ok(l) => {
+                    if tx.send(l).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(%line, error = %e, "bad watcher line"),
+            }
+        }
+    });
+    Ok((KillOnDrop(child), rx))
+}
+
+/// edgeswarm: a gateway-capable node 0 plus N-1 nodes in locality 0;
+/// deploys `spec.image` through node 0 and times every node.
+pub fn run_edgeswarm(
+    topo: &Topology,
+    tools: &Tools,
+    registry_host: &str,
+    spec: &RunSpec,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunResult> {
+    let nodes: Vec<_> = topo.locality(0)?.nodes.clone();
+    let n = nodes.len();
+    let _ = std::fs::remove_dir_all(spec.work.join("es-data"));
+    progress(&Progress::Starting { nodes: n });
+    let formed = Instant::now();
+    let mut loc = Locality {
+        procs: Vec::new(),
+        data_dirs: Vec::new(),
+    };
+    // Node 0, the gateway, first: the others bootstrap from it.
+    let (s, d) = node_spec(tools, spec, nodes[0].addr, 0, true, registry_host, None);
+    loc.procs.push(topo.spawn(&nodes[0].ns, s)?);
+    loc.data_dirs.push(d);
+    let (watcher, rx) = start_watcher(topo, tools, &spec.image)?;
+    let mut latest: Vec<WatchLine> = (0..n)
+        .map(|i| WatchLine {
+            node: i,
+            ..WatchLine::default()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gateway_id = loop {
+        check_alive(&mut loc)?;
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let i = l.node;
+                latest[i] = l;
+                if i == 0 && latest[0].up && !latest[0].peer_id.is_empty() {
+                    break latest[0].peer_id.clone();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => return Err(TestnetError::Experiment(format!("watcher: {e}"))),
+        }
+        if Instant::now() > deadline {
+            return Err(TestnetError::Timeout {
+                what: format!("gateway API; log: {}", loc.procs[0].log_tail(1500)),
+                after: Duration::from_secs(30),
+            });
+        }
+    };
+    let bootstrap = format!("/ip4/{}/tcp/{P2P_PORT}/p2p/{gateway_id}", nodes[0].addr);
+    for node in &nodes[1..] {
+        let (s, d) = node_spec(
+            tools,
+            spec,
+            node.addr,
+            node.index,
+            false,
+            registry_host,
+            Some(&bootstrap),
+        );
+        loc.procs.push(topo.spawn(&node.ns, s)?);
+        loc.data_dirs.push(d);
+    }
+    // Ready: every API answers, and the gateway hears every other node.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready =
+            latest.iter().all(|l| l.up && (n == 1 || l.peers >= 1)) && latest[0].seen + 1 >= n;
+        if ready {
+            break;
+        }
+        check_alive(&mut loc)?;
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let i = l.node;
+                latest[i] = l;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => return Err(TestnetError::Experiment(format!("watcher: {e}"))),
+        }
+        if Instant::now() > deadline {
+            let summary: Vec<String> = latest
+                .iter()
+                .map(|l| format!("n{}: up={} peers={} seen={}", l.node, l.up, l.peers, l.seen))
+                .collect();
+            return Err(TestnetError::Timeout {
+                what: format!("the locality forming ({})", summary.join(", ")),
+                after: Duration::from_secs(60),
+            });
+        }
+    }
+    progress(&Progress::Ready {
+        seconds: formed.elapsed().as_secs_f64(),
+    });
+    let sampler = start_sampler(
+        topo,
+        spec,
+        spec.work.join(format!("links-edgeswarm-{n}.csv")),
+    )?;
+    let cpu0 = CpuTimes::now();
+    let start = Instant::now();
+    let out = topo.exec_output(
+        &nodes[0].ns,
+        &tools.edgeswarm.display().to_string(),
+        &[
+            "deploy",
+            &spec.image,
+            "--api",
+            &api_addr(nodes[0].addr).to_string(),
+            "--json",
+        ],
+    )?;
+    if !out.status.success() {
+        return Err(TestnetError::Experiment(format!(
+            "edgeswarm deploy {} failed: {}",
+            spec.image,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    progress(&Progress::Deployed);
+    let mut done: Vec<Option<f64>> = vec![None; n];
+    while done.iter().any(Option::is_none) {
+        check_alive(&mut loc)?;
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let t = start.elapsed().as_secs_f64();
+                let i = l.node;
+                if let Some(e) = &l.error {
+                    return Err(TestnetError::Experiment(format!(
+                        "node {i} failed the release: {e}; log tail: {}",
+                        loc.procs[i].log_tail(1500)
+                    )));
+                }
+                if l.state == "done" && done[i].is_none() {
+                    done[i] = Some(t);
+                }
+                progress(&Progress::Node { t, line: l.clone() });
+                latest[i] = l;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => return Err(TestnetError::Experiment(format!("watcher: {e}"))),
+        }
+        if start.elapsed() > spec.timeout {
+            let pending: Vec<String> = latest
+                .iter()
+                .filter(|l| done[l.node].is_none())
+                .map(|l| format!("n{} {} {}/{}", l.node, l.state, l.bytes_done, l.bytes_total))
+                .collect();
+            return Err(TestnetError::Timeout {
+                what: format!("edgeswarm provisioning ({})", pending.join(", ")),
+                after: spec.timeout,
+            });
+        }
+    }
+    let cpu = cpu0.until(CpuTimes::now());
+    let series = sampler.stop()?;
+    drop(watcher);
+    let cloud = series.delta("cloud0").unwrap_or_default();
+    let dir_name = edgeswarm_node::import::image_dir_name(&spec.image);
+    let per_node: Vec<NodeResult> = (0..n)
+        .map(|i| {
+            let rootfs = loc.data_dirs[i].join("rootfs").join(&dir_name);
+            NodeResult {
+                node: i,
+                seconds: done[i],
+                bytes_from_cloud: latest[i].bytes_from_cloud,
+                bytes_from_peers: latest[i].bytes_from_peers,
+                node_seconds: latest[i].seconds,
+                verified: if spec.import == "dir" {
+                    rootfs.join("app/run.sh").is_file() && rootfs.join("bin/busybox").is_file()
+                } else {
+                    // Other sinks are checked by the node itself (digests,
+                    // diff_ids); only `dir` leaves files to look at here.
+                    latest[i].state == "done"
+                },
+            }
+        })
+        .collect();
+    // Stop the nodes before removing their data.
+    let data_dirs = std::mem::take(&mut loc.data_dirs);
+    drop(loc);
+    if !spec.keep_data {
+        for d in data_dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    Ok(RunResult {
+        method: Method::Edgeswarm,
+        nodes: n,
+        per_node,
+        cloud_bytes: cloud.tx_bytes,
+        cloud_bytes_up: cloud.rx_bytes,
+        series,
+        cpu,
+    })
+}
+
+/// Fails when a node process has exited.
+fn check_alive(loc: &mut Locality) -> Result<()> {
+    for (i, p) in loc.procs.iter_mut().enumerate() {
+        if let Some(status) = p.try_wait()? {
+            return Err(TestnetError::Experiment(format!(
+                "edgeswarm node {i} exited ({status}); log tail: {}",
+                p.log_tail(1500)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Throughput of `label` over time from a series, in Mbit/s per interval:
+/// `(t_s, rx_mbit_s, tx_mbit_s)`.
+pub fn throughput(series: &Series, label: &str) -> Vec<(f64, f64, f64)> {
+    let s: Vec<_> = series.of(label).collect();
+    s.windows(2)
+        .filter(|w| w[1].t_s > w[0].t_s)
+        .map(|w| {
+            let d = w[1].counters.since(&w[0].counters);
+            let dt = w[1].t_s - w[0].t_s;
+            (
+                w[1].t_s,
+                d.rx_bytes as f64 * 8.0 / dt / 1e6,
+                d.tx_bytes as f64 * 8.0 / dt / 1e6,
+            )
+        })
+        .collect()
+}
+
+/// Builds and pushes test images of `sizes_mb` into the testnet's registry
+/// at `registry_host` by running `edgeswarm-testnet helper push-images`
+/// inside the cloud namespace (so no push crosses a shaped link). Build
+/// files go to a temporary directory under `work`.
+pub fn push_images(
+    topo: &Topology,
+    tools: &Tools,
+    registry_host: &str,
+    sizes_mb: &[u64],
+    versions: bool,
+    work: &Path,
+) -> Result<Vec<crate::images::TestImage>> {
+    let sizes = sizes_mb
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = topo.command(&topo.cloud().ns, &tools.testnet)?;
+    cmd.args([
+        "helper",
+        "push-images",
+        "--registry",
+        registry_host,
+        "--sizes",
+        &sizes,
+    ])
+    .arg("--work")
+    .arg(work);
+    if versions {
+        cmd.arg("--versions");
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| TestnetError::io("running helper push-images", e))?;
+    if !out.status.success() {
+        return Err(TestnetError::Image {
+            what: format!("helper push-images --sizes {sizes}"),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| TestnetError::Parse {
+                command: "helper push-images".into(),
+                reason: format!("{e}: {l:?}"),
+            })
+        })
+        .collect()
+}

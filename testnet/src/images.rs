@@ -1,0 +1,187 @@
+//! Test images built from this machine's own files (no Docker Hub), pushed
+//! into a testnet's cloud registry.
+//!
+//! # Layout of an image
+//!
+//! `testnet/img<MB>:v1` and `:v2`, each three or four gzip layers, base first:
+//! 1. host shared libraries (`/usr/lib/<arch>-linux-gnu`), sized so that the
+//!    compressed image is about `<MB>` megabytes;
+//! 2. `/usr/share` files, only when the libraries alone are too small;
+//! 3. busybox-static with applet links (a usable `/bin/sh`);
+//! 4. a small app layer (`/app/run.sh`, `/app/config.json`) naming the tag.
+//!
+//! v1 and v2 differ only in the app layer, so they share every base layer
+//! (a "version upgrade" deploys a few hundred bytes of new layer).
+//!
+//! # Goals
+//! Realistic content (real ELF libraries compress like real images do,
+//! about 3:1), deterministic digests (fixed mtimes, sorted entries), sizes
+//! within ~15 % of the request.
+//!
+//! # Non-goals
+//! Exact sizes, other architectures, non-gzip layers (the node's tests
+//! cover zstd and uncompressed layers).
+//!
+//! Building runs wherever the caller is; pushing must happen from inside the
+//! cloud namespace ([`crate::topology::Topology::command`] with the
+//! `edgeswarm-testnet helper push-images` subcommand), because the host has
+//! no route into the testnet and a push from a node would cross, and
+//! pollute, the cloud link's counters.
+
+use std::path::{Path, PathBuf};
+
+use edgeswarm_node::registry::testing::{
+    build_image, BuiltImage, ImageSpec, LayerSource, ManifestFormat, Pusher,
+};
+use edgeswarm_node::registry::{Compression, Platform};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TestnetError};
+
+/// Repository of the image of about `mb` megabytes.
+pub fn repo(mb: u64) -> String {
+    format!("testnet/img{mb}")
+}
+
+/// A pushed test image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TestImage {
+    /// Full reference, `10.77.250.1:5000/testnet/img50:v1`.
+    pub reference: String,
+    /// Requested size in megabytes (the name's number).
+    pub nominal_mb: u64,
+    /// Tag (`v1` or `v2`).
+    pub tag: String,
+    /// Manifest digest (`sha256:...`).
+    pub manifest: String,
+    /// Sum of the compressed layer blobs: what must cross the cloud link.
+    pub layer_bytes: u64,
+    /// Layers + config + manifest: every byte a full pull transfers.
+    pub total_bytes: u64,
+    /// Compressed size of each layer, base first.
+    pub layers: Vec<u64>,
+}
+
+/// Ratio of uncompressed library bytes to gzip bytes used for a first guess
+/// (measured on Debian's x86_64 libraries: 2.6 to 3.2).
+const FIRST_GUESS_RATIO: f64 = 2.8;
+
+/// Most library bytes taken before `/usr/share` fills the rest.
+const MAX_LIB_BYTES: u64 = 600 << 20;
+
+fn spec(raw_bytes: u64, tag: &str) -> ImageSpec {
+    let libs = raw_bytes.min(MAX_LIB_BYTES);
+    let mut layers = vec![LayerSource::host_libs(libs)];
+    if raw_bytes > libs {
+        layers.push(LayerSource::HostDir {
+            src: PathBuf::from("/usr/share"),
+            dest: "usr/share".into(),
+            max_bytes: raw_bytes - libs,
+        });
+    }
+    layers.push(LayerSource::busybox());
+    layers.push(LayerSource::app(tag));
+    ImageSpec {
+        layers,
+        compression: Compression::Gzip,
+        format: ManifestFormat::Docker,
+        platform: Platform::host(),
+        cmd: vec!["/bin/sh".into(), "/app/run.sh".into()],
+    }
+}
+
+fn image_err(
+    what: String,
+) -> impl FnOnce(edgeswarm_node::registry::testing::TestSupportError) -> TestnetError {
+    move |e| TestnetError::Image {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// Builds image `tag` of about `mb` compressed megabytes into `dir`: one
+/// build with a guessed compression ratio, and a second one with the
+/// measured ratio when the first misses by more than 15 %.
+/// Returns the image and the byte budget that produced it (to build
+/// another tag with identical base layers).
+pub async fn build_sized(mb: u64, tag: &str, dir: &Path) -> Result<(BuiltImage, u64)> {
+    let target = mb * 1_000_000;
+    let mut raw = (target as f64 * FIRST_GUESS_RATIO) as u64;
+    let mut image = build_image(spec(raw, tag), dir)
+        .await
+        .map_err(image_err(format!("building {mb} MB image {tag}")))?;
+    let got = image.layers_size();
+    let off = (got as f64 - target as f64).abs() / target as f64;
+    if off > 0.15 && got > 0 {
+        raw = (raw as f64 * target as f64 / got as f64) as u64;
+        tracing::info!(
+            mb,
+            got,
+            raw,
+            "rebuilding test image with the measured ratio"
+        );
+        image = build_image(spec(raw, tag), dir)
+            .await
+            .map_err(image_err(format!("rebuilding {mb} MB image {tag}")))?;
+    }
+    Ok((image, raw))
+}
+
+/// Builds `v1` (and `v2` when `versions`) of each size in `sizes_mb` in a
+/// temporary directory under `work` and pushes them to the registry at
+/// `registry_host` (`10.77.250.1:5000`). Blobs the registry already holds
+/// are not uploaded again. Must run inside the cloud namespace.
+pub async fn build_and_push(
+    registry_host: &str,
+    sizes_mb: &[u64],
+    versions: bool,
+    work: &Path,
+) -> Result<Vec<TestImage>> {
+    std::fs::create_dir_all(work)
+        .map_err(|e| TestnetError::io(format!("creating {}", work.display()), e))?;
+    let pusher =
+        Pusher::new(registry_host, None).map_err(image_err(format!("registry {registry_host}")))?;
+    let mut out = Vec::new();
+    let tags: &[&str] = if versions { &["v1", "v2"] } else { &["v1"] };
+    for &mb in sizes_mb {
+        let mut ratio_raw: Option<u64> = None;
+        for tag in tags {
+            let dir = tempfile::Builder::new()
+                .prefix("es-image-")
+                .tempdir_in(work)
+                .map_err(|e| TestnetError::io("creating image build dir", e))?;
+            // v2 reuses v1's calibrated size, so that the base layers are
+            // byte-identical (same digests, shared).
+            let image = match ratio_raw {
+                Some(raw) => build_image(spec(raw, tag), dir.path())
+                    .await
+                    .map_err(image_err(format!("building {mb} MB image {tag}")))?,
+                None => {
+                    let (image, raw) = build_sized(mb, tag, dir.path()).await?;
+                    ratio_raw = Some(raw);
+                    image
+                }
+            };
+            let repo = repo(mb);
+            let manifest = pusher
+                .push_image(&repo, Some(tag), &image)
+                .await
+                .map_err(image_err(format!("pushing {repo}:{tag}")))?;
+            let layer_bytes = image.layers_size();
+            let img = TestImage {
+                reference: format!("{registry_host}/{repo}:{tag}"),
+                nominal_mb: mb,
+                tag: tag.to_string(),
+                manifest: manifest.to_oci(),
+                layer_bytes,
+                total_bytes: layer_bytes
+                    + image.config_bytes.len() as u64
+                    + image.manifest_bytes.len() as u64,
+                layers: image.layers.iter().map(|l| l.size).collect(),
+            };
+            tracing::info!(reference = %img.reference, bytes = img.layer_bytes, "pushed test image");
+            out.push(img);
+        }
+    }
+    Ok(out)
+}

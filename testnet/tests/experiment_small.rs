@@ -1,0 +1,176 @@
+//! A small edgeswarm experiment as an integration test: 3 real `edgeswarm`
+//! node processes in a shaped emulated locality (200/100 Mbit/s), a real
+//! `docker-registry` in the cloud namespace, a realistic ~10 MB image built
+//! from this machine's files. Asserts that every node imports the image
+//! (release `done`, its files in each node's rootfs dir) and that the cloud
+//! link, by kernel counters, carried about one copy of it.
+//!
+//! Needs root (as in CI) and the `edgeswarm` binary, which this test builds
+//! with `cargo build -p edgeswarm-node --bin edgeswarm` into the target
+//! directory it runs from (set `EDGESWARM_BIN` to use another binary).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use edgeswarm_testnet::experiment::{self, RunSpec, Tools};
+use edgeswarm_testnet::registry::{Registry, RegistryOptions};
+use edgeswarm_testnet::topology::{Topology, TopologySpec};
+
+fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let euid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap();
+    assert_eq!(
+        euid, "0",
+        "this test builds network namespaces and needs root: run it as root (sudo -E cargo test -p edgeswarm-testnet --test experiment_small)"
+    );
+}
+
+/// The `edgeswarm` binary: `$EDGESWARM_BIN`, else built by cargo into the
+/// target directory this test binary lives in (`<target>/<profile>/deps/`).
+fn edgeswarm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGESWARM_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "EDGESWARM_BIN={} is not a file", p.display());
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a parent dir");
+    let profile_dir = deps.parent().expect("deps dir has a parent");
+    let target_dir = profile_dir.parent().expect("profile dir has a parent");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(option_env!("CARGO").unwrap_or("cargo")));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "-p", "edgeswarm-node", "--bin", "edgeswarm"])
+        .current_dir(workspace)
+        .env("CARGO_TARGET_DIR", target_dir);
+    // Cargo gives this test its package's CARGO_MANIFEST_DIR, CARGO_PKG_*,
+    // ...; build scripts (ring's) rerun when those differ, so an inner cargo
+    // seeing them would rebuild half the dependency tree, and the next
+    // normal build would rebuild it back.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let keep = matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
+            || k.starts_with("CARGO_BUILD_")
+            || k.starts_with("CARGO_NET_")
+            || k.starts_with("CARGO_REGISTR");
+        if (k.starts_with("CARGO_") && !keep) || k == "OUT_DIR" {
+            cmd.env_remove(&k);
+        }
+    }
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!(
+            "cannot run `{} build -p edgeswarm-node --bin edgeswarm` to get the node binary: {e}; \
+             build it yourself and set EDGESWARM_BIN",
+            cargo.display()
+        )
+    });
+    assert!(
+        status.success(),
+        "`cargo build -p edgeswarm-node --bin edgeswarm` failed ({status}); set EDGESWARM_BIN to a built binary"
+    );
+    let bin = profile_dir.join("edgeswarm");
+    assert!(
+        bin.is_file(),
+        "cargo built edgeswarm-node but {} does not exist; set EDGESWARM_BIN",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
+    require_root();
+    let tools = Tools {
+        edgeswarm: edgeswarm_bin(),
+        testnet: PathBuf::from(env!("CARGO_BIN_EXE_edgeswarm-testnet")),
+    };
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut spec = TopologySpec::new(format!("x{}", std::process::id() % 100_000), 3);
+    spec.state_dir = state.path().to_path_buf();
+    let topo = Topology::up(&spec).unwrap();
+    let mut reg = Registry::start(&topo, RegistryOptions::default()).unwrap();
+    reg.wait_ready(&topo, &topo.node(0, 0).unwrap().ns, Duration::from_secs(20))
+        .unwrap();
+
+    let images =
+        experiment::push_images(&topo, &tools, &reg.host(), &[10], false, work.path()).unwrap();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let image = &images[0];
+    assert!(
+        (7_000_000..14_000_000).contains(&image.total_bytes),
+        "a ~10 MB image, got {image:?}"
+    );
+    assert!(image.layers.len() >= 3, "multi-layer image: {image:?}");
+
+    let run = RunSpec {
+        image: image.reference.clone(),
+        work: work.path().join("run"),
+        timeout: Duration::from_secs(180),
+        sample_interval: Duration::from_millis(100),
+        rust_log: "info,libp2p=warn".into(),
+        chunk_size: None,
+        keep_data: true,
+        import: "dir".into(),
+    };
+    let result = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &run, &mut |_| {})
+        .unwrap_or_else(|e| panic!("edgeswarm run failed: {e}"));
+
+    assert_eq!(result.per_node.len(), 3);
+    let dir_name = edgeswarm_node::import::image_dir_name(&image.reference);
+    for n in &result.per_node {
+        assert!(
+            n.seconds.is_some(),
+            "node {} never reported done: {n:?}",
+            n.node
+        );
+        assert!(n.verified, "node {} lacks the image's files: {n:?}", n.node);
+        let run_sh = run
+            .work
+            .join(format!("es-data/n{}/rootfs/{dir_name}/app/run.sh", n.node));
+        let text = std::fs::read_to_string(&run_sh).unwrap();
+        assert!(
+            text.contains("edgeswarm app v1"),
+            "{}: {text:?}",
+            run_sh.display()
+        );
+    }
+    // Only the gateway (node 0) pulled from the registry; the others got
+    // every layer byte from peers.
+    assert_eq!(result.per_node[0].bytes_from_cloud, image.layer_bytes);
+    for n in &result.per_node[1..] {
+        assert_eq!(
+            n.bytes_from_cloud, 0,
+            "node {} pulled from the cloud",
+            n.node
+        );
+        assert_eq!(n.bytes_from_peers, image.layer_bytes, "node {}", n.node);
+    }
+    // The kernel's count of the cloud link: about one copy of the image.
+    let ratio = result.cloud_bytes as f64 / image.total_bytes as f64;
+    println!(
+        "3 nodes, {} bytes image: last node {:?} s, cloud link {} bytes ({ratio:.3}x)",
+        image.total_bytes,
+        result.last_seconds(),
+        result.cloud_bytes
+    );
+    assert!(
+        (0.99..=1.1).contains(&ratio),
+        "cloud link carried {} bytes for a {}-byte image ({ratio:.3}x)",
+        result.cloud_bytes,
+        image.total_bytes
+    );
+    drop(reg);
+    topo.down().unwrap();
+}
