@@ -1,14 +1,19 @@
 //! The signed removal request (`edgeswarm rm --locality`) on the wire:
-//! round trip, signature domain separation, and how it coexists with the
-//! protocol's gossip messages on the releases topic.
+//! round trip as gossip kind 5, signature domain separation, typed errors.
 
 use edgeswarm_node::daemon::{
-    decode_removal, decode_removal_gossip, encode_removal_gossip, repository_of, Removal,
-    SignedRemoval, REMOVAL_TAG,
+    decode_removal, encode_removal_gossip, repository_of, Removal, SignedRemoval,
 };
-use edgeswarm_protocol::encoding;
 use edgeswarm_protocol::release::{PublisherKey, Release, SignedRelease};
-use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
+use edgeswarm_protocol::wire::GossipMessage;
+
+/// Decodes gossip bytes that must be a removal.
+fn decode_removal_gossip(bytes: &[u8]) -> SignedRemoval {
+    match GossipMessage::decode(bytes).expect("valid gossip") {
+        GossipMessage::Removal(signed) => signed,
+        other => panic!("not a removal: kind {}", other.kind()),
+    }
+}
 
 fn removal() -> Removal {
     Removal {
@@ -27,26 +32,12 @@ fn gossip_round_trip_keeps_the_signature() {
     let key = key();
     let signed = SignedRemoval::sign(removal(), &key);
     let bytes = encode_removal_gossip(&signed);
-    let back = decode_removal_gossip(&bytes)
-        .expect("is a removal")
-        .unwrap();
+    assert_eq!(bytes[..2], [0x83, 0x01], "a versioned gossip message");
+    assert_eq!(bytes[2], 0x05, "kind 5");
+    let back = decode_removal_gossip(&bytes);
     assert_eq!(back.verify_signer(&key.public()).unwrap(), &removal());
     // The API form (the signed envelope alone) round-trips too.
     assert_eq!(decode_removal(&signed.encode()).unwrap(), signed);
-}
-
-#[test]
-fn protocol_gossip_is_not_mistaken_for_a_removal_and_vice_versa() {
-    let status = GossipMessage::Status(NodeStatus {
-        role: PeerRole::Node,
-        gateway_capable: false,
-        timestamp_ms: 1,
-        releases: vec![],
-    });
-    assert!(decode_removal_gossip(&status.encode()).is_none());
-    assert!(decode_removal_gossip(b"not cbor").is_none());
-    let removal = encode_removal_gossip(&SignedRemoval::sign(removal(), &key()));
-    assert!(GossipMessage::decode(&removal).is_err());
 }
 
 #[test]
@@ -56,9 +47,7 @@ fn a_signature_does_not_carry_over_to_another_body_or_kind() {
     let mut other = removal();
     other.image = "reg:5000/app:v2".into();
     let forged = SignedRemoval::from_parts(other, *signed.signer(), *signed.signature());
-    let decoded = decode_removal_gossip(&encode_removal_gossip(&forged))
-        .unwrap()
-        .unwrap();
+    let decoded = decode_removal_gossip(&encode_removal_gossip(&forged));
     assert!(decoded.verify_embedded().is_err());
     // A release signature over the same key is not a removal signature.
     let release = Release {
@@ -80,10 +69,11 @@ fn a_signature_does_not_carry_over_to_another_body_or_kind() {
 
 #[test]
 fn malformed_removals_are_typed_errors() {
-    let bytes = encoding::encode(&(REMOVAL_TAG, 7u64, "junk"));
-    let err = decode_removal_gossip(&bytes).unwrap().unwrap_err();
-    assert!(err.to_string().contains("removal refused"), "{err}");
-    assert!(decode_removal(b"\x83\x01").is_err());
+    // A removal of an unknown version inside a gossip envelope.
+    let bytes = edgeswarm_protocol::encoding::encode(&(1u64, 5u64, (7u64, "a", "b", 1u64)));
+    assert!(GossipMessage::decode(&bytes).is_err());
+    let err = decode_removal(b"\x83\x01").unwrap_err();
+    assert!(err.to_string().contains("malformed removal"), "{err}");
 }
 
 #[test]

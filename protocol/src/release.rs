@@ -676,3 +676,54 @@ pub(crate) fn check_leading_version(
     }
     Ok(())
 }
+
+/// Format version of [`Removal`].
+pub const REMOVAL_VERSION: u64 = 1;
+
+/// A request to remove an image from every node of a locality
+/// (`edgeswarm rm --locality`), signed like a release and accepted under the
+/// same trust policy.
+///
+/// Encoded as `[1, image: text, locality: text, created: uint]`. It applies
+/// only to releases of the image created no later than `created`, so
+/// replaying an old removal after a redeploy removes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Removal {
+    /// The image reference, exactly as it was deployed.
+    pub image: String,
+    /// The locality the request is for; nodes elsewhere ignore it.
+    pub locality: String,
+    /// Unix seconds when the request was made.
+    pub created: u64,
+}
+
+impl Serialize for Removal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (REMOVAL_VERSION, &self.image, &self.locality, self.created).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Removal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (version, image, locality, created): (u64, String, String, u64) =
+            Deserialize::deserialize(deserializer)?;
+        if version != REMOVAL_VERSION {
+            return Err(serde::de::Error::custom(format!(
+                "removal version {version}, expected {REMOVAL_VERSION}"
+            )));
+        }
+        Ok(Removal {
+            image,
+            locality,
+            created,
+        })
+    }
+}
+
+impl Signable for Removal {
+    const CONTEXT: &'static [u8] = b"edgeswarm-removal-v1\0";
+    const WHAT: &'static str = "removal";
+}
+
+/// A removal signed by a publisher (or a node's identity).
+pub type SignedRemoval = Signed<Removal>;

@@ -56,6 +56,7 @@
 //! | 2 | [`NodeStatus`] `[role, gateway_capable, timestamp_ms, [progress*]]` |
 //! | 3 | signed [`ChunkDigestUpdate`] `[1, update, signer, signature]` |
 //! | 4 | signed [`ReleaseResolution`] `[1, resolution, signer, signature]` |
+//! | 5 | [`crate::release::SignedRemoval`] |
 //!
 //! The two gateway messages are signed with the gateway's ed25519 libp2p
 //! identity key (see [`crate::release::Signed`]); the signer's public key
@@ -76,7 +77,9 @@ use crate::address::Digest;
 use crate::bitfield::Bitfield;
 use crate::chunkmap::{chunk_count, ChunkSize, MAX_CHUNK_MAP_BYTES};
 use crate::encoding::{self, DecodeError};
-use crate::release::{ReleaseError, Signable, Signed, SignedRelease, MAX_RELEASE_BYTES};
+use crate::release::{
+    ReleaseError, Signable, Signed, SignedRelease, SignedRemoval, MAX_RELEASE_BYTES,
+};
 
 /// The libp2p stream protocol name of chunk exchange.
 pub const STREAM_PROTOCOL: &str = "/edgeswarm/chunks/1";
@@ -1126,10 +1129,12 @@ pub enum GossipMessage {
     ChunkDigests(SignedChunkDigestUpdate),
     /// Kind 4: gateway-signed release resolution.
     Resolution(SignedReleaseResolution),
+    /// Kind 5: a publisher-signed removal request.
+    Removal(SignedRemoval),
 }
 
 /// Number of gossip message kinds.
-const GOSSIP_KINDS: u64 = 5;
+const GOSSIP_KINDS: u64 = 6;
 
 impl GossipMessage {
     /// The kind number on the wire.
@@ -1140,6 +1145,7 @@ impl GossipMessage {
             GossipMessage::Status(_) => 2,
             GossipMessage::ChunkDigests(_) => 3,
             GossipMessage::Resolution(_) => 4,
+            GossipMessage::Removal(_) => 5,
         }
     }
 
@@ -1171,6 +1177,7 @@ impl Serialize for GossipMessage {
             GossipMessage::Status(m) => (GOSSIP_VERSION, kind, m).serialize(serializer),
             GossipMessage::ChunkDigests(m) => (GOSSIP_VERSION, kind, m).serialize(serializer),
             GossipMessage::Resolution(m) => (GOSSIP_VERSION, kind, m).serialize(serializer),
+            GossipMessage::Removal(m) => (GOSSIP_VERSION, kind, m).serialize(serializer),
         }
     }
 }
@@ -1197,6 +1204,7 @@ impl<'de> Deserialize<'de> for GossipMessage {
                     2 => GossipMessage::Status(next(&mut seq, 2, &self)?),
                     3 => GossipMessage::ChunkDigests(next(&mut seq, 2, &self)?),
                     4 => GossipMessage::Resolution(next(&mut seq, 2, &self)?),
+                    5 => GossipMessage::Removal(next(&mut seq, 2, &self)?),
                     other => {
                         return Err(de::Error::custom(format!(
                             "unknown gossip message kind {other}"

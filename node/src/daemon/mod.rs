@@ -36,9 +36,8 @@ mod pipeline;
 mod removal;
 
 pub use removal::{
-    decode_gossip as decode_removal_gossip, decode_signed as decode_removal,
-    encode_gossip as encode_removal_gossip, repository_of, Removal, RemoveReport, SignedRemoval,
-    REMOVAL_TAG, REMOVAL_VERSION,
+    decode_signed as decode_removal, encode_gossip as encode_removal_gossip, repository_of,
+    Removal, RemoveReport, SignedRemoval,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -979,10 +978,6 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if let Some(removal) = removal::decode_gossip(&msg.data) {
-            on_removal(&inner, msg.source, removal);
-            continue;
-        }
         let decoded = match GossipMessage::decode(&msg.data) {
             Ok(d) => d,
             Err(e) => {
@@ -1022,6 +1017,7 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             GossipMessage::ChunkDigests(signed) => {
                 on_chunk_digests(&inner, msg.source, signed).await
             }
+            GossipMessage::Removal(signed) => on_removal(&inner, msg.source, Ok(signed)),
             GossipMessage::Availability(batch) => {
                 if let Some(peer) = msg.source {
                     let complete: std::collections::HashSet<Digest> = batch

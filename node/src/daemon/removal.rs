@@ -5,17 +5,11 @@
 //!
 //! ## Layout
 //!
-//! - [`Removal`]: the signed request (image, locality, creation time),
-//!   canonical CBOR, signed with the release signature scheme under its own
-//!   domain-separation context, so a release signature can never be replayed
-//!   as a removal or vice versa;
-//! - the gossip envelope: `[REMOVAL_TAG, REMOVAL_VERSION, Signed<Removal>]`
-//!   on the releases topic. The protocol's gossip messages start with their
-//!   format version (a small integer); [`REMOVAL_TAG`] is a large constant
-//!   that no protocol version will reach, so neither side mistakes one for
-//!   the other. The swarm's validator accepts any versioned CBOR array; if
-//!   it ever decodes protocol messages only, removals will be rejected there
-//!   (the `rm --locality` end-to-end test catches that);
+//! - the request itself is the protocol's `Removal` (image, locality,
+//!   creation time), signed with the release signature scheme under its own
+//!   domain-separation context, so a release signature can never be
+//!   replayed as a removal or vice versa; it travels as gossip kind 5 on the
+//!   releases topic;
 //! - [`Inner::remove_image`]: unpin, drop the release from status, remove
 //!   the sink's copy (rootfs directory, OCI layout, Docker image), collect
 //!   the store's garbage;
@@ -39,98 +33,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use edgeswarm_protocol::encoding;
-use edgeswarm_protocol::release::{Signable, Signed};
+pub use edgeswarm_protocol::release::{Removal, SignedRemoval};
 use edgeswarm_protocol::wire::ReleaseState;
 use serde::{Deserialize, Serialize};
 
 use super::{DaemonError, Inner};
 use crate::import::{docker_tag, image_dir_name, ImportSink};
 
-/// Leading element of a removal gossip message ("esrm" in ASCII): far above
-/// any protocol format version, so it cannot collide with protocol gossip.
-pub const REMOVAL_TAG: u64 = 0x6573_726d;
-/// Format version of [`Removal`] and its envelope.
-pub const REMOVAL_VERSION: u64 = 1;
 /// Largest removal message accepted (an image reference is short).
 const MAX_REMOVAL_BYTES: usize = 4 << 10;
 
-/// A request to remove an image from every node of a locality.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Removal {
-    /// The image reference, exactly as it was deployed (pins are named by it).
-    pub image: String,
-    /// The locality the request is for; nodes elsewhere ignore it.
-    pub locality: String,
-    /// Unix seconds when the request was made: releases of the image
-    /// created later are kept, so replaying an old removal is harmless.
-    pub created: u64,
-}
-
-/// Wire shape of [`Removal`]: `[version, image, locality, created]`.
-type WireRemoval = (u64, String, String, u64);
-
-impl Serialize for Removal {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (REMOVAL_VERSION, &self.image, &self.locality, self.created).serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Removal {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (version, image, locality, created): WireRemoval =
-            Deserialize::deserialize(deserializer)?;
-        if version != REMOVAL_VERSION {
-            return Err(serde::de::Error::custom(format!(
-                "removal version {version}, expected {REMOVAL_VERSION}"
-            )));
-        }
-        Ok(Removal {
-            image,
-            locality,
-            created,
-        })
-    }
-}
-
-impl Signable for Removal {
-    const CONTEXT: &'static [u8] = b"edgeswarm-removal-v1\0";
-    const WHAT: &'static str = "removal";
-}
-
-/// A removal signed by a publisher (or a node's identity).
-pub type SignedRemoval = Signed<Removal>;
-
-/// Encodes a signed removal as a gossip message.
+/// Encodes a signed removal as a gossip message (kind 5).
 pub fn encode_gossip(signed: &SignedRemoval) -> Vec<u8> {
-    encoding::encode(&(REMOVAL_TAG, REMOVAL_VERSION, signed))
-}
-
-/// Decodes a removal gossip message. `None` when the bytes are not a
-/// removal at all (a protocol message); `Some(Err)` when they claim to be
-/// one but are malformed.
-pub fn decode_gossip(bytes: &[u8]) -> Option<Result<SignedRemoval, DaemonError>> {
-    // Cheap check of the leading tag before a full decode.
-    let value: ciborium::Value = encoding::decode("gossip", bytes, MAX_REMOVAL_BYTES).ok()?;
-    let is_removal = matches!(
-        value.as_array().and_then(|a| a.first()).and_then(|v| v.as_integer()),
-        Some(tag) if u64::try_from(tag).ok() == Some(REMOVAL_TAG)
-    );
-    if !is_removal {
-        return None;
-    }
-    Some(
-        encoding::decode::<(u64, u64, SignedRemoval)>("removal", bytes, MAX_REMOVAL_BYTES)
-            .map_err(|e| DaemonError::RemovalRefused(e.to_string()))
-            .and_then(|(_, version, signed)| {
-                if version == REMOVAL_VERSION {
-                    Ok(signed)
-                } else {
-                    Err(DaemonError::RemovalRefused(format!(
-                        "removal envelope version {version}, expected {REMOVAL_VERSION}"
-                    )))
-                }
-            }),
-    )
+    edgeswarm_protocol::wire::GossipMessage::Removal(signed.clone()).encode()
 }
 
 /// Decodes a signed removal handed to the API (canonical CBOR).

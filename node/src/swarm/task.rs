@@ -364,6 +364,7 @@ fn validate_gossip(topic: Topic, data: &[u8]) -> Result<(), String> {
             GossipMessage::Release(_)
                 | GossipMessage::Resolution(_)
                 | GossipMessage::ChunkDigests(_)
+                | GossipMessage::Removal(_)
         ),
         Topic::Availability => matches!(
             msg,
