@@ -72,5 +72,22 @@ async fn gateway_pulls_once_and_the_locality_imports_from_peers() {
         assert!(started.elapsed() < Duration::from_secs(5), "{status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Prometheus shows the same split per release.
+    let want = format!(
+        "edgeswarm_release_bytes{{image=\"{reference}\",source=\"peers\"}} {}",
+        image.layers_size()
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let text = locality.daemons[1].encode_metrics().unwrap();
+        if text.contains(&want) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no `{want}` in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     locality.shutdown();
 }

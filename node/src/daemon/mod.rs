@@ -341,6 +341,21 @@ struct DaemonMetrics {
     images_removed: prometheus_client::metrics::counter::Counter,
     /// Removal requests refused (untrusted, other locality, stale).
     removals_refused: prometheus_client::metrics::counter::Counter,
+    /// Per release and source (`cloud` or `peers`): layer bytes this node
+    /// received, so an operator sees whether P2P is working for a release.
+    release_bytes: prometheus_client::metrics::family::Family<
+        ReleaseBytesLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+/// Labels of [`DaemonMetrics::release_bytes`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ReleaseBytesLabels {
+    /// The image reference of the release.
+    image: String,
+    /// `cloud` or `peers`.
+    source: &'static str,
 }
 
 /// A histogram of release durations (seconds).
@@ -376,6 +391,11 @@ impl DaemonMetrics {
             "cloud_bytes",
             "Bytes pulled from the cloud registry",
             self.cloud_bytes.clone(),
+        );
+        registry.register(
+            "release_bytes",
+            "Layer bytes received per release, by source (cloud or peers)",
+            self.release_bytes.clone(),
         );
         registry.register(
             "images_removed",
@@ -909,9 +929,24 @@ impl Inner {
             .collect()
     }
 
-    /// This node's status report.
+    /// This node's status report (also refreshes the per-release metrics).
     fn status_report(&self) -> NodeStatus {
         let state = self.state.lock().expect("state lock");
+        for p in self.progress(&state) {
+            if let Some(t) = state.releases.get(&p.release_id) {
+                for (source, bytes) in
+                    [("cloud", p.bytes_from_cloud), ("peers", p.bytes_from_peers)]
+                {
+                    self.metrics
+                        .release_bytes
+                        .get_or_create(&ReleaseBytesLabels {
+                            image: t.release.image.clone(),
+                            source,
+                        })
+                        .set(bytes as i64);
+                }
+            }
+        }
         NodeStatus {
             role: if self.config.gateway {
                 PeerRole::Gateway

@@ -44,7 +44,20 @@ pub(super) async fn run(inner: Arc<Inner>, release: Release) {
                 .releases
                 .get(&id)
                 .and_then(|t| t.took);
-            tracing::info!(release = %id, seconds = ?took.map(|d| d.as_secs_f64()), "release done");
+            let progress = {
+                let state = inner.state.lock().expect("state lock");
+                inner
+                    .progress(&state)
+                    .into_iter()
+                    .find(|p| p.release_id == id)
+            };
+            tracing::info!(
+                release = %id,
+                seconds = ?took.map(|d| d.as_secs_f64()),
+                bytes_from_cloud = progress.as_ref().map(|p| p.bytes_from_cloud),
+                bytes_from_peers = progress.as_ref().map(|p| p.bytes_from_peers),
+                "release done"
+            );
         }
         Err(e) => inner.set_state(&id, ReleaseState::Failed, Some(e)),
     }
