@@ -466,11 +466,18 @@ impl Daemon {
         let ticker = tokio::spawn(status_loop(inner.clone()));
         let shutdown = inner.shutdown.clone();
         let swarm_client = inner.swarm.clone();
+        let store = inner.store.clone();
         let handle = tokio::spawn(async move {
             shutdown.cancelled().await;
             swarm_client.shutdown();
             gossip.abort();
             ticker.abort();
+            // Imports blocked on chunks that will never come now fail, so
+            // their blocking threads end; the journal is made durable.
+            store.close();
+            if let Err(e) = store.flush().await {
+                tracing::warn!(error = %e, "store journal not flushed at shutdown");
+            }
             let _ = swarm_task.await;
         });
         Ok((Daemon { inner }, handle))
