@@ -25,11 +25,14 @@
 //!
 //! ## Goals and non-goals
 //!
-//! - One registry pull per layer per locality; failover when the gateway
-//!   disappears.
-//! - Not yet: forwarding chunks of a layer before the gateway holds all of
-//!   it (today a layer swarms as soon as the gateway has it whole, and
-//!   layers pipeline with one another).
+//! - One registry pull per layer per locality: the gateway pulls only
+//!   layers no live peer reports complete (availability gossip), and
+//!   gossips each chunk's digest (signed) within 100 ms of its arrival, so
+//!   the locality fetches and forwards a layer while it still downloads.
+//! - Failover: when the elected gateway stops reporting, the runner-up
+//!   takes the release and pulls only the chunk runs it lacks (Range).
+//! - Non-goals: scheduling containers after import; pulling from more than
+//!   one registry mirror.
 
 mod gateway;
 mod pipeline;
@@ -1059,7 +1062,7 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             GossipMessage::ChunkDigests(signed) => {
                 on_chunk_digests(&inner, msg.source, signed).await
             }
-            GossipMessage::Removal(signed) => on_removal(&inner, msg.source, Ok(signed)),
+            GossipMessage::Removal(signed) => on_removal(&inner, msg.source, signed),
             GossipMessage::Availability(batch) => {
                 if let Some(peer) = msg.source {
                     let complete: std::collections::HashSet<Digest> = batch
@@ -1128,12 +1131,8 @@ async fn on_chunk_digests(
 
 /// A removal request arrived on gossip: checked like a release, then run
 /// in the background (bounded; extra requests are dropped and logged).
-fn on_removal(
-    inner: &Arc<Inner>,
-    source: Option<PeerId>,
-    removal: Result<SignedRemoval, DaemonError>,
-) {
-    let checked = removal.and_then(|signed| inner.check_removal(&signed));
+fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRemoval) {
+    let checked = inner.check_removal(&signed);
     let removal = match checked {
         Ok(r) => r,
         Err(e) => {
