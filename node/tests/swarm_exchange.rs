@@ -196,3 +196,88 @@ async fn chunks_are_forwarded_while_the_gateway_still_streams_the_blob() {
     let _ = n_task.await;
     let _ = gw_task.await;
 }
+
+/// Super-seeding while a blob streams in: the gateway, which holds chunks it
+/// did not download from peers, hands each new chunk to one peer and sends
+/// the others elsewhere, so its uploads stay near one copy of the blob
+/// instead of one copy per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streaming_gateway_gives_different_peers_different_chunks() {
+    use edgeswarm_node::store::{Store, StoreConfig};
+    use edgeswarm_node::swarm::Node;
+    use edgeswarm_protocol::ChunkSize;
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(8 << 20, 12, 256 << 10);
+    let cs = ChunkSize::new(256 << 10).unwrap();
+    let open = |dir: std::path::PathBuf| async move {
+        Store::open(dir.join("store"), StoreConfig { max_size: None })
+            .await
+            .unwrap()
+    };
+    let gd = tmp.path().join("gw");
+    let gw_store = open(gd.clone()).await;
+    let (gw, _gw_task) = Node::start(config(&gd, "lab", &[]), gw_store.clone())
+        .await
+        .unwrap();
+    let gw_addr = gw.listen_addrs().await.unwrap()[0].clone();
+    gw_store
+        .create_blob(digest, data.len() as u64, cs)
+        .await
+        .unwrap();
+    gw.provide(digest).await.unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let nd = tmp.path().join(format!("n{i}"));
+        let store = open(nd.clone()).await;
+        let (n, _task) = Node::start(config(&nd, "lab", &[gw_addr.clone()]), store.clone())
+            .await
+            .unwrap();
+        store
+            .create_blob(digest, data.len() as u64, cs)
+            .await
+            .unwrap();
+        nodes.push((n, store));
+    }
+    let fetches: Vec<_> = nodes
+        .iter()
+        .map(|(n, _)| {
+            let n = n.clone();
+            tokio::spawn(async move { n.fetch_blob(digest, None).await })
+        })
+        .collect();
+    for i in 0..map.chunk_count() {
+        let d = [map.digest(i).unwrap()];
+        gw_store.add_chunk_digests(digest, i, &d).await.unwrap();
+        for (_, store) in &nodes {
+            store.add_chunk_digests(digest, i, &d).await.unwrap();
+        }
+        let r = map.chunk_range(i).unwrap();
+        let chunk = bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]);
+        gw_store.write_chunk(digest, i, chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for f in fetches {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("fetch timed out")
+            .unwrap()
+            .unwrap();
+    }
+    for (_, store) in &nodes {
+        assert_eq!(
+            std::fs::read(store.blob_path(&digest).unwrap()).unwrap(),
+            data
+        );
+    }
+    let uploaded = gw.stats().bytes_uploaded as f64 / data.len() as f64;
+    println!("streaming gateway uploaded {uploaded:.2}x the blob to 4 nodes");
+    assert!(
+        uploaded <= 2.0,
+        "the gateway uploaded {uploaded:.2}x the blob: peers were not sent elsewhere"
+    );
+    for (n, _) in &nodes {
+        n.shutdown();
+    }
+    gw.shutdown();
+}

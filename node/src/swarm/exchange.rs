@@ -469,11 +469,14 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     let bytes = if inner.corrupt_uploads {
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
-        // Seed sparing: an origin seed uploads each chunk once per period
-        // and answers TryElsewhere meanwhile, so peers fetch it from each other;
+        // Seed sparing (super-seeding): an origin seed, one that holds
+        // chunks it did not download from peers (a seed, or a gateway while
+        // the blob still streams in from the registry), uploads each chunk
+        // once per period and answers TryElsewhere meanwhile, so different
+        // peers get different chunks and fetch the rest from each other;
         // unless the peer it went to has disconnected.
         if let Some(period) = inner.seed_sparing {
-            let origin = inner.store.is_complete(&blob) && !lock(&inner.downloaded).contains(&blob);
+            let origin = !lock(&inner.downloaded).contains(&blob);
             if origin {
                 let now = Instant::now();
                 let recently = {
