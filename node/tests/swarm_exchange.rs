@@ -230,9 +230,12 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
     for i in 0..4 {
         let nd = tmp.path().join(format!("n{i}"));
         let store = open(nd.clone()).await;
-        let (n, _task) = Node::start(config(&nd, "lab", &[gw_addr.clone()]), store.clone())
-            .await
-            .unwrap();
+        let (n, _task) = Node::start(
+            config(&nd, "lab", std::slice::from_ref(&gw_addr)),
+            store.clone(),
+        )
+        .await
+        .unwrap();
         store
             .create_blob(digest, data.len() as u64, cs)
             .await
