@@ -47,12 +47,7 @@ pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
         Ok(()) => {
             // A gateway the release does not select has nothing to import:
             // its part is done once the layers are in the locality.
-            let labels = inner
-                .config
-                .labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()));
-            if !release.selects(labels) {
+            if !inner.targets(&release) {
                 inner.set_state(&id, ReleaseState::Done, None);
             }
         }
@@ -72,11 +67,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
     let reference = Reference::parse(&release.image)
         .map_err(|e| format!("bad image reference {:?}: {e}", release.image))?
         .with_digest(release.manifest);
-    let platform = Platform::new(
-        &release.platform.os,
-        &release.platform.architecture,
-        release.platform.variant.as_deref(),
-    );
+    let platform = Platform::from(&release.platform);
     let resolved = registry
         .resolve(&reference, &platform)
         .await

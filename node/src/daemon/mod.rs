@@ -532,11 +532,7 @@ impl Daemon {
         let release = Release {
             image: image.to_owned(),
             manifest,
-            platform: edgeswarm_protocol::release::Platform {
-                os: platform.os.clone(),
-                architecture: platform.architecture.clone(),
-                variant: platform.variant.clone(),
-            },
+            platform: (&platform).into(),
             created: unix_seconds(),
             locality: self.inner.config.swarm.locality.clone(),
             selector,
@@ -745,14 +741,19 @@ impl Inner {
         });
     }
 
+    /// Whether `release`'s selector matches this node's labels.
+    fn targets(&self, release: &Release) -> bool {
+        release.selects(
+            self.config
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+    }
+
     /// Starts tracking an accepted release, if this node is targeted.
     fn accept_release(self: &Arc<Self>, release: Release) {
-        let labels = self
-            .config
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        let targeted = release.selects(labels);
+        let targeted = self.targets(&release);
         let id = release.id();
         {
             let mut state = self.state.lock().expect("state lock");
@@ -782,12 +783,12 @@ impl Inner {
                 },
             );
         }
-        self.drive(id, targeted);
+        self.drive(id);
     }
 
     /// Moves a release forward: elects its gateway (and pulls if that is
     /// this node), and starts the fetch pipeline on targeted nodes.
-    fn drive(self: &Arc<Self>, id: Digest, targeted: bool) {
+    fn drive(self: &Arc<Self>, id: Digest) {
         let me = self.swarm.local_peer_id();
         let (pull, fetch) = {
             let mut state = self.state.lock().expect("state lock");
@@ -805,7 +806,7 @@ impl Inner {
             if pull {
                 t.pulling = true;
             }
-            let fetch = targeted && !t.fetching;
+            let fetch = self.targets(&t.release) && !t.fetching;
             if fetch {
                 t.fetching = true;
             }
@@ -1226,7 +1227,7 @@ async fn status_loop(inner: Arc<Inner>) {
                 Err(e) => tracing::trace!(error = %e, "availability not published"),
             }
         }
-        let pending: Vec<(Digest, bool)> = {
+        let pending: Vec<Digest> = {
             let state = inner.state.lock().expect("state lock");
             state
                 .releases
@@ -1234,18 +1235,11 @@ async fn status_loop(inner: Arc<Inner>) {
                 .filter(|(_, t)| {
                     !matches!(t.state, ReleaseState::Done | ReleaseState::Failed) || t.pulling
                 })
-                .map(|(id, t)| {
-                    let labels = inner
-                        .config
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()));
-                    (*id, t.release.selects(labels))
-                })
+                .map(|(id, _)| *id)
                 .collect()
         };
-        for (id, targeted) in pending {
-            inner.drive(id, targeted);
+        for id in pending {
+            inner.drive(id);
         }
     }
 }

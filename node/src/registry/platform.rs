@@ -22,6 +22,24 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
+/// The platform a release names (normalised like `--platform`).
+impl From<&edgeswarm_protocol::release::Platform> for Platform {
+    fn from(p: &edgeswarm_protocol::release::Platform) -> Self {
+        Platform::new(&p.os, &p.architecture, p.variant.as_deref())
+    }
+}
+
+/// The platform as a release carries it.
+impl From<&Platform> for edgeswarm_protocol::release::Platform {
+    fn from(p: &Platform) -> Self {
+        edgeswarm_protocol::release::Platform {
+            os: p.os.clone(),
+            architecture: p.architecture.clone(),
+            variant: p.variant.clone(),
+        }
+    }
+}
+
 /// Why a `--platform` string is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT], e.g. linux/arm64/v8")]
