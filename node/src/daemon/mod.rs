@@ -125,6 +125,9 @@ pub enum DaemonError {
     /// A release was refused.
     #[error("release refused: {0}")]
     Refused(String),
+    /// The node's identity key cannot sign (it must be ed25519).
+    #[error("node identity: {0}")]
+    Identity(String),
     /// The request conflicts with work in progress (retry later).
     #[error("{0}")]
     Conflict(String),
@@ -1261,12 +1264,12 @@ fn publisher_key(keypair: &libp2p::identity::Keypair) -> Result<PublisherKey, Da
     let ed = keypair
         .clone()
         .try_into_ed25519()
-        .map_err(|_| DaemonError::Refused("node identity is not an ed25519 key".into()))?;
+        .map_err(|_| DaemonError::Identity("not an ed25519 key".into()))?;
     let secret: [u8; 32] = ed
         .secret()
         .as_ref()
         .try_into()
-        .map_err(|_| DaemonError::Refused("ed25519 secret is not 32 bytes".into()))?;
+        .map_err(|_| DaemonError::Identity("ed25519 secret is not 32 bytes".into()))?;
     Ok(PublisherKey::from_secret_bytes(secret))
 }
 
