@@ -142,7 +142,11 @@ fn main() {
         });
         let decode_only = best(3, || {
             let mut reader: Box<dyn Read> = match name {
-                "gzip" => Box::new(flate2::read::MultiGzDecoder::new(&blob[..])),
+                // The same buffering as the import path (layer.rs).
+                "gzip" => Box::new(io::BufReader::with_capacity(
+                    256 * 1024,
+                    flate2::bufread::MultiGzDecoder::new(&blob[..]),
+                )),
                 "zstd" => Box::new(zstd::stream::read::Decoder::new(&blob[..]).unwrap()),
                 _ => Box::new(&blob[..]),
             };

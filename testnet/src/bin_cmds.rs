@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use edgeswarm_testnet::experiment::{self, Method, Progress, RunResult, RunSpec, Tools};
-use edgeswarm_testnet::images::TestImage;
+use edgeswarm_testnet::images::{Layout, TestImage};
 use edgeswarm_testnet::registry::{Registry, RegistryOptions};
 use edgeswarm_testnet::report::{self, ImageInfo, Setting};
 use edgeswarm_testnet::topology::{Topology, TopologySpec};
@@ -17,7 +17,7 @@ use crate::{DemoArgs, ExperimentArgs, Helper, ImagesArgs};
 
 /// Finds the programs: `edgeswarm` from the flag, else next to this binary,
 /// else on PATH.
-fn tools(edgeswarm: Option<PathBuf>) -> Result<Tools> {
+pub(crate) fn tools(edgeswarm: Option<PathBuf>) -> Result<Tools> {
     let testnet = std::env::current_exe().context("locating this binary")?;
     let edgeswarm = match edgeswarm {
         Some(p) => std::path::absolute(&p).context("resolving --edgeswarm")?,
@@ -47,6 +47,7 @@ pub(crate) fn helper(h: Helper) -> Result<()> {
             registry,
             sizes,
             versions,
+            layout,
             work,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -54,7 +55,7 @@ pub(crate) fn helper(h: Helper) -> Result<()> {
                 .build()
                 .context("starting a runtime")?;
             let images = rt.block_on(edgeswarm_testnet::images::build_and_push(
-                &registry, &sizes, versions, &work,
+                &registry, &sizes, versions, layout, &work,
             ))?;
             for i in images {
                 println!("{}", serde_json::to_string(&i)?);
@@ -85,13 +86,14 @@ pub(crate) fn images_cmd(state_dir: &Path, a: ImagesArgs) -> Result<()> {
         &a.registry,
         &a.sizes,
         !a.no_versions,
+        Layout::Base,
         Path::new("/var/tmp"),
     )?;
     print_images(&images);
     Ok(())
 }
 
-fn print_images(images: &[TestImage]) {
+pub(crate) fn print_images(images: &[TestImage]) {
     for i in images {
         println!(
             "{:<45} {:>8.1} MB  {} layers ({})  {}",
@@ -109,7 +111,7 @@ fn print_images(images: &[TestImage]) {
 }
 
 /// A topology plus a registry whose storage persists across topologies.
-fn locality(
+pub(crate) fn locality(
     name: &str,
     nodes: usize,
     cloud_rate: edgeswarm_testnet::Rate,
@@ -179,8 +181,15 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         )?;
         if image.is_none() {
             eprintln!("   building and pushing the {} MB test images", a.image_mb);
-            let images =
-                experiment::push_images(&topo, &tools, &reg.host(), &[a.image_mb], true, &out)?;
+            let images = experiment::push_images(
+                &topo,
+                &tools,
+                &reg.host(),
+                &[a.image_mb],
+                true,
+                Layout::Base,
+                &out,
+            )?;
             print_images(&images);
             image = images.into_iter().find(|i| i.tag == "v1");
         }
@@ -289,7 +298,15 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         a.image_mb,
         reg.url()
     );
-    let images = experiment::push_images(&topo, &tools, &reg.host(), &[a.image_mb], false, &work)?;
+    let images = experiment::push_images(
+        &topo,
+        &tools,
+        &reg.host(),
+        &[a.image_mb],
+        false,
+        Layout::Base,
+        &work,
+    )?;
     let img = images.into_iter().next().context("no image pushed")?;
     println!(
         "image {} : {} MB in {} layers",

@@ -664,6 +664,7 @@ pub fn push_images(
     registry_host: &str,
     sizes_mb: &[u64],
     versions: bool,
+    layout: crate::images::Layout,
     work: &Path,
 ) -> Result<Vec<crate::images::TestImage>> {
     let sizes = sizes_mb
@@ -679,6 +680,8 @@ pub fn push_images(
         registry_host,
         "--sizes",
         &sizes,
+        "--layout",
+        layout.name(),
     ])
     .arg("--work")
     .arg(work);

@@ -38,9 +38,52 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TestnetError};
 
+/// How an image's bytes are spread over its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Layout {
+    /// One big base layer (host libraries, topped up from `/usr/share`),
+    /// busybox and an app layer: the shape of a distroless-style image.
+    #[default]
+    Base,
+    /// Four base layers of about equal raw size (host libraries,
+    /// `/usr/share`, `/usr/bin`, the rest of `/usr/lib`), busybox and an
+    /// app layer: the shape of a language-runtime image built in several
+    /// `RUN` steps, and what pipelined import can overlap.
+    Spread,
+}
+
+impl Layout {
+    /// The name used on command lines (`base`, `spread`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Base => "base",
+            Layout::Spread => "spread",
+        }
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "base" => Ok(Layout::Base),
+            "spread" => Ok(Layout::Spread),
+            other => Err(format!("unknown layout {other:?} (use base or spread)")),
+        }
+    }
+}
+
 /// Repository of the image of about `mb` megabytes.
 pub fn repo(mb: u64) -> String {
     format!("testnet/img{mb}")
+}
+
+/// Repository of the image of about `mb` megabytes in `layout`.
+pub fn layout_repo(mb: u64, layout: Layout) -> String {
+    match layout {
+        Layout::Base => repo(mb),
+        Layout::Spread => format!("testnet/spread{mb}"),
+    }
 }
 
 /// A pushed test image.
@@ -69,16 +112,34 @@ const FIRST_GUESS_RATIO: f64 = 2.8;
 /// Most library bytes taken before `/usr/share` fills the rest.
 const MAX_LIB_BYTES: u64 = 600 << 20;
 
-fn spec(raw_bytes: u64, tag: &str) -> ImageSpec {
-    let libs = raw_bytes.min(MAX_LIB_BYTES);
-    let mut layers = vec![LayerSource::host_libs(libs)];
-    if raw_bytes > libs {
-        layers.push(LayerSource::HostDir {
-            src: PathBuf::from("/usr/share"),
-            dest: "usr/share".into(),
-            max_bytes: raw_bytes - libs,
-        });
+fn host_dir(src: &str, max_bytes: u64) -> LayerSource {
+    LayerSource::HostDir {
+        src: PathBuf::from(src),
+        dest: src.trim_start_matches('/').into(),
+        max_bytes,
     }
+}
+
+fn spec(layout: Layout, raw_bytes: u64, tag: &str) -> ImageSpec {
+    let mut layers = match layout {
+        Layout::Base => {
+            let libs = raw_bytes.min(MAX_LIB_BYTES);
+            let mut layers = vec![LayerSource::host_libs(libs)];
+            if raw_bytes > libs {
+                layers.push(host_dir("/usr/share", raw_bytes - libs));
+            }
+            layers
+        }
+        Layout::Spread => {
+            let quarter = raw_bytes / 4;
+            vec![
+                LayerSource::host_libs(quarter),
+                host_dir("/usr/share", quarter),
+                host_dir("/usr/bin", quarter),
+                host_dir("/usr/lib", quarter),
+            ]
+        }
+    };
     layers.push(LayerSource::busybox());
     layers.push(LayerSource::app(tag));
     ImageSpec {
@@ -104,10 +165,15 @@ fn image_err(
 /// measured ratio when the first misses by more than 15 %.
 /// Returns the image and the byte budget that produced it (to build
 /// another tag with identical base layers).
-pub async fn build_sized(mb: u64, tag: &str, dir: &Path) -> Result<(BuiltImage, u64)> {
+pub async fn build_sized(
+    mb: u64,
+    layout: Layout,
+    tag: &str,
+    dir: &Path,
+) -> Result<(BuiltImage, u64)> {
     let target = mb * 1_000_000;
     let mut raw = (target as f64 * FIRST_GUESS_RATIO) as u64;
-    let mut image = build_image(spec(raw, tag), dir)
+    let mut image = build_image(spec(layout, raw, tag), dir)
         .await
         .map_err(image_err(format!("building {mb} MB image {tag}")))?;
     let got = image.layers_size();
@@ -120,7 +186,7 @@ pub async fn build_sized(mb: u64, tag: &str, dir: &Path) -> Result<(BuiltImage, 
             raw,
             "rebuilding test image with the measured ratio"
         );
-        image = build_image(spec(raw, tag), dir)
+        image = build_image(spec(layout, raw, tag), dir)
             .await
             .map_err(image_err(format!("rebuilding {mb} MB image {tag}")))?;
     }
@@ -129,12 +195,14 @@ pub async fn build_sized(mb: u64, tag: &str, dir: &Path) -> Result<(BuiltImage, 
 
 /// Builds `v1` (and `v2` when `versions`) of each size in `sizes_mb` in a
 /// temporary directory under `work` and pushes them to the registry at
-/// `registry_host` (`10.77.250.1:5000`). Blobs the registry already holds
-/// are not uploaded again. Must run inside the cloud namespace.
+/// `registry_host` (`10.77.250.1:5000`), in `layout`. Blobs the registry
+/// already holds are not uploaded again. Must run inside the cloud
+/// namespace.
 pub async fn build_and_push(
     registry_host: &str,
     sizes_mb: &[u64],
     versions: bool,
+    layout: Layout,
     work: &Path,
 ) -> Result<Vec<TestImage>> {
     std::fs::create_dir_all(work)
@@ -153,16 +221,16 @@ pub async fn build_and_push(
             // v2 reuses v1's calibrated size, so that the base layers are
             // byte-identical (same digests, shared).
             let image = match ratio_raw {
-                Some(raw) => build_image(spec(raw, tag), dir.path())
+                Some(raw) => build_image(spec(layout, raw, tag), dir.path())
                     .await
                     .map_err(image_err(format!("building {mb} MB image {tag}")))?,
                 None => {
-                    let (image, raw) = build_sized(mb, tag, dir.path()).await?;
+                    let (image, raw) = build_sized(mb, layout, tag, dir.path()).await?;
                     ratio_raw = Some(raw);
                     image
                 }
             };
-            let repo = repo(mb);
+            let repo = layout_repo(mb, layout);
             let manifest = pusher
                 .push_image(&repo, Some(tag), &image)
                 .await

@@ -6,6 +6,7 @@
 //! `images`, `experiment` and `demo` (in `bin_cmds`) run edgeswarm on it.
 
 mod bin_cmds;
+mod pull_bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,9 @@ enum Cmd {
     /// The main demo: a 5-node locality on shaped links deploys a real
     /// ~50 MB image with live progress, then prints a per-node table.
     Demo(DemoArgs),
+    /// One node (its own gateway, importing into Docker) against a stock
+    /// `docker pull` of the same image over the same kind of shaped link.
+    PullBench(PullBenchArgs),
     /// Helpers the experiment runs inside namespaces (hidden).
     #[command(subcommand, hide = true)]
     Helper(Helper),
@@ -106,6 +110,10 @@ enum Helper {
         /// Also push a `v2` of each size sharing all base layers [default: off].
         #[arg(long)]
         versions: bool,
+        /// How the bytes spread over layers: `base` (one big base layer) or
+        /// `spread` (four similar base layers).
+        #[arg(long, default_value = "base")]
+        layout: edgeswarm_testnet::images::Layout,
         /// Directory for the build files (a temporary subdirectory is used).
         #[arg(long, default_value = "/var/tmp")]
         work: PathBuf,
@@ -206,6 +214,42 @@ struct DemoArgs {
     /// removed at the end].
     #[arg(long)]
     work: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PullBenchArgs {
+    /// Compressed size of the image in MB.
+    #[arg(long, default_value_t = 220)]
+    image_mb: u64,
+    /// How the image's bytes spread over layers: `spread` (four similar
+    /// base layers) or `base` (one big base layer).
+    #[arg(long, default_value = "spread")]
+    layout: edgeswarm_testnet::images::Layout,
+    /// Rate of the link between the host (dockerd, the node) and the
+    /// registry, both ways.
+    #[arg(long, default_value = "100mbit")]
+    rate: Rate,
+    /// Shaper queue in milliseconds at the link rate.
+    #[arg(long, default_value_t = edgeswarm_testnet::topology::DEFAULT_QUEUE_MS)]
+    queue_ms: u32,
+    /// Measurements of each contender (alternating which goes first).
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+    /// Output directory (registry storage, logs, CSV, summary.md).
+    #[arg(long, default_value = "pull-bench")]
+    out: PathBuf,
+    /// The `edgeswarm` binary [default: next to this binary, else on PATH].
+    #[arg(long)]
+    edgeswarm: Option<PathBuf>,
+    /// RUST_LOG of the node.
+    #[arg(long, default_value = "info")]
+    node_log: String,
+    /// Give up on one edgeswarm deploy after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Keep the node's data dir after each run [default: off].
+    #[arg(long)]
+    keep_data: bool,
 }
 
 /// Tiny network probes, so tests need no extra tools inside namespaces.
@@ -460,6 +504,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Images(a) => images_cmd(&cli.state_dir, a)?,
         Cmd::Experiment(a) => experiment_cmd(a)?,
         Cmd::Demo(a) => demo_cmd(a)?,
+        Cmd::PullBench(a) => pull_bench::pull_bench_cmd(a)?,
         Cmd::Helper(h) => helper(h)?,
     }
     Ok(ExitCode::SUCCESS)

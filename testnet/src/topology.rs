@@ -223,6 +223,25 @@ pub struct Topology {
     detached: bool,
 }
 
+/// A shaped veth pair between the host namespace and a testnet's cloud
+/// namespace ([`Topology::host_link`]); removed on drop.
+#[derive(Debug)]
+pub struct HostLink {
+    /// Name of the host end.
+    host_if: String,
+    /// The cloud end: its tx counter is what the host downloaded.
+    pub cloud_end: Iface,
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair and the route through it.
+        if let Err(e) = cmd::run("ip", &["link", "del", &self.host_if]) {
+            tracing::debug!(error = %e, "host link already gone");
+        }
+    }
+}
+
 /// Validates a testnet name.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -593,6 +612,74 @@ impl Topology {
         let mut a = vec!["netns", "exec", ns, program];
         a.extend_from_slice(args);
         cmd::run("ip", &a)
+    }
+
+    /// Links the host's own network namespace to the cloud namespace with a
+    /// veth pair shaped to `rate` in both directions, and routes the cloud
+    /// address ([`CLOUD_ADDR`], where the registry listens) over it.
+    ///
+    /// This is for programs that cannot be moved into a namespace, such as
+    /// the host's dockerd: `docker pull` from the testnet registry then
+    /// crosses a link of the same kind as a node's. The link is removed when
+    /// the returned value drops, and with the cloud namespace in any case
+    /// (a veth pair dies with either end's namespace), so `down` never
+    /// leaves it behind.
+    pub fn host_link(&self, rate: Rate, queue_ms: u32) -> Result<HostLink> {
+        let host_if = format!("esh-{}", self.state.name);
+        let cloud_ns = self.state.cloud.ns.clone();
+        // 10.78.0.0/30 lies outside every testnet's 10.77.0.0/16.
+        let (host_addr, cloud_addr) = ("10.78.0.1", "10.78.0.2");
+        cmd::run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "esh-peer", "netns",
+                &cloud_ns,
+            ],
+        )?;
+        let link = HostLink {
+            host_if: host_if.clone(),
+            cloud_end: Iface::new(&cloud_ns, "esh-peer"),
+        };
+        cmd::run(
+            "ip",
+            &["addr", "add", &format!("{host_addr}/30"), "dev", &host_if],
+        )?;
+        cmd::run("ip", &["link", "set", "dev", &host_if, "up"])?;
+        ip_n(
+            &cloud_ns,
+            &[
+                "addr",
+                "add",
+                &format!("{cloud_addr}/30"),
+                "dev",
+                "esh-peer",
+            ],
+        )?;
+        ip_n(&cloud_ns, &["link", "set", "dev", "esh-peer", "up"])?;
+        cmd::run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                &format!("{}/32", self.state.cloud.addr),
+                "via",
+                cloud_addr,
+            ],
+        )?;
+        // Downloads: cloud -> host, shaped at the cloud end like a node's
+        // bridge port; uploads at the host end.
+        shape(&link.cloud_end, rate, queue_ms)?;
+        let rate_s = rate.to_string();
+        let burst = rate.tbf_burst_bytes().to_string();
+        let latency = format!("{queue_ms}ms");
+        cmd::run(
+            "tc",
+            &[
+                "qdisc", "replace", "dev", &host_if, "root", "tbf", "rate", &rate_s, "burst",
+                &burst, "latency", &latency,
+            ],
+        )?;
+        Ok(link)
     }
 
     /// Current byte counters of one interface of this testnet.

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use edgeswarm_testnet::experiment::{self, RunSpec, Tools};
+use edgeswarm_testnet::images::Layout;
 use edgeswarm_testnet::registry::{Registry, RegistryOptions};
 use edgeswarm_testnet::topology::{Topology, TopologySpec};
 
@@ -104,8 +105,16 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
     reg.wait_ready(&topo, &topo.node(0, 0).unwrap().ns, Duration::from_secs(20))
         .unwrap();
 
-    let images =
-        experiment::push_images(&topo, &tools, &reg.host(), &[10], false, work.path()).unwrap();
+    let images = experiment::push_images(
+        &topo,
+        &tools,
+        &reg.host(),
+        &[10],
+        false,
+        Layout::Base,
+        work.path(),
+    )
+    .unwrap();
     assert_eq!(images.len(), 1, "{images:?}");
     let image = &images[0];
     assert!(

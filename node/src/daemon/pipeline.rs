@@ -15,6 +15,8 @@ use tracing::Instrument;
 use super::Inner;
 use crate::import::{import_image, ImageImport, ImportOptions, LayerSource};
 use crate::registry::manifest::{parse_manifest, ImageConfig, ManifestDocument};
+use crate::store::{BlobReader, Store};
+use tokio_util::sync::CancellationToken;
 
 /// Longest wait for a blob to become available in the locality.
 const FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
@@ -119,19 +121,24 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
         let digest = *digest;
         fetches.spawn(async move { fetch_blob(&inner, digest).await });
     }
-    let mut sources = Vec::new();
-    for (digest, _, media_type, diff_id) in &layers {
-        wait_declared(inner, *digest).await?;
-        let reader = inner
-            .store
-            .reader(*digest)
-            .map_err(|e| format!("layer {digest}: {e}"))?;
-        sources.push(LayerSource {
+    // The import starts now, not once every layer is declared: a layer is
+    // declared only when its first chunk digests arrive, and a gateway
+    // pulls layers in order, so waiting here would hold the first layer's
+    // import back until the last layer's download began.
+    let sources = layers
+        .iter()
+        .map(|(digest, _, media_type, diff_id)| LayerSource {
             media_type: media_type.clone(),
             diff_id: *diff_id,
-            reader: Box::new(reader),
-        });
-    }
+            reader: Box::new(DeclaredReader {
+                store: inner.store.clone(),
+                blob: *digest,
+                deadline: Instant::now() + FETCH_DEADLINE,
+                shutdown: inner.shutdown.clone(),
+                reader: None,
+            }),
+        })
+        .collect();
     let image = ImageImport {
         reference: release.image.clone(),
         config_bytes: config_bytes.clone(),
@@ -224,14 +231,42 @@ async fn until_complete(inner: &Inner, digest: Digest) {
     }
 }
 
-/// Waits until the store knows a blob's layout, so a reader can follow it.
-async fn wait_declared(inner: &Arc<Inner>, digest: Digest) -> Result<(), String> {
-    let started = Instant::now();
-    while inner.store.blob_info(&digest).is_none() {
-        if started.elapsed() > FETCH_DEADLINE || inner.shutdown.is_cancelled() {
-            return Err(format!("layer {digest} never became available"));
+/// A layer's reader that opens the store's [`BlobReader`] once the store
+/// knows the blob's layout (its first read blocks until then), so that an
+/// import can begin with the layers that are already arriving.
+struct DeclaredReader {
+    /// The store the blob will be declared in.
+    store: Store,
+    /// The layer blob.
+    blob: Digest,
+    /// When to give up waiting for the declaration.
+    deadline: Instant,
+    /// The node's shutdown: stop waiting.
+    shutdown: CancellationToken,
+    /// The store's reader, once declared.
+    reader: Option<BlobReader>,
+}
+
+impl std::io::Read for DeclaredReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Runs on the import's blocking thread: sleeping here blocks no
+        // async task.
+        while self.reader.is_none() {
+            if self.store.blob_info(&self.blob).is_some() {
+                let reader = self
+                    .store
+                    .reader(self.blob)
+                    .map_err(std::io::Error::other)?;
+                self.reader = Some(reader);
+            } else if self.shutdown.is_cancelled() || Instant::now() > self.deadline {
+                return Err(std::io::Error::other(format!(
+                    "layer {} never became available",
+                    self.blob
+                )));
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.reader.as_mut().expect("set above").read(buf)
     }
-    Ok(())
 }
