@@ -270,3 +270,81 @@ impl std::io::Read for DeclaredReader {
         self.reader.as_mut().expect("set above").read(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use bytes::Bytes;
+    use edgeswarm_protocol::chunkmap::{ChunkMap, ChunkSize};
+
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn reader(store: &Store, blob: Digest, shutdown: CancellationToken) -> DeclaredReader {
+        DeclaredReader {
+            store: store.clone(),
+            blob,
+            deadline: Instant::now() + Duration::from_secs(30),
+            shutdown,
+            reader: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn declared_reader_waits_for_the_blob_then_streams_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
+            .await
+            .unwrap();
+        let bytes: Vec<u8> = (0..3 * 65536u32 + 100).map(|i| (i % 251) as u8).collect();
+        let blob = Digest::of(&bytes);
+        let mut r = reader(&store, blob, CancellationToken::new());
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map(|_| out)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!read.is_finished(), "returned before the blob was declared");
+
+        let map = ChunkMap::from_bytes(&bytes, ChunkSize::MIN);
+        store.put_chunk_map(blob, &map).await.unwrap();
+        for i in 0..map.chunk_count() {
+            let range = map.chunk_range(i).unwrap();
+            let chunk = Bytes::copy_from_slice(&bytes[range.start as usize..range.end as usize]);
+            store.write_chunk(blob, i, chunk).await.unwrap();
+        }
+        let out = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("reader finished")
+            .unwrap()
+            .unwrap();
+        assert!(
+            out == bytes,
+            "the reader returned other bytes than the blob's"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn declared_reader_gives_up_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
+            .await
+            .unwrap();
+        let blob = Digest::of(b"never declared");
+        let shutdown = CancellationToken::new();
+        let mut r = reader(&store, blob, shutdown.clone());
+        let read = tokio::task::spawn_blocking(move || r.read(&mut [0u8; 16]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        let err = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("reader returned after shutdown")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("never became available"),
+            "unexpected error: {err}"
+        );
+    }
+}
