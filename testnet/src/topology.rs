@@ -624,9 +624,24 @@ impl Topology {
     /// the returned value drops, and with the cloud namespace in any case
     /// (a veth pair dies with either end's namespace), so `down` never
     /// leaves it behind.
+    ///
+    /// Every testnet's registry has the same address, so one host link can
+    /// exist on a machine at a time: a second one is refused while the
+    /// first one's route is up.
     pub fn host_link(&self, rate: Rate, queue_ms: u32) -> Result<HostLink> {
         let host_if = format!("esh-{}", self.state.name);
         let cloud_ns = self.state.cloud.ns.clone();
+        let cloud_route = format!("{}/32", self.state.cloud.addr);
+        let existing = cmd::run("ip", &["route", "show", &cloud_route])?;
+        if !existing.trim().is_empty() {
+            return Err(TestnetError::AlreadyExists {
+                name: self.state.name.clone(),
+                what: format!(
+                    "a host route to {cloud_route} ({}): another testnet's host link is up",
+                    existing.trim()
+                ),
+            });
+        }
         // 10.78.0.0/30 lies outside every testnet's 10.77.0.0/16.
         let (host_addr, cloud_addr) = ("10.78.0.1", "10.78.0.2");
         cmd::run(
@@ -656,16 +671,7 @@ impl Topology {
             ],
         )?;
         ip_n(&cloud_ns, &["link", "set", "dev", "esh-peer", "up"])?;
-        cmd::run(
-            "ip",
-            &[
-                "route",
-                "replace",
-                &format!("{}/32", self.state.cloud.addr),
-                "via",
-                cloud_addr,
-            ],
-        )?;
+        cmd::run("ip", &["route", "add", &cloud_route, "via", cloud_addr])?;
         // Downloads: cloud -> host, shaped at the cloud end like a node's
         // bridge port; uploads at the host end.
         shape(&link.cloud_end, rate, queue_ms)?;

@@ -485,6 +485,84 @@ fn registry_in_cloud_answers_from_a_node_namespace() {
 }
 
 #[test]
+fn host_link_reaches_the_registry_shaped_and_goes_away_on_drop() {
+    let (spec, _dir) = setup("hl", 1);
+    let topo = Topology::up(&spec).unwrap();
+    let n0 = topo.node(0, 0).unwrap().clone();
+    let mut reg = Registry::start(&topo, RegistryOptions::default()).unwrap();
+    reg.wait_ready(&topo, &n0.ns, Duration::from_secs(15))
+        .unwrap();
+    let host_if = format!("esh-{}", spec.name);
+    let link = topo.host_link(Rate::mbit(100), 50).unwrap();
+
+    // Shaped both ways.
+    let host_qdisc = run_ok("tc", &["qdisc", "show", "dev", &host_if]);
+    assert!(
+        host_qdisc.contains("tbf") && host_qdisc.contains("100Mbit"),
+        "{host_qdisc}"
+    );
+    let cloud_qdisc = topo
+        .exec(
+            &link.cloud_end.ns,
+            "tc",
+            &["qdisc", "show", "dev", &link.cloud_end.name],
+        )
+        .unwrap();
+    assert!(
+        cloud_qdisc.contains("tbf") && cloud_qdisc.contains("100Mbit"),
+        "{cloud_qdisc}"
+    );
+
+    // The host (this process, in the host's namespace) reaches the registry
+    // over the link, and the link's counters see the answer.
+    let before = topo.counters(&link.cloud_end).unwrap();
+    let headers = run_ok(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{}/v2/", reg.url()),
+        ],
+    );
+    assert!(headers.contains(" 200"), "{headers}");
+    let after = topo.counters(&link.cloud_end).unwrap();
+    assert!(
+        after.tx_bytes > before.tx_bytes,
+        "the registry's answer did not cross the host link"
+    );
+
+    // Only one host link at a time: every registry has the same address.
+    let second = topo.host_link(Rate::mbit(100), 50).unwrap_err();
+    assert!(second.to_string().contains("host link"), "{second}");
+
+    drop(link);
+    let gone = Command::new("ip")
+        .args(["link", "show", &host_if])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "host end survived drop");
+    let route = run_ok("ip", &["route", "show", "10.77.250.1/32"]);
+    assert!(route.trim().is_empty(), "route survived drop: {route}");
+    drop(reg);
+    topo.down().unwrap();
+}
+
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
 fn spawned_process_has_its_log_and_data_dir_and_dies_with_its_handle() {
     let (spec, dir) = setup("proc", 1);
     let topo = Topology::up(&spec).unwrap();
