@@ -207,3 +207,97 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Reads frames from `stream` until a `ChunkResponse` arrives.
+async fn next_chunk_response(
+    stream: &mut libp2p::Stream,
+) -> edgeswarm_protocol::wire::ChunkResponse {
+    use edgeswarm_protocol::wire::{FrameDecoder, StreamMessage};
+    use futures::AsyncReadExt as _;
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            if let StreamMessage::ChunkResponse(r) = frame.message {
+                return r;
+            }
+        }
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "stream closed before a chunk response");
+        decoder.push(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
+    use edgeswarm_protocol::wire::{encode_frame, ChunkRequest, ChunkStatus, Hello, StreamMessage};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(2 << 20, 9, 256 << 10);
+    let d = tmp.path().join("seed");
+    let mut c = config(&d, "lab", &[]);
+    // One slot, 64 KiB/s: a 256 KiB chunk holds the slot for about 4 s.
+    c.upload_slots = 1;
+    c.max_upload_rate = Some(64 << 10);
+    c.seed_sparing = None;
+    let s = start(&d, c).await;
+    seed(&s, &data, digest, &map).await;
+    let chunks = Protocols::new("lab").unwrap().chunks;
+    let (id, mut control, task) = attacker(s.addr.clone(), false);
+    let connected = wait_for(
+        async || s.client.connected_peers().await.unwrap().contains(&id),
+        20,
+    )
+    .await;
+    assert!(connected, "requester never connected");
+
+    // Six requests on six streams: one is served, four wait for the slot,
+    // the sixth finds slot and queue full.
+    let mut streams = Vec::new();
+    for i in 0..6u32 {
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(20),
+            control.open_stream(s.client.local_peer_id(), chunks.clone()),
+        )
+        .await
+        .expect("open timed out")
+        .expect("open failed");
+        let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
+            protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
+            blobs: vec![digest],
+        }));
+        bytes.extend(encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+            request_id: u64::from(i),
+            blob: digest,
+            index: i,
+        })));
+        stream.write_all(&bytes).await.unwrap();
+        stream.flush().await.unwrap();
+        // In order: each request reaches the server before the next.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        streams.push(stream);
+    }
+    let busy = tokio::time::timeout(Duration::from_secs(2), next_chunk_response(&mut streams[5]))
+        .await
+        .expect("the sixth request was queued instead of refused");
+    assert_eq!(busy.request_id, 5);
+    assert_eq!(busy.status, ChunkStatus::Busy);
+    // The first is served, not refused.
+    let served = tokio::time::timeout(
+        Duration::from_secs(20),
+        next_chunk_response(&mut streams[0]),
+    )
+    .await
+    .expect("the first request was never answered");
+    assert_eq!(served.request_id, 0);
+    assert!(
+        matches!(served.status, ChunkStatus::Ok { .. }),
+        "{:?}",
+        served.status
+    );
+    drop(streams);
+    task.abort();
+    s.stop().await;
+}

@@ -41,9 +41,10 @@
 //!    `max_requests_per_chunk` requests per chunk); when one copy arrives
 //!    [`Picker::chunk_received`] returns the others to cancel.
 //! 5. **Stalls.** A request outstanding longer than
-//!    `timeout_base_ms + chunk_len * timeout_ms_per_mib / 1 MiB` is
-//!    returned by [`Picker::expire`] and its chunk becomes requestable from
-//!    another holder.
+//!    `timeout_base_ms + chunk_len * timeout_ms_per_mib / 1 MiB` since it
+//!    was sent or since its peer last delivered a chunk
+//!    ([`Picker::peer_progressed`]) is returned by [`Picker::expire`] and
+//!    its chunk becomes requestable from another holder.
 //!
 //! Only chunks whose digests are known are requested
 //! ([`Picker::set_digests_known`]): while the gateway is still streaming a
@@ -439,6 +440,22 @@ impl<P: Ord + Clone> Picker<P> {
                 .availability[index as usize] += 1;
         }
         Ok(())
+    }
+
+    /// `peer` delivered a chunk at `now_ms`: its other outstanding requests
+    /// are timed from now. A peer serves one requester's requests in order
+    /// while sharing its uplink with other requesters, so on a slow link the
+    /// last of several pipelined requests can take longer than one
+    /// request's timeout while the peer makes steady progress; a stall is a
+    /// peer that delivers nothing for a timeout, not a long queue.
+    pub fn peer_progressed(&mut self, peer: &P, now_ms: u64) {
+        for state in self.blobs.values_mut() {
+            for flights in state.in_flight.values_mut() {
+                for f in flights.iter_mut().filter(|f| &f.peer == peer) {
+                    f.started_ms = f.started_ms.max(now_ms);
+                }
+            }
+        }
     }
 
     /// A chunk was verified and stored (from `from`, or from elsewhere such

@@ -253,6 +253,28 @@ fn endgame_duplicates_only_at_the_end() {
 }
 
 #[test]
+fn a_peer_that_delivers_is_not_stalled_by_its_queue() {
+    // Timeout 1000 ms + 8000 ms/MiB: 1000 ms + 512 ms for 64 KiB chunks.
+    let mut p = picker(config(), 4);
+    p.peer_has_all(&1, &blob()).unwrap();
+    let reqs = p.next_requests(0);
+    assert_eq!(reqs.len(), 4);
+    // The peer delivers one chunk every 1000 ms: each later request is
+    // older than the timeout, but the peer is making progress.
+    for (i, r) in reqs.iter().enumerate().take(3) {
+        let now = 1_000 * (i as u64 + 1);
+        p.chunk_received(&blob(), r.index, Some(&1)).unwrap();
+        p.peer_progressed(&1, now);
+        assert!(p.expire(now + 1).is_empty(), "expired while delivering");
+    }
+    // Then it goes silent: the last request expires a timeout later.
+    assert!(p.expire(3_000 + 1_400).is_empty());
+    let expired = p.expire(3_000 + 1_600);
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0].index, reqs[3].index);
+}
+
+#[test]
 fn no_endgame_while_other_work_waits_for_capacity() {
     let mut p = picker(
         PickerConfig {

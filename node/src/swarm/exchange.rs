@@ -57,6 +57,11 @@ const EVENTS: usize = 512;
 /// release reached every node (measured: a node's manifest arrived 1.3 s
 /// after the release with a fixed five-round retry, 0.56 s with this).
 const MAP_REASK: Duration = Duration::from_millis(500);
+/// Chunk requests that may wait for an upload slot before the server
+/// answers `Busy` (then about one chunk time per slot's turn; unbounded,
+/// requests on a 10 Mbit/s link waited past the requester's 14 s stall
+/// timeout).
+const UPLOAD_QUEUE: usize = 4;
 /// How long a failed peer is left alone by a download.
 const PEER_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -127,6 +132,8 @@ struct Inner<S> {
     shutdown: CancellationToken,
     local_peer: PeerId,
     upload_slots: Arc<Semaphore>,
+    /// Chunk requests waiting for an upload slot.
+    upload_waiting: std::sync::atomic::AtomicUsize,
     bucket: Option<TokenBucket>,
     seed_sparing: Option<Duration>,
     /// Blobs downloaded through the swarm in this process (not origin seeds).
@@ -181,6 +188,7 @@ impl<S: ChunkStore> Exchange<S> {
             shutdown,
             local_peer,
             upload_slots: Arc::new(Semaphore::new(config.upload_slots.max(1))),
+            upload_waiting: std::sync::atomic::AtomicUsize::new(0),
             bucket: config.max_upload_rate.map(TokenBucket::new),
             seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),
@@ -396,6 +404,23 @@ async fn serve_stream<S: ChunkStore>(
     }
 }
 
+/// Counts a request waiting for an upload slot, also when its future is
+/// dropped while waiting (the peer's stream closed).
+struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WaitingGuard<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WaitingGuard(counter)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What we advertise for `blob`: verified chunks (or everything, when
 /// injecting the corrupt-uploads fault).
 fn advertised<S: ChunkStore>(inner: &Inner<S>, blob: &Digest) -> Option<Bitfield> {
@@ -466,11 +491,26 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         let message = wire::truncate_message(&format!("chunk {index} out of range"));
         return respond(w, request_id, ChunkStatus::Error { message }).await;
     };
-    let _slot = inner
-        .upload_slots
-        .acquire()
-        .await
-        .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
+    // All slots busy and enough requests already waiting: say Busy, and the
+    // requester asks a less loaded holder at once. Queued without bound, a
+    // request on a slow link waited past the requester's stall timeout; the
+    // requester then dropped this peer and asked again elsewhere.
+    if inner.upload_slots.available_permits() == 0
+        && inner
+            .upload_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= UPLOAD_QUEUE
+    {
+        return respond(w, request_id, ChunkStatus::Busy).await;
+    }
+    let _slot = {
+        let _waiting = WaitingGuard::enter(&inner.upload_waiting);
+        inner
+            .upload_slots
+            .acquire()
+            .await
+            .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?
+    };
     let bytes = if inner.corrupt_uploads {
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
@@ -654,6 +694,7 @@ async fn download<S: ChunkStore>(
                         // Endgame duplicates still outstanding elsewhere
                         // are answered and dropped as AlreadyHad.
                         let _ = picker.chunk_received(&blob, index, Some(&peer));
+                        picker.peer_progressed(&peer, now_ms());
                         if outcome == ChunkWrite::BlobComplete {
                             break;
                         }
