@@ -57,6 +57,32 @@ fn attacker(
     (id, control, handle)
 }
 
+/// An attacker (see [`attacker`]) that `s` reports connected.
+async fn connected_attacker(
+    s: &TestNode,
+) -> (PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>) {
+    let (id, control, task) = attacker(s.addr.clone(), false);
+    let connected = wait_for(
+        async || s.client.connected_peers().await.unwrap().contains(&id),
+        20,
+    )
+    .await;
+    assert!(connected, "attacker {id} never connected");
+    (id, control, task)
+}
+
+/// Opens a chunk-protocol stream to `s`.
+async fn open_chunk_stream(control: &mut libp2p_stream::Control, s: &TestNode) -> libp2p::Stream {
+    let chunks = Protocols::new("lab").unwrap().chunks;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        control.open_stream(s.client.local_peer_id(), chunks),
+    )
+    .await
+    .expect("open timed out")
+    .expect("open failed")
+}
+
 async fn wait_for(mut cond: impl AsyncFnMut() -> bool, secs: u64) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while tokio::time::Instant::now() < deadline {
@@ -78,7 +104,6 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
     let d = tmp.path().join("seed");
     let s = start(&d, config(&d, "lab", &[])).await;
     seed(&s, &data, digest, &map).await;
-    let chunks = Protocols::new("lab").unwrap().chunks;
 
     // Four attackers, four kinds of garbage.
     use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
@@ -93,20 +118,8 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
         &wrong_direction,              // a response sent by a requester
     ];
     for (n, junk) in cases.iter().enumerate() {
-        let (id, mut control, task) = attacker(s.addr.clone(), false);
-        let connected = wait_for(
-            async || s.client.connected_peers().await.unwrap().contains(&id),
-            20,
-        )
-        .await;
-        assert!(connected, "attacker {n} never connected");
-        let mut stream = tokio::time::timeout(
-            Duration::from_secs(20),
-            control.open_stream(s.client.local_peer_id(), chunks.clone()),
-        )
-        .await
-        .expect("open timed out")
-        .expect("open failed");
+        let (id, mut control, task) = connected_attacker(&s).await;
+        let mut stream = open_chunk_stream(&mut control, &s).await;
         stream.write_all(junk).await.unwrap();
         stream.flush().await.unwrap();
         let banned = wait_for(async || s.client.stats().bans as usize > n, 10).await;
@@ -244,26 +257,13 @@ async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
     c.seed_sparing = None;
     let s = start(&d, c).await;
     seed(&s, &data, digest, &map).await;
-    let chunks = Protocols::new("lab").unwrap().chunks;
-    let (id, mut control, task) = attacker(s.addr.clone(), false);
-    let connected = wait_for(
-        async || s.client.connected_peers().await.unwrap().contains(&id),
-        20,
-    )
-    .await;
-    assert!(connected, "requester never connected");
+    let (_, mut control, task) = connected_attacker(&s).await;
 
     // Six requests on six streams: one is served, four wait for the slot,
     // the sixth finds slot and queue full.
     let mut streams = Vec::new();
     for i in 0..6u32 {
-        let mut stream = tokio::time::timeout(
-            Duration::from_secs(20),
-            control.open_stream(s.client.local_peer_id(), chunks.clone()),
-        )
-        .await
-        .expect("open timed out")
-        .expect("open failed");
+        let mut stream = open_chunk_stream(&mut control, &s).await;
         let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
             protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
             blobs: vec![digest],
