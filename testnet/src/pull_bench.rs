@@ -70,19 +70,9 @@ struct Measurement {
 pub(crate) fn pull_bench_cmd(a: PullBenchArgs) -> Result<()> {
     let tools = crate::bin_cmds::tools(a.edgeswarm.clone())?;
     anyhow::ensure!(a.runs > 0, "--runs must be at least 1");
-    let docker_ok = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .context("running `docker version` (apt-get install docker.io)")?;
-    if !docker_ok.status.success() {
-        bail!(
-            "no Docker engine answers (scripts/start-dockerd.sh starts one): {}",
-            String::from_utf8_lossy(&docker_ok.stderr).trim()
-        );
-    }
-    let engine = String::from_utf8_lossy(&docker_ok.stdout)
-        .trim()
-        .to_string();
+    let engine = docker(&["version", "--format", "{{.Server.Version}}"]).context(
+        "no Docker engine answers (apt-get install docker.io; scripts/start-dockerd.sh starts one)",
+    )?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let out = std::path::absolute(&a.out)?;
     let registry_root = out.join("registry/storage");
@@ -255,57 +245,44 @@ fn summary(image: &TestImage, engine: &str, a: &PullBenchArgs, results: &[Measur
     s
 }
 
+/// Runs `docker ARGS`; its stdout on success, else an error with its stderr.
+fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .with_context(|| format!("running docker {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether Docker holds `reference`.
+fn image_present(reference: &str) -> bool {
+    docker(&["image", "inspect", "--format", "{{.Id}}", reference]).is_ok()
+}
+
 /// Removes `reference` from Docker if present; its layers go with it.
 fn remove_image(reference: &str) -> Result<()> {
-    let present = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", reference])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
-    if present {
-        let out = Command::new("docker")
-            .args(["rmi", "-f", reference])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "docker rmi {reference}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+    if image_present(reference) {
+        docker(&["rmi", "-f", reference])?;
     }
     Ok(())
 }
 
 /// Runs the image's own command: proof that it is usable, not only tagged.
 fn check_runs(reference: &str) -> Result<()> {
-    let out = Command::new("docker")
-        .args(["run", "--rm", "--pull", "never", reference])
-        .output()
-        .context("running docker run")?;
-    if !out.status.success() {
-        bail!(
-            "docker run {reference} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    docker(&["run", "--rm", "--pull", "never", reference]).map(drop)
 }
 
 fn docker_pull(reference: &str) -> Result<f64> {
     let t = Instant::now();
-    let out = Command::new("docker")
-        .args(["pull", "--quiet", reference])
-        .output()
-        .context("running docker pull")?;
-    let secs = t.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!(
-            "docker pull {reference}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(secs)
+    docker(&["pull", "--quiet", reference])?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Kills the node on drop (also on error paths).
@@ -404,12 +381,10 @@ fn edgeswarm_deploy(
         anyhow::ensure!(Instant::now() < deadline, "edgeswarm deploy timed out");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let inspect = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", reference])
-        .output()?;
+    let present = image_present(reference);
     let secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(
-        inspect.status.success(),
+        present,
         "the node reports {reference} done but Docker does not have it"
     );
     drop(node);

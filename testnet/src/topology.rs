@@ -356,31 +356,26 @@ fn ip_n(ns: &str, args: &[&str]) -> Result<String> {
 
 /// Puts a tbf qdisc as root of `iface`'s egress.
 fn shape(iface: &Iface, rate: Rate, queue_ms: u32) -> Result<()> {
+    shape_in(Some(&iface.ns), &iface.name, rate, queue_ms)
+}
+
+/// Puts a tbf qdisc as root of the egress of `dev` in namespace `ns`, or in
+/// the host's own namespace when `ns` is `None`.
+fn shape_in(ns: Option<&str>, dev: &str, rate: Rate, queue_ms: u32) -> Result<()> {
     let rate_s = rate.to_string();
     let burst = rate.tbf_burst_bytes().to_string();
-    let latency = format!("{queue_ms}ms");
     // latency bounds the queue: `queue_ms` of queueing at this rate on top
     // of the bucket.
-    cmd::run(
-        "tc",
-        &[
-            "-n",
-            &iface.ns,
-            "qdisc",
-            "replace",
-            "dev",
-            &iface.name,
-            "root",
-            "tbf",
-            "rate",
-            &rate_s,
-            "burst",
-            &burst,
-            "latency",
-            &latency,
-        ],
-    )
-    .map(drop)
+    let latency = format!("{queue_ms}ms");
+    let mut args: Vec<&str> = match ns {
+        Some(ns) => vec!["-n", ns],
+        None => Vec::new(),
+    };
+    args.extend([
+        "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate_s, "burst", &burst, "latency",
+        &latency,
+    ]);
+    cmd::run("tc", &args).map(drop)
 }
 
 /// Runs a shell snippet inside a namespace (for sysctls under /proc/sys/net,
@@ -675,16 +670,7 @@ impl Topology {
         // Downloads: cloud -> host, shaped at the cloud end like a node's
         // bridge port; uploads at the host end.
         shape(&link.cloud_end, rate, queue_ms)?;
-        let rate_s = rate.to_string();
-        let burst = rate.tbf_burst_bytes().to_string();
-        let latency = format!("{queue_ms}ms");
-        cmd::run(
-            "tc",
-            &[
-                "qdisc", "replace", "dev", &host_if, "root", "tbf", "rate", &rate_s, "burst",
-                &burst, "latency", &latency,
-            ],
-        )?;
+        shape_in(None, &host_if, rate, queue_ms)?;
         Ok(link)
     }
 

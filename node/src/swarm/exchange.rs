@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,7 +134,7 @@ struct Inner<S> {
     local_peer: PeerId,
     upload_slots: Arc<Semaphore>,
     /// Chunk requests waiting for an upload slot.
-    upload_waiting: std::sync::atomic::AtomicUsize,
+    upload_waiting: AtomicUsize,
     bucket: Option<TokenBucket>,
     seed_sparing: Option<Duration>,
     /// Blobs downloaded through the swarm in this process (not origin seeds).
@@ -188,7 +189,7 @@ impl<S: ChunkStore> Exchange<S> {
             shutdown,
             local_peer,
             upload_slots: Arc::new(Semaphore::new(config.upload_slots.max(1))),
-            upload_waiting: std::sync::atomic::AtomicUsize::new(0),
+            upload_waiting: AtomicUsize::new(0),
             bucket: config.max_upload_rate.map(TokenBucket::new),
             seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),
@@ -406,18 +407,18 @@ async fn serve_stream<S: ChunkStore>(
 
 /// Counts a request waiting for an upload slot, also when its future is
 /// dropped while waiting (the peer's stream closed).
-struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+struct WaitingGuard<'a>(&'a AtomicUsize);
 
 impl<'a> WaitingGuard<'a> {
-    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
         WaitingGuard(counter)
     }
 }
 
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -496,10 +497,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     // request on a slow link waited past the requester's stall timeout; the
     // requester then dropped this peer and asked again elsewhere.
     if inner.upload_slots.available_permits() == 0
-        && inner
-            .upload_waiting
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= UPLOAD_QUEUE
+        && inner.upload_waiting.load(Ordering::Relaxed) >= UPLOAD_QUEUE
     {
         return respond(w, request_id, ChunkStatus::Busy).await;
     }
