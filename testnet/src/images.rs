@@ -13,6 +13,10 @@
 //! v1 and v2 differ only in the app layer, so they share every base layer
 //! (a "version upgrade" deploys a few hundred bytes of new layer).
 //!
+//! [`Layout::Spread`] (`testnet/spread<MB>`, used by `pull-bench`) replaces
+//! layers 1-2 with four base layers of about equal raw size: host
+//! libraries, `/usr/share`, `/usr/bin` and the rest of `/usr/lib`.
+//!
 //! # Goals
 //! Realistic content (real ELF libraries compress like real images do,
 //! about 3:1), deterministic digests (fixed mtimes, sorted entries), sizes
