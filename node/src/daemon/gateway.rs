@@ -60,6 +60,7 @@ pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
     let mut state = inner.state.lock().expect("state lock");
     if let Some(t) = state.releases.get_mut(&id) {
         t.pulling = false;
+        t.pull_planned = true;
     }
 }
 
@@ -157,6 +158,13 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
         pulling = missing.len(),
         "gateway pulling missing layers"
     );
+    // Mark the whole plan before this node's fetch pipeline may ask peers
+    // for layers: it waits for these instead of downloading them twice.
+    let _unmark: Vec<Unmark> = missing
+        .iter()
+        .map(|layer| Unmark::mark(inner, layer.digest))
+        .collect();
+    inner.set_pull_planned(&id);
     let results: Vec<Result<(), String>> = futures::stream::iter(missing)
         .map(|layer| {
             let cloud = cloud.clone();
@@ -180,12 +188,6 @@ async fn pull_layer(
     let store = &inner.store;
     let blob = layer.digest;
     let chunk_size = inner.config.chunk_size;
-    inner
-        .pulling_blobs
-        .lock()
-        .expect("pulling lock")
-        .insert(blob);
-    let _unmark = Unmark(inner.clone(), blob);
     store
         .create_blob(blob, layer.size, chunk_size)
         .await
@@ -364,8 +366,20 @@ fn registry_of(inner: &Inner) -> Result<&crate::registry::RegistryClient, String
         .ok_or_else(|| "no registry client".to_owned())
 }
 
-/// Removes a blob from the set being pulled when the pull ends, however.
+/// Marks a blob as being pulled from the registry by this node, and
+/// unmarks it when the pull ends, however.
 struct Unmark(Arc<Inner>, Digest);
+
+impl Unmark {
+    fn mark(inner: &Arc<Inner>, blob: Digest) -> Self {
+        inner
+            .pulling_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(blob);
+        Unmark(inner.clone(), blob)
+    }
+}
 
 impl Drop for Unmark {
     fn drop(&mut self) {

@@ -278,6 +278,12 @@ struct Tracked {
     gateway: Option<PeerId>,
     /// Whether this node started pulling it as gateway.
     pulling: bool,
+    /// Whether this node's pull (if any) has decided which layers it
+    /// pulls from the registry (they are then in `Inner::pulling_blobs`).
+    /// Until then this node's fetch pipeline asks no peer for layers: the
+    /// gateway would otherwise download from its peers the very chunks its
+    /// registry pull is writing (measured: 91 MB in for a 48.7 MB image).
+    pull_planned: bool,
     /// Whether the fetch pipeline was started.
     fetching: bool,
     /// Layer bytes in the release.
@@ -777,6 +783,7 @@ impl Inner {
                     took: None,
                     gateway: None,
                     pulling: false,
+                    pull_planned: false,
                     fetching: false,
                     bytes_total: 0,
                     bytes_from_cloud: Default::default(),
@@ -808,6 +815,7 @@ impl Inner {
             let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done;
             if pull {
                 t.pulling = true;
+                t.pull_planned = false;
             }
             let fetch = self.targets(&t.release) && !t.fetching;
             if fetch {
@@ -866,6 +874,33 @@ impl Inner {
             candidates.push(self.swarm.local_peer_id().to_bytes());
         }
         candidates
+    }
+
+    /// The gateway pull of release `id` on this node has marked the layers
+    /// it pulls from the registry.
+    fn set_pull_planned(&self, id: &Digest) {
+        let mut state = self.state.lock().expect("state lock");
+        if let Some(t) = state.releases.get_mut(id) {
+            t.pull_planned = true;
+        }
+    }
+
+    /// Whether this node must not fetch `blob` of release `id` from peers
+    /// now: its own gateway pull is deciding what to pull, or pulls `blob`.
+    fn pulls_itself(&self, id: &Digest, blob: &Digest) -> bool {
+        let planning = self
+            .state
+            .lock()
+            .expect("state lock")
+            .releases
+            .get(id)
+            .is_some_and(|t| t.pulling && !t.pull_planned);
+        planning
+            || self
+                .pulling_blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(blob)
     }
 
     /// Records a phase change.

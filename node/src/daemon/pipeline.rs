@@ -68,7 +68,7 @@ pub(super) async fn run(inner: Arc<Inner>, release: Release) {
 async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> {
     let id = release.id();
     inner.set_state(&id, ReleaseState::Resolving, None);
-    let manifest_bytes = fetch_document(inner, release.manifest).await?;
+    let manifest_bytes = fetch_document(inner, id, release.manifest).await?;
     let manifest = match parse_manifest(None, &manifest_bytes) {
         Ok(ManifestDocument::Image(m)) => m,
         Ok(ManifestDocument::Index(_)) => {
@@ -78,7 +78,7 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
     };
     let config_digest = Digest::parse_oci(&manifest.config.digest)
         .map_err(|e| format!("manifest config digest: {e}"))?;
-    let config_bytes = fetch_document(inner, config_digest).await?;
+    let config_bytes = fetch_document(inner, id, config_digest).await?;
     let config: ImageConfig =
         serde_json::from_slice(&config_bytes).map_err(|e| format!("image config: {e}"))?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -119,7 +119,7 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
     for (digest, ..) in &layers {
         let inner = inner.clone();
         let digest = *digest;
-        fetches.spawn(async move { fetch_blob(&inner, digest).await });
+        fetches.spawn(async move { fetch_blob(&inner, id, digest).await });
     }
     // The import starts now, not once every layer is declared: a layer is
     // declared only when its first chunk digests arrive, and a gateway
@@ -162,8 +162,12 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
 }
 
 /// Fetches a small document blob (manifest, config) and reads it.
-async fn fetch_document(inner: &Arc<Inner>, digest: Digest) -> Result<Vec<u8>, String> {
-    fetch_blob(inner, digest).await?;
+async fn fetch_document(
+    inner: &Arc<Inner>,
+    release: Digest,
+    digest: Digest,
+) -> Result<Vec<u8>, String> {
+    fetch_blob(inner, release, digest).await?;
     let path = inner
         .store
         .blob_path(&digest)
@@ -182,7 +186,7 @@ async fn fetch_document(inner: &Arc<Inner>, digest: Digest) -> Result<Vec<u8>, S
 
 /// Brings a blob into the store: from peers, or by waiting for this node's
 /// own registry pull. Retries while nobody holds it yet.
-async fn fetch_blob(inner: &Arc<Inner>, digest: Digest) -> Result<(), String> {
+async fn fetch_blob(inner: &Arc<Inner>, release: Digest, digest: Digest) -> Result<(), String> {
     let started = Instant::now();
     let mut last_error = String::new();
     loop {
@@ -198,12 +202,7 @@ async fn fetch_blob(inner: &Arc<Inner>, digest: Digest) -> Result<(), String> {
                 FETCH_DEADLINE.as_secs()
             ));
         }
-        let pulling_here = inner
-            .pulling_blobs
-            .lock()
-            .expect("pulling lock")
-            .contains(&digest);
-        if pulling_here {
+        if inner.pulls_itself(&release, &digest) {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         }

@@ -736,6 +736,16 @@ async fn download<S: ChunkStore>(
                     inner.metrics.stalls.inc();
                     drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(30));
                 }
+                // Chunks that landed by another path (this node's own
+                // registry pull after a failover, an import put whole) are
+                // not asked of peers any more.
+                if let (Some(held), Some(known)) = (inner.store.bitfield(&blob), picker.local_bitfield(&blob).cloned()) {
+                    if held.len() == known.len() {
+                        for index in held.iter_ones().filter(|i| !known.get(*i)) {
+                            let _ = picker.chunk_received(&blob, index, None);
+                        }
+                    }
+                }
                 if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
                     let _ = picker.set_cursor(&blob, c);
                 }
