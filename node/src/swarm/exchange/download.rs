@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgeswarm_protocol::chunkmap::MAX_CHUNK_MAP_BYTES;
-use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig};
+use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig, Request};
 use edgeswarm_protocol::wire::{self, ChunkMapRequest, ChunkStatus, Hello, StreamMessage};
 use edgeswarm_protocol::{Bitfield, ChunkMap, Digest};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::super::frame::{self, FrameError};
 use super::super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, SwarmError};
-use super::session::session;
+use super::session::{session, SessionCommand};
 use super::{lock, penalise, Inner, EVENTS, MAP_REASK, PEER_BACKOFF};
 
 /// Reports from sessions to their download coordinator.
@@ -37,8 +37,8 @@ pub(super) enum Event {
 
 /// A download's view of one peer session.
 struct Session {
-    /// Requests for the session to send.
-    tx: mpsc::Sender<u32>,
+    /// Requests and cancellations for the session to send.
+    tx: mpsc::Sender<SessionCommand>,
     /// Ends the session.
     cancel: CancellationToken,
 }
@@ -142,8 +142,11 @@ pub(super) async fn download<S: ChunkStore>(
                     }
                     Event::Stored(peer, index, outcome) => {
                         // Endgame duplicates still outstanding elsewhere
-                        // are answered and dropped as AlreadyHad.
-                        let _ = picker.chunk_received(&blob, index, Some(&peer));
+                        // are cancelled (an answer already under way is
+                        // read and dropped).
+                        if let Ok(others) = picker.chunk_received(&blob, index, Some(&peer)) {
+                            cancel_requests(&sessions, others);
+                        }
                         picker.peer_progressed(&peer, now_ms());
                         if outcome == ChunkWrite::BlobComplete {
                             break;
@@ -194,7 +197,9 @@ pub(super) async fn download<S: ChunkStore>(
                 if let (Some(held), Some(known)) = (inner.store.bitfield(&blob), picker.local_bitfield(&blob).cloned()) {
                     if held.len() == known.len() {
                         for index in held.iter_ones().filter(|i| !known.get(*i)) {
-                            let _ = picker.chunk_received(&blob, index, None);
+                            if let Ok(others) = picker.chunk_received(&blob, index, None) {
+                                cancel_requests(&sessions, others);
+                            }
                         }
                     }
                 }
@@ -232,7 +237,7 @@ pub(super) async fn download<S: ChunkStore>(
         for req in picker.next_requests(now_ms()) {
             let sent = sessions
                 .get(&req.peer)
-                .is_some_and(|s| s.tx.try_send(req.index).is_ok());
+                .is_some_and(|s| s.tx.try_send(SessionCommand::Request(req.index)).is_ok());
             if !sent {
                 picker.request_failed(&req.peer, &blob, req.index, FailReason::Busy, now_ms());
             }
@@ -241,6 +246,17 @@ pub(super) async fn download<S: ChunkStore>(
     session_cancel.cancel();
     info!(%blob, "blob complete");
     Ok(())
+}
+
+/// Tells each peer of `requests` that its answer is no longer wanted.
+fn cancel_requests(sessions: &HashMap<PeerId, Session>, requests: Vec<Request<PeerId>>) {
+    for r in requests {
+        if let Some(s) = sessions.get(&r.peer) {
+            // A full queue means the session is busy writing requests;
+            // the answer is then read and dropped instead.
+            let _ = s.tx.try_send(SessionCommand::Cancel(r.index));
+        }
+    }
 }
 
 fn drop_peer(

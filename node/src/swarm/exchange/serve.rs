@@ -66,9 +66,14 @@ enum Incoming {
     Chunk(u64, Digest, u32),
 }
 
+/// Cancelled request ids one stream remembers at most (a requester keeps
+/// only a few requests outstanding; more is abuse and is ignored).
+const MAX_CANCELLED: usize = 64;
+
 async fn serve_reader<R: AsyncRead + Unpin>(
     mut r: R,
     tx: mpsc::Sender<Incoming>,
+    cancelled: &std::sync::Mutex<std::collections::HashSet<u64>>,
 ) -> Result<(), FrameError> {
     let mut hello = false;
     loop {
@@ -94,7 +99,16 @@ async fn serve_reader<R: AsyncRead + Unpin>(
                 Incoming::Chunk(q.request_id, q.blob, q.index)
             }
             StreamMessage::ChunkMapRequest(q) if hello => Incoming::Map(q.request_id, q.blob),
-            StreamMessage::Cancel(_) if hello => continue, // we answer anyway (allowed)
+            StreamMessage::Cancel(c) if hello => {
+                // A request still queued is skipped without an answer; one
+                // already being answered completes (the requester reads
+                // and drops it).
+                let mut set = lock(cancelled);
+                if set.len() < MAX_CANCELLED {
+                    set.insert(c.request_id);
+                }
+                continue;
+            }
             StreamMessage::Have(_) | StreamMessage::Bitfield(_) if hello => continue,
             other => {
                 return Err(FrameError::violation(format!(
@@ -116,13 +130,36 @@ async fn serve_stream<S: ChunkStore>(
 ) -> Result<(), FrameError> {
     let (r, mut w) = stream.split();
     let (tx, mut rx) = mpsc::channel(SERVER_QUEUE);
-    let reader = serve_reader(r, tx);
+    let cancelled = std::sync::Mutex::new(std::collections::HashSet::new());
+    let reader = serve_reader(r, tx, &cancelled);
     let writer = async {
         // Blobs the requester asked about, with the bitfield last sent.
         let mut bound: Vec<(Digest, Option<Bitfield>)> = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // `Have`s go out as soon as the store verifies a chunk (every hop
+        // of a relay waits for them); the tick is the fallback for stores
+        // without events and after missed (lagged) events.
+        let mut events = inner.store.subscribe_events();
+        let period = if events.is_some() {
+            HAVE_POLL_EVENTED
+        } else {
+            HAVE_POLL
+        };
+        let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
+                changed = next_stored(&mut events) => {
+                    let touched: Vec<usize> = match changed {
+                        Some(blob) => bound.iter().position(|(b, _)| *b == blob).into_iter().collect(),
+                        None => (0..bound.len()).collect(),
+                    };
+                    if !touched.is_empty() {
+                        for i in touched {
+                            let (blob, sent) = &mut bound[i];
+                            push_haves(inner, &mut w, blob, sent).await?;
+                        }
+                        w.flush().await?;
+                    }
+                }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return Ok::<(), FrameError>(()) };
                     match msg {
@@ -147,6 +184,18 @@ async fn serve_stream<S: ChunkStore>(
                             }
                         },
                         Incoming::Chunk(request_id, blob, index) => {
+                            // Requests are answered in order: ids up to
+                            // this one will not come again.
+                            let skip = {
+                                let mut set = lock(&cancelled);
+                                let skip = set.remove(&request_id);
+                                set.retain(|id| *id > request_id);
+                                skip
+                            };
+                            if skip {
+                                inner.metrics.cancelled_requests.inc();
+                                continue;
+                            }
                             serve_chunk(inner, peer, &mut w, request_id, blob, index).await?;
                         }
                     }
@@ -166,6 +215,37 @@ async fn serve_stream<S: ChunkStore>(
     tokio::select! {
         r = reader => r,
         r = writer => r,
+    }
+}
+
+/// How often a server checks for newly verified chunks when its store
+/// has no events.
+const HAVE_POLL: Duration = Duration::from_millis(200);
+/// The same check when events announce chunks: only a safety net.
+const HAVE_POLL_EVENTED: Duration = Duration::from_secs(1);
+
+/// The blob of the next chunk verified or blob completed; `None` when
+/// events were missed (check every blob). Pends forever without events.
+async fn next_stored(
+    events: &mut Option<tokio::sync::broadcast::Receiver<crate::store::StoreEvent>>,
+) -> Option<Digest> {
+    use crate::store::StoreEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(rx) = events.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(StoreEvent::ChunkStored { blob, .. }) | Ok(StoreEvent::BlobComplete { blob }) => {
+                return Some(blob)
+            }
+            Ok(StoreEvent::BlobFailed { .. }) => continue,
+            Err(RecvError::Lagged(_)) => return None,
+            Err(RecvError::Closed) => {
+                *events = None;
+                return std::future::pending().await;
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgeswarm_protocol::picker::FailReason;
-use edgeswarm_protocol::wire::{self, ChunkRequest, ChunkStatus, Hello, StreamMessage};
+use edgeswarm_protocol::wire::{self, Cancel, ChunkRequest, ChunkStatus, Hello, StreamMessage};
 use edgeswarm_protocol::Digest;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::PeerId;
@@ -24,8 +24,35 @@ use super::super::{ChunkStore, ChunkStoreError, ChunkWrite};
 use super::download::Event;
 use super::{lock, Inner, STORE_WRITES_PER_SESSION};
 
-/// Request ids sent on a session and not yet answered, with their chunk.
-type Outstanding = Arc<Mutex<HashMap<u64, u32>>>;
+/// What a download coordinator asks of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SessionCommand {
+    /// Request this chunk.
+    Request(u32),
+    /// The chunk arrived from elsewhere: tell the peer not to send it
+    /// (endgame duplicates, chunks landed by another path).
+    Cancel(u32),
+}
+
+/// Requests of one session: those sent and not yet answered, and those
+/// cancelled whose answer (if the server had already begun it) is read
+/// and discarded.
+#[derive(Default)]
+struct Requests {
+    /// Request id -> chunk index, awaiting an answer.
+    outstanding: HashMap<u64, u32>,
+    /// Request id -> chunk index, cancelled; the server may still answer.
+    cancelled: HashMap<u64, u32>,
+}
+
+/// Shared between a session's writer and reader halves.
+type Outstanding = Arc<Mutex<Requests>>;
+
+/// Cancelled request ids remembered per session at most: a server answers
+/// a requester in order, so ids older than this many cancellations were
+/// skipped or answered long ago (each session has at most
+/// `requests_per_peer` requests outstanding).
+const MAX_CANCELLED: usize = 256;
 
 /// One download session with one peer for one blob.
 pub(super) async fn session<S: ChunkStore>(
@@ -33,7 +60,7 @@ pub(super) async fn session<S: ChunkStore>(
     peer: PeerId,
     blob: Digest,
     layout: BlobLayout,
-    requests: mpsc::Receiver<u32>,
+    requests: mpsc::Receiver<SessionCommand>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) {
@@ -60,7 +87,7 @@ pub(super) async fn session<S: ChunkStore>(
         }
     };
     let (r, w) = stream.split();
-    let outstanding: Outstanding = Arc::new(Mutex::new(HashMap::new()));
+    let outstanding: Outstanding = Arc::new(Mutex::new(Requests::default()));
     let res = tokio::select! {
         _ = cancel.cancelled() => return,
         r = session_writer(w, blob, requests, outstanding.clone()) => r,
@@ -80,7 +107,7 @@ pub(super) async fn session<S: ChunkStore>(
 async fn session_writer<W: AsyncWrite + Unpin>(
     mut w: W,
     blob: Digest,
-    mut requests: mpsc::Receiver<u32>,
+    mut requests: mpsc::Receiver<SessionCommand>,
     outstanding: Outstanding,
 ) -> Result<(), FrameError> {
     let hello = StreamMessage::Hello(Hello {
@@ -90,15 +117,39 @@ async fn session_writer<W: AsyncWrite + Unpin>(
     frame::write_message(&mut w, &hello, &[]).await?;
     w.flush().await?;
     let mut next_id: u64 = 0;
-    while let Some(index) = requests.recv().await {
-        next_id += 1;
-        lock(&outstanding).insert(next_id, index);
-        let req = StreamMessage::ChunkRequest(ChunkRequest {
-            request_id: next_id,
-            blob,
-            index,
-        });
-        frame::write_message(&mut w, &req, &[]).await?;
+    while let Some(command) = requests.recv().await {
+        let msg = match command {
+            SessionCommand::Request(index) => {
+                next_id += 1;
+                lock(&outstanding).outstanding.insert(next_id, index);
+                StreamMessage::ChunkRequest(ChunkRequest {
+                    request_id: next_id,
+                    blob,
+                    index,
+                })
+            }
+            SessionCommand::Cancel(index) => {
+                let mut requests = lock(&outstanding);
+                let Some(id) = requests
+                    .outstanding
+                    .iter()
+                    .find(|(_, i)| **i == index)
+                    .map(|(id, _)| *id)
+                else {
+                    continue; // answered meanwhile
+                };
+                requests.outstanding.remove(&id);
+                if requests.cancelled.len() >= MAX_CANCELLED {
+                    let oldest = requests.cancelled.keys().min().copied();
+                    if let Some(oldest) = oldest {
+                        requests.cancelled.remove(&oldest);
+                    }
+                }
+                requests.cancelled.insert(id, index);
+                StreamMessage::Cancel(Cancel { request_id: id })
+            }
+        };
+        frame::write_message(&mut w, &msg, &[]).await?;
         w.flush().await?;
     }
     Ok(())
@@ -145,12 +196,38 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 Event::Have(peer, h.indices)
             }
             StreamMessage::ChunkResponse(resp) if hello => {
-                let Some(index) = lock(outstanding).remove(&resp.request_id) else {
-                    return Err(FrameError::violation(format!(
-                        "response to unknown request {}",
-                        resp.request_id
-                    )));
+                let (index, cancelled) = {
+                    let mut requests = lock(outstanding);
+                    match requests.outstanding.remove(&resp.request_id) {
+                        Some(index) => (index, false),
+                        None => match requests.cancelled.remove(&resp.request_id) {
+                            Some(index) => (index, true),
+                            None => {
+                                return Err(FrameError::violation(format!(
+                                    "response to unknown request {}",
+                                    resp.request_id
+                                )))
+                            }
+                        },
+                    }
                 };
+                if cancelled {
+                    // The server had begun the answer before our Cancel:
+                    // the chunk is already held, read past it.
+                    if let ChunkStatus::Ok { len } = resp.status {
+                        let expected = layout.chunk_len(index).ok_or_else(|| {
+                            FrameError::violation(format!("chunk {index} out of range"))
+                        })?;
+                        if len != expected as u64 {
+                            return Err(FrameError::violation(format!(
+                                "chunk {index} of {len} bytes, expected {expected}"
+                            )));
+                        }
+                        skip_payload(&mut r, len).await?;
+                        inner.metrics.duplicate_chunks.inc();
+                    }
+                    continue;
+                }
                 match resp.status {
                     ChunkStatus::Ok { len } => {
                         let expected = layout.chunk_len(index).ok_or_else(|| {
@@ -218,4 +295,16 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// Reads and drops `len` payload bytes (an answer nobody wants any more).
+async fn skip_payload<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> Result<(), FrameError> {
+    let mut left = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
 }
