@@ -36,6 +36,7 @@ use super::metrics::SwarmMetrics;
 use super::{ChunkStore, Command, Protocols, SwarmConfig, SwarmError};
 
 mod download;
+mod offers;
 mod serve;
 mod session;
 
@@ -136,6 +137,9 @@ struct Inner<S> {
     /// Last upload time of chunks of origin-seeded blobs.
     /// and to whom.
     recent_uploads: Mutex<HashMap<(Digest, u32), (Instant, PeerId)>>,
+    /// Super-seeding: which requester each chunk of an origin blob is
+    /// offered to.
+    offers: Mutex<offers::Offers>,
     /// Peers connected now (kept by the swarm task): sparing ends early
     /// for a chunk whose only recipient left.
     connected: Arc<Mutex<HashSet<PeerId>>>,
@@ -188,6 +192,7 @@ impl<S: ChunkStore> Exchange<S> {
             seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),
             recent_uploads: Mutex::new(HashMap::new()),
+            offers: Mutex::new(offers::Offers::default()),
             connected,
             downloads: Mutex::new(HashMap::new()),
             corrupt_uploads: config.corrupt_uploads,

@@ -135,6 +135,12 @@ async fn serve_stream<S: ChunkStore>(
     let writer = async {
         // Blobs the requester asked about, with the bitfield last sent.
         let mut bound: Vec<(Digest, Option<Bitfield>)> = Vec::new();
+        // Registers this requester with super-seeding while the stream lives.
+        let mut binding = Binding {
+            inner,
+            peer,
+            blobs: Vec::new(),
+        };
         // `Have`s go out as soon as the store verifies a chunk (every hop
         // of a relay waits for them); the tick is the fallback for stores
         // without events and after missed (lagged) events.
@@ -155,7 +161,7 @@ async fn serve_stream<S: ChunkStore>(
                     if !touched.is_empty() {
                         for i in touched {
                             let (blob, sent) = &mut bound[i];
-                            push_haves(inner, &mut w, blob, sent).await?;
+                            push_haves(inner, peer, &mut w, blob, sent).await?;
                         }
                         w.flush().await?;
                     }
@@ -168,8 +174,9 @@ async fn serve_stream<S: ChunkStore>(
                             let hello = StreamMessage::Hello(Hello { protocol_version: wire::STREAM_VERSION, blobs: known });
                             frame::write_message(&mut w, &hello, &[]).await?;
                             bound = blobs.into_iter().map(|b| (b, None)).collect();
+                            binding.bind(bound.iter().map(|(b, _)| *b).collect());
                             for (blob, sent) in bound.iter_mut() {
-                                push_haves(inner, &mut w, blob, sent).await?;
+                                push_haves(inner, peer, &mut w, blob, sent).await?;
                             }
                         }
                         Incoming::Map(request_id, blob) => match inner.store.chunk_map(&blob) {
@@ -204,7 +211,7 @@ async fn serve_stream<S: ChunkStore>(
                 _ = tick.tick() => {
                     if !bound.is_empty() {
                         for (blob, sent) in bound.iter_mut() {
-                            push_haves(inner, &mut w, blob, sent).await?;
+                            push_haves(inner, peer, &mut w, blob, sent).await?;
                         }
                         w.flush().await?;
                     }
@@ -217,6 +224,9 @@ async fn serve_stream<S: ChunkStore>(
         r = writer => r,
     }
 }
+
+/// Chunks of at most this many bytes are never spared by an origin seed.
+const SPARE_MIN_CHUNK: u32 = 64 << 10;
 
 /// How often a server checks for newly verified chunks when its store
 /// has no events.
@@ -266,27 +276,77 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
-/// What we advertise for `blob`: verified chunks (or everything, when
-/// injecting the corrupt-uploads fault).
-fn advertised<S: ChunkStore>(inner: &Inner<S>, blob: &Digest) -> Option<Bitfield> {
+/// The blobs a requester's stream bound, registered with super-seeding
+/// ([`super::offers`]) until the stream ends.
+struct Binding<'a, S> {
+    /// The exchange.
+    inner: &'a Inner<S>,
+    /// The requester.
+    peer: PeerId,
+    /// Blobs registered.
+    blobs: Vec<Digest>,
+}
+
+impl<S> Binding<'_, S> {
+    fn bind(&mut self, blobs: Vec<Digest>) {
+        self.unbind_all();
+        let now = Instant::now();
+        let mut offers = lock(&self.inner.offers);
+        for blob in &blobs {
+            offers.bind(*blob, self.peer, now);
+        }
+        self.blobs = blobs;
+    }
+
+    fn unbind_all(&mut self) {
+        let mut offers = lock(&self.inner.offers);
+        for blob in self.blobs.drain(..) {
+            offers.unbind(&blob, &self.peer);
+        }
+    }
+}
+
+impl<S> Drop for Binding<'_, S> {
+    fn drop(&mut self) {
+        self.unbind_all();
+    }
+}
+
+/// What we advertise for `blob` to `peer`: verified chunks; of an origin
+/// blob with seed sparing on, only those offered to this requester
+/// (super-seeding); everything when injecting the corrupt-uploads fault.
+fn advertised<S: ChunkStore>(inner: &Inner<S>, peer: PeerId, blob: &Digest) -> Option<Bitfield> {
     let bits = inner.store.bitfield(blob)?;
     if inner.corrupt_uploads {
         return Some(Bitfield::full(bits.len()));
     }
-    Some(bits)
+    if inner.seed_sparing.is_none() || lock(&inner.downloaded).contains(blob) {
+        return Some(bits);
+    }
+    let recent = lock(&inner.recent_uploads);
+    let fetched = |index: u32| recent.contains_key(&(*blob, index));
+    Some(lock(&inner.offers).visible(blob, &peer, &bits, Instant::now(), fetched))
 }
 
 /// Sends the bitfield of `blob` the first time we know it, then `Have`
 /// for every chunk verified since the last call.
 async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
+    peer: PeerId,
     w: &mut W,
     blob: &Digest,
     sent: &mut Option<Bitfield>,
 ) -> Result<(), FrameError> {
-    let Some(now) = advertised(inner, blob) else {
+    let Some(mut now) = advertised(inner, peer, blob) else {
         return Ok(());
     };
+    // What was announced stays announced (an offer moved to another
+    // requester is not taken back: `Have` is monotonic).
+    if let Some(prev) = sent.as_ref().filter(|p| p.len() == now.len()) {
+        for i in prev.iter_ones() {
+            now.set(i);
+        }
+    }
     match sent {
         Some(prev) if prev.len() == now.len() => {
             let new: Vec<u32> = now.iter_ones().filter(|i| !prev.get(*i)).collect();
@@ -362,7 +422,9 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         // once per period and answers TryElsewhere meanwhile, so different
         // peers get different chunks and fetch the rest from each other;
         // unless the peer it went to has disconnected.
-        if let Some(period) = inner.seed_sparing {
+        // Small chunks (manifests, configs) are not spared: they cost the
+        // seed little, and each extra hop delays every node's start.
+        if let Some(period) = inner.seed_sparing.filter(|_| len > SPARE_MIN_CHUNK) {
             let origin = !lock(&inner.downloaded).contains(&blob);
             if origin {
                 let now = Instant::now();
