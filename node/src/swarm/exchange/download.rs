@@ -83,12 +83,13 @@ pub(super) async fn download<S: ChunkStore>(
     let mut picker: Picker<PeerId> = Picker::new(PickerConfig {
         max_in_flight_per_peer: inner.requests_per_peer,
         window_chunks: inner.deadline_window,
-        endgame_threshold: 8,
-        max_requests_per_chunk: 2,
+        endgame_threshold: ENDGAME_THRESHOLD,
+        max_requests_per_chunk: ENDGAME_REQUESTS_PER_CHUNK,
+        endgame_min_age_ms: ENDGAME_MIN_AGE.as_millis() as u64,
         seed,
         timeout_base_ms: inner.stall_base.as_millis() as u64,
         timeout_ms_per_mib: (1_000u64 << 20) / inner.stall_min_rate,
-        busy_backoff_ms: 250,
+        ..PickerConfig::default()
     });
     picker
         .add_blob(blob, layout.size, layout.chunk_size, have)
@@ -98,7 +99,7 @@ pub(super) async fn download<S: ChunkStore>(
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
     let mut sessions: HashMap<PeerId, Session> = HashMap::new();
     let mut backoff: HashMap<PeerId, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(COORDINATOR_TICK);
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
     let mut last_discovery: Option<Instant> = None;
@@ -274,6 +275,22 @@ fn drop_peer(
     picker.remove_peer(&peer);
     backoff.insert(peer, Instant::now() + wait);
 }
+
+/// Endgame begins when a blob has at most this many chunks missing.
+const ENDGAME_THRESHOLD: u32 = 8;
+/// Requests for one chunk at once in endgame.
+const ENDGAME_REQUESTS_PER_CHUNK: usize = 2;
+/// An in-flight chunk is duplicated in endgame only once its request is
+/// this old. At 0, every node of a 5-node locality received 2-7 chunks
+/// twice (5-10 % of a 46 MB layer) even with `Cancel`: the duplicates were
+/// of requests merely queued behind others at a holder whose uplink was
+/// busy. A holder answers a request in order within about
+/// `requests_per_peer` chunk times (4 x 84 ms for 1 MiB at 100 Mbit/s);
+/// one that takes longer than this is slow, and worth a second source.
+const ENDGAME_MIN_AGE: Duration = Duration::from_millis(750);
+/// The coordinator's clock: stall checks, cursor and digest updates,
+/// discovery.
+const COORDINATOR_TICK: Duration = Duration::from_millis(250);
 
 /// How often a download waiting for a chunk map checks whether the store
 /// learned the layout by other means (the gateway's resolution or digest
