@@ -46,6 +46,7 @@ pub mod election;
 pub mod encoding;
 pub mod picker;
 pub mod release;
+pub mod signing;
 pub mod wire;
 
 pub use address::{AddressError, Codec, Digest};
