@@ -1,10 +1,11 @@
-//! Signed release announcements and the ed25519 keys that sign them.
+//! Release announcements and removal requests, the two messages a
+//! publisher signs (with the keys and envelope of [`crate::signing`]).
 //!
 //! A [`Release`] says "deploy this image (by manifest digest) to that
 //! locality, on nodes matching these labels". A publisher signs it with an
-//! ed25519 key ([`PublisherKey`]); the result, a [`SignedRelease`], travels
+//! ed25519 key ([`PublisherKey`](crate::signing::PublisherKey)); the result, a [`SignedRelease`], travels
 //! over gossip and is accepted by a node only if the signature is valid and
-//! the signer is trusted ([`TrustedKeys`]), or, in the open mode used when
+//! the signer is trusted ([`TrustedKeys`](crate::signing::TrustedKeys)), or, in the open mode used when
 //! no publisher key is configured, merely validly signed by the key it
 //! carries ([`SignedRelease::verify_embedded`]).
 //!
@@ -33,12 +34,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Digest;
 use crate::encoding::{self, check_leading_version, DecodeError};
-pub use crate::signing::{
-    PublicKey, PublisherKey, Signable, Signature, Signed, TrustedKeys, PUBLIC_KEY_FILE_TAG,
-    SECRET_KEY_FILE_TAG,
-};
+use crate::signing::{Signable, Signed};
 
-/// Format version of [`Release`] and of the [`Signed`] envelope.
+/// Format version of [`Release`].
 pub const RELEASE_VERSION: u64 = 1;
 
 /// Largest encoded [`SignedRelease`] accepted: 16 KiB, far more than an
@@ -46,31 +44,12 @@ pub const RELEASE_VERSION: u64 = 1;
 /// gossip message.
 pub const MAX_RELEASE_BYTES: usize = 16 << 10;
 
-/// Why a release, a signature or a key was refused.
+/// Why a release or a removal was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReleaseError {
     /// The bytes are not a well-formed, canonical, bounded encoding.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The signature does not verify against the signer key.
-    #[error("{what} signature does not verify against signer {signer}")]
-    BadSignature {
-        /// What was signed.
-        what: &'static str,
-        /// The key the message claims to be signed by.
-        signer: PublicKey,
-    },
-    /// The signature is valid but the signer is not a trusted key.
-    #[error("{what} is signed by {signer}, which is not a trusted key")]
-    UntrustedKey {
-        /// What was signed.
-        what: &'static str,
-        /// The signer.
-        signer: PublicKey,
-    },
-    /// A key file or key string could not be parsed.
-    #[error("invalid key: {0}")]
-    InvalidKey(String),
     /// A release field given as text (platform, selector term) is malformed.
     #[error("invalid release field: {0}")]
     InvalidField(String),

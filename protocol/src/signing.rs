@@ -1,5 +1,10 @@
 //! ed25519 keys and signed envelopes: how every signed edgeswarm message
-//! (releases, removals, the gateway's messages) is signed and checked.
+//! (releases and removals from a publisher, the gateway's chunk digests and
+//! resolutions) is signed and checked.
+//!
+//! This module depends only on [`crate::encoding`]: the signed bodies
+//! ([`crate::release`], [`crate::wire`]) implement [`Signable`] where they
+//! are defined.
 //!
 //! ## Layout
 //!
@@ -21,6 +26,13 @@
 //! edgeswarm-publisher-secret-v1 <64 lowercase hex digits>
 //! edgeswarm-publisher-public-v1 <64 lowercase hex digits>
 //! ```
+//!
+//! ## Encoding
+//!
+//! ```text
+//! Signed<T> = [1, body: T, signer: bytes(32), signature: bytes(64)]
+//! signature = ed25519(T::CONTEXT || canonical CBOR(body))
+//! ```
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -30,12 +42,38 @@ use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::encoding;
-use crate::release::{ReleaseError, RELEASE_VERSION};
+
+/// Format version of the [`Signed`] envelope.
+pub const SIGNED_VERSION: u64 = 1;
 
 /// First word of a secret key file.
 pub const SECRET_KEY_FILE_TAG: &str = "edgeswarm-publisher-secret-v1";
 /// First word of a public key file.
 pub const PUBLIC_KEY_FILE_TAG: &str = "edgeswarm-publisher-public-v1";
+
+/// Why a signature or a key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigningError {
+    /// The signature does not verify against the signer key.
+    #[error("{what} signature does not verify against signer {signer}")]
+    BadSignature {
+        /// What was signed.
+        what: &'static str,
+        /// The key the message claims to be signed by.
+        signer: PublicKey,
+    },
+    /// The signature is valid but the signer is not a trusted key.
+    #[error("{what} is signed by {signer}, which is not a trusted key")]
+    UntrustedKey {
+        /// What was signed.
+        what: &'static str,
+        /// The signer.
+        signer: PublicKey,
+    },
+    /// A key file or key string could not be parsed.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+}
 
 /// An ed25519 public key (32 bytes, a valid curve point).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,9 +82,9 @@ pub struct PublicKey([u8; 32]);
 impl PublicKey {
     /// Checks that `bytes` are a valid ed25519 public key (as found in a
     /// libp2p ed25519 identity).
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ReleaseError> {
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, SigningError> {
         VerifyingKey::from_bytes(&bytes)
-            .map_err(|e| ReleaseError::InvalidKey(format!("not an ed25519 public key: {e}")))?;
+            .map_err(|e| SigningError::InvalidKey(format!("not an ed25519 public key: {e}")))?;
         Ok(PublicKey(bytes))
     }
 
@@ -61,10 +99,10 @@ impl PublicKey {
     }
 
     /// Parses 64 hex digits.
-    pub fn from_hex(s: &str) -> Result<Self, ReleaseError> {
+    pub fn from_hex(s: &str) -> Result<Self, SigningError> {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(s.trim(), &mut bytes)
-            .map_err(|e| ReleaseError::InvalidKey(format!("public key hex: {e}")))?;
+            .map_err(|e| SigningError::InvalidKey(format!("public key hex: {e}")))?;
         Self::from_bytes(bytes)
     }
 
@@ -75,7 +113,7 @@ impl PublicKey {
 
     /// Parses the text of a `FILE.pub` key file (blank lines and lines
     /// starting with `#` are ignored).
-    pub fn from_file_contents(text: &str) -> Result<Self, ReleaseError> {
+    pub fn from_file_contents(text: &str) -> Result<Self, SigningError> {
         Self::from_hex(&key_file_body(text, PUBLIC_KEY_FILE_TAG)?)
     }
 
@@ -203,11 +241,11 @@ impl PublisherKey {
     }
 
     /// Parses the text of a secret key file.
-    pub fn from_file_contents(text: &str) -> Result<Self, ReleaseError> {
+    pub fn from_file_contents(text: &str) -> Result<Self, SigningError> {
         let body = key_file_body(text, SECRET_KEY_FILE_TAG)?;
         let mut secret = [0u8; 32];
         hex::decode_to_slice(body.trim(), &mut secret)
-            .map_err(|e| ReleaseError::InvalidKey(format!("secret key hex: {e}")))?;
+            .map_err(|e| SigningError::InvalidKey(format!("secret key hex: {e}")))?;
         Ok(Self::from_secret_bytes(secret))
     }
 }
@@ -220,24 +258,24 @@ impl fmt::Debug for PublisherKey {
 }
 
 /// Extracts the hex body of the single `TAG <hex>` line of a key file.
-fn key_file_body(text: &str, tag: &str) -> Result<String, ReleaseError> {
+fn key_file_body(text: &str, tag: &str) -> Result<String, SigningError> {
     let mut lines = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'));
     let line = lines
         .next()
-        .ok_or_else(|| ReleaseError::InvalidKey("key file is empty".into()))?;
+        .ok_or_else(|| SigningError::InvalidKey("key file is empty".into()))?;
     if lines.next().is_some() {
-        return Err(ReleaseError::InvalidKey(
+        return Err(SigningError::InvalidKey(
             "key file has more than one key line".into(),
         ));
     }
     let (found, body) = line
         .split_once(char::is_whitespace)
-        .ok_or_else(|| ReleaseError::InvalidKey(format!("expected `{tag} <hex>`")))?;
+        .ok_or_else(|| SigningError::InvalidKey(format!("expected `{tag} <hex>`")))?;
     if found != tag {
-        return Err(ReleaseError::InvalidKey(format!(
+        return Err(SigningError::InvalidKey(format!(
             "key file starts with {found:?}, expected {tag:?}"
         )));
     }
@@ -354,14 +392,14 @@ impl<T: Signable> Signed<T> {
 
     /// Checks the signature against the embedded signer key only (the open
     /// mode: any validly self-signed message). Returns the body.
-    pub fn verify_embedded(&self) -> Result<&T, ReleaseError> {
+    pub fn verify_embedded(&self) -> Result<&T, SigningError> {
         if self
             .signer
             .verify(&Self::signing_bytes(&self.body), &self.signature)
         {
             Ok(&self.body)
         } else {
-            Err(ReleaseError::BadSignature {
+            Err(SigningError::BadSignature {
                 what: T::WHAT,
                 signer: self.signer,
             })
@@ -369,9 +407,9 @@ impl<T: Signable> Signed<T> {
     }
 
     /// Checks that the signer is `expected` and the signature is valid.
-    pub fn verify_signer(&self, expected: &PublicKey) -> Result<&T, ReleaseError> {
+    pub fn verify_signer(&self, expected: &PublicKey) -> Result<&T, SigningError> {
         if &self.signer != expected {
-            return Err(ReleaseError::UntrustedKey {
+            return Err(SigningError::UntrustedKey {
                 what: T::WHAT,
                 signer: self.signer,
             });
@@ -380,9 +418,9 @@ impl<T: Signable> Signed<T> {
     }
 
     /// Checks that the signer is trusted and the signature is valid.
-    pub fn verify_trusted(&self, trusted: &TrustedKeys) -> Result<&T, ReleaseError> {
+    pub fn verify_trusted(&self, trusted: &TrustedKeys) -> Result<&T, SigningError> {
         if !trusted.contains(&self.signer) {
-            return Err(ReleaseError::UntrustedKey {
+            return Err(SigningError::UntrustedKey {
                 what: T::WHAT,
                 signer: self.signer,
             });
@@ -398,7 +436,7 @@ impl<T: Signable> Signed<T> {
 
 impl<T: Signable> Serialize for Signed<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (RELEASE_VERSION, &self.body, &self.signer, &self.signature).serialize(serializer)
+        (SIGNED_VERSION, &self.body, &self.signer, &self.signature).serialize(serializer)
     }
 }
 
@@ -406,9 +444,9 @@ impl<'de, T: Signable> Deserialize<'de> for Signed<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (version, body, signer, signature): (u64, T, PublicKey, Signature) =
             Deserialize::deserialize(deserializer)?;
-        if version != RELEASE_VERSION {
+        if version != SIGNED_VERSION {
             return Err(serde::de::Error::custom(format!(
-                "signed envelope version {version}, expected {RELEASE_VERSION}"
+                "signed envelope version {version}, expected {SIGNED_VERSION}"
             )));
         }
         Ok(Signed {

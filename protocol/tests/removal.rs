@@ -1,7 +1,8 @@
 //! Removal requests (gossip kind 5): pinned encoding, round trip, bounded
 //! decoding.
 
-use edgeswarm_protocol::release::{PublisherKey, Removal, SignedRemoval};
+use edgeswarm_protocol::release::{Removal, SignedRemoval};
+use edgeswarm_protocol::signing::PublisherKey;
 use edgeswarm_protocol::wire::GossipMessage;
 
 fn removal() -> Removal {

@@ -2,7 +2,8 @@
 //! arbitrary or mutated bytes (typed errors, never panics).
 
 use edgeswarm_protocol::encoding::DecodeError;
-use edgeswarm_protocol::release::{Platform, PublisherKey, Release, Signable, SignedRelease};
+use edgeswarm_protocol::release::{Platform, Release, SignedRelease};
+use edgeswarm_protocol::signing::{PublisherKey, Signable};
 use edgeswarm_protocol::wire::*;
 use edgeswarm_protocol::{Bitfield, ChunkSize, Digest};
 use proptest::prelude::*;

@@ -48,7 +48,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
+use edgeswarm_protocol::release::{Release, SignedRelease};
+use edgeswarm_protocol::signing::{PublicKey, PublisherKey, TrustedKeys};
 use edgeswarm_protocol::wire::{
     Availability, AvailabilityBatch, AvailabilityEntry, GossipMessage, NodeStatus, PeerRole,
     ReleaseProgress, ReleaseState, SignedChunkDigestUpdate, SignedReleaseResolution,

@@ -1,7 +1,8 @@
 //! Key file parsers: errors, never panics.
 #![no_main]
 
-use edgeswarm_protocol::release::{Platform, PublicKey, PublisherKey};
+use edgeswarm_protocol::release::Platform;
+use edgeswarm_protocol::signing::{PublicKey, PublisherKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

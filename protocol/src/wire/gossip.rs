@@ -14,7 +14,7 @@
 //! | 5 | [`crate::release::SignedRemoval`] |
 //!
 //! The two gateway messages are signed with the gateway's ed25519 libp2p
-//! identity key (see [`crate::release::Signed`]); the signer's public key
+//! identity key (see [`crate::signing::Signed`]); the signer's public key
 //! identifies the gateway (its libp2p `PeerId` derives from it).
 
 use super::*;

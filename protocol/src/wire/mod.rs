@@ -33,9 +33,8 @@ use crate::address::Digest;
 use crate::bitfield::Bitfield;
 use crate::chunkmap::{chunk_count, ChunkSize, MAX_CHUNK_MAP_BYTES};
 use crate::encoding::{self, peek_envelope, DecodeError};
-use crate::release::{
-    ReleaseError, Signable, Signed, SignedRelease, SignedRemoval, MAX_RELEASE_BYTES,
-};
+use crate::release::{SignedRelease, SignedRemoval, MAX_RELEASE_BYTES};
+use crate::signing::{Signable, Signed, SigningError};
 
 /// Longest error text in a [`ChunkStatus::Error`] or [`ReleaseProgress`]
 /// that senders should produce; [`truncate_message`] enforces it.
@@ -73,7 +72,7 @@ pub enum WireError {
     },
     /// A signed message's signature or signer was refused.
     #[error(transparent)]
-    Signature(#[from] ReleaseError),
+    Signature(#[from] SigningError),
 }
 
 /// Truncates `message` to at most [`MAX_MESSAGE_CHARS`] characters.
