@@ -2,7 +2,7 @@
 //! arbitrary or mutated bytes (typed errors, never panics).
 
 use edgeswarm_protocol::encoding::DecodeError;
-use edgeswarm_protocol::release::{Platform, Release, SignedRelease};
+use edgeswarm_protocol::release::{Platform, Release, Removal, SignedRelease, SignedRemoval};
 use edgeswarm_protocol::signing::{PublisherKey, Signable};
 use edgeswarm_protocol::wire::*;
 use edgeswarm_protocol::{Bitfield, ChunkSize, Digest};
@@ -58,6 +58,14 @@ fn sample_resolution() -> ReleaseResolution {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
         }],
         chunk_size: ChunkSize::DEFAULT,
+    }
+}
+
+fn sample_removal() -> Removal {
+    Removal {
+        image: "registry.local:5000/app:1.0".into(),
+        locality: "plant-a".into(),
+        created: 1_700_000_000,
     }
 }
 
@@ -155,6 +163,7 @@ fn sample_gossip_messages() -> Vec<GossipMessage> {
         }),
         GossipMessage::ChunkDigests(SignedChunkDigestUpdate::sign(sample_update(), &key())),
         GossipMessage::Resolution(SignedReleaseResolution::sign(sample_resolution(), &key())),
+        GossipMessage::Removal(SignedRemoval::sign(sample_removal(), &key())),
     ]
 }
 
@@ -181,6 +190,8 @@ const GOSSIP_GOLDEN: &[&str] = &[
     "8301028401f51b0000018bcfe5687b81875820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a829021903e81901f41864190190f6",
     "8301038401875820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a8295820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b81a000300011a00010000015840d0f631ca1ddba8db3bcfcb9e057cdc98d0379f1bee00e75a545147a27dadd9829c0abe51c6e6655d81de2d044d4fb194931f058c0426c67c7285d8f5657ed64af45820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c584000ea2084df07da0642113611b2fcafb75b0a529766523a31552b4416a76372d332dbf8bc3f2792728a891249e807c3dfe76f2f7715ae85bbc820ecaeae269001",
     "8301048401855820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a82983582005b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f1864782a6170706c69636174696f6e2f766e642e6f63692e696d6167652e6d616e69666573742e76312b6a736f6e835820b79606fb3afea5bd1609ed40b622142f1c98125abcfe89a76a661b0e8e34391018c878286170706c69636174696f6e2f766e642e6f63692e696d6167652e636f6e6669672e76312b6a736f6e81835820dac1d7cfa95021764849fd102524e141488c5e3a90f861dbb5a12d9ac8584f8519012c782b6170706c69636174696f6e2f766e642e6f63692e696d6167652e6c617965722e76312e7461722b677a69701a001000005820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c58404d7a0db5fb77038fa623565ee338d5d7bc272468b559845aaf6deb840f71af4b32760ee3a57cc648445e9fd96d46fc00356d329d9544d88234a794df97bf5b0c",
+    // Kind 5: [1, 5, [1, [1, image, locality, created], signer, signature]].
+    "83010584018401781b72656769737472792e6c6f63616c3a353030302f6170703a312e3067706c616e742d611a6553f1005820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c5840a885066f8a367b15526f0a8c295a5b16bd1abcc12cef9502cfe83f012155d145e62a31923539c50a977ddd1a61844f09d43f2ccf9231df3abfc40f22c175e104",
 ];
 
 #[test]
@@ -229,6 +240,15 @@ fn gossip_messages_match_golden_bytes() {
         }
         other => panic!("{other:?}"),
     }
+    match GossipMessage::decode(&hex::decode(GOSSIP_GOLDEN[5]).unwrap()).unwrap() {
+        GossipMessage::Removal(r) => {
+            assert_eq!(r.verify_signer(&public).unwrap(), &sample_removal())
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every kind is covered.
+    let kinds: std::collections::BTreeSet<u64> = msgs.iter().map(GossipMessage::kind).collect();
+    assert_eq!(kinds, (0..6).collect());
 }
 
 #[test]
@@ -646,6 +666,18 @@ fn arb_gossip_message() -> impl Strategy<Value = GossipMessage> {
                     &k,
                 ))
             }),
+        (".{0,60}", ".{0,20}", any::<u64>(), arb_key()).prop_map(
+            |(image, locality, created, k)| {
+                GossipMessage::Removal(SignedRemoval::sign(
+                    Removal {
+                        image,
+                        locality,
+                        created,
+                    },
+                    &k,
+                ))
+            }
+        ),
     ]
 }
 
@@ -728,6 +760,7 @@ proptest! {
             GossipMessage::Release(s) => { s.verify_embedded().unwrap(); }
             GossipMessage::ChunkDigests(s) => { s.verify_embedded().unwrap(); }
             GossipMessage::Resolution(s) => { s.verify_embedded().unwrap(); }
+            GossipMessage::Removal(s) => { s.verify_embedded().unwrap(); }
             _ => {}
         }
     }
@@ -770,6 +803,7 @@ proptest! {
                     GossipMessage::Release(s) => s.verify_embedded().is_ok(),
                     GossipMessage::ChunkDigests(s) => s.verify_embedded().is_ok(),
                     GossipMessage::Resolution(s) => s.verify_embedded().is_ok(),
+                    GossipMessage::Removal(s) => s.verify_embedded().is_ok(),
                     _ => false,
                 };
                 prop_assert!(!verified || back != m, "a changed signed message verified");
