@@ -829,3 +829,65 @@ fn oversized_have_batches_are_rejected() {
         Err(WireError::Decode(DecodeError::Invalid { .. }))
     ));
 }
+
+#[test]
+fn names_of_a_locality_are_pinned() {
+    let l = Locality::new("plant-7").unwrap();
+    assert_eq!(stream_protocol(&l), "/edgeswarm/plant-7/chunks/1.0.0");
+    assert_eq!(kad_protocol(&l), "/edgeswarm/plant-7/kad/1.0.0");
+    assert_eq!(identify_protocol(&l), "/edgeswarm/plant-7/id/1.0.0");
+    assert_eq!(gossip_protocol_prefix(&l), "/edgeswarm/plant-7/meshsub");
+    assert_eq!(
+        Topic::ALL.map(|t| topic_name(&l, t)),
+        [
+            "edgeswarm/plant-7/releases",
+            "edgeswarm/plant-7/availability",
+            "edgeswarm/plant-7/status",
+        ]
+    );
+    assert!(Locality::new(&"x".repeat(MAX_LOCALITY_CHARS)).is_ok());
+    assert_eq!(Locality::new("A-z_0.9").unwrap().as_str(), "A-z_0.9");
+    let long = "x".repeat(MAX_LOCALITY_CHARS + 1);
+    for bad in ["", "a/b", "a b", "plant-é", long.as_str()] {
+        assert_eq!(
+            Locality::new(bad),
+            Err(WireError::InvalidLocality { name: bad.into() }),
+            "{bad:?}"
+        );
+    }
+}
+
+/// The topic of every kind, as in docs/PROTOCOL.md §9.
+const KIND_TOPICS: [Topic; 6] = [
+    Topic::Releases,     // 0 release
+    Topic::Availability, // 1 availability
+    Topic::Status,       // 2 status
+    Topic::Releases,     // 3 chunk digests
+    Topic::Releases,     // 4 resolution
+    Topic::Releases,     // 5 removal
+];
+
+#[test]
+fn each_gossip_kind_travels_on_one_topic() {
+    let msgs = sample_gossip_messages();
+    let kinds: std::collections::BTreeSet<u64> = msgs.iter().map(GossipMessage::kind).collect();
+    assert_eq!(kinds, (0..KIND_TOPICS.len() as u64).collect());
+    for m in &msgs {
+        let want = KIND_TOPICS[m.kind() as usize];
+        assert_eq!(m.topic(), want, "kind {}", m.kind());
+        for topic in Topic::ALL {
+            let got = GossipMessage::decode_on(topic, &m.encode());
+            if topic == want {
+                assert_eq!(got.as_ref(), Ok(m));
+            } else {
+                assert_eq!(
+                    got,
+                    Err(WireError::WrongTopic {
+                        kind: m.kind(),
+                        topic
+                    })
+                );
+            }
+        }
+    }
+}

@@ -356,29 +356,7 @@ impl SwarmTask {
 /// a known message kind on the topic it belongs to. Signatures are checked
 /// by the consumer (it holds the trust policy).
 fn validate_gossip(topic: Topic, data: &[u8]) -> Result<(), String> {
-    use edgeswarm_protocol::wire::GossipMessage;
-    let msg = GossipMessage::decode(data).map_err(|e| e.to_string())?;
-    let ok = match topic {
-        Topic::Releases => matches!(
-            msg,
-            GossipMessage::Release(_)
-                | GossipMessage::Resolution(_)
-                | GossipMessage::ChunkDigests(_)
-                | GossipMessage::Removal(_)
-        ),
-        Topic::Availability => matches!(
-            msg,
-            GossipMessage::Availability(_) | GossipMessage::ChunkDigests(_)
-        ),
-        Topic::Status => matches!(msg, GossipMessage::Status(_)),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "message kind {} does not belong on {}",
-            msg.kind(),
-            topic.name()
-        ))
-    }
+    edgeswarm_protocol::wire::GossipMessage::decode_on(topic, data)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

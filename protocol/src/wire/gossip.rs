@@ -4,14 +4,20 @@
 //! GossipMessage = [1, kind: uint, body]
 //! ```
 //!
-//! | kind | body |
-//! |---|---|
-//! | 0 | [`crate::release::SignedRelease`] |
-//! | 1 | [`AvailabilityBatch`] `[[[blob, availability]*]]` |
-//! | 2 | [`NodeStatus`] `[role, gateway_capable, timestamp_ms, [progress*]]` |
-//! | 3 | signed [`ChunkDigestUpdate`] `[1, update, signer, signature]` |
-//! | 4 | signed [`ReleaseResolution`] `[1, resolution, signer, signature]` |
-//! | 5 | [`crate::release::SignedRemoval`] |
+//! | kind | body | topic |
+//! |---|---|---|
+//! | 0 | [`crate::release::SignedRelease`] | releases |
+//! | 1 | [`AvailabilityBatch`] `[[[blob, availability]*]]` | availability |
+//! | 2 | [`NodeStatus`] `[role, gateway_capable, timestamp_ms, [progress*]]` | status |
+//! | 3 | signed [`ChunkDigestUpdate`] `[1, update, signer, signature]` | releases |
+//! | 4 | signed [`ReleaseResolution`] `[1, resolution, signer, signature]` | releases |
+//! | 5 | [`crate::release::SignedRemoval`] | releases |
+//!
+//! Each kind travels on exactly one [`Topic`] ([`GossipMessage::topic`]);
+//! a receiver refuses a message on any other ([`GossipMessage::decode_on`]).
+//! The signed messages (kinds 0, 3, 4, 5) share the releases topic; the
+//! periodic reports that replace their sender's previous one (kinds 1, 2)
+//! have a topic each.
 //!
 //! The two gateway messages are signed with the gateway's ed25519 libp2p
 //! identity key (see [`crate::signing::Signed`]); the signer's public key
@@ -395,9 +401,35 @@ impl GossipMessage {
         }
     }
 
+    /// The one topic this kind of message travels on.
+    pub fn topic(&self) -> Topic {
+        match self {
+            GossipMessage::Release(_)
+            | GossipMessage::ChunkDigests(_)
+            | GossipMessage::Resolution(_)
+            | GossipMessage::Removal(_) => Topic::Releases,
+            GossipMessage::Availability(_) => Topic::Availability,
+            GossipMessage::Status(_) => Topic::Status,
+        }
+    }
+
     /// Canonical CBOR encoding.
     pub fn encode(&self) -> Vec<u8> {
         encoding::encode(self)
+    }
+
+    /// Decodes a message received on `topic`, like [`Self::decode`], and
+    /// refuses it with [`WireError::WrongTopic`] unless its kind travels on
+    /// that topic.
+    pub fn decode_on(topic: Topic, bytes: &[u8]) -> Result<Self, WireError> {
+        let msg = Self::decode(bytes)?;
+        if msg.topic() != topic {
+            return Err(WireError::WrongTopic {
+                kind: msg.kind(),
+                topic,
+            });
+        }
+        Ok(msg)
     }
 
     /// Decodes a gossip message, bounded by [`MAX_GOSSIP_BYTES`], and

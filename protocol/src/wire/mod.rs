@@ -12,7 +12,11 @@
 //! - `stream`: the chunk-exchange stream protocol: frames, [`StreamMessage`]
 //!   and its bodies, the incremental [`FrameDecoder`].
 //! - `gossip`: [`GossipMessage`] and its bodies (availability, status, the
-//!   gateway's signed chunk digests and resolutions).
+//!   gateway's signed chunk digests and resolutions), and the topic each
+//!   kind travels on ([`GossipMessage::topic`]).
+//! - `names`: the [`Locality`] rule and every name derived from it: the
+//!   libp2p protocol names ([`stream_protocol`] and others) and the gossip
+//!   [`Topic`]s.
 //! - here: [`WireError`], and the CBOR helpers both share (tuple structs,
 //!   the envelope pre-check, digest lists).
 //!
@@ -20,8 +24,8 @@
 //!
 //! ## Non-goals
 //!
-//! Transport, topic names and peer discovery (node's swarm module); what a
-//! node does with a message (trust decisions, storage).
+//! Transport and peer discovery (node's swarm module); what a node does
+//! with a message (trust decisions, storage).
 
 use std::fmt;
 
@@ -69,6 +73,20 @@ pub enum WireError {
         len: u64,
         /// The limit.
         max: u64,
+    },
+    /// A gossip message arrived on a topic its kind does not travel on.
+    #[error("gossip message kind {kind} does not belong on topic {topic}")]
+    WrongTopic {
+        /// The message kind.
+        kind: u64,
+        /// The topic it arrived on.
+        topic: Topic,
+    },
+    /// A locality name breaks the rule of [`Locality`].
+    #[error("invalid locality {name:?}: use 1-64 of [A-Za-z0-9._-]")]
+    InvalidLocality {
+        /// The refused name.
+        name: String,
     },
     /// A signed message's signature or signer was refused.
     #[error(transparent)]
@@ -216,7 +234,9 @@ impl<'de> Deserialize<'de> for DigestList {
 }
 
 mod gossip;
+mod names;
 mod stream;
 
 pub use gossip::*;
+pub use names::*;
 pub use stream::*;

@@ -1,4 +1,5 @@
-//! The chunk-exchange stream protocol ([`STREAM_PROTOCOL`], over `libp2p-stream`).
+//! The chunk-exchange stream protocol, spoken over `libp2p-stream` under
+//! the name [`stream_protocol`] of the locality.
 //!
 //! A stream carries frames in both directions:
 //!
@@ -35,9 +36,6 @@
 //! a [`ChunkRequest`] for index 0 and verified without a chunk map.
 
 use super::*;
-
-/// The libp2p stream protocol name of chunk exchange.
-pub const STREAM_PROTOCOL: &str = "/edgeswarm/chunks/1";
 
 /// Format version of [`StreamMessage`] frames.
 pub const STREAM_VERSION: u64 = 1;
