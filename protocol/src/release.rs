@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Digest;
 use crate::encoding::{self, check_leading_version, DecodeError};
-use crate::signing::{Signable, Signed};
+use crate::signing::{Signable, Signed, SIGNED_VERSION};
 
 /// Format version of [`Release`].
 pub const RELEASE_VERSION: u64 = 1;
@@ -227,7 +227,7 @@ impl Signed<Release> {
     /// Decodes a signed release (bounded by [`MAX_RELEASE_BYTES`]), without
     /// verifying it.
     pub fn decode(bytes: &[u8]) -> Result<Self, ReleaseError> {
-        check_leading_version("signed release", bytes, RELEASE_VERSION)?;
+        check_leading_version("signed release", bytes, SIGNED_VERSION)?;
         Ok(encoding::decode(
             "signed release",
             bytes,
@@ -286,3 +286,20 @@ impl Signable for Removal {
 
 /// A removal signed by a publisher (or a node's identity).
 pub type SignedRemoval = Signed<Removal>;
+
+/// Largest encoded [`SignedRemoval`] accepted: 4 KiB (an image reference
+/// and a locality are short), on the node's API and in gossip alike.
+pub const MAX_REMOVAL_BYTES: usize = 4 << 10;
+
+impl Signed<Removal> {
+    /// Decodes a signed removal (bounded by [`MAX_REMOVAL_BYTES`]), without
+    /// verifying it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ReleaseError> {
+        check_leading_version("signed removal", bytes, SIGNED_VERSION)?;
+        Ok(encoding::decode(
+            "signed removal",
+            bytes,
+            MAX_REMOVAL_BYTES,
+        )?)
+    }
+}

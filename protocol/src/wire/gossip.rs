@@ -36,6 +36,7 @@ pub const MAX_GOSSIP_BYTES: usize = 64 << 10;
 pub const MAX_DIGESTS_PER_UPDATE: usize = 1024;
 
 const _: () = assert!(MAX_RELEASE_BYTES < MAX_GOSSIP_BYTES);
+const _: () = assert!(MAX_REMOVAL_BYTES < MAX_GOSSIP_BYTES);
 
 /// What a node holds of one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,14 +434,31 @@ impl GossipMessage {
     }
 
     /// Decodes a gossip message, bounded by [`MAX_GOSSIP_BYTES`], and
-    /// checks field consistency. Signatures are *not* verified here (that
-    /// needs the node's trust policy): call `verify_*` on signed bodies.
+    /// checks field consistency: a signed release or removal is bounded as
+    /// when decoded alone ([`MAX_RELEASE_BYTES`], [`MAX_REMOVAL_BYTES`]),
+    /// chunk digests must fit their blob. Signatures are *not* verified
+    /// here (that needs the node's trust policy): call `verify_*` on signed
+    /// bodies.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         const WHAT: &str = "gossip message";
         precheck_envelope(WHAT, bytes, MAX_GOSSIP_BYTES, GOSSIP_VERSION, GOSSIP_KINDS)?;
         let msg: GossipMessage = encoding::decode(WHAT, bytes, MAX_GOSSIP_BYTES)?;
-        if let GossipMessage::ChunkDigests(signed) = &msg {
-            signed.body_unverified().validate()?;
+        let bounded = |what: &'static str, len: usize, max: usize| {
+            if len > max {
+                Err(DecodeError::TooLarge { what, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        match &msg {
+            GossipMessage::ChunkDigests(signed) => signed.body_unverified().validate()?,
+            GossipMessage::Release(signed) => {
+                bounded("signed release", signed.encode().len(), MAX_RELEASE_BYTES)?
+            }
+            GossipMessage::Removal(signed) => {
+                bounded("signed removal", signed.encode().len(), MAX_REMOVAL_BYTES)?
+            }
+            _ => {}
         }
         Ok(msg)
     }

@@ -37,7 +37,7 @@ use crate::address::Digest;
 use crate::bitfield::Bitfield;
 use crate::chunkmap::{chunk_count, ChunkSize, MAX_CHUNK_MAP_BYTES};
 use crate::encoding::{self, peek_envelope, DecodeError};
-use crate::release::{SignedRelease, SignedRemoval, MAX_RELEASE_BYTES};
+use crate::release::{SignedRelease, SignedRemoval, MAX_RELEASE_BYTES, MAX_REMOVAL_BYTES};
 use crate::signing::{Signable, Signed, SigningError};
 
 /// Longest error text in a [`ChunkStatus::Error`] or [`ReleaseProgress`]
