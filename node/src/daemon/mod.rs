@@ -1053,7 +1053,7 @@ fn role_name(role: PeerRole) -> &'static str {
 }
 
 /// Handles every validated gossip message.
-async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm::GossipMessage>) {
+async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm::ReceivedGossip>) {
     loop {
         let msg = match rx.recv().await {
             Ok(m) => m,
@@ -1063,15 +1063,8 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let decoded = match GossipMessage::decode(&msg.data) {
-            Ok(d) => d,
-            Err(e) => {
-                // The swarm already validated it; this would be a bug.
-                tracing::warn!(error = %e, "undecodable gossip");
-                continue;
-            }
-        };
-        match decoded {
+        // Decoded and validated once, by the swarm.
+        match msg.message {
             GossipMessage::Release(signed) => match inner.check_release(&signed) {
                 Ok(release) => inner.accept_release(release),
                 Err(e) => inner.refuse(&signed, msg.source, &e),
