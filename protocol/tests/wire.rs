@@ -891,3 +891,53 @@ fn each_gossip_kind_travels_on_one_topic() {
         }
     }
 }
+
+/// docs/PROTOCOL.md, the other half of the contract.
+const SPEC: &str = include_str!("../../docs/PROTOCOL.md");
+
+/// The text of the spec section whose heading starts with `heading`.
+fn spec_section(heading: &str) -> &'static str {
+    let start = SPEC.find(heading).expect("section exists");
+    let rest = &SPEC[start + heading.len()..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn the_spec_states_the_golden_vectors() {
+    let appendix = spec_section("## Appendix: test vectors");
+    for golden in STREAM_GOLDEN.iter().chain(GOSSIP_GOLDEN) {
+        assert!(appendix.contains(golden), "PROTOCOL.md lacks {golden}");
+    }
+}
+
+#[test]
+fn the_spec_states_the_names_and_the_topic_of_every_kind() {
+    // §7: every name, for locality `L`.
+    let names = spec_section("## 7.");
+    let l = Locality::new("L").unwrap();
+    let mut expected = vec![
+        kad_protocol(&l),
+        identify_protocol(&l),
+        gossip_protocol_prefix(&l),
+        stream_protocol(&l),
+    ];
+    expected.extend(Topic::ALL.map(|t| topic_name(&l, t)));
+    for name in expected {
+        assert!(names.contains(&format!("`{name}`")), "§7 lacks {name}");
+    }
+    // §9: the kind table's topic column is `GossipMessage::topic`.
+    let rows: Vec<(u64, String)> = spec_section("## 9.")
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let kind = cells.get(1)?.parse().ok()?;
+            Some((kind, cells[cells.len() - 2].to_owned()))
+        })
+        .collect();
+    let want: Vec<(u64, String)> = KIND_TOPICS
+        .iter()
+        .enumerate()
+        .map(|(kind, topic)| (kind as u64, topic.name().to_owned()))
+        .collect();
+    assert_eq!(rows, want);
+}
