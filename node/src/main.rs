@@ -18,7 +18,8 @@ use edgeswarm_node::import::ImportSinkKind;
 use edgeswarm_node::registry::{Platform, RegistryConfig};
 use edgeswarm_node::store::StoreConfig;
 use edgeswarm_node::swarm::{keys, SwarmConfig};
-use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
+use edgeswarm_protocol::release::{Release, SignedRelease};
+use edgeswarm_protocol::signing::{PublicKey, PublisherKey, TrustedKeys};
 use edgeswarm_protocol::ChunkSize;
 use serde::Deserialize;
 

@@ -195,7 +195,7 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
             let _ = b.client.publish(Topic::Status, valid.clone()).await;
             if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await
             {
-                if m.topic == Topic::Status && m.data.as_ref() == valid.as_slice() {
+                if m.message.topic() == Topic::Status && m.message.encode() == valid {
                     return m;
                 }
             }

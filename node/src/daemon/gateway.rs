@@ -136,7 +136,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
             .collect(),
         chunk_size: inner.config.chunk_size,
     };
-    let signed = edgeswarm_protocol::release::Signed::sign(resolution, &inner.identity);
+    let signed = edgeswarm_protocol::signing::Signed::sign(resolution, &inner.identity);
     if let Err(e) = inner
         .swarm
         .publish(Topic::Releases, GossipMessage::Resolution(signed).encode())
@@ -349,7 +349,7 @@ impl<'a> DigestAnnouncer<'a> {
             final_blob_digest_checked,
         };
         self.first_index += count;
-        let signed = edgeswarm_protocol::release::Signed::sign(update, &self.inner.identity);
+        let signed = edgeswarm_protocol::signing::Signed::sign(update, &self.inner.identity);
         if let Err(e) = self
             .inner
             .swarm

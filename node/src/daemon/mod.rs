@@ -48,7 +48,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
+use edgeswarm_protocol::release::{Release, SignedRelease};
+use edgeswarm_protocol::signing::{PublicKey, PublisherKey, TrustedKeys};
 use edgeswarm_protocol::wire::{
     Availability, AvailabilityBatch, AvailabilityEntry, GossipMessage, NodeStatus, PeerRole,
     ReleaseProgress, ReleaseState, SignedChunkDigestUpdate, SignedReleaseResolution,
@@ -1052,7 +1053,7 @@ fn role_name(role: PeerRole) -> &'static str {
 }
 
 /// Handles every validated gossip message.
-async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm::GossipMessage>) {
+async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm::ReceivedGossip>) {
     loop {
         let msg = match rx.recv().await {
             Ok(m) => m,
@@ -1062,15 +1063,8 @@ async fn gossip_loop(inner: Arc<Inner>, mut rx: broadcast::Receiver<crate::swarm
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let decoded = match GossipMessage::decode(&msg.data) {
-            Ok(d) => d,
-            Err(e) => {
-                // The swarm already validated it; this would be a bug.
-                tracing::warn!(error = %e, "undecodable gossip");
-                continue;
-            }
-        };
-        match decoded {
+        // Decoded and validated once, by the swarm.
+        match msg.message {
             GossipMessage::Release(signed) => match inner.check_release(&signed) {
                 Ok(release) => inner.accept_release(release),
                 Err(e) => inner.refuse(&signed, msg.source, &e),
