@@ -188,6 +188,10 @@ struct NodeArgs {
     /// it can be relayed sooner [default: 8].
     #[arg(long, env = "EDGESWARM_UPLOAD_SLOTS")]
     upload_slots: Option<usize>,
+    /// Chunk requests that may wait for an upload slot; more are answered
+    /// Busy so the requester asks another holder [default: 4].
+    #[arg(long, env = "EDGESWARM_UPLOAD_QUEUE")]
+    upload_queue: Option<usize>,
     /// Chunk requests kept outstanding at each peer [default: 4].
     #[arg(long, env = "EDGESWARM_REQUESTS_PER_PEER")]
     requests_per_peer: Option<usize>,
@@ -255,6 +259,7 @@ impl NodeArgs {
             no_mdns,
             max_upload_rate,
             upload_slots,
+            upload_queue,
             requests_per_peer,
             max_store_size,
             gateway,
@@ -299,6 +304,9 @@ impl NodeArgs {
                 bail!("--upload-slots must be at least 1");
             }
             swarm.upload_slots = n;
+        }
+        if let Some(n) = self.upload_queue {
+            swarm.upload_queue = n;
         }
         if let Some(n) = self.requests_per_peer {
             if n == 0 {

@@ -136,6 +136,9 @@ pub struct SwarmConfig {
     pub max_upload_rate: Option<u64>,
     /// Chunks served concurrently at most (upload slots).
     pub upload_slots: usize,
+    /// Chunk requests that may wait for an upload slot; more are answered
+    /// `Busy` at once, and the requester asks another holder.
+    pub upload_queue: usize,
     /// Requests pipelined to one peer at most.
     pub requests_per_peer: usize,
     /// Peers one download talks to at most.
@@ -177,6 +180,7 @@ impl SwarmConfig {
             mdns: true,
             max_upload_rate: None,
             upload_slots: 8,
+            upload_queue: 4,
             requests_per_peer: 4,
             max_download_peers: 32,
             max_connections: 256,

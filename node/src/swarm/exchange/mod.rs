@@ -53,11 +53,6 @@ const EVENTS: usize = 512;
 /// release reached every node (measured: a node's manifest arrived 1.3 s
 /// after the release with a fixed five-round retry, 0.56 s with this).
 const MAP_REASK: Duration = Duration::from_millis(500);
-/// Chunk requests that may wait for an upload slot before the server
-/// answers `Busy` (then about one chunk time per slot's turn; unbounded,
-/// requests on a 10 Mbit/s link waited past the requester's 14 s stall
-/// timeout).
-const UPLOAD_QUEUE: usize = 4;
 /// How long a failed peer is left alone by a download.
 const PEER_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -130,6 +125,10 @@ struct Inner<S> {
     upload_slots: Arc<Semaphore>,
     /// Chunk requests waiting for an upload slot.
     upload_waiting: AtomicUsize,
+    /// Requests that may wait for a slot before `Busy` (unbounded, a
+    /// request on a 10 Mbit/s link waited past the requester's 14 s stall
+    /// timeout).
+    upload_queue: usize,
     bucket: Option<TokenBucket>,
     seed_sparing: Option<Duration>,
     /// Blobs downloaded through the swarm in this process (not origin seeds).
@@ -188,6 +187,7 @@ impl<S: ChunkStore> Exchange<S> {
             local_peer,
             upload_slots: Arc::new(Semaphore::new(config.upload_slots.max(1))),
             upload_waiting: AtomicUsize::new(0),
+            upload_queue: config.upload_queue,
             bucket: config.max_upload_rate.map(TokenBucket::new),
             seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::super::frame::{self, FrameError};
 use super::super::ChunkStore;
-use super::{lock, penalise, Inner, MAX_INBOUND_STREAMS, SERVER_QUEUE, UPLOAD_QUEUE};
+use super::{lock, penalise, Inner, MAX_INBOUND_STREAMS, SERVER_QUEUE};
 
 pub(super) async fn accept_loop<S: ChunkStore>(
     inner: Arc<Inner<S>>,
@@ -401,7 +401,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     // request on a slow link waited past the requester's stall timeout; the
     // requester then dropped this peer and asked again elsewhere.
     if inner.upload_slots.available_permits() == 0
-        && inner.upload_waiting.load(Ordering::Relaxed) >= UPLOAD_QUEUE
+        && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
     {
         return respond(w, request_id, ChunkStatus::Busy).await;
     }
