@@ -185,14 +185,14 @@ struct NodeArgs {
     #[arg(long, env = "EDGESWARM_MAX_UPLOAD_RATE")]
     max_upload_rate: Option<String>,
     /// Chunk uploads served at once; fewer finish each chunk sooner, so
-    /// it can be relayed sooner [default: 8].
+    /// it can be relayed sooner [default: 3].
     #[arg(long, env = "EDGESWARM_UPLOAD_SLOTS")]
     upload_slots: Option<usize>,
     /// Chunk requests that may wait for an upload slot; more are answered
-    /// Busy so the requester asks another holder [default: 4].
+    /// Busy so the requester asks another holder [default: 0].
     #[arg(long, env = "EDGESWARM_UPLOAD_QUEUE")]
     upload_queue: Option<usize>,
-    /// Chunk requests kept outstanding at each peer [default: 4].
+    /// Chunk requests kept outstanding at each peer [default: 2].
     #[arg(long, env = "EDGESWARM_REQUESTS_PER_PEER")]
     requests_per_peer: Option<usize>,
     /// Store quota, bytes with optional K/M/G suffix [default: unlimited].

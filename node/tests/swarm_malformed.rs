@@ -253,6 +253,7 @@ async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
     let mut c = config(&d, "lab", &[]);
     // One slot, 64 KiB/s: a 256 KiB chunk holds the slot for about 4 s.
     c.upload_slots = 1;
+    c.upload_queue = 4;
     c.max_upload_rate = Some(64 << 10);
     c.seed_sparing = None;
     let s = start(&d, c).await;
