@@ -110,13 +110,24 @@ pub(crate) fn print_images(images: &[TestImage]) {
     }
 }
 
+/// How a locality's links are shaped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shaping {
+    /// Cloud link rate.
+    pub cloud_rate: edgeswarm_testnet::Rate,
+    /// Node link rate.
+    pub node_rate: edgeswarm_testnet::Rate,
+    /// Shaper queue (ms at the rate).
+    pub queue_ms: u32,
+    /// Shaper bucket (`None`: 10 ms at the rate).
+    pub burst: Option<edgeswarm_testnet::ByteSize>,
+}
+
 /// A topology plus a registry whose storage persists across topologies.
 pub(crate) fn locality(
     name: &str,
     nodes: usize,
-    cloud_rate: edgeswarm_testnet::Rate,
-    node_rate: edgeswarm_testnet::Rate,
-    queue_ms: u32,
+    shaping: Shaping,
     registry_root: &Path,
     registry_work: &Path,
 ) -> Result<(Topology, Registry)> {
@@ -127,9 +138,10 @@ pub(crate) fn locality(
             .with_context(|| format!("removing the leftover testnet {name:?}"))?;
     }
     let mut spec = TopologySpec::new(name, nodes);
-    spec.cloud_rate = cloud_rate;
-    spec.node_rate = node_rate;
-    spec.queue_ms = queue_ms;
+    spec.cloud_rate = shaping.cloud_rate;
+    spec.node_rate = shaping.node_rate;
+    spec.queue_ms = shaping.queue_ms;
+    spec.burst = shaping.burst;
     let topo = Topology::up(&spec).with_context(|| format!("creating testnet {name:?}"))?;
     let mut reg = Registry::start(
         &topo,
@@ -173,9 +185,12 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         let (topo, reg) = locality(
             "exp",
             n,
-            a.cloud_rate,
-            a.node_rate,
-            a.queue_ms,
+            Shaping {
+                cloud_rate: a.cloud_rate,
+                node_rate: a.node_rate,
+                queue_ms: a.queue_ms,
+                burst: a.burst,
+            },
             &registry_root,
             &registry_work,
         )?;
@@ -187,7 +202,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 &reg.host(),
                 &[a.image_mb],
                 true,
-                Layout::Base,
+                a.layout,
                 &out,
             )?;
             print_images(&images);
@@ -287,9 +302,12 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
     let (topo, reg) = locality(
         "demo",
         a.nodes,
-        a.cloud_rate,
-        a.node_rate,
-        edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
+        Shaping {
+            cloud_rate: a.cloud_rate,
+            node_rate: a.node_rate,
+            queue_ms: edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
+            burst: None,
+        },
         &work.join("registry/storage"),
         &work.join("registry"),
     )?;

@@ -58,5 +58,5 @@ pub mod topology;
 pub mod watch;
 
 pub use error::{Result, TestnetError};
-pub use rate::Rate;
+pub use rate::{ByteSize, Rate};
 pub use topology::{Iface, NodeInfo, Topology, TopologySpec};

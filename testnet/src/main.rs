@@ -163,9 +163,22 @@ struct ExperimentArgs {
     /// Rate of each node link, both directions.
     #[arg(long, default_value = "100mbit")]
     node_rate: Rate,
-    /// Queue of each shaper in milliseconds at its rate.
+    /// Queue of each shaper in milliseconds at its rate (issue 11's
+    /// standard shaping: 100).
     #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
     queue_ms: u32,
+    /// Bucket of each shaper (tbf burst) in tc size units (`256kb` =
+    /// 262144 bytes; issue 11's standard shaping: 256kb) [default: 10 ms at
+    /// the link's rate: 125000 bytes at 100mbit, 250000 at 200mbit].
+    #[arg(long)]
+    burst: Option<edgeswarm_testnet::ByteSize>,
+    /// How the test image's bytes spread over layers: `base` (the bulk in
+    /// one host-library layer, ~98 % of the image, plus busybox and app
+    /// layers), `single` (issue 11's image: ~46/48.7 of the image in one
+    /// layer, the rest in small layers) or `spread` (four similar base
+    /// layers).
+    #[arg(long, default_value = "base")]
+    layout: edgeswarm_testnet::images::Layout,
     /// Output directory (CSVs, SVGs, summary.md, logs).
     #[arg(long, default_value = "experiment-out")]
     out: PathBuf,
@@ -321,6 +334,11 @@ struct UpArgs {
     /// Queue of each shaper in milliseconds at its rate (tbf latency).
     #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
     queue_ms: u32,
+    /// Bucket of each shaper (tbf burst) in tc size units (`256kb` =
+    /// 262144 bytes) [default: 10 ms at the link's rate: 125000 bytes at
+    /// 100mbit, 250000 at 200mbit].
+    #[arg(long)]
+    burst: Option<edgeswarm_testnet::ByteSize>,
     /// Testnet name (1-12 chars of [a-z0-9]); namespaces are `es-<name>-*`.
     #[arg(long, default_value = "default")]
     name: String,
@@ -388,6 +406,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cloud_rate: a.cloud_rate,
                 node_rate: a.node_rate,
                 queue_ms: a.queue_ms,
+                burst: a.burst,
                 state_dir: cli.state_dir,
             };
             let mut topo =
