@@ -66,11 +66,41 @@ pub(crate) fn helper(h: Helper) -> Result<()> {
             image,
             apis,
             interval_ms,
-        } => Ok(edgeswarm_testnet::watch::run_watcher(
-            &apis,
-            &image,
-            Duration::from_millis(interval_ms),
-        )?),
+            slow_interval_ms,
+            link_rate,
+            expect_bytes,
+            slack_bytes,
+        } => {
+            let policy = edgeswarm_testnet::watch::PollPolicy {
+                fast: Duration::from_millis(interval_ms),
+                slow: Duration::from_millis(slow_interval_ms.max(interval_ms)),
+                link_bytes_per_s: link_rate.map_or(0.0, |r| r.bits_per_sec() as f64 / 8.0),
+                expect_bytes,
+                slack_bytes,
+            };
+            Ok(edgeswarm_testnet::watch::run_watcher(
+                &apis, &image, policy,
+            )?)
+        }
+        Helper::Scrape { apis } => {
+            for (i, addr) in apis.iter().enumerate() {
+                let line = match edgeswarm_testnet::watch::http_get(
+                    *addr,
+                    "/metrics",
+                    Duration::from_secs(5),
+                ) {
+                    Ok(body) => serde_json::json!({
+                        "node": i,
+                        "metrics": edgeswarm_testnet::measure::parse_prometheus(
+                            &String::from_utf8_lossy(&body)
+                        ),
+                    }),
+                    Err(e) => serde_json::json!({"node": i, "error": e.to_string()}),
+                };
+                println!("{line}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -168,6 +198,13 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     anyhow::ensure!(!a.nodes.is_empty(), "--nodes is empty");
+    let mut node_counts = a.nodes.clone();
+    if !node_counts.contains(&1) && !a.no_lone_run && methods.contains(&Method::Edgeswarm) {
+        // T(N)/T(1) and the gateway's pull against its lone pull need N=1
+        // measured in the same experiment.
+        eprintln!("adding an N=1 run: the reference of T(N)/T(1) and of the gateway's lone pull");
+        node_counts.insert(0, 1);
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let out = std::path::absolute(&a.out)?;
     let registry_root = out.join("registry/storage");
@@ -179,10 +216,19 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         cloud_rate: a.cloud_rate.to_string(),
         node_rate: a.node_rate.to_string(),
         import: a.import.clone(),
+        shaping: format!(
+            "queue {} ms, burst {}",
+            a.queue_ms,
+            a.burst.map_or_else(
+                || "10 ms at the link's rate".to_string(),
+                |b| format!("{b} ({} bytes)", b.get())
+            )
+        ),
+        layout: a.layout.name().to_string(),
     };
-    for &n in &a.nodes {
+    for &n in &node_counts {
         eprintln!("== N = {n}: building the testnet");
-        let (topo, reg) = locality(
+        let (topo, mut reg) = locality(
             "exp",
             n,
             Shaping {
@@ -218,6 +264,8 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             chunk_size: a.chunk_size.clone(),
             keep_data: a.keep_data,
             import: a.import.clone(),
+            registry_pid: Some(reg.process().pid()),
+            image_bytes: img.layer_bytes,
         };
         for m in &methods {
             let r = match m {
@@ -241,6 +289,19 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 r.cloud_bytes as f64 / img.total_bytes as f64,
                 r.cpu.busy * 100.0,
                 r.cpu.iowait * 100.0
+            );
+            let gw = &r.per_node[0];
+            let img_b = img.total_bytes as f64;
+            let all_in: u64 = r.per_node.iter().map(|x| x.link.into_node).sum();
+            eprintln!(
+                "             pull {}s  links in {:.3}x N x image  gateway in {:.3}x out {:.3}x  CPU-s gateway {} nodes {:.1}  registry {}",
+                r.pull_seconds.map_or("-".into(), |x| format!("{x:.2}")),
+                all_in as f64 / (n as f64 * img_b),
+                gw.link.into_node as f64 / img_b,
+                gw.link.from_node as f64 / img_b,
+                gw.cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
+                r.per_node[1..].iter().filter_map(|x| x.cpu_seconds).sum::<f64>(),
+                r.registry_cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
             );
             runs.push(r);
         }
@@ -341,6 +402,8 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         chunk_size: None,
         keep_data: false,
         import: "dir".into(),
+        registry_pid: None,
+        image_bytes: img.layer_bytes,
     };
     let mut last_print: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
     let started = Instant::now();

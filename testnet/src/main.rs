@@ -118,7 +118,8 @@ enum Helper {
         #[arg(long, default_value = "/var/tmp")]
         work: PathBuf,
     },
-    /// Poll nodes' APIs and print a JSON line per change of IMAGE's state.
+    /// Poll nodes' APIs and print a JSON line per change of IMAGE's state;
+    /// exits once every node finished the release.
     Watch {
         /// Image reference whose release is watched.
         #[arg(long)]
@@ -126,9 +127,32 @@ enum Helper {
         /// Node API address, repeatable.
         #[arg(long = "api", required = true)]
         apis: Vec<std::net::SocketAddr>,
-        /// Poll interval in milliseconds.
+        /// Poll interval in milliseconds while a node may finish before a
+        /// slow poll (the resolution of completion times).
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
+        /// Poll interval in milliseconds while a node's link cannot bring
+        /// the rest of the image before the next poll.
+        #[arg(long, default_value_t = 500)]
+        slow_interval_ms: u64,
+        /// Rate of the nodes' links [default: unknown: always poll every
+        /// --interval-ms].
+        #[arg(long)]
+        link_rate: Option<edgeswarm_testnet::Rate>,
+        /// Layer bytes of the image, for nodes that do not know the
+        /// release yet [default: 0, unknown].
+        #[arg(long, default_value_t = 0)]
+        expect_bytes: u64,
+        /// Bytes a node may hold received but not yet verified.
+        #[arg(long, default_value_t = 8 << 20)]
+        slack_bytes: u64,
+    },
+    /// GET /metrics of each node API; prints one JSON line per node
+    /// (`{"node": i, "metrics": {series: value}}`).
+    Scrape {
+        /// Node API address, repeatable.
+        #[arg(long = "api", required = true)]
+        apis: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -151,9 +175,15 @@ struct ImagesArgs {
 
 #[derive(Debug, Args)]
 struct ExperimentArgs {
-    /// Node counts to run, comma-separated.
+    /// Node counts to run, comma-separated (1 is added when missing, see
+    /// --no-lone-run).
     #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,15,21")]
     nodes: Vec<usize>,
+    /// Do not add an N=1 run when --nodes lacks 1 [default: off: it is
+    /// added, as the reference of T(N)/T(1) and of the gateway's lone
+    /// pull].
+    #[arg(long)]
+    no_lone_run: bool,
     /// Compressed size of the test image in MB.
     #[arg(long, default_value_t = 50)]
     image_mb: u64,
