@@ -266,6 +266,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             import: a.import.clone(),
             registry_pid: Some(reg.process().pid()),
             image_bytes: img.layer_bytes,
+            watch_slow: Duration::from_millis(a.watch_slow_ms),
         };
         for m in &methods {
             let r = match m {
@@ -294,7 +295,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             let img_b = img.total_bytes as f64;
             let all_in: u64 = r.per_node.iter().map(|x| x.link.into_node).sum();
             eprintln!(
-                "             pull {}s  links in {:.3}x N x image  gateway in {:.3}x out {:.3}x  CPU-s gateway {} nodes {:.1}  registry {}",
+                "             pull {}s  links in {:.3}x N x image  gateway in {:.3}x out {:.3}x  CPU-s gateway {} nodes {:.1}  registry {}  watcher {}",
                 r.pull_seconds.map_or("-".into(), |x| format!("{x:.2}")),
                 all_in as f64 / (n as f64 * img_b),
                 gw.link.into_node as f64 / img_b,
@@ -302,6 +303,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 gw.cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
                 r.per_node[1..].iter().filter_map(|x| x.cpu_seconds).sum::<f64>(),
                 r.registry_cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
+                r.watcher_cpu_seconds.map_or("-".into(), |x| format!("{x:.2}")),
             );
             runs.push(r);
         }
@@ -404,6 +406,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         import: "dir".into(),
         registry_pid: None,
         image_bytes: img.layer_bytes,
+        watch_slow: Duration::from_millis(500),
     };
     let mut last_print: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
     let started = Instant::now();

@@ -88,6 +88,9 @@ pub struct RunSpec {
     /// slowly while the node still needs more of them than its link can
     /// bring before the next slow poll.
     pub image_bytes: u64,
+    /// The watcher's poll interval while a node cannot finish before the
+    /// next poll (100 ms gives the old fixed polling, for comparison).
+    pub watch_slow: Duration,
 }
 
 /// Which provisioning method a result is for.
@@ -159,6 +162,9 @@ pub struct RunResult {
     pub pull_seconds: Option<f64>,
     /// CPU seconds of the registry during the run.
     pub registry_cpu_seconds: Option<f64>,
+    /// CPU seconds of the watcher from the deploy to the last node done
+    /// (edgeswarm only): what timing the nodes costs.
+    pub watcher_cpu_seconds: Option<f64>,
 }
 
 /// Machine-wide CPU time split over an interval, from `/proc/stat`.
@@ -384,6 +390,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         series,
         cpu,
         registry_cpu_seconds,
+        watcher_cpu_seconds: None,
     })
 }
 
@@ -515,7 +522,8 @@ fn start_watcher(
     let loc = topo.locality(0)?;
     let mut cmd = topo.command(&loc.router_ns, &tools.testnet)?;
     cmd.args(["helper", "watch", "--image", &spec.image])
-        .args(["--interval-ms", "100", "--slow-interval-ms", "500"])
+        .args(["--interval-ms", "100", "--slow-interval-ms"])
+        .arg(spec.watch_slow.as_millis().to_string())
         .args(["--link-rate", &topo.state().node_rate.to_string()])
         .args(["--expect-bytes", &spec.image_bytes.to_string()]);
     for n in &loc.nodes {
@@ -653,6 +661,7 @@ pub fn run_edgeswarm(
         .map(|p| measure::proc_cpu_seconds(p.pid()))
         .collect();
     let registry_cpu0 = spec.registry_pid.and_then(measure::proc_cpu_seconds);
+    let watcher_cpu0 = measure::proc_cpu_seconds(watcher.0.id());
     let cpu0 = CpuTimes::now();
     let start = Instant::now();
     let out = topo.exec_output(
@@ -719,6 +728,9 @@ pub fn run_edgeswarm(
         .map(|(p, c0)| Some(measure::proc_cpu_seconds(p.pid())? - (*c0)?))
         .collect();
     let registry_cpu_seconds = registry_cpu(spec, registry_cpu0);
+    // The watcher exits once every node is done; read before reaping it.
+    let watcher_cpu_seconds =
+        measure::proc_cpu_seconds(watcher.0.id()).and_then(|c| Some(c - watcher_cpu0?));
     let series = sampler.stop()?;
     drop(watcher);
     // After the measurement window: the scrape's own traffic and CPU stay
@@ -768,6 +780,7 @@ pub fn run_edgeswarm(
         series,
         cpu,
         registry_cpu_seconds,
+        watcher_cpu_seconds,
     })
 }
 

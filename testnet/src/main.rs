@@ -179,6 +179,11 @@ struct ExperimentArgs {
     /// --no-lone-run).
     #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,15,21")]
     nodes: Vec<usize>,
+    /// The watcher's poll interval in milliseconds while a node's link
+    /// cannot bring the rest of the image before the next poll (100: poll
+    /// every node every 100 ms, as before slow polls).
+    #[arg(long, default_value_t = 500)]
+    watch_slow_ms: u64,
     /// Do not add an N=1 run when --nodes lacks 1 [default: off: it is
     /// added, as the reference of T(N)/T(1) and of the gateway's lone
     /// pull].

@@ -223,7 +223,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "| method | N | last (s) | pull (s) | pull alone (s) | gateway in / out | other nodes in (min-max per node) | other nodes out (sum) | all in | CPU-s gateway | CPU-s nodes (mean / max) | CPU-s registry | machine CPU |"
+        "| method | N | last (s) | pull (s) | pull alone (s) | gateway in / out | other nodes in (min-max per node) | other nodes out (sum) | all in | CPU-s gateway | CPU-s nodes (mean / max) | CPU-s registry / watcher | machine CPU |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let img = image.bytes as f64;
@@ -263,7 +263,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {others_in} | {others_out} | {} | {} | {nodes_cpu} | {} | {:.0}% |",
+            "| {} | {} | {} | {} | {} | {} | {others_in} | {others_out} | {} | {} | {nodes_cpu} | {} / {} | {:.0}% |",
             r.method.name(),
             r.nodes,
             opt_s(r.last_seconds()),
@@ -281,6 +281,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
             x(links_ratio(r, image.bytes, true)),
             opt_s(gw.and_then(|g| g.cpu_seconds)),
             opt_s(r.registry_cpu_seconds),
+            opt_s(r.watcher_cpu_seconds),
             r.cpu.busy * 100.0
         );
     }

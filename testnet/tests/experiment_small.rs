@@ -134,6 +134,7 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         import: "dir".into(),
         registry_pid: Some(reg.process().pid()),
         image_bytes: image.layer_bytes,
+        watch_slow: Duration::from_millis(500),
     };
     let result = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &run, &mut |_| {})
         .unwrap_or_else(|e| panic!("edgeswarm run failed: {e}"));
@@ -224,6 +225,7 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
     }
     assert!(uploaded >= 2.0 * layers as f64, "uploaded {uploaded}");
     assert!(result.registry_cpu_seconds.expect("registry CPU") > 0.0);
+    assert!(result.watcher_cpu_seconds.is_some(), "watcher CPU not read");
     let pull = result.pull_seconds.expect("gateway pull time");
     assert!(
         pull > 0.0 && pull <= result.last_seconds().unwrap() + 0.5,

@@ -62,6 +62,7 @@ fn run(s: Spec) -> RunResult {
         },
         pull_seconds: Some(s.pull),
         registry_cpu_seconds: Some(0.7),
+        watcher_cpu_seconds: None,
     }
 }
 
@@ -234,4 +235,8 @@ fn summary_holds_the_run_table_and_the_targets_table() {
     );
     assert!(s.contains("**FAIL**") && s.contains("| pass |"), "{s}");
     assert!(s.contains("at most 100 ms"), "{s}");
+    // CPU seconds (node i: 1.5 + i): gateway 1.50, nodes 1-4 mean 4.00 /
+    // max 5.50 (N=5),
+    // registry / watcher.
+    assert!(s.contains("| 1.50 | 4.00 / 5.50 | 0.70 / - | 50% |"), "{s}");
 }
