@@ -214,7 +214,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
         s,
         "## Links, pulls and CPU of every run\n\n\
          Node links: kernel counters of the bridge ports, as ratios to the image \
-         ({:.1} MB); \"all in\" is every node's download over N x image. \
+         ({:.1} MB); \"all in / out\" is every node's download / upload over N x image; \"other nodes out\" is over one image. \
          Pull: until the cloud link had carried 99.5 % of its bytes (edgeswarm: the \
          gateway's pull; naive: the last pull); alone: the N=1 edgeswarm run's. \
          CPU-s: user + system seconds of each node's process during the run \
@@ -223,7 +223,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "| method | N | last (s) | pull (s) | pull alone (s) | gateway in / out | other nodes in (min-max per node) | other nodes out (sum) | all in | CPU-s gateway | CPU-s nodes (mean / max) | CPU-s registry / watcher | machine CPU |"
+        "| method | N | last (s) | pull (s) | pull alone (s) | gateway in / out | other nodes in (min-max per node) | other nodes out (sum) | all in / out | CPU-s gateway | CPU-s nodes (mean / max) | CPU-s registry / watcher | machine CPU |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let img = image.bytes as f64;
@@ -263,7 +263,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {others_in} | {others_out} | {} | {} | {nodes_cpu} | {} / {} | {:.0}% |",
+            "| {} | {} | {} | {} | {} | {} | {others_in} | {others_out} | {} / {} | {} | {nodes_cpu} | {} / {} | {:.0}% |",
             r.method.name(),
             r.nodes,
             opt_s(r.last_seconds()),
@@ -279,6 +279,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
                 x(g.link.from_node as f64 / img)
             )),
             x(links_ratio(r, image.bytes, true)),
+            x(links_ratio(r, image.bytes, false)),
             opt_s(gw.and_then(|g| g.cpu_seconds)),
             opt_s(r.registry_cpu_seconds),
             opt_s(r.watcher_cpu_seconds),

@@ -230,7 +230,7 @@ fn summary_holds_the_run_table_and_the_targets_table() {
     assert!(s.contains("## Issue 11 targets (edgeswarm)"), "{s}");
     // The N=2 run: gateway 1.020x in / 1.050x out, pull 4.40 s against 3.90 s alone.
     assert!(
-        s.contains("| edgeswarm | 2 | 5.00 | 4.40 | 3.90 | 1.020x / 1.050x |"),
+        s.contains("| edgeswarm | 2 | 5.00 | 4.40 | 3.90 | 1.020x / 1.050x | 1.030x (1.030-1.030) | 0.100x | 1.025x / 0.575x |"),
         "{s}"
     );
     assert!(s.contains("**FAIL**") && s.contains("| pass |"), "{s}");
