@@ -295,13 +295,17 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             let img_b = img.total_bytes as f64;
             let all_in: u64 = r.per_node.iter().map(|x| x.link.into_node).sum();
             eprintln!(
-                "             pull {}s  links in {:.3}x N x image  gateway in {:.3}x out {:.3}x  CPU-s gateway {} nodes {:.1}  registry {}  watcher {}",
+                "             pull {}s  links in {:.3}x N x image  gateway in {:.3}x out {:.3}x  CPU-s gateway {} other nodes {:.1}  registry {}  watcher {}",
                 r.pull_seconds.map_or("-".into(), |x| format!("{x:.2}")),
                 all_in as f64 / (n as f64 * img_b),
                 gw.link.into_node as f64 / img_b,
                 gw.link.from_node as f64 / img_b,
                 gw.cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
-                r.per_node[1..].iter().filter_map(|x| x.cpu_seconds).sum::<f64>(),
+                // Starting from 0.0: an empty f64 sum is -0.0.
+                r.per_node[1..]
+                    .iter()
+                    .filter_map(|x| x.cpu_seconds)
+                    .fold(0.0, |a, b| a + b),
                 r.registry_cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
                 r.watcher_cpu_seconds.map_or("-".into(), |x| format!("{x:.2}")),
             );
