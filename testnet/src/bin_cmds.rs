@@ -66,11 +66,41 @@ pub(crate) fn helper(h: Helper) -> Result<()> {
             image,
             apis,
             interval_ms,
-        } => Ok(edgeswarm_testnet::watch::run_watcher(
-            &apis,
-            &image,
-            Duration::from_millis(interval_ms),
-        )?),
+            slow_interval_ms,
+            link_rate,
+            expect_bytes,
+            slack_bytes,
+        } => {
+            let policy = edgeswarm_testnet::watch::PollPolicy {
+                fast: Duration::from_millis(interval_ms),
+                slow: Duration::from_millis(slow_interval_ms.max(interval_ms)),
+                link_bytes_per_s: link_rate.map_or(0.0, |r| r.bits_per_sec() as f64 / 8.0),
+                expect_bytes,
+                slack_bytes,
+            };
+            Ok(edgeswarm_testnet::watch::run_watcher(
+                &apis, &image, policy,
+            )?)
+        }
+        Helper::Scrape { apis } => {
+            for (i, addr) in apis.iter().enumerate() {
+                let line = match edgeswarm_testnet::watch::http_get(
+                    *addr,
+                    "/metrics",
+                    Duration::from_secs(5),
+                ) {
+                    Ok(body) => serde_json::json!({
+                        "node": i,
+                        "metrics": edgeswarm_testnet::measure::parse_prometheus(
+                            &String::from_utf8_lossy(&body)
+                        ),
+                    }),
+                    Err(e) => serde_json::json!({"node": i, "error": e.to_string()}),
+                };
+                println!("{line}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -110,13 +140,24 @@ pub(crate) fn print_images(images: &[TestImage]) {
     }
 }
 
+/// How a locality's links are shaped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shaping {
+    /// Cloud link rate.
+    pub cloud_rate: edgeswarm_testnet::Rate,
+    /// Node link rate.
+    pub node_rate: edgeswarm_testnet::Rate,
+    /// Shaper queue (ms at the rate).
+    pub queue_ms: u32,
+    /// Shaper bucket (`None`: 10 ms at the rate).
+    pub burst: Option<edgeswarm_testnet::ByteSize>,
+}
+
 /// A topology plus a registry whose storage persists across topologies.
 pub(crate) fn locality(
     name: &str,
     nodes: usize,
-    cloud_rate: edgeswarm_testnet::Rate,
-    node_rate: edgeswarm_testnet::Rate,
-    queue_ms: u32,
+    shaping: Shaping,
     registry_root: &Path,
     registry_work: &Path,
 ) -> Result<(Topology, Registry)> {
@@ -127,9 +168,10 @@ pub(crate) fn locality(
             .with_context(|| format!("removing the leftover testnet {name:?}"))?;
     }
     let mut spec = TopologySpec::new(name, nodes);
-    spec.cloud_rate = cloud_rate;
-    spec.node_rate = node_rate;
-    spec.queue_ms = queue_ms;
+    spec.cloud_rate = shaping.cloud_rate;
+    spec.node_rate = shaping.node_rate;
+    spec.queue_ms = shaping.queue_ms;
+    spec.burst = shaping.burst;
     let topo = Topology::up(&spec).with_context(|| format!("creating testnet {name:?}"))?;
     let mut reg = Registry::start(
         &topo,
@@ -156,6 +198,13 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     anyhow::ensure!(!a.nodes.is_empty(), "--nodes is empty");
+    let mut node_counts = a.nodes.clone();
+    if !node_counts.contains(&1) && !a.no_lone_run && methods.contains(&Method::Edgeswarm) {
+        // T(N)/T(1) and the gateway's pull against its lone pull need N=1
+        // measured in the same experiment.
+        eprintln!("adding an N=1 run: the reference of T(N)/T(1) and of the gateway's lone pull");
+        node_counts.insert(0, 1);
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let out = std::path::absolute(&a.out)?;
     let registry_root = out.join("registry/storage");
@@ -167,15 +216,27 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         cloud_rate: a.cloud_rate.to_string(),
         node_rate: a.node_rate.to_string(),
         import: a.import.clone(),
+        shaping: format!(
+            "queue {} ms, burst {}",
+            a.queue_ms,
+            a.burst.map_or_else(
+                || "10 ms at the link's rate".to_string(),
+                |b| format!("{b} ({} bytes)", b.get())
+            )
+        ),
+        layout: a.layout.name().to_string(),
     };
-    for &n in &a.nodes {
+    for &n in &node_counts {
         eprintln!("== N = {n}: building the testnet");
-        let (topo, reg) = locality(
+        let (topo, mut reg) = locality(
             "exp",
             n,
-            a.cloud_rate,
-            a.node_rate,
-            a.queue_ms,
+            Shaping {
+                cloud_rate: a.cloud_rate,
+                node_rate: a.node_rate,
+                queue_ms: a.queue_ms,
+                burst: a.burst,
+            },
             &registry_root,
             &registry_work,
         )?;
@@ -187,7 +248,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 &reg.host(),
                 &[a.image_mb],
                 true,
-                Layout::Base,
+                a.layout,
                 &out,
             )?;
             print_images(&images);
@@ -203,6 +264,9 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             chunk_size: a.chunk_size.clone(),
             keep_data: a.keep_data,
             import: a.import.clone(),
+            registry_pid: Some(reg.process().pid()),
+            image_bytes: img.layer_bytes,
+            watch_slow: Duration::from_millis(a.watch_slow_ms),
         };
         for m in &methods {
             let r = match m {
@@ -226,6 +290,24 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 r.cloud_bytes as f64 / img.total_bytes as f64,
                 r.cpu.busy * 100.0,
                 r.cpu.iowait * 100.0
+            );
+            let gw = &r.per_node[0];
+            let img_b = img.total_bytes as f64;
+            let all_in: u64 = r.per_node.iter().map(|x| x.link.into_node).sum();
+            eprintln!(
+                "             pull {}s  links in {:.3}x N x image  gateway in {:.3}x out {:.3}x  CPU-s gateway {} other nodes {:.1}  registry {}  watcher {}",
+                r.pull_seconds.map_or("-".into(), |x| format!("{x:.2}")),
+                all_in as f64 / (n as f64 * img_b),
+                gw.link.into_node as f64 / img_b,
+                gw.link.from_node as f64 / img_b,
+                gw.cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
+                // Starting from 0.0: an empty f64 sum is -0.0.
+                r.per_node[1..]
+                    .iter()
+                    .filter_map(|x| x.cpu_seconds)
+                    .fold(0.0, |a, b| a + b),
+                r.registry_cpu_seconds.map_or("-".into(), |x| format!("{x:.1}")),
+                r.watcher_cpu_seconds.map_or("-".into(), |x| format!("{x:.2}")),
             );
             runs.push(r);
         }
@@ -287,9 +369,12 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
     let (topo, reg) = locality(
         "demo",
         a.nodes,
-        a.cloud_rate,
-        a.node_rate,
-        edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
+        Shaping {
+            cloud_rate: a.cloud_rate,
+            node_rate: a.node_rate,
+            queue_ms: edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
+            burst: None,
+        },
         &work.join("registry/storage"),
         &work.join("registry"),
     )?;
@@ -323,6 +408,9 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         chunk_size: None,
         keep_data: false,
         import: "dir".into(),
+        registry_pid: None,
+        image_bytes: img.layer_bytes,
+        watch_slow: Duration::from_millis(500),
     };
     let mut last_print: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
     let started = Instant::now();

@@ -13,16 +13,23 @@
 //!   (it imports the image like every other node), so both methods provision
 //!   exactly N devices. After every node is up and the gateway hears every
 //!   other node's status reports, the release is deployed through node 0's
-//!   API; a watcher in the router namespace polls every node's API every
-//!   100 ms and a node's time is when the watcher first sees it `done`.
+//!   API; a watcher in the router namespace polls every node's API (every
+//!   100 ms while the node may finish before a 500 ms poll would see it,
+//!   else every 500 ms: [`crate::watch::PollPolicy`]) and a node's time is
+//!   when the watcher first sees it `done`, within the recorded poll gap.
 //!
 //! # What is recorded
-//! Per node: completion time (seconds since the deploy/pull started) and
-//! the bytes it reports from cloud and peers. Per run: the last node's time,
-//! the bytes the cloud link carried into the locality (kernel counters of
-//! the cloud end of the link: retransmissions and HTTP/TCP overhead
-//! included, whatever nodes claim) and a time series of every link
-//! ([`crate::counters::Sampler`], 100 ms).
+//! Per node: completion time (seconds since the deploy/pull started), the
+//! bytes it reports from cloud and peers, the bytes into and out of it over
+//! its link (kernel counters of its bridge port), the CPU seconds of its
+//! process (`/proc/PID/stat`), and for edgeswarm its `/metrics` counters at
+//! the end (bytes from peers, duplicate chunks, bytes uploaded). Per run:
+//! the last node's time, the bytes the cloud link carried into the locality
+//! (kernel counters of the cloud end of the link: retransmissions and
+//! HTTP/TCP overhead included, whatever nodes claim), when the cloud link
+//! had carried 99.5 % of them (the gateway's pull; for the naive baseline
+//! the last pull), the registry's CPU seconds, the machine's CPU use, and a
+//! time series of every link ([`crate::counters::Sampler`], 100 ms).
 
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,6 +42,7 @@ use serde::Serialize;
 
 use crate::counters::{Sampler, Series};
 use crate::error::{Result, TestnetError};
+use crate::measure::{self, LinkBytes, NodeMetrics};
 use crate::process::{NetnsProcess, SpawnSpec};
 use crate::topology::Topology;
 use crate::watch::WatchLine;
@@ -73,6 +81,16 @@ pub struct RunSpec {
     /// The nodes' `--import` sink (`dir`; `none` measures distribution
     /// without extraction).
     pub import: String,
+    /// The registry's pid, to report its CPU seconds (`None`: not
+    /// reported).
+    pub registry_pid: Option<u32>,
+    /// Layer bytes of the image (0: unknown). The watcher polls a node
+    /// slowly while the node still needs more of them than its link can
+    /// bring before the next slow poll.
+    pub image_bytes: u64,
+    /// The watcher's poll interval while a node cannot finish before the
+    /// next poll (100 ms gives the old fixed polling, for comparison).
+    pub watch_slow: Duration,
 }
 
 /// Which provisioning method a result is for.
@@ -110,6 +128,15 @@ pub struct NodeResult {
     pub node_seconds: Option<f64>,
     /// Whether the image's files were found where the node put them.
     pub verified: bool,
+    /// Bytes over the node's link during the run (kernel counters).
+    pub link: LinkBytes,
+    /// CPU seconds (user + system) of the node's process during the run.
+    pub cpu_seconds: Option<f64>,
+    /// The node's `/metrics` counters at the end (edgeswarm only).
+    pub metrics: Option<NodeMetrics>,
+    /// How long before the watcher saw the node done it had last seen it
+    /// not done, in seconds: the uncertainty of `seconds` (edgeswarm only).
+    pub done_gap: Option<f64>,
 }
 
 /// One method at one N.
@@ -130,6 +157,14 @@ pub struct RunResult {
     /// Machine-wide CPU use during the run (all processes, not only the
     /// testnet's: other work on the machine shows here too).
     pub cpu: CpuUse,
+    /// Seconds until the cloud link had carried 99.5 % of its bytes: the
+    /// gateway's pull for edgeswarm, the last node's pull for naive.
+    pub pull_seconds: Option<f64>,
+    /// CPU seconds of the registry during the run.
+    pub registry_cpu_seconds: Option<f64>,
+    /// CPU seconds of the watcher from the deploy to the last node done
+    /// (edgeswarm only): what timing the nodes costs.
+    pub watcher_cpu_seconds: Option<f64>,
 }
 
 /// Machine-wide CPU time split over an interval, from `/proc/stat`.
@@ -190,23 +225,42 @@ impl RunResult {
         done.iter().sum::<f64>() / done.len().max(1) as f64
     }
 
-    /// Writes `nodes-<method>-<N>.csv`
-    /// (node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified).
+    /// Writes `nodes-<method>-<N>.csv` (node, seconds, bytes_from_cloud,
+    /// bytes_from_peers, node_seconds, verified, link_in_bytes,
+    /// link_out_bytes, cpu_seconds, done_gap_s, then the `/metrics`
+    /// counters: release_peer_bytes, bytes_downloaded, duplicate_chunks,
+    /// bytes_uploaded; empty where not measured).
     pub fn write_nodes_csv(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("nodes-{}-{}.csv", self.method.name(), self.nodes));
-        let mut s =
-            String::from("node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified\n");
+        let mut s = String::from(
+            "node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified,\
+             link_in_bytes,link_out_bytes,cpu_seconds,done_gap_s,\
+             release_peer_bytes,bytes_downloaded,duplicate_chunks,bytes_uploaded\n",
+        );
+        let f3 = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or_default();
         for n in &self.per_node {
+            let m = |f: fn(&NodeMetrics) -> f64| {
+                n.metrics
+                    .as_ref()
+                    .map(|m| format!("{}", f(m)))
+                    .unwrap_or_default()
+            };
             s.push_str(&format!(
-                "{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 n.node,
-                n.seconds.map(|x| format!("{x:.3}")).unwrap_or_default(),
+                f3(n.seconds),
                 n.bytes_from_cloud,
                 n.bytes_from_peers,
-                n.node_seconds
-                    .map(|x| format!("{x:.3}"))
-                    .unwrap_or_default(),
-                n.verified
+                f3(n.node_seconds),
+                n.verified,
+                n.link.into_node,
+                n.link.from_node,
+                f3(n.cpu_seconds),
+                f3(n.done_gap),
+                m(|m| m.release_peer_bytes),
+                m(|m| m.bytes_downloaded),
+                m(|m| m.duplicate_chunks),
+                m(|m| m.bytes_uploaded),
             ));
         }
         std::fs::write(&path, s)
@@ -240,9 +294,12 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
     crate::cmd::require("skopeo", "apt-get install skopeo")?;
     std::fs::create_dir_all(&spec.work)
         .map_err(|e| TestnetError::io(format!("creating {}", spec.work.display()), e))?;
-    let nodes: Vec<_> = topo.locality(0)?.nodes.clone();
+    let loc = topo.locality(0)?.clone();
+    let nodes = loc.nodes.clone();
     let n = nodes.len();
     let sampler = start_sampler(topo, spec, spec.work.join(format!("links-naive-{n}.csv")))?;
+    let ports0 = measure::read_bridge_ports(&loc)?;
+    let registry_cpu0 = spec.registry_pid.and_then(measure::proc_cpu_seconds);
     let cpu0 = CpuTimes::now();
     let start = Instant::now();
     let mut procs = Vec::with_capacity(n);
@@ -264,9 +321,16 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         )?);
     }
     let mut done: Vec<Option<f64>> = vec![None; n];
+    let mut cpu_seconds: Vec<Option<f64>> = vec![None; n];
     while done.iter().any(Option::is_none) {
         for (i, p) in procs.iter_mut().enumerate() {
             if done[i].is_none() {
+                // Read before reaping: an exited process keeps its final
+                // CPU times until it is waited for (at worst this misses
+                // the last 10 ms before exit).
+                if let Some(c) = measure::proc_cpu_seconds(p.pid()) {
+                    cpu_seconds[i] = Some(c);
+                }
                 if let Some(status) = p.try_wait()? {
                     if !status.success() {
                         return Err(TestnetError::Experiment(format!(
@@ -287,12 +351,16 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let cpu = cpu0.until(CpuTimes::now());
+    let ports1 = measure::read_bridge_ports(&loc)?;
+    let registry_cpu_seconds = registry_cpu(spec, registry_cpu0);
     let series = sampler.stop()?;
     let cloud = series.delta("cloud0").unwrap_or_default();
+    let links = measure::link_bytes(&ports0, &ports1);
     let per_node = nodes
         .iter()
         .zip(&done)
-        .map(|(node, s)| {
+        .enumerate()
+        .map(|(i, (node, s))| {
             let dest = spec.work.join(format!("naive-data/n{}", node.index));
             let verified = dest.join("manifest.json").is_file();
             if !spec.keep_data {
@@ -305,6 +373,10 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
                 bytes_from_peers: 0,
                 node_seconds: None,
                 verified,
+                link: links[i],
+                cpu_seconds: cpu_seconds[i],
+                metrics: None,
+                done_gap: None,
             }
         })
         .collect();
@@ -314,9 +386,61 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         per_node,
         cloud_bytes: cloud.tx_bytes,
         cloud_bytes_up: cloud.rx_bytes,
+        pull_seconds: measure::tx_done_seconds(&series, "cloud0", measure::PULL_DONE_FRACTION),
         series,
         cpu,
+        registry_cpu_seconds,
+        watcher_cpu_seconds: None,
     })
+}
+
+/// The registry's CPU seconds since `before` (`None` without its pid).
+fn registry_cpu(spec: &RunSpec, before: Option<f64>) -> Option<f64> {
+    let now = spec.registry_pid.and_then(measure::proc_cpu_seconds)?;
+    Some(now - before?)
+}
+
+/// Every node's `/metrics`, scraped from the router namespace (the host
+/// has no route to the nodes), picked for `image`.
+fn scrape_metrics(topo: &Topology, tools: &Tools, image: &str) -> Result<Vec<Option<NodeMetrics>>> {
+    let loc = topo.locality(0)?;
+    let mut cmd = topo.command(&loc.router_ns, &tools.testnet)?;
+    cmd.args(["helper", "scrape"]);
+    for n in &loc.nodes {
+        cmd.arg("--api").arg(api_addr(n.addr).to_string());
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| TestnetError::io("running helper scrape", e))?;
+    if !out.status.success() {
+        return Err(TestnetError::Experiment(format!(
+            "helper scrape failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut metrics = vec![None; loc.nodes.len()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        #[derive(serde::Deserialize)]
+        struct Scraped {
+            node: usize,
+            #[serde(default)]
+            metrics: Option<std::collections::BTreeMap<String, f64>>,
+            #[serde(default)]
+            error: Option<String>,
+        }
+        let s: Scraped = serde_json::from_str(line).map_err(|e| TestnetError::Parse {
+            command: "helper scrape".into(),
+            reason: format!("{e}: {line:?}"),
+        })?;
+        match (s.metrics, s.error) {
+            (Some(m), _) if s.node < metrics.len() => {
+                metrics[s.node] = Some(NodeMetrics::from_scrape(&m, image));
+            }
+            (_, e) => tracing::warn!(node = s.node, error = ?e, "no metrics from a node"),
+        }
+    }
+    Ok(metrics)
 }
 
 /// Progress of an edgeswarm run, for live displays.
@@ -393,11 +517,15 @@ fn node_spec(
 fn start_watcher(
     topo: &Topology,
     tools: &Tools,
-    image: &str,
+    spec: &RunSpec,
 ) -> Result<(KillOnDrop, mpsc::Receiver<WatchLine>)> {
     let loc = topo.locality(0)?;
     let mut cmd = topo.command(&loc.router_ns, &tools.testnet)?;
-    cmd.args(["helper", "watch", "--image", image, "--interval-ms", "100"]);
+    cmd.args(["helper", "watch", "--image", &spec.image])
+        .args(["--interval-ms", "100", "--slow-interval-ms"])
+        .arg(spec.watch_slow.as_millis().to_string())
+        .args(["--link-rate", &topo.state().node_rate.to_string()])
+        .args(["--expect-bytes", &spec.image_bytes.to_string()]);
     for n in &loc.nodes {
         cmd.arg("--api").arg(api_addr(n.addr).to_string());
     }
@@ -447,7 +575,7 @@ pub fn run_edgeswarm(
     let (s, d) = node_spec(tools, spec, nodes[0].addr, 0, true, registry_host, None);
     loc.procs.push(topo.spawn(&nodes[0].ns, s)?);
     loc.data_dirs.push(d);
-    let (watcher, rx) = start_watcher(topo, tools, &spec.image)?;
+    let (watcher, rx) = start_watcher(topo, tools, spec)?;
     let mut latest: Vec<WatchLine> = (0..n)
         .map(|i| WatchLine {
             node: i,
@@ -525,6 +653,15 @@ pub fn run_edgeswarm(
         spec,
         spec.work.join(format!("links-edgeswarm-{n}.csv")),
     )?;
+    let loc0 = topo.locality(0)?.clone();
+    let ports0 = measure::read_bridge_ports(&loc0)?;
+    let node_cpu0: Vec<Option<f64>> = loc
+        .procs
+        .iter()
+        .map(|p| measure::proc_cpu_seconds(p.pid()))
+        .collect();
+    let registry_cpu0 = spec.registry_pid.and_then(measure::proc_cpu_seconds);
+    let watcher_cpu0 = measure::proc_cpu_seconds(watcher.0.id());
     let cpu0 = CpuTimes::now();
     let start = Instant::now();
     let out = topo.exec_output(
@@ -547,6 +684,7 @@ pub fn run_edgeswarm(
     }
     progress(&Progress::Deployed);
     let mut done: Vec<Option<f64>> = vec![None; n];
+    let mut done_gap: Vec<Option<f64>> = vec![None; n];
     while done.iter().any(Option::is_none) {
         check_alive(&mut loc)?;
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -561,6 +699,7 @@ pub fn run_edgeswarm(
                 }
                 if l.state == "done" && done[i].is_none() {
                     done[i] = Some(t);
+                    done_gap[i] = Some(l.poll_gap_ms as f64 / 1000.0);
                 }
                 progress(&Progress::Node { t, line: l.clone() });
                 latest[i] = l;
@@ -581,8 +720,23 @@ pub fn run_edgeswarm(
         }
     }
     let cpu = cpu0.until(CpuTimes::now());
+    let ports1 = measure::read_bridge_ports(&loc0)?;
+    let node_cpu: Vec<Option<f64>> = loc
+        .procs
+        .iter()
+        .zip(&node_cpu0)
+        .map(|(p, c0)| Some(measure::proc_cpu_seconds(p.pid())? - (*c0)?))
+        .collect();
+    let registry_cpu_seconds = registry_cpu(spec, registry_cpu0);
+    // The watcher exits once every node is done; read before reaping it.
+    let watcher_cpu_seconds =
+        measure::proc_cpu_seconds(watcher.0.id()).and_then(|c| Some(c - watcher_cpu0?));
     let series = sampler.stop()?;
     drop(watcher);
+    // After the measurement window: the scrape's own traffic and CPU stay
+    // out of the figures.
+    let metrics = scrape_metrics(topo, tools, &spec.image)?;
+    let links = measure::link_bytes(&ports0, &ports1);
     let cloud = series.delta("cloud0").unwrap_or_default();
     let dir_name = edgeswarm_node::import::image_dir_name(&spec.image);
     let per_node: Vec<NodeResult> = (0..n)
@@ -601,6 +755,10 @@ pub fn run_edgeswarm(
                     // diff_ids); only `dir` leaves files to look at here.
                     latest[i].state == "done"
                 },
+                link: links[i],
+                cpu_seconds: node_cpu[i],
+                metrics: metrics[i],
+                done_gap: done_gap[i],
             }
         })
         .collect();
@@ -618,8 +776,11 @@ pub fn run_edgeswarm(
         per_node,
         cloud_bytes: cloud.tx_bytes,
         cloud_bytes_up: cloud.rx_bytes,
+        pull_seconds: measure::tx_done_seconds(&series, "cloud0", measure::PULL_DONE_FRACTION),
         series,
         cpu,
+        registry_cpu_seconds,
+        watcher_cpu_seconds,
     })
 }
 

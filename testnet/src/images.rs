@@ -17,6 +17,13 @@
 //! layers 1-2 with four base layers of about equal raw size: host
 //! libraries, `/usr/share`, `/usr/bin` and the rest of `/usr/lib`.
 //!
+//! [`Layout::Single`] (`testnet/single<MB>`) is issue 11's image: a
+//! host-library layer holding [`SINGLE_BULK_FRACTION`] of the image (46 MB
+//! of 48.7 MB), and the rest in a `/usr/share` layer, busybox and the app.
+//! Below 50 MB the [`Layout::Base`] image is close to it (its library
+//! layer holds ~98 % of the image); the two differ in the size of the big
+//! layer and in the small layers the gateway pulls after it.
+//!
 //! # Goals
 //! Realistic content (real ELF libraries compress like real images do,
 //! about 3:1), deterministic digests (fixed mtimes, sorted entries), sizes
@@ -54,14 +61,23 @@ pub enum Layout {
     /// app layer: the shape of a language-runtime image built in several
     /// `RUN` steps, and what pipelined import can overlap.
     Spread,
+    /// Issue 11's image: one host-library layer of [`SINGLE_BULK_FRACTION`]
+    /// of the image, the rest in a `/usr/share` layer, busybox and an app
+    /// layer.
+    Single,
 }
 
+/// The share of a [`Layout::Single`] image in its big layer: issue 11's
+/// 46 MB layer of a 48.7 MB image.
+pub const SINGLE_BULK_FRACTION: f64 = 46.0 / 48.7;
+
 impl Layout {
-    /// The name used on command lines (`base`, `spread`).
+    /// The name used on command lines (`base`, `spread`, `single`).
     pub fn name(self) -> &'static str {
         match self {
             Layout::Base => "base",
             Layout::Spread => "spread",
+            Layout::Single => "single",
         }
     }
 }
@@ -72,7 +88,10 @@ impl std::str::FromStr for Layout {
         match s {
             "base" => Ok(Layout::Base),
             "spread" => Ok(Layout::Spread),
-            other => Err(format!("unknown layout {other:?} (use base or spread)")),
+            "single" => Ok(Layout::Single),
+            other => Err(format!(
+                "unknown layout {other:?} (use base, spread or single)"
+            )),
         }
     }
 }
@@ -87,6 +106,7 @@ pub fn layout_repo(mb: u64, layout: Layout) -> String {
     match layout {
         Layout::Base => repo(mb),
         Layout::Spread => format!("testnet/spread{mb}"),
+        Layout::Single => format!("testnet/single{mb}"),
     }
 }
 
@@ -113,6 +133,27 @@ pub struct TestImage {
 /// (measured on Debian's x86_64 libraries: 2.6 to 3.2).
 const FIRST_GUESS_RATIO: f64 = 2.8;
 
+/// First guess of `/usr/share`'s ratio (much of it is gzipped already).
+const SHARE_FIRST_GUESS_RATIO: f64 = 2.0;
+
+/// A [`Layout::Single`] image's big layer off by more than this (its
+/// `/usr/share` layer by more than a fifth of it, of the whole image) is
+/// rebuilt with the measured ratios.
+const SINGLE_TOLERANCE: f64 = 0.03;
+
+/// Most builds of one [`Layout::Single`] image.
+const SINGLE_BUILDS: u32 = 5;
+
+/// Raw (uncompressed) bytes taken from the host for the size-driven layers
+/// of an image; reused to build another tag with identical base layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The base layers' bytes (all of them for `base` and `spread`; the big
+    /// layer's for `single`).
+    pub raw: u64,
+    /// `single` only: the `/usr/share` layer's bytes (0: no such layer).
+    pub share_raw: u64,
+}
 /// Most library bytes taken before `/usr/share` fills the rest.
 const MAX_LIB_BYTES: u64 = 600 << 20;
 
@@ -124,7 +165,14 @@ fn host_dir(src: &str, max_bytes: u64) -> LayerSource {
     }
 }
 
-fn spec(layout: Layout, raw_bytes: u64, tag: &str) -> ImageSpec {
+/// What `build_image` makes of tag `tag` in `layout` with `budget` (the
+/// same budget gives the same base layers, byte for byte).
+pub fn image_spec(layout: Layout, budget: Budget, tag: &str) -> ImageSpec {
+    spec(layout, budget, tag)
+}
+
+fn spec(layout: Layout, budget: Budget, tag: &str) -> ImageSpec {
+    let raw_bytes = budget.raw;
     let mut layers = match layout {
         Layout::Base => {
             let libs = raw_bytes.min(MAX_LIB_BYTES);
@@ -142,6 +190,13 @@ fn spec(layout: Layout, raw_bytes: u64, tag: &str) -> ImageSpec {
                 host_dir("/usr/bin", quarter),
                 host_dir("/usr/lib", quarter),
             ]
+        }
+        Layout::Single => {
+            let mut layers = vec![LayerSource::host_libs(raw_bytes)];
+            if budget.share_raw > 0 {
+                layers.push(host_dir("/usr/share", budget.share_raw));
+            }
+            layers
         }
     };
     layers.push(LayerSource::busybox());
@@ -165,8 +220,9 @@ fn image_err(
 }
 
 /// Builds image `tag` of about `mb` compressed megabytes into `dir`: one
-/// build with a guessed compression ratio, and a second one with the
-/// measured ratio when the first misses by more than 15 %.
+/// build with guessed compression ratios, and a second one with the
+/// measured ratios when the first misses by more than 15 % (for `single`:
+/// when the big layer or the rest misses by more than 5 %).
 /// Returns the image and the byte budget that produced it (to build
 /// another tag with identical base layers).
 pub async fn build_sized(
@@ -174,27 +230,111 @@ pub async fn build_sized(
     layout: Layout,
     tag: &str,
     dir: &Path,
-) -> Result<(BuiltImage, u64)> {
+) -> Result<(BuiltImage, Budget)> {
+    if layout == Layout::Single {
+        return build_single(mb, tag, dir).await;
+    }
     let target = mb * 1_000_000;
-    let mut raw = (target as f64 * FIRST_GUESS_RATIO) as u64;
-    let mut image = build_image(spec(layout, raw, tag), dir)
+    let mut budget = Budget {
+        raw: (target as f64 * FIRST_GUESS_RATIO) as u64,
+        share_raw: 0,
+    };
+    let mut image = build_image(spec(layout, budget, tag), dir)
         .await
         .map_err(image_err(format!("building {mb} MB image {tag}")))?;
     let got = image.layers_size();
     let off = (got as f64 - target as f64).abs() / target as f64;
     if off > 0.15 && got > 0 {
-        raw = (raw as f64 * target as f64 / got as f64) as u64;
+        budget.raw = (budget.raw as f64 * target as f64 / got as f64) as u64;
         tracing::info!(
             mb,
             got,
-            raw,
+            raw = budget.raw,
             "rebuilding test image with the measured ratio"
         );
-        image = build_image(spec(layout, raw, tag), dir)
+        image = build_image(spec(layout, budget, tag), dir)
             .await
             .map_err(image_err(format!("rebuilding {mb} MB image {tag}")))?;
     }
-    Ok((image, raw))
+    Ok((image, budget))
+}
+
+/// Compressed byte targets of a [`Layout::Single`] image of `mb` MB whose
+/// busybox and app layers take `small` bytes: `(big layer, share layer)`.
+/// The share layer makes up what the big layer and the small layers leave
+/// (0 when they leave nothing, as in images of a few MB).
+pub fn single_targets(mb: u64, small: u64) -> (u64, u64) {
+    let target = mb * 1_000_000;
+    let big = (target as f64 * SINGLE_BULK_FRACTION) as u64;
+    (big, target.saturating_sub(big).saturating_sub(small))
+}
+
+/// [`build_sized`] for [`Layout::Single`]: each size-driven layer (the
+/// libraries, `/usr/share`) is calibrated on its own, since they compress
+/// differently, in up to [`SINGLE_BUILDS`] builds (which files fit a
+/// budget changes the mix, so one rescaling may not land).
+async fn build_single(mb: u64, tag: &str, dir: &Path) -> Result<(BuiltImage, Budget)> {
+    // busybox + app: about 1.1 MB here; measured after the first build.
+    let (big, share) = single_targets(mb, 1_100_000);
+    let mut budget = Budget {
+        raw: (big as f64 * FIRST_GUESS_RATIO) as u64,
+        share_raw: (share as f64 * SHARE_FIRST_GUESS_RATIO) as u64,
+    };
+    // Budgets that gave a big layer below / above its target: bisect
+    // between them once both are known (the layer size jumps as files
+    // enter or leave the budget, so rescaling alone can oscillate).
+    let (mut below, mut above): (Option<u64>, Option<u64>) = (None, None);
+    let mut best: Option<(f64, BuiltImage, Budget)> = None;
+    for _ in 0..SINGLE_BUILDS {
+        let image = build_image(spec(Layout::Single, budget, tag), dir)
+            .await
+            .map_err(image_err(format!("building {mb} MB image {tag}")))?;
+        let has_share = budget.share_raw > 0;
+        let got_big = image.layers[0].size;
+        let got_share = if has_share { image.layers[1].size } else { 0 };
+        let small: u64 = image.layers[if has_share { 2 } else { 1 }..]
+            .iter()
+            .map(|l| l.size)
+            .sum();
+        let (big, share) = single_targets(mb, small);
+        let big_off = (got_big as f64 - big as f64).abs() / big.max(1) as f64;
+        // The share layer's miss counts against the whole image: a 1.5 MB
+        // layer 20 % off moves the image by 0.6 %.
+        let share_off = (got_share as f64 - share as f64).abs() / (mb * 1_000_000) as f64;
+        let off = big_off.max(share_off * 5.0);
+        let prev = budget;
+        if best.as_ref().is_none_or(|b| off < b.0) {
+            best = Some((off, image, prev));
+        }
+        if off <= SINGLE_TOLERANCE {
+            break;
+        }
+        if got_big < big {
+            below = Some(below.map_or(prev.raw, |b| b.max(prev.raw)));
+        } else {
+            above = Some(above.map_or(prev.raw, |a| a.min(prev.raw)));
+        }
+        budget.raw = match (below, above) {
+            (Some(lo), Some(hi)) => lo + (hi - lo) / 2,
+            _ => (prev.raw as f64 * big as f64 / got_big.max(1) as f64) as u64,
+        };
+        budget.share_raw = if has_share && got_share > 0 {
+            (prev.share_raw as f64 * share as f64 / got_share as f64) as u64
+        } else {
+            (share as f64 * SHARE_FIRST_GUESS_RATIO) as u64
+        };
+        tracing::info!(
+            mb,
+            got_big,
+            got_share,
+            ?budget,
+            "rebuilding single-layer test image"
+        );
+    }
+    // Every build keeps its own layer files in `dir`, so the best one's
+    // are still there.
+    let (_, image, budget) = best.expect("at least one build");
+    Ok((image, budget))
 }
 
 /// Builds `v1` (and `v2` when `versions`) of each size in `sizes_mb` in a
@@ -216,7 +356,7 @@ pub async fn build_and_push(
     let mut out = Vec::new();
     let tags: &[&str] = if versions { &["v1", "v2"] } else { &["v1"] };
     for &mb in sizes_mb {
-        let mut ratio_raw: Option<u64> = None;
+        let mut ratio_raw: Option<Budget> = None;
         for tag in tags {
             let dir = tempfile::Builder::new()
                 .prefix("es-image-")

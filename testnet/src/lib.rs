@@ -13,6 +13,8 @@
 //! - [`images`]: realistic multi-layer test images from the host's files,
 //!   pushed into the cloud registry.
 //! - [`experiment`]: the naive baseline and edgeswarm runs at one N.
+//! - [`measure`]: per-link bytes, per-process CPU, pull times and node
+//!   metrics of a run.
 //! - [`watch`]: polling nodes' APIs from inside the testnet.
 //! - [`report`]: results CSV, Markdown summary and SVG figures.
 //!
@@ -50,6 +52,7 @@ pub mod counters;
 pub mod error;
 pub mod experiment;
 pub mod images;
+pub mod measure;
 pub mod process;
 pub mod rate;
 pub mod registry;
@@ -58,5 +61,5 @@ pub mod topology;
 pub mod watch;
 
 pub use error::{Result, TestnetError};
-pub use rate::Rate;
+pub use rate::{ByteSize, Rate};
 pub use topology::{Iface, NodeInfo, Topology, TopologySpec};

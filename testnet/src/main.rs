@@ -118,7 +118,8 @@ enum Helper {
         #[arg(long, default_value = "/var/tmp")]
         work: PathBuf,
     },
-    /// Poll nodes' APIs and print a JSON line per change of IMAGE's state.
+    /// Poll nodes' APIs and print a JSON line per change of IMAGE's state;
+    /// exits once every node finished the release.
     Watch {
         /// Image reference whose release is watched.
         #[arg(long)]
@@ -126,9 +127,32 @@ enum Helper {
         /// Node API address, repeatable.
         #[arg(long = "api", required = true)]
         apis: Vec<std::net::SocketAddr>,
-        /// Poll interval in milliseconds.
+        /// Poll interval in milliseconds while a node may finish before a
+        /// slow poll (the resolution of completion times).
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
+        /// Poll interval in milliseconds while a node's link cannot bring
+        /// the rest of the image before the next poll.
+        #[arg(long, default_value_t = 500)]
+        slow_interval_ms: u64,
+        /// Rate of the nodes' links [default: unknown: always poll every
+        /// --interval-ms].
+        #[arg(long)]
+        link_rate: Option<edgeswarm_testnet::Rate>,
+        /// Layer bytes of the image, for nodes that do not know the
+        /// release yet [default: 0, unknown].
+        #[arg(long, default_value_t = 0)]
+        expect_bytes: u64,
+        /// Bytes a node may hold received but not yet verified.
+        #[arg(long, default_value_t = 8 << 20)]
+        slack_bytes: u64,
+    },
+    /// GET /metrics of each node API; prints one JSON line per node
+    /// (`{"node": i, "metrics": {series: value}}`).
+    Scrape {
+        /// Node API address, repeatable.
+        #[arg(long = "api", required = true)]
+        apis: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -151,9 +175,20 @@ struct ImagesArgs {
 
 #[derive(Debug, Args)]
 struct ExperimentArgs {
-    /// Node counts to run, comma-separated.
+    /// Node counts to run, comma-separated (1 is added when missing, see
+    /// --no-lone-run).
     #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,15,21")]
     nodes: Vec<usize>,
+    /// The watcher's poll interval in milliseconds while a node's link
+    /// cannot bring the rest of the image before the next poll (100: poll
+    /// every node every 100 ms, as before slow polls).
+    #[arg(long, default_value_t = 500)]
+    watch_slow_ms: u64,
+    /// Do not add an N=1 run when --nodes lacks 1 [default: off: it is
+    /// added, as the reference of T(N)/T(1) and of the gateway's lone
+    /// pull].
+    #[arg(long)]
+    no_lone_run: bool,
     /// Compressed size of the test image in MB.
     #[arg(long, default_value_t = 50)]
     image_mb: u64,
@@ -163,9 +198,22 @@ struct ExperimentArgs {
     /// Rate of each node link, both directions.
     #[arg(long, default_value = "100mbit")]
     node_rate: Rate,
-    /// Queue of each shaper in milliseconds at its rate.
+    /// Queue of each shaper in milliseconds at its rate (issue 11's
+    /// standard shaping: 100).
     #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
     queue_ms: u32,
+    /// Bucket of each shaper (tbf burst) in tc size units (`256kb` =
+    /// 262144 bytes; issue 11's standard shaping: 256kb) [default: 10 ms at
+    /// the link's rate: 125000 bytes at 100mbit, 250000 at 200mbit].
+    #[arg(long)]
+    burst: Option<edgeswarm_testnet::ByteSize>,
+    /// How the test image's bytes spread over layers: `base` (the bulk in
+    /// one host-library layer, ~98 % of the image, plus busybox and app
+    /// layers), `single` (issue 11's image: ~46/48.7 of the image in one
+    /// layer, the rest in small layers) or `spread` (four similar base
+    /// layers).
+    #[arg(long, default_value = "base")]
+    layout: edgeswarm_testnet::images::Layout,
     /// Output directory (CSVs, SVGs, summary.md, logs).
     #[arg(long, default_value = "experiment-out")]
     out: PathBuf,
@@ -321,6 +369,11 @@ struct UpArgs {
     /// Queue of each shaper in milliseconds at its rate (tbf latency).
     #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
     queue_ms: u32,
+    /// Bucket of each shaper (tbf burst) in tc size units (`256kb` =
+    /// 262144 bytes) [default: 10 ms at the link's rate: 125000 bytes at
+    /// 100mbit, 250000 at 200mbit].
+    #[arg(long)]
+    burst: Option<edgeswarm_testnet::ByteSize>,
     /// Testnet name (1-12 chars of [a-z0-9]); namespaces are `es-<name>-*`.
     #[arg(long, default_value = "default")]
     name: String,
@@ -388,6 +441,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cloud_rate: a.cloud_rate,
                 node_rate: a.node_rate,
                 queue_ms: a.queue_ms,
+                burst: a.burst,
                 state_dir: cli.state_dir,
             };
             let mut topo =

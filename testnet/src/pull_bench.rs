@@ -86,9 +86,12 @@ pub(crate) fn pull_bench_cmd(a: PullBenchArgs) -> Result<()> {
     let (topo, reg) = crate::bin_cmds::locality(
         "pullbench",
         1,
-        a.rate,
-        a.rate,
-        a.queue_ms,
+        crate::bin_cmds::Shaping {
+            cloud_rate: a.rate,
+            node_rate: a.rate,
+            queue_ms: a.queue_ms,
+            burst: None,
+        },
         &registry_root,
         &registry_work,
     )?;

@@ -1,4 +1,5 @@
-//! Link rates in the notation of `tc` (`100mbit`), parsed once and checked.
+//! Link rates (`100mbit`) and byte sizes (`256kb`) in the notation of `tc`,
+//! parsed once and checked.
 
 use std::fmt;
 use std::str::FromStr;
@@ -97,9 +98,107 @@ impl fmt::Display for Rate {
     }
 }
 
+/// A size in bytes, in `tc`'s size notation: `b` (or no unit), `kb`/`k`
+/// (1024 bytes) and `mb`/`m` (1024 * 1024 bytes), as `tc` reads a tbf
+/// `burst` (so `256kb` here is what `tc ... burst 256kb` would be: 262144
+/// bytes). Bit units are refused: a burst is a bucket of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ByteSize {
+    bytes: u64,
+}
+
+impl ByteSize {
+    /// A size of `bytes` bytes.
+    pub const fn bytes(bytes: u64) -> Self {
+        Self { bytes }
+    }
+
+    /// The size in bytes.
+    pub const fn get(self) -> u64 {
+        self.bytes
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = TestnetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || TestnetError::InvalidSpec(format!("bad size {s:?} (use e.g. 256kb, 1mb, 64000b)"));
+        let t = s.trim().to_ascii_lowercase();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let mult: u64 = match unit {
+            "" | "b" => 1,
+            "k" | "kb" => 1024,
+            "m" | "mb" => 1024 * 1024,
+            _ => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        match n.checked_mul(mult) {
+            Some(b) if b > 0 => Ok(Self { bytes: b }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<String> for ByteSize {
+    type Error = TestnetError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ByteSize> for String {
+    fn from(b: ByteSize) -> Self {
+        b.to_string()
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.bytes;
+        if b.is_multiple_of(1024 * 1024) {
+            write!(f, "{}mb", b / (1024 * 1024))
+        } else if b.is_multiple_of(1024) {
+            write!(f, "{}kb", b / 1024)
+        } else {
+            write!(f, "{b}b")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_follow_tc_units() {
+        for (s, b, shown) in [
+            ("256kb", 262_144, "256kb"),
+            ("256K", 262_144, "256kb"),
+            ("1mb", 1_048_576, "1mb"),
+            ("125000", 125_000, "125000b"),
+            ("1536b", 1536, "1536b"),
+        ] {
+            let x: ByteSize = s.parse().unwrap();
+            assert_eq!(x.get(), b, "{s}");
+            assert_eq!(x.to_string(), shown, "{s}");
+            assert_eq!(x.to_string().parse::<ByteSize>().unwrap(), x);
+        }
+        for s in [
+            "",
+            "kb",
+            "0kb",
+            "256kbit",
+            "1.5kb",
+            "-1kb",
+            "99999999999999999mb",
+        ] {
+            assert!(s.parse::<ByteSize>().is_err(), "{s}");
+        }
+    }
 
     #[test]
     fn parses_tc_bit_units_and_round_trips() {

@@ -58,7 +58,7 @@ use crate::cmd;
 use crate::counters::{self, IfCounters, Probe};
 use crate::error::{Result, TestnetError};
 use crate::process::{NetnsProcess, SpawnSpec};
-use crate::rate::Rate;
+use crate::rate::{ByteSize, Rate};
 
 /// Where state files live unless a spec says otherwise (tmpfs, so a reboot,
 /// which also removes all namespaces, removes the state files too).
@@ -69,6 +69,13 @@ pub const CLOUD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 250, 1);
 
 /// Default shaper queue, in milliseconds at the link's rate.
 pub const DEFAULT_QUEUE_MS: u32 = 50;
+
+/// Smallest shaper bucket accepted: one full-size Ethernet frame.
+pub const MIN_BURST_BYTES: u64 = 1600;
+
+/// Largest shaper bucket accepted (at 100mbit, 1.3 s of line rate: far
+/// beyond any real device's buffer).
+pub const MAX_BURST_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Most localities one testnet may have (10.77.1.0/24 .. 10.77.200.0/24).
 pub const MAX_LOCALITIES: usize = 200;
@@ -95,6 +102,13 @@ pub struct TopologySpec {
     /// across the cloud link, inflating cloud bytes; a deeper queue absorbs
     /// slow-start bursts (default 50 ms: 625 KB at 100mbit).
     pub queue_ms: u32,
+    /// Bucket of every shaper (tbf `burst`): how many bytes may leave at
+    /// line speed after a pause. `None`: [`Rate::tbf_burst_bytes`], 10 ms
+    /// at the link's rate (125 KB at 100mbit, 250 KB at 200mbit). A cheap
+    /// switch or home router lets bigger bursts through (issue 11's
+    /// standard shaping is 256 KB); bursts are what queue a flow's ACKs
+    /// behind another flow's data.
+    pub burst: Option<ByteSize>,
     /// Directory for the state file.
     pub state_dir: PathBuf,
 }
@@ -110,6 +124,7 @@ impl TopologySpec {
             cloud_rate: Rate::mbit(200),
             node_rate: Rate::mbit(100),
             queue_ms: DEFAULT_QUEUE_MS,
+            burst: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
@@ -201,6 +216,9 @@ pub struct TopologyState {
     pub node_rate: Rate,
     /// Shaper queue length in milliseconds.
     pub queue_ms: u32,
+    /// Shaper bucket in bytes (`None`: 10 ms at each link's rate).
+    #[serde(default)]
+    pub burst: Option<ByteSize>,
     /// The cloud namespace.
     pub cloud: CloudInfo,
     /// The localities.
@@ -291,6 +309,15 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
             spec.queue_ms
         )));
     }
+    if let Some(b) = spec.burst {
+        // A bucket smaller than one full-size frame would hold every
+        // packet forever.
+        if !(MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&b.get()) {
+            return Err(TestnetError::InvalidSpec(format!(
+                "burst must be {MIN_BURST_BYTES}..={MAX_BURST_BYTES} bytes, got {b}"
+            )));
+        }
+    }
     if spec.nodes_per_locality == 0 || spec.nodes_per_locality > MAX_NODES_PER_LOCALITY {
         return Err(TestnetError::InvalidSpec(format!(
             "nodes per locality must be 1..={MAX_NODES_PER_LOCALITY}, got {}",
@@ -337,6 +364,7 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
         cloud_rate: spec.cloud_rate,
         node_rate: spec.node_rate,
         queue_ms: spec.queue_ms,
+        burst: spec.burst,
         cloud: CloudInfo {
             ns: cloud_ns,
             addr: CLOUD_ADDR,
@@ -355,15 +383,26 @@ fn ip_n(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Puts a tbf qdisc as root of `iface`'s egress.
-fn shape(iface: &Iface, rate: Rate, queue_ms: u32) -> Result<()> {
-    shape_in(Some(&iface.ns), &iface.name, rate, queue_ms)
+fn shape(iface: &Iface, rate: Rate, queue_ms: u32, burst: Option<ByteSize>) -> Result<()> {
+    shape_in(Some(&iface.ns), &iface.name, rate, queue_ms, burst)
 }
 
 /// Puts a tbf qdisc as root of the egress of `dev` in namespace `ns`, or in
-/// the host's own namespace when `ns` is `None`.
-fn shape_in(ns: Option<&str>, dev: &str, rate: Rate, queue_ms: u32) -> Result<()> {
+/// the host's own namespace when `ns` is `None`; `burst` `None` is 10 ms at
+/// `rate` ([`Rate::tbf_burst_bytes`]).
+fn shape_in(
+    ns: Option<&str>,
+    dev: &str,
+    rate: Rate,
+    queue_ms: u32,
+    burst: Option<ByteSize>,
+) -> Result<()> {
     let rate_s = rate.to_string();
-    let burst = rate.tbf_burst_bytes().to_string();
+    // In plain bytes: tc's own units would be read back the same, but a
+    // number leaves no doubt.
+    let burst = burst
+        .map_or_else(|| rate.tbf_burst_bytes(), ByteSize::get)
+        .to_string();
     // latency bounds the queue: `queue_ms` of queueing at this rate on top
     // of the bucket.
     let latency = format!("{queue_ms}ms");
@@ -669,8 +708,8 @@ impl Topology {
         cmd::run("ip", &["route", "add", &cloud_route, "via", cloud_addr])?;
         // Downloads: cloud -> host, shaped at the cloud end like a node's
         // bridge port; uploads at the host end.
-        shape(&link.cloud_end, rate, queue_ms)?;
-        shape_in(None, &host_if, rate, queue_ms)?;
+        shape(&link.cloud_end, rate, queue_ms, None)?;
+        shape_in(None, &host_if, rate, queue_ms, None)?;
         Ok(link)
     }
 
@@ -725,7 +764,7 @@ impl Topology {
         ip_n(&cloud.ns, &["link", "set", "dev", "br0", "up"])?;
         ns_sh(&cloud.ns, "echo 1 > /proc/sys/net/ipv4/ip_forward")?;
         let (cloud_rate, node_rate) = (self.state.cloud_rate, self.state.node_rate);
-        let queue_ms = self.state.queue_ms;
+        let (queue_ms, burst) = (self.state.queue_ms, self.state.burst);
         for loc in self.state.localities.clone() {
             let r = &loc.router_ns;
             let lan = &loc.lan_ns;
@@ -770,8 +809,8 @@ impl Topology {
                     &loc.router_cloud_addr.to_string(),
                 ],
             )?;
-            shape(&loc.cloud_link_router_end, cloud_rate, queue_ms)?;
-            shape(cl, cloud_rate, queue_ms)?;
+            shape(&loc.cloud_link_router_end, cloud_rate, queue_ms, burst)?;
+            shape(cl, cloud_rate, queue_ms, burst)?;
             // LAN bridge and the router's leg on it.
             ip_n(
                 lan,
@@ -831,8 +870,8 @@ impl Topology {
                         &loc.router_addr.to_string(),
                     ],
                 )?;
-                shape(&node.link, node_rate, queue_ms)?;
-                shape(&node.bridge_port, node_rate, queue_ms)?;
+                shape(&node.link, node_rate, queue_ms, burst)?;
+                shape(&node.bridge_port, node_rate, queue_ms, burst)?;
             }
         }
         self.save()

@@ -132,6 +132,9 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         chunk_size: None,
         keep_data: true,
         import: "dir".into(),
+        registry_pid: Some(reg.process().pid()),
+        image_bytes: image.layer_bytes,
+        watch_slow: Duration::from_millis(500),
     };
     let result = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &run, &mut |_| {})
         .unwrap_or_else(|e| panic!("edgeswarm run failed: {e}"));
@@ -179,6 +182,73 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         "cloud link carried {} bytes for a {}-byte image ({ratio:.3}x)",
         result.cloud_bytes,
         image.total_bytes
+    );
+
+    // What every run reports besides times (issue 11).
+    let layers = image.layer_bytes;
+    for n in &result.per_node {
+        // Every node took the whole image in over its own link: the
+        // bridge-port counters are wired to the right nodes.
+        assert!(
+            n.link.into_node >= layers,
+            "node {} link in {} < layer bytes {layers}",
+            n.node,
+            n.link.into_node
+        );
+        let cpu = n.cpu_seconds.expect("node CPU seconds");
+        assert!(cpu > 0.0, "node {} used no CPU?", n.node);
+        let gap = n.done_gap.expect("poll gap at done");
+        assert!(
+            gap < 0.4,
+            "node {} seen done {gap} s after the previous poll",
+            n.node
+        );
+        assert!(n.metrics.is_some(), "node {} /metrics not scraped", n.node);
+    }
+    // The cloud link's bytes all went to the gateway, over its link.
+    let gw = &result.per_node[0];
+    assert!(gw.link.into_node >= result.cloud_bytes);
+    // The other nodes stored every layer byte as verified peer chunks, and
+    // the chunks they got were served by someone.
+    let uploaded: f64 = result
+        .per_node
+        .iter()
+        .map(|n| n.metrics.unwrap().bytes_uploaded)
+        .sum();
+    for n in &result.per_node[1..] {
+        let m = n.metrics.unwrap();
+        assert!(
+            m.bytes_downloaded >= layers as f64,
+            "node {}: {m:?}",
+            n.node
+        );
+    }
+    assert!(uploaded >= 2.0 * layers as f64, "uploaded {uploaded}");
+    assert!(result.registry_cpu_seconds.expect("registry CPU") > 0.0);
+    assert!(result.watcher_cpu_seconds.is_some(), "watcher CPU not read");
+    let pull = result.pull_seconds.expect("gateway pull time");
+    assert!(
+        pull > 0.0 && pull <= result.last_seconds().unwrap() + 0.5,
+        "pull {pull} s, last node {:?}",
+        result.last_seconds()
+    );
+    let summary = edgeswarm_testnet::report::summary_markdown(
+        &edgeswarm_testnet::report::ImageInfo {
+            reference: image.reference.clone(),
+            bytes: image.total_bytes,
+        },
+        &edgeswarm_testnet::report::Setting {
+            import: "dir".into(),
+            ..Default::default()
+        },
+        std::slice::from_ref(&result),
+    );
+    println!("{summary}");
+    assert!(summary.contains("## Issue 11 targets"), "{summary}");
+    assert!(summary.contains("| edgeswarm | 3 |"), "{summary}");
+    assert!(
+        summary.contains("N=3: bytes the gateway takes from peers for layers it pulls"),
+        "{summary}"
     );
     drop(reg);
     topo.down().unwrap();

@@ -205,6 +205,86 @@ fn node_links_are_shaped_in_both_directions() {
     topo.down().unwrap();
 }
 
+/// `(burst, latency_us)` of the tbf root qdisc on `dev` in `ns`, as the
+/// kernel reports them (`tc -j qdisc show`).
+fn tbf_options(ns: &str, dev: &str) -> (u64, u64) {
+    let out = Command::new("tc")
+        .args(["-n", ns, "-j", "qdisc", "show", "dev", dev])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tc qdisc show in {ns}: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["kind"] == "tbf" && q["root"] == true)
+        .unwrap_or_else(|| panic!("no root tbf on {dev} in {ns}: {v}"));
+    (
+        q["options"]["burst"].as_u64().unwrap(),
+        q["options"]["lat"].as_u64().unwrap(),
+    )
+}
+
+/// The kernel keeps the bucket in time units at the rate: it reads back a
+/// few bytes off what was asked.
+fn assert_burst(what: &str, got: u64, want: u64) {
+    assert!(
+        got.abs_diff(want) <= want / 500,
+        "{what}: tbf burst {got} bytes, asked for {want}"
+    );
+}
+
+#[test]
+fn burst_and_queue_reach_every_shaper() {
+    let (mut spec, _dir) = setup("burst", 2);
+    spec.queue_ms = 100;
+    spec.burst = Some("256kb".parse().unwrap());
+    let topo = Topology::up(&spec).unwrap();
+    assert_eq!(
+        topo.state().burst,
+        spec.burst,
+        "burst recorded in the state"
+    );
+    let loc = topo.locality(0).unwrap().clone();
+    let mut shapers = vec![
+        ("cloud end of the cloud link", loc.cloud_link.clone()),
+        (
+            "router end of the cloud link",
+            loc.cloud_link_router_end.clone(),
+        ),
+    ];
+    for n in &loc.nodes {
+        shapers.push(("node end of a node link", n.link.clone()));
+        shapers.push(("bridge end of a node link", n.bridge_port.clone()));
+    }
+    for (what, iface) in &shapers {
+        let (burst, lat) = tbf_options(&iface.ns, &iface.name);
+        assert_burst(what, burst, 262_144);
+        assert_eq!(lat, 100_000, "{what}: tbf latency (us)");
+    }
+    topo.down().unwrap();
+
+    // Without --burst: 10 ms at each link's rate, as before the option.
+    let (spec, _dir) = setup("burstd", 1);
+    let topo = Topology::up(&spec).unwrap();
+    let loc = topo.locality(0).unwrap().clone();
+    let (cloud, _) = tbf_options(&loc.cloud_link.ns, &loc.cloud_link.name);
+    assert_burst("default cloud link", cloud, 250_000);
+    let n0 = &loc.nodes[0].bridge_port;
+    let (node, _) = tbf_options(&n0.ns, &n0.name);
+    assert_burst("default node link", node, 125_000);
+    topo.down().unwrap();
+
+    // Out of range: refused before anything is built.
+    let (mut spec, _dir) = setup("burstx", 1);
+    spec.burst = Some(edgeswarm_testnet::ByteSize::bytes(100));
+    assert!(matches!(
+        Topology::up(&spec),
+        Err(TestnetError::InvalidSpec(_))
+    ));
+}
+
 #[test]
 fn cloud_link_is_shaped_in_both_directions() {
     let (mut spec, dir) = setup("crate", 1);
@@ -635,6 +715,8 @@ fn cli_up_exec_down_and_refusals() {
             "--registry",
             "--registry-dir",
             &format!("{sd}/reg"),
+            "--burst",
+            "200kb",
         ])
         .output()
         .unwrap();
@@ -646,6 +728,10 @@ fn cli_up_exec_down_and_refusals() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["localities"][0]["nodes"][1]["addr"], "10.77.1.11");
     assert_eq!(v["cloud"]["addr"], "10.77.250.1");
+    assert_eq!(v["burst"], "200kb");
+    let port = &v["localities"][0]["nodes"][1]["bridge_port"];
+    let (burst, _) = tbf_options(port["ns"].as_str().unwrap(), port["name"].as_str().unwrap());
+    assert_burst("--burst 200kb on a bridge port", burst, 204_800);
     let out = Command::new(bin)
         .args([
             "--state-dir",
