@@ -208,6 +208,14 @@ struct PeerState {
     blobs: BTreeMap<Digest, (Bitfield, u32)>,
     in_flight: usize,
     blocked_until_ms: u64,
+    /// Per-peer pipelining depth, if set (else the config's).
+    limit: Option<usize>,
+}
+
+impl PeerState {
+    fn open(&self, max: usize, now_ms: u64) -> bool {
+        self.in_flight < self.limit.unwrap_or(max) && self.blocked_until_ms <= now_ms
+    }
 }
 
 /// The piece picker. `P` identifies a peer (a libp2p `PeerId` in the node,
@@ -331,6 +339,16 @@ impl<P: Ord + Clone> Picker<P> {
     /// Registers a peer (idempotent).
     pub fn add_peer(&mut self, peer: P) {
         self.peers.entry(peer).or_default();
+    }
+
+    /// Sets how many of our requests may be outstanding at `peer` (its
+    /// pipelining depth, e.g. from [`crate::upload::pipeline_depth`]),
+    /// overriding [`PickerConfig::max_in_flight_per_peer`]; `None` restores
+    /// the default. Requests already outstanding stay.
+    pub fn set_peer_limit(&mut self, peer: &P, limit: Option<usize>) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.limit = limit.map(|l| l.max(1));
+        }
     }
 
     /// Forgets a peer (disconnected). Returns its outstanding requests:
@@ -625,7 +643,7 @@ impl<P: Ord + Clone> Picker<P> {
         let open: Vec<&PeerState> = self
             .peers
             .values()
-            .filter(|p| p.in_flight < max && p.blocked_until_ms <= now_ms)
+            .filter(|p| p.open(max, now_ms))
             .collect();
         let open_holds = |blob: &Digest, index: u32| {
             open.iter()
@@ -757,8 +775,7 @@ impl<P: Ord + Clone> Picker<P> {
         let mut best: Option<((usize, u32, u64), &P)> = None;
         for (id, p) in &self.peers {
             if !holds(p)
-                || p.in_flight >= max
-                || p.blocked_until_ms > now_ms
+                || !p.open(max, now_ms)
                 || flights.iter().any(|f| &f.peer == id)
                 || (others_exist && excluded.contains(id))
             {
@@ -794,9 +811,8 @@ impl<P: Ord + Clone> Picker<P> {
     }
 
     fn any_capacity(&self, now_ms: u64) -> bool {
-        self.peers.values().any(|p| {
-            p.in_flight < self.config.max_in_flight_per_peer && p.blocked_until_ms <= now_ms
-        })
+        let max = self.config.max_in_flight_per_peer;
+        self.peers.values().any(|p| p.open(max, now_ms))
     }
 
     fn blob(&self, blob: &Digest) -> Result<&BlobState<P>, PickerError> {
@@ -845,6 +861,25 @@ impl<P: Ord + Clone> Picker<P> {
     /// Our bitfield of `blob`.
     pub fn local_bitfield(&self, blob: &Digest) -> Option<&Bitfield> {
         self.blobs.get(blob).map(|s| &s.have)
+    }
+
+    /// Whether chunk `index` of `blob` is one we would request now if a
+    /// holder had room: missing, its digest known, and not requested yet.
+    /// A `Have` for a chunk that is not wanted cannot make
+    /// [`next_requests`](Self::next_requests) return anything new, so the
+    /// caller may skip the call (BitTorrent's "interested").
+    pub fn is_wanted(&self, blob: &Digest, index: u32) -> bool {
+        self.blobs.get(blob).is_some_and(|s| {
+            index < s.known && !s.have.get(index) && !s.in_flight.contains_key(&index)
+        })
+    }
+
+    /// Whether `peer` may be sent another request at `now_ms` (below its
+    /// pipelining limit and not backing off after `Busy`).
+    pub fn peer_open(&self, peer: &P, now_ms: u64) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.open(self.config.max_in_flight_per_peer, now_ms))
     }
 
     /// How many known peers hold chunk `index` of `blob`.
