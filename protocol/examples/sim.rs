@@ -15,8 +15,10 @@
 //!   --slots 8 --queue 4    upload slots, requests waiting before Busy
 //!   --sparing-ms 60000     seed sparing period (0: off)
 //!   --depth 4 | bdp:4      requests per peer, fixed or BDP-sized (max)
+//!   --total 0              requests outstanding over all peers (0: no cap)
 //!   --peers 32 --gateway-peers 256
 //!   --cut-through on|off --cancel on|off --window 8 --endgame 8
+//!   --elsewhere-backoff on|off   TryElsewhere: back off that chunk
 //!   --churn 0.05 --churn-ms 1000-3000
 //!   --seed 1 --limit-s 600
 //!   --ablate N             mechanisms one by one at N nodes
@@ -82,10 +84,15 @@ fn main() {
                     None => Depth::Fixed(num(&v) as usize),
                 }
             }
+            "--total" => {
+                let v = num(&val()) as usize;
+                cfg.total_requests = (v > 0).then_some(v);
+            }
             "--peers" => cfg.max_download_peers = num(&val()) as usize,
             "--gateway-peers" => cfg.gateway_peers = num(&val()) as usize,
             "--cut-through" => cfg.cut_through = on(&val()),
             "--cancel" => cfg.cancel = on(&val()),
+            "--elsewhere-backoff" => cfg.elsewhere_backoff = on(&val()),
             "--window" => cfg.window_chunks = num(&val()) as u32,
             "--endgame" => cfg.endgame_chunks = num(&val()) as u32,
             "--churn" => cfg.churn_fraction = num(&val()),
@@ -133,8 +140,8 @@ fn describe(c: &SimConfig) -> String {
     format!(
         "# image {:.1} MB in {} layers; links {} Mbit/s ({}% at {} Mbit/s), cloud {} Mbit/s; \
          rtt {} ms, queue {} ms, cpu {} ms/chunk; slots {}, queue {}, sparing {:?} ms; \
-         Have every {} ms; depth {:?}; peers {}, gateway peers {}; cut-through {}, cancel {}; \
-         window {}, endgame {}; churn {}% in {}-{} ms; seed {}",
+         Have every {} ms; depth {:?}, total {:?}; peers {}, gateway peers {}; cut-through {}, cancel {}, \
+         elsewhere backoff {}; window {}, endgame {}; churn {}% in {}-{} ms; seed {}",
         c.image_bytes() as f64 / 1e6,
         c.layers.len(),
         c.node_rate * 8.0 / 1e6,
@@ -149,10 +156,12 @@ fn describe(c: &SimConfig) -> String {
         c.upload.sparing_ms,
         c.have_interval_us as f64 / 1000.0,
         c.depth,
+        c.total_requests,
         c.max_download_peers,
         c.gateway_peers,
         c.cut_through,
         c.cancel,
+        c.elsewhere_backoff,
         c.window_chunks,
         c.endgame_chunks,
         c.churn_fraction * 100.0,
@@ -190,6 +199,18 @@ fn scaling(cfg: &SimConfig, nodes: &[usize]) {
             nodes: n,
             ..cfg.clone()
         });
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            let mut d: Vec<u64> = r.done_us.iter().flatten().copied().collect();
+            d.sort_unstable();
+            let q: Vec<String> = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
+                .iter()
+                .map(|f| secs(Some(d[((d.len() - 1) as f64 * f) as usize])))
+                .collect();
+            eprintln!(
+                "completion quantiles 0,10,25,50,75,90,100%: {}",
+                q.join(" ")
+            );
+        }
         let (mean, max) = r.bytes_in_ratio();
         let ratio = r
             .t_last()
@@ -224,11 +245,21 @@ fn ablation(base: &SimConfig, n: usize) {
     .t_last()
     .expect("the gateway alone completes");
     type Edit = fn(&mut SimConfig);
-    let mechanisms: [(&str, Edit, Edit); 6] = [
+    let mechanisms: [(&str, Edit, Edit); 9] = [
         (
-            "1 upload slot (choking)",
-            |c| c.upload.slots = 1,
+            "3 upload slots, not 8 (choking)",
+            |c| c.upload.slots = 3,
             |c| c.upload.slots = 8,
+        ),
+        (
+            "Busy at once (no waiting queue)",
+            |c| c.upload.queue = 0,
+            |c| c.upload.queue = 4,
+        ),
+        (
+            "requests capped at BDP+1 over all peers",
+            |c| c.depth = Depth::Bdp(4),
+            |c| c.depth = Depth::Fixed(4),
         ),
         (
             "immediate Have",
@@ -236,15 +267,20 @@ fn ablation(base: &SimConfig, n: usize) {
             |c| c.have_interval_us = 200_000,
         ),
         (
-            "BDP pipelining",
-            |c| c.depth = Depth::Bdp(4),
-            |c| c.depth = Depth::Fixed(4),
+            "low-delay uploads (queue 5 ms, LEDBAT-like)",
+            |c| c.queue_us = 5_000,
+            |c| c.queue_us = 100_000,
         ),
-        ("Cancel", |c| c.cancel = true, |c| c.cancel = false),
         (
             "cut-through relay",
             |c| c.cut_through = true,
             |c| c.cut_through = false,
+        ),
+        ("Cancel", |c| c.cancel = true, |c| c.cancel = false),
+        (
+            "TryElsewhere backoff",
+            |c| c.elsewhere_backoff = true,
+            |c| c.elsewhere_backoff = false,
         ),
         (
             "seed sparing",

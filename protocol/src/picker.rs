@@ -34,7 +34,8 @@
 //!    `max_in_flight_per_peer` of our requests. A peer that answered
 //!    `Busy` gets nothing for `busy_backoff_ms`. A peer that failed or
 //!    timed out on a chunk is not asked for that chunk again while another
-//!    holder exists.
+//!    holder exists. A peer that answered `TryElsewhere` for a chunk is not
+//!    asked for it for `busy_backoff_ms`.
 //! 4. **Endgame.** Only when a blob has at most `endgame_threshold` chunks
 //!    missing and every missing chunk with a holder is already requested,
 //!    in-flight chunks are also requested from a second holder (at most
@@ -166,6 +167,14 @@ pub enum FailReason {
     /// Anything else (bad data, stream error): the peer is not asked for
     /// this chunk again while another holder exists.
     Error,
+    /// The peer (an origin seed sparing its uplink) gave this chunk to
+    /// someone else moments ago: it is not asked for this chunk for
+    /// `busy_backoff_ms`, even when it is the only holder known, since the
+    /// peer it went to will announce it soon. Mapped to `Error` instead,
+    /// a lone holder is asked again at once, and answers again at once:
+    /// in the simulator that ping-pong was most of a 1,000-node swarm's
+    /// requests.
+    TryElsewhere,
 }
 
 /// One outstanding request.
@@ -192,6 +201,8 @@ struct BlobState<P> {
     in_flight: BTreeMap<u32, Vec<InFlight<P>>>,
     /// Peers that failed or timed out on a chunk.
     excluded: BTreeMap<u32, Vec<P>>,
+    /// Peers that sent us elsewhere for a chunk, until when.
+    spared: BTreeMap<u32, Vec<(P, u64)>>,
 }
 
 impl<P> BlobState<P> {
@@ -225,6 +236,8 @@ impl PeerState {
 pub struct Picker<P: Ord + Clone> {
     config: PickerConfig,
     rng: ChaCha8Rng,
+    /// Most requests outstanding over all peers, if set.
+    total_limit: Option<usize>,
     blobs: BTreeMap<Digest, BlobState<P>>,
     peers: BTreeMap<P, PeerState>,
 }
@@ -234,6 +247,7 @@ impl<P: Ord + Clone> Picker<P> {
     pub fn new(config: PickerConfig) -> Self {
         Picker {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
+            total_limit: None,
             config,
             blobs: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -293,6 +307,7 @@ impl<P: Ord + Clone> Picker<P> {
                 availability,
                 in_flight: BTreeMap::new(),
                 excluded: BTreeMap::new(),
+                spared: BTreeMap::new(),
             },
         );
         Ok(())
@@ -384,6 +399,9 @@ impl<P: Ord + Clone> Picker<P> {
                 });
             }
             b.in_flight.retain(|_, f| !f.is_empty());
+            for spared in b.spared.values_mut() {
+                spared.retain(|(p, _)| p != peer);
+            }
             for excluded in b.excluded.values_mut() {
                 excluded.retain(|p| p != peer);
             }
@@ -500,6 +518,7 @@ impl<P: Ord + Clone> Picker<P> {
             state.missing -= 1;
         }
         state.excluded.remove(&index);
+        state.spared.remove(&index);
         let mut others = Vec::new();
         for f in state.in_flight.remove(&index).unwrap_or_default() {
             if let Some(p) = self.peers.get_mut(&f.peer) {
@@ -539,6 +558,9 @@ impl<P: Ord + Clone> Picker<P> {
         let Some(state) = self.blobs.get_mut(blob) else {
             return;
         };
+        if let Some(spared) = state.spared.get_mut(&index) {
+            spared.retain(|(_, until)| *until > now_ms);
+        }
         let mut removed = false;
         if let Some(flights) = state.in_flight.get_mut(&index) {
             let before = flights.len();
@@ -566,6 +588,12 @@ impl<P: Ord + Clone> Picker<P> {
             }
             FailReason::Busy => {
                 p.blocked_until_ms = now_ms.saturating_add(self.config.busy_backoff_ms);
+            }
+            FailReason::TryElsewhere => {
+                let until = now_ms.saturating_add(self.config.busy_backoff_ms);
+                let spared = state.spared.entry(index).or_default();
+                spared.retain(|(p, _)| p != peer);
+                spared.push((peer.clone(), until));
             }
             FailReason::Error => {
                 let excluded = state.excluded.entry(index).or_default();
@@ -760,6 +788,9 @@ impl<P: Ord + Clone> Picker<P> {
         now_ms: u64,
         out: &mut Vec<Request<P>>,
     ) {
+        if self.total_full() {
+            return;
+        }
         let max = self.config.max_in_flight_per_peer;
         let state = &self.blobs[&blob];
         let no_flights = Vec::new();
@@ -772,12 +803,15 @@ impl<P: Ord + Clone> Picker<P> {
             .peers
             .iter()
             .any(|(id, p)| holds(p) && !excluded.contains(id));
+        let no_spared = Vec::new();
+        let spared = state.spared.get(&index).unwrap_or(&no_spared);
         let mut best: Option<((usize, u32, u64), &P)> = None;
         for (id, p) in &self.peers {
             if !holds(p)
                 || !p.open(max, now_ms)
                 || flights.iter().any(|f| &f.peer == id)
                 || (others_exist && excluded.contains(id))
+                || spared.iter().any(|(p, until)| p == id && *until > now_ms)
             {
                 continue;
             }
@@ -811,8 +845,26 @@ impl<P: Ord + Clone> Picker<P> {
     }
 
     fn any_capacity(&self, now_ms: u64) -> bool {
+        if self.total_full() {
+            return false;
+        }
         let max = self.config.max_in_flight_per_peer;
         self.peers.values().any(|p| p.open(max, now_ms))
+    }
+
+    fn total_full(&self) -> bool {
+        self.total_limit
+            .is_some_and(|l| self.peers.values().map(|p| p.in_flight).sum::<usize>() >= l)
+    }
+
+    /// Caps our requests outstanding over all peers (`None`: only the
+    /// per-peer limits apply). Sized to our own downlink's
+    /// bandwidth-delay product ([`crate::upload::pipeline_depth`]), it
+    /// keeps requests from waiting in the queues of busy holders while
+    /// other holders idle: the next request goes out when a chunk lands,
+    /// to whichever holder is free then.
+    pub fn set_total_limit(&mut self, limit: Option<usize>) {
+        self.total_limit = limit.map(|l| l.max(1));
     }
 
     fn blob(&self, blob: &Digest) -> Result<&BlobState<P>, PickerError> {

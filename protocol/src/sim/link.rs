@@ -2,22 +2,26 @@
 //! a transfer (a *flow*) crosses its sender's uplink and its receiver's
 //! downlink, and gets an equal share of each, the smaller of the two
 //! (`min(up / flows_up, down / flows_down)`, and an optional cap such as
-//! the cloud link's rate). A link carrying any flow has a standing FIFO
-//! queue of [`Network::queue_us`] (a TCP flow fills a `tc tbf` queue until
-//! it drops; that is what a cheap switch or home router does), which every
-//! small message crossing it waits behind.
+//! the cloud link's rate). A saturated link (its flows add up to its rate)
+//! has a standing FIFO queue of [`Network::queue_us`] (a loss-based TCP
+//! flow fills a `tc tbf` queue until it drops; that is what a cheap switch
+//! or home router does), which every small message crossing it waits
+//! behind. Delay-based congestion control (LEDBAT, RFC 6817) keeps that
+//! queue near its target instead: model it by a smaller `queue_us`.
 //!
-//! Rates change only when a flow starts or ends on one of the two links a
-//! flow crosses, so a change recomputes only the flows of those two links,
+//! Bandwidth a flow cannot use because its other end holds it back goes to
+//! its link-mates (one round of max-min fairness, see `share`). Rates
+//! change only when a flow starts or ends near a flow, so a change
+//! recomputes only the flows within two links of it,
 //! and completions are kept in a binary heap with lazy invalidation
 //! (each flow carries a version): the cost of an event does not grow with
 //! the number of nodes.
 //!
 //! ## Non-goals
 //!
-//! Max-min fairness across the whole network (bandwidth a flow cannot use
-//! because its other end is the bottleneck is not redistributed: slightly
-//! pessimistic when links are mixed), TCP slow start and loss, queue
+//! Exact max-min fairness across the whole network (one round is
+//! slightly pessimistic on chains of mixed links), TCP slow start and
+//! loss, queue
 //! delay that grows with the backlog (a busy link's queue is simply full).
 
 use std::cmp::Reverse;
@@ -161,34 +165,52 @@ impl Network {
     }
 
     /// How long a small message from `src` to `dst` waits in queues: a
-    /// full queue on each busy link it crosses.
+    /// full queue on each saturated link it crosses.
     pub fn queueing_us(&self, src: usize, dst: usize) -> u64 {
-        let up = if self.up_flows[src].is_empty() { 0 } else { 1 };
-        let down = if self.down_flows[dst].is_empty() {
-            0
-        } else {
-            1
-        };
-        (up + down) * self.queue_us
+        let up = self.saturated(&self.up_flows[src], self.up[src]);
+        let down = self.saturated(&self.down_flows[dst], self.down[dst]);
+        (up as u64 + down as u64) * self.queue_us
+    }
+
+    /// Whether `node`'s uplink is saturated.
+    pub fn up_saturated(&self, node: usize) -> bool {
+        self.saturated(&self.up_flows[node], self.up[node])
+    }
+
+    fn saturated(&self, flows: &[FlowId], capacity: f64) -> bool {
+        // Within 1 % of the rate: a flow held back elsewhere leaves the
+        // link (and its queue) partly idle.
+        let sum: f64 = flows
+            .iter()
+            .filter_map(|f| self.flows[*f].as_ref())
+            .map(|f| f.rate)
+            .sum();
+        sum >= capacity * 0.99
     }
 
     fn reshare(&mut self, now_us: u64, src: Option<usize>, dst: usize) {
+        // A flow's rate depends on the flow counts of its two links and of
+        // the links its link-mates cross (see `share`): recompute the flows
+        // within that distance of the two links that changed.
         let mut touched: Vec<FlowId> = Vec::new();
         if let Some(s) = src {
-            touched.extend_from_slice(&self.up_flows[s]);
-        }
-        touched.extend_from_slice(&self.down_flows[dst]);
-        for id in touched {
-            let (fs, fd) = {
-                let f = self.flows[id].as_ref().expect("listed flows exist");
-                (f.src, f.dst)
-            };
-            let mut rate = self.down[fd] / self.down_flows[fd].len() as f64;
-            if let Some(s) = fs {
-                rate = rate.min(self.up[s] / self.up_flows[s].len() as f64);
+            for &g in &self.up_flows[s] {
+                let d = self.flows[g].as_ref().expect("listed flows exist").dst;
+                touched.extend_from_slice(&self.down_flows[d]);
             }
+        }
+        for &h in &self.down_flows[dst] {
+            if let Some(u) = self.flows[h].as_ref().expect("listed flows exist").src {
+                touched.extend_from_slice(&self.up_flows[u]);
+            } else {
+                touched.push(h);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            let rate = self.share(id);
             let f = self.flows[id].as_mut().expect("listed flows exist");
-            let rate = rate.min(f.cap);
             f.remaining = (f.remaining - f.rate * now_us.saturating_sub(f.last_us) as f64).max(0.0);
             f.last_us = now_us;
             if rate == f.rate && rate > 0.0 {
@@ -205,6 +227,67 @@ impl Network {
             };
             self.heap.push(Reverse((finish, id, f.version)));
         }
+    }
+
+    /// A flow's rate, two rounds of max-min fairness: first its sender's
+    /// uplink is water-filled among its flows, each capped by its equal
+    /// share of its receiver's downlink; then the receiver's downlink is
+    /// water-filled among its flows, each capped by what the first round
+    /// gave it. A flow held back at one end leaves its share to its
+    /// link-mates, as TCP flows do. (Flows three links away are
+    /// recomputed only when something near them changes.)
+    fn share(&self, id: FlowId) -> f64 {
+        let f = self.flows[id].as_ref().expect("listed flows exist");
+        let mut rate = self.up_share(id).min(f.cap);
+        rate = rate.min(
+            self.water_fill(self.down[f.dst], &self.down_flows[f.dst], id, |g| {
+                self.up_share(g)
+            }),
+        );
+        rate
+    }
+
+    /// The first round: flow `id`'s share of its sender's uplink.
+    fn up_share(&self, id: FlowId) -> f64 {
+        let f = self.flows[id].as_ref().expect("listed flows exist");
+        let Some(s) = f.src else {
+            return f.cap;
+        };
+        let equal_down = |g: FlowId| {
+            let g = self.flows[g].as_ref().expect("listed flows exist");
+            g.cap
+                .min(self.down[g.dst] / self.down_flows[g.dst].len() as f64)
+        };
+        self.water_fill(self.up[s], &self.up_flows[s], id, equal_down)
+    }
+
+    /// The share of `capacity` flow `id` gets among `flows`, each capped by
+    /// `cap`: flows capped below the fair share keep their cap, the rest
+    /// split what is left evenly.
+    fn water_fill(
+        &self,
+        capacity: f64,
+        flows: &[FlowId],
+        id: FlowId,
+        cap: impl Fn(FlowId) -> f64,
+    ) -> f64 {
+        let mut caps: Vec<f64> = flows.iter().map(|g| cap(*g)).collect();
+        let own = cap(id);
+        caps.sort_unstable_by(f64::total_cmp);
+        let mut left = capacity;
+        let mut n = caps.len() as f64;
+        for c in caps {
+            if c * n >= left {
+                break;
+            }
+            left -= c;
+            n -= 1.0;
+        }
+        if n == 0.0 {
+            // Every flow is held back elsewhere: each keeps its cap.
+            return own;
+        }
+        own.min(left / n)
     }
 }
 
@@ -253,6 +336,21 @@ mod tests {
     }
 
     #[test]
+    fn bandwidth_a_flow_cannot_use_goes_to_its_link_mates() {
+        // Node 0 uploads to 1 and 2; node 1 also downloads from 3 and 4,
+        // so 0->1 gets a third of node 1's downlink and 0->2 takes the
+        // other two thirds of node 0's uplink.
+        let mut net = Network::new(&[MBIT100; 5], &[MBIT100; 5], 0);
+        let a = net.start(0, Some(0), 1, 1 << 30, f64::INFINITY);
+        let b = net.start(0, Some(0), 2, 1 << 30, f64::INFINITY);
+        net.start(0, Some(3), 1, 1 << 30, f64::INFINITY);
+        net.start(0, Some(4), 1, 1 << 30, f64::INFINITY);
+        let third = MBIT100 / 3.0;
+        assert!((net.rate(a).unwrap() - third).abs() < 1.0);
+        assert!((net.rate(b).unwrap() - 2.0 * third).abs() < 1.0);
+    }
+
+    #[test]
     fn a_flow_speeds_up_when_its_neighbour_ends() {
         // Two downloads into node 2: the short one ends at 100 ms (half of
         // 1.25 MB at half rate), then the long one runs at full rate.
@@ -286,5 +384,20 @@ mod tests {
         assert_eq!(net.queueing_us(1, 0), 0);
         net.remove(50_000, f);
         assert_eq!(net.queueing_us(0, 2), 0);
+    }
+
+    #[test]
+    fn links_that_are_not_saturated_do_not_queue() {
+        // Node 1 is slow: node 0's upload to it uses a tenth of node 0's
+        // uplink, so only node 1's downlink queues.
+        let mut net = Network::new(
+            &[MBIT100, MBIT100 / 10.0, MBIT100],
+            &[MBIT100, MBIT100 / 10.0, MBIT100],
+            100_000,
+        );
+        net.start(0, Some(0), 1, 1_250_000, f64::INFINITY);
+        assert!(!net.up_saturated(0));
+        assert_eq!(net.queueing_us(0, 2), 0);
+        assert_eq!(net.queueing_us(2, 1), 100_000);
     }
 }

@@ -47,6 +47,7 @@
 pub mod link;
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::rc::Rc;
 
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -68,9 +69,11 @@ const CHUNK: u64 = 1 << 20;
 pub enum Depth {
     /// A fixed number (the node's `requests_per_peer`, 4).
     Fixed(usize),
-    /// The bandwidth-delay product with [`pipeline_depth`], from the
-    /// measured rate of each peer and the RTT including queueing, at most
-    /// this many.
+    /// Sized to the bandwidth-delay product with [`pipeline_depth`]: per
+    /// peer from its measured rate and the RTT including queueing (at most
+    /// this many), and over all peers (unless
+    /// [`SimConfig::total_requests`] is set) from the node's own downlink
+    /// rate, plus one request to cover a `Busy` round trip.
     Bdp(usize),
 }
 
@@ -103,6 +106,9 @@ pub struct SimConfig {
     pub upload: UploadConfig,
     /// Request pipelining per peer.
     pub depth: Depth,
+    /// Requests outstanding over all peers at most (`None`: only the
+    /// per-peer depth limits, as the node today).
+    pub total_requests: Option<usize>,
     /// Peers one node downloads from at most.
     pub max_download_peers: usize,
     /// Nodes the gateway serves at most.
@@ -111,6 +117,10 @@ pub struct SimConfig {
     pub cut_through: bool,
     /// Cancel endgame duplicates once a copy arrived.
     pub cancel: bool,
+    /// `TryElsewhere` keeps the requester off that peer for that chunk for
+    /// a while ([`FailReason::TryElsewhere`]); off, it counts as an error,
+    /// as the node does today.
+    pub elsewhere_backoff: bool,
     /// The picker's deadline window, in chunks.
     pub window_chunks: u32,
     /// The picker's endgame threshold, in chunks.
@@ -167,10 +177,12 @@ impl Default for SimConfig {
                 sparing_ms: Some(60_000),
             },
             depth: Depth::Fixed(4),
+            total_requests: None,
             max_download_peers: 32,
             gateway_peers: 256,
             cut_through: false,
             cancel: false,
+            elsewhere_backoff: false,
             window_chunks: 8,
             endgame_chunks: 8,
             churn_fraction: 0.0,
@@ -182,20 +194,27 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
-    /// The mechanisms this simulator found to reach the physical limit:
-    /// one full-rate upload slot, immediate `Have`, pipelining to the
-    /// bandwidth-delay product, `Cancel`, cut-through relay.
+    /// The mechanisms this simulator found to reach the physical limit
+    /// (see the README's evaluation for what each buys): three upload slots
+    /// and no waiting queue (a request finds a free uploader or hears
+    /// `Busy` at once), requests capped at the downlink's bandwidth-delay
+    /// product plus one over all peers, immediate `Have`, cut-through
+    /// relay, `Cancel`, backing off a chunk a seed spared, and low-delay
+    /// (LEDBAT-like) uploads that keep the standing queue near 5 ms.
     pub fn tuned(self) -> Self {
         SimConfig {
             upload: UploadConfig {
-                slots: 1,
-                queue: 4,
+                slots: 3,
+                queue: 0,
                 sparing_ms: Some(60_000),
             },
             have_interval_us: 0,
             depth: Depth::Bdp(4),
+            total_requests: None,
             cut_through: true,
             cancel: true,
+            elsewhere_backoff: true,
+            queue_us: 5_000,
             ..self
         }
     }
@@ -276,7 +295,7 @@ impl Report {
 enum Msg {
     Request { id: u64, chunk: u32 },
     Refuse { chunk: u32, refusal: Refusal },
-    Have(Vec<u32>),
+    Have(Rc<[u32]>),
     Cancel { id: u64 },
 }
 
@@ -288,6 +307,12 @@ enum Event {
         from: u32,
         to: u32,
         msg: Msg,
+    },
+    /// The same `Have` to several peers (one event, not one per peer).
+    Haves {
+        from: u32,
+        to: Vec<u32>,
+        list: Rc<[u32]>,
     },
     /// A chunk's last byte reached `node` (from a peer, or the cloud).
     Arrive {
@@ -366,6 +391,8 @@ struct Held {
 enum Chunk {
     Missing,
     Arriving,
+    /// Every byte in, being verified.
+    Received,
     Held,
 }
 
@@ -533,6 +560,15 @@ impl Sim {
                             .expect("bitfield sized to the blob");
                         p.set_digests_known(&b.digest, 0).expect("added");
                     }
+                    let total = match (cfg.total_requests, cfg.depth) {
+                        (Some(t), _) => Some(t),
+                        (None, Depth::Bdp(max)) => {
+                            let rtt_ms = (cfg.rtt_us + 2 * cfg.queue_us).div_ceil(1000);
+                            Some(pipeline_depth(rates[i] as u64, rtt_ms, CHUNK, 1, max) + 1)
+                        }
+                        (None, Depth::Fixed(_)) => None,
+                    };
+                    p.set_total_limit(total);
                     for peer in &peers[i] {
                         p.add_peer(*peer);
                         if let Depth::Bdp(_) = cfg.depth {
@@ -665,6 +701,15 @@ impl Sim {
                     self.deliver(from, to, msg);
                 }
             }
+            Event::Haves { from, to, list } => {
+                if self.nodes[from as usize].alive {
+                    for w in to {
+                        if self.nodes[w as usize].alive {
+                            self.deliver(from, w, Msg::Have(list.clone()));
+                        }
+                    }
+                }
+            }
             Event::Arrive { node, from, chunk } => self.arrive(node, from, chunk),
             Event::Verified { node, from, chunk } => self.verified(node, from, chunk),
             Event::HaveFlush(node) => {
@@ -706,7 +751,7 @@ impl Sim {
     fn advertises(&self, node: u32, chunk: u32) -> bool {
         match self.nodes[node as usize].chunks[chunk as usize] {
             Chunk::Held => true,
-            Chunk::Arriving => self.cfg.cut_through,
+            Chunk::Arriving | Chunk::Received => self.cfg.cut_through,
             Chunk::Missing => false,
         }
     }
@@ -807,7 +852,10 @@ impl Sim {
                 let len = self.chunk_len(chunk);
                 self.nodes[from as usize].bytes_out += len;
                 self.upload_finished(from, to, req);
-                if self.nodes[from as usize].chunks[chunk as usize] == Chunk::Held {
+                if matches!(
+                    self.nodes[from as usize].chunks[chunk as usize],
+                    Chunk::Held | Chunk::Received
+                ) {
                     let at = self.now + self.one_way();
                     self.push(
                         at,
@@ -935,6 +983,7 @@ impl Sim {
                 let reason = match refusal {
                     Refusal::NotHave => FailReason::NotHave,
                     Refusal::Busy => FailReason::Busy,
+                    Refusal::TryElsewhere if self.cfg.elsewhere_backoff => FailReason::TryElsewhere,
                     // As the node does: ask another holder of this chunk.
                     Refusal::TryElsewhere => FailReason::Error,
                 };
@@ -984,11 +1033,15 @@ impl Sim {
         let len = self.chunk_len(chunk);
         let one_way = self.one_way();
         let n = &mut self.nodes[node as usize];
+        let was = n.chunks[chunk as usize];
         if let Some(c) = n.arriving.get_mut(&chunk) {
             *c -= 1;
             if *c == 0 {
                 n.arriving.remove(&chunk);
             }
+        }
+        if n.chunks[chunk as usize] == Chunk::Arriving {
+            n.chunks[chunk as usize] = Chunk::Received;
         }
         // Copies relayed while this one arrived complete now.
         for h in n.held_uploads.remove(&chunk).unwrap_or_default() {
@@ -1024,7 +1077,7 @@ impl Sim {
                 p.peer_progressed(&src, now_ms);
             }
         }
-        if self.nodes[node as usize].chunks[chunk as usize] == Chunk::Held {
+        if matches!(was, Chunk::Held | Chunk::Received) {
             self.duplicates += 1;
             self.pick(node);
             return;
@@ -1113,12 +1166,25 @@ impl Sim {
         if !n.alive || n.pending_have.is_empty() {
             return;
         }
-        let list = std::mem::take(&mut n.pending_have);
-        let watchers = n.watchers.clone();
-        for w in watchers {
-            if self.nodes[w as usize].alive && self.nodes[w as usize].done_us.is_none() {
-                self.send(node, w, Msg::Have(list.clone()));
+        let list: Rc<[u32]> = std::mem::take(&mut n.pending_have).into();
+        // Grouped by delay: one event per group rather than per peer.
+        let mut groups: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for &w in &self.nodes[node as usize].watchers {
+            let peer = &self.nodes[w as usize];
+            if peer.alive && peer.done_us.is_none() {
+                let delay = self.one_way() + self.net.queueing_us(node as usize, w as usize);
+                groups.entry(delay).or_default().push(w);
             }
+        }
+        for (delay, to) in groups {
+            self.push(
+                self.now + delay,
+                Event::Haves {
+                    from: node,
+                    to,
+                    list: list.clone(),
+                },
+            );
         }
     }
 
