@@ -14,16 +14,21 @@
 //!
 //! 1. **Choking: a few uploads at full rate.** At most
 //!    [`UploadConfig::slots`] uploads run at once, and at most one per peer
-//!    (a chunk stream answers in order). Requests beyond that wait in
-//!    arrival order. Few slots beat many: with 8 slots sharing a
-//!    100 Mbit/s uplink every 1 MiB chunk takes 8 × 84 ms to arrive, and
-//!    a chunk is relayed only once whole, so each hop of the swarm's
-//!    relay tree costs 8 times more. In the simulator (`examples/sim.rs`,
-//!    N = 1,000, one 46 MB layer) 1-2 slots finished the swarm in about
-//!    two thirds of the time 8 slots took (see the README's evaluation).
+//!    (a chunk stream answers in order). Few slots beat many: with 8 slots
+//!    sharing a 100 Mbit/s uplink every 1 MiB chunk takes up to 8 × 84 ms
+//!    to arrive, and a chunk is relayed only once whole, so each hop of the
+//!    swarm's relay tree costs that much more. Not one slot either: a flow
+//!    held back at its receiver's downlink leaves a lone slot's uplink
+//!    partly idle. In the simulator (`examples/sim.rs`, 100 nodes, all
+//!    other mechanisms of `SimConfig::tuned`) 3 slots gave
+//!    T(N)/T(1) = 1.23 against 1.35 with 2 or 4 (with requesters keeping 4
+//!    outstanding, 4 slots matched 3) and 8 with 8 slots and a queue of 4.
 //! 2. **Busy.** A request that would wait behind [`UploadConfig::queue`]
 //!    others is answered `Busy` at once, so the requester asks a less
-//!    loaded holder instead of waiting past its stall timeout.
+//!    loaded holder instead of waiting. With requesters that keep only
+//!    their downlink's bandwidth-delay product outstanding, a queue of 0
+//!    (no waiting at all) was best in the simulator: a request waiting
+//!    behind others is a downlink idling while another holder is free.
 //! 3. **Seed sparing (super-seeding).** For a blob marked as *origin*
 //!    ([`Uploader::set_origin`]: held without downloading it from peers, a
 //!    seed or a gateway streaming from the registry), a chunk already
@@ -58,14 +63,14 @@ pub struct UploadConfig {
 }
 
 impl Default for UploadConfig {
-    /// Two slots (the simulator's best for 100 Mbit/s links, about 1 MiB
-    /// per 42 ms each), four waiting (the node's `UPLOAD_QUEUE`, chosen
-    /// when unbounded queues outlived the 14 s stall timeout at 10 Mbit/s),
-    /// sparing for 60 s (the node's default).
+    /// Three slots and none waiting (the simulator's best with 100 Mbit/s
+    /// links, see the module docs), sparing for 60 s (the node's
+    /// default). The node today runs 8 slots and 4 waiting
+    /// (`SimConfig::default` models that).
     fn default() -> Self {
         UploadConfig {
-            slots: 2,
-            queue: 4,
+            slots: 3,
+            queue: 0,
             sparing_ms: Some(60_000),
         }
     }
