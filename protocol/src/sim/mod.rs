@@ -96,7 +96,9 @@ pub struct SimConfig {
     pub rtt_us: u64,
     /// Round trip from the gateway to the registry (per layer request).
     pub cloud_rtt_us: u64,
-    /// Standing queue of a busy link (`tbf ... latency`), microseconds.
+    /// Standing queue of a saturated link (`tbf ... latency`, 100 ms in
+    /// the testnet), microseconds. Delay-based uploads (LEDBAT) would keep
+    /// it near their target: model them with a small value.
     pub queue_us: u64,
     /// Verifying and storing one chunk, microseconds.
     pub cpu_us_per_chunk: u64,
@@ -253,16 +255,16 @@ pub struct Report {
 
 impl Report {
     /// When the last remaining node completed (µs), over nodes matching
-    /// `filter` (index, slow); `None` if one did not.
+    /// `filter` (index, slow); `None` if one did not, or none matched.
     pub fn last_done(&self, filter: impl Fn(usize, bool) -> bool) -> Option<u64> {
-        let mut last = 0;
+        let mut last = None;
         for (i, d) in self.done_us.iter().enumerate() {
             if self.left[i] || !filter(i, self.slow[i]) {
                 continue;
             }
-            last = last.max((*d)?);
+            last = last.max(Some((*d)?));
         }
-        Some(last)
+        last
     }
 
     /// T(N): the last remaining node's completion.
