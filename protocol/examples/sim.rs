@@ -21,7 +21,10 @@
 //!   --elsewhere-backoff on|off   TryElsewhere: back off that chunk
 //!   --churn 0.05 --churn-ms 1000-3000
 //!   --seed 1 --limit-s 600
-//!   --ablate N             mechanisms one by one at N nodes
+//!   --ablate N             mechanisms one by one at N nodes: each added to
+//!                          the node's defaults, each removed from tuned
+//!   --ablate-tuned-only    only the removals (the additions are slow at
+//!                          large N: the node's TryElsewhere ping-pong)
 //! ```
 
 use std::time::Instant;
@@ -33,6 +36,7 @@ fn main() {
     let mut cfg = SimConfig::default();
     let mut nodes: Vec<usize> = vec![1, 2, 5, 10, 21, 100, 1_000, 10_000];
     let mut ablate: Option<usize> = None;
+    let mut from_node = true;
     // The preset first, so that other flags override it.
     if let Some(i) = args.iter().position(|a| a == "--preset") {
         match args.get(i + 1).map(String::as_str) {
@@ -106,12 +110,13 @@ fn main() {
             "--seed" => cfg.seed = num(&val()) as u64,
             "--limit-s" => cfg.time_limit_us = (num(&val()) * 1e6) as u64,
             "--ablate" => ablate = Some(num(&val()) as usize),
+            "--ablate-tuned-only" => from_node = false,
             other => die(&format!("unknown flag {other}")),
         }
     }
     println!("{}", describe(&cfg));
     match ablate {
-        Some(n) => ablation(&cfg, n),
+        Some(n) => ablation(&cfg, n, from_node),
         None => scaling(&cfg, &nodes),
     }
 }
@@ -231,7 +236,7 @@ fn scaling(cfg: &SimConfig, nodes: &[usize]) {
     }
 }
 
-fn ablation(base: &SimConfig, n: usize) {
+fn ablation(base: &SimConfig, n: usize, from_node: bool) {
     let node = SimConfig {
         nodes: n,
         ..base.clone()
@@ -305,11 +310,13 @@ fn ablation(base: &SimConfig, n: usize) {
             r.duplicates,
         );
     };
-    row("node defaults", &node);
-    for (name, add, _) in &mechanisms {
-        let mut c = node.clone();
-        add(&mut c);
-        row(&format!("node + {name}"), &c);
+    if from_node {
+        row("node defaults", &node);
+        for (name, add, _) in &mechanisms {
+            let mut c = node.clone();
+            add(&mut c);
+            row(&format!("node + {name}"), &c);
+        }
     }
     row("tuned (all)", &tuned);
     for (name, _, remove) in &mechanisms {

@@ -53,8 +53,11 @@
 //!
 //! ## Non-goals
 //!
-//! Choking/reciprocity (nodes of a locality cooperate), upload scheduling
-//! (the serving side answers `Busy`), bandwidth estimation.
+//! Reciprocity (nodes of a locality cooperate), upload scheduling (see
+//! [`crate::upload`]: the serving side answers `Busy`), bandwidth
+//! estimation (the caller sizes [`Picker::set_peer_limit`] and
+//! [`Picker::set_total_limit`], e.g. with
+//! [`crate::upload::pipeline_depth`]).
 
 use std::collections::BTreeMap;
 

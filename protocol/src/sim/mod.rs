@@ -1,7 +1,7 @@
 //! A deterministic discrete-event simulator of one locality's swarm,
 //! driving the node's own decision logic: every simulated node runs a
-//! [`Picker`](crate::picker::Picker) to choose requests and an
-//! [`Uploader`](crate::upload::Uploader) to serve them, over the link model
+//! [`Picker`] to choose requests and an
+//! [`Uploader`] to serve them, over the link model
 //! of [`link`]. It answers "how long until the last of N nodes holds the
 //! image, and who sent how many bytes" at N up to 10,000 in seconds.
 //!
