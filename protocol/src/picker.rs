@@ -703,30 +703,34 @@ impl<P: Ord + Clone> Picker<P> {
         };
 
         // 1. Deadline window, nearest to the cursor first.
+        // Per blob, computed once for both passes below.
+        let per_blob: Vec<(u32, Vec<&Bitfield>)> = self
+            .blobs
+            .keys()
+            .map(|blob| (peers_with(blob), open_bits(blob)))
+            .collect();
         let mut window = Vec::new();
-        for (blob, s) in &self.blobs {
+        for ((blob, s), (with, bits)) in self.blobs.iter().zip(&per_blob) {
+            let with = *with;
             let end = s
                 .cursor
                 .saturating_add(self.config.window_chunks)
                 .min(s.known);
-            let with = peers_with(blob);
-            let bits = open_bits(blob);
             for index in s.cursor..end {
                 let scarce = contended(s, with, index);
                 if !s.have.get(index)
                     && !scarce
                     && !s.in_flight.contains_key(&index)
-                    && holds(&bits, index)
+                    && holds(bits, index)
                 {
                     window.push((index - s.cursor, self.rng.next_u64(), *blob, index));
                 }
             }
         }
         let mut rarest = Vec::new();
-        for (blob, s) in &self.blobs {
+        for ((blob, s), (with, bits)) in self.blobs.iter().zip(&per_blob) {
+            let with = *with;
             let window_end = s.cursor.saturating_add(self.config.window_chunks);
-            let with = peers_with(blob);
-            let bits = open_bits(blob);
             if bits.is_empty() {
                 continue;
             }
@@ -740,12 +744,13 @@ impl<P: Ord + Clone> Picker<P> {
                 if avail > 0
                     && !in_window
                     && !s.in_flight.contains_key(&index)
-                    && holds(&bits, index)
+                    && holds(bits, index)
                 {
                     rarest.push((avail, self.rng.next_u64(), *blob, index));
                 }
             }
         }
+        drop(per_blob);
         drop(open);
         window.sort_unstable();
         for (_, _, blob, index) in window {
