@@ -20,9 +20,9 @@
 //!    swarm's relay tree costs that much more. Not one slot either: a flow
 //!    held back at its receiver's downlink leaves a lone slot's uplink
 //!    partly idle. In the simulator (`examples/sim.rs`, 100 nodes, all
-//!    other mechanisms of `SimConfig::tuned`) 3 slots gave
-//!    T(N)/T(1) = 1.23 against 1.35 with 2 or 4 (with requesters keeping 4
-//!    outstanding, 4 slots matched 3) and 8 with 8 slots and a queue of 4.
+//!    other mechanisms of `SimConfig::tuned`, requesters keeping 3
+//!    requests outstanding) 3 slots gave T(N)/T(1) = 1.23, 2 or 4 slots
+//!    1.35, 8 slots 2.03; with 4 outstanding, 4 slots matched 3.
 //! 2. **Busy.** A request that would wait behind [`UploadConfig::queue`]
 //!    others is answered `Busy` at once, so the requester asks a less
 //!    loaded holder instead of waiting. With requesters that keep only
