@@ -34,7 +34,8 @@
 //!    `max_in_flight_per_peer` of our requests. A peer that answered
 //!    `Busy` gets nothing for `busy_backoff_ms`. A peer that failed or
 //!    timed out on a chunk is not asked for that chunk again while another
-//!    holder exists.
+//!    holder exists. A peer that answered `TryElsewhere` for a chunk is not
+//!    asked for it for `busy_backoff_ms`.
 //! 4. **Endgame.** Only when a blob has at most `endgame_threshold` chunks
 //!    missing and every missing chunk with a holder is already requested,
 //!    in-flight chunks whose request is at least `endgame_min_age_ms` old
@@ -53,8 +54,11 @@
 //!
 //! ## Non-goals
 //!
-//! Choking/reciprocity (nodes of a locality cooperate), upload scheduling
-//! (the serving side answers `Busy`), bandwidth estimation.
+//! Reciprocity (nodes of a locality cooperate), upload scheduling (see
+//! [`crate::upload`]: the serving side answers `Busy`), bandwidth
+//! estimation (the caller sizes [`Picker::set_peer_limit`] and
+//! [`Picker::set_total_limit`], e.g. with
+//! [`crate::upload::pipeline_depth`]).
 
 use std::collections::BTreeMap;
 
@@ -173,6 +177,14 @@ pub enum FailReason {
     /// Anything else (bad data, stream error): the peer is not asked for
     /// this chunk again while another holder exists.
     Error,
+    /// The peer (an origin seed sparing its uplink) gave this chunk to
+    /// someone else moments ago: it is not asked for this chunk for
+    /// `busy_backoff_ms`, even when it is the only holder known, since the
+    /// peer it went to will announce it soon. Mapped to `Error` instead,
+    /// a lone holder is asked again at once, and answers again at once:
+    /// in the simulator that ping-pong was most of a 1,000-node swarm's
+    /// requests.
+    TryElsewhere,
 }
 
 /// One outstanding request.
@@ -199,6 +211,8 @@ struct BlobState<P> {
     in_flight: BTreeMap<u32, Vec<InFlight<P>>>,
     /// Peers that failed or timed out on a chunk.
     excluded: BTreeMap<u32, Vec<P>>,
+    /// Peers that sent us elsewhere for a chunk, until when.
+    spared: BTreeMap<u32, Vec<(P, u64)>>,
 }
 
 impl<P> BlobState<P> {
@@ -215,6 +229,14 @@ struct PeerState {
     blobs: BTreeMap<Digest, (Bitfield, u32)>,
     in_flight: usize,
     blocked_until_ms: u64,
+    /// Per-peer pipelining depth, if set (else the config's).
+    limit: Option<usize>,
+}
+
+impl PeerState {
+    fn open(&self, max: usize, now_ms: u64) -> bool {
+        self.in_flight < self.limit.unwrap_or(max) && self.blocked_until_ms <= now_ms
+    }
 }
 
 /// The piece picker. `P` identifies a peer (a libp2p `PeerId` in the node,
@@ -224,6 +246,8 @@ struct PeerState {
 pub struct Picker<P: Ord + Clone> {
     config: PickerConfig,
     rng: ChaCha8Rng,
+    /// Most requests outstanding over all peers, if set.
+    total_limit: Option<usize>,
     blobs: BTreeMap<Digest, BlobState<P>>,
     peers: BTreeMap<P, PeerState>,
 }
@@ -233,6 +257,7 @@ impl<P: Ord + Clone> Picker<P> {
     pub fn new(config: PickerConfig) -> Self {
         Picker {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
+            total_limit: None,
             config,
             blobs: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -292,6 +317,7 @@ impl<P: Ord + Clone> Picker<P> {
                 availability,
                 in_flight: BTreeMap::new(),
                 excluded: BTreeMap::new(),
+                spared: BTreeMap::new(),
             },
         );
         Ok(())
@@ -340,6 +366,16 @@ impl<P: Ord + Clone> Picker<P> {
         self.peers.entry(peer).or_default();
     }
 
+    /// Sets how many of our requests may be outstanding at `peer` (its
+    /// pipelining depth, e.g. from [`crate::upload::pipeline_depth`]),
+    /// overriding [`PickerConfig::max_in_flight_per_peer`]; `None` restores
+    /// the default. Requests already outstanding stay.
+    pub fn set_peer_limit(&mut self, peer: &P, limit: Option<usize>) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.limit = limit.map(|l| l.max(1));
+        }
+    }
+
     /// Forgets a peer (disconnected). Returns its outstanding requests:
     /// their chunks are requestable elsewhere at once.
     pub fn remove_peer(&mut self, peer: &P) -> Vec<Request<P>> {
@@ -373,6 +409,9 @@ impl<P: Ord + Clone> Picker<P> {
                 });
             }
             b.in_flight.retain(|_, f| !f.is_empty());
+            for spared in b.spared.values_mut() {
+                spared.retain(|(p, _)| p != peer);
+            }
             for excluded in b.excluded.values_mut() {
                 excluded.retain(|p| p != peer);
             }
@@ -489,6 +528,7 @@ impl<P: Ord + Clone> Picker<P> {
             state.missing -= 1;
         }
         state.excluded.remove(&index);
+        state.spared.remove(&index);
         let mut others = Vec::new();
         for f in state.in_flight.remove(&index).unwrap_or_default() {
             if let Some(p) = self.peers.get_mut(&f.peer) {
@@ -528,6 +568,9 @@ impl<P: Ord + Clone> Picker<P> {
         let Some(state) = self.blobs.get_mut(blob) else {
             return;
         };
+        if let Some(spared) = state.spared.get_mut(&index) {
+            spared.retain(|(_, until)| *until > now_ms);
+        }
         let mut removed = false;
         if let Some(flights) = state.in_flight.get_mut(&index) {
             let before = flights.len();
@@ -555,6 +598,12 @@ impl<P: Ord + Clone> Picker<P> {
             }
             FailReason::Busy => {
                 p.blocked_until_ms = now_ms.saturating_add(self.config.busy_backoff_ms);
+            }
+            FailReason::TryElsewhere => {
+                let until = now_ms.saturating_add(self.config.busy_backoff_ms);
+                let spared = state.spared.entry(index).or_default();
+                spared.retain(|(p, _)| p != peer);
+                spared.push((peer.clone(), until));
             }
             FailReason::Error => {
                 let excluded = state.excluded.entry(index).or_default();
@@ -632,12 +681,17 @@ impl<P: Ord + Clone> Picker<P> {
         let open: Vec<&PeerState> = self
             .peers
             .values()
-            .filter(|p| p.in_flight < max && p.blocked_until_ms <= now_ms)
+            .filter(|p| p.open(max, now_ms))
             .collect();
-        let open_holds = |blob: &Digest, index: u32| {
+        // The open peers' bitfields of one blob, looked up once per blob
+        // rather than once per chunk (a 10,000-node simulation spent most
+        // of its time comparing digests here).
+        let open_bits = |blob: &Digest| -> Vec<&Bitfield> {
             open.iter()
-                .any(|p| p.blobs.get(blob).is_some_and(|(b, _)| b.get(index)))
+                .filter_map(|p| p.blobs.get(blob).map(|(b, _)| b))
+                .collect()
         };
+        let holds = |bits: &[&Bitfield], index: u32| bits.iter().any(|b| b.get(index));
 
         // A chunk is contended when only one peer holds it and other known
         // peers lack it: they are fetching it too, probably from that same
@@ -656,28 +710,37 @@ impl<P: Ord + Clone> Picker<P> {
         };
 
         // 1. Deadline window, nearest to the cursor first.
+        // Per blob, computed once for both passes below.
+        let per_blob: Vec<(u32, Vec<&Bitfield>)> = self
+            .blobs
+            .keys()
+            .map(|blob| (peers_with(blob), open_bits(blob)))
+            .collect();
         let mut window = Vec::new();
-        for (blob, s) in &self.blobs {
+        for ((blob, s), (with, bits)) in self.blobs.iter().zip(&per_blob) {
+            let with = *with;
             let end = s
                 .cursor
                 .saturating_add(self.config.window_chunks)
                 .min(s.known);
-            let with = peers_with(blob);
             for index in s.cursor..end {
                 let scarce = contended(s, with, index);
                 if !s.have.get(index)
                     && !scarce
                     && !s.in_flight.contains_key(&index)
-                    && open_holds(blob, index)
+                    && holds(bits, index)
                 {
                     window.push((index - s.cursor, self.rng.next_u64(), *blob, index));
                 }
             }
         }
         let mut rarest = Vec::new();
-        for (blob, s) in &self.blobs {
+        for ((blob, s), (with, bits)) in self.blobs.iter().zip(&per_blob) {
+            let with = *with;
             let window_end = s.cursor.saturating_add(self.config.window_chunks);
-            let with = peers_with(blob);
+            if bits.is_empty() {
+                continue;
+            }
             for index in s.have.iter_zeros() {
                 if index >= s.known {
                     break;
@@ -688,12 +751,13 @@ impl<P: Ord + Clone> Picker<P> {
                 if avail > 0
                     && !in_window
                     && !s.in_flight.contains_key(&index)
-                    && open_holds(blob, index)
+                    && holds(bits, index)
                 {
                     rarest.push((avail, self.rng.next_u64(), *blob, index));
                 }
             }
         }
+        drop(per_blob);
         drop(open);
         window.sort_unstable();
         for (_, _, blob, index) in window {
@@ -753,6 +817,9 @@ impl<P: Ord + Clone> Picker<P> {
         now_ms: u64,
         out: &mut Vec<Request<P>>,
     ) {
+        if self.total_full() {
+            return;
+        }
         let max = self.config.max_in_flight_per_peer;
         let state = &self.blobs[&blob];
         let no_flights = Vec::new();
@@ -765,13 +832,15 @@ impl<P: Ord + Clone> Picker<P> {
             .peers
             .iter()
             .any(|(id, p)| holds(p) && !excluded.contains(id));
+        let no_spared = Vec::new();
+        let spared = state.spared.get(&index).unwrap_or(&no_spared);
         let mut best: Option<((usize, u32, u64), &P)> = None;
         for (id, p) in &self.peers {
             if !holds(p)
-                || p.in_flight >= max
-                || p.blocked_until_ms > now_ms
+                || !p.open(max, now_ms)
                 || flights.iter().any(|f| &f.peer == id)
                 || (others_exist && excluded.contains(id))
+                || spared.iter().any(|(p, until)| p == id && *until > now_ms)
             {
                 continue;
             }
@@ -805,9 +874,26 @@ impl<P: Ord + Clone> Picker<P> {
     }
 
     fn any_capacity(&self, now_ms: u64) -> bool {
-        self.peers.values().any(|p| {
-            p.in_flight < self.config.max_in_flight_per_peer && p.blocked_until_ms <= now_ms
-        })
+        if self.total_full() {
+            return false;
+        }
+        let max = self.config.max_in_flight_per_peer;
+        self.peers.values().any(|p| p.open(max, now_ms))
+    }
+
+    fn total_full(&self) -> bool {
+        self.total_limit
+            .is_some_and(|l| self.peers.values().map(|p| p.in_flight).sum::<usize>() >= l)
+    }
+
+    /// Caps our requests outstanding over all peers (`None`: only the
+    /// per-peer limits apply). Sized to our own downlink's
+    /// bandwidth-delay product ([`crate::upload::pipeline_depth`]), it
+    /// keeps requests from waiting in the queues of busy holders while
+    /// other holders idle: the next request goes out when a chunk lands,
+    /// to whichever holder is free then.
+    pub fn set_total_limit(&mut self, limit: Option<usize>) {
+        self.total_limit = limit.map(|l| l.max(1));
     }
 
     fn blob(&self, blob: &Digest) -> Result<&BlobState<P>, PickerError> {
@@ -856,6 +942,25 @@ impl<P: Ord + Clone> Picker<P> {
     /// Our bitfield of `blob`.
     pub fn local_bitfield(&self, blob: &Digest) -> Option<&Bitfield> {
         self.blobs.get(blob).map(|s| &s.have)
+    }
+
+    /// Whether chunk `index` of `blob` is one we would request now if a
+    /// holder had room: missing, its digest known, and not requested yet.
+    /// A `Have` for a chunk that is not wanted cannot make
+    /// [`next_requests`](Self::next_requests) return anything new, so the
+    /// caller may skip the call (BitTorrent's "interested").
+    pub fn is_wanted(&self, blob: &Digest, index: u32) -> bool {
+        self.blobs.get(blob).is_some_and(|s| {
+            index < s.known && !s.have.get(index) && !s.in_flight.contains_key(&index)
+        })
+    }
+
+    /// Whether `peer` may be sent another request at `now_ms` (below its
+    /// pipelining limit and not backing off after `Busy`).
+    pub fn peer_open(&self, peer: &P, now_ms: u64) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.open(self.config.max_in_flight_per_peer, now_ms))
     }
 
     /// How many known peers hold chunk `index` of `blob`.

@@ -724,3 +724,45 @@ mod invariants {
         }
     }
 }
+
+#[test]
+fn try_elsewhere_backs_a_lone_holder_off_that_chunk_only() {
+    let mut p = picker(config(), 2);
+    p.peer_bitfield(&1, &blob(), bits(2, [0, 1])).unwrap();
+    let first = p.next_requests(0);
+    assert_eq!(sorted(&first), vec![0, 1]);
+    p.request_failed(&1, &blob(), 0, FailReason::TryElsewhere, 10);
+    // Peer 1 is the only holder, yet chunk 0 is not asked of it again
+    // until the backoff (500 ms) passes...
+    assert!(p.next_requests(10).is_empty());
+    assert!(p.next_requests(509).is_empty());
+    assert!(p.is_wanted(&blob(), 0));
+    // ...while another holder gets it at once.
+    p.peer_bitfield(&2, &blob(), bits(2, [0])).unwrap();
+    let r = p.next_requests(20);
+    assert_eq!((r[0].peer, r[0].index), (2, 0));
+    p.request_failed(&2, &blob(), 0, FailReason::Busy, 30);
+    assert_eq!(indices(&p.next_requests(510)), vec![0]);
+}
+
+#[test]
+fn total_and_per_peer_limits_cap_outstanding_requests() {
+    let mut p = picker(config(), 10);
+    for peer in 1..=3 {
+        p.peer_bitfield(&peer, &blob(), Bitfield::full(10)).unwrap();
+    }
+    p.set_total_limit(Some(4));
+    p.set_peer_limit(&1, Some(1));
+    let r = p.next_requests(0);
+    assert_eq!(r.len(), 4);
+    assert_eq!(r.iter().filter(|q| q.peer == 1).count(), 1);
+    assert!(!p.peer_open(&1, 0));
+    assert!(p.peer_open(&2, 0));
+    assert!(p.next_requests(0).is_empty(), "at the total limit");
+    p.chunk_received(&blob(), r[0].index, Some(&r[0].peer))
+        .unwrap();
+    assert!(!p.is_wanted(&blob(), r[0].index));
+    assert_eq!(p.next_requests(0).len(), 1);
+    p.set_total_limit(None);
+    assert_eq!(p.next_requests(0).len(), 5);
+}
