@@ -277,11 +277,15 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                     ChunkStatus::NotHave => Event::Rejected(peer, index, FailReason::NotHave),
                     // At its upload limit: leave the peer alone briefly.
                     ChunkStatus::Busy => Event::Rejected(peer, index, FailReason::Busy),
-                    // Seed sparing and errors: ask another holder of this
-                    // chunk (the picker comes back here if there is none).
-                    ChunkStatus::TryElsewhere | ChunkStatus::Error { .. } => {
-                        Event::Rejected(peer, index, FailReason::Error)
+                    // Seed sparing: not from this peer for a while, even if
+                    // it is the only holder (asking again at once made a
+                    // storm of refusals in the simulator).
+                    ChunkStatus::TryElsewhere => {
+                        Event::Rejected(peer, index, FailReason::TryElsewhere)
                     }
+                    // Errors: ask another holder of this chunk (the picker
+                    // comes back here if there is none).
+                    ChunkStatus::Error { .. } => Event::Rejected(peer, index, FailReason::Error),
                 }
             }
             other => {
