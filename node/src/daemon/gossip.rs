@@ -1,0 +1,187 @@
+//! Handling of every validated gossip message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgeswarm_protocol::wire::{
+    Availability, GossipMessage, ReleaseState, SignedChunkDigestUpdate, SignedReleaseResolution,
+};
+use edgeswarm_protocol::Digest;
+use libp2p::PeerId;
+use tokio::sync::broadcast;
+
+use super::peers::PeerEntry;
+use super::status::MAX_ANNOUNCED_BLOBS;
+use super::{peer_public_key, Inner, SignedRemoval};
+
+/// Handles every validated gossip message.
+pub(super) async fn gossip_loop(
+    inner: Arc<Inner>,
+    mut rx: broadcast::Receiver<crate::swarm::GossipMessage>,
+) {
+    loop {
+        let msg = match rx.recv().await {
+            Ok(m) => m,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "gossip handler lagged");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let decoded = match GossipMessage::decode(&msg.data) {
+            Ok(d) => d,
+            Err(e) => {
+                // The swarm already validated it; this would be a bug.
+                tracing::warn!(error = %e, "undecodable gossip");
+                continue;
+            }
+        };
+        match decoded {
+            GossipMessage::Release(signed) => match inner.check_release(&signed) {
+                Ok(release) => inner.accept_release(release),
+                Err(e) => inner.refuse(&signed, msg.source, &e),
+            },
+            GossipMessage::Status(status) => {
+                if let Some(peer) = msg.source {
+                    let mut state = inner.state.lock().expect("state lock");
+                    let now = Instant::now();
+                    let entry = state.peers.entry(peer).or_insert_with(|| PeerEntry {
+                        status: status.clone(),
+                        last_seen: now,
+                        timings: HashMap::new(),
+                    });
+                    entry
+                        .timings
+                        .retain(|id, _| status.releases.iter().any(|r| r.release_id == *id));
+                    for r in &status.releases {
+                        let timing = entry.timings.entry(r.release_id).or_insert((now, None));
+                        if r.state == ReleaseState::Done && timing.1.is_none() {
+                            timing.1 = Some(now.duration_since(timing.0));
+                        }
+                    }
+                    entry.status = status;
+                    entry.last_seen = now;
+                }
+            }
+            GossipMessage::Resolution(signed) => on_resolution(msg.source, signed),
+            GossipMessage::ChunkDigests(signed) => {
+                on_chunk_digests(&inner, msg.source, signed).await
+            }
+            GossipMessage::Removal(signed) => on_removal(&inner, msg.source, signed),
+            GossipMessage::Availability(batch) => {
+                if let Some(peer) = msg.source {
+                    let complete: std::collections::HashSet<Digest> = batch
+                        .entries
+                        .iter()
+                        .filter(|e| matches!(e.availability, Availability::Complete))
+                        .map(|e| e.blob)
+                        .take(MAX_ANNOUNCED_BLOBS)
+                        .collect();
+                    // Each message lists everything the peer holds complete
+                    // (up to the cap), so removals show as well.
+                    let mut state = inner.state.lock().expect("state lock");
+                    state.complete_at.insert(peer, complete);
+                }
+            }
+        }
+    }
+}
+
+/// A gateway announces chunk digests of a layer it is pulling. Accepted
+/// only from the gateway elected for that release, signed with its own
+/// identity: a member that lies cannot poison a transfer.
+pub(super) async fn on_chunk_digests(
+    inner: &Arc<Inner>,
+    source: Option<PeerId>,
+    signed: SignedChunkDigestUpdate,
+) {
+    let Some(source) = source else { return };
+    let Some(key) = peer_public_key(&source) else {
+        return;
+    };
+    let update = match signed.verify_signer(&key) {
+        Ok(update) => update.clone(),
+        Err(e) => {
+            tracing::warn!(%source, error = %e, "forged chunk digests");
+            return;
+        }
+    };
+    let gateway = update.release_id.and_then(|id| {
+        let state = inner.state.lock().expect("state lock");
+        state.releases.get(&id).map(|t| t.gateway)
+    });
+    match gateway {
+        Some(Some(gateway)) if gateway == source => {}
+        Some(_) => {
+            tracing::warn!(%source, blob = %update.blob, "chunk digests from a peer that is not the release's gateway; ignored");
+            return;
+        }
+        None => return, // a release this node does not follow
+    }
+    let store = &inner.store;
+    if let Err(e) = store
+        .create_blob(update.blob, update.blob_size, update.chunk_size)
+        .await
+    {
+        tracing::warn!(blob = %update.blob, error = %e, "cannot declare layer");
+        return;
+    }
+    if let Err(e) = store
+        .add_chunk_digests(update.blob, update.first_index, &update.digests)
+        .await
+    {
+        tracing::warn!(%source, blob = %update.blob, error = %e, "chunk digests refused");
+    }
+}
+
+/// A removal request arrived on gossip: checked like a release, then run
+/// in the background (bounded; extra requests are dropped and logged).
+pub(super) fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRemoval) {
+    let checked = inner.check_removal(&signed);
+    let removal = match checked {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(from = ?source, error = %e, "removal refused");
+            inner.metrics.removals_refused.inc();
+            inner.record_refusal(String::new(), source, e.to_string());
+            return;
+        }
+    };
+    let Ok(slot) = inner.removal_slots.clone().try_acquire_owned() else {
+        tracing::warn!(image = %removal.image, "too many removals at once; request dropped");
+        return;
+    };
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        match inner
+            .remove_image(&removal.image, Some(removal.created))
+            .await
+        {
+            Ok(report) => tracing::info!(from = ?source, ?report, "removed on request"),
+            Err(e) => {
+                tracing::warn!(from = ?source, image = %removal.image, error = %e, "removal request not applied");
+                inner.metrics.removals_refused.inc();
+                inner.record_refusal(removal.image.clone(), source, e.to_string());
+            }
+        }
+    });
+}
+
+/// A gateway says a release is resolved: only informative (nodes read the
+/// layers from the verified manifest), but it must come from the node that
+/// signed it.
+pub(super) fn on_resolution(source: Option<PeerId>, signed: SignedReleaseResolution) {
+    let Some(source) = source else { return };
+    let Some(key) = peer_public_key(&source) else {
+        tracing::warn!(%source, "resolution from a peer without an ed25519 key");
+        return;
+    };
+    match signed.verify_signer(&key) {
+        Ok(resolution) => {
+            tracing::debug!(release = %resolution.release_id, gateway = %source, "release resolved");
+        }
+        Err(e) => tracing::warn!(%source, error = %e, "forged release resolution"),
+    }
+}
