@@ -2,15 +2,12 @@
 //! and starting the gateway pull and the fetch pipeline.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use edgeswarm_protocol::election;
 use edgeswarm_protocol::release::{Release, SignedRelease};
 use edgeswarm_protocol::wire::ReleaseState;
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
-use super::releases::Tracked;
 use super::{gateway, pipeline, DaemonError, Inner};
 
 impl Inner {
@@ -35,7 +32,7 @@ impl Inner {
     /// Records and reports a refused release.
     pub(super) fn refuse(&self, signed: &SignedRelease, from: Option<PeerId>, error: &DaemonError) {
         tracing::warn!(from = ?from, image = %signed.body_unverified().image, error = %error, "release refused");
-        self.record_refusal(
+        self.releases.record_refusal(
             signed.body_unverified().image.clone(),
             from,
             error.to_string(),
@@ -54,91 +51,68 @@ impl Inner {
 
     /// Starts tracking an accepted release, if this node is targeted.
     pub(super) fn accept_release(self: &Arc<Self>, release: Release) {
-        let targeted = self.targets(&release);
         let id = release.id();
-        {
-            let mut state = self.state.lock().expect("state lock");
-            if state.releases.contains_key(&id) {
-                return;
-            }
-            if !targeted && !self.config.gateway {
-                tracing::info!(release = %id, "release does not select this node");
-                return;
-            }
-            tracing::info!(release = %id, image = %release.image, "release accepted");
-            state.releases.insert(
-                id,
-                Tracked {
-                    release,
-                    state: ReleaseState::Announced,
-                    accepted: Instant::now(),
-                    took: None,
-                    gateway: None,
-                    pulling: false,
-                    pull_planned: false,
-                    fetching: false,
-                    bytes_total: 0,
-                    bytes_from_cloud: Default::default(),
-                    layers: Vec::new(),
-                    bytes_held_before: 0,
-                    error: None,
-                },
-            );
+        if !self.targets(&release) && !self.config.gateway {
+            tracing::info!(release = %id, "release does not select this node");
+            return;
         }
-        self.drive(id);
+        let image = release.image.clone();
+        if self.releases.track(release) {
+            tracing::info!(release = %id, %image, "release accepted");
+            self.drive(id);
+        }
     }
 
     /// Moves a release forward: elects its gateway (and pulls if that is
     /// this node), and starts the fetch pipeline on targeted nodes.
     pub(super) fn drive(self: &Arc<Self>, id: Digest) {
         let me = self.swarm.local_peer_id();
-        let (pull, fetch) = {
-            let mut state = self.state.lock().expect("state lock");
-            let candidates = self.gateway_candidates(&state);
-            let Some(t) = state.releases.get_mut(&id) else {
-                return;
-            };
-            let gateway = election::elect(&t.release.manifest, &candidates)
-                .map(|c| PeerId::from_bytes(c).expect("candidates are encoded peer ids"));
-            if gateway != t.gateway {
-                tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
-                t.gateway = gateway;
-            }
-            let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done;
-            if pull {
-                t.pulling = true;
-                t.pull_planned = false;
-            }
-            let fetch = self.targets(&t.release) && !t.fetching;
-            if fetch {
-                t.fetching = true;
-            }
-            (
-                pull.then(|| t.release.clone()),
-                fetch.then(|| t.release.clone()),
-            )
-        };
-        if let Some(release) = pull {
+        let candidates = self.gateway_candidates();
+        let work = self
+            .releases
+            .schedule(&id, &candidates, me, |release| self.targets(release));
+        if let Some(release) = work.pull {
             let inner = self.clone();
             tokio::spawn(async move { gateway::pull(inner, release).await });
         }
-        if let Some(release) = fetch {
+        if let Some(release) = work.fetch {
             let inner = self.clone();
             tokio::spawn(async move {
                 let id = release.id();
                 pipeline::run(inner.clone(), release.clone()).await;
-                let done = inner
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .releases
-                    .get(&id)
-                    .is_some_and(|t| t.state == ReleaseState::Done);
-                if done {
+                if inner.releases.is_done(&id) {
                     inner.retain_versions(&release.image, release.created).await;
                 }
                 inner.collect_deferred().await;
             });
+        }
+    }
+
+    /// Live gateway-capable nodes, this one included, as encoded peer ids.
+    fn gateway_candidates(&self) -> Vec<Vec<u8>> {
+        let mut candidates = self.peers.live_gateways();
+        if self.config.gateway {
+            candidates.push(self.swarm.local_peer_id().to_bytes());
+        }
+        candidates
+    }
+
+    /// Records a phase change of release `id` (with why it failed), counts
+    /// it and wakes the status loop so the locality learns of it promptly.
+    /// A change the release table refuses (out of done or failed, or
+    /// backwards) is dropped.
+    pub(super) fn set_state(&self, id: &Digest, new: ReleaseState, error: Option<String>) {
+        match self.releases.transition(id, new, error.clone()) {
+            Ok(change) => {
+                self.metrics.record_phase(new, change.took);
+                self.status_changed.notify_one();
+                if let Some(e) = error {
+                    tracing::error!(release = %id, error = %e, "release failed");
+                }
+            }
+            Err(refused) => {
+                tracing::debug!(release = %id, to = ?new, %refused, "phase change not recorded");
+            }
         }
     }
 }

@@ -57,11 +57,7 @@ pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
             }
         }
     }
-    let mut state = inner.state.lock().expect("state lock");
-    if let Some(t) = state.releases.get_mut(&id) {
-        t.pulling = false;
-        t.pull_planned = true;
-    }
+    inner.releases.pull_finished(&id);
 }
 
 async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> {
@@ -96,14 +92,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
     for blob in [resolved.manifest_digest, resolved.config_digest] {
         let _ = inner.swarm.provide(blob).await;
     }
-    let cloud = {
-        let state = inner.state.lock().expect("state lock");
-        state
-            .releases
-            .get(&id)
-            .map(|t| t.bytes_from_cloud.clone())
-            .unwrap_or_default()
-    };
+    let cloud = inner.releases.cloud_counter(&id);
     cloud.fetch_add(
         (resolved.manifest_bytes.len() + resolved.config_bytes.len()) as u64,
         Ordering::Relaxed,
@@ -147,7 +136,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
         if store.is_complete(&layer.digest) {
             continue;
         }
-        if inner.locality_holds(&layer.digest) {
+        if inner.peers.holds(&layer.digest) {
             tracing::info!(layer = %layer.digest, "layer already in the locality; not pulled");
             continue;
         }
@@ -160,11 +149,8 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
     );
     // Mark the whole plan before this node's fetch pipeline may ask peers
     // for layers: it waits for these instead of downloading them twice.
-    let _unmark: Vec<Unmark> = missing
-        .iter()
-        .map(|layer| Unmark::mark(inner, layer.digest))
-        .collect();
-    inner.set_pull_planned(&id);
+    let blobs: Vec<Digest> = missing.iter().map(|layer| layer.digest).collect();
+    let _plan = inner.releases.plan_pull(&id, &blobs);
     let results: Vec<Result<(), String>> = futures::stream::iter(missing)
         .map(|layer| {
             let cloud = cloud.clone();
@@ -364,27 +350,4 @@ fn registry_of(inner: &Inner) -> Result<&crate::registry::RegistryClient, String
         .registry
         .as_ref()
         .ok_or_else(|| "no registry client".to_owned())
-}
-
-/// Marks a blob as being pulled from the registry by this node, and
-/// unmarks it when the pull ends, however.
-struct Unmark(Arc<Inner>, Digest);
-
-impl Unmark {
-    fn mark(inner: &Arc<Inner>, blob: Digest) -> Self {
-        inner
-            .pulling_blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(blob);
-        Unmark(inner.clone(), blob)
-    }
-}
-
-impl Drop for Unmark {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.0.pulling_blobs.lock() {
-            set.remove(&self.1);
-        }
-    }
 }

@@ -1,17 +1,14 @@
 //! Handling of every validated gossip message.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use edgeswarm_protocol::wire::{
-    Availability, GossipMessage, ReleaseState, SignedChunkDigestUpdate, SignedReleaseResolution,
+    Availability, GossipMessage, SignedChunkDigestUpdate, SignedReleaseResolution,
 };
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 use tokio::sync::broadcast;
 
-use super::peers::PeerEntry;
 use super::status::MAX_ANNOUNCED_BLOBS;
 use super::{peer_public_key, Inner, SignedRemoval};
 
@@ -44,24 +41,7 @@ pub(super) async fn gossip_loop(
             },
             GossipMessage::Status(status) => {
                 if let Some(peer) = msg.source {
-                    let mut state = inner.state.lock().expect("state lock");
-                    let now = Instant::now();
-                    let entry = state.peers.entry(peer).or_insert_with(|| PeerEntry {
-                        status: status.clone(),
-                        last_seen: now,
-                        timings: HashMap::new(),
-                    });
-                    entry
-                        .timings
-                        .retain(|id, _| status.releases.iter().any(|r| r.release_id == *id));
-                    for r in &status.releases {
-                        let timing = entry.timings.entry(r.release_id).or_insert((now, None));
-                        if r.state == ReleaseState::Done && timing.1.is_none() {
-                            timing.1 = Some(now.duration_since(timing.0));
-                        }
-                    }
-                    entry.status = status;
-                    entry.last_seen = now;
+                    inner.peers.record_status(peer, status);
                 }
             }
             GossipMessage::Resolution(signed) => on_resolution(msg.source, signed),
@@ -78,10 +58,7 @@ pub(super) async fn gossip_loop(
                         .map(|e| e.blob)
                         .take(MAX_ANNOUNCED_BLOBS)
                         .collect();
-                    // Each message lists everything the peer holds complete
-                    // (up to the cap), so removals show as well.
-                    let mut state = inner.state.lock().expect("state lock");
-                    state.complete_at.insert(peer, complete);
+                    inner.peers.record_complete(peer, complete);
                 }
             }
         }
@@ -107,10 +84,9 @@ pub(super) async fn on_chunk_digests(
             return;
         }
     };
-    let gateway = update.release_id.and_then(|id| {
-        let state = inner.state.lock().expect("state lock");
-        state.releases.get(&id).map(|t| t.gateway)
-    });
+    let gateway = update
+        .release_id
+        .and_then(|id| inner.releases.gateway_of(&id));
     match gateway {
         Some(Some(gateway)) if gateway == source => {}
         Some(_) => {
@@ -144,7 +120,9 @@ pub(super) fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: Sig
         Err(e) => {
             tracing::warn!(from = ?source, error = %e, "removal refused");
             inner.metrics.removals_refused.inc();
-            inner.record_refusal(String::new(), source, e.to_string());
+            inner
+                .releases
+                .record_refusal(String::new(), source, e.to_string());
             return;
         }
     };
@@ -163,7 +141,9 @@ pub(super) fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: Sig
             Err(e) => {
                 tracing::warn!(from = ?source, image = %removal.image, error = %e, "removal request not applied");
                 inner.metrics.removals_refused.inc();
-                inner.record_refusal(removal.image.clone(), source, e.to_string());
+                inner
+                    .releases
+                    .record_refusal(removal.image.clone(), source, e.to_string());
             }
         }
     });

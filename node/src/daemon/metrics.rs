@@ -1,5 +1,9 @@
 //! The daemon's release-level Prometheus metrics.
 
+use std::time::Duration;
+
+use edgeswarm_protocol::wire::{ReleaseProgress, ReleaseState};
+
 /// Release-level Prometheus metrics.
 #[derive(Clone, Default)]
 pub(super) struct DaemonMetrics {
@@ -81,5 +85,36 @@ impl DaemonMetrics {
             "Removal requests refused (untrusted, other locality, stale, busy)",
             self.removals_refused.clone(),
         );
+    }
+
+    /// Sets the per-release byte gauges from a release's progress.
+    pub(super) fn record_progress(&self, image: &str, progress: &ReleaseProgress) {
+        for (source, bytes) in [
+            ("cloud", progress.bytes_from_cloud),
+            ("peers", progress.bytes_from_peers),
+        ] {
+            self.release_bytes
+                .get_or_create(&ReleaseBytesLabels {
+                    image: image.to_owned(),
+                    source,
+                })
+                .set(bytes as i64);
+        }
+    }
+
+    /// Counts a release that just became done (in `took`) or failed.
+    pub(super) fn record_phase(&self, new: ReleaseState, took: Option<Duration>) {
+        match new {
+            ReleaseState::Done => {
+                self.releases_done.inc();
+                if let Some(took) = took {
+                    self.release_seconds.0.observe(took.as_secs_f64());
+                }
+            }
+            ReleaseState::Failed => {
+                self.releases_failed.inc();
+            }
+            _ => {}
+        }
     }
 }

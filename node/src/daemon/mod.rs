@@ -49,7 +49,8 @@ mod views;
 pub use error::DaemonError;
 use gossip::gossip_loop;
 use metrics::DaemonMetrics;
-use releases::State;
+use peers::Peers;
+use releases::Releases;
 use status::status_loop;
 pub use views::{state_name, PeerView, RefusedView, ReleaseView, SelfView, StatusView};
 
@@ -60,7 +61,7 @@ pub use removal::{
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
@@ -126,15 +127,14 @@ pub(crate) struct Inner {
     registry: Option<RegistryClient>,
     /// Where images go.
     sink: ImportSink,
-    /// Releases and peers.
-    state: Mutex<State>,
+    /// Every release this node tracks: the only owner of release state.
+    releases: Releases,
+    /// The other nodes of the locality, as gossip describes them.
+    peers: Peers,
     /// Stops every task.
     shutdown: CancellationToken,
     /// Bounds the releases worked on at once.
     release_slots: Arc<tokio::sync::Semaphore>,
-    /// Layers this node is pulling from the registry right now (its own
-    /// fetch pipeline waits for them instead of asking peers).
-    pulling_blobs: Mutex<std::collections::HashSet<Digest>>,
     /// Wakes the status loop when a release changes state, so the locality
     /// learns of completions without waiting for the next periodic report.
     status_changed: tokio::sync::Notify,
@@ -192,10 +192,10 @@ impl Daemon {
             identity,
             registry,
             sink,
-            state: Mutex::new(State::default()),
+            releases: Releases::default(),
+            peers: Peers::default(),
             shutdown: CancellationToken::new(),
             release_slots: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE_RELEASES)),
-            pulling_blobs: Mutex::new(Default::default()),
             status_changed: tokio::sync::Notify::new(),
             metrics,
             metrics_registry: registry_metrics,

@@ -1,54 +1,148 @@
 //! The other nodes of the locality, as their status and availability
-//! gossip describes them.
+//! gossip describes them: who is alive (gateway election, failover), what
+//! they hold complete (what a gateway need not pull), and how their
+//! releases progress (status views).
+//!
+//! Its own lock, apart from the release table's: no method takes both,
+//! and the lock is recovered when poisoned, for the reasons given in
+//! `releases`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::wire::NodeStatus;
+use edgeswarm_protocol::wire::{NodeStatus, ReleaseState};
 use edgeswarm_protocol::Digest;
-
-use super::releases::State;
-use super::Inner;
+use libp2p::PeerId;
 
 /// A peer not heard from for this long is considered gone (failover).
 pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// The locality as gossip describes it.
+#[derive(Default)]
+pub(super) struct Peers {
+    /// The records, behind one lock.
+    table: Mutex<PeerTable>,
+}
+
+/// What [`Peers`] guards.
+#[derive(Default)]
+struct PeerTable {
+    /// Other nodes by peer id.
+    peers: HashMap<PeerId, PeerEntry>,
+    /// Blobs other nodes report holding complete (availability gossip), at
+    /// most `MAX_ANNOUNCED_BLOBS` per peer: a gateway pulls only layers no
+    /// live peer holds.
+    complete_at: HashMap<PeerId, HashSet<Digest>>,
+}
+
 /// What the daemon knows of another node.
-pub(super) struct PeerEntry {
+struct PeerEntry {
     /// Its last status report.
-    pub(super) status: NodeStatus,
+    status: NodeStatus,
     /// When that report arrived.
-    pub(super) last_seen: Instant,
+    last_seen: Instant,
     /// Per release: when this node first saw the peer report it, and how
     /// long until it reported it done (as observed through status gossip,
     /// so within a status interval of the truth).
-    pub(super) timings: HashMap<Digest, (Instant, Option<Duration>)>,
+    timings: HashMap<Digest, (Instant, Option<Duration>)>,
 }
 
-impl Inner {
+/// A copy of what is known of one peer, for views.
+#[derive(Debug, Clone)]
+pub(super) struct PeerSnapshot {
+    /// Its peer id.
+    pub(super) peer: PeerId,
+    /// Its last status report.
+    pub(super) status: NodeStatus,
+    /// Time since that report.
+    pub(super) last_seen: Duration,
+    /// Per release it reports done: how long it took, as observed here.
+    pub(super) took: HashMap<Digest, Duration>,
+}
+
+impl PeerSnapshot {
+    /// Whether the peer stopped reporting.
+    pub(super) fn gone(&self) -> bool {
+        self.last_seen > PEER_TIMEOUT
+    }
+}
+
+impl PeerEntry {
+    /// Whether the peer reported recently.
+    fn live(&self) -> bool {
+        self.last_seen.elapsed() <= PEER_TIMEOUT
+    }
+}
+
+impl Peers {
+    /// Locks the table (a poisoned lock is recovered).
+    fn lock(&self) -> MutexGuard<'_, PeerTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `peer`'s status report, and when it first reported each
+    /// release done.
+    pub(super) fn record_status(&self, peer: PeerId, status: NodeStatus) {
+        let mut table = self.lock();
+        let now = Instant::now();
+        let entry = table.peers.entry(peer).or_insert_with(|| PeerEntry {
+            status: status.clone(),
+            last_seen: now,
+            timings: HashMap::new(),
+        });
+        entry
+            .timings
+            .retain(|id, _| status.releases.iter().any(|r| r.release_id == *id));
+        for r in &status.releases {
+            let timing = entry.timings.entry(r.release_id).or_insert((now, None));
+            if r.state == ReleaseState::Done && timing.1.is_none() {
+                timing.1 = Some(now.duration_since(timing.0));
+            }
+        }
+        entry.status = status;
+        entry.last_seen = now;
+    }
+
+    /// Records the blobs `peer` holds complete. Each availability message
+    /// lists all of them (up to the cap), so removals show as well.
+    pub(super) fn record_complete(&self, peer: PeerId, complete: HashSet<Digest>) {
+        self.lock().complete_at.insert(peer, complete);
+    }
+
     /// Whether a live peer reports holding `blob` complete.
-    pub(super) fn locality_holds(&self, blob: &Digest) -> bool {
-        let state = self.state.lock().expect("state lock");
-        state.complete_at.iter().any(|(peer, blobs)| {
-            blobs.contains(blob)
-                && state
-                    .peers
-                    .get(peer)
-                    .is_some_and(|e| e.last_seen.elapsed() <= PEER_TIMEOUT)
+    pub(super) fn holds(&self, blob: &Digest) -> bool {
+        let table = self.lock();
+        table.complete_at.iter().any(|(peer, blobs)| {
+            blobs.contains(blob) && table.peers.get(peer).is_some_and(PeerEntry::live)
         })
     }
 
-    /// Live gateway-capable nodes, this one included, as encoded peer ids.
-    pub(super) fn gateway_candidates(&self, state: &State) -> Vec<Vec<u8>> {
-        let mut candidates: Vec<Vec<u8>> = state
+    /// Live gateway-capable peers, as encoded peer ids.
+    pub(super) fn live_gateways(&self) -> Vec<Vec<u8>> {
+        self.lock()
             .peers
             .iter()
-            .filter(|(_, e)| e.status.gateway_capable && e.last_seen.elapsed() <= PEER_TIMEOUT)
+            .filter(|(_, e)| e.status.gateway_capable && e.live())
             .map(|(p, _)| p.to_bytes())
-            .collect();
-        if self.config.gateway {
-            candidates.push(self.swarm.local_peer_id().to_bytes());
-        }
-        candidates
+            .collect()
+    }
+
+    /// Copies of every peer's record.
+    pub(super) fn snapshot(&self) -> Vec<PeerSnapshot> {
+        self.lock()
+            .peers
+            .iter()
+            .map(|(peer, entry)| PeerSnapshot {
+                peer: *peer,
+                status: entry.status.clone(),
+                last_seen: entry.last_seen.elapsed(),
+                took: entry
+                    .timings
+                    .iter()
+                    .filter_map(|(id, (_, took))| took.map(|t| (*id, t)))
+                    .collect(),
+            })
+            .collect()
     }
 }

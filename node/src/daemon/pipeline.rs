@@ -12,6 +12,7 @@ use edgeswarm_protocol::wire::ReleaseState;
 use edgeswarm_protocol::Digest;
 use tracing::Instrument;
 
+use super::releases::LayerInfo;
 use super::Inner;
 use crate::import::{import_image, ImageImport, ImportOptions, LayerSource};
 use crate::registry::manifest::{parse_manifest, ImageConfig, ManifestDocument};
@@ -39,20 +40,9 @@ pub(super) async fn run(inner: Arc<Inner>, release: Release) {
     match result {
         Ok(()) => {
             inner.set_state(&id, ReleaseState::Done, None);
-            let took = inner
-                .state
-                .lock()
-                .expect("state lock")
-                .releases
-                .get(&id)
-                .and_then(|t| t.took);
-            let progress = {
-                let state = inner.state.lock().expect("state lock");
-                inner
-                    .progress(&state)
-                    .into_iter()
-                    .find(|p| p.release_id == id)
-            };
+            let tracked = inner.releases.get(&id);
+            let took = tracked.as_ref().and_then(|t| t.took);
+            let progress = tracked.as_ref().map(|t| inner.progress_of(t));
             tracing::info!(
                 release = %id,
                 seconds = ?took.map(|d| d.as_secs_f64()),
@@ -93,32 +83,26 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
         let digest = Digest::parse_oci(&descriptor.digest)
             .map_err(|e| format!("layer digest {}: {e}", descriptor.digest))?;
         let diff_id = Digest::parse_oci(diff_id).map_err(|e| format!("diff_id {diff_id}: {e}"))?;
-        layers.push((
+        layers.push(LayerInfo {
             digest,
-            descriptor.size,
-            descriptor.media_type.clone(),
+            size: descriptor.size,
+            media_type: descriptor.media_type.clone(),
             diff_id,
-        ));
+        });
     }
-    {
-        let mut state = inner.state.lock().expect("state lock");
-        if let Some(t) = state.releases.get_mut(&id) {
-            t.layers = layers.iter().map(|l| l.0).collect();
-            t.bytes_total = layers.iter().map(|l| l.1).sum();
-            t.bytes_held_before = layers
-                .iter()
-                .filter(|l| inner.store.is_complete(&l.0))
-                .map(|l| l.1)
-                .sum();
-        }
-    }
+    let held_before = layers
+        .iter()
+        .filter(|l| inner.store.is_complete(&l.digest))
+        .map(|l| l.size)
+        .sum();
+    inner.releases.set_layers(&id, &layers, held_before);
     inner.set_state(&id, ReleaseState::Fetching, None);
 
     // Every layer downloads at once; each import stream follows its layer.
     let mut fetches = tokio::task::JoinSet::new();
-    for (digest, ..) in &layers {
+    for layer in &layers {
         let inner = inner.clone();
-        let digest = *digest;
+        let digest = layer.digest;
         fetches.spawn(async move { fetch_blob(&inner, id, digest).await });
     }
     // The import starts now, not once every layer is declared: a layer is
@@ -127,12 +111,12 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
     // import back until the last layer's download began.
     let sources = layers
         .iter()
-        .map(|(digest, _, media_type, diff_id)| LayerSource {
-            media_type: media_type.clone(),
-            diff_id: *diff_id,
+        .map(|layer| LayerSource {
+            media_type: layer.media_type.clone(),
+            diff_id: layer.diff_id,
             reader: Box::new(DeclaredReader {
                 store: inner.store.clone(),
-                blob: *digest,
+                blob: layer.digest,
                 deadline: Instant::now() + FETCH_DEADLINE,
                 shutdown: inner.shutdown.clone(),
                 reader: None,
@@ -151,7 +135,7 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
     }
     let report = imported.map_err(|e| e.to_string())?;
     let mut pinned = vec![release.manifest, config_digest];
-    pinned.extend(layers.iter().map(|l| l.0));
+    pinned.extend(layers.iter().map(|l| l.digest));
     inner
         .store
         .pin(&release.image, &pinned)
@@ -202,7 +186,7 @@ async fn fetch_blob(inner: &Arc<Inner>, release: Digest, digest: Digest) -> Resu
                 FETCH_DEADLINE.as_secs()
             ));
         }
-        if inner.pulls_itself(&release, &digest) {
+        if inner.releases.pulls_itself(&release, &digest) {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         }

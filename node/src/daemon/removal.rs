@@ -34,7 +34,6 @@ use std::sync::Arc;
 
 use edgeswarm_protocol::encoding;
 pub use edgeswarm_protocol::release::{Removal, SignedRemoval};
-use edgeswarm_protocol::wire::ReleaseState;
 use serde::{Deserialize, Serialize};
 
 use super::{DaemonError, Inner};
@@ -140,41 +139,10 @@ impl Inner {
                 )));
             }
         }
-        let (releases_dropped, busy) = {
-            let mut state = self.state.lock().expect("state lock");
-            let mine: Vec<_> = state
-                .releases
-                .iter()
-                .filter(|(_, t)| t.release.image == image)
-                .map(|(id, t)| (*id, t.state, t.release.created, t.fetching))
-                .collect();
-            if let Some(limit) = not_after {
-                if let Some((id, ..)) = mine.iter().find(|(_, _, created, _)| *created > limit) {
-                    return Err(DaemonError::RemovalRefused(format!(
-                        "release {id} of {image} is newer than the removal request; keeping it"
-                    )));
-                }
-            }
-            // Only this node's own import can be in the way; a gateway that
-            // is not targeted tracks the release without importing it.
-            if let Some((id, s, ..)) = mine.iter().find(|(_, s, _, fetching)| {
-                *fetching && !matches!(s, ReleaseState::Done | ReleaseState::Failed)
-            }) {
-                return Err(DaemonError::Conflict(format!(
-                    "release {id} of {image} is still {} here; remove it once it is done",
-                    super::state_name(*s)
-                )));
-            }
-            for (id, ..) in &mine {
-                state.releases.remove(id);
-            }
-            // Blobs of a release still downloading are not pinned yet.
-            let busy = state
-                .releases
-                .values()
-                .any(|t| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed));
-            (mine.len(), busy)
-        };
+        let super::releases::Dropped {
+            releases: releases_dropped,
+            busy,
+        } = self.releases.drop_image(image, not_after)?;
         // The imported copy goes first: if that fails, the pin (and so the
         // blobs to re-import from) stays.
         let sink_removed = remove_from_sink(&self.sink, image).await?;
@@ -245,13 +213,7 @@ impl Inner {
     /// Runs a collection deferred by an earlier removal, once no release
     /// is in progress.
     pub(super) async fn collect_deferred(&self) {
-        let busy = self
-            .state
-            .lock()
-            .expect("state lock")
-            .releases
-            .values()
-            .any(|t| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed));
+        let busy = self.releases.any_in_progress();
         if busy
             || !self
                 .gc_deferred

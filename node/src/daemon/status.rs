@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 
 use edgeswarm_protocol::wire::{
     Availability, AvailabilityBatch, AvailabilityEntry, GossipMessage, NodeStatus, PeerRole,
-    ReleaseState,
 };
 use edgeswarm_protocol::Digest;
 
-use super::metrics::ReleaseBytesLabels;
 use super::{unix_millis, Inner};
 use crate::swarm::Topic;
 
@@ -31,21 +29,10 @@ pub(super) const AVAILABILITY_REFRESH: Duration = Duration::from_secs(30);
 impl Inner {
     /// This node's status report (also refreshes the per-release metrics).
     pub(super) fn status_report(&self) -> NodeStatus {
-        let state = self.state.lock().expect("state lock");
-        for p in self.progress(&state) {
-            if let Some(t) = state.releases.get(&p.release_id) {
-                for (source, bytes) in
-                    [("cloud", p.bytes_from_cloud), ("peers", p.bytes_from_peers)]
-                {
-                    self.metrics
-                        .release_bytes
-                        .get_or_create(&ReleaseBytesLabels {
-                            image: t.release.image.clone(),
-                            source,
-                        })
-                        .set(bytes as i64);
-                }
-            }
+        let releases = self.releases.snapshot();
+        let progress = self.progress(&releases);
+        for (t, p) in releases.iter().zip(&progress) {
+            self.metrics.record_progress(&t.release.image, p);
         }
         NodeStatus {
             role: if self.config.gateway {
@@ -55,7 +42,7 @@ impl Inner {
             },
             gateway_capable: self.config.gateway,
             timestamp_ms: unix_millis(),
-            releases: self.progress(&state),
+            releases: progress,
         }
     }
 }
@@ -106,17 +93,7 @@ pub(super) async fn status_loop(inner: Arc<Inner>) {
                 Err(e) => tracing::trace!(error = %e, "availability not published"),
             }
         }
-        let pending: Vec<Digest> = {
-            let state = inner.state.lock().expect("state lock");
-            state
-                .releases
-                .iter()
-                .filter(|(_, t)| {
-                    !matches!(t.state, ReleaseState::Done | ReleaseState::Failed) || t.pulling
-                })
-                .map(|(id, _)| *id)
-                .collect()
-        };
+        let pending = inner.releases.pending();
         for id in pending {
             inner.drive(id);
         }

@@ -1,11 +1,13 @@
 //! What the API shows of the daemon: this node, its releases and the
 //! locality as status gossip describes it.
 
+use std::collections::HashMap;
+
 use edgeswarm_protocol::wire::{PeerRole, ReleaseProgress, ReleaseState};
+use edgeswarm_protocol::Digest;
 use serde::Serialize;
 
-use super::peers::PEER_TIMEOUT;
-use super::releases::{State, Tracked};
+use super::releases::Snapshot;
 use super::{Daemon, Inner};
 
 /// A release as this node tracks it.
@@ -126,28 +128,27 @@ impl Daemon {
             .await
             .map(|p| p.len())
             .unwrap_or(0);
-        let state = self.inner.state.lock().expect("state lock");
-        let releases = self.inner.release_views(&state);
-        let nodes = state
+        let mine = self.inner.releases.snapshot();
+        let releases = self.inner.release_views(&mine);
+        let mine: HashMap<Digest, Snapshot> = mine.into_iter().map(|t| (t.id, t)).collect();
+        let nodes = self
+            .inner
             .peers
-            .iter()
-            .map(|(peer, entry)| PeerView {
-                peer_id: peer.to_string(),
-                role: role_name(entry.status.role).into(),
-                gateway_capable: entry.status.gateway_capable,
-                last_seen_secs: entry.last_seen.elapsed().as_secs_f64(),
-                gone: entry.last_seen.elapsed() > PEER_TIMEOUT,
-                releases: entry
+            .snapshot()
+            .into_iter()
+            .map(|peer| PeerView {
+                peer_id: peer.peer.to_string(),
+                role: role_name(peer.status.role).into(),
+                gateway_capable: peer.status.gateway_capable,
+                last_seen_secs: peer.last_seen.as_secs_f64(),
+                gone: peer.gone(),
+                releases: peer
                     .status
                     .releases
                     .iter()
                     .map(|p| {
-                        let mut view = progress_view(p, &state);
-                        view.seconds = entry
-                            .timings
-                            .get(&p.release_id)
-                            .and_then(|t| t.1)
-                            .map(|d| d.as_secs_f64());
+                        let mut view = progress_view(p, mine.get(&p.release_id));
+                        view.seconds = peer.took.get(&p.release_id).map(|d| d.as_secs_f64());
                         view
                     })
                     .collect(),
@@ -168,40 +169,36 @@ impl Daemon {
                 releases,
             },
             nodes,
-            refused: state.refused.iter().cloned().collect(),
+            refused: self.inner.releases.refusals(),
         }
     }
 }
 
 impl Inner {
-    /// Progress of this node's releases, as status reports carry it.
-    pub(super) fn progress(&self, state: &State) -> Vec<ReleaseProgress> {
-        state
-            .releases
-            .iter()
-            .map(|(id, t)| {
-                let bytes_done = self.bytes_done(t);
-                let from_cloud = t
-                    .bytes_from_cloud
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .min(t.bytes_total);
-                ReleaseProgress {
-                    release_id: *id,
-                    state: t.state,
-                    bytes_total: t.bytes_total,
-                    bytes_done,
-                    bytes_from_cloud: from_cloud,
-                    bytes_from_peers: bytes_done
-                        .saturating_sub(from_cloud)
-                        .saturating_sub(t.bytes_held_before),
-                    error: t.error.clone(),
-                }
-            })
-            .collect()
+    /// Progress of these releases of this node, as status reports carry it.
+    pub(super) fn progress(&self, releases: &[Snapshot]) -> Vec<ReleaseProgress> {
+        releases.iter().map(|t| self.progress_of(t)).collect()
+    }
+
+    /// Progress of one release of this node.
+    pub(super) fn progress_of(&self, t: &Snapshot) -> ReleaseProgress {
+        let bytes_done = self.bytes_done(t);
+        let from_cloud = t.bytes_from_cloud.min(t.bytes_total);
+        ReleaseProgress {
+            release_id: t.id,
+            state: t.state,
+            bytes_total: t.bytes_total,
+            bytes_done,
+            bytes_from_cloud: from_cloud,
+            bytes_from_peers: bytes_done
+                .saturating_sub(from_cloud)
+                .saturating_sub(t.bytes_held_before),
+            error: t.error.clone(),
+        }
     }
 
     /// Verified bytes of a release's layers in the store.
-    pub(super) fn bytes_done(&self, t: &Tracked) -> u64 {
+    fn bytes_done(&self, t: &Snapshot) -> u64 {
         t.layers
             .iter()
             .map(|layer| match self.store.blob_info(layer) {
@@ -216,18 +213,18 @@ impl Inner {
             .sum()
     }
 
-    /// Views of this node's releases.
-    pub(super) fn release_views(&self, state: &State) -> Vec<ReleaseView> {
-        self.progress(state)
+    /// Views of these releases of this node.
+    fn release_views(&self, releases: &[Snapshot]) -> Vec<ReleaseView> {
+        releases
             .iter()
-            .map(|p| progress_view(p, state))
+            .map(|t| progress_view(&self.progress_of(t), Some(t)))
             .collect()
     }
 }
 
-/// Renders a progress entry, adding what this node knows of the release.
-pub(super) fn progress_view(p: &ReleaseProgress, state: &State) -> ReleaseView {
-    let tracked = state.releases.get(&p.release_id);
+/// Renders a progress entry, adding what this node knows of the release
+/// (`tracked`, when this node tracks it too).
+fn progress_view(p: &ReleaseProgress, tracked: Option<&Snapshot>) -> ReleaseView {
     ReleaseView {
         id: p.release_id.to_string(),
         image: tracked.map(|t| t.release.image.clone()).unwrap_or_default(),
@@ -259,7 +256,7 @@ pub fn state_name(state: ReleaseState) -> &'static str {
 }
 
 /// The lowercase name of a role.
-pub(super) fn role_name(role: PeerRole) -> &'static str {
+fn role_name(role: PeerRole) -> &'static str {
     match role {
         PeerRole::Node => "node",
         PeerRole::Gateway => "gateway",
