@@ -8,6 +8,7 @@ use edgeswarm_protocol::wire::ReleaseState;
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
+use super::error::ReleaseError;
 use super::{gateway, pipeline, DaemonError, Inner};
 
 impl Inner {
@@ -97,11 +98,20 @@ impl Inner {
         candidates
     }
 
-    /// Records a phase change of release `id` (with why it failed), counts
-    /// it and wakes the status loop so the locality learns of it promptly.
-    /// A change the release table refuses (out of done or failed, or
-    /// backwards) is dropped.
-    pub(super) fn set_state(&self, id: &Digest, new: ReleaseState, error: Option<String>) {
+    /// Records a phase change of release `id`, counts it and wakes the
+    /// status loop so the locality learns of it promptly. A change the
+    /// release table refuses (out of done or failed, or backwards) is
+    /// dropped.
+    pub(super) fn set_state(&self, id: &Digest, new: ReleaseState) {
+        self.record_phase(id, new, None);
+    }
+
+    /// Records that release `id` failed on this node, and why.
+    pub(super) fn fail(&self, id: &Digest, error: &ReleaseError) {
+        self.record_phase(id, ReleaseState::Failed, Some(error.to_string()));
+    }
+
+    fn record_phase(&self, id: &Digest, new: ReleaseState, error: Option<String>) {
         match self.releases.transition(id, new, error.clone()) {
             Ok(change) => {
                 self.metrics.record_phase(new, change.took);

@@ -301,16 +301,16 @@ async fn remove_from_sink(sink: &ImportSink, image: &str) -> Result<Option<Strin
 async fn remove_tree(root: &Path, image: &str, what: &str) -> Result<Option<String>, DaemonError> {
     let dir = root.join(image_dir_name(image));
     let shown = format!("{what} {}", dir.display());
-    let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("removing {}: {e}", dir.display())),
-    })
-    .await
-    .map_err(|e| DaemonError::Remove(format!("removal task: {e}")))?;
+    let target = dir.clone();
+    let result = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&target))
+        .await
+        .map_err(|e| DaemonError::Remove(format!("removal task: {e}")))?;
     match result {
-        Ok(true) => Ok(Some(shown)),
-        Ok(false) => Ok(None),
-        Err(e) => Err(DaemonError::Remove(e)),
+        Ok(()) => Ok(Some(shown)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DaemonError::Remove(format!(
+            "removing {}: {e}",
+            dir.display()
+        ))),
     }
 }
