@@ -52,7 +52,7 @@ use metrics::DaemonMetrics;
 use peers::Peers;
 use releases::Releases;
 use status::status_loop;
-pub use views::{state_name, PeerView, RefusedView, ReleaseView, SelfView, StatusView};
+pub use views::{PeerView, RefusedView, ReleasePhase, ReleaseView, SelfView, StatusView};
 
 pub use removal::{
     decode_signed as decode_removal, encode_gossip as encode_removal_gossip, repository_of,

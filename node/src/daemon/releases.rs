@@ -42,7 +42,7 @@ use edgeswarm_protocol::wire::ReleaseState;
 use edgeswarm_protocol::{election, Digest};
 use libp2p::PeerId;
 
-use super::views::{state_name, RefusedView};
+use super::views::{RefusedView, ReleasePhase};
 use super::DaemonError;
 
 /// How many refusals status keeps.
@@ -167,10 +167,10 @@ pub(super) enum TransitionRefused {
     #[error("release not tracked")]
     Unknown,
     /// The release is done or failed; those phases are final.
-    #[error("release is already {}", state_name(*.0))]
+    #[error("release is already {}", ReleasePhase::from(*.0))]
     Final(ReleaseState),
     /// The change would move the release back (or nowhere).
-    #[error("release cannot go from {} to {}", state_name(*.from), state_name(*.to))]
+    #[error("release cannot go from {} to {}", ReleasePhase::from(*.from), ReleasePhase::from(*.to))]
     Backwards {
         /// Its phase.
         from: ReleaseState,
@@ -442,7 +442,7 @@ impl Releases {
         if let Some((id, t)) = mine.iter().find(|(_, t)| t.fetching && !is_final(t.state)) {
             return Err(DaemonError::Conflict(format!(
                 "release {id} of {image} is still {} here; remove it once it is done",
-                state_name(t.state)
+                ReleasePhase::from(t.state)
             )));
         }
         let ids: Vec<Digest> = mine.iter().map(|(id, _)| *id).collect();

@@ -5,10 +5,69 @@ use std::collections::HashMap;
 
 use edgeswarm_protocol::wire::{PeerRole, ReleaseProgress, ReleaseState};
 use edgeswarm_protocol::Digest;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::releases::Snapshot;
 use super::{Daemon, Inner};
+
+/// A release's phase, as the API reports it and the CLI reads it (the
+/// protocol's [`ReleaseState`] travels as a number; this is its JSON
+/// face, the lowercase name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleasePhase {
+    /// Accepted, nothing fetched yet.
+    Announced,
+    /// Fetching the manifest and config.
+    Resolving,
+    /// Fetching (and importing while fetching) the layers.
+    Fetching,
+    /// Layers complete, importing into the runtime.
+    Importing,
+    /// Imported (on a gateway the release does not select: its layers
+    /// are in the locality).
+    Done,
+    /// Gave up; the release's `error` says why.
+    Failed,
+}
+
+impl ReleasePhase {
+    /// The lowercase name (as in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReleasePhase::Announced => "announced",
+            ReleasePhase::Resolving => "resolving",
+            ReleasePhase::Fetching => "fetching",
+            ReleasePhase::Importing => "importing",
+            ReleasePhase::Done => "done",
+            ReleasePhase::Failed => "failed",
+        }
+    }
+
+    /// Whether the release is done or failed: nothing more will happen.
+    pub fn is_settled(self) -> bool {
+        matches!(self, ReleasePhase::Done | ReleasePhase::Failed)
+    }
+}
+
+impl From<ReleaseState> for ReleasePhase {
+    fn from(state: ReleaseState) -> Self {
+        match state {
+            ReleaseState::Announced => ReleasePhase::Announced,
+            ReleaseState::Resolving => ReleasePhase::Resolving,
+            ReleaseState::Fetching => ReleasePhase::Fetching,
+            ReleaseState::Importing => ReleasePhase::Importing,
+            ReleaseState::Done => ReleasePhase::Done,
+            ReleaseState::Failed => ReleasePhase::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for ReleasePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A release as this node tracks it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -19,8 +78,8 @@ pub struct ReleaseView {
     pub image: String,
     /// The manifest digest.
     pub manifest: String,
-    /// The state name (`announced`, `fetching`, `done`, ...).
-    pub state: String,
+    /// Its phase (`announced`, `fetching`, `done`, ...).
+    pub state: ReleasePhase,
     /// Layer bytes to fetch.
     pub bytes_total: u64,
     /// Layer bytes verified so far.
@@ -231,7 +290,7 @@ fn progress_view(p: &ReleaseProgress, tracked: Option<&Snapshot>) -> ReleaseView
         manifest: tracked
             .map(|t| t.release.manifest.to_string())
             .unwrap_or_default(),
-        state: state_name(p.state).into(),
+        state: p.state.into(),
         bytes_total: p.bytes_total,
         bytes_done: p.bytes_done,
         bytes_from_cloud: p.bytes_from_cloud,
@@ -243,23 +302,35 @@ fn progress_view(p: &ReleaseProgress, tracked: Option<&Snapshot>) -> ReleaseView
     }
 }
 
-/// The lowercase name of a release state.
-pub fn state_name(state: ReleaseState) -> &'static str {
-    match state {
-        ReleaseState::Announced => "announced",
-        ReleaseState::Resolving => "resolving",
-        ReleaseState::Fetching => "fetching",
-        ReleaseState::Importing => "importing",
-        ReleaseState::Done => "done",
-        ReleaseState::Failed => "failed",
-    }
-}
-
 /// The lowercase name of a role.
 fn role_name(role: PeerRole) -> &'static str {
     match role {
         PeerRole::Node => "node",
         PeerRole::Gateway => "gateway",
         PeerRole::Bootstrap => "bootstrap",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_travel_as_their_lowercase_names() {
+        for (state, name) in [
+            (ReleaseState::Announced, "announced"),
+            (ReleaseState::Resolving, "resolving"),
+            (ReleaseState::Fetching, "fetching"),
+            (ReleaseState::Importing, "importing"),
+            (ReleaseState::Done, "done"),
+            (ReleaseState::Failed, "failed"),
+        ] {
+            let phase = ReleasePhase::from(state);
+            assert_eq!(phase.to_string(), name);
+            let json = serde_json::to_string(&phase).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<ReleasePhase>(&json).unwrap(), phase);
+        }
+        assert!(serde_json::from_str::<ReleasePhase>("\"finished\"").is_err());
     }
 }
