@@ -1,9 +1,19 @@
-//! Handling of every validated gossip message.
+//! Gossip handling: [`dispatch`] decodes each message the swarm validated
+//! and hands it, typed, to the handler of its kind, one `on_*` function
+//! per [`GossipMessage`] variant. The handlers check what the kind needs
+//! (trust policy, locality, the signer behind the source peer) and change
+//! state only through the release and peer tables.
+//!
+//! Decoding happens in `dispatch` only, so that once the swarm forwards
+//! decoded messages, `dispatch` is the one place that changes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use edgeswarm_protocol::release::SignedRelease;
 use edgeswarm_protocol::wire::{
-    Availability, GossipMessage, SignedChunkDigestUpdate, SignedReleaseResolution,
+    Availability, AvailabilityBatch, GossipMessage, NodeStatus, SignedChunkDigestUpdate,
+    SignedReleaseResolution,
 };
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
@@ -12,7 +22,8 @@ use tokio::sync::broadcast;
 use super::status::MAX_ANNOUNCED_BLOBS;
 use super::{peer_public_key, Inner, SignedRemoval};
 
-/// Handles every validated gossip message.
+/// Handles every validated gossip message until the swarm closes the
+/// channel.
 pub(super) async fn gossip_loop(
     inner: Arc<Inner>,
     mut rx: broadcast::Receiver<crate::swarm::GossipMessage>,
@@ -26,49 +37,66 @@ pub(super) async fn gossip_loop(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let decoded = match GossipMessage::decode(&msg.data) {
-            Ok(d) => d,
-            Err(e) => {
-                // The swarm already validated it; this would be a bug.
-                tracing::warn!(error = %e, "undecodable gossip");
-                continue;
-            }
-        };
-        match decoded {
-            GossipMessage::Release(signed) => match inner.check_release(&signed) {
-                Ok(release) => inner.accept_release(release),
-                Err(e) => inner.refuse(&signed, msg.source, &e),
-            },
-            GossipMessage::Status(status) => {
-                if let Some(peer) = msg.source {
-                    inner.peers.record_status(peer, status);
-                }
-            }
-            GossipMessage::Resolution(signed) => on_resolution(msg.source, signed),
-            GossipMessage::ChunkDigests(signed) => {
-                on_chunk_digests(&inner, msg.source, signed).await
-            }
-            GossipMessage::Removal(signed) => on_removal(&inner, msg.source, signed),
-            GossipMessage::Availability(batch) => {
-                if let Some(peer) = msg.source {
-                    let complete: std::collections::HashSet<Digest> = batch
-                        .entries
-                        .iter()
-                        .filter(|e| matches!(e.availability, Availability::Complete))
-                        .map(|e| e.blob)
-                        .take(MAX_ANNOUNCED_BLOBS)
-                        .collect();
-                    inner.peers.record_complete(peer, complete);
-                }
-            }
-        }
+        dispatch(&inner, &msg).await;
     }
+}
+
+/// Decodes one gossip message and runs the handler of its kind.
+async fn dispatch(inner: &Arc<Inner>, msg: &crate::swarm::GossipMessage) {
+    let decoded = match GossipMessage::decode(&msg.data) {
+        Ok(d) => d,
+        Err(e) => {
+            // The swarm already validated it; this would be a bug.
+            tracing::warn!(error = %e, "undecodable gossip");
+            return;
+        }
+    };
+    let source = msg.source;
+    match decoded {
+        GossipMessage::Release(signed) => on_release(inner, source, signed),
+        GossipMessage::Status(status) => on_status(inner, source, status),
+        GossipMessage::Resolution(signed) => on_resolution(source, signed),
+        GossipMessage::ChunkDigests(signed) => on_chunk_digests(inner, source, signed).await,
+        GossipMessage::Removal(signed) => on_removal(inner, source, signed),
+        GossipMessage::Availability(batch) => on_availability(inner, source, batch),
+    }
+}
+
+/// A release announcement: accepted when it passes this node's trust
+/// policy and names its locality, recorded as refused otherwise.
+fn on_release(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRelease) {
+    match inner.check_release(&signed) {
+        Ok(release) => inner.accept_release(release),
+        Err(e) => inner.refuse(&signed, source, &e),
+    }
+}
+
+/// A peer's status report: who it is, whether it may pull, and how its
+/// releases progress (the liveness that gateway election reads).
+fn on_status(inner: &Inner, source: Option<PeerId>, status: NodeStatus) {
+    if let Some(peer) = source {
+        inner.peers.record_status(peer, status);
+    }
+}
+
+/// The blobs a peer holds complete: a gateway does not pull what a live
+/// peer already holds.
+fn on_availability(inner: &Inner, source: Option<PeerId>, batch: AvailabilityBatch) {
+    let Some(peer) = source else { return };
+    let complete: HashSet<Digest> = batch
+        .entries
+        .iter()
+        .filter(|e| matches!(e.availability, Availability::Complete))
+        .map(|e| e.blob)
+        .take(MAX_ANNOUNCED_BLOBS)
+        .collect();
+    inner.peers.record_complete(peer, complete);
 }
 
 /// A gateway announces chunk digests of a layer it is pulling. Accepted
 /// only from the gateway elected for that release, signed with its own
 /// identity: a member that lies cannot poison a transfer.
-pub(super) async fn on_chunk_digests(
+async fn on_chunk_digests(
     inner: &Arc<Inner>,
     source: Option<PeerId>,
     signed: SignedChunkDigestUpdate,
@@ -113,7 +141,7 @@ pub(super) async fn on_chunk_digests(
 
 /// A removal request arrived on gossip: checked like a release, then run
 /// in the background (bounded; extra requests are dropped and logged).
-pub(super) fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRemoval) {
+fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRemoval) {
     let checked = inner.check_removal(&signed);
     let removal = match checked {
         Ok(r) => r,
@@ -152,7 +180,7 @@ pub(super) fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: Sig
 /// A gateway says a release is resolved: only informative (nodes read the
 /// layers from the verified manifest), but it must come from the node that
 /// signed it.
-pub(super) fn on_resolution(source: Option<PeerId>, signed: SignedReleaseResolution) {
+fn on_resolution(source: Option<PeerId>, signed: SignedReleaseResolution) {
     let Some(source) = source else { return };
     let Some(key) = peer_public_key(&source) else {
         tracing::warn!(%source, "resolution from a peer without an ed25519 key");
