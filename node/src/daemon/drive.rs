@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use edgeswarm_protocol::release::{Release, SignedRelease};
-use edgeswarm_protocol::wire::ReleaseState;
+use edgeswarm_protocol::release::{PublisherKey, Release, SignedRelease};
+use edgeswarm_protocol::wire::{GossipMessage, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
 use super::error::ReleaseError;
-use super::{gateway, pipeline, DaemonError, Inner};
+use super::{gateway, pipeline, unix_seconds, Daemon, DaemonError, Inner};
+use crate::swarm::Topic;
 
 impl Inner {
     /// Checks a release against this node's trust policy and locality.
@@ -124,5 +125,69 @@ impl Inner {
                 tracing::debug!(release = %id, to = ?new, %refused, "phase change not recorded");
             }
         }
+    }
+}
+
+impl Daemon {
+    /// Builds and signs a release of `image` for this locality. A reference
+    /// by tag is resolved at the registry, so it needs a gateway-capable
+    /// node; `IMAGE@sha256:...` works everywhere. Signed by `key`, or by
+    /// the node's own identity.
+    pub async fn prepare_release(
+        &self,
+        image: &str,
+        selector: Vec<(String, String)>,
+        key: Option<&PublisherKey>,
+    ) -> Result<SignedRelease, DaemonError> {
+        let reference = crate::registry::Reference::parse(image)
+            .map_err(|e| DaemonError::Refused(format!("bad image reference {image:?}: {e}")))?;
+        let platform = self.inner.config.platform.clone();
+        let manifest = match (&self.inner.registry, reference.digest) {
+            (Some(registry), _) => {
+                registry
+                    .resolve(&reference, &platform)
+                    .await?
+                    .manifest_digest
+            }
+            (None, Some(digest)) => digest,
+            (None, None) => {
+                return Err(DaemonError::Refused(format!(
+                    "{image} is a tag; this node cannot reach the registry to resolve it \
+                     (deploy through a --gateway node, or name the image by @sha256 digest)"
+                )))
+            }
+        };
+        let release = Release {
+            image: image.to_owned(),
+            manifest,
+            platform: (&platform).into(),
+            created: unix_seconds(),
+            locality: self.inner.config.swarm.locality.clone(),
+            selector,
+        };
+        Ok(SignedRelease::sign(
+            release,
+            key.unwrap_or(&self.inner.identity),
+        ))
+    }
+
+    /// Validates a signed release as every node would and gossips it to the
+    /// locality (this node acts on it too). Returns the release id.
+    pub async fn publish_release(&self, signed: SignedRelease) -> Result<Digest, DaemonError> {
+        let release = match self.inner.check_release(&signed) {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.refuse(&signed, None, &e);
+                return Err(e);
+            }
+        };
+        let id = release.id();
+        let bytes = GossipMessage::Release(signed).encode();
+        self.inner.accept_release(release);
+        if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
+            // A locality of one has no gossip peers: the release still runs here.
+            tracing::warn!(error = %e, "release not gossiped");
+        }
+        Ok(id)
     }
 }

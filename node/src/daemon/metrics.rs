@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use edgeswarm_protocol::wire::{ReleaseProgress, ReleaseState};
 
+use super::Daemon;
+
 /// Release-level Prometheus metrics.
 #[derive(Clone, Default)]
 pub(super) struct DaemonMetrics {
@@ -116,5 +118,14 @@ impl DaemonMetrics {
             }
             _ => {}
         }
+    }
+}
+
+impl Daemon {
+    /// Every metric of the node in the Prometheus text format.
+    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.metrics_registry)?;
+        Ok(text)
     }
 }

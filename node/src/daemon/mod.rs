@@ -64,9 +64,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
-use edgeswarm_protocol::wire::GossipMessage;
-use edgeswarm_protocol::{ChunkSize, Digest};
+use edgeswarm_protocol::release::{PublicKey, PublisherKey, TrustedKeys};
+use edgeswarm_protocol::ChunkSize;
 use libp2p::PeerId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +73,7 @@ use tokio_util::sync::CancellationToken;
 use crate::import::{ImportSink, ImportSinkKind};
 use crate::registry::{Platform, RegistryClient, RegistryConfig};
 use crate::store::{Store, StoreConfig};
-use crate::swarm::{keys, Node, SwarmClient, SwarmConfig, Topic};
+use crate::swarm::{keys, Node, SwarmClient, SwarmConfig};
 
 /// How many releases a node works on at once.
 const MAX_ACTIVE_RELEASES: usize = 4;
@@ -237,123 +236,6 @@ impl Daemon {
     /// The registry client, on gateway-capable nodes.
     pub fn registry(&self) -> Option<&RegistryClient> {
         self.inner.registry.as_ref()
-    }
-
-    /// Builds and signs a release of `image` for this locality. A reference
-    /// by tag is resolved at the registry, so it needs a gateway-capable
-    /// node; `IMAGE@sha256:...` works everywhere. Signed by `key`, or by
-    /// the node's own identity.
-    pub async fn prepare_release(
-        &self,
-        image: &str,
-        selector: Vec<(String, String)>,
-        key: Option<&PublisherKey>,
-    ) -> Result<SignedRelease, DaemonError> {
-        let reference = crate::registry::Reference::parse(image)
-            .map_err(|e| DaemonError::Refused(format!("bad image reference {image:?}: {e}")))?;
-        let platform = self.inner.config.platform.clone();
-        let manifest = match (&self.inner.registry, reference.digest) {
-            (Some(registry), _) => {
-                registry
-                    .resolve(&reference, &platform)
-                    .await?
-                    .manifest_digest
-            }
-            (None, Some(digest)) => digest,
-            (None, None) => {
-                return Err(DaemonError::Refused(format!(
-                    "{image} is a tag; this node cannot reach the registry to resolve it \
-                     (deploy through a --gateway node, or name the image by @sha256 digest)"
-                )))
-            }
-        };
-        let release = Release {
-            image: image.to_owned(),
-            manifest,
-            platform: (&platform).into(),
-            created: unix_seconds(),
-            locality: self.inner.config.swarm.locality.clone(),
-            selector,
-        };
-        Ok(SignedRelease::sign(
-            release,
-            key.unwrap_or(&self.inner.identity),
-        ))
-    }
-
-    /// Validates a signed release as every node would and gossips it to the
-    /// locality (this node acts on it too). Returns the release id.
-    pub async fn publish_release(&self, signed: SignedRelease) -> Result<Digest, DaemonError> {
-        let release = match self.inner.check_release(&signed) {
-            Ok(r) => r,
-            Err(e) => {
-                self.inner.refuse(&signed, None, &e);
-                return Err(e);
-            }
-        };
-        let id = release.id();
-        let bytes = GossipMessage::Release(signed).encode();
-        self.inner.accept_release(release);
-        if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
-            // A locality of one has no gossip peers: the release still runs here.
-            tracing::warn!(error = %e, "release not gossiped");
-        }
-        Ok(id)
-    }
-
-    /// Removes `image` from this node (pin, status, import sink, then
-    /// unreferenced blobs). With `request`, the removal is first checked
-    /// against this node's trust policy (as every node will check it) and
-    /// then gossiped to the locality; `request` must name `image`.
-    pub async fn remove(
-        &self,
-        image: &str,
-        request: Option<SignedRemoval>,
-    ) -> Result<RemoveReport, DaemonError> {
-        let not_after = match &request {
-            Some(signed) => {
-                let removal = self.inner.check_removal(signed).inspect_err(|_| {
-                    self.inner.metrics.removals_refused.inc();
-                })?;
-                if removal.image != image {
-                    return Err(DaemonError::RemovalRefused(format!(
-                        "the signed removal names {:?}, not {image:?}",
-                        removal.image
-                    )));
-                }
-                Some(removal.created)
-            }
-            None => None,
-        };
-        let report = self.inner.remove_image(image, not_after).await?;
-        if let Some(signed) = request {
-            let bytes = removal::encode_gossip(&signed);
-            if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
-                // A locality of one has no gossip peers.
-                tracing::warn!(error = %e, "removal not gossiped");
-            }
-        }
-        Ok(report)
-    }
-
-    /// Signs a removal of `image` for this locality with the node's own
-    /// identity (accepted by nodes without `--trust`).
-    pub fn sign_removal(&self, image: &str) -> SignedRemoval {
-        SignedRemoval::sign(
-            Removal {
-                image: image.to_owned(),
-                locality: self.inner.config.swarm.locality.clone(),
-                created: unix_seconds(),
-            },
-            &self.inner.identity,
-        )
-    }
-
-    /// Every metric of the node in the Prometheus text format.
-    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.inner.metrics_registry)?;
-        Ok(text)
     }
 
     /// Stops the daemon and its swarm.

@@ -36,8 +36,9 @@ use edgeswarm_protocol::encoding;
 pub use edgeswarm_protocol::release::{Removal, SignedRemoval};
 use serde::{Deserialize, Serialize};
 
-use super::{DaemonError, Inner};
+use super::{unix_seconds, Daemon, DaemonError, Inner};
 use crate::import::{docker_tag, image_dir_name, ImportSink};
+use crate::swarm::Topic;
 
 /// Largest removal message accepted (an image reference is short).
 const MAX_REMOVAL_BYTES: usize = 4 << 10;
@@ -90,6 +91,56 @@ pub fn repository_of(image: &str) -> String {
     match crate::registry::Reference::parse(image) {
         Ok(r) => format!("{}/{}", r.registry, r.repository),
         Err(_) => image.split('@').next().unwrap_or(image).to_owned(),
+    }
+}
+
+impl Daemon {
+    /// Removes `image` from this node (pin, status, import sink, then
+    /// unreferenced blobs). With `request`, the removal is first checked
+    /// against this node's trust policy (as every node will check it) and
+    /// then gossiped to the locality; `request` must name `image`.
+    pub async fn remove(
+        &self,
+        image: &str,
+        request: Option<SignedRemoval>,
+    ) -> Result<RemoveReport, DaemonError> {
+        let not_after = match &request {
+            Some(signed) => {
+                let removal = self.inner.check_removal(signed).inspect_err(|_| {
+                    self.inner.metrics.removals_refused.inc();
+                })?;
+                if removal.image != image {
+                    return Err(DaemonError::RemovalRefused(format!(
+                        "the signed removal names {:?}, not {image:?}",
+                        removal.image
+                    )));
+                }
+                Some(removal.created)
+            }
+            None => None,
+        };
+        let report = self.inner.remove_image(image, not_after).await?;
+        if let Some(signed) = request {
+            let bytes = encode_gossip(&signed);
+            if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
+                // A locality of one has no gossip peers.
+                tracing::warn!(error = %e, "removal not gossiped");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Signs a removal of `image` for this locality with the node's own
+    /// identity (accepted by nodes without `--trust`).
+    pub fn sign_removal(&self, image: &str) -> SignedRemoval {
+        SignedRemoval::sign(
+            Removal {
+                image: image.to_owned(),
+                locality: self.inner.config.swarm.locality.clone(),
+                created: unix_seconds(),
+            },
+            &self.inner.identity,
+        )
     }
 }
 
