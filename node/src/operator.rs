@@ -20,7 +20,8 @@ pub(crate) fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
-/// The first characters of a peer id, enough to tell nodes apart.
+/// The last 8 characters of a peer id, enough to tell nodes apart (the
+/// first ones are the same multihash prefix for every ed25519 peer id).
 fn short_peer(peer: &str) -> &str {
     let start = peer.len().saturating_sub(8);
     &peer[start..]

@@ -1,5 +1,10 @@
-//! Moving releases forward: trust checks, acceptance, gateway election,
-//! and starting the gateway pull and the fetch pipeline.
+//! Moving releases forward: trust checks (a release is accepted only when
+//! signed by a trusted key and for this locality), acceptance, gateway
+//! election, and starting the gateway pull and the fetch pipeline. Every
+//! phase change goes through [`Inner::set_state`] or [`Inner::fail`], which
+//! ask the release table and then count the change and wake the status
+//! loop. Also the API's way in: [`Daemon::prepare_release`] and
+//! [`Daemon::publish_release`].
 
 use std::sync::Arc;
 

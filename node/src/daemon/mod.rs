@@ -3,16 +3,40 @@
 //!
 //! ## Layout
 //!
-//! - this module: [`Daemon`] (start, shutdown, status), the gossip loop that
-//!   validates releases, resolutions and status reports against the node's
-//!   trust policy, and the periodic status/failover loop;
-//! - `gateway`: the pull side. The gateway-capable node elected for a
-//!   release (rendezvous hashing, `protocol::election`) resolves it at the
-//!   registry, announces the resolution, and pulls the layers the locality
-//!   lacks into its store, once, chunk by chunk;
-//! - `pipeline`: the fetch side, run by every targeted node: manifest and
-//!   config, then every layer from the swarm, each streamed from the store
-//!   into the import sink while it downloads.
+//! - this module: [`Daemon`], its [`DaemonConfig`], the shared core
+//!   (`Inner`), start and shutdown;
+//! - state, each with one owner:
+//!   - `releases`: the release table, the only code that changes release
+//!     state (phases, the elected gateway, the gateway's pull plan,
+//!     layers, refusals); its methods enforce the phase order;
+//!   - `peers`: the other nodes as their status and availability gossip
+//!     describe them (liveness, what they hold complete);
+//! - what moves a release:
+//!   - `drive`: trust checks, acceptance, gateway election and starting
+//!     the pull and the fetch; each phase change goes through it (metrics,
+//!     a prompt status report); [`Daemon::prepare_release`] and
+//!     [`Daemon::publish_release`];
+//!   - `gateway`: the pull side. The gateway-capable node elected for a
+//!     release (rendezvous hashing, `protocol::election`) resolves it at
+//!     the registry, announces the resolution, and pulls the layers the
+//!     locality lacks into its store, once, chunk by chunk;
+//!   - `pipeline`: the fetch side, run by every targeted node: manifest
+//!     and config, then every layer from the swarm, each streamed from the
+//!     store into the import sink while it downloads;
+//!   - `removal`: `rm`, `rm --locality` and the rollback window;
+//! - what the node hears and says:
+//!   - `gossip`: one `dispatch` decodes each gossip message and hands it
+//!     to the `on_*` handler of its kind;
+//!   - `status`: the loop that reports status and availability and drives
+//!     pending releases again (failover);
+//! - what it shows: `views` (the API's JSON: [`StatusView`],
+//!   [`ReleasePhase`], ...) and `metrics` (Prometheus);
+//! - `error`: [`DaemonError`] for callers, `ReleaseError` for why a
+//!   release failed.
+//!
+//! Locks: the release table and the peer table each have one mutex, never
+//! held together nor across an await, and recovered when poisoned (see
+//! `releases`).
 //!
 //! ## Trust chain
 //!

@@ -1,5 +1,10 @@
-//! The status loop: periodic status and availability reports, and the
-//! re-election that drives failover.
+//! The status loop. Every [`STATUS_INTERVAL`], or soon after a release
+//! changes phase, it gossips this node's status report (which peers read
+//! for liveness and progress) and, when the set changed or now and then,
+//! the blobs it holds complete (availability, which gateways read to skip
+//! layers). Then it drives every pending release again: re-election as
+//! peers come and go is what moves a release to the runner-up gateway
+//! when the elected one dies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,9 @@
-//! What the API shows of the daemon: this node, its releases and the
-//! locality as status gossip describes it.
+//! What the API shows of the daemon ([`Daemon::status`]): this node, its
+//! releases and the locality as status gossip describes it. The types
+//! here are the JSON of `/v1/status`, which the CLI reads back, so they
+//! are shared by both ([`ReleasePhase`] for a release's state). Built from
+//! snapshots of the release and peer tables; progress reads the store
+//! outside their locks.
 
 use std::collections::HashMap;
 
