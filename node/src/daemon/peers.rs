@@ -146,3 +146,73 @@ impl Peers {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use edgeswarm_protocol::wire::{PeerRole, ReleaseProgress};
+
+    use super::*;
+
+    fn status(gateway_capable: bool, releases: &[(Digest, ReleaseState)]) -> NodeStatus {
+        NodeStatus {
+            role: PeerRole::Node,
+            gateway_capable,
+            timestamp_ms: 0,
+            releases: releases
+                .iter()
+                .map(|(id, state)| ReleaseProgress {
+                    release_id: *id,
+                    state: *state,
+                    bytes_total: 0,
+                    bytes_done: 0,
+                    bytes_from_cloud: 0,
+                    bytes_from_peers: 0,
+                    error: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn availability_counts_only_for_peers_that_report_status() {
+        let peers = Peers::default();
+        let (peer, blob) = (PeerId::random(), Digest::of(b"layer"));
+        peers.record_complete(peer, HashSet::from([blob]));
+        assert!(!peers.holds(&blob), "a peer never heard from is not live");
+        peers.record_status(peer, status(false, &[]));
+        assert!(peers.holds(&blob));
+        // The next announcement lists what it holds now: the blob is gone.
+        peers.record_complete(peer, HashSet::new());
+        assert!(!peers.holds(&blob));
+    }
+
+    #[test]
+    fn only_gateway_capable_peers_are_candidates() {
+        let peers = Peers::default();
+        let (node, gateway) = (PeerId::random(), PeerId::random());
+        peers.record_status(node, status(false, &[]));
+        peers.record_status(gateway, status(true, &[]));
+        assert_eq!(peers.live_gateways(), vec![gateway.to_bytes()]);
+    }
+
+    #[test]
+    fn a_release_is_timed_from_first_report_to_done_and_forgotten_when_dropped() {
+        let peers = Peers::default();
+        let (peer, id) = (PeerId::random(), Digest::of(b"release"));
+        peers.record_status(peer, status(false, &[(id, ReleaseState::Fetching)]));
+        let seen = &peers.snapshot()[0];
+        assert!(seen.took.is_empty(), "not done yet");
+        assert!(!seen.gone());
+        std::thread::sleep(Duration::from_millis(20));
+        peers.record_status(peer, status(false, &[(id, ReleaseState::Done)]));
+        let took = peers.snapshot()[0].took[&id];
+        assert!(took >= Duration::from_millis(20), "{took:?}");
+        peers.record_status(peer, status(false, &[]));
+        peers.record_status(peer, status(false, &[(id, ReleaseState::Done)]));
+        assert_eq!(
+            peers.snapshot()[0].took[&id],
+            Duration::ZERO,
+            "a dropped release is timed afresh (first seen done)"
+        );
+    }
+}
