@@ -120,6 +120,7 @@ impl Inner {
     fn record_phase(&self, id: &Digest, new: ReleaseState, error: Option<String>) {
         match self.releases.transition(id, new, error.clone()) {
             Ok(change) => {
+                tracing::debug!(release = %id, from = ?change.from, to = ?new, "release phase");
                 self.metrics.record_phase(new, change.took);
                 self.status_changed.notify_one();
                 if let Some(e) = error {
