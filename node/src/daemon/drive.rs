@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use edgeswarm_protocol::release::{PublisherKey, Release, SignedRelease};
+use edgeswarm_protocol::release::{Release, SignedRelease};
+use edgeswarm_protocol::signing::PublisherKey;
 use edgeswarm_protocol::wire::{GossipMessage, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;

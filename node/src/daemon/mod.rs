@@ -25,8 +25,8 @@
 //!     store into the import sink while it downloads;
 //!   - `removal`: `rm`, `rm --locality` and the rollback window;
 //! - what the node hears and says:
-//!   - `gossip`: one `dispatch` decodes each gossip message and hands it
-//!     to the `on_*` handler of its kind;
+//!   - `gossip`: `dispatch` hands each gossip message (decoded once, by
+//!     the swarm) to the `on_*` handler of its kind;
 //!   - `status`: the loop that reports status and availability and drives
 //!     pending releases again (failover);
 //! - what it shows: `views` (the API's JSON: [`StatusView`],
@@ -88,7 +88,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edgeswarm_protocol::release::{PublicKey, PublisherKey, TrustedKeys};
+use edgeswarm_protocol::signing::{PublicKey, PublisherKey, TrustedKeys};
 use edgeswarm_protocol::ChunkSize;
 use libp2p::PeerId;
 use tokio::task::JoinHandle;
