@@ -21,7 +21,17 @@
 //!   gateway's registry pull, and the fetch-and-import pipeline of every node.
 //! - [`api`]: the local HTTP API (`/v1/...`, `/metrics`) the CLI talks to.
 //!
-//! The binary (`src/main.rs`) is a thin clap front-end over these modules.
+//! The binary (`src/main.rs`, with `src/operator.rs`) is not part of this
+//! library. It holds the clap command line; the `edgeswarm node` options
+//! and how they merge (command line > `EDGESWARM_*` environment >
+//! `--config` TOML file > default) into a [`daemon::DaemonConfig`]; the
+//! node runner (daemon, API, Ctrl-C shutdown); key generation (`keygen`,
+//! `swarm-key`); and the operator commands, which are HTTP clients of a
+//! running node's API. Those do some work of their own: `deploy --key`
+//! signs the release the node prepared with the publisher key locally (the
+//! key never reaches the node), `status --wait` polls until enough nodes
+//! report the image done, and `operator.rs` renders status as progress
+//! bars or plain lines.
 //!
 //! ## Goals
 //!

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use edgeswarm_node::api::{DeployRequest, DeployResponse, PublishRequest, ResolveResponse};
-use edgeswarm_node::daemon::{Daemon, DaemonConfig, StatusView};
+use edgeswarm_node::daemon::{Daemon, DaemonConfig, ReleasePhase, StatusView};
 use edgeswarm_node::import::ImportSinkKind;
 use edgeswarm_node::registry::{Platform, RegistryConfig};
 use edgeswarm_node::store::StoreConfig;
@@ -772,14 +772,14 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
             bail!("release of {image} failed on this node: {e}");
         }
         let release_id = mine.id.clone();
-        let done = (mine.state == "done") as usize
+        let done = (mine.state == ReleasePhase::Done) as usize
             + view
                 .nodes
                 .iter()
                 .filter(|n| {
                     n.releases
                         .iter()
-                        .any(|r| r.id == release_id && r.state == "done")
+                        .any(|r| r.id == release_id && r.state == ReleasePhase::Done)
                 })
                 .count();
         if done >= nodes {

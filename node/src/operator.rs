@@ -12,7 +12,7 @@ use std::io::IsTerminal as _;
 
 use anyhow::{Context, Result};
 use edgeswarm_node::api::RemoveResponse;
-use edgeswarm_node::daemon::{ReleaseView, StatusView};
+use edgeswarm_node::daemon::{ReleasePhase, ReleaseView, StatusView};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Whether stdout is a terminal (progress bars) or a pipe/file (plain lines).
@@ -20,7 +20,8 @@ pub(crate) fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
-/// The first characters of a peer id, enough to tell nodes apart.
+/// The last 8 characters of a peer id, enough to tell nodes apart (the
+/// first ones are the same multihash prefix for every ed25519 peer id).
 fn short_peer(peer: &str) -> &str {
     let start = peer.len().saturating_sub(8);
     &peer[start..]
@@ -38,7 +39,7 @@ fn release_name(r: &ReleaseView) -> &str {
 fn percent(r: &ReleaseView) -> f64 {
     if r.bytes_total > 0 {
         100.0 * r.bytes_done as f64 / r.bytes_total as f64
-    } else if r.state == "done" {
+    } else if r.state == ReleasePhase::Done {
         100.0
     } else {
         0.0
@@ -154,12 +155,12 @@ pub(crate) fn settled(view: &StatusView) -> Option<Result<()>> {
                 .flat_map(|n| n.releases.iter()),
         )
         .collect();
-    if all.is_empty() || all.iter().any(|r| r.state != "done" && r.state != "failed") {
+    if all.is_empty() || all.iter().any(|r| !r.state.is_settled()) {
         return None;
     }
     let failed: Vec<String> = all
         .iter()
-        .filter(|r| r.state == "failed")
+        .filter(|r| r.state == ReleasePhase::Failed)
         .map(|r| {
             format!(
                 "{}: {}",
@@ -232,7 +233,7 @@ impl Bars {
             })
             .clone();
         bar.set_length(r.bytes_total.max(1));
-        bar.set_position(if r.state == "done" {
+        bar.set_position(if r.state == ReleasePhase::Done {
             r.bytes_total.max(1)
         } else {
             r.bytes_done
@@ -414,17 +415,17 @@ mod tests {
     use super::*;
     use edgeswarm_node::daemon::{PeerView, SelfView};
 
-    fn release(state: &str, done: u64, error: Option<&str>) -> ReleaseView {
+    fn release(state: ReleasePhase, done: u64, error: Option<&str>) -> ReleaseView {
         ReleaseView {
             id: "sha256:aa".into(),
             image: "reg:5000/app:v1".into(),
             manifest: "sha256:bb".into(),
-            state: state.into(),
+            state,
             bytes_total: 4 << 20,
             bytes_done: done,
             bytes_from_cloud: 0,
             bytes_from_peers: done,
-            seconds: (state == "done").then_some(2.5),
+            seconds: (state == ReleasePhase::Done).then_some(2.5),
             error: error.map(str::to_owned),
             gateway: None,
             created: Some(1),
@@ -456,8 +457,8 @@ mod tests {
     #[test]
     fn plain_status_shows_nodes_progress_sources_and_errors() {
         let v = view(
-            release("done", 4 << 20, None),
-            release("failed", 1 << 20, Some("disk full")),
+            release(ReleasePhase::Done, 4 << 20, None),
+            release(ReleasePhase::Failed, 1 << 20, Some("disk full")),
             false,
         );
         let mut v = v;
@@ -484,21 +485,21 @@ mod tests {
     #[test]
     fn settled_waits_for_every_live_node_and_reports_failures() {
         let busy = view(
-            release("done", 4 << 20, None),
-            release("fetching", 0, None),
+            release(ReleasePhase::Done, 4 << 20, None),
+            release(ReleasePhase::Fetching, 0, None),
             false,
         );
         assert!(settled(&busy).is_none());
         // A gone node does not hold the watch open.
         let gone = view(
-            release("done", 4 << 20, None),
-            release("fetching", 0, None),
+            release(ReleasePhase::Done, 4 << 20, None),
+            release(ReleasePhase::Fetching, 0, None),
             true,
         );
         assert!(matches!(settled(&gone), Some(Ok(()))));
         let failed = view(
-            release("done", 4 << 20, None),
-            release("failed", 0, Some("boom")),
+            release(ReleasePhase::Done, 4 << 20, None),
+            release(ReleasePhase::Failed, 0, Some("boom")),
             false,
         );
         let err = settled(&failed).unwrap().unwrap_err().to_string();

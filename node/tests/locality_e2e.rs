@@ -8,6 +8,7 @@ mod daemon_common;
 use std::time::Duration;
 
 use daemon_common::*;
+use edgeswarm_node::daemon::ReleasePhase;
 use edgeswarm_node::registry::testing::{build_image, ImageSpec, TestRegistry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -64,7 +65,7 @@ async fn gateway_pulls_once_and_the_locality_imports_from_peers() {
         let done = status
             .nodes
             .iter()
-            .filter(|n| n.releases.iter().any(|r| r.state == "done"))
+            .filter(|n| n.releases.iter().any(|r| r.state == ReleasePhase::Done))
             .count();
         if done == 2 {
             break;

@@ -20,8 +20,9 @@ use edgeswarm_protocol::Digest;
 use futures::StreamExt;
 use tracing::Instrument;
 
+use super::error::ReleaseError;
 use super::Inner;
-use crate::registry::{LayerDescriptor, Platform, Reference};
+use crate::registry::{LayerDescriptor, Platform, Reference, RegistryClient};
 use crate::swarm::Topic;
 
 /// Layers pulled from the registry at once. One, in manifest order: every
@@ -53,62 +54,47 @@ pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
         _ = inner.shutdown.cancelled() => return,
     };
     match result {
-        Err(e) => inner.set_state(&id, ReleaseState::Failed, Some(e)),
+        Err(e) => inner.fail(&id, &e),
         Ok(()) => {
             // A gateway the release does not select has nothing to import:
             // its part is done once the layers are in the locality.
             if !inner.targets(&release) {
-                inner.set_state(&id, ReleaseState::Done, None);
+                inner.set_state(&id, ReleaseState::Done);
             }
         }
     }
-    let mut state = inner.state.lock().expect("state lock");
-    if let Some(t) = state.releases.get_mut(&id) {
-        t.pulling = false;
-        t.pull_planned = true;
-    }
+    inner.releases.pull_finished(&id);
 }
 
-async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> {
+async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseError> {
     let id = release.id();
-    let registry = inner
-        .registry
-        .as_ref()
-        .ok_or_else(|| "elected as gateway without registry access".to_owned())?;
+    let registry = inner.registry.as_ref().ok_or(ReleaseError::NoRegistry)?;
     let reference = Reference::parse(&release.image)
-        .map_err(|e| format!("bad image reference {:?}: {e}", release.image))?
+        .map_err(|source| ReleaseError::Reference {
+            image: release.image.clone(),
+            source,
+        })?
         .with_digest(release.manifest);
     let platform = Platform::from(&release.platform);
-    let resolved = registry
-        .resolve(&reference, &platform)
-        .await
-        .map_err(|e| e.to_string())?;
+    let resolved = registry.resolve(&reference, &platform).await?;
     if resolved.manifest_digest != release.manifest {
-        return Err(format!(
-            "registry served manifest {} for {}, the release pins {}",
-            resolved.manifest_digest, release.image, release.manifest
-        ));
+        return Err(ReleaseError::ManifestMismatch {
+            served: resolved.manifest_digest,
+            image: release.image.clone(),
+            pinned: release.manifest,
+        });
     }
     let store = &inner.store;
     store
         .put_blob(resolved.manifest_digest, resolved.manifest_bytes.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     store
         .put_blob(resolved.config_digest, resolved.config_bytes.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     for blob in [resolved.manifest_digest, resolved.config_digest] {
         let _ = inner.swarm.provide(blob).await;
     }
-    let cloud = {
-        let state = inner.state.lock().expect("state lock");
-        state
-            .releases
-            .get(&id)
-            .map(|t| t.bytes_from_cloud.clone())
-            .unwrap_or_default()
-    };
+    let cloud = inner.releases.cloud_counter(&id);
     cloud.fetch_add(
         (resolved.manifest_bytes.len() + resolved.config_bytes.len()) as u64,
         Ordering::Relaxed,
@@ -152,7 +138,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
         if store.is_complete(&layer.digest) {
             continue;
         }
-        if inner.locality_holds(&layer.digest) {
+        if inner.peers.holds(&layer.digest) {
             tracing::info!(layer = %layer.digest, "layer already in the locality; not pulled");
             continue;
         }
@@ -165,16 +151,13 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
     );
     // Mark the whole plan before this node's fetch pipeline may ask peers
     // for layers: it waits for these instead of downloading them twice.
-    let _unmark: Vec<Unmark> = missing
-        .iter()
-        .map(|layer| Unmark::mark(inner, layer.digest))
-        .collect();
-    inner.set_pull_planned(&id);
-    let results: Vec<Result<(), String>> = futures::stream::iter(missing)
+    let blobs: Vec<Digest> = missing.iter().map(|layer| layer.digest).collect();
+    let _plan = inner.releases.plan_pull(&id, &blobs);
+    let results: Vec<Result<(), ReleaseError>> = futures::stream::iter(missing)
         .map(|layer| {
             let cloud = cloud.clone();
             let reference = reference.clone();
-            async move { pull_layer(inner, id, &reference, &layer, &cloud).await }
+            async move { pull_layer(inner, registry, id, &reference, &layer, &cloud).await }
         })
         .buffered(PARALLEL_LAYER_PULLS)
         .collect()
@@ -185,23 +168,20 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String>
 /// Streams one layer from the registry into the store, chunk by chunk.
 async fn pull_layer(
     inner: &Arc<Inner>,
+    registry: &RegistryClient,
     release_id: Digest,
     reference: &Reference,
     layer: &LayerDescriptor,
     cloud: &Arc<std::sync::atomic::AtomicU64>,
-) -> Result<(), String> {
+) -> Result<(), ReleaseError> {
     let store = &inner.store;
     let blob = layer.digest;
     let chunk_size = inner.config.chunk_size;
-    store
-        .create_blob(blob, layer.size, chunk_size)
-        .await
-        .map_err(|e| e.to_string())?;
+    store.create_blob(blob, layer.size, chunk_size).await?;
     // Peers look for providers as soon as they learn of the layer.
     let _ = inner.swarm.provide(blob).await;
     let cs = chunk_size.get() as u64;
     let chunk_len = |i: u32| (layer.size - i as u64 * cs).min(cs) as usize;
-    let registry = registry_of(inner)?;
     // Pull every run of chunks this node lacks: all of the layer normally;
     // after a failover, what the previous gateway had not delivered here.
     while let Some((first, end)) = next_missing_run(store, &blob) {
@@ -213,12 +193,12 @@ async fn pull_layer(
         let mut before = 0;
         while index < end {
             if inner.shutdown.is_cancelled() {
-                return Err("node shutting down".into());
+                return Err(ReleaseError::ShuttingDown);
             }
             let Some(item) = stream.next().await else {
                 break;
             };
-            let bytes = item.map_err(|e| e.to_string())?;
+            let bytes = item?;
             let now = counter.load(Ordering::Relaxed);
             cloud.fetch_add(now - before, Ordering::Relaxed);
             inner.metrics.cloud_bytes.inc_by(now - before);
@@ -233,15 +213,11 @@ async fn pull_layer(
         }
         announcer.finish(store.is_complete(&blob)).await;
         if index < end {
-            return Err(format!(
-                "registry stream for layer {blob} ended at chunk {index} of {end}"
-            ));
+            return Err(ReleaseError::StreamEnded { blob, index, end });
         }
     }
     if !store.is_complete(&blob) {
-        return Err(format!(
-            "layer {blob} holds every chunk but did not complete"
-        ));
+        return Err(ReleaseError::Incomplete(blob));
     }
     tracing::info!(layer = %blob, bytes = layer.size, "layer pulled from the registry");
     Ok(())
@@ -263,21 +239,19 @@ async fn store_chunk(
     blob: Digest,
     index: u32,
     chunk: bytes::Bytes,
-) -> Result<Digest, String> {
+) -> Result<Digest, ReleaseError> {
     let for_hash = chunk.clone();
     let digest = tokio::task::spawn_blocking(move || Digest::of(&for_hash))
         .await
-        .map_err(|e| format!("hashing task failed: {e}"))?;
+        .map_err(|source| ReleaseError::Task {
+            what: "hashing",
+            source,
+        })?;
     inner
         .store
         .add_chunk_digests(blob, index, &[digest])
-        .await
-        .map_err(|e| e.to_string())?;
-    inner
-        .store
-        .write_chunk(blob, index, chunk)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
+    inner.store.write_chunk(blob, index, chunk).await?;
     Ok(digest)
 }
 
@@ -360,36 +334,6 @@ impl<'a> DigestAnnouncer<'a> {
             .await
         {
             tracing::debug!(error = %e, "chunk digests not gossiped");
-        }
-    }
-}
-
-fn registry_of(inner: &Inner) -> Result<&crate::registry::RegistryClient, String> {
-    inner
-        .registry
-        .as_ref()
-        .ok_or_else(|| "no registry client".to_owned())
-}
-
-/// Marks a blob as being pulled from the registry by this node, and
-/// unmarks it when the pull ends, however.
-struct Unmark(Arc<Inner>, Digest);
-
-impl Unmark {
-    fn mark(inner: &Arc<Inner>, blob: Digest) -> Self {
-        inner
-            .pulling_blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(blob);
-        Unmark(inner.clone(), blob)
-    }
-}
-
-impl Drop for Unmark {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.0.pulling_blobs.lock() {
-            set.remove(&self.1);
         }
     }
 }

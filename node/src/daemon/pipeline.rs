@@ -12,6 +12,8 @@ use edgeswarm_protocol::wire::ReleaseState;
 use edgeswarm_protocol::Digest;
 use tracing::Instrument;
 
+use super::error::ReleaseError;
+use super::releases::LayerInfo;
 use super::Inner;
 use crate::import::{import_image, ImageImport, ImportOptions, LayerSource};
 use crate::registry::manifest::{parse_manifest, ImageConfig, ManifestDocument};
@@ -38,21 +40,10 @@ pub(super) async fn run(inner: Arc<Inner>, release: Release) {
     };
     match result {
         Ok(()) => {
-            inner.set_state(&id, ReleaseState::Done, None);
-            let took = inner
-                .state
-                .lock()
-                .expect("state lock")
-                .releases
-                .get(&id)
-                .and_then(|t| t.took);
-            let progress = {
-                let state = inner.state.lock().expect("state lock");
-                inner
-                    .progress(&state)
-                    .into_iter()
-                    .find(|p| p.release_id == id)
-            };
+            inner.set_state(&id, ReleaseState::Done);
+            let tracked = inner.releases.get(&id);
+            let took = tracked.as_ref().and_then(|t| t.took);
+            let progress = tracked.as_ref().map(|t| inner.progress_of(t));
             tracing::info!(
                 release = %id,
                 seconds = ?took.map(|d| d.as_secs_f64()),
@@ -61,64 +52,62 @@ pub(super) async fn run(inner: Arc<Inner>, release: Release) {
                 "release done"
             );
         }
-        Err(e) => inner.set_state(&id, ReleaseState::Failed, Some(e)),
+        Err(e) => inner.fail(&id, &e),
     }
 }
 
-async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> {
+async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseError> {
     let id = release.id();
-    inner.set_state(&id, ReleaseState::Resolving, None);
+    inner.set_state(&id, ReleaseState::Resolving);
     let manifest_bytes = fetch_document(inner, id, release.manifest).await?;
     let manifest = match parse_manifest(None, &manifest_bytes) {
         Ok(ManifestDocument::Image(m)) => m,
-        Ok(ManifestDocument::Index(_)) => {
-            return Err("the release pins an index, not a platform manifest".into())
+        Ok(ManifestDocument::Index(_)) => return Err(ReleaseError::PinsIndex),
+        Err(source) => {
+            return Err(ReleaseError::Manifest {
+                digest: release.manifest,
+                source,
+            })
         }
-        Err(e) => return Err(format!("manifest {}: {e}", release.manifest)),
     };
-    let config_digest = Digest::parse_oci(&manifest.config.digest)
-        .map_err(|e| format!("manifest config digest: {e}"))?;
+    let config_digest = parse_digest(&manifest.config.digest, || {
+        "manifest config digest".to_owned()
+    })?;
     let config_bytes = fetch_document(inner, id, config_digest).await?;
     let config: ImageConfig =
-        serde_json::from_slice(&config_bytes).map_err(|e| format!("image config: {e}"))?;
+        serde_json::from_slice(&config_bytes).map_err(ReleaseError::Config)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(format!(
-            "manifest lists {} layers, config {} diff_ids",
-            manifest.layers.len(),
-            config.rootfs.diff_ids.len()
-        ));
+        return Err(ReleaseError::LayerCount {
+            layers: manifest.layers.len(),
+            diff_ids: config.rootfs.diff_ids.len(),
+        });
     }
     let mut layers = Vec::new();
     for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-        let digest = Digest::parse_oci(&descriptor.digest)
-            .map_err(|e| format!("layer digest {}: {e}", descriptor.digest))?;
-        let diff_id = Digest::parse_oci(diff_id).map_err(|e| format!("diff_id {diff_id}: {e}"))?;
-        layers.push((
+        let digest = parse_digest(&descriptor.digest, || {
+            format!("layer digest {}", descriptor.digest)
+        })?;
+        let diff_id = parse_digest(diff_id, || format!("diff_id {diff_id}"))?;
+        layers.push(LayerInfo {
             digest,
-            descriptor.size,
-            descriptor.media_type.clone(),
+            size: descriptor.size,
+            media_type: descriptor.media_type.clone(),
             diff_id,
-        ));
+        });
     }
-    {
-        let mut state = inner.state.lock().expect("state lock");
-        if let Some(t) = state.releases.get_mut(&id) {
-            t.layers = layers.iter().map(|l| l.0).collect();
-            t.bytes_total = layers.iter().map(|l| l.1).sum();
-            t.bytes_held_before = layers
-                .iter()
-                .filter(|l| inner.store.is_complete(&l.0))
-                .map(|l| l.1)
-                .sum();
-        }
-    }
-    inner.set_state(&id, ReleaseState::Fetching, None);
+    let held_before = layers
+        .iter()
+        .filter(|l| inner.store.is_complete(&l.digest))
+        .map(|l| l.size)
+        .sum();
+    inner.releases.set_layers(&id, &layers, held_before);
+    inner.set_state(&id, ReleaseState::Fetching);
 
     // Every layer downloads at once; each import stream follows its layer.
     let mut fetches = tokio::task::JoinSet::new();
-    for (digest, ..) in &layers {
+    for layer in &layers {
         let inner = inner.clone();
-        let digest = *digest;
+        let digest = layer.digest;
         fetches.spawn(async move { fetch_blob(&inner, id, digest).await });
     }
     // The import starts now, not once every layer is declared: a layer is
@@ -127,12 +116,12 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
     // import back until the last layer's download began.
     let sources = layers
         .iter()
-        .map(|(digest, _, media_type, diff_id)| LayerSource {
-            media_type: media_type.clone(),
-            diff_id: *diff_id,
+        .map(|layer| LayerSource {
+            media_type: layer.media_type.clone(),
+            diff_id: layer.diff_id,
             reader: Box::new(DeclaredReader {
                 store: inner.store.clone(),
-                blob: *digest,
+                blob: layer.digest,
                 deadline: Instant::now() + FETCH_DEADLINE,
                 shutdown: inner.shutdown.clone(),
                 reader: None,
@@ -147,16 +136,15 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), String> 
     };
     let imported = import_image(&inner.sink, image, &ImportOptions::default()).await;
     while let Some(result) = fetches.join_next().await {
-        result.map_err(|e| format!("fetch task: {e}"))??;
+        result.map_err(|source| ReleaseError::Task {
+            what: "fetch",
+            source,
+        })??;
     }
-    let report = imported.map_err(|e| e.to_string())?;
+    let report = imported?;
     let mut pinned = vec![release.manifest, config_digest];
-    pinned.extend(layers.iter().map(|l| l.0));
-    inner
-        .store
-        .pin(&release.image, &pinned)
-        .await
-        .map_err(|e| e.to_string())?;
+    pinned.extend(layers.iter().map(|l| l.digest));
+    inner.store.pin(&release.image, &pinned).await?;
     tracing::info!(location = %report.location, "image imported");
     Ok(())
 }
@@ -166,27 +154,39 @@ async fn fetch_document(
     inner: &Arc<Inner>,
     release: Digest,
     digest: Digest,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ReleaseError> {
     fetch_blob(inner, release, digest).await?;
     let path = inner
         .store
         .blob_path(&digest)
-        .ok_or_else(|| format!("blob {digest} vanished from the store"))?;
-    let len = tokio::fs::metadata(&path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
+        .ok_or(ReleaseError::Vanished(digest))?;
+    let io = |source| ReleaseError::Io {
+        path: path.clone(),
+        source,
+    };
+    let len = tokio::fs::metadata(&path).await.map_err(io)?.len();
     if len > MAX_DOCUMENT_BYTES {
-        return Err(format!("document {digest} is {len} bytes, too large"));
+        return Err(ReleaseError::TooLarge { digest, len });
     }
-    tokio::fs::read(&path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))
+    tokio::fs::read(&path).await.map_err(io)
+}
+
+/// Parses an OCI digest of the manifest or config; `what` names it in the
+/// error.
+fn parse_digest(s: &str, what: impl FnOnce() -> String) -> Result<Digest, ReleaseError> {
+    Digest::parse_oci(s).map_err(|source| ReleaseError::Digest {
+        what: what(),
+        source,
+    })
 }
 
 /// Brings a blob into the store: from peers, or by waiting for this node's
 /// own registry pull. Retries while nobody holds it yet.
-async fn fetch_blob(inner: &Arc<Inner>, release: Digest, digest: Digest) -> Result<(), String> {
+async fn fetch_blob(
+    inner: &Arc<Inner>,
+    release: Digest,
+    digest: Digest,
+) -> Result<(), ReleaseError> {
     let started = Instant::now();
     let mut last_error = String::new();
     loop {
@@ -194,15 +194,16 @@ async fn fetch_blob(inner: &Arc<Inner>, release: Digest, digest: Digest) -> Resu
             return Ok(());
         }
         if inner.shutdown.is_cancelled() {
-            return Err("node shutting down".into());
+            return Err(ReleaseError::ShuttingDown);
         }
         if started.elapsed() > FETCH_DEADLINE {
-            return Err(format!(
-                "blob {digest} not available in the locality after {}s: {last_error}",
-                FETCH_DEADLINE.as_secs()
-            ));
+            return Err(ReleaseError::Unavailable {
+                blob: digest,
+                secs: FETCH_DEADLINE.as_secs(),
+                last_error,
+            });
         }
-        if inner.pulls_itself(&release, &digest) {
+        if inner.releases.pulls_itself(&release, &digest) {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         }

@@ -33,11 +33,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use edgeswarm_protocol::release::{Removal, SignedRemoval};
-use edgeswarm_protocol::wire::ReleaseState;
 use serde::{Deserialize, Serialize};
 
-use super::{DaemonError, Inner};
+use super::{unix_seconds, Daemon, DaemonError, Inner};
 use crate::import::{docker_tag, image_dir_name, ImportSink};
+use crate::swarm::Topic;
 
 /// Encodes a signed removal as a gossip message (kind 5).
 pub fn encode_gossip(signed: &SignedRemoval) -> Vec<u8> {
@@ -91,6 +91,56 @@ pub fn repository_of(image: &str) -> String {
     }
 }
 
+impl Daemon {
+    /// Removes `image` from this node (pin, status, import sink, then
+    /// unreferenced blobs). With `request`, the removal is first checked
+    /// against this node's trust policy (as every node will check it) and
+    /// then gossiped to the locality; `request` must name `image`.
+    pub async fn remove(
+        &self,
+        image: &str,
+        request: Option<SignedRemoval>,
+    ) -> Result<RemoveReport, DaemonError> {
+        let not_after = match &request {
+            Some(signed) => {
+                let removal = self.inner.check_removal(signed).inspect_err(|_| {
+                    self.inner.metrics.removals_refused.inc();
+                })?;
+                if removal.image != image {
+                    return Err(DaemonError::RemovalRefused(format!(
+                        "the signed removal names {:?}, not {image:?}",
+                        removal.image
+                    )));
+                }
+                Some(removal.created)
+            }
+            None => None,
+        };
+        let report = self.inner.remove_image(image, not_after).await?;
+        if let Some(signed) = request {
+            let bytes = encode_gossip(&signed);
+            if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
+                // A locality of one has no gossip peers.
+                tracing::warn!(error = %e, "removal not gossiped");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Signs a removal of `image` for this locality with the node's own
+    /// identity (accepted by nodes without `--trust`).
+    pub fn sign_removal(&self, image: &str) -> SignedRemoval {
+        SignedRemoval::sign(
+            Removal {
+                image: image.to_owned(),
+                locality: self.inner.config.swarm.locality.clone(),
+                created: unix_seconds(),
+            },
+            &self.inner.identity,
+        )
+    }
+}
+
 impl Inner {
     /// Checks a removal against this node's trust policy and locality.
     pub(super) fn check_removal(&self, signed: &SignedRemoval) -> Result<Removal, DaemonError> {
@@ -137,41 +187,10 @@ impl Inner {
                 )));
             }
         }
-        let (releases_dropped, busy) = {
-            let mut state = self.state.lock().expect("state lock");
-            let mine: Vec<_> = state
-                .releases
-                .iter()
-                .filter(|(_, t)| t.release.image == image)
-                .map(|(id, t)| (*id, t.state, t.release.created, t.fetching))
-                .collect();
-            if let Some(limit) = not_after {
-                if let Some((id, ..)) = mine.iter().find(|(_, _, created, _)| *created > limit) {
-                    return Err(DaemonError::RemovalRefused(format!(
-                        "release {id} of {image} is newer than the removal request; keeping it"
-                    )));
-                }
-            }
-            // Only this node's own import can be in the way; a gateway that
-            // is not targeted tracks the release without importing it.
-            if let Some((id, s, ..)) = mine.iter().find(|(_, s, _, fetching)| {
-                *fetching && !matches!(s, ReleaseState::Done | ReleaseState::Failed)
-            }) {
-                return Err(DaemonError::Conflict(format!(
-                    "release {id} of {image} is still {} here; remove it once it is done",
-                    super::state_name(*s)
-                )));
-            }
-            for (id, ..) in &mine {
-                state.releases.remove(id);
-            }
-            // Blobs of a release still downloading are not pinned yet.
-            let busy = state
-                .releases
-                .values()
-                .any(|t| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed));
-            (mine.len(), busy)
-        };
+        let super::releases::Dropped {
+            releases: releases_dropped,
+            busy,
+        } = self.releases.drop_image(image, not_after)?;
         // The imported copy goes first: if that fails, the pin (and so the
         // blobs to re-import from) stays.
         let sink_removed = remove_from_sink(&self.sink, image).await?;
@@ -242,13 +261,7 @@ impl Inner {
     /// Runs a collection deferred by an earlier removal, once no release
     /// is in progress.
     pub(super) async fn collect_deferred(&self) {
-        let busy = self
-            .state
-            .lock()
-            .expect("state lock")
-            .releases
-            .values()
-            .any(|t| !matches!(t.state, ReleaseState::Done | ReleaseState::Failed));
+        let busy = self.releases.any_in_progress();
         if busy
             || !self
                 .gc_deferred
@@ -336,16 +349,16 @@ async fn remove_from_sink(sink: &ImportSink, image: &str) -> Result<Option<Strin
 async fn remove_tree(root: &Path, image: &str, what: &str) -> Result<Option<String>, DaemonError> {
     let dir = root.join(image_dir_name(image));
     let shown = format!("{what} {}", dir.display());
-    let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("removing {}: {e}", dir.display())),
-    })
-    .await
-    .map_err(|e| DaemonError::Remove(format!("removal task: {e}")))?;
+    let target = dir.clone();
+    let result = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&target))
+        .await
+        .map_err(|e| DaemonError::Remove(format!("removal task: {e}")))?;
     match result {
-        Ok(true) => Ok(Some(shown)),
-        Ok(false) => Ok(None),
-        Err(e) => Err(DaemonError::Remove(e)),
+        Ok(()) => Ok(Some(shown)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DaemonError::Remove(format!(
+            "removing {}: {e}",
+            dir.display()
+        ))),
     }
 }

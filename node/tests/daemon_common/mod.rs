@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edgeswarm_node::daemon::{Daemon, DaemonConfig, ReleaseView};
+use edgeswarm_node::daemon::{Daemon, DaemonConfig, ReleasePhase, ReleaseView};
 use edgeswarm_node::import::ImportSinkKind;
 use edgeswarm_node::registry::testing::{BuiltImage, Pusher, TestRegistry};
 use edgeswarm_node::registry::{Platform, RegistryConfig};
@@ -103,7 +103,7 @@ pub(crate) async fn wait_done(daemons: &[Daemon], image: &str, timeout: Duration
         for d in daemons {
             if let Some(r) = release_of(d, image).await {
                 assert!(r.error.is_none(), "release failed: {r:?}");
-                done += (r.state == "done") as usize;
+                done += (r.state == ReleasePhase::Done) as usize;
             }
         }
         if done == daemons.len() {
@@ -123,10 +123,14 @@ pub(crate) async fn wait_failed(daemon: &Daemon, image: &str, timeout: Duration)
     let started = Instant::now();
     loop {
         if let Some(r) = release_of(daemon, image).await {
-            if r.state == "failed" {
+            if r.state == ReleasePhase::Failed {
                 return r.error.unwrap_or_default();
             }
-            assert_ne!(r.state, "done", "release unexpectedly succeeded");
+            assert_ne!(
+                r.state,
+                ReleasePhase::Done,
+                "release unexpectedly succeeded"
+            );
         }
         assert!(
             started.elapsed() < timeout,

@@ -1,0 +1,200 @@
+//! Moving releases forward: trust checks (a release is accepted only when
+//! signed by a trusted key and for this locality), acceptance, gateway
+//! election, and starting the gateway pull and the fetch pipeline. Every
+//! phase change goes through [`Inner::set_state`] or [`Inner::fail`], which
+//! ask the release table and then count the change and wake the status
+//! loop. Also the API's way in: [`Daemon::prepare_release`] and
+//! [`Daemon::publish_release`].
+
+use std::sync::Arc;
+
+use edgeswarm_protocol::release::{Release, SignedRelease};
+use edgeswarm_protocol::signing::PublisherKey;
+use edgeswarm_protocol::wire::{GossipMessage, ReleaseState};
+use edgeswarm_protocol::Digest;
+use libp2p::PeerId;
+
+use super::error::ReleaseError;
+use super::{gateway, pipeline, unix_seconds, Daemon, DaemonError, Inner};
+use crate::swarm::Topic;
+
+impl Inner {
+    /// Checks a release against this node's trust policy and locality.
+    pub(super) fn check_release(&self, signed: &SignedRelease) -> Result<Release, DaemonError> {
+        let release = if self.config.trusted.is_empty() {
+            signed.verify_embedded()
+        } else {
+            signed.verify_trusted(&self.config.trusted)
+        }
+        .map_err(|e| DaemonError::Refused(e.to_string()))?
+        .clone();
+        if release.locality != self.config.swarm.locality {
+            return Err(DaemonError::Refused(format!(
+                "release is for locality {:?}, this node is in {:?}",
+                release.locality, self.config.swarm.locality
+            )));
+        }
+        Ok(release)
+    }
+
+    /// Records and reports a refused release.
+    pub(super) fn refuse(&self, signed: &SignedRelease, from: Option<PeerId>, error: &DaemonError) {
+        tracing::warn!(from = ?from, image = %signed.body_unverified().image, error = %error, "release refused");
+        self.releases.record_refusal(
+            signed.body_unverified().image.clone(),
+            from,
+            error.to_string(),
+        );
+    }
+
+    /// Whether `release`'s selector matches this node's labels.
+    pub(super) fn targets(&self, release: &Release) -> bool {
+        release.selects(
+            self.config
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+    }
+
+    /// Starts tracking an accepted release, if this node is targeted.
+    pub(super) fn accept_release(self: &Arc<Self>, release: Release) {
+        let id = release.id();
+        if !self.targets(&release) && !self.config.gateway {
+            tracing::info!(release = %id, "release does not select this node");
+            return;
+        }
+        let image = release.image.clone();
+        if self.releases.track(release) {
+            tracing::info!(release = %id, %image, "release accepted");
+            self.drive(id);
+        }
+    }
+
+    /// Moves a release forward: elects its gateway (and pulls if that is
+    /// this node), and starts the fetch pipeline on targeted nodes.
+    pub(super) fn drive(self: &Arc<Self>, id: Digest) {
+        let me = self.swarm.local_peer_id();
+        let candidates = self.gateway_candidates();
+        let work = self
+            .releases
+            .schedule(&id, &candidates, me, |release| self.targets(release));
+        if let Some(release) = work.pull {
+            let inner = self.clone();
+            tokio::spawn(async move { gateway::pull(inner, release).await });
+        }
+        if let Some(release) = work.fetch {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let id = release.id();
+                pipeline::run(inner.clone(), release.clone()).await;
+                if inner.releases.is_done(&id) {
+                    inner.retain_versions(&release.image, release.created).await;
+                }
+                inner.collect_deferred().await;
+            });
+        }
+    }
+
+    /// Live gateway-capable nodes, this one included, as encoded peer ids.
+    fn gateway_candidates(&self) -> Vec<Vec<u8>> {
+        let mut candidates = self.peers.live_gateways();
+        if self.config.gateway {
+            candidates.push(self.swarm.local_peer_id().to_bytes());
+        }
+        candidates
+    }
+
+    /// Records a phase change of release `id`, counts it and wakes the
+    /// status loop so the locality learns of it promptly. A change the
+    /// release table refuses (out of done or failed, or backwards) is
+    /// dropped.
+    pub(super) fn set_state(&self, id: &Digest, new: ReleaseState) {
+        self.record_phase(id, new, None);
+    }
+
+    /// Records that release `id` failed on this node, and why.
+    pub(super) fn fail(&self, id: &Digest, error: &ReleaseError) {
+        self.record_phase(id, ReleaseState::Failed, Some(error.to_string()));
+    }
+
+    fn record_phase(&self, id: &Digest, new: ReleaseState, error: Option<String>) {
+        match self.releases.transition(id, new, error.clone()) {
+            Ok(change) => {
+                tracing::debug!(release = %id, from = ?change.from, to = ?new, "release phase");
+                self.metrics.record_phase(new, change.took);
+                self.status_changed.notify_one();
+                if let Some(e) = error {
+                    tracing::error!(release = %id, error = %e, "release failed");
+                }
+            }
+            Err(refused) => {
+                tracing::debug!(release = %id, to = ?new, %refused, "phase change not recorded");
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Builds and signs a release of `image` for this locality. A reference
+    /// by tag is resolved at the registry, so it needs a gateway-capable
+    /// node; `IMAGE@sha256:...` works everywhere. Signed by `key`, or by
+    /// the node's own identity.
+    pub async fn prepare_release(
+        &self,
+        image: &str,
+        selector: Vec<(String, String)>,
+        key: Option<&PublisherKey>,
+    ) -> Result<SignedRelease, DaemonError> {
+        let reference = crate::registry::Reference::parse(image)
+            .map_err(|e| DaemonError::Refused(format!("bad image reference {image:?}: {e}")))?;
+        let platform = self.inner.config.platform.clone();
+        let manifest = match (&self.inner.registry, reference.digest) {
+            (Some(registry), _) => {
+                registry
+                    .resolve(&reference, &platform)
+                    .await?
+                    .manifest_digest
+            }
+            (None, Some(digest)) => digest,
+            (None, None) => {
+                return Err(DaemonError::Refused(format!(
+                    "{image} is a tag; this node cannot reach the registry to resolve it \
+                     (deploy through a --gateway node, or name the image by @sha256 digest)"
+                )))
+            }
+        };
+        let release = Release {
+            image: image.to_owned(),
+            manifest,
+            platform: (&platform).into(),
+            created: unix_seconds(),
+            locality: self.inner.config.swarm.locality.clone(),
+            selector,
+        };
+        Ok(SignedRelease::sign(
+            release,
+            key.unwrap_or(&self.inner.identity),
+        ))
+    }
+
+    /// Validates a signed release as every node would and gossips it to the
+    /// locality (this node acts on it too). Returns the release id.
+    pub async fn publish_release(&self, signed: SignedRelease) -> Result<Digest, DaemonError> {
+        let release = match self.inner.check_release(&signed) {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.refuse(&signed, None, &e);
+                return Err(e);
+            }
+        };
+        let id = release.id();
+        let bytes = GossipMessage::Release(signed).encode();
+        self.inner.accept_release(release);
+        if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
+            // A locality of one has no gossip peers: the release still runs here.
+            tracing::warn!(error = %e, "release not gossiped");
+        }
+        Ok(id)
+    }
+}

@@ -1,0 +1,218 @@
+//! The other nodes of the locality, as their status and availability
+//! gossip describes them: who is alive (gateway election, failover), what
+//! they hold complete (what a gateway need not pull), and how their
+//! releases progress (status views).
+//!
+//! Its own lock, apart from the release table's: no method takes both,
+//! and the lock is recovered when poisoned, for the reasons given in
+//! `releases`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use edgeswarm_protocol::wire::{NodeStatus, ReleaseState};
+use edgeswarm_protocol::Digest;
+use libp2p::PeerId;
+
+/// A peer not heard from for this long is considered gone (failover).
+pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The locality as gossip describes it.
+#[derive(Default)]
+pub(super) struct Peers {
+    /// The records, behind one lock.
+    table: Mutex<PeerTable>,
+}
+
+/// What [`Peers`] guards.
+#[derive(Default)]
+struct PeerTable {
+    /// Other nodes by peer id.
+    peers: HashMap<PeerId, PeerEntry>,
+    /// Blobs other nodes report holding complete (availability gossip), at
+    /// most `MAX_ANNOUNCED_BLOBS` per peer: a gateway pulls only layers no
+    /// live peer holds.
+    complete_at: HashMap<PeerId, HashSet<Digest>>,
+}
+
+/// What the daemon knows of another node.
+struct PeerEntry {
+    /// Its last status report.
+    status: NodeStatus,
+    /// When that report arrived.
+    last_seen: Instant,
+    /// Per release: when this node first saw the peer report it, and how
+    /// long until it reported it done (as observed through status gossip,
+    /// so within a status interval of the truth).
+    timings: HashMap<Digest, (Instant, Option<Duration>)>,
+}
+
+/// A copy of what is known of one peer, for views.
+#[derive(Debug, Clone)]
+pub(super) struct PeerSnapshot {
+    /// Its peer id.
+    pub(super) peer: PeerId,
+    /// Its last status report.
+    pub(super) status: NodeStatus,
+    /// Time since that report.
+    pub(super) last_seen: Duration,
+    /// Per release it reports done: how long it took, as observed here.
+    pub(super) took: HashMap<Digest, Duration>,
+}
+
+impl PeerSnapshot {
+    /// Whether the peer stopped reporting.
+    pub(super) fn gone(&self) -> bool {
+        self.last_seen > PEER_TIMEOUT
+    }
+}
+
+impl PeerEntry {
+    /// Whether the peer reported recently.
+    fn live(&self) -> bool {
+        self.last_seen.elapsed() <= PEER_TIMEOUT
+    }
+}
+
+impl Peers {
+    /// Locks the table (a poisoned lock is recovered).
+    fn lock(&self) -> MutexGuard<'_, PeerTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `peer`'s status report, and when it first reported each
+    /// release done.
+    pub(super) fn record_status(&self, peer: PeerId, status: NodeStatus) {
+        let mut table = self.lock();
+        let now = Instant::now();
+        let entry = table.peers.entry(peer).or_insert_with(|| PeerEntry {
+            status: status.clone(),
+            last_seen: now,
+            timings: HashMap::new(),
+        });
+        entry
+            .timings
+            .retain(|id, _| status.releases.iter().any(|r| r.release_id == *id));
+        for r in &status.releases {
+            let timing = entry.timings.entry(r.release_id).or_insert((now, None));
+            if r.state == ReleaseState::Done && timing.1.is_none() {
+                timing.1 = Some(now.duration_since(timing.0));
+            }
+        }
+        entry.status = status;
+        entry.last_seen = now;
+    }
+
+    /// Records the blobs `peer` holds complete. Each availability message
+    /// lists all of them (up to the cap), so removals show as well.
+    pub(super) fn record_complete(&self, peer: PeerId, complete: HashSet<Digest>) {
+        self.lock().complete_at.insert(peer, complete);
+    }
+
+    /// Whether a live peer reports holding `blob` complete.
+    pub(super) fn holds(&self, blob: &Digest) -> bool {
+        let table = self.lock();
+        table.complete_at.iter().any(|(peer, blobs)| {
+            blobs.contains(blob) && table.peers.get(peer).is_some_and(PeerEntry::live)
+        })
+    }
+
+    /// Live gateway-capable peers, as encoded peer ids.
+    pub(super) fn live_gateways(&self) -> Vec<Vec<u8>> {
+        self.lock()
+            .peers
+            .iter()
+            .filter(|(_, e)| e.status.gateway_capable && e.live())
+            .map(|(p, _)| p.to_bytes())
+            .collect()
+    }
+
+    /// Copies of every peer's record.
+    pub(super) fn snapshot(&self) -> Vec<PeerSnapshot> {
+        self.lock()
+            .peers
+            .iter()
+            .map(|(peer, entry)| PeerSnapshot {
+                peer: *peer,
+                status: entry.status.clone(),
+                last_seen: entry.last_seen.elapsed(),
+                took: entry
+                    .timings
+                    .iter()
+                    .filter_map(|(id, (_, took))| took.map(|t| (*id, t)))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgeswarm_protocol::wire::{PeerRole, ReleaseProgress};
+
+    use super::*;
+
+    fn status(gateway_capable: bool, releases: &[(Digest, ReleaseState)]) -> NodeStatus {
+        NodeStatus {
+            role: PeerRole::Node,
+            gateway_capable,
+            timestamp_ms: 0,
+            releases: releases
+                .iter()
+                .map(|(id, state)| ReleaseProgress {
+                    release_id: *id,
+                    state: *state,
+                    bytes_total: 0,
+                    bytes_done: 0,
+                    bytes_from_cloud: 0,
+                    bytes_from_peers: 0,
+                    error: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn availability_counts_only_for_peers_that_report_status() {
+        let peers = Peers::default();
+        let (peer, blob) = (PeerId::random(), Digest::of(b"layer"));
+        peers.record_complete(peer, HashSet::from([blob]));
+        assert!(!peers.holds(&blob), "a peer never heard from is not live");
+        peers.record_status(peer, status(false, &[]));
+        assert!(peers.holds(&blob));
+        // The next announcement lists what it holds now: the blob is gone.
+        peers.record_complete(peer, HashSet::new());
+        assert!(!peers.holds(&blob));
+    }
+
+    #[test]
+    fn only_gateway_capable_peers_are_candidates() {
+        let peers = Peers::default();
+        let (node, gateway) = (PeerId::random(), PeerId::random());
+        peers.record_status(node, status(false, &[]));
+        peers.record_status(gateway, status(true, &[]));
+        assert_eq!(peers.live_gateways(), vec![gateway.to_bytes()]);
+    }
+
+    #[test]
+    fn a_release_is_timed_from_first_report_to_done_and_forgotten_when_dropped() {
+        let peers = Peers::default();
+        let (peer, id) = (PeerId::random(), Digest::of(b"release"));
+        peers.record_status(peer, status(false, &[(id, ReleaseState::Fetching)]));
+        let seen = &peers.snapshot()[0];
+        assert!(seen.took.is_empty(), "not done yet");
+        assert!(!seen.gone());
+        std::thread::sleep(Duration::from_millis(20));
+        peers.record_status(peer, status(false, &[(id, ReleaseState::Done)]));
+        let took = peers.snapshot()[0].took[&id];
+        assert!(took >= Duration::from_millis(20), "{took:?}");
+        peers.record_status(peer, status(false, &[]));
+        peers.record_status(peer, status(false, &[(id, ReleaseState::Done)]));
+        assert_eq!(
+            peers.snapshot()[0].took[&id],
+            Duration::ZERO,
+            "a dropped release is timed afresh (first seen done)"
+        );
+    }
+}
