@@ -229,3 +229,66 @@ async fn declare_resolved(store: &Store, resolution: &ReleaseResolution) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use edgeswarm_protocol::wire::BlobDescriptor;
+    use edgeswarm_protocol::ChunkSize;
+
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn descriptor(bytes: &[u8]) -> BlobDescriptor {
+        BlobDescriptor {
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            media_type: "application/octet-stream".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resolution_declares_its_blobs_and_the_digest_of_one_chunk_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
+            .await
+            .unwrap();
+        let chunk = ChunkSize::MIN;
+        let manifest = b"{\"manifest\":1}".to_vec();
+        let config = b"{\"config\":1}".to_vec();
+        let big = vec![7u8; chunk.get() as usize * 3 + 5];
+        let resolution = ReleaseResolution {
+            release_id: Digest::of(b"release"),
+            manifest: descriptor(&manifest),
+            config: descriptor(&config),
+            layers: vec![descriptor(&big)],
+            chunk_size: chunk,
+        };
+        declare_resolved(&store, &resolution).await;
+
+        for doc in [&manifest, &config] {
+            let info = store.blob_info(&Digest::of(doc)).expect("declared");
+            assert_eq!(info.size, doc.len() as u64);
+            assert_eq!(
+                info.digests_known, 1,
+                "a one-chunk blob's digest is its own"
+            );
+            // And it verifies: its only chunk can be written and completes it.
+            store
+                .write_chunk(Digest::of(doc), 0, bytes::Bytes::from(doc.clone()))
+                .await
+                .unwrap();
+            assert!(store.is_complete(&Digest::of(doc)));
+        }
+        let info = store.blob_info(&Digest::of(&big)).expect("layer declared");
+        assert_eq!(info.size, big.len() as u64);
+        assert_eq!(info.chunk_count, 4);
+        assert_eq!(
+            info.digests_known, 0,
+            "a layer's digests come from the gateway"
+        );
+
+        // Declaring again is harmless (the gateway re-announces).
+        declare_resolved(&store, &resolution).await;
+        assert!(store.is_complete(&Digest::of(&manifest)));
+    }
+}
