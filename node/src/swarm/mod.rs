@@ -10,8 +10,10 @@
 //!   go-ipfs `swarm.key` pre-shared keys (pnet).
 //! - [`behaviour`]: the composed libp2p behaviour (Kademlia, gossipsub and
 //!   identify scoped to `/edgeswarm/<locality>/...`, mDNS, ping, connection
-//!   limits, ban list, `libp2p-stream`) and transport; the bootstrap binary
-//!   reuses [`behaviour::build_swarm`].
+//!   limits, ban list, `libp2p-stream`) and transport. The bootstrap peer
+//!   ([`Node::start_bootstrap`], which the `edgeswarm-bootstrap` binary
+//!   calls) runs this same behaviour and swarm task, with no store and so
+//!   no chunk exchange.
 //! - `task` (private): the single task that owns the `Swarm`. It never blocks;
 //!   it answers [`SwarmClient`] commands (bounded mpsc + oneshot replies,
 //!   the rust-libp2p `file-sharing` example shape), validates every gossip
@@ -22,12 +24,12 @@
 //!   runs the `protocol::picker::Picker` over per-peer sessions; one server task
 //!   per inbound stream serves verified chunks under upload slots and an
 //!   optional token-bucket rate.
-//! - [`chunkstore`]: the storage operations the swarm needs (implemented
-//!   for `node::store::Store`), and a small crash-safe directory store the
-//!   swarm's tests and benches use. A blob is fetchable and servable as
-//!   soon as its layout is declared: chunks are requested only once their
-//!   digests are known, so a gateway's chunks are forwarded while it is
-//!   still streaming the layer in.
+//! - [`chunkstore`]: the storage operations the swarm needs, implemented
+//!   for `node::store::Store` (what nodes, tests and benches run on) and
+//!   by the empty [`chunkstore::NoStore`] of the bootstrap peer. A blob is
+//!   fetchable and servable as soon as its layout is declared: chunks are
+//!   requested only once their digests are known, so a gateway's chunks
+//!   are forwarded while it is still streaming the layer in.
 //! - [`metrics`]: prometheus counters/gauges and per-node statistics.
 //!
 //! ## Goals
@@ -66,7 +68,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{Protocols, Topic};
-pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite, DirStore};
+pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite};
 pub use metrics::{SwarmMetrics, SwarmStats};
 
 /// Errors of the swarm layer.
@@ -344,6 +346,6 @@ impl Node {
         config: SwarmConfig,
         key_file: PathBuf,
     ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
-        task::start::<DirStore>(config, key_file, None).await
+        task::start::<chunkstore::NoStore>(config, key_file, None).await
     }
 }
