@@ -46,18 +46,21 @@
 
 pub mod auth;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod manifest;
 pub mod platform;
 pub mod reference;
+pub mod resolve;
+pub mod stream;
 pub mod testing;
 
 pub use auth::{Challenge, CredentialError, Credentials, DockerConfig};
-pub use client::{
-    BlobStream, FetchedManifest, LayerDescriptor, RegistryClient, RegistryConfig, RegistryStats,
-    ResolvedImage,
-};
+pub use client::{RegistryClient, RegistryStats};
+pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::Compression;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
+pub use resolve::{FetchedManifest, LayerDescriptor, ResolvedImage};
+pub use stream::BlobStream;
