@@ -1,4 +1,4 @@
-//! Registry credentials and the token flow's pieces.
+//! Registry credentials and the token flow.
 //!
 //! ## Credential sources
 //!
@@ -30,6 +30,15 @@
 //! [`Challenge::parse`] reads `WWW-Authenticate` (RFC 7235 auth-params,
 //! quoted or token values). [`TokenCache`] keeps bearer tokens per
 //! (registry, scope) until shortly before their expiry.
+//!
+//! ## The token flow
+//!
+//! `impl RegistryClient` (at the end of this file) keeps the auth scheme
+//! learned per API host (from the `/v2/` probe or a 401), looks each
+//! registry's credentials up once, and builds a request's `Authorization`:
+//! Basic from the credentials, or a bearer token from the cache or fetched
+//! from the challenge's realm (`GET ?service=&scope=` anonymously or with
+//! Basic credentials; `POST` of a refresh token for identity tokens).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

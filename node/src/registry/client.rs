@@ -1,5 +1,22 @@
-//! The HTTP side: requests with auth, redirects and retries; manifest
-//! resolution; resumable blob streams.
+//! The request core every registry exchange goes through.
+//!
+//! ## Layout
+//!
+//! - [`RegistryClient`] and its shared state (HTTP client, configuration,
+//!   token cache, learned auth schemes, credentials, [`RegistryStats`]
+//!   counters); the `/v2/` probe ([`RegistryClient::ping`]) that learns a
+//!   registry's auth scheme.
+//! - One request (`attempt`): redirects followed by hand so the registry's
+//!   `Authorization` never goes to another origin; transient failures
+//!   (5xx, 408, 429, timeouts, resets) come back as a retry with an
+//!   optional `Retry-After`.
+//! - `execute`: auth (from [`auth`](super::auth)), retries with jittered
+//!   exponential backoff (`wait_retry`), one re-authentication after a 401,
+//!   statuses mapped to [`RegistryError`]s. `fetch_small` adds size-limited
+//!   bodies (documents), retried when a body breaks off.
+//!
+//! What is fetched lives beside it: manifests and configs in
+//! [`resolve`](super::resolve), layer bytes in [`stream`](super::stream).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +51,13 @@ pub struct RegistryStats {
 
 #[derive(Debug, Default)]
 pub(super) struct Counters {
+    /// See [`RegistryStats::bytes_pulled`].
     pub(super) bytes_pulled: AtomicU64,
+    /// See [`RegistryStats::requests`].
     pub(super) requests: AtomicU64,
+    /// See [`RegistryStats::retries`].
     pub(super) retries: AtomicU64,
+    /// See [`RegistryStats::resumes`].
     pub(super) resumes: AtomicU64,
 }
 
@@ -49,28 +70,39 @@ pub struct RegistryClient {
 
 #[derive(Debug)]
 pub(super) struct Inner {
+    /// The HTTP client; redirects are off (followed by hand, see `attempt`).
     pub(super) http: reqwest::Client,
+    /// The configuration in use.
     pub(super) config: RegistryConfig,
+    /// Bearer tokens per (API host, scope).
     pub(super) tokens: TokenCache,
     /// Auth scheme learned per API host (`None`: anonymous works).
     pub(super) schemes: Mutex<HashMap<String, Option<Challenge>>>,
     /// Credentials looked up per registry (helpers run once).
     pub(super) credentials: tokio::sync::Mutex<HashMap<String, Option<Credentials>>>,
+    /// Traffic counters behind [`RegistryClient::stats`].
     pub(super) counters: Counters,
 }
 
 /// What one HTTP exchange concerns, for auth decisions and error messages.
 pub(super) struct Target<'a> {
+    /// The image the exchange is for (names the registry and repository).
     pub(super) reference: &'a Reference,
+    /// What is fetched, for errors and logs ("manifest latest", "blob ...").
     pub(super) what: String,
     /// Whether the registry's credentials may be attached (false for foreign URLs).
     pub(super) registry_auth: bool,
 }
 
+/// How one request ended.
 enum Attempt {
+    /// A final status (success or not), redirects followed.
     Done(Response),
+    /// A transient failure: try again.
     Retry {
+        /// The server's `Retry-After`, if it sent one.
         after: Option<Duration>,
+        /// What failed, for logs and the final error.
         reason: String,
     },
 }

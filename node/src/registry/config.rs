@@ -1,4 +1,7 @@
-//! How the registry client behaves.
+//! How the registry client behaves: [`RegistryConfig`] (insecure
+//! registries, credentials, retry and timeout settings, document size
+//! limits) and the loopback rule that makes `localhost`, 127.0.0.0/8 and
+//! `::1` registries insecure implicitly, as dockerd does.
 
 use std::time::Duration;
 

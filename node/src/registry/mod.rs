@@ -7,11 +7,17 @@
 //! - [`reference`](mod@reference): Docker's image reference grammar ([`Reference`]).
 //! - [`platform`]: `OS/ARCH[/VARIANT]` and index entry selection ([`Platform`]).
 //! - [`manifest`]: serde types for manifests, indexes and configs, media types.
+//! - [`config`]: [`RegistryConfig`]: insecure registries (and the loopback
+//!   rule), the credential source, retry, timeout and size settings.
 //! - [`auth`]: credentials (`~/.docker/config.json`, `--registry-auth FILE`,
-//!   credential helpers), `WWW-Authenticate` parsing, the token cache.
-//! - [`client`]: [`RegistryClient`]: `/v2/` probe, manifests with the full
-//!   Accept list and digest checks, platform resolution, config fetch,
-//!   resumable blob streams, retries, byte counters.
+//!   credential helpers), `WWW-Authenticate` parsing, the token cache, and
+//!   the token flow (the `Authorization` of each request).
+//! - [`client`]: [`RegistryClient`], the request core: `/v2/` probe,
+//!   redirects, retries and backoff, re-authentication, status mapping,
+//!   size-limited documents, byte counters.
+//! - [`resolve`]: manifests with the full Accept list and digest checks,
+//!   platform resolution, config fetch ([`ResolvedImage`]).
+//! - [`stream`]: resumable blob streams ([`BlobStream`]).
 //! - [`testing`]: builds realistic multi-layer images from this machine's
 //!   files and pushes them; runs a real `docker-registry` for tests. Compiled
 //!   into the library because the testnet reuses it.

@@ -1,4 +1,12 @@
-//! Manifest resolution.
+//! Manifest resolution: from a reference to one platform's image.
+//!
+//! - [`RegistryClient::fetch_manifest`]: a manifest or index with the full
+//!   Accept list, its digest checked on the exact bytes (computed, against
+//!   `Docker-Content-Digest` and against a pinned digest).
+//! - [`RegistryClient::fetch_blob`]: a small blob (a config) whole, size
+//!   limited and digest checked.
+//! - [`RegistryClient::resolve`]: index -> platform entry -> manifest ->
+//!   config -> [`LayerDescriptor`]s, as a [`ResolvedImage`].
 
 use bytes::Bytes;
 use edgeswarm_protocol::Digest;

@@ -1,4 +1,10 @@
-//! Resumable blob streams.
+//! Resumable blob streams: [`RegistryClient::blob_stream`] and
+//! [`RegistryClient::layer_stream`] return a [`BlobStream`] that yields a
+//! blob's bytes in order from an offset. A failure mid-body reopens the
+//! blob with `Range: bytes=N-` from the last byte delivered (a server that
+//! ignores Range has its prefix discarded), so the consumer sees one
+//! stream; foreign-layer URLs are tried first, without credentials. The
+//! stream does not hash: the store verifies every chunk and the blob.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,7 +88,9 @@ impl RegistryClient {
 /// A resumable blob byte stream. Yields the blob's bytes from the requested
 /// offset in order; an `Err` item ends the stream.
 pub struct BlobStream {
+    /// The bytes, produced by a `BlobState`.
     inner: BoxStream<'static, Result<Bytes, RegistryError>>,
+    /// Bytes received from the network so far.
     counter: Arc<AtomicU64>,
 }
 
@@ -115,27 +123,39 @@ impl Stream for BlobStream {
     }
 }
 
+/// Where a blob's bytes may come from.
 enum Source {
+    /// The registry's `/v2/<repo>/blobs/<digest>`.
     Registry,
+    /// A foreign layer's URL (no registry credentials).
     Url(String),
 }
 
+/// The state behind a [`BlobStream`].
 struct BlobState {
+    /// The client (counters, retry settings, requests).
     client: RegistryClient,
+    /// The image the blob belongs to.
     reference: Reference,
+    /// The blob.
     digest: Digest,
+    /// Sources in the order tried: foreign URLs, then the registry.
     sources: Vec<Source>,
+    /// Index in `sources` of the source in use.
     source: usize,
     /// Offset of the next byte to deliver.
     position: u64,
     /// Total blob size when known (descriptor or response headers).
     size: Option<u64>,
+    /// The open response body, if any.
     body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     /// Bytes to drop from the current body (server ignored Range).
     skip: u64,
     /// Consecutive failures without delivering a byte.
     failures: u32,
+    /// Bytes received by this stream (shared with the [`BlobStream`]).
     counter: Arc<AtomicU64>,
+    /// The stream has ended (complete or failed).
     done: bool,
 }
 
