@@ -10,8 +10,9 @@
 //! - [`store`]: the content-addressed, crash-safe chunk store under
 //!   `--data-dir` (per-blob bitfields, resume, quota and GC).
 //! - [`registry`]: the OCI Distribution pull client the gateway uses
-//!   (references, platforms, auth, resumable blob streams), and test
-//!   support to build and push images to a real registry.
+//!   (references, platforms, auth, resumable blob streams), and (feature
+//!   `test-support`) test support to build and push images to a real
+//!   registry.
 //! - [`import`]: the streaming import pipeline: verified layer bytes ->
 //!   decompression -> diff_id check -> Docker, a rootfs directory or an
 //!   OCI layout.

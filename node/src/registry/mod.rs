@@ -18,9 +18,12 @@
 //! - [`resolve`]: manifests with the full Accept list and digest checks,
 //!   platform resolution, config fetch ([`ResolvedImage`]).
 //! - [`stream`]: resumable blob streams ([`BlobStream`]).
-//! - [`testing`]: builds realistic multi-layer images from this machine's
-//!   files and pushes them; runs a real `docker-registry` for tests. Compiled
-//!   into the library because the testnet reuses it.
+//! - `testing` (feature `test-support` only): builds realistic multi-layer
+//!   images from this machine's files and pushes them; runs a real
+//!   `docker-registry` for tests. A library module rather than
+//!   `#[cfg(test)]` because the node's integration tests, benches and
+//!   example and the testnet reuse it; behind a feature so no shipped
+//!   binary contains it.
 //!
 //! ## Goals
 //!
@@ -59,6 +62,7 @@ pub mod platform;
 pub mod reference;
 pub mod resolve;
 pub mod stream;
+#[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use auth::{Challenge, CredentialError, Credentials, DockerConfig};

@@ -161,7 +161,9 @@ pub struct SwarmConfig {
     /// Chunks ahead of the store's consume cursor fetched in order first.
     pub deadline_window: u32,
     /// Fault injection for tests: serve garbage instead of chunks while
-    /// advertising every chunk. Never set this in production.
+    /// advertising every chunk. Only with the `test-support` feature; read
+    /// through [`SwarmConfig::corrupt_uploads`], which is `false` without it.
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub corrupt_uploads: bool,
 }
@@ -188,8 +190,18 @@ impl SwarmConfig {
             stall_min_rate: 256 << 10,
             seed_sparing: Some(Duration::from_secs(60)),
             deadline_window: 8,
+            #[cfg(feature = "test-support")]
             corrupt_uploads: false,
         }
+    }
+
+    /// Whether the `corrupt_uploads` fault is injected: never in a build
+    /// without the `test-support` feature (a shipped binary).
+    pub(crate) fn corrupt_uploads(&self) -> bool {
+        #[cfg(feature = "test-support")]
+        return self.corrupt_uploads;
+        #[cfg(not(feature = "test-support"))]
+        return false;
     }
 }
 
