@@ -24,6 +24,15 @@
 //!
 //! The binary (`src/main.rs`) is a thin clap front-end over these modules.
 //!
+//! ## Features
+//!
+//! `store` and `swarm` are always built. The default feature `full` adds
+//! `registry`, `import`, `daemon` and `api` (each also a feature of its
+//! own) and the CLI's crates; the `edgeswarm` binary requires it. The
+//! bootstrap peer depends on the node without default features: the swarm
+//! and nothing of reqwest, bollard or axum. `test-support` adds
+//! `registry::testing` and the swarm's fault injection, for tests only.
+//!
 //! ## Goals
 //!
 //! - Near the physical limit: one image over the cloud link per locality,
@@ -38,9 +47,13 @@
 //! - Running containers (that is the runtime's job: Docker, runc, podman).
 //! - Building or pushing images to registries in production.
 
+#[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "import")]
 pub mod import;
+#[cfg(feature = "registry")]
 pub mod registry;
 pub mod store;
 pub mod swarm;
