@@ -18,7 +18,8 @@ use edgeswarm_node::import::ImportSinkKind;
 use edgeswarm_node::registry::{Platform, RegistryConfig};
 use edgeswarm_node::store::StoreConfig;
 use edgeswarm_node::swarm::{keys, SwarmConfig};
-use edgeswarm_protocol::release::{PublicKey, PublisherKey, Release, SignedRelease, TrustedKeys};
+use edgeswarm_protocol::release::{Release, SignedRelease};
+use edgeswarm_protocol::signing::{PublicKey, PublisherKey, TrustedKeys};
 use edgeswarm_protocol::ChunkSize;
 use serde::Deserialize;
 
@@ -183,6 +184,17 @@ struct NodeArgs {
     /// [default: unlimited].
     #[arg(long, env = "EDGESWARM_MAX_UPLOAD_RATE")]
     max_upload_rate: Option<String>,
+    /// Chunk uploads served at once; fewer finish each chunk sooner, so
+    /// it can be relayed sooner [default: 8].
+    #[arg(long, env = "EDGESWARM_UPLOAD_SLOTS")]
+    upload_slots: Option<usize>,
+    /// Chunk requests that may wait for an upload slot; more are answered
+    /// Busy so the requester asks another holder [default: 4].
+    #[arg(long, env = "EDGESWARM_UPLOAD_QUEUE")]
+    upload_queue: Option<usize>,
+    /// Chunk requests kept outstanding at each peer [default: 4].
+    #[arg(long, env = "EDGESWARM_REQUESTS_PER_PEER")]
+    requests_per_peer: Option<usize>,
     /// Store quota, bytes with optional K/M/G suffix [default: unlimited].
     #[arg(long, env = "EDGESWARM_MAX_STORE_SIZE")]
     max_store_size: Option<String>,
@@ -246,6 +258,9 @@ impl NodeArgs {
             swarm_key,
             no_mdns,
             max_upload_rate,
+            upload_slots,
+            upload_queue,
+            requests_per_peer,
             max_store_size,
             gateway,
             insecure_registry,
@@ -284,6 +299,21 @@ impl NodeArgs {
             .max_upload_rate
             .map(|s| parse_size("--max-upload-rate", &s))
             .transpose()?;
+        if let Some(n) = self.upload_slots {
+            if n == 0 {
+                bail!("--upload-slots must be at least 1");
+            }
+            swarm.upload_slots = n;
+        }
+        if let Some(n) = self.upload_queue {
+            swarm.upload_queue = n;
+        }
+        if let Some(n) = self.requests_per_peer {
+            if n == 0 {
+                bail!("--requests-per-peer must be at least 1");
+            }
+            swarm.requests_per_peer = n;
+        }
         let store = StoreConfig {
             max_size: self
                 .max_store_size

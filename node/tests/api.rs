@@ -10,9 +10,8 @@ use edgeswarm_node::import::ImportSinkKind;
 use edgeswarm_node::registry::{Platform, RegistryConfig};
 use edgeswarm_node::store::StoreConfig;
 use edgeswarm_node::swarm::SwarmConfig;
-use edgeswarm_protocol::release::{
-    Platform as ReleasePlatform, PublisherKey, Release, SignedRelease, TrustedKeys,
-};
+use edgeswarm_protocol::release::{Platform as ReleasePlatform, Release, SignedRelease};
+use edgeswarm_protocol::signing::{PublisherKey, TrustedKeys};
 use edgeswarm_protocol::{ChunkSize, Digest};
 use rand::SeedableRng;
 

@@ -209,8 +209,8 @@ fn keygen_writes_a_pair_and_never_overwrites() {
     assert!(out.status.success(), "{}", stderr(&out));
     let secret = std::fs::read_to_string(&key).unwrap();
     let public = std::fs::read_to_string(dir.path().join("publisher.key.pub")).unwrap();
-    let secret = edgeswarm_protocol::release::PublisherKey::from_file_contents(&secret).unwrap();
-    let public = edgeswarm_protocol::release::PublicKey::from_file_contents(&public).unwrap();
+    let secret = edgeswarm_protocol::signing::PublisherKey::from_file_contents(&secret).unwrap();
+    let public = edgeswarm_protocol::signing::PublicKey::from_file_contents(&public).unwrap();
     assert_eq!(secret.public(), public);
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
@@ -227,7 +227,7 @@ fn keygen_writes_a_pair_and_never_overwrites() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let public = std::fs::read_to_string(dir.path().join("second.key.pub")).unwrap();
-    let public = edgeswarm_protocol::release::PublicKey::from_file_contents(&public).unwrap();
+    let public = edgeswarm_protocol::signing::PublicKey::from_file_contents(&public).unwrap();
     assert_eq!(v["public_key_hex"], public.to_hex());
     assert_eq!(v["secret_key"], second.to_str().unwrap());
 

@@ -479,7 +479,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
     deploy_and_wait(&nodes, &image, Some(good.to_str().unwrap())).await;
 
     // A removal made before the release (a replay) removes nothing.
-    let key = edgeswarm_protocol::release::PublisherKey::from_file_contents(
+    let key = edgeswarm_protocol::signing::PublisherKey::from_file_contents(
         &std::fs::read_to_string(&good).unwrap(),
     )
     .unwrap();

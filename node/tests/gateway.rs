@@ -154,7 +154,7 @@ async fn bad_references_and_unknown_images_are_reported_and_the_node_keeps_runni
     let image = release.image.clone();
     let signed = SignedRelease::sign(
         release,
-        &edgeswarm_protocol::release::PublisherKey::generate(&mut rand::rngs::OsRng),
+        &edgeswarm_protocol::signing::PublisherKey::generate(&mut rand::rngs::OsRng),
     );
     gateway.publish_release(signed).await.unwrap();
     let error = wait_failed(gateway, &image, Duration::from_secs(60)).await;

@@ -4,7 +4,8 @@
 use edgeswarm_node::daemon::{
     decode_removal, encode_removal_gossip, repository_of, Removal, SignedRemoval,
 };
-use edgeswarm_protocol::release::{PublisherKey, Release, SignedRelease};
+use edgeswarm_protocol::release::{Release, SignedRelease};
+use edgeswarm_protocol::signing::PublisherKey;
 use edgeswarm_protocol::wire::GossipMessage;
 
 /// Decodes gossip bytes that must be a removal.

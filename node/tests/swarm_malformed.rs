@@ -195,7 +195,7 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
             let _ = b.client.publish(Topic::Status, valid.clone()).await;
             if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await
             {
-                if m.topic == Topic::Status && m.data.as_ref() == valid.as_slice() {
+                if m.message.topic() == Topic::Status && m.message.encode() == valid {
                     return m;
                 }
             }
@@ -298,6 +298,99 @@ async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
         served.status
     );
     drop(streams);
+    task.abort();
+    s.stop().await;
+}
+
+/// Reads `ChunkResponse`s from one stream, keeping the decoder (and so
+/// payloads and frames already received) across calls.
+#[derive(Default)]
+struct Responses(edgeswarm_protocol::wire::FrameDecoder);
+
+impl Responses {
+    async fn next(
+        &mut self,
+        stream: &mut libp2p::Stream,
+    ) -> edgeswarm_protocol::wire::ChunkResponse {
+        use edgeswarm_protocol::wire::StreamMessage;
+        use futures::AsyncReadExt as _;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            while let Some(frame) = self.0.next_frame().unwrap() {
+                if let StreamMessage::ChunkResponse(r) = frame.message {
+                    return r;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stream closed before a chunk response");
+            self.0.push(&buf[..n]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_queued_requests_are_skipped_and_the_stream_goes_on() {
+    use edgeswarm_protocol::wire::{
+        encode_frame, Cancel, ChunkRequest, ChunkStatus, Hello, StreamMessage,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("error")
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(6 << 20, 11, 1 << 20);
+    let d = tmp.path().join("seed");
+    let mut c = config(&d, "lab", &[]);
+    // 1 MiB of burst, then 512 KiB/s: chunk 0 leaves at once, chunk 1
+    // about 2 s later, so requests 2 and 3 are still queued when their
+    // Cancel arrives.
+    c.max_upload_rate = Some(512 << 10);
+    c.seed_sparing = None;
+    let s = start(&d, c).await;
+    seed(&s, &data, digest, &map).await;
+    let (_, mut control, task) = connected_attacker(&s).await;
+    let mut stream = open_chunk_stream(&mut control, &s).await;
+    let mut responses = Responses::default();
+    let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
+        protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
+        blobs: vec![digest],
+    }));
+    for id in 0..4u64 {
+        bytes.extend(encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+            request_id: id,
+            blob: digest,
+            index: id as u32,
+        })));
+    }
+    for id in [2u64, 3] {
+        bytes.extend(encode_frame(&StreamMessage::Cancel(Cancel {
+            request_id: id,
+        })));
+    }
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
+
+    for id in [0u64, 1] {
+        let r = tokio::time::timeout(Duration::from_secs(20), responses.next(&mut stream))
+            .await
+            .expect("an uncancelled request was never answered");
+        assert_eq!(r.request_id, id);
+        assert!(matches!(r.status, ChunkStatus::Ok { .. }), "{:?}", r.status);
+    }
+    // Requests 2 and 3 were cancelled while queued: no answer comes, and
+    // the next request on the same stream is answered first.
+    let more = encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+        request_id: 4,
+        blob: digest,
+        index: 4,
+    }));
+    stream.write_all(&more).await.unwrap();
+    stream.flush().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), responses.next(&mut stream))
+        .await
+        .expect("the request after the cancelled ones was never answered");
+    assert_eq!(r.request_id, 4, "a cancelled request was answered");
+    assert!(matches!(r.status, ChunkStatus::Ok { .. }), "{:?}", r.status);
+    drop(stream);
     task.abort();
     s.stop().await;
 }

@@ -102,3 +102,63 @@ pub fn check_version(what: &'static str, found: u64, supported: u64) -> Result<(
         })
     }
 }
+
+/// Reads one CBOR head (major type, argument) at `bytes[*pos..]`.
+/// Indefinite lengths and reserved values give `None`.
+fn read_head(bytes: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
+    let initial = *bytes.get(*pos)?;
+    *pos += 1;
+    let major = initial >> 5;
+    let info = initial & 0x1f;
+    let n = match info {
+        0..=23 => return Some((major, info as u64)),
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        _ => return None,
+    };
+    let arg = bytes.get(*pos..*pos + n)?;
+    *pos += n;
+    Some((
+        major,
+        arg.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64),
+    ))
+}
+
+/// If `bytes` start with a CBOR array whose first element is an unsigned
+/// integer, returns (array length, that integer).
+pub(crate) fn peek_array_and_uint(bytes: &[u8]) -> Option<(u64, u64)> {
+    let mut pos = 0;
+    let (major, len) = read_head(bytes, &mut pos)?;
+    if major != 4 || len == 0 {
+        return None;
+    }
+    let (major, value) = read_head(bytes, &mut pos)?;
+    (major == 0).then_some((len, value))
+}
+
+/// If `bytes` start with `[uint, uint, ...`, returns the two integers.
+pub(crate) fn peek_envelope(bytes: &[u8]) -> Option<(u64, u64)> {
+    let mut pos = 0;
+    let (major, len) = read_head(bytes, &mut pos)?;
+    if major != 4 || len < 2 {
+        return None;
+    }
+    let (m1, version) = read_head(bytes, &mut pos)?;
+    let (m2, kind) = read_head(bytes, &mut pos)?;
+    (m1 == 0 && m2 == 0).then_some((version, kind))
+}
+
+/// Rejects an input whose leading `[version, ...` is a version other than
+/// `supported` with a typed error before shape errors can mask it.
+pub(crate) fn check_leading_version(
+    what: &'static str,
+    bytes: &[u8],
+    supported: u64,
+) -> Result<(), DecodeError> {
+    if let Some((_, version)) = peek_array_and_uint(bytes) {
+        check_version(what, version, supported)?;
+    }
+    Ok(())
+}

@@ -15,10 +15,15 @@
 //!   incrementally from a byte stream with [`ChunkMapBuilder`] (the gateway
 //!   sees bytes as the registry sends them) and verifies chunks.
 //! - [`bitfield`]: which chunks of a blob a peer holds.
-//! - [`encoding`]: canonical, size-bounded CBOR shared by every wire type.
-//! - [`release`]: release announcements signed with ed25519 by a publisher.
-//! - [`wire`]: versioned swarm messages (availability, chunk requests and
-//!   responses, node status).
+//! - [`encoding`]: canonical, size-bounded CBOR shared by every wire type,
+//!   and the CBOR head reader that gives version errors their types.
+//! - [`signing`]: ed25519 keys, key files and the [`signing::Signed`]
+//!   envelope with per-type domain separation.
+//! - [`release`]: what a publisher signs: release announcements and
+//!   removal requests.
+//! - [`wire`]: versioned swarm messages: the chunk-exchange stream protocol
+//!   and the gossip messages (availability, node status, the gateway's
+//!   signed messages), with the protocol and topic names of a locality.
 //! - [`election`]: which gateway-capable node pulls a release (rendezvous
 //!   hashing), so every node agrees without a coordinator.
 //! - [`picker`]: the piece picker, pure deterministic logic deciding which
@@ -46,6 +51,7 @@ pub mod election;
 pub mod encoding;
 pub mod picker;
 pub mod release;
+pub mod signing;
 pub mod wire;
 
 pub use address::{AddressError, Codec, Digest};

@@ -37,7 +37,8 @@
 //!    holder exists.
 //! 4. **Endgame.** Only when a blob has at most `endgame_threshold` chunks
 //!    missing and every missing chunk with a holder is already requested,
-//!    in-flight chunks are also requested from a second holder (at most
+//!    in-flight chunks whose request is at least `endgame_min_age_ms` old
+//!    are also requested from a second holder (at most
 //!    `max_requests_per_chunk` requests per chunk); when one copy arrives
 //!    [`Picker::chunk_received`] returns the others to cancel.
 //! 5. **Stalls.** A request outstanding longer than
@@ -77,6 +78,11 @@ pub struct PickerConfig {
     pub endgame_threshold: u32,
     /// Most concurrent requests for one chunk during endgame.
     pub max_requests_per_chunk: usize,
+    /// An in-flight chunk gets an endgame duplicate only once its request
+    /// is this old: a duplicate of a request that is merely queued behind
+    /// a few others at a busy holder moves the chunk twice. 0 duplicates
+    /// at once.
+    pub endgame_min_age_ms: u64,
     /// Seed of the tie-breaking generator.
     pub seed: u64,
     /// Fixed part of a request's timeout.
@@ -95,6 +101,7 @@ impl Default for PickerConfig {
             window_chunks: 8,
             endgame_threshold: 4,
             max_requests_per_chunk: 2,
+            endgame_min_age_ms: 0,
             seed: 0,
             timeout_base_ms: 5_000,
             timeout_ms_per_mib: 4_000,
@@ -720,6 +727,10 @@ impl<P: Ord + Clone> Picker<P> {
                     continue;
                 }
                 for (&index, flights) in &s.in_flight {
+                    let oldest = flights.iter().map(|f| f.started_ms).min().unwrap_or(now_ms);
+                    if now_ms.saturating_sub(oldest) < self.config.endgame_min_age_ms {
+                        continue;
+                    }
                     if flights.len() < self.config.max_requests_per_chunk {
                         dup.push((flights.len(), self.rng.next_u64(), *blob, index));
                     }

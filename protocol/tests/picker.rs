@@ -19,6 +19,7 @@ fn config() -> PickerConfig {
         window_chunks: 0,
         endgame_threshold: 0,
         max_requests_per_chunk: 2,
+        endgame_min_age_ms: 0,
         seed: 42,
         timeout_base_ms: 1_000,
         timeout_ms_per_mib: 8_000,
@@ -272,6 +273,35 @@ fn a_peer_that_delivers_is_not_stalled_by_its_queue() {
     let expired = p.expire(3_000 + 1_600);
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(expired[0].index, reqs[3].index);
+}
+
+#[test]
+fn endgame_waits_until_a_request_is_old_enough() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 100,
+            endgame_threshold: 2,
+            endgame_min_age_ms: 750,
+            ..config()
+        },
+        2,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_has_all(&2, &blob()).unwrap();
+    let reqs = p.next_requests(1_000);
+    assert_eq!(reqs.len(), 2);
+    // Both in flight, both missing: endgame applies, but not yet.
+    assert!(
+        p.next_requests(1_000).is_empty(),
+        "duplicated a fresh request"
+    );
+    assert!(
+        p.next_requests(1_749).is_empty(),
+        "duplicated before the age"
+    );
+    let dups = p.next_requests(1_750);
+    assert_eq!(dups.len(), 2, "{dups:?}");
+    assert!(dups.iter().all(|d| d.kind == RequestKind::Endgame));
 }
 
 #[test]
@@ -598,6 +628,7 @@ mod invariants {
                 window_chunks: window,
                 endgame_threshold: endgame,
                 max_requests_per_chunk: 2,
+                endgame_min_age_ms: 0,
                 seed,
                 timeout_base_ms: 1_000,
                 timeout_ms_per_mib: 1_000,

@@ -2,6 +2,7 @@
 
 use edgeswarm_protocol::encoding::DecodeError;
 use edgeswarm_protocol::release::*;
+use edgeswarm_protocol::signing::*;
 use edgeswarm_protocol::Digest;
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -48,7 +49,7 @@ fn untrusted_signer_is_refused_even_with_a_valid_signature() {
     assert!(signed.verify_embedded().is_ok());
     assert_eq!(
         signed.verify_trusted(&trusted),
-        Err(ReleaseError::UntrustedKey {
+        Err(SigningError::UntrustedKey {
             what: "release",
             signer: stranger.public()
         })
@@ -67,7 +68,7 @@ fn tampered_release_is_refused() {
     let forged = SignedRelease::from_parts(body, publisher.public(), *signed.signature());
     assert_eq!(
         forged.verify_trusted(&trusted),
-        Err(ReleaseError::BadSignature {
+        Err(SigningError::BadSignature {
             what: "release",
             signer: publisher.public()
         })
@@ -80,7 +81,7 @@ fn tampered_release_is_refused() {
     );
     assert!(matches!(
         stolen.verify_trusted(&trusted),
-        Err(ReleaseError::BadSignature { .. })
+        Err(SigningError::BadSignature { .. })
     ));
     // Flip one bit anywhere in the encoding: never a verified release.
     let bytes = signed.encode();
@@ -105,7 +106,7 @@ fn embedded_key_mode_checks_only_the_carried_key() {
     assert!(signed.verify_signer(&node_identity.public()).is_ok());
     assert!(matches!(
         signed.verify_signer(&other.public()),
-        Err(ReleaseError::UntrustedKey { .. })
+        Err(SigningError::UntrustedKey { .. })
     ));
 }
 
@@ -246,14 +247,14 @@ fn bad_key_files_are_typed_errors() {
         assert!(
             matches!(
                 PublisherKey::from_file_contents(bad),
-                Err(ReleaseError::InvalidKey(_))
+                Err(SigningError::InvalidKey(_))
             ),
             "{bad:?}"
         );
     }
     assert!(matches!(
         PublicKey::from_file_contents(&secret),
-        Err(ReleaseError::InvalidKey(_))
+        Err(SigningError::InvalidKey(_))
     ));
     assert!(PublicKey::from_hex("00").is_err());
 }

@@ -1,8 +1,13 @@
 //! Removal requests (gossip kind 5): pinned encoding, round trip, bounded
-//! decoding.
+//! decoding (alone and in gossip).
 
-use edgeswarm_protocol::release::{PublisherKey, Removal, SignedRemoval};
-use edgeswarm_protocol::wire::GossipMessage;
+use edgeswarm_protocol::encoding::DecodeError;
+use edgeswarm_protocol::release::{
+    Platform, Release, ReleaseError, Removal, SignedRelease, SignedRemoval, MAX_RELEASE_BYTES,
+    MAX_REMOVAL_BYTES,
+};
+use edgeswarm_protocol::signing::PublisherKey;
+use edgeswarm_protocol::wire::{GossipMessage, WireError, MAX_GOSSIP_BYTES};
 
 fn removal() -> Removal {
     Removal {
@@ -44,4 +49,70 @@ fn removal_gossip_round_trips_and_verifies() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn signed_removals_decode_alone_within_4_kib() {
+    let key = PublisherKey::from_secret_bytes([7; 32]);
+    let signed = SignedRemoval::sign(removal(), &key);
+    assert_eq!(SignedRemoval::decode(&signed.encode()).unwrap(), signed);
+    // The limit is pinned: 4 KiB on the API and in gossip alike.
+    assert_eq!(MAX_REMOVAL_BYTES, 4096);
+    let mut big = removal();
+    big.image = "r".repeat(MAX_REMOVAL_BYTES);
+    let big = SignedRemoval::sign(big, &key);
+    let bytes = big.encode();
+    assert!(matches!(
+        SignedRemoval::decode(&bytes),
+        Err(ReleaseError::Decode(DecodeError::TooLarge {
+            max: 4096,
+            ..
+        }))
+    ));
+    let gossip = GossipMessage::Removal(big).encode();
+    assert!(gossip.len() <= MAX_GOSSIP_BYTES);
+    assert!(matches!(
+        GossipMessage::decode(&gossip),
+        Err(WireError::Decode(DecodeError::TooLarge {
+            what: "signed removal",
+            max: 4096,
+            ..
+        }))
+    ));
+    // Unknown envelope versions are typed errors.
+    let mut other = signed.encode();
+    other[1] = 0x02;
+    assert!(matches!(
+        SignedRemoval::decode(&other),
+        Err(ReleaseError::Decode(DecodeError::UnsupportedVersion {
+            found: 2,
+            ..
+        }))
+    ));
+    // Arbitrary bytes are errors, never panics.
+    for cut in 0..bytes.len().min(200) {
+        assert!(SignedRemoval::decode(&bytes[..cut]).is_err());
+    }
+}
+
+#[test]
+fn gossiped_releases_are_bounded_as_when_decoded_alone() {
+    let key = PublisherKey::from_secret_bytes([7; 32]);
+    let release = Release {
+        image: "r".repeat(MAX_RELEASE_BYTES),
+        manifest: edgeswarm_protocol::Digest::of(b"m"),
+        platform: Platform::new("linux", "amd64"),
+        created: 1,
+        locality: "L".into(),
+        selector: vec![],
+    };
+    let gossip = GossipMessage::Release(SignedRelease::sign(release, &key)).encode();
+    assert!(gossip.len() <= MAX_GOSSIP_BYTES);
+    assert!(matches!(
+        GossipMessage::decode(&gossip),
+        Err(WireError::Decode(DecodeError::TooLarge {
+            what: "signed release",
+            ..
+        }))
+    ));
 }

@@ -2,7 +2,8 @@
 //! arbitrary or mutated bytes (typed errors, never panics).
 
 use edgeswarm_protocol::encoding::DecodeError;
-use edgeswarm_protocol::release::{Platform, PublisherKey, Release, Signable, SignedRelease};
+use edgeswarm_protocol::release::{Platform, Release, Removal, SignedRelease, SignedRemoval};
+use edgeswarm_protocol::signing::{PublisherKey, Signable};
 use edgeswarm_protocol::wire::*;
 use edgeswarm_protocol::{Bitfield, ChunkSize, Digest};
 use proptest::prelude::*;
@@ -57,6 +58,14 @@ fn sample_resolution() -> ReleaseResolution {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
         }],
         chunk_size: ChunkSize::DEFAULT,
+    }
+}
+
+fn sample_removal() -> Removal {
+    Removal {
+        image: "registry.local:5000/app:1.0".into(),
+        locality: "plant-a".into(),
+        created: 1_700_000_000,
     }
 }
 
@@ -154,6 +163,7 @@ fn sample_gossip_messages() -> Vec<GossipMessage> {
         }),
         GossipMessage::ChunkDigests(SignedChunkDigestUpdate::sign(sample_update(), &key())),
         GossipMessage::Resolution(SignedReleaseResolution::sign(sample_resolution(), &key())),
+        GossipMessage::Removal(SignedRemoval::sign(sample_removal(), &key())),
     ]
 }
 
@@ -180,6 +190,8 @@ const GOSSIP_GOLDEN: &[&str] = &[
     "8301028401f51b0000018bcfe5687b81875820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a829021903e81901f41864190190f6",
     "8301038401875820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a8295820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b81a000300011a00010000015840d0f631ca1ddba8db3bcfcb9e057cdc98d0379f1bee00e75a545147a27dadd9829c0abe51c6e6655d81de2d044d4fb194931f058c0426c67c7285d8f5657ed64af45820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c584000ea2084df07da0642113611b2fcafb75b0a529766523a31552b4416a76372d332dbf8bc3f2792728a891249e807c3dfe76f2f7715ae85bbc820ecaeae269001",
     "8301048401855820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a82983582005b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f1864782a6170706c69636174696f6e2f766e642e6f63692e696d6167652e6d616e69666573742e76312b6a736f6e835820b79606fb3afea5bd1609ed40b622142f1c98125abcfe89a76a661b0e8e34391018c878286170706c69636174696f6e2f766e642e6f63692e696d6167652e636f6e6669672e76312b6a736f6e81835820dac1d7cfa95021764849fd102524e141488c5e3a90f861dbb5a12d9ac8584f8519012c782b6170706c69636174696f6e2f766e642e6f63692e696d6167652e6c617965722e76312e7461722b677a69701a001000005820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c58404d7a0db5fb77038fa623565ee338d5d7bc272468b559845aaf6deb840f71af4b32760ee3a57cc648445e9fd96d46fc00356d329d9544d88234a794df97bf5b0c",
+    // Kind 5: [1, 5, [1, [1, image, locality, created], signer, signature]].
+    "83010584018401781b72656769737472792e6c6f63616c3a353030302f6170703a312e3067706c616e742d611a6553f1005820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c5840a885066f8a367b15526f0a8c295a5b16bd1abcc12cef9502cfe83f012155d145e62a31923539c50a977ddd1a61844f09d43f2ccf9231df3abfc40f22c175e104",
 ];
 
 #[test]
@@ -228,6 +240,15 @@ fn gossip_messages_match_golden_bytes() {
         }
         other => panic!("{other:?}"),
     }
+    match GossipMessage::decode(&hex::decode(GOSSIP_GOLDEN[5]).unwrap()).unwrap() {
+        GossipMessage::Removal(r) => {
+            assert_eq!(r.verify_signer(&public).unwrap(), &sample_removal())
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every kind is covered.
+    let kinds: std::collections::BTreeSet<u64> = msgs.iter().map(GossipMessage::kind).collect();
+    assert_eq!(kinds, (0..6).collect());
 }
 
 #[test]
@@ -645,6 +666,18 @@ fn arb_gossip_message() -> impl Strategy<Value = GossipMessage> {
                     &k,
                 ))
             }),
+        (".{0,60}", ".{0,20}", any::<u64>(), arb_key()).prop_map(
+            |(image, locality, created, k)| {
+                GossipMessage::Removal(SignedRemoval::sign(
+                    Removal {
+                        image,
+                        locality,
+                        created,
+                    },
+                    &k,
+                ))
+            }
+        ),
     ]
 }
 
@@ -727,6 +760,7 @@ proptest! {
             GossipMessage::Release(s) => { s.verify_embedded().unwrap(); }
             GossipMessage::ChunkDigests(s) => { s.verify_embedded().unwrap(); }
             GossipMessage::Resolution(s) => { s.verify_embedded().unwrap(); }
+            GossipMessage::Removal(s) => { s.verify_embedded().unwrap(); }
             _ => {}
         }
     }
@@ -769,6 +803,7 @@ proptest! {
                     GossipMessage::Release(s) => s.verify_embedded().is_ok(),
                     GossipMessage::ChunkDigests(s) => s.verify_embedded().is_ok(),
                     GossipMessage::Resolution(s) => s.verify_embedded().is_ok(),
+                    GossipMessage::Removal(s) => s.verify_embedded().is_ok(),
                     _ => false,
                 };
                 prop_assert!(!verified || back != m, "a changed signed message verified");
@@ -793,4 +828,116 @@ fn oversized_have_batches_are_rejected() {
         StreamMessage::decode(&m.encode()),
         Err(WireError::Decode(DecodeError::Invalid { .. }))
     ));
+}
+
+#[test]
+fn names_of_a_locality_are_pinned() {
+    let l = Locality::new("plant-7").unwrap();
+    assert_eq!(stream_protocol(&l), "/edgeswarm/plant-7/chunks/1.0.0");
+    assert_eq!(kad_protocol(&l), "/edgeswarm/plant-7/kad/1.0.0");
+    assert_eq!(identify_protocol(&l), "/edgeswarm/plant-7/id/1.0.0");
+    assert_eq!(gossip_protocol_prefix(&l), "/edgeswarm/plant-7/meshsub");
+    assert_eq!(
+        Topic::ALL.map(|t| topic_name(&l, t)),
+        [
+            "edgeswarm/plant-7/releases",
+            "edgeswarm/plant-7/availability",
+            "edgeswarm/plant-7/status",
+        ]
+    );
+    assert!(Locality::new(&"x".repeat(MAX_LOCALITY_CHARS)).is_ok());
+    assert_eq!(Locality::new("A-z_0.9").unwrap().as_str(), "A-z_0.9");
+    let long = "x".repeat(MAX_LOCALITY_CHARS + 1);
+    for bad in ["", "a/b", "a b", "plant-é", long.as_str()] {
+        assert_eq!(
+            Locality::new(bad),
+            Err(WireError::InvalidLocality { name: bad.into() }),
+            "{bad:?}"
+        );
+    }
+}
+
+/// The topic of every kind, as in docs/PROTOCOL.md §9.
+const KIND_TOPICS: [Topic; 6] = [
+    Topic::Releases,     // 0 release
+    Topic::Availability, // 1 availability
+    Topic::Status,       // 2 status
+    Topic::Releases,     // 3 chunk digests
+    Topic::Releases,     // 4 resolution
+    Topic::Releases,     // 5 removal
+];
+
+#[test]
+fn each_gossip_kind_travels_on_one_topic() {
+    let msgs = sample_gossip_messages();
+    let kinds: std::collections::BTreeSet<u64> = msgs.iter().map(GossipMessage::kind).collect();
+    assert_eq!(kinds, (0..KIND_TOPICS.len() as u64).collect());
+    for m in &msgs {
+        let want = KIND_TOPICS[m.kind() as usize];
+        assert_eq!(m.topic(), want, "kind {}", m.kind());
+        for topic in Topic::ALL {
+            let got = GossipMessage::decode_on(topic, &m.encode());
+            if topic == want {
+                assert_eq!(got.as_ref(), Ok(m));
+            } else {
+                assert_eq!(
+                    got,
+                    Err(WireError::WrongTopic {
+                        kind: m.kind(),
+                        topic
+                    })
+                );
+            }
+        }
+    }
+}
+
+/// docs/PROTOCOL.md, the other half of the contract.
+const SPEC: &str = include_str!("../../docs/PROTOCOL.md");
+
+/// The text of the spec section whose heading starts with `heading`.
+fn spec_section(heading: &str) -> &'static str {
+    let start = SPEC.find(heading).expect("section exists");
+    let rest = &SPEC[start + heading.len()..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn the_spec_states_the_golden_vectors() {
+    let appendix = spec_section("## Appendix: test vectors");
+    for golden in STREAM_GOLDEN.iter().chain(GOSSIP_GOLDEN) {
+        assert!(appendix.contains(golden), "PROTOCOL.md lacks {golden}");
+    }
+}
+
+#[test]
+fn the_spec_states_the_names_and_the_topic_of_every_kind() {
+    // §7: every name, for locality `L`.
+    let names = spec_section("## 7.");
+    let l = Locality::new("L").unwrap();
+    let mut expected = vec![
+        kad_protocol(&l),
+        identify_protocol(&l),
+        gossip_protocol_prefix(&l),
+        stream_protocol(&l),
+    ];
+    expected.extend(Topic::ALL.map(|t| topic_name(&l, t)));
+    for name in expected {
+        assert!(names.contains(&format!("`{name}`")), "§7 lacks {name}");
+    }
+    // §9: the kind table's topic column is `GossipMessage::topic`.
+    let rows: Vec<(u64, String)> = spec_section("## 9.")
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let kind = cells.get(1)?.parse().ok()?;
+            Some((kind, cells[cells.len() - 2].to_owned()))
+        })
+        .collect();
+    let want: Vec<(u64, String)> = KIND_TOPICS
+        .iter()
+        .enumerate()
+        .map(|(kind, topic)| (kind as u64, topic.name().to_owned()))
+        .collect();
+    assert_eq!(rows, want);
 }

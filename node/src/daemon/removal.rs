@@ -32,7 +32,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use edgeswarm_protocol::encoding;
 pub use edgeswarm_protocol::release::{Removal, SignedRemoval};
 use edgeswarm_protocol::wire::ReleaseState;
 use serde::{Deserialize, Serialize};
@@ -40,17 +39,15 @@ use serde::{Deserialize, Serialize};
 use super::{DaemonError, Inner};
 use crate::import::{docker_tag, image_dir_name, ImportSink};
 
-/// Largest removal message accepted (an image reference is short).
-const MAX_REMOVAL_BYTES: usize = 4 << 10;
-
 /// Encodes a signed removal as a gossip message (kind 5).
 pub fn encode_gossip(signed: &SignedRemoval) -> Vec<u8> {
     edgeswarm_protocol::wire::GossipMessage::Removal(signed.clone()).encode()
 }
 
-/// Decodes a signed removal handed to the API (canonical CBOR).
+/// Decodes a signed removal handed to the API (`SignedRemoval::decode`:
+/// canonical CBOR, at most 4 KiB).
 pub fn decode_signed(bytes: &[u8]) -> Result<SignedRemoval, DaemonError> {
-    encoding::decode("signed removal", bytes, MAX_REMOVAL_BYTES)
+    SignedRemoval::decode(bytes)
         .map_err(|e| DaemonError::RemovalRefused(format!("malformed removal: {e}")))
 }
 

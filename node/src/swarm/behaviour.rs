@@ -19,14 +19,18 @@ use libp2p::{
     PeerId, StreamProtocol, Swarm, Transport as _,
 };
 
+pub use edgeswarm_protocol::wire::Topic;
+use edgeswarm_protocol::wire::{self, Locality, MAX_GOSSIP_BYTES};
+
 use super::SwarmError;
 
-/// Protocol names of one locality. Peers with another locality speak other
-/// names and so cannot share a DHT, a gossip mesh or chunks with us.
+/// Protocol names of one locality, as `edgeswarm_protocol::wire` builds
+/// them. Peers with another locality speak other names and so cannot share
+/// a DHT, a gossip mesh or chunks with us.
 #[derive(Debug, Clone)]
 pub struct Protocols {
-    /// The locality name.
-    pub locality: String,
+    /// The locality.
+    pub locality: Locality,
     /// `/edgeswarm/<locality>/kad/1.0.0`.
     pub kad: StreamProtocol,
     /// `/edgeswarm/<locality>/id/1.0.0` (identify's protocol version string).
@@ -38,63 +42,26 @@ pub struct Protocols {
 }
 
 impl Protocols {
-    /// Protocol names for `locality` (letters, digits, `-`, `_`, `.`; 1..=64).
+    /// Protocol names for `locality` (see `wire::Locality` for the rule).
     pub fn new(locality: &str) -> Result<Self, SwarmError> {
-        let ok = !locality.is_empty()
-            && locality.len() <= 64
-            && locality
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
-            return Err(SwarmError::Config(format!(
-                "invalid locality {locality:?}: use 1-64 of [A-Za-z0-9._-]"
-            )));
-        }
+        let locality = Locality::new(locality).map_err(|e| SwarmError::Config(e.to_string()))?;
         let proto = |s: String| {
             StreamProtocol::try_from_owned(s).map_err(|e| SwarmError::Config(e.to_string()))
         };
         Ok(Protocols {
-            locality: locality.to_owned(),
-            kad: proto(format!("/edgeswarm/{locality}/kad/1.0.0"))?,
-            identify: format!("/edgeswarm/{locality}/id/1.0.0"),
-            gossip_prefix: format!("/edgeswarm/{locality}/meshsub"),
-            chunks: proto(format!("/edgeswarm/{locality}/chunks/1.0.0"))?,
+            kad: proto(wire::kad_protocol(&locality))?,
+            identify: wire::identify_protocol(&locality),
+            gossip_prefix: wire::gossip_protocol_prefix(&locality),
+            chunks: proto(wire::stream_protocol(&locality))?,
+            locality,
         })
     }
 
     /// The gossip topic `edgeswarm/<locality>/<name>`.
     pub fn topic(&self, topic: Topic) -> gossipsub::IdentTopic {
-        gossipsub::IdentTopic::new(format!("edgeswarm/{}/{}", self.locality, topic.name()))
+        gossipsub::IdentTopic::new(wire::topic_name(&self.locality, topic))
     }
 }
-
-/// The few long-lived gossip topics of a locality.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Topic {
-    /// Signed release announcements.
-    Releases,
-    /// Batched availability (have) deltas.
-    Availability,
-    /// Node status reports.
-    Status,
-}
-
-impl Topic {
-    /// Every topic, for subscribing.
-    pub const ALL: [Topic; 3] = [Topic::Releases, Topic::Availability, Topic::Status];
-
-    /// The topic's last path segment.
-    pub fn name(self) -> &'static str {
-        match self {
-            Topic::Releases => "releases",
-            Topic::Availability => "availability",
-            Topic::Status => "status",
-        }
-    }
-}
-
-/// Largest gossip message (bytes).
-pub const MAX_GOSSIP_MESSAGE: usize = 64 << 10;
 
 /// Tunables of the network layer shared by nodes and the bootstrap peer.
 #[derive(Debug, Clone)]
@@ -194,7 +161,7 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
         .protocol_id_prefix(p.gossip_prefix.clone())
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        .max_transmit_size(MAX_GOSSIP_MESSAGE)
+        .max_transmit_size(MAX_GOSSIP_BYTES)
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| SwarmError::Config(e.to_string()))?;

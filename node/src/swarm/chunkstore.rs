@@ -126,6 +126,15 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
         blob: Digest,
         index: u32,
     ) -> impl Future<Output = Result<Bytes, ChunkStoreError>> + Send;
+    /// Events of chunks verified and blobs completed, whichever path they
+    /// took (a peer, the gateway's registry pull): servers announce them
+    /// at once instead of at their next periodic check. `None` for stores
+    /// without events (they are polled).
+    fn subscribe_events(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::store::StoreEvent>> {
+        None
+    }
 }
 
 /// The node's real store (`node::store`), as the swarm sees it.
@@ -179,6 +188,12 @@ impl ChunkStore for crate::store::Store {
         crate::store::Store::read_chunk(self, blob, index)
             .await
             .map_err(from_store_error)
+    }
+
+    fn subscribe_events(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::store::StoreEvent>> {
+        Some(crate::store::Store::subscribe(self))
     }
 }
 

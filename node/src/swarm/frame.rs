@@ -1,11 +1,10 @@
-//! Framing of the chunk-exchange stream protocol
-//! (`/edgeswarm/<locality>/chunks/1.0.0`): the frames of
+//! Framing of the chunk-exchange stream protocol (`wire::stream_protocol`,
+//! `/edgeswarm/<locality>/chunks/1.0.0`): the frames of
 //! `edgeswarm_protocol::wire` (u32 big-endian header length, canonical CBOR
 //! `StreamMessage` header of at most 64 KiB, then the raw payload the
-//! header announces) read and written on async streams.
-//!
-//! The protocol name differs from `wire::STREAM_PROTOCOL` only by the
-//! locality segment, which scopes chunk exchange to one locality.
+//! header announces) read and written on async streams. Every decoding rule
+//! is the protocol crate's (`wire::decode_frame_len`,
+//! `StreamMessage::decode`); this module only moves bytes.
 //!
 //! Payloads are never buffered here: the caller reads exactly
 //! `payload_len()` bytes into a buffer of the size it expects (a chunk's

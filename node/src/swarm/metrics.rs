@@ -38,6 +38,9 @@ pub struct SwarmMetrics {
     pub stalls: Counter,
     /// Requests declined by servers (seed sparing, not held).
     pub rejected_requests: Counter,
+    /// Queued chunk requests this node skipped because the requester
+    /// cancelled them (the chunk came from elsewhere first).
+    pub cancelled_requests: Counter,
     /// Peers connected right now.
     pub connected_peers: Gauge,
     /// Distinct peers this node has received verified chunks from.
@@ -117,6 +120,12 @@ impl SwarmMetrics {
             "rejected_requests",
             "Requests declined by servers",
             &self.rejected_requests,
+        );
+        c(
+            registry,
+            "cancelled_requests",
+            "Queued chunk requests skipped because the requester cancelled them",
+            &self.cancelled_requests,
         );
         registry.register(
             "banned_peers",

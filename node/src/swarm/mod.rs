@@ -16,8 +16,9 @@
 //!   no chunk exchange.
 //! - `task` (private): the single task that owns the `Swarm`. It never blocks;
 //!   it answers [`SwarmClient`] commands (bounded mpsc + oneshot replies,
-//!   the rust-libp2p `file-sharing` example shape), validates every gossip
-//!   message, applies bans.
+//!   the rust-libp2p `file-sharing` example shape), decodes and validates
+//!   every gossip message once and hands it on decoded ([`ReceivedGossip`]),
+//!   applies bans.
 //! - `exchange` (private): the chunk protocol over raw `libp2p-stream`
 //!   streams (framing in `frame`). Bytes go from the socket to the store
 //!   without passing through the swarm task. One downloader task per blob
@@ -60,8 +61,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use edgeswarm_protocol::{ChunkMap, Digest};
+use edgeswarm_protocol::{wire, ChunkMap, Digest};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -138,6 +138,9 @@ pub struct SwarmConfig {
     pub max_upload_rate: Option<u64>,
     /// Chunks served concurrently at most (upload slots).
     pub upload_slots: usize,
+    /// Chunk requests that may wait for an upload slot; more are answered
+    /// `Busy` at once, and the requester asks another holder.
+    pub upload_queue: usize,
     /// Requests pipelined to one peer at most.
     pub requests_per_peer: usize,
     /// Peers one download talks to at most.
@@ -181,6 +184,7 @@ impl SwarmConfig {
             mdns: true,
             max_upload_rate: None,
             upload_slots: 8,
+            upload_queue: 4,
             requests_per_peer: 4,
             max_download_peers: 32,
             max_connections: 256,
@@ -205,15 +209,16 @@ impl SwarmConfig {
     }
 }
 
-/// A validated gossip message delivered to subscribers.
+/// A gossip message delivered to subscribers, decoded once by the swarm
+/// task when it validated it (bounded, canonical, on its kind's topic:
+/// `wire::GossipMessage::decode_on`). Signatures are not checked yet: the
+/// subscriber holds the trust policy.
 #[derive(Debug, Clone)]
-pub struct GossipMessage {
-    /// The topic it arrived on.
-    pub topic: Topic,
+pub struct ReceivedGossip {
     /// The signing author.
     pub source: Option<PeerId>,
-    /// The payload (canonical CBOR, at most 64 KiB).
-    pub data: Bytes,
+    /// The message; `message.topic()` is the topic it arrived on.
+    pub message: wire::GossipMessage,
 }
 
 /// Commands from [`SwarmClient`] to the swarm task.
@@ -235,7 +240,7 @@ pub(crate) enum Command {
 pub struct SwarmClient {
     peer_id: PeerId,
     cmd: mpsc::Sender<Command>,
-    gossip: broadcast::Sender<GossipMessage>,
+    gossip: broadcast::Sender<ReceivedGossip>,
     exchange: Arc<dyn exchange::Fetch>,
     metrics: SwarmMetrics,
     shutdown: CancellationToken,
@@ -309,7 +314,7 @@ impl SwarmClient {
     }
 
     /// Receives every validated gossip message from now on.
-    pub fn subscribe_gossip(&self) -> broadcast::Receiver<GossipMessage> {
+    pub fn subscribe_gossip(&self) -> broadcast::Receiver<ReceivedGossip> {
         self.gossip.subscribe()
     }
 

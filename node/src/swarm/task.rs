@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgeswarm_protocol::wire::GossipMessage;
 use edgeswarm_protocol::Codec;
 use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
@@ -21,7 +22,7 @@ use super::behaviour::{build_swarm, Behaviour, BehaviourEvent, NetConfig, Protoc
 use super::exchange::{Exchange, Fetch, NoStore};
 use super::keys::{load_or_create_identity, read_swarm_key};
 use super::metrics::SwarmMetrics;
-use super::{ChunkStore, Command, GossipMessage, SwarmClient, SwarmConfig, SwarmError};
+use super::{ChunkStore, Command, ReceivedGossip, SwarmClient, SwarmConfig, SwarmError};
 
 /// Capacity of the command channel.
 const COMMANDS: usize = 256;
@@ -125,7 +126,7 @@ struct SwarmTask {
     protocols: Protocols,
     listen_addrs: Vec<Multiaddr>,
     commands: mpsc::Receiver<Command>,
-    gossip: broadcast::Sender<GossipMessage>,
+    gossip: broadcast::Sender<ReceivedGossip>,
     metrics: SwarmMetrics,
     /// Banned peers and when their ban ends.
     bans: HashMap<PeerId, Instant>,
@@ -225,9 +226,9 @@ impl SwarmTask {
                 self.provider_queries.insert(id, (HashSet::new(), tx));
             }
             Command::Publish(topic, bytes, tx) => {
-                let r = match validate_gossip(topic, &bytes) {
+                let r = match decode_gossip(topic, &bytes) {
                     Err(reason) => Err(SwarmError::Publish(reason)),
-                    Ok(()) => self
+                    Ok(_) => self
                         .swarm
                         .behaviour_mut()
                         .gossipsub
@@ -325,60 +326,34 @@ impl SwarmTask {
             .find(|t| self.protocols.topic(*t).hash() == msg.topic);
         let verdict = match topic {
             None => Err("unknown topic".to_string()),
-            Some(t) => validate_gossip(t, &msg.data),
+            Some(t) => decode_gossip(t, &msg.data),
         };
-        let acceptance = match verdict {
-            Ok(()) => gossipsub::MessageAcceptance::Accept,
+        let (acceptance, decoded) = match verdict {
+            Ok(message) => (gossipsub::MessageAcceptance::Accept, Some(message)),
             Err(reason) => {
                 warn!(peer = %from, %reason, "rejecting gossip message");
                 self.metrics.gossip_rejected.inc();
                 self.metrics.protocol_violations.inc();
-                gossipsub::MessageAcceptance::Reject
+                (gossipsub::MessageAcceptance::Reject, None)
             }
         };
-        let accepted = matches!(acceptance, gossipsub::MessageAcceptance::Accept);
         self.swarm
             .behaviour_mut()
             .gossipsub
             .report_message_validation_result(&id, &from, acceptance);
-        if let (true, Some(topic)) = (accepted, topic) {
+        if let Some(message) = decoded {
             self.metrics.gossip_accepted.inc();
-            let _ = self.gossip.send(GossipMessage {
-                topic,
+            let _ = self.gossip.send(ReceivedGossip {
                 source: msg.source,
-                data: msg.data.into(),
+                message,
             });
         }
     }
 }
 
-/// Validates a gossip payload with `protocol::wire`: bounded, canonical,
-/// a known message kind on the topic it belongs to. Signatures are checked
-/// by the consumer (it holds the trust policy).
-fn validate_gossip(topic: Topic, data: &[u8]) -> Result<(), String> {
-    use edgeswarm_protocol::wire::GossipMessage;
-    let msg = GossipMessage::decode(data).map_err(|e| e.to_string())?;
-    let ok = match topic {
-        Topic::Releases => matches!(
-            msg,
-            GossipMessage::Release(_)
-                | GossipMessage::Resolution(_)
-                | GossipMessage::ChunkDigests(_)
-                | GossipMessage::Removal(_)
-        ),
-        Topic::Availability => matches!(
-            msg,
-            GossipMessage::Availability(_) | GossipMessage::ChunkDigests(_)
-        ),
-        Topic::Status => matches!(msg, GossipMessage::Status(_)),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "message kind {} does not belong on {}",
-            msg.kind(),
-            topic.name()
-        ))
-    }
+/// Decodes and validates a gossip payload with `protocol::wire`: bounded,
+/// canonical, a known message kind on the topic it belongs to. Signatures
+/// are checked by the consumer (it holds the trust policy).
+fn decode_gossip(topic: Topic, data: &[u8]) -> Result<GossipMessage, String> {
+    GossipMessage::decode_on(topic, data).map_err(|e| e.to_string())
 }

@@ -12,7 +12,7 @@ use edgeswarm_node::registry::testing::{BuiltImage, Pusher, TestRegistry};
 use edgeswarm_node::registry::{Platform, RegistryConfig};
 use edgeswarm_node::store::StoreConfig;
 use edgeswarm_node::swarm::SwarmConfig;
-use edgeswarm_protocol::release::TrustedKeys;
+use edgeswarm_protocol::signing::TrustedKeys;
 use edgeswarm_protocol::ChunkSize;
 
 pub(crate) fn init_tracing() {

@@ -1,12 +1,12 @@
 //! Chunk maps and bitfields: errors, never panics.
+//!
+//! The check is shared with the stable proptest equivalent in
+//! `protocol/tests/fuzz.rs`.
 #![no_main]
 
-use edgeswarm_protocol::{encoding, Bitfield, ChunkMap};
+#[path = "../../tests/fuzz_checks/mod.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(map) = ChunkMap::decode(data) {
-        assert_eq!(map.encode(), data, "decoded input must be canonical");
-    }
-    let _ = encoding::decode::<Bitfield>("bitfield", data, 1 << 16);
-});
+fuzz_target!(|data: &[u8]| checks::chunk_map(data));

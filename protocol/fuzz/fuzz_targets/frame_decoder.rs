@@ -1,32 +1,15 @@
-//! The incremental frame decoder fed arbitrary bytes in arbitrary pieces.
+//! A chunk stream read the way the node reads it (prefix, header, payload:
+//! node/src/swarm/frame.rs), against the incremental `FrameDecoder` fed the
+//! same bytes in arbitrary pieces: both agree frame by frame, never panic
+//! and never allocate past the frame limits.
+//!
+//! The check is shared with the stable proptest equivalent in
+//! `protocol/tests/fuzz.rs`.
 #![no_main]
 
-use edgeswarm_protocol::wire::{FrameDecoder, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES};
+#[path = "../../tests/fuzz_checks/mod.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&step, rest)) = data.split_first() else {
-        return;
-    };
-    let step = step.max(1) as usize;
-    let mut dec = FrameDecoder::new();
-    for piece in rest.chunks(step) {
-        dec.push(piece);
-        loop {
-            match dec.next_frame() {
-                Ok(Some(frame)) => {
-                    assert_eq!(frame.payload.len() as u64, frame.message.payload_len());
-                    assert!(frame.message.payload_len() <= MAX_PAYLOAD_BYTES);
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            }
-        }
-        // Never more buffered than one maximal frame plus the last piece.
-        assert!(
-            dec.buffered() <= 4 + MAX_HEADER_BYTES + MAX_PAYLOAD_BYTES as usize + step,
-            "decoder buffered {} bytes",
-            dec.buffered()
-        );
-    }
-});
+fuzz_target!(|data: &[u8]| checks::frame_reader(data));

@@ -1,17 +1,13 @@
-//! Gossip messages: errors, never panics; signatures check without panics.
+//! Gossip messages: errors, never panics; accepted only on their kind's
+//! topic; signatures check without panics.
+//!
+//! The check is shared with the stable proptest equivalent in
+//! `protocol/tests/fuzz.rs`.
 #![no_main]
 
-use edgeswarm_protocol::wire::GossipMessage;
+#[path = "../../tests/fuzz_checks/mod.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(msg) = GossipMessage::decode(data) {
-        assert_eq!(msg.encode(), data, "decoded input must be canonical");
-        match &msg {
-            GossipMessage::Release(s) => drop(s.verify_embedded()),
-            GossipMessage::ChunkDigests(s) => drop(s.verify_embedded()),
-            GossipMessage::Resolution(s) => drop(s.verify_embedded()),
-            GossipMessage::Availability(_) | GossipMessage::Status(_) => {}
-        }
-    }
-});
+fuzz_target!(|data: &[u8]| checks::gossip_message(data));

@@ -1,16 +1,12 @@
-//! Key file parsers: errors, never panics.
+//! Text parsers (key files, platforms, locality names): errors, never panics.
+//!
+//! The check is shared with the stable proptest equivalent in
+//! `protocol/tests/fuzz.rs`.
 #![no_main]
 
-use edgeswarm_protocol::release::{Platform, PublicKey, PublisherKey};
+#[path = "../../tests/fuzz_checks/mod.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(key) = PublisherKey::from_file_contents(text) {
-            let again = PublisherKey::from_file_contents(&key.to_file_contents()).unwrap();
-            assert_eq!(again.public(), key.public());
-        }
-        let _ = PublicKey::from_file_contents(text);
-        let _ = Platform::parse(text);
-    }
-});
+fuzz_target!(|data: &[u8]| checks::text_parsers(data));

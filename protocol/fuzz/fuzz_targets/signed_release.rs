@@ -1,13 +1,12 @@
-//! Signed releases: errors, never panics.
+//! Signed releases and removals decoded alone: errors, never panics.
+//!
+//! The check is shared with the stable proptest equivalent in
+//! `protocol/tests/fuzz.rs`.
 #![no_main]
 
-use edgeswarm_protocol::release::SignedRelease;
+#[path = "../../tests/fuzz_checks/mod.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(signed) = SignedRelease::decode(data) {
-        assert_eq!(signed.encode(), data, "decoded input must be canonical");
-        let _ = signed.verify_embedded();
-        let _ = signed.release_id();
-    }
-});
+fuzz_target!(|data: &[u8]| checks::signed_messages(data));

@@ -1,11 +1,12 @@
 //! Stream frame headers: errors, never panics; whatever decodes is canonical.
+//!
+//! The check is shared with the stable proptest equivalent in
+//! `protocol/tests/fuzz.rs`.
 #![no_main]
 
-use edgeswarm_protocol::wire::StreamMessage;
+#[path = "../../tests/fuzz_checks/mod.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(msg) = StreamMessage::decode(data) {
-        assert_eq!(msg.encode(), data, "decoded input must be canonical");
-    }
-});
+fuzz_target!(|data: &[u8]| checks::stream_message(data));

@@ -1,0 +1,433 @@
+//! The downloading side: one coordinator task per blob owns a
+//! [`Picker`] fed with our bitfield, each peer's bitfield and `Have`s,
+//! arrivals and failures, and hands requests to per-peer sessions
+//! ([`super::session`]). Chunk maps of blobs not yet declared here are
+//! asked of connected peers and providers first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgeswarm_protocol::chunkmap::MAX_CHUNK_MAP_BYTES;
+use edgeswarm_protocol::picker::{FailReason, Picker, PickerConfig, Request};
+use edgeswarm_protocol::wire::{self, ChunkMapRequest, ChunkStatus, Hello, StreamMessage};
+use edgeswarm_protocol::{Bitfield, ChunkMap, Digest};
+use futures::{AsyncReadExt as _, AsyncWriteExt as _};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::super::frame::{self, FrameError};
+use super::super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, SwarmError};
+use super::session::{session, SessionCommand};
+use super::{lock, penalise, Inner, EVENTS, MAP_REASK, PEER_BACKOFF};
+
+/// Reports from sessions to their download coordinator.
+pub(super) enum Event {
+    Bitfield(PeerId, Bitfield),
+    Have(PeerId, Vec<u32>),
+    Stored(PeerId, u32, ChunkWrite),
+    Corrupt(PeerId, u32, String),
+    StoreFailed(PeerId, u32, ChunkStoreError),
+    Rejected(PeerId, u32, FailReason),
+    Closed(PeerId, Option<String>, bool),
+    Candidates(Vec<PeerId>),
+}
+
+/// A download's view of one peer session.
+struct Session {
+    /// Requests and cancellations for the session to send.
+    tx: mpsc::Sender<SessionCommand>,
+    /// Ends the session.
+    cancel: CancellationToken,
+}
+
+pub(super) async fn download<S: ChunkStore>(
+    inner: Arc<Inner<S>>,
+    blob: Digest,
+    map: Option<ChunkMap>,
+) -> Result<(), SwarmError> {
+    if inner.store.is_complete(&blob) {
+        return Ok(());
+    }
+    lock(&inner.downloaded).insert(blob);
+    if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
+        inner.store.put_chunk_map(blob, m).await?;
+    }
+    if inner.store.layout(&blob).is_none() {
+        if let Some(m) = fetch_map(&inner, blob).await? {
+            inner.store.put_chunk_map(blob, &m).await?;
+        }
+    }
+    let layout = inner
+        .store
+        .layout(&blob)
+        .ok_or(SwarmError::NoChunkMap(blob))?;
+    let _ = inner.commands.send(Command::Provide(blob)).await;
+    let count = layout.chunk_count();
+    let have = inner
+        .store
+        .bitfield(&blob)
+        .filter(|b| b.len() == count)
+        .unwrap_or_else(|| Bitfield::new(count));
+    let seed = {
+        let b = inner.local_peer.to_bytes();
+        let mut x = [0u8; 8];
+        for (i, byte) in b.iter().rev().take(8).enumerate() {
+            x[i] = *byte;
+        }
+        u64::from_le_bytes(x)
+            ^ u64::from_le_bytes(blob.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    };
+    let mut picker: Picker<PeerId> = Picker::new(PickerConfig {
+        max_in_flight_per_peer: inner.requests_per_peer,
+        window_chunks: inner.deadline_window,
+        endgame_threshold: ENDGAME_THRESHOLD,
+        max_requests_per_chunk: ENDGAME_REQUESTS_PER_CHUNK,
+        endgame_min_age_ms: ENDGAME_MIN_AGE.as_millis() as u64,
+        seed,
+        timeout_base_ms: inner.stall_base.as_millis() as u64,
+        timeout_ms_per_mib: (1_000u64 << 20) / inner.stall_min_rate,
+        ..PickerConfig::default()
+    });
+    picker
+        .add_blob(blob, layout.size, layout.chunk_size, have)
+        .map_err(|e| SwarmError::Config(e.to_string()))?;
+    let _ = picker.set_digests_known(&blob, layout.digests_known);
+
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
+    let mut sessions: HashMap<PeerId, Session> = HashMap::new();
+    let mut backoff: HashMap<PeerId, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(COORDINATOR_TICK);
+    let started = Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
+    let mut last_discovery: Option<Instant> = None;
+    let mut last_providers: Option<Instant> = None;
+    let session_cancel = inner.shutdown.child_token();
+    let _guard = session_cancel.clone().drop_guard();
+
+    while !inner.store.is_complete(&blob) {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return Err(SwarmError::Shutdown),
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { return Err(SwarmError::Shutdown) };
+                match ev {
+                    Event::Candidates(list) => {
+                        for peer in list {
+                            if peer == inner.local_peer
+                                || sessions.contains_key(&peer)
+                                || sessions.len() >= inner.max_download_peers
+                                || backoff.get(&peer).is_some_and(|t| *t > Instant::now())
+                            {
+                                continue;
+                            }
+                            let (tx, rx) = mpsc::channel(inner.requests_per_peer * 2);
+                            let cancel = session_cancel.child_token();
+                            sessions.insert(peer, Session { tx, cancel: cancel.clone() });
+                            picker.add_peer(peer);
+                            tokio::spawn(session(inner.clone(), peer, blob, layout, rx, ev_tx.clone(), cancel));
+                        }
+                    }
+                    Event::Bitfield(peer, bits) => {
+                        if sessions.contains_key(&peer) {
+                            let _ = picker.peer_bitfield(&peer, &blob, bits);
+                        }
+                    }
+                    Event::Have(peer, list) => {
+                        if sessions.contains_key(&peer) {
+                            for i in list {
+                                let _ = picker.peer_has(&peer, &blob, i);
+                            }
+                        }
+                    }
+                    Event::Stored(peer, index, outcome) => {
+                        // Endgame duplicates still outstanding elsewhere
+                        // are cancelled (an answer already under way is
+                        // read and dropped).
+                        if let Ok(others) = picker.chunk_received(&blob, index, Some(&peer)) {
+                            cancel_requests(&sessions, others);
+                        }
+                        picker.peer_progressed(&peer, now_ms());
+                        if outcome == ChunkWrite::BlobComplete {
+                            break;
+                        }
+                    }
+                    Event::Corrupt(peer, index, reason) => {
+                        warn!(%peer, %blob, index, %reason, "bad chunk; banning sender");
+                        inner.metrics.bad_chunks.inc();
+                        let _ = inner.commands.try_send(Command::Ban(peer, format!("bad chunk {index} of {blob}: {reason}")));
+                        picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
+                        drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
+                    }
+                    Event::StoreFailed(peer, index, err) => {
+                        picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
+                        warn!(%blob, index, error = %err, "store failed to take a chunk");
+                        if matches!(err, ChunkStoreError::BlobCorrupt(_)) {
+                            return Err(SwarmError::Store(err));
+                        }
+                    }
+                    Event::Rejected(peer, index, why) => {
+                        inner.metrics.rejected_requests.inc();
+                        picker.request_failed(&peer, &blob, index, why, now_ms());
+                    }
+                    Event::Closed(peer, violation, unsupported) => {
+                        if let Some(reason) = violation {
+                            penalise(&inner, peer, &reason);
+                        }
+                        let wait = if unsupported { Duration::from_secs(60) } else { PEER_BACKOFF };
+                        drop_peer(&mut picker, &mut sessions, &mut backoff, peer, wait);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                // Stalls: a request outstanding past its size-scaled timeout
+                // means the peer stalled; its requests go elsewhere.
+                let mut stalled: Vec<PeerId> = picker.expire(now_ms()).into_iter().map(|r| r.peer).collect();
+                stalled.sort();
+                stalled.dedup();
+                for peer in stalled {
+                    info!(%peer, %blob, "peer stalled; reassigning its requests");
+                    inner.metrics.stalls.inc();
+                    drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(30));
+                }
+                // Chunks that landed by another path (this node's own
+                // registry pull after a failover, an import put whole) are
+                // not asked of peers any more.
+                if let (Some(held), Some(known)) = (inner.store.bitfield(&blob), picker.local_bitfield(&blob).cloned()) {
+                    if held.len() == known.len() {
+                        for index in held.iter_ones().filter(|i| !known.get(*i)) {
+                            if let Ok(others) = picker.chunk_received(&blob, index, None) {
+                                cancel_requests(&sessions, others);
+                            }
+                        }
+                    }
+                }
+                if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
+                    let _ = picker.set_cursor(&blob, c);
+                }
+                // Digests arrive while a gateway streams the blob in.
+                if let Some(l) = inner.store.layout(&blob) {
+                    let _ = picker.set_digests_known(&blob, l.digests_known);
+                }
+                // Discovery: connected peers often at first, providers less often.
+                let every = if now.duration_since(started) < Duration::from_secs(5) { Duration::from_millis(500) } else { Duration::from_secs(2) };
+                if last_discovery.is_none_or(|t| now.duration_since(t) >= every) {
+                    last_discovery = Some(now);
+                    let (tx, rx) = oneshot::channel();
+                    if inner.commands.try_send(Command::ConnectedPeers(tx)).is_ok() {
+                        let ev_tx = ev_tx.clone();
+                        tokio::spawn(async move {
+                            if let Ok(list) = rx.await { let _ = ev_tx.send(Event::Candidates(list)).await; }
+                        });
+                    }
+                }
+                if last_providers.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    last_providers = Some(now);
+                    let (tx, rx) = oneshot::channel();
+                    if inner.commands.try_send(Command::GetProviders(blob, tx)).is_ok() {
+                        let ev_tx = ev_tx.clone();
+                        tokio::spawn(async move {
+                            if let Ok(list) = rx.await { let _ = ev_tx.send(Event::Candidates(list)).await; }
+                        });
+                    }
+                }
+            }
+        }
+        for req in picker.next_requests(now_ms()) {
+            let sent = sessions
+                .get(&req.peer)
+                .is_some_and(|s| s.tx.try_send(SessionCommand::Request(req.index)).is_ok());
+            if !sent {
+                picker.request_failed(&req.peer, &blob, req.index, FailReason::Busy, now_ms());
+            }
+        }
+    }
+    session_cancel.cancel();
+    info!(%blob, "blob complete");
+    Ok(())
+}
+
+/// Tells each peer of `requests` that its answer is no longer wanted.
+fn cancel_requests(sessions: &HashMap<PeerId, Session>, requests: Vec<Request<PeerId>>) {
+    for r in requests {
+        if let Some(s) = sessions.get(&r.peer) {
+            // A full queue means the session is busy writing requests;
+            // the answer is then read and dropped instead.
+            let _ = s.tx.try_send(SessionCommand::Cancel(r.index));
+        }
+    }
+}
+
+fn drop_peer(
+    picker: &mut Picker<PeerId>,
+    sessions: &mut HashMap<PeerId, Session>,
+    backoff: &mut HashMap<PeerId, Instant>,
+    peer: PeerId,
+    wait: Duration,
+) {
+    if let Some(s) = sessions.remove(&peer) {
+        s.cancel.cancel();
+    }
+    // Its requests become requestable elsewhere; its bits leave the
+    // availability counts.
+    picker.remove_peer(&peer);
+    backoff.insert(peer, Instant::now() + wait);
+}
+
+/// Endgame begins when a blob has at most this many chunks missing.
+const ENDGAME_THRESHOLD: u32 = 8;
+/// Requests for one chunk at once in endgame.
+const ENDGAME_REQUESTS_PER_CHUNK: usize = 2;
+/// An in-flight chunk is duplicated in endgame only once its request is
+/// this old. At 0, every node of a 5-node locality received 2-7 chunks
+/// twice (5-10 % of a 46 MB layer) even with `Cancel`: the duplicates were
+/// of requests merely queued behind others at a holder whose uplink was
+/// busy. A holder answers a request in order within about
+/// `requests_per_peer` chunk times (4 x 84 ms for 1 MiB at 100 Mbit/s);
+/// one that takes longer than this is slow, and worth a second source.
+const ENDGAME_MIN_AGE: Duration = Duration::from_millis(750);
+/// The coordinator's clock: stall checks, cursor and digest updates,
+/// discovery.
+const COORDINATOR_TICK: Duration = Duration::from_millis(250);
+
+/// How often a download waiting for a chunk map checks whether the store
+/// learned the layout by other means (the gateway's resolution or digest
+/// gossip declares it): a cheap lookup; peers are re-asked only after
+/// `MAP_REASK`. At 250 ms this wait was a visible share of a node's start.
+const MAP_POLL: Duration = Duration::from_millis(50);
+/// How often DHT providers are looked up while waiting for a chunk map.
+const MAP_PROVIDERS_EVERY: Duration = Duration::from_millis(1250);
+/// How long a download waits for a chunk map at most.
+const MAP_WAIT: Duration = Duration::from_secs(60);
+
+/// Asks candidate peers for the chunk map of `blob` until one answers, or
+/// until the store learns the blob's layout some other way (`None`).
+async fn fetch_map<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+) -> Result<Option<ChunkMap>, SwarmError> {
+    // When each peer was last asked. A peer that lacked the map is asked
+    // again after MAP_REASK, not after a fixed number of rounds: a fresh
+    // release's manifest reaches the gateway a few hundred ms after the
+    // release reached everyone, and every node's first ask comes too early.
+    let mut asked: HashMap<PeerId, Instant> = HashMap::new();
+    let mut last_providers: Option<Instant> = None;
+    let started = Instant::now();
+    while started.elapsed() < MAP_WAIT {
+        // The layout may arrive meanwhile by other means (gateway gossip).
+        if inner.store.layout(&blob).is_some() {
+            return Ok(None);
+        }
+        // Connected peers first (no lookup), then DHT providers now and
+        // then, for holders this node is not connected to.
+        let (tx, rx) = oneshot::channel();
+        let mut candidates = Vec::new();
+        if inner
+            .commands
+            .send(Command::ConnectedPeers(tx))
+            .await
+            .is_ok()
+        {
+            candidates.extend(rx.await.unwrap_or_default());
+        }
+        if let Some(map) = ask_for_map(inner, blob, candidates, &mut asked).await {
+            return Ok(Some(map));
+        }
+        if last_providers.is_none_or(|t| t.elapsed() >= MAP_PROVIDERS_EVERY) {
+            last_providers = Some(Instant::now());
+            let (tx, rx) = oneshot::channel();
+            if inner
+                .commands
+                .send(Command::GetProviders(blob, tx))
+                .await
+                .is_ok()
+            {
+                if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
+                    if let Some(map) = ask_for_map(inner, blob, list, &mut asked).await {
+                        return Ok(Some(map));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return Err(SwarmError::Shutdown),
+            _ = tokio::time::sleep(MAP_POLL) => {}
+        }
+    }
+    Err(SwarmError::NoChunkMap(blob))
+}
+
+/// Asks each candidate not asked within [`MAP_REASK`] for `blob`'s chunk
+/// map; the first map a peer serves wins. Peers that answer with protocol
+/// violations are penalised.
+async fn ask_for_map<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    candidates: Vec<PeerId>,
+    asked: &mut HashMap<PeerId, Instant>,
+) -> Option<ChunkMap> {
+    for peer in candidates {
+        if asked.get(&peer).is_some_and(|t| t.elapsed() < MAP_REASK) {
+            continue;
+        }
+        asked.insert(peer, Instant::now());
+        match tokio::time::timeout(Duration::from_secs(10), get_map(inner, peer, blob)).await {
+            Ok(Ok(Some(map))) => return Some(map),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) if e.is_violation() => penalise(inner, peer, &e.to_string()),
+            _ => {}
+        }
+    }
+    None
+}
+
+async fn get_map<S: ChunkStore>(
+    inner: &Inner<S>,
+    peer: PeerId,
+    blob: Digest,
+) -> Result<Option<ChunkMap>, FrameError> {
+    let mut control = inner.control.clone();
+    let mut stream = control
+        .open_stream(peer, inner.protocols.chunks.clone())
+        .await
+        .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
+    let hello = StreamMessage::Hello(Hello {
+        protocol_version: wire::STREAM_VERSION,
+        blobs: vec![blob],
+    });
+    frame::write_message(&mut stream, &hello, &[]).await?;
+    let req = StreamMessage::ChunkMapRequest(ChunkMapRequest {
+        request_id: 1,
+        blob,
+    });
+    frame::write_message(&mut stream, &req, &[]).await?;
+    stream.flush().await?;
+    loop {
+        match frame::read_message(&mut stream).await? {
+            StreamMessage::Hello(_) | StreamMessage::Bitfield(_) | StreamMessage::Have(_) => {}
+            StreamMessage::ChunkMapResponse(resp) if resp.request_id == 1 && resp.blob == blob => {
+                return match resp.status {
+                    ChunkStatus::Ok { len } => {
+                        if len > MAX_CHUNK_MAP_BYTES as u64 {
+                            return Err(FrameError::violation("oversize chunk map"));
+                        }
+                        let mut body = vec![0u8; len as usize];
+                        stream.read_exact(&mut body).await?;
+                        let map = ChunkMap::decode(&body)
+                            .map_err(|e| FrameError::violation(e.to_string()))?;
+                        Ok(Some(map))
+                    }
+                    _ => Ok(None),
+                };
+            }
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} while awaiting a chunk map",
+                    other.kind()
+                )))
+            }
+        }
+    }
+}

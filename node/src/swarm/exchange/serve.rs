@@ -1,0 +1,476 @@
+//! The serving side: every inbound chunk stream gets a task (bounded); a
+//! reader half parses the requester's frames into a bounded queue, the
+//! writer half answers `Hello`, pushes bitfields and `Have`s, serves chunk
+//! maps and chunks under upload slots, the token bucket and seed sparing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgeswarm_protocol::wire::{
+    self, BitfieldMsg, ChunkMapResponse, ChunkResponse, ChunkStatus, Have, Hello, StreamMessage,
+};
+use edgeswarm_protocol::{Bitfield, Digest};
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::debug;
+
+use super::super::frame::{self, FrameError};
+use super::super::ChunkStore;
+use super::{lock, penalise, Inner, MAX_INBOUND_STREAMS, SERVER_QUEUE};
+
+pub(super) async fn accept_loop<S: ChunkStore>(
+    inner: Arc<Inner<S>>,
+    mut incoming: libp2p_stream::IncomingStreams,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    loop {
+        let next = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            n = incoming.next() => n,
+        };
+        let Some((peer, stream)) = next else { return };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!(%peer, "too many inbound chunk streams; dropping one");
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let cancel = inner.shutdown.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = serve_stream(&inner, peer, stream) => {
+                    if let Err(e) = r {
+                        if e.is_violation() {
+                            penalise(&inner, peer, &e.to_string());
+                        } else {
+                            debug!(%peer, error = %e, "chunk stream ended");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Most blobs one stream's `Hello` may bind.
+const MAX_HELLO_BLOBS: usize = 64;
+
+/// Requests parsed by a server's reader half.
+enum Incoming {
+    Hello(Vec<Digest>),
+    Map(u64, Digest),
+    Chunk(u64, Digest, u32),
+}
+
+/// Cancelled request ids one stream remembers at most (a requester keeps
+/// only a few requests outstanding; more is abuse and is ignored).
+const MAX_CANCELLED: usize = 64;
+
+async fn serve_reader<R: AsyncRead + Unpin>(
+    mut r: R,
+    tx: mpsc::Sender<Incoming>,
+    cancelled: &std::sync::Mutex<std::collections::HashSet<u64>>,
+) -> Result<(), FrameError> {
+    let mut hello = false;
+    loop {
+        let msg = match frame::read_message(&mut r).await {
+            Ok(m) => m,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        let incoming = match msg {
+            StreamMessage::Hello(h) if !hello => {
+                hello = true;
+                if h.blobs.len() > MAX_HELLO_BLOBS {
+                    return Err(FrameError::violation(format!(
+                        "Hello lists {} blobs",
+                        h.blobs.len()
+                    )));
+                }
+                Incoming::Hello(h.blobs)
+            }
+            StreamMessage::ChunkRequest(q) if hello => {
+                Incoming::Chunk(q.request_id, q.blob, q.index)
+            }
+            StreamMessage::ChunkMapRequest(q) if hello => Incoming::Map(q.request_id, q.blob),
+            StreamMessage::Cancel(c) if hello => {
+                // A request still queued is skipped without an answer; one
+                // already being answered completes (the requester reads
+                // and drops it).
+                let mut set = lock(cancelled);
+                if set.len() < MAX_CANCELLED {
+                    set.insert(c.request_id);
+                }
+                continue;
+            }
+            StreamMessage::Have(_) | StreamMessage::Bitfield(_) if hello => continue,
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} from a requester",
+                    other.kind()
+                )))
+            }
+        };
+        if tx.send(incoming).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn serve_stream<S: ChunkStore>(
+    inner: &Inner<S>,
+    peer: PeerId,
+    stream: Stream,
+) -> Result<(), FrameError> {
+    let (r, mut w) = stream.split();
+    let (tx, mut rx) = mpsc::channel(SERVER_QUEUE);
+    let cancelled = std::sync::Mutex::new(std::collections::HashSet::new());
+    let reader = serve_reader(r, tx, &cancelled);
+    let writer = async {
+        // Blobs the requester asked about, with the bitfield last sent.
+        let mut bound: Vec<(Digest, Option<Bitfield>)> = Vec::new();
+        // Registers this requester with super-seeding while the stream lives.
+        let mut binding = Binding {
+            inner,
+            peer,
+            blobs: Vec::new(),
+        };
+        // `Have`s go out as soon as the store verifies a chunk (every hop
+        // of a relay waits for them); the tick is the fallback for stores
+        // without events and after missed (lagged) events.
+        let mut events = inner.store.subscribe_events();
+        let period = if events.is_some() {
+            HAVE_POLL_EVENTED
+        } else {
+            HAVE_POLL
+        };
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                changed = next_stored(&mut events) => {
+                    let touched: Vec<usize> = match changed {
+                        Some(blob) => bound.iter().position(|(b, _)| *b == blob).into_iter().collect(),
+                        None => (0..bound.len()).collect(),
+                    };
+                    if !touched.is_empty() {
+                        for i in touched {
+                            let (blob, sent) = &mut bound[i];
+                            push_haves(inner, peer, &mut w, blob, sent).await?;
+                        }
+                        w.flush().await?;
+                    }
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return Ok::<(), FrameError>(()) };
+                    match msg {
+                        Incoming::Hello(blobs) => {
+                            let known: Vec<Digest> = blobs.iter().copied().filter(|b| inner.store.bitfield(b).is_some()).collect();
+                            let hello = StreamMessage::Hello(Hello { protocol_version: wire::STREAM_VERSION, blobs: known });
+                            frame::write_message(&mut w, &hello, &[]).await?;
+                            bound = blobs.into_iter().map(|b| (b, None)).collect();
+                            binding.bind(bound.iter().map(|(b, _)| *b).collect());
+                            for (blob, sent) in bound.iter_mut() {
+                                push_haves(inner, peer, &mut w, blob, sent).await?;
+                            }
+                        }
+                        Incoming::Map(request_id, blob) => match inner.store.chunk_map(&blob) {
+                            Some(map) => {
+                                let bytes = map.encode();
+                                let resp = StreamMessage::ChunkMapResponse(ChunkMapResponse { request_id, blob, status: ChunkStatus::Ok { len: bytes.len() as u64 } });
+                                frame::write_message(&mut w, &resp, &bytes).await?;
+                            }
+                            None => {
+                                let resp = StreamMessage::ChunkMapResponse(ChunkMapResponse { request_id, blob, status: ChunkStatus::NotHave });
+                                frame::write_message(&mut w, &resp, &[]).await?;
+                            }
+                        },
+                        Incoming::Chunk(request_id, blob, index) => {
+                            // Requests are answered in order: ids up to
+                            // this one will not come again.
+                            let skip = {
+                                let mut set = lock(&cancelled);
+                                let skip = set.remove(&request_id);
+                                set.retain(|id| *id > request_id);
+                                skip
+                            };
+                            if skip {
+                                inner.metrics.cancelled_requests.inc();
+                                continue;
+                            }
+                            serve_chunk(inner, peer, &mut w, request_id, blob, index).await?;
+                        }
+                    }
+                    w.flush().await?;
+                }
+                _ = tick.tick() => {
+                    if !bound.is_empty() {
+                        for (blob, sent) in bound.iter_mut() {
+                            push_haves(inner, peer, &mut w, blob, sent).await?;
+                        }
+                        w.flush().await?;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+/// Chunks of at most this many bytes are never spared by an origin seed.
+const SPARE_MIN_CHUNK: u32 = 64 << 10;
+
+/// How often a server checks for newly verified chunks when its store
+/// has no events.
+const HAVE_POLL: Duration = Duration::from_millis(200);
+/// The same check when events announce chunks: only a safety net.
+const HAVE_POLL_EVENTED: Duration = Duration::from_secs(1);
+
+/// The blob of the next chunk verified or blob completed; `None` when
+/// events were missed (check every blob). Pends forever without events.
+async fn next_stored(
+    events: &mut Option<tokio::sync::broadcast::Receiver<crate::store::StoreEvent>>,
+) -> Option<Digest> {
+    use crate::store::StoreEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(rx) = events.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(StoreEvent::ChunkStored { blob, .. }) | Ok(StoreEvent::BlobComplete { blob }) => {
+                return Some(blob)
+            }
+            Ok(StoreEvent::BlobFailed { .. }) => continue,
+            Err(RecvError::Lagged(_)) => return None,
+            Err(RecvError::Closed) => {
+                *events = None;
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Counts a request waiting for an upload slot, also when its future is
+/// dropped while waiting (the peer's stream closed).
+struct WaitingGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaitingGuard<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        WaitingGuard(counter)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The blobs a requester's stream bound, registered with super-seeding
+/// ([`super::offers`]) until the stream ends.
+struct Binding<'a, S> {
+    /// The exchange.
+    inner: &'a Inner<S>,
+    /// The requester.
+    peer: PeerId,
+    /// Blobs registered.
+    blobs: Vec<Digest>,
+}
+
+impl<S> Binding<'_, S> {
+    fn bind(&mut self, blobs: Vec<Digest>) {
+        self.unbind_all();
+        let now = Instant::now();
+        let mut offers = lock(&self.inner.offers);
+        for blob in &blobs {
+            offers.bind(*blob, self.peer, now);
+        }
+        self.blobs = blobs;
+    }
+
+    fn unbind_all(&mut self) {
+        let mut offers = lock(&self.inner.offers);
+        for blob in self.blobs.drain(..) {
+            offers.unbind(&blob, &self.peer);
+        }
+    }
+}
+
+impl<S> Drop for Binding<'_, S> {
+    fn drop(&mut self) {
+        self.unbind_all();
+    }
+}
+
+/// What we advertise for `blob` to `peer`: verified chunks; of an origin
+/// blob with seed sparing on, only those offered to this requester
+/// (super-seeding); everything when injecting the corrupt-uploads fault.
+fn advertised<S: ChunkStore>(inner: &Inner<S>, peer: PeerId, blob: &Digest) -> Option<Bitfield> {
+    let bits = inner.store.bitfield(blob)?;
+    if inner.corrupt_uploads {
+        return Some(Bitfield::full(bits.len()));
+    }
+    if inner.seed_sparing.is_none() || lock(&inner.downloaded).contains(blob) {
+        return Some(bits);
+    }
+    let recent = lock(&inner.recent_uploads);
+    let fetched = |index: u32| recent.contains_key(&(*blob, index));
+    Some(lock(&inner.offers).visible(blob, &peer, &bits, Instant::now(), fetched))
+}
+
+/// Sends the bitfield of `blob` the first time we know it, then `Have`
+/// for every chunk verified since the last call.
+async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
+    inner: &Inner<S>,
+    peer: PeerId,
+    w: &mut W,
+    blob: &Digest,
+    sent: &mut Option<Bitfield>,
+) -> Result<(), FrameError> {
+    let Some(mut now) = advertised(inner, peer, blob) else {
+        return Ok(());
+    };
+    // What was announced stays announced (an offer moved to another
+    // requester is not taken back: `Have` is monotonic).
+    if let Some(prev) = sent.as_ref().filter(|p| p.len() == now.len()) {
+        for i in prev.iter_ones() {
+            now.set(i);
+        }
+    }
+    match sent {
+        Some(prev) if prev.len() == now.len() => {
+            let new: Vec<u32> = now.iter_ones().filter(|i| !prev.get(*i)).collect();
+            for batch in new.chunks(wire::MAX_HAVE_BATCH) {
+                let have = StreamMessage::Have(Have {
+                    blob: *blob,
+                    indices: batch.to_vec(),
+                });
+                frame::write_message(w, &have, &[]).await?;
+            }
+        }
+        _ => {
+            let msg = StreamMessage::Bitfield(BitfieldMsg {
+                blob: *blob,
+                bitfield: now.clone(),
+            });
+            frame::write_message(w, &msg, &[]).await?;
+        }
+    }
+    *sent = Some(now);
+    Ok(())
+}
+
+async fn respond<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    request_id: u64,
+    status: ChunkStatus,
+) -> Result<(), FrameError> {
+    let msg = StreamMessage::ChunkResponse(ChunkResponse { request_id, status });
+    frame::write_message(w, &msg, &[]).await
+}
+
+async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
+    inner: &Inner<S>,
+    peer: PeerId,
+    w: &mut W,
+    request_id: u64,
+    blob: Digest,
+    index: u32,
+) -> Result<(), FrameError> {
+    // The layout suffices: a partial blob's verified chunks are served
+    // while its later digests are still unknown.
+    let Some(layout) = inner.store.layout(&blob) else {
+        return respond(w, request_id, ChunkStatus::NotHave).await;
+    };
+    let Some(len) = layout.chunk_len(index) else {
+        let message = wire::truncate_message(&format!("chunk {index} out of range"));
+        return respond(w, request_id, ChunkStatus::Error { message }).await;
+    };
+    // All slots busy and enough requests already waiting: say Busy, and the
+    // requester asks a less loaded holder at once. Queued without bound, a
+    // request on a slow link waited past the requester's stall timeout; the
+    // requester then dropped this peer and asked again elsewhere.
+    if inner.upload_slots.available_permits() == 0
+        && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
+    {
+        return respond(w, request_id, ChunkStatus::Busy).await;
+    }
+    let _slot = {
+        let _waiting = WaitingGuard::enter(&inner.upload_waiting);
+        inner
+            .upload_slots
+            .acquire()
+            .await
+            .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?
+    };
+    let bytes = if inner.corrupt_uploads {
+        Bytes::from(vec![0xA5u8; len as usize])
+    } else {
+        // Seed sparing (super-seeding): an origin seed, one that holds
+        // chunks it did not download from peers (a seed, or a gateway while
+        // the blob still streams in from the registry), uploads each chunk
+        // once per period and answers TryElsewhere meanwhile, so different
+        // peers get different chunks and fetch the rest from each other;
+        // unless the peer it went to has disconnected.
+        // Small chunks (manifests, configs) are not spared: they cost the
+        // seed little, and each extra hop delays every node's start.
+        if let Some(period) = inner.seed_sparing.filter(|_| len > SPARE_MIN_CHUNK) {
+            let origin = !lock(&inner.downloaded).contains(&blob);
+            if origin {
+                let now = Instant::now();
+                let recently = {
+                    let mut recent = lock(&inner.recent_uploads);
+                    if recent.len() > 1 << 20 {
+                        recent.retain(|_, (t, _)| now.duration_since(*t) < period);
+                    }
+                    let spared = match recent.get(&(blob, index)) {
+                        Some((t, to)) => {
+                            now.duration_since(*t) < period
+                                && *to != peer
+                                && lock(&inner.connected).contains(to)
+                        }
+                        None => false,
+                    };
+                    if !spared {
+                        recent.insert((blob, index), (now, peer));
+                    }
+                    spared
+                };
+                if recently {
+                    return respond(w, request_id, ChunkStatus::TryElsewhere).await;
+                }
+            }
+        }
+        match inner.store.read_chunk(blob, index).await {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(%blob, index, error = %e, "cannot serve chunk");
+                return respond(w, request_id, ChunkStatus::NotHave).await;
+            }
+        }
+    };
+    if let Some(bucket) = &inner.bucket {
+        bucket.take(bytes.len() as u64).await;
+    }
+    let head = StreamMessage::ChunkResponse(ChunkResponse {
+        request_id,
+        status: ChunkStatus::Ok {
+            len: bytes.len() as u64,
+        },
+    });
+    frame::write_message(w, &head, &bytes).await?;
+    inner.metrics.chunks_uploaded.inc();
+    inner.metrics.bytes_uploaded.inc_by(bytes.len() as u64);
+    debug!(%peer, %blob, index, "served chunk");
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! A download session: one stream to one peer for one blob. Its writer
+//! sends `Hello` and pipelined `ChunkRequest`s; its reader takes
+//! `Bitfield`, `Have` and `ChunkResponse` frames, reads each payload into a
+//! chunk-sized buffer and has the store verify and write it off the read
+//! path, reporting to the download coordinator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgeswarm_protocol::picker::FailReason;
+use edgeswarm_protocol::wire::{self, Cancel, ChunkRequest, ChunkStatus, Hello, StreamMessage};
+use edgeswarm_protocol::Digest;
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::super::chunkstore::BlobLayout;
+use super::super::frame::{self, FrameError};
+use super::super::{ChunkStore, ChunkStoreError, ChunkWrite};
+use super::download::Event;
+use super::{lock, Inner, STORE_WRITES_PER_SESSION};
+
+/// What a download coordinator asks of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SessionCommand {
+    /// Request this chunk.
+    Request(u32),
+    /// The chunk arrived from elsewhere: tell the peer not to send it
+    /// (endgame duplicates, chunks landed by another path).
+    Cancel(u32),
+}
+
+/// Requests of one session: those sent and not yet answered, and those
+/// cancelled whose answer (if the server had already begun it) is read
+/// and discarded.
+#[derive(Default)]
+struct Requests {
+    /// Request id -> chunk index, awaiting an answer.
+    outstanding: HashMap<u64, u32>,
+    /// Request id -> chunk index, cancelled; the server may still answer.
+    cancelled: HashMap<u64, u32>,
+}
+
+/// Shared between a session's writer and reader halves.
+type Outstanding = Arc<Mutex<Requests>>;
+
+/// Cancelled request ids remembered per session at most: a server answers
+/// a requester in order, so ids older than this many cancellations were
+/// skipped or answered long ago (each session has at most
+/// `requests_per_peer` requests outstanding).
+const MAX_CANCELLED: usize = 256;
+
+/// One download session with one peer for one blob.
+pub(super) async fn session<S: ChunkStore>(
+    inner: Arc<Inner<S>>,
+    peer: PeerId,
+    blob: Digest,
+    layout: BlobLayout,
+    requests: mpsc::Receiver<SessionCommand>,
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+) {
+    let mut control = inner.control.clone();
+    let open = control.open_stream(peer, inner.protocols.chunks.clone());
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = tokio::time::timeout(Duration::from_secs(10), open) => r,
+    };
+    let stream = match outcome {
+        Ok(Ok(s)) => s,
+        Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
+            let _ = events.send(Event::Closed(peer, None, true)).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "cannot open chunk stream");
+            let _ = events.send(Event::Closed(peer, None, false)).await;
+            return;
+        }
+        Err(_) => {
+            let _ = events.send(Event::Closed(peer, None, false)).await;
+            return;
+        }
+    };
+    let (r, w) = stream.split();
+    let outstanding: Outstanding = Arc::new(Mutex::new(Requests::default()));
+    let res = tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = session_writer(w, blob, requests, outstanding.clone()) => r,
+        r = session_reader(&inner, r, peer, blob, &layout, &events, &outstanding) => r,
+    };
+    let violation = match res {
+        Err(e) if e.is_violation() => Some(e.to_string()),
+        Err(e) => {
+            debug!(%peer, error = %e, "chunk session ended");
+            None
+        }
+        Ok(()) => None,
+    };
+    let _ = events.send(Event::Closed(peer, violation, false)).await;
+}
+
+async fn session_writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    blob: Digest,
+    mut requests: mpsc::Receiver<SessionCommand>,
+    outstanding: Outstanding,
+) -> Result<(), FrameError> {
+    let hello = StreamMessage::Hello(Hello {
+        protocol_version: wire::STREAM_VERSION,
+        blobs: vec![blob],
+    });
+    frame::write_message(&mut w, &hello, &[]).await?;
+    w.flush().await?;
+    let mut next_id: u64 = 0;
+    while let Some(command) = requests.recv().await {
+        let msg = match command {
+            SessionCommand::Request(index) => {
+                next_id += 1;
+                lock(&outstanding).outstanding.insert(next_id, index);
+                StreamMessage::ChunkRequest(ChunkRequest {
+                    request_id: next_id,
+                    blob,
+                    index,
+                })
+            }
+            SessionCommand::Cancel(index) => {
+                let mut requests = lock(&outstanding);
+                let Some(id) = requests
+                    .outstanding
+                    .iter()
+                    .find(|(_, i)| **i == index)
+                    .map(|(id, _)| *id)
+                else {
+                    continue; // answered meanwhile
+                };
+                requests.outstanding.remove(&id);
+                if requests.cancelled.len() >= MAX_CANCELLED {
+                    let oldest = requests.cancelled.keys().min().copied();
+                    if let Some(oldest) = oldest {
+                        requests.cancelled.remove(&oldest);
+                    }
+                }
+                requests.cancelled.insert(id, index);
+                StreamMessage::Cancel(Cancel { request_id: id })
+            }
+        };
+        frame::write_message(&mut w, &msg, &[]).await?;
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
+    inner: &Arc<Inner<S>>,
+    mut r: R,
+    peer: PeerId,
+    blob: Digest,
+    layout: &BlobLayout,
+    events: &mpsc::Sender<Event>,
+    outstanding: &Outstanding,
+) -> Result<(), FrameError> {
+    let count = layout.chunk_count();
+    let mut hello = false;
+    let writes = Arc::new(Semaphore::new(STORE_WRITES_PER_SESSION));
+    loop {
+        let msg = frame::read_message(&mut r).await?;
+        let ev = match msg {
+            StreamMessage::Hello(_) if !hello => {
+                hello = true;
+                continue;
+            }
+            StreamMessage::Bitfield(b) if hello => {
+                if b.blob != blob {
+                    continue; // about another blob we did not ask for: ignore
+                }
+                if b.bitfield.len() != count {
+                    return Err(FrameError::violation(format!(
+                        "bitfield of {} bits for {count} chunks",
+                        b.bitfield.len()
+                    )));
+                }
+                Event::Bitfield(peer, b.bitfield)
+            }
+            StreamMessage::Have(h) if hello => {
+                if h.blob != blob {
+                    continue;
+                }
+                if h.indices.iter().any(|i| *i >= count) {
+                    return Err(FrameError::violation("Have index out of range"));
+                }
+                Event::Have(peer, h.indices)
+            }
+            StreamMessage::ChunkResponse(resp) if hello => {
+                let (index, cancelled) = {
+                    let mut requests = lock(outstanding);
+                    match requests.outstanding.remove(&resp.request_id) {
+                        Some(index) => (index, false),
+                        None => match requests.cancelled.remove(&resp.request_id) {
+                            Some(index) => (index, true),
+                            None => {
+                                return Err(FrameError::violation(format!(
+                                    "response to unknown request {}",
+                                    resp.request_id
+                                )))
+                            }
+                        },
+                    }
+                };
+                if cancelled {
+                    // The server had begun the answer before our Cancel:
+                    // the chunk is already held, read past it.
+                    if let ChunkStatus::Ok { len } = resp.status {
+                        let expected = layout.chunk_len(index).ok_or_else(|| {
+                            FrameError::violation(format!("chunk {index} out of range"))
+                        })?;
+                        if len != expected as u64 {
+                            return Err(FrameError::violation(format!(
+                                "chunk {index} of {len} bytes, expected {expected}"
+                            )));
+                        }
+                        skip_payload(&mut r, len).await?;
+                        inner.metrics.duplicate_chunks.inc();
+                    }
+                    continue;
+                }
+                match resp.status {
+                    ChunkStatus::Ok { len } => {
+                        let expected = layout.chunk_len(index).ok_or_else(|| {
+                            FrameError::violation(format!("chunk {index} out of range"))
+                        })?;
+                        if len != expected as u64 {
+                            return Err(FrameError::violation(format!(
+                                "chunk {index} of {len} bytes, expected {expected}"
+                            )));
+                        }
+                        let mut buf = vec![0u8; expected as usize];
+                        r.read_exact(&mut buf).await?;
+                        // Verify and store off the read path, so the next
+                        // chunk streams in meanwhile (bounded per session).
+                        let permit =
+                            writes.clone().acquire_owned().await.map_err(|_| {
+                                FrameError::Io(std::io::ErrorKind::BrokenPipe.into())
+                            })?;
+                        let inner = inner.clone();
+                        let events = events.clone();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let ev = match inner
+                                .store
+                                .write_chunk(blob, index, Bytes::from(buf))
+                                .await
+                            {
+                                Ok(outcome) => {
+                                    if outcome == ChunkWrite::AlreadyHad {
+                                        inner.metrics.duplicate_chunks.inc();
+                                    } else {
+                                        inner.metrics.chunks_downloaded.inc();
+                                        inner.metrics.bytes_downloaded.inc_by(expected as u64);
+                                        inner.metrics.record_source(peer);
+                                    }
+                                    Event::Stored(peer, index, outcome)
+                                }
+                                Err(ChunkStoreError::Corrupt(reason)) => {
+                                    Event::Corrupt(peer, index, reason)
+                                }
+                                Err(e) => Event::StoreFailed(peer, index, e),
+                            };
+                            let _ = events.send(ev).await;
+                        });
+                        continue;
+                    }
+                    ChunkStatus::NotHave => Event::Rejected(peer, index, FailReason::NotHave),
+                    // At its upload limit: leave the peer alone briefly.
+                    ChunkStatus::Busy => Event::Rejected(peer, index, FailReason::Busy),
+                    // Seed sparing and errors: ask another holder of this
+                    // chunk (the picker comes back here if there is none).
+                    ChunkStatus::TryElsewhere | ChunkStatus::Error { .. } => {
+                        Event::Rejected(peer, index, FailReason::Error)
+                    }
+                }
+            }
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} from a server",
+                    other.kind()
+                )))
+            }
+        };
+        if events.send(ev).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads and drops `len` payload bytes (an answer nobody wants any more).
+async fn skip_payload<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> Result<(), FrameError> {
+    let mut left = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
