@@ -10,7 +10,8 @@
 #     --build-arg RUNTIME_IMAGE=edgeswarm-base:local --build-arg INSTALL_PACKAGES=0 \
 #     -t edgeswarm:local .
 
-# 1.89: the newest rust-version in Cargo.lock (uuid 1.29); the workspace says 1.88.
+# 1.89: the workspace's rust-version, which is also the newest rust-version
+# of a locked dependency (uuid 1.29).
 ARG RUST_VERSION=1.89
 ARG BUILDER_IMAGE=rust:${RUST_VERSION}-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
@@ -21,12 +22,17 @@ WORKDIR /src
 COPY . .
 # A builder image that already has /out/edgeswarm (the offline base) skips
 # the build. Otherwise: edgeswarm, edgeswarm-bootstrap and the test-image
-# pusher (node/examples/push_test_image.rs), release mode.
+# pusher (node/examples/push_test_image.rs), release mode, in three cargo
+# runs: cargo unifies a package's features over everything one run builds,
+# so together the bootstrap would link the whole node and edgeswarm the
+# test support (feature test-support) that the pusher needs.
 RUN if [ -x /out/edgeswarm ]; then \
         echo "using prebuilt binaries in /out"; \
     else \
-        cargo build --release --locked -p edgeswarm-node -p edgeswarm-bootstrap \
-            --bins --example push_test_image \
+        cargo build --release --locked -p edgeswarm-node --bin edgeswarm \
+        && cargo build --release --locked -p edgeswarm-bootstrap \
+        && cargo build --release --locked -p edgeswarm-node --features test-support \
+            --example push_test_image \
         && mkdir -p /out \
         && cp target/release/edgeswarm target/release/edgeswarm-bootstrap /out/ \
         && cp target/release/examples/push_test_image /out/edgeswarm-push-test-image; \

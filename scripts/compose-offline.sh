@@ -88,8 +88,13 @@ base_etc() {
 
 build_binaries() {
     log "(a) cargo build --release (target dir $TARGET_DIR)"
-    cargo build --release --locked -p edgeswarm-node -p edgeswarm-bootstrap \
-        --bins --example push_test_image
+    # Three runs, as in the Dockerfile: one run would unify the node's
+    # features, giving the bootstrap the whole node and edgeswarm the
+    # test support the pusher needs.
+    cargo build --release --locked -p edgeswarm-node --bin edgeswarm
+    cargo build --release --locked -p edgeswarm-bootstrap
+    cargo build --release --locked -p edgeswarm-node --features test-support \
+        --example push_test_image
 }
 
 build_base_image() {

@@ -3,7 +3,8 @@
 //! 1. raw TCP copy of N MiB over loopback (the ceiling);
 //! 2. single-pair chunk throughput: a seed process serves an N MiB blob,
 //!    this process fetches it through the swarm (TCP + noise + yamux,
-//!    libp2p-stream, verified and written to a directory store), without
+//!    libp2p-stream, verified and written to the node's chunk store,
+//!    `node::store::Store`), without
 //!    and with a swarm key (pnet);
 //! 3. peak RSS of the fetching node while it receives a 1 GiB blob.
 //!
@@ -16,8 +17,9 @@ use std::io::{BufRead as _, Read, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use edgeswarm_node::store::{Store, StoreConfig};
 use edgeswarm_node::swarm::keys::generate_swarm_key;
-use edgeswarm_node::swarm::{DirStore, Node, SwarmConfig};
+use edgeswarm_node::swarm::{Node, SwarmConfig};
 use edgeswarm_protocol::{ChunkMap, ChunkMapBuilder, ChunkSize, Digest};
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,16 +85,37 @@ fn cfg(dir: &Path, key: Option<&Path>, boot: Vec<libp2p::Multiaddr>) -> SwarmCon
     c
 }
 
+async fn open_store(dir: &Path) -> Store {
+    Store::open(dir.join("store"), StoreConfig::default())
+        .await
+        .unwrap()
+}
+
+/// Stores a generated blob chunk by chunk (each verified), never holding
+/// more than one chunk.
+async fn import(store: &Store, digest: Digest, map: &ChunkMap, mut gen: Gen) {
+    store.put_chunk_map(digest, map).await.unwrap();
+    for index in 0..map.chunk_count() {
+        let mut buf = vec![0u8; map.chunk_len(index).unwrap() as usize];
+        gen.read_exact(&mut buf).unwrap();
+        store
+            .write_chunk(digest, index, bytes::Bytes::from(buf))
+            .await
+            .unwrap();
+    }
+    assert!(store.is_complete(&digest));
+}
+
 /// Child mode: seed a generated blob, print `addr digest`, serve until
 /// stdin closes.
 async fn seed_child(mib: u64, key: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::open(dir.path().join("store")).await.unwrap();
+    let store = open_store(dir.path()).await;
     let len = mib << 20;
     let (digest, map) = tokio::task::spawn_blocking(move || chunk_map_of(7, len))
         .await
         .unwrap();
-    store.import(digest, &map, Gen::new(7, len)).await.unwrap();
+    import(&store, digest, &map, Gen::new(7, len)).await;
     let key = key.map(std::path::PathBuf::from);
     let (client, task) = Node::start(cfg(dir.path(), key.as_deref(), vec![]), store)
         .await
@@ -139,7 +162,7 @@ async fn pair(mib: u64, key: Option<&Path>) -> PairResult {
     let seed_setup = t_setup.elapsed();
 
     let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::open(dir.path().join("store")).await.unwrap();
+    let store = open_store(dir.path()).await;
     let (client, task) = Node::start(cfg(dir.path(), key, vec![addr]), store)
         .await
         .unwrap();

@@ -10,8 +10,9 @@
 //! - [`store`]: the content-addressed, crash-safe chunk store under
 //!   `--data-dir` (per-blob bitfields, resume, quota and GC).
 //! - [`registry`]: the OCI Distribution pull client the gateway uses
-//!   (references, platforms, auth, resumable blob streams), and test
-//!   support to build and push images to a real registry.
+//!   (references, platforms, auth, resumable blob streams), and (feature
+//!   `test-support`) test support to build and push images to a real
+//!   registry.
 //! - [`import`]: the streaming import pipeline: verified layer bytes ->
 //!   decompression -> diff_id check -> Docker, a rootfs directory or an
 //!   OCI layout.
@@ -33,6 +34,15 @@
 //! report the image done, and `operator.rs` renders status as progress
 //! bars or plain lines.
 //!
+//! ## Features
+//!
+//! `store` and `swarm` are always built. The default feature `full` adds
+//! `registry`, `import`, `daemon` and `api` (each also a feature of its
+//! own) and the CLI's crates; the `edgeswarm` binary requires it. The
+//! bootstrap peer depends on the node without default features: the swarm
+//! and nothing of reqwest, bollard or axum. `test-support` adds
+//! `registry::testing` and the swarm's fault injection, for tests only.
+//!
 //! ## Goals
 //!
 //! - Near the physical limit: one image over the cloud link per locality,
@@ -47,9 +57,13 @@
 //! - Running containers (that is the runtime's job: Docker, runc, podman).
 //! - Building or pushing images to registries in production.
 
+#[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "import")]
 pub mod import;
+#[cfg(feature = "registry")]
 pub mod registry;
 pub mod store;
 pub mod swarm;

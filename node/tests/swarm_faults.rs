@@ -4,7 +4,6 @@ mod swarm_util;
 
 use std::time::Duration;
 
-use edgeswarm_node::swarm::ChunkStore;
 use swarm_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

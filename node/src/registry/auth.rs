@@ -1,4 +1,4 @@
-//! Registry credentials and the token flow's pieces.
+//! Registry credentials and the token flow.
 //!
 //! ## Credential sources
 //!
@@ -30,14 +30,31 @@
 //! [`Challenge::parse`] reads `WWW-Authenticate` (RFC 7235 auth-params,
 //! quoted or token values). [`TokenCache`] keeps bearer tokens per
 //! (registry, scope) until shortly before their expiry.
+//!
+//! ## The token flow
+//!
+//! `impl RegistryClient` (at the end of this file) keeps the auth scheme
+//! learned per API host (from the `/v2/` probe or a 401), looks each
+//! registry's credentials up once, and builds a request's `Authorization`:
+//! Basic from the credentials, or a bearer token from the cache or fetched
+//! from the challenge's realm (`GET ?service=&scope=` anonymously or with
+//! Basic credentials; `POST` of a refresh token for identity tokens).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::{Response, StatusCode, Url};
 use serde::Deserialize;
+use tracing::debug;
+
+use super::client::{error_detail, RegistryClient};
+use super::error::RegistryError;
+use super::reference::Reference;
 
 /// Credentials for one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -493,6 +510,237 @@ pub(crate) struct TokenResponse {
     pub(crate) access_token: Option<String>,
     #[serde(default)]
     pub(crate) expires_in: Option<u64>,
+}
+
+impl RegistryClient {
+    pub(super) fn set_scheme(
+        &self,
+        host: &str,
+        challenge: Option<Challenge>,
+        only_if_absent: bool,
+    ) {
+        let mut schemes = self.inner.schemes.lock().unwrap_or_else(|p| p.into_inner());
+        if only_if_absent && schemes.contains_key(host) {
+            return;
+        }
+        schemes.insert(host.to_owned(), challenge);
+    }
+
+    pub(super) fn scheme(&self, host: &str) -> Option<Option<Challenge>> {
+        let schemes = self.inner.schemes.lock().unwrap_or_else(|p| p.into_inner());
+        schemes.get(host).cloned()
+    }
+
+    async fn credentials(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<Credentials>, RegistryError> {
+        let mut cache = self.inner.credentials.lock().await;
+        if let Some(c) = cache.get(&reference.registry) {
+            return Ok(c.clone());
+        }
+        let creds = self
+            .inner
+            .config
+            .credentials
+            .credentials_for(&reference.registry)
+            .await
+            .map_err(|source| RegistryError::Credentials {
+                reference: reference.to_string(),
+                source,
+            })?;
+        cache.insert(reference.registry.clone(), creds.clone());
+        Ok(creds)
+    }
+
+    pub(super) fn scope(reference: &Reference) -> String {
+        format!("repository:{}:pull", reference.repository)
+    }
+
+    /// The Authorization header for the registry as currently known.
+    pub(super) async fn authorization(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        let Some(Some(challenge)) = self.scheme(reference.api_host()) else {
+            return Ok(None);
+        };
+        let value = match challenge {
+            Challenge::Basic => match self.credentials(reference).await? {
+                Some(creds) => creds.basic_header(),
+                None => None,
+            },
+            Challenge::Bearer { realm, service, .. } => {
+                let scope = Self::scope(reference);
+                let token = match self.inner.tokens.get(reference.api_host(), &scope) {
+                    Some(token) => token,
+                    None => {
+                        self.fetch_token(reference, &realm, service.as_deref(), &scope)
+                            .await?
+                    }
+                };
+                Some(format!("Bearer {token}"))
+            }
+        };
+        Ok(value
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            }))
+    }
+
+    /// The token flow: GET realm?service=..&scope=.. (Basic creds or
+    /// anonymous), or POST a refresh token for identity tokens.
+    async fn fetch_token(
+        &self,
+        reference: &Reference,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<String, RegistryError> {
+        let token_err = |reason: String| RegistryError::Token {
+            reference: reference.to_string(),
+            realm: realm.to_owned(),
+            reason,
+        };
+        let mut url = Url::parse(realm).map_err(|e| RegistryError::BadUrl {
+            reference: reference.to_string(),
+            url: realm.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(token_err("realm is not an http(s) URL".into()));
+        }
+        let creds = self.credentials(reference).await?;
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let request = match &creds {
+                Some(Credentials::IdentityToken(refresh)) => {
+                    let mut form = vec![
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", refresh.as_str()),
+                        ("client_id", "edgeswarm"),
+                        ("scope", scope),
+                    ];
+                    if let Some(service) = service {
+                        form.push(("service", service));
+                    }
+                    let body = form
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", form_encode(v)))
+                        .collect::<Vec<_>>()
+                        .join("&");
+                    self.inner
+                        .http
+                        .post(url.clone())
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(body)
+                }
+                other => {
+                    {
+                        let mut q = url.query_pairs_mut();
+                        q.clear();
+                        if let Some(service) = service {
+                            q.append_pair("service", service);
+                        }
+                        q.append_pair("scope", scope);
+                    }
+                    let mut req = self.inner.http.get(url.clone());
+                    if let Some(header) = other.as_ref().and_then(Credentials::basic_header) {
+                        req = req.header(AUTHORIZATION, header);
+                    }
+                    req
+                }
+            };
+            let result = request
+                .timeout(self.inner.config.request_timeout)
+                .send()
+                .await;
+            let retry_reason = match result {
+                Ok(resp) if resp.status().is_success() => break resp,
+                Ok(resp)
+                    if resp.status().is_server_error()
+                        || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    format!("HTTP {}", resp.status())
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let detail = error_detail(resp).await;
+                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                        return Err(RegistryError::Unauthorized {
+                            reference: reference.to_string(),
+                            what: "bearer token".into(),
+                            detail: format!(
+                                "token endpoint rejected the {} (HTTP {status}): {detail}",
+                                if creds.is_some() {
+                                    "credentials"
+                                } else {
+                                    "anonymous request"
+                                }
+                            ),
+                        });
+                    }
+                    return Err(token_err(format!("HTTP {status}: {detail}")));
+                }
+                Err(e) => e.to_string(),
+            };
+            if attempt >= self.inner.config.max_attempts {
+                return Err(token_err(format!(
+                    "after {attempt} attempts: {retry_reason}"
+                )));
+            }
+            self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(self.backoff(attempt)).await;
+        };
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| token_err(format!("reading answer: {e}")))?;
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| token_err(format!("bad JSON: {e}")))?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| token_err("answer has neither `token` nor `access_token`".into()))?;
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(1));
+        self.inner
+            .tokens
+            .put(reference.api_host(), scope, token.clone(), lifetime);
+        debug!(
+            registry = reference.api_host(),
+            scope,
+            ?lifetime,
+            "bearer token obtained"
+        );
+        Ok(token)
+    }
+}
+
+pub(super) fn challenge_of(resp: &Response) -> Option<Challenge> {
+    resp.headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(Challenge::parse)
+}
+
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -7,14 +7,23 @@
 //! - [`reference`](mod@reference): Docker's image reference grammar ([`Reference`]).
 //! - [`platform`]: `OS/ARCH[/VARIANT]` and index entry selection ([`Platform`]).
 //! - [`manifest`]: serde types for manifests, indexes and configs, media types.
+//! - [`config`]: [`RegistryConfig`]: insecure registries (and the loopback
+//!   rule), the credential source, retry, timeout and size settings.
 //! - [`auth`]: credentials (`~/.docker/config.json`, `--registry-auth FILE`,
-//!   credential helpers), `WWW-Authenticate` parsing, the token cache.
-//! - [`client`]: [`RegistryClient`]: `/v2/` probe, manifests with the full
-//!   Accept list and digest checks, platform resolution, config fetch,
-//!   resumable blob streams, retries, byte counters.
-//! - [`testing`]: builds realistic multi-layer images from this machine's
-//!   files and pushes them; runs a real `docker-registry` for tests. Compiled
-//!   into the library because the testnet reuses it.
+//!   credential helpers), `WWW-Authenticate` parsing, the token cache, and
+//!   the token flow (the `Authorization` of each request).
+//! - [`client`]: [`RegistryClient`], the request core: `/v2/` probe,
+//!   redirects, retries and backoff, re-authentication, status mapping,
+//!   size-limited documents, byte counters.
+//! - [`resolve`]: manifests with the full Accept list and digest checks,
+//!   platform resolution, config fetch ([`ResolvedImage`]).
+//! - [`stream`]: resumable blob streams ([`BlobStream`]).
+//! - `testing` (feature `test-support` only): builds realistic multi-layer
+//!   images from this machine's files and pushes them; runs a real
+//!   `docker-registry` for tests. A library module rather than
+//!   `#[cfg(test)]` because the node's integration tests, benches and
+//!   example and the testnet reuse it; behind a feature so no shipped
+//!   binary contains it.
 //!
 //! ## Goals
 //!
@@ -46,18 +55,22 @@
 
 pub mod auth;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod manifest;
 pub mod platform;
 pub mod reference;
+pub mod resolve;
+pub mod stream;
+#[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use auth::{Challenge, CredentialError, Credentials, DockerConfig};
-pub use client::{
-    BlobStream, FetchedManifest, LayerDescriptor, RegistryClient, RegistryConfig, RegistryStats,
-    ResolvedImage,
-};
+pub use client::{RegistryClient, RegistryStats};
+pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::Compression;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
+pub use resolve::{FetchedManifest, LayerDescriptor, ResolvedImage};
+pub use stream::BlobStream;

@@ -1,8 +1,10 @@
 //! Test support: build realistic images from this machine's files, push
 //! them to a registry, and run a real `docker-registry` on loopback.
 //!
-//! Compiled into the library (not `#[cfg(test)]`) because the testnet crate
-//! and benchmarks reuse it. Nothing here is used by the daemon itself.
+//! Compiled into the library only with the `test-support` feature (not
+//! `#[cfg(test)]`, because the node's integration tests, benches and example
+//! and the testnet crate reuse it). Nothing here is used by the daemon, and
+//! no shipped binary enables the feature.
 //!
 //! ## Layout
 //!

@@ -1,28 +1,27 @@
-//! What the swarm needs from a chunk store, and an interim directory store.
+//! What the swarm needs from a chunk store, and the two stores it runs on.
 //!
 //! The swarm is written against the [`ChunkStore`] trait rather than
-//! `node::store::Store` directly because the store lands on another branch
-//! in parallel; an adapter `impl ChunkStore for crate::store::Store` is a
-//! few lines once it is merged. The trait mirrors the agreed contract
-//! (CONTRACTS.md): chunk maps, bitfields of verified chunks, `write_chunk`
-//! that verifies before it records anything, `read_chunk` that re-verifies.
+//! `node::store::Store` directly so that it names only the operations it
+//! uses (and so the bootstrap peer can run it without any store): chunk
+//! maps and layouts, bitfields of verified chunks, `write_chunk` that
+//! verifies before it records anything, `read_chunk` that re-verifies.
 //!
-//! [`DirStore`] is a small, crash-safe implementation used by the swarm's
-//! tests and benches until the real store is merged: one directory per blob
-//! holding the encoded chunk map, a preallocated data file written with
-//! positional writes, and the bitfield of verified chunks (written after the
-//! chunk's bytes, atomically, so a crash can lose a chunk but never claim an
-//! unwritten one). Non-goals: quotas, GC, pins, readers.
+//! ## Layout
+//!
+//! - [`ChunkStore`], [`ChunkStoreError`] (whose fault a failure is),
+//!   [`ChunkWrite`] and [`BlobLayout`]: the contract.
+//! - `impl ChunkStore for crate::store::Store`: the node's real store, the
+//!   only one that holds bytes. Nodes, the swarm's tests and its benches
+//!   all run on it.
+//! - [`NoStore`]: an uninhabited store for the bootstrap peer, which serves
+//!   the DHT and the gossip mesh but never chunks (its exchange is never
+//!   started, so no value of this type ever exists).
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use edgeswarm_protocol::{Bitfield, ChunkMap, Digest};
-use sha2::Digest as _;
 
 /// Why a store operation failed, as far as the swarm cares: whether the
 /// peer that sent the bytes is at fault.
@@ -138,283 +137,6 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
     }
 }
 
-/// Interim crash-safe directory store (see the module docs).
-#[derive(Clone)]
-pub struct DirStore {
-    inner: Arc<DirInner>,
-}
-
-struct DirInner {
-    /// Root directory; one sub-directory per blob, named by hex digest.
-    root: PathBuf,
-    /// Known blobs.
-    blobs: Mutex<HashMap<Digest, Arc<BlobEntry>>>,
-}
-
-struct BlobEntry {
-    /// The blob's chunk map.
-    map: Arc<ChunkMap>,
-    /// The blob's directory.
-    dir: PathBuf,
-    /// Verified chunks and the whole-blob verdict.
-    state: Mutex<BlobState>,
-}
-
-struct BlobState {
-    bits: Bitfield,
-    complete: bool,
-}
-
-fn local(path: &Path, e: std::io::Error) -> ChunkStoreError {
-    ChunkStoreError::Local(format!("{}: {e}", path.display()))
-}
-
-impl DirStore {
-    /// Opens (or creates) a store under `root`, reloading every blob found.
-    pub async fn open(root: PathBuf) -> Result<Self, ChunkStoreError> {
-        tokio::task::spawn_blocking(move || Self::open_blocking(root))
-            .await
-            .map_err(|e| ChunkStoreError::Local(e.to_string()))?
-    }
-
-    fn open_blocking(root: PathBuf) -> Result<Self, ChunkStoreError> {
-        std::fs::create_dir_all(&root).map_err(|e| local(&root, e))?;
-        let mut blobs = HashMap::new();
-        for entry in std::fs::read_dir(&root).map_err(|e| local(&root, e))? {
-            let entry = entry.map_err(|e| local(&root, e))?;
-            let dir = entry.path();
-            let Some(Ok(blob)) = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map(Digest::parse_hex)
-            else {
-                continue;
-            };
-            let Ok(map_bytes) = std::fs::read(dir.join("map")) else {
-                continue;
-            };
-            let Ok(map) = ChunkMap::decode(&map_bytes) else {
-                continue;
-            };
-            let bits = std::fs::read(dir.join("bits"))
-                .ok()
-                .and_then(|b| Bitfield::from_bytes(map.chunk_count(), b).ok())
-                .unwrap_or_else(|| Bitfield::new(map.chunk_count()));
-            let complete = dir.join("complete").exists() && bits.is_complete();
-            blobs.insert(
-                blob,
-                Arc::new(BlobEntry {
-                    map: Arc::new(map),
-                    dir,
-                    state: Mutex::new(BlobState { bits, complete }),
-                }),
-            );
-        }
-        Ok(DirStore {
-            inner: Arc::new(DirInner {
-                root,
-                blobs: Mutex::new(blobs),
-            }),
-        })
-    }
-
-    fn entry(&self, blob: &Digest) -> Option<Arc<BlobEntry>> {
-        lock(&self.inner.blobs).get(blob).cloned()
-    }
-
-    /// Path of a complete blob's data file.
-    pub fn blob_path(&self, blob: &Digest) -> Option<PathBuf> {
-        let e = self.entry(blob)?;
-        let complete = lock(&e.state).complete;
-        complete.then(|| e.dir.join("data"))
-    }
-
-    /// Stores a whole blob from a reader (seeding in tests and benches):
-    /// declares `map` and writes every chunk, verifying each.
-    pub async fn import<R: std::io::Read + Send + 'static>(
-        &self,
-        blob: Digest,
-        map: &ChunkMap,
-        mut reader: R,
-    ) -> Result<(), ChunkStoreError> {
-        self.put_chunk_map(blob, map).await?;
-        for index in 0..map.chunk_count() {
-            let len = map
-                .chunk_len(index)
-                .map_err(|e| ChunkStoreError::Local(e.to_string()))? as usize;
-            let (r, buf) = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len];
-                let res = reader.read_exact(&mut buf);
-                (reader, res.map(|_| buf))
-            })
-            .await
-            .map_err(|e| ChunkStoreError::Local(e.to_string()))?;
-            reader = r;
-            let buf = buf.map_err(|e| ChunkStoreError::Local(e.to_string()))?;
-            self.write_chunk(blob, index, Bytes::from(buf)).await?;
-        }
-        Ok(())
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl ChunkStore for DirStore {
-    fn chunk_map(&self, blob: &Digest) -> Option<Arc<ChunkMap>> {
-        self.entry(blob).map(|e| e.map.clone())
-    }
-
-    fn bitfield(&self, blob: &Digest) -> Option<Bitfield> {
-        self.entry(blob).map(|e| lock(&e.state).bits.clone())
-    }
-
-    fn is_complete(&self, blob: &Digest) -> bool {
-        self.entry(blob).is_some_and(|e| lock(&e.state).complete)
-    }
-
-    fn cursor(&self, _blob: &Digest) -> u64 {
-        0
-    }
-
-    async fn put_chunk_map(&self, blob: Digest, map: &ChunkMap) -> Result<(), ChunkStoreError> {
-        if let Some(e) = self.entry(&blob) {
-            if *e.map == *map {
-                return Ok(());
-            }
-            return Err(ChunkStoreError::Local(format!(
-                "blob {blob} already declared with another chunk map"
-            )));
-        }
-        let dir = self.inner.root.join(blob.to_hex());
-        let map_bytes = map.encode();
-        let size = map.blob_size();
-        let d2 = dir.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ChunkStoreError> {
-            std::fs::create_dir_all(&d2).map_err(|e| local(&d2, e))?;
-            let data = d2.join("data");
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&data)
-                .map_err(|e| local(&data, e))?;
-            f.set_len(size).map_err(|e| local(&data, e))?;
-            let tmp = d2.join("map.tmp");
-            std::fs::write(&tmp, &map_bytes).map_err(|e| local(&tmp, e))?;
-            std::fs::rename(&tmp, d2.join("map")).map_err(|e| local(&tmp, e))?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| ChunkStoreError::Local(e.to_string()))??;
-        let mut blobs = lock(&self.inner.blobs);
-        blobs.entry(blob).or_insert_with(|| {
-            Arc::new(BlobEntry {
-                map: Arc::new(map.clone()),
-                dir,
-                state: Mutex::new(BlobState {
-                    bits: Bitfield::new(map.chunk_count()),
-                    complete: false,
-                }),
-            })
-        });
-        Ok(())
-    }
-
-    async fn write_chunk(
-        &self,
-        blob: Digest,
-        index: u32,
-        bytes: Bytes,
-    ) -> Result<ChunkWrite, ChunkStoreError> {
-        let e = self
-            .entry(&blob)
-            .ok_or(ChunkStoreError::UnknownBlob(blob))?;
-        if lock(&e.state).bits.get(index) {
-            return Ok(ChunkWrite::AlreadyHad);
-        }
-        let e2 = e.clone();
-        tokio::task::spawn_blocking(move || -> Result<ChunkWrite, ChunkStoreError> {
-            e2.map
-                .verify_chunk(index, &bytes)
-                .map_err(|err| ChunkStoreError::Corrupt(err.to_string()))?;
-            let offset = e2
-                .map
-                .chunk_range(index)
-                .map_err(|err| ChunkStoreError::Corrupt(err.to_string()))?
-                .start;
-            let data = e2.dir.join("data");
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&data)
-                .map_err(|err| local(&data, err))?;
-            f.write_all_at(&bytes, offset)
-                .map_err(|err| local(&data, err))?;
-            f.sync_data().map_err(|err| local(&data, err))?;
-            // Record the bit only after the bytes are durable.
-            let mut st = lock(&e2.state);
-            if !st.bits.set(index) {
-                return Ok(ChunkWrite::AlreadyHad);
-            }
-            let tmp = e2.dir.join("bits.tmp");
-            std::fs::write(&tmp, st.bits.as_bytes()).map_err(|err| local(&tmp, err))?;
-            std::fs::rename(&tmp, e2.dir.join("bits")).map_err(|err| local(&tmp, err))?;
-            if !st.bits.is_complete() {
-                return Ok(ChunkWrite::Stored);
-            }
-            drop(st);
-            // Whole-blob check, streamed from disk.
-            let mut file = std::fs::File::open(&data).map_err(|err| local(&data, err))?;
-            let mut hasher = sha2::Sha256::new();
-            std::io::copy(&mut file, &mut hasher).map_err(|err| local(&data, err))?;
-            let actual = Digest::from_bytes(hasher.finalize().into());
-            if actual != blob {
-                return Err(ChunkStoreError::BlobCorrupt(format!(
-                    "blob {blob} assembled to {actual}: chunk map is wrong"
-                )));
-            }
-            let marker = e2.dir.join("complete");
-            std::fs::write(&marker, b"").map_err(|err| local(&marker, err))?;
-            lock(&e2.state).complete = true;
-            Ok(ChunkWrite::BlobComplete)
-        })
-        .await
-        .map_err(|err| ChunkStoreError::Local(err.to_string()))?
-    }
-
-    async fn read_chunk(&self, blob: Digest, index: u32) -> Result<Bytes, ChunkStoreError> {
-        let e = self
-            .entry(&blob)
-            .ok_or(ChunkStoreError::UnknownBlob(blob))?;
-        if !lock(&e.state).bits.get(index) {
-            return Err(ChunkStoreError::Local(format!(
-                "chunk {index} of {blob} not held"
-            )));
-        }
-        tokio::task::spawn_blocking(move || -> Result<Bytes, ChunkStoreError> {
-            let range = e
-                .map
-                .chunk_range(index)
-                .map_err(|err| ChunkStoreError::Local(err.to_string()))?;
-            let data = e.dir.join("data");
-            let f = std::fs::File::open(&data).map_err(|err| local(&data, err))?;
-            let mut buf = vec![0u8; (range.end - range.start) as usize];
-            f.read_exact_at(&mut buf, range.start)
-                .map_err(|err| local(&data, err))?;
-            if let Err(err) = e.map.verify_chunk(index, &buf) {
-                let mut st = lock(&e.state);
-                st.bits.clear(index);
-                st.complete = false;
-                return Err(ChunkStoreError::Local(format!("on-disk corruption: {err}")));
-            }
-            Ok(Bytes::from(buf))
-        })
-        .await
-        .map_err(|err| ChunkStoreError::Local(err.to_string()))?
-    }
-}
-
 /// The node's real store (`node::store`), as the swarm sees it.
 impl ChunkStore for crate::store::Store {
     fn chunk_map(&self, blob: &Digest) -> Option<Arc<ChunkMap>> {
@@ -483,5 +205,46 @@ fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
         StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
         e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
         e => ChunkStoreError::Local(e.to_string()),
+    }
+}
+
+/// The store of a peer that holds no blobs: the bootstrap peer. It has no
+/// values, so none of its methods can be called; it only names the type
+/// parameter of the swarm task for a node started without a store.
+#[derive(Debug, Clone, Copy)]
+pub enum NoStore {}
+
+impl ChunkStore for NoStore {
+    fn chunk_map(&self, _blob: &Digest) -> Option<Arc<ChunkMap>> {
+        match *self {}
+    }
+
+    fn bitfield(&self, _blob: &Digest) -> Option<Bitfield> {
+        match *self {}
+    }
+
+    fn is_complete(&self, _blob: &Digest) -> bool {
+        match *self {}
+    }
+
+    fn cursor(&self, _blob: &Digest) -> u64 {
+        match *self {}
+    }
+
+    async fn put_chunk_map(&self, _blob: Digest, _map: &ChunkMap) -> Result<(), ChunkStoreError> {
+        match *self {}
+    }
+
+    async fn write_chunk(
+        &self,
+        _blob: Digest,
+        _index: u32,
+        _bytes: Bytes,
+    ) -> Result<ChunkWrite, ChunkStoreError> {
+        match *self {}
+    }
+
+    async fn read_chunk(&self, _blob: Digest, _index: u32) -> Result<Bytes, ChunkStoreError> {
+        match *self {}
     }
 }

@@ -10,8 +10,10 @@
 //!   go-ipfs `swarm.key` pre-shared keys (pnet).
 //! - [`behaviour`]: the composed libp2p behaviour (Kademlia, gossipsub and
 //!   identify scoped to `/edgeswarm/<locality>/...`, mDNS, ping, connection
-//!   limits, ban list, `libp2p-stream`) and transport; the bootstrap binary
-//!   reuses [`behaviour::build_swarm`].
+//!   limits, ban list, `libp2p-stream`) and transport. The bootstrap peer
+//!   ([`Node::start_bootstrap`], which the `edgeswarm-bootstrap` binary
+//!   calls) runs this same behaviour and swarm task, with no store and so
+//!   no chunk exchange.
 //! - `task` (private): the single task that owns the `Swarm`. It never blocks;
 //!   it answers [`SwarmClient`] commands (bounded mpsc + oneshot replies,
 //!   the rust-libp2p `file-sharing` example shape), decodes and validates
@@ -23,12 +25,12 @@
 //!   runs the `protocol::picker::Picker` over per-peer sessions; one server task
 //!   per inbound stream serves verified chunks under upload slots and an
 //!   optional token-bucket rate.
-//! - [`chunkstore`]: the storage operations the swarm needs (implemented
-//!   for `node::store::Store`), and a small crash-safe directory store the
-//!   swarm's tests and benches use. A blob is fetchable and servable as
-//!   soon as its layout is declared: chunks are requested only once their
-//!   digests are known, so a gateway's chunks are forwarded while it is
-//!   still streaming the layer in.
+//! - [`chunkstore`]: the storage operations the swarm needs, implemented
+//!   for `node::store::Store` (what nodes, tests and benches run on) and
+//!   by the empty [`chunkstore::NoStore`] of the bootstrap peer. A blob is
+//!   fetchable and servable as soon as its layout is declared: chunks are
+//!   requested only once their digests are known, so a gateway's chunks
+//!   are forwarded while it is still streaming the layer in.
 //! - [`metrics`]: prometheus counters/gauges and per-node statistics.
 //!
 //! ## Goals
@@ -66,7 +68,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{Protocols, Topic};
-pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite, DirStore};
+pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite};
 pub use metrics::{SwarmMetrics, SwarmStats};
 
 /// Errors of the swarm layer.
@@ -162,7 +164,9 @@ pub struct SwarmConfig {
     /// Chunks ahead of the store's consume cursor fetched in order first.
     pub deadline_window: u32,
     /// Fault injection for tests: serve garbage instead of chunks while
-    /// advertising every chunk. Never set this in production.
+    /// advertising every chunk. Only with the `test-support` feature; read
+    /// through [`SwarmConfig::corrupt_uploads`], which is `false` without it.
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub corrupt_uploads: bool,
 }
@@ -199,8 +203,18 @@ impl SwarmConfig {
             stall_min_rate: 256 << 10,
             seed_sparing: Some(Duration::from_secs(60)),
             deadline_window: 8,
+            #[cfg(feature = "test-support")]
             corrupt_uploads: false,
         }
+    }
+
+    /// Whether the `corrupt_uploads` fault is injected: never in a build
+    /// without the `test-support` feature (a shipped binary).
+    pub(crate) fn corrupt_uploads(&self) -> bool {
+        #[cfg(feature = "test-support")]
+        return self.corrupt_uploads;
+        #[cfg(not(feature = "test-support"))]
+        return false;
     }
 }
 
@@ -358,6 +372,6 @@ impl Node {
         config: SwarmConfig,
         key_file: PathBuf,
     ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
-        task::start::<DirStore>(config, key_file, None).await
+        task::start::<chunkstore::NoStore>(config, key_file, None).await
     }
 }

@@ -1,11 +1,13 @@
 //! Helpers for the swarm integration tests: in-process nodes on loopback
-//! TCP, each with its own temporary data directory and directory store.
+//! TCP, each with its own temporary data directory and the node's real
+//! chunk store (`node::store::Store`, as shipped).
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::Path;
 use std::time::Duration;
 
-use edgeswarm_node::swarm::{ChunkStore, DirStore, Node, SwarmClient, SwarmConfig};
+use edgeswarm_node::store::{Store, StoreConfig};
+use edgeswarm_node::swarm::{Node, SwarmClient, SwarmConfig};
 use edgeswarm_protocol::{ChunkMap, ChunkSize, Digest};
 use libp2p::Multiaddr;
 use rand::{RngCore, SeedableRng};
@@ -13,7 +15,7 @@ use tokio::task::JoinHandle;
 
 pub struct TestNode {
     pub client: SwarmClient,
-    pub store: DirStore,
+    pub store: Store,
     pub handle: JoinHandle<()>,
     pub addr: Multiaddr,
 }
@@ -34,7 +36,9 @@ pub fn config(dir: &Path, locality: &str, bootstrap: &[Multiaddr]) -> SwarmConfi
 }
 
 pub async fn start(dir: &Path, config: SwarmConfig) -> TestNode {
-    let store = DirStore::open(dir.join("store")).await.unwrap();
+    let store = Store::open(dir.join("store"), StoreConfig::default())
+        .await
+        .unwrap();
     let (client, handle) = Node::start(config, store.clone()).await.unwrap();
     let addr = client.listen_addrs().await.unwrap()[0].clone();
     TestNode {
@@ -54,17 +58,25 @@ pub fn blob(size: usize, seed: u64, chunk: u32) -> (Vec<u8>, Digest, ChunkMap) {
     (data, digest, map)
 }
 
+/// Declares `map` in `store` and writes every chunk of `data`, verifying
+/// each (how a seed gets a blob without the network).
+pub async fn put_blob_chunks(store: &Store, data: &[u8], digest: Digest, map: &ChunkMap) {
+    store.put_chunk_map(digest, map).await.unwrap();
+    for index in 0..map.chunk_count() {
+        let r = map.chunk_range(index).unwrap();
+        let chunk = bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]);
+        store.write_chunk(digest, index, chunk).await.unwrap();
+    }
+}
+
 pub async fn seed(node: &TestNode, data: &[u8], digest: Digest, map: &ChunkMap) {
-    node.store
-        .import(digest, map, std::io::Cursor::new(data.to_vec()))
-        .await
-        .unwrap();
+    put_blob_chunks(&node.store, data, digest, map).await;
     assert!(node.store.is_complete(&digest));
     node.client.provide(digest).await.unwrap();
 }
 
 /// Whether the store's copy of `digest` equals `data`.
-pub fn holds(store: &DirStore, digest: &Digest, data: &[u8]) -> bool {
+pub fn holds(store: &Store, digest: &Digest, data: &[u8]) -> bool {
     store.is_complete(digest)
         && store
             .blob_path(digest)
