@@ -195,6 +195,10 @@ struct NodeArgs {
     /// Chunk requests kept outstanding at each peer [default: 2].
     #[arg(long, env = "EDGESWARM_REQUESTS_PER_PEER")]
     requests_per_peer: Option<usize>,
+    /// Chunk requests of one download kept outstanding over all peers
+    /// [default: 3].
+    #[arg(long, env = "EDGESWARM_MAX_REQUESTS")]
+    max_requests: Option<usize>,
     /// Store quota, bytes with optional K/M/G suffix [default: unlimited].
     #[arg(long, env = "EDGESWARM_MAX_STORE_SIZE")]
     max_store_size: Option<String>,
@@ -261,6 +265,7 @@ impl NodeArgs {
             upload_slots,
             upload_queue,
             requests_per_peer,
+            max_requests,
             max_store_size,
             gateway,
             insecure_registry,
@@ -304,6 +309,12 @@ impl NodeArgs {
                 bail!("--upload-slots must be at least 1");
             }
             swarm.upload_slots = n;
+        }
+        if let Some(n) = self.max_requests {
+            if n == 0 {
+                bail!("--max-requests must be at least 1");
+            }
+            swarm.max_requests = Some(n);
         }
         if let Some(n) = self.upload_queue {
             swarm.upload_queue = n;

@@ -143,6 +143,11 @@ pub struct SwarmConfig {
     pub upload_queue: usize,
     /// Requests pipelined to one peer at most.
     pub requests_per_peer: usize,
+    /// Requests of one download outstanding over all its peers at most
+    /// (`None`: only the per-peer limit): a request then goes out when a
+    /// chunk lands, to whichever holder is free, instead of waiting at a
+    /// busy one.
+    pub max_requests: Option<usize>,
     /// Peers one download talks to at most.
     pub max_download_peers: usize,
     /// Established connections at most.
@@ -195,6 +200,10 @@ impl SwarmConfig {
             upload_slots: 3,
             upload_queue: 0,
             requests_per_peer: 2,
+            // About our downlink's bandwidth-delay product plus one (the
+            // simulator's best). Testnet, back to back, base layout: 5
+            // nodes 6.75 -> 6.37 s, 10 nodes 7.53 -> 7.23 s.
+            max_requests: Some(3),
             max_download_peers: 32,
             max_connections: 256,
             idle_timeout: Duration::from_secs(600),

@@ -91,6 +91,7 @@ pub(super) async fn download<S: ChunkStore>(
         timeout_ms_per_mib: (1_000u64 << 20) / inner.stall_min_rate,
         ..PickerConfig::default()
     });
+    picker.set_total_limit(inner.max_requests);
     picker
         .add_blob(blob, layout.size, layout.chunk_size, have)
         .map_err(|e| SwarmError::Config(e.to_string()))?;

@@ -146,6 +146,8 @@ struct Inner<S> {
     downloads: Mutex<HashMap<Digest, DownloadWatch>>,
     corrupt_uploads: bool,
     requests_per_peer: usize,
+    /// Requests of one download outstanding at most, over all peers.
+    max_requests: Option<usize>,
     max_download_peers: usize,
     stall_base: Duration,
     stall_min_rate: u64,
@@ -197,6 +199,7 @@ impl<S: ChunkStore> Exchange<S> {
             downloads: Mutex::new(HashMap::new()),
             corrupt_uploads: config.corrupt_uploads(),
             requests_per_peer: config.requests_per_peer.max(1),
+            max_requests: config.max_requests,
             max_download_peers: config.max_download_peers.max(1),
             stall_base: config.stall_base,
             stall_min_rate: config.stall_min_rate.max(1),
