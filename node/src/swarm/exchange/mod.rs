@@ -195,7 +195,7 @@ impl<S: ChunkStore> Exchange<S> {
             offers: Mutex::new(offers::Offers::default()),
             connected,
             downloads: Mutex::new(HashMap::new()),
-            corrupt_uploads: config.corrupt_uploads,
+            corrupt_uploads: config.corrupt_uploads(),
             requests_per_peer: config.requests_per_peer.max(1),
             max_download_peers: config.max_download_peers.max(1),
             stall_base: config.stall_base,
