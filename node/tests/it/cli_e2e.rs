@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use edgeswarm_node::registry::testing::{build_image, ImageSpec, Pusher, TestRegistry};
+use edgeswarm_node::registry::testing::{build_image, ImageSpec, TestRegistry};
+
+use crate::support::{eventually, push};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeswarm");
 
@@ -82,20 +84,17 @@ async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
         api,
         dir: dir.to_path_buf(),
     };
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{}/v1/health", node.api)).await {
-            if r.status().is_success() {
-                return node;
-            }
+    let health = format!("http://{}/v1/health", node.api);
+    eventually("the node started", Duration::from_secs(30), async || {
+        match reqwest::get(&health).await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            // The node's log says why it did not start.
+            Ok(r) => Err(format!("health {}; log: {}", r.status(), node.log())),
+            Err(e) => Err(format!("{e}; log: {}", node.log())),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "node did not start: {}",
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    node
 }
 
 /// Output of one CLI run.
@@ -172,35 +171,30 @@ async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc
         args.extend_from_slice(extra);
         nodes.push(start_node(dir.path(), "dir", &args).await);
     }
-    let started = Instant::now();
-    loop {
-        let v = cli(&["status", "--json", "--api", &nodes[0].api])
-            .await
-            .ok()
-            .json();
-        if v["nodes"].as_array().map_or(0, |n| n.len()) >= 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the gateway never heard both nodes: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eventually(
+        "the gateway hears both nodes",
+        Duration::from_secs(30),
+        async || {
+            let v = cli(&["status", "--json", "--api", &nodes[0].api])
+                .await
+                .ok()
+                .json();
+            let heard = v["nodes"].as_array().map_or(0, |n| n.len());
+            (heard >= 2).then_some(()).ok_or(v)
+        },
+    )
+    .await;
     nodes
 }
 
-async fn push(registry: &TestRegistry, tag: &str) -> String {
+/// Builds a small realistic image, pushes it as `cli/app:TAG` and returns
+/// its reference.
+async fn build_and_push(registry: &TestRegistry, tag: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let image = build_image(ImageSpec::realistic(2 << 20, tag), dir.path())
         .await
         .unwrap();
-    Pusher::new(&registry.host(), None)
-        .unwrap()
-        .push_image("cli/app", Some(tag), &image)
-        .await
-        .unwrap();
-    format!("{}/cli/app:{tag}", registry.host())
+    push(registry, "cli/app", tag, &image).await
 }
 
 async fn pins(api: &str) -> Vec<String> {
@@ -215,18 +209,12 @@ async fn pins(api: &str) -> Vec<String> {
 
 /// Polls until `api`'s pins satisfy `pred`.
 async fn wait_pins(api: &str, what: &str, pred: impl Fn(&[String]) -> bool) {
-    let started = Instant::now();
-    loop {
+    let what = format!("{what} (pins on {api})");
+    eventually(&what, Duration::from_secs(30), async || {
         let p = pins(api).await;
-        if pred(&p) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{what}: pins on {api} are {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        pred(&p).then_some(()).ok_or_else(|| format!("{p:?}"))
+    })
+    .await
 }
 
 async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> String {
@@ -274,9 +262,9 @@ async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     let registry = TestRegistry::start().await.unwrap();
-    let v1 = push(&registry, "v1").await;
-    let v2 = push(&registry, "v2").await;
-    let v3 = push(&registry, "v3").await;
+    let v1 = build_and_push(&registry, "v1").await;
+    let v2 = build_and_push(&registry, "v2").await;
+    let v3 = build_and_push(&registry, "v3").await;
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
     let nodes = locality(&dirs, &[]).await;
 
@@ -424,11 +412,14 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     assert!(rm.stdout.contains("sent to every node"), "{}", rm.stdout);
     for n in &nodes {
         wait_pins(&n.api, "v3 removed by --locality", |p| !p.contains(&v3)).await;
-        let started = Instant::now();
-        while n.rootfs(&v3).exists() {
-            assert!(started.elapsed() < Duration::from_secs(10));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("v3 rootfs removed on {}", n.api);
+        eventually(&what, Duration::from_secs(10), async || {
+            let rootfs = n.rootfs(&v3);
+            (!rootfs.exists())
+                .then_some(())
+                .ok_or_else(|| rootfs.display().to_string())
+        })
+        .await;
     }
     // Node 2 still had v2 (only node 1 removed it locally).
     assert!(pins(&nodes[2].api).await.contains(&v2));
@@ -437,7 +428,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_keys_accept_the_publisher_and_refuse_others() {
     let registry = TestRegistry::start().await.unwrap();
-    let image = push(&registry, "signed").await;
+    let image = build_and_push(&registry, "signed").await;
     let keys = tempfile::tempdir().unwrap();
     let good = keys.path().join("good.key");
     let bad = keys.path().join("bad.key");
@@ -560,7 +551,7 @@ fn docker_has(tag: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_removes_the_image_from_docker() {
     let registry = TestRegistry::start().await.unwrap();
-    let image = push(&registry, "docker").await;
+    let image = build_and_push(&registry, "docker").await;
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path(), "docker", &["--gateway"]).await;
     cli(&["deploy", &image, "--api", &node.api]).await.ok();
@@ -598,7 +589,7 @@ async fn rm_removes_the_image_from_docker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeploy_after_locality_rm_pulls_again() {
     let registry = TestRegistry::start().await.unwrap();
-    let image = push(&registry, "again").await;
+    let image = build_and_push(&registry, "again").await;
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
     let nodes = locality(&dirs, &[]).await;
     deploy_and_wait(&nodes, &image, None).await;
