@@ -105,8 +105,9 @@ struct Run {
 }
 
 impl Run {
+    /// Asserts the command exited 0 and returns its output.
     #[track_caller]
-    fn ok(self) -> Run {
+    fn succeeded(self) -> Run {
         assert_eq!(
             self.code, 0,
             "command failed: stdout {} stderr {}",
@@ -160,7 +161,9 @@ async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc
     let mut args = vec!["--gateway"];
     args.extend_from_slice(extra);
     let gateway = start_node(dirs[0].path(), "dir", &args).await;
-    let status = cli(&["status", "--json", "--api", &gateway.api]).await.ok();
+    let status = cli(&["status", "--json", "--api", &gateway.api])
+        .await
+        .succeeded();
     let v = status.json();
     let addr = v["self"]["addresses"][0].as_str().unwrap().to_owned();
     assert!(addr.contains("/p2p/"), "{addr}");
@@ -177,7 +180,7 @@ async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc
         async || {
             let v = cli(&["status", "--json", "--api", &nodes[0].api])
                 .await
-                .ok()
+                .succeeded()
                 .json();
             let heard = v["nodes"].as_array().map_or(0, |n| n.len());
             (heard >= 2).then_some(()).ok_or(v)
@@ -198,7 +201,10 @@ async fn build_and_push(registry: &TestRegistry, tag: &str) -> String {
 }
 
 async fn pins(api: &str) -> Vec<String> {
-    let v = cli(&["images", "--json", "--api", api]).await.ok().json();
+    let v = cli(&["images", "--json", "--api", api])
+        .await
+        .succeeded()
+        .json();
     v["pins"]
         .as_object()
         .expect("pins object")
@@ -223,7 +229,7 @@ async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> 
         // Also exercises deploy --json.
         args.extend(["--key", k, "--json"]);
     }
-    let run = cli(&args).await.ok();
+    let run = cli(&args).await.succeeded();
     if key.is_some() {
         let v = run.json();
         assert!(
@@ -254,7 +260,7 @@ async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> 
             eprintln!("---- node {} log:\n{}", n.api, n.log());
         }
     }
-    let wait = wait.ok();
+    let wait = wait.succeeded();
     assert!(wait.stdout.contains("3 node(s) done"), "{}", wait.stdout);
     run.stdout
 }
@@ -273,7 +279,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     // status --json: self and nodes, with the release done everywhere.
     let v = cli(&["status", "--json", "--api", &nodes[1].api])
         .await
-        .ok()
+        .succeeded()
         .json();
     assert!(v["self"]["peer_id"].as_str().unwrap().starts_with("12D3"));
     assert!(!v["self"]["addresses"].as_array().unwrap().is_empty());
@@ -290,12 +296,12 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     assert!(mine["bytes_from_peers"].as_u64().unwrap() > 0);
 
     // Plain status (stdout is a pipe) and --watch, which returns once all is done.
-    let plain = cli(&["status", "--api", &nodes[1].api]).await.ok();
+    let plain = cli(&["status", "--api", &nodes[1].api]).await.succeeded();
     assert!(plain.stdout.contains(" done 100% "), "{}", plain.stdout);
     assert!(plain.stdout.contains("gateway"), "{}", plain.stdout);
     let watch = cli(&["status", "--watch", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     assert!(watch.stdout.contains(" done 100% "), "{}", watch.stdout);
 
     // On a terminal: progress bars (util-linux `script` provides the tty).
@@ -320,7 +326,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     assert!(tty_out.contains("done | cloud"), "{tty_out}");
 
     // images: a table naming the image, and JSON.
-    let table = cli(&["images", "--api", &nodes[1].api]).await.ok();
+    let table = cli(&["images", "--api", &nodes[1].api]).await.succeeded();
     assert!(table.stdout.contains(&v1), "{}", table.stdout);
     assert!(table.stdout.contains("complete"), "{}", table.stdout);
     assert!(table.stdout.contains("PINNED BY"), "{}", table.stdout);
@@ -345,7 +351,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     for n in &nodes {
         let v = cli(&["status", "--json", "--api", &n.api])
             .await
-            .ok()
+            .succeeded()
             .json();
         let newest = v["self"]["releases"]
             .as_array()
@@ -369,7 +375,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     // rm on one node only.
     let rm = cli(&["rm", &v2, "--json", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     let report = rm.json();
     assert_eq!(report["unpinned"], true, "{report}");
     assert_eq!(report["locality"], false);
@@ -385,7 +391,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     assert!(nodes[1].rootfs(&v3).join("bin/busybox").is_file());
     let v = cli(&["status", "--json", "--api", &nodes[1].api])
         .await
-        .ok()
+        .succeeded()
         .json();
     assert!(
         v["self"]["releases"]
@@ -408,7 +414,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     // rm --locality: every node drops v3.
     let rm = cli(&["rm", &v3, "--locality", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     assert!(rm.stdout.contains("sent to every node"), "{}", rm.stdout);
     for n in &nodes {
         wait_pins(&n.api, "v3 removed by --locality", |p| !p.contains(&v3)).await;
@@ -432,8 +438,12 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
     let keys = tempfile::tempdir().unwrap();
     let good = keys.path().join("good.key");
     let bad = keys.path().join("bad.key");
-    cli(&["keygen", "--out", good.to_str().unwrap()]).await.ok();
-    cli(&["keygen", "--out", bad.to_str().unwrap()]).await.ok();
+    cli(&["keygen", "--out", good.to_str().unwrap()])
+        .await
+        .succeeded();
+    cli(&["keygen", "--out", bad.to_str().unwrap()])
+        .await
+        .succeeded();
     let good_pub = keys.path().join("good.key.pub");
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
     let nodes = locality(&dirs, &["--trust", good_pub.to_str().unwrap()]).await;
@@ -462,7 +472,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
     // Status reports the refusals.
     let v = cli(&["status", "--json", "--api", &nodes[0].api])
         .await
-        .ok()
+        .succeeded()
         .json();
     assert!(v["refused"].as_array().unwrap().len() >= 2, "{v}");
 
@@ -527,7 +537,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
         &nodes[1].api,
     ])
     .await
-    .ok();
+    .succeeded();
     assert!(
         signed.stdout.contains("sent to every node"),
         "{}",
@@ -554,7 +564,9 @@ async fn rm_removes_the_image_from_docker() {
     let image = build_and_push(&registry, "docker").await;
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path(), "docker", &["--gateway"]).await;
-    cli(&["deploy", &image, "--api", &node.api]).await.ok();
+    cli(&["deploy", &image, "--api", &node.api])
+        .await
+        .succeeded();
     let wait = cli(&[
         "status",
         "--wait",
@@ -571,7 +583,7 @@ async fn rm_removes_the_image_from_docker() {
     assert!(docker_has(&image), "{image} not loaded into docker");
     let rm = cli(&["rm", &image, "--json", "--api", &node.api])
         .await
-        .ok();
+        .succeeded();
     let report = rm.json();
     assert!(
         report["sink_removed"]
@@ -595,7 +607,7 @@ async fn redeploy_after_locality_rm_pulls_again() {
     deploy_and_wait(&nodes, &image, None).await;
     cli(&["rm", &image, "--locality", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     for n in &nodes {
         wait_pins(&n.api, "removed", |p| !p.contains(&image)).await;
     }
