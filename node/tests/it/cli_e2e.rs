@@ -595,9 +595,10 @@ async fn rm_removes_the_image_from_docker() {
     assert!(!docker_has(&image), "{image} still in docker");
 }
 
-/// After `rm --locality` collected an image's blobs everywhere, Kademlia
-/// provider records for its layers live on; the gateway must not trust them
-/// (it asks which live peers hold a layer complete) and pulls again.
+/// After `rm --locality` collected an image's blobs everywhere, stale
+/// records of who held its layers may live on; the gateway must not trust
+/// them (it asks which live peers hold a layer complete) and pulls the
+/// layers from the registry again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeploy_after_locality_rm_pulls_again() {
     let registry = TestRegistry::start().await.unwrap();
@@ -614,4 +615,28 @@ async fn redeploy_after_locality_rm_pulls_again() {
     // Another second, so the redeploy is a new release.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     deploy_and_wait(&nodes, &image, None).await;
+
+    // The gateway's redeployed release pulled the layers from the registry
+    // again: more than the manifest and config a rollback re-reads (1.6 KB
+    // measured, bounded at 16 KiB in the rollback check above). Had the
+    // layers survived the rm somewhere, the locality would have finished from
+    // peers and this fails.
+    let v = cli(&["status", "--json", "--api", &nodes[0].api])
+        .await
+        .succeeded()
+        .json();
+    let newest = v["self"]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["image"] == image.as_str())
+        .max_by_key(|r| r["created"].as_u64())
+        .cloned()
+        .unwrap();
+    assert_eq!(newest["state"], "done", "{v}");
+    let cloud = newest["bytes_from_cloud"].as_u64().unwrap();
+    assert!(
+        cloud > 16 << 10,
+        "the redeploy pulled only {cloud} bytes from the registry: {v}"
+    );
 }
