@@ -1,15 +1,14 @@
 //! Twenty nodes and one seed on loopback TCP: everyone ends with the
 //! verified blob, the seed uploads about once, chunks come from many peers.
 
-mod swarm_util;
-
 use std::time::{Duration, Instant};
 
-use swarm_util::*;
+use crate::support::init_tracing;
+use crate::support::swarm::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_and_a_seed_share_a_64_mib_blob() {
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(64 << 20, 20, 1 << 20);
     let seed_dir = tmp.path().join("seed");

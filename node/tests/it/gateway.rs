@@ -2,11 +2,10 @@
 //! locality lacks cross the cloud link; zstd and multi-arch images; bad
 //! references and unknown images are reported and the node keeps running.
 
-mod daemon_common;
-
 use std::time::Duration;
 
-use daemon_common::*;
+use crate::support::daemon::*;
+use crate::support::{init_tracing, push};
 use edgeswarm_node::registry::testing::{
     build_image, ImageSpec, ManifestFormat, Pusher, TestRegistry,
 };
@@ -65,7 +64,7 @@ async fn a_second_release_pulls_only_its_new_layers() {
     let name = edgeswarm_node::import::image_dir_name(&r2);
     let node_rootfs = locality.dirs[1].path().join("rootfs").join(name);
     assert!(node_rootfs.join("bin/busybox").is_file());
-    locality.shutdown();
+    locality.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -118,7 +117,7 @@ async fn zstd_and_multi_arch_images_deploy() {
             .join("bin/busybox")
             .is_file());
     }
-    locality.shutdown();
+    locality.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -172,5 +171,5 @@ async fn bad_references_and_unknown_images_are_reported_and_the_node_keeps_runni
         .unwrap();
     gateway.publish_release(signed).await.unwrap();
     wait_done(&locality.daemons, &reference, Duration::from_secs(120)).await;
-    locality.shutdown();
+    locality.shutdown().await;
 }

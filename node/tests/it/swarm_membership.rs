@@ -1,17 +1,14 @@
 //! Membership: a wrong swarm key, no key, or another locality cannot join.
 
-mod swarm_util;
-
 use std::time::Duration;
 
+use crate::support::init_tracing;
+use crate::support::swarm::*;
 use edgeswarm_node::swarm::keys::generate_swarm_key;
-use swarm_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_holders_of_the_swarm_key_join() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let k1 = tmp.path().join("k1.key");
     let k2 = tmp.path().join("k2.key");
@@ -62,9 +59,7 @@ async fn only_holders_of_the_swarm_key_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_locality_cannot_join() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(1 << 20, 6, 256 << 10);
     let d = tmp.path().join("seed");

@@ -1,17 +1,15 @@
 //! The `oci` sink: layouts that skopeo and umoci accept, for Docker and OCI
 //! manifests (gzip and zstd); failures leave nothing.
 
-mod import_common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::import::*;
 use edgeswarm_node::import::{
     import_image, Compression, ImportError, ImportOptions, ImportSink, LayerAction,
 };
-use import_common::*;
 
 fn skopeo(args: &[&str]) -> String {
     let out = Command::new("skopeo")

@@ -5,12 +5,11 @@
 //! and every surviving node completes. The image crosses the cloud link
 //! about once.
 
-mod daemon_common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use daemon_common::*;
+use crate::support::daemon::*;
+use crate::support::{eventually, init_tracing, push};
 use edgeswarm_node::registry::testing::{build_image, ImageSpec, TestRegistry};
 use edgeswarm_node::registry::Compression;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,31 +73,24 @@ async fn another_gateway_takes_over_a_half_pulled_release() {
     first.publish_release(signed).await.unwrap();
 
     // Find the elected gateway and stop it half way through the layer.
-    let started = Instant::now();
-    let elected = loop {
-        if let Some(gateway) = release_of(first, &reference).await.and_then(|r| r.gateway) {
-            break locality
-                .daemons
-                .iter()
-                .position(|d| d.swarm().local_peer_id().to_string() == gateway)
-                .expect("the gateway is one of ours");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no gateway elected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let gateway = eventually("a gateway elected", Duration::from_secs(10), async || {
+        let release = release_of(first, &reference).await;
+        release.and_then(|r| r.gateway).ok_or("none yet")
+    })
+    .await;
+    let elected = locality
+        .daemons
+        .iter()
+        .position(|d| d.swarm().local_peer_id().to_string() == gateway)
+        .expect("the gateway is one of ours");
     assert!(elected < 2, "only gateway-capable nodes are elected");
     let dead = &locality.daemons[elected];
     let half = image.layers_size() / 2;
-    while dead.registry().unwrap().stats().bytes_pulled < half {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "pull did not progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the pull half done", Duration::from_secs(30), async || {
+        let pulled = dead.registry().unwrap().stats().bytes_pulled;
+        (pulled >= half).then_some(()).ok_or(pulled)
+    })
+    .await;
     dead.shutdown();
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -143,5 +135,5 @@ async fn another_gateway_takes_over_a_half_pulled_release() {
             .join("data/layer0.bin")
             .is_file());
     }
-    locality.shutdown();
+    locality.shutdown().await;
 }

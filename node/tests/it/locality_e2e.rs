@@ -3,11 +3,10 @@
 //! One gateway pulls the image from the registry once; the others fetch it
 //! from the swarm; every node imports it into a root filesystem.
 
-mod daemon_common;
-
 use std::time::Duration;
 
-use daemon_common::*;
+use crate::support::daemon::*;
+use crate::support::{eventually, init_tracing, push};
 use edgeswarm_node::daemon::ReleasePhase;
 use edgeswarm_node::registry::testing::{build_image, ImageSpec, TestRegistry};
 
@@ -58,8 +57,8 @@ async fn gateway_pulls_once_and_the_locality_imports_from_peers() {
     }
     // Completions reach the gateway's view of the locality through status
     // gossip, sent on every state change.
-    let started = std::time::Instant::now();
-    loop {
+    let what = "the gateway sees both nodes done";
+    eventually(what, Duration::from_secs(5), async || {
         let status = gateway.status().await;
         assert_eq!(status.nodes.len(), 2, "{status:?}");
         let done = status
@@ -67,28 +66,21 @@ async fn gateway_pulls_once_and_the_locality_imports_from_peers() {
             .iter()
             .filter(|n| n.releases.iter().any(|r| r.state == ReleasePhase::Done))
             .count();
-        if done == 2 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "{status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (done == 2)
+            .then_some(())
+            .ok_or_else(|| format!("{status:?}"))
+    })
+    .await;
     // Prometheus shows the same split per release.
     let want = format!(
         "edgeswarm_release_bytes{{image=\"{reference}\",source=\"peers\"}} {}",
         image.layers_size()
     );
-    let started = std::time::Instant::now();
-    loop {
+    let what = format!("`{want}` in the metrics");
+    eventually(&what, Duration::from_secs(5), async || {
         let text = locality.daemons[1].encode_metrics().unwrap();
-        if text.contains(&want) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no `{want}` in\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    locality.shutdown();
+        text.contains(&want).then_some(()).ok_or(text)
+    })
+    .await;
+    locality.shutdown().await;
 }

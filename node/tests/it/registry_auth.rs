@@ -3,12 +3,12 @@
 //! server (axum) in front of it, with blob downloads redirected to a
 //! separate "object storage" origin that must never see the credentials.
 
-mod registry_common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::support::registry::*;
+use crate::support::{init_tracing, push};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -20,7 +20,6 @@ use edgeswarm_node::registry::testing::{Pusher, TestRegistry};
 use edgeswarm_node::registry::{
     Compression, DockerConfig, Platform, Reference, RegistryClient, RegistryConfig, RegistryError,
 };
-use registry_common::*;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse";
@@ -87,7 +86,7 @@ async fn htpasswd_basic_auth() {
     );
 
     // No credentials at all: 401 with a hint where to put them.
-    let anonymous = registry_common::client();
+    let anonymous = crate::support::registry::client();
     let err = anonymous
         .resolve(&Reference::parse(&reference).unwrap(), &Platform::host())
         .await

@@ -1,7 +1,6 @@
 //! Helpers for the swarm integration tests: in-process nodes on loopback
 //! TCP, each with its own temporary data directory and the node's real
 //! chunk store (`node::store::Store`, as shipped).
-#![allow(dead_code, unreachable_pub)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,21 +12,23 @@ use libp2p::Multiaddr;
 use rand::{RngCore, SeedableRng};
 use tokio::task::JoinHandle;
 
-pub struct TestNode {
-    pub client: SwarmClient,
-    pub store: Store,
-    pub handle: JoinHandle<()>,
-    pub addr: Multiaddr,
+pub(crate) struct TestNode {
+    pub(crate) client: SwarmClient,
+    pub(crate) store: Store,
+    pub(crate) handle: JoinHandle<()>,
+    pub(crate) addr: Multiaddr,
 }
 
 impl TestNode {
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.client.shutdown();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        // A slow stop is tolerated (as before); a panic of the node task is
+        // raised here and fails the test.
+        let _ = tokio::time::timeout(Duration::from_secs(10), super::join(self.handle)).await;
     }
 }
 
-pub fn config(dir: &Path, locality: &str, bootstrap: &[Multiaddr]) -> SwarmConfig {
+pub(crate) fn config(dir: &Path, locality: &str, bootstrap: &[Multiaddr]) -> SwarmConfig {
     let mut c = SwarmConfig::new(dir, locality);
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     c.bootstrap = bootstrap.to_vec();
@@ -35,7 +36,7 @@ pub fn config(dir: &Path, locality: &str, bootstrap: &[Multiaddr]) -> SwarmConfi
     c
 }
 
-pub async fn start(dir: &Path, config: SwarmConfig) -> TestNode {
+pub(crate) async fn start(dir: &Path, config: SwarmConfig) -> TestNode {
     let store = Store::open(dir.join("store"), StoreConfig::default())
         .await
         .unwrap();
@@ -50,7 +51,7 @@ pub async fn start(dir: &Path, config: SwarmConfig) -> TestNode {
 }
 
 /// Deterministic pseudo-random blob.
-pub fn blob(size: usize, seed: u64, chunk: u32) -> (Vec<u8>, Digest, ChunkMap) {
+pub(crate) fn blob(size: usize, seed: u64, chunk: u32) -> (Vec<u8>, Digest, ChunkMap) {
     let mut data = vec![0u8; size];
     rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
     let digest = Digest::of(&data);
@@ -60,7 +61,7 @@ pub fn blob(size: usize, seed: u64, chunk: u32) -> (Vec<u8>, Digest, ChunkMap) {
 
 /// Declares `map` in `store` and writes every chunk of `data`, verifying
 /// each (how a seed gets a blob without the network).
-pub async fn put_blob_chunks(store: &Store, data: &[u8], digest: Digest, map: &ChunkMap) {
+pub(crate) async fn put_blob_chunks(store: &Store, data: &[u8], digest: Digest, map: &ChunkMap) {
     store.put_chunk_map(digest, map).await.unwrap();
     for index in 0..map.chunk_count() {
         let r = map.chunk_range(index).unwrap();
@@ -69,14 +70,14 @@ pub async fn put_blob_chunks(store: &Store, data: &[u8], digest: Digest, map: &C
     }
 }
 
-pub async fn seed(node: &TestNode, data: &[u8], digest: Digest, map: &ChunkMap) {
+pub(crate) async fn seed(node: &TestNode, data: &[u8], digest: Digest, map: &ChunkMap) {
     put_blob_chunks(&node.store, data, digest, map).await;
     assert!(node.store.is_complete(&digest));
     node.client.provide(digest).await.unwrap();
 }
 
 /// Whether the store's copy of `digest` equals `data`.
-pub fn holds(store: &Store, digest: &Digest, data: &[u8]) -> bool {
+pub(crate) fn holds(store: &Store, digest: &Digest, data: &[u8]) -> bool {
     store.is_complete(digest)
         && store
             .blob_path(digest)

@@ -1,10 +1,9 @@
-//! Shared helpers for the registry integration tests: building and pushing
-//! images to a real `docker-registry`, and checking a full pull.
-#![allow(dead_code, unreachable_pub)]
+//! Helpers of the registry tests: building images for a real
+//! `docker-registry` (pushed with `support::push`), and checking a full pull.
 
 use std::path::Path;
 
-use edgeswarm_node::registry::testing::{self, BuiltImage, ImageSpec, Pusher, TestRegistry};
+use edgeswarm_node::registry::testing::{self, BuiltImage, ImageSpec};
 use edgeswarm_node::registry::{
     Compression, Platform, Reference, RegistryClient, RegistryConfig, ResolvedImage,
 };
@@ -13,35 +12,20 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 /// Host libraries per test image: enough for several HTTP chunks per layer.
-pub const LIB_BYTES: u64 = 6 << 20;
+pub(crate) const LIB_BYTES: u64 = 6 << 20;
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "edgeswarm_node=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-pub fn client() -> RegistryClient {
+pub(crate) fn client() -> RegistryClient {
     RegistryClient::new(RegistryConfig::default()).unwrap()
 }
 
-pub async fn build(dir: &Path, compression: Compression, tag: &str) -> BuiltImage {
+pub(crate) async fn build(dir: &Path, compression: Compression, tag: &str) -> BuiltImage {
     let mut spec = ImageSpec::realistic(LIB_BYTES, tag);
     spec.compression = compression;
     testing::build_image(spec, dir).await.unwrap()
 }
 
-pub async fn push(registry: &TestRegistry, repo: &str, tag: &str, image: &BuiltImage) -> Digest {
-    let pusher = Pusher::new(&registry.host(), None).unwrap();
-    pusher.push_image(repo, Some(tag), image).await.unwrap()
-}
-
 /// Reads a whole blob through `layer_stream` and returns it.
-pub async fn pull_layer(
+pub(crate) async fn pull_layer(
     client: &RegistryClient,
     resolved: &ResolvedImage,
     index: usize,
@@ -55,12 +39,12 @@ pub async fn pull_layer(
     bytes
 }
 
-pub fn sha(bytes: &[u8]) -> Digest {
+pub(crate) fn sha(bytes: &[u8]) -> Digest {
     Digest::from_bytes(Sha256::digest(bytes).into())
 }
 
 /// Decompresses a layer blob and returns the sha256 of the tar (its diff_id).
-pub fn diff_id(bytes: &[u8], compression: Compression) -> Digest {
+pub(crate) fn diff_id(bytes: &[u8], compression: Compression) -> Digest {
     use std::io::Read;
     let mut reader: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(bytes),
@@ -81,7 +65,7 @@ pub fn diff_id(bytes: &[u8], compression: Compression) -> Digest {
 
 /// Resolves `reference`, checks the documents against what was built and
 /// pulls every layer, verifying blob digest, size and diff_id.
-pub async fn pull_and_verify(
+pub(crate) async fn pull_and_verify(
     client: &RegistryClient,
     reference: &str,
     platform: &Platform,

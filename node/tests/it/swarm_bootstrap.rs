@@ -1,18 +1,15 @@
 //! A bootstrap peer (DHT + gossip only) is enough for nodes that know
 //! nothing but its address to find each other and trade chunks.
 
-mod swarm_util;
-
 use std::time::Duration;
 
+use crate::support::swarm::*;
+use crate::support::{init_tracing, join};
 use edgeswarm_node::swarm::Node;
-use swarm_util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_meet_through_a_bootstrap_peer() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("boot").join("bootstrap.key");
     let bcfg = config(&tmp.path().join("boot"), "lab", &[]);
@@ -43,11 +40,11 @@ async fn nodes_meet_through_a_bootstrap_peer() {
 
     // Fixed identity: a restart from the same key file keeps the PeerId.
     boot.shutdown();
-    let _ = boot_task.await;
+    join(boot_task).await;
     let (boot2, t2) = Node::start_bootstrap(bcfg, key).await.unwrap();
     assert_eq!(boot2.local_peer_id(), boot_id);
     boot2.shutdown();
-    let _ = t2.await;
+    join(t2).await;
     n.stop().await;
     s.stop().await;
 }

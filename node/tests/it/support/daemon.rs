@@ -1,29 +1,21 @@
-//! Shared set-up for tests that run whole node daemons in-process over
-//! real libp2p TCP on loopback, against a real `docker-registry`.
-
-#![allow(dead_code)] // each test file uses a different subset
+//! Set-up for tests that run whole node daemons in-process over real
+//! libp2p TCP on loopback, against a real `docker-registry`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeswarm_node::daemon::{Daemon, DaemonConfig, ReleasePhase, ReleaseView};
 use edgeswarm_node::import::ImportSinkKind;
-use edgeswarm_node::registry::testing::{BuiltImage, Pusher, TestRegistry};
+use edgeswarm_node::registry::testing::BuiltImage;
 use edgeswarm_node::registry::{Platform, RegistryConfig};
 use edgeswarm_node::store::StoreConfig;
 use edgeswarm_node::swarm::SwarmConfig;
 use edgeswarm_protocol::signing::TrustedKeys;
 use edgeswarm_protocol::ChunkSize;
 
-pub(crate) fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,libp2p=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+use tokio::task::JoinHandle;
+
+use super::{eventually, join};
 
 /// A daemon configuration for a loopback test node.
 pub(crate) fn config(
@@ -56,30 +48,42 @@ pub(crate) fn config(
 pub(crate) struct Locality {
     pub(crate) daemons: Vec<Daemon>,
     pub(crate) dirs: Vec<tempfile::TempDir>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Locality {
     pub(crate) async fn start(name: &str, gateways: usize, nodes: usize) -> Locality {
         let dirs: Vec<_> = (0..nodes).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut daemons: Vec<Daemon> = Vec::new();
+        let mut tasks = Vec::new();
         for (i, dir) in dirs.iter().enumerate() {
             let bootstrap = match daemons.first() {
                 Some(first) => vec![first.swarm().listen_addrs().await.unwrap()[0].clone()],
                 None => vec![],
             };
-            let (d, _h) = Daemon::start(config(dir.path(), name, i < gateways, bootstrap))
+            let (d, task) = Daemon::start(config(dir.path(), name, i < gateways, bootstrap))
                 .await
                 .unwrap();
             daemons.push(d);
+            tasks.push(task);
         }
         // Let gossip meshes form and status reports flow.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        Locality { daemons, dirs }
+        Locality {
+            daemons,
+            dirs,
+            tasks,
+        }
     }
 
-    pub(crate) fn shutdown(&self) {
+    /// Stops every daemon and joins its task: a daemon task that panicked
+    /// during the test fails it here. A slow stop is tolerated.
+    pub(crate) async fn shutdown(self) {
         for d in &self.daemons {
             d.shutdown();
+        }
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), join(task)).await;
         }
     }
 }
@@ -97,8 +101,8 @@ pub(crate) async fn release_of(daemon: &Daemon, image: &str) -> Option<ReleaseVi
 
 /// Waits until every daemon reports `image` done; panics on failure or timeout.
 pub(crate) async fn wait_done(daemons: &[Daemon], image: &str, timeout: Duration) {
-    let started = Instant::now();
-    loop {
+    let what = format!("every node finished {image}");
+    eventually(&what, timeout, async || {
         let mut done = 0;
         for d in daemons {
             if let Some(r) = release_of(d, image).await {
@@ -107,52 +111,32 @@ pub(crate) async fn wait_done(daemons: &[Daemon], image: &str, timeout: Duration
             }
         }
         if done == daemons.len() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("only {done} of {} nodes done", daemons.len()))
         }
-        assert!(
-            started.elapsed() < timeout,
-            "only {done} of {} nodes finished {image} in {timeout:?}",
-            daemons.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until `daemon` reports `image` failed and returns the error.
 pub(crate) async fn wait_failed(daemon: &Daemon, image: &str, timeout: Duration) -> String {
-    let started = Instant::now();
-    loop {
-        if let Some(r) = release_of(daemon, image).await {
-            if r.state == ReleasePhase::Failed {
-                return r.error.unwrap_or_default();
+    let what = format!("{image} failed");
+    eventually(&what, timeout, async || {
+        match release_of(daemon, image).await {
+            Some(r) if r.state == ReleasePhase::Failed => Ok(r.error.unwrap_or_default()),
+            Some(r) => {
+                assert_ne!(
+                    r.state,
+                    ReleasePhase::Done,
+                    "release unexpectedly succeeded"
+                );
+                Err(format!("{:?}", r.state))
             }
-            assert_ne!(
-                r.state,
-                ReleasePhase::Done,
-                "release unexpectedly succeeded"
-            );
+            None => Err("no release".to_owned()),
         }
-        assert!(
-            started.elapsed() < timeout,
-            "{image} did not fail in {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Pushes `image` as `repo:tag` and returns its reference.
-pub(crate) async fn push(
-    registry: &TestRegistry,
-    repo: &str,
-    tag: &str,
-    image: &BuiltImage,
-) -> String {
-    Pusher::new(&registry.host(), None)
-        .unwrap()
-        .push_image(repo, Some(tag), image)
-        .await
-        .unwrap();
-    format!("{}/{repo}:{tag}", registry.host())
+    })
+    .await
 }
 
 /// Bytes of an image's layers, config and manifest.

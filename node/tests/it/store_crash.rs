@@ -75,8 +75,9 @@ async fn killed_mid_write_keeps_verified_chunks_and_refetches_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let mut proc = Command::new(std::env::current_exe().unwrap())
         .args([
+            // The full test path: this file is a module of the `it` binary.
             "--exact",
-            "killed_mid_write_keeps_verified_chunks_and_refetches_the_rest",
+            "store_crash::killed_mid_write_keeps_verified_chunks_and_refetches_the_rest",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -3,8 +3,6 @@
 //! wrong diff_id tags nothing, no helper images stay behind, and the `dir`
 //! sink's output matches `docker export` of the same image file by file.
 
-mod import_common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -13,11 +11,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::eventually;
+use crate::support::import::*;
 use edgeswarm_node::import::{
     detect_sink_at, import_image, Compression, DockerTarget, ImportError, ImportOptions,
     ImportSink, ImportSinkKind, LayerAction,
 };
-use import_common::*;
 use sha2::{Digest as _, Sha256};
 
 /// A docker sink whose helper tags live in a repository of this test only.
@@ -445,17 +444,11 @@ async fn docker_registers_earlier_layers_while_later_ones_still_download() {
     let import =
         tokio::spawn(async move { import_image(&sink, request, &ImportOptions::default()).await });
     // Wait until Docker has registered layer 0 (its helper image exists).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if !helper_images(repo).is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "layer 0 never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("layer 0 registered", Duration::from_secs(60), async || {
+        let helpers = helper_images(repo);
+        (!helpers.is_empty()).then_some(()).ok_or("no helper image")
+    })
+    .await;
     let layer1_read = probes[1].bytes.load(Ordering::SeqCst);
     assert!(
         layer1_read < image.layers[1].1.len() as u64,

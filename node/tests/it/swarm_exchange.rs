@@ -1,14 +1,13 @@
 //! End-to-end chunk exchange between real nodes on loopback TCP.
 
-mod swarm_util;
-
 use std::time::Duration;
 
-use swarm_util::*;
+use crate::support::swarm::*;
+use crate::support::{init_tracing, join};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(8 << 20, 1, 256 << 10);
     let seed_dir = tmp.path().join("seed");
@@ -49,18 +48,23 @@ async fn three_nodes_fetch_a_blob_from_a_seed_and_each_other() {
         3 * data.len() as u64,
         "every chunk fetched exactly once"
     );
+    // "And each other": the seed did not upload every node's copy.
+    let from_nodes: u64 = nodes.iter().map(|n| n.client.stats().bytes_uploaded).sum();
+    assert!(from_nodes > 0, "every chunk came from the seed");
     for n in nodes {
         n.stop().await;
     }
     s.stop().await;
 }
 
-/// The same exchange over the node's real store (`node::store::Store`).
+/// Nodes started by hand (`Node::start` over stores they open) fetch one
+/// after the other; the second is given no chunk map and learns it from
+/// its peers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_exchange_a_blob_over_the_real_store() {
+async fn nodes_fetch_in_turn_and_one_learns_the_chunk_map_from_peers() {
     use edgeswarm_node::store::{Store, StoreConfig};
     use edgeswarm_node::swarm::Node;
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(6 << 20, 2, 256 << 10);
     let open = |name: &str| {
@@ -113,10 +117,10 @@ async fn nodes_exchange_a_blob_over_the_real_store() {
     }
     for (c, t, _) in nodes {
         c.shutdown();
-        let _ = t.await;
+        join(t).await;
     }
     seed.shutdown();
-    let _ = seed_task.await;
+    join(seed_task).await;
 }
 
 /// A gateway that is still streaming a blob in (digests learned chunk by
@@ -127,7 +131,7 @@ async fn chunks_are_forwarded_while_the_gateway_still_streams_the_blob() {
     use edgeswarm_node::store::{Store, StoreConfig};
     use edgeswarm_node::swarm::Node;
     use edgeswarm_protocol::ChunkSize;
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(8 << 20, 11, 256 << 10);
     let cs = ChunkSize::new(256 << 10).unwrap();
@@ -193,8 +197,8 @@ async fn chunks_are_forwarded_while_the_gateway_still_streams_the_blob() {
     );
     n.shutdown();
     gw.shutdown();
-    let _ = n_task.await;
-    let _ = gw_task.await;
+    join(n_task).await;
+    join(gw_task).await;
 }
 
 /// Super-seeding while a blob streams in: the gateway, which holds chunks it
@@ -206,7 +210,7 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
     use edgeswarm_node::store::{Store, StoreConfig};
     use edgeswarm_node::swarm::Node;
     use edgeswarm_protocol::ChunkSize;
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(8 << 20, 12, 256 << 10);
     let cs = ChunkSize::new(256 << 10).unwrap();
@@ -217,7 +221,7 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
     };
     let gd = tmp.path().join("gw");
     let gw_store = open(gd.clone()).await;
-    let (gw, _gw_task) = Node::start(config(&gd, "lab", &[]), gw_store.clone())
+    let (gw, gw_task) = Node::start(config(&gd, "lab", &[]), gw_store.clone())
         .await
         .unwrap();
     let gw_addr = gw.listen_addrs().await.unwrap()[0].clone();
@@ -230,7 +234,7 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
     for i in 0..4 {
         let nd = tmp.path().join(format!("n{i}"));
         let store = open(nd.clone()).await;
-        let (n, _task) = Node::start(
+        let (n, task) = Node::start(
             config(&nd, "lab", std::slice::from_ref(&gw_addr)),
             store.clone(),
         )
@@ -240,11 +244,11 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
             .create_blob(digest, data.len() as u64, cs)
             .await
             .unwrap();
-        nodes.push((n, store));
+        nodes.push((n, task, store));
     }
     let fetches: Vec<_> = nodes
         .iter()
-        .map(|(n, _)| {
+        .map(|(n, _, _)| {
             let n = n.clone();
             tokio::spawn(async move { n.fetch_blob(digest, None).await })
         })
@@ -252,7 +256,7 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
     for i in 0..map.chunk_count() {
         let d = [map.digest(i).unwrap()];
         gw_store.add_chunk_digests(digest, i, &d).await.unwrap();
-        for (_, store) in &nodes {
+        for (_, _, store) in &nodes {
             store.add_chunk_digests(digest, i, &d).await.unwrap();
         }
         let r = map.chunk_range(i).unwrap();
@@ -267,7 +271,7 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
             .unwrap()
             .unwrap();
     }
-    for (_, store) in &nodes {
+    for (_, _, store) in &nodes {
         assert_eq!(
             std::fs::read(store.blob_path(&digest).unwrap()).unwrap(),
             data
@@ -279,8 +283,10 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
         uploaded <= 2.0,
         "the gateway uploaded {uploaded:.2}x the blob: peers were not sent elsewhere"
     );
-    for (n, _) in &nodes {
+    for (n, task, _) in nodes {
         n.shutdown();
+        join(task).await;
     }
     gw.shutdown();
+    join(gw_task).await;
 }

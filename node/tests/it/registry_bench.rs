@@ -2,17 +2,16 @@
 //! `docker-registry` (prints, never asserts timings). Run with:
 //!
 //! ```text
-//! cargo test -p edgeswarm-node --test registry_bench -- --ignored --nocapture
+//! cargo test -p edgeswarm-node --test it registry_bench:: -- --ignored --nocapture
 //! ```
-
-mod registry_common;
 
 use std::time::Instant;
 
+use crate::support::push;
+use crate::support::registry::*;
 use edgeswarm_node::registry::testing::{self, ImageSpec, TestRegistry};
 use edgeswarm_node::registry::{Compression, Platform, Reference};
 use futures::StreamExt;
-use registry_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: prints figures"]

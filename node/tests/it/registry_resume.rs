@@ -4,20 +4,19 @@
 //! resume with ~1x bytes over the "cloud" link, and persistent failures must
 //! end in a clear error.
 
-mod registry_common;
-
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::registry::*;
+use crate::support::{init_tracing, push};
 use edgeswarm_node::registry::testing::{self, ImageSpec, LayerSource, TestRegistry};
 use edgeswarm_node::registry::{
     Platform, Reference, RegistryClient, RegistryConfig, RegistryError,
 };
 use futures::StreamExt;
-use registry_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -350,7 +349,7 @@ async fn blob_stream_starts_at_offset() {
     let image = big_image(&registry, dir.path()).await;
     let layer = &image.layers[1];
     let whole = std::fs::read(&layer.path).unwrap();
-    let client = registry_common::client();
+    let client = crate::support::registry::client();
     let reference = Reference::parse(&format!("{}/team/big:v1", registry.host())).unwrap();
     for offset in [0u64, 1, 5_000_000, layer.size - 1] {
         let mut stream = client.blob_stream(&reference, &layer.digest, offset);

@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use edgeswarm_node::registry::testing::{build_image, ImageSpec, Pusher, TestRegistry};
+use edgeswarm_node::registry::testing::{build_image, ImageSpec, TestRegistry};
+
+use crate::support::{eventually, push};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeswarm");
 
@@ -82,20 +84,17 @@ async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
         api,
         dir: dir.to_path_buf(),
     };
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{}/v1/health", node.api)).await {
-            if r.status().is_success() {
-                return node;
-            }
+    let health = format!("http://{}/v1/health", node.api);
+    eventually("the node started", Duration::from_secs(30), async || {
+        match reqwest::get(&health).await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            // The node's log says why it did not start.
+            Ok(r) => Err(format!("health {}; log: {}", r.status(), node.log())),
+            Err(e) => Err(format!("{e}; log: {}", node.log())),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "node did not start: {}",
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    node
 }
 
 /// Output of one CLI run.
@@ -106,8 +105,9 @@ struct Run {
 }
 
 impl Run {
+    /// Asserts the command exited 0 and returns its output.
     #[track_caller]
-    fn ok(self) -> Run {
+    fn succeeded(self) -> Run {
         assert_eq!(
             self.code, 0,
             "command failed: stdout {} stderr {}",
@@ -161,7 +161,9 @@ async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc
     let mut args = vec!["--gateway"];
     args.extend_from_slice(extra);
     let gateway = start_node(dirs[0].path(), "dir", &args).await;
-    let status = cli(&["status", "--json", "--api", &gateway.api]).await.ok();
+    let status = cli(&["status", "--json", "--api", &gateway.api])
+        .await
+        .succeeded();
     let v = status.json();
     let addr = v["self"]["addresses"][0].as_str().unwrap().to_owned();
     assert!(addr.contains("/p2p/"), "{addr}");
@@ -172,39 +174,37 @@ async fn locality(dirs: &[tempfile::TempDir; 3], extra: &[&str]) -> Vec<NodeProc
         args.extend_from_slice(extra);
         nodes.push(start_node(dir.path(), "dir", &args).await);
     }
-    let started = Instant::now();
-    loop {
-        let v = cli(&["status", "--json", "--api", &nodes[0].api])
-            .await
-            .ok()
-            .json();
-        if v["nodes"].as_array().map_or(0, |n| n.len()) >= 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the gateway never heard both nodes: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eventually(
+        "the gateway hears both nodes",
+        Duration::from_secs(30),
+        async || {
+            let v = cli(&["status", "--json", "--api", &nodes[0].api])
+                .await
+                .succeeded()
+                .json();
+            let heard = v["nodes"].as_array().map_or(0, |n| n.len());
+            (heard >= 2).then_some(()).ok_or(v)
+        },
+    )
+    .await;
     nodes
 }
 
-async fn push(registry: &TestRegistry, tag: &str) -> String {
+/// Builds a small realistic image, pushes it as `cli/app:TAG` and returns
+/// its reference.
+async fn build_and_push(registry: &TestRegistry, tag: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let image = build_image(ImageSpec::realistic(2 << 20, tag), dir.path())
         .await
         .unwrap();
-    Pusher::new(&registry.host(), None)
-        .unwrap()
-        .push_image("cli/app", Some(tag), &image)
-        .await
-        .unwrap();
-    format!("{}/cli/app:{tag}", registry.host())
+    push(registry, "cli/app", tag, &image).await
 }
 
 async fn pins(api: &str) -> Vec<String> {
-    let v = cli(&["images", "--json", "--api", api]).await.ok().json();
+    let v = cli(&["images", "--json", "--api", api])
+        .await
+        .succeeded()
+        .json();
     v["pins"]
         .as_object()
         .expect("pins object")
@@ -215,18 +215,12 @@ async fn pins(api: &str) -> Vec<String> {
 
 /// Polls until `api`'s pins satisfy `pred`.
 async fn wait_pins(api: &str, what: &str, pred: impl Fn(&[String]) -> bool) {
-    let started = Instant::now();
-    loop {
+    let what = format!("{what} (pins on {api})");
+    eventually(&what, Duration::from_secs(30), async || {
         let p = pins(api).await;
-        if pred(&p) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{what}: pins on {api} are {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        pred(&p).then_some(()).ok_or_else(|| format!("{p:?}"))
+    })
+    .await
 }
 
 async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> String {
@@ -235,7 +229,7 @@ async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> 
         // Also exercises deploy --json.
         args.extend(["--key", k, "--json"]);
     }
-    let run = cli(&args).await.ok();
+    let run = cli(&args).await.succeeded();
     if key.is_some() {
         let v = run.json();
         assert!(
@@ -266,7 +260,7 @@ async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> 
             eprintln!("---- node {} log:\n{}", n.api, n.log());
         }
     }
-    let wait = wait.ok();
+    let wait = wait.succeeded();
     assert!(wait.stdout.contains("3 node(s) done"), "{}", wait.stdout);
     run.stdout
 }
@@ -274,9 +268,9 @@ async fn deploy_and_wait(nodes: &[NodeProc], image: &str, key: Option<&str>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     let registry = TestRegistry::start().await.unwrap();
-    let v1 = push(&registry, "v1").await;
-    let v2 = push(&registry, "v2").await;
-    let v3 = push(&registry, "v3").await;
+    let v1 = build_and_push(&registry, "v1").await;
+    let v2 = build_and_push(&registry, "v2").await;
+    let v3 = build_and_push(&registry, "v3").await;
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
     let nodes = locality(&dirs, &[]).await;
 
@@ -285,7 +279,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     // status --json: self and nodes, with the release done everywhere.
     let v = cli(&["status", "--json", "--api", &nodes[1].api])
         .await
-        .ok()
+        .succeeded()
         .json();
     assert!(v["self"]["peer_id"].as_str().unwrap().starts_with("12D3"));
     assert!(!v["self"]["addresses"].as_array().unwrap().is_empty());
@@ -302,12 +296,12 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     assert!(mine["bytes_from_peers"].as_u64().unwrap() > 0);
 
     // Plain status (stdout is a pipe) and --watch, which returns once all is done.
-    let plain = cli(&["status", "--api", &nodes[1].api]).await.ok();
+    let plain = cli(&["status", "--api", &nodes[1].api]).await.succeeded();
     assert!(plain.stdout.contains(" done 100% "), "{}", plain.stdout);
     assert!(plain.stdout.contains("gateway"), "{}", plain.stdout);
     let watch = cli(&["status", "--watch", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     assert!(watch.stdout.contains(" done 100% "), "{}", watch.stdout);
 
     // On a terminal: progress bars (util-linux `script` provides the tty).
@@ -332,7 +326,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     assert!(tty_out.contains("done | cloud"), "{tty_out}");
 
     // images: a table naming the image, and JSON.
-    let table = cli(&["images", "--api", &nodes[1].api]).await.ok();
+    let table = cli(&["images", "--api", &nodes[1].api]).await.succeeded();
     assert!(table.stdout.contains(&v1), "{}", table.stdout);
     assert!(table.stdout.contains("complete"), "{}", table.stdout);
     assert!(table.stdout.contains("PINNED BY"), "{}", table.stdout);
@@ -357,7 +351,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     for n in &nodes {
         let v = cli(&["status", "--json", "--api", &n.api])
             .await
-            .ok()
+            .succeeded()
             .json();
         let newest = v["self"]["releases"]
             .as_array()
@@ -381,7 +375,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     // rm on one node only.
     let rm = cli(&["rm", &v2, "--json", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     let report = rm.json();
     assert_eq!(report["unpinned"], true, "{report}");
     assert_eq!(report["locality"], false);
@@ -397,7 +391,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     assert!(nodes[1].rootfs(&v3).join("bin/busybox").is_file());
     let v = cli(&["status", "--json", "--api", &nodes[1].api])
         .await
-        .ok()
+        .succeeded()
         .json();
     assert!(
         v["self"]["releases"]
@@ -420,15 +414,18 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     // rm --locality: every node drops v3.
     let rm = cli(&["rm", &v3, "--locality", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     assert!(rm.stdout.contains("sent to every node"), "{}", rm.stdout);
     for n in &nodes {
         wait_pins(&n.api, "v3 removed by --locality", |p| !p.contains(&v3)).await;
-        let started = Instant::now();
-        while n.rootfs(&v3).exists() {
-            assert!(started.elapsed() < Duration::from_secs(10));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("v3 rootfs removed on {}", n.api);
+        eventually(&what, Duration::from_secs(10), async || {
+            let rootfs = n.rootfs(&v3);
+            (!rootfs.exists())
+                .then_some(())
+                .ok_or_else(|| rootfs.display().to_string())
+        })
+        .await;
     }
     // Node 2 still had v2 (only node 1 removed it locally).
     assert!(pins(&nodes[2].api).await.contains(&v2));
@@ -437,12 +434,16 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_keys_accept_the_publisher_and_refuse_others() {
     let registry = TestRegistry::start().await.unwrap();
-    let image = push(&registry, "signed").await;
+    let image = build_and_push(&registry, "signed").await;
     let keys = tempfile::tempdir().unwrap();
     let good = keys.path().join("good.key");
     let bad = keys.path().join("bad.key");
-    cli(&["keygen", "--out", good.to_str().unwrap()]).await.ok();
-    cli(&["keygen", "--out", bad.to_str().unwrap()]).await.ok();
+    cli(&["keygen", "--out", good.to_str().unwrap()])
+        .await
+        .succeeded();
+    cli(&["keygen", "--out", bad.to_str().unwrap()])
+        .await
+        .succeeded();
     let good_pub = keys.path().join("good.key.pub");
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
     let nodes = locality(&dirs, &["--trust", good_pub.to_str().unwrap()]).await;
@@ -471,7 +472,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
     // Status reports the refusals.
     let v = cli(&["status", "--json", "--api", &nodes[0].api])
         .await
-        .ok()
+        .succeeded()
         .json();
     assert!(v["refused"].as_array().unwrap().len() >= 2, "{v}");
 
@@ -536,7 +537,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
         &nodes[1].api,
     ])
     .await
-    .ok();
+    .succeeded();
     assert!(
         signed.stdout.contains("sent to every node"),
         "{}",
@@ -560,10 +561,12 @@ fn docker_has(tag: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_removes_the_image_from_docker() {
     let registry = TestRegistry::start().await.unwrap();
-    let image = push(&registry, "docker").await;
+    let image = build_and_push(&registry, "docker").await;
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path(), "docker", &["--gateway"]).await;
-    cli(&["deploy", &image, "--api", &node.api]).await.ok();
+    cli(&["deploy", &image, "--api", &node.api])
+        .await
+        .succeeded();
     let wait = cli(&[
         "status",
         "--wait",
@@ -580,7 +583,7 @@ async fn rm_removes_the_image_from_docker() {
     assert!(docker_has(&image), "{image} not loaded into docker");
     let rm = cli(&["rm", &image, "--json", "--api", &node.api])
         .await
-        .ok();
+        .succeeded();
     let report = rm.json();
     assert!(
         report["sink_removed"]
@@ -592,23 +595,48 @@ async fn rm_removes_the_image_from_docker() {
     assert!(!docker_has(&image), "{image} still in docker");
 }
 
-/// After `rm --locality` collected an image's blobs everywhere, Kademlia
-/// provider records for its layers live on; the gateway must not trust them
-/// (it asks which live peers hold a layer complete) and pulls again.
+/// After `rm --locality` collected an image's blobs everywhere, stale
+/// records of who held its layers may live on; the gateway must not trust
+/// them (it asks which live peers hold a layer complete) and pulls the
+/// layers from the registry again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeploy_after_locality_rm_pulls_again() {
     let registry = TestRegistry::start().await.unwrap();
-    let image = push(&registry, "again").await;
+    let image = build_and_push(&registry, "again").await;
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
     let nodes = locality(&dirs, &[]).await;
     deploy_and_wait(&nodes, &image, None).await;
     cli(&["rm", &image, "--locality", "--api", &nodes[1].api])
         .await
-        .ok();
+        .succeeded();
     for n in &nodes {
         wait_pins(&n.api, "removed", |p| !p.contains(&image)).await;
     }
     // Another second, so the redeploy is a new release.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     deploy_and_wait(&nodes, &image, None).await;
+
+    // The gateway's redeployed release pulled the layers from the registry
+    // again: more than the manifest and config a rollback re-reads (1.6 KB
+    // measured, bounded at 16 KiB in the rollback check above). Had the
+    // layers survived the rm somewhere, the locality would have finished from
+    // peers and this fails.
+    let v = cli(&["status", "--json", "--api", &nodes[0].api])
+        .await
+        .succeeded()
+        .json();
+    let newest = v["self"]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["image"] == image.as_str())
+        .max_by_key(|r| r["created"].as_u64())
+        .cloned()
+        .unwrap();
+    assert_eq!(newest["state"], "done", "{v}");
+    let cloud = newest["bytes_from_cloud"].as_u64().unwrap();
+    assert!(
+        cloud > 16 << 10,
+        "the redeploy pulled only {cloud} bytes from the registry: {v}"
+    );
 }

@@ -3,8 +3,8 @@
 //! layers, and the errors users meet (unknown images, bad references,
 //! plain-HTTP registries not marked insecure).
 
-mod registry_common;
-
+use crate::support::registry::*;
+use crate::support::{init_tracing, push};
 use edgeswarm_node::registry::testing::{
     self, ImageSpec, LayerSource, ManifestFormat, Pusher, TestRegistry,
 };
@@ -12,7 +12,6 @@ use edgeswarm_node::registry::{
     manifest, Compression, Platform, Reference, RegistryClient, RegistryConfig, RegistryError,
 };
 use futures::StreamExt;
-use registry_common::*;
 
 #[tokio::test]
 async fn pulls_multi_layer_gzip_docker_image() {

@@ -4,14 +4,12 @@
 //! /var/run/docker.sock is absent), hence ignored by default:
 //!
 //! ```text
-//! cargo test -p edgeswarm-node --test registry_docker -- --ignored
+//! cargo test -p edgeswarm-node --test it registry_docker:: -- --ignored
 //! ```
 
-mod registry_common;
-
+use crate::support::{init_tracing, push};
 use edgeswarm_node::registry::testing::{self, ImageSpec, ManifestFormat, TestRegistry};
 use edgeswarm_node::registry::Compression;
-use registry_common::*;
 
 fn docker(args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new("docker")

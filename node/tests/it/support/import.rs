@@ -2,7 +2,6 @@
 //! answers (and stopped again when the last test using it ends), test image
 //! builders (busybox base layer, an overlay layer with links, whiteouts and
 //! an opaque dir, hostile tars) and slow, observable layer readers.
-#![allow(dead_code)]
 
 use std::io::{self, Cursor, Read, Write};
 use std::os::unix::net::UnixStream;

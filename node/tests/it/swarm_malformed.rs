@@ -1,16 +1,15 @@
 //! Malformed and oversize input on the chunk stream protocol and on gossip:
 //! the node survives and the offender is penalised.
 
-mod swarm_util;
-
 use std::time::Duration;
 
+use crate::support::swarm::*;
+use crate::support::{eventually, init_tracing};
 use edgeswarm_node::swarm::behaviour::{build_swarm, BehaviourEvent, NetConfig, Protocols, Topic};
 use futures::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, Multiaddr, PeerId};
-use swarm_util::*;
 
 fn attacker_config() -> NetConfig {
     NetConfig {
@@ -62,12 +61,18 @@ async fn connected_attacker(
     s: &TestNode,
 ) -> (PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>) {
     let (id, control, task) = attacker(s.addr.clone(), false);
-    let connected = wait_for(
-        async || s.client.connected_peers().await.unwrap().contains(&id),
-        20,
+    eventually(
+        &format!("attacker {id} connected"),
+        Duration::from_secs(20),
+        async || {
+            let peers = s.client.connected_peers().await.unwrap();
+            peers
+                .contains(&id)
+                .then_some(())
+                .ok_or("not among the peers")
+        },
     )
     .await;
-    assert!(connected, "attacker {id} never connected");
     (id, control, task)
 }
 
@@ -83,22 +88,9 @@ async fn open_chunk_stream(control: &mut libp2p_stream::Control, s: &TestNode) -
     .expect("open failed")
 }
 
-async fn wait_for(mut cond: impl AsyncFnMut() -> bool, secs: u64) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_serving() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(2 << 20, 7, 256 << 10);
     let d = tmp.path().join("seed");
@@ -122,14 +114,26 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
         let mut stream = open_chunk_stream(&mut control, &s).await;
         stream.write_all(junk).await.unwrap();
         stream.flush().await.unwrap();
-        let banned = wait_for(async || s.client.stats().bans as usize > n, 10).await;
-        assert!(banned, "attacker {n} was not banned");
-        let gone = wait_for(
-            async || !s.client.connected_peers().await.unwrap().contains(&id),
-            10,
+        eventually(
+            &format!("attacker {n} banned"),
+            Duration::from_secs(10),
+            async || {
+                let bans = s.client.stats().bans;
+                (bans as usize > n).then_some(()).ok_or(bans)
+            },
         )
         .await;
-        assert!(gone, "banned attacker {n} still connected");
+        eventually(
+            &format!("banned attacker {n} disconnected"),
+            Duration::from_secs(10),
+            async || {
+                let peers = s.client.connected_peers().await.unwrap();
+                (!peers.contains(&id))
+                    .then_some(())
+                    .ok_or("still connected")
+            },
+        )
+        .await;
         task.abort();
     }
     assert!(s.client.stats().protocol_violations >= 4);
@@ -151,9 +155,7 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("a");
     let a = start(&d, config(&d, "lab", &[])).await;
@@ -162,24 +164,27 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     let mut inbox = a.client.subscribe_gossip();
     let (bad_id, _control, task) = attacker(a.addr.clone(), true);
 
-    let rejected = wait_for(async || a.client.stats().gossip_rejected >= 2, 20).await;
-    assert!(rejected, "garbage gossip was not rejected");
-    let penalised = wait_for(
+    eventually(
+        "garbage gossip rejected (twice)",
+        Duration::from_secs(20),
         async || {
-            a.client
-                .gossip_score(bad_id)
-                .await
-                .unwrap()
-                .is_some_and(|s| s < 0.0)
+            let rejected = a.client.stats().gossip_rejected;
+            (rejected >= 2).then_some(()).ok_or(rejected)
         },
-        20,
     )
     .await;
-    assert!(
-        penalised,
-        "sender score did not drop: {:?}",
-        a.client.gossip_score(bad_id).await
-    );
+    eventually(
+        "sender score dropped below zero",
+        Duration::from_secs(20),
+        async || {
+            let score = a.client.gossip_score(bad_id).await.unwrap();
+            match score {
+                Some(s) if s < 0.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 
     // Positive control: valid messages from an honest peer still arrive.
     use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
@@ -244,9 +249,7 @@ async fn next_chunk_response(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
     use edgeswarm_protocol::wire::{encode_frame, ChunkRequest, ChunkStatus, Hello, StreamMessage};
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(2 << 20, 9, 256 << 10);
     let d = tmp.path().join("seed");
@@ -334,9 +337,7 @@ async fn cancelled_queued_requests_are_skipped_and_the_stream_goes_on() {
     use edgeswarm_protocol::wire::{
         encode_frame, Cancel, ChunkRequest, ChunkStatus, Hello, StreamMessage,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(6 << 20, 11, 1 << 20);
     let d = tmp.path().join("seed");

@@ -1,18 +1,16 @@
 //! The `dir` sink: layer semantics (whiteouts, opaque dirs, links, modes),
 //! parallel streaming, verification failures and hostile tars.
 
-mod import_common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::import::*;
 use edgeswarm_node::import::{
     import_image, Compression, ImportError, ImportOptions, ImportSink, LayerAction,
 };
-use import_common::*;
 use tar::EntryType;
 
 fn dir_sink(root: &Path) -> ImportSink {
