@@ -215,14 +215,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                     // The server had begun the answer before our Cancel:
                     // the chunk is already held, read past it.
                     if let ChunkStatus::Ok { len } = resp.status {
-                        let expected = layout.chunk_len(index).ok_or_else(|| {
-                            FrameError::violation(format!("chunk {index} out of range"))
-                        })?;
-                        if len != expected as u64 {
-                            return Err(FrameError::violation(format!(
-                                "chunk {index} of {len} bytes, expected {expected}"
-                            )));
-                        }
+                        announced_len(layout, index, len)?;
                         skip_payload(&mut r, len).await?;
                         inner.metrics.duplicate_chunks.inc();
                     }
@@ -230,14 +223,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 }
                 match resp.status {
                     ChunkStatus::Ok { len } => {
-                        let expected = layout.chunk_len(index).ok_or_else(|| {
-                            FrameError::violation(format!("chunk {index} out of range"))
-                        })?;
-                        if len != expected as u64 {
-                            return Err(FrameError::violation(format!(
-                                "chunk {index} of {len} bytes, expected {expected}"
-                            )));
-                        }
+                        let expected = announced_len(layout, index, len)?;
                         let mut buf = vec![0u8; expected as usize];
                         r.read_exact(&mut buf).await?;
                         // Verify and store off the read path, so the next
@@ -299,6 +285,19 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// The length of chunk `index`, if `announced` is it; a violation if not.
+fn announced_len(layout: &BlobLayout, index: u32, announced: u64) -> Result<u32, FrameError> {
+    let expected = layout
+        .chunk_len(index)
+        .ok_or_else(|| FrameError::violation(format!("chunk {index} out of range")))?;
+    if announced != u64::from(expected) {
+        return Err(FrameError::violation(format!(
+            "chunk {index} of {announced} bytes, expected {expected}"
+        )));
+    }
+    Ok(expected)
 }
 
 /// Reads and drops `len` payload bytes (an answer nobody wants any more).
