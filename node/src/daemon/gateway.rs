@@ -33,7 +33,8 @@ use crate::swarm::Topic;
 /// `edgeswarm-testnet pull-bench` (README).
 const PARALLEL_LAYER_PULLS: usize = 1;
 /// Chunk digests announced per gossip message at most while a layer
-/// streams in (a fast registry fills a batch quickly; gossip stays light).
+/// streams in. With [`ANNOUNCE_DELAY`] at zero every message carries one;
+/// this bounds a batch should the delay be raised again.
 const DIGESTS_PER_ANNOUNCEMENT: usize = 8;
 /// Longest a digest waits to be announced: peers can only fetch (and so
 /// relay, or keep should this gateway die) chunks whose digests they know,
