@@ -32,18 +32,6 @@ use crate::swarm::Topic;
 /// one TCP stream fills a cloud link of LAN-like RTT. Measured with
 /// `edgeswarm-testnet pull-bench` (README).
 const PARALLEL_LAYER_PULLS: usize = 1;
-/// Chunk digests announced per gossip message at most while a layer
-/// streams in. With [`ANNOUNCE_DELAY`] at zero every message carries one;
-/// this bounds a batch should the delay be raised again.
-const DIGESTS_PER_ANNOUNCEMENT: usize = 8;
-/// Longest a digest waits to be announced: peers can only fetch (and so
-/// relay, or keep should this gateway die) chunks whose digests they know,
-/// so every wait here delays the whole swarm. A 1 MiB chunk arrives every
-/// ~84 ms at 100 Mbit/s: with 100 ms a digest waited for the next chunk
-/// or two (~170 ms). Zero announces each digest as its chunk is stored:
-/// one signed gossip message per chunk (46 for a 46 MB layer), which
-/// gossip carries easily.
-const ANNOUNCE_DELAY: std::time::Duration = std::time::Duration::ZERO;
 
 /// Pulls `release` as this locality's gateway; failures are reported in
 /// the release's status.
@@ -256,9 +244,13 @@ async fn store_chunk(
     Ok(digest)
 }
 
-/// Gossips a layer's chunk digests, signed by this gateway, as the layer
-/// streams in, so peers can verify (and so fetch and forward) chunks long
-/// before the layer is complete.
+/// Gossips a layer's chunk digests, signed by this gateway, one message per
+/// chunk as it is stored, so peers can verify (and so fetch, relay and
+/// keep, should this gateway die) chunks long before the layer is
+/// complete. Every wait here delays the whole swarm: digests batched for
+/// up to 100 ms waited ~170 ms each for the next chunk or two (1 MiB every
+/// ~84 ms at 100 Mbit/s); a message per chunk (46 for a 46 MB layer) is
+/// light for gossip.
 struct DigestAnnouncer<'a> {
     /// The daemon (swarm and identity).
     inner: &'a Arc<Inner>,
@@ -268,12 +260,8 @@ struct DigestAnnouncer<'a> {
     layer: &'a LayerDescriptor,
     /// Its chunk size.
     chunk_size: edgeswarm_protocol::ChunkSize,
-    /// Index of the first digest in `pending`.
-    first_index: u32,
-    /// Digests not yet announced.
-    pending: Vec<Digest>,
-    /// When the oldest pending digest was learned.
-    oldest: Option<std::time::Instant>,
+    /// Index of the next chunk to announce.
+    next_index: u32,
 }
 
 impl<'a> DigestAnnouncer<'a> {
@@ -282,48 +270,41 @@ impl<'a> DigestAnnouncer<'a> {
         release_id: Digest,
         layer: &'a LayerDescriptor,
         chunk_size: edgeswarm_protocol::ChunkSize,
-        first_index: u32,
+        next_index: u32,
     ) -> Self {
         DigestAnnouncer {
             inner,
             release_id,
             layer,
             chunk_size,
-            first_index,
-            pending: Vec::with_capacity(DIGESTS_PER_ANNOUNCEMENT),
-            oldest: None,
+            next_index,
         }
     }
 
+    /// Announces the digest of the next chunk.
     async fn push(&mut self, digest: Digest) {
-        self.pending.push(digest);
-        let oldest = *self.oldest.get_or_insert_with(std::time::Instant::now);
-        if self.pending.len() >= DIGESTS_PER_ANNOUNCEMENT || oldest.elapsed() >= ANNOUNCE_DELAY {
-            self.flush(false).await;
-        }
+        self.announce(vec![digest], false).await;
     }
 
+    /// Says that the whole layer verified, if it did.
     async fn finish(mut self, verified: bool) {
-        self.flush(verified).await;
+        if verified {
+            self.announce(Vec::new(), true).await;
+        }
     }
 
-    async fn flush(&mut self, final_blob_digest_checked: bool) {
-        if self.pending.is_empty() && !final_blob_digest_checked {
-            return;
-        }
-        let digests = std::mem::take(&mut self.pending);
-        self.oldest = None;
+    async fn announce(&mut self, digests: Vec<Digest>, final_blob_digest_checked: bool) {
         let count = digests.len() as u32;
         let update = ChunkDigestUpdate {
             release_id: Some(self.release_id),
             blob: self.layer.digest,
             blob_size: self.layer.size,
             chunk_size: self.chunk_size,
-            first_index: self.first_index,
+            first_index: self.next_index,
             digests,
             final_blob_digest_checked,
         };
-        self.first_index += count;
+        self.next_index += count;
         let signed = edgeswarm_protocol::signing::Signed::sign(update, &self.inner.identity);
         if let Err(e) = self
             .inner

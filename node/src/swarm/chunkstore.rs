@@ -129,7 +129,7 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
     /// Events of chunks verified and blobs completed, whichever path they
     /// took (a peer, the gateway's registry pull): servers announce them
     /// at once instead of at their next periodic check. `None` for stores
-    /// without events (they are polled).
+    /// without events (servers then re-check once a second).
     fn subscribe_events(
         &self,
     ) -> Option<tokio::sync::broadcast::Receiver<crate::store::StoreEvent>> {

@@ -132,6 +132,16 @@ mod tests {
         Bitfield::full(n)
     }
 
+    /// Offers with two requesters bound to `blob()` at `t`.
+    fn two_requesters() -> (Offers, Instant, PeerId, PeerId) {
+        let mut o = Offers::default();
+        let t = Instant::now();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        o.bind(blob(), a, t);
+        o.bind(blob(), b, t);
+        (o, t, a, b)
+    }
+
     #[test]
     fn each_chunk_is_offered_to_one_requester_in_turn() {
         let mut o = Offers::default();
@@ -156,11 +166,7 @@ mod tests {
 
     #[test]
     fn an_unfetched_offer_lapses_to_everyone_and_a_fetched_one_does_not() {
-        let mut o = Offers::default();
-        let t = Instant::now();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        o.bind(blob(), a, t);
-        o.bind(blob(), b, t);
+        let (mut o, t, a, b) = two_requesters();
         let held = full(2);
         let now_a = o.visible(&blob(), &a, &held, t, |_| false);
         let now_b = o.visible(&blob(), &b, &held, t, |_| false);
@@ -183,11 +189,7 @@ mod tests {
 
     #[test]
     fn a_chunk_of_a_requester_that_left_is_offered_again() {
-        let mut o = Offers::default();
-        let t = Instant::now();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        o.bind(blob(), a, t);
-        o.bind(blob(), b, t);
+        let (mut o, t, a, b) = two_requesters();
         let held = full(2);
         let for_a = o.visible(&blob(), &a, &held, t, |_| false);
         o.unbind(&blob(), &a);

@@ -142,15 +142,9 @@ async fn serve_stream<S: ChunkStore>(
             blobs: Vec::new(),
         };
         // `Have`s go out as soon as the store verifies a chunk (every hop
-        // of a relay waits for them); the tick is the fallback for stores
-        // without events and after missed (lagged) events.
+        // of a relay waits for them); the tick re-checks now and then.
         let mut events = inner.store.subscribe_events();
-        let period = if events.is_some() {
-            HAVE_POLL_EVENTED
-        } else {
-            HAVE_POLL
-        };
-        let mut tick = tokio::time::interval(period);
+        let mut tick = tokio::time::interval(HAVE_RECHECK);
         loop {
             tokio::select! {
                 changed = next_stored(&mut events) => {
@@ -228,11 +222,10 @@ async fn serve_stream<S: ChunkStore>(
 /// Chunks of at most this many bytes are never spared by an origin seed.
 const SPARE_MIN_CHUNK: u32 = 64 << 10;
 
-/// How often a server checks for newly verified chunks when its store
-/// has no events.
-const HAVE_POLL: Duration = Duration::from_millis(200);
-/// The same check when events announce chunks: only a safety net.
-const HAVE_POLL_EVENTED: Duration = Duration::from_secs(1);
+/// How often a server re-checks what it advertises without a store event:
+/// a safety net after missed (lagged) events, and when super-seeding
+/// offers lapse (`offers::OFFER_TIMEOUT`).
+const HAVE_RECHECK: Duration = Duration::from_secs(1);
 
 /// The blob of the next chunk verified or blob completed; `None` when
 /// events were missed (check every blob). Pends forever without events.
