@@ -7,6 +7,8 @@
 //!
 //! ## Layout
 //!
+//! - [`fsutil`]: crash-safe state-file writes (temp, fsync, rename, fsync
+//!   the directory).
 //! - [`store`]: the content-addressed, crash-safe chunk store under
 //!   `--data-dir` (per-blob bitfields, resume, quota and GC).
 //! - [`registry`]: the OCI Distribution pull client the gateway uses
@@ -61,6 +63,7 @@
 pub mod api;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod fsutil;
 #[cfg(feature = "import")]
 pub mod import;
 #[cfg(feature = "registry")]
