@@ -235,7 +235,7 @@ struct NodeArgs {
     #[arg(long, env = "EDGESWARM_LABEL", value_delimiter = ',')]
     label: Option<Vec<String>>,
     /// Chunk size the gateway cuts layers in, bytes with optional suffix,
-    /// a power of two from 64K to 16M [default: 1M].
+    /// a power of two from 64K to 16M [default: 512K].
     #[arg(long, env = "EDGESWARM_CHUNK_SIZE")]
     chunk_size: Option<String>,
     /// Versions of each repository kept once a newer one is imported (the

@@ -75,7 +75,7 @@ pub struct RunSpec {
     pub sample_interval: Duration,
     /// `RUST_LOG` of the edgeswarm nodes.
     pub rust_log: String,
-    /// `--chunk-size` of the nodes (`None`: the node's default, 1M).
+    /// `--chunk-size` of the nodes (`None`: the node's default, 512K).
     pub chunk_size: Option<String>,
     /// Paces every node's uploads at this percent of its link rate
     /// (`--max-upload-rate`), so its uplink's queue stays short; 0 leaves

@@ -223,7 +223,7 @@ struct ExperimentArgs {
     /// The `edgeswarm` binary [default: next to this binary, else on PATH].
     #[arg(long)]
     edgeswarm: Option<PathBuf>,
-    /// `--chunk-size` for the nodes [default: the node's, 1M].
+    /// `--chunk-size` for the nodes [default: the node's, 512K].
     #[arg(long)]
     chunk_size: Option<String>,
     /// Paces each node's uploads at this percent of its link rate
