@@ -6,25 +6,40 @@
 //! ```text
 //! cargo run --release -p edgeswarm-protocol --example sim -- [flags]
 //!   --nodes 1,2,5,10,21,100,1000,10000   swarm sizes (gateway included)
-//!   --preset node|tuned    node: today's node defaults; tuned: the
-//!                          mechanisms below all on (then flags override)
-//!   --layout base|spread   one 46 MB layer, or four of 12 MB (48.7 MB)
+//!   --preset node|tuned    node: today's node, calibrated against the
+//!                          testnet (the default); tuned: the mechanisms
+//!                          the simulator found (then flags override)
+//!   --calibrate            the calibration table: the preset on the
+//!                          testnet's 2-core machine against every
+//!                          measured T(N), with the error
+//!   --layout single|base|spread   issue 11's image (48.3 MB, one 46 MB
+//!                          layer), the testnet's own (54.1 MB), or four
+//!                          12 MB layers
 //!   --mbit 100 --cloud-mbit 200 --slow-mbit 10 --slow-fraction 0.1
-//!   --rtt-ms 0.2 --cloud-rtt-ms 1 --queue-ms 100 --cpu-ms 4
-//!   --have-ms 200          Have batching (0: immediate)
-//!   --slots 8 --queue 4    upload slots, requests waiting before Busy
+//!   --rtt-ms 0.2 --cloud-rtt-ms 1 --queue-ms 80 --cpu-ms 4
+//!   --cloud-queue-ms 80    the registry flow's queue at the gateway
+//!   --backlog-queues on    a queue holds at most what its flows have left
+//!   --efficiency 0.95      payload share of a shaped link's rate
+//!   --gateway-start-ms 85 --gateway-tail-ms 200 --start-ms 300-400
+//!   --digest-tick-ms 250   digests learnt on this tick (0: with the Have)
+//!   --offers-ms 1000       super-seeding offers' lapse (0: no offers)
+//!   --stream-order on      one requester's requests answered in order
+//!   --endgame-age-ms 750
+//!   --machine-cores 0 --cpu-s-per-mb 0.0205   cores shared by all nodes
+//!                          (0: each node its own core)
+//!   --have-ms 0            Have batching (0: immediate)
+//!   --slots 3 --queue 0    upload slots, requests waiting before Busy
 //!   --sparing-ms 60000     seed sparing period (0: off)
-//!   --depth 4 | bdp:4      requests per peer, fixed or BDP-sized (max)
-//!   --total 0              requests outstanding over all peers (0: no cap)
+//!   --depth 2 | bdp:4      requests per peer, fixed or BDP-sized (max)
+//!   --total 3              requests outstanding over all peers (0: no cap)
 //!   --peers 32 --gateway-peers 256
 //!   --cut-through on|off --cancel on|off --window 8 --endgame 8
 //!   --elsewhere-backoff on|off   TryElsewhere: back off that chunk
 //!   --churn 0.05 --churn-ms 1000-3000
 //!   --seed 1 --limit-s 600
 //!   --ablate N             mechanisms one by one at N nodes: each added to
-//!                          the node's defaults, each removed from tuned
-//!   --ablate-tuned-only    only the removals (the additions are slow at
-//!                          large N: the node's TryElsewhere ping-pong)
+//!                          the node preset, each removed from tuned
+//!   --ablate-tuned-only    only the removals
 //! ```
 
 use std::time::Instant;
@@ -75,6 +90,7 @@ fn main() {
             "--rtt-ms" => cfg.rtt_us = us(val()),
             "--cloud-rtt-ms" => cfg.cloud_rtt_us = us(val()),
             "--queue-ms" => cfg.queue_us = us(val()),
+            "--cloud-queue-ms" => cfg.cloud_queue_us = us(val()),
             "--cpu-ms" => cfg.cpu_us_per_chunk = us(val()),
             "--have-ms" => cfg.have_interval_us = us(val()),
             "--slots" => cfg.upload.slots = num(&val()) as usize,

@@ -71,6 +71,10 @@ pub struct Network {
     cpu_scale: f64,
     /// Queues hold only the bytes their flows have left.
     backlog_queues: bool,
+    /// The standing queue a flow from outside (the registry's loss-based
+    /// TCP) keeps on the link it crosses, whatever the nodes' own uploads
+    /// do.
+    external_queue_us: u64,
 }
 
 impl Network {
@@ -91,6 +95,7 @@ impl Network {
             cpu_cap: None,
             cpu_scale: 1.0,
             backlog_queues: false,
+            external_queue_us: queue_us,
         }
     }
 
@@ -214,18 +219,26 @@ impl Network {
         self.backlog_queues = on;
     }
 
+    /// The standing queue a flow from outside keeps (default: the same as
+    /// any saturated link's). Low-delay uploads shrink the nodes' queues,
+    /// not the registry's.
+    pub fn set_external_queue_us(&mut self, us: u64) {
+        self.external_queue_us = us;
+    }
+
     fn link_queue_us(&self, now_us: u64, flows: &[FlowId], capacity: f64) -> u64 {
         if !self.saturated(flows, capacity) {
             return 0;
+        }
+        let live = || flows.iter().filter_map(|f| self.flows[*f].as_ref());
+        if live().any(|f| f.src.is_none()) {
+            return self.external_queue_us.max(self.queue_us);
         }
         if !self.backlog_queues {
             return self.queue_us;
         }
         let mut backlog = 0.0;
-        for f in flows.iter().filter_map(|f| self.flows[*f].as_ref()) {
-            if f.src.is_none() {
-                return self.queue_us;
-            }
+        for f in live() {
             backlog += (f.remaining - f.rate * now_us.saturating_sub(f.last_us) as f64).max(0.0);
         }
         // Bytes over bytes per µs; the CPU budget drains it slower too.
@@ -520,6 +533,16 @@ mod tests {
         net.start(0, Some(0), 1, 1 << 30, f64::INFINITY);
         net.start(0, Some(2), 3, 1 << 30, f64::INFINITY);
         assert_eq!(net.queueing_us(0, 0, 3), 200_000);
+    }
+
+    #[test]
+    fn low_delay_uploads_do_not_shrink_the_registry_flows_queue() {
+        let mut net = Network::new(&[MBIT100; 3], &[MBIT100; 3], 5_000);
+        net.set_external_queue_us(80_000);
+        net.start(0, None, 0, 1 << 30, MBIT100);
+        net.start(0, Some(1), 2, 1 << 30, f64::INFINITY);
+        assert_eq!(net.queueing_us(0, 1, 0), 80_000);
+        assert_eq!(net.queueing_us(0, 0, 2), 5_000);
     }
 
     #[test]

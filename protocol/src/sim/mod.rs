@@ -19,29 +19,40 @@
 //!
 //! ## What is modelled
 //!
-//! Node 0 is the gateway: it streams the image's layers from the cloud
-//! registry in order, one 1 MiB chunk after the other, at the smaller of the
-//! cloud link's rate and its own downlink's share, and serves only chunks
-//! it already has (with cut-through: has begun to receive). It never
-//! downloads from peers (the node marks its whole registry-pull plan as
-//! held). Every other node downloads from a bounded random set of peers
-//! (`max_download_peers`, as the node's `SwarmConfig`); the gateway accepts
-//! at most `gateway_peers` of them (the node's `max_connections`).
-//! Messages (requests, refusals, `Have`, `Cancel`) take half the RTT plus
-//! the standing queue of every busy link they cross; a chunk takes its
-//! flow's transfer time plus half the RTT, then `cpu_us_per_chunk` to be
-//! verified before it is held, advertised (`Have` to every peer that
-//! downloads from this node, batched every `have_interval_us`) and served.
-//! With cut-through relay a node advertises and serves a chunk as soon as
-//! it starts to arrive; a relayed copy cannot complete before the relay's
-//! own copy has. Stalls expire requests as in the node (the peer is dropped
-//! for 30 s).
+//! Node 0 is the gateway: after `gateway_start_us` it streams the image's
+//! layers from the cloud registry in order, one 1 MiB chunk after the
+//! other, at the smaller of the cloud link's rate and its own downlink's
+//! share, and serves only chunks it already has (with cut-through: has
+//! begun to receive). It never downloads from peers (the node marks its
+//! whole registry-pull plan as held), and reports done `gateway_tail_us`
+//! after its last chunk. Every other node starts at a random time in
+//! `start_us` and downloads from a bounded random set of peers
+//! (`max_download_peers`, as the node's `SwarmConfig`); the gateway
+//! accepts at most `gateway_peers` of them (the node's `max_connections`).
+//! With super-seeding offers the gateway advertises each chunk to one
+//! started requester in turn, and to all once the offer lapsed unfetched.
+//! Chunk digests reach downloaders by gossip (through the gateway's uplink
+//! queue, plus mesh hops beyond its peers) and are read on a coordinator
+//! tick (`digest_tick_us`). Messages (requests, refusals, `Have`,
+//! `Cancel`) take half the RTT plus the queue of every busy link they
+//! cross (what its flows have left to send, at most `queue_us`); a
+//! server answers one requester's requests in order (`stream_order`); a
+//! chunk takes its flow's transfer time plus half the RTT, then
+//! `cpu_us_per_chunk` to be verified before it is held, advertised and
+//! served. Link rates carry payload at `wire_efficiency`. With
+//! `machine_cores`, all nodes share one machine's CPU: the sum of all
+//! flow rates is capped at cores / `cpu_s_per_mb`. With cut-through relay
+//! a node advertises and serves a chunk as soon as it starts to arrive; a
+//! relayed copy cannot complete before the relay's own copy has. Stalls
+//! expire requests as in the node (the peer is dropped for 30 s).
+//! docs/SIMULATOR.md lists each calibrated figure and where it came from.
 //!
 //! ## Non-goals
 //!
 //! Packet-level TCP (slow start, loss, ACK clocking), discovery and
-//! connection set-up (peer sets exist at time zero), chunk maps (digests
-//! become known as the gateway reads the chunks), import/decompression
+//! connection set-up (peer sets exist when a node starts), one picker per
+//! layer (the node runs a download, with its own request limits, per
+//! blob; here one picker spans the image), import/decompression
 //! (`--import none`), replacing peers lost to churn.
 
 pub mod link;
@@ -99,6 +110,10 @@ pub struct SimConfig {
     pub rtt_us: u64,
     /// Round trip from the gateway to the registry (per layer request).
     pub cloud_rtt_us: u64,
+    /// The standing queue the registry's flow keeps on the gateway's
+    /// downlink (loss-based TCP from outside; the nodes' own congestion
+    /// control cannot shrink it).
+    pub cloud_queue_us: u64,
     /// Standing queue of a saturated link (`tbf ... latency`, 100 ms in
     /// the testnet), microseconds. Delay-based uploads (LEDBAT) would keep
     /// it near their target: model them with a small value.
@@ -229,6 +244,7 @@ impl Default for SimConfig {
             // Two veths and a bridge on one host.
             rtt_us: 200,
             cloud_rtt_us: 1_000,
+            cloud_queue_us: calibration::QUEUE_US,
             queue_us: calibration::QUEUE_US,
             // sha256 of 1 MiB (~3 ms on the testnet's cores) and a write.
             cpu_us_per_chunk: 4_000,
@@ -363,13 +379,13 @@ pub mod calibration {
 }
 
 impl SimConfig {
-    /// The mechanisms this simulator found to reach the physical limit
-    /// (see the README's evaluation for what each buys): three upload slots
-    /// and no waiting queue (a request finds a free uploader or hears
-    /// `Busy` at once), requests capped at the downlink's bandwidth-delay
-    /// product plus one over all peers, immediate `Have`, cut-through
-    /// relay, `Cancel`, backing off a chunk a seed spared, and low-delay
-    /// (LEDBAT-like) uploads that keep the standing queue near 5 ms.
+    /// Today's node with every mechanism this simulator found to reach
+    /// the physical limit (docs/SIMULATOR.md says what each buys):
+    /// cut-through relay, low-delay (LEDBAT-like) uploads that keep the
+    /// standing queue near 5 ms, requests sized to the bandwidth-delay
+    /// product (per peer from its rate, over all peers the downlink's plus
+    /// one), digests that travel with the `Have`, seed sparing without
+    /// offers, endgame duplicates at once. Calibrated costs are kept.
     pub fn tuned(self) -> Self {
         SimConfig {
             upload: UploadConfig {
@@ -732,6 +748,7 @@ impl Sim {
         let mut net = Network::new(&rates, &rates, cfg.queue_us);
         net.set_cpu_budget(cfg.machine_cores.map(|c| c / cfg.cpu_s_per_mb * 1e6));
         net.set_backlog_queues(cfg.backlog_queues);
+        net.set_external_queue_us(cfg.cloud_queue_us);
         // Digest gossip: the gateway publishes to every peer it is
         // connected to (gossipsub's flood publishing); the rest hear it
         // through the mesh (degree 6), one busy relay per hop.
