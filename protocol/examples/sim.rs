@@ -16,6 +16,7 @@
 //!                          layer), the testnet's own (54.1 MB), or four
 //!                          12 MB layers
 //!   --mbit 100 --cloud-mbit 200 --slow-mbit 10 --slow-fraction 0.1
+//!   --slow-slots 0         upload slots of slow nodes (0: as all nodes)
 //!   --rtt-ms 0.2 --cloud-rtt-ms 1 --queue-ms 80 --cpu-ms 4
 //!   --cloud-queue-ms 80    the registry flow's queue at the gateway
 //!   --backlog-queues on    a queue holds at most what its flows have left
@@ -87,6 +88,10 @@ fn main() {
             "--cloud-mbit" => cfg.cloud_rate = mbit(val()),
             "--slow-mbit" => cfg.slow_rate = mbit(val()),
             "--slow-fraction" => cfg.slow_fraction = num(&val()),
+            "--slow-slots" => {
+                let v = num(&val()) as usize;
+                cfg.slow_slots = (v > 0).then_some(v);
+            }
             "--rtt-ms" => cfg.rtt_us = us(val()),
             "--cloud-rtt-ms" => cfg.cloud_rtt_us = us(val()),
             "--queue-ms" => cfg.queue_us = us(val()),

@@ -104,6 +104,9 @@ pub struct SimConfig {
     pub slow_rate: f64,
     /// Fraction of non-gateway nodes on slow links.
     pub slow_fraction: f64,
+    /// Upload slots of the slow nodes (`None`: as every node's), so that
+    /// each of their uploads runs at a useful rate.
+    pub slow_slots: Option<usize>,
     /// Cloud link (registry to gateway) rate, bytes per second.
     pub cloud_rate: f64,
     /// Round trip between two nodes without queueing, microseconds.
@@ -240,6 +243,7 @@ impl Default for SimConfig {
             node_rate: 12_500_000.0,
             slow_rate: 1_250_000.0,
             slow_fraction: 0.0,
+            slow_slots: None,
             cloud_rate: 25_000_000.0,
             // Two veths and a bridge on one host.
             rtt_us: 200,
@@ -836,7 +840,11 @@ impl Sim {
                     }
                     p
                 });
-                let mut uploader = Uploader::new(cfg.upload.clone());
+                let mut upload = cfg.upload.clone();
+                if slow[i] {
+                    upload.slots = cfg.slow_slots.unwrap_or(upload.slots);
+                }
+                let mut uploader = Uploader::new(upload);
                 if i == 0 {
                     for b in &blobs {
                         uploader.set_origin(b.digest, true);
