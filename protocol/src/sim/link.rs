@@ -502,7 +502,7 @@ mod tests {
         assert_eq!(net.queueing_us(60_000, 0, 1), 40_000);
         // Never more than a full queue.
         net.start(60_000, Some(1), 0, 10_000_000, f64::INFINITY);
-        assert_eq!(net.queueing_us(60_000, 1, 2), 100_000);
+        assert_eq!(net.up_queue_us(60_000, 1), 100_000);
         // The registry streams a whole layer: the gateway's downlink
         // queue is full however little of the current chunk is left.
         let mut net = Network::new(&[MBIT100; 2], &[MBIT100; 2], 100_000);
@@ -541,7 +541,9 @@ mod tests {
         net.set_external_queue_us(80_000);
         net.start(0, None, 0, 1 << 30, MBIT100);
         net.start(0, Some(1), 2, 1 << 30, f64::INFINITY);
-        assert_eq!(net.queueing_us(0, 1, 0), 80_000);
+        // Into the gateway: behind the registry's flow; into node 2:
+        // behind node 1's low-delay upload.
+        assert_eq!(net.queueing_us(0, 2, 0), 80_000);
         assert_eq!(net.queueing_us(0, 0, 2), 5_000);
     }
 
