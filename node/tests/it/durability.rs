@@ -87,13 +87,15 @@ fn spawn_node(dir: &Path, log_name: &str) -> Node {
 async fn start_node(dir: &Path, log_name: &str) -> Node {
     let node = spawn_node(dir, log_name);
     let health = format!("http://{}/v1/health", node.api);
-    eventually("the node started", Duration::from_secs(30), async || {
-        match reqwest::get(&health).await {
+    eventually(
+        "the node started",
+        Duration::from_secs(30),
+        async || match reqwest::get(&health).await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("health {}; log: {}", r.status(), node.log())),
             Err(e) => Err(format!("{e}; log: {}", node.log())),
-        }
-    })
+        },
+    )
     .await;
     node
 }
@@ -171,8 +173,7 @@ async fn leftovers_of_a_killed_node_are_removed_at_the_next_start() {
     let live = rootfs.join(".versions/app_v1@0000000000000001");
     std::fs::create_dir_all(&live).unwrap();
     std::fs::write(live.join("hello"), b"kept").unwrap();
-    std::os::unix::fs::symlink(".versions/app_v1@0000000000000001", rootfs.join("app_v1"))
-        .unwrap();
+    std::os::unix::fs::symlink(".versions/app_v1@0000000000000001", rootfs.join("app_v1")).unwrap();
     let orphan = rootfs.join(".versions/app_v1@00000000000000ff");
     std::fs::create_dir_all(&orphan).unwrap();
     let link_tmp = rootfs.join(".link-app_v1@00000000000000ff");
@@ -240,9 +241,8 @@ async fn docker_helper_tags_of_a_killed_import_are_removed_at_start() {
     );
     let mut cleanup = RemoveImages(vec!["edgeswarm-test/durability:v1".into()]);
     let sink = ImportSink::Docker(ours.clone());
-    let task = tokio::spawn(async move {
-        import_image(&sink, import, &ImportOptions::default()).await
-    });
+    let task =
+        tokio::spawn(async move { import_image(&sink, import, &ImportOptions::default()).await });
     let leaked = eventually("a helper tag exists", Duration::from_secs(60), async || {
         let tags = helper_tags(repo);
         if tags.is_empty() {
