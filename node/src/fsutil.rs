@@ -61,6 +61,24 @@ fn temp_name(dest: &Path) -> io::Result<PathBuf> {
     )))
 }
 
+/// Removes the temporary files that [`write_atomic`] and
+/// [`write_new_atomic`] leave in `dir` when the process dies mid-write
+/// (`.<name>.tmp-<pid>-<n>`); returns them. Call it only while no writer
+/// runs there (at start, with the data dir locked). Blocking.
+pub fn remove_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
 /// Where [`write_atomic_via`] failed: callers that account for disk space
 /// (the store) tell a failed temp write from a failed rename.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +238,20 @@ mod tests {
         let bad = dir.path().join("state.json").join("child");
         assert!(write_atomic(&bad, b"lost").is_err());
         assert_eq!(fs::read(&dest).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn temp_files_of_a_dead_writer_are_removed_and_state_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(&dir.path().join("state.json"), b"kept").unwrap();
+        let torn = dir.path().join(".state.json.tmp-4242-7");
+        fs::write(&torn, b"torn").unwrap();
+        assert_eq!(remove_temp_files(dir.path()).unwrap(), [torn]);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
     }
 
     #[test]

@@ -511,7 +511,7 @@ async fn node(args: NodeArgs) -> Result<()> {
     // Ctrl-C. Installed before start so that an early one is not fatal.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    remove_leftovers(&config.data_dir, config.import).await?;
+    remove_leftovers(&config.data_dir, config.import).await;
     let (daemon, handle) = Daemon::start(config).await.context("starting the node")?;
     let listener = match tokio::net::TcpListener::bind(api).await {
         Ok(l) => l,
@@ -549,10 +549,11 @@ async fn node(args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Removes what imports killed mid-way left in the data dir (work dirs,
-/// unpublished versions, Docker helper tags of this data dir), with one
-/// log line naming it.
-async fn remove_leftovers(data_dir: &Path, import: Option<ImportSinkKind>) -> Result<()> {
+/// Removes what a killed node left in the data dir (temporary state files,
+/// import work dirs, unpublished versions, Docker helper tags of this data
+/// dir), with one log line naming it. A failure is logged, not fatal: the
+/// leftovers only cost disk.
+async fn remove_leftovers(data_dir: &Path, import: Option<ImportSinkKind>) {
     let docker = match import {
         // Without Docker (`None` falls back to `dir`) there are no tags.
         Some(ImportSinkKind::Docker) | None => DockerTarget::connect(None)
@@ -561,9 +562,23 @@ async fn remove_leftovers(data_dir: &Path, import: Option<ImportSinkKind>) -> Re
             .map(|t| t.with_owner(data_dir)),
         Some(_) => None,
     };
-    let leftovers = edgeswarm_node::import::remove_leftovers(data_dir, docker.as_ref())
-        .await
-        .context("removing leftovers of interrupted imports")?;
+    let temp_files = {
+        let dir = data_dir.to_owned();
+        tokio::task::spawn_blocking(move || edgeswarm_node::fsutil::remove_temp_files(&dir)).await
+    };
+    let mut leftovers =
+        match edgeswarm_node::import::remove_leftovers(data_dir, docker.as_ref()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "leftovers of interrupted imports not removed");
+                Default::default()
+            }
+        };
+    match temp_files {
+        Ok(Ok(files)) => leftovers.paths.extend(files),
+        Ok(Err(e)) => tracing::warn!(error = %e, "temporary files not removed"),
+        Err(e) => tracing::warn!(error = %e, "temporary files not removed"),
+    }
     if !leftovers.is_empty() {
         tracing::info!(
             paths = ?leftovers.paths,
@@ -571,7 +586,6 @@ async fn remove_leftovers(data_dir: &Path, import: Option<ImportSinkKind>) -> Re
             "removed leftovers of interrupted imports"
         );
     }
-    Ok(())
 }
 
 fn keygen(out: &Path, json: bool) -> Result<()> {

@@ -163,7 +163,8 @@ async fn leftovers_of_a_killed_node_are_removed_at_the_next_start() {
     let mut node = start_node(&dir, "node.log").await;
     // What a node killed mid-import and mid-publish leaves: work dirs of
     // both sinks, a temporary link, a version no link points to; next to a
-    // published rootfs, which must stay.
+    // published rootfs, which must stay. (Made by hand: the layout is
+    // what `import::publish` writes.)
     let rootfs = dir.join("rootfs");
     let work = rootfs.join(".import-AbCd12/rootfs/bin");
     std::fs::create_dir_all(&work).unwrap();
@@ -179,6 +180,11 @@ async fn leftovers_of_a_killed_node_are_removed_at_the_next_start() {
     let link_tmp = rootfs.join(".link-app_v1@00000000000000ff");
     std::os::unix::fs::symlink(".versions/app_v1@00000000000000ff", &link_tmp).unwrap();
 
+    // And a state file's temporary copy, next to the state file.
+    std::fs::write(dir.join("versions.json"), b"[]").unwrap();
+    let torn = dir.join(".versions.json.tmp-99999-0");
+    std::fs::write(&torn, b"[{").unwrap();
+
     signal(node.pid(), "-KILL");
     node.wait_exit(Duration::from_secs(10)).expect("killed");
     let again = start_node(&dir, "again.log").await;
@@ -192,6 +198,7 @@ async fn leftovers_of_a_killed_node_are_removed_at_the_next_start() {
         dir.join("oci/.import-XyZ987"),
         orphan,
         link_tmp,
+        torn,
     ] {
         assert!(
             std::fs::symlink_metadata(&gone).is_err(),
@@ -201,6 +208,7 @@ async fn leftovers_of_a_killed_node_are_removed_at_the_next_start() {
         assert!(log.contains(&*gone.to_string_lossy()), "{log}");
     }
     assert_eq!(std::fs::read(rootfs.join("app_v1/hello")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(dir.join("versions.json")).unwrap(), b"[]");
 }
 
 /// Docker helper tags in `repo`.
