@@ -41,8 +41,8 @@ pub(crate) const WORK_PREFIX: &str = ".import-";
 const LINK_PREFIX: &str = ".link-";
 
 /// Makes the complete tree `staged` (on the filesystem of `root`) the
-/// content of `<root>/<name>` in one atomic step, durably, then deletes
-/// the version it replaced. Blocking.
+/// content of `<root>/<name>` in one atomic step, durably; keeps the
+/// version it replaced and deletes older ones. Blocking.
 pub(crate) fn publish(root: &Path, name: &str, staged: &Path) -> Result<(), ImportError> {
     // Extracted files were written without fsync (one per file would cost
     // seconds on a large rootfs): one syncfs makes the whole tree durable
@@ -57,9 +57,11 @@ pub(crate) fn publish(root: &Path, name: &str, staged: &Path) -> Result<(), Impo
 fn install(root: &Path, name: &str, staged: &Path) -> Result<(), ImportError> {
     let versions = root.join(VERSIONS);
     fs::create_dir_all(&versions).map_err(|e| ImportError::io("create", &versions, e))?;
-    let version = format!("{name}@{:016x}", rand::random::<u64>());
+    let unique = format!("{:016x}", rand::random::<u64>());
+    let version = format!("{name}@{unique}");
     let target = versions.join(&version);
-    let link_tmp = root.join(format!("{LINK_PREFIX}{version}"));
+    // Not named after the image: a name near the 255-byte limit still fits.
+    let link_tmp = root.join(format!("{LINK_PREFIX}{unique}"));
     let dest = root.join(name);
     let staged_in = (|| {
         fs::rename(staged, &target).map_err(|e| ImportError::io("move into", &target, e))?;
@@ -400,7 +402,8 @@ mod tests {
         // not renamed into place).
         staged(root, 3);
         fs::rename(staged(root, 4), root.join(VERSIONS).join("img@dead")).unwrap();
-        std::os::unix::fs::symlink(".versions/img@dead", root.join(".link-img@dead")).unwrap();
+        std::os::unix::fs::symlink(".versions/img@dead", root.join(".link-00000000deadbeef"))
+            .unwrap();
         let removed = remove_leftovers(root).unwrap();
         // Work dir, link, unlinked version, and the previous version.
         assert_eq!(removed.len(), 4, "{removed:?}");

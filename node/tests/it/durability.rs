@@ -177,7 +177,7 @@ async fn leftovers_of_a_killed_node_are_removed_at_the_next_start() {
     std::os::unix::fs::symlink(".versions/app_v1@0000000000000001", rootfs.join("app_v1")).unwrap();
     let orphan = rootfs.join(".versions/app_v1@00000000000000ff");
     std::fs::create_dir_all(&orphan).unwrap();
-    let link_tmp = rootfs.join(".link-app_v1@00000000000000ff");
+    let link_tmp = rootfs.join(".link-00000000000000ff");
     std::os::unix::fs::symlink(".versions/app_v1@00000000000000ff", &link_tmp).unwrap();
 
     // And a state file's temporary copy, next to the state file.
