@@ -21,6 +21,8 @@
 //!   --cloud-queue-ms 80    the registry flow's queue at the gateway
 //!   --backlog-queues on    a queue holds at most what its flows have left
 //!   --efficiency 0.95      payload share of a shaped link's rate
+//!   --chunk-kib 1024       chunk size (the calibration runs' 1 MiB; the
+//!                          node's default is 512 since)
 //!   --gateway-start-ms 85 --gateway-tail-ms 200 --start-ms 300-400
 //!   --digest-tick-ms 250   digests learnt on this tick (0: with the Have)
 //!   --offers-ms 1000       super-seeding offers' lapse (0: no offers)
@@ -131,6 +133,7 @@ fn main() {
                 cfg.churn_window_us = (us(a.into()), us(b.into()));
             }
             "--efficiency" => cfg.wire_efficiency = num(&val()),
+            "--chunk-kib" => cfg.chunk_bytes = (num(&val()) as u64) << 10,
             "--gateway-start-ms" => cfg.gateway_start_us = us(val()),
             "--gateway-tail-ms" => cfg.gateway_tail_us = us(val()),
             "--start-ms" => {

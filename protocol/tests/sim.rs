@@ -215,3 +215,24 @@ fn slow_links_set_their_own_pace_only() {
     let fast = r.last_done(|i, slow| i > 0 && !slow).unwrap();
     assert!(fast < 2 * t1(&cfg), "{fast}");
 }
+
+#[test]
+fn smaller_chunks_are_relayed_sooner() {
+    // Each relay hop waits for a whole chunk: with the uplinks' queues kept
+    // short (paced uploads), 512 KiB chunks reach 10 nodes sooner than
+    // 1 MiB ones, and the image still arrives once per node.
+    let paced = SimConfig {
+        queue_us: 5_000,
+        ..at(10, SimConfig::default())
+    };
+    let mib = run(&paced);
+    let half = run(&SimConfig {
+        chunk_bytes: 512 << 10,
+        ..paced
+    });
+    assert_sane(&mib, "1 MiB chunks");
+    assert_sane(&half, "512 KiB chunks");
+    let (a, b) = (mib.t_last().unwrap(), half.t_last().unwrap());
+    println!("T(10): 1 MiB {a} µs, 512 KiB {b} µs");
+    assert!(b < a, "512 KiB {b} µs, 1 MiB {a} µs");
+}

@@ -73,6 +73,7 @@ use crate::upload::{pipeline_depth, Action, Refusal, UploadConfig, Uploader};
 use link::{FlowId, Network};
 
 /// 1 MiB, the node's chunk size.
+/// The chunk size of the calibration runs.
 const CHUNK: u64 = 1 << 20;
 /// How often the gateway re-checks its offers without a store event (the
 /// node's `HAVE_RECHECK`).
@@ -98,6 +99,9 @@ pub struct SimConfig {
     pub nodes: usize,
     /// Layer sizes in bytes, streamed by the gateway in this order.
     pub layers: Vec<u64>,
+    /// Chunk size in bytes (a power of two, 64 KiB to 16 MiB). The
+    /// calibration runs used 1 MiB; the node's default is 512 KiB since.
+    pub chunk_bytes: u64,
     /// Node link rate (both directions), bytes per second.
     pub node_rate: f64,
     /// Link rate of the slow nodes, bytes per second.
@@ -240,6 +244,7 @@ impl Default for SimConfig {
         SimConfig {
             nodes: 21,
             layers: layouts::single(),
+            chunk_bytes: CHUNK,
             node_rate: 12_500_000.0,
             slow_rate: 1_250_000.0,
             slow_fraction: 0.0,
@@ -720,12 +725,13 @@ impl Sim {
         assert!(cfg.nodes >= 1, "a swarm has at least its gateway");
         let n = cfg.nodes;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let chunk_size = ChunkSize::new(CHUNK as u32).expect("1 MiB is a valid chunk size");
+        let chunk = cfg.chunk_bytes;
+        let chunk_size = ChunkSize::new(chunk as u32).expect("a valid chunk size");
         let mut blobs = Vec::new();
         let mut blob_of = Vec::new();
         let mut first = 0u32;
         for (i, &size) in cfg.layers.iter().enumerate() {
-            let count = size.div_ceil(CHUNK) as u32;
+            let count = size.div_ceil(chunk) as u32;
             blobs.push(Blob {
                 digest: Digest::of(format!("sim layer {i}").as_bytes()),
                 size,
@@ -827,7 +833,7 @@ impl Sim {
                         (Some(t), _) => Some(t),
                         (None, Depth::Bdp(max)) => {
                             let rtt_ms = (cfg.rtt_us + 2 * cfg.queue_us).div_ceil(1000);
-                            Some(pipeline_depth(rates[i] as u64, rtt_ms, CHUNK, 1, max) + 1)
+                            Some(pipeline_depth(rates[i] as u64, rtt_ms, chunk, 1, max) + 1)
                         }
                         (None, Depth::Fixed(_)) => None,
                     };
@@ -1206,7 +1212,8 @@ impl Sim {
     fn chunk_len(&self, chunk: u32) -> u64 {
         let b = &self.blobs[self.blob_of[chunk as usize] as usize];
         let i = (chunk - b.first) as u64;
-        (b.size - i * CHUNK).min(CHUNK)
+        let c = self.cfg.chunk_bytes;
+        (b.size - i * c).min(c)
     }
 
     fn set_carry(&mut self, id: FlowId, c: Carry) {
@@ -1552,7 +1559,8 @@ impl Sim {
                 if let (Depth::Bdp(max), Some(rate), Some(p)) =
                     (self.cfg.depth, est.rate(), n.picker.as_mut())
                 {
-                    let d = pipeline_depth(rate, rtt_us.div_ceil(1000), CHUNK, 1, max);
+                    let d =
+                        pipeline_depth(rate, rtt_us.div_ceil(1000), self.cfg.chunk_bytes, 1, max);
                     p.set_peer_limit(&src, Some(d));
                 }
             }
