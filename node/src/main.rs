@@ -727,6 +727,7 @@ async fn rm(client: &ClientArgs, image: String, locality: bool, key: Option<&Pat
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
+                seq: 0,
             };
             let signed = edgeswarm_node::daemon::SignedRemoval::sign(removal, &key);
             Some(base64::engine::general_purpose::STANDARD.encode(signed.encode()))

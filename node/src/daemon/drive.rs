@@ -171,6 +171,7 @@ impl Daemon {
             created: unix_seconds(),
             locality: self.inner.config.swarm.locality.clone(),
             selector,
+            seq: 0,
         };
         Ok(SignedRelease::sign(
             release,

@@ -170,6 +170,7 @@ mod tests {
                     error: None,
                 })
                 .collect(),
+            desired: None,
         }
     }
 

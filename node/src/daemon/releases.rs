@@ -532,6 +532,7 @@ mod tests {
             created,
             locality: "test".into(),
             selector: Vec::new(),
+            seq: 0,
         }
     }
 

@@ -135,6 +135,7 @@ impl Daemon {
                 image: image.to_owned(),
                 locality: self.inner.config.swarm.locality.clone(),
                 created: unix_seconds(),
+                seq: 0,
             },
             &self.inner.identity,
         )

@@ -494,6 +494,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
             image: image.clone(),
             locality: "cli-e2e".into(),
             created: an_hour_ago,
+            seq: 0,
         },
         &key,
     );
