@@ -58,6 +58,7 @@
 //! - Non-goals: scheduling containers after import; pulling from more than
 //!   one registry mirror.
 
+mod desired;
 mod drive;
 mod error;
 mod gateway;
@@ -76,6 +77,7 @@ use metrics::DaemonMetrics;
 use peers::Peers;
 use releases::Releases;
 use status::status_loop;
+pub use desired::DesiredView;
 pub use views::{PeerView, RefusedView, ReleasePhase, ReleaseView, SelfView, StatusView};
 
 pub use removal::{
@@ -152,6 +154,8 @@ pub(crate) struct Inner {
     sink: ImportSink,
     /// Every release this node tracks: the only owner of release state.
     releases: Releases,
+    /// The locality's desired state as this node knows it.
+    desired: desired::Desired,
     /// The other nodes of the locality, as gossip describes them.
     peers: Peers,
     /// Stops every task.
@@ -208,6 +212,7 @@ impl Daemon {
         let mut registry_metrics = prometheus_client::registry::Registry::with_prefix("edgeswarm");
         metrics.register(&mut registry_metrics);
         swarm.metrics().register(&mut registry_metrics);
+        let desired_path = config.data_dir.join("desired.json");
         let inner = Arc::new(Inner {
             config,
             store,
@@ -216,6 +221,7 @@ impl Daemon {
             registry,
             sink,
             releases: Releases::default(),
+            desired: desired::Desired::new(desired_path),
             peers: Peers::default(),
             shutdown: CancellationToken::new(),
             release_slots: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE_RELEASES)),
@@ -226,7 +232,10 @@ impl Daemon {
             removal_slots: Arc::new(tokio::sync::Semaphore::new(MAX_GOSSIP_REMOVALS)),
             gc_deferred: Default::default(),
         });
-        let gossip = tokio::spawn(gossip_loop(inner.clone(), inner.swarm.subscribe_gossip()));
+        // Subscribe before resuming, so no release gossiped meanwhile is missed.
+        let gossip_rx = inner.swarm.subscribe_gossip();
+        inner.resume_desired().await;
+        let gossip = tokio::spawn(gossip_loop(inner.clone(), gossip_rx));
         let ticker = tokio::spawn(status_loop(inner.clone()));
         let shutdown = inner.shutdown.clone();
         let swarm_client = inner.swarm.clone();

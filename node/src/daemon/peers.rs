@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::wire::{NodeStatus, ReleaseState};
+use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
@@ -102,6 +102,22 @@ impl Peers {
         }
         entry.status = status;
         entry.last_seen = now;
+    }
+
+    /// Whether a live peer may pull from the registry.
+    pub(super) fn any_live_gateway(&self) -> bool {
+        self.lock()
+            .peers
+            .values()
+            .any(|p| p.live() && p.status.gateway_capable)
+    }
+
+    /// Whether a live peer reports a desired-state digest other than
+    /// `ours` (peers that send none are older nodes: ignored).
+    pub(super) fn desired_differs(&self, ours: &DesiredDigest) -> bool {
+        self.lock().peers.values().any(|p| {
+            p.live() && p.status.desired.as_ref().is_some_and(|d| d != ours)
+        })
     }
 
     /// Records the blobs `peer` holds complete. Each availability message

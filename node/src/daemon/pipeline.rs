@@ -20,7 +20,9 @@ use crate::registry::manifest::{parse_manifest, ImageConfig, ManifestDocument};
 use crate::store::{BlobReader, Store};
 use tokio_util::sync::CancellationToken;
 
-/// Longest wait for a blob to become available in the locality.
+/// Longest wait for a blob to become available in the locality while no
+/// gateway-capable node is live (a live gateway may be retrying a
+/// registry outage: nodes wait for it as long as it reports).
 const FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// Pause between attempts while no peer holds a blob yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
@@ -187,11 +189,14 @@ async fn fetch_blob(
     release: Digest,
     digest: Digest,
 ) -> Result<(), ReleaseError> {
-    let started = Instant::now();
+    let mut started = Instant::now();
     let mut last_error = String::new();
     loop {
         if inner.store.is_complete(&digest) {
             return Ok(());
+        }
+        if inner.config.gateway || inner.peers.any_live_gateway() {
+            started = Instant::now();
         }
         if inner.shutdown.is_cancelled() {
             return Err(ReleaseError::ShuttingDown);
