@@ -243,7 +243,10 @@ impl<'de, T> serde::de::Visitor<'de> for VersionedSeq<'_, T> {
 }
 
 /// Converts one element read by [`VersionedSeq`].
-fn field<T: serde::de::DeserializeOwned>(v: Option<ciborium::Value>, name: &str) -> Result<T, String> {
+fn field<T: serde::de::DeserializeOwned>(
+    v: Option<ciborium::Value>,
+    name: &str,
+) -> Result<T, String> {
     v.ok_or_else(|| format!("missing {name}"))?
         .deserialized()
         .map_err(|e| format!("bad {name}: {e}"))
@@ -265,7 +268,11 @@ impl<'de> Deserialize<'de> for Release {
             let created = field(next(4), "created")?;
             let locality = field(next(5), "locality")?;
             let selector = field(next(6), "selector")?;
-            let seq = if version == 1 { 0 } else { field(next(7), "seq")? };
+            let seq = if version == 1 {
+                0
+            } else {
+                field(next(7), "seq")?
+            };
             if next(8).is_some() {
                 return Err("too many elements".into());
             }
@@ -379,7 +386,11 @@ impl<'de> Deserialize<'de> for Removal {
             let image = field(next(1), "image")?;
             let locality = field(next(2), "locality")?;
             let created = field(next(3), "created")?;
-            let seq = if version == 1 { 0 } else { field(next(4), "seq")? };
+            let seq = if version == 1 {
+                0
+            } else {
+                field(next(4), "seq")?
+            };
             if next(5).is_some() {
                 return Err("too many elements".into());
             }

@@ -414,7 +414,10 @@ mod tests {
         match state.offer(release("app:v1", 4, 10_000, &k)) {
             Offer::Refused(reason) => {
                 assert!(reason.contains("older than"), "{reason}");
-                assert!(reason.contains("seq 4") && reason.contains("seq 5"), "{reason}");
+                assert!(
+                    reason.contains("seq 4") && reason.contains("seq 5"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -424,10 +427,7 @@ mod tests {
             Offer::Newer(Some(_))
         ));
         // Other images are independent.
-        assert_eq!(
-            state.offer(release("app:v2", 1, 1, &k)),
-            Offer::Newer(None)
-        );
+        assert_eq!(state.offer(release("app:v2", 1, 1, &k)), Offer::Newer(None));
     }
 
     #[test]

@@ -166,10 +166,7 @@ fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRemoval)
     let inner = inner.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        match inner
-            .remove_image(&removal.image, Some(removal.seq))
-            .await
-        {
+        match inner.remove_image(&removal.image, Some(removal.seq)).await {
             Ok(report) => tracing::info!(from = ?source, ?report, "removed on request"),
             Err(e) => {
                 tracing::warn!(from = ?source, image = %removal.image, error = %e, "removal request not applied");

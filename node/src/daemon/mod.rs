@@ -71,13 +71,13 @@ mod removal;
 mod status;
 mod views;
 
+pub use desired::DesiredView;
 pub use error::DaemonError;
 use gossip::gossip_loop;
 use metrics::DaemonMetrics;
 use peers::Peers;
 use releases::Releases;
 use status::status_loop;
-pub use desired::DesiredView;
 pub use views::{PeerView, RefusedView, ReleasePhase, ReleaseView, SelfView, StatusView};
 
 pub use removal::{

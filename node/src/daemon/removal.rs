@@ -198,10 +198,7 @@ impl Inner {
                 let _guard = self.versions_lock.lock().await;
                 self.load_versions().await
             };
-            if let Some(v) = installed
-                .iter()
-                .find(|v| v.image == image && v.seq > limit)
-            {
+            if let Some(v) = installed.iter().find(|v| v.image == image && v.seq > limit) {
                 return Err(DaemonError::RemovalRefused(format!(
                     "{image} installed here has release sequence {}, newer than the removal \
                      request's ({limit}); keeping it",

@@ -257,7 +257,9 @@ impl<'de> Deserialize<'de> for NodeStatus {
         impl<'de> Visitor<'de> for V {
             type Value = NodeStatus;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a node status [role, gateway_capable, timestamp_ms, releases, desired?]")
+                f.write_str(
+                    "a node status [role, gateway_capable, timestamp_ms, releases, desired?]",
+                )
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NodeStatus, A::Error> {
                 let role = next(&mut seq, 0, &self)?;
