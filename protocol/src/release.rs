@@ -216,15 +216,19 @@ impl Serialize for Release {
     }
 }
 
-/// Reads the elements of a versioned array: version 1 without the trailing
-/// sequence, version 2 with it. (Canonical decoding then refuses a version 2
-/// encoding of sequence 0, which encodes as version 1.)
-struct VersionedSeq<'a, T> {
+/// The elements of a versioned array, read one at a time.
+type Elements = std::vec::IntoIter<ciborium::Value>;
+
+/// Reads the elements of a versioned array (version 1 without the trailing
+/// sequence, version 2 with it) and hands them to `read`. Canonical
+/// decoding then refuses a version 2 encoding of sequence 0, which encodes
+/// as version 1.
+struct VersionedSeq<T> {
     what: &'static str,
-    read: &'a dyn Fn(&mut dyn FnMut(usize) -> Option<ciborium::Value>) -> Result<T, String>,
+    read: fn(&mut Elements) -> Result<T, String>,
 }
 
-impl<'de, T> serde::de::Visitor<'de> for VersionedSeq<'_, T> {
+impl<'de, T> serde::de::Visitor<'de> for VersionedSeq<T> {
     type Value = T;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "a {} array", self.what)
@@ -238,7 +242,11 @@ impl<'de, T> serde::de::Visitor<'de> for VersionedSeq<'_, T> {
             items.push(v);
         }
         let mut items = items.into_iter();
-        (self.read)(&mut |_| items.next()).map_err(serde::de::Error::custom)
+        let value = (self.read)(&mut items).map_err(serde::de::Error::custom)?;
+        if items.next().is_some() {
+            return Err(serde::de::Error::custom("too many elements"));
+        }
+        Ok(value)
     }
 }
 
@@ -254,28 +262,25 @@ fn field<T: serde::de::DeserializeOwned>(
 
 impl<'de> Deserialize<'de> for Release {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let read = |next: &mut dyn FnMut(usize) -> Option<ciborium::Value>| {
-            let version: u64 = field(next(0), "version")?;
+        fn read(items: &mut Elements) -> Result<Release, String> {
+            let version: u64 = field(items.next(), "version")?;
             if version != 1 && version != RELEASE_VERSION {
                 return Err(format!(
                     "release version {version}, expected 1 or {RELEASE_VERSION}"
                 ));
             }
-            let image = field(next(1), "image")?;
-            let manifest = field(next(2), "manifest")?;
+            let image = field(items.next(), "image")?;
+            let manifest = field(items.next(), "manifest")?;
             let (os, architecture, variant): (String, String, Option<String>) =
-                field(next(3), "platform")?;
-            let created = field(next(4), "created")?;
-            let locality = field(next(5), "locality")?;
-            let selector = field(next(6), "selector")?;
+                field(items.next(), "platform")?;
+            let created = field(items.next(), "created")?;
+            let locality = field(items.next(), "locality")?;
+            let selector = field(items.next(), "selector")?;
             let seq = if version == 1 {
                 0
             } else {
-                field(next(7), "seq")?
+                field(items.next(), "seq")?
             };
-            if next(8).is_some() {
-                return Err("too many elements".into());
-            }
             Ok(Release {
                 image,
                 manifest,
@@ -289,10 +294,10 @@ impl<'de> Deserialize<'de> for Release {
                 selector,
                 seq,
             })
-        };
+        }
         deserializer.deserialize_seq(VersionedSeq {
             what: "release",
-            read: &read,
+            read,
         })
     }
 }
@@ -376,34 +381,31 @@ impl Serialize for Removal {
 
 impl<'de> Deserialize<'de> for Removal {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let read = |next: &mut dyn FnMut(usize) -> Option<ciborium::Value>| {
-            let version: u64 = field(next(0), "version")?;
+        fn read(items: &mut Elements) -> Result<Removal, String> {
+            let version: u64 = field(items.next(), "version")?;
             if version != 1 && version != REMOVAL_VERSION {
                 return Err(format!(
                     "removal version {version}, expected 1 or {REMOVAL_VERSION}"
                 ));
             }
-            let image = field(next(1), "image")?;
-            let locality = field(next(2), "locality")?;
-            let created = field(next(3), "created")?;
+            let image = field(items.next(), "image")?;
+            let locality = field(items.next(), "locality")?;
+            let created = field(items.next(), "created")?;
             let seq = if version == 1 {
                 0
             } else {
-                field(next(4), "seq")?
+                field(items.next(), "seq")?
             };
-            if next(5).is_some() {
-                return Err("too many elements".into());
-            }
             Ok(Removal {
                 image,
                 locality,
                 created,
                 seq,
             })
-        };
+        }
         deserializer.deserialize_seq(VersionedSeq {
             what: "removal",
-            read: &read,
+            read,
         })
     }
 }

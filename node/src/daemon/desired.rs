@@ -89,7 +89,7 @@ impl Entry {
 pub(super) enum Offer {
     /// Newer than anything held for its image: it is the desired state now
     /// (the entry it replaced, if any, is returned).
-    Newer(Option<Entry>),
+    Newer(Option<Box<Entry>>),
     /// Exactly the entry held already (a re-publication): nothing to do.
     Same,
     /// Refused, with the reason shown in status.
@@ -167,7 +167,7 @@ impl State {
             None if self.entries.len() >= MAX_DESIRED_IMAGES => Offer::Refused(format!(
                 "the desired state holds {MAX_DESIRED_IMAGES} images already; {image} refused"
             )),
-            _ => Offer::Newer(self.entries.insert(image, entry)),
+            _ => Offer::Newer(self.entries.insert(image, entry).map(Box::new)),
         }
     }
 
@@ -438,7 +438,7 @@ mod tests {
         state.offer(r.clone());
         assert!(matches!(
             state.offer(removal("app:v1", 2, 100, &k)),
-            Offer::Newer(Some(Entry::Release(_)))
+            Offer::Newer(Some(e)) if matches!(*e, Entry::Release(_))
         ));
         match state.offer(r) {
             Offer::Refused(reason) => assert!(reason.contains("removal"), "{reason}"),
