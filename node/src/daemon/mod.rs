@@ -11,6 +11,10 @@
 //!     layers, refusals); its methods enforce the phase order;
 //!   - `peers`: the other nodes as their status and availability gossip
 //!     describe them (liveness, what they hold complete);
+//!   - `desired`: the locality's desired state, per image the newest
+//!     signed release or removal by publisher sequence; persisted in
+//!     `desired.json` and resumed at start; refuses older and replayed
+//!     messages; its digest in status reports drives anti-entropy;
 //! - what moves a release:
 //!   - `drive`: trust checks, acceptance, gateway election and starting
 //!     the pull and the fetch; each phase change goes through it (metrics,
@@ -27,7 +31,8 @@
 //! - what the node hears and says:
 //!   - `gossip`: `dispatch` hands each gossip message (decoded once, by
 //!     the swarm) to the `on_*` handler of its kind;
-//!   - `status`: the loop that reports status and availability and drives
+//!   - `status`: the loop that reports status and availability, pushes
+//!     the desired state to peers whose digest differs (anti-entropy) and drives
 //!     pending releases again (failover);
 //! - what it shows: `views` (the API's JSON: [`StatusView`],
 //!   [`ReleasePhase`], ...) and `metrics` (Prometheus);
