@@ -188,6 +188,15 @@ impl Inner {
                         .retain_versions(&release.image, release.seq, release.created)
                         .await;
                 }
+                // A locality-wide removal that came while this import ran
+                // was refused then (the import was in the way) but is the
+                // desired state of the image: apply it now.
+                if let Some(Entry::Removal(removal)) = inner.desired.get(&release.image) {
+                    let seq = removal.body_unverified().seq;
+                    if let Err(e) = inner.remove_image(&release.image, Some(seq)).await {
+                        tracing::warn!(image = %release.image, error = %e, "pending removal not applied");
+                    }
+                }
                 inner.collect_deferred().await;
             });
         }
