@@ -779,6 +779,9 @@ async fn rm(client: &ClientArgs, image: String, locality: bool, key: Option<&Pat
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
+                // Above every sequence the node holds, so the removal wins
+                // over the release it removes.
+                seq: view.next_seq,
             };
             let signed = edgeswarm_node::daemon::SignedRemoval::sign(removal, &key);
             Some(base64::engine::general_purpose::STANDARD.encode(signed.encode()))
@@ -820,7 +823,7 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
             .releases
             .iter()
             .filter(|r| r.image == image)
-            .max_by_key(|r| r.created);
+            .max_by_key(|r| (r.seq, r.created));
         let Some(mine) = newest else {
             if started.elapsed() > timeout {
                 bail!(

@@ -46,7 +46,7 @@ fn percent(r: &ReleaseView) -> f64 {
     }
 }
 
-/// Details after the byte counts: sources, time, error.
+/// Details after the byte counts: sources, time, error, why it waits.
 fn details(r: &ReleaseView) -> String {
     let mut s = format!(
         "cloud {}, peers {}",
@@ -58,6 +58,9 @@ fn details(r: &ReleaseView) -> String {
     }
     if let Some(e) = &r.error {
         let _ = write!(s, ", error: {e}");
+    }
+    if let Some(w) = &r.waiting {
+        let _ = write!(s, ", waiting: {w}");
     }
     s
 }
@@ -429,6 +432,8 @@ mod tests {
             error: error.map(str::to_owned),
             gateway: None,
             created: Some(1),
+            seq: Some(1),
+            waiting: None,
         }
     }
 
@@ -451,6 +456,8 @@ mod tests {
                 releases: vec![theirs],
             }],
             refused: vec![],
+            desired: vec![],
+            next_seq: 1,
         }
     }
 

@@ -12,11 +12,19 @@
 //! ## Encodings
 //!
 //! ```text
-//! Release       = [1, image: text, manifest: bytes(32), platform, created: uint,
-//!                  locality: text, selector: [[label: text, value: text]*]]
+//! Release       = [2, image: text, manifest: bytes(32), platform, created: uint,
+//!                  locality: text, selector: [[label: text, value: text]*], seq: uint]
+//!               / [1, image, manifest, platform, created, locality, selector]   (seq 0)
 //! platform      = [os: text, architecture: text, variant: text / null]
 //! SignedRelease = [1, Release, signer: bytes(32), signature: bytes(64)]
 //! ```
+//!
+//! `seq` is the publisher's sequence number: per image, a node keeps only
+//! the release or removal with the largest `(seq, created, signer)` (see
+//! [`Order`]), so a replayed older message never wins whatever the signer's
+//! clock says. A sequence of 0 is the version 1 encoding, from before
+//! sequences existed; it still decodes and orders below every sequenced
+//! message.
 //!
 //! The release id ([`Release::id`], [`SignedRelease::release_id`]) is the
 //! sha256 of the canonical CBOR of the *release body*, not of the signed
@@ -36,8 +44,23 @@ use crate::address::Digest;
 use crate::encoding::{self, check_leading_version, DecodeError};
 use crate::signing::{Signable, Signed, SIGNED_VERSION};
 
-/// Format version of [`Release`].
-pub const RELEASE_VERSION: u64 = 1;
+/// Format version of [`Release`] with a sequence number; version 1 (no
+/// sequence, `seq` 0) still decodes and is how `seq` 0 encodes.
+pub const RELEASE_VERSION: u64 = 2;
+
+/// Where a signed release or removal stands among the messages about one
+/// image: compared as `(seq, created, signer)`, so every node picks the
+/// same winner. `created` (the signer's clock) only breaks ties between
+/// unsequenced (version 1) messages; the signer breaks the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Order {
+    /// The publisher's sequence number.
+    pub seq: u64,
+    /// The signer's clock (tie-break of unsequenced messages).
+    pub created: u64,
+    /// The signer's public key bytes.
+    pub signer: [u8; 32],
+}
 
 /// Largest encoded [`SignedRelease`] accepted: 16 KiB, far more than an
 /// image reference, a locality and a few labels need, and well inside a
@@ -116,14 +139,17 @@ pub struct Release {
     pub manifest: Digest,
     /// The platform the manifest is for.
     pub platform: Platform,
-    /// When the release was made, in unix seconds; orders releases of the
-    /// same image.
+    /// When the release was made, in unix seconds (shown to operators;
+    /// orders nothing except unsequenced releases, see [`Order`]).
     pub created: u64,
     /// The locality the release is for; nodes elsewhere ignore it.
     pub locality: String,
     /// `label=value` pairs a node must all carry to install the release;
     /// empty means every node of the locality.
     pub selector: Vec<(String, String)>,
+    /// The publisher's sequence number (0: an unsequenced version 1
+    /// release). Orders messages about one image: see [`Order`].
+    pub seq: u64,
 }
 
 impl Release {
@@ -158,54 +184,120 @@ impl Release {
 
 impl Serialize for Release {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (
-            RELEASE_VERSION,
-            &self.image,
-            &self.manifest,
+        let platform = (
+            &self.platform.os,
+            &self.platform.architecture,
+            &self.platform.variant,
+        );
+        if self.seq == 0 {
             (
-                &self.platform.os,
-                &self.platform.architecture,
-                &self.platform.variant,
-            ),
-            self.created,
-            &self.locality,
-            &self.selector,
-        )
-            .serialize(serializer)
+                1u64,
+                &self.image,
+                &self.manifest,
+                platform,
+                self.created,
+                &self.locality,
+                &self.selector,
+            )
+                .serialize(serializer)
+        } else {
+            (
+                RELEASE_VERSION,
+                &self.image,
+                &self.manifest,
+                platform,
+                self.created,
+                &self.locality,
+                &self.selector,
+                self.seq,
+            )
+                .serialize(serializer)
+        }
     }
 }
 
-/// Wire shape of [`Release`].
-type WireRelease = (
-    u64,
-    String,
-    Digest,
-    (String, String, Option<String>),
-    u64,
-    String,
-    Vec<(String, String)>,
-);
+/// The elements of a versioned array, read one at a time.
+type Elements = std::vec::IntoIter<ciborium::Value>;
+
+/// Reads the elements of a versioned array (version 1 without the trailing
+/// sequence, version 2 with it) and hands them to `read`. Canonical
+/// decoding then refuses a version 2 encoding of sequence 0, which encodes
+/// as version 1.
+struct VersionedSeq<T> {
+    what: &'static str,
+    read: fn(&mut Elements) -> Result<T, String>,
+}
+
+impl<'de, T> serde::de::Visitor<'de> for VersionedSeq<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} array", self.what)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element::<ciborium::Value>()? {
+            if items.len() == 16 {
+                return Err(serde::de::Error::custom("too many elements"));
+            }
+            items.push(v);
+        }
+        let mut items = items.into_iter();
+        let value = (self.read)(&mut items).map_err(serde::de::Error::custom)?;
+        if items.next().is_some() {
+            return Err(serde::de::Error::custom("too many elements"));
+        }
+        Ok(value)
+    }
+}
+
+/// Converts one element read by [`VersionedSeq`].
+fn field<T: serde::de::DeserializeOwned>(
+    v: Option<ciborium::Value>,
+    name: &str,
+) -> Result<T, String> {
+    v.ok_or_else(|| format!("missing {name}"))?
+        .deserialized()
+        .map_err(|e| format!("bad {name}: {e}"))
+}
 
 impl<'de> Deserialize<'de> for Release {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (version, image, manifest, (os, architecture, variant), created, locality, selector): WireRelease =
-            Deserialize::deserialize(deserializer)?;
-        if version != RELEASE_VERSION {
-            return Err(serde::de::Error::custom(format!(
-                "release version {version}, expected {RELEASE_VERSION}"
-            )));
+        fn read(items: &mut Elements) -> Result<Release, String> {
+            let version: u64 = field(items.next(), "version")?;
+            if version != 1 && version != RELEASE_VERSION {
+                return Err(format!(
+                    "release version {version}, expected 1 or {RELEASE_VERSION}"
+                ));
+            }
+            let image = field(items.next(), "image")?;
+            let manifest = field(items.next(), "manifest")?;
+            let (os, architecture, variant): (String, String, Option<String>) =
+                field(items.next(), "platform")?;
+            let created = field(items.next(), "created")?;
+            let locality = field(items.next(), "locality")?;
+            let selector = field(items.next(), "selector")?;
+            let seq = if version == 1 {
+                0
+            } else {
+                field(items.next(), "seq")?
+            };
+            Ok(Release {
+                image,
+                manifest,
+                platform: Platform {
+                    os,
+                    architecture,
+                    variant,
+                },
+                created,
+                locality,
+                selector,
+                seq,
+            })
         }
-        Ok(Release {
-            image,
-            manifest,
-            platform: Platform {
-                os,
-                architecture,
-                variant,
-            },
-            created,
-            locality,
-            selector,
+        deserializer.deserialize_seq(VersionedSeq {
+            what: "release",
+            read,
         })
     }
 }
@@ -224,6 +316,16 @@ impl Signed<Release> {
         self.body_unverified().id()
     }
 
+    /// Where this release stands among messages about its image.
+    pub fn order(&self) -> Order {
+        let body = self.body_unverified();
+        Order {
+            seq: body.seq,
+            created: body.created,
+            signer: *self.signer().as_bytes(),
+        }
+    }
+
     /// Decodes a signed release (bounded by [`MAX_RELEASE_BYTES`]), without
     /// verifying it.
     pub fn decode(bytes: &[u8]) -> Result<Self, ReleaseError> {
@@ -236,15 +338,17 @@ impl Signed<Release> {
     }
 }
 
-/// Format version of [`Removal`].
-pub const REMOVAL_VERSION: u64 = 1;
+/// Format version of [`Removal`] with a sequence number; version 1 (no
+/// sequence, `seq` 0) still decodes and is how `seq` 0 encodes.
+pub const REMOVAL_VERSION: u64 = 2;
 
 /// A request to remove an image from every node of a locality
 /// (`edgeswarm rm --locality`), signed like a release and accepted under the
 /// same trust policy.
 ///
-/// Encoded as `[1, image: text, locality: text, created: uint]`. It applies
-/// only to releases of the image created no later than `created`, so
+/// Encoded as `[2, image: text, locality: text, created: uint, seq: uint]`
+/// (or `[1, image, locality, created]` for `seq` 0). It applies only when it
+/// is newer ([`Order`]) than the release of the image a node holds, so
 /// replaying an old removal after a redeploy removes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Removal {
@@ -254,27 +358,54 @@ pub struct Removal {
     pub locality: String,
     /// Unix seconds when the request was made.
     pub created: u64,
+    /// The publisher's sequence number, as in [`Release::seq`].
+    pub seq: u64,
 }
 
 impl Serialize for Removal {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (REMOVAL_VERSION, &self.image, &self.locality, self.created).serialize(serializer)
+        if self.seq == 0 {
+            (1u64, &self.image, &self.locality, self.created).serialize(serializer)
+        } else {
+            (
+                REMOVAL_VERSION,
+                &self.image,
+                &self.locality,
+                self.created,
+                self.seq,
+            )
+                .serialize(serializer)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Removal {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (version, image, locality, created): (u64, String, String, u64) =
-            Deserialize::deserialize(deserializer)?;
-        if version != REMOVAL_VERSION {
-            return Err(serde::de::Error::custom(format!(
-                "removal version {version}, expected {REMOVAL_VERSION}"
-            )));
+        fn read(items: &mut Elements) -> Result<Removal, String> {
+            let version: u64 = field(items.next(), "version")?;
+            if version != 1 && version != REMOVAL_VERSION {
+                return Err(format!(
+                    "removal version {version}, expected 1 or {REMOVAL_VERSION}"
+                ));
+            }
+            let image = field(items.next(), "image")?;
+            let locality = field(items.next(), "locality")?;
+            let created = field(items.next(), "created")?;
+            let seq = if version == 1 {
+                0
+            } else {
+                field(items.next(), "seq")?
+            };
+            Ok(Removal {
+                image,
+                locality,
+                created,
+                seq,
+            })
         }
-        Ok(Removal {
-            image,
-            locality,
-            created,
+        deserializer.deserialize_seq(VersionedSeq {
+            what: "removal",
+            read,
         })
     }
 }
@@ -292,6 +423,16 @@ pub type SignedRemoval = Signed<Removal>;
 pub const MAX_REMOVAL_BYTES: usize = 4 << 10;
 
 impl Signed<Removal> {
+    /// Where this removal stands among messages about its image.
+    pub fn order(&self) -> Order {
+        let body = self.body_unverified();
+        Order {
+            seq: body.seq,
+            created: body.created,
+            signer: *self.signer().as_bytes(),
+        }
+    }
+
     /// Decodes a signed removal (bounded by [`MAX_REMOVAL_BYTES`]), without
     /// verifying it.
     pub fn decode(bytes: &[u8]) -> Result<Self, ReleaseError> {

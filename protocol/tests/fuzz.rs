@@ -53,6 +53,7 @@ fn valid_gossip(n: u32) -> Vec<u8> {
                 created: n as u64,
                 locality: "L".into(),
                 selector: vec![("role".into(), "cam".into())],
+                seq: 0,
             },
             &key(n as u8),
         )),
@@ -61,6 +62,7 @@ fn valid_gossip(n: u32) -> Vec<u8> {
                 image: format!("r:5000/app:{n}"),
                 locality: "L".into(),
                 created: n as u64,
+                seq: 0,
             },
             &key(n as u8),
         )),
@@ -81,6 +83,7 @@ fn valid_gossip(n: u32) -> Vec<u8> {
             gateway_capable: n.is_multiple_of(2),
             timestamp_ms: n as u64,
             releases: vec![],
+            desired: None,
         }),
     };
     msg.encode()

@@ -19,6 +19,7 @@ fn release() -> Release {
             ("role".into(), "camera".into()),
             ("zone".into(), "3".into()),
         ],
+        seq: 0,
     }
 }
 
@@ -136,6 +137,7 @@ fn release_encoding_is_pinned() {
         created: 1,
         locality: "l".into(),
         selector: vec![("k".into(), "v".into())],
+        seq: 0,
     };
     let expected = concat!(
         "87",   // array(7)

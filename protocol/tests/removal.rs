@@ -14,6 +14,7 @@ fn removal() -> Removal {
         image: "r:5000/a:v1".into(),
         locality: "L".into(),
         created: 1,
+        seq: 0,
     }
 }
 
@@ -105,6 +106,7 @@ fn gossiped_releases_are_bounded_as_when_decoded_alone() {
         created: 1,
         locality: "L".into(),
         selector: vec![],
+        seq: 0,
     };
     let gossip = GossipMessage::Release(SignedRelease::sign(release, &key)).encode();
     assert!(gossip.len() <= MAX_GOSSIP_BYTES);

@@ -24,6 +24,7 @@ fn sample_release() -> Release {
         created: 1_700_000_000,
         locality: "plant-a".into(),
         selector: vec![("role".into(), "camera".into())],
+        seq: 0,
     }
 }
 
@@ -67,6 +68,7 @@ fn sample_removal() -> Removal {
         image: "registry.local:5000/app:1.0".into(),
         locality: "plant-a".into(),
         created: 1_700_000_000,
+        seq: 0,
     }
 }
 
@@ -161,10 +163,37 @@ fn sample_gossip_messages() -> Vec<GossipMessage> {
                 bytes_from_peers: 400,
                 error: None,
             }],
+            desired: None,
         }),
         GossipMessage::ChunkDigests(SignedChunkDigestUpdate::sign(sample_update(), &key())),
         GossipMessage::Resolution(SignedReleaseResolution::sign(sample_resolution(), &key())),
         GossipMessage::Removal(SignedRemoval::sign(sample_removal(), &key())),
+        // Sequenced (version 2) releases and removals, and a status with
+        // its desired-state digest; the unsequenced ones above still decode.
+        GossipMessage::Release(SignedRelease::sign(
+            Release {
+                seq: 7,
+                ..sample_release()
+            },
+            &key(),
+        )),
+        GossipMessage::Removal(SignedRemoval::sign(
+            Removal {
+                seq: 8,
+                ..sample_removal()
+            },
+            &key(),
+        )),
+        GossipMessage::Status(NodeStatus {
+            role: PeerRole::Node,
+            gateway_capable: false,
+            timestamp_ms: 1_700_000_000_123,
+            releases: vec![],
+            desired: Some(DesiredDigest {
+                count: 2,
+                hash: d("desired"),
+            }),
+        }),
     ]
 }
 
@@ -193,6 +222,12 @@ const GOSSIP_GOLDEN: &[&str] = &[
     "8301048401855820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a82983582005b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f1864782a6170706c69636174696f6e2f766e642e6f63692e696d6167652e6d616e69666573742e76312b6a736f6e835820b79606fb3afea5bd1609ed40b622142f1c98125abcfe89a76a661b0e8e34391018c878286170706c69636174696f6e2f766e642e6f63692e696d6167652e636f6e6669672e76312b6a736f6e81835820dac1d7cfa95021764849fd102524e141488c5e3a90f861dbb5a12d9ac8584f8519012c782b6170706c69636174696f6e2f766e642e6f63692e696d6167652e6c617965722e76312e7461722b677a69701a001000005820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c58404d7a0db5fb77038fa623565ee338d5d7bc272468b559845aaf6deb840f71af4b32760ee3a57cc648445e9fd96d46fc00356d329d9544d88234a794df97bf5b0c",
     // Kind 5: [1, 5, [1, [1, image, locality, created], signer, signature]].
     "83010584018401781b72656769737472792e6c6f63616c3a353030302f6170703a312e3067706c616e742d611a6553f1005820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c5840a885066f8a367b15526f0a8c295a5b16bd1abcc12cef9502cfe83f012155d145e62a31923539c50a977ddd1a61844f09d43f2ccf9231df3abfc40f22c175e104",
+    // Kind 0, sequenced: the release is [2, ..., seq 7].
+    "83010084018802781b72656769737472792e6c6f63616c3a353030302f6170703a312e30582005b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f83656c696e75786361726d6276371a6553f10067706c616e742d61818264726f6c656663616d657261075820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c58403a85012617a93582d7580b0f6a981a43c7eb8bf53b905d91d0a7f609f0f3c690f719056c49ce21530989f3ff7ea0b8d88a4ec1d78345b966cc2bf7fa77026702",
+    // Kind 5, sequenced: [2, image, locality, created, seq 8].
+    "83010584018502781b72656769737472792e6c6f63616c3a353030302f6170703a312e3067706c616e742d611a6553f100085820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c58402e9d235de4cfb281001b7146510ac7331792b9a55ecdc095b961830d651619f6806e12c6e018a29ab02b1baadba7382fdc74d11a431dced18a0a22879ed76d00",
+    // Kind 2 with a desired digest: [..., [], [2, hash]].
+    "8301028500f41b0000018bcfe5687b8082025820b60b935389f7cf68e7877a80a4ded0dfc93e248b8807932536e1de0f771d259b",
 ];
 
 #[test]
@@ -214,6 +249,11 @@ fn stream_messages_match_golden_bytes() {
 #[test]
 fn gossip_messages_match_golden_bytes() {
     let msgs = sample_gossip_messages();
+    if std::env::var_os("PRINT_GOLDEN").is_some() {
+        for m in &msgs {
+            println!("GOLDEN {}", hex::encode(m.encode()));
+        }
+    }
     assert_eq!(msgs.len(), GOSSIP_GOLDEN.len());
     for (m, golden) in msgs.iter().zip(GOSSIP_GOLDEN) {
         assert_eq!(hex::encode(m.encode()), *golden, "{m:?}");
@@ -551,6 +591,8 @@ fn arb_release() -> impl Strategy<Value = Release> {
                 created,
                 locality,
                 selector,
+                // Both encodings: unsequenced (version 1) and sequenced.
+                seq: created % 3,
             },
         )
 }
@@ -642,6 +684,11 @@ fn arb_gossip_message() -> impl Strategy<Value = GossipMessage> {
                     role,
                     gateway_capable,
                     timestamp_ms,
+                    // Both encodings: with and without a desired digest.
+                    desired: (timestamp_ms % 2 == 1).then(|| DesiredDigest {
+                        count: timestamp_ms % 7,
+                        hash: Digest::of(&timestamp_ms.to_le_bytes()),
+                    }),
                     releases,
                 })
             }),
@@ -674,6 +721,7 @@ fn arb_gossip_message() -> impl Strategy<Value = GossipMessage> {
                         image,
                         locality,
                         created,
+                        seq: created % 3,
                     },
                     &k,
                 ))

@@ -14,6 +14,7 @@ use edgeswarm_protocol::wire::{GossipMessage, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
+use super::desired::{Entry, Offer};
 use super::error::ReleaseError;
 use super::{gateway, pipeline, unix_seconds, Daemon, DaemonError, Inner};
 use crate::swarm::Topic;
@@ -35,6 +36,100 @@ impl Inner {
             )));
         }
         Ok(release)
+    }
+
+    /// Checks a signed release ([`Inner::check_release`]) and offers it to
+    /// the desired state: `Some` when it is newer than what this node holds
+    /// for its image (persist it and act on it), `None` when it is exactly
+    /// that (a re-publication), an error when it is refused (older, a
+    /// replay, or untrusted).
+    pub(super) fn admit_release(
+        &self,
+        signed: &SignedRelease,
+    ) -> Result<Option<Release>, DaemonError> {
+        let release = self.check_release(signed)?;
+        match self.desired.offer(Entry::Release(signed.clone())) {
+            Offer::Newer(_) => Ok(Some(release)),
+            Offer::Same => Ok(None),
+            Offer::Refused(reason) => Err(DaemonError::Refused(reason)),
+        }
+    }
+
+    /// Persists the desired state after a change, in the background (saves
+    /// are serialised and each writes the state as it is then).
+    pub(super) fn persist_desired(self: &Arc<Self>) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner.desired.save().await {
+                tracing::warn!(error = %e, "desired state not saved");
+            }
+        });
+    }
+
+    /// Acts on a release the desired state just took: tracks and drives
+    /// it, unless it was removed on this node only.
+    pub(super) fn adopt_release(self: &Arc<Self>, signed: &SignedRelease, release: Release) {
+        self.persist_desired();
+        if self.desired.dismissed(signed) {
+            tracing::info!(image = %release.image, "release removed on this node; not reinstalled");
+            return;
+        }
+        self.accept_release(release);
+    }
+
+    /// Reads the persisted desired state and picks its releases up again:
+    /// each is checked as when it arrived (the trust policy may have
+    /// changed), an installed one is shown done, the others run again and
+    /// resume from the chunks the store kept.
+    pub(super) async fn resume_desired(self: &Arc<Self>) {
+        let entries = self.desired.load().await;
+        let pins = self.store.pins();
+        let mut resumed = 0;
+        for entry in entries {
+            match entry {
+                Entry::Release(signed) => {
+                    let release = match self.check_release(&signed) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.refuse(&signed, None, &e);
+                            continue;
+                        }
+                    };
+                    self.desired.offer(Entry::Release(signed.clone()));
+                    if self.desired.dismissed(&signed) {
+                        continue;
+                    }
+                    let installed = pins
+                        .get(&release.image)
+                        .is_some_and(|blobs| blobs.first() == Some(&release.manifest));
+                    if installed {
+                        self.releases.track_done(release);
+                    } else {
+                        resumed += 1;
+                        self.accept_release(release);
+                    }
+                }
+                Entry::Removal(signed) => match self.check_removal(&signed) {
+                    Ok(removal) => {
+                        self.desired.offer(Entry::Removal(signed));
+                        if pins.contains_key(&removal.image) {
+                            // Crashed between taking the removal and applying it.
+                            let inner = self.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) =
+                                    inner.remove_image(&removal.image, Some(removal.seq)).await
+                                {
+                                    tracing::warn!(image = %removal.image, error = %e, "removal not applied at start");
+                                }
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "persisted removal refused"),
+                },
+            }
+        }
+        let digest = self.desired.digest();
+        tracing::info!(images = digest.count, resumed, "desired state loaded");
     }
 
     /// Records and reports a refused release.
@@ -89,7 +184,18 @@ impl Inner {
                 let id = release.id();
                 pipeline::run(inner.clone(), release.clone()).await;
                 if inner.releases.is_done(&id) {
-                    inner.retain_versions(&release.image, release.created).await;
+                    inner
+                        .retain_versions(&release.image, release.seq, release.created)
+                        .await;
+                }
+                // A locality-wide removal that came while this import ran
+                // was refused then (the import was in the way) but is the
+                // desired state of the image: apply it now.
+                if let Some(Entry::Removal(removal)) = inner.desired.get(&release.image) {
+                    let seq = removal.body_unverified().seq;
+                    if let Err(e) = inner.remove_image(&release.image, Some(seq)).await {
+                        tracing::warn!(image = %release.image, error = %e, "pending removal not applied");
+                    }
                 }
                 inner.collect_deferred().await;
             });
@@ -171,6 +277,7 @@ impl Daemon {
             created: unix_seconds(),
             locality: self.inner.config.swarm.locality.clone(),
             selector,
+            seq: self.inner.desired.next_seq(),
         };
         Ok(SignedRelease::sign(
             release,
@@ -178,19 +285,21 @@ impl Daemon {
         ))
     }
 
-    /// Validates a signed release as every node would and gossips it to the
+    /// Validates a signed release as every node would (trust, locality, and
+    /// newer than the desired state of its image) and gossips it to the
     /// locality (this node acts on it too). Returns the release id.
     pub async fn publish_release(&self, signed: SignedRelease) -> Result<Digest, DaemonError> {
-        let release = match self.inner.check_release(&signed) {
-            Ok(r) => r,
+        let id = signed.release_id();
+        match self.inner.admit_release(&signed) {
+            Ok(Some(release)) => self.inner.adopt_release(&signed, release),
+            // Published before: gossiped again, which is harmless.
+            Ok(None) => {}
             Err(e) => {
                 self.inner.refuse(&signed, None, &e);
                 return Err(e);
             }
-        };
-        let id = release.id();
+        }
         let bytes = GossipMessage::Release(signed).encode();
-        self.inner.accept_release(release);
         if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
             // A locality of one has no gossip peers: the release still runs here.
             tracing::warn!(error = %e, "release not gossiped");

@@ -172,3 +172,22 @@ pub(super) enum ReleaseError {
     #[error(transparent)]
     Import(#[from] ImportError),
 }
+
+impl ReleaseError {
+    /// Whether a gateway pull that failed with this may succeed later
+    /// unchanged: the registry unreachable or failing (connection errors,
+    /// 5xx, retries exhausted, a stream cut short, a token endpoint down).
+    /// Answers that will not change without a new release (not found,
+    /// denied, a digest that does not match, a malformed image) are final.
+    pub(super) fn is_transient(&self) -> bool {
+        use crate::registry::RegistryError as R;
+        match self {
+            ReleaseError::Registry(e) => matches!(
+                e,
+                R::RetriesExhausted { .. } | R::Http { .. } | R::Io { .. } | R::Token { .. }
+            ),
+            ReleaseError::StreamEnded { .. } | ReleaseError::Incomplete(_) => true,
+            _ => false,
+        }
+    }
+}

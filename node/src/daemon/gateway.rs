@@ -10,6 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use edgeswarm_protocol::release::Release;
@@ -33,26 +34,87 @@ use crate::swarm::Topic;
 /// `edgeswarm-testnet pull-bench` (README).
 const PARALLEL_LAYER_PULLS: usize = 1;
 
-/// Pulls `release` as this locality's gateway; failures are reported in
-/// the release's status.
+/// First pause before a failed pull is tried again.
+pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest pause between two attempts (the pause doubles up to it).
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Pulls `release` as this locality's gateway. A transient failure (the
+/// registry unreachable or failing) is retried with backoff ([`RETRY_FIRST`]
+/// doubling to [`RETRY_MAX`]) for as long as the release is still the
+/// desired state of its image and this node its elected gateway, with the
+/// reason in the release's status meanwhile; other failures are final.
 pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
     let id = release.id();
-    let span = tracing::info_span!("gateway_pull", release = %id, image = %release.image);
-    let result = tokio::select! {
-        r = pull_inner(&inner, &release).instrument(span) => r,
-        _ = inner.shutdown.cancelled() => return,
-    };
-    match result {
-        Err(e) => inner.fail(&id, &e),
-        Ok(()) => {
-            // A gateway the release does not select has nothing to import:
-            // its part is done once the layers are in the locality.
-            if !inner.targets(&release) {
-                inner.set_state(&id, ReleaseState::Done);
+    let me = inner.swarm.local_peer_id();
+    let mut pause = RETRY_FIRST;
+    let mut attempt = 0u32;
+    loop {
+        let span = tracing::info_span!("gateway_pull", release = %id, image = %release.image);
+        let result = tokio::select! {
+            r = pull_inner(&inner, &release).instrument(span) => r,
+            _ = inner.shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(()) => {
+                inner.releases.set_waiting(&id, None);
+                // A gateway the release does not select has nothing to
+                // import: its part is done once the layers are in the
+                // locality.
+                if !inner.targets(&release) {
+                    inner.set_state(&id, ReleaseState::Done);
+                }
+                break;
+            }
+            Err(e) if e.is_transient() && inner.still_desired(&release) => {
+                attempt += 1;
+                let reason = format!(
+                    "registry pull failed (attempt {attempt}), retrying in {}s: {e}",
+                    pause.as_secs()
+                );
+                tracing::warn!(release = %id, attempt, error = %e, retry_in = ?pause, "gateway pull failed; retrying");
+                inner.releases.set_waiting(&id, Some(reason));
+                inner.status_changed.notify_one();
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = inner.shutdown.cancelled() => return,
+                }
+                pause = (pause * 2).min(RETRY_MAX);
+                let elected = inner.releases.gateway_of(&id) == Some(Some(me));
+                if !inner.still_desired(&release) || !elected {
+                    // Superseded, removed, or another gateway took it over:
+                    // a later election starts a pull again if need be.
+                    inner.releases.set_waiting(&id, None);
+                    tracing::info!(release = %id, elected, "gateway pull no longer retried");
+                    break;
+                }
+            }
+            Err(e) => {
+                inner.releases.set_waiting(&id, None);
+                inner.fail(&id, &e);
+                break;
             }
         }
     }
     inner.releases.pull_finished(&id);
+}
+
+impl Inner {
+    /// Whether `release` is still tracked, unfinished here or still being
+    /// pulled for the locality, and the desired state of its image (not
+    /// superseded by a newer release, nor removed).
+    pub(super) fn still_desired(&self, release: &Release) -> bool {
+        let id = release.id();
+        let tracked = self
+            .releases
+            .get(&id)
+            .is_some_and(|t| t.state != ReleaseState::Failed);
+        let desired = matches!(
+            self.desired.get(&release.image),
+            Some(super::desired::Entry::Release(r)) if r.release_id() == id
+        );
+        tracked && desired
+    }
 }
 
 async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseError> {

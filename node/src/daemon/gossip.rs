@@ -18,6 +18,7 @@ use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 use tokio::sync::broadcast;
 
+use super::desired::{Entry, Offer};
 use super::status::MAX_ANNOUNCED_BLOBS;
 use super::{peer_public_key, Inner, SignedRemoval};
 use crate::store::Store;
@@ -53,10 +54,12 @@ async fn dispatch(inner: &Arc<Inner>, msg: ReceivedGossip) {
 }
 
 /// A release announcement: accepted when it passes this node's trust
-/// policy and names its locality, recorded as refused otherwise.
+/// policy, names its locality and is newer than the desired state of its
+/// image; recorded as refused otherwise.
 fn on_release(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRelease) {
-    match inner.check_release(&signed) {
-        Ok(release) => inner.accept_release(release),
+    match inner.admit_release(&signed) {
+        Ok(Some(release)) => inner.adopt_release(&signed, release),
+        Ok(None) => {} // held already (anti-entropy re-publishes)
         Err(e) => inner.refuse(&signed, source, &e),
     }
 }
@@ -132,15 +135,27 @@ async fn on_chunk_digests(
 /// A removal request arrived on gossip: checked like a release, then run
 /// in the background (bounded; extra requests are dropped and logged).
 fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRemoval) {
-    let checked = inner.check_removal(&signed);
+    let checked = inner.check_removal(&signed).and_then(|removal| {
+        match inner.desired.offer(Entry::Removal(signed.clone())) {
+            Offer::Newer(_) => Ok(Some(removal)),
+            Offer::Same => Ok(None),
+            Offer::Refused(reason) => Err(super::DaemonError::RemovalRefused(reason)),
+        }
+    });
     let removal = match checked {
-        Ok(r) => r,
+        Ok(Some(r)) => {
+            inner.persist_desired();
+            r
+        }
+        Ok(None) => return, // held already (anti-entropy re-publishes)
         Err(e) => {
             tracing::warn!(from = ?source, error = %e, "removal refused");
             inner.metrics.removals_refused.inc();
-            inner
-                .releases
-                .record_refusal(String::new(), source, e.to_string());
+            inner.releases.record_refusal(
+                signed.body_unverified().image.clone(),
+                source,
+                e.to_string(),
+            );
             return;
         }
     };
@@ -151,10 +166,7 @@ fn on_removal(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRemoval)
     let inner = inner.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        match inner
-            .remove_image(&removal.image, Some(removal.created))
-            .await
-        {
+        match inner.remove_image(&removal.image, Some(removal.seq)).await {
             Ok(report) => tracing::info!(from = ?source, ?report, "removed on request"),
             Err(e) => {
                 tracing::warn!(from = ?source, image = %removal.image, error = %e, "removal request not applied");

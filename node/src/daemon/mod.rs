@@ -11,6 +11,10 @@
 //!     layers, refusals); its methods enforce the phase order;
 //!   - `peers`: the other nodes as their status and availability gossip
 //!     describe them (liveness, what they hold complete);
+//!   - `desired`: the locality's desired state, per image the newest
+//!     signed release or removal by publisher sequence; persisted in
+//!     `desired.json` and resumed at start; refuses older and replayed
+//!     messages; its digest in status reports drives anti-entropy;
 //! - what moves a release:
 //!   - `drive`: trust checks, acceptance, gateway election and starting
 //!     the pull and the fetch; each phase change goes through it (metrics,
@@ -27,7 +31,8 @@
 //! - what the node hears and says:
 //!   - `gossip`: `dispatch` hands each gossip message (decoded once, by
 //!     the swarm) to the `on_*` handler of its kind;
-//!   - `status`: the loop that reports status and availability and drives
+//!   - `status`: the loop that reports status and availability, pushes
+//!     the desired state to peers whose digest differs (anti-entropy) and drives
 //!     pending releases again (failover);
 //! - what it shows: `views` (the API's JSON: [`StatusView`],
 //!   [`ReleasePhase`], ...) and `metrics` (Prometheus);
@@ -58,6 +63,7 @@
 //! - Non-goals: scheduling containers after import; pulling from more than
 //!   one registry mirror.
 
+mod desired;
 mod drive;
 mod error;
 mod gateway;
@@ -70,6 +76,7 @@ mod removal;
 mod status;
 mod views;
 
+pub use desired::DesiredView;
 pub use error::DaemonError;
 use gossip::gossip_loop;
 use metrics::DaemonMetrics;
@@ -152,6 +159,8 @@ pub(crate) struct Inner {
     sink: ImportSink,
     /// Every release this node tracks: the only owner of release state.
     releases: Releases,
+    /// The locality's desired state as this node knows it.
+    desired: desired::Desired,
     /// The other nodes of the locality, as gossip describes them.
     peers: Peers,
     /// Stops every task.
@@ -208,6 +217,7 @@ impl Daemon {
         let mut registry_metrics = prometheus_client::registry::Registry::with_prefix("edgeswarm");
         metrics.register(&mut registry_metrics);
         swarm.metrics().register(&mut registry_metrics);
+        let desired_path = config.data_dir.join("desired.json");
         let inner = Arc::new(Inner {
             config,
             store,
@@ -216,6 +226,7 @@ impl Daemon {
             registry,
             sink,
             releases: Releases::default(),
+            desired: desired::Desired::new(desired_path),
             peers: Peers::default(),
             shutdown: CancellationToken::new(),
             release_slots: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE_RELEASES)),
@@ -226,7 +237,10 @@ impl Daemon {
             removal_slots: Arc::new(tokio::sync::Semaphore::new(MAX_GOSSIP_REMOVALS)),
             gc_deferred: Default::default(),
         });
-        let gossip = tokio::spawn(gossip_loop(inner.clone(), inner.swarm.subscribe_gossip()));
+        // Subscribe before resuming, so no release gossiped meanwhile is missed.
+        let gossip_rx = inner.swarm.subscribe_gossip();
+        inner.resume_desired().await;
+        let gossip = tokio::spawn(gossip_loop(inner.clone(), gossip_rx));
         let ticker = tokio::spawn(status_loop(inner.clone()));
         let shutdown = inner.shutdown.clone();
         let swarm_client = inner.swarm.clone();

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::wire::{NodeStatus, ReleaseState};
+use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
@@ -104,10 +104,40 @@ impl Peers {
         entry.last_seen = now;
     }
 
+    /// Whether a live peer may pull from the registry.
+    pub(super) fn any_live_gateway(&self) -> bool {
+        self.lock()
+            .peers
+            .values()
+            .any(|p| p.live() && p.status.gateway_capable)
+    }
+
+    /// Whether a live peer reports a desired-state digest other than
+    /// `ours` (peers that send none are older nodes: ignored).
+    pub(super) fn desired_differs(&self, ours: &DesiredDigest) -> bool {
+        self.lock()
+            .peers
+            .values()
+            .any(|p| p.live() && p.status.desired.as_ref().is_some_and(|d| d != ours))
+    }
+
     /// Records the blobs `peer` holds complete. Each availability message
     /// lists all of them (up to the cap), so removals show as well.
     pub(super) fn record_complete(&self, peer: PeerId, complete: HashSet<Digest>) {
         self.lock().complete_at.insert(peer, complete);
+    }
+
+    /// Live peers that report holding `blob` complete.
+    pub(super) fn holders(&self, blob: &Digest) -> Vec<PeerId> {
+        let table = self.lock();
+        table
+            .complete_at
+            .iter()
+            .filter(|(peer, blobs)| {
+                blobs.contains(blob) && table.peers.get(peer).is_some_and(PeerEntry::live)
+            })
+            .map(|(peer, _)| *peer)
+            .collect()
     }
 
     /// Whether a live peer reports holding `blob` complete.
@@ -170,6 +200,7 @@ mod tests {
                     error: None,
                 })
                 .collect(),
+            desired: None,
         }
     }
 

@@ -20,7 +20,9 @@ use crate::registry::manifest::{parse_manifest, ImageConfig, ManifestDocument};
 use crate::store::{BlobReader, Store};
 use tokio_util::sync::CancellationToken;
 
-/// Longest wait for a blob to become available in the locality.
+/// Longest wait for a blob to become available in the locality while no
+/// gateway-capable node is live (a live gateway may be retrying a
+/// registry outage: nodes wait for it as long as it reports).
 const FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// Pause between attempts while no peer holds a blob yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
@@ -102,6 +104,15 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
         .sum();
     inner.releases.set_layers(&id, &layers, held_before);
     inner.set_state(&id, ReleaseState::Fetching);
+    for layer in &layers {
+        let partial = inner
+            .store
+            .blob_info(&layer.digest)
+            .is_some_and(|info| info.digests_known < info.chunk_count);
+        if partial && !inner.store.is_complete(&layer.digest) {
+            tokio::spawn(fill_digests(inner.clone(), id, layer.digest));
+        }
+    }
 
     // Every layer downloads at once; each import stream follows its layer.
     let mut fetches = tokio::task::JoinSet::new();
@@ -187,11 +198,14 @@ async fn fetch_blob(
     release: Digest,
     digest: Digest,
 ) -> Result<(), ReleaseError> {
-    let started = Instant::now();
+    let mut started = Instant::now();
     let mut last_error = String::new();
     loop {
         if inner.store.is_complete(&digest) {
             return Ok(());
+        }
+        if inner.config.gateway || inner.peers.any_live_gateway() {
+            started = Instant::now();
         }
         if inner.shutdown.is_cancelled() {
             return Err(ReleaseError::ShuttingDown);
@@ -221,6 +235,32 @@ async fn fetch_blob(
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// Fills the chunk digests of a layer left partial, with a gap in its
+/// digests (updates gossiped while this node was down, or before it had
+/// elected the release's gateway after a restart, are gone for good), from
+/// a live peer holding the layer complete. Ends once every digest is known,
+/// the layer completes, or the release is no longer tracked.
+async fn fill_digests(inner: Arc<Inner>, release: Digest, blob: Digest) {
+    loop {
+        let known = inner.store.chunk_map(&blob).is_some() || inner.store.is_complete(&blob);
+        if known || inner.shutdown.is_cancelled() || inner.releases.get(&release).is_none() {
+            return;
+        }
+        let holders = inner.peers.holders(&blob);
+        if !holders.is_empty() {
+            match inner.swarm.fill_chunk_map(blob, holders).await {
+                Ok(true) => {
+                    tracing::info!(%blob, "missed chunk digests filled from a peer's map");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(%blob, error = %e, "chunk map not filled yet"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

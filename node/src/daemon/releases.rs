@@ -115,6 +115,8 @@ struct Tracked {
     bytes_held_before: u64,
     /// Why it failed.
     error: Option<String>,
+    /// Why it is waiting, while it is (a gateway retrying its pull).
+    waiting: Option<String>,
 }
 
 /// A copy of one release's record.
@@ -140,6 +142,8 @@ pub(super) struct Snapshot {
     pub(super) bytes_held_before: u64,
     /// Why it failed.
     pub(super) error: Option<String>,
+    /// Why it is waiting, while it is.
+    pub(super) waiting: Option<String>,
 }
 
 /// What [`Releases::schedule`] decided to start for a release.
@@ -219,6 +223,7 @@ impl Tracked {
             layers: self.layers.clone(),
             bytes_held_before: self.bytes_held_before,
             error: self.error.clone(),
+            waiting: self.waiting.clone(),
         }
     }
 }
@@ -253,9 +258,33 @@ impl Releases {
                 layers: Vec::new(),
                 bytes_held_before: 0,
                 error: None,
+                waiting: None,
             },
         );
         true
+    }
+
+    /// Starts tracking `release` as done: it was installed before this
+    /// node restarted. False if it is tracked already.
+    pub(super) fn track_done(&self, release: Release) -> bool {
+        let id = release.id();
+        if !self.track(release) {
+            return false;
+        }
+        if let Some(t) = self.lock().releases.get_mut(&id) {
+            t.state = ReleaseState::Done;
+            t.took = Some(Duration::ZERO);
+            t.fetching = true;
+        }
+        true
+    }
+
+    /// Records why release `id` is waiting (a gateway retrying its pull),
+    /// or clears it with `None`. Shown in status; not a failure.
+    pub(super) fn set_waiting(&self, id: &Digest, reason: Option<String>) {
+        if let Some(t) = self.lock().releases.get_mut(id) {
+            t.waiting = reason;
+        }
     }
 
     /// Elects release `id`'s gateway among `candidates` (encoded peer ids,
@@ -321,6 +350,9 @@ impl Releases {
         }
         if error.is_some() {
             t.error = error;
+        }
+        if is_final(new) {
+            t.waiting = None;
         }
         Ok(Transition { from, took: t.took })
     }
@@ -414,9 +446,9 @@ impl Releases {
             .collect()
     }
 
-    /// Stops tracking every release of `image`. With `not_after`, refuses
-    /// when a release of it was created later (a removal request older
-    /// than a redeploy removes nothing). Refuses while this node's own
+    /// Stops tracking every release of `image`. With `not_after` (a
+    /// removal's sequence), refuses when a release of it has a larger
+    /// sequence (a removal request older than a redeploy removes nothing). Refuses while this node's own
     /// import of it is in progress.
     pub(super) fn drop_image(
         &self,
@@ -431,7 +463,7 @@ impl Releases {
             .map(|(id, t)| (*id, t))
             .collect();
         if let Some(limit) = not_after {
-            if let Some((id, _)) = mine.iter().find(|(_, t)| t.release.created > limit) {
+            if let Some((id, _)) = mine.iter().find(|(_, t)| t.release.seq > limit) {
                 return Err(DaemonError::RemovalRefused(format!(
                     "release {id} of {image} is newer than the removal request; keeping it"
                 )));
@@ -474,6 +506,16 @@ impl Releases {
     /// Keeps a refusal for status (bounded to [`MAX_REFUSALS`]).
     pub(super) fn record_refusal(&self, image: String, from: Option<PeerId>, reason: String) {
         let mut table = self.lock();
+        // Anti-entropy re-publishes what peers hold: the same stale message
+        // refused again is one entry, not a flood that hides the others.
+        let from_text = from.map(|p| p.to_string());
+        if table
+            .refused
+            .iter()
+            .any(|r| r.image == image && r.reason == reason && r.from == from_text)
+        {
+            return;
+        }
         if table.refused.len() == MAX_REFUSALS {
             table.refused.pop_front();
         }
@@ -520,6 +562,7 @@ mod tests {
 
     use super::*;
 
+    /// A release whose sequence is its creation time.
     fn release(image: &str, created: u64) -> Release {
         Release {
             image: image.to_owned(),
@@ -532,6 +575,7 @@ mod tests {
             created,
             locality: "test".into(),
             selector: Vec::new(),
+            seq: created,
         }
     }
 

@@ -19,9 +19,10 @@
 //! ## Trust and replay
 //!
 //! A removal is accepted under the same policy as a release: signed by a
-//! `--trust` key, or by any key on nodes without one. It applies only to
-//! releases of the image created no later than the removal, so a stale
-//! removal replayed after a redeploy removes nothing.
+//! `--trust` key, or by any key on nodes without one, and only when it is
+//! newer (by publisher sequence) than the desired state of its image, so a
+//! stale removal replayed after a redeploy removes nothing, and a replayed
+//! release after a removal installs nothing (`desired`).
 //!
 //! ## Non-goals
 //!
@@ -35,6 +36,7 @@ use std::sync::Arc;
 pub use edgeswarm_protocol::release::{Removal, SignedRemoval};
 use serde::{Deserialize, Serialize};
 
+use super::desired::{Entry, Offer};
 use super::{unix_seconds, Daemon, DaemonError, Inner};
 use crate::import::{docker_tag, image_dir_name, remove_published, ImportSink};
 use crate::swarm::Topic;
@@ -79,8 +81,12 @@ struct Installed {
     image: String,
     /// Its repository, `registry/path` without tag or digest.
     repository: String,
-    /// The release's creation time (orders versions).
+    /// The release's creation time (orders versions of equal sequence:
+    /// unsequenced releases, and records from before sequences).
     created: u64,
+    /// The release's publisher sequence (orders versions).
+    #[serde(default)]
+    seq: u64,
 }
 
 /// The repository part of a reference (`reg:5000/app:v1` -> `reg:5000/app`).
@@ -106,13 +112,26 @@ impl Daemon {
                 let removal = self.inner.check_removal(signed).inspect_err(|_| {
                     self.inner.metrics.removals_refused.inc();
                 })?;
+                match self.inner.desired.offer(Entry::Removal(signed.clone())) {
+                    Offer::Newer(_) => self.inner.persist_desired(),
+                    Offer::Same => {}
+                    Offer::Refused(reason) => {
+                        self.inner.metrics.removals_refused.inc();
+                        self.inner.releases.record_refusal(
+                            removal.image.clone(),
+                            None,
+                            reason.clone(),
+                        );
+                        return Err(DaemonError::RemovalRefused(reason));
+                    }
+                }
                 if removal.image != image {
                     return Err(DaemonError::RemovalRefused(format!(
                         "the signed removal names {:?}, not {image:?}",
                         removal.image
                     )));
                 }
-                Some(removal.created)
+                Some(removal.seq)
             }
             None => None,
         };
@@ -135,6 +154,7 @@ impl Daemon {
                 image: image.to_owned(),
                 locality: self.inner.config.swarm.locality.clone(),
                 created: unix_seconds(),
+                seq: self.inner.desired.next_seq(),
             },
             &self.inner.identity,
         )
@@ -162,8 +182,10 @@ impl Inner {
 
     /// Removes `image` from this node: its pin, its releases in status,
     /// its copy in the import sink, then unreferenced blobs. With
-    /// `not_after`, releases created later than that are kept (a removal
-    /// request older than a redeploy removes nothing).
+    /// `not_after` (a removal request's sequence), releases with a larger
+    /// sequence are kept (a removal request older than a redeploy removes
+    /// nothing). Without it (removed here only), the desired release of the
+    /// image is dismissed on this node: not reinstalled after a restart.
     pub(super) async fn remove_image(
         self: &Arc<Self>,
         image: &str,
@@ -176,14 +198,11 @@ impl Inner {
                 let _guard = self.versions_lock.lock().await;
                 self.load_versions().await
             };
-            if let Some(v) = installed
-                .iter()
-                .find(|v| v.image == image && v.created > limit)
-            {
+            if let Some(v) = installed.iter().find(|v| v.image == image && v.seq > limit) {
                 return Err(DaemonError::RemovalRefused(format!(
-                    "{image} installed here was released at {} (unix), after the removal \
-                     request ({limit}); keeping it",
-                    v.created
+                    "{image} installed here has release sequence {}, newer than the removal \
+                     request's ({limit}); keeping it",
+                    v.seq
                 )));
             }
         }
@@ -199,6 +218,12 @@ impl Inner {
             self.store.unpin(image).await?;
         }
         self.forget_version(image).await;
+        if not_after.is_none() {
+            self.desired.dismiss(image);
+            if let Err(e) = self.desired.save().await {
+                tracing::warn!(error = %e, "desired state not saved");
+            }
+        }
         let gc = if busy {
             // Collecting now would drop the unpinned blobs of releases in
             // progress; collect once they finish instead.
@@ -222,10 +247,12 @@ impl Inner {
         Ok(report)
     }
 
-    /// Records that `image` (a release created at `created`) is imported,
-    /// then removes versions of its repository older than the newest
-    /// `keep_versions`. Failures are logged: retention never fails a release.
-    pub(super) async fn retain_versions(self: &Arc<Self>, image: &str, created: u64) {
+    /// Records that `image` (a release of sequence `seq`, created at
+    /// `created`) is imported, then removes versions of its repository
+    /// older than the newest `keep_versions`, by sequence (the signer's
+    /// clock only orders equal sequences). Failures are logged: retention
+    /// never fails a release.
+    pub(super) async fn retain_versions(self: &Arc<Self>, image: &str, seq: u64, created: u64) {
         let keep = self.config.keep_versions.max(1);
         let repository = repository_of(image);
         let evict = {
@@ -236,14 +263,15 @@ impl Inner {
                 image: image.to_owned(),
                 repository: repository.clone(),
                 created,
+                seq,
             });
             let mut same: Vec<&Installed> = versions
                 .iter()
                 .filter(|v| v.repository == repository)
                 .collect();
-            // Newest first; `created` ties keep the order of installation.
+            // Newest first; ties keep the order of installation.
             same.reverse();
-            same.sort_by_key(|v| std::cmp::Reverse(v.created));
+            same.sort_by_key(|v| std::cmp::Reverse((v.seq, v.created)));
             let evict: Vec<String> = same.iter().skip(keep).map(|v| v.image.clone()).collect();
             if let Err(e) = self.save_versions(&versions).await {
                 tracing::warn!(error = %e, "versions.json not saved");

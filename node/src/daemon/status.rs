@@ -31,6 +31,18 @@ pub(super) const MAX_ANNOUNCED_BLOBS: usize = 1024;
 /// that joined later learn of them.
 pub(super) const AVAILABILITY_REFRESH: Duration = Duration::from_secs(30);
 
+/// How long a live peer's desired-state digest must differ from this
+/// node's before this node re-publishes its entries: live gossip settles
+/// most differences first, and a release in flight is not pushed twice.
+pub(super) const SYNC_AFTER: Duration = Duration::from_secs(4);
+
+/// Shortest gap between two anti-entropy pushes of this node.
+pub(super) const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Most desired-state entries one push re-publishes (each at most 16 KiB
+/// of gossip); the next push continues where this one stopped.
+pub(super) const SYNC_BATCH: usize = 64;
+
 impl Inner {
     /// This node's status report (also refreshes the per-release metrics).
     pub(super) fn status_report(&self) -> NodeStatus {
@@ -48,6 +60,7 @@ impl Inner {
             gateway_capable: self.config.gateway,
             timestamp_ms: unix_millis(),
             releases: progress,
+            desired: Some(self.desired.digest()),
         }
     }
 }
@@ -58,6 +71,7 @@ pub(super) async fn status_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     let mut announced: Vec<Digest> = Vec::new();
     let mut last_refresh: Option<Instant> = None;
+    let mut sync = AntiEntropy::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -98,9 +112,61 @@ pub(super) async fn status_loop(inner: Arc<Inner>) {
                 Err(e) => tracing::trace!(error = %e, "availability not published"),
             }
         }
+        sync.tick(&inner).await;
         let pending = inner.releases.pending();
         for id in pending {
             inner.drive(id);
+        }
+    }
+}
+
+/// Anti-entropy: when a live peer's desired-state digest has differed from
+/// this node's for [`SYNC_AFTER`], this node re-publishes its desired
+/// releases and removals on gossip (at most [`SYNC_BATCH`] each
+/// [`SYNC_INTERVAL`]). The peer applies them through the checks of live
+/// gossip and, where it holds newer entries, its own push brings them
+/// here: both converge to the newest entry per image. A node that joined
+/// late or restarted holds nothing, so it learns every entry this way.
+#[derive(Default)]
+struct AntiEntropy {
+    /// Since when some live peer's digest differs (None: all agree).
+    differs_since: Option<Instant>,
+    /// When this node last pushed.
+    last_push: Option<Instant>,
+    /// Where the next push starts in the list of entries.
+    cursor: usize,
+}
+
+impl AntiEntropy {
+    async fn tick(&mut self, inner: &Inner) {
+        let ours = inner.desired.digest();
+        if !inner.peers.desired_differs(&ours) {
+            self.differs_since = None;
+            self.cursor = 0;
+            return;
+        }
+        let since = *self.differs_since.get_or_insert_with(Instant::now);
+        let rested = self.last_push.is_none_or(|t| t.elapsed() >= SYNC_INTERVAL);
+        if since.elapsed() < SYNC_AFTER || !rested || ours.count == 0 {
+            return;
+        }
+        self.last_push = Some(Instant::now());
+        let entries = inner.desired.entries();
+        if self.cursor >= entries.len() {
+            self.cursor = 0;
+        }
+        let batch: Vec<_> = entries.iter().skip(self.cursor).take(SYNC_BATCH).collect();
+        self.cursor += batch.len();
+        tracing::info!(
+            entries = batch.len(),
+            of = entries.len(),
+            "desired state differs from a peer's; re-publishing"
+        );
+        for entry in batch {
+            let bytes = entry.to_gossip().encode();
+            if let Err(e) = inner.swarm.publish(Topic::Releases, bytes).await {
+                tracing::debug!(error = %e, "desired entry not re-published");
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use edgeswarm_protocol::wire::{PeerRole, ReleaseProgress, ReleaseState};
 use edgeswarm_protocol::Digest;
 use serde::{Deserialize, Serialize};
 
+use super::desired::DesiredView;
 use super::releases::Snapshot;
 use super::{Daemon, Inner};
 
@@ -102,6 +103,14 @@ pub struct ReleaseView {
     /// release: tells a redeploy of the same image from the earlier one.
     #[serde(default)]
     pub created: Option<u64>,
+    /// The publisher's sequence number of the release, when this node
+    /// knows the release: orders releases of the same image.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// Why the release is waiting, while it is (this node's gateway pull
+    /// retrying after a registry failure, with the next attempt's delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// Another node of the locality, as its status reports describe it.
@@ -131,6 +140,14 @@ pub struct StatusView {
     pub nodes: Vec<PeerView>,
     /// Releases this node refused recently (newest last).
     pub refused: Vec<RefusedView>,
+    /// The locality's desired state as this node holds it: per image the
+    /// newest release or removal.
+    #[serde(default)]
+    pub desired: Vec<DesiredView>,
+    /// The sequence number a publisher signing through this node uses next
+    /// (above every one this node holds).
+    #[serde(default)]
+    pub next_seq: u64,
 }
 
 /// A release this node refused, in [`StatusView`].
@@ -233,6 +250,8 @@ impl Daemon {
             },
             nodes,
             refused: self.inner.releases.refusals(),
+            desired: self.inner.desired.views(),
+            next_seq: self.inner.desired.next_seq(),
         }
     }
 }
@@ -303,6 +322,8 @@ fn progress_view(p: &ReleaseProgress, tracked: Option<&Snapshot>) -> ReleaseView
         error: p.error.clone(),
         gateway: tracked.and_then(|t| t.gateway).map(|g| g.to_string()),
         created: tracked.map(|t| t.release.created),
+        seq: tracked.map(|t| t.release.seq),
+        waiting: tracked.and_then(|t| t.waiting.clone()),
     }
 }
 

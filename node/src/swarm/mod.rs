@@ -313,6 +313,20 @@ impl SwarmClient {
         self.exchange.fetch(blob, map).await
     }
 
+    /// Asks `peers` (holders of the complete blob) for `blob`'s chunk map
+    /// and stores it, filling digests this node missed; true once the store
+    /// knows every digest of `blob`.
+    pub async fn fill_chunk_map(
+        &self,
+        blob: Digest,
+        peers: Vec<PeerId>,
+    ) -> Result<bool, SwarmError> {
+        if self.shutdown.is_cancelled() {
+            return Err(SwarmError::Shutdown);
+        }
+        self.exchange.fill_map(blob, peers).await
+    }
+
     /// Announces in the DHT that this node holds (part of) `blob`.
     pub async fn provide(&self, blob: Digest) -> Result<(), SwarmError> {
         self.cmd

@@ -90,6 +90,7 @@ fn release(locality: &str) -> Release {
         created: 1_700_000_000,
         locality: locality.into(),
         selector: vec![],
+        seq: 0,
     }
 }
 
@@ -212,6 +213,7 @@ fn removal_body(image: &str, locality: &str, key: &PublisherKey) -> String {
             image: image.into(),
             locality: locality.into(),
             created: 1_700_000_100,
+            seq: 0,
         },
         key,
     );

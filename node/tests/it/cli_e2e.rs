@@ -494,6 +494,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
             image: image.clone(),
             locality: "cli-e2e".into(),
             created: an_hour_ago,
+            seq: 0,
         },
         &key,
     );
@@ -511,7 +512,7 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 422);
     let text = r.text().await.unwrap();
-    assert!(text.contains("keeping it"), "{text}");
+    assert!(text.contains("refused as a replay"), "{text}");
     for n in &nodes {
         assert!(
             pins(&n.api).await.contains(&image),

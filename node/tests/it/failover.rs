@@ -16,9 +16,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP proxy to `upstream` that delivers responses at `rate` bytes/s.
-async fn throttled_proxy(upstream: SocketAddr, rate: u64) -> SocketAddr {
+pub(crate) async fn throttled_proxy(upstream: SocketAddr, rate: u64) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_proxy(listener, upstream, rate);
+    addr
+}
+
+/// Proxies every connection `listener` accepts to `upstream`, delivering
+/// responses at `rate` bytes/s.
+pub(crate) fn serve_proxy(listener: TcpListener, upstream: SocketAddr, rate: u64) {
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -46,7 +53,6 @@ async fn throttled_proxy(upstream: SocketAddr, rate: u64) -> SocketAddr {
             });
         }
     });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

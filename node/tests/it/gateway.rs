@@ -149,6 +149,7 @@ async fn bad_references_and_unknown_images_are_reported_and_the_node_keeps_runni
         created: 1,
         locality: "bad".into(),
         selector: vec![],
+        seq: 0,
     };
     let image = release.image.clone();
     let signed = SignedRelease::sign(

@@ -21,6 +21,7 @@ fn removal() -> Removal {
         image: "reg:5000/app:v1".into(),
         locality: "plant-7".into(),
         created: 1_700_000_000,
+        seq: 0,
     }
 }
 
@@ -58,6 +59,7 @@ fn a_signature_does_not_carry_over_to_another_body_or_kind() {
         created: 1_700_000_000,
         locality: "plant-7".into(),
         selector: vec![],
+        seq: 0,
     };
     let signed_release = SignedRelease::sign(release, &key);
     let replayed = SignedRemoval::from_parts(

@@ -193,6 +193,7 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
         gateway_capable: false,
         timestamp_ms: 1,
         releases: Vec::new(),
+        desired: None,
     })
     .encode();
     let got = tokio::time::timeout(Duration::from_secs(20), async {

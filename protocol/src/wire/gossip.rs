@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | 0 | [`crate::release::SignedRelease`] | releases |
 //! | 1 | [`AvailabilityBatch`] `[[[blob, availability]*]]` | availability |
-//! | 2 | [`NodeStatus`] `[role, gateway_capable, timestamp_ms, [progress*]]` | status |
+//! | 2 | [`NodeStatus`] `[role, gateway_capable, timestamp_ms, [progress*], desired?]` | status |
 //! | 3 | signed [`ChunkDigestUpdate`] `[1, update, signer, signature]` | releases |
 //! | 4 | signed [`ReleaseResolution`] `[1, resolution, signer, signature]` | releases |
 //! | 5 | [`crate::release::SignedRemoval`] | releases |
@@ -203,18 +203,81 @@ cbor_tuple_struct! {
 }
 
 cbor_tuple_struct! {
-    /// A node's periodic status report; the operator CLI aggregates these
-    /// to answer "is P2P even working?".
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct NodeStatus {
-        /// The node's role.
-        pub role: PeerRole,
-        /// Whether the node can reach the registry and act as gateway.
-        pub gateway_capable: bool,
-        /// The sender's clock at sending, unix milliseconds (ordering only).
-        pub timestamp_ms: u64,
-        /// One entry per release the node is working on or has done.
-        pub releases: Vec<ReleaseProgress>,
+    /// A compact summary of a node's desired state (the newest release or
+    /// removal it holds per image): nodes whose digests differ exchange the
+    /// signed messages (anti-entropy).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct DesiredDigest {
+        /// Images in the desired state.
+        pub count: u64,
+        /// sha256 over the sorted `(image, signer, seq)` entries (how it is
+        /// computed is the node's business: only equality matters).
+        pub hash: Digest,
+    }
+}
+
+/// A node's periodic status report; the operator CLI aggregates these
+/// to answer "is P2P even working?".
+///
+/// Encoded as `[role, gateway_capable, timestamp_ms, [progress*]]`, with a
+/// fifth element, the [`DesiredDigest`], when the sender has one (nodes
+/// before anti-entropy send four).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node's role.
+    pub role: PeerRole,
+    /// Whether the node can reach the registry and act as gateway.
+    pub gateway_capable: bool,
+    /// The sender's clock at sending, unix milliseconds (ordering only).
+    pub timestamp_ms: u64,
+    /// One entry per release the node is working on or has done.
+    pub releases: Vec<ReleaseProgress>,
+    /// The sender's desired-state digest.
+    pub desired: Option<DesiredDigest>,
+}
+
+impl Serialize for NodeStatus {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let head = (
+            &self.role,
+            self.gateway_capable,
+            self.timestamp_ms,
+            &self.releases,
+        );
+        match &self.desired {
+            None => head.serialize(serializer),
+            Some(d) => (head.0, head.1, head.2, head.3, d).serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NodeStatus;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a node status [role, gateway_capable, timestamp_ms, releases, desired?]",
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NodeStatus, A::Error> {
+                let role = next(&mut seq, 0, &self)?;
+                let gateway_capable = next(&mut seq, 1, &self)?;
+                let timestamp_ms = next(&mut seq, 2, &self)?;
+                let releases = next(&mut seq, 3, &self)?;
+                let desired = seq.next_element()?;
+                end(&mut seq)?;
+                Ok(NodeStatus {
+                    role,
+                    gateway_capable,
+                    timestamp_ms,
+                    releases,
+                    desired,
+                })
+            }
+        }
+        deserializer.deserialize_seq(V)
     }
 }
 

@@ -363,6 +363,29 @@ async fn fetch_map<S: ChunkStore>(
 /// Asks each candidate not asked within [`MAP_REASK`] for `blob`'s chunk
 /// map; the first map a peer serves wins. Peers that answer with protocol
 /// violations are penalised.
+/// Fills the digests of a declared blob whose digests have a gap (chunk
+/// digest updates missed while this node was down or had not yet elected
+/// the release's gateway): asks `peers` (holders of the complete blob) for
+/// its chunk map, once each, and stores it. True once every digest is
+/// known.
+pub(super) async fn fill_map<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    peers: Vec<PeerId>,
+) -> Result<bool, SwarmError> {
+    if inner.store.chunk_map(&blob).is_some() {
+        return Ok(true);
+    }
+    let mut asked = HashMap::new();
+    match ask_for_map(inner, blob, peers, &mut asked).await {
+        Some(map) => {
+            inner.store.put_chunk_map(blob, &map).await?;
+            Ok(inner.store.chunk_map(&blob).is_some())
+        }
+        None => Ok(false),
+    }
+}
+
 async fn ask_for_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,

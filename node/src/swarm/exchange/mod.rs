@@ -64,12 +64,19 @@ type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Type-erased download entry point, so `SwarmClient` is not generic.
 pub(crate) trait Fetch: Send + Sync {
     fn fetch(&self, blob: Digest, map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>>;
+    /// Asks `peers` for `blob`'s complete chunk map and stores it; true
+    /// once the store knows every digest.
+    fn fill_map(&self, blob: Digest, peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>>;
 }
 
 /// The exchange of a peer without a store (the bootstrap peer).
 pub(crate) struct NoStore;
 
 impl Fetch for NoStore {
+    fn fill_map(&self, _blob: Digest, _peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>> {
+        Box::pin(async { Ok(false) })
+    }
+
     fn fetch(&self, _blob: Digest, _map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
         Box::pin(async {
             Err(SwarmError::Config(
@@ -216,6 +223,11 @@ impl<S: ChunkStore> Exchange<S> {
 }
 
 impl<S: ChunkStore> Fetch for Exchange<S> {
+    fn fill_map(&self, blob: Digest, peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { download::fill_map(&inner, blob, peers).await })
+    }
+
     fn fetch(&self, blob: Digest, map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
