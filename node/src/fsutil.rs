@@ -19,6 +19,17 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// same directory, fsync, rename, fsync the directory. On error the
 /// temporary file is removed and `dest` is untouched.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(dest, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a secret: the file is created with mode 0600, so
+/// it is never readable by others, not even between create and rename.
+pub fn write_atomic_private(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(dest, bytes, 0o600)
+}
+
+fn write_atomic_mode(dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = parent_dir(dest);
     let name = dest
         .file_name()
@@ -30,7 +41,11 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
         TMP_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let res = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, dest)?;
@@ -71,6 +86,17 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn a_private_write_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("secret");
+        write_atomic_private(&dest, b"token").unwrap();
+        let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read(&dest).unwrap(), b"token");
     }
 
     #[test]

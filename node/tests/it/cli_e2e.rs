@@ -79,6 +79,10 @@ async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
         .stderr(log)
         .spawn()
         .expect("spawn edgeswarm node");
+    TOKENS
+        .lock()
+        .unwrap()
+        .push((api.clone(), dir.join(edgeswarm_node::api::TOKEN_FILE)));
     let node = NodeProc {
         child,
         api,
@@ -140,10 +144,36 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Token files of the nodes started here, by API address: `cli` passes
+/// the right one, as an operator on that node's host would.
+static TOKENS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
 async fn cli(args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
+    let api = args
+        .windows(2)
+        .find(|w| w[0] == "--api")
+        .map(|w| w[1].to_owned());
+    let token = api.and_then(|api| {
+        TOKENS
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(a, _)| *a == api)
+            .map(|(_, p)| p.clone())
+    });
+    cli_with_token(args, token.as_deref()).await
+}
+
+async fn cli_with_token(args: &[&str], token_file: Option<&Path>) -> Run {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args);
+    if let Some(t) = token_file {
+        cmd.arg("--token-file").arg(t);
+    }
+    let out = cmd
         .env_remove("EDGESWARM_API")
+        .env_remove("EDGESWARM_TOKEN_FILE")
         .stdin(Stdio::null())
         .output()
         .await
@@ -503,8 +533,11 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
         "locality": true,
         "removal": base64::engine::general_purpose::STANDARD.encode(stale.encode()),
     });
+    let token =
+        std::fs::read_to_string(nodes[1].dir.join(edgeswarm_node::api::TOKEN_FILE)).unwrap();
     let r = reqwest::Client::new()
         .post(format!("http://{}/v1/rm", nodes[1].api))
+        .bearer_auth(token.trim())
         .json(&body)
         .send()
         .await
