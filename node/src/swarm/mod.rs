@@ -55,6 +55,7 @@ mod exchange;
 mod frame;
 pub mod keys;
 pub mod metrics;
+mod ratelimit;
 mod task;
 
 use std::path::PathBuf;
@@ -156,6 +157,12 @@ pub struct SwarmConfig {
     pub idle_timeout: Duration,
     /// How long a peer stays banned after a bad chunk or protocol violation.
     pub ban_duration: Duration,
+    /// Valid gossip messages a second accepted from one author after a
+    /// burst of `gossip_burst` (a relay gets 4x both); more are dropped
+    /// and counted (`gossip_rate_limited`).
+    pub gossip_rate: u32,
+    /// See `gossip_rate`.
+    pub gossip_burst: u32,
     /// Stall timeout: a peer with requests in flight that delivers nothing
     /// for `stall_base + chunk_len / stall_min_rate` loses its requests.
     pub stall_base: Duration,
@@ -208,6 +215,12 @@ impl SwarmConfig {
             max_connections: 256,
             idle_timeout: Duration::from_secs(600),
             ban_duration: Duration::from_secs(600),
+            // A gateway gossips one chunk-digest message per chunk it
+            // stores: 1000/s covers 1 MiB chunks at 1 GB/s, and the burst
+            // a small layer cut in 64 KiB chunks pulled at once. Status and
+            // availability add a few a second per node.
+            gossip_rate: 1000,
+            gossip_burst: 2000,
             stall_base: Duration::from_secs(10),
             stall_min_rate: 256 << 10,
             seed_sparing: Some(Duration::from_secs(60)),

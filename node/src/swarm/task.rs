@@ -100,6 +100,7 @@ pub(crate) async fn start<S: ChunkStore>(
         metrics: metrics.clone(),
         bans: HashMap::new(),
         ban_duration: config.ban_duration,
+        limiter: super::ratelimit::GossipLimiter::new(config.gossip_rate, config.gossip_burst),
         provider_queries: HashMap::new(),
         bootstrapped: false,
         shutdown: shutdown.clone(),
@@ -131,6 +132,8 @@ struct SwarmTask {
     /// Banned peers and when their ban ends.
     bans: HashMap<PeerId, Instant>,
     ban_duration: Duration,
+    /// Per-peer rate limit of valid gossip.
+    limiter: super::ratelimit::GossipLimiter,
     /// Running provider lookups: found so far and whom to tell.
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     bootstrapped: bool,
@@ -299,6 +302,9 @@ impl SwarmTask {
                 message_id,
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                self.on_kad_inbound(request)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetProviders(res),
@@ -320,6 +326,37 @@ impl SwarmTask {
         }
     }
 
+    /// Stores the provider records this protocol uses; drops the rest
+    /// (value records, keys that are no blob's) so a peer cannot fill the
+    /// DHT store with data of its own.
+    fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
+        use kad::store::RecordStore as _;
+        match request {
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => {
+                if super::behaviour::accept_provider_record(record.key.as_ref()) {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    if let Err(e) = kad.store_mut().add_provider(record) {
+                        debug!(error = ?e, "provider record not stored");
+                    }
+                } else {
+                    debug!(provider = %record.provider, "provider record for a foreign key dropped");
+                    self.metrics.dht_records_dropped.inc();
+                }
+            }
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(_),
+                ..
+            } => {
+                debug!(peer = %source, "value record dropped (not used by this protocol)");
+                self.metrics.dht_records_dropped.inc();
+            }
+            _ => {}
+        }
+    }
+
     fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
         let topic = Topic::ALL
             .into_iter()
@@ -329,7 +366,20 @@ impl SwarmTask {
             Some(t) => decode_gossip(t, &msg.data),
         };
         let (acceptance, decoded) = match verdict {
-            Ok(message) => (gossipsub::MessageAcceptance::Accept, Some(message)),
+            Ok(message) => match self.limiter.check(msg.source, from, Instant::now()) {
+                super::ratelimit::Verdict::Allowed => {
+                    (gossipsub::MessageAcceptance::Accept, Some(message))
+                }
+                super::ratelimit::Verdict::Limited { peer, first } => {
+                    if first {
+                        warn!(%peer, relay = %from, "gossip over the per-peer rate limit; dropping until it slows down");
+                    }
+                    self.metrics.gossip_rate_limited.inc();
+                    // Ignore: not delivered, not forwarded, and no score
+                    // penalty for an honest relay of a noisy author.
+                    (gossipsub::MessageAcceptance::Ignore, None)
+                }
+            },
             Err(reason) => {
                 warn!(peer = %from, %reason, "rejecting gossip message");
                 self.metrics.gossip_rejected.inc();
