@@ -252,6 +252,50 @@ pub struct ReceivedGossip {
     pub message: wire::GossipMessage,
 }
 
+/// Most bans waiting for the swarm task at once. Each entry is a distinct
+/// peer that misbehaved on a connection of ours, and the task drains the
+/// set on every wake-up, so this is only a backstop against a bug.
+const MAX_PENDING_BANS: usize = 4096;
+
+/// Bans on their way to the swarm task. Unlike a command on the bounded
+/// channel (`try_send`, dropped when full: a flood of traffic could let
+/// the very peer causing it escape its ban) a ban request is never lost:
+/// requests are a set keyed by peer, so repeats cost nothing, and a
+/// `Notify` permit wakes the task even if it was busy.
+#[derive(Clone, Default)]
+pub(crate) struct BanRequests {
+    inner: Arc<(
+        std::sync::Mutex<std::collections::HashMap<PeerId, String>>,
+        tokio::sync::Notify,
+    )>,
+}
+
+impl BanRequests {
+    /// Asks the swarm task to ban `peer`.
+    pub(crate) fn ban(&self, peer: PeerId, reason: String) {
+        {
+            let mut pending = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= MAX_PENDING_BANS && !pending.contains_key(&peer) {
+                tracing::error!(%peer, %reason, "ban queue full; ban dropped");
+                return;
+            }
+            pending.entry(peer).or_insert(reason);
+        }
+        self.inner.1.notify_one();
+    }
+
+    /// Waits until a ban may be pending.
+    pub(crate) async fn wait(&self) {
+        self.inner.1.notified().await
+    }
+
+    /// Takes every pending ban.
+    pub(crate) fn take(&self) -> Vec<(PeerId, String)> {
+        let mut pending = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        pending.drain().collect()
+    }
+}
+
 /// Commands from [`SwarmClient`] to the swarm task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -262,7 +306,6 @@ pub(crate) enum Command {
     Provide(Digest),
     GetProviders(Digest, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, oneshot::Sender<Result<(), SwarmError>>),
-    Ban(PeerId, String),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
 }
 

@@ -71,7 +71,12 @@ impl Buckets {
             b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
         });
         if self.map.len() >= MAX_TRACKED {
-            if let Some(oldest) = self.map.iter().min_by_key(|(_, b)| b.updated).map(|(p, _)| *p) {
+            if let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, b)| b.updated)
+                .map(|(p, _)| *p)
+            {
                 self.map.remove(&oldest);
             }
         }
@@ -155,8 +160,20 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(l.check(Some(a), a, t0), Verdict::Allowed);
         }
-        assert_eq!(l.check(Some(a), a, t0), Verdict::Limited { peer: a, first: true });
-        assert_eq!(l.check(Some(a), a, t0), Verdict::Limited { peer: a, first: false });
+        assert_eq!(
+            l.check(Some(a), a, t0),
+            Verdict::Limited {
+                peer: a,
+                first: true
+            }
+        );
+        assert_eq!(
+            l.check(Some(a), a, t0),
+            Verdict::Limited {
+                peer: a,
+                first: false
+            }
+        );
         // 100 ms later one more token (10/s).
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(l.check(Some(a), a, t1), Verdict::Allowed);
@@ -176,6 +193,9 @@ mod tests {
             let _ = l.check(Some(p), p, t0 + Duration::from_nanos(i as u64));
         }
         let (authors, relays) = l.tracked();
-        assert!(authors <= MAX_TRACKED && relays <= MAX_TRACKED, "{authors} {relays}");
+        assert!(
+            authors <= MAX_TRACKED && relays <= MAX_TRACKED,
+            "{authors} {relays}"
+        );
     }
 }

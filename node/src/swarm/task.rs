@@ -73,6 +73,7 @@ pub(crate) async fn start<S: ChunkStore>(
     }
     let control = swarm.behaviour().stream.new_control();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS);
+    let bans = super::BanRequests::default();
     let (gossip_tx, _) = broadcast::channel(256);
     let metrics = SwarmMetrics::default();
     let shutdown = CancellationToken::new();
@@ -84,6 +85,7 @@ pub(crate) async fn start<S: ChunkStore>(
             control,
             protocols.clone(),
             cmd_tx.clone(),
+            bans.clone(),
             metrics.clone(),
             shutdown.clone(),
             peer_id,
@@ -99,6 +101,7 @@ pub(crate) async fn start<S: ChunkStore>(
         gossip: gossip_tx.clone(),
         metrics: metrics.clone(),
         bans: HashMap::new(),
+        ban_requests: bans,
         ban_duration: config.ban_duration,
         limiter: super::ratelimit::GossipLimiter::new(config.gossip_rate, config.gossip_burst),
         provider_queries: HashMap::new(),
@@ -131,6 +134,8 @@ struct SwarmTask {
     metrics: SwarmMetrics,
     /// Banned peers and when their ban ends.
     bans: HashMap<PeerId, Instant>,
+    /// Bans asked for by the exchange.
+    ban_requests: super::BanRequests,
     ban_duration: Duration,
     /// Per-peer rate limit of valid gossip.
     limiter: super::ratelimit::GossipLimiter,
@@ -166,6 +171,11 @@ impl SwarmTask {
                     None => break,
                 },
                 _ = tick.tick() => self.expire_bans(),
+                _ = self.ban_requests.wait() => {
+                    for (peer, reason) in self.ban_requests.take() {
+                        self.ban(peer, reason);
+                    }
+                }
             }
         }
         info!("swarm task stopped");
@@ -185,6 +195,19 @@ impl SwarmTask {
             info!(peer = %p, "ban expired");
         }
         self.metrics.banned_peers.set(self.bans.len() as i64);
+    }
+
+    /// Bans `peer`: disconnected now, and every connection it (re)opens
+    /// in either direction is refused until the ban expires.
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        let until = Instant::now() + self.ban_duration;
+        if self.bans.insert(peer, until).is_none() {
+            warn!(%peer, %reason, "banning peer");
+            self.metrics.bans.inc();
+        }
+        self.metrics.banned_peers.set(self.bans.len() as i64);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -240,14 +263,6 @@ impl SwarmTask {
                         .map_err(|e| SwarmError::Publish(e.to_string())),
                 };
                 let _ = tx.send(r);
-            }
-            Command::Ban(peer, reason) => {
-                warn!(%peer, %reason, "banning peer");
-                self.metrics.bans.inc();
-                self.bans.insert(peer, Instant::now() + self.ban_duration);
-                self.metrics.banned_peers.set(self.bans.len() as i64);
-                self.swarm.behaviour_mut().blocked.block_peer(peer);
-                self.swarm.behaviour_mut().kad.remove_peer(&peer);
             }
             Command::GossipScore(peer, tx) => {
                 let _ = tx.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
