@@ -255,6 +255,15 @@ struct NodeArgs {
     /// rollback window); older ones are removed [default: 2].
     #[arg(long, env = "EDGESWARM_KEEP_VERSIONS")]
     keep_versions: Option<usize>,
+    /// A layer may expand to this many times its compressed size when
+    /// decompressed (at least to 64M); more fails the import as a
+    /// decompression bomb [default: 100].
+    #[arg(long, env = "EDGESWARM_MAX_UNPACK_RATIO")]
+    max_unpack_ratio: Option<u64>,
+    /// Largest uncompressed layer, bytes with optional K/M/G suffix
+    /// [default: 64G].
+    #[arg(long, env = "EDGESWARM_MAX_LAYER_UNPACKED")]
+    max_layer_unpacked: Option<String>,
 }
 
 impl NodeArgs {
@@ -293,7 +302,9 @@ impl NodeArgs {
             api,
             label,
             chunk_size,
-            keep_versions
+            keep_versions,
+            max_unpack_ratio,
+            max_layer_unpacked
         );
         Ok(self)
     }
@@ -396,6 +407,16 @@ impl NodeArgs {
         let api = self
             .api
             .unwrap_or_else(|| DEFAULT_API.parse().expect("static address"));
+        let mut unpack = edgeswarm_node::import::UnpackLimit::default();
+        if let Some(r) = self.max_unpack_ratio {
+            if r == 0 {
+                bail!("--max-unpack-ratio must be at least 1");
+            }
+            unpack.ratio = r;
+        }
+        if let Some(s) = &self.max_layer_unpacked {
+            unpack.cap = parse_size("--max-layer-unpacked", s)?;
+        }
         Ok((
             DaemonConfig {
                 data_dir,
@@ -409,6 +430,7 @@ impl NodeArgs {
                 labels,
                 chunk_size,
                 keep_versions,
+                unpack,
             },
             api,
         ))
