@@ -192,6 +192,17 @@ async fn a_banned_peer_that_reconnects_stays_banned() {
         (bans >= 1).then_some(()).ok_or(bans)
     })
     .await;
+    eventually(
+        "banned attacker disconnected",
+        Duration::from_secs(10),
+        async || {
+            let peers = a.client.connected_peers().await.unwrap();
+            (!peers.contains(&bad))
+                .then_some(())
+                .ok_or("still connected")
+        },
+    )
+    .await;
     let before = dials.load(std::sync::atomic::Ordering::SeqCst);
     // For 4 s the attacker redials every 200 ms; it never gets back in.
     let until = Instant::now() + Duration::from_secs(4);
