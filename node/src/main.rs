@@ -152,7 +152,8 @@ struct ClientArgs {
     api: String,
     /// The node's API token file, written by the node at each start and
     /// readable by its owner only; needed by commands that change
-    /// anything [default: /var/lib/edgeswarm/api.token].
+    /// anything [default: $EDGESWARM_DATA_DIR/api.token, else
+    /// /var/lib/edgeswarm/api.token].
     #[arg(long, env = "EDGESWARM_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// Print JSON instead of text [default: text].
@@ -644,10 +645,13 @@ async fn get_json<T: for<'de> Deserialize<'de>>(api: &str, path: &str) -> Result
 
 /// Reads the API token for a mutating request.
 fn read_token(client: &ClientArgs) -> Result<String> {
-    let path = client
-        .token_file
-        .clone()
-        .unwrap_or_else(|| Path::new(DEFAULT_DATA_DIR).join(edgeswarm_node::api::TOKEN_FILE));
+    let path = client.token_file.clone().unwrap_or_else(|| {
+        // The node's own data dir variable, when set, names the same dir.
+        std::env::var_os("EDGESWARM_DATA_DIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from)
+            .join(edgeswarm_node::api::TOKEN_FILE)
+    });
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "reading the node's API token {} (pass the node's <data dir>/api.token with \
