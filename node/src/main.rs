@@ -784,6 +784,8 @@ async fn deploy(
         image: image.clone(),
         selector: select.clone(),
     };
+    // With --key: the locality of the release signed, shown with the result.
+    let mut signed_for = None;
     let response: DeployResponse = match key {
         None => post_json(client, "/v1/deploy", &request).await?,
         Some(path) => {
@@ -799,12 +801,7 @@ async fn deploy(
                 edgeswarm_protocol::encoding::decode("release", &bytes, 64 << 10)
                     .context("the node's release does not decode")?;
             check_release(&release, &image, &select, expect)?;
-            if !client.json {
-                eprintln!(
-                    "signing {} manifest {} for locality {}",
-                    release.image, release.manifest, release.locality
-                );
-            }
+            signed_for = Some(release.locality.clone());
             let signed = SignedRelease::sign(release, &key);
             let publish = PublishRequest {
                 release: base64::engine::general_purpose::STANDARD.encode(signed.encode()),
@@ -815,10 +812,16 @@ async fn deploy(
     if client.json {
         println!("{}", serde_json::to_string(&response)?);
     } else {
-        println!(
-            "release {} (manifest {})",
-            response.release_id, response.manifest
-        );
+        match &signed_for {
+            Some(locality) => println!(
+                "release {} (manifest {}, signed for locality {locality})",
+                response.release_id, response.manifest
+            ),
+            None => println!(
+                "release {} (manifest {})",
+                response.release_id, response.manifest
+            ),
+        }
     }
     Ok(())
 }
