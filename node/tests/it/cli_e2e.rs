@@ -614,6 +614,24 @@ async fn rm_removes_the_image_from_docker() {
     .await;
     assert_eq!(wait.code, 0, "{} {}", wait.stderr, node.log());
     assert!(docker_has(&image), "{image} not loaded into docker");
+    // A tag edgeswarm did not import is not edgeswarm's to remove.
+    let theirs = format!("{image}-theirs");
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", &image, &theirs])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
+    let refused = cli(&["rm", &theirs, "--api", &node.api]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("imported itself"),
+        "{}",
+        refused.stderr
+    );
+    assert!(docker_has(&theirs), "a foreign docker tag was removed");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &theirs])
+        .output();
     let rm = cli(&["rm", &image, "--json", "--api", &node.api])
         .await
         .succeeded();
