@@ -8,7 +8,7 @@
 //! ## Layout
 //!
 //! - [`fsutil`]: crash-safe state-file writes (temp, fsync, rename, fsync
-//!   the directory).
+//!   the directory) and the data-dir lock.
 //! - [`store`]: the content-addressed, crash-safe chunk store under
 //!   `--data-dir` (per-blob bitfields, resume, quota and GC).
 //! - [`registry`]: the OCI Distribution pull client the gateway uses
@@ -28,7 +28,8 @@
 //! library. It holds the clap command line; the `edgeswarm node` options
 //! and how they merge (command line > `EDGESWARM_*` environment >
 //! `--config` TOML file > default) into a [`daemon::DaemonConfig`]; the
-//! node runner (daemon, API, Ctrl-C shutdown); key generation (`keygen`,
+//! node runner (data-dir lock, removal of a killed node's leftovers,
+//! daemon, API, shutdown on Ctrl-C or SIGTERM); key generation (`keygen`,
 //! `swarm-key`); and the operator commands, which are HTTP clients of a
 //! running node's API. Those do some work of their own: `deploy --key`
 //! signs the release the node prepared with the publisher key locally (the

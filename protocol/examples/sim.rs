@@ -6,30 +6,46 @@
 //! ```text
 //! cargo run --release -p edgeswarm-protocol --example sim -- [flags]
 //!   --nodes 1,2,5,10,21,100,1000,10000   swarm sizes (gateway included)
-//!   --preset node|tuned    node: today's node defaults; tuned: the
-//!                          mechanisms below all on (then flags override)
-//!   --layout base|spread   one 46 MB layer, or four of 12 MB (48.7 MB)
+//!   --preset node|tuned    node: today's node, calibrated against the
+//!                          testnet (the default); tuned: the mechanisms
+//!                          the simulator found (then flags override)
+//!   --calibrate            the calibration table: the preset on the
+//!                          testnet's 2-core machine against every
+//!                          measured T(N), with the error
+//!   --layout single|base|spread   issue 11's image (48.3 MB, one 46 MB
+//!                          layer), the testnet's own (54.1 MB), or four
+//!                          12 MB layers
 //!   --mbit 100 --cloud-mbit 200 --slow-mbit 10 --slow-fraction 0.1
-//!   --rtt-ms 0.2 --cloud-rtt-ms 1 --queue-ms 100 --cpu-ms 4
-//!   --have-ms 200          Have batching (0: immediate)
-//!   --slots 8 --queue 4    upload slots, requests waiting before Busy
+//!   --slow-slots 0         upload slots of slow nodes (0: as all nodes)
+//!   --rtt-ms 0.2 --cloud-rtt-ms 1 --queue-ms 80 --cpu-ms 4
+//!   --cloud-queue-ms 80    the registry flow's queue at the gateway
+//!   --backlog-queues on    a queue holds at most what its flows have left
+//!   --efficiency 0.95      payload share of a shaped link's rate
+//!   --gateway-start-ms 85 --gateway-tail-ms 200 --start-ms 300-400
+//!   --digest-tick-ms 250   digests learnt on this tick (0: with the Have)
+//!   --offers-ms 1000       super-seeding offers' lapse (0: no offers)
+//!   --stream-order on      one requester's requests answered in order
+//!   --endgame-age-ms 750
+//!   --machine-cores 0 --cpu-s-per-mb 0.0205   cores shared by all nodes
+//!                          (0: each node its own core)
+//!   --have-ms 0            Have batching (0: immediate)
+//!   --slots 3 --queue 0    upload slots, requests waiting before Busy
 //!   --sparing-ms 60000     seed sparing period (0: off)
-//!   --depth 4 | bdp:4      requests per peer, fixed or BDP-sized (max)
-//!   --total 0              requests outstanding over all peers (0: no cap)
+//!   --depth 2 | bdp:4      requests per peer, fixed or BDP-sized (max)
+//!   --total 3              requests outstanding over all peers (0: no cap)
 //!   --peers 32 --gateway-peers 256
 //!   --cut-through on|off --cancel on|off --window 8 --endgame 8
 //!   --elsewhere-backoff on|off   TryElsewhere: back off that chunk
 //!   --churn 0.05 --churn-ms 1000-3000
 //!   --seed 1 --limit-s 600
 //!   --ablate N             mechanisms one by one at N nodes: each added to
-//!                          the node's defaults, each removed from tuned
-//!   --ablate-tuned-only    only the removals (the additions are slow at
-//!                          large N: the node's TryElsewhere ping-pong)
+//!                          the node preset, each removed from tuned
+//!   --ablate-tuned-only    only the removals
 //! ```
 
 use std::time::Instant;
 
-use edgeswarm_protocol::sim::{layouts, run, Depth, Report, SimConfig};
+use edgeswarm_protocol::sim::{calibration as cal, layouts, run, Depth, Report, SimConfig};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +53,7 @@ fn main() {
     let mut nodes: Vec<usize> = vec![1, 2, 5, 10, 21, 100, 1_000, 10_000];
     let mut ablate: Option<usize> = None;
     let mut from_node = true;
+    let mut calibrate = false;
     // The preset first, so that other flags override it.
     if let Some(i) = args.iter().position(|a| a == "--preset") {
         match args.get(i + 1).map(String::as_str) {
@@ -61,6 +78,7 @@ fn main() {
             "--nodes" => nodes = val().split(',').map(|n| num(n) as usize).collect(),
             "--layout" => {
                 cfg.layers = match val().as_str() {
+                    "single" => layouts::single(),
                     "base" => layouts::base(),
                     "spread" => layouts::spread(),
                     other => die(&format!("unknown layout {other}")),
@@ -70,9 +88,14 @@ fn main() {
             "--cloud-mbit" => cfg.cloud_rate = mbit(val()),
             "--slow-mbit" => cfg.slow_rate = mbit(val()),
             "--slow-fraction" => cfg.slow_fraction = num(&val()),
+            "--slow-slots" => {
+                let v = num(&val()) as usize;
+                cfg.slow_slots = (v > 0).then_some(v);
+            }
             "--rtt-ms" => cfg.rtt_us = us(val()),
             "--cloud-rtt-ms" => cfg.cloud_rtt_us = us(val()),
             "--queue-ms" => cfg.queue_us = us(val()),
+            "--cloud-queue-ms" => cfg.cloud_queue_us = us(val()),
             "--cpu-ms" => cfg.cpu_us_per_chunk = us(val()),
             "--have-ms" => cfg.have_interval_us = us(val()),
             "--slots" => cfg.upload.slots = num(&val()) as usize,
@@ -107,6 +130,30 @@ fn main() {
                     .unwrap_or_else(|| die("--churn-ms takes FROM-TO"));
                 cfg.churn_window_us = (us(a.into()), us(b.into()));
             }
+            "--efficiency" => cfg.wire_efficiency = num(&val()),
+            "--gateway-start-ms" => cfg.gateway_start_us = us(val()),
+            "--gateway-tail-ms" => cfg.gateway_tail_us = us(val()),
+            "--start-ms" => {
+                let v = val();
+                let (a, b) = v
+                    .split_once('-')
+                    .unwrap_or_else(|| die("--start-ms takes FROM-TO"));
+                cfg.start_us = (us(a.into()), us(b.into()));
+            }
+            "--digest-tick-ms" => cfg.digest_tick_us = us(val()),
+            "--offers-ms" => {
+                let v = num(&val());
+                cfg.offer_timeout_us = (v > 0.0).then_some((v * 1000.0) as u64);
+            }
+            "--stream-order" => cfg.stream_order = on(&val()),
+            "--backlog-queues" => cfg.backlog_queues = on(&val()),
+            "--endgame-age-ms" => cfg.endgame_min_age_ms = num(&val()) as u64,
+            "--machine-cores" => {
+                let v = num(&val());
+                cfg.machine_cores = (v > 0.0).then_some(v);
+            }
+            "--cpu-s-per-mb" => cfg.cpu_s_per_mb = num(&val()),
+            "--calibrate" => calibrate = true,
             "--seed" => cfg.seed = num(&val()) as u64,
             "--limit-s" => cfg.time_limit_us = (num(&val()) * 1e6) as u64,
             "--ablate" => ablate = Some(num(&val()) as usize),
@@ -115,6 +162,9 @@ fn main() {
         }
     }
     println!("{}", describe(&cfg));
+    if calibrate {
+        return calibration(&cfg);
+    }
     match ablate {
         Some(n) => ablation(&cfg, n, from_node),
         None => scaling(&cfg, &nodes),
@@ -146,7 +196,9 @@ fn describe(c: &SimConfig) -> String {
         "# image {:.1} MB in {} layers; links {} Mbit/s ({}% at {} Mbit/s), cloud {} Mbit/s; \
          rtt {} ms, queue {} ms, cpu {} ms/chunk; slots {}, queue {}, sparing {:?} ms; \
          Have every {} ms; depth {:?}, total {:?}; peers {}, gateway peers {}; cut-through {}, cancel {}, \
-         elsewhere backoff {}; window {}, endgame {}; churn {}% in {}-{} ms; seed {}",
+         elsewhere backoff {}; window {}, endgame {} (after {} ms); churn {}% in {}-{} ms; seed {}; \
+         efficiency {}, gateway start {} ms, tail {} ms, nodes start {}-{} ms, digest tick {} ms, \
+         offers {:?} µs, stream order {}, cores {:?} at {} CPU-s/MB",
         c.image_bytes() as f64 / 1e6,
         c.layers.len(),
         c.node_rate * 8.0 / 1e6,
@@ -169,10 +221,21 @@ fn describe(c: &SimConfig) -> String {
         c.elsewhere_backoff,
         c.window_chunks,
         c.endgame_chunks,
+        c.endgame_min_age_ms,
         c.churn_fraction * 100.0,
         c.churn_window_us.0 / 1000,
         c.churn_window_us.1 / 1000,
         c.seed,
+        c.wire_efficiency,
+        c.gateway_start_us / 1000,
+        c.gateway_tail_us / 1000,
+        c.start_us.0 / 1000,
+        c.start_us.1 / 1000,
+        c.digest_tick_us / 1000,
+        c.offer_timeout_us,
+        c.stream_order,
+        c.machine_cores,
+        c.cpu_s_per_mb,
     )
 }
 
@@ -236,6 +299,29 @@ fn scaling(cfg: &SimConfig, nodes: &[usize]) {
     }
 }
 
+/// The calibration table: the preset on the testnet's 2-core machine
+/// against every measured T(N), with the error.
+fn calibration(cfg: &SimConfig) {
+    println!(
+        "| layout | N | testnet T s | sim T s (mean of {} seeds) | error | sim machine CPU-s |",
+        cal::SEEDS
+    );
+    println!("|---|---|---|---|---|---|");
+    for (layout, n, measured) in cal::MEASURED {
+        let c = cal::testnet_run(cfg, layout, n);
+        let t = cal::mean_t(&c);
+        let cpu = run(&c).cpu_seconds;
+        let (t, err) = match t {
+            Some(t) => (
+                format!("{t:.2}"),
+                format!("{:+.1} %", (t / measured - 1.0) * 100.0),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!("| {layout} | {n} | {measured:.2} | {t} | {err} | {cpu:.1} |");
+    }
+}
+
 fn ablation(base: &SimConfig, n: usize, from_node: bool) {
     let node = SimConfig {
         nodes: n,
@@ -250,47 +336,42 @@ fn ablation(base: &SimConfig, n: usize, from_node: bool) {
     .t_last()
     .expect("the gateway alone completes");
     type Edit = fn(&mut SimConfig);
-    let mechanisms: [(&str, Edit, Edit); 9] = [
-        (
-            "3 upload slots, not 8 (choking)",
-            |c| c.upload.slots = 3,
-            |c| c.upload.slots = 8,
-        ),
-        (
-            "Busy at once (no waiting queue)",
-            |c| c.upload.queue = 0,
-            |c| c.upload.queue = 4,
-        ),
-        (
-            "requests capped at BDP+1 over all peers",
-            |c| c.depth = Depth::Bdp(4),
-            |c| c.depth = Depth::Fixed(4),
-        ),
-        (
-            "immediate Have",
-            |c| c.have_interval_us = 0,
-            |c| c.have_interval_us = 200_000,
-        ),
-        (
-            "low-delay uploads (queue 5 ms, LEDBAT-like)",
-            |c| c.queue_us = 5_000,
-            |c| c.queue_us = 100_000,
-        ),
+    let mechanisms: [(&str, Edit, Edit); 6] = [
         (
             "cut-through relay",
             |c| c.cut_through = true,
             |c| c.cut_through = false,
         ),
-        ("Cancel", |c| c.cancel = true, |c| c.cancel = false),
         (
-            "TryElsewhere backoff",
-            |c| c.elsewhere_backoff = true,
-            |c| c.elsewhere_backoff = false,
+            "low-delay uploads (5 ms standing queue, LEDBAT-like)",
+            |c| c.queue_us = 5_000,
+            |c| c.queue_us = cal::QUEUE_US,
         ),
         (
-            "seed sparing",
-            |c| c.upload.sparing_ms = Some(60_000),
-            |c| c.upload.sparing_ms = None,
+            "digests with the Have (no gossip, no 250 ms tick)",
+            |c| c.digest_tick_us = 0,
+            |c| c.digest_tick_us = 250_000,
+        ),
+        (
+            "requests sized to the BDP (per peer <= 4, all: downlink BDP + 1)",
+            |c| {
+                c.depth = Depth::Bdp(4);
+                c.total_requests = None;
+            },
+            |c| {
+                c.depth = Depth::Fixed(2);
+                c.total_requests = Some(3);
+            },
+        ),
+        (
+            "no super-seeding offers (seed sparing alone)",
+            |c| c.offer_timeout_us = None,
+            |c| c.offer_timeout_us = Some(1_000_000),
+        ),
+        (
+            "endgame duplicates at once (no 750 ms wait)",
+            |c| c.endgame_min_age_ms = 0,
+            |c| c.endgame_min_age_ms = 750,
         ),
     ];
     println!("T(1) = {:.2} s; N = {n}", t1 as f64 / 1e6);

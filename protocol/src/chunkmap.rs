@@ -22,8 +22,9 @@ use crate::encoding::{self, DecodeError};
 /// Format version of the chunk map encoding.
 pub const CHUNK_MAP_VERSION: u64 = 1;
 
-/// Largest encoded chunk map accepted: 4 MiB, that is 131 072 chunks, or a
-/// 128 GiB blob at the default chunk size.
+/// Largest encoded chunk map accepted: 4 MiB, that is 131 070 chunks, or a
+/// 64 GiB blob at the default chunk size (larger blobs take larger chunks:
+/// [`ChunkSize::for_blob`]).
 pub const MAX_CHUNK_MAP_BYTES: usize = 4 << 20;
 
 /// A chunk size: a power of two between 64 KiB and 16 MiB.
@@ -36,10 +37,15 @@ impl ChunkSize {
     pub const MIN: ChunkSize = ChunkSize(64 << 10);
     /// The largest chunk size, 16 MiB.
     pub const MAX: ChunkSize = ChunkSize(16 << 20);
-    /// The default chunk size, 1 MiB: small enough to spread a 50 MB layer
-    /// over dozens of peers, large enough that per-chunk overhead (a request
-    /// header and a digest) stays below 0.01 %.
-    pub const DEFAULT: ChunkSize = ChunkSize(1 << 20);
+    /// The default chunk size, 512 KiB. Each relay hop waits for a whole
+    /// verified chunk, so smaller chunks reach every peer sooner, while each
+    /// chunk costs a request, a `Have` per peer, a digest and a store write.
+    /// Measured on the testnet (100 Mbit/s links with 100 ms FIFOs, uploads
+    /// paced, one 46 MB layer, T(10) / T(21) on a 2-core machine):
+    /// 1 MiB 6.0-6.4 s / 10.1 s, 512 KiB 5.75 s / 11.75 s, 256 KiB
+    /// 5.6 s / 12.8 s (21 nodes are CPU-bound there; per-chunk costs
+    /// show). The per-chunk overhead stays below 0.02 %.
+    pub const DEFAULT: ChunkSize = ChunkSize(512 << 10);
 
     /// Validates a chunk size.
     pub fn new(bytes: u32) -> Result<Self, ChunkError> {
@@ -53,6 +59,20 @@ impl ChunkSize {
     /// The size in bytes.
     pub const fn get(self) -> u32 {
         self.0
+    }
+
+    /// The chunk size for a blob of `size` bytes: `self`, doubled as often
+    /// as needed for the blob to fit in [`MAX_CHUNKS`] chunks (`None`
+    /// past [`ChunkSize::MAX`]: a blob over 2 TiB).
+    pub fn for_blob(self, size: u64) -> Option<ChunkSize> {
+        let mut c = self;
+        while chunk_count(size, c) > u64::from(MAX_CHUNKS) {
+            if c == Self::MAX {
+                return None;
+            }
+            c = ChunkSize(c.0 * 2);
+        }
+        Some(c)
     }
 }
 
@@ -404,6 +424,18 @@ mod tests {
 
     fn sample(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn huge_blobs_take_larger_chunks_so_their_map_stays_bounded() {
+        let d = ChunkSize::DEFAULT;
+        let fits = u64::from(MAX_CHUNKS) * u64::from(d.get());
+        assert_eq!(d.for_blob(0), Some(d));
+        assert_eq!(d.for_blob(fits), Some(d));
+        assert_eq!(d.for_blob(fits + 1), ChunkSize::new(d.get() * 2).ok());
+        let largest = u64::from(MAX_CHUNKS) * u64::from(ChunkSize::MAX.get());
+        assert_eq!(d.for_blob(largest), Some(ChunkSize::MAX));
+        assert_eq!(d.for_blob(largest + 1), None);
     }
 
     #[test]

@@ -64,9 +64,8 @@ pub struct UploadConfig {
 
 impl Default for UploadConfig {
     /// Three slots and none waiting (the simulator's best with 100 Mbit/s
-    /// links, see the module docs), sparing for 60 s (the node's
-    /// default). The node today runs 8 slots and 4 waiting
-    /// (`SimConfig::default` models that).
+    /// links, see the module docs), sparing for 60 s: the node's defaults
+    /// (`SimConfig::default` models the node).
     fn default() -> Self {
         UploadConfig {
             slots: 3,

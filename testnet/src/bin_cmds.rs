@@ -225,6 +225,14 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             )
         ),
         layout: a.layout.name().to_string(),
+        nodes: format!(
+            "chunk size {}, uploads {}",
+            a.chunk_size.as_deref().unwrap_or("the node's default"),
+            match a.pace_percent {
+                0 => "unpaced".to_string(),
+                p => format!("paced at {p} % of the link"),
+            }
+        ),
     };
     for &n in &node_counts {
         eprintln!("== N = {n}: building the testnet");
@@ -262,6 +270,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             sample_interval: Duration::from_millis(100),
             rust_log: a.node_log.clone(),
             chunk_size: a.chunk_size.clone(),
+            pace_percent: a.pace_percent,
             keep_data: a.keep_data,
             import: a.import.clone(),
             registry_pid: Some(reg.process().pid()),
@@ -406,6 +415,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         sample_interval: Duration::from_millis(200),
         rust_log: "info,libp2p=warn".into(),
         chunk_size: None,
+        pace_percent: edgeswarm_testnet::experiment::DEFAULT_PACE_PERCENT,
         keep_data: false,
         import: "dir".into(),
         registry_pid: None,

@@ -223,9 +223,14 @@ struct ExperimentArgs {
     /// The `edgeswarm` binary [default: next to this binary, else on PATH].
     #[arg(long)]
     edgeswarm: Option<PathBuf>,
-    /// `--chunk-size` for the nodes [default: the node's, 1M].
+    /// `--chunk-size` for the nodes [default: the node's, 512K].
     #[arg(long)]
     chunk_size: Option<String>,
+    /// Paces each node's uploads at this percent of its link rate
+    /// (the node's `--max-upload-rate`), keeping its uplink's queue short;
+    /// 0 leaves uploads unpaced [default: 92].
+    #[arg(long, default_value_t = edgeswarm_testnet::experiment::DEFAULT_PACE_PERCENT)]
+    pace_percent: u32,
     /// RUST_LOG of the nodes (their logs are in OUT/n<N>/logs).
     #[arg(long, default_value = "info,libp2p=warn")]
     node_log: String,

@@ -33,6 +33,9 @@ pub struct Setting {
     pub shaping: String,
     /// The image layout (`base`, `single`, `spread`).
     pub layout: String,
+    /// The edgeswarm nodes' settings that shape the swarm (chunk size,
+    /// upload pacing).
+    pub nodes: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestnetError + '_ {
@@ -94,14 +97,15 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
          gateway (one of the N); edgeswarm nodes' import sink: `{}` (`dir` extracts a rootfs,\n\
          `none` keeps verified layers in the store only).\n\
          Cloud bytes: kernel counters of the cloud link (into the locality).\n\
-         Shapers (tbf, both ways on every link): {}; image layout `{}`.\n",
+         Shapers (tbf, both ways on every link): {}; image layout `{}`; edgeswarm nodes: {}.\n",
         image.reference,
         image.bytes as f64 / 1e6,
         setting.cloud_rate,
         setting.node_rate,
         setting.import,
         setting.shaping,
-        setting.layout
+        setting.layout,
+        setting.nodes
     );
     let _ = writeln!(
         s,

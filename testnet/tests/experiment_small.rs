@@ -130,6 +130,7 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         sample_interval: Duration::from_millis(100),
         rust_log: "info,libp2p=warn".into(),
         chunk_size: None,
+        pace_percent: experiment::DEFAULT_PACE_PERCENT,
         keep_data: true,
         import: "dir".into(),
         registry_pid: Some(reg.process().pid()),

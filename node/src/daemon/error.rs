@@ -88,6 +88,15 @@ pub(super) enum ReleaseError {
         /// The end of the run of chunks asked for.
         end: u32,
     },
+    /// A layer too large to chunk (over 2 TiB: more than `MAX_CHUNKS`
+    /// chunks even at the largest chunk size).
+    #[error("layer {blob} of {size} bytes is too large to chunk")]
+    LayerTooLarge {
+        /// The layer.
+        blob: Digest,
+        /// Its size.
+        size: u64,
+    },
     /// The store holds every chunk of a layer but did not complete it.
     #[error("layer {0} holds every chunk but did not complete")]
     Incomplete(Digest),

@@ -165,7 +165,17 @@ async fn pull_layer(
 ) -> Result<(), ReleaseError> {
     let store = &inner.store;
     let blob = layer.digest;
-    let chunk_size = inner.config.chunk_size;
+    // Every node derives a layer's chunk size the same way (§9 of the
+    // protocol): huge layers take larger chunks.
+    let chunk_size =
+        inner
+            .config
+            .chunk_size
+            .for_blob(layer.size)
+            .ok_or(ReleaseError::LayerTooLarge {
+                blob,
+                size: layer.size,
+            })?;
     store.create_blob(blob, layer.size, chunk_size).await?;
     // Peers look for providers as soon as they learn of the layer.
     let _ = inner.swarm.provide(blob).await;

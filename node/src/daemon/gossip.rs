@@ -207,7 +207,6 @@ async fn on_resolution(
 /// and a blob of one chunk with that chunk's digest too (its own digest),
 /// so it can be fetched and verified before any map or digest update.
 async fn declare_resolved(store: &Store, resolution: &ReleaseResolution) {
-    let chunk = resolution.chunk_size;
     let blobs = [&resolution.manifest, &resolution.config]
         .into_iter()
         .chain(resolution.layers.iter());
@@ -215,6 +214,10 @@ async fn declare_resolved(store: &Store, resolution: &ReleaseResolution) {
         if store.blob_info(&blob.digest).is_some() || store.is_complete(&blob.digest) {
             continue;
         }
+        let Some(chunk) = resolution.chunk_size.for_blob(blob.size) else {
+            tracing::debug!(blob = %blob.digest, size = blob.size, "resolved blob too large to chunk");
+            continue;
+        };
         if let Err(e) = store.create_blob(blob.digest, blob.size, chunk).await {
             tracing::debug!(blob = %blob.digest, error = %e, "cannot declare resolved blob");
             continue;

@@ -36,7 +36,7 @@ pub use edgeswarm_protocol::release::{Removal, SignedRemoval};
 use serde::{Deserialize, Serialize};
 
 use super::{unix_seconds, Daemon, DaemonError, Inner};
-use crate::import::{docker_tag, image_dir_name, ImportSink};
+use crate::import::{docker_tag, image_dir_name, remove_published, ImportSink};
 use crate::swarm::Topic;
 
 /// Encodes a signed removal as a gossip message (kind 5).
@@ -340,6 +340,7 @@ impl Inner {
         // touch, so it is written crash-safe.
         let path = self.versions_path();
         let bytes = serde_json::to_vec_pretty(versions).map_err(std::io::Error::other)?;
+        // fsync + rename + fsync dir: the rollback window survives power loss.
         tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, &bytes))
             .await
             .map_err(std::io::Error::other)?
@@ -375,17 +376,20 @@ async fn remove_from_sink(sink: &ImportSink, image: &str) -> Result<Option<Strin
     }
 }
 
-/// Removes `<root>/<image_dir_name(image)>` on a blocking thread.
+/// Removes `<root>/<image_dir_name(image)>` (the published link and its
+/// version, or a directory from before versioned publishing) on a blocking
+/// thread.
 async fn remove_tree(root: &Path, image: &str, what: &str) -> Result<Option<String>, DaemonError> {
-    let dir = root.join(image_dir_name(image));
+    let name = image_dir_name(image);
+    let dir = root.join(&name);
     let shown = format!("{what} {}", dir.display());
-    let target = dir.clone();
-    let result = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&target))
+    let root = root.to_owned();
+    let result = tokio::task::spawn_blocking(move || remove_published(&root, &name))
         .await
         .map_err(|e| DaemonError::Remove(format!("removal task: {e}")))?;
     match result {
-        Ok(()) => Ok(Some(shown)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(true) => Ok(Some(shown)),
+        Ok(false) => Ok(None),
         Err(e) => Err(DaemonError::Remove(format!(
             "removing {}: {e}",
             dir.display()

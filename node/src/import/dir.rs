@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //! `<root>/<name>` is the finished rootfs (ready for runc, crun or
-//! `podman --rootfs`). While importing, everything lives in
+//! `podman --rootfs`): a symlink to a complete version under
+//! `<root>/.versions/`, replaced atomically by the next import of the same
+//! reference (see `publish`). While importing, everything lives in
 //! `<root>/.import-XXXX/`: `layer-<i>/` per layer and `rootfs/` for the
-//! merged result, which is renamed to `<root>/<name>` only after every layer
-//! verified. A failed import drops the work directory, so nothing is left.
+//! merged result, which is published only after every layer verified. A
+//! failed import drops the work directory, so nothing is left.
 //!
 //! # How
 //! Layers extract in parallel, each into its own empty staging directory
@@ -52,6 +54,7 @@ use filetime::FileTime;
 use tar::EntryType;
 
 use super::layer::{stream_layer, Expected, LayerStats};
+use super::publish::{publish, WORK_PREFIX};
 use super::{
     image_dir_name, is_echo, ImageImport, ImportError, ImportOptions, LayerAction, LayerInfo,
     LayerReport, ParsedImage,
@@ -97,7 +100,7 @@ pub(super) async fn import(
         blocking(move || {
             fs::create_dir_all(&root).map_err(|e| ImportError::io("create", &root, e))?;
             let work = tempfile::Builder::new()
-                .prefix(".import-")
+                .prefix(WORK_PREFIX)
                 .tempdir_in(&root)
                 .map_err(|e| ImportError::io("create temp dir in", &root, e))?;
             let merged = work.path().join("rootfs");
@@ -212,17 +215,10 @@ pub(super) async fn import(
         return Err(e);
     }
 
-    let final_path = root.join(&name);
-    let location = final_path.clone();
+    let location = root.join(&name);
     blocking(move || {
         apply_dir_meta(&merged, &dir_meta, is_root)?;
-        if fs::symlink_metadata(&final_path).is_ok() {
-            let old = work.path().join("previous");
-            fs::rename(&final_path, &old)
-                .map_err(|e| ImportError::io("move aside", &final_path, e))?;
-        }
-        fs::rename(&merged, &final_path)
-            .map_err(|e| ImportError::io("rename into", &final_path, e))?;
+        publish(&root, &name, &merged)?;
         drop(work);
         Ok(())
     })

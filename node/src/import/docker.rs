@@ -69,6 +69,8 @@ pub struct DockerTarget {
     docker: Docker,
     scratch: PathBuf,
     helper_repo: String,
+    /// Tag prefix naming whose helpers they are (see [`Self::with_owner`]).
+    owner: Option<String>,
 }
 
 impl std::fmt::Debug for DockerTarget {
@@ -113,6 +115,7 @@ impl DockerTarget {
             docker,
             scratch: std::env::temp_dir(),
             helper_repo: DEFAULT_HELPER_REPO.to_owned(),
+            owner: None,
         })
     }
 
@@ -130,6 +133,79 @@ impl DockerTarget {
     pub fn with_helper_repo(mut self, repo: &str) -> Self {
         self.helper_repo = repo.to_owned();
         self
+    }
+
+    /// Marks helper tags as this data dir's (`<repo>:<owner>-<nonce>-<i>`,
+    /// `owner` a hash of the path), so that [`Self::remove_leftover_helpers`]
+    /// removes the ones an import killed mid-way left behind, and never
+    /// those of another node sharing the engine. The sinks built from a
+    /// data dir set it.
+    pub fn with_owner(mut self, data_dir: &Path) -> Self {
+        let path = data_dir
+            .canonicalize()
+            .or_else(|_| std::path::absolute(data_dir))
+            .unwrap_or_else(|_| data_dir.to_owned());
+        let hash = Digest::of(path.as_os_str().as_encoded_bytes()).to_hex();
+        self.owner = Some(hash[..12].to_owned());
+        self
+    }
+
+    /// The tag prefix of this target's helpers (`<repo>:` plus the owner).
+    fn helper_prefix(&self) -> String {
+        match &self.owner {
+            Some(owner) => format!("{}:{owner}-", self.helper_repo),
+            None => format!("{}:", self.helper_repo),
+        }
+    }
+
+    /// Removes this owner's helper tags that are left from imports that
+    /// were killed before their cleanup (kill -9, power loss); returns the
+    /// tags removed. Needs an owner (nothing is removed without one) and
+    /// must run before this owner's imports start.
+    pub async fn remove_leftover_helpers(&self) -> Result<Vec<String>, ImportError> {
+        if self.owner.is_none() {
+            return Ok(Vec::new());
+        }
+        let prefix = self.helper_prefix();
+        let filters = std::collections::HashMap::from([(
+            "reference".to_owned(),
+            vec![self.helper_repo.clone()],
+        )]);
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|source| ImportError::Docker {
+                context: format!("list images of {}", self.helper_repo),
+                source,
+            })?;
+        let mut removed = Vec::new();
+        for tag in images.into_iter().flat_map(|i| i.repo_tags) {
+            if !tag.starts_with(&prefix) {
+                continue;
+            }
+            match self
+                .docker
+                .remove_image(&tag, Some(RemoveImageOptions::default()), None)
+                .await
+            {
+                Ok(_) => removed.push(tag),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(source) => {
+                    return Err(ImportError::Docker {
+                        context: format!("remove leftover helper {tag}"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The underlying bollard client.
@@ -192,8 +268,9 @@ impl DockerTarget {
         let config: serde_json::Value = serde_json::from_slice(&image.config_bytes)
             .map_err(|e| ImportError::InvalidConfig(e.to_string()))?;
         let nonce = format!("{:016x}", rand::random::<u64>());
+        let prefix = self.helper_prefix();
         let helper_tags: Vec<String> = (0..chain.len())
-            .map(|i| format!("{}:{nonce}-{i}", self.helper_repo))
+            .map(|i| format!("{prefix}{nonce}-{i}"))
             .collect();
 
         // registered: how many leading layers the engine holds; failed: stop.

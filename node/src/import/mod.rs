@@ -29,6 +29,7 @@ mod dir;
 mod docker;
 mod layer;
 mod oci;
+mod publish;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use docker::{DockerTarget, DEFAULT_HELPER_REPO};
 pub use layer::{verify_layer, Compression, LayerStats, UnpackLimit};
+pub use publish::remove_published;
 
 /// Which sink an import feeds (`--import docker|dir|oci|none`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +109,8 @@ impl ImportSink {
             ImportSinkKind::Docker => ImportSink::Docker(
                 DockerTarget::connect(None)
                     .await?
-                    .with_scratch_dir(data_dir.join("tmp")),
+                    .with_scratch_dir(data_dir.join("tmp"))
+                    .with_owner(data_dir),
             ),
             ImportSinkKind::Dir => ImportSink::Dir {
                 root: data_dir.join("rootfs"),
@@ -140,7 +143,11 @@ pub async fn detect_default_sink(data_dir: &Path) -> ImportSink {
 /// `$DOCKER_HOST` or `/var/run/docker.sock`).
 pub async fn detect_sink_at(socket: Option<&Path>, data_dir: &Path) -> ImportSink {
     match DockerTarget::connect(socket).await {
-        Ok(target) => ImportSink::Docker(target.with_scratch_dir(data_dir.join("tmp"))),
+        Ok(target) => ImportSink::Docker(
+            target
+                .with_scratch_dir(data_dir.join("tmp"))
+                .with_owner(data_dir),
+        ),
         Err(e) => {
             tracing::info!(error = %e, "docker not available; importing into rootfs directories");
             ImportSink::Dir {
@@ -148,6 +155,52 @@ pub async fn detect_sink_at(socket: Option<&Path>, data_dir: &Path) -> ImportSin
             }
         }
     }
+}
+
+/// What [`remove_leftovers`] found and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Work dirs, temporary links and unreferenced versions under
+    /// `<data-dir>/rootfs` and `<data-dir>/oci`.
+    pub paths: Vec<PathBuf>,
+    /// Docker helper tags of this data dir.
+    pub helper_tags: Vec<String>,
+}
+
+impl Leftovers {
+    /// True when nothing was left.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.helper_tags.is_empty()
+    }
+}
+
+/// Removes what imports killed mid-way (kill -9, power loss) left in
+/// `data_dir`'s sinks: work dirs and unpublished versions of the `dir`
+/// and `oci` sinks (whichever sink is in use now: both roots are
+/// edgeswarm's), and, when `docker` is given, this data dir's helper tags.
+/// Call it with the data dir locked, before any import starts.
+pub async fn remove_leftovers(
+    data_dir: &Path,
+    docker: Option<&DockerTarget>,
+) -> Result<Leftovers, ImportError> {
+    let roots = [data_dir.join("rootfs"), data_dir.join("oci")];
+    let paths = tokio::task::spawn_blocking(move || {
+        let mut paths = Vec::new();
+        for root in &roots {
+            paths.extend(
+                publish::remove_leftovers(root)
+                    .map_err(|e| ImportError::io("clean up", root, e))?,
+            );
+        }
+        Ok::<_, ImportError>(paths)
+    })
+    .await
+    .map_err(|e| ImportError::Task(e.to_string()))??;
+    let helper_tags = match docker {
+        Some(target) => target.remove_leftover_helpers().await?,
+        None => Vec::new(),
+    };
+    Ok(Leftovers { paths, helper_tags })
 }
 
 /// One layer to import, in image order.

@@ -9,8 +9,9 @@
 //! its diff_id verified), so the layout holds exactly the verified bytes.
 //! A Docker schema 2 manifest is rewritten with OCI media types (the config
 //! and layer bytes are unchanged); an OCI manifest is kept byte for byte.
-//! Work happens in `<root>/.import-XXXX/` and is renamed into place at the
-//! end; a failure leaves nothing.
+//! Work happens in `<root>/.import-XXXX/` and is published at the end as
+//! the dir sink's rootfs is (`<root>/<name>` is a symlink to a version
+//! under `<root>/.versions/`, swapped atomically); a failure leaves nothing.
 //!
 //! # Non-goals
 //! Sharing blobs between images' layouts (each layout is self-contained).
@@ -25,6 +26,7 @@ use edgeswarm_protocol::address::Digest;
 use serde_json::json;
 
 use super::layer::{stream_layer, Expected};
+use super::publish::{publish, WORK_PREFIX};
 use super::{
     image_dir_name, is_echo, reference_tag, ImageImport, ImportError, ImportOptions, LayerAction,
     LayerReport, ParsedImage,
@@ -46,7 +48,7 @@ pub(super) async fn import(
         tokio::task::spawn_blocking(move || {
             fs::create_dir_all(&root).map_err(|e| ImportError::io("create", &root, e))?;
             let work = tempfile::Builder::new()
-                .prefix(".import-")
+                .prefix(WORK_PREFIX)
                 .tempdir_in(&root)
                 .map_err(|e| ImportError::io("create temp dir in", &root, e))?;
             let blobs = work.path().join("layout/blobs/sha256");
@@ -135,8 +137,7 @@ pub(super) async fn import(
     }
 
     let name = image_dir_name(&image.reference);
-    let final_path = root.join(name);
-    let location = final_path.display().to_string();
+    let location = root.join(&name).display().to_string();
     let reference = image.reference.clone();
     let diff_ids: Vec<_> = parsed.layers.iter().map(|l| l.diff_id).collect();
     tokio::task::spawn_blocking(move || {
@@ -168,13 +169,9 @@ pub(super) async fn import(
         };
         write("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec())?;
         write("index.json", serde_json::to_vec(&index).expect("json"))?;
-        if fs::symlink_metadata(&final_path).is_ok() {
-            let old = work.path().join("previous");
-            fs::rename(&final_path, &old)
-                .map_err(|e| ImportError::io("move aside", &final_path, e))?;
-        }
-        fs::rename(&layout, &final_path)
-            .map_err(|e| ImportError::io("rename into", &final_path, e))?;
+        // Durable (syncfs) and swapped in whole: the layout's index.json and
+        // blobs are never seen half-written, even after a crash.
+        publish(&root, &name, &layout)?;
         drop(work);
         Ok::<_, ImportError>(())
     })

@@ -87,6 +87,8 @@ pub use error::StoreError;
 use journal::Record;
 pub use reader::{BlobReader, ReaderAbort};
 
+use crate::fsutil::AtomicWriteError;
+
 /// Capacity of the [`StoreEvent`] broadcast channel; slow subscribers see
 /// `Lagged` and should resynchronise from [`Store::bitfield`].
 pub const EVENT_CAPACITY: usize = 1024;
@@ -353,7 +355,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// Fsyncs a directory so a rename or create in it is durable.
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    crate::fsutil::fsync_dir(dir).map_err(io(dir))
 }
 
 /// Stream-hashes `len` bytes of `file` from offset 0.
@@ -427,26 +429,19 @@ impl Inner {
         let _ = self.events.send(ev);
     }
 
-    /// Writes `bytes` to `dest` atomically: temp file, fsync, rename, fsync dir.
+    /// Writes `bytes` to `dest` atomically: temp file, fsync, rename, fsync
+    /// dir ([`crate::fsutil::write_atomic_via`]), with the temp file in
+    /// the store's own `tmp/`, which opening the store empties.
     fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp = self.dir.join("tmp").join(format!(
             "{}.{}",
             std::process::id(),
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
-        let res = (|| {
-            let mut f =
-                File::create(&tmp).map_err(|e| StoreError::io(&tmp, bytes.len() as u64, e))?;
-            f.write_all(bytes)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| StoreError::io(&tmp, bytes.len() as u64, e))?;
-            fs::rename(&tmp, dest).map_err(io(dest))?;
-            fsync_dir(dest.parent().expect("store paths have parents"))
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res
+        crate::fsutil::write_atomic_via(dest, bytes, &tmp).map_err(|e| match e {
+            AtomicWriteError::Temp(e) => StoreError::io(&tmp, bytes.len() as u64, e),
+            AtomicWriteError::Publish(e) => StoreError::io(dest, 0, e),
+        })
     }
 
     /// Appends `rec` to a partial blob's journal (under its lock). A failed

@@ -69,6 +69,17 @@ pub(crate) async fn write_message<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Writes `msg`'s frame only; the caller writes its `payload_len()` bytes
+/// of payload next (paced uploads write it piece by piece).
+pub(crate) async fn write_head<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &StreamMessage,
+) -> Result<(), FrameError> {
+    let frame = wire::try_encode_frame(msg)?;
+    w.write_all(&frame).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

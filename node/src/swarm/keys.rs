@@ -8,7 +8,6 @@
 //!   (`/key/swarm/psk/1.0.0/\n/base16/\n<64 hex>`), used with libp2p pnet:
 //!   a node without the key cannot complete a TCP handshake with the locality.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
@@ -87,19 +86,9 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), SwarmError> {
             std::fs::create_dir_all(parent).map_err(io_err)?;
         }
     }
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io_err)?;
-    f.write_all(bytes).map_err(io_err)?;
-    f.sync_all().map_err(io_err)?;
-    std::fs::rename(&tmp, path).map_err(io_err)?;
-    Ok(())
+    // Crash-safe and never over an existing key (a torn identity would
+    // change the PeerId or stop the node from starting).
+    crate::fsutil::write_new_atomic(path, bytes, 0o600).map_err(io_err)
 }
 
 #[cfg(test)]

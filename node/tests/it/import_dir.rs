@@ -110,12 +110,38 @@ async fn dir_applies_whiteouts_opaque_dirs_links_and_modes() {
         .output()
         .unwrap();
     assert_eq!(out.stdout, b"hello from the overlay\n");
-    // Only the finished rootfs remains.
-    let entries: Vec<_> = std::fs::read_dir(tmp.path().join("rootfs"))
+    // Only the finished rootfs remains: its link and its one version.
+    assert_only_published(&tmp.path().join("rootfs"), &["local_dir-test_v1"], 0);
+}
+
+/// `rootfs` holds the links `names`, each to a version of its own under
+/// `.versions`, plus `previous` replaced versions kept for readers, and
+/// nothing else (no work dirs, no older versions).
+#[track_caller]
+pub(crate) fn assert_only_published(rootfs: &Path, names: &[&str], previous: usize) {
+    let mut top: Vec<String> = std::fs::read_dir(rootfs)
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(entries, ["local_dir-test_v1"]);
+    top.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.push(".versions".into());
+    expected.sort();
+    assert_eq!(top, expected);
+    let versions: Vec<String> = std::fs::read_dir(rootfs.join(".versions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for n in names {
+        let link = std::fs::read_link(rootfs.join(n)).expect("published as a link");
+        let version = link
+            .strip_prefix(".versions")
+            .expect("a link into .versions")
+            .to_string_lossy()
+            .into_owned();
+        assert!(versions.contains(&version), "{n} -> {version} missing");
+    }
+    assert_eq!(versions.len(), names.len() + previous, "{versions:?}");
 }
 
 #[tokio::test]
@@ -158,6 +184,11 @@ async fn dir_reimport_replaces_the_previous_rootfs() {
     )
     .await
     .unwrap();
+    let root = tmp.path().join("rootfs/re_v1");
+    // A reader inside the first version: its working tree must survive
+    // the next replacement.
+    let held = std::fs::canonicalize(&root).unwrap();
+    let mut open_file = std::fs::File::open(root.join("bin/busybox")).unwrap();
     let two = build_image(
         &[
             (base_layer("re"), Compression::Gzip),
@@ -173,15 +204,28 @@ async fn dir_reimport_replaces_the_previous_rootfs() {
     )
     .await
     .unwrap();
-    let root = tmp.path().join("rootfs/re_v1");
     assert_eq!(
         std::fs::read(root.join("etc/extra")).unwrap(),
         b"third layer\n"
     );
-    let names: Vec<_> = std::fs::read_dir(tmp.path().join("rootfs"))
-        .unwrap()
-        .collect();
-    assert_eq!(names.len(), 1);
+    // The first version is still whole for whoever holds it ...
+    assert!(held.join("bin/busybox").is_file());
+    assert!(!held.join("etc/extra").exists());
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_file, &mut bytes).unwrap();
+    assert!(bytes.starts_with(b"\x7fELF"));
+    assert_only_published(&tmp.path().join("rootfs"), &["re_v1"], 1);
+    // ... until the next replacement, which drops it.
+    import_image(
+        &sink,
+        one.import("re:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(!held.exists());
+    assert!(!root.join("etc/extra").exists());
+    assert_only_published(&tmp.path().join("rootfs"), &["re_v1"], 1);
 }
 
 /// Imports a single-layer image made of `tar` into a fresh dir sink.

@@ -8,6 +8,7 @@ mod support;
 mod api;
 mod cli;
 mod cli_e2e;
+mod durability;
 mod failover;
 mod gateway;
 mod import_dir;

@@ -17,6 +17,15 @@
 //! (each flow carries a version): the cost of an event does not grow with
 //! the number of nodes.
 //!
+//! A machine-wide CPU budget ([`Network::set_cpu_budget`]) models many
+//! emulated nodes sharing a few cores (the testnet: 21 nodes on 2 cores):
+//! moving a byte into a node costs CPU (both ends' processes, the kernel's
+//! TCP, veth, bridge and `tbf` work), so the sum of all flow rates cannot
+//! exceed cores / (CPU-s per byte). When it would, every flow is slowed by
+//! the same factor, as time-sharing slows every process alike. With a
+//! budget, every change recomputes every flow (fine at the N where a
+//! budget is used, tens of nodes); without one, the model stays local.
+//!
 //! ## Non-goals
 //!
 //! Exact max-min fairness across the whole network (one round is
@@ -55,6 +64,17 @@ pub struct Network {
     free: Vec<FlowId>,
     heap: BinaryHeap<Reverse<(u64, FlowId, u32)>>,
     queue_us: u64,
+    /// Sum of all flow rates at most (bytes per microsecond), `None`: no
+    /// machine-wide CPU limit.
+    cpu_cap: Option<f64>,
+    /// The factor the CPU budget slows every flow by now (1: not bound).
+    cpu_scale: f64,
+    /// Queues hold only the bytes their flows have left.
+    backlog_queues: bool,
+    /// The standing queue a flow from outside (the registry's loss-based
+    /// TCP) keeps on the link it crosses, whatever the nodes' own uploads
+    /// do.
+    external_queue_us: u64,
 }
 
 impl Network {
@@ -72,7 +92,24 @@ impl Network {
             free: Vec::new(),
             heap: BinaryHeap::new(),
             queue_us,
+            cpu_cap: None,
+            cpu_scale: 1.0,
+            backlog_queues: false,
+            external_queue_us: queue_us,
         }
+    }
+
+    /// Limits the sum of all flow rates to `bytes_per_sec` (a machine's
+    /// cores over its CPU cost per byte moved); `None` lifts the limit.
+    /// Set it before starting flows.
+    pub fn set_cpu_budget(&mut self, bytes_per_sec: Option<f64>) {
+        self.cpu_cap = bytes_per_sec.map(|r| r / 1e6);
+    }
+
+    /// The factor the CPU budget slows every flow (and every node's work)
+    /// by now: 1 when the budget does not bind.
+    pub fn cpu_scale(&self) -> f64 {
+        self.cpu_scale
     }
 
     /// The standing queue delay of a busy link.
@@ -164,12 +201,55 @@ impl Network {
         self.flows.get(id)?.as_ref().map(|f| f.rate * 1e6)
     }
 
-    /// How long a small message from `src` to `dst` waits in queues: a
-    /// full queue on each saturated link it crosses.
-    pub fn queueing_us(&self, src: usize, dst: usize) -> u64 {
-        let up = self.saturated(&self.up_flows[src], self.up[src]);
-        let down = self.saturated(&self.down_flows[dst], self.down[dst]);
-        (up as u64 + down as u64) * self.queue_us
+    /// How long a small message from `src` to `dst` sent at `now_us`
+    /// waits in queues: on each saturated link it crosses, a full queue,
+    /// or with [`Network::set_backlog_queues`] the bytes its flows still
+    /// have to send (at most a full queue).
+    pub fn queueing_us(&self, now_us: u64, src: usize, dst: usize) -> u64 {
+        self.link_queue_us(now_us, &self.up_flows[src], self.up[src])
+            + self.link_queue_us(now_us, &self.down_flows[dst], self.down[dst])
+    }
+
+    /// A FIFO queue holds at most what its senders have left to send: a
+    /// request-driven flow with one chunk outstanding cannot fill a 100 ms
+    /// queue once less than 100 ms of its chunk is left. Off, a saturated
+    /// link's queue is always full. (A flow from outside, the registry
+    /// streaming a whole layer, always fills it.)
+    pub fn set_backlog_queues(&mut self, on: bool) {
+        self.backlog_queues = on;
+    }
+
+    /// The standing queue a flow from outside keeps (default: the same as
+    /// any saturated link's). Low-delay uploads shrink the nodes' queues,
+    /// not the registry's.
+    pub fn set_external_queue_us(&mut self, us: u64) {
+        self.external_queue_us = us;
+    }
+
+    fn link_queue_us(&self, now_us: u64, flows: &[FlowId], capacity: f64) -> u64 {
+        if !self.saturated(flows, capacity) {
+            return 0;
+        }
+        let live = || flows.iter().filter_map(|f| self.flows[*f].as_ref());
+        if live().any(|f| f.src.is_none()) {
+            return self.external_queue_us.max(self.queue_us);
+        }
+        if !self.backlog_queues {
+            return self.queue_us;
+        }
+        let mut backlog = 0.0;
+        for f in live() {
+            backlog += (f.remaining - f.rate * now_us.saturating_sub(f.last_us) as f64).max(0.0);
+        }
+        // Bytes over bytes per µs; the CPU budget drains it slower too.
+        let drain = capacity * self.cpu_scale;
+        ((backlog / drain) as u64).min(self.queue_us)
+    }
+
+    /// How long a message leaving `node` at `now_us` waits in its uplink's
+    /// queue.
+    pub fn up_queue_us(&self, now_us: u64, node: usize) -> u64 {
+        self.link_queue_us(now_us, &self.up_flows[node], self.up[node])
     }
 
     /// Whether `node`'s uplink is saturated.
@@ -185,10 +265,16 @@ impl Network {
             .filter_map(|f| self.flows[*f].as_ref())
             .map(|f| f.rate)
             .sum();
-        sum >= capacity * 0.99
+        // A CPU-bound machine slows every flow alike; its links still
+        // carry all their flows can send, and queue as much.
+        sum >= capacity * 0.99 * self.cpu_scale
     }
 
     fn reshare(&mut self, now_us: u64, src: Option<usize>, dst: usize) {
+        if self.cpu_cap.is_some() {
+            self.reshare_all(now_us);
+            return;
+        }
         // A flow's rate depends on the flow counts of its two links and of
         // the links its link-mates cross (see `share`): recompute the flows
         // within that distance of the two links that changed.
@@ -210,23 +296,43 @@ impl Network {
         touched.dedup();
         for id in touched {
             let rate = self.share(id);
-            let f = self.flows[id].as_mut().expect("listed flows exist");
-            f.remaining = (f.remaining - f.rate * now_us.saturating_sub(f.last_us) as f64).max(0.0);
-            f.last_us = now_us;
-            if rate == f.rate && rate > 0.0 {
-                // Unchanged: its scheduled finish still holds.
-                continue;
-            }
-            f.rate = rate;
-            self.versions[id] = self.versions[id].wrapping_add(1);
-            f.version = self.versions[id];
-            let finish = if rate > 0.0 {
-                now_us + (f.remaining / rate).ceil() as u64
-            } else {
-                u64::MAX
-            };
-            self.heap.push(Reverse((finish, id, f.version)));
+            // Unchanged, its scheduled finish still holds.
+            self.set_rate(now_us, id, rate);
         }
+    }
+
+    /// Every flow's rate from the links, then all slowed alike to fit the
+    /// CPU budget.
+    fn reshare_all(&mut self, now_us: u64) {
+        let ids: Vec<FlowId> = (0..self.flows.len())
+            .filter(|i| self.flows[*i].is_some())
+            .collect();
+        let raw: Vec<f64> = ids.iter().map(|id| self.share(*id)).collect();
+        let sum: f64 = raw.iter().sum();
+        let cap = self.cpu_cap.unwrap_or(f64::INFINITY);
+        self.cpu_scale = if sum > cap { cap / sum } else { 1.0 };
+        for (id, raw) in ids.into_iter().zip(raw) {
+            self.set_rate(now_us, id, raw * self.cpu_scale);
+        }
+    }
+
+    /// Sets a flow's rate from `now_us`, rescheduling its finish.
+    fn set_rate(&mut self, now_us: u64, id: FlowId, rate: f64) {
+        let f = self.flows[id].as_mut().expect("listed flows exist");
+        f.remaining = (f.remaining - f.rate * now_us.saturating_sub(f.last_us) as f64).max(0.0);
+        f.last_us = now_us;
+        if rate == f.rate && rate > 0.0 {
+            return;
+        }
+        f.rate = rate;
+        self.versions[id] = self.versions[id].wrapping_add(1);
+        f.version = self.versions[id];
+        let finish = if rate > 0.0 {
+            now_us + (f.remaining / rate).ceil() as u64
+        } else {
+            u64::MAX
+        };
+        self.heap.push(Reverse((finish, id, f.version)));
     }
 
     /// A flow's rate, two rounds of max-min fairness: first its sender's
@@ -375,15 +481,70 @@ mod tests {
     #[test]
     fn messages_wait_behind_busy_links_fifo_queues() {
         let mut net = Network::new(&[MBIT100; 3], &[MBIT100; 3], 100_000);
-        assert_eq!(net.queueing_us(0, 1), 0);
+        assert_eq!(net.queueing_us(0, 0, 1), 0);
         let f = net.start(0, Some(0), 2, 1_250_000, f64::INFINITY);
         // Node 0's uplink is busy: 100 ms; node 2's downlink too.
-        assert_eq!(net.queueing_us(0, 1), 100_000);
-        assert_eq!(net.queueing_us(1, 2), 100_000);
-        assert_eq!(net.queueing_us(0, 2), 200_000);
-        assert_eq!(net.queueing_us(1, 0), 0);
+        assert_eq!(net.queueing_us(0, 0, 1), 100_000);
+        assert_eq!(net.queueing_us(0, 1, 2), 100_000);
+        assert_eq!(net.queueing_us(0, 0, 2), 200_000);
+        assert_eq!(net.queueing_us(0, 1, 0), 0);
         net.remove(50_000, f);
-        assert_eq!(net.queueing_us(0, 2), 0);
+        assert_eq!(net.queueing_us(0, 0, 2), 0);
+    }
+
+    #[test]
+    fn with_backlog_queues_a_queue_holds_only_what_is_left_to_send() {
+        let mut net = Network::new(&[MBIT100; 3], &[MBIT100; 3], 100_000);
+        net.set_backlog_queues(true);
+        // 1.25 MB at 12.5 MB/s: 100 ms left at first, 40 ms at 60 ms.
+        net.start(0, Some(0), 2, 1_250_000, f64::INFINITY);
+        assert_eq!(net.queueing_us(0, 0, 1), 100_000);
+        assert_eq!(net.queueing_us(60_000, 0, 1), 40_000);
+        // Never more than a full queue.
+        net.start(60_000, Some(1), 0, 10_000_000, f64::INFINITY);
+        assert_eq!(net.up_queue_us(60_000, 1), 100_000);
+        // The registry streams a whole layer: the gateway's downlink
+        // queue is full however little of the current chunk is left.
+        let mut net = Network::new(&[MBIT100; 2], &[MBIT100; 2], 100_000);
+        net.set_backlog_queues(true);
+        net.start(0, None, 1, 1_000, MBIT100);
+        assert_eq!(net.queueing_us(0, 0, 1), 100_000);
+    }
+
+    #[test]
+    fn a_cpu_budget_slows_every_flow_alike_and_only_when_it_binds() {
+        // Two disjoint 100 Mbit/s transfers need 25 MB/s; a budget of
+        // 12.5 MB/s halves both.
+        let mut net = Network::new(&[MBIT100; 4], &[MBIT100; 4], 0);
+        net.set_cpu_budget(Some(MBIT100));
+        let a = net.start(0, Some(0), 1, 1_250_000, f64::INFINITY);
+        assert_eq!(net.rate(a), Some(MBIT100), "one flow fits the budget");
+        assert_eq!(net.cpu_scale(), 1.0);
+        let b = net.start(0, Some(2), 3, 1_250_000, f64::INFINITY);
+        assert!((net.rate(a).unwrap() - MBIT100 / 2.0).abs() < 1.0);
+        assert!((net.rate(b).unwrap() - MBIT100 / 2.0).abs() < 1.0);
+        assert!((net.cpu_scale() - 0.5).abs() < 1e-9);
+        let done = run_all(&mut net);
+        assert_eq!(done.len(), 2);
+        assert!(done.iter().all(|(t, _)| *t == 200_000), "{done:?}");
+        // Saturated links still queue while the CPU holds them back.
+        let mut net = Network::new(&[MBIT100; 4], &[MBIT100; 4], 100_000);
+        net.set_cpu_budget(Some(MBIT100));
+        net.start(0, Some(0), 1, 1 << 30, f64::INFINITY);
+        net.start(0, Some(2), 3, 1 << 30, f64::INFINITY);
+        assert_eq!(net.queueing_us(0, 0, 3), 200_000);
+    }
+
+    #[test]
+    fn low_delay_uploads_do_not_shrink_the_registry_flows_queue() {
+        let mut net = Network::new(&[MBIT100; 3], &[MBIT100; 3], 5_000);
+        net.set_external_queue_us(80_000);
+        net.start(0, None, 0, 1 << 30, MBIT100);
+        net.start(0, Some(1), 2, 1 << 30, f64::INFINITY);
+        // Into the gateway: behind the registry's flow; into node 2:
+        // behind node 1's low-delay upload.
+        assert_eq!(net.queueing_us(0, 2, 0), 80_000);
+        assert_eq!(net.queueing_us(0, 0, 2), 5_000);
     }
 
     #[test]
@@ -397,7 +558,7 @@ mod tests {
         );
         net.start(0, Some(0), 1, 1_250_000, f64::INFINITY);
         assert!(!net.up_saturated(0));
-        assert_eq!(net.queueing_us(0, 2), 0);
-        assert_eq!(net.queueing_us(2, 1), 100_000);
+        assert_eq!(net.queueing_us(0, 0, 2), 0);
+        assert_eq!(net.queueing_us(0, 2, 1), 100_000);
     }
 }

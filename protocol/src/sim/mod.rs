@@ -19,34 +19,45 @@
 //!
 //! ## What is modelled
 //!
-//! Node 0 is the gateway: it streams the image's layers from the cloud
-//! registry in order, one 1 MiB chunk after the other, at the smaller of the
-//! cloud link's rate and its own downlink's share, and serves only chunks
-//! it already has (with cut-through: has begun to receive). It never
-//! downloads from peers (the node marks its whole registry-pull plan as
-//! held). Every other node downloads from a bounded random set of peers
-//! (`max_download_peers`, as the node's `SwarmConfig`); the gateway accepts
-//! at most `gateway_peers` of them (the node's `max_connections`).
-//! Messages (requests, refusals, `Have`, `Cancel`) take half the RTT plus
-//! the standing queue of every busy link they cross; a chunk takes its
-//! flow's transfer time plus half the RTT, then `cpu_us_per_chunk` to be
-//! verified before it is held, advertised (`Have` to every peer that
-//! downloads from this node, batched every `have_interval_us`) and served.
-//! With cut-through relay a node advertises and serves a chunk as soon as
-//! it starts to arrive; a relayed copy cannot complete before the relay's
-//! own copy has. Stalls expire requests as in the node (the peer is dropped
-//! for 30 s).
+//! Node 0 is the gateway: after `gateway_start_us` it streams the image's
+//! layers from the cloud registry in order, one 1 MiB chunk after the
+//! other, at the smaller of the cloud link's rate and its own downlink's
+//! share, and serves only chunks it already has (with cut-through: has
+//! begun to receive). It never downloads from peers (the node marks its
+//! whole registry-pull plan as held), and reports done `gateway_tail_us`
+//! after its last chunk. Every other node starts at a random time in
+//! `start_us` and downloads from a bounded random set of peers
+//! (`max_download_peers`, as the node's `SwarmConfig`); the gateway
+//! accepts at most `gateway_peers` of them (the node's `max_connections`).
+//! With super-seeding offers the gateway advertises each chunk to one
+//! started requester in turn, and to all once the offer lapsed unfetched.
+//! Chunk digests reach downloaders by gossip (through the gateway's uplink
+//! queue, plus mesh hops beyond its peers) and are read on a coordinator
+//! tick (`digest_tick_us`). Messages (requests, refusals, `Have`,
+//! `Cancel`) take half the RTT plus the queue of every busy link they
+//! cross (what its flows have left to send, at most `queue_us`); a
+//! server answers one requester's requests in order (`stream_order`); a
+//! chunk takes its flow's transfer time plus half the RTT, then
+//! `cpu_us_per_chunk` to be verified before it is held, advertised and
+//! served. Link rates carry payload at `wire_efficiency`. With
+//! `machine_cores`, all nodes share one machine's CPU: the sum of all
+//! flow rates is capped at cores / `cpu_s_per_mb`. With cut-through relay
+//! a node advertises and serves a chunk as soon as it starts to arrive; a
+//! relayed copy cannot complete before the relay's own copy has. Stalls
+//! expire requests as in the node (the peer is dropped for 30 s).
+//! docs/SIMULATOR.md lists each calibrated figure and where it came from.
 //!
 //! ## Non-goals
 //!
 //! Packet-level TCP (slow start, loss, ACK clocking), discovery and
-//! connection set-up (peer sets exist at time zero), chunk maps (digests
-//! become known as the gateway reads the chunks), import/decompression
+//! connection set-up (peer sets exist when a node starts), one picker per
+//! layer (the node runs a download, with its own request limits, per
+//! blob; here one picker spans the image), import/decompression
 //! (`--import none`), replacing peers lost to churn.
 
 pub mod link;
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::rc::Rc;
 
 use rand::seq::index::sample;
@@ -63,6 +74,9 @@ use link::{FlowId, Network};
 
 /// 1 MiB, the node's chunk size.
 const CHUNK: u64 = 1 << 20;
+/// How often the gateway re-checks its offers without a store event (the
+/// node's `HAVE_RECHECK`).
+const OFFER_RECHECK_US: u64 = 1_000_000;
 
 /// How many requests a downloader keeps outstanding at one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,12 +104,19 @@ pub struct SimConfig {
     pub slow_rate: f64,
     /// Fraction of non-gateway nodes on slow links.
     pub slow_fraction: f64,
+    /// Upload slots of the slow nodes (`None`: as every node's), so that
+    /// each of their uploads runs at a useful rate.
+    pub slow_slots: Option<usize>,
     /// Cloud link (registry to gateway) rate, bytes per second.
     pub cloud_rate: f64,
     /// Round trip between two nodes without queueing, microseconds.
     pub rtt_us: u64,
     /// Round trip from the gateway to the registry (per layer request).
     pub cloud_rtt_us: u64,
+    /// The standing queue the registry's flow keeps on the gateway's
+    /// downlink (loss-based TCP from outside; the nodes' own congestion
+    /// control cannot shrink it).
+    pub cloud_queue_us: u64,
     /// Standing queue of a saturated link (`tbf ... latency`, 100 ms in
     /// the testnet), microseconds. Delay-based uploads (LEDBAT) would keep
     /// it near their target: model them with a small value.
@@ -135,13 +156,66 @@ pub struct SimConfig {
     pub time_limit_us: u64,
     /// Seed of every random choice.
     pub seed: u64,
+
+    // ------------------------------------------------ calibration costs
+    /// The share of a shaped link's rate that carries payload: `tbf` counts
+    /// every frame's Ethernet, IP and TCP headers (66 B per 1448 B
+    /// segment), noise and yamux add a little. Applied to every link rate.
+    pub wire_efficiency: f64,
+    /// Deploy to the gateway's first registry request (µs): the release
+    /// gossiped and accepted, the gateway elected, the manifest resolved
+    /// (also the testnet watcher's lag in seeing a node done).
+    pub gateway_start_us: u64,
+    /// The gateway's last chunk held to its release reported done (µs).
+    pub gateway_tail_us: u64,
+    /// Every other node starts downloading at a uniformly random time in
+    /// this range after deploy (µs): release gossip, manifest and chunk
+    /// map fetched, sessions opened.
+    pub start_us: (u64, u64),
+    /// A downloader learns the digests the gateway announces (gossip, one
+    /// per chunk it pulled) on its coordinator's tick of this period, after
+    /// the gossip's hops; 0: every node learns a digest the moment the
+    /// gateway has it (digests travel with `Have`).
+    pub digest_tick_us: u64,
+    /// Super-seeding offers (the node's `exchange/offers.rs`): the gateway
+    /// advertises each chunk of a layer it pulls to one started requester,
+    /// in turn, and to everyone once the offer is this old (µs) and the
+    /// chunk still unfetched. `None`: every chunk to everyone.
+    pub offer_timeout_us: Option<u64>,
+    /// Requests from one requester are answered in order on its stream (as
+    /// the node's `serve.rs`): the next one reaches the upload policy only
+    /// when the previous upload ended, and is then started or refused.
+    /// Off, it reaches the [`Uploader`] at once (which refuses it `Busy`
+    /// while that requester's upload runs, with no waiting queue).
+    pub stream_order: bool,
+    /// The picker's `endgame_min_age_ms`.
+    pub endgame_min_age_ms: u64,
+    /// A busy link's FIFO queue holds only what its flows still have to
+    /// send, at most `queue_us` ([`Network::set_backlog_queues`]); off, it
+    /// is always full.
+    pub backlog_queues: bool,
+    /// Cores shared by every node of the locality (the testnet runs all
+    /// nodes on one machine); `None`: every node has a core of its own.
+    pub machine_cores: Option<f64>,
+    /// CPU-seconds the machine spends per MB delivered into a node (both
+    /// ends' processes and the kernel's network path); with
+    /// `machine_cores`, it caps the sum of all flow rates.
+    pub cpu_s_per_mb: f64,
 }
 
-/// The image used in the testnet's measurements, 48.7 MB.
+/// The images of the testnet's measurements (layer sizes from the
+/// gateway's `blob complete` log lines, testnet/results/issue11-2026-11-30).
 pub mod layouts {
-    /// One 46 MB base layer, then the small ones (`--layout base`).
+    /// Issue 11's image, `testnet/single49`: 48.3 MB, one 46.4 MB layer,
+    /// then the small ones in pull order (`--layout single`).
+    pub fn single() -> Vec<u64> {
+        vec![46_359_476, 877_759, 1_058_495, 193]
+    }
+
+    /// The testnet's own image, `testnet/img49` (`--layout base`): 54.1 MB,
+    /// a 53.0 MB library layer, then busybox and the app.
     pub fn base() -> Vec<u64> {
-        vec![46_000_000, 2_000_000, 700_000, 1_000]
+        vec![53_039_692, 1_058_495, 193]
     }
 
     /// Four base layers of about equal size (`--layout spread`).
@@ -153,56 +227,169 @@ pub mod layouts {
 }
 
 impl Default for SimConfig {
-    /// The testnet's locality with the node's defaults as of 2026-11-30:
-    /// 100 Mbit/s node links, 200 Mbit/s cloud link, `tbf` queues of
-    /// 100 ms, eight upload slots and four waiting, `Have` every 200 ms,
-    /// four requests per peer, 32 download peers, no cut-through, no
-    /// `Cancel`.
+    /// Today's node (`SwarmConfig::default` and `node/src/swarm/exchange/`,
+    /// main at 54b43a1) in the testnet's locality, calibrated
+    /// (docs/SIMULATOR.md, "Calibration"): 100 Mbit/s node links, a
+    /// 200 Mbit/s cloud link, `tbf` queues of 100 ms; three upload slots,
+    /// none waiting, requests answered in order per stream; two requests
+    /// per peer and three in all; `Have` at once; `Cancel`; endgame
+    /// duplicates after 750 ms; super-seeding offers; digests learnt by
+    /// gossip on a 250 ms tick; no cut-through. Each node has its own core
+    /// ([`SimConfig::testnet_machine`] shares two).
     fn default() -> Self {
         SimConfig {
             nodes: 21,
-            layers: layouts::base(),
+            layers: layouts::single(),
             node_rate: 12_500_000.0,
             slow_rate: 1_250_000.0,
             slow_fraction: 0.0,
+            slow_slots: None,
             cloud_rate: 25_000_000.0,
             // Two veths and a bridge on one host.
             rtt_us: 200,
             cloud_rtt_us: 1_000,
-            queue_us: 100_000,
+            cloud_queue_us: calibration::QUEUE_US,
+            queue_us: calibration::QUEUE_US,
             // sha256 of 1 MiB (~3 ms on the testnet's cores) and a write.
             cpu_us_per_chunk: 4_000,
-            have_interval_us: 200_000,
+            // The node's `Have`s go out on every store event.
+            have_interval_us: 0,
             upload: UploadConfig {
-                slots: 8,
-                queue: 4,
+                slots: 3,
+                queue: 0,
                 sparing_ms: Some(60_000),
             },
-            depth: Depth::Fixed(4),
-            total_requests: None,
+            depth: Depth::Fixed(2),
+            total_requests: Some(3),
             max_download_peers: 32,
             gateway_peers: 256,
             cut_through: false,
-            cancel: false,
-            elsewhere_backoff: false,
+            cancel: true,
+            // The session maps `TryElsewhere` to `FailReason::TryElsewhere`.
+            elsewhere_backoff: true,
             window_chunks: 8,
             endgame_chunks: 8,
             churn_fraction: 0.0,
             churn_window_us: (1_000_000, 3_000_000),
             time_limit_us: 600_000_000,
             seed: 1,
+            wire_efficiency: calibration::WIRE_EFFICIENCY,
+            gateway_start_us: calibration::GATEWAY_START_US,
+            gateway_tail_us: calibration::GATEWAY_TAIL_US,
+            start_us: calibration::START_US,
+            digest_tick_us: 250_000,
+            offer_timeout_us: Some(1_000_000),
+            stream_order: true,
+            endgame_min_age_ms: 750,
+            backlog_queues: true,
+            machine_cores: None,
+            cpu_s_per_mb: calibration::CPU_S_PER_MB,
         }
     }
 }
 
+/// The fitted costs of the testnet (docs/SIMULATOR.md, "Calibration", says
+/// where each figure comes from).
+pub mod calibration {
+    /// Payload share of a `tbf` rate: the gateway's lone pulls moved
+    /// 48.30 MB in 4.056 s and 54.10 MB in 4.545 s, a marginal 94.9 Mbit/s
+    /// of payload on a 100 Mbit/s shaper; TCP/IP/Ethernet headers alone
+    /// leave 1448/1514 = 95.6 %.
+    pub const WIRE_EFFICIENCY: f64 = 0.95;
+    /// Deploy to the gateway's first registry byte: `seconds -
+    /// node_seconds` of the lone gateway, 66-75 ms (deploy to the release
+    /// accepted, plus the watcher's lag), and 17 ms from the release
+    /// accepted to `gateway pulling` in its log.
+    pub const GATEWAY_START_US: u64 = 85_000;
+    /// The gateway's last layer verified to `release done`: 155 ms
+    /// (single) and 255 ms (base) in its N = 1 logs.
+    pub const GATEWAY_TAIL_US: u64 = 200_000;
+    /// When the other nodes start to download: their logs put the
+    /// manifest and config blobs at 0.18-0.26 s after the gateway accepted
+    /// the release (N = 2-10, both layouts), which is 0.07 s after deploy;
+    /// the big layer's download follows within a chunk-map poll (50 ms).
+    pub const START_US: (u64, u64) = (300_000, 400_000);
+    /// The same at N = 21 on the 2-core machine: manifests at 0.84-1.12 s
+    /// after the gateway's acceptance (`single-21-none` logs).
+    pub const START_US_21: (u64, u64) = (1_000_000, 1_200_000);
+    /// The standing queue of a saturated 100 ms `tbf` FIFO (fitted, 70-90
+    /// ms all within 15 %): a CUBIC flow backs off to 70 % of its window at
+    /// each loss, so the queue swings between 70 and 100 ms. A request
+    /// behind the registry's flow at the gateway waits this long; with
+    /// two requests per peer, a lone peer then gets 1 MiB per ~95 ms
+    /// (measured: 45 chunks in 4.26 s), not per 88 ms.
+    pub const QUEUE_US: u64 = 80_000;
+    /// Machine CPU-seconds per MB delivered into a node: 21 nodes, 100 %
+    /// of 2 cores for 11.0 s (22 CPU-s, 18.3 of them in the processes)
+    /// for 21 x 51 MB received.
+    pub const CPU_S_PER_MB: f64 = 0.0205;
+    /// The testnet machine's cores.
+    pub const TESTNET_CORES: f64 = 2.0;
+
+    /// T(N) measured in the testnet, seconds: (layout, N, T), from
+    /// testnet/results/issue11-2026-11-30 (`single-none`, `base-none`,
+    /// `single-21-none`; the last node's `seconds`, which include up to
+    /// one watcher poll gap, 100-220 ms). No N = 21 run of `base` exists.
+    pub const MEASURED: [(&str, usize, f64); 9] = [
+        ("single", 1, 4.28),
+        ("single", 2, 4.60),
+        ("single", 5, 5.53),
+        ("single", 10, 6.59),
+        ("single", 21, 11.00),
+        ("base", 1, 4.89),
+        ("base", 2, 5.00),
+        ("base", 5, 6.33),
+        ("base", 10, 7.01),
+    ];
+
+    /// The runs averaged per calibration point (seeds 1..=SEEDS): one
+    /// testnet run is one draw, the sim's spread over seeds is ~5 %.
+    pub const SEEDS: u64 = 3;
+
+    /// The simulated counterpart of a measurement: `base` (today's node,
+    /// calibrated) with the layout's image, on the testnet's machine.
+    pub fn testnet_run(base: &super::SimConfig, layout: &str, nodes: usize) -> super::SimConfig {
+        let layers = match layout {
+            "base" => super::layouts::base(),
+            _ => super::layouts::single(),
+        };
+        let start_us = if nodes >= 21 {
+            START_US_21
+        } else {
+            base.start_us
+        };
+        super::SimConfig {
+            nodes,
+            layers,
+            start_us,
+            ..base.clone()
+        }
+        .testnet_machine()
+    }
+
+    /// Mean T(N) in seconds over [`SEEDS`] seeds, `None` if a run did not
+    /// complete.
+    pub fn mean_t(cfg: &super::SimConfig) -> Option<f64> {
+        let mut sum = 0.0;
+        for seed in 1..=SEEDS {
+            let r = super::run(&super::SimConfig {
+                seed,
+                ..cfg.clone()
+            });
+            sum += r.t_last()? as f64 / 1e6;
+        }
+        Some(sum / SEEDS as f64)
+    }
+}
+
 impl SimConfig {
-    /// The mechanisms this simulator found to reach the physical limit
-    /// (see the README's evaluation for what each buys): three upload slots
-    /// and no waiting queue (a request finds a free uploader or hears
-    /// `Busy` at once), requests capped at the downlink's bandwidth-delay
-    /// product plus one over all peers, immediate `Have`, cut-through
-    /// relay, `Cancel`, backing off a chunk a seed spared, and low-delay
-    /// (LEDBAT-like) uploads that keep the standing queue near 5 ms.
+    /// Today's node with every mechanism this simulator found to reach
+    /// the physical limit (docs/SIMULATOR.md says what each buys):
+    /// cut-through relay, low-delay (LEDBAT-like) uploads that keep the
+    /// standing queue near 5 ms, requests sized to the bandwidth-delay
+    /// product (per peer from its rate, over all peers the downlink's plus
+    /// one), digests that travel with the `Have`, seed sparing without
+    /// offers, endgame duplicates at once. Calibrated costs are kept.
     pub fn tuned(self) -> Self {
         SimConfig {
             upload: UploadConfig {
@@ -217,6 +404,20 @@ impl SimConfig {
             cancel: true,
             elsewhere_backoff: true,
             queue_us: 5_000,
+            // Digests travel with the `Have` (or the chunk map), not by
+            // gossip read on a tick.
+            digest_tick_us: 0,
+            // Seed sparing alone spreads the gateway's chunks.
+            offer_timeout_us: None,
+            endgame_min_age_ms: 0,
+            ..self
+        }
+    }
+
+    /// All nodes on the testnet's 2-core machine.
+    pub fn testnet_machine(self) -> Self {
+        SimConfig {
+            machine_cores: Some(calibration::TESTNET_CORES),
             ..self
         }
     }
@@ -251,6 +452,11 @@ pub struct Report {
     pub image_bytes: u64,
     /// Whether every remaining node completed.
     pub complete: bool,
+    /// When the gateway held the whole image (its registry pull ended), µs.
+    pub gateway_pull_us: Option<u64>,
+    /// The machine's CPU-seconds for the bytes moved, at
+    /// [`SimConfig::cpu_s_per_mb`].
+    pub cpu_seconds: f64,
 }
 
 impl Report {
@@ -336,6 +542,12 @@ enum Event {
         node: u32,
         peer: u32,
     },
+    /// A node begins to download (the gateway: to pull).
+    Start(u32),
+    /// A downloader's coordinator reads the digests gossip brought.
+    DigestTick(u32),
+    /// The gateway re-checks its super-seeding offers.
+    OfferTick,
 }
 
 /// An event in the queue, earliest first, then in order of scheduling
@@ -400,7 +612,6 @@ enum Chunk {
 
 struct Node {
     alive: bool,
-    rate: f64,
     chunks: Vec<Chunk>,
     /// Incoming flows per arriving chunk.
     arriving: BTreeMap<u32, u32>,
@@ -431,6 +642,35 @@ struct Node {
     dropped: BTreeSet<u32>,
     /// A stall check is scheduled.
     ticking: bool,
+    /// Digests known per blob (with a digest tick).
+    digests: Vec<u32>,
+    /// On a slow link.
+    slow: bool,
+    /// Started downloading (sessions open, requests may go out).
+    started: bool,
+    /// Extra digest gossip delay for this node (relay hops), µs.
+    digest_extra_us: u64,
+    /// Stream order: requesters whose upload from this node runs now.
+    streaming: BTreeSet<u32>,
+    /// Stream order: requests behind that upload, per requester.
+    stream_q: BTreeMap<u32, VecDeque<(u64, u32)>>,
+}
+
+/// The gateway's super-seeding offers (the node's `exchange/offers.rs`).
+#[derive(Default)]
+struct Offers {
+    /// Started requesters that have not finished or left, sorted.
+    bound: Vec<u32>,
+    /// Chunk → the requester it was offered to, and when.
+    assigned: Vec<Option<(u32, u64)>>,
+    /// Round-robin position in `bound`.
+    next: usize,
+    /// Chunks advertised to each requester.
+    sent: BTreeMap<u32, Vec<bool>>,
+    /// Chunks the gateway uploaded to anyone.
+    fetched: Vec<bool>,
+    /// The recheck tick is scheduled.
+    ticking: bool,
 }
 
 struct Blob {
@@ -460,6 +700,12 @@ struct Sim {
     refusals: [u64; 3],
     processed: u64,
     remaining: usize,
+    /// Per chunk: when its digest's gossip reaches the gateway's own
+    /// peers (`u64::MAX`: not yet announced).
+    digest_at: Vec<u64>,
+    offers: Offers,
+    gateway_pull_us: Option<u64>,
+    cloud_bytes: u64,
 }
 
 /// Runs one rollout.
@@ -501,9 +747,22 @@ impl Sim {
         }
         let rates: Vec<f64> = slow
             .iter()
-            .map(|s| if *s { cfg.slow_rate } else { cfg.node_rate })
+            .map(|s| cfg.wire_efficiency * if *s { cfg.slow_rate } else { cfg.node_rate })
             .collect();
-        let net = Network::new(&rates, &rates, cfg.queue_us);
+        let mut net = Network::new(&rates, &rates, cfg.queue_us);
+        net.set_cpu_budget(cfg.machine_cores.map(|c| c / cfg.cpu_s_per_mb * 1e6));
+        net.set_backlog_queues(cfg.backlog_queues);
+        net.set_external_queue_us(cfg.cloud_queue_us);
+        // Digest gossip: the gateway publishes to every peer it is
+        // connected to (gossipsub's flood publishing); the rest hear it
+        // through the mesh (degree 6), one busy relay per hop.
+        let far_hops = if n - 1 > cfg.gateway_peers {
+            let fan = (n - 1) as f64 / cfg.gateway_peers as f64;
+            fan.log(6.0).ceil() as u64
+        } else {
+            0
+        };
+        let far_extra_us = far_hops * (cfg.rtt_us / 2 + cfg.queue_us);
 
         // Peer sets: the gateway serves `gateway_peers` random nodes; every
         // node downloads from `max_download_peers` random others.
@@ -543,6 +802,7 @@ impl Sim {
         let max_depth = match cfg.depth {
             Depth::Fixed(d) | Depth::Bdp(d) => d.max(1),
         };
+        let mut starts: Vec<u64> = Vec::with_capacity(n);
         let nodes: Vec<Node> = (0..n)
             .map(|i| {
                 let picker = (i > 0).then(|| {
@@ -551,9 +811,7 @@ impl Sim {
                         window_chunks: cfg.window_chunks,
                         endgame_threshold: cfg.endgame_chunks,
                         max_requests_per_chunk: 2,
-                        // Not modelled yet: the node waits 750 ms before an
-                        // endgame duplicate; the simulator duplicates at once.
-                        endgame_min_age_ms: 0,
+                        endgame_min_age_ms: cfg.endgame_min_age_ms,
                         seed: cfg.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                         // The node's defaults: 10 s + 1 MiB per 4 s.
                         timeout_base_ms: 10_000,
@@ -582,15 +840,36 @@ impl Sim {
                     }
                     p
                 });
-                let mut uploader = Uploader::new(cfg.upload.clone());
+                let mut upload = cfg.upload.clone();
+                if slow[i] {
+                    upload.slots = cfg.slow_slots.unwrap_or(upload.slots);
+                }
+                let mut uploader = Uploader::new(upload);
                 if i == 0 {
                     for b in &blobs {
                         uploader.set_origin(b.digest, true);
                     }
                 }
+                let start_at = if i == 0 {
+                    0
+                } else if cfg.start_us.1 > cfg.start_us.0 {
+                    rng.gen_range(cfg.start_us.0..cfg.start_us.1)
+                } else {
+                    cfg.start_us.0
+                };
+                starts.push(start_at);
+                let digest_extra_us = if peers[i].contains(&0) {
+                    0
+                } else {
+                    far_extra_us
+                };
                 Node {
                     alive: true,
-                    rate: rates[i],
+                    slow: slow[i],
+                    started: i == 0,
+                    digest_extra_us,
+                    streaming: BTreeSet::new(),
+                    stream_q: BTreeMap::new(),
                     chunks: vec![Chunk::Missing; total as usize],
                     arriving: BTreeMap::new(),
                     held_count: 0,
@@ -616,6 +895,7 @@ impl Sim {
                     cursors: vec![0; blobs.len()],
                     dropped: BTreeSet::new(),
                     ticking: false,
+                    digests: vec![0; blobs.len()],
                 }
             })
             .collect();
@@ -636,8 +916,19 @@ impl Sim {
             refusals: [0; 3],
             processed: 0,
             remaining: n,
+            digest_at: vec![u64::MAX; total as usize],
+            offers: Offers {
+                assigned: vec![None; total as usize],
+                fetched: vec![false; total as usize],
+                ..Offers::default()
+            },
+            gateway_pull_us: None,
+            cloud_bytes: 0,
             cfg,
         };
+        for (i, at) in starts.into_iter().enumerate().skip(1) {
+            sim.push(at, Event::Start(i as u32));
+        }
         // Churn.
         if n > 1 {
             let leave = ((n - 1) as f64 * sim.cfg.churn_fraction).round() as usize;
@@ -647,8 +938,8 @@ impl Sim {
                 sim.push(at, Event::Leave(i as u32 + 1));
             }
         }
-        let rtt = sim.cfg.cloud_rtt_us;
-        sim.push(rtt, Event::CloudLayer);
+        let at = sim.cfg.gateway_start_us + sim.cfg.cloud_rtt_us;
+        sim.push(at, Event::CloudLayer);
         sim
     }
 
@@ -666,7 +957,7 @@ impl Sim {
     }
 
     fn send(&mut self, from: u32, to: u32, msg: Msg) {
-        let delay = self.one_way() + self.net.queueing_us(from as usize, to as usize);
+        let delay = self.one_way() + self.net.queueing_us(self.now, from as usize, to as usize);
         self.push(self.now + delay, Event::Deliver { from, to, msg });
     }
 
@@ -723,6 +1014,16 @@ impl Sim {
             }
             Event::Tick(node) => self.tick(node),
             Event::Leave(node) => self.leave(node),
+            Event::Start(node) => self.start(node),
+            Event::DigestTick(node) => self.digest_tick(node),
+            Event::OfferTick => {
+                self.offers.ticking = false;
+                if self.nodes[0].alive && !self.offers.bound.is_empty() {
+                    self.gateway_haves(None);
+                    self.offers.ticking = true;
+                    self.push(self.now + OFFER_RECHECK_US, Event::OfferTick);
+                }
+            }
             Event::Readd { node, peer } => {
                 if !self.nodes[node as usize].alive || !self.nodes[peer as usize].alive {
                     return;
@@ -758,6 +1059,133 @@ impl Sim {
             Chunk::Held => true,
             Chunk::Arriving | Chunk::Received => self.cfg.cut_through,
             Chunk::Missing => false,
+        }
+    }
+
+    // ------------------------------------------------- start and digests
+
+    fn start(&mut self, node: u32) {
+        let n = &mut self.nodes[node as usize];
+        if !n.alive || n.started {
+            return;
+        }
+        n.started = true;
+        if self.cfg.digest_tick_us > 0 {
+            self.digest_tick(node);
+        }
+        if self.cfg.offer_timeout_us.is_some()
+            && self.nodes[0].alive
+            && self.nodes[node as usize].peers.contains(&0)
+        {
+            // Its `Hello` binds it to the gateway's offers.
+            if let Err(at) = self.offers.bound.binary_search(&node) {
+                self.offers.bound.insert(at, node);
+            }
+            self.offers
+                .sent
+                .insert(node, vec![false; self.total as usize]);
+            self.gateway_haves(Some(node));
+            if !self.offers.ticking {
+                self.offers.ticking = true;
+                self.push(self.now + OFFER_RECHECK_US, Event::OfferTick);
+            }
+        }
+        self.pick(node);
+    }
+
+    /// The coordinator's tick: digests whose gossip has arrived become
+    /// requestable.
+    fn digest_tick(&mut self, node: u32) {
+        let n = &self.nodes[node as usize];
+        if !n.alive || n.done_us.is_some() {
+            return;
+        }
+        let extra = n.digest_extra_us;
+        let mut changed = false;
+        let mut all = true;
+        for b in 0..self.blobs.len() {
+            let (first, count, digest) = (
+                self.blobs[b].first,
+                self.blobs[b].count,
+                self.blobs[b].digest,
+            );
+            let mut k = self.nodes[node as usize].digests[b];
+            while k < count
+                && self.digest_at[(first + k) as usize].saturating_add(extra) <= self.now
+            {
+                k += 1;
+            }
+            all &= k == count;
+            let n = &mut self.nodes[node as usize];
+            if k > n.digests[b] {
+                n.digests[b] = k;
+                changed = true;
+                if let Some(p) = n.picker.as_mut() {
+                    let _ = p.set_digests_known(&digest, k);
+                }
+            }
+        }
+        if !all {
+            self.push(self.now + self.cfg.digest_tick_us, Event::DigestTick(node));
+        }
+        if changed {
+            self.pick(node);
+        }
+    }
+
+    /// The gateway's super-seeding: advertises to `only` (or every bound
+    /// requester) the chunks offered to it and those whose offer lapsed,
+    /// assigning chunks not offered yet in turn (`offers::Offers::visible`).
+    fn gateway_haves(&mut self, only: Option<u32>) {
+        let Some(timeout) = self.cfg.offer_timeout_us else {
+            return;
+        };
+        if self.offers.bound.is_empty() || !self.nodes[0].alive {
+            return;
+        }
+        let now = self.now;
+        let held: Vec<u32> = (0..self.total).filter(|c| self.advertises(0, *c)).collect();
+        let o = &mut self.offers;
+        for &c in &held {
+            let live = matches!(o.assigned[c as usize], Some((to, _)) if o.bound.binary_search(&to).is_ok());
+            if !live {
+                let to = o.bound[o.next % o.bound.len()];
+                o.next = o.next.wrapping_add(1);
+                o.assigned[c as usize] = Some((to, now));
+            }
+        }
+        let targets: Vec<u32> = match only {
+            Some(w) => vec![w],
+            None => o.bound.clone(),
+        };
+        let mut out = Vec::new();
+        for w in targets {
+            let Some(sent) = o.sent.get_mut(&w) else {
+                continue;
+            };
+            let mut list = Vec::new();
+            for &c in &held {
+                let (to, at) = o.assigned[c as usize].expect("assigned above");
+                let lapsed = now.saturating_sub(at) >= timeout && !o.fetched[c as usize];
+                if (to == w || lapsed) && !sent[c as usize] {
+                    sent[c as usize] = true;
+                    list.push(c);
+                }
+            }
+            if !list.is_empty() {
+                out.push((w, list));
+            }
+        }
+        for (w, list) in out {
+            self.send(0, w, Msg::Have(list.into()));
+        }
+    }
+
+    /// A requester's streams to the gateway ended (it finished or left).
+    fn unbind(&mut self, node: u32) {
+        if let Ok(at) = self.offers.bound.binary_search(&node) {
+            self.offers.bound.remove(at);
+            self.offers.sent.remove(&node);
         }
     }
 
@@ -798,7 +1226,7 @@ impl Sim {
                 if node == 0 {
                     self.digest_known(chunk);
                 }
-                self.queue_have(node, chunk);
+                self.announce(node, chunk);
             }
         }
     }
@@ -806,6 +1234,15 @@ impl Sim {
     /// Every node learns that `chunk`'s digest is known (the gateway read
     /// it); the chunk becomes requestable.
     fn digest_known(&mut self, chunk: u32) {
+        if self.cfg.digest_tick_us > 0 {
+            // Gossiped: it leaves through the gateway's uplink queue.
+            let c = chunk as usize;
+            if self.digest_at[c] == u64::MAX {
+                let queue = self.net.up_queue_us(self.now, 0);
+                self.digest_at[c] = self.now + self.one_way() + queue;
+            }
+            return;
+        }
         let b = self.blob_of[chunk as usize] as usize;
         let idx = chunk - self.blobs[b].first + 1;
         if idx <= self.known[b] {
@@ -828,6 +1265,7 @@ impl Sim {
         };
         match c {
             Carry::Cloud { chunk } => {
+                self.cloud_bytes += self.chunk_len(chunk);
                 self.push(
                     self.now,
                     Event::Arrive {
@@ -885,7 +1323,36 @@ impl Sim {
 
     fn upload_finished(&mut self, from: u32, to: u32, req: u64) {
         self.nodes[from as usize].uploader.finished(&to, req);
+        self.nodes[from as usize].streaming.remove(&to);
         self.drain_uploader(from);
+        self.stream_next(from, to);
+    }
+
+    /// Stream order: `peer`'s next queued request at `node` reaches the
+    /// upload policy, and the ones after it while each is refused.
+    fn stream_next(&mut self, node: u32, peer: u32) {
+        loop {
+            let n = &mut self.nodes[node as usize];
+            if n.streaming.contains(&peer) {
+                return;
+            }
+            let Some((id, chunk)) = n.stream_q.get_mut(&peer).and_then(|q| q.pop_front()) else {
+                n.stream_q.remove(&peer);
+                return;
+            };
+            self.submit_request(node, peer, id, chunk);
+        }
+    }
+
+    /// A request reaches `node`'s upload policy.
+    fn submit_request(&mut self, node: u32, from: u32, id: u64, chunk: u32) {
+        let held = self.advertises(node, chunk);
+        let (blob, index) = self.locate(chunk);
+        let now_ms = self.now_ms();
+        let n = &mut self.nodes[node as usize];
+        n.inbound.insert((from, id), chunk);
+        n.uploader.request(now_ms, from, id, blob, index, held);
+        self.drain_uploader(node);
     }
 
     fn drain_uploader(&mut self, node: u32) {
@@ -907,6 +1374,12 @@ impl Sim {
                     if !self.nodes[peer as usize].alive {
                         self.nodes[node as usize].uploader.peer_left(&peer);
                         continue;
+                    }
+                    if self.cfg.stream_order {
+                        self.nodes[node as usize].streaming.insert(peer);
+                    }
+                    if node == 0 {
+                        self.offers.fetched[chunk as usize] = true;
                     }
                     let len = self.chunk_len(chunk);
                     let id = self.net.start(
@@ -974,13 +1447,15 @@ impl Sim {
     fn deliver(&mut self, from: u32, to: u32, msg: Msg) {
         match msg {
             Msg::Request { id, chunk } => {
-                let held = self.advertises(to, chunk);
-                let (blob, index) = self.locate(chunk);
-                let now_ms = self.now_ms();
                 let n = &mut self.nodes[to as usize];
-                n.inbound.insert((from, id), chunk);
-                n.uploader.request(now_ms, from, id, blob, index, held);
-                self.drain_uploader(to);
+                if self.cfg.stream_order
+                    && (n.streaming.contains(&from) || n.stream_q.contains_key(&from))
+                {
+                    // Behind the upload this stream is writing.
+                    n.stream_q.entry(from).or_default().push_back((id, chunk));
+                    return;
+                }
+                self.submit_request(to, from, id, chunk);
             }
             Msg::Refuse { chunk, refusal } => {
                 self.take_request(to, from, chunk);
@@ -1018,6 +1493,10 @@ impl Sim {
             }
             Msg::Cancel { id } => {
                 let n = &mut self.nodes[to as usize];
+                if let Some(q) = n.stream_q.get_mut(&from) {
+                    // Skipped when its turn comes, without an answer.
+                    q.retain(|(r, _)| *r != id);
+                }
                 if n.uploader.cancel(&from, id) {
                     n.inbound.remove(&(from, id));
                 }
@@ -1065,8 +1544,8 @@ impl Sim {
             if let Some(sent) = self.take_request(node, src, chunk) {
                 let elapsed_ms = (self.now - sent).div_ceil(1000);
                 let rtt_us = self.cfg.rtt_us
-                    + self.net.queueing_us(node as usize, src as usize)
-                    + self.net.queueing_us(src as usize, node as usize);
+                    + self.net.queueing_us(self.now, node as usize, src as usize)
+                    + self.net.queueing_us(self.now, src as usize, node as usize);
                 let n = &mut self.nodes[node as usize];
                 let est = n.peer_rate.entry(src).or_default();
                 est.sample(len, elapsed_ms);
@@ -1087,10 +1566,9 @@ impl Sim {
             self.pick(node);
             return;
         }
-        self.push(
-            self.now + self.cfg.cpu_us_per_chunk,
-            Event::Verified { node, from, chunk },
-        );
+        // A CPU-bound machine verifies slower too.
+        let cpu = (self.cfg.cpu_us_per_chunk as f64 / self.net.cpu_scale()) as u64;
+        self.push(self.now + cpu, Event::Verified { node, from, chunk });
     }
 
     fn verified(&mut self, node: u32, from: Option<u32>, chunk: u32) {
@@ -1119,7 +1597,12 @@ impl Sim {
         }
         let done = n.held_count == self.total;
         if done {
-            n.done_us = Some(self.now);
+            if node == 0 {
+                self.gateway_pull_us = Some(self.now);
+                n.done_us = Some(self.now + self.cfg.gateway_tail_us);
+            } else {
+                n.done_us = Some(self.now);
+            }
             self.remaining -= 1;
         }
         if node == 0 {
@@ -1139,9 +1622,22 @@ impl Sim {
             }
         }
         if !self.cfg.cut_through {
-            self.queue_have(node, chunk);
+            self.announce(node, chunk);
+        }
+        if done && node != 0 {
+            self.unbind(node);
         }
         self.pick(node);
+    }
+
+    /// `node` has `chunk` to offer: `Have` to its downloaders (the gateway
+    /// with offers: to the requester it offers the chunk to).
+    fn announce(&mut self, node: u32, chunk: u32) {
+        if node == 0 && self.cfg.offer_timeout_us.is_some() {
+            self.gateway_haves(None);
+        } else {
+            self.queue_have(node, chunk);
+        }
     }
 
     fn queue_have(&mut self, node: u32, chunk: u32) {
@@ -1177,7 +1673,8 @@ impl Sim {
         for &w in &self.nodes[node as usize].watchers {
             let peer = &self.nodes[w as usize];
             if peer.alive && peer.done_us.is_none() {
-                let delay = self.one_way() + self.net.queueing_us(node as usize, w as usize);
+                let delay =
+                    self.one_way() + self.net.queueing_us(self.now, node as usize, w as usize);
                 groups.entry(delay).or_default().push(w);
             }
         }
@@ -1195,7 +1692,7 @@ impl Sim {
 
     fn pick(&mut self, node: u32) {
         let n = &mut self.nodes[node as usize];
-        if !n.alive || n.done_us.is_some() {
+        if !n.alive || !n.started || n.done_us.is_some() {
             return;
         }
         let now_ms = self.now / 1000;
@@ -1264,6 +1761,7 @@ impl Sim {
         if n.done_us.is_none() {
             self.remaining -= 1;
         }
+        self.unbind(node);
         let mut flows: Vec<FlowId> = self.net.uploads(node as usize).to_vec();
         flows.extend_from_slice(self.net.downloads(node as usize));
         let mut lost = Vec::new();
@@ -1280,6 +1778,7 @@ impl Sim {
                     lost.push((to, chunk));
                 } else {
                     self.nodes[from as usize].uploader.finished(&to, id);
+                    self.nodes[from as usize].streaming.remove(&to);
                 }
             }
         }
@@ -1307,6 +1806,8 @@ impl Sim {
             if s.alive {
                 s.uploader.peer_left(&node);
                 s.inbound.retain(|(q, _), _| *q != node);
+                s.streaming.remove(&node);
+                s.stream_q.remove(&node);
                 self.drain_uploader(p);
             }
         }
@@ -1348,11 +1849,15 @@ impl Sim {
                         self.carry[id] = None;
                         self.net.remove(self.now, id);
                         self.nodes[node as usize].uploader.finished(&to, req);
+                        self.nodes[node as usize].streaming.remove(&to);
                         failed.push((to, req));
                     }
                 }
             }
             self.drain_uploader(node);
+            for (to, _) in &failed {
+                self.stream_next(node, *to);
+            }
             let (blob, index) = self.locate(chunk);
             let now_ms = self.now_ms();
             for (to, _) in failed {
@@ -1374,11 +1879,7 @@ impl Sim {
         let complete = self.nodes.iter().all(|n| !n.alive || n.done_us.is_some());
         Report {
             done_us: self.nodes.iter().map(|n| n.done_us).collect(),
-            slow: self
-                .nodes
-                .iter()
-                .map(|n| n.rate < self.cfg.node_rate)
-                .collect(),
+            slow: self.nodes.iter().map(|n| n.slow).collect(),
             left,
             bytes_in: self.nodes.iter().map(|n| n.bytes_in).collect(),
             bytes_out: self.nodes.iter().map(|n| n.bytes_out).collect(),
@@ -1387,6 +1888,11 @@ impl Sim {
             events: self.processed,
             image_bytes: self.cfg.image_bytes(),
             complete,
+            gateway_pull_us: self.gateway_pull_us,
+            cpu_seconds: (self.cloud_bytes + self.nodes.iter().map(|n| n.bytes_in).sum::<u64>())
+                as f64
+                / 1e6
+                * self.cfg.cpu_s_per_mb,
         }
     }
 }

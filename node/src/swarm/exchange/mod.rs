@@ -89,10 +89,13 @@ struct TokenBucket {
 impl TokenBucket {
     fn new(rate: u64) -> Self {
         let rate = rate.max(1) as f64;
+        // A burst of 20 ms at the rate (at least 64 KiB): what a link's
+        // queue absorbs without building a standing delay.
+        let burst = (rate / 50.0).max(65_536.0);
         TokenBucket {
             rate,
-            burst: rate.max(1_048_576.0),
-            state: tokio::sync::Mutex::new((rate.max(1_048_576.0), tokio::time::Instant::now())),
+            burst,
+            state: tokio::sync::Mutex::new((burst, tokio::time::Instant::now())),
         }
     }
 
@@ -106,10 +109,12 @@ impl TokenBucket {
         st.1 = now;
         st.0 -= n as f64;
         if st.0 < 0.0 {
+            // The debt stays on the books and the clock is not reset: the
+            // timer oversleeps by up to a millisecond, and tokens earned
+            // meanwhile count for the next take (zeroing them here halved
+            // the rate at 16 KiB pieces).
             let wait = Duration::from_secs_f64(-st.0 / self.rate);
             tokio::time::sleep(wait).await;
-            st.0 = 0.0;
-            st.1 = tokio::time::Instant::now();
         }
     }
 }
@@ -259,4 +264,45 @@ fn penalise<S>(inner: &Inner<S>, peer: PeerId, reason: &str) {
     inner
         .bans
         .ban(peer, format!("protocol violation: {reason}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Virtual seconds `bucket` takes to let `total` bytes through in
+    /// `piece`-sized takes (time is paused: tokio advances it to each
+    /// timer, rounded up to its 1 ms resolution, as a real timer
+    /// oversleeps).
+    async fn seconds_to_pass(bucket: &TokenBucket, total: u64, piece: u64) -> f64 {
+        let start = tokio::time::Instant::now();
+        let mut left = total;
+        while left > 0 {
+            let n = piece.min(left);
+            bucket.take(n).await;
+            left -= n;
+        }
+        start.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_pieces_keep_the_configured_rate_despite_timer_rounding() {
+        // 11.5 MB/s in 16 KiB pieces: each piece is worth 1.42 ms, which
+        // the timer rounds up. 23 MB must still take ~2 s, not ~3 s.
+        let bucket = TokenBucket::new(11_500_000);
+        let secs = seconds_to_pass(&bucket, 23_000_000, 16 << 10).await;
+        assert!((1.95..2.05).contains(&secs), "took {secs:.3} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_bucket_lets_only_a_short_burst_through_at_once() {
+        // 1 MB/s: the bucket holds 64 KiB (more than 20 ms' worth), so a
+        // whole 1 MiB chunk after a long idle spell still waits ~0.98 s
+        // instead of going out at once into the link's queue.
+        let bucket = TokenBucket::new(1_000_000);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let secs = seconds_to_pass(&bucket, 1 << 20, 16 << 10).await;
+        let expected = ((1u64 << 20) - 65_536) as f64 / 1e6;
+        assert!((secs - expected).abs() < 0.01, "took {secs:.3} s");
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgeswarm_protocol::picker::FailReason;
@@ -39,8 +39,8 @@ pub(super) enum SessionCommand {
 /// and discarded.
 #[derive(Default)]
 struct Requests {
-    /// Request id -> chunk index, awaiting an answer.
-    outstanding: HashMap<u64, u32>,
+    /// Request id -> chunk index and when it was asked, awaiting an answer.
+    outstanding: HashMap<u64, (u32, Instant)>,
     /// Request id -> chunk index, cancelled; the server may still answer.
     cancelled: HashMap<u64, u32>,
 }
@@ -121,7 +121,9 @@ async fn session_writer<W: AsyncWrite + Unpin>(
         let msg = match command {
             SessionCommand::Request(index) => {
                 next_id += 1;
-                lock(&outstanding).outstanding.insert(next_id, index);
+                lock(&outstanding)
+                    .outstanding
+                    .insert(next_id, (index, Instant::now()));
                 StreamMessage::ChunkRequest(ChunkRequest {
                     request_id: next_id,
                     blob,
@@ -133,7 +135,7 @@ async fn session_writer<W: AsyncWrite + Unpin>(
                 let Some(id) = requests
                     .outstanding
                     .iter()
-                    .find(|(_, i)| **i == index)
+                    .find(|(_, (i, _))| *i == index)
                     .map(|(id, _)| *id)
                 else {
                     continue; // answered meanwhile
@@ -196,12 +198,12 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 Event::Have(peer, h.indices)
             }
             StreamMessage::ChunkResponse(resp) if hello => {
-                let (index, cancelled) = {
+                let (index, asked, cancelled) = {
                     let mut requests = lock(outstanding);
                     match requests.outstanding.remove(&resp.request_id) {
-                        Some(index) => (index, false),
+                        Some((index, asked)) => (index, Some(asked), false),
                         None => match requests.cancelled.remove(&resp.request_id) {
-                            Some(index) => (index, true),
+                            Some(index) => (index, None, true),
                             None => {
                                 return Err(FrameError::violation(format!(
                                     "response to unknown request {}",
@@ -225,7 +227,18 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                     ChunkStatus::Ok { len } => {
                         let expected = announced_len(layout, index, len)?;
                         let mut buf = vec![0u8; expected as usize];
+                        let header_at = Instant::now();
                         r.read_exact(&mut buf).await?;
+                        // The timeline of one transfer (queueing before the
+                        // answer began, then the payload), for diagnosing
+                        // where a swarm's time goes.
+                        debug!(
+                            %peer,
+                            index,
+                            wait_ms = asked.map(|a| header_at.duration_since(a).as_millis()),
+                            transfer_ms = header_at.elapsed().as_millis(),
+                            "chunk received"
+                        );
                         // Verify and store off the read path, so the next
                         // chunk streams in meanwhile (bounded per session).
                         let permit =
