@@ -14,11 +14,35 @@
 //! | POST | `/v1/rm` | `{image, locality?, removal?}`: remove an image here, and with `locality` ask every node (gossiped signed removal; `removal` is one signed off-node, base64 canonical CBOR, else the node signs with its identity) |
 //! | GET | `/metrics` | Prometheus text format |
 //!
-//! It listens on loopback by default: anyone who can reach it can deploy.
+//! It listens on loopback by default. Every request passes [`guard`]:
+//!
+//! - **Host**: the `Host` header must name a loopback address, `localhost`,
+//!   or the address the API listens on (any IP literal when it listens on
+//!   an unspecified address such as `0.0.0.0`); otherwise 421. A web page
+//!   that rebinds its own DNS name to 127.0.0.1 still sends its own name,
+//!   so it cannot read or drive the API.
+//! - **Token** (every `POST`): `Authorization: Bearer <token>`, else 401.
+//!   The node writes a fresh random token at each start to
+//!   `<data dir>/api.token` (mode 0600, see [`write_token_file`]); the CLI
+//!   reads it (`--token-file`). Only users who can read the data dir can
+//!   change what the node runs.
+//! - **Content type** (every `POST`): `application/json`, else 415, so a
+//!   cross-site form or `text/plain` POST (which browsers send without a
+//!   preflight) is refused even before the token check could leak timing.
+//!
+//! The read-only `GET` endpoints (health, status, images, metrics) need no
+//! token: monitoring scrapes them, they change nothing, and the Host check
+//! keeps web pages from reading them. Bind `--api` to loopback (the
+//! default) or a management network only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -31,6 +55,142 @@ use crate::daemon::{Daemon, DaemonError};
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// File name of the API token in the node's data dir.
+pub const TOKEN_FILE: &str = "api.token";
+
+/// Where a node with data dir `data_dir` writes its API token.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(TOKEN_FILE)
+}
+
+/// Writes a fresh random API token (32 bytes, hex) to
+/// `<data_dir>/api.token`, mode 0600, crash-safe; returns it. A new token
+/// at each start means a leaked token dies with the process. Blocking.
+pub fn write_token_file(data_dir: &Path) -> std::io::Result<String> {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::fsutil::write_atomic_private(&token_path(data_dir), format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
+/// What [`guard`] checks requests against.
+#[derive(Debug, Clone)]
+pub struct ApiAccess {
+    /// The bearer token mutating requests must carry.
+    token: Arc<str>,
+    /// The address the API listens on (its IP is an accepted `Host`).
+    listen: SocketAddr,
+}
+
+impl ApiAccess {
+    /// Access for an API listening on `listen` with bearer `token`.
+    pub fn new(token: impl Into<Arc<str>>, listen: SocketAddr) -> ApiAccess {
+        ApiAccess {
+            token: token.into(),
+            listen,
+        }
+    }
+
+    /// Whether a `Host` value (`name[:port]`, `[v6][:port]`) names this
+    /// API rather than some other site's DNS name.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = if let Some(rest) = host.strip_prefix('[') {
+            // [v6]:port
+            rest.split(']').next().unwrap_or("")
+        } else {
+            host.rsplit_once(':').map_or(host, |(n, _)| n)
+        };
+        if name.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        match name.parse::<IpAddr>() {
+            Ok(ip) => {
+                ip.is_loopback() || ip == self.listen.ip() || self.listen.ip().is_unspecified()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `headers` carry `Authorization: Bearer <our token>`.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        constant_time_eq(given.trim().as_bytes(), self.token.as_bytes())
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks Host on every request, and the bearer token and JSON content
+/// type on every mutating one (see the module docs).
+pub async fn guard(State(access): State<ApiAccess>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(h) if access.host_allowed(&h) => {}
+        other => {
+            tracing::warn!(host = ?other, "API request with a foreign Host refused");
+            return ApiError(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host {:?} is not this node's API (use 127.0.0.1, localhost or {})",
+                    other.unwrap_or_default(),
+                    access.listen
+                ),
+            )
+            .into_response();
+        }
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        if !access.authorized(request.headers()) {
+            let mut response = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API token: send `Authorization: Bearer <token>` with the \
+                 token from the node's <data dir>/api.token (the CLI reads it, see --token-file)"
+                    .into(),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "request bodies must be Content-Type: application/json".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
 
 /// An API error: a status and a message, rendered as JSON.
 #[derive(Debug)]
@@ -134,16 +294,18 @@ pub struct ResolveResponse {
 pub async fn serve(
     daemon: Daemon,
     listener: tokio::net::TcpListener,
+    token: String,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "API listening");
-    axum::serve(listener, router(daemon))
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "API listening");
+    axum::serve(listener, router(daemon, ApiAccess::new(token, addr)))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
 
-/// The API's routes.
-pub fn router(daemon: Daemon) -> Router {
+/// The API's routes, behind [`guard`].
+pub fn router(daemon: Daemon, access: ApiAccess) -> Router {
     Router::new()
         .route(
             "/v1/health",
@@ -157,6 +319,7 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/v1/rm", post(remove))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(access, guard))
         .with_state(daemon)
 }
 

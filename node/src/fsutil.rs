@@ -24,6 +24,29 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_via(dest, bytes, &tmp).map_err(AtomicWriteError::into_io)
 }
 
+/// [`write_atomic`] for a secret that is replaced (the API token): the
+/// temporary file is created with mode 0600, so the contents are never
+/// readable by others, not even between create and rename.
+pub fn write_atomic_private(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = temp_name(dest)?;
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dest)?;
+        fsync_dir(parent_dir(dest))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
 /// Creates `dest` with `bytes` and permission `mode`, crash-safely and
 /// never replacing an existing file (secret keys): temp file, fsync, hard
 /// link to `dest` (fails with `AlreadyExists` when it exists), fsync the
@@ -213,6 +236,18 @@ impl DataDirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_write_is_owner_only_and_replaces() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("secret");
+        write_atomic_private(&dest, b"old").unwrap();
+        write_atomic_private(&dest, b"token").unwrap();
+        let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read(&dest).unwrap(), b"token");
+    }
 
     #[test]
     fn write_atomic_replaces_contents_and_leaves_no_temporary_file() {

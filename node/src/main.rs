@@ -29,6 +29,9 @@ mod operator;
 /// Default address of a node's local API.
 const DEFAULT_API: &str = "127.0.0.1:7465";
 
+/// Default data dir of a node.
+const DEFAULT_DATA_DIR: &str = "/var/lib/edgeswarm";
+
 /// Provision container images to a locality of edge devices over a
 /// peer-to-peer swarm.
 #[derive(Parser, Debug)]
@@ -84,6 +87,15 @@ enum Command {
         /// (`LABEL=VALUE`, repeatable) [default: every node].
         #[arg(long = "select")]
         select: Vec<String>,
+        /// With --key: sign only a release for this locality
+        /// [default: the node's locality, shown before signing].
+        #[arg(long, requires = "key")]
+        locality: Option<String>,
+        /// With --key: sign only a release of this manifest digest
+        /// (`sha256:...`) [default: the digest in IMAGE if it has one,
+        /// else whatever the tag resolves to, shown].
+        #[arg(long, requires = "key")]
+        digest: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -139,6 +151,12 @@ struct ClientArgs {
     /// The node's API address [default: 127.0.0.1:7465].
     #[arg(long, env = "EDGESWARM_API", default_value = DEFAULT_API, hide_default_value = true)]
     api: String,
+    /// The node's API token file, written by the node at each start and
+    /// readable by its owner only; needed by commands that change
+    /// anything [default: $EDGESWARM_DATA_DIR/api.token, else
+    /// /var/lib/edgeswarm/api.token].
+    #[arg(long, env = "EDGESWARM_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of text [default: text].
     #[arg(long)]
     json: bool,
@@ -243,6 +261,15 @@ struct NodeArgs {
     /// rollback window); older ones are removed [default: 2].
     #[arg(long, env = "EDGESWARM_KEEP_VERSIONS")]
     keep_versions: Option<usize>,
+    /// A layer may expand to this many times its compressed size when
+    /// decompressed (at least to 64M); more fails the import as a
+    /// decompression bomb [default: 100].
+    #[arg(long, env = "EDGESWARM_MAX_UNPACK_RATIO")]
+    max_unpack_ratio: Option<u64>,
+    /// Largest uncompressed layer, bytes with optional K/M/G suffix
+    /// [default: 64G].
+    #[arg(long, env = "EDGESWARM_MAX_LAYER_UNPACKED")]
+    max_layer_unpacked: Option<String>,
 }
 
 impl NodeArgs {
@@ -281,7 +308,9 @@ impl NodeArgs {
             api,
             label,
             chunk_size,
-            keep_versions
+            keep_versions,
+            max_unpack_ratio,
+            max_layer_unpacked
         );
         Ok(self)
     }
@@ -290,7 +319,7 @@ impl NodeArgs {
     fn into_config(self) -> Result<(DaemonConfig, SocketAddr)> {
         let data_dir = self
             .data_dir
-            .unwrap_or_else(|| PathBuf::from("/var/lib/edgeswarm"));
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let locality = self.locality.unwrap_or_else(|| "default".into());
         if locality.is_empty() || locality.contains('/') {
             bail!("--locality {locality:?} must be non-empty and contain no '/'");
@@ -384,6 +413,16 @@ impl NodeArgs {
         let api = self
             .api
             .unwrap_or_else(|| DEFAULT_API.parse().expect("static address"));
+        let mut unpack = edgeswarm_node::import::UnpackLimit::default();
+        if let Some(r) = self.max_unpack_ratio {
+            if r == 0 {
+                bail!("--max-unpack-ratio must be at least 1");
+            }
+            unpack.ratio = r;
+        }
+        if let Some(s) = &self.max_layer_unpacked {
+            unpack.cap = parse_size("--max-layer-unpacked", s)?;
+        }
         Ok((
             DaemonConfig {
                 data_dir,
@@ -397,6 +436,7 @@ impl NodeArgs {
                 labels,
                 chunk_size,
                 keep_versions,
+                unpack,
             },
             api,
         ))
@@ -459,8 +499,13 @@ async fn run() -> Result<()> {
             image,
             key,
             select,
+            locality,
+            digest,
             client,
-        } => deploy(&client, image, key.as_deref(), select).await,
+        } => {
+            let expect = Expected { locality, digest };
+            deploy(&client, image, key.as_deref(), select, &expect).await
+        }
         Command::Status {
             watch,
             wait,
@@ -516,6 +561,17 @@ async fn node(args: NodeArgs) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     remove_leftovers(&config.data_dir, config.import).await;
+    let data_dir = config.data_dir.clone();
+    let token =
+        tokio::task::spawn_blocking(move || edgeswarm_node::api::write_token_file(&data_dir))
+            .await
+            .context("token task")?
+            .with_context(|| {
+                format!(
+                    "writing the API token {}",
+                    edgeswarm_node::api::token_path(&config.data_dir).display()
+                )
+            })?;
     let (daemon, handle) = Daemon::start(config).await.context("starting the node")?;
     let listener = match tokio::net::TcpListener::bind(api).await {
         Ok(l) => l,
@@ -528,6 +584,7 @@ async fn node(args: NodeArgs) -> Result<()> {
     let api_task = tokio::spawn(edgeswarm_node::api::serve(
         daemon.clone(),
         listener,
+        token,
         shutdown.clone(),
     ));
     tokio::select! {
@@ -638,13 +695,35 @@ async fn get_json<T: for<'de> Deserialize<'de>>(api: &str, path: &str) -> Result
     decode_response(response).await
 }
 
+/// Reads the API token for a mutating request.
+fn read_token(client: &ClientArgs) -> Result<String> {
+    let path = client.token_file.clone().unwrap_or_else(|| {
+        // The node's own data dir variable, when set, names the same dir.
+        std::env::var_os("EDGESWARM_DATA_DIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from)
+            .join(edgeswarm_node::api::TOKEN_FILE)
+    });
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the node's API token {} (pass the node's <data dir>/api.token with \
+             --token-file, as a user who may read it)",
+            path.display()
+        )
+    })?;
+    Ok(text.trim().to_owned())
+}
+
 async fn post_json<B: serde::Serialize, T: for<'de> Deserialize<'de>>(
-    api: &str,
+    client: &ClientArgs,
     path: &str,
     body: &B,
 ) -> Result<T> {
+    let api = &client.api;
+    let token = read_token(client)?;
     let response = reqwest::Client::new()
         .post(api_url(api, path))
+        .bearer_auth(token)
         .json(body)
         .send()
         .await
@@ -670,44 +749,131 @@ async fn decode_response<T: for<'de> Deserialize<'de>>(response: reqwest::Respon
     serde_json::from_slice(&bytes).context("the node's answer is not the expected JSON")
 }
 
+/// What the operator expects a release signed with `deploy --key` to say,
+/// beyond the image and selector they typed.
+struct Expected {
+    locality: Option<String>,
+    digest: Option<String>,
+}
+
+/// Largest gap between a release's creation time and this clock that
+/// `deploy --key` signs: a node that back- or forward-dates a release
+/// could make it lose to, or override, other releases.
+const MAX_CLOCK_SKEW_SECS: u64 = 600;
+
+/// Checks that the release a node prepared is the one the operator asked
+/// for, before a publisher key signs it: the node (or whoever answers at
+/// `--api`) is not trusted to choose what the key vouches for.
+fn check_release(
+    release: &Release,
+    image: &str,
+    select: &[String],
+    expect: &Expected,
+) -> Result<()> {
+    if release.image != image {
+        bail!(
+            "refusing to sign: the node prepared a release of {:?}, not {image:?}",
+            release.image
+        );
+    }
+    let selector = select
+        .iter()
+        .map(|t| Release::parse_selector_term(t))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("--select")?;
+    if release.selector != selector {
+        bail!(
+            "refusing to sign: the node prepared selector {:?}, not {selector:?}",
+            release.selector
+        );
+    }
+    if let Some(locality) = &expect.locality {
+        if &release.locality != locality {
+            bail!(
+                "refusing to sign: the node prepared a release for locality {:?}, not {locality:?}",
+                release.locality
+            );
+        }
+    }
+    let pinned = match &expect.digest {
+        Some(d) => Some(d.clone()),
+        None => edgeswarm_node::registry::Reference::parse(image)
+            .ok()
+            .and_then(|r| r.digest)
+            .map(|d| d.to_string()),
+    };
+    if let Some(digest) = pinned {
+        if release.manifest.to_string() != digest {
+            bail!(
+                "refusing to sign: the node resolved {image} to manifest {}, not {digest} \
+                 (if {digest} is an index, pass its platform manifest with --digest)",
+                release.manifest
+            );
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if release.created.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
+        bail!(
+            "refusing to sign: the release is dated {} (unix), more than {MAX_CLOCK_SKEW_SECS}s \
+             from this clock ({now})",
+            release.created
+        );
+    }
+    Ok(())
+}
+
 async fn deploy(
     client: &ClientArgs,
     image: String,
     key: Option<&Path>,
     select: Vec<String>,
+    expect: &Expected,
 ) -> Result<()> {
     let request = DeployRequest {
-        image,
-        selector: select,
+        image: image.clone(),
+        selector: select.clone(),
     };
+    // With --key: the locality of the release signed, shown with the result.
+    let mut signed_for = None;
     let response: DeployResponse = match key {
-        None => post_json(&client.api, "/v1/deploy", &request).await?,
+        None => post_json(client, "/v1/deploy", &request).await?,
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading publisher key {}", path.display()))?;
             let key = PublisherKey::from_file_contents(&text)
                 .with_context(|| format!("{} is not a publisher secret key", path.display()))?;
-            let resolved: ResolveResponse = post_json(&client.api, "/v1/resolve", &request).await?;
+            let resolved: ResolveResponse = post_json(client, "/v1/resolve", &request).await?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(resolved.release.as_bytes())
                 .context("the node's release is not base64")?;
             let release: Release =
                 edgeswarm_protocol::encoding::decode("release", &bytes, 64 << 10)
                     .context("the node's release does not decode")?;
+            check_release(&release, &image, &select, expect)?;
+            signed_for = Some(release.locality.clone());
             let signed = SignedRelease::sign(release, &key);
             let publish = PublishRequest {
                 release: base64::engine::general_purpose::STANDARD.encode(signed.encode()),
             };
-            post_json(&client.api, "/v1/releases", &publish).await?
+            post_json(client, "/v1/releases", &publish).await?
         }
     };
     if client.json {
         println!("{}", serde_json::to_string(&response)?);
     } else {
-        println!(
-            "release {} (manifest {})",
-            response.release_id, response.manifest
-        );
+        match &signed_for {
+            Some(locality) => println!(
+                "release {} (manifest {}, signed for locality {locality})",
+                response.release_id, response.manifest
+            ),
+            None => println!(
+                "release {} (manifest {})",
+                response.release_id, response.manifest
+            ),
+        }
     }
     Ok(())
 }
@@ -793,7 +959,7 @@ async fn rm(client: &ClientArgs, image: String, locality: bool, key: Option<&Pat
         removal,
     };
     let response: edgeswarm_node::api::RemoveResponse =
-        post_json(&client.api, "/v1/rm", &request).await?;
+        post_json(client, "/v1/rm", &request).await?;
     let r = &response.report;
     let found = r.unpinned || r.releases_dropped > 0 || r.sink_removed.is_some();
     if client.json {

@@ -472,6 +472,10 @@ pub enum Progress {
     },
 }
 
+/// The API token file a node writes in its data dir
+/// (`edgeswarm_node::api::TOKEN_FILE`; the testnet does not build the API).
+pub const NODE_TOKEN_FILE: &str = "api.token";
+
 /// A running edgeswarm locality: one process per node, killed on drop.
 struct Locality {
     procs: Vec<NetnsProcess>,
@@ -699,6 +703,9 @@ pub fn run_edgeswarm(
     let registry_cpu0 = spec.registry_pid.and_then(measure::proc_cpu_seconds);
     let watcher_cpu0 = measure::proc_cpu_seconds(watcher.0.id());
     let cpu0 = CpuTimes::now();
+    // The node writes its API token at start; deploy, like any change,
+    // must present it.
+    let token_file = loc.data_dirs[0].join(NODE_TOKEN_FILE);
     let start = Instant::now();
     let out = topo.exec_output(
         &nodes[0].ns,
@@ -708,6 +715,8 @@ pub fn run_edgeswarm(
             &spec.image,
             "--api",
             &api_addr(nodes[0].addr).to_string(),
+            "--token-file",
+            &token_file.display().to_string(),
             "--json",
         ],
     )?;

@@ -357,7 +357,14 @@ fn edgeswarm_deploy(
 
     let t = Instant::now();
     let deploy = Command::new(edgeswarm)
-        .args(["deploy", reference, "--api", &api.to_string()])
+        .args([
+            "deploy",
+            reference,
+            "--api",
+            &api.to_string(),
+            "--token-file",
+        ])
+        .arg(data.join(edgeswarm_testnet::experiment::NODE_TOKEN_FILE))
         .output()
         .context("running edgeswarm deploy")?;
     if !deploy.status.success() {

@@ -135,6 +135,8 @@ pub struct DaemonConfig {
     /// Versions of each repository kept once a newer one is imported
     /// (rollback window); older ones are unpinned and collected.
     pub keep_versions: usize,
+    /// Bound on each layer's uncompressed size (decompression bombs).
+    pub unpack: crate::import::UnpackLimit,
 }
 
 /// Default of [`DaemonConfig::keep_versions`].

@@ -18,6 +18,15 @@ use libp2p::PeerId;
 /// A peer not heard from for this long is considered gone (failover).
 pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// A gone peer's record is dropped this long after its last report
+/// (status views show it as gone until then).
+pub(super) const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// Most peers recorded (each of `peers` and `complete_at`). Any key can
+/// author gossip, so without a bound a stream of fresh identities grows
+/// these maps without end; past it, the peer heard from longest ago goes.
+pub(super) const MAX_PEERS: usize = 1024;
+
 /// The locality as gossip describes it.
 #[derive(Default)]
 pub(super) struct Peers {
@@ -33,7 +42,38 @@ struct PeerTable {
     /// Blobs other nodes report holding complete (availability gossip), at
     /// most `MAX_ANNOUNCED_BLOBS` per peer: a gateway pulls only layers no
     /// live peer holds.
-    complete_at: HashMap<PeerId, HashSet<Digest>>,
+    complete_at: HashMap<PeerId, (Instant, HashSet<Digest>)>,
+}
+
+impl PeerTable {
+    /// Drops records older than [`FORGET_AFTER`], then, while either map
+    /// is still full and `incoming` is new to it, the oldest record.
+    fn make_room(&mut self, incoming: &PeerId, now: Instant) {
+        let fresh = |t: &Instant| now.saturating_duration_since(*t) <= FORGET_AFTER;
+        self.peers.retain(|_, e| fresh(&e.last_seen));
+        self.complete_at.retain(|_, (t, _)| fresh(t));
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(incoming) {
+            if let Some(oldest) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, e)| e.last_seen)
+                .map(|(p, _)| *p)
+            {
+                self.peers.remove(&oldest);
+                self.complete_at.remove(&oldest);
+            }
+        }
+        if self.complete_at.len() >= MAX_PEERS && !self.complete_at.contains_key(incoming) {
+            if let Some(oldest) = self
+                .complete_at
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(p, _)| *p)
+            {
+                self.complete_at.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// What the daemon knows of another node.
@@ -86,6 +126,9 @@ impl Peers {
     pub(super) fn record_status(&self, peer: PeerId, status: NodeStatus) {
         let mut table = self.lock();
         let now = Instant::now();
+        if !table.peers.contains_key(&peer) {
+            table.make_room(&peer, now);
+        }
         let entry = table.peers.entry(peer).or_insert_with(|| PeerEntry {
             status: status.clone(),
             last_seen: now,
@@ -124,7 +167,12 @@ impl Peers {
     /// Records the blobs `peer` holds complete. Each availability message
     /// lists all of them (up to the cap), so removals show as well.
     pub(super) fn record_complete(&self, peer: PeerId, complete: HashSet<Digest>) {
-        self.lock().complete_at.insert(peer, complete);
+        let mut table = self.lock();
+        let now = Instant::now();
+        if !table.complete_at.contains_key(&peer) {
+            table.make_room(&peer, now);
+        }
+        table.complete_at.insert(peer, (now, complete));
     }
 
     /// Live peers that report holding `blob` complete.
@@ -143,7 +191,7 @@ impl Peers {
     /// Whether a live peer reports holding `blob` complete.
     pub(super) fn holds(&self, blob: &Digest) -> bool {
         let table = self.lock();
-        table.complete_at.iter().any(|(peer, blobs)| {
+        table.complete_at.iter().any(|(peer, (_, blobs))| {
             blobs.contains(blob) && table.peers.get(peer).is_some_and(PeerEntry::live)
         })
     }
@@ -158,9 +206,15 @@ impl Peers {
             .collect()
     }
 
-    /// Copies of every peer's record.
+    /// Copies of every peer's record (records past [`FORGET_AFTER`]
+    /// are dropped first).
     pub(super) fn snapshot(&self) -> Vec<PeerSnapshot> {
-        self.lock()
+        let mut table = self.lock();
+        let now = Instant::now();
+        table
+            .peers
+            .retain(|_, e| now.saturating_duration_since(e.last_seen) <= FORGET_AFTER);
+        table
             .peers
             .iter()
             .map(|(peer, entry)| PeerSnapshot {
@@ -215,6 +269,33 @@ mod tests {
         // The next announcement lists what it holds now: the blob is gone.
         peers.record_complete(peer, HashSet::new());
         assert!(!peers.holds(&blob));
+    }
+
+    #[test]
+    fn a_flood_of_fresh_identities_stays_bounded_and_old_records_expire() {
+        let peers = Peers::default();
+        let first = PeerId::random();
+        peers.record_status(first, status(false, &[]));
+        peers.record_complete(first, HashSet::from([Digest::of(b"x")]));
+        for _ in 0..(MAX_PEERS + 500) {
+            let p = PeerId::random();
+            peers.record_status(p, status(false, &[]));
+            peers.record_complete(p, HashSet::new());
+        }
+        let table = peers.lock();
+        assert!(table.peers.len() <= MAX_PEERS, "{}", table.peers.len());
+        assert!(table.complete_at.len() <= MAX_PEERS);
+        // The oldest went first.
+        assert!(!table.peers.contains_key(&first));
+        drop(table);
+        // A record older than FORGET_AFTER is dropped from views.
+        let peers = Peers::default();
+        let old = PeerId::random();
+        peers.record_status(old, status(false, &[]));
+        if let Some(past) = Instant::now().checked_sub(FORGET_AFTER + Duration::from_secs(1)) {
+            peers.lock().peers.get_mut(&old).unwrap().last_seen = past;
+            assert!(peers.snapshot().is_empty());
+        }
     }
 
     #[test]

@@ -145,7 +145,15 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
         manifest_bytes: manifest_bytes.clone(),
         layers: sources,
     };
-    let imported = import_image(&inner.sink, image, &ImportOptions::default()).await;
+    let imported = import_image(
+        &inner.sink,
+        image,
+        &ImportOptions {
+            unpack: inner.config.unpack,
+            ..ImportOptions::default()
+        },
+    )
+    .await;
     while let Some(result) = fetches.join_next().await {
         result.map_err(|source| ReleaseError::Task {
             what: "fetch",

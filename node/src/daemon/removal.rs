@@ -135,7 +135,17 @@ impl Daemon {
             }
             None => None,
         };
+        let local_only = request.is_none();
         let report = self.inner.remove_image(image, not_after).await?;
+        if local_only && !report.unpinned && report.releases_dropped == 0 {
+            // Nothing of edgeswarm's was there: the sink was not touched
+            // (an image of the same name that someone else put in Docker
+            // or the rootfs dir is theirs).
+            return Err(DaemonError::RemovalRefused(format!(
+                "{image} is not on this node as an edgeswarm image: edgeswarm removes only \
+                 images it imported itself (see `edgeswarm images`)"
+            )));
+        }
         if let Some(signed) = request {
             let bytes = encode_gossip(&signed);
             if let Err(e) = self.inner.swarm.publish(Topic::Releases, bytes).await {
@@ -206,13 +216,31 @@ impl Inner {
                 )));
             }
         }
+        // Only what edgeswarm imported itself (recorded in versions.json
+        // once imported) is removed from the sink: a Docker tag or rootfs
+        // of the same name that edgeswarm never wrote belongs to someone
+        // else.
+        let imported = {
+            let _guard = self.versions_lock.lock().await;
+            self.load_versions().await.iter().any(|v| v.image == image)
+        };
         let super::releases::Dropped {
             releases: releases_dropped,
             busy,
         } = self.releases.drop_image(image, not_after)?;
         // The imported copy goes first: if that fails, the pin (and so the
         // blobs to re-import from) stays.
-        let sink_removed = remove_from_sink(&self.sink, image).await?;
+        let sink_removed = if imported {
+            remove_from_sink(&self.sink, image).await?
+        } else {
+            if !matches!(self.sink, ImportSink::None) {
+                tracing::info!(
+                    image,
+                    "not imported by edgeswarm here; its import sink copy (if any) is left alone"
+                );
+            }
+            None
+        };
         let unpinned = self.store.pins().contains_key(image);
         if unpinned {
             self.store.unpin(image).await?;
@@ -336,6 +364,8 @@ impl Inner {
     }
 
     async fn save_versions(&self, versions: &[Installed]) -> std::io::Result<()> {
+        // The record of what edgeswarm imported decides what `rm` may
+        // touch, so it is written crash-safe.
         let path = self.versions_path();
         let bytes = serde_json::to_vec_pretty(versions).map_err(std::io::Error::other)?;
         // fsync + rename + fsync dir: the rollback window survives power loss.

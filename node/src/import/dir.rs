@@ -256,6 +256,7 @@ fn extract_layer(
             diff_id: info.diff_id,
             digest: Some(info.digest),
             size: Some(info.size),
+            unpack: info.unpack,
         },
         None,
         Some(abort),

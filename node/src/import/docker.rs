@@ -623,6 +623,7 @@ fn write_layer_entry(
         diff_id: info.diff_id,
         digest: Some(info.digest),
         size: Some(info.size),
+        unpack: info.unpack,
     };
     let (stats, size) = match info.compression {
         Compression::Gzip | Compression::None => {

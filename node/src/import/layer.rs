@@ -205,7 +205,59 @@ struct HashReader<R> {
     which: Option<usize>,
     count: u64,
     abort: Option<Arc<AtomicBool>>,
+    /// Most bytes this stream may yield; past it reads fail and the flag
+    /// is raised (a decompression bomb, see [`UnpackLimit`]).
+    limit: Option<(u64, Rc<std::cell::Cell<bool>>)>,
 }
+
+/// Bound on the uncompressed size of one layer, so that a gzip or zstd
+/// bomb (a small blob that expands without end) fails early with a clear
+/// error instead of filling the disk before the diff_id check could fail.
+/// A layer may expand to `ratio` times its compressed size (at least
+/// [`UnpackLimit::FLOOR`], so small layers of zeros still pass), and never
+/// past `cap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnpackLimit {
+    /// Largest uncompressed/compressed ratio [default: 100; text and
+    /// binaries compress 3-10x, sparse or zero-filled files more].
+    pub ratio: u64,
+    /// Largest uncompressed layer in bytes [default: 64 GiB].
+    pub cap: u64,
+}
+
+impl Default for UnpackLimit {
+    fn default() -> Self {
+        UnpackLimit {
+            ratio: 100,
+            cap: 64 << 30,
+        }
+    }
+}
+
+impl UnpackLimit {
+    /// Uncompressed bytes a layer may always reach, whatever its ratio.
+    pub const FLOOR: u64 = 64 << 20;
+
+    /// The bound for a layer of `compressed` bytes (`None`: unknown).
+    pub fn for_layer(&self, compressed: Option<u64>) -> u64 {
+        match compressed {
+            Some(n) => n.saturating_mul(self.ratio).max(Self::FLOOR).min(self.cap),
+            None => self.cap,
+        }
+    }
+}
+
+/// The error a layer's uncompressed stream returns past its bound.
+#[derive(Debug)]
+struct PastUnpackLimit;
+
+impl std::fmt::Display for PastUnpackLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("uncompressed layer past its size bound")
+    }
+}
+
+impl std::error::Error for PastUnpackLimit {}
 
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -221,10 +273,16 @@ impl<R: Read> Read for HashReader<R> {
                 other => break other?,
             }
         };
+        self.count += n as u64;
+        if let Some((limit, flag)) = &self.limit {
+            if self.count > *limit {
+                flag.set(true);
+                return Err(io::Error::other(PastUnpackLimit));
+            }
+        }
         if let Some(which) = self.which {
             self.hasher.borrow_mut().update(which, &buf[..n]);
         }
-        self.count += n as u64;
         Ok(n)
     }
 }
@@ -256,6 +314,8 @@ pub(crate) struct Expected {
     pub(crate) digest: Option<Digest>,
     /// The blob size from the manifest, when known.
     pub(crate) size: Option<u64>,
+    /// The bound on its uncompressed size.
+    pub(crate) unpack: UnpackLimit,
 }
 
 /// Streams one layer: decompresses `source`, optionally copies the
@@ -285,6 +345,14 @@ pub(crate) fn stream_layer(
         which: (compression != Compression::None).then_some(0),
         count: 0,
         abort,
+        limit: None,
+    };
+    let unpack_limit = expected.unpack.for_layer(expected.size);
+    let past_limit = Rc::new(std::cell::Cell::new(false));
+    let too_large = || ImportError::LayerTooLarge {
+        index,
+        limit: unpack_limit,
+        compressed: expected.size,
     };
     let uncompressed_bytes = {
         let decoder: Box<dyn Read + '_> = match compression {
@@ -305,12 +373,21 @@ pub(crate) fn stream_layer(
                 which: Some(1),
                 count: 0,
                 abort: None,
+                limit: Some((unpack_limit, past_limit.clone())),
             },
         );
-        consume(&mut plain)?;
+        // Whatever error the consumer made of the failed read, the cause
+        // is the bound.
+        consume(&mut plain).map_err(|e| if past_limit.get() { too_large() } else { e })?;
         // The consumer may stop at the tar end marker; the digest covers
         // the whole stream, padding included.
-        io::copy(&mut plain, &mut io::sink()).map_err(stream_err)?;
+        io::copy(&mut plain, &mut io::sink()).map_err(|e| {
+            if past_limit.get() {
+                too_large()
+            } else {
+                stream_err(e)
+            }
+        })?;
         plain.get_ref().count
     };
     // Trailing bytes after the last gzip member or zstd frame still belong
@@ -379,6 +456,7 @@ pub fn verify_layer(
             diff_id,
             digest: None,
             size: None,
+            unpack: UnpackLimit::default(),
         },
         None,
         None,

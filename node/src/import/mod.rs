@@ -39,7 +39,7 @@ use edgeswarm_protocol::address::Digest;
 use sha2::{Digest as _, Sha256};
 
 pub use docker::{DockerTarget, DEFAULT_HELPER_REPO};
-pub use layer::{verify_layer, Compression, LayerStats};
+pub use layer::{verify_layer, Compression, LayerStats, UnpackLimit};
 pub use publish::remove_published;
 
 /// Which sink an import feeds (`--import docker|dir|oci|none`).
@@ -244,12 +244,15 @@ pub struct ImportOptions {
     /// hashing thread and, for Docker, one upload). Bounded so a 100-layer
     /// image cannot take 200 threads.
     pub max_parallel_layers: usize,
+    /// Bound on each layer's uncompressed size.
+    pub unpack: layer::UnpackLimit,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
         ImportOptions {
             max_parallel_layers: 8,
+            unpack: layer::UnpackLimit::default(),
         }
     }
 }
@@ -326,6 +329,22 @@ pub enum ImportError {
         index: usize,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The layer expands past its bound (a decompression bomb, or a
+    /// layer larger than `--max-unpack-ratio` / `--max-layer-unpacked`
+    /// allow).
+    #[error(
+        "layer {index}: uncompressed size exceeds {limit} bytes (compressed {compressed:?} bytes); \
+         refusing a possible decompression bomb (raise --max-unpack-ratio or \
+         --max-layer-unpacked if the layer is genuine)"
+    )]
+    LayerTooLarge {
+        /// Layer position.
+        index: usize,
+        /// The bound it crossed.
+        limit: u64,
+        /// Its compressed size, when known.
+        compressed: Option<u64>,
     },
     /// The uncompressed layer is not the one the image config names.
     #[error("layer {index}: diff_id mismatch: config says {expected}, content is {actual}")]
@@ -421,6 +440,8 @@ pub(crate) struct LayerInfo {
     pub(crate) digest: Digest,
     pub(crate) size: u64,
     pub(crate) diff_id: Digest,
+    /// The bound on its uncompressed size (from [`ImportOptions`]).
+    pub(crate) unpack: layer::UnpackLimit,
 }
 
 /// The parsed parts of manifest and config the sinks need.
@@ -502,6 +523,7 @@ pub(crate) fn parse_image(image: &ImageImport) -> Result<ParsedImage, ImportErro
             digest: parse_digest(&desc["digest"], "layer digest")?,
             size,
             diff_id,
+            unpack: layer::UnpackLimit::default(),
         });
     }
     Ok(ParsedImage { manifest, layers })
@@ -585,7 +607,10 @@ pub async fn import_image(
     options: &ImportOptions,
 ) -> Result<ImportReport, ImportError> {
     let started = Instant::now();
-    let parsed = parse_image(&image)?;
+    let mut parsed = parse_image(&image)?;
+    for layer in &mut parsed.layers {
+        layer.unpack = options.unpack;
+    }
     let reference = image.reference.clone();
     let (location, layers) = match sink {
         ImportSink::None => (

@@ -97,6 +97,7 @@ pub(super) async fn import(
                     diff_id: info.diff_id,
                     digest: Some(info.digest),
                     size: Some(info.size),
+                    unpack: info.unpack,
                 },
                 Some(&mut out),
                 Some(abort.clone()),

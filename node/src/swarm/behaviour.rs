@@ -78,6 +78,18 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
 }
 
+/// Largest Kademlia message accepted or sent (see `build_swarm`).
+pub const KAD_MAX_PACKET: usize = 256 << 10;
+
+/// Whether a provider record a peer sent is one this protocol uses: its
+/// key is a blob's raw CIDv1 (sha2-256), as `Command::Provide` makes it.
+pub fn accept_provider_record(key: &[u8]) -> bool {
+    let template = edgeswarm_protocol::Digest::of(b"")
+        .to_cid(edgeswarm_protocol::Codec::Raw)
+        .to_bytes();
+    key.len() == template.len() && key[..4] == template[..4]
+}
+
 /// The composed behaviour of an edgeswarm peer.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -133,13 +145,21 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
     let peer_id = key.public().to_peer_id();
     let p = &cfg.protocols;
 
-    // Kademlia: LAN-sized TTLs, raised store limits.
+    // Kademlia: LAN-sized TTLs, raised store limits, and a packet bound
+    // fitted to the largest message this protocol exchanges: a provider
+    // list of up to `max_providers_per_key` peers with a few addresses each
+    // (about 200 bytes a peer, so ~50 KiB at 256). A bigger bound only
+    // lets a peer make this node buffer more.
     let mut kcfg = kad::Config::new(p.kad.clone());
     kcfg.set_query_timeout(Duration::from_secs(20))
         .set_provider_record_ttl(Some(Duration::from_secs(2 * 3600)))
         .set_provider_publication_interval(Some(Duration::from_secs(30 * 60)))
         .set_record_ttl(Some(Duration::from_secs(2 * 3600)))
-        .set_max_packet_size(64 << 20)
+        .set_max_packet_size(KAD_MAX_PACKET)
+        // Peers' records go through the swarm task, which keeps only
+        // provider records of blob keys (`accept_provider_record`); value
+        // records (`PutRecord`) are not used by this protocol and dropped.
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
         .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
     if let Some(n) = NonZeroUsize::new(3) {
         kcfg.set_parallelism(n);
@@ -147,8 +167,9 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
     let store = MemoryStore::with_config(
         peer_id,
         MemoryStoreConfig {
-            max_records: 4096,
-            max_value_bytes: 65 * 1024,
+            // Value records are never stored (see the filtering above).
+            max_records: 16,
+            max_value_bytes: 1024,
             max_providers_per_key: 256,
             max_provided_keys: 16 * 1024,
         },

@@ -34,6 +34,11 @@ pub struct SwarmMetrics {
     pub gossip_rejected: Counter,
     /// Gossip messages accepted by validation.
     pub gossip_accepted: Counter,
+    /// Valid gossip messages dropped because their author or relay sent
+    /// more than its rate allows.
+    pub gossip_rate_limited: Counter,
+    /// DHT records from peers dropped as kinds this protocol does not use.
+    pub dht_records_dropped: Counter,
     /// Peers whose requests were reassigned because they stalled.
     pub stalls: Counter,
     /// Requests declined by servers (seed sparing, not held).
@@ -111,6 +116,18 @@ impl SwarmMetrics {
         );
         c(
             registry,
+            "gossip_rate_limited",
+            "Valid gossip messages dropped by the per-peer rate limit",
+            &self.gossip_rate_limited,
+        );
+        c(
+            registry,
+            "dht_records_dropped",
+            "DHT records from peers dropped (kinds this protocol does not use)",
+            &self.dht_records_dropped,
+        );
+        c(
+            registry,
             "stalls",
             "Stalled peers whose requests were reassigned",
             &self.stalls,
@@ -158,6 +175,8 @@ impl SwarmMetrics {
             bans: self.bans.get(),
             protocol_violations: self.protocol_violations.get(),
             gossip_rejected: self.gossip_rejected.get(),
+            gossip_rate_limited: self.gossip_rate_limited.get(),
+            dht_records_dropped: self.dht_records_dropped.get(),
             stalls: self.stalls.get(),
             distinct_sources: self.sources.lock().unwrap_or_else(|p| p.into_inner()).len(),
         }
@@ -185,6 +204,10 @@ pub struct SwarmStats {
     pub protocol_violations: u64,
     /// Gossip messages rejected.
     pub gossip_rejected: u64,
+    /// Valid gossip messages dropped by the rate limit.
+    pub gossip_rate_limited: u64,
+    /// DHT records from peers dropped.
+    pub dht_records_dropped: u64,
     /// Stalled peers.
     pub stalls: u64,
     /// Distinct peers verified chunks came from.

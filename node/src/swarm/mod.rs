@@ -55,6 +55,7 @@ mod exchange;
 mod frame;
 pub mod keys;
 pub mod metrics;
+mod ratelimit;
 mod task;
 
 use std::path::PathBuf;
@@ -156,6 +157,12 @@ pub struct SwarmConfig {
     pub idle_timeout: Duration,
     /// How long a peer stays banned after a bad chunk or protocol violation.
     pub ban_duration: Duration,
+    /// Valid gossip messages a second accepted from one author after a
+    /// burst of `gossip_burst` (a relay gets 4x both); more are dropped
+    /// and counted (`gossip_rate_limited`).
+    pub gossip_rate: u32,
+    /// See `gossip_rate`.
+    pub gossip_burst: u32,
     /// Stall timeout: a peer with requests in flight that delivers nothing
     /// for `stall_base + chunk_len / stall_min_rate` loses its requests.
     pub stall_base: Duration,
@@ -208,6 +215,12 @@ impl SwarmConfig {
             max_connections: 256,
             idle_timeout: Duration::from_secs(600),
             ban_duration: Duration::from_secs(600),
+            // A gateway gossips one chunk-digest message per chunk it
+            // stores: 1000/s covers 1 MiB chunks at 1 GB/s, and the burst
+            // a small layer cut in 64 KiB chunks pulled at once. Status and
+            // availability add a few a second per node.
+            gossip_rate: 1000,
+            gossip_burst: 2000,
             stall_base: Duration::from_secs(10),
             stall_min_rate: 256 << 10,
             seed_sparing: Some(Duration::from_secs(60)),
@@ -239,6 +252,50 @@ pub struct ReceivedGossip {
     pub message: wire::GossipMessage,
 }
 
+/// Most bans waiting for the swarm task at once. Each entry is a distinct
+/// peer that misbehaved on a connection of ours, and the task drains the
+/// set on every wake-up, so this is only a backstop against a bug.
+const MAX_PENDING_BANS: usize = 4096;
+
+/// Bans on their way to the swarm task. Unlike a command on the bounded
+/// channel (`try_send`, dropped when full: a flood of traffic could let
+/// the very peer causing it escape its ban) a ban request is never lost:
+/// requests are a set keyed by peer, so repeats cost nothing, and a
+/// `Notify` permit wakes the task even if it was busy.
+#[derive(Clone, Default)]
+pub(crate) struct BanRequests {
+    inner: Arc<(
+        std::sync::Mutex<std::collections::HashMap<PeerId, String>>,
+        tokio::sync::Notify,
+    )>,
+}
+
+impl BanRequests {
+    /// Asks the swarm task to ban `peer`.
+    pub(crate) fn ban(&self, peer: PeerId, reason: String) {
+        {
+            let mut pending = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= MAX_PENDING_BANS && !pending.contains_key(&peer) {
+                tracing::error!(%peer, %reason, "ban queue full; ban dropped");
+                return;
+            }
+            pending.entry(peer).or_insert(reason);
+        }
+        self.inner.1.notify_one();
+    }
+
+    /// Waits until a ban may be pending.
+    pub(crate) async fn wait(&self) {
+        self.inner.1.notified().await
+    }
+
+    /// Takes every pending ban.
+    pub(crate) fn take(&self) -> Vec<(PeerId, String)> {
+        let mut pending = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        pending.drain().collect()
+    }
+}
+
 /// Commands from [`SwarmClient`] to the swarm task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -249,7 +306,6 @@ pub(crate) enum Command {
     Provide(Digest),
     GetProviders(Digest, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, oneshot::Sender<Result<(), SwarmError>>),
-    Ban(PeerId, String),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
 }
 

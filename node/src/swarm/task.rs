@@ -73,6 +73,7 @@ pub(crate) async fn start<S: ChunkStore>(
     }
     let control = swarm.behaviour().stream.new_control();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS);
+    let bans = super::BanRequests::default();
     let (gossip_tx, _) = broadcast::channel(256);
     let metrics = SwarmMetrics::default();
     let shutdown = CancellationToken::new();
@@ -84,6 +85,7 @@ pub(crate) async fn start<S: ChunkStore>(
             control,
             protocols.clone(),
             cmd_tx.clone(),
+            bans.clone(),
             metrics.clone(),
             shutdown.clone(),
             peer_id,
@@ -99,7 +101,9 @@ pub(crate) async fn start<S: ChunkStore>(
         gossip: gossip_tx.clone(),
         metrics: metrics.clone(),
         bans: HashMap::new(),
+        ban_requests: bans,
         ban_duration: config.ban_duration,
+        limiter: super::ratelimit::GossipLimiter::new(config.gossip_rate, config.gossip_burst),
         provider_queries: HashMap::new(),
         bootstrapped: false,
         shutdown: shutdown.clone(),
@@ -130,7 +134,11 @@ struct SwarmTask {
     metrics: SwarmMetrics,
     /// Banned peers and when their ban ends.
     bans: HashMap<PeerId, Instant>,
+    /// Bans asked for by the exchange.
+    ban_requests: super::BanRequests,
     ban_duration: Duration,
+    /// Per-peer rate limit of valid gossip.
+    limiter: super::ratelimit::GossipLimiter,
     /// Running provider lookups: found so far and whom to tell.
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     bootstrapped: bool,
@@ -163,6 +171,11 @@ impl SwarmTask {
                     None => break,
                 },
                 _ = tick.tick() => self.expire_bans(),
+                _ = self.ban_requests.wait() => {
+                    for (peer, reason) in self.ban_requests.take() {
+                        self.ban(peer, reason);
+                    }
+                }
             }
         }
         info!("swarm task stopped");
@@ -182,6 +195,19 @@ impl SwarmTask {
             info!(peer = %p, "ban expired");
         }
         self.metrics.banned_peers.set(self.bans.len() as i64);
+    }
+
+    /// Bans `peer`: disconnected now, and every connection it (re)opens
+    /// in either direction is refused until the ban expires.
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        let until = Instant::now() + self.ban_duration;
+        if self.bans.insert(peer, until).is_none() {
+            warn!(%peer, %reason, "banning peer");
+            self.metrics.bans.inc();
+        }
+        self.metrics.banned_peers.set(self.bans.len() as i64);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -238,14 +264,6 @@ impl SwarmTask {
                 };
                 let _ = tx.send(r);
             }
-            Command::Ban(peer, reason) => {
-                warn!(%peer, %reason, "banning peer");
-                self.metrics.bans.inc();
-                self.bans.insert(peer, Instant::now() + self.ban_duration);
-                self.metrics.banned_peers.set(self.bans.len() as i64);
-                self.swarm.behaviour_mut().blocked.block_peer(peer);
-                self.swarm.behaviour_mut().kad.remove_peer(&peer);
-            }
             Command::GossipScore(peer, tx) => {
                 let _ = tx.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
@@ -299,6 +317,9 @@ impl SwarmTask {
                 message_id,
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                self.on_kad_inbound(request)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetProviders(res),
@@ -320,6 +341,37 @@ impl SwarmTask {
         }
     }
 
+    /// Stores the provider records this protocol uses; drops the rest
+    /// (value records, keys that are no blob's) so a peer cannot fill the
+    /// DHT store with data of its own.
+    fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
+        use kad::store::RecordStore as _;
+        match request {
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => {
+                if super::behaviour::accept_provider_record(record.key.as_ref()) {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    if let Err(e) = kad.store_mut().add_provider(record) {
+                        debug!(error = ?e, "provider record not stored");
+                    }
+                } else {
+                    debug!(provider = %record.provider, "provider record for a foreign key dropped");
+                    self.metrics.dht_records_dropped.inc();
+                }
+            }
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(_),
+                ..
+            } => {
+                debug!(peer = %source, "value record dropped (not used by this protocol)");
+                self.metrics.dht_records_dropped.inc();
+            }
+            _ => {}
+        }
+    }
+
     fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
         let topic = Topic::ALL
             .into_iter()
@@ -329,7 +381,20 @@ impl SwarmTask {
             Some(t) => decode_gossip(t, &msg.data),
         };
         let (acceptance, decoded) = match verdict {
-            Ok(message) => (gossipsub::MessageAcceptance::Accept, Some(message)),
+            Ok(message) => match self.limiter.check(msg.source, from, Instant::now()) {
+                super::ratelimit::Verdict::Allowed => {
+                    (gossipsub::MessageAcceptance::Accept, Some(message))
+                }
+                super::ratelimit::Verdict::Limited { peer, first } => {
+                    if first {
+                        warn!(%peer, relay = %from, "gossip over the per-peer rate limit; dropping until it slows down");
+                    }
+                    self.metrics.gossip_rate_limited.inc();
+                    // Ignore: not delivered, not forwarded, and no score
+                    // penalty for an honest relay of a noisy author.
+                    (gossipsub::MessageAcceptance::Ignore, None)
+                }
+            },
             Err(reason) => {
                 warn!(peer = %from, %reason, "rejecting gossip message");
                 self.metrics.gossip_rejected.inc();

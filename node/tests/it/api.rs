@@ -17,9 +17,11 @@ use rand::SeedableRng;
 
 struct Api {
     base: String,
+    addr: std::net::SocketAddr,
     daemon: Daemon,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    token: String,
+    dir: tempfile::TempDir,
 }
 
 async fn start(trusted: TrustedKeys, locality: &str) -> Api {
@@ -39,20 +41,25 @@ async fn start(trusted: TrustedKeys, locality: &str) -> Api {
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,
         keep_versions: 2,
+        unpack: Default::default(),
     };
     let (daemon, _handle) = Daemon::start(config).await.unwrap();
+    let token = edgeswarm_node::api::write_token_file(dir.path()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(edgeswarm_node::api::serve(
         daemon.clone(),
         listener,
+        token.clone(),
         tokio_util::sync::CancellationToken::new(),
     ));
     Api {
-        base,
+        base: format!("http://{addr}"),
+        addr,
         daemon,
         http: reqwest::Client::new(),
-        _dir: dir,
+        token,
+        dir,
     }
 }
 
@@ -61,6 +68,7 @@ impl Api {
         let r = self
             .http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
@@ -80,6 +88,31 @@ impl Api {
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
+}
+
+/// One raw HTTP/1.1 request over TCP, headers exactly as given (reqwest
+/// would fill in Host itself): returns the status code and body.
+async fn raw(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 fn release(locality: &str) -> Release {
@@ -292,5 +325,145 @@ async fn rm_checks_its_input_trust_and_work_in_progress() {
         metrics.contains("edgeswarm_images_removed_total 1"),
         "{metrics}"
     );
+    api.daemon.shutdown();
+}
+
+/// A cross-site `text/plain` POST (what a web page can send without a
+/// CORS preflight) is refused with 415 even with the right token, so the
+/// handler never parses it.
+#[tokio::test]
+async fn api_refuses_non_json_bodies_with_415() {
+    let api = start(TrustedKeys::new(), "ctype").await;
+    let body = r#"{"image": "a/b:c"}"#;
+    for ctype in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut req = api
+            .http
+            .post(format!("{}/v1/rm", api.base))
+            .bearer_auth(&api.token)
+            .body(body);
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 415, "{ctype:?}");
+        let json: serde_json::Value = r.json().await.unwrap();
+        assert!(json["error"].as_str().unwrap().contains("application/json"));
+    }
+    // The same body as JSON reaches the handler (which says the image is
+    // not here).
+    let (status, json) = api.post("/v1/rm", body).await;
+    assert_eq!(status, 422, "{json}");
+    // With a charset parameter it is still JSON.
+    let r = api
+        .http
+        .post(format!("{}/v1/rm", api.base))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    api.daemon.shutdown();
+}
+
+/// Mutating endpoints need the bearer token from `<data dir>/api.token`
+/// (written 0600 at start); reads stay open on loopback.
+#[tokio::test]
+async fn api_mutations_need_the_token_file_bearer() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let api = start(TrustedKeys::new(), "token").await;
+    let path = edgeswarm_node::api::token_path(api.dir.path());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), api.token);
+    assert_eq!(api.token.len(), 64);
+    let body = r#"{"image": "registry.example:5000/app:v1"}"#;
+    for path in ["/v1/deploy", "/v1/rm", "/v1/resolve", "/v1/releases"] {
+        for auth in [
+            None,
+            Some("Bearer wrong".to_owned()),
+            Some(format!("Basic {}", api.token)),
+            Some(format!("Bearer {}x", api.token)),
+        ] {
+            let mut req = api
+                .http
+                .post(format!("{}{path}", api.base))
+                .header("content-type", "application/json")
+                .body(body);
+            if let Some(a) = &auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 401, "{path} {auth:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        }
+    }
+    // Nothing was deployed or refused behind the 401s.
+    let (status, text) = api.get("/v1/status").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["self"]["releases"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["refused"].as_array().unwrap().len(), 0, "{v}");
+    // With the token the request reaches the handler.
+    let (status, json) = api.post("/v1/deploy", body).await;
+    assert_eq!(status, 422, "{json}");
+    for read in ["/v1/health", "/v1/status", "/v1/images", "/metrics"] {
+        assert_eq!(api.get(read).await.0, 200, "{read}");
+    }
+    api.daemon.shutdown();
+}
+
+/// DNS rebinding: a page on evil.example that rebinds its name to
+/// 127.0.0.1 sends `Host: evil.example`; every request with a Host other
+/// than loopback, localhost or the listen address is refused.
+#[tokio::test]
+async fn api_refuses_foreign_host_headers() {
+    let api = start(TrustedKeys::new(), "host").await;
+    let port = api.addr.port();
+    let auth = format!("Authorization: Bearer {}", api.token);
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_owned(),
+        format!("127.0.0.1.evil.example:{port}"),
+        format!("10.1.2.3:{port}"),
+    ] {
+        for path in ["/v1/status", "/metrics"] {
+            let (status, body) = raw(
+                api.addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: {host}"),
+                "",
+            )
+            .await;
+            assert_eq!(status, 421, "{host} {path}: {body}");
+        }
+        let (status, body) = raw(
+            api.addr,
+            &format!(
+                "POST /v1/rm HTTP/1.1\r\nHost: {host}\r\n{auth}\r\nContent-Type: application/json"
+            ),
+            r#"{"image": "a/b:c"}"#,
+        )
+        .await;
+        assert_eq!(status, 421, "{host}: {body}");
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "[::1]".to_owned(),
+        "127.0.0.5".to_owned(),
+    ] {
+        let (status, body) = raw(
+            api.addr,
+            &format!("GET /v1/health HTTP/1.1\r\nHost: {host}"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
     api.daemon.shutdown();
 }

@@ -79,6 +79,10 @@ async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
         .stderr(log)
         .spawn()
         .expect("spawn edgeswarm node");
+    TOKENS
+        .lock()
+        .unwrap()
+        .push((api.clone(), dir.join(edgeswarm_node::api::TOKEN_FILE)));
     let node = NodeProc {
         child,
         api,
@@ -140,10 +144,36 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Token files of the nodes started here, by API address: `cli` passes
+/// the right one, as an operator on that node's host would.
+static TOKENS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
 async fn cli(args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
+    let api = args
+        .windows(2)
+        .find(|w| w[0] == "--api")
+        .map(|w| w[1].to_owned());
+    let token = api.and_then(|api| {
+        TOKENS
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(a, _)| *a == api)
+            .map(|(_, p)| p.clone())
+    });
+    cli_with_token(args, token.as_deref()).await
+}
+
+async fn cli_with_token(args: &[&str], token_file: Option<&Path>) -> Run {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args);
+    if let Some(t) = token_file {
+        cmd.arg("--token-file").arg(t);
+    }
+    let out = cmd
         .env_remove("EDGESWARM_API")
+        .env_remove("EDGESWARM_TOKEN_FILE")
         .stdin(Stdio::null())
         .output()
         .await
@@ -504,8 +534,11 @@ async fn trusted_keys_accept_the_publisher_and_refuse_others() {
         "locality": true,
         "removal": base64::engine::general_purpose::STANDARD.encode(stale.encode()),
     });
+    let token =
+        std::fs::read_to_string(nodes[1].dir.join(edgeswarm_node::api::TOKEN_FILE)).unwrap();
     let r = reqwest::Client::new()
         .post(format!("http://{}/v1/rm", nodes[1].api))
+        .bearer_auth(token.trim())
         .json(&body)
         .send()
         .await
@@ -582,6 +615,24 @@ async fn rm_removes_the_image_from_docker() {
     .await;
     assert_eq!(wait.code, 0, "{} {}", wait.stderr, node.log());
     assert!(docker_has(&image), "{image} not loaded into docker");
+    // A tag edgeswarm did not import is not edgeswarm's to remove.
+    let theirs = format!("{image}-theirs");
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", &image, &theirs])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
+    let refused = cli(&["rm", &theirs, "--api", &node.api]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("imported itself"),
+        "{}",
+        refused.stderr
+    );
+    assert!(docker_has(&theirs), "a foreign docker tag was removed");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &theirs])
+        .output();
     let rm = cli(&["rm", &image, "--json", "--api", &node.api])
         .await
         .succeeded();
@@ -640,4 +691,153 @@ async fn redeploy_after_locality_rm_pulls_again() {
         cloud > 16 << 10,
         "the redeploy pulled only {cloud} bytes from the registry: {v}"
     );
+}
+
+/// The CLI sends the token from `--token-file`; without a readable token
+/// file, or with a wrong one, it fails with a clear message; reads need no
+/// token. `rm` of an image edgeswarm never imported is refused and leaves
+/// the sink's copy (here a rootfs dir someone else made) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_uses_the_token_file_and_rm_spares_foreign_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), "dir", &[]).await;
+    let image = "registry.example:5000/theirs:v1";
+    let foreign = node.rootfs(image);
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("keep-me"), b"not edgeswarm's").unwrap();
+
+    let missing = dir.path().join("no-such-token");
+    let run = cli_with_token(&["rm", image, "--api", &node.api], Some(&missing)).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("API token"), "{}", run.stderr);
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "0123").unwrap();
+    let run = cli_with_token(&["rm", image, "--api", &node.api], Some(&wrong)).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("missing or wrong API token"),
+        "{}",
+        run.stderr
+    );
+    // Reads work without any token.
+    cli_with_token(&["status", "--json", "--api", &node.api], Some(&missing))
+        .await
+        .succeeded();
+
+    // With the node's token the request is served, and refused.
+    let run = cli(&["rm", image, "--api", &node.api]).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("imported itself"), "{}", run.stderr);
+    assert!(
+        foreign.join("keep-me").exists(),
+        "a foreign rootfs was removed"
+    );
+}
+
+/// A hostile (or buggy) node at `--api` answers `/v1/resolve` with a
+/// release other than the one asked for; `deploy --key` refuses to sign
+/// it and never publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_key_refuses_to_sign_what_was_not_asked() {
+    use base64::Engine as _;
+    use edgeswarm_protocol::release::{Platform, Release};
+    use edgeswarm_protocol::Digest;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("pub.key");
+    cli(&["keygen", "--out", key.to_str().unwrap()])
+        .await
+        .succeeded();
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, "t").unwrap();
+    let asked = "registry.example:5000/app:v1";
+    let pinned = format!(
+        "registry.example:5000/app@{}",
+        Digest::of(b"the one I want")
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let honest = |image: &str| Release {
+        image: image.to_owned(),
+        manifest: Digest::of(b"m"),
+        platform: Platform::new("linux", "amd64"),
+        created: now,
+        locality: "plant".into(),
+        selector: vec![],
+    };
+    let cases: Vec<(Vec<String>, Release, &str)> = vec![
+        (
+            vec![asked.into()],
+            honest("registry.example:5000/evil:v1"),
+            "release of",
+        ),
+        (
+            vec![asked.into(), "--select".into(), "role=cam".into()],
+            honest(asked),
+            "selector",
+        ),
+        (
+            vec![asked.into(), "--locality".into(), "other".into()],
+            honest(asked),
+            "locality",
+        ),
+        (vec![pinned.clone()], honest(&pinned), "resolved"),
+        (
+            vec![
+                asked.into(),
+                "--digest".into(),
+                Digest::of(b"x").to_string(),
+            ],
+            honest(asked),
+            "resolved",
+        ),
+        (
+            vec![asked.into()],
+            Release {
+                created: now + 86_400,
+                ..honest(asked)
+            },
+            "dated",
+        ),
+    ];
+    for (args, answer, why) in cases {
+        let published = Arc::new(AtomicUsize::new(0));
+        let body = serde_json::json!({
+            "release": base64::engine::general_purpose::STANDARD
+                .encode(edgeswarm_protocol::encoding::encode(&answer)),
+            "manifest": answer.manifest.to_string(),
+        });
+        let count = published.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/resolve",
+                axum::routing::post(move || async move { axum::Json(body) }),
+            )
+            .route(
+                "/v1/releases",
+                axum::routing::post(move || async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({"release_id": "x", "manifest": "y"}))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut argv: Vec<&str> = vec!["deploy"];
+        argv.extend(args.iter().map(String::as_str));
+        argv.extend(["--key", key.to_str().unwrap(), "--api", &api]);
+        let run = cli_with_token(&argv, Some(&token)).await;
+        assert_ne!(run.code, 0, "{args:?} was signed");
+        assert!(
+            run.stderr.contains("refusing to sign") && run.stderr.contains(why),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(published.load(Ordering::SeqCst), 0, "{args:?} published");
+        server.abort();
+    }
 }

@@ -509,3 +509,40 @@ async fn dir_handles_gnu_long_names_and_pax_paths() {
     assert_eq!(std::fs::read(root.join(&pax_path)).unwrap(), b"pax");
     assert!(!root.join("short-name").exists());
 }
+
+/// A decompression bomb: a layer of a few hundred KiB holding a 160 MiB
+/// file of zeros, with honest digests (so without a bound the import would
+/// succeed, having written all of it). It fails with a clear error once
+/// the layer expands past its bound (here 64 MiB: 100x its compressed
+/// size is less than the floor), and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dir_refuses_a_decompression_bomb_before_filling_the_disk() {
+    let zeros = vec![0u8; 160 << 20];
+    let mut tar = LayerTar::default();
+    tar.file("bomb", 0o644, &zeros);
+    let tar = tar.finish();
+    drop(zeros);
+    for compression in [Compression::Gzip, Compression::Zstd] {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = build_image(&[(tar.clone(), compression)], false, None);
+        let compressed = image.layers[0].1.len() as u64;
+        assert!(compressed < 1 << 20, "{compressed}");
+        let probe = Arc::new(ReadProbe::default());
+        let options = ImportOptions::default();
+        let limit = options.unpack.for_layer(Some(compressed));
+        assert_eq!(limit, edgeswarm_node::import::UnpackLimit::FLOOR);
+        let err = import_image(
+            &dir_sink(tmp.path()),
+            image.import("bomb:v1", Duration::ZERO, &probe),
+            &options,
+        )
+        .await
+        .expect_err("a bomb must not import");
+        assert!(
+            matches!(err, ImportError::LayerTooLarge { index: 0, limit: l, .. } if l == limit),
+            "{compression:?}: {err}"
+        );
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+        assert_no_leftovers(tmp.path());
+    }
+}

@@ -29,6 +29,7 @@ mod store_model;
 mod swarm_bootstrap;
 mod swarm_exchange;
 mod swarm_faults;
+mod swarm_hostile;
 mod swarm_malformed;
 mod swarm_many;
 mod swarm_membership;

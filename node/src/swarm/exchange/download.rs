@@ -157,7 +157,7 @@ pub(super) async fn download<S: ChunkStore>(
                     Event::Corrupt(peer, index, reason) => {
                         warn!(%peer, %blob, index, %reason, "bad chunk; banning sender");
                         inner.metrics.bad_chunks.inc();
-                        let _ = inner.commands.try_send(Command::Ban(peer, format!("bad chunk {index} of {blob}: {reason}")));
+                        inner.bans.ban(peer, format!("bad chunk {index} of {blob}: {reason}"));
                         picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
                         drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
                     }

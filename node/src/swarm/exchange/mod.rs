@@ -131,6 +131,8 @@ struct Inner<S> {
     control: libp2p_stream::Control,
     protocols: Protocols,
     commands: mpsc::Sender<Command>,
+    /// Bans go here, never dropped (see `BanRequests`).
+    bans: super::BanRequests,
     metrics: SwarmMetrics,
     shutdown: CancellationToken,
     local_peer: PeerId,
@@ -183,6 +185,7 @@ impl<S: ChunkStore> Exchange<S> {
         mut control: libp2p_stream::Control,
         protocols: Protocols,
         commands: mpsc::Sender<Command>,
+        bans: super::BanRequests,
         metrics: SwarmMetrics,
         shutdown: CancellationToken,
         local_peer: PeerId,
@@ -196,6 +199,7 @@ impl<S: ChunkStore> Exchange<S> {
             control,
             protocols,
             commands,
+            bans,
             metrics,
             shutdown,
             local_peer,
@@ -269,9 +273,9 @@ impl<S: ChunkStore> Fetch for Exchange<S> {
 fn penalise<S>(inner: &Inner<S>, peer: PeerId, reason: &str) {
     warn!(%peer, %reason, "peer broke the chunk protocol");
     inner.metrics.protocol_violations.inc();
-    let _ = inner
-        .commands
-        .try_send(Command::Ban(peer, format!("protocol violation: {reason}")));
+    inner
+        .bans
+        .ban(peer, format!("protocol violation: {reason}"));
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub(crate) fn config(
         labels: Default::default(),
         chunk_size: ChunkSize::new(256 << 10).unwrap(),
         keep_versions: 2,
+        unpack: Default::default(),
     }
 }
 
