@@ -181,7 +181,7 @@ impl Peers {
         table
             .complete_at
             .iter()
-            .filter(|(peer, blobs)| {
+            .filter(|(peer, (_, blobs))| {
                 blobs.contains(blob) && table.peers.get(peer).is_some_and(PeerEntry::live)
             })
             .map(|(peer, _)| *peer)

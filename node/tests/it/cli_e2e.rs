@@ -768,6 +768,7 @@ async fn deploy_key_refuses_to_sign_what_was_not_asked() {
         created: now,
         locality: "plant".into(),
         selector: vec![],
+        seq: 1,
     };
     let cases: Vec<(Vec<String>, Release, &str)> = vec![
         (

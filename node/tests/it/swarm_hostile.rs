@@ -36,6 +36,7 @@ fn status(n: u64) -> Vec<u8> {
         gateway_capable: false,
         timestamp_ms: n,
         releases: Vec::new(),
+        desired: None,
     })
     .encode()
 }
