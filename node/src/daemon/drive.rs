@@ -16,7 +16,7 @@ use libp2p::PeerId;
 
 use super::desired::{Entry, Offer};
 use super::error::ReleaseError;
-use super::{gateway, pipeline, unix_seconds, Daemon, DaemonError, Inner};
+use super::{gateway, gossip, pipeline, unix_seconds, Daemon, DaemonError, Inner};
 use crate::swarm::Topic;
 
 impl Inner {
@@ -174,6 +174,13 @@ impl Inner {
         let work = self
             .releases
             .schedule(&id, &candidates, me, |release| self.targets(release));
+        if matches!(self.releases.gateway_of(&id), Some(Some(_))) {
+            let held = self.early.take(&id);
+            if !held.is_empty() {
+                let inner = self.clone();
+                tokio::spawn(async move { gossip::replay(&inner, held).await });
+            }
+        }
         if let Some(release) = work.pull {
             let inner = self.clone();
             tokio::spawn(async move { gateway::pull(inner, release).await });

@@ -172,6 +172,8 @@ pub(crate) struct Inner {
     /// Wakes the status loop when a release changes state, so the locality
     /// learns of completions without waiting for the next periodic report.
     status_changed: tokio::sync::Notify,
+    /// Gateway messages that arrived before this node elected the gateway.
+    early: gossip::EarlyMessages,
     /// Release-level metrics.
     metrics: DaemonMetrics,
     /// Every metric of the node, for `/metrics`.
@@ -233,6 +235,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             release_slots: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE_RELEASES)),
             status_changed: tokio::sync::Notify::new(),
+            early: gossip::EarlyMessages::default(),
             metrics,
             metrics_registry: registry_metrics,
             versions_lock: tokio::sync::Mutex::new(()),

@@ -152,7 +152,8 @@ pub struct BlobInfo {
     pub chunk_size: ChunkSize,
     /// Number of chunks.
     pub chunk_count: u32,
-    /// How many chunk digests are known (all once the chunk map is known).
+    /// Chunks `0..digests_known` have known digests (all once the chunk
+    /// map is known): the prefix, whatever arrived after a gap.
     pub digests_known: u32,
 }
 
@@ -1043,7 +1044,19 @@ impl Store {
     /// Layout info, even while digests are still arriving.
     pub fn blob_info(&self, blob: &Digest) -> Option<BlobInfo> {
         let b = self.inner.get(blob).ok()?;
-        let known = b.lock().known;
+        // The known *prefix*, not the count: digests can arrive out of
+        // order (a node that missed the first digest updates), and a
+        // downloader requests every chunk below this index. Counting them
+        // made a node fetch chunks it could not verify, over and over
+        // (83 refused chunks, the gateway uploading the image twice).
+        let known = {
+            let st = b.lock();
+            if st.map.is_some() {
+                b.chunk_count
+            } else {
+                st.digests.iter().take_while(|d| d.is_some()).count() as u32
+            }
+        };
         Some(BlobInfo {
             size: b.size,
             chunk_size: b.chunk_size,

@@ -303,6 +303,35 @@ async fn digests_streamed_in_batches() {
 }
 
 #[tokio::test]
+async fn digests_after_a_gap_do_not_count_as_known() {
+    // A node that missed the first digest updates learns later ones first:
+    // only the prefix is verifiable, and a downloader requests chunks
+    // below `digests_known`.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let t = TestBlob::new(4 * 65536, 3, ChunkSize::MIN);
+    store
+        .create_blob(t.digest, t.bytes.len() as u64, ChunkSize::MIN)
+        .await
+        .unwrap();
+    store
+        .add_chunk_digests(t.digest, 2, &t.map.digests()[2..])
+        .await
+        .unwrap();
+    assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 0);
+    store
+        .add_chunk_digests(t.digest, 0, &t.map.digests()[..1])
+        .await
+        .unwrap();
+    assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 1);
+    store
+        .add_chunk_digests(t.digest, 1, &t.map.digests()[1..2])
+        .await
+        .unwrap();
+    assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 4);
+}
+
+#[tokio::test]
 async fn resume_keeps_verified_chunks_and_bitfield() {
     let dir = tempfile::tempdir().unwrap();
     let t = TestBlob::new(8 * 65536, 4, ChunkSize::MIN);
