@@ -260,15 +260,28 @@ fn field<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("bad {name}: {e}"))
 }
 
+/// Reads a sequenced message's version: 1 (unsequenced) or `current`.
+fn read_version(items: &mut Elements, what: &str, current: u64) -> Result<u64, String> {
+    let version: u64 = field(items.next(), "version")?;
+    if version != 1 && version != current {
+        return Err(format!("{what} version {version}, expected 1 or {current}"));
+    }
+    Ok(version)
+}
+
+/// A message's sequence number: absent, and 0, in version 1.
+fn read_seq(items: &mut Elements, version: u64) -> Result<u64, String> {
+    if version == 1 {
+        Ok(0)
+    } else {
+        field(items.next(), "seq")
+    }
+}
+
 impl<'de> Deserialize<'de> for Release {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         fn read(items: &mut Elements) -> Result<Release, String> {
-            let version: u64 = field(items.next(), "version")?;
-            if version != 1 && version != RELEASE_VERSION {
-                return Err(format!(
-                    "release version {version}, expected 1 or {RELEASE_VERSION}"
-                ));
-            }
+            let version = read_version(items, "release", RELEASE_VERSION)?;
             let image = field(items.next(), "image")?;
             let manifest = field(items.next(), "manifest")?;
             let (os, architecture, variant): (String, String, Option<String>) =
@@ -276,11 +289,7 @@ impl<'de> Deserialize<'de> for Release {
             let created = field(items.next(), "created")?;
             let locality = field(items.next(), "locality")?;
             let selector = field(items.next(), "selector")?;
-            let seq = if version == 1 {
-                0
-            } else {
-                field(items.next(), "seq")?
-            };
+            let seq = read_seq(items, version)?;
             Ok(Release {
                 image,
                 manifest,
@@ -382,20 +391,11 @@ impl Serialize for Removal {
 impl<'de> Deserialize<'de> for Removal {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         fn read(items: &mut Elements) -> Result<Removal, String> {
-            let version: u64 = field(items.next(), "version")?;
-            if version != 1 && version != REMOVAL_VERSION {
-                return Err(format!(
-                    "removal version {version}, expected 1 or {REMOVAL_VERSION}"
-                ));
-            }
+            let version = read_version(items, "removal", REMOVAL_VERSION)?;
             let image = field(items.next(), "image")?;
             let locality = field(items.next(), "locality")?;
             let created = field(items.next(), "created")?;
-            let seq = if version == 1 {
-                0
-            } else {
-                field(items.next(), "seq")?
-            };
+            let seq = read_seq(items, version)?;
             Ok(Removal {
                 image,
                 locality,
