@@ -244,6 +244,14 @@ async fn import_hostile(tar: Vec<u8>) -> (tempfile::TempDir, ImportError) {
     (tmp, err)
 }
 
+/// `err` refuses a tar entry as unsafe, for `reason`.
+fn assert_unsafe(err: &ImportError, reason: &str) {
+    assert!(
+        matches!(err, ImportError::UnsafeEntry { reason: r, .. } if *r == reason),
+        "expected an unsafe entry ({reason}), got: {err}"
+    );
+}
+
 #[tokio::test]
 async fn dir_rejects_parent_traversal() {
     let (_tmp, err) = import_hostile(raw_tar(&[raw_entry(
@@ -253,16 +261,7 @@ async fn dir_rejects_parent_traversal() {
         b"owned",
     )]))
     .await;
-    assert!(
-        matches!(
-            err,
-            ImportError::UnsafeEntry {
-                reason: "path traversal (..)",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_unsafe(&err, "path traversal (..)");
 }
 
 #[tokio::test]
@@ -274,16 +273,7 @@ async fn dir_rejects_absolute_paths() {
         b"owned",
     )]))
     .await;
-    assert!(
-        matches!(
-            err,
-            ImportError::UnsafeEntry {
-                reason: "absolute path",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_unsafe(&err, "absolute path");
     assert!(!Path::new("/tmp/edgeswarm-absolute").exists());
 }
 
@@ -296,16 +286,7 @@ async fn dir_rejects_writing_through_an_absolute_symlink() {
         raw_entry(b"evil/pwned", EntryType::Regular, b"", b"owned"),
     ]))
     .await;
-    assert!(
-        matches!(
-            err,
-            ImportError::UnsafeEntry {
-                reason: "a parent directory is a symlink",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_unsafe(&err, "a parent directory is a symlink");
     assert!(
         !outside.path().join("pwned").exists(),
         "wrote through the symlink"
@@ -337,16 +318,7 @@ async fn dir_rejects_hard_links_out_of_the_rootfs() {
         b"",
     )]))
     .await;
-    assert!(
-        matches!(
-            err,
-            ImportError::UnsafeEntry {
-                reason: "path traversal (..)",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_unsafe(&err, "path traversal (..)");
 }
 
 #[tokio::test]

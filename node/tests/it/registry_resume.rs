@@ -142,6 +142,13 @@ async fn big_image(registry: &TestRegistry, dir: &std::path::Path) -> testing::B
     image
 }
 
+/// The small gzip image `team/app:v1`, pushed.
+async fn small_image(registry: &TestRegistry, dir: &std::path::Path) -> testing::BuiltImage {
+    let image = build(dir, edgeswarm_node::registry::Compression::Gzip, "v1").await;
+    push(registry, "team/app", "v1", &image).await;
+    image
+}
+
 fn quick_client(max_attempts: u32, idle: Duration) -> RegistryClient {
     RegistryClient::new(RegistryConfig {
         max_attempts,
@@ -265,13 +272,7 @@ async fn retries_server_errors_and_honours_retry_after() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let image = build(
-        dir.path(),
-        edgeswarm_node::registry::Compression::Gzip,
-        "v1",
-    )
-    .await;
-    push(&registry, "team/app", "v1", &image).await;
+    let image = small_image(&registry, dir.path()).await;
     let faults = Arc::new(Faults::default());
     {
         let mut canned = faults.canned.lock().unwrap();
@@ -376,13 +377,7 @@ async fn tampered_documents_are_rejected() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let image = build(
-        dir.path(),
-        edgeswarm_node::registry::Compression::Gzip,
-        "v1",
-    )
-    .await;
-    push(&registry, "team/app", "v1", &image).await;
+    let image = small_image(&registry, dir.path()).await;
     let other = build(
         dir.path(),
         edgeswarm_node::registry::Compression::Gzip,
