@@ -152,8 +152,10 @@ impl Series {
 }
 
 /// Samples interface counters every `interval` on a background thread,
-/// appending `t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s` rows to a CSV
-/// (rates over the previous interval, 0 for the first row of each link).
+/// appending `t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s,rx_packets,tx_packets`
+/// rows to a CSV (rates over the previous interval, 0 for the first row of
+/// each link). Packets tell the bulk from the small frames (ACKs, `Have`s,
+/// gossip) that cost a link's bytes beyond the payload.
 #[derive(Debug)]
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -169,8 +171,11 @@ impl Sampler {
                 let f = std::fs::File::create(p)
                     .map_err(|e| TestnetError::io(format!("creating {}", p.display()), e))?;
                 let mut w = std::io::BufWriter::new(f);
-                writeln!(w, "t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s")
-                    .map_err(|e| TestnetError::io(format!("writing {}", p.display()), e))?;
+                writeln!(
+                    w,
+                    "t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s,rx_packets,tx_packets"
+                )
+                .map_err(|e| TestnetError::io(format!("writing {}", p.display()), e))?;
                 Some((w, p.clone()))
             }
             None => None,
@@ -355,8 +360,8 @@ fn sample_once(
         if let Some((w, path)) = w {
             writeln!(
                 w,
-                "{t_s:.3},{},{},{},{rx_r:.3},{tx_r:.3}",
-                p.label, c.rx_bytes, c.tx_bytes
+                "{t_s:.3},{},{},{},{rx_r:.3},{tx_r:.3},{},{}",
+                p.label, c.rx_bytes, c.tx_bytes, c.rx_packets, c.tx_packets
             )
             .map_err(|e| TestnetError::io(format!("writing {}", path.display()), e))?;
         }

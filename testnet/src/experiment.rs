@@ -234,13 +234,17 @@ impl RunResult {
     /// bytes_from_peers, node_seconds, verified, link_in_bytes,
     /// link_out_bytes, cpu_seconds, done_gap_s, then the `/metrics`
     /// counters: release_peer_bytes, bytes_downloaded, duplicate_chunks,
-    /// bytes_uploaded; empty where not measured).
+    /// bytes_uploaded, stream_bytes_received, stream_bytes_sent,
+    /// gossip_bytes_received, gossip_bytes_published, rejected_requests;
+    /// empty where not measured).
     pub fn write_nodes_csv(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("nodes-{}-{}.csv", self.method.name(), self.nodes));
         let mut s = String::from(
             "node,seconds,bytes_from_cloud,bytes_from_peers,node_seconds,verified,\
              link_in_bytes,link_out_bytes,cpu_seconds,done_gap_s,\
-             release_peer_bytes,bytes_downloaded,duplicate_chunks,bytes_uploaded\n",
+             release_peer_bytes,bytes_downloaded,duplicate_chunks,bytes_uploaded,\
+             stream_bytes_received,stream_bytes_sent,gossip_bytes_received,\
+             gossip_bytes_published,rejected_requests\n",
         );
         let f3 = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or_default();
         for n in &self.per_node {
@@ -251,7 +255,7 @@ impl RunResult {
                     .unwrap_or_default()
             };
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 n.node,
                 f3(n.seconds),
                 n.bytes_from_cloud,
@@ -266,6 +270,11 @@ impl RunResult {
                 m(|m| m.bytes_downloaded),
                 m(|m| m.duplicate_chunks),
                 m(|m| m.bytes_uploaded),
+                m(|m| m.stream_bytes_received),
+                m(|m| m.stream_bytes_sent),
+                m(|m| m.gossip_bytes_received),
+                m(|m| m.gossip_bytes_published),
+                m(|m| m.rejected_requests),
             ));
         }
         std::fs::write(&path, s)

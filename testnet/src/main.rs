@@ -60,7 +60,7 @@ enum Cmd {
         /// How long to sample, in seconds.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// CSV output (t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s).
+        /// CSV output (t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s,rx_packets,tx_packets).
         #[arg(long, default_value = "testnet-links.csv")]
         out: PathBuf,
     },

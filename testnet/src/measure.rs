@@ -133,6 +133,19 @@ pub struct NodeMetrics {
     pub duplicate_chunks: f64,
     /// `edgeswarm_bytes_uploaded_total`: chunk bytes served to peers.
     pub bytes_uploaded: f64,
+    /// `edgeswarm_stream_bytes_received_total`: every byte read from chunk
+    /// streams (payloads and frames).
+    pub stream_bytes_received: f64,
+    /// `edgeswarm_stream_bytes_sent_total`.
+    pub stream_bytes_sent: f64,
+    /// `edgeswarm_gossip_bytes_received_total`: gossip messages delivered,
+    /// once each.
+    pub gossip_bytes_received: f64,
+    /// `edgeswarm_gossip_bytes_published_total`.
+    pub gossip_bytes_published: f64,
+    /// `edgeswarm_rejected_requests_total`: chunk requests this node's
+    /// servers declined.
+    pub rejected_requests: f64,
 }
 
 impl NodeMetrics {
@@ -155,6 +168,11 @@ impl NodeMetrics {
             bytes_downloaded: get("edgeswarm_bytes_downloaded_total"),
             duplicate_chunks: get("edgeswarm_duplicate_chunks_total"),
             bytes_uploaded: get("edgeswarm_bytes_uploaded_total"),
+            stream_bytes_received: get("edgeswarm_stream_bytes_received_total"),
+            stream_bytes_sent: get("edgeswarm_stream_bytes_sent_total"),
+            gossip_bytes_received: get("edgeswarm_gossip_bytes_received_total"),
+            gossip_bytes_published: get("edgeswarm_gossip_bytes_published_total"),
+            rejected_requests: get("edgeswarm_rejected_requests_total"),
         }
     }
 }

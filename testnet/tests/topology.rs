@@ -498,7 +498,9 @@ fn cloud_link_counters_and_sampler_see_the_bytes_sent() {
         node1.rx_bytes
     );
     let text = std::fs::read_to_string(&csv).unwrap();
-    assert!(text.starts_with("t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s\n"));
+    assert!(
+        text.starts_with("t_s,link,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s,rx_packets,tx_packets\n")
+    );
     let cloud_rows: Vec<Vec<f64>> = text
         .lines()
         .skip(1)

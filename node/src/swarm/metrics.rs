@@ -48,6 +48,17 @@ pub struct SwarmMetrics {
     pub cancelled_requests: Counter,
     /// Peers connected right now.
     pub connected_peers: Gauge,
+    /// Every byte read from chunk streams: payloads plus frames (`Have`,
+    /// bitfields, requests, answers). Less `bytes_downloaded`, what the
+    /// exchange costs beyond the chunks.
+    pub stream_bytes_received: Counter,
+    /// Every byte written to chunk streams.
+    pub stream_bytes_sent: Counter,
+    /// Bytes of gossip messages delivered to this node (each message once:
+    /// gossipsub's duplicates and control traffic are not seen here).
+    pub gossip_bytes_received: Counter,
+    /// Bytes of gossip messages this node published.
+    pub gossip_bytes_published: Counter,
     /// Distinct peers this node has received verified chunks from.
     sources: Arc<Mutex<HashSet<PeerId>>>,
 }
@@ -96,6 +107,30 @@ impl SwarmMetrics {
             &self.bad_chunks,
         );
         c(registry, "bans", "Peers banned", &self.bans);
+        c(
+            registry,
+            "stream_bytes_received",
+            "Bytes read from chunk streams (payloads and frames)",
+            &self.stream_bytes_received,
+        );
+        c(
+            registry,
+            "stream_bytes_sent",
+            "Bytes written to chunk streams (payloads and frames)",
+            &self.stream_bytes_sent,
+        );
+        c(
+            registry,
+            "gossip_bytes_received",
+            "Bytes of gossip messages delivered (once each)",
+            &self.gossip_bytes_received,
+        );
+        c(
+            registry,
+            "gossip_bytes_published",
+            "Bytes of gossip messages published",
+            &self.gossip_bytes_published,
+        );
         c(
             registry,
             "protocol_violations",

@@ -252,6 +252,9 @@ impl SwarmTask {
                 self.provider_queries.insert(id, (HashSet::new(), tx));
             }
             Command::Publish(topic, bytes, tx) => {
+                self.metrics
+                    .gossip_bytes_published
+                    .inc_by(bytes.len() as u64);
                 let r = match decode_gossip(topic, &bytes) {
                     Err(reason) => Err(SwarmError::Publish(reason)),
                     Ok(_) => self
@@ -373,6 +376,9 @@ impl SwarmTask {
     }
 
     fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, msg: gossipsub::Message) {
+        self.metrics
+            .gossip_bytes_received
+            .inc_by(msg.data.len() as u64);
         let topic = Topic::ALL
             .into_iter()
             .find(|t| self.protocols.topic(*t).hash() == msg.topic);

@@ -413,10 +413,11 @@ async fn get_map<S: ChunkStore>(
     blob: Digest,
 ) -> Result<Option<ChunkMap>, FrameError> {
     let mut control = inner.control.clone();
-    let mut stream = control
+    let stream = control
         .open_stream(peer, inner.protocols.chunks.clone())
         .await
         .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
+    let mut stream = super::counted(inner, stream);
     let hello = StreamMessage::Hello(Hello {
         protocol_version: wire::STREAM_VERSION,
         blobs: vec![blob],

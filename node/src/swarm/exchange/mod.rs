@@ -35,6 +35,7 @@ use tracing::warn;
 use super::metrics::SwarmMetrics;
 use super::{ChunkStore, Command, Protocols, SwarmConfig, SwarmError};
 
+mod counted;
 mod download;
 mod offers;
 mod serve;
@@ -60,6 +61,15 @@ const PEER_BACKOFF: Duration = Duration::from_secs(5);
 type DownloadWatch = watch::Receiver<Option<Result<(), String>>>;
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// `stream`, counting its bytes into the exchange's metrics.
+fn counted<S, T>(inner: &Inner<S>, stream: T) -> counted::Counted<T> {
+    counted::Counted::new(
+        stream,
+        inner.metrics.stream_bytes_received.clone(),
+        inner.metrics.stream_bytes_sent.clone(),
+    )
+}
 
 /// Type-erased download entry point, so `SwarmClient` is not generic.
 pub(crate) trait Fetch: Send + Sync {

@@ -128,7 +128,7 @@ async fn serve_stream<S: ChunkStore>(
     peer: PeerId,
     stream: Stream,
 ) -> Result<(), FrameError> {
-    let (r, mut w) = stream.split();
+    let (r, mut w) = super::counted(inner, stream).split();
     let (tx, mut rx) = mpsc::channel(SERVER_QUEUE);
     let cancelled = std::sync::Mutex::new(std::collections::HashSet::new());
     let reader = serve_reader(r, tx, &cancelled);

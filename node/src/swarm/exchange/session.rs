@@ -86,7 +86,7 @@ pub(super) async fn session<S: ChunkStore>(
             return;
         }
     };
-    let (r, w) = stream.split();
+    let (r, w) = super::counted(&inner, stream).split();
     let outstanding: Outstanding = Arc::new(Mutex::new(Requests::default()));
     let res = tokio::select! {
         _ = cancel.cancelled() => return,
