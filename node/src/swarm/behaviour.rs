@@ -78,6 +78,19 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
 }
 
+/// Gossipsub's target mesh degree (peers each message is pushed to).
+const GOSSIP_MESH: usize = 4;
+
+/// A gossip message's id: 16 bytes of SHA-256 over its author and
+/// sequence number (unique per author; the author's signature covers
+/// both, so a relay cannot forge a collision with another's message).
+fn short_message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    let mut key = m.source.map(|p| p.to_bytes()).unwrap_or_default();
+    key.extend_from_slice(&m.sequence_number.unwrap_or_default().to_be_bytes());
+    let digest = edgeswarm_protocol::Digest::of(&key);
+    gossipsub::MessageId::new(&digest.as_bytes()[..16])
+}
+
 /// Largest Kademlia message accepted or sent (see `build_swarm`).
 pub const KAD_MAX_PACKET: usize = 256 << 10;
 
@@ -184,6 +197,25 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
         .validate_messages()
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .heartbeat_interval(Duration::from_millis(700))
+        // A locality is a few dozen peers that all connect to each other.
+        // The defaults (mesh 6-12, every publish flooded to every peer)
+        // delivered each message 8.5 times to each node at N=21: gossip
+        // was 2.6 % of every node's link bytes during a 49 MB deploy and
+        // 190 KB/s per node at rest. A mesh of 4 still reaches 21 peers in
+        // three hops, and heartbeat gossip (IHAVE) repairs what a hop loses.
+        .mesh_n(GOSSIP_MESH)
+        .mesh_n_low(GOSSIP_MESH - 1)
+        .mesh_n_high(GOSSIP_MESH + 2)
+        .mesh_outbound_min(GOSSIP_MESH / 2)
+        .gossip_lazy(GOSSIP_MESH - 1)
+        .flood_publish(false)
+        // IHAVE lists every id of the last heartbeats to a few peers each
+        // heartbeat: with the default 71-byte ids (base58 peer id and
+        // decimal sequence number) and three heartbeats of history, IHAVE
+        // cost a node as much as the messages themselves. 16-byte ids
+        // and two heartbeats of history cut that by three quarters.
+        .message_id_fn(short_message_id)
+        .history_gossip(2)
         .build()
         .map_err(|e| SwarmError::Config(e.to_string()))?;
     let mut gossipsub =
@@ -248,4 +280,29 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
         .map_err(|e| SwarmError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(source: PeerId, seqno: u64, data: &[u8]) -> gossipsub::Message {
+        gossipsub::Message {
+            source: Some(source),
+            data: data.to_vec(),
+            sequence_number: Some(seqno),
+            topic: gossipsub::TopicHash::from_raw("t"),
+        }
+    }
+
+    #[test]
+    fn message_ids_are_16_bytes_and_tell_author_and_sequence_apart() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let id = short_message_id(&message(a, 7, b"x"));
+        assert_eq!(id.0.len(), 16);
+        // The id names the author's message, whatever relay carried it.
+        assert_eq!(id, short_message_id(&message(a, 7, b"x")));
+        assert_ne!(id, short_message_id(&message(a, 8, b"x")));
+        assert_ne!(id, short_message_id(&message(b, 7, b"x")));
+    }
 }
