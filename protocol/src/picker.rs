@@ -248,6 +248,9 @@ pub struct Picker<P: Ord + Clone> {
     rng: ChaCha8Rng,
     /// Most requests outstanding over all peers, if set.
     total_limit: Option<usize>,
+    /// The rate our chunks arrive at, bytes per second, if the caller
+    /// measured it (see [`Picker::set_observed_rate`]).
+    observed_rate: Option<u64>,
     blobs: BTreeMap<Digest, BlobState<P>>,
     peers: BTreeMap<P, PeerState>,
 }
@@ -258,6 +261,7 @@ impl<P: Ord + Clone> Picker<P> {
         Picker {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             total_limit: None,
+            observed_rate: None,
             config,
             blobs: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -780,6 +784,7 @@ impl<P: Ord + Clone> Picker<P> {
         //    other work.
         if self.any_capacity(now_ms) {
             let mut dup = Vec::new();
+            let min_age = self.endgame_age_ms();
             for (blob, s) in &self.blobs {
                 if s.missing == 0 || s.missing > self.config.endgame_threshold {
                     continue;
@@ -792,7 +797,7 @@ impl<P: Ord + Clone> Picker<P> {
                 }
                 for (&index, flights) in &s.in_flight {
                     let oldest = flights.iter().map(|f| f.started_ms).min().unwrap_or(now_ms);
-                    if now_ms.saturating_sub(oldest) < self.config.endgame_min_age_ms {
+                    if now_ms.saturating_sub(oldest) < min_age {
                         continue;
                     }
                     if flights.len() < self.config.max_requests_per_chunk {
@@ -904,6 +909,39 @@ impl<P: Ord + Clone> Picker<P> {
         self.blobs
             .get_mut(blob)
             .ok_or(PickerError::UnknownBlob(*blob))
+    }
+
+    /// Tells the picker how fast our chunks arrive (bytes per second, over
+    /// all peers), so that endgame judges a request late against the time
+    /// the requests outstanding take at that rate, and not only against
+    /// `endgame_min_age_ms`: on a 10 Mbit/s link a 512 KiB chunk queued
+    /// behind three others takes 1.7 s, and a fixed 750 ms made endgame
+    /// duplicate requests that were on time (up to 1.4 MB of a 49 MB
+    /// layer received twice per node).
+    pub fn set_observed_rate(&mut self, bytes_per_second: Option<u64>) {
+        self.observed_rate = bytes_per_second.filter(|r| *r > 0);
+    }
+
+    /// How old an in-flight request must be before endgame duplicates it.
+    fn endgame_age_ms(&self) -> u64 {
+        let floor = self.config.endgame_min_age_ms;
+        let Some(rate) = self.observed_rate else {
+            return floor;
+        };
+        let outstanding: u64 = self
+            .blobs
+            .values()
+            .map(|s| {
+                s.in_flight
+                    .iter()
+                    .map(|(i, f)| s.chunk_len(*i) * f.len() as u64)
+                    .sum::<u64>()
+            })
+            .sum();
+        // Everything outstanding arrives in outstanding / rate at the
+        // current rate; half as long again is late.
+        let drain_ms = outstanding.saturating_mul(1500) / rate;
+        floor.max(drain_ms)
     }
 
     /// Our requests outstanding at `peer`.

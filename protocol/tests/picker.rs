@@ -305,6 +305,47 @@ fn endgame_waits_until_a_request_is_old_enough() {
 }
 
 #[test]
+fn endgame_on_a_slow_link_waits_for_what_is_outstanding_to_drain() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 100,
+            endgame_threshold: 2,
+            endgame_min_age_ms: 750,
+            ..config()
+        },
+        2,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_has_all(&2, &blob()).unwrap();
+    assert_eq!(p.next_requests(1_000).len(), 2);
+    // Two chunks outstanding at a quarter of a chunk per second: they take
+    // 8 s to drain, so a request is late only after 12 s.
+    let rate = CS.get() as u64 / 4;
+    p.set_observed_rate(Some(rate));
+    assert!(
+        p.next_requests(1_750).is_empty(),
+        "duplicated a request that is on time at this rate"
+    );
+    assert!(p.next_requests(12_999).is_empty());
+    assert_eq!(p.next_requests(13_000).len(), 2);
+    // A fast rate falls back to the fixed age.
+    let mut q = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 100,
+            endgame_threshold: 2,
+            endgame_min_age_ms: 750,
+            ..config()
+        },
+        2,
+    );
+    q.peer_has_all(&1, &blob()).unwrap();
+    q.peer_has_all(&2, &blob()).unwrap();
+    assert_eq!(q.next_requests(1_000).len(), 2);
+    q.set_observed_rate(Some(CS.get() as u64 * 1_000));
+    assert_eq!(q.next_requests(1_750).len(), 2);
+}
+
+#[test]
 fn no_endgame_while_other_work_waits_for_capacity() {
     let mut p = picker(
         PickerConfig {

@@ -107,6 +107,8 @@ pub(super) async fn download<S: ChunkStore>(
     let mut last_providers: Option<Instant> = None;
     let session_cancel = inner.shutdown.child_token();
     let _guard = session_cancel.clone().drop_guard();
+    // This download's arrival rate, for the picker's endgame.
+    let mut arrivals = ArrivalRate::default();
 
     while !inner.store.is_complete(&blob) {
         tokio::select! {
@@ -150,6 +152,8 @@ pub(super) async fn download<S: ChunkStore>(
                             cancel_requests(&sessions, others);
                         }
                         picker.peer_progressed(&peer, now_ms());
+                        arrivals.add(layout.chunk_len(index).unwrap_or(0) as u64);
+                        picker.set_observed_rate(arrivals.rate());
                         if outcome == ChunkWrite::BlobComplete {
                             break;
                         }
@@ -275,6 +279,30 @@ fn drop_peer(
     // availability counts.
     picker.remove_peer(&peer);
     backoff.insert(peer, Instant::now() + wait);
+}
+
+/// Bytes per second at which a download's chunks arrive, from its first
+/// chunk on; `None` until a second's worth of arrivals is known.
+#[derive(Default)]
+struct ArrivalRate {
+    /// When the first chunk arrived.
+    since: Option<Instant>,
+    /// Bytes arrived after the first chunk.
+    bytes: u64,
+}
+
+impl ArrivalRate {
+    fn add(&mut self, bytes: u64) {
+        match self.since {
+            None => self.since = Some(Instant::now()),
+            Some(_) => self.bytes += bytes,
+        }
+    }
+
+    fn rate(&self) -> Option<u64> {
+        let elapsed = self.since?.elapsed().as_secs_f64();
+        (elapsed >= 1.0).then(|| (self.bytes as f64 / elapsed) as u64)
+    }
 }
 
 /// Endgame begins when a blob has at most this many chunks missing.
