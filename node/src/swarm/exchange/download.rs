@@ -107,8 +107,6 @@ pub(super) async fn download<S: ChunkStore>(
     let mut last_providers: Option<Instant> = None;
     let session_cancel = inner.shutdown.child_token();
     let _guard = session_cancel.clone().drop_guard();
-    // This download's arrival rate, for the picker's endgame.
-    let mut arrivals = ArrivalRate::default();
 
     while !inner.store.is_complete(&blob) {
         tokio::select! {
@@ -152,8 +150,9 @@ pub(super) async fn download<S: ChunkStore>(
                             cancel_requests(&sessions, others);
                         }
                         picker.peer_progressed(&peer, now_ms());
-                        arrivals.add(layout.chunk_len(index).unwrap_or(0) as u64);
-                        picker.set_observed_rate(arrivals.rate());
+                        let len = layout.chunk_len(index).unwrap_or(0) as u64;
+                        lock(&inner.arrivals).add(Instant::now(), len);
+                        picker.set_observed_rate(download_rate(&inner));
                         if outcome == ChunkWrite::BlobComplete {
                             break;
                         }
@@ -209,6 +208,7 @@ pub(super) async fn download<S: ChunkStore>(
                         }
                     }
                 }
+                picker.set_observed_rate(download_rate(&inner));
                 if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
                     let _ = picker.set_cursor(&blob, c);
                 }
@@ -281,28 +281,13 @@ fn drop_peer(
     backoff.insert(peer, Instant::now() + wait);
 }
 
-/// Bytes per second at which a download's chunks arrive, from its first
-/// chunk on; `None` until a second's worth of arrivals is known.
-#[derive(Default)]
-struct ArrivalRate {
-    /// When the first chunk arrived.
-    since: Option<Instant>,
-    /// Bytes arrived after the first chunk.
-    bytes: u64,
-}
-
-impl ArrivalRate {
-    fn add(&mut self, bytes: u64) {
-        match self.since {
-            None => self.since = Some(Instant::now()),
-            Some(_) => self.bytes += bytes,
-        }
-    }
-
-    fn rate(&self) -> Option<u64> {
-        let elapsed = self.since?.elapsed().as_secs_f64();
-        (elapsed >= 1.0).then(|| (self.bytes as f64 / elapsed) as u64)
-    }
+/// The rate one download's chunks arrive at: the node's arrival rate
+/// shared by its running downloads (they share its link).
+fn download_rate<S>(inner: &Inner<S>) -> Option<u64> {
+    let running = lock(&inner.downloads).len().max(1) as u64;
+    lock(&inner.arrivals)
+        .rate(Instant::now())
+        .map(|r| r / running)
 }
 
 /// Endgame begins when a blob has at most this many chunks missing.

@@ -168,6 +168,9 @@ struct Inner<S> {
     connected: Arc<Mutex<HashSet<PeerId>>>,
     /// Running downloads, shared by concurrent callers.
     downloads: Mutex<HashMap<Digest, DownloadWatch>>,
+    /// Verified chunks arriving from peers, over every download: the
+    /// rate endgame judges lateness by.
+    arrivals: Mutex<ArrivalRate>,
     corrupt_uploads: bool,
     requests_per_peer: usize,
     /// Requests of one download outstanding at most, over all peers.
@@ -176,6 +179,53 @@ struct Inner<S> {
     stall_base: Duration,
     stall_min_rate: u64,
     deadline_window: u32,
+}
+
+/// Bytes per second at which verified chunks arrive from peers, over the
+/// last [`ArrivalRate::WINDOW`].
+#[derive(Default)]
+struct ArrivalRate {
+    /// Arrivals in the window, oldest first (at most `MAX_SAMPLES`).
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl ArrivalRate {
+    /// How far back the rate looks: long enough to span several chunks on
+    /// a 10 Mbit/s link, short enough to follow a new release.
+    const WINDOW: Duration = Duration::from_secs(3);
+    /// Arrivals remembered at most (3 s of 512 KiB chunks at 10 Gbit/s).
+    const MAX_SAMPLES: usize = 8192;
+
+    fn add(&mut self, now: Instant, bytes: u64) {
+        self.expire(now);
+        if self.samples.len() == Self::MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, bytes));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The rate over the window, once arrivals span a second of it.
+    fn rate(&mut self, now: Instant) -> Option<u64> {
+        self.expire(now);
+        let (first, _) = *self.samples.front()?;
+        let span = now.duration_since(first);
+        if span < Duration::from_secs(1) {
+            return None;
+        }
+        // The first arrival opens the span; the bytes after it fill it.
+        let bytes: u64 = self.samples.iter().skip(1).map(|(_, b)| b).sum();
+        Some((bytes as f64 / span.as_secs_f64()) as u64)
+    }
 }
 
 /// The chunk exchange of one node.
@@ -223,6 +273,7 @@ impl<S: ChunkStore> Exchange<S> {
             offers: Mutex::new(offers::Offers::default()),
             connected,
             downloads: Mutex::new(HashMap::new()),
+            arrivals: Mutex::new(ArrivalRate::default()),
             corrupt_uploads: config.corrupt_uploads(),
             requests_per_peer: config.requests_per_peer.max(1),
             max_requests: config.max_requests,
@@ -326,5 +377,27 @@ mod tests {
         let secs = seconds_to_pass(&bucket, 1 << 20, 16 << 10).await;
         let expected = ((1u64 << 20) - 65_536) as f64 / 1e6;
         assert!((secs - expected).abs() < 0.01, "took {secs:.3} s");
+    }
+}
+
+#[cfg(test)]
+mod arrival_tests {
+    use super::*;
+
+    #[test]
+    fn arrival_rate_spans_its_window_and_forgets_old_arrivals() {
+        let t0 = Instant::now();
+        let mut r = ArrivalRate::default();
+        r.add(t0, 1_000);
+        assert_eq!(
+            r.rate(t0 + Duration::from_millis(500)),
+            None,
+            "under a second"
+        );
+        r.add(t0 + Duration::from_secs(1), 1_000_000);
+        r.add(t0 + Duration::from_secs(2), 1_000_000);
+        assert_eq!(r.rate(t0 + Duration::from_secs(2)), Some(1_000_000));
+        // Ten seconds later the window holds nothing.
+        assert_eq!(r.rate(t0 + Duration::from_secs(12)), None);
     }
 }
