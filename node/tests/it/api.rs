@@ -37,6 +37,7 @@ async fn start(trusted: TrustedKeys, locality: &str) -> Api {
         registry: RegistryConfig::default(),
         platform: Platform::host(),
         import: Some(ImportSinkKind::None),
+        allow_any_publisher: trusted.is_empty(),
         trusted,
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,
