@@ -318,9 +318,17 @@ pub struct SwarmClient {
     exchange: Arc<dyn exchange::Fetch>,
     metrics: SwarmMetrics,
     shutdown: CancellationToken,
+    bans: BanRequests,
 }
 
 impl SwarmClient {
+    /// Bans `peer` (it lied in a way only the daemon sees, such as a
+    /// gateway's layout contradicting the verified manifest). Never
+    /// dropped, like the exchange's bans.
+    pub fn ban(&self, peer: PeerId, reason: String) {
+        self.bans.ban(peer, reason);
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,

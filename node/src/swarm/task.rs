@@ -101,7 +101,7 @@ pub(crate) async fn start<S: ChunkStore>(
         gossip: gossip_tx.clone(),
         metrics: metrics.clone(),
         bans: HashMap::new(),
-        ban_requests: bans,
+        ban_requests: bans.clone(),
         ban_duration: config.ban_duration,
         limiter: super::ratelimit::GossipLimiter::new(config.gossip_rate, config.gossip_burst),
         provider_queries: HashMap::new(),
@@ -121,6 +121,7 @@ pub(crate) async fn start<S: ChunkStore>(
         exchange,
         metrics,
         shutdown,
+        bans,
     };
     Ok((client, handle))
 }
