@@ -71,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 pub use behaviour::{Protocols, Topic};
 pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite};
 pub use metrics::{SwarmMetrics, SwarmStats};
+pub use task::BANS_FILE;
 
 /// Errors of the swarm layer.
 #[derive(Debug, thiserror::Error)]

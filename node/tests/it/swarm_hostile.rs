@@ -402,3 +402,81 @@ async fn a_chunk_map_contradicting_the_gateway_digests_gets_its_sender_banned() 
         n.stop().await;
     }
 }
+
+/// A peer banned for a protocol violation stays banned when the node
+/// restarts: the ban is persisted in the data dir (`bans.json`, written
+/// crash-safe) and restored, so the restarted node refuses it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_survives_a_restart_of_the_node() {
+    use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
+    use futures::AsyncWriteExt as _;
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("a");
+    let a = start(&d, config(&d, "lab", &[])).await;
+    let (bad, mut swarm) = hostile();
+    let mut control = swarm.behaviour().stream.new_control();
+    let (dial_tx, mut dial_rx) = tokio::sync::mpsc::channel::<Multiaddr>(4);
+    // Dials whatever address it is handed, and keeps redialling it.
+    let task = tokio::spawn(async move {
+        let mut target: Option<Multiaddr> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = swarm.select_next_some() => {}
+                Some(addr) = dial_rx.recv() => {
+                    let _ = swarm.dial(addr.clone());
+                    target = Some(addr);
+                }
+                _ = tick.tick() => {
+                    let idle = swarm.connected_peers().next().is_none();
+                    if let (Some(t), true) = (&target, idle) {
+                        let _ = swarm.dial(t.clone());
+                    }
+                }
+            }
+        }
+    });
+    dial_tx.send(a.addr.clone()).await.unwrap();
+    eventually("attacker connected", Duration::from_secs(20), async || {
+        let peers = a.client.connected_peers().await.unwrap();
+        peers.contains(&bad).then_some(()).ok_or("not yet")
+    })
+    .await;
+    let chunks = Protocols::new("lab").unwrap().chunks;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        control.open_stream(a.client.local_peer_id(), chunks),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let junk = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
+        request_id: 1,
+        status: ChunkStatus::NotHave,
+    }));
+    stream.write_all(&junk).await.unwrap();
+    stream.flush().await.unwrap();
+    let bans_file = d.join(edgeswarm_node::swarm::BANS_FILE);
+    eventually("the ban is on disk", Duration::from_secs(10), async || {
+        let text = std::fs::read_to_string(&bans_file).unwrap_or_default();
+        text.contains(&bad.to_string()).then_some(()).ok_or(text)
+    })
+    .await;
+    a.stop().await;
+
+    // The same data dir, a new process-equivalent (new swarm, new port).
+    let a = start(&d, config(&d, "lab", &[])).await;
+    dial_tx.send(a.addr.clone()).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let peers = a.client.connected_peers().await.unwrap();
+        assert!(
+            !peers.contains(&bad),
+            "banned peer got back in after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+    a.stop().await;
+}
