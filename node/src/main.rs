@@ -256,6 +256,14 @@ struct NodeArgs {
     /// every release and removal is refused].
     #[arg(long, env = "EDGESWARM_TRUST", value_delimiter = ',')]
     trust: Option<Vec<PathBuf>>,
+    /// `--import dir`: create character and block device nodes a layer
+    /// holds (only as root) [default: off: skipped with a warning].
+    #[arg(long, env = "EDGESWARM_DIR_DEVICE_NODES", num_args = 0..=1, default_missing_value = "true")]
+    dir_device_nodes: Option<bool>,
+    /// `--import dir`: keep setuid/setgid bits and file capabilities
+    /// (`security.capability`) [default: off: stripped with a warning].
+    #[arg(long, env = "EDGESWARM_DIR_KEEP_SETID", num_args = 0..=1, default_missing_value = "true")]
+    dir_keep_setid: Option<bool>,
     /// Accept releases and removals signed by any key, including
     /// `deploy` without --key (signed by the node's own identity). Anyone
     /// in the locality can then change what this node runs: for labs only
@@ -322,6 +330,8 @@ impl NodeArgs {
             import,
             trust,
             allow_any_publisher,
+            dir_device_nodes,
+            dir_keep_setid,
             api,
             label,
             chunk_size,
@@ -465,6 +475,10 @@ impl NodeArgs {
                 trusted,
                 allow_any_publisher,
                 labels,
+                dir: edgeswarm_node::import::DirPolicy {
+                    device_nodes: self.dir_device_nodes.unwrap_or(false),
+                    keep_setid: self.dir_keep_setid.unwrap_or(false),
+                },
                 chunk_size,
                 keep_versions,
                 unpack,

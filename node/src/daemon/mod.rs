@@ -142,6 +142,8 @@ pub struct DaemonConfig {
     pub keep_versions: usize,
     /// Bound on each layer's uncompressed size (decompression bombs).
     pub unpack: crate::import::UnpackLimit,
+    /// What `dir` imports may create (device nodes, setuid bits).
+    pub dir: crate::import::DirPolicy,
 }
 
 /// Default of [`DaemonConfig::keep_versions`].

@@ -162,6 +162,7 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
         image,
         &ImportOptions {
             unpack: inner.config.unpack,
+            dir: inner.config.dir,
             ..ImportOptions::default()
         },
     )

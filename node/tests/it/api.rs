@@ -43,6 +43,7 @@ async fn start(trusted: TrustedKeys, locality: &str) -> Api {
         chunk_size: ChunkSize::DEFAULT,
         keep_versions: 2,
         unpack: Default::default(),
+        dir: Default::default(),
     };
     let (daemon, _handle) = Daemon::start(config).await.unwrap();
     let token = edgeswarm_node::api::write_token_file(dir.path()).unwrap();

@@ -44,6 +44,7 @@ pub(crate) fn config(
         chunk_size: ChunkSize::new(256 << 10).unwrap(),
         keep_versions: 2,
         unpack: Default::default(),
+        dir: Default::default(),
     }
 }
 
