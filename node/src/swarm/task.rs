@@ -309,7 +309,7 @@ impl SwarmTask {
                 until_unix: unix + until.saturating_duration_since(now).as_secs(),
             })
             .collect();
-        list.sort_by(|a, b| b.until_unix.cmp(&a.until_unix));
+        list.sort_by_key(|b| std::cmp::Reverse(b.until_unix));
         list.truncate(MAX_PERSISTED_BANS);
         self.bans_saved.send_replace(list);
     }
