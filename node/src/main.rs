@@ -42,14 +42,15 @@ struct Cli {
 }
 
 const EXAMPLES: &str = "Examples:
-  edgeswarm node --data-dir /var/lib/edgeswarm --locality plant-7 --gateway
-  edgeswarm deploy registry.example:5000/app:v2
+  edgeswarm keygen --out publisher.key     # writes publisher.key and publisher.key.pub
+  edgeswarm swarm-key --out swarm.key      # the locality's membership key, for every node
+  edgeswarm node --data-dir /var/lib/edgeswarm --locality plant-7 --gateway \\
+    --trust publisher.key.pub --swarm-key swarm.key
+  edgeswarm deploy registry.example:5000/app:v2 --key publisher.key
   edgeswarm status --wait registry.example:5000/app:v2 --nodes 10 --timeout 600
   edgeswarm status --watch                 # live progress until every release is done
   edgeswarm images
-  edgeswarm rm registry.example:5000/app:v1 --locality
-  edgeswarm keygen --out publisher.key     # writes publisher.key and publisher.key.pub
-  edgeswarm swarm-key --out swarm.key";
+  edgeswarm rm registry.example:5000/app:v1 --key publisher.key";
 
 #[derive(Subcommand, Debug)]
 enum Command {

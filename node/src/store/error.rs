@@ -140,13 +140,18 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the error means the layout or chunk digests offered for a
-    /// blob contradict what is pinned or known: whoever offered them lied.
+    /// blob contradict a trusted fact: the size its descriptor pins
+    /// ([`Store::expect_size`](super::Store::expect_size)), or digests
+    /// already recorded, which (a member's map being stored whole, only
+    /// for an undeclared blob) came from the gateway's signed updates.
+    /// Whoever offered them lied. A layout conflict is not counted: for a
+    /// blob without a pinned size (the manifest) the first layout may have
+    /// been the lie, and another chunk size for the right size is none
+    /// (nodes cut the small documents they put whole with their own).
     pub fn is_false_layout(&self) -> bool {
         matches!(
             self,
-            StoreError::SizeMismatch { .. }
-                | StoreError::LayoutConflict { .. }
-                | StoreError::DigestConflict { .. }
+            StoreError::SizeMismatch { .. } | StoreError::DigestConflict { .. }
         )
     }
 
