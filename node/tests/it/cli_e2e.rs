@@ -942,7 +942,15 @@ async fn a_node_without_a_trusted_key_refuses_every_release_and_says_how_to_trus
     cli(&["deploy", &image, "--key", stranger, "--api", &lab.api])
         .await
         .succeeded();
-    wait_pins(&lab.api, "the lab node installs", |p| p.contains(&image)).await;
+    eventually(
+        "the lab node installs",
+        Duration::from_secs(120),
+        async || {
+            let p = pins(&lab.api).await;
+            p.contains(&image).then_some(()).ok_or(format!("{p:?}"))
+        },
+    )
+    .await;
     eventually(
         "the closed node refuses the gossiped release",
         Duration::from_secs(30),
