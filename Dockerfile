@@ -55,4 +55,8 @@ ENV EDGESWARM_DATA_DIR=/var/lib/edgeswarm
 # libp2p swarm (TCP) and the local API (loopback by default).
 EXPOSE 4001
 ENTRYPOINT ["/usr/local/bin/edgeswarm-entrypoint"]
+# Closed by default: give the node its keys (EDGESWARM_TRUST=publisher.key.pub,
+# EDGESWARM_SWARM_KEY=swarm.key, mounted in), or for a lab
+# EDGESWARM_ALLOW_ANY_PUBLISHER=true and EDGESWARM_OPEN_LOCALITY=true (what
+# docker-compose.yml sets); without either it refuses to start.
 CMD ["edgeswarm", "node"]
