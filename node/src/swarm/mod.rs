@@ -39,8 +39,10 @@
 //!   speed, whatever the number of nodes; a seed uploads each chunk about
 //!   once (rarest-first + seed sparing); partial blobs are served.
 //! - Every chunk is verified before use or forwarding; a peer that sends a
-//!   bad chunk or breaks the protocol is banned for a while; stalled peers'
-//!   requests move elsewhere; dead peers leave the availability maps.
+//!   bad chunk, a false chunk map, or breaks the protocol is banned for a
+//!   while (`ban_duration`, kept across restarts in `<data-dir>/bans.json`);
+//!   stalled peers' requests move elsewhere; dead peers leave the
+//!   availability maps.
 //! - Everything is bounded: channels, in-flight requests, upload slots,
 //!   inbound streams, frame sizes, connections.
 //!
