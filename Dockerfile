@@ -55,4 +55,9 @@ ENV EDGESWARM_DATA_DIR=/var/lib/edgeswarm
 # libp2p swarm (TCP) and the local API (loopback by default).
 EXPOSE 4001
 ENTRYPOINT ["/usr/local/bin/edgeswarm-entrypoint"]
+# Closed by default: give the node its keys (EDGESWARM_TRUST=publisher.key.pub,
+# EDGESWARM_SWARM_KEY=swarm.key, mounted in), or for a lab
+# EDGESWARM_ALLOW_ANY_PUBLISHER=true and EDGESWARM_OPEN_LOCALITY=true (what
+# docker-compose.yml sets). Without a swarm key or the open-locality setting
+# it does not start; without a trusted key it refuses every release.
 CMD ["edgeswarm", "node"]

@@ -266,7 +266,7 @@ pub struct RemoveRequest {
     pub locality: bool,
     /// With `locality`: a removal signed off-node by a publisher key
     /// (canonical CBOR, base64); without it the node signs with its own
-    /// identity, which only nodes without `--trust` accept.
+    /// identity, which only nodes run with `--allow-any-publisher` accept.
     #[serde(default)]
     pub removal: Option<String>,
 }

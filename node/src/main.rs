@@ -42,14 +42,15 @@ struct Cli {
 }
 
 const EXAMPLES: &str = "Examples:
-  edgeswarm node --data-dir /var/lib/edgeswarm --locality plant-7 --gateway
-  edgeswarm deploy registry.example:5000/app:v2
+  edgeswarm keygen --out publisher.key     # writes publisher.key and publisher.key.pub
+  edgeswarm swarm-key --out swarm.key      # the locality's membership key, for every node
+  edgeswarm node --data-dir /var/lib/edgeswarm --locality plant-7 --gateway \\
+    --trust publisher.key.pub --swarm-key swarm.key
+  edgeswarm deploy registry.example:5000/app:v2 --key publisher.key
   edgeswarm status --wait registry.example:5000/app:v2 --nodes 10 --timeout 600
   edgeswarm status --watch                 # live progress until every release is done
   edgeswarm images
-  edgeswarm rm registry.example:5000/app:v1 --locality
-  edgeswarm keygen --out publisher.key     # writes publisher.key and publisher.key.pub
-  edgeswarm swarm-key --out swarm.key";
+  edgeswarm rm registry.example:5000/app:v1 --key publisher.key";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -80,7 +81,8 @@ enum Command {
         /// Image reference, e.g. `registry:5000/app:v2` or `app@sha256:...`.
         image: String,
         /// Publisher secret key signing the release [default: the node's
-        /// own identity, accepted only by nodes without --trust].
+        /// own identity, accepted only by nodes run with
+        /// --allow-any-publisher].
         #[arg(long)]
         key: Option<PathBuf>,
         /// Only nodes carrying this label install the release
@@ -135,9 +137,9 @@ enum Command {
         /// request gossiped like a release) [default: this node only].
         #[arg(long)]
         locality: bool,
-        /// Publisher secret key signing the removal, needed when nodes run
-        /// with --trust; implies --locality [default: the node's own
-        /// identity].
+        /// Publisher secret key signing the removal, needed unless nodes run
+        /// with --allow-any-publisher; implies --locality [default: the
+        /// node's own identity].
         #[arg(long)]
         key: Option<PathBuf>,
         #[command(flatten)]
@@ -193,9 +195,16 @@ struct NodeArgs {
     #[arg(long, env = "EDGESWARM_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Option<Vec<String>>,
     /// Locality membership key (go-ipfs swarm.key); peers without it
-    /// cannot connect [default: none].
+    /// cannot connect [default: none: the node refuses to start unless
+    /// --open-locality is given].
     #[arg(long, env = "EDGESWARM_SWARM_KEY")]
     swarm_key: Option<PathBuf>,
+    /// Run without a swarm key: any host that reaches this node can join
+    /// the locality, serve it chunks and gossip to it (releases still need
+    /// a trusted publisher signature). For labs and closed networks
+    /// [default: off].
+    #[arg(long, env = "EDGESWARM_OPEN_LOCALITY", num_args = 0..=1, default_missing_value = "true")]
+    open_locality: Option<bool>,
     /// Disable mDNS discovery [default: mDNS on].
     #[arg(long, env = "EDGESWARM_NO_MDNS", num_args = 0..=1, default_missing_value = "true")]
     no_mdns: Option<bool>,
@@ -243,10 +252,25 @@ struct NodeArgs {
     /// the Docker socket answers, else dir].
     #[arg(long, env = "EDGESWARM_IMPORT")]
     import: Option<String>,
-    /// Accept only releases signed by this publisher public key file,
-    /// repeatable [default: accept releases signed by any key].
+    /// Accept only releases and removals signed by this publisher public
+    /// key file (`edgeswarm keygen` writes one), repeatable [default: none:
+    /// every release and removal is refused].
     #[arg(long, env = "EDGESWARM_TRUST", value_delimiter = ',')]
     trust: Option<Vec<PathBuf>>,
+    /// `--import dir`: create character and block device nodes a layer
+    /// holds (only as root) [default: off: skipped with a warning].
+    #[arg(long, env = "EDGESWARM_DIR_DEVICE_NODES", num_args = 0..=1, default_missing_value = "true")]
+    dir_device_nodes: Option<bool>,
+    /// `--import dir`: keep setuid/setgid bits and file capabilities
+    /// (`security.capability`) [default: off: stripped with a warning].
+    #[arg(long, env = "EDGESWARM_DIR_KEEP_SETID", num_args = 0..=1, default_missing_value = "true")]
+    dir_keep_setid: Option<bool>,
+    /// Accept releases and removals signed by any key, including
+    /// `deploy` without --key (signed by the node's own identity). Anyone
+    /// in the locality can then change what this node runs: for labs only
+    /// [default: off].
+    #[arg(long, env = "EDGESWARM_ALLOW_ANY_PUBLISHER", num_args = 0..=1, default_missing_value = "true")]
+    allow_any_publisher: Option<bool>,
     /// Local HTTP API address [default: 127.0.0.1:7465].
     #[arg(long, env = "EDGESWARM_API")]
     api: Option<SocketAddr>,
@@ -292,6 +316,7 @@ impl NodeArgs {
             listen,
             bootstrap,
             swarm_key,
+            open_locality,
             no_mdns,
             max_upload_rate,
             upload_slots,
@@ -305,6 +330,9 @@ impl NodeArgs {
             platform,
             import,
             trust,
+            allow_any_publisher,
+            dir_device_nodes,
+            dir_keep_setid,
             api,
             label,
             chunk_size,
@@ -391,6 +419,10 @@ impl NodeArgs {
             })?;
             trusted.insert(key);
         }
+        let allow_any_publisher = self.allow_any_publisher.unwrap_or(false);
+        if allow_any_publisher && !trusted.is_empty() {
+            bail!("--allow-any-publisher and --trust exclude each other: drop one");
+        }
         let mut labels = BTreeMap::new();
         for term in self.label.unwrap_or_default() {
             let (k, v) = Release::parse_selector_term(&term).context("--label")?;
@@ -423,6 +455,15 @@ impl NodeArgs {
         if let Some(s) = &self.max_layer_unpacked {
             unpack.cap = parse_size("--max-layer-unpacked", s)?;
         }
+        // Last, so that a mistyped option is named before this.
+        if swarm.swarm_key.is_none() && !self.open_locality.unwrap_or(false) {
+            bail!(
+                "no --swarm-key: without one any host that reaches this node can join its \
+                 locality. Write a key with `edgeswarm swarm-key --out swarm.key`, give it to \
+                 every node with --swarm-key swarm.key, or pass --open-locality to run an open \
+                 locality (labs, closed networks)"
+            );
+        }
         Ok((
             DaemonConfig {
                 data_dir,
@@ -433,7 +474,12 @@ impl NodeArgs {
                 platform,
                 import,
                 trusted,
+                allow_any_publisher,
                 labels,
+                dir: edgeswarm_node::import::DirPolicy {
+                    device_nodes: self.dir_device_nodes.unwrap_or(false),
+                    keep_setid: self.dir_keep_setid.unwrap_or(false),
+                },
                 chunk_size,
                 keep_versions,
                 unpack,
@@ -888,6 +934,9 @@ async fn status(client: &ClientArgs, watch: bool) -> Result<()> {
         }
         let view: StatusView = serde_json::from_value(value).context("status shape")?;
         if operator::stdout_is_terminal() {
+            for w in &view.this.warnings {
+                eprintln!("warning: {w}");
+            }
             operator::Bars::new().show_once(&view);
         } else {
             print!("{}", operator::render_plain(&view));

@@ -100,6 +100,9 @@ pub(crate) fn render_plain(view: &StatusView) -> String {
             )
         )
     );
+    for w in &me.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
     for r in &me.releases {
         let _ = writeln!(out, "{}", release_line(r));
     }
@@ -446,6 +449,7 @@ mod tests {
                 locality: "plant-7".into(),
                 connected_peers: 1,
                 releases: vec![mine],
+                warnings: vec![],
             },
             nodes: vec![PeerView {
                 peer_id: "12D3KooWpeer".into(),

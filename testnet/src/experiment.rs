@@ -506,6 +506,30 @@ pub fn upload_pace(link: Rate, percent: u32) -> Option<u64> {
     (percent > 0).then(|| link.bits_per_sec() / 8 * u64::from(percent) / 100)
 }
 
+/// The run's publisher secret key (`<work>/es-data/publisher.key`; its
+/// public half beside it, `.key.pub`).
+fn publisher_key_path(spec: &RunSpec) -> PathBuf {
+    spec.work.join("es-data/publisher.key")
+}
+
+/// Writes a fresh publisher key pair for one run with `edgeswarm keygen`.
+fn write_publisher_key(tools: &Tools, spec: &RunSpec) -> Result<PathBuf> {
+    let key = publisher_key_path(spec);
+    if let Some(dir) = key.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| TestnetError::io(format!("creating {}", dir.display()), e))?;
+    }
+    let args = [
+        "keygen".to_string(),
+        "--out".into(),
+        key.display().to_string(),
+    ];
+    let program = tools.edgeswarm.display().to_string();
+    let out = crate::cmd::output(&program, &args)?;
+    crate::cmd::check(&program, &args, &out)?;
+    Ok(key)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn node_spec(
     tools: &Tools,
@@ -534,6 +558,16 @@ fn node_spec(
             api_addr(addr).to_string(),
             "--import".into(),
             spec.import.clone(),
+            // Every node trusts the run's publisher key and nothing else.
+            "--trust".into(),
+            publisher_key_path(spec)
+                .with_extension("key.pub")
+                .display()
+                .to_string(),
+            // The namespaces reach nothing but each other; a swarm key
+            // would add pnet's second encryption to every byte measured
+            // and make runs incomparable with earlier ones.
+            "--open-locality".into(),
         ]);
     if gateway {
         s = s.args(["--gateway", "--insecure-registry", registry_host]);
@@ -604,6 +638,7 @@ pub fn run_edgeswarm(
     let n = nodes.len();
     let node_rate = topo.state().node_rate;
     let _ = std::fs::remove_dir_all(spec.work.join("es-data"));
+    let publisher_key = write_publisher_key(tools, spec)?;
     progress(&Progress::Starting { nodes: n });
     let formed = Instant::now();
     let mut loc = Locality {
@@ -726,6 +761,8 @@ pub fn run_edgeswarm(
             &api_addr(nodes[0].addr).to_string(),
             "--token-file",
             &token_file.display().to_string(),
+            "--key",
+            &publisher_key.display().to_string(),
             "--json",
         ],
     )?;

@@ -336,6 +336,10 @@ fn edgeswarm_deploy(
             &registry,
             "--import",
             "docker",
+            // One node measuring the registry pull: trust and membership
+            // are not what it measures (lab flags).
+            "--allow-any-publisher",
+            "--open-locality",
         ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

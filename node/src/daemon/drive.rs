@@ -22,10 +22,12 @@ use crate::swarm::Topic;
 impl Inner {
     /// Checks a release against this node's trust policy and locality.
     pub(super) fn check_release(&self, signed: &SignedRelease) -> Result<Release, DaemonError> {
-        let release = if self.config.trusted.is_empty() {
+        let release = if !self.config.trusted.is_empty() {
+            signed.verify_trusted(&self.config.trusted)
+        } else if self.config.allow_any_publisher {
             signed.verify_embedded()
         } else {
-            signed.verify_trusted(&self.config.trusted)
+            return Err(DaemonError::Refused(super::NO_TRUSTED_KEY.to_owned()));
         }
         .map_err(|e| DaemonError::Refused(e.to_string()))?
         .clone();

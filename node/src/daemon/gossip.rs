@@ -181,7 +181,16 @@ async fn on_chunk_digests(
         .create_blob(update.blob, update.blob_size, update.chunk_size)
         .await
     {
-        tracing::warn!(blob = %update.blob, error = %e, "cannot declare layer");
+        if e.is_false_layout() {
+            // Signed by the elected gateway, and contradicting the verified
+            // manifest (or what it signed before): the gateway lies.
+            tracing::warn!(%source, blob = %update.blob, error = %e, "gateway's layout refused; banning it");
+            inner
+                .swarm
+                .ban(source, format!("false layout of {}: {e}", update.blob));
+        } else {
+            tracing::warn!(blob = %update.blob, error = %e, "cannot declare layer");
+        }
         return;
     }
     if let Err(e) = store

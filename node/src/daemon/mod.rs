@@ -45,8 +45,9 @@
 //!
 //! ## Trust chain
 //!
-//! A release is signed by a publisher key the node trusts (or, when the
-//! node has no `--trust` key, by any key: the embedded-signer mode). It pins
+//! A release is signed by a publisher key the node trusts. A node with no
+//! `--trust` key refuses every release and removal, unless it runs with
+//! `--allow-any-publisher` (labs: any key, the embedded-signer mode). It pins
 //! the manifest digest; the manifest (fetched from anyone, verified by that
 //! digest) pins the config and layer digests; the config pins the diff_ids.
 //! The gateway's signed resolution is only a hint that the release is
@@ -126,8 +127,12 @@ pub struct DaemonConfig {
     pub platform: Platform,
     /// Import sink; `None` picks Docker when its socket answers, else `dir`.
     pub import: Option<ImportSinkKind>,
-    /// Publisher keys accepted for releases; empty accepts any signer.
+    /// Publisher keys accepted for releases and removals. Empty refuses
+    /// them all unless `allow_any_publisher`.
     pub trusted: TrustedKeys,
+    /// With no `trusted` key: accept releases and removals signed by any
+    /// key (labs only; logged loudly at start and shown in status).
+    pub allow_any_publisher: bool,
     /// This node's labels, matched against release selectors.
     pub labels: BTreeMap<String, String>,
     /// Chunk size the gateway cuts layers in.
@@ -137,6 +142,8 @@ pub struct DaemonConfig {
     pub keep_versions: usize,
     /// Bound on each layer's uncompressed size (decompression bombs).
     pub unpack: crate::import::UnpackLimit,
+    /// What `dir` imports may create (device nodes, setuid bits).
+    pub dir: crate::import::DirPolicy,
 }
 
 /// Default of [`DaemonConfig::keep_versions`].
@@ -217,6 +224,9 @@ impl Daemon {
             sink = %sink.kind(),
             "node started"
         );
+        for warning in trust_warnings(&config) {
+            tracing::warn!("{warning}");
+        }
         let metrics = DaemonMetrics::default();
         let mut registry_metrics = prometheus_client::registry::Registry::with_prefix("edgeswarm");
         metrics.register(&mut registry_metrics);
@@ -285,6 +295,39 @@ impl Daemon {
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
     }
+}
+
+/// Why this node refuses every release and removal, when it does: no
+/// trusted publisher key and no `--allow-any-publisher`.
+pub(crate) const NO_TRUSTED_KEY: &str = "this node trusts no publisher key, so it refuses every \
+     release and removal: write a key pair with `edgeswarm keygen --out publisher.key`, start \
+     the node with `--trust publisher.key.pub`, and deploy with `--key publisher.key` \
+     (labs: `--allow-any-publisher`)";
+
+/// What an operator must know about this node's trust and membership
+/// settings: logged at start and shown in status.
+pub(crate) fn trust_warnings(config: &DaemonConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.trusted.is_empty() {
+        if config.allow_any_publisher {
+            out.push(
+                "--allow-any-publisher: this node installs and removes whatever any key signs; \
+                 anyone in the locality can change what it runs (labs only)"
+                    .to_owned(),
+            );
+        } else {
+            out.push(NO_TRUSTED_KEY.to_owned());
+        }
+    }
+    if config.swarm.swarm_key.is_none() {
+        out.push(
+            "open locality (no swarm key): any host that reaches this node can join the \
+             locality, gossip to it and exchange chunks; use `edgeswarm swarm-key --out \
+             swarm.key` and `--swarm-key swarm.key` on every node to close it"
+                .to_owned(),
+        );
+    }
+    out
 }
 
 /// The ed25519 public key behind a peer id (libp2p inlines ed25519 keys).

@@ -75,6 +75,18 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
     let config_digest = parse_digest(&manifest.config.digest, || {
         "manifest config digest".to_owned()
     })?;
+    // The verified manifest pins every blob's size: a chunk map or a
+    // gateway layout of another size is refused (and its sender banned).
+    let mut pinned_sizes = vec![(config_digest, manifest.config.size)];
+    for descriptor in &manifest.layers {
+        let digest = parse_digest(&descriptor.digest, || {
+            format!("layer digest {}", descriptor.digest)
+        })?;
+        pinned_sizes.push((digest, descriptor.size));
+    }
+    for (digest, size) in pinned_sizes {
+        inner.store.expect_size(digest, size)?;
+    }
     let config_bytes = fetch_document(inner, id, config_digest).await?;
     let config: ImageConfig =
         serde_json::from_slice(&config_bytes).map_err(ReleaseError::Config)?;
@@ -150,6 +162,7 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
         image,
         &ImportOptions {
             unpack: inner.config.unpack,
+            dir: inner.config.dir,
             ..ImportOptions::default()
         },
     )

@@ -157,7 +157,7 @@ impl Daemon {
     }
 
     /// Signs a removal of `image` for this locality with the node's own
-    /// identity (accepted by nodes without `--trust`).
+    /// identity (accepted only by nodes run with `--allow-any-publisher`).
     pub fn sign_removal(&self, image: &str) -> SignedRemoval {
         SignedRemoval::sign(
             Removal {
@@ -174,10 +174,14 @@ impl Daemon {
 impl Inner {
     /// Checks a removal against this node's trust policy and locality.
     pub(super) fn check_removal(&self, signed: &SignedRemoval) -> Result<Removal, DaemonError> {
-        let removal = if self.config.trusted.is_empty() {
+        let removal = if !self.config.trusted.is_empty() {
+            signed.verify_trusted(&self.config.trusted)
+        } else if self.config.allow_any_publisher {
             signed.verify_embedded()
         } else {
-            signed.verify_trusted(&self.config.trusted)
+            return Err(DaemonError::RemovalRefused(
+                super::NO_TRUSTED_KEY.to_owned(),
+            ));
         }
         .map_err(|e| DaemonError::RemovalRefused(e.to_string()))?
         .clone();

@@ -176,6 +176,11 @@ pub struct SelfView {
     pub connected_peers: usize,
     /// Its releases.
     pub releases: Vec<ReleaseView>,
+    /// What the operator must fix or know about its trust and membership
+    /// settings: no trusted publisher key (refuses every release, and how
+    /// to trust one), `--allow-any-publisher`, an open locality.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl Daemon {
@@ -247,6 +252,7 @@ impl Daemon {
                 locality: self.inner.config.swarm.locality.clone(),
                 connected_peers,
                 releases,
+                warnings: super::trust_warnings(&self.inner.config),
             },
             nodes,
             refused: self.inner.releases.refusals(),

@@ -37,8 +37,10 @@
 //!
 //! # Non-goals
 //! Sparse files and PAX size overrides (files >8 GiB) are rejected; device
-//! nodes need root and are skipped otherwise; xattrs of directories that
-//! already existed in a lower layer are not updated.
+//! nodes are skipped (with a warning) unless [`DirPolicy::device_nodes`]
+//! and root; setuid/setgid bits and `security.capability` xattrs are
+//! stripped unless [`DirPolicy::keep_setid`]; the sink root is 0700; xattrs
+//! of directories that already existed in a lower layer are not updated.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::OsStr;
@@ -56,14 +58,23 @@ use tar::EntryType;
 use super::layer::{stream_layer, Expected, LayerStats};
 use super::publish::{publish, WORK_PREFIX};
 use super::{
-    image_dir_name, is_echo, ImageImport, ImportError, ImportOptions, LayerAction, LayerInfo,
-    LayerReport, ParsedImage,
+    image_dir_name, is_echo, DirPolicy, ImageImport, ImportError, ImportOptions, LayerAction,
+    LayerInfo, LayerReport, ParsedImage,
 };
 
 /// Longest GNU long name / long link we accept (Linux PATH_MAX is 4096).
 const MAX_LONG_NAME: u64 = 64 * 1024;
 /// Largest PAX extension header we accept (xattrs included).
 const MAX_PAX: u64 = 1024 * 1024;
+
+/// Who extracts, and what the [`DirPolicy`] lets a layer create.
+#[derive(Clone, Copy, Debug)]
+struct Perms {
+    /// The node runs as root (owners, device nodes possible).
+    is_root: bool,
+    /// What the operator allowed.
+    policy: DirPolicy,
+}
 
 /// Metadata a tar gives a directory, applied after everything is in place.
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +110,11 @@ pub(super) async fn import(
         let root = root.clone();
         blocking(move || {
             fs::create_dir_all(&root).map_err(|e| ImportError::io("create", &root, e))?;
+            // Like Docker's 0710 data root: the trees below keep the
+            // image's modes for the container, and local users cannot
+            // reach them.
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+                .map_err(|e| ImportError::io("chmod", &root, e))?;
             let work = tempfile::Builder::new()
                 .prefix(WORK_PREFIX)
                 .tempdir_in(&root)
@@ -114,6 +130,10 @@ pub(super) async fn import(
     };
     let merged = work.path().join("rootfs");
     let is_root = rustix::process::geteuid().is_root();
+    let perms = Perms {
+        is_root,
+        policy: options.dir,
+    };
     let abort = Arc::new(AtomicBool::new(false));
     let semaphore = Arc::new(tokio::sync::Semaphore::new(
         options.max_parallel_layers.max(1),
@@ -144,7 +164,7 @@ pub(super) async fn import(
                     let span = tracing::debug_span!("extract_layer", index);
                     let _enter = span.enter();
                     let mut reader = source.reader;
-                    extract_layer(index, &mut *reader, &info, &staging, abort, is_root)
+                    extract_layer(index, &mut *reader, &info, &staging, abort, perms)
                         .map(|(stats, staged)| (stats, staged, staging))
                 });
                 if handles_tx.send(handle).await.is_err() {
@@ -241,7 +261,7 @@ fn extract_layer(
     info: &LayerInfo,
     staging: &Path,
     abort: Arc<AtomicBool>,
-    is_root: bool,
+    perms: Perms,
 ) -> Result<(LayerStats, Staged), ImportError> {
     fs::DirBuilder::new()
         .mode(0o755)
@@ -260,7 +280,7 @@ fn extract_layer(
         },
         None,
         Some(abort),
-        &mut |plain| extract_tar(index, plain, staging, &mut staged, is_root),
+        &mut |plain| extract_tar(index, plain, staging, &mut staged, perms),
     )?;
     Ok((stats, staged))
 }
@@ -375,9 +395,11 @@ fn extract_tar(
     plain: &mut dyn Read,
     staging: &Path,
     staged: &mut Staged,
-    is_root: bool,
+    perms: Perms,
 ) -> Result<(), ImportError> {
+    let is_root = perms.is_root;
     let bad = |reason: String| ImportError::BadTar { index, reason };
+    let mut stripped = 0usize;
     let mut archive = tar::Archive::new(plain);
     // Raw mode: we handle long names and PAX ourselves, with size caps.
     let entries = archive.entries().map_err(|e| bad(e.to_string()))?.raw(true);
@@ -465,7 +487,17 @@ fn extract_tar(
             path: String::from_utf8_lossy(&path_bytes).into_owned(),
             reason,
         };
-        let mode = header.mode().map_err(|e| bad(e.to_string()))? & 0o7777;
+        let mut mode = header.mode().map_err(|e| bad(e.to_string()))? & 0o7777;
+        if !perms.policy.keep_setid {
+            // A setuid-root binary in a tree local users can reach is a
+            // root shell for them; file capabilities likewise.
+            let before = xattrs.len();
+            xattrs.retain(|(name, _)| name.as_slice() != b"security.capability");
+            if mode & 0o6000 != 0 || xattrs.len() != before {
+                stripped += 1;
+            }
+            mode &= !0o6000;
+        }
         let meta = DirMeta {
             mode,
             mtime,
@@ -563,6 +595,10 @@ fn extract_tar(
                     EntryType::Block => rustix::fs::FileType::BlockDevice,
                     _ => rustix::fs::FileType::Fifo,
                 };
+                if kind != EntryType::Fifo && !perms.policy.device_nodes {
+                    tracing::warn!(index, path = %rel.display(), "skipping device node (allow with --dir-device-nodes)");
+                    continue;
+                }
                 if kind != EntryType::Fifo && !is_root {
                     tracing::debug!(index, path = %rel.display(), "skipping device node (not root)");
                     continue;
@@ -586,6 +622,13 @@ fn extract_tar(
                 tracing::debug!(index, path = %rel.display(), kind = ?other, "skipping tar entry type");
             }
         }
+    }
+    if stripped > 0 {
+        tracing::warn!(
+            index,
+            entries = stripped,
+            "setuid/setgid bits and file capabilities stripped (keep with --dir-keep-setid)"
+        );
     }
     Ok(())
 }

@@ -246,6 +246,8 @@ pub struct ImportOptions {
     pub max_parallel_layers: usize,
     /// Bound on each layer's uncompressed size.
     pub unpack: layer::UnpackLimit,
+    /// What a `dir` import may create beyond plain files.
+    pub dir: DirPolicy,
 }
 
 impl Default for ImportOptions {
@@ -253,8 +255,22 @@ impl Default for ImportOptions {
         ImportOptions {
             max_parallel_layers: 8,
             unpack: layer::UnpackLimit::default(),
+            dir: DirPolicy::default(),
         }
     }
+}
+
+/// What a `dir` import may create beyond plain files and directories. The
+/// rootfs tree is readable by the node's host: by default nothing in it
+/// gives a local user more rights than the image's plain files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirPolicy {
+    /// Create character and block device nodes (as root only) [default:
+    /// off: skipped with a warning].
+    pub device_nodes: bool,
+    /// Keep setuid/setgid bits and `security.capability` xattrs [default:
+    /// off: stripped].
+    pub keep_setid: bool,
 }
 
 /// What happened to one layer.

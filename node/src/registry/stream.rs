@@ -355,13 +355,29 @@ impl BlobState {
     }
 }
 
-/// `bytes START-END/TOTAL` -> (START, TOTAL if known).
+/// `bytes START-END/TOTAL` -> (START, TOTAL if known). A range that
+/// ends before it starts, or past a known total, is not a range (RFC 9110
+/// 14.4): refused, so a broken or hostile server cannot set the blob's
+/// size below the bytes it then sends.
 fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
-    let (start, _end) = range.split_once('-')?;
-    let start = start.trim().parse().ok()?;
-    let total = total.trim().parse().ok();
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => {
+            let t: u64 = t.parse().ok()?;
+            if end >= t {
+                return None;
+            }
+            Some(t)
+        }
+    };
     Some((start, total))
 }
 
@@ -377,5 +393,25 @@ mod tests {
         );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
+        assert_eq!(parse_content_range("bytes 9-5/20"), None);
+        assert_eq!(parse_content_range("bytes 5-20/20"), None);
+        assert_eq!(parse_content_range("bytes 5-9/x"), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// `Content-Range` from a registry (or anything between it and us)
+        /// never panics the parser; what parses is a sane range.
+        #[test]
+        fn content_range_never_panics(
+            text in "(bytes )?[0-9*]{0,22}(-[0-9]{0,22})?(/[0-9*]{0,22})?",
+            noise in ".{0,40}",
+        ) {
+            for value in [text.as_str(), noise.as_str()] {
+                if let Some((start, Some(total))) = parse_content_range(value) {
+                    proptest::prop_assert!(start < total);
+                }
+            }
+        }
     }
 }

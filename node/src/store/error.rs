@@ -89,6 +89,17 @@ pub enum StoreError {
         /// Chunk size offered now.
         chunk_size: ChunkSize,
     },
+    /// The blob's size differs from the size its descriptor (the verified
+    /// manifest, or the release's gateway) pins: the layout is a lie.
+    #[error("blob {blob} is {expected} bytes by its descriptor; refused a layout of {size} bytes")]
+    SizeMismatch {
+        /// The blob.
+        blob: Digest,
+        /// The size its descriptor pins.
+        expected: u64,
+        /// The size offered.
+        size: u64,
+    },
     /// The chunk is not stored (yet).
     #[error("chunk {index} of blob {blob} is not stored")]
     ChunkMissing {
@@ -128,6 +139,22 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the error means the layout or chunk digests offered for a
+    /// blob contradict a trusted fact: the size its descriptor pins
+    /// ([`Store::expect_size`](super::Store::expect_size)), or digests
+    /// already recorded, which (a member's map being stored whole, only
+    /// for an undeclared blob) came from the gateway's signed updates.
+    /// Whoever offered them lied. A layout conflict is not counted: for a
+    /// blob without a pinned size (the manifest) the first layout may have
+    /// been the lie, and another chunk size for the right size is none
+    /// (nodes cut the small documents they put whole with their own).
+    pub fn is_false_layout(&self) -> bool {
+        matches!(
+            self,
+            StoreError::SizeMismatch { .. } | StoreError::DigestConflict { .. }
+        )
+    }
+
     /// Whether the offered chunk bytes were wrong (wrong length or digest):
     /// the peer that sent them is at fault, not this node. The swarm uses
     /// this to penalise senders without blaming them for local disk trouble.

@@ -216,6 +216,17 @@ struct Inner {
     closing: AtomicBool,
     /// Unique suffix for temp files.
     tmp_seq: AtomicU64,
+    /// Sizes that descriptors pin for blobs (bounded): a layout of another
+    /// size is refused whoever offers it.
+    expected: Mutex<HashMap<Digest, u64>>,
+}
+
+/// Most blob sizes [`Store::expect_size`] remembers (a few releases' layers).
+const MAX_EXPECTED_SIZES: usize = 4096;
+
+/// The expected-size table, recovered when poisoned (plain data).
+fn lock_expected(m: &Mutex<HashMap<Digest, u64>>) -> MutexGuard<'_, HashMap<Digest, u64>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The in-memory index.
@@ -880,6 +891,15 @@ impl Store {
             }
             .into());
         }
+        if let Some(&expected) = lock_expected(&self.inner.expected).get(&blob) {
+            if expected != size {
+                return Err(StoreError::SizeMismatch {
+                    blob,
+                    expected,
+                    size,
+                });
+            }
+        }
         self.check_open()?;
         let _admin = self.inner.admin.lock().await;
         if let Some(b) = self.inner.lock().blobs.get(&blob) {
@@ -1032,6 +1052,37 @@ impl Store {
             };
         }
         self.add_chunk_digests(blob, 0, map.digests()).await
+    }
+
+    /// Pins `blob`'s size to what its descriptor (a verified manifest)
+    /// says: any later layout of another size is refused
+    /// ([`StoreError::SizeMismatch`]), whoever offers it. Fails when the
+    /// blob is already declared with another size.
+    pub fn expect_size(&self, blob: Digest, size: u64) -> Result<(), StoreError> {
+        {
+            let mut expected = lock_expected(&self.inner.expected);
+            if expected.len() >= MAX_EXPECTED_SIZES && !expected.contains_key(&blob) {
+                // Oldest entries are not tracked; any one will do, since a
+                // release re-pins its layers each time it runs.
+                if let Some(k) = expected.keys().next().copied() {
+                    expected.remove(&k);
+                }
+            }
+            expected.insert(blob, size);
+        }
+        match self.blob_info(&blob) {
+            Some(info) if info.size != size => Err(StoreError::SizeMismatch {
+                blob,
+                expected: size,
+                size: info.size,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The size pinned for `blob` by [`Store::expect_size`], if any.
+    pub fn expected_size(&self, blob: &Digest) -> Option<u64> {
+        lock_expected(&self.inner.expected).get(blob).copied()
     }
 
     /// The chunk map once every digest is known.

@@ -38,6 +38,7 @@ pub(super) fn open(
         events,
         closing: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
+        expected: Default::default(),
     };
     let tmp = inner.dir.join("tmp");
     for e in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {

@@ -37,6 +37,11 @@ pub enum ChunkStoreError {
     /// chunk map was wrong (nobody sent a bad chunk).
     #[error("blob corrupt: {0}")]
     BlobCorrupt(String),
+    /// A chunk map contradicts what is pinned or known of its blob (the
+    /// size its descriptor gives, digests the release's gateway signed):
+    /// whoever offered it lied.
+    #[error("false chunk map: {0}")]
+    FalseLayout(String),
     /// A local problem (disk, quota): nobody else is at fault.
     #[error("store failure: {0}")]
     Local(String),
@@ -204,6 +209,7 @@ fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
         StoreError::Chunk(c) => ChunkStoreError::Corrupt(c.to_string()),
         StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
         e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
+        e if e.is_false_layout() => ChunkStoreError::FalseLayout(e.to_string()),
         e => ChunkStoreError::Local(e.to_string()),
     }
 }

@@ -117,4 +117,39 @@ mod tests {
             assert_eq!(read_message(&mut r).await.unwrap(), hello);
         });
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The node's own frame reader (`read_message`, as every chunk
+        /// stream uses it) on arbitrary bytes: an error or a message,
+        /// never a panic, and never a header read past the 64 KiB bound.
+        #[test]
+        fn read_message_never_panics_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            valid_prefix in proptest::prelude::any::<bool>(),
+        ) {
+            let mut input = Vec::new();
+            if valid_prefix {
+                // A plausible length prefix, so the decoder gets past it.
+                input.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            }
+            input.extend_from_slice(&bytes);
+            futures::executor::block_on(async {
+                let mut r: &[u8] = &input;
+                while let Ok(msg) = read_message(&mut r).await {
+                    // Whatever decodes re-encodes to the same message.
+                    let mut buf = Vec::new();
+                    let payload = vec![0u8; msg.payload_len().min(1 << 16) as usize];
+                    if payload.len() as u64 == msg.payload_len() {
+                        write_message(&mut buf, &msg, &payload).await.unwrap();
+                        let mut again: &[u8] = &buf;
+                        assert_eq!(read_message(&mut again).await.unwrap(), msg);
+                    }
+                    // Skip the payload as a caller would.
+                    let skip = (msg.payload_len() as usize).min(r.len());
+                    r = &r[skip..];
+                }
+            });
+        }
+    }
 }

@@ -39,8 +39,10 @@
 //!   speed, whatever the number of nodes; a seed uploads each chunk about
 //!   once (rarest-first + seed sparing); partial blobs are served.
 //! - Every chunk is verified before use or forwarding; a peer that sends a
-//!   bad chunk or breaks the protocol is banned for a while; stalled peers'
-//!   requests move elsewhere; dead peers leave the availability maps.
+//!   bad chunk, a false chunk map, or breaks the protocol is banned for a
+//!   while (`ban_duration`, kept across restarts in `<data-dir>/bans.json`);
+//!   stalled peers' requests move elsewhere; dead peers leave the
+//!   availability maps.
 //! - Everything is bounded: channels, in-flight requests, upload slots,
 //!   inbound streams, frame sizes, connections.
 //!
@@ -71,6 +73,7 @@ use tokio_util::sync::CancellationToken;
 pub use behaviour::{Protocols, Topic};
 pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite};
 pub use metrics::{SwarmMetrics, SwarmStats};
+pub use task::BANS_FILE;
 
 /// Errors of the swarm layer.
 #[derive(Debug, thiserror::Error)]
@@ -318,9 +321,17 @@ pub struct SwarmClient {
     exchange: Arc<dyn exchange::Fetch>,
     metrics: SwarmMetrics,
     shutdown: CancellationToken,
+    bans: BanRequests,
 }
 
 impl SwarmClient {
+    /// Bans `peer` (it lied in a way only the daemon sees, such as a
+    /// gateway's layout contradicting the verified manifest). Never
+    /// dropped, like the exchange's bans.
+    pub fn ban(&self, peer: PeerId, reason: String) {
+        self.bans.ban(peer, reason);
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,

@@ -27,6 +27,79 @@ use super::{ChunkStore, Command, ReceivedGossip, SwarmClient, SwarmConfig, Swarm
 /// Capacity of the command channel.
 const COMMANDS: usize = 256;
 
+/// Where bans are kept across restarts, in the data dir: a peer banned for
+/// lying must not get a fresh start by waiting for the node to restart.
+pub const BANS_FILE: &str = "bans.json";
+/// Most bans persisted (those ending last); more are a flood of fresh
+/// peer ids, which a ban list cannot stop anyway.
+const MAX_PERSISTED_BANS: usize = 4096;
+
+/// One ban in [`BANS_FILE`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PersistedBan {
+    /// The banned peer id.
+    peer: String,
+    /// When the ban ends (unix seconds).
+    until_unix: u64,
+}
+
+/// Seconds since the unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads the persisted bans still in force (blocking). A missing or
+/// unreadable file is no bans (logged): a ban list is a defence, not state
+/// the node needs to run.
+fn load_bans(path: &std::path::Path) -> Vec<(PeerId, Duration)> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "bans not read");
+            return Vec::new();
+        }
+    };
+    let list: Vec<PersistedBan> = match serde_json::from_slice(&bytes) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "bans file unreadable; ignored");
+            return Vec::new();
+        }
+    };
+    let now = unix_now();
+    list.into_iter()
+        .take(MAX_PERSISTED_BANS)
+        .filter(|b| b.until_unix > now)
+        .filter_map(|b| {
+            let peer = b.peer.parse().ok()?;
+            Some((peer, Duration::from_secs(b.until_unix - now)))
+        })
+        .collect()
+}
+
+/// Writes every snapshot of the ban list it is handed, newest only
+/// (a `watch` channel), crash-safe, off the swarm task.
+async fn save_bans(path: PathBuf, mut rx: tokio::sync::watch::Receiver<Vec<PersistedBan>>) {
+    while rx.changed().await.is_ok() {
+        let list = rx.borrow_and_update().clone();
+        let dest = path.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&list).map_err(std::io::Error::other)?;
+            crate::fsutil::write_atomic(&dest, &bytes)
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(path = %path.display(), error = %e, "bans not saved"),
+            Err(e) => warn!(error = %e, "bans save task failed"),
+        }
+    }
+}
+
 pub(crate) async fn start<S: ChunkStore>(
     config: SwarmConfig,
     key_path: PathBuf,
@@ -93,6 +166,15 @@ pub(crate) async fn start<S: ChunkStore>(
         )?),
         None => Arc::new(NoStore),
     };
+    let bans_path = config.data_dir.join(BANS_FILE);
+    let restored = {
+        let path = bans_path.clone();
+        tokio::task::spawn_blocking(move || load_bans(&path))
+            .await
+            .map_err(|e| SwarmError::Config(e.to_string()))?
+    };
+    let (bans_tx, bans_rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(save_bans(bans_path, bans_rx));
     let mut state = SwarmTask {
         swarm,
         protocols,
@@ -101,14 +183,24 @@ pub(crate) async fn start<S: ChunkStore>(
         gossip: gossip_tx.clone(),
         metrics: metrics.clone(),
         bans: HashMap::new(),
-        ban_requests: bans,
+        ban_requests: bans.clone(),
         ban_duration: config.ban_duration,
         limiter: super::ratelimit::GossipLimiter::new(config.gossip_rate, config.gossip_burst),
         provider_queries: HashMap::new(),
         bootstrapped: false,
         shutdown: shutdown.clone(),
         connected,
+        bans_saved: bans_tx,
     };
+    if !restored.is_empty() {
+        info!(peers = restored.len(), "bans restored from the data dir");
+    }
+    let now = Instant::now();
+    for (peer, left) in restored {
+        state.bans.insert(peer, now + left);
+        state.swarm.behaviour_mut().blocked.block_peer(peer);
+    }
+    state.metrics.banned_peers.set(state.bans.len() as i64);
     for addr in &config.bootstrap {
         state.add_bootstrap(addr.clone());
     }
@@ -121,6 +213,7 @@ pub(crate) async fn start<S: ChunkStore>(
         exchange,
         metrics,
         shutdown,
+        bans,
     };
     Ok((client, handle))
 }
@@ -136,6 +229,8 @@ struct SwarmTask {
     bans: HashMap<PeerId, Instant>,
     /// Bans asked for by the exchange.
     ban_requests: super::BanRequests,
+    /// Snapshots of `bans` for the task that persists them.
+    bans_saved: tokio::sync::watch::Sender<Vec<PersistedBan>>,
     ban_duration: Duration,
     /// Per-peer rate limit of valid gossip.
     limiter: super::ratelimit::GossipLimiter,
@@ -189,12 +284,34 @@ impl SwarmTask {
             .filter(|(_, until)| **until <= now)
             .map(|(p, _)| *p)
             .collect();
+        let changed = !expired.is_empty();
         for p in expired {
             self.bans.remove(&p);
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
             info!(peer = %p, "ban expired");
         }
         self.metrics.banned_peers.set(self.bans.len() as i64);
+        if changed {
+            self.persist_bans();
+        }
+    }
+
+    /// Hands the ban list to the saver (newest snapshot wins; no disk
+    /// work here).
+    fn persist_bans(&self) {
+        let now = Instant::now();
+        let unix = unix_now();
+        let mut list: Vec<PersistedBan> = self
+            .bans
+            .iter()
+            .map(|(peer, until)| PersistedBan {
+                peer: peer.to_string(),
+                until_unix: unix + until.saturating_duration_since(now).as_secs(),
+            })
+            .collect();
+        list.sort_by_key(|b| std::cmp::Reverse(b.until_unix));
+        list.truncate(MAX_PERSISTED_BANS);
+        self.bans_saved.send_replace(list);
     }
 
     /// Bans `peer`: disconnected now, and every connection it (re)opens
@@ -205,6 +322,7 @@ impl SwarmTask {
             warn!(%peer, %reason, "banning peer");
             self.metrics.bans.inc();
         }
+        self.persist_bans();
         self.metrics.banned_peers.set(self.bans.len() as i64);
         self.swarm.behaviour_mut().blocked.block_peer(peer);
         self.swarm.behaviour_mut().kad.remove_peer(&peer);

@@ -37,11 +37,13 @@ async fn start(trusted: TrustedKeys, locality: &str) -> Api {
         registry: RegistryConfig::default(),
         platform: Platform::host(),
         import: Some(ImportSinkKind::None),
+        allow_any_publisher: trusted.is_empty(),
         trusted,
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,
         keep_versions: 2,
         unpack: Default::default(),
+        dir: Default::default(),
     };
     let (daemon, _handle) = Daemon::start(config).await.unwrap();
     let token = edgeswarm_node::api::write_token_file(dir.path()).unwrap();

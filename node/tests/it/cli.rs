@@ -190,8 +190,14 @@ fn bad_config_and_options_fail_with_one_clear_line() {
         (vec!["--import", "tape"], "--import"),
         (vec!["--listen", "not-an-addr"], "not a multiaddr"),
         (vec!["--platform", "linux"], "--platform"),
+        // Closed by default: no swarm key needs an explicit open locality.
+        (vec![], "--open-locality"),
+        (vec![], "edgeswarm swarm-key --out"),
     ] {
         let mut full = vec!["node", "--data-dir", data.to_str().unwrap()];
+        if !args.is_empty() {
+            full.push("--open-locality");
+        }
         full.extend(args.iter().copied());
         let out = edgeswarm(&full, &[]);
         assert!(!out.status.success(), "{args:?} was accepted");

@@ -50,8 +50,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts a node and waits for its API.
+/// Lab flags for tests about something else than trust: any publisher
+/// (`deploy` without `--key`).
+const LAB: &[&str] = &["--allow-any-publisher"];
+
+/// Starts a node and waits for its API. Without `--swarm-key` in `extra`
+/// it runs an open locality (membership is tested in swarm_membership).
 async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
+    let mut extra = extra.to_vec();
+    if !extra.contains(&"--swarm-key") {
+        extra.push("--open-locality");
+    }
     let api = format!("127.0.0.1:{}", free_port());
     let log = std::fs::File::create(dir.join("node.log")).unwrap();
     let child = std::process::Command::new(BIN)
@@ -71,7 +80,7 @@ async fn start_node(dir: &Path, import: &str, extra: &[&str]) -> NodeProc {
             "--chunk-size",
             "256K",
         ])
-        .args(extra)
+        .args(&extra)
         .env("RUST_LOG", "info,libp2p=warn")
         .env_remove("EDGESWARM_API")
         .stdin(Stdio::null())
@@ -302,7 +311,7 @@ async fn deploy_status_images_rm_and_rollback_through_the_cli() {
     let v2 = build_and_push(&registry, "v2").await;
     let v3 = build_and_push(&registry, "v3").await;
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
-    let nodes = locality(&dirs, &[]).await;
+    let nodes = locality(&dirs, LAB).await;
 
     deploy_and_wait(&nodes, &v1, None).await;
 
@@ -597,7 +606,12 @@ async fn rm_removes_the_image_from_docker() {
     let registry = TestRegistry::start().await.unwrap();
     let image = build_and_push(&registry, "docker").await;
     let dir = tempfile::tempdir().unwrap();
-    let node = start_node(dir.path(), "docker", &["--gateway"]).await;
+    let node = start_node(
+        dir.path(),
+        "docker",
+        &["--gateway", "--allow-any-publisher"],
+    )
+    .await;
     cli(&["deploy", &image, "--api", &node.api])
         .await
         .succeeded();
@@ -656,7 +670,7 @@ async fn redeploy_after_locality_rm_pulls_again() {
     let registry = TestRegistry::start().await.unwrap();
     let image = build_and_push(&registry, "again").await;
     let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
-    let nodes = locality(&dirs, &[]).await;
+    let nodes = locality(&dirs, LAB).await;
     deploy_and_wait(&nodes, &image, None).await;
     cli(&["rm", &image, "--locality", "--api", &nodes[1].api])
         .await
@@ -700,7 +714,7 @@ async fn redeploy_after_locality_rm_pulls_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_uses_the_token_file_and_rm_spares_foreign_images() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_node(dir.path(), "dir", &[]).await;
+    let node = start_node(dir.path(), "dir", LAB).await;
     let image = "registry.example:5000/theirs:v1";
     let foreign = node.rootfs(image);
     std::fs::create_dir_all(&foreign).unwrap();
@@ -841,4 +855,170 @@ async fn deploy_key_refuses_to_sign_what_was_not_asked() {
         assert_eq!(published.load(Ordering::SeqCst), 0, "{args:?} published");
         server.abort();
     }
+}
+
+/// Closed by default: a node started with a swarm key and no `--trust`
+/// refuses every release and removal (signed by its own identity, by a
+/// stranger's key through its API, or accepted by a lab peer and gossiped
+/// to it), and its log and status say how to trust a publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_trusted_key_refuses_every_release_and_says_how_to_trust_one() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = build_and_push(&registry, "closed").await;
+    let keys = tempfile::tempdir().unwrap();
+    let swarm_key = keys.path().join("swarm.key");
+    let swarm_key = swarm_key.to_str().unwrap();
+    cli(&["swarm-key", "--out", swarm_key]).await.succeeded();
+    let stranger = keys.path().join("stranger.key");
+    let stranger = stranger.to_str().unwrap();
+    cli(&["keygen", "--out", stranger]).await.succeeded();
+    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
+    // A lab node that accepts any signer.
+    let lab = start_node(
+        dirs[0].path(),
+        "dir",
+        &[
+            "--gateway",
+            "--allow-any-publisher",
+            "--swarm-key",
+            swarm_key,
+        ],
+    )
+    .await;
+    assert!(lab.log().contains("--allow-any-publisher"), "{}", lab.log());
+    let v = cli(&["status", "--json", "--api", &lab.api])
+        .await
+        .succeeded()
+        .json();
+    let lab_id = v["self"]["peer_id"].as_str().unwrap().to_owned();
+    let addr = v["self"]["addresses"][0].as_str().unwrap().to_owned();
+    let closed = start_node(
+        dirs[1].path(),
+        "dir",
+        &["--gateway", "--bootstrap", &addr, "--swarm-key", swarm_key],
+    )
+    .await;
+
+    // It says so, and how to trust a publisher, in its log and status.
+    let how = "--trust publisher.key.pub";
+    assert!(
+        closed.log().contains("trusts no publisher key"),
+        "{}",
+        closed.log()
+    );
+    assert!(closed.log().contains(how), "{}", closed.log());
+    assert!(!closed.log().contains("open locality"), "{}", closed.log());
+    let v = cli(&["status", "--json", "--api", &closed.api])
+        .await
+        .succeeded()
+        .json();
+    let warnings = v["self"]["warnings"].to_string();
+    assert!(warnings.contains(how), "{v}");
+    let plain = cli(&["status", "--api", &closed.api]).await.succeeded();
+    assert!(
+        plain
+            .stdout
+            .contains("warning: this node trusts no publisher key"),
+        "{}",
+        plain.stdout
+    );
+
+    // Through its own API: its identity and a stranger's key are refused.
+    for key in [None, Some(stranger)] {
+        let mut args = vec!["deploy", image.as_str(), "--api", closed.api.as_str()];
+        if let Some(k) = key {
+            args.extend(["--key", k]);
+        }
+        let out = cli(&args).await;
+        assert_ne!(out.code, 0, "{key:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("trusts no publisher key"),
+            "{}",
+            out.stderr
+        );
+    }
+    // The lab node accepts the stranger's release and gossips it: the
+    // closed node refuses it, and installs nothing.
+    cli(&["deploy", &image, "--key", stranger, "--api", &lab.api])
+        .await
+        .succeeded();
+    eventually(
+        "the lab node installs",
+        Duration::from_secs(120),
+        async || {
+            let p = pins(&lab.api).await;
+            p.contains(&image).then_some(()).ok_or(format!("{p:?}"))
+        },
+    )
+    .await;
+    eventually(
+        "the closed node refuses the gossiped release",
+        Duration::from_secs(30),
+        async || {
+            let v = cli(&["status", "--json", "--api", &closed.api])
+                .await
+                .succeeded()
+                .json();
+            let refused = v["refused"].as_array().cloned().unwrap_or_default();
+            refused
+                .iter()
+                .any(|r| {
+                    r["from"].as_str() == Some(lab_id.as_str())
+                        && r["reason"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("trusts no publisher")
+                })
+                .then_some(())
+                .ok_or(v)
+        },
+    )
+    .await;
+    assert!(!pins(&closed.api).await.contains(&image));
+    assert!(!closed.rootfs(&image).exists());
+
+    // A removal signed by the stranger is refused too; the lab node's
+    // copy stays, since the closed node gossips nothing it refused.
+    let rm = cli(&["rm", &image, "--key", stranger, "--api", &closed.api]).await;
+    assert_ne!(rm.code, 0, "{}", rm.stdout);
+    assert!(
+        rm.stderr.contains("trusts no publisher key"),
+        "{}",
+        rm.stderr
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pins(&lab.api).await.contains(&image));
+}
+
+/// Without a swarm key, a node starts only with `--open-locality`, and
+/// then says in its log and status that its locality is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_locality_must_be_asked_for_and_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&[
+        "node",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--api",
+        "127.0.0.1:9",
+        "--no-mdns",
+    ])
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("--open-locality"), "{}", out.stderr);
+    assert!(!dir.path().join("identity.key").exists());
+    // start_node adds --open-locality without a --swarm-key.
+    let node = start_node(dir.path(), "dir", LAB).await;
+    assert!(
+        node.log().contains("open locality (no swarm key)"),
+        "{}",
+        node.log()
+    );
+    let v = cli(&["status", "--json", "--api", &node.api])
+        .await
+        .succeeded()
+        .json();
+    let warnings = v["self"]["warnings"].to_string();
+    assert!(warnings.contains("open locality"), "{v}");
+    assert!(warnings.contains("--allow-any-publisher"), "{v}");
 }

@@ -73,6 +73,7 @@ fn spawn_node(dir: &Path, log_name: &str) -> Node {
         .args(["node", "--data-dir", dir.to_str().unwrap(), "--api", &api])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
         .args(["--import", "dir", "--locality", "durability"])
+        .args(["--allow-any-publisher", "--open-locality"])
         .env("RUST_LOG", "info,libp2p=warn")
         .env_remove("EDGESWARM_API")
         .stdin(Stdio::null())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::support::import::*;
 use edgeswarm_node::import::{
-    import_image, Compression, ImportError, ImportOptions, ImportSink, LayerAction,
+    import_image, Compression, DirPolicy, ImportError, ImportOptions, ImportSink, LayerAction,
 };
 use tar::EntryType;
 
@@ -96,7 +96,8 @@ async fn dir_applies_whiteouts_opaque_dirs_links_and_modes() {
     assert_eq!(mode("etc/keepdir"), 0o750);
     assert_eq!(mode("etc/keepdir/new"), 0o600);
     assert_eq!(mode("opt"), 0o700);
-    assert_eq!(mode("opt/tool"), 0o4755);
+    // setuid stripped by default (`DirPolicy::keep_setid`).
+    assert_eq!(mode("opt/tool"), 0o755);
     assert_eq!(mode("tmp"), 0o1777);
     assert_eq!(mode("bin/busybox"), 0o755);
     let mtime = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().mtime();
@@ -516,5 +517,99 @@ async fn dir_refuses_a_decompression_bomb_before_filling_the_disk() {
         );
         assert!(err.to_string().contains("decompression bomb"), "{err}");
         assert_no_leftovers(tmp.path());
+    }
+}
+
+/// A layer with a character device node (`dev/null`, 1:3), a setuid-root
+/// shell and a setgid directory.
+fn privileged_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Char);
+    h.set_path("dev/null").unwrap();
+    h.set_mode(0o666);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, &[][..]).unwrap();
+    for (path, kind, mode, data) in [
+        ("shared", EntryType::Directory, 0o2775, &b""[..]),
+        (
+            "bin/rootsh",
+            EntryType::Regular,
+            0o4755,
+            &b"#!/bin/sh\n"[..],
+        ),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_path(path).unwrap();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// Imports [`privileged_layer`] into a fresh dir sink under `policy`.
+async fn import_privileged(policy: DirPolicy) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(&[(privileged_layer(), Compression::Gzip)], false, None);
+    let probe = Arc::new(ReadProbe::default());
+    let report = import_image(
+        &dir_sink(tmp.path()),
+        image.import("priv:v1", Duration::ZERO, &probe),
+        &ImportOptions {
+            dir: policy,
+            ..ImportOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let root = std::path::PathBuf::from(report.location);
+    (tmp, root)
+}
+
+/// By default a dir import gives local users nothing: the rootfs root is
+/// 0700, device nodes are skipped and setuid/setgid bits stripped. Each
+/// is allowed only when the operator opts in.
+#[tokio::test]
+async fn dir_rootfs_is_private_and_devices_and_setuid_are_opt_in() {
+    let mode =
+        |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let (tmp, root) = import_privileged(DirPolicy::default()).await;
+    assert_eq!(mode(&tmp.path().join("rootfs")), 0o700);
+    assert!(!root.join("dev/null").exists(), "device node created");
+    assert_eq!(mode(&root.join("bin/rootsh")), 0o755);
+    assert_eq!(mode(&root.join("shared")), 0o775);
+
+    let (tmp, root) = import_privileged(DirPolicy {
+        device_nodes: true,
+        keep_setid: true,
+    })
+    .await;
+    assert_eq!(mode(&tmp.path().join("rootfs")), 0o700);
+    assert_eq!(mode(&root.join("bin/rootsh")), 0o4755);
+    assert_eq!(mode(&root.join("shared")), 0o2775);
+    if running_as_root() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let meta = std::fs::symlink_metadata(root.join("dev/null")).unwrap();
+        assert!(meta.file_type().is_char_device());
+        assert_eq!(meta.rdev(), std::fs::metadata("/dev/null").unwrap().rdev());
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::support::eventually;
 use crate::support::import::*;
 use edgeswarm_node::import::{
-    detect_sink_at, import_image, Compression, DockerTarget, ImportError, ImportOptions,
+    detect_sink_at, import_image, Compression, DirPolicy, DockerTarget, ImportError, ImportOptions,
     ImportSink, ImportSinkKind, LayerAction,
 };
 use sha2::{Digest as _, Sha256};
@@ -307,7 +307,15 @@ async fn dir_output_matches_docker_export() {
             root: tmp.path().to_owned(),
         },
         image.import(tag, Duration::ZERO, &probe),
-        &ImportOptions::default(),
+        // Docker keeps setuid bits (and device nodes): so does the dir
+        // sink when told to, which is what is compared here.
+        &ImportOptions {
+            dir: DirPolicy {
+                device_nodes: true,
+                keep_setid: true,
+            },
+            ..ImportOptions::default()
+        },
     )
     .await
     .unwrap();

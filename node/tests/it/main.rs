@@ -11,6 +11,7 @@ mod cli_e2e;
 mod converge;
 mod durability;
 mod failover;
+mod fuzz_decoders;
 mod gateway;
 mod import_dir;
 mod import_docker;

@@ -262,3 +262,221 @@ async fn foreign_dht_records_are_dropped() {
     task.abort();
     a.stop().await;
 }
+
+/// A lying member: a real node whose store holds a chunk map of the blob
+/// twice as long as its descriptor says (a different blob's map under the
+/// blob's digest), serving it to whoever asks. The victim knows the size
+/// from the verified manifest (`expect_size`), refuses the map, bans the
+/// liar, and the real blob completes from an honest peer that joins later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_map_of_another_size_gets_its_sender_banned_and_the_blob_completes() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 7, chunk);
+    let (_, _, longer) = blob(6 << 20, 8, chunk);
+    let d = tmp.path().join("liar");
+    let liar = start(&d, config(&d, "lab", &[])).await;
+    liar.store.put_chunk_map(digest, &longer).await.unwrap();
+    assert!(liar.store.chunk_map(&digest).is_some());
+
+    let d = tmp.path().join("victim");
+    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    eventually(
+        "victim meets the liar",
+        Duration::from_secs(10),
+        async || {
+            let peers = victim.client.connected_peers().await.unwrap();
+            peers
+                .contains(&liar.client.local_peer_id())
+                .then_some(())
+                .ok_or(format!("{peers:?}"))
+        },
+    )
+    .await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    eventually("the liar is banned", Duration::from_secs(20), async || {
+        let bans = victim.client.stats().bans;
+        (bans >= 1).then_some(()).ok_or(bans)
+    })
+    .await;
+    assert!(
+        victim.store.blob_info(&digest).is_none(),
+        "the false layout was taken"
+    );
+
+    let d = tmp.path().join("honest");
+    let honest = start(&d, config(&d, "lab", &[])).await;
+    seed(&honest, &data, digest, &map).await;
+    victim.client.dial(honest.addr.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    // Only the liar was banned; the honest peer stayed connected.
+    assert_eq!(victim.client.stats().bans, 1);
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest.client.local_peer_id()));
+    assert!(!peers.contains(&liar.client.local_peer_id()));
+    for n in [liar, victim, honest] {
+        n.stop().await;
+    }
+}
+
+/// A lying member whose chunk map has the right size but digests that
+/// contradict the ones the release's gateway signed (here recorded as the
+/// gateway's updates would be): the map is refused and the liar banned
+/// when the victim fills its missing digests; an honest holder's matching
+/// map is taken and the real blob completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_map_contradicting_the_gateway_digests_gets_its_sender_banned() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 9, chunk);
+    let (_, _, forged) = blob(3 << 20, 10, chunk);
+    let d = tmp.path().join("liar");
+    let liar = start(&d, config(&d, "lab", &[])).await;
+    liar.store.put_chunk_map(digest, &forged).await.unwrap();
+    let d = tmp.path().join("honest");
+    let honest = start(&d, config(&d, "lab", &[])).await;
+    seed(&honest, &data, digest, &map).await;
+
+    let d = tmp.path().join("victim");
+    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    victim.client.dial(honest.addr.clone()).await.unwrap();
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    // The gateway's signed updates gave the first four digests, then the
+    // victim missed the rest.
+    victim
+        .store
+        .create_blob(digest, map.blob_size(), map.chunk_size())
+        .await
+        .unwrap();
+    victim
+        .store
+        .add_chunk_digests(digest, 0, &map.digests()[..4])
+        .await
+        .unwrap();
+    eventually("victim meets both", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        (peers.contains(&liar.client.local_peer_id())
+            && peers.contains(&honest.client.local_peer_id()))
+        .then_some(())
+        .ok_or(format!("{peers:?}"))
+    })
+    .await;
+    // The liar is asked first.
+    let filled = victim
+        .client
+        .fill_chunk_map(
+            digest,
+            vec![liar.client.local_peer_id(), honest.client.local_peer_id()],
+        )
+        .await
+        .unwrap();
+    assert!(filled);
+    assert_eq!(
+        victim.store.chunk_map(&digest).unwrap().digests(),
+        map.digests()
+    );
+    eventually("the liar is banned", Duration::from_secs(10), async || {
+        let bans = victim.client.stats().bans;
+        (bans == 1).then_some(()).ok_or(bans)
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        victim.client.fetch_blob(digest, None),
+    )
+    .await
+    .expect("fetch timed out")
+    .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    assert_eq!(victim.client.stats().bans, 1);
+    for n in [liar, victim, honest] {
+        n.stop().await;
+    }
+}
+
+/// A peer banned for a protocol violation stays banned when the node
+/// restarts: the ban is persisted in the data dir (`bans.json`, written
+/// crash-safe) and restored, so the restarted node refuses it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_survives_a_restart_of_the_node() {
+    use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
+    use futures::AsyncWriteExt as _;
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("a");
+    let a = start(&d, config(&d, "lab", &[])).await;
+    let (bad, mut swarm) = hostile();
+    let mut control = swarm.behaviour().stream.new_control();
+    let (dial_tx, mut dial_rx) = tokio::sync::mpsc::channel::<Multiaddr>(4);
+    // Dials whatever address it is handed, and keeps redialling it.
+    let task = tokio::spawn(async move {
+        let mut target: Option<Multiaddr> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = swarm.select_next_some() => {}
+                Some(addr) = dial_rx.recv() => {
+                    let _ = swarm.dial(addr.clone());
+                    target = Some(addr);
+                }
+                _ = tick.tick() => {
+                    let idle = swarm.connected_peers().next().is_none();
+                    if let (Some(t), true) = (&target, idle) {
+                        let _ = swarm.dial(t.clone());
+                    }
+                }
+            }
+        }
+    });
+    dial_tx.send(a.addr.clone()).await.unwrap();
+    eventually("attacker connected", Duration::from_secs(20), async || {
+        let peers = a.client.connected_peers().await.unwrap();
+        peers.contains(&bad).then_some(()).ok_or("not yet")
+    })
+    .await;
+    let chunks = Protocols::new("lab").unwrap().chunks;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        control.open_stream(a.client.local_peer_id(), chunks),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let junk = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
+        request_id: 1,
+        status: ChunkStatus::NotHave,
+    }));
+    stream.write_all(&junk).await.unwrap();
+    stream.flush().await.unwrap();
+    let bans_file = d.join(edgeswarm_node::swarm::BANS_FILE);
+    eventually("the ban is on disk", Duration::from_secs(10), async || {
+        let text = std::fs::read_to_string(&bans_file).unwrap_or_default();
+        text.contains(&bad.to_string()).then_some(()).ok_or(text)
+    })
+    .await;
+    a.stop().await;
+
+    // The same data dir, a new process-equivalent (new swarm, new port).
+    let a = start(&d, config(&d, "lab", &[])).await;
+    dial_tx.send(a.addr.clone()).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let peers = a.client.connected_peers().await.unwrap();
+        assert!(
+            !peers.contains(&bad),
+            "banned peer got back in after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+    a.stop().await;
+}

@@ -55,9 +55,18 @@ pub(super) async fn download<S: ChunkStore>(
     if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
         inner.store.put_chunk_map(blob, m).await?;
     }
-    if inner.store.layout(&blob).is_none() {
-        if let Some(m) = fetch_map(&inner, blob).await? {
-            inner.store.put_chunk_map(blob, &m).await?;
+    // A map is a member's claim: one that contradicts the blob's pinned
+    // size or the gateway's signed digests gets its sender banned, and
+    // the next peer is asked.
+    let mut asked = HashMap::new();
+    while inner.store.layout(&blob).is_none() {
+        let Some((peer, m)) = fetch_map(&inner, blob, &mut asked).await? else {
+            break;
+        };
+        match inner.store.put_chunk_map(blob, &m).await {
+            Ok(()) => {}
+            Err(ChunkStoreError::FalseLayout(reason)) => penalise(&inner, peer, &reason),
+            Err(e) => return Err(e.into()),
         }
     }
     let layout = inner
@@ -318,15 +327,16 @@ const MAP_WAIT: Duration = Duration::from_secs(60);
 
 /// Asks candidate peers for the chunk map of `blob` until one answers, or
 /// until the store learns the blob's layout some other way (`None`).
+///
+/// `asked` holds when each peer was last asked. A peer that lacked the map
+/// is asked again after MAP_REASK, not after a fixed number of rounds: a
+/// fresh release's manifest reaches the gateway a few hundred ms after the
+/// release reached everyone, and every node's first ask comes too early.
 async fn fetch_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
-) -> Result<Option<ChunkMap>, SwarmError> {
-    // When each peer was last asked. A peer that lacked the map is asked
-    // again after MAP_REASK, not after a fixed number of rounds: a fresh
-    // release's manifest reaches the gateway a few hundred ms after the
-    // release reached everyone, and every node's first ask comes too early.
-    let mut asked: HashMap<PeerId, Instant> = HashMap::new();
+    asked: &mut HashMap<PeerId, Instant>,
+) -> Result<Option<(PeerId, ChunkMap)>, SwarmError> {
     let mut last_providers: Option<Instant> = None;
     let started = Instant::now();
     while started.elapsed() < MAP_WAIT {
@@ -346,7 +356,7 @@ async fn fetch_map<S: ChunkStore>(
         {
             candidates.extend(rx.await.unwrap_or_default());
         }
-        if let Some(map) = ask_for_map(inner, blob, candidates, &mut asked).await {
+        if let Some(map) = ask_for_map(inner, blob, candidates, asked).await {
             return Ok(Some(map));
         }
         if last_providers.is_none_or(|t| t.elapsed() >= MAP_PROVIDERS_EVERY) {
@@ -359,7 +369,7 @@ async fn fetch_map<S: ChunkStore>(
                 .is_ok()
             {
                 if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
-                    if let Some(map) = ask_for_map(inner, blob, list, &mut asked).await {
+                    if let Some(map) = ask_for_map(inner, blob, list, asked).await {
                         return Ok(Some(map));
                     }
                 }
@@ -390,13 +400,15 @@ pub(super) async fn fill_map<S: ChunkStore>(
         return Ok(true);
     }
     let mut asked = HashMap::new();
-    match ask_for_map(inner, blob, peers, &mut asked).await {
-        Some(map) => {
-            inner.store.put_chunk_map(blob, &map).await?;
-            Ok(inner.store.chunk_map(&blob).is_some())
+    while let Some((peer, map)) = ask_for_map(inner, blob, peers.clone(), &mut asked).await {
+        match inner.store.put_chunk_map(blob, &map).await {
+            Ok(()) => return Ok(inner.store.chunk_map(&blob).is_some()),
+            // Contradicts the gateway's signed digests or the pinned size.
+            Err(ChunkStoreError::FalseLayout(reason)) => penalise(inner, peer, &reason),
+            Err(e) => return Err(e.into()),
         }
-        None => Ok(false),
     }
+    Ok(false)
 }
 
 async fn ask_for_map<S: ChunkStore>(
@@ -404,14 +416,14 @@ async fn ask_for_map<S: ChunkStore>(
     blob: Digest,
     candidates: Vec<PeerId>,
     asked: &mut HashMap<PeerId, Instant>,
-) -> Option<ChunkMap> {
+) -> Option<(PeerId, ChunkMap)> {
     for peer in candidates {
         if asked.get(&peer).is_some_and(|t| t.elapsed() < MAP_REASK) {
             continue;
         }
         asked.insert(peer, Instant::now());
         match tokio::time::timeout(Duration::from_secs(10), get_map(inner, peer, blob)).await {
-            Ok(Ok(Some(map))) => return Some(map),
+            Ok(Ok(Some(map))) => return Some((peer, map)),
             Ok(Ok(None)) => {}
             Ok(Err(e)) if e.is_violation() => penalise(inner, peer, &e.to_string()),
             _ => {}

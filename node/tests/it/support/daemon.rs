@@ -37,10 +37,14 @@ pub(crate) fn config(
         platform: Platform::host(),
         import: Some(ImportSinkKind::Dir),
         trusted: TrustedKeys::new(),
+        // Tests that are about something else than trust deploy with the
+        // node's own identity.
+        allow_any_publisher: true,
         labels: Default::default(),
         chunk_size: ChunkSize::new(256 << 10).unwrap(),
         keep_versions: 2,
         unpack: Default::default(),
+        dir: Default::default(),
     }
 }
 
