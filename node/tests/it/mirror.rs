@@ -1,0 +1,528 @@
+//! The registry mirror with real clients against real nodes and a real
+//! `docker-registry`: skopeo copies from a node that holds nothing (the
+//! gateway pulls once, the node streams from its peer); containerd 1.6
+//! (`ctr images pull --hosts-dir`, a private containerd) pulls through
+//! it; unknown images are a fast 404; Range requests; a gateway stopped
+//! mid-pull.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::daemon::*;
+use crate::support::{eventually, init_tracing, push};
+use edgeswarm_node::daemon::Daemon;
+use edgeswarm_node::mirror::MirrorConfig;
+use edgeswarm_node::registry::testing::{build_image, BuiltImage, ImageSpec, TestRegistry};
+use edgeswarm_node::registry::Compression;
+use edgeswarm_protocol::Digest;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `daemon`'s mirror on a free loopback port; requests without
+/// `?ns=` go to `default_registry`.
+async fn start_mirror(daemon: &Daemon, default_registry: &str) -> (SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(edgeswarm_node::mirror::serve(
+        daemon.clone(),
+        listener,
+        MirrorConfig {
+            default_registry: default_registry.to_owned(),
+        },
+        stop.clone(),
+    ));
+    (addr, stop)
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Checks a `skopeo copy ... dir:` output against the image.
+fn assert_dir_copy(dir: &Path, image: &BuiltImage) {
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+    assert!(
+        manifest == image.manifest_bytes,
+        "skopeo's manifest differs from the pushed one"
+    );
+    for layer in &image.layers {
+        let bytes = std::fs::read(dir.join(layer.digest.to_oci().trim_start_matches("sha256:")))
+            .unwrap_or_else(|e| panic!("layer {} not copied: {e}", layer.digest));
+        assert_eq!(Digest::of(&bytes), layer.digest, "layer bytes differ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn skopeo_copies_through_a_node_that_holds_nothing() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(ImageSpec::realistic(6 << 20, "skopeo"), build.path())
+        .await
+        .unwrap();
+    push(&registry, "mirror/app", "v1", &image).await;
+    // Node 0 is the gateway; node 1 cannot reach the registry itself.
+    let locality = Locality::start("mirror-skopeo", 1, 2).await;
+    let (gateway, node) = (&locality.daemons[0], &locality.daemons[1]);
+    let (mirror, _stop) = start_mirror(node, &registry.host()).await;
+
+    // A tag this node cannot resolve: 404 at once, the client resolves
+    // it upstream; by digest it is pulled through the locality.
+    let started = Instant::now();
+    let status = reqwest::get(format!("http://{mirror}/v2/mirror/app/manifests/v1"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let out = tempfile::tempdir().unwrap();
+    let src = format!(
+        "docker://{mirror}/mirror/app@{}",
+        image.manifest_digest.to_oci()
+    );
+    let dst = format!("dir:{}", out.path().display());
+    let copy = tokio::process::Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", &src, &dst])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    assert_dir_copy(out.path(), &image);
+
+    // The gateway pulled the image once; the node took it from its peer.
+    let pulled = gateway.registry().unwrap().stats().bytes_pulled;
+    let size = image_bytes(&image);
+    println!("gateway pulled {pulled} bytes for a {size}-byte image");
+    assert!(
+        pulled as f64 <= size as f64 * 1.3,
+        "the gateway pulled {pulled} bytes for a {size}-byte image"
+    );
+    // Pinned, in status and in the metrics like a deployment.
+    let image_name = format!(
+        "{}/mirror/app@{}",
+        registry.host(),
+        image.manifest_digest.to_oci()
+    );
+    wait_done(
+        std::slice::from_ref(node),
+        &image_name,
+        Duration::from_secs(30),
+    )
+    .await;
+    let pins = node.store().pins();
+    let pinned = pins.get(&image_name).expect("the mirror pull is pinned");
+    for layer in &image.layers {
+        assert!(pinned.contains(&layer.digest));
+        assert!(node.store().is_complete(&layer.digest));
+    }
+    let metrics = node.encode_metrics().unwrap();
+    assert!(
+        metric(&metrics, "edgeswarm_mirror_bytes_served_total") >= image.layers_size() as f64,
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "edgeswarm_mirror_requests_total{kind=\"blob\"") >= 3.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "edgeswarm_mirror_requests_total{kind=\"manifest\",outcome=\"not_found\"}"
+        ),
+        1.0
+    );
+    locality.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_images_are_a_fast_404_and_ranges_are_served() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(
+        ImageSpec::random_layers(&[3 << 20], 11, Compression::None),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    push(&registry, "mirror/range", "v1", &image).await;
+    // One gateway-capable node, with the mirror on it: tags resolve at the
+    // registry.
+    let locality = Locality::start("mirror-range", 1, 1).await;
+    let gateway = &locality.daemons[0];
+    let (mirror, _stop) = start_mirror(gateway, "unused.example").await;
+    let ns = format!("ns={}", registry.host());
+    let client = reqwest::Client::new();
+
+    // The spec's error JSON, fast, for what the registry does not have.
+    let started = Instant::now();
+    let response = client
+        .get(format!("http://{mirror}/v2/mirror/none/manifests/v1?{ns}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_UNKNOWN", "{body}");
+    let absent = Digest::of(b"no such blob").to_oci();
+    let response = client
+        .get(format!(
+            "http://{mirror}/v2/mirror/range/blobs/{absent}?{ns}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        client
+            .delete(format!("http://{mirror}/v2/mirror/range/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    assert_eq!(
+        client
+            .get(format!("http://{mirror}/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // HEAD by tag (what containerd sends first), with ns percent-encoded.
+    let response = client
+        .head(format!(
+            "http://{mirror}/v2/mirror/range/manifests/v1?ns={}",
+            registry.host().replace(':', "%3A")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["docker-content-digest"],
+        image.manifest_digest.to_oci().as_str()
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        image.manifest_media_type.as_str()
+    );
+    let layer = &image.layers[0];
+    let url = format!(
+        "http://{mirror}/v2/mirror/range/blobs/{}?{ns}",
+        layer.digest.to_oci()
+    );
+    let whole = eventually(
+        "the layer pulled through",
+        Duration::from_secs(30),
+        async || {
+            let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
+            if r.status() != 200 {
+                return Err(format!("{}", r.status()));
+            }
+            r.bytes().await.map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    assert_eq!(Digest::of(&whole), layer.digest);
+    eventually("the layer complete", Duration::from_secs(10), async || {
+        gateway
+            .store()
+            .is_complete(&layer.digest)
+            .then_some(())
+            .ok_or("not yet")
+    })
+    .await;
+    for (range, start, end) in [
+        ("bytes=100-199", 100u64, 199u64),
+        ("bytes=-10", layer.size - 10, layer.size - 1),
+        ("bytes=1048570-", 1048570, layer.size - 1),
+    ] {
+        let r = client
+            .get(&url)
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {start}-{end}/{}", layer.size).as_str()
+        );
+        let got = r.bytes().await.unwrap();
+        assert!(
+            got[..] == whole[start as usize..=end as usize],
+            "{range}: wrong bytes"
+        );
+    }
+    let r = client
+        .get(&url)
+        .header("range", format!("bytes={}-", layer.size))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = client.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"],
+        layer.size.to_string().as_str()
+    );
+    locality.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_gateway_or_peer_the_mirror_answers_404_at_once() {
+    init_tracing();
+    let locality = Locality::start("mirror-alone", 0, 1).await;
+    let node = &locality.daemons[0];
+    let (mirror, _stop) = start_mirror(node, "registry.example:5000").await;
+    let digest = Digest::of(b"anything").to_oci();
+    let started = Instant::now();
+    for path in [
+        "mirror/app/manifests/v1".to_owned(),
+        format!("mirror/app/manifests/{digest}"),
+        format!("mirror/app/blobs/{digest}"),
+    ] {
+        let r = reqwest::get(format!("http://{mirror}/v2/{path}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    locality.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_stopped_mid_pull_lets_the_client_complete_or_fail_fast() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(
+        ImageSpec::random_layers(&[10 << 20], 21, Compression::None),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    push(&registry, "mirror/failover", "v1", &image).await;
+    let proxy = crate::failover::throttled_proxy(registry.addr(), 3 << 20).await;
+    // Two gateway-capable nodes and a node with the mirror.
+    let locality = Locality::start("mirror-failover", 2, 3).await;
+    let node = &locality.daemons[2];
+    let (mirror, _stop) = start_mirror(node, &proxy.to_string()).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{mirror}/v2/mirror/failover");
+    let manifest = client
+        .get(format!(
+            "{base}/manifests/{}",
+            image.manifest_digest.to_oci()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), 200);
+    let layer = image.layers[0].clone();
+    let url = format!("{base}/blobs/{}", layer.digest.to_oci());
+    let download = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = async {
+            let r = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+            if r.status() != 200 {
+                return Err(format!("status {}", r.status()));
+            }
+            r.bytes().await.map_err(|e| e.to_string())
+        }
+        .await;
+        (result, started.elapsed())
+    });
+    // Stop whichever gateway pulls, a third of the way through.
+    let third = layer.size / 3;
+    let elected = eventually("a gateway pulling", Duration::from_secs(30), async || {
+        (0..2)
+            .find(|&i| locality.daemons[i].registry().unwrap().stats().bytes_pulled >= third)
+            .ok_or("none yet")
+    })
+    .await;
+    locality.daemons[elected].shutdown();
+    let killed = Instant::now();
+    let (result, _) = tokio::time::timeout(Duration::from_secs(90), download)
+        .await
+        .expect("the client neither completed nor failed within 90 s")
+        .unwrap();
+    let after_kill = killed.elapsed();
+    match result {
+        Ok(bytes) => {
+            assert_eq!(
+                Digest::of(&bytes),
+                layer.digest,
+                "the client received bytes that do not verify"
+            );
+            println!(
+                "completed {:.1}s after the gateway stopped",
+                after_kill.as_secs_f64()
+            );
+        }
+        Err(e) => {
+            println!(
+                "failed {:.1}s after the gateway stopped: {e}",
+                after_kill.as_secs_f64()
+            );
+            assert!(
+                after_kill < edgeswarm_node::daemon::CHUNK_WAIT + Duration::from_secs(10),
+                "failed, but only after {after_kill:?}"
+            );
+        }
+    }
+    locality.shutdown().await;
+}
+
+/// A private containerd (own root, state and socket) killed on drop.
+struct Containerd {
+    child: tokio::process::Child,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    async fn start() -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{socket}\"\n",
+                root = dir.path().join("root").display(),
+                state = dir.path().join("state").display(),
+                socket = socket.display(),
+            ),
+        )
+        .unwrap();
+        let child = tokio::process::Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("containerd.log")).unwrap(),
+            ))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("containerd is installed");
+        let c = Containerd {
+            child,
+            socket,
+            _dir: dir,
+        };
+        eventually(
+            "containerd answering",
+            Duration::from_secs(30),
+            async || {
+                let out = c.ctr(&["version"]).await;
+                out.status.success().then_some(()).ok_or("not yet")
+            },
+        )
+        .await;
+        c
+    }
+
+    async fn ctr(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", "mirror"])
+            .args(args)
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn containerd_pulls_through_the_mirror_with_hosts_toml() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(ImageSpec::realistic(6 << 20, "ctr"), build.path())
+        .await
+        .unwrap();
+    let reference = push(&registry, "mirror/ctr", "v1", &image).await;
+    let locality = Locality::start("mirror-ctr", 1, 2).await;
+    let (gateway, node) = (&locality.daemons[0], &locality.daemons[1]);
+    let (mirror, _stop) = start_mirror(node, "unused.example").await;
+    let hosts = tempfile::tempdir().unwrap();
+    let host_dir = hosts.path().join(registry.host());
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{upstream}\"\n\n[host.\"http://{mirror}\"]\n  \
+             capabilities = [\"pull\", \"resolve\"]\n",
+            upstream = registry.host()
+        ),
+    )
+    .unwrap();
+    let containerd = Containerd::start().await;
+    let hosts_dir = hosts.path().display().to_string();
+    let pull = containerd
+        .ctr(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--hosts-dir",
+            &hosts_dir,
+            &reference,
+        ])
+        .await;
+    assert!(
+        pull.status.success(),
+        "ctr pull failed: {}\n{}",
+        String::from_utf8_lossy(&pull.stdout),
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    // containerd holds every layer and unpacked the image.
+    let content = containerd.ctr(&["content", "ls", "-q"]).await;
+    let content = String::from_utf8_lossy(&content.stdout);
+    for layer in &image.layers {
+        assert!(content.contains(&layer.digest.to_oci()), "{content}");
+    }
+    let snapshots = containerd.ctr(&["snapshots", "ls"]).await;
+    let snapshots = String::from_utf8_lossy(&snapshots.stdout);
+    assert!(
+        snapshots.lines().count() > image.layers.len(),
+        "not unpacked: {snapshots}"
+    );
+    // The blobs came through the mirror (the tag resolved upstream: this
+    // node is no gateway), and the registry served the layers once.
+    let metrics = node.encode_metrics().unwrap();
+    let served = metric(&metrics, "edgeswarm_mirror_bytes_served_total");
+    assert!(served >= image.layers_size() as f64, "{metrics}");
+    let pulled = gateway.registry().unwrap().stats().bytes_pulled;
+    assert!(
+        pulled as f64 <= image_bytes(&image) as f64 * 1.3,
+        "gateway pulled {pulled}"
+    );
+    locality.shutdown().await;
+}
