@@ -86,11 +86,18 @@ pub const TAG_ANSWER_TTL: Duration = Duration::from_secs(300);
 /// Longest wait for a manifest the locality is fetching, before the
 /// mirror answers 503 and the client goes upstream.
 pub const MANIFEST_WAIT: Duration = Duration::from_secs(15);
-/// Longest wait for a blob to be declared (its layout known), before 503.
-pub const BLOB_WAIT: Duration = Duration::from_secs(15);
-/// Longest wait for the next verified chunk while a blob streams: a
-/// stalled transfer ends the response instead of hanging the client.
-pub const CHUNK_WAIT: Duration = Duration::from_secs(20);
+/// Longest wait for a blob a pulled manifest names to be declared (its
+/// layout known), while the locality is still fetching it (a gateway
+/// declares layers one after the other as it pulls them), before 503.
+pub const BLOB_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait for the next verified chunk while a blob streams, once
+/// the locality can no longer deliver it (no live gateway); while it can,
+/// the wait is renewed up to [`STALL_LIMIT`]. A stalled transfer ends the
+/// response instead of hanging the client.
+pub const CHUNK_WAIT: Duration = Duration::from_secs(10);
+/// Longest time without a new chunk before a streaming response ends,
+/// even while a gateway is live.
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// Pause between gossips of a job's mirror release while its manifest
 /// has not arrived.
 const REPUBLISH: Duration = Duration::from_secs(3);
@@ -306,6 +313,17 @@ fn mirror_image(reference: &Reference, digest: Digest, tag: Option<&str>) -> Str
     }
 }
 
+/// The config and layers an image manifest names, with their sizes.
+fn image_blobs(document: &ManifestDocument) -> Vec<(Digest, u64)> {
+    let ManifestDocument::Image(m) = document else {
+        return Vec::new();
+    };
+    std::iter::once(&m.config)
+        .chain(&m.layers)
+        .filter_map(|d| Some((Digest::parse_oci(&d.digest).ok()?, d.size)))
+        .collect()
+}
+
 /// The media type of a manifest document.
 fn media_type_of(bytes: &[u8], document: &ManifestDocument) -> String {
     #[derive(serde::Deserialize)]
@@ -480,13 +498,24 @@ impl Inner {
     }
 
     /// Starts the job of `manifest` unless it runs (or ran) already.
+    /// `blobs` are what the manifest names, listed at once so that the
+    /// client's blob requests that follow wait for them.
     fn ensure_job(
         self: &Arc<Self>,
         reference: &Reference,
         manifest: Digest,
         tag: Option<String>,
+        blobs: Vec<(Digest, u64)>,
     ) -> Result<(), MirrorError> {
-        if self.mirror.start(manifest)? {
+        let known = self.mirror.start(manifest)?;
+        if !blobs.is_empty() {
+            self.mirror.update(&manifest, |job| {
+                if job.blobs.is_empty() {
+                    job.blobs = blobs;
+                }
+            });
+        }
+        if known {
             return Ok(());
         }
         self.mirror.metrics.jobs.inc();
@@ -691,8 +720,8 @@ impl Daemon {
         };
         if inner.store.is_complete(&digest) {
             let m = inner.stored_manifest(digest).await?;
-            if let Ok(ManifestDocument::Image(_)) = parse_manifest(None, &m.bytes) {
-                inner.ensure_job(reference, digest, tag)?;
+            if let Ok(document @ ManifestDocument::Image(_)) = parse_manifest(None, &m.bytes) {
+                inner.ensure_job(reference, digest, tag, image_blobs(&document))?;
             }
             return Ok((m, true));
         }
@@ -711,11 +740,15 @@ impl Daemon {
                 "{digest}: no gateway and no peer in the locality can serve it"
             )));
         }
-        inner.ensure_job(reference, digest, None)?;
+        inner.ensure_job(reference, digest, None, Vec::new())?;
         let deadline = Instant::now() + MANIFEST_WAIT;
         loop {
             if inner.store.is_complete(&digest) {
-                return inner.stored_manifest(digest).await.map(|m| (m, false));
+                let m = inner.stored_manifest(digest).await?;
+                if let Ok(document) = parse_manifest(None, &m.bytes) {
+                    inner.ensure_job(reference, digest, None, image_blobs(&document))?;
+                }
+                return Ok((m, false));
             }
             if let Some(job) = inner.mirror.job(&digest) {
                 if let Some(e) = job.error {
@@ -749,7 +782,12 @@ impl Daemon {
             .map_err(|e| MirrorError::Unavailable(e.to_string()))?;
         let _ = inner.swarm.provide(fetched.digest).await;
         if let ManifestDocument::Image(_) = fetched.document {
-            inner.ensure_job(reference, fetched.digest, tag)?;
+            inner.ensure_job(
+                reference,
+                fetched.digest,
+                tag,
+                image_blobs(&fetched.document),
+            )?;
         }
         Ok(MirrorManifest {
             digest: fetched.digest,
@@ -777,7 +815,6 @@ impl Daemon {
     async fn mirror_blob_inner(&self, digest: Digest) -> Result<MirrorBlob, MirrorError> {
         let store = &self.inner.store;
         let deadline = Instant::now() + BLOB_WAIT;
-        let listed = self.inner.mirror.listed(&digest);
         loop {
             if let Some(path) = store.blob_path(&digest) {
                 let size = tokio::fs::metadata(&path)
@@ -796,10 +833,16 @@ impl Daemon {
                     size: info.size,
                 });
             }
-            if listed.is_none() {
+            if self.inner.mirror.listed(&digest).is_none() {
                 return Err(MirrorError::NotFound(format!(
                     "blob {digest} is not held, and no manifest pulled through this mirror \
                      names it"
+                )));
+            }
+            if !self.mirror_still_fetching(&digest) {
+                return Err(MirrorError::Unavailable(format!(
+                    "blob {digest}: the locality cannot deliver it (no live gateway, or its \
+                     pull ended)"
                 )));
             }
             if Instant::now() > deadline {
@@ -810,6 +853,19 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether the locality may still deliver `blob` to this node: a
+    /// running mirror job lists it and a gateway-capable node is live
+    /// (this one or a peer). A streaming response waits for chunks only
+    /// while this holds (see [`STALL_LIMIT`]).
+    pub fn mirror_still_fetching(&self, blob: &Digest) -> bool {
+        let inner = &self.inner;
+        let running = lock(&inner.mirror.jobs)
+            .values()
+            .any(|j| j.running && j.blobs.iter().any(|(d, _)| d == blob));
+        running
+            && (inner.config.gateway || inner.peers.any_live_gateway() || inner.peers.holds(blob))
     }
 
     /// Counts body bytes the mirror served.

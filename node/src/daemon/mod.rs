@@ -88,7 +88,7 @@ use gossip::gossip_loop;
 use metrics::DaemonMetrics;
 pub use mirror::{
     MirrorBlob, MirrorError, MirrorManifest, BLOB_WAIT, CHUNK_WAIT, MANIFEST_WAIT, MIRROR_SELECTOR,
-    TAG_ANSWER_TTL,
+    STALL_LIMIT, TAG_ANSWER_TTL,
 };
 use peers::Peers;
 use releases::Releases;

@@ -383,7 +383,7 @@ async fn a_gateway_stopped_mid_pull_lets_the_client_complete_or_fail_fast() {
                 after_kill.as_secs_f64()
             );
             assert!(
-                after_kill < edgeswarm_node::daemon::CHUNK_WAIT + Duration::from_secs(10),
+                after_kill < edgeswarm_node::daemon::STALL_LIMIT + Duration::from_secs(10),
                 "failed, but only after {after_kill:?}"
             );
         }
