@@ -526,3 +526,114 @@ async fn containerd_pulls_through_the_mirror_with_hosts_toml() {
     );
     locality.shutdown().await;
 }
+
+/// Fetches the manifest and every blob of `image` through `mirror`;
+/// returns the bytes of each blob (checked against its digest).
+async fn pull_by_digest(mirror: SocketAddr, repo: &str, image: &BuiltImage) -> u64 {
+    let client = reqwest::Client::new();
+    let base = format!("http://{mirror}/v2/{repo}");
+    let r = client
+        .get(format!(
+            "{base}/manifests/{}",
+            image.manifest_digest.to_oci()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == image.manifest_bytes);
+    let mut total = 0;
+    let blobs = std::iter::once(image.config_digest).chain(image.layers.iter().map(|l| l.digest));
+    for digest in blobs {
+        let r = client
+            .get(format!("{base}/blobs/{}", digest.to_oci()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "blob {digest}");
+        let bytes = r.bytes().await.unwrap();
+        assert_eq!(Digest::of(&bytes), digest);
+        total += bytes.len() as u64;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_pulling_at_once_cross_the_cloud_once() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(
+        ImageSpec::random_layers(&[6 << 20, 2 << 20], 31, Compression::None),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    push(&registry, "mirror/twice", "v1", &image).await;
+    // Slow enough that both requests overlap the gateway's pull.
+    let proxy = crate::failover::throttled_proxy(registry.addr(), 4 << 20).await;
+    let locality = Locality::start("mirror-twice", 1, 3).await;
+    let (a, _sa) = start_mirror(&locality.daemons[1], &proxy.to_string()).await;
+    let (b, _sb) = start_mirror(&locality.daemons[2], &proxy.to_string()).await;
+    let (ga, gb) = tokio::join!(
+        pull_by_digest(a, "mirror/twice", &image),
+        pull_by_digest(b, "mirror/twice", &image)
+    );
+    assert_eq!(ga, gb);
+    let pulled = locality.daemons[0].registry().unwrap().stats().bytes_pulled;
+    let size = image_bytes(&image);
+    println!("gateway pulled {pulled} bytes for two nodes pulling a {size}-byte image");
+    assert!(
+        (pulled as f64) < size as f64 * 1.2,
+        "the cloud link carried {pulled} bytes for a {size}-byte image"
+    );
+    locality.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_pulls_the_mirror_as_a_registry() {
+    init_tracing();
+    let _dockerd = crate::support::import::ensure_dockerd();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    // Layers dockerd has never seen (it skips layers it holds).
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut spec = ImageSpec::random_layers(&[2 << 20, 1 << 20], seed, Compression::Gzip);
+    spec.format = edgeswarm_node::registry::testing::ManifestFormat::Docker;
+    let image = build_image(spec, build.path()).await.unwrap();
+    push(&registry, "mirror/docker", "v1", &image).await;
+    // A gateway-capable node resolves the tag; Docker sends no `ns`, so the
+    // mirror's default registry names the upstream.
+    let locality = Locality::start("mirror-docker", 1, 1).await;
+    let (mirror, _stop) = start_mirror(&locality.daemons[0], &registry.host()).await;
+    let name = format!("{mirror}/mirror/docker:v1");
+    let pull = tokio::process::Command::new("docker")
+        .args(["pull", &name])
+        .output()
+        .await
+        .unwrap();
+    let _ = tokio::process::Command::new("docker")
+        .args(["rmi", &name])
+        .output()
+        .await;
+    assert!(
+        pull.status.success(),
+        "docker pull failed: {}{}",
+        String::from_utf8_lossy(&pull.stdout),
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&pull.stdout).contains(&image.manifest_digest.to_oci()),
+        "docker pulled another digest: {}",
+        String::from_utf8_lossy(&pull.stdout)
+    );
+    let metrics = locality.daemons[0].encode_metrics().unwrap();
+    assert!(
+        metric(&metrics, "edgeswarm_mirror_bytes_served_total") >= image.layers_size() as f64,
+        "{metrics}"
+    );
+    locality.shutdown().await;
+}
