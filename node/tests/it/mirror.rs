@@ -637,3 +637,78 @@ async fn docker_pulls_the_mirror_as_a_registry() {
     );
     locality.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_trusted_keys_a_deployed_tag_is_answered_and_misses_still_pull() {
+    init_tracing();
+    use edgeswarm_protocol::signing::{PublisherKey, TrustedKeys};
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let deployed = build_image(
+        ImageSpec::random_layers(&[1 << 20], 41, Compression::Gzip),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    let other = build_image(
+        ImageSpec::random_layers(&[2 << 20], 42, Compression::Gzip),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    let reference = push(&registry, "mirror/trust", "v1", &deployed).await;
+    push(&registry, "mirror/trust", "v2", &other).await;
+    // Every node trusts one publisher key only: a mirror release, signed
+    // by a node's own identity, is still pulled (it imports nothing).
+    let publisher = PublisherKey::from_secret_bytes([7; 32]);
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(publisher.public());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut gconf = config(dirs[0].path(), "mirror-trust", true, vec![]);
+    gconf.trusted = trusted.clone();
+    let (gateway, gtask) = Daemon::start(gconf).await.unwrap();
+    let addr = gateway.swarm().listen_addrs().await.unwrap()[0].clone();
+    let mut nconf = config(dirs[1].path(), "mirror-trust", false, vec![addr]);
+    nconf.trusted = trusted;
+    let (node, ntask) = Daemon::start(nconf).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mirror, _stop) = start_mirror(&node, &registry.host()).await;
+
+    // A deployment of v1 by the trusted publisher: the node answers the
+    // tag v1 without a registry; v2 is unknown to it (404).
+    let signed = gateway
+        .prepare_release(&reference, vec![], Some(&publisher))
+        .await
+        .unwrap();
+    gateway.publish_release(signed).await.unwrap();
+    wait_done(
+        &[gateway.clone(), node.clone()],
+        &reference,
+        Duration::from_secs(60),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let r = client
+        .head(format!("http://{mirror}/v2/mirror/trust/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        deployed.manifest_digest.to_oci().as_str()
+    );
+    let r = client
+        .head(format!("http://{mirror}/v2/mirror/trust/manifests/v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // v2 by digest: pulled through the gateway despite the trust policy.
+    let got = pull_by_digest(mirror, "mirror/trust", &other).await;
+    assert_eq!(got, other.layers_size() + other.config_bytes.len() as u64);
+    gateway.shutdown();
+    node.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(10), gtask).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), ntask).await;
+}
