@@ -619,12 +619,12 @@ impl Inner {
         self.set_state(&id, ReleaseState::Resolving);
         self.set_state(&id, ReleaseState::Fetching);
         if !all_local {
+            // Unlike the fetch pipeline, a mirror job often follows a
+            // release whose gateway pulls nothing (a peer holds the
+            // blobs): no chunk digests will be gossiped, so every digest
+            // comes from a holder's chunk map.
             for (blob, _) in &blobs {
-                let partial = self
-                    .store
-                    .blob_info(blob)
-                    .is_some_and(|info| info.digests_known < info.chunk_count);
-                if partial && !self.store.is_complete(blob) {
+                if !self.store.is_complete(blob) {
                     tokio::spawn(pipeline::fill_digests(self.clone(), id, *blob));
                 }
             }
