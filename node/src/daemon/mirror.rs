@@ -21,6 +21,13 @@
 //! mirror-only rollback window of `--keep-versions` per repository, and
 //! `edgeswarm rm IMAGE`).
 //!
+//! Manifests are small: a gateway-capable node fetches a manifest it
+//! lacks from the registry itself (verified by digest), and only the
+//! blobs go through the locality. A node that cannot reach the registry
+//! serves an index (multi-platform manifest list) only when a peer holds
+//! it; its platform manifest by digest is pulled through the locality as
+//! above.
+//!
 //! Mirror releases never enter the desired state (they are not persisted,
 //! replayed by anti-entropy or compared with publisher sequences), so a
 //! mirror pull can neither shadow nor block a deployment. Because they
