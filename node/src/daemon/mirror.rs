@@ -533,10 +533,14 @@ impl Inner {
                 r = inner.run_job(&reference, manifest, tag.as_deref()) => r,
                 () = inner.shutdown.cancelled() => Err(ReleaseError::ShuttingDown),
             };
-            let error = result.err().map(|e| e.to_string());
-            if let Some(e) = &error {
+            if let Err(e) = &result {
                 tracing::warn!(%manifest, image = %reference, error = %e, "mirror pull failed");
+                // Shown in status, and no longer driven as pending.
+                if let Some(id) = inner.mirror.job(&manifest).and_then(|j| j.release) {
+                    inner.fail(&id, e);
+                }
             }
+            let error = result.err().map(|e| e.to_string());
             inner.mirror.update(&manifest, |job| {
                 job.running = false;
                 job.error = error;
