@@ -23,6 +23,9 @@
 //! - [`daemon`]: the release flow: trust checks, gateway election and the
 //!   gateway's registry pull, and the fetch-and-import pipeline of every node.
 //! - [`api`]: the local HTTP API (`/v1/...`, `/metrics`) the CLI talks to.
+//! - [`mirror`]: the registry mirror (`--mirror`): the OCI Distribution
+//!   read API for containerd, Docker and skopeo, pulling misses through
+//!   the locality (feature `api`).
 //!
 //! The binary (`src/main.rs`, with `src/operator.rs`) is not part of this
 //! library. It holds the clap command line; the `edgeswarm node` options
@@ -67,6 +70,8 @@ pub mod daemon;
 pub mod fsutil;
 #[cfg(feature = "import")]
 pub mod import;
+#[cfg(feature = "api")]
+pub mod mirror;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod store;

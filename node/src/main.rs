@@ -274,6 +274,16 @@ struct NodeArgs {
     /// Local HTTP API address [default: 127.0.0.1:7465].
     #[arg(long, env = "EDGESWARM_API")]
     api: Option<SocketAddr>,
+    /// Serve the registry mirror (the OCI Distribution read API for
+    /// containerd, Docker and skopeo, pulling misses through the
+    /// locality) on this address, e.g. 127.0.0.1:5050 [default: off].
+    #[arg(long, env = "EDGESWARM_MIRROR")]
+    mirror: Option<SocketAddr>,
+    /// The upstream registry of mirror requests that do not name one
+    /// (containerd sends `?ns=`; skopeo and Docker do not)
+    /// [default: docker.io].
+    #[arg(long, env = "EDGESWARM_MIRROR_DEFAULT_REGISTRY")]
+    mirror_default_registry: Option<String>,
     /// A label of this node, LABEL=VALUE, repeatable [default: none].
     #[arg(long, env = "EDGESWARM_LABEL", value_delimiter = ',')]
     label: Option<Vec<String>>,
@@ -334,6 +344,8 @@ impl NodeArgs {
             dir_device_nodes,
             dir_keep_setid,
             api,
+            mirror,
+            mirror_default_registry,
             label,
             chunk_size,
             keep_versions,
@@ -341,6 +353,16 @@ impl NodeArgs {
             max_layer_unpacked
         );
         Ok(self)
+    }
+
+    /// The registry mirror's address and settings, when it is on.
+    fn mirror(&self) -> Option<(SocketAddr, edgeswarm_node::mirror::MirrorConfig)> {
+        let addr = self.mirror?;
+        let mut config = edgeswarm_node::mirror::MirrorConfig::default();
+        if let Some(registry) = &self.mirror_default_registry {
+            config.default_registry = registry.clone();
+        }
+        Some((addr, config))
     }
 
     /// Validates and converts the options.
@@ -596,6 +618,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         return Ok(());
     }
     init_tracing();
+    let mirror = args.mirror();
     let (config, api) = args.into_config()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -633,8 +656,35 @@ async fn node(args: NodeArgs) -> Result<()> {
         token,
         shutdown.clone(),
     ));
+    let mirror_task = match mirror {
+        Some((addr, mirror_config)) => {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    shutdown.cancel();
+                    daemon.shutdown();
+                    return Err(e)
+                        .with_context(|| format!("binding the mirror to {addr} (see --mirror)"));
+                }
+            };
+            tokio::spawn(edgeswarm_node::mirror::serve(
+                daemon.clone(),
+                listener,
+                mirror_config,
+                shutdown.clone(),
+            ))
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted (SIGINT); shutting down"),
+        result = mirror_task => {
+            match result {
+                Ok(Err(e)) => return Err(e).context("registry mirror"),
+                Ok(Ok(())) => {}
+                Err(e) => bail!("mirror task failed: {e}"),
+            }
+        }
         _ = sigterm.recv() => tracing::info!("terminated (SIGTERM); shutting down"),
         result = api_task => {
             match result {

@@ -146,12 +146,14 @@ impl Inner {
 
     /// Whether `release`'s selector matches this node's labels.
     pub(super) fn targets(&self, release: &Release) -> bool {
-        release.selects(
-            self.config
-                .labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
+        // A mirror release imports nowhere (see `mirror`).
+        !super::mirror::is_mirror(release)
+            && release.selects(
+                self.config
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
     }
 
     /// Starts tracking an accepted release, if this node is targeted.
@@ -299,6 +301,12 @@ impl Daemon {
     /// locality (this node acts on it too). Returns the release id.
     pub async fn publish_release(&self, signed: SignedRelease) -> Result<Digest, DaemonError> {
         let id = signed.release_id();
+        if super::mirror::is_mirror(signed.body_unverified()) {
+            return Err(DaemonError::Refused(format!(
+                "the selector key {} is reserved for the registry mirror",
+                super::MIRROR_SELECTOR
+            )));
+        }
         match self.inner.admit_release(&signed) {
             Ok(Some(release)) => self.inner.adopt_release(&signed, release),
             // Published before: gossiped again, which is harmless.

@@ -109,10 +109,13 @@ impl Inner {
             .releases
             .get(&id)
             .is_some_and(|t| t.state != ReleaseState::Failed);
-        let desired = matches!(
-            self.desired.get(&release.image),
-            Some(super::desired::Entry::Release(r)) if r.release_id() == id
-        );
+        // Mirror releases are never in the desired state: wanted while
+        // tracked.
+        let desired = super::mirror::is_mirror(release)
+            || matches!(
+                self.desired.get(&release.image),
+                Some(super::desired::Entry::Release(r)) if r.release_id() == id
+            );
         tracked && desired
     }
 }

@@ -109,6 +109,11 @@ async fn dispatch(inner: &Arc<Inner>, msg: ReceivedGossip) {
 /// policy, names its locality and is newer than the desired state of its
 /// image; recorded as refused otherwise.
 fn on_release(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRelease) {
+    if super::mirror::is_mirror(signed.body_unverified()) {
+        // Never part of the desired state: see `mirror`.
+        inner.on_mirror_release(source, signed);
+        return;
+    }
     match inner.admit_release(&signed) {
         Ok(Some(release)) => inner.adopt_release(&signed, release),
         Ok(None) => {} // held already (anti-entropy re-publishes)

@@ -28,6 +28,11 @@
 //!     and config, then every layer from the swarm, each streamed from the
 //!     store into the import sink while it downloads;
 //!   - `removal`: `rm`, `rm --locality` and the rollback window;
+//!   - `mirror`: the registry mirror's misses ([`Daemon::mirror_manifest`],
+//!     [`Daemon::mirror_blob`]): mirror releases (a release that selects
+//!     no node, pulled by the elected gateway like any other) and the
+//!     mirror jobs that fetch, stream and pin their blobs; the trust model
+//!     of tag answers;
 //! - what the node hears and says:
 //!   - `gossip`: `dispatch` hands each gossip message (decoded once, by
 //!     the swarm) to the `on_*` handler of its kind;
@@ -70,6 +75,7 @@ mod error;
 mod gateway;
 mod gossip;
 mod metrics;
+mod mirror;
 mod peers;
 mod pipeline;
 mod releases;
@@ -81,6 +87,10 @@ pub use desired::DesiredView;
 pub use error::DaemonError;
 use gossip::gossip_loop;
 use metrics::DaemonMetrics;
+pub use mirror::{
+    MirrorBlob, MirrorError, MirrorManifest, BLOB_WAIT, CHUNK_WAIT, MANIFEST_WAIT, MIRROR_SELECTOR,
+    STALL_LIMIT, TAG_ANSWER_TTL,
+};
 use peers::Peers;
 use releases::Releases;
 use status::status_loop;
@@ -189,6 +199,8 @@ pub(crate) struct Inner {
     versions_lock: tokio::sync::Mutex<()>,
     /// Bounds removal requests from gossip handled at once.
     removal_slots: Arc<tokio::sync::Semaphore>,
+    /// The registry mirror's jobs, the mirror releases seen, its metrics.
+    mirror: mirror::MirrorState,
     /// A removal skipped garbage collection because releases were in
     /// progress; collect when they finish.
     gc_deferred: std::sync::atomic::AtomicBool,
@@ -231,6 +243,8 @@ impl Daemon {
         let mut registry_metrics = prometheus_client::registry::Registry::with_prefix("edgeswarm");
         metrics.register(&mut registry_metrics);
         swarm.metrics().register(&mut registry_metrics);
+        let mirror = mirror::MirrorState::default();
+        mirror.metrics.register(&mut registry_metrics);
         let desired_path = config.data_dir.join("desired.json");
         let inner = Arc::new(Inner {
             config,
@@ -251,6 +265,7 @@ impl Daemon {
             versions_lock: tokio::sync::Mutex::new(()),
             removal_slots: Arc::new(tokio::sync::Semaphore::new(MAX_GOSSIP_REMOVALS)),
             gc_deferred: Default::default(),
+            mirror,
         });
         // Subscribe before resuming, so no release gossiped meanwhile is missed.
         let gossip_rx = inner.swarm.subscribe_gossip();

@@ -214,7 +214,7 @@ fn parse_digest(s: &str, what: impl FnOnce() -> String) -> Result<Digest, Releas
 
 /// Brings a blob into the store: from peers, or by waiting for this node's
 /// own registry pull. Retries while nobody holds it yet.
-async fn fetch_blob(
+pub(super) async fn fetch_blob(
     inner: &Arc<Inner>,
     release: Digest,
     digest: Digest,
@@ -264,7 +264,7 @@ async fn fetch_blob(
 /// elected the release's gateway after a restart, are gone for good), from
 /// a live peer holding the layer complete. Ends once every digest is known,
 /// the layer completes, or the release is no longer tracked.
-async fn fill_digests(inner: Arc<Inner>, release: Digest, blob: Digest) {
+pub(super) async fn fill_digests(inner: Arc<Inner>, release: Digest, blob: Digest) {
     loop {
         let known = inner.store.chunk_map(&blob).is_some() || inner.store.is_complete(&blob);
         if known || inner.shutdown.is_cancelled() || inner.releases.get(&release).is_none() {

@@ -285,8 +285,21 @@ impl Inner {
     /// clock only orders equal sequences). Failures are logged: retention
     /// never fails a release.
     pub(super) async fn retain_versions(self: &Arc<Self>, image: &str, seq: u64, created: u64) {
+        self.retain_versions_of(image, &repository_of(image), seq, created)
+            .await;
+    }
+
+    /// [`Inner::retain_versions`] within the window named `repository`
+    /// (the mirror keeps its pins in a window of their own).
+    pub(super) async fn retain_versions_of(
+        self: &Arc<Self>,
+        image: &str,
+        repository: &str,
+        seq: u64,
+        created: u64,
+    ) {
         let keep = self.config.keep_versions.max(1);
-        let repository = repository_of(image);
+        let repository = repository.to_owned();
         let evict = {
             let _guard = self.versions_lock.lock().await;
             let mut versions = self.load_versions().await;

@@ -96,6 +96,13 @@ impl BlobReader {
         self.pos
     }
 
+    /// Moves the next read to blob offset `pos` (at most the size), for a
+    /// reader that serves a byte range: the chunks before it are neither
+    /// waited for nor read.
+    pub fn seek_to(&mut self, pos: u64) {
+        self.pos = pos.min(self.blob.size);
+    }
+
     /// Size of the blob.
     pub fn size(&self) -> u64 {
         self.blob.size

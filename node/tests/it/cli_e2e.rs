@@ -1022,3 +1022,43 @@ async fn an_open_locality_must_be_asked_for_and_is_shown() {
     assert!(warnings.contains("open locality"), "{v}");
     assert!(warnings.contains("--allow-any-publisher"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_is_configured_in_the_config_file_and_serves_tags_on_a_gateway() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = build_and_push(&registry, "mirror").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "mirror = \"{mirror}\"\nmirror_default_registry = \"{}\"\n",
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let node = start_node(
+        dir.path(),
+        "none",
+        &["--gateway", "--config", config.to_str().unwrap()],
+    )
+    .await;
+    let base = reqwest::get(format!("http://{mirror}/v2/")).await.unwrap();
+    assert_eq!(base.status(), 200, "log: {}", node.log());
+    assert_eq!(
+        base.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    // `image` is HOST/REPO:TAG; the mirror's default registry is HOST.
+    let path = image
+        .split_once('/')
+        .unwrap()
+        .1
+        .replacen(':', "/manifests/", 1);
+    let r = reqwest::get(format!("http://{mirror}/v2/{path}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "log: {}", node.log());
+    assert!(r.headers().contains_key("docker-content-digest"));
+}

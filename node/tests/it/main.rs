@@ -17,6 +17,7 @@ mod import_dir;
 mod import_docker;
 mod import_oci;
 mod locality_e2e;
+mod mirror;
 mod registry_auth;
 mod registry_bench;
 mod registry_docker;
