@@ -82,10 +82,13 @@ async fn main() {
         platform: Platform::host(),
         import: Some(ImportSinkKind::Dir),
         trusted: TrustedKeys::new(),
+        // The bench's node imports nothing a publisher signs.
+        allow_any_publisher: true,
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,
         keep_versions: 2,
         unpack: Default::default(),
+        dir: Default::default(),
     })
     .await
     .expect("node");

@@ -198,6 +198,7 @@ pub(crate) async fn start<S: ChunkStore>(
     let now = Instant::now();
     for (peer, left) in restored {
         state.bans.insert(peer, now + left);
+        state.ban_requests.set_banned(peer, true);
         state.swarm.behaviour_mut().blocked.block_peer(peer);
     }
     state.metrics.banned_peers.set(state.bans.len() as i64);
@@ -287,6 +288,7 @@ impl SwarmTask {
         let changed = !expired.is_empty();
         for p in expired {
             self.bans.remove(&p);
+            self.ban_requests.set_banned(p, false);
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
             info!(peer = %p, "ban expired");
         }
@@ -322,6 +324,7 @@ impl SwarmTask {
             warn!(%peer, %reason, "banning peer");
             self.metrics.bans.inc();
         }
+        self.ban_requests.set_banned(peer, true);
         self.persist_bans();
         self.metrics.banned_peers.set(self.bans.len() as i64);
         self.swarm.behaviour_mut().blocked.block_peer(peer);
