@@ -71,6 +71,7 @@ mod gossip;
 mod metrics;
 mod peers;
 mod pipeline;
+mod ready;
 mod releases;
 mod removal;
 mod status;
@@ -81,6 +82,7 @@ pub use error::DaemonError;
 use gossip::gossip_loop;
 use metrics::DaemonMetrics;
 use peers::Peers;
+pub use ready::{Readiness, ReadyCheck, ReadyGate};
 use releases::Releases;
 use status::status_loop;
 pub use views::{PeerView, RefusedView, ReleasePhase, ReleaseView, SelfView, StatusView};
@@ -185,6 +187,8 @@ pub(crate) struct Inner {
     /// A removal skipped garbage collection because releases were in
     /// progress; collect when they finish.
     gc_deferred: std::sync::atomic::AtomicBool,
+    /// Readiness (`/v1/ready`): joined flag and component gates.
+    ready: ready::ReadyState,
 }
 
 /// A running node daemon. Cheap to clone.
@@ -241,6 +245,7 @@ impl Daemon {
             versions_lock: tokio::sync::Mutex::new(()),
             removal_slots: Arc::new(tokio::sync::Semaphore::new(MAX_GOSSIP_REMOVALS)),
             gc_deferred: Default::default(),
+            ready: Default::default(),
         });
         // Subscribe before resuming, so no release gossiped meanwhile is missed.
         let gossip_rx = inner.swarm.subscribe_gossip();
