@@ -21,15 +21,18 @@
 //! - [`swarm`]: the libp2p layer: identity, membership (pnet), locality-scoped
 //!   Kademlia and gossipsub, mDNS, and the chunk exchange over raw streams.
 //! - [`daemon`]: the release flow: trust checks, gateway election and the
-//!   gateway's registry pull, and the fetch-and-import pipeline of every node.
-//! - [`api`]: the local HTTP API (`/v1/...`, `/metrics`) the CLI talks to.
+//!   gateway's registry pull, and the fetch-and-import pipeline of every node;
+//!   readiness ([`daemon::Daemon::readiness`], with a [`daemon::ReadyGate`]
+//!   per optional component such as the registry mirror).
+//! - [`api`]: the local HTTP API (`/v1/...`, `/metrics`) the CLI talks to,
+//!   and the probes (`/v1/health`, `/v1/ready`).
 //!
 //! The binary (`src/main.rs`, with `src/operator.rs`) is not part of this
 //! library. It holds the clap command line; the `edgeswarm node` options
 //! and how they merge (command line > `EDGESWARM_*` environment >
 //! `--config` TOML file > default) into a [`daemon::DaemonConfig`]; the
 //! node runner (data-dir lock, removal of a killed node's leftovers,
-//! daemon, API, shutdown on Ctrl-C or SIGTERM); key generation (`keygen`,
+//! daemon, API, `READY=1` to systemd, shutdown on Ctrl-C or SIGTERM); key generation (`keygen`,
 //! `swarm-key`); and the operator commands, which are HTTP clients of a
 //! running node's API. Those do some work of their own: `deploy --key`
 //! signs the release the node prepared with the publisher key locally (the
