@@ -37,4 +37,17 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# Kubernetes schema validator for deploy/ (scripts/validate-deploy.sh); it
+# ships the schemas, so validation runs offline.
+if ! command -v kubernetes-validate >/dev/null; then
+  if ! command -v python3 >/dev/null; then
+    echo "install-deps: installing python3 and pip"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
+  fi
+  echo "install-deps: installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
+fi
+
 "$(dirname "$0")/start-dockerd.sh"

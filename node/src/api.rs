@@ -5,7 +5,8 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/v1/health` | liveness |
+//! | GET | `/v1/health` | liveness: the process answers |
+//! | GET | `/v1/ready` | readiness: 200 when store, swarm, join and every component gate pass, else 503; the body lists each check ([`crate::daemon::Readiness`]) |
 //! | GET | `/v1/status` | the locality as this node sees it |
 //! | POST | `/v1/resolve` | `{image}` -> `{manifest, platform, locality}` (for signing releases off-node) |
 //! | POST | `/v1/deploy` | `{image, selector?}`: a release signed by the node's identity |
@@ -30,7 +31,7 @@
 //!   cross-site form or `text/plain` POST (which browsers send without a
 //!   preflight) is refused even before the token check could leak timing.
 //!
-//! The read-only `GET` endpoints (health, status, images, metrics) need no
+//! The read-only `GET` endpoints (health, ready, status, images, metrics) need no
 //! token: monitoring scrapes them, they change nothing, and the Host check
 //! keeps web pages from reading them. Bind `--api` to loopback (the
 //! default) or a management network only.
@@ -311,6 +312,7 @@ pub fn router(daemon: Daemon, access: ApiAccess) -> Router {
             "/v1/health",
             get(|| async { Json(serde_json::json!({"ok": true})) }),
         )
+        .route("/v1/ready", get(ready))
         .route("/v1/status", get(status))
         .route("/v1/resolve", post(resolve))
         .route("/v1/deploy", post(deploy))
@@ -321,6 +323,16 @@ pub fn router(daemon: Daemon, access: ApiAccess) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(access, guard))
         .with_state(daemon)
+}
+
+async fn ready(State(daemon): State<Daemon>) -> Response {
+    let readiness = daemon.readiness().await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
 }
 
 async fn status(State(daemon): State<Daemon>) -> impl IntoResponse {

@@ -21,8 +21,11 @@
 //! - [`swarm`]: the libp2p layer: identity, membership (pnet), locality-scoped
 //!   Kademlia and gossipsub, mDNS, and the chunk exchange over raw streams.
 //! - [`daemon`]: the release flow: trust checks, gateway election and the
-//!   gateway's registry pull, and the fetch-and-import pipeline of every node.
-//! - [`api`]: the local HTTP API (`/v1/...`, `/metrics`) the CLI talks to.
+//!   gateway's registry pull, and the fetch-and-import pipeline of every node;
+//!   readiness ([`daemon::Daemon::readiness`], with a [`daemon::ReadyGate`]
+//!   per optional component such as the registry mirror).
+//! - [`api`]: the local HTTP API (`/v1/...`, `/metrics`) the CLI talks to,
+//!   and the probes (`/v1/health`, `/v1/ready`).
 //! - [`mirror`]: the registry mirror (`--mirror`): the OCI Distribution
 //!   read API for containerd, Docker and skopeo, pulling misses through
 //!   the locality (feature `api`).
@@ -32,7 +35,7 @@
 //! and how they merge (command line > `EDGESWARM_*` environment >
 //! `--config` TOML file > default) into a [`daemon::DaemonConfig`]; the
 //! node runner (data-dir lock, removal of a killed node's leftovers,
-//! daemon, API, shutdown on Ctrl-C or SIGTERM); key generation (`keygen`,
+//! daemon, API, `READY=1` to systemd, shutdown on Ctrl-C or SIGTERM); key generation (`keygen`,
 //! `swarm-key`); and the operator commands, which are HTTP clients of a
 //! running node's API. Those do some work of their own: `deploy --key`
 //! signs the release the node prepared with the publisher key locally (the

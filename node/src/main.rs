@@ -241,6 +241,16 @@ struct NodeArgs {
     /// [default: none; loopback registries are always allowed, as in Docker].
     #[arg(long, env = "EDGESWARM_INSECURE_REGISTRY", value_delimiter = ',')]
     insecure_registry: Option<Vec<String>>,
+    /// PEM file of CA certificates trusted for HTTPS registries besides
+    /// the system CA store (a registry behind an internal CA), repeatable
+    /// [default: the system store only].
+    #[arg(
+        long,
+        env = "EDGESWARM_REGISTRY_CA",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    registry_ca: Option<Vec<PathBuf>>,
     /// Registry credentials, in Docker's config.json format
     /// [default: ~/.docker/config.json].
     #[arg(long, env = "EDGESWARM_REGISTRY_AUTH")]
@@ -304,6 +314,19 @@ struct NodeArgs {
     /// [default: 64G].
     #[arg(long, env = "EDGESWARM_MAX_LAYER_UNPACKED")]
     max_layer_unpacked: Option<String>,
+    /// Log line format: `text` for people, `json` (one object
+    /// per line) for log collectors [default: text].
+    #[arg(long, env = "EDGESWARM_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    // No doc comments here: clap would turn them into a long help layout.
+    Text,
+    Json,
 }
 
 impl NodeArgs {
@@ -336,6 +359,7 @@ impl NodeArgs {
             max_store_size,
             gateway,
             insecure_registry,
+            registry_ca,
             registry_auth,
             platform,
             import,
@@ -350,7 +374,8 @@ impl NodeArgs {
             chunk_size,
             keep_versions,
             max_unpack_ratio,
-            max_layer_unpacked
+            max_layer_unpacked,
+            log_format
         );
         Ok(self)
     }
@@ -416,11 +441,14 @@ impl NodeArgs {
                 .transpose()?,
         };
         let gateway = self.gateway.unwrap_or(false);
-        let registry = RegistryConfig::from_flags(
+        let mut registry = RegistryConfig::from_flags(
             &self.insecure_registry.unwrap_or_default(),
             self.registry_auth.as_deref(),
         )
         .context("--insecure-registry / --registry-auth")?;
+        for path in self.registry_ca.unwrap_or_default() {
+            registry.add_ca_file(&path)?;
+        }
         let platform = match &self.platform {
             Some(p) => Platform::parse(p).map_err(|e| anyhow::anyhow!("--platform {p:?}: {e}"))?,
             None => Platform::host(),
@@ -602,10 +630,21 @@ async fn run() -> Result<()> {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        // Fields at the top level (not under "fields") and the span list
+        // off: what log collectors index without a parsing rule.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn node(args: NodeArgs) -> Result<()> {
@@ -617,7 +656,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         );
         return Ok(());
     }
-    init_tracing();
+    init_tracing(args.log_format.unwrap_or(LogFormat::Text));
     let mirror = args.mirror();
     let (config, api) = args.into_config()?;
     std::fs::create_dir_all(&config.data_dir)
@@ -649,6 +688,10 @@ async fn node(args: NodeArgs) -> Result<()> {
             return Err(e).with_context(|| format!("binding the API to {api} (see --api)"));
         }
     };
+    // The store is open, the swarm listens and the API is bound: what a
+    // `Type=notify` unit waits for. Joining the locality is not awaited
+    // (a down bootstrap peer would fail the start); `/v1/ready` has that.
+    notify_systemd_ready();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let api_task = tokio::spawn(edgeswarm_node::api::serve(
         daemon.clone(),
@@ -658,8 +701,14 @@ async fn node(args: NodeArgs) -> Result<()> {
     ));
     let mirror_task = match mirror {
         Some((addr, mirror_config)) => {
+            // `/v1/ready` stays 503 until the mirror listens: a kubelet
+            // pulling through it must not be pointed at it before.
+            let gate = daemon.readiness_gate("mirror");
             let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
+                Ok(l) => {
+                    gate.set_ready(true);
+                    l
+                }
                 Err(e) => {
                     shutdown.cancel();
                     daemon.shutdown();
@@ -704,6 +753,35 @@ async fn node(args: NodeArgs) -> Result<()> {
     }
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) that the node is up: `READY=1` as one
+/// datagram to `$NOTIFY_SOCKET` (a path, or `@name` for an abstract
+/// socket), the whole sd_notify protocol this needs. Without the
+/// variable (not under systemd) it does nothing; a failure is logged,
+/// since systemd then times the start out and says so itself.
+fn notify_systemd_ready() {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = (|| -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let datagram = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = socket.as_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt as _;
+                std::os::unix::net::SocketAddr::from_abstract_name(name)?
+            }
+            None => std::os::unix::net::SocketAddr::from_pathname(&socket)?,
+        };
+        datagram.send_to_addr(b"READY=1\nSTATUS=serving", &addr)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => tracing::debug!("notified systemd: READY=1"),
+        Err(e) => tracing::warn!(socket = ?socket, error = %e, "cannot notify systemd"),
+    }
 }
 
 /// Removes what a killed node left in the data dir (temporary state files,

@@ -78,6 +78,7 @@ mod metrics;
 mod mirror;
 mod peers;
 mod pipeline;
+mod ready;
 mod releases;
 mod removal;
 mod status;
@@ -92,6 +93,7 @@ pub use mirror::{
     STALL_LIMIT, TAG_ANSWER_TTL,
 };
 use peers::Peers;
+pub use ready::{Readiness, ReadyCheck, ReadyGate};
 use releases::Releases;
 use status::status_loop;
 pub use views::{PeerView, RefusedView, ReleasePhase, ReleaseView, SelfView, StatusView};
@@ -204,6 +206,8 @@ pub(crate) struct Inner {
     /// A removal skipped garbage collection because releases were in
     /// progress; collect when they finish.
     gc_deferred: std::sync::atomic::AtomicBool,
+    /// Readiness (`/v1/ready`): joined flag and component gates.
+    ready: ready::ReadyState,
 }
 
 /// A running node daemon. Cheap to clone.
@@ -266,6 +270,7 @@ impl Daemon {
             removal_slots: Arc::new(tokio::sync::Semaphore::new(MAX_GOSSIP_REMOVALS)),
             gc_deferred: Default::default(),
             mirror,
+            ready: Default::default(),
         });
         // Subscribe before resuming, so no release gossiped meanwhile is missed.
         let gossip_rx = inner.swarm.subscribe_gossip();

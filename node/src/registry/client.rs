@@ -110,15 +110,17 @@ enum Attempt {
 impl RegistryClient {
     /// Builds a client.
     pub fn new(config: RegistryConfig) -> Result<RegistryClient, RegistryError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .user_agent(config.user_agent.clone())
-            .build()
-            .map_err(|e| RegistryError::Io {
-                context: "building HTTP client".into(),
-                source: std::io::Error::other(e),
-            })?;
+            .user_agent(config.user_agent.clone());
+        for ca in &config.extra_ca {
+            builder = builder.add_root_certificate(ca.clone());
+        }
+        let http = builder.build().map_err(|e| RegistryError::Io {
+            context: "building HTTP client".into(),
+            source: std::io::Error::other(e),
+        })?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 http,
@@ -320,10 +322,17 @@ impl RegistryClient {
                     })
                 }
                 Err(e) => {
+                    if let Some(reason) = untrusted_certificate(&e) {
+                        return Err(RegistryError::Tls {
+                            reference: target.reference.to_string(),
+                            what: target.what.clone(),
+                            reason,
+                        });
+                    }
                     return Ok(Attempt::Retry {
                         after: None,
                         reason: error_chain(&e),
-                    })
+                    });
                 }
             };
             let status = response.status();
@@ -572,6 +581,27 @@ pub(super) async fn error_detail(resp: Response) -> String {
 
 /// An error with its sources, so "connection reset" is not hidden behind
 /// "error sending request".
+/// The certificate problem behind a failed request, if rustls rejected
+/// the server's certificate. Retrying cannot help with that, and the
+/// operator needs to hear "untrusted CA", not "giving up after 6
+/// attempts". The rustls error sits inside `io::Error`s (nested: the TLS
+/// stream's inside the connector's), whose `source()` skips the error
+/// they wrap, so each is also opened with `get_ref`.
+fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(tls @ rustls::Error::InvalidCertificate(_)) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(found) = untrusted_certificate(inner) {
+            return Some(found);
+        }
+    }
+    e.source().and_then(untrusted_certificate)
+}
+
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -42,6 +42,9 @@ pub struct RegistryConfig {
     pub max_config_bytes: u64,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// CA certificates trusted for HTTPS besides the system store
+    /// (`--registry-ca FILE`): registries behind an internal CA.
+    pub extra_ca: Vec<reqwest::Certificate>,
 }
 
 impl Default for RegistryConfig {
@@ -60,6 +63,7 @@ impl Default for RegistryConfig {
             max_manifest_bytes: 4 << 20,
             max_config_bytes: 16 << 20,
             user_agent: concat!("edgeswarm/", env!("CARGO_PKG_VERSION")).to_owned(),
+            extra_ca: Vec::new(),
         }
     }
 }
@@ -95,6 +99,31 @@ impl RegistryConfig {
             credentials,
             ..RegistryConfig::default()
         })
+    }
+}
+
+impl RegistryConfig {
+    /// Trusts every certificate of the PEM file `path` (`--registry-ca`,
+    /// one CA or a bundle) for HTTPS, on top of the system CA store.
+    /// Returns how many certificates it holds; a file without any is an
+    /// error, so a wrong path or a key file is caught at start, not at the
+    /// first pull. Blocking (reads the file).
+    pub fn add_ca_file(&mut self, path: &std::path::Path) -> Result<usize, RegistryError> {
+        let ca_error = |reason: String| RegistryError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ca_error(super::client::error_chain(&e)))?;
+        if certs.is_empty() {
+            return Err(ca_error(
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+            ));
+        }
+        let n = certs.len();
+        self.extra_ca.extend(certs);
+        Ok(n)
     }
 }
 
@@ -143,5 +172,25 @@ mod tests {
             RegistryConfig::from_flags(&[], Some(&missing)),
             Err(RegistryError::Credentials { .. })
         ));
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = RegistryConfig::default();
+        let missing = dir.path().join("missing.pem");
+        assert!(matches!(
+            cfg.add_ca_file(&missing),
+            Err(RegistryError::CaFile { .. })
+        ));
+        let key_only = dir.path().join("key.pem");
+        std::fs::write(
+            &key_only,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = cfg.add_ca_file(&key_only).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        assert!(cfg.extra_ca.is_empty());
     }
 }

@@ -152,6 +152,29 @@ pub enum RegistryError {
         /// What went wrong.
         reason: String,
     },
+    /// The registry's TLS certificate did not verify (unknown issuer, wrong
+    /// name, expired): a configuration problem, so not retried.
+    #[error(
+        "{reference}: the registry's TLS certificate is not trusted ({reason}) fetching {what}; \
+         if the registry uses an internal CA, pass its certificate with --registry-ca FILE \
+         or add it to the system CA store"
+    )]
+    Tls {
+        /// The image reference.
+        reference: String,
+        /// What was being fetched.
+        what: String,
+        /// What rustls reported.
+        reason: String,
+    },
+    /// A `--registry-ca` file could not be used.
+    #[error("--registry-ca {}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A URL from the registry (redirect, realm, upload location, foreign URL) is unusable.
     #[error("{reference}: bad URL {url:?}: {reason}")]
     BadUrl {

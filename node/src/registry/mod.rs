@@ -48,8 +48,9 @@
 //! ## Non-goals
 //!
 //! - Pushing (except the test helper), schema 1 manifests, digest
-//!   algorithms other than sha256, mutual TLS, custom CA files (HTTPS uses
-//!   the webpki root set), trying HTTPS before HTTP for insecure registries
+//!   algorithms other than sha256, mutual TLS (HTTPS trusts the system CA
+//!   store and each `--registry-ca` file, see
+//!   [`RegistryConfig::add_ca_file`]), trying HTTPS before HTTP for insecure registries
 //!   (dockerd does; we go straight to HTTP), HTTP-date forms of `Retry-After` (seconds only;
 //!   dates fall back to exponential backoff), CIDR entries in the insecure list.
 

@@ -965,6 +965,16 @@ pub struct TestRegistry {
     child: std::process::Child,
     addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// Serves HTTPS ([`TestRegistry::start_tls`]) instead of HTTP.
+    tls: bool,
+}
+
+/// What [`TestRegistry::start_tls`] serves, beside the options.
+struct Serve<'a> {
+    /// Another registry's storage root to serve instead of a new one.
+    root: Option<&'a Path>,
+    /// Certificate chain and key PEM files: serve HTTPS.
+    tls: Option<(&'a Path, &'a Path)>,
 }
 
 impl TestRegistry {
@@ -991,9 +1001,36 @@ impl TestRegistry {
     pub async fn start_with(
         options: TestRegistryOptions,
     ) -> Result<TestRegistry, TestSupportError> {
+        let serve = Serve {
+            root: None,
+            tls: None,
+        };
+        Self::start_serving(&options, &serve).await
+    }
+
+    /// Starts an anonymous registry that serves HTTPS with the certificate
+    /// chain `cert` and key `key` (PEM files), on the storage root `root`
+    /// of another (plain HTTP) test registry, which pushes to it: the
+    /// [`Pusher`] speaks plain HTTP only.
+    pub async fn start_tls(
+        root: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<TestRegistry, TestSupportError> {
+        let serve = Serve {
+            root: Some(root),
+            tls: Some((cert, key)),
+        };
+        Self::start_serving(&TestRegistryOptions::default(), &serve).await
+    }
+
+    async fn start_serving(
+        options: &TestRegistryOptions,
+        serve: &Serve<'_>,
+    ) -> Result<TestRegistry, TestSupportError> {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(&options).await {
+            match Self::try_start(options, serve).await {
                 Ok(r) => return Ok(r),
                 Err(TestSupportError::Registry(e)) => last = e,
                 Err(other) => return Err(other),
@@ -1002,7 +1039,10 @@ impl TestRegistry {
         Err(TestSupportError::Registry(last))
     }
 
-    async fn try_start(options: &TestRegistryOptions) -> Result<TestRegistry, TestSupportError> {
+    async fn try_start(
+        options: &TestRegistryOptions,
+        serve: &Serve<'_>,
+    ) -> Result<TestRegistry, TestSupportError> {
         let dir = tempfile::Builder::new()
             .prefix("edgeswarm-registry-")
             .tempdir()
@@ -1015,8 +1055,19 @@ impl TestRegistry {
                 l.local_addr().map_err(io_err("picking a port"))?
             }
         };
-        let root = dir.path().join("root");
+        let root = match serve.root {
+            Some(root) => root.to_owned(),
+            None => dir.path().join("root"),
+        };
         std::fs::create_dir_all(&root).map_err(io_err("creating registry root"))?;
+        let tls = match serve.tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let mut auth = String::new();
         if !options.users.is_empty() {
             let htpasswd = dir.path().join("htpasswd");
@@ -1036,6 +1087,7 @@ impl TestRegistry {
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
              http:\n  addr: {addr}\n\
+             {tls}\
              {auth}\
              validation:\n  manifests:\n    urls:\n      allow:\n        - '^https?://'\n",
             root = root.display(),
@@ -1057,14 +1109,26 @@ impl TestRegistry {
                     "cannot run docker-registry (Debian package `docker-registry`): {e}"
                 ))
             })?;
-        let mut registry = TestRegistry { child, addr, dir };
+        let mut registry = TestRegistry {
+            child,
+            addr,
+            dir,
+            tls: serve.tls.is_some(),
+        };
         registry.wait_ready().await?;
         Ok(registry)
     }
 
     async fn wait_ready(&mut self) -> Result<(), TestSupportError> {
-        let http = reqwest::Client::new();
-        let url = format!("http://{}/v2/", self.addr);
+        // Only "is it up?": the certificate is what the tests examine.
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .map_err(|e| TestSupportError::Request {
+                what: "building HTTP client".into(),
+                source: e,
+            })?;
+        let url = format!("{}/v2/", self.url());
         for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(TestSupportError::Registry(format!(
@@ -1100,9 +1164,10 @@ impl TestRegistry {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` for [`TestRegistry::start_tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The registry's storage root.

@@ -1326,6 +1326,11 @@ impl Store {
         out
     }
 
+    /// Whether the store accepts writes (not [`Store::close`]d).
+    pub fn is_open(&self) -> bool {
+        !self.inner.closing.load(Ordering::SeqCst)
+    }
+
     /// Starts shutting down: waiting readers return an error, new writes
     /// are refused with [`StoreError::Closing`]. Everything already
     /// acknowledged is durable.

@@ -256,3 +256,46 @@ fn client_commands_say_when_no_node_answers() {
         stderr(&out)
     );
 }
+
+#[test]
+fn registry_ca_and_log_format_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    // A wrong --registry-ca path fails the start, naming the option.
+    let missing = dir.path().join("missing-ca.pem");
+    let out = edgeswarm(
+        &[
+            "node",
+            "--data-dir",
+            data,
+            "--registry-ca",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--registry-ca"), "{err}");
+    assert!(err.contains("missing-ca.pem"), "{err}");
+
+    // Both come from the config file too.
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "registry_ca = [\"/etc/edgeswarm/ca.pem\"]\nlog_format = \"json\"\n",
+    )
+    .unwrap();
+    let out = edgeswarm(
+        &["node", "--config", file.to_str().unwrap(), "--print-config"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("log_format = \"json\""), "{text}");
+    assert!(text.contains("/etc/edgeswarm/ca.pem"), "{text}");
+
+    let out = edgeswarm(&["node", "--log-format", "yaml", "--print-config"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("json"), "{}", stderr(&out));
+}

@@ -1062,3 +1062,71 @@ async fn the_mirror_is_configured_in_the_config_file_and_serves_tags_on_a_gatewa
     assert_eq!(r.status(), 200, "log: {}", node.log());
     assert!(r.headers().contains_key("docker-content-digest"));
 }
+
+/// Under systemd (`Type=notify`): the node sends `READY=1` to
+/// `$NOTIFY_SOCKET` once it serves, `/v1/ready` agrees, and with
+/// `--log-format json` every log line is one JSON object.
+#[tokio::test]
+async fn node_notifies_systemd_and_logs_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let api = format!("127.0.0.1:{}", free_port());
+    let log_path = dir.path().join("node.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = std::process::Command::new(BIN)
+        .args(["node", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--api", &api, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--no-mdns", "--import", "none", "--log-format", "json"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "info,libp2p=warn")
+        .env_remove("EDGESWARM_API")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn edgeswarm node");
+    let node = NodeProc {
+        child,
+        api: api.clone(),
+        dir: dir.path().to_path_buf(),
+    };
+    let message = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("no sd_notify message ({e}); log: {}", node.log()));
+    assert!(
+        message.lines().any(|l| l == "READY=1"),
+        "{message:?}; log: {}",
+        node.log()
+    );
+    // READY=1 comes after the API is bound: it answers at once.
+    let ready = reqwest::get(format!("http://{api}/v1/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "log: {}", node.log());
+
+    let text = node.log();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(value.get("level").is_some(), "{line}");
+        assert!(value.get("timestamp").is_some(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"node started\"")),
+        "{text}"
+    );
+}
