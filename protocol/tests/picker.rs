@@ -304,8 +304,9 @@ fn endgame_waits_until_a_request_is_old_enough() {
     assert!(dups.iter().all(|d| d.kind == RequestKind::Endgame));
 }
 
-#[test]
-fn endgame_on_a_slow_link_waits_for_what_is_outstanding_to_drain() {
+/// Two chunks, both missing and both requested at t=1000 from peers 1
+/// and 2: endgame applies to both, after 750 ms at the least.
+fn two_chunks_in_endgame() -> Picker<u32> {
     let mut p = picker(
         PickerConfig {
             max_in_flight_per_peer: 100,
@@ -318,10 +319,15 @@ fn endgame_on_a_slow_link_waits_for_what_is_outstanding_to_drain() {
     p.peer_has_all(&1, &blob()).unwrap();
     p.peer_has_all(&2, &blob()).unwrap();
     assert_eq!(p.next_requests(1_000).len(), 2);
+    p
+}
+
+#[test]
+fn endgame_on_a_slow_link_waits_for_what_is_outstanding_to_drain() {
     // Two chunks outstanding at a quarter of a chunk per second: they take
     // 8 s to drain, so a request is late only after 12 s.
-    let rate = CS.get() as u64 / 4;
-    p.set_observed_rate(Some(rate));
+    let mut p = two_chunks_in_endgame();
+    p.set_observed_rate(Some(CS.get() as u64 / 4));
     assert!(
         p.next_requests(1_750).is_empty(),
         "duplicated a request that is on time at this rate"
@@ -329,18 +335,7 @@ fn endgame_on_a_slow_link_waits_for_what_is_outstanding_to_drain() {
     assert!(p.next_requests(12_999).is_empty());
     assert_eq!(p.next_requests(13_000).len(), 2);
     // A fast rate falls back to the fixed age.
-    let mut q = picker(
-        PickerConfig {
-            max_in_flight_per_peer: 100,
-            endgame_threshold: 2,
-            endgame_min_age_ms: 750,
-            ..config()
-        },
-        2,
-    );
-    q.peer_has_all(&1, &blob()).unwrap();
-    q.peer_has_all(&2, &blob()).unwrap();
-    assert_eq!(q.next_requests(1_000).len(), 2);
+    let mut q = two_chunks_in_endgame();
     q.set_observed_rate(Some(CS.get() as u64 * 1_000));
     assert_eq!(q.next_requests(1_750).len(), 2);
 }

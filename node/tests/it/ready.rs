@@ -6,13 +6,8 @@
 
 use std::time::Duration;
 
-use edgeswarm_node::daemon::{Daemon, DaemonConfig, Readiness};
+use edgeswarm_node::daemon::{Daemon, Readiness};
 use edgeswarm_node::import::ImportSinkKind;
-use edgeswarm_node::registry::{Platform, RegistryConfig};
-use edgeswarm_node::store::StoreConfig;
-use edgeswarm_node::swarm::SwarmConfig;
-use edgeswarm_protocol::signing::TrustedKeys;
-use edgeswarm_protocol::ChunkSize;
 use libp2p::Multiaddr;
 
 use crate::support::eventually;
@@ -25,27 +20,8 @@ struct Node {
 
 async fn start(bootstrap: Vec<Multiaddr>) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let mut swarm = SwarmConfig::new(dir.path(), "ready-test");
-    swarm.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    swarm.mdns = false;
-    swarm.bootstrap = bootstrap;
-    let config = DaemonConfig {
-        data_dir: dir.path().to_path_buf(),
-        swarm,
-        store: StoreConfig::default(),
-        gateway: false,
-        registry: RegistryConfig::default(),
-        platform: Platform::host(),
-        import: Some(ImportSinkKind::None),
-        trusted: TrustedKeys::new(),
-        // Readiness does not depend on who may publish.
-        allow_any_publisher: true,
-        labels: Default::default(),
-        chunk_size: ChunkSize::DEFAULT,
-        keep_versions: 2,
-        unpack: Default::default(),
-        dir: Default::default(),
-    };
+    let mut config = crate::support::daemon::config(dir.path(), "ready-test", false, bootstrap);
+    config.import = Some(ImportSinkKind::None);
     let (daemon, _handle) = Daemon::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
