@@ -69,6 +69,58 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
     s.stop().await;
 }
 
+/// A member takes every chunk of an origin seed and then serves garbage:
+/// the seed spares those chunks (it uploaded them moments ago, to a peer
+/// still connected to it), and the victim bans the hoarder. The victim
+/// must still get them from the seed, after `serve::SPARE_RETRY` (2 s),
+/// not after the 60 s sparing period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_hoarding_the_seeds_chunks_does_not_hold_them_hostage() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(4 << 20, 7, 256 << 10);
+    let seed_dir = tmp.path().join("seed");
+    let s = start(&seed_dir, config(&seed_dir, "lab", &[])).await;
+    seed(&s, &data, digest, &map).await;
+    let hoarder_dir = tmp.path().join("hoarder");
+    let mut hoarder_cfg = config(&hoarder_dir, "lab", std::slice::from_ref(&s.addr));
+    hoarder_cfg.corrupt_uploads = true;
+    let hoarder = start(&hoarder_dir, hoarder_cfg).await;
+    hoarder
+        .client
+        .fetch_blob(digest, Some(map.clone()))
+        .await
+        .unwrap();
+    let victim_dir = tmp.path().join("victim");
+    let victim = start(
+        &victim_dir,
+        config(&victim_dir, "lab", &[s.addr.clone(), hoarder.addr.clone()]),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        victim.client.fetch_blob(digest, Some(map.clone())),
+    )
+    .await
+    .expect("fetch timed out")
+    .unwrap();
+    let took = started.elapsed();
+    assert!(holds(&victim.store, &digest, &data));
+    let st = victim.client.stats();
+    assert!(
+        st.bad_chunks >= 1 && st.bans >= 1,
+        "the hoarder was never asked: the test proves nothing ({st:?})"
+    );
+    // Half the sparing period: the spared chunks came from the seed once
+    // the victim asked again, not once the period ran out.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    victim.stop().await;
+    hoarder.stop().await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_transfer_resumes_without_refetching() {
     init_tracing();

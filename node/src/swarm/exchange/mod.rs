@@ -160,6 +160,9 @@ struct Inner<S> {
     /// Last upload time of chunks of origin-seeded blobs.
     /// and to whom.
     recent_uploads: Mutex<HashMap<(Digest, u32), (Instant, PeerId)>>,
+    /// When each requester was first told to try elsewhere for a spared
+    /// chunk (see `serve::SPARE_RETRY`).
+    spared_refusals: Mutex<HashMap<(Digest, u32, PeerId), Instant>>,
     /// Super-seeding: which requester each chunk of an origin blob is
     /// offered to.
     offers: Mutex<offers::Offers>,
@@ -270,6 +273,7 @@ impl<S: ChunkStore> Exchange<S> {
             seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),
             recent_uploads: Mutex::new(HashMap::new()),
+            spared_refusals: Mutex::new(HashMap::new()),
             offers: Mutex::new(offers::Offers::default()),
             connected,
             downloads: Mutex::new(HashMap::new()),

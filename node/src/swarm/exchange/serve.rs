@@ -219,6 +219,45 @@ async fn serve_stream<S: ChunkStore>(
     }
 }
 
+/// How long after a requester was first told to try elsewhere for a
+/// spared chunk its next request for it is served: a requester with another
+/// holder fetches from it well within this (a relay hop takes tens of ms
+/// at 100 Mbit/s, 0.4 s at 10 Mbit/s); one that asks again has none.
+const SPARE_RETRY: Duration = Duration::from_secs(2);
+
+/// Refusals remembered at most (older ones are dropped first).
+const MAX_SPARED_REFUSALS: usize = 1 << 16;
+
+/// Whether `peer` was told to try elsewhere for this chunk at least
+/// [`SPARE_RETRY`] ago (and so should be served now); records the first
+/// refusal otherwise.
+fn retried_long_enough<S>(
+    inner: &Inner<S>,
+    blob: Digest,
+    index: u32,
+    peer: PeerId,
+    now: Instant,
+) -> bool {
+    let mut refusals = lock(&inner.spared_refusals);
+    if refusals.len() >= MAX_SPARED_REFUSALS {
+        refusals.retain(|_, t| now.duration_since(*t) < SPARE_RETRY * 4);
+        if refusals.len() >= MAX_SPARED_REFUSALS {
+            refusals.clear();
+        }
+    }
+    match refusals.get(&(blob, index, peer)) {
+        Some(first) if now.duration_since(*first) >= SPARE_RETRY => {
+            refusals.remove(&(blob, index, peer));
+            true
+        }
+        Some(_) => false,
+        None => {
+            refusals.insert((blob, index, peer), now);
+            false
+        }
+    }
+}
+
 /// Chunks of at most this many bytes are never spared by an origin seed.
 const SPARE_MIN_CHUNK: u32 = 64 << 10;
 /// Bytes of a paced upload written per token-bucket take: small against a
@@ -437,6 +476,14 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
                         }
                         None => false,
                     };
+                    // A requester that asks again for a chunk it was told
+                    // to fetch elsewhere has no usable holder (the one the
+                    // seed fed may refuse it, serve garbage and be banned
+                    // by it, or be too slow): it gets the chunk after
+                    // SPARE_RETRY rather than after the whole period. A
+                    // member that hoarded the seed's chunks held the rest
+                    // of the locality back 57 s (the sparing period).
+                    let spared = spared && !retried_long_enough(inner, blob, index, peer, now);
                     if !spared {
                         recent.insert((blob, index), (now, peer));
                     }
