@@ -35,7 +35,10 @@ fn three_randomized_fault_trials_converge_with_every_check_passing() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    println!("{stdout}\n{stderr}\n({:.0} s)", started.elapsed().as_secs_f64());
+    println!(
+        "{stdout}\n{stderr}\n({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     assert!(run.status.success(), "suite failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("converged 3/3 (100 %)"), "{stdout}");
     assert!(

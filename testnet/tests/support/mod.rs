@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Panics unless running as root (network namespaces need it).
-pub fn require_root() {
+pub(crate) fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let euid = status
         .lines()
@@ -19,7 +19,7 @@ pub fn require_root() {
 
 /// The `edgeswarm` binary: `$EDGESWARM_BIN`, else built by cargo into the
 /// target directory this test binary lives in (`<target>/<profile>/deps/`).
-pub fn edgeswarm_bin() -> PathBuf {
+pub(crate) fn edgeswarm_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("EDGESWARM_BIN") {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "EDGESWARM_BIN={} is not a file", p.display());
@@ -74,4 +74,3 @@ pub fn edgeswarm_bin() -> PathBuf {
     );
     bin
 }
-
