@@ -623,6 +623,7 @@ pub(crate) fn faults_cmd(a: FaultsArgs) -> Result<std::process::ExitCode> {
         image_mb: a.image_mb,
         late_slack: Duration::from_secs(a.late_slack_secs),
         keep_all: a.keep_all,
+        budget: a.budget_secs.map(Duration::from_secs),
     };
     let started = Instant::now();
     let result = faults::run_suite(&topo, &tools, reg, opts, v1, v2, &spec, &mut |t| {
@@ -634,7 +635,7 @@ pub(crate) fn faults_cmd(a: FaultsArgs) -> Result<std::process::ExitCode> {
     println!(
         "suite time {:.0} s; command: edgeswarm-testnet faults --trials {} --seed {} --nodes {} --registry-cut-secs {} --image-mb {}",
         started.elapsed().as_secs_f64(),
-        a.trials,
+        result.trials.len(),
         a.seed,
         a.nodes,
         a.registry_cut_secs,

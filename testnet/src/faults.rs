@@ -247,6 +247,10 @@ pub struct FaultsSpec {
     pub late_slack: Duration,
     /// Keep each trial's data dirs and logs (else only failed trials').
     pub keep_all: bool,
+    /// Start no new trial once the suite has run this long (`None`: run
+    /// every trial), so a run fits a time slot and still prints its
+    /// summary.
+    pub budget: Option<Duration>,
 }
 
 /// A kill that happened, and the node's state when it did.
@@ -447,10 +451,19 @@ pub fn run_suite(
         key,
         trust_file,
     };
+    let started = Instant::now();
     let t1_seconds = ctx.lone_run()?;
     tracing::info!(t1_seconds, "T(1) measured");
     let mut trials = Vec::with_capacity(spec.trials);
     for i in 0..spec.trials {
+        if spec.budget.is_some_and(|b| started.elapsed() >= b) {
+            tracing::warn!(
+                ran = i,
+                of = spec.trials,
+                "time budget spent; no more trials"
+            );
+            break;
+        }
         let plan = TrialPlan::random(
             spec.seed.wrapping_add(i as u64),
             spec.nodes,

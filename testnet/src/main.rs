@@ -336,6 +336,10 @@ struct FaultsArgs {
     /// Testnet name (namespaces `es-<name>-*`).
     #[arg(long, default_value = "faults")]
     name: String,
+    /// Start no new trial after this many seconds (the summary counts the
+    /// trials run) [default: no limit].
+    #[arg(long)]
+    budget_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
