@@ -13,7 +13,7 @@ use edgeswarm_testnet::report::{self, ImageInfo, Setting};
 use edgeswarm_testnet::topology::{Topology, TopologySpec};
 use edgeswarm_testnet::watch::WatchLine;
 
-use crate::{DemoArgs, ExperimentArgs, Helper, ImagesArgs};
+use crate::{DemoArgs, ExperimentArgs, FaultsArgs, Helper, ImagesArgs};
 
 /// Finds the programs: `edgeswarm` from the flag, else next to this binary,
 /// else on PATH.
@@ -81,6 +81,39 @@ pub(crate) fn helper(h: Helper) -> Result<()> {
             Ok(edgeswarm_testnet::watch::run_watcher(
                 &apis, &image, policy,
             )?)
+        }
+        Helper::Status {
+            image,
+            apis,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            let threads: Vec<_> = apis
+                .into_iter()
+                .enumerate()
+                .map(|(i, addr)| {
+                    let image = image.clone();
+                    std::thread::spawn(move || {
+                        edgeswarm_testnet::watch::http_get(addr, "/v1/status", timeout)
+                            .ok()
+                            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                            .map_or_else(
+                                || WatchLine {
+                                    node: i,
+                                    ..WatchLine::default()
+                                },
+                                |v| edgeswarm_testnet::watch::line_from_status(i, &v, &image),
+                            )
+                    })
+                })
+                .collect();
+            for t in threads {
+                let line = t
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a status poll panicked"))?;
+                println!("{}", serde_json::to_string(&line)?);
+            }
+            Ok(())
         }
         Helper::Scrape { apis } => {
             for (i, addr) in apis.iter().enumerate() {
@@ -529,4 +562,140 @@ fn print_progress(t: f64, l: &WatchLine) {
         mb(l.bytes_from_cloud),
         mb(l.bytes_from_peers)
     );
+}
+
+/// `faults`: builds the locality and registry, pushes the test image (v1
+/// deployed, v2 pinned by the replayed release), runs the suite, prints a
+/// line per trial and the summary; fails when a trial failed.
+pub(crate) fn faults_cmd(a: FaultsArgs) -> Result<std::process::ExitCode> {
+    use edgeswarm_testnet::faults::{self, FaultsSpec};
+    let tools = tools(a.edgeswarm.clone())?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let out = std::path::absolute(&a.out)?;
+    let registry_root = out.join("registry/storage");
+    let registry_work = out.join("registry");
+    std::fs::create_dir_all(&registry_root)?;
+    let (topo, reg) = locality(
+        &a.name,
+        a.nodes,
+        Shaping {
+            cloud_rate: a.cloud_rate,
+            node_rate: a.node_rate,
+            queue_ms: edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
+            burst: None,
+        },
+        &registry_root,
+        &registry_work,
+    )?;
+    let opts = RegistryOptions {
+        port: edgeswarm_testnet::registry::DEFAULT_PORT,
+        root_dir: Some(registry_root.clone()),
+        work_dir: Some(registry_work.clone()),
+    };
+    let images = experiment::push_images(
+        &topo,
+        &tools,
+        &reg.host(),
+        &[a.image_mb],
+        true,
+        Layout::Base,
+        &out,
+    )?;
+    print_images(&images);
+    let v1 = images
+        .iter()
+        .find(|i| i.tag == "v1")
+        .cloned()
+        .context("no v1 image pushed")?;
+    let v2 = images
+        .iter()
+        .find(|i| i.tag == "v2")
+        .cloned()
+        .context("no v2 image pushed")?;
+    let spec = FaultsSpec {
+        nodes: a.nodes,
+        trials: a.trials,
+        seed: a.seed,
+        registry_cut: Duration::from_secs(a.registry_cut_secs),
+        trial_timeout: Duration::from_secs(a.trial_timeout),
+        work: out.clone(),
+        node_log: a.node_log.clone(),
+        image_mb: a.image_mb,
+        late_slack: Duration::from_secs(a.late_slack_secs),
+        keep_all: a.keep_all,
+        budget: a.budget_secs.map(Duration::from_secs),
+    };
+    let started = Instant::now();
+    let result = faults::run_suite(&topo, &tools, reg, opts, v1, v2, &spec, &mut |t| {
+        println!("{}", trial_line(t));
+    })?;
+    drop(topo);
+    let summary = result.summary(&spec);
+    println!("{summary}");
+    println!(
+        "suite time {:.0} s; command: edgeswarm-testnet faults --trials {} --seed {} --nodes {} --registry-cut-secs {} --image-mb {}",
+        started.elapsed().as_secs_f64(),
+        result.trials.len(),
+        a.seed,
+        a.nodes,
+        a.registry_cut_secs,
+        a.image_mb
+    );
+    std::fs::write(out.join("summary.txt"), &summary)?;
+    std::fs::write(
+        out.join("trials.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    let failed = result.trials.iter().filter(|t| !t.passed()).count();
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "{failed} trial(s) failed; their logs and data dirs are under {}",
+            out.display()
+        );
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// One line per trial: outcome, times, cloud bytes, faults as injected.
+fn trial_line(t: &edgeswarm_testnet::faults::TrialOutcome) -> String {
+    let faults: Vec<String> = t
+        .injected
+        .iter()
+        .map(|i| {
+            format!(
+                "{}{}@{:.1}s[{}]",
+                i.fault,
+                i.node.map(|n| format!(" n{n}")).unwrap_or_default(),
+                i.at,
+                i.state.chars().take(60).collect::<String>()
+            )
+        })
+        .collect();
+    let mut s = format!(
+        "trial {:03} seed {} {} converged={} {} cloud {:.3}x dup {}{} | {}",
+        t.trial,
+        t.plan.seed,
+        if t.passed() { "PASS" } else { "FAIL" },
+        t.converged,
+        t.seconds.map_or("-".into(), |x| format!("{x:.1}s")),
+        t.cloud_ratio,
+        t.duplicates,
+        t.late_seconds
+            .map(|x| format!(" late n{} {x:.1}s", t.plan.late.unwrap_or(0)))
+            .unwrap_or_default(),
+        faults.join(" "),
+    );
+    for (what, list) in [
+        ("corrupt", &t.corrupt),
+        ("refetched", &t.refetched),
+        ("leaks", &t.leaks),
+        ("errors", &t.errors),
+    ] {
+        if !list.is_empty() {
+            s.push_str(&format!("\n    {what}: {}", list.join("; ")));
+        }
+    }
+    s
 }

@@ -13,6 +13,10 @@
 //! - [`images`]: realistic multi-layer test images from the host's files,
 //!   pushed into the cloud registry.
 //! - [`experiment`]: the naive baseline and edgeswarm runs at one N.
+//! - [`faults`]: issue 12's fault-injection suite (randomized, seeded
+//!   trials of kills, restarts, late joiners, registry cuts, link bounces
+//!   and replays, each checked for convergence, integrity, refetches,
+//!   leaks and cloud bytes).
 //! - [`measure`]: per-link bytes, per-process CPU, pull times and node
 //!   metrics of a run.
 //! - [`watch`]: polling nodes' APIs from inside the testnet.
@@ -51,6 +55,7 @@ mod cmd;
 pub mod counters;
 pub mod error;
 pub mod experiment;
+pub mod faults;
 pub mod images;
 pub mod measure;
 pub mod process;

@@ -11,7 +11,7 @@ mod pull_bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bin_cmds::{demo_cmd, experiment_cmd, helper, images_cmd};
+use bin_cmds::{demo_cmd, experiment_cmd, faults_cmd, helper, images_cmd};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -87,6 +87,12 @@ enum Cmd {
     /// The main demo: a 5-node locality on shaped links deploys a real
     /// ~50 MB image with live progress, then prints a per-node table.
     Demo(DemoArgs),
+    /// Issue 12's fault-injection suite: randomized, seeded trials of one
+    /// deploy to a locality of real nodes with kills, restarts, a late
+    /// joiner, registry cuts, link bounces and replayed releases; checks
+    /// convergence, the rootfs file by file, refetched chunks, leaks and
+    /// cloud bytes, and prints a per-trial line and a summary.
+    Faults(FaultsArgs),
     /// One node (its own gateway, importing into Docker) against a stock
     /// `docker pull` of the same image over the same kind of shaped link.
     PullBench(PullBenchArgs),
@@ -146,6 +152,19 @@ enum Helper {
         /// Bytes a node may hold received but not yet verified.
         #[arg(long, default_value_t = 8 << 20)]
         slack_bytes: u64,
+    },
+    /// GET /v1/status of each node API once, in parallel; prints one JSON
+    /// watch line per node (`up: false` when it does not answer).
+    Status {
+        /// Image reference whose release is reported.
+        #[arg(long)]
+        image: String,
+        /// Node API address, repeatable.
+        #[arg(long = "api", required = true)]
+        apis: Vec<std::net::SocketAddr>,
+        /// Give up on a node after this many milliseconds.
+        #[arg(long, default_value_t = 1500)]
+        timeout_ms: u64,
     },
     /// GET /metrics of each node API; prints one JSON line per node
     /// (`{"node": i, "metrics": {series: value}}`).
@@ -267,6 +286,60 @@ struct DemoArgs {
     /// removed at the end].
     #[arg(long)]
     work: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct FaultsArgs {
+    /// Trials to run.
+    #[arg(long, default_value_t = 100)]
+    trials: usize,
+    /// Seed of trial 0 (trial i uses seed + i: `--seed S+i --trials 1`
+    /// repeats trial i alone).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Nodes in the locality (at least 5; node 0 is the gateway).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Seconds a registry cut lasts (issue 12: 60; shorten for CI).
+    #[arg(long, default_value_t = 60)]
+    registry_cut_secs: u64,
+    /// Seconds after the deploy (plus the registry cut) before an
+    /// unconverged trial fails.
+    #[arg(long, default_value_t = 180)]
+    trial_timeout: u64,
+    /// Compressed size of the test image in MB.
+    #[arg(long, default_value_t = 30)]
+    image_mb: u64,
+    /// Rate of the cloud link, both directions.
+    #[arg(long, default_value = "200mbit")]
+    cloud_rate: Rate,
+    /// Rate of each node link, both directions.
+    #[arg(long, default_value = "100mbit")]
+    node_rate: Rate,
+    /// A late joiner should be done within T(1) plus this many seconds.
+    #[arg(long, default_value_t = 5)]
+    late_slack_secs: u64,
+    /// Output directory (registry storage, the expected tree, failed
+    /// trials' logs and data dirs, trials.json, summary.txt).
+    #[arg(long, default_value = "faults-out")]
+    out: PathBuf,
+    /// The `edgeswarm` binary [default: next to this binary, else on PATH].
+    #[arg(long)]
+    edgeswarm: Option<PathBuf>,
+    /// RUST_LOG of the nodes (the store's debug lines are always added).
+    #[arg(long, default_value = "info,libp2p=warn")]
+    node_log: String,
+    /// Keep every trial's logs and data dirs [default: off: only failed
+    /// trials'].
+    #[arg(long)]
+    keep_all: bool,
+    /// Testnet name (namespaces `es-<name>-*`).
+    #[arg(long, default_value = "faults")]
+    name: String,
+    /// Start no new trial after this many seconds (the summary counts the
+    /// trials run) [default: no limit].
+    #[arg(long)]
+    budget_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -564,6 +637,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Experiment(a) => experiment_cmd(a)?,
         Cmd::Demo(a) => demo_cmd(a)?,
         Cmd::PullBench(a) => pull_bench::pull_bench_cmd(a)?,
+        Cmd::Faults(a) => return faults_cmd(a),
         Cmd::Helper(h) => helper(h)?,
     }
     Ok(ExitCode::SUCCESS)

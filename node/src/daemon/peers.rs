@@ -123,8 +123,14 @@ impl Peers {
 
     /// Records `peer`'s status report, and when it first reported each
     /// release done.
-    pub(super) fn record_status(&self, peer: PeerId, status: NodeStatus) {
+    /// Returns whether the peer now reports an empty desired state and did
+    /// not before (a node that just joined or was wiped), so that this
+    /// node answers it without waiting for its next status tick.
+    pub(super) fn record_status(&self, peer: PeerId, status: NodeStatus) -> bool {
+        let empty = |s: &NodeStatus| s.desired.as_ref().is_some_and(|d| d.count == 0);
         let mut table = self.lock();
+        let newly_empty =
+            empty(&status) && !table.peers.get(&peer).is_some_and(|e| empty(&e.status));
         let now = Instant::now();
         if !table.peers.contains_key(&peer) {
             table.make_room(&peer, now);
@@ -145,6 +151,7 @@ impl Peers {
         }
         entry.status = status;
         entry.last_seen = now;
+        newly_empty
     }
 
     /// Whether a live peer may pull from the registry.
@@ -162,6 +169,16 @@ impl Peers {
             .peers
             .values()
             .any(|p| p.live() && p.status.desired.as_ref().is_some_and(|d| d != ours))
+    }
+
+    /// Whether a live peer reports an empty desired state: a node that
+    /// joined late or lost its data dir, which nothing but anti-entropy
+    /// will ever bring the locality's releases to.
+    pub(super) fn a_peer_holds_nothing(&self) -> bool {
+        self.lock()
+            .peers
+            .values()
+            .any(|p| p.live() && p.status.desired.as_ref().is_some_and(|d| d.count == 0))
     }
 
     /// Records the blobs `peer` holds complete. Each availability message
@@ -256,6 +273,28 @@ mod tests {
                 .collect(),
             desired: None,
         }
+    }
+
+    #[test]
+    fn a_peer_is_reported_once_when_it_starts_to_hold_nothing() {
+        use edgeswarm_protocol::wire::DesiredDigest;
+        let with = |count: u64| NodeStatus {
+            desired: Some(DesiredDigest {
+                count,
+                hash: Digest::of(&count.to_le_bytes()),
+            }),
+            ..status(false, &[])
+        };
+        let peers = Peers::default();
+        let (late, old) = (PeerId::random(), PeerId::random());
+        assert!(peers.record_status(late, with(0)), "a new, empty peer");
+        assert!(!peers.record_status(late, with(0)), "reported once");
+        assert!(peers.a_peer_holds_nothing());
+        assert!(!peers.record_status(late, with(1)));
+        assert!(!peers.a_peer_holds_nothing());
+        assert!(peers.record_status(late, with(0)), "wiped: empty again");
+        assert!(!peers.record_status(old, with(3)));
+        assert!(!peers.record_status(old, status(false, &[])), "no digest");
     }
 
     #[test]
