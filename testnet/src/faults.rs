@@ -568,6 +568,10 @@ impl Ctx<'_> {
                 "dir".into(),
                 "--trust".into(),
                 self.trust_file.display().to_string(),
+                // As in `experiment`: the namespaces reach nothing but
+                // each other, and the trials measure convergence, not
+                // membership.
+                "--open-locality".into(),
             ]);
         if i == 0 {
             let host = self.registry_host();
