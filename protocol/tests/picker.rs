@@ -277,19 +277,7 @@ fn a_peer_that_delivers_is_not_stalled_by_its_queue() {
 
 #[test]
 fn endgame_waits_until_a_request_is_old_enough() {
-    let mut p = picker(
-        PickerConfig {
-            max_in_flight_per_peer: 100,
-            endgame_threshold: 2,
-            endgame_min_age_ms: 750,
-            ..config()
-        },
-        2,
-    );
-    p.peer_has_all(&1, &blob()).unwrap();
-    p.peer_has_all(&2, &blob()).unwrap();
-    let reqs = p.next_requests(1_000);
-    assert_eq!(reqs.len(), 2);
+    let mut p = two_chunks_in_endgame();
     // Both in flight, both missing: endgame applies, but not yet.
     assert!(
         p.next_requests(1_000).is_empty(),
