@@ -712,14 +712,9 @@ impl Daemon {
             None => {
                 if let Some(registry) = &inner.registry {
                     // Resolved at the registry (this node is a gateway).
-                    let fetched = registry
-                        .fetch_manifest(reference)
-                        .await
-                        .map_err(registry_error)?;
                     return self
-                        .keep_fetched(reference, fetched, tag)
-                        .await
-                        .map(|m| (m, false));
+                        .fetch_and_keep(registry, reference, reference, tag)
+                        .await;
                 }
                 inner.tag_from_releases(reference).ok_or_else(|| {
                     MirrorError::NotFound(format!(
@@ -737,14 +732,8 @@ impl Daemon {
             return Ok((m, true));
         }
         if let Some(registry) = &inner.registry {
-            let fetched = registry
-                .fetch_manifest(&reference.with_digest(digest))
-                .await
-                .map_err(registry_error)?;
-            return self
-                .keep_fetched(reference, fetched, tag)
-                .await
-                .map(|m| (m, false));
+            let fetch = reference.with_digest(digest);
+            return self.fetch_and_keep(registry, reference, &fetch, tag).await;
         }
         if !inner.peers.any_live_gateway() && !inner.peers.holds(&digest) {
             return Err(MirrorError::NotFound(format!(
@@ -774,6 +763,25 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Fetches `fetch` at this gateway-capable node's `registry` and keeps
+    /// it (see [`Self::keep_fetched`]) as the answer to `reference`; not
+    /// from the store (`false`).
+    async fn fetch_and_keep(
+        &self,
+        registry: &crate::registry::RegistryClient,
+        reference: &Reference,
+        fetch: &Reference,
+        tag: Option<String>,
+    ) -> Result<(MirrorManifest, bool), MirrorError> {
+        let fetched = registry
+            .fetch_manifest(fetch)
+            .await
+            .map_err(registry_error)?;
+        self.keep_fetched(reference, fetched, tag)
+            .await
+            .map(|m| (m, false))
     }
 
     /// Stores a manifest this gateway-capable node fetched (verified by

@@ -57,15 +57,32 @@ fn assert_dir_copy(dir: &Path, image: &BuiltImage) {
     }
 }
 
+/// An image built from `spec` in a temporary directory (returned: the
+/// layer files live there) and pushed to `registry` as `repo:tag`, with
+/// its reference.
+async fn pushed(
+    registry: &TestRegistry,
+    spec: ImageSpec,
+    repo: &str,
+    tag: &str,
+) -> (tempfile::TempDir, BuiltImage, String) {
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(spec, build.path()).await.unwrap();
+    let reference = push(registry, repo, tag, &image).await;
+    (build, image, reference)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn skopeo_copies_through_a_node_that_holds_nothing() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
-    let build = tempfile::tempdir().unwrap();
-    let image = build_image(ImageSpec::realistic(6 << 20, "skopeo"), build.path())
-        .await
-        .unwrap();
-    push(&registry, "mirror/app", "v1", &image).await;
+    let (_build, image, _) = pushed(
+        &registry,
+        ImageSpec::realistic(6 << 20, "skopeo"),
+        "mirror/app",
+        "v1",
+    )
+    .await;
     // Node 0 is the gateway; node 1 cannot reach the registry itself.
     let locality = Locality::start("mirror-skopeo", 1, 2).await;
     let (gateway, node) = (&locality.daemons[0], &locality.daemons[1]);
@@ -145,14 +162,13 @@ async fn skopeo_copies_through_a_node_that_holds_nothing() {
 async fn unknown_images_are_a_fast_404_and_ranges_are_served() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
-    let build = tempfile::tempdir().unwrap();
-    let image = build_image(
+    let (_build, image, _) = pushed(
+        &registry,
         ImageSpec::random_layers(&[3 << 20], 11, Compression::None),
-        build.path(),
+        "mirror/range",
+        "v1",
     )
-    .await
-    .unwrap();
-    push(&registry, "mirror/range", "v1", &image).await;
+    .await;
     // One gateway-capable node, with the mirror on it: tags resolve at the
     // registry.
     let locality = Locality::start("mirror-range", 1, 1).await;
@@ -312,14 +328,13 @@ async fn without_gateway_or_peer_the_mirror_answers_404_at_once() {
 async fn a_gateway_stopped_mid_pull_lets_the_client_complete_or_fail_fast() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
-    let build = tempfile::tempdir().unwrap();
-    let image = build_image(
+    let (_build, image, _) = pushed(
+        &registry,
         ImageSpec::random_layers(&[10 << 20], 21, Compression::None),
-        build.path(),
+        "mirror/failover",
+        "v1",
     )
-    .await
-    .unwrap();
-    push(&registry, "mirror/failover", "v1", &image).await;
+    .await;
     let proxy = crate::failover::throttled_proxy(registry.addr(), 3 << 20).await;
     // Two gateway-capable nodes and a node with the mirror.
     let locality = Locality::start("mirror-failover", 2, 3).await;
@@ -464,11 +479,13 @@ impl Drop for Containerd {
 async fn containerd_pulls_through_the_mirror_with_hosts_toml() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
-    let build = tempfile::tempdir().unwrap();
-    let image = build_image(ImageSpec::realistic(6 << 20, "ctr"), build.path())
-        .await
-        .unwrap();
-    let reference = push(&registry, "mirror/ctr", "v1", &image).await;
+    let (_build, image, reference) = pushed(
+        &registry,
+        ImageSpec::realistic(6 << 20, "ctr"),
+        "mirror/ctr",
+        "v1",
+    )
+    .await;
     let locality = Locality::start("mirror-ctr", 1, 2).await;
     let (gateway, node) = (&locality.daemons[0], &locality.daemons[1]);
     let (mirror, _stop) = start_mirror(node, "unused.example").await;
@@ -562,14 +579,13 @@ async fn pull_by_digest(mirror: SocketAddr, repo: &str, image: &BuiltImage) -> u
 async fn two_nodes_pulling_at_once_cross_the_cloud_once() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
-    let build = tempfile::tempdir().unwrap();
-    let image = build_image(
+    let (_build, image, _) = pushed(
+        &registry,
         ImageSpec::random_layers(&[6 << 20, 2 << 20], 31, Compression::None),
-        build.path(),
+        "mirror/twice",
+        "v1",
     )
-    .await
-    .unwrap();
-    push(&registry, "mirror/twice", "v1", &image).await;
+    .await;
     // Slow enough that both requests overlap the gateway's pull.
     let proxy = crate::failover::throttled_proxy(registry.addr(), 4 << 20).await;
     let locality = Locality::start("mirror-twice", 1, 3).await;
@@ -595,7 +611,6 @@ async fn docker_pulls_the_mirror_as_a_registry() {
     init_tracing();
     let _dockerd = crate::support::import::ensure_dockerd();
     let registry = TestRegistry::start().await.unwrap();
-    let build = tempfile::tempdir().unwrap();
     // Layers dockerd has never seen (it skips layers it holds).
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -603,8 +618,7 @@ async fn docker_pulls_the_mirror_as_a_registry() {
         .as_nanos() as u64;
     let mut spec = ImageSpec::random_layers(&[2 << 20, 1 << 20], seed, Compression::Gzip);
     spec.format = edgeswarm_node::registry::testing::ManifestFormat::Docker;
-    let image = build_image(spec, build.path()).await.unwrap();
-    push(&registry, "mirror/docker", "v1", &image).await;
+    let (_build, image, _) = pushed(&registry, spec, "mirror/docker", "v1").await;
     // A gateway-capable node resolves the tag; Docker sends no `ns`, so the
     // mirror's default registry names the upstream.
     let locality = Locality::start("mirror-docker", 1, 1).await;
@@ -717,14 +731,13 @@ async fn with_trusted_keys_a_deployed_tag_is_answered_and_misses_still_pull() {
 async fn a_peer_serving_corrupt_chunks_never_reaches_the_client() {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
-    let build = tempfile::tempdir().unwrap();
-    let image = build_image(
+    let (_build, image, reference) = pushed(
+        &registry,
         ImageSpec::random_layers(&[8 << 20], 51, Compression::None),
-        build.path(),
+        "mirror/liar",
+        "v1",
     )
-    .await
-    .unwrap();
-    let reference = push(&registry, "mirror/liar", "v1", &image).await;
+    .await;
     // A gateway, a liar that holds the image (deployed to it alone) and
     // serves garbage, and the mirror node.
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
