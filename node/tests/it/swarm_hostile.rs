@@ -41,6 +41,33 @@ fn status(n: u64) -> Vec<u8> {
     .encode()
 }
 
+/// Once the attacker `bad` is connected to `a`, opens a chunk stream to
+/// `a` and sends a frame a requester never sends (a protocol violation,
+/// which gets it banned).
+async fn break_the_protocol(a: &TestNode, bad: PeerId, control: &mut libp2p_stream::Control) {
+    use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
+    use futures::AsyncWriteExt as _;
+    eventually("attacker connected", Duration::from_secs(20), async || {
+        let peers = a.client.connected_peers().await.unwrap();
+        peers.contains(&bad).then_some(()).ok_or("not yet")
+    })
+    .await;
+    let chunks = Protocols::new("lab").unwrap().chunks;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        control.open_stream(a.client.local_peer_id(), chunks),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let junk = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
+        request_id: 1,
+        status: ChunkStatus::NotHave,
+    }));
+    stream.write_all(&junk).await.unwrap();
+    stream.flush().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gossip_flood_is_rate_limited_and_the_node_stays_responsive() {
     init_tracing();
@@ -142,8 +169,6 @@ async fn a_gossip_flood_is_rate_limited_and_the_node_stays_responsive() {
 /// time, in both directions, until the ban ends; the ban counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_banned_peer_that_reconnects_stays_banned() {
-    use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
-    use futures::AsyncWriteExt as _;
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("a");
@@ -169,25 +194,7 @@ async fn a_banned_peer_that_reconnects_stays_banned() {
             }
         }
     });
-    eventually("attacker connected", Duration::from_secs(20), async || {
-        let peers = a.client.connected_peers().await.unwrap();
-        peers.contains(&bad).then_some(()).ok_or("not yet")
-    })
-    .await;
-    let chunks = Protocols::new("lab").unwrap().chunks;
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(20),
-        control.open_stream(a.client.local_peer_id(), chunks),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let junk = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
-        request_id: 1,
-        status: ChunkStatus::NotHave,
-    }));
-    stream.write_all(&junk).await.unwrap();
-    stream.flush().await.unwrap();
+    break_the_protocol(&a, bad, &mut control).await;
     eventually("attacker banned", Duration::from_secs(10), async || {
         let bans = a.client.stats().bans;
         (bans >= 1).then_some(()).ok_or(bans)
@@ -408,8 +415,6 @@ async fn a_chunk_map_contradicting_the_gateway_digests_gets_its_sender_banned() 
 /// crash-safe) and restored, so the restarted node refuses it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_survives_a_restart_of_the_node() {
-    use edgeswarm_protocol::wire::{encode_frame, ChunkResponse, ChunkStatus, StreamMessage};
-    use futures::AsyncWriteExt as _;
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("a");
@@ -438,25 +443,7 @@ async fn a_ban_survives_a_restart_of_the_node() {
         }
     });
     dial_tx.send(a.addr.clone()).await.unwrap();
-    eventually("attacker connected", Duration::from_secs(20), async || {
-        let peers = a.client.connected_peers().await.unwrap();
-        peers.contains(&bad).then_some(()).ok_or("not yet")
-    })
-    .await;
-    let chunks = Protocols::new("lab").unwrap().chunks;
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(20),
-        control.open_stream(a.client.local_peer_id(), chunks),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let junk = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
-        request_id: 1,
-        status: ChunkStatus::NotHave,
-    }));
-    stream.write_all(&junk).await.unwrap();
-    stream.flush().await.unwrap();
+    break_the_protocol(&a, bad, &mut control).await;
     let bans_file = d.join(edgeswarm_node::swarm::BANS_FILE);
     eventually("the ban is on disk", Duration::from_secs(10), async || {
         let text = std::fs::read_to_string(&bans_file).unwrap_or_default();
