@@ -271,32 +271,9 @@ pub(crate) struct BanRequests {
         std::sync::Mutex<std::collections::HashMap<PeerId, String>>,
         tokio::sync::Notify,
     )>,
-    /// Peers banned now (kept by the swarm task, bounded by its ban list),
-    /// so downloads never open sessions to them: a provider record or a
-    /// stale candidate list still names a banned peer, and each session
-    /// to it waited 10 s for a stream that the block list refused.
-    banned: Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>>,
 }
 
 impl BanRequests {
-    /// Whether `peer` is banned now.
-    pub(crate) fn is_banned(&self, peer: &PeerId) -> bool {
-        self.banned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(peer)
-    }
-
-    /// Records that `peer`'s ban began (`true`) or ended (swarm task only).
-    pub(crate) fn set_banned(&self, peer: PeerId, banned: bool) {
-        let mut set = self.banned.lock().unwrap_or_else(|p| p.into_inner());
-        if banned {
-            set.insert(peer);
-        } else {
-            set.remove(&peer);
-        }
-    }
-
     /// Asks the swarm task to ban `peer`.
     pub(crate) fn ban(&self, peer: PeerId, reason: String) {
         {

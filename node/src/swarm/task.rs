@@ -198,7 +198,6 @@ pub(crate) async fn start<S: ChunkStore>(
     let now = Instant::now();
     for (peer, left) in restored {
         state.bans.insert(peer, now + left);
-        state.ban_requests.set_banned(peer, true);
         state.swarm.behaviour_mut().blocked.block_peer(peer);
     }
     state.metrics.banned_peers.set(state.bans.len() as i64);
@@ -288,7 +287,6 @@ impl SwarmTask {
         let changed = !expired.is_empty();
         for p in expired {
             self.bans.remove(&p);
-            self.ban_requests.set_banned(p, false);
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
             info!(peer = %p, "ban expired");
         }
@@ -324,7 +322,6 @@ impl SwarmTask {
             warn!(%peer, %reason, "banning peer");
             self.metrics.bans.inc();
         }
-        self.ban_requests.set_banned(peer, true);
         self.persist_bans();
         self.metrics.banned_peers.set(self.bans.len() as i64);
         self.swarm.behaviour_mut().blocked.block_peer(peer);
@@ -457,7 +454,12 @@ impl SwarmTask {
                 }
                 if step.last {
                     if let Some((found, tx)) = self.provider_queries.remove(&id) {
-                        let _ = tx.send(found.into_iter().collect());
+                        // Provider records outlive bans: a banned peer is
+                        // no holder to anyone here (each session or map
+                        // request to it waited 10 s for a stream the block
+                        // list refused).
+                        let usable = found.into_iter().filter(|p| !self.bans.contains_key(p));
+                        let _ = tx.send(usable.collect());
                     }
                 }
             }

@@ -126,7 +126,6 @@ pub(super) async fn download<S: ChunkStore>(
                     Event::Candidates(list) => {
                         for peer in list {
                             if peer == inner.local_peer
-                                || inner.bans.is_banned(&peer)
                                 || sessions.contains_key(&peer)
                                 || sessions.len() >= inner.max_download_peers
                                 || backoff.get(&peer).is_some_and(|t| *t > Instant::now())
