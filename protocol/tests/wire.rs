@@ -126,6 +126,14 @@ fn sample_stream_messages() -> Vec<StreamMessage> {
             status: ChunkStatus::Ok { len: 42 },
         }),
         StreamMessage::Cancel(Cancel { request_id: 9 }),
+        StreamMessage::Relaying(Relaying {
+            blob: d("blob"),
+            indices: vec![4, 300],
+        }),
+        StreamMessage::ChunkResponse(ChunkResponse {
+            request_id: 10,
+            status: ChunkStatus::Relay { len: 524288 },
+        }),
     ]
 }
 
@@ -212,6 +220,8 @@ const STREAM_GOLDEN: &[&str] = &[
     "0000002783010582055820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b8",
     "0000002b83010683055820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b88200182a",
     "000000058301078109",
+    "0000002b830108825820fa2c8cc4f28176bbeed4b736df569a34c79cd3723e9ec42f9674b4d46ac6b8b8820419012c",
+    "0000000c830104820a82051a00080000",
 ];
 
 const GOSSIP_GOLDEN: &[&str] = &[
@@ -243,7 +253,7 @@ fn stream_messages_match_golden_bytes() {
     }
     // Every kind is covered.
     let kinds: std::collections::BTreeSet<u64> = msgs.iter().map(StreamMessage::kind).collect();
-    assert_eq!(kinds, (0..8).collect());
+    assert_eq!(kinds, (0..9).collect());
 }
 
 #[test]
@@ -317,10 +327,10 @@ fn unknown_versions_are_typed_errors() {
 #[test]
 fn unknown_kinds_are_typed_errors() {
     assert_eq!(
-        StreamMessage::decode(&[0x83, 0x01, 0x08, 0x81, 0x09]),
+        StreamMessage::decode(&[0x83, 0x01, 0x09, 0x81, 0x09]),
         Err(WireError::UnknownKind {
             what: "stream message",
-            kind: 8
+            kind: 9
         })
     );
     assert_eq!(
@@ -475,12 +485,38 @@ fn frame_decoder_handles_any_split_and_pipelining() {
     let mut stream = Vec::new();
     let mut expected = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
+        if m.relayed_len().is_some() {
+            continue;
+        }
         stream.extend(encode_frame(m));
         let payload: Vec<u8> = (0..m.payload_len()).map(|j| (i as u64 + j) as u8).collect();
         stream.extend(&payload);
         expected.push(Frame {
             message: m.clone(),
             payload,
+            relay_aborted: false,
+        });
+    }
+    // A relayed chunk in two pieces, then one aborted after a piece.
+    let relayed: Vec<u8> = (0..300u32).map(|j| j as u8).collect();
+    for (id, aborted) in [(20u64, false), (21, true)] {
+        let m = StreamMessage::ChunkResponse(ChunkResponse {
+            request_id: id,
+            status: ChunkStatus::Relay { len: 300 },
+        });
+        stream.extend(encode_frame(&m));
+        stream.extend(100u32.to_be_bytes());
+        stream.extend(&relayed[..100]);
+        if aborted {
+            stream.extend(RELAY_ABORT.to_be_bytes());
+        } else {
+            stream.extend(200u32.to_be_bytes());
+            stream.extend(&relayed[100..]);
+        }
+        expected.push(Frame {
+            message: m,
+            payload: if aborted { vec![] } else { relayed.clone() },
+            relay_aborted: aborted,
         });
     }
     for step in [1usize, 3, 7, 64, 1000, stream.len()] {
@@ -559,6 +595,8 @@ fn arb_stream_message() -> impl Strategy<Value = StreamMessage> {
             })
         }),
         any::<u64>().prop_map(|request_id| StreamMessage::Cancel(Cancel { request_id })),
+        (arb_digest(), proptest::collection::vec(any::<u32>(), 0..50))
+            .prop_map(|(blob, indices)| StreamMessage::Relaying(Relaying { blob, indices })),
     ]
 }
 
@@ -780,7 +818,7 @@ proptest! {
             let payload: Vec<u8> = (0..m.payload_len()).map(|j| (j as u8) ^ (i as u8)).collect();
             stream.extend(encode_frame(&m));
             stream.extend(&payload);
-            expected.push(Frame { message: m, payload });
+            expected.push(Frame { message: m, payload, relay_aborted: false });
         }
         let mut dec = FrameDecoder::new();
         let mut got = Vec::new();

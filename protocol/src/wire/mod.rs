@@ -74,6 +74,15 @@ pub enum WireError {
         /// The limit.
         max: u64,
     },
+    /// A relay piece header announces an empty piece, one over
+    /// [`MAX_RELAY_PIECE`], or more than the chunk has left.
+    #[error("relay piece of {len} bytes with {left} bytes of the chunk left")]
+    BadRelayPiece {
+        /// The announced piece length.
+        len: u32,
+        /// Bytes of the relayed chunk still to come.
+        left: u64,
+    },
     /// A gossip message arrived on a topic its kind does not travel on.
     #[error("gossip message kind {kind} does not belong on topic {topic}")]
     WrongTopic {

@@ -26,10 +26,27 @@
 //! | 5 | [`ChunkMapRequest`] `[request_id, blob]` | please send the blob's complete chunk map |
 //! | 6 | [`ChunkMapResponse`] `[request_id, blob, status]` | answer; encoded [`crate::ChunkMap`] follows if `Ok` |
 //! | 7 | [`Cancel`] `[request_id]` | the sender no longer wants an answer (endgame) |
+//! | 8 | [`Relaying`] `[blob, [index*]]` | the sender is receiving these chunks and relays them as they arrive |
 //!
 //! `status` is `[0, payload_len]` (Ok), `[1]` (NotHave), `[2]` (Busy: try
 //! later or elsewhere), `[3, message: text]` (Error), `[4]` (TryElsewhere:
-//! a seed sparing its upload for a chunk it sent very recently).
+//! a seed sparing its upload for a chunk it sent very recently), `[5, len]`
+//! (Relay: a chunk of `len` bytes the responder is still receiving follows
+//! in relay pieces).
+//!
+//! ## Cut-through relay
+//!
+//! A node receiving a chunk can pass it on while it arrives, so a chunk
+//! crosses a relay tree in about one chunk time rather than one per hop.
+//! Only peers whose `Hello` says [`HELLO_VERSION_RELAY`] or later are sent
+//! [`Relaying`] or a `Relay` answer. After a `Relay` header come relay
+//! pieces, each `n: u32 big-endian` then `n` raw bytes (1 ≤ `n` ≤
+//! [`MAX_RELAY_PIECE`], never past `len`), until `len` bytes have come; or
+//! the 4 bytes of [`RELAY_ABORT`], after which the answer is over without
+//! the chunk (the relay lost its source or its copy failed verification).
+//! A relay sends the last byte of a chunk only after its own copy
+//! verified, so a complete relayed chunk that fails verification is the
+//! relay's fault, and the receiver bans it as it would any sender.
 //!
 //! A blob no larger than its chunk size is a single chunk whose digest is
 //! the blob digest, so small blobs (manifests, configs) can be fetched with
@@ -43,6 +60,22 @@ pub const STREAM_VERSION: u64 = 1;
 /// Largest CBOR header of a stream frame: 64 KiB (a bitfield of the
 /// largest blob, 131 072 chunks, is 16 KiB).
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// The `Hello.protocol_version` from which a peer understands [`Relaying`]
+/// and `Relay` answers (1: the exchange without cut-through). The frame
+/// envelope keeps [`STREAM_VERSION`], so older peers still parse every
+/// frame they are sent.
+pub const HELLO_VERSION_RELAY: u64 = 2;
+
+/// The `Hello.protocol_version` this implementation sends.
+pub const HELLO_VERSION: u64 = HELLO_VERSION_RELAY;
+
+/// Largest relay piece: a bound on what a receiver reads before it checks
+/// the next piece header.
+pub const MAX_RELAY_PIECE: u32 = 1 << 20;
+
+/// The relay piece length that ends a `Relay` answer without the chunk.
+pub const RELAY_ABORT: u32 = u32::MAX;
 
 /// Largest raw payload after a header: the largest chunk size, 16 MiB
 /// (also larger than any encoded chunk map).
@@ -93,6 +126,20 @@ cbor_tuple_struct! {
 pub const MAX_HAVE_BATCH: usize = 4096;
 
 cbor_tuple_struct! {
+    /// The sender is receiving these chunks (their answers have begun) and
+    /// serves them as they arrive, as `Relay` answers: a receiver may
+    /// request them as if they were held. Not a claim of verified data; a
+    /// [`Have`] follows once they verify.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Relaying {
+        /// The blob.
+        pub blob: Digest,
+        /// The chunk indices, at most [`MAX_HAVE_BATCH`].
+        pub indices: Vec<u32>,
+    }
+}
+
+cbor_tuple_struct! {
     /// A request for one chunk.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct ChunkRequest {
@@ -126,6 +173,12 @@ pub enum ChunkStatus {
         /// Human-readable reason, at most [`MAX_MESSAGE_CHARS`].
         message: String,
     },
+    /// The responder is still receiving the chunk and relays it: `len`
+    /// bytes follow in relay pieces (see the module docs), or an abort.
+    Relay {
+        /// The chunk's length in bytes.
+        len: u64,
+    },
 }
 
 impl Serialize for ChunkStatus {
@@ -136,6 +189,7 @@ impl Serialize for ChunkStatus {
             ChunkStatus::Busy => (2u64,).serialize(serializer),
             ChunkStatus::Error { message } => (3u64, message).serialize(serializer),
             ChunkStatus::TryElsewhere => (4u64,).serialize(serializer),
+            ChunkStatus::Relay { len } => (5u64, len).serialize(serializer),
         }
     }
 }
@@ -160,6 +214,9 @@ impl<'de> Deserialize<'de> for ChunkStatus {
                         message: next(&mut seq, 1, &self)?,
                     },
                     4 => ChunkStatus::TryElsewhere,
+                    5 => ChunkStatus::Relay {
+                        len: next(&mut seq, 1, &self)?,
+                    },
                     other => {
                         return Err(de::Error::custom(format!("unknown chunk status {other}")))
                     }
@@ -238,10 +295,12 @@ pub enum StreamMessage {
     ChunkMapResponse(ChunkMapResponse),
     /// Kind 7.
     Cancel(Cancel),
+    /// Kind 8.
+    Relaying(Relaying),
 }
 
 /// Number of stream message kinds.
-const STREAM_KINDS: u64 = 8;
+const STREAM_KINDS: u64 = 9;
 
 impl StreamMessage {
     /// The kind number on the wire.
@@ -255,6 +314,7 @@ impl StreamMessage {
             StreamMessage::ChunkMapRequest(_) => 5,
             StreamMessage::ChunkMapResponse(_) => 6,
             StreamMessage::Cancel(_) => 7,
+            StreamMessage::Relaying(_) => 8,
         }
     }
 
@@ -273,6 +333,18 @@ impl StreamMessage {
         }
     }
 
+    /// The chunk length a `Relay` answer announces (its bytes follow in
+    /// relay pieces, not as a payload).
+    pub fn relayed_len(&self) -> Option<u64> {
+        match self {
+            StreamMessage::ChunkResponse(ChunkResponse {
+                status: ChunkStatus::Relay { len },
+                ..
+            }) => Some(*len),
+            _ => None,
+        }
+    }
+
     /// The canonical CBOR header (without length prefix).
     pub fn encode(&self) -> Vec<u8> {
         encoding::encode(self)
@@ -285,19 +357,19 @@ impl StreamMessage {
         const WHAT: &str = "stream message";
         precheck_envelope(WHAT, bytes, MAX_HEADER_BYTES, STREAM_VERSION, STREAM_KINDS)?;
         let msg: StreamMessage = encoding::decode(WHAT, bytes, MAX_HEADER_BYTES)?;
-        if let StreamMessage::Have(have) = &msg {
-            if have.indices.len() > MAX_HAVE_BATCH {
-                return Err(DecodeError::Invalid {
-                    what: WHAT,
-                    reason: format!(
-                        "Have lists {} indices, at most {MAX_HAVE_BATCH}",
-                        have.indices.len()
-                    ),
-                }
-                .into());
+        let listed = match &msg {
+            StreamMessage::Have(Have { indices, .. })
+            | StreamMessage::Relaying(Relaying { indices, .. }) => indices.len(),
+            _ => 0,
+        };
+        if listed > MAX_HAVE_BATCH {
+            return Err(DecodeError::Invalid {
+                what: WHAT,
+                reason: format!("{listed} chunk indices, at most {MAX_HAVE_BATCH}"),
             }
+            .into());
         }
-        let len = msg.payload_len();
+        let len = msg.payload_len().max(msg.relayed_len().unwrap_or(0));
         if len > MAX_PAYLOAD_BYTES {
             return Err(WireError::PayloadTooLarge {
                 len,
@@ -320,6 +392,7 @@ impl Serialize for StreamMessage {
             StreamMessage::ChunkMapRequest(m) => (STREAM_VERSION, kind, m).serialize(serializer),
             StreamMessage::ChunkMapResponse(m) => (STREAM_VERSION, kind, m).serialize(serializer),
             StreamMessage::Cancel(m) => (STREAM_VERSION, kind, m).serialize(serializer),
+            StreamMessage::Relaying(m) => (STREAM_VERSION, kind, m).serialize(serializer),
         }
     }
 }
@@ -349,6 +422,7 @@ impl<'de> Deserialize<'de> for StreamMessage {
                     5 => StreamMessage::ChunkMapRequest(next(&mut seq, 2, &self)?),
                     6 => StreamMessage::ChunkMapResponse(next(&mut seq, 2, &self)?),
                     7 => StreamMessage::Cancel(next(&mut seq, 2, &self)?),
+                    8 => StreamMessage::Relaying(next(&mut seq, 2, &self)?),
                     other => {
                         return Err(de::Error::custom(format!(
                             "unknown stream message kind {other}"
@@ -385,9 +459,10 @@ pub fn try_encode_frame(msg: &StreamMessage) -> Result<Vec<u8>, WireError> {
             max: MAX_HEADER_BYTES,
         });
     }
-    if msg.payload_len() > MAX_PAYLOAD_BYTES {
+    let len = msg.payload_len().max(msg.relayed_len().unwrap_or(0));
+    if len > MAX_PAYLOAD_BYTES {
         return Err(WireError::PayloadTooLarge {
-            len: msg.payload_len(),
+            len,
             max: MAX_PAYLOAD_BYTES,
         });
     }
@@ -416,8 +491,24 @@ pub fn decode_frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize, WireE
 pub struct Frame {
     /// The header.
     pub message: StreamMessage,
-    /// The raw payload, `message.payload_len()` bytes.
+    /// The raw payload, `message.payload_len()` bytes; for a `Relay`
+    /// answer, the relayed chunk joined from its pieces (empty if aborted).
     pub payload: Vec<u8>,
+    /// A `Relay` answer that ended with [`RELAY_ABORT`] instead of the chunk.
+    pub relay_aborted: bool,
+}
+
+/// Checks a relay piece header against what the chunk has left: `Ok(None)`
+/// for an abort, the piece length otherwise.
+pub fn check_relay_piece(prefix: [u8; 4], left: u64) -> Result<Option<u32>, WireError> {
+    let len = u32::from_be_bytes(prefix);
+    if len == RELAY_ABORT {
+        return Ok(None);
+    }
+    if len == 0 || len > MAX_RELAY_PIECE || u64::from(len) > left {
+        return Err(WireError::BadRelayPiece { len, left });
+    }
+    Ok(Some(len))
 }
 
 /// Incremental sans-IO frame decoder: feed it bytes as they arrive with
@@ -436,6 +527,8 @@ pub struct FrameDecoder {
     start: usize,
     /// The header of a frame whose payload is still incomplete.
     pending: Option<StreamMessage>,
+    /// The pieces of a `Relay` answer joined so far, and the bytes left.
+    relayed: Option<(Vec<u8>, u64)>,
 }
 
 impl FrameDecoder {
@@ -473,25 +566,64 @@ impl FrameDecoder {
             let message =
                 StreamMessage::decode(&avail[FRAME_PREFIX_BYTES..FRAME_PREFIX_BYTES + len])?;
             self.start += FRAME_PREFIX_BYTES + len;
+            if let Some(len) = message.relayed_len() {
+                self.relayed = Some((Vec::new(), len));
+            }
             self.pending = Some(message);
         }
-        let need = self
-            .pending
-            .as_ref()
-            .map(StreamMessage::payload_len)
-            .unwrap_or(0) as usize;
-        if self.buffered() < need {
-            return Ok(None);
-        }
-        let payload = self.buf[self.start..self.start + need].to_vec();
-        self.start += need;
+        let (payload, relay_aborted) = match self.relayed.take() {
+            Some((mut joined, mut left)) => {
+                let mut aborted = false;
+                while left > 0 {
+                    let avail = &self.buf[self.start..];
+                    if avail.len() < 4 {
+                        break;
+                    }
+                    let Some(n) = check_relay_piece(avail[..4].try_into().expect("4 bytes"), left)?
+                    else {
+                        self.start += 4;
+                        aborted = true;
+                        joined.clear();
+                        break;
+                    };
+                    if avail.len() < 4 + n as usize {
+                        break;
+                    }
+                    joined.extend_from_slice(&avail[4..4 + n as usize]);
+                    self.start += 4 + n as usize;
+                    left -= u64::from(n);
+                }
+                if left > 0 && !aborted {
+                    self.relayed = Some((joined, left));
+                    return Ok(None);
+                }
+                (joined, aborted)
+            }
+            None => {
+                let need = self
+                    .pending
+                    .as_ref()
+                    .map(StreamMessage::payload_len)
+                    .unwrap_or(0) as usize;
+                if self.buffered() < need {
+                    return Ok(None);
+                }
+                let payload = self.buf[self.start..self.start + need].to_vec();
+                self.start += need;
+                (payload, false)
+            }
+        };
         // Compact once the consumed prefix dominates, to keep memory bounded.
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
             self.start = 0;
         }
         let message = self.pending.take().expect("pending set above");
-        Ok(Some(Frame { message, payload }))
+        Ok(Some(Frame {
+            message,
+            payload,
+            relay_aborted,
+        }))
     }
 }
 
