@@ -224,6 +224,11 @@ struct NodeArgs {
     /// Busy so the requester asks another holder [default: 0].
     #[arg(long, env = "EDGESWARM_UPLOAD_QUEUE")]
     upload_queue: Option<usize>,
+    /// Serve chunks only once whole and verified here, instead of passing
+    /// them on to peers while they arrive (cut-through relay; every copy
+    /// is verified either way). For comparisons [default: relay on].
+    #[arg(long, env = "EDGESWARM_NO_RELAY", num_args = 0..=1, default_missing_value = "true")]
+    no_relay: Option<bool>,
     /// Chunk requests kept outstanding at each peer [default: 2].
     #[arg(long, env = "EDGESWARM_REQUESTS_PER_PEER")]
     requests_per_peer: Option<usize>,
@@ -354,6 +359,7 @@ impl NodeArgs {
             max_upload_rate,
             upload_slots,
             upload_queue,
+            no_relay,
             requests_per_peer,
             max_requests,
             max_store_size,
@@ -427,6 +433,9 @@ impl NodeArgs {
         }
         if let Some(n) = self.upload_queue {
             swarm.upload_queue = n;
+        }
+        if self.no_relay == Some(true) {
+            swarm.relay = false;
         }
         if let Some(n) = self.requests_per_peer {
             if n == 0 {

@@ -20,6 +20,13 @@ pub struct SwarmMetrics {
     pub duplicate_chunks: Counter,
     /// Chunks served to peers.
     pub chunks_uploaded: Counter,
+    /// Of those, chunks served while still arriving here (cut-through).
+    pub chunks_relayed: Counter,
+    /// Relayed answers received that ended without the chunk (the relay
+    /// lost its source); each is asked again.
+    pub relays_aborted: Counter,
+    /// Relays this node gave up because their chunk stopped arriving.
+    pub relays_given_up: Counter,
     /// Bytes of chunks served to peers.
     pub bytes_uploaded: Counter,
     /// Chunks that failed verification (each bans the sender).
@@ -175,6 +182,24 @@ impl SwarmMetrics {
         );
         c(
             registry,
+            "chunks_relayed",
+            "Chunks served while still arriving here (cut-through relay)",
+            &self.chunks_relayed,
+        );
+        c(
+            registry,
+            "relays_aborted",
+            "Relayed chunk answers received that ended without the chunk",
+            &self.relays_aborted,
+        );
+        c(
+            registry,
+            "relays_given_up",
+            "Relays given up because their chunk stopped arriving",
+            &self.relays_given_up,
+        );
+        c(
+            registry,
             "cancelled_requests",
             "Queued chunk requests skipped because the requester cancelled them",
             &self.cancelled_requests,
@@ -205,6 +230,7 @@ impl SwarmMetrics {
             bytes_downloaded: self.bytes_downloaded.get(),
             duplicate_chunks: self.duplicate_chunks.get(),
             chunks_uploaded: self.chunks_uploaded.get(),
+            chunks_relayed: self.chunks_relayed.get(),
             bytes_uploaded: self.bytes_uploaded.get(),
             bad_chunks: self.bad_chunks.get(),
             bans: self.bans.get(),
@@ -229,6 +255,8 @@ pub struct SwarmStats {
     pub duplicate_chunks: u64,
     /// Chunks served.
     pub chunks_uploaded: u64,
+    /// Of those, chunks served while still arriving (cut-through).
+    pub chunks_relayed: u64,
     /// Bytes served.
     pub bytes_uploaded: u64,
     /// Chunks that failed verification.

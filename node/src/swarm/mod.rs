@@ -176,6 +176,10 @@ pub struct SwarmConfig {
     /// still connected peer within this period, so peers fetch it from each
     /// other. `None` disables.
     pub seed_sparing: Option<Duration>,
+    /// Cut-through relay: serve chunks to peers while they still arrive
+    /// here (every copy is still verified before use; see
+    /// `exchange::relay`). Off, a chunk is served once whole and verified.
+    pub relay: bool,
     /// Chunks ahead of the store's consume cursor fetched in order first.
     pub deadline_window: u32,
     /// Fault injection for tests: serve garbage instead of chunks while
@@ -227,6 +231,7 @@ impl SwarmConfig {
             stall_base: Duration::from_secs(10),
             stall_min_rate: 256 << 10,
             seed_sparing: Some(Duration::from_secs(60)),
+            relay: true,
             deadline_window: 8,
             #[cfg(feature = "test-support")]
             corrupt_uploads: false,

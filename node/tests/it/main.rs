@@ -37,3 +37,4 @@ mod swarm_hostile;
 mod swarm_malformed;
 mod swarm_many;
 mod swarm_membership;
+mod swarm_relay;

@@ -18,6 +18,9 @@
 //!   chunk-sized buffer and writes it to the store (verified there),
 //!   reporting back. The swarm task only sees commands (providers, bans),
 //!   never bytes.
+//! - **Relaying** (`relay`). A chunk whose answer has begun to arrive is
+//!   advertised (`Relaying`) and served to requesters as it arrives, its
+//!   last byte only once our copy verified (cut-through).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -38,6 +41,7 @@ use super::{ChunkStore, Command, Protocols, SwarmConfig, SwarmError};
 mod counted;
 mod download;
 mod offers;
+mod relay;
 mod serve;
 mod session;
 
@@ -182,6 +186,10 @@ struct Inner<S> {
     stall_base: Duration,
     stall_min_rate: u64,
     deadline_window: u32,
+    /// Chunks being received, relayed on as they arrive (cut-through).
+    relays: Arc<relay::Relays>,
+    /// Whether this node relays chunks still arriving (`SwarmConfig::relay`).
+    relay: bool,
 }
 
 /// Bytes per second at which verified chunks arrive from peers, over the
@@ -285,6 +293,8 @@ impl<S: ChunkStore> Exchange<S> {
             stall_base: config.stall_base,
             stall_min_rate: config.stall_min_rate.max(1),
             deadline_window: config.deadline_window,
+            relays: relay::Relays::new(),
+            relay: config.relay,
         });
         tokio::spawn(serve::accept_loop(inner.clone(), incoming));
         Ok(Exchange { inner })

@@ -3,6 +3,7 @@
 //! writer half answers `Hello`, pushes bitfields and `Have`s, serves chunk
 //! maps and chunks under upload slots, the token bucket and seed sparing.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tracing::debug;
 
 use super::super::frame::{self, FrameError};
 use super::super::ChunkStore;
+use super::relay::{Outcome as RelayOutcome, Relay};
 use super::{lock, penalise, Inner, MAX_INBOUND_STREAMS, SERVER_QUEUE};
 
 pub(super) async fn accept_loop<S: ChunkStore>(
@@ -61,7 +63,8 @@ const MAX_HELLO_BLOBS: usize = 64;
 
 /// Requests parsed by a server's reader half.
 enum Incoming {
-    Hello(Vec<Digest>),
+    /// The requester's `Hello`: its protocol version and blobs.
+    Hello(u64, Vec<Digest>),
     Map(u64, Digest),
     Chunk(u64, Digest, u32),
 }
@@ -73,7 +76,7 @@ const MAX_CANCELLED: usize = 64;
 async fn serve_reader<R: AsyncRead + Unpin>(
     mut r: R,
     tx: mpsc::Sender<Incoming>,
-    cancelled: &std::sync::Mutex<std::collections::HashSet<u64>>,
+    cancelled: &std::sync::Mutex<HashSet<u64>>,
 ) -> Result<(), FrameError> {
     let mut hello = false;
     loop {
@@ -93,7 +96,7 @@ async fn serve_reader<R: AsyncRead + Unpin>(
                         h.blobs.len()
                     )));
                 }
-                Incoming::Hello(h.blobs)
+                Incoming::Hello(h.protocol_version, h.blobs)
             }
             StreamMessage::ChunkRequest(q) if hello => {
                 Incoming::Chunk(q.request_id, q.blob, q.index)
@@ -109,7 +112,11 @@ async fn serve_reader<R: AsyncRead + Unpin>(
                 }
                 continue;
             }
-            StreamMessage::Have(_) | StreamMessage::Bitfield(_) if hello => continue,
+            StreamMessage::Have(_) | StreamMessage::Bitfield(_) | StreamMessage::Relaying(_)
+                if hello =>
+            {
+                continue
+            }
             other => {
                 return Err(FrameError::violation(format!(
                     "unexpected message kind {} from a requester",
@@ -130,11 +137,16 @@ async fn serve_stream<S: ChunkStore>(
 ) -> Result<(), FrameError> {
     let (r, mut w) = super::counted(inner, stream).split();
     let (tx, mut rx) = mpsc::channel(SERVER_QUEUE);
-    let cancelled = std::sync::Mutex::new(std::collections::HashSet::new());
+    let cancelled = std::sync::Mutex::new(HashSet::new());
     let reader = serve_reader(r, tx, &cancelled);
     let writer = async {
         // Blobs the requester asked about, with the bitfield last sent.
         let mut bound: Vec<(Digest, Option<Bitfield>)> = Vec::new();
+        // Whether the requester takes relayed chunks, and those of each
+        // bound blob announced to it as relaying.
+        let mut relay_ok = false;
+        let mut relaying: Vec<HashSet<u32>> = Vec::new();
+        let mut relay_starts = inner.relays.subscribe();
         // Registers this requester with super-seeding while the stream lives.
         let mut binding = Binding {
             inner,
@@ -163,14 +175,19 @@ async fn serve_stream<S: ChunkStore>(
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return Ok::<(), FrameError>(()) };
                     match msg {
-                        Incoming::Hello(blobs) => {
+                        Incoming::Hello(version, blobs) => {
                             let known: Vec<Digest> = blobs.iter().copied().filter(|b| inner.store.bitfield(b).is_some()).collect();
-                            let hello = StreamMessage::Hello(Hello { protocol_version: wire::STREAM_VERSION, blobs: known });
+                            let hello = StreamMessage::Hello(Hello { protocol_version: wire::HELLO_VERSION, blobs: known });
                             frame::write_message(&mut w, &hello, &[]).await?;
+                            relay_ok = inner.relay && version >= wire::HELLO_VERSION_RELAY;
                             bound = blobs.into_iter().map(|b| (b, None)).collect();
+                            relaying = vec![HashSet::new(); bound.len()];
                             binding.bind(bound.iter().map(|(b, _)| *b).collect());
-                            for (blob, sent) in bound.iter_mut() {
+                            for (i, (blob, sent)) in bound.iter_mut().enumerate() {
                                 push_haves(inner, peer, &mut w, blob, sent).await?;
+                                if relay_ok {
+                                    push_relaying(inner, &mut w, blob, sent, &mut relaying[i]).await?;
+                                }
                             }
                         }
                         Incoming::Map(request_id, blob) => match inner.store.chunk_map(&blob) {
@@ -197,10 +214,29 @@ async fn serve_stream<S: ChunkStore>(
                                 inner.metrics.cancelled_requests.inc();
                                 continue;
                             }
-                            serve_chunk(inner, peer, &mut w, request_id, blob, index).await?;
+                            let relay = inner.relays.get(&blob, index).filter(|_| relay_ok && !inner.corrupt_uploads);
+                            match relay {
+                                Some(relay) => serve_relay(inner, peer, &mut w, request_id, relay, &cancelled).await?,
+                                None => serve_chunk(inner, peer, &mut w, request_id, blob, index).await?,
+                            }
                         }
                     }
                     w.flush().await?;
+                }
+                started = relay_starts.recv(), if relay_ok => {
+                    use tokio::sync::broadcast::error::RecvError;
+                    let touched: Vec<usize> = match started {
+                        Ok(blob) => bound.iter().position(|(b, _)| *b == blob).into_iter().collect(),
+                        Err(RecvError::Lagged(_)) => (0..bound.len()).collect(),
+                        Err(RecvError::Closed) => Vec::new(),
+                    };
+                    if !touched.is_empty() {
+                        for i in touched {
+                            let (blob, sent) = &bound[i];
+                            push_relaying(inner, &mut w, blob, sent, &mut relaying[i]).await?;
+                        }
+                        w.flush().await?;
+                    }
                 }
                 _ = tick.tick() => {
                     if !bound.is_empty() {
@@ -226,6 +262,9 @@ async fn serve_stream<S: ChunkStore>(
 /// (testnet, 100 Mbit/s): a requester whose chunk was still on its way to
 /// the peer the seed fed asked again before that peer had it.
 const SPARE_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a relay waits for more bytes of its chunk before it aborts.
+const RELAY_IDLE: Duration = Duration::from_secs(2);
 
 /// Refusals remembered at most (older ones are dropped first).
 const MAX_SPARED_REFUSALS: usize = 1 << 16;
@@ -404,6 +443,114 @@ async fn push_haves<S: ChunkStore, W: AsyncWrite + Unpin>(
         }
     }
     *sent = Some(now);
+    Ok(())
+}
+
+/// Sends `Relaying` for the chunks of `blob` now arriving here that the
+/// requester has not been told of (as relaying, or as held in `sent`).
+async fn push_relaying<S: ChunkStore, W: AsyncWrite + Unpin>(
+    inner: &Inner<S>,
+    w: &mut W,
+    blob: &Digest,
+    sent: &Option<Bitfield>,
+    announced: &mut HashSet<u32>,
+) -> Result<(), FrameError> {
+    let Some(sent) = sent else { return Ok(()) };
+    let new: Vec<u32> = inner
+        .relays
+        .in_flight(blob)
+        .into_iter()
+        .filter(|i| *i < sent.len() && !sent.get(*i) && !announced.contains(i))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    // Chunks held since are announced by `Have`; keep the set small.
+    announced.retain(|i| !sent.get(*i));
+    announced.extend(new.iter().copied());
+    for batch in new.chunks(wire::MAX_HAVE_BATCH) {
+        let msg = StreamMessage::Relaying(wire::Relaying {
+            blob: *blob,
+            indices: batch.to_vec(),
+        });
+        frame::write_message(w, &msg, &[]).await?;
+    }
+    Ok(())
+}
+
+/// Answers a request for a chunk still arriving here: `Relay`, then its
+/// bytes in pieces as they come, under an upload slot and the token bucket
+/// like any upload; the last byte only once our copy verified. Aborts if
+/// our copy fails or the requester cancels.
+async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
+    inner: &Inner<S>,
+    peer: PeerId,
+    w: &mut W,
+    request_id: u64,
+    relay: Arc<Relay>,
+    cancelled: &std::sync::Mutex<HashSet<u64>>,
+) -> Result<(), FrameError> {
+    if inner.upload_slots.available_permits() == 0
+        && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
+    {
+        return respond(w, request_id, ChunkStatus::Busy).await;
+    }
+    let _slot = {
+        let _waiting = WaitingGuard::enter(&inner.upload_waiting);
+        inner
+            .upload_slots
+            .acquire()
+            .await
+            .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?
+    };
+    let mut changed = relay.want();
+    let len = relay.len();
+    respond(w, request_id, ChunkStatus::Relay { len: len as u64 }).await?;
+    let most = if inner.bucket.is_some() {
+        PACING_PIECE
+    } else {
+        wire::MAX_RELAY_PIECE as usize
+    };
+    let mut sent = 0usize;
+    loop {
+        changed.borrow_and_update();
+        let (pieces, outcome) = relay.sendable(sent);
+        if outcome == RelayOutcome::Failed || lock(cancelled).contains(&request_id) {
+            w.write_all(&wire::RELAY_ABORT.to_be_bytes()).await?;
+            debug!(%peer, request_id, "relay aborted");
+            return Ok(());
+        }
+        for piece in &pieces {
+            for part in piece.chunks(most) {
+                if let Some(bucket) = &inner.bucket {
+                    bucket.take(part.len() as u64).await;
+                }
+                w.write_all(&(part.len() as u32).to_be_bytes()).await?;
+                w.write_all(part).await?;
+                sent += part.len();
+            }
+        }
+        if sent == len {
+            break;
+        }
+        w.flush().await?;
+        // A relay that stops moving holds up this requester's next
+        // answers (a stream answers in order): it gives up, and the
+        // requester asks again, there or elsewhere.
+        match tokio::time::timeout(RELAY_IDLE, changed.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                w.write_all(&wire::RELAY_ABORT.to_be_bytes()).await?;
+                inner.metrics.relays_given_up.inc();
+                debug!(%peer, request_id, sent, "relay idle; aborted");
+                return Ok(());
+            }
+        }
+    }
+    inner.metrics.chunks_uploaded.inc();
+    inner.metrics.chunks_relayed.inc();
+    inner.metrics.bytes_uploaded.inc_by(len as u64);
+    debug!(%peer, request_id, "relayed chunk");
     Ok(())
 }
 

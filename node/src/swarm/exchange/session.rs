@@ -22,6 +22,7 @@ use super::super::chunkstore::BlobLayout;
 use super::super::frame::{self, FrameError};
 use super::super::{ChunkStore, ChunkStoreError, ChunkWrite};
 use super::download::Event;
+use super::relay::RelayWriter;
 use super::{lock, Inner, STORE_WRITES_PER_SESSION};
 
 /// What a download coordinator asks of a session.
@@ -111,7 +112,7 @@ async fn session_writer<W: AsyncWrite + Unpin>(
     outstanding: Outstanding,
 ) -> Result<(), FrameError> {
     let hello = StreamMessage::Hello(Hello {
-        protocol_version: wire::STREAM_VERSION,
+        protocol_version: wire::HELLO_VERSION,
         blobs: vec![blob],
     });
     frame::write_message(&mut w, &hello, &[]).await?;
@@ -188,14 +189,19 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 }
                 Event::Bitfield(peer, b.bitfield)
             }
-            StreamMessage::Have(h) if hello => {
-                if h.blob != blob {
+            // A chunk the peer is receiving can be requested like one it
+            // holds: it is relayed as it arrives.
+            StreamMessage::Have(wire::Have { blob: b, indices })
+            | StreamMessage::Relaying(wire::Relaying { blob: b, indices })
+                if hello =>
+            {
+                if b != blob {
                     continue;
                 }
-                if h.indices.iter().any(|i| *i >= count) {
-                    return Err(FrameError::violation("Have index out of range"));
+                if indices.iter().any(|i| *i >= count) {
+                    return Err(FrameError::violation("chunk index out of range"));
                 }
-                Event::Have(peer, h.indices)
+                Event::Have(peer, indices)
             }
             StreamMessage::ChunkResponse(resp) if hello => {
                 let (index, asked, cancelled) = {
@@ -213,28 +219,45 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         },
                     }
                 };
+                let relayed = matches!(resp.status, ChunkStatus::Relay { .. });
                 if cancelled {
                     // The server had begun the answer before our Cancel:
                     // the chunk is already held, read past it.
-                    if let ChunkStatus::Ok { len } = resp.status {
-                        announced_len(layout, index, len)?;
-                        skip_payload(&mut r, len).await?;
+                    if let ChunkStatus::Ok { len } | ChunkStatus::Relay { len } = resp.status {
+                        let expected = announced_len(layout, index, len)?;
+                        let mut buf = vec![0u8; expected as usize];
+                        read_body(&mut r, &mut buf, relayed, None).await?;
                         inner.metrics.duplicate_chunks.inc();
                     }
                     continue;
                 }
                 match resp.status {
-                    ChunkStatus::Ok { len } => {
+                    ChunkStatus::Ok { len } | ChunkStatus::Relay { len } => {
                         let expected = announced_len(layout, index, len)?;
                         let mut buf = vec![0u8; expected as usize];
                         let header_at = Instant::now();
-                        r.read_exact(&mut buf).await?;
+                        // Passed on to our own requesters as it arrives.
+                        let relay = inner.relays.begin(blob, index, expected);
+                        if !read_body(&mut r, &mut buf, relayed, relay.as_ref()).await? {
+                            // The relay lost its source or its copy: not a
+                            // fault; ask again, there or elsewhere.
+                            inner.metrics.relays_aborted.inc();
+                            if events
+                                .send(Event::Rejected(peer, index, FailReason::NotHave))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                         // The timeline of one transfer (queueing before the
                         // answer began, then the payload), for diagnosing
                         // where a swarm's time goes.
                         debug!(
                             %peer,
                             index,
+                            relayed,
                             wait_ms = asked.map(|a| header_at.duration_since(a).as_millis()),
                             transfer_ms = header_at.elapsed().as_millis(),
                             "chunk received"
@@ -255,6 +278,10 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                                 .await
                             {
                                 Ok(outcome) => {
+                                    // Verified: its relays may finish.
+                                    if let Some(relay) = relay {
+                                        relay.verified();
+                                    }
                                     if outcome == ChunkWrite::AlreadyHad {
                                         inner.metrics.duplicate_chunks.inc();
                                     } else {
@@ -313,14 +340,42 @@ fn announced_len(layout: &BlobLayout, index: u32, announced: u64) -> Result<u32,
     Ok(expected)
 }
 
-/// Reads and drops `len` payload bytes (an answer nobody wants any more).
-async fn skip_payload<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> Result<(), FrameError> {
-    let mut left = len;
-    let mut buf = vec![0u8; 64 << 10];
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        r.read_exact(&mut buf[..n]).await?;
-        left -= n as u64;
+/// Bytes a session reads at most before it passes them on to relays: a
+/// relay hop adds about this much delay (64 KiB is 5 ms at 100 Mbit/s).
+const READ_STEP: usize = 64 << 10;
+
+/// Reads a chunk answer's bytes into `buf` (its announced length): the raw
+/// payload of an `Ok`, or the pieces of a `Relay`, telling `relay` what has
+/// arrived as it comes. False if the relay aborted.
+async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    relayed: bool,
+    relay: Option<&RelayWriter>,
+) -> Result<bool, FrameError> {
+    let mut filled = 0usize;
+    while filled < buf.len() {
+        let end = if relayed {
+            let mut prefix = [0u8; 4];
+            r.read_exact(&mut prefix).await?;
+            match wire::check_relay_piece(prefix, (buf.len() - filled) as u64)? {
+                Some(n) => filled + n as usize,
+                None => return Ok(false),
+            }
+        } else {
+            buf.len()
+        };
+        while filled < end {
+            let step = (end - filled).min(READ_STEP);
+            let n = r.read(&mut buf[filled..filled + step]).await?;
+            if n == 0 {
+                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            filled += n;
+            if let Some(relay) = relay {
+                relay.progress(&buf[..filled]);
+            }
+        }
     }
-    Ok(())
+    Ok(true)
 }

@@ -1,0 +1,175 @@
+//! Cut-through relay over real libp2p connections: chunks pass on while
+//! they arrive, and a relay whose source lies aborts without being blamed.
+
+use std::time::Duration;
+
+use crate::support::swarm::*;
+use crate::support::{eventually, init_tracing};
+
+/// A slow origin seed spares its uplink (each chunk goes to one requester),
+/// so the other requesters take each chunk from the peer receiving it,
+/// while it arrives: relayed chunks show in the counters, every copy
+/// verifies, and the seed uploads each chunk about once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_relayed_while_they_arrive_and_every_copy_verifies() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(4 << 20, 11, 256 << 10);
+    let seed_dir = tmp.path().join("seed");
+    let mut seed_cfg = config(&seed_dir, "lab", &[]);
+    // 256 KiB chunks take ~170 ms each: long enough for peers to learn of
+    // a chunk in flight and ask for it.
+    seed_cfg.max_upload_rate = Some(1_500_000);
+    let s = start(&seed_dir, seed_cfg).await;
+    seed(&s, &data, digest, &map).await;
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let d = tmp.path().join(format!("n{i}"));
+        nodes.push(start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await);
+    }
+    for n in &nodes {
+        eventually(
+            "every node meets the others",
+            Duration::from_secs(20),
+            async || {
+                let peers = n
+                    .client
+                    .connected_peers()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if peers.len() >= 4 {
+                    Ok(())
+                } else {
+                    Err(format!("{} peers", peers.len()))
+                }
+            },
+        )
+        .await;
+    }
+    let fetches: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let c = n.client.clone();
+            let m = map.clone();
+            tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
+        })
+        .collect();
+    for f in fetches {
+        tokio::time::timeout(Duration::from_secs(120), f)
+            .await
+            .expect("fetch timed out")
+            .unwrap()
+            .unwrap();
+    }
+    let mut relayed = 0;
+    for n in &nodes {
+        assert!(holds(&n.store, &digest, &data));
+        let st = n.client.stats();
+        assert_eq!(st.bad_chunks, 0, "{st:?}");
+        assert_eq!(st.bans, 0, "nobody lied: {st:?}");
+        relayed += st.chunks_relayed;
+    }
+    assert!(relayed >= 1, "no chunk was relayed while it arrived");
+    // Sparing plus relay: the seed's uplink carried the blob about once.
+    let chunks = u64::from(map.chunk_count());
+    let uploaded = s.client.stats().chunks_uploaded;
+    assert!(
+        uploaded <= chunks + chunks / 4,
+        "the seed uploaded {uploaded} chunks for {chunks}"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+    s.stop().await;
+}
+
+/// A relay's source serves garbage: the relay's own copy fails, it bans
+/// the source and aborts what it relayed; its requesters ask again and do
+/// not blame it (they stay connected), and everyone ends with the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_source_lies_aborts_and_is_not_blamed() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(4 << 20, 12, 256 << 10);
+    let seed_dir = tmp.path().join("seed");
+    let mut seed_cfg = config(&seed_dir, "lab", &[]);
+    seed_cfg.max_upload_rate = Some(2_000_000);
+    let s = start(&seed_dir, seed_cfg).await;
+    seed(&s, &data, digest, &map).await;
+    // The liar advertises every chunk and serves garbage, slowly, so the
+    // relay has relayed most of a chunk before its copy fails.
+    let liar_dir = tmp.path().join("liar");
+    let mut liar_cfg = config(&liar_dir, "lab", std::slice::from_ref(&s.addr));
+    liar_cfg.corrupt_uploads = true;
+    liar_cfg.max_upload_rate = Some(1_000_000);
+    let liar = start(&liar_dir, liar_cfg).await;
+    liar.store.put_chunk_map(digest, &map).await.unwrap();
+    liar.client.provide(digest).await.unwrap();
+    let liar_id = liar.client.local_peer_id();
+    let relay_dir = tmp.path().join("relay");
+    let relay = start(
+        &relay_dir,
+        config(&relay_dir, "lab", &[s.addr.clone(), liar.addr.clone()]),
+    )
+    .await;
+    let relay_id = relay.client.local_peer_id();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let d = tmp.path().join(format!("n{i}"));
+        nodes.push(start(&d, config(&d, "lab", std::slice::from_ref(&relay.addr))).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut fetches = vec![{
+        let c = relay.client.clone();
+        let m = map.clone();
+        tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
+    }];
+    // The others start once the relay has chunks in flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in &nodes {
+        let c = n.client.clone();
+        let m = map.clone();
+        fetches.push(tokio::spawn(
+            async move { c.fetch_blob(digest, Some(m)).await },
+        ));
+    }
+    for f in fetches {
+        tokio::time::timeout(Duration::from_secs(180), f)
+            .await
+            .expect("fetch timed out")
+            .unwrap()
+            .unwrap();
+    }
+    assert!(holds(&relay.store, &digest, &data));
+    let rs = relay.client.stats();
+    assert!(rs.bad_chunks >= 1, "the liar was never asked: {rs:?}");
+    assert!(!relay
+        .client
+        .connected_peers()
+        .await
+        .unwrap()
+        .contains(&liar_id));
+    let mut aborted = 0;
+    for n in &nodes {
+        assert!(holds(&n.store, &digest, &data));
+        aborted += n.client.metrics().relays_aborted.get();
+        assert!(
+            n.client
+                .connected_peers()
+                .await
+                .unwrap()
+                .contains(&relay_id),
+            "an honest relay was blamed for its source's garbage"
+        );
+    }
+    assert!(
+        aborted >= 1,
+        "no relay of the liar's garbage was aborted: the test proves nothing"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+    relay.stop().await;
+    liar.stop().await;
+    s.stop().await;
+}
