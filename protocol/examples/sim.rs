@@ -6,9 +6,11 @@
 //! ```text
 //! cargo run --release -p edgeswarm-protocol --example sim -- [flags]
 //!   --nodes 1,2,5,10,21,100,1000,10000   swarm sizes (gateway included)
-//!   --preset node|tuned    node: today's node, calibrated against the
-//!                          testnet (the default); tuned: the mechanisms
-//!                          the simulator found (then flags override)
+//!   --preset node|current|tuned   node: the node calibrated against the
+//!                          testnet (the default); current: the node now
+//!                          (paced uploads, 512 KiB chunks, cut-through
+//!                          relay); tuned: every mechanism the simulator
+//!                          found (then flags override)
 //!   --calibrate            the calibration table: the preset on the
 //!                          testnet's 2-core machine against every
 //!                          measured T(N), with the error
@@ -61,6 +63,7 @@ fn main() {
         match args.get(i + 1).map(String::as_str) {
             Some("node") => {}
             Some("tuned") => cfg = cfg.tuned(),
+            Some("current") => cfg = cfg.current(),
             other => die(&format!("unknown preset {other:?}")),
         }
     }

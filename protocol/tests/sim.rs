@@ -236,3 +236,31 @@ fn smaller_chunks_are_relayed_sooner() {
     println!("T(10): 1 MiB {a} µs, 512 KiB {b} µs");
     assert!(b < a, "512 KiB {b} µs, 1 MiB {a} µs");
 }
+
+#[test]
+fn cut_through_relay_keeps_a_hundred_nodes_near_one_link() {
+    // Today's node (paced uploads, 512 KiB chunks) with and without
+    // cut-through relay: relaying a chunk while it arrives saves a chunk
+    // time per hop of the relay tree, which is what keeps T(N)/T(1) under
+    // issue 11's 1.5 as N grows; every node still receives the image once.
+    let current = at(100, SimConfig::default().current());
+    let relay = run(&current);
+    let whole = run(&SimConfig {
+        cut_through: false,
+        ..current.clone()
+    });
+    assert_sane(&relay, "current, N=100");
+    assert_sane(&whole, "current without relay, N=100");
+    let t1 = t1(&current) as f64;
+    let (a, b) = (
+        relay.t_last().unwrap() as f64,
+        whole.t_last().unwrap() as f64,
+    );
+    assert!(a / t1 <= 1.5, "T(100)/T(1) = {:.2} with relay", a / t1);
+    assert!(a < b, "relay {a} µs, whole chunks {b} µs");
+    let (mean, max) = relay.bytes_in_ratio();
+    assert!(
+        mean <= 1.01 && max <= 1.05,
+        "{mean} / {max} images per node"
+    );
+}
