@@ -173,3 +173,147 @@ async fn a_relay_whose_source_lies_aborts_and_is_not_blamed() {
     liar.stop().await;
     s.stop().await;
 }
+
+/// A hostile member advertises every chunk as relaying and answers each
+/// request with all but the last byte of garbage, then aborts. The victim
+/// stops taking its relays after a few aborts and gets the blob from an
+/// honest seed; aborting is not a ban, so the attacker is merely ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_relays_always_abort_is_ignored_not_followed() {
+    use edgeswarm_node::swarm::behaviour::{build_swarm, NetConfig, Protocols};
+    use edgeswarm_protocol::wire::{
+        encode_frame, ChunkResponse, ChunkStatus, Hello, Relaying, StreamMessage, HELLO_VERSION,
+        RELAY_ABORT,
+    };
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(4 << 20, 13, 256 << 10);
+    let count = map.chunk_count();
+    let seed_dir = tmp.path().join("seed");
+    let mut seed_cfg = config(&seed_dir, "lab", &[]);
+    seed_cfg.max_upload_rate = Some(4_000_000);
+    let s = start(&seed_dir, seed_cfg).await;
+    seed(&s, &data, digest, &map).await;
+
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let attacker = key.public().to_peer_id();
+    let net = NetConfig {
+        protocols: Protocols::new("lab").unwrap(),
+        swarm_key: None,
+        mdns: false,
+        max_connections: 16,
+        idle_timeout: Duration::from_secs(60),
+    };
+    let mut swarm = build_swarm(key, &net).unwrap();
+    let mut incoming = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(net.protocols.chunks.clone())
+        .unwrap();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+            swarm.select_next_some().await
+        {
+            break address;
+        }
+    };
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let served_by_attacker = served.clone();
+    let attacker_map = map.clone();
+    let server = tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let served = served_by_attacker.clone();
+            let map = attacker_map.clone();
+            tokio::spawn(async move {
+                let frame = |m: &StreamMessage| encode_frame(m);
+                let mut out = frame(&StreamMessage::Hello(Hello {
+                    protocol_version: HELLO_VERSION,
+                    blobs: vec![digest],
+                }));
+                out.extend(frame(&StreamMessage::Relaying(Relaying {
+                    blob: digest,
+                    indices: (0..count).collect(),
+                })));
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+                loop {
+                    let mut prefix = [0u8; 4];
+                    if stream.read_exact(&mut prefix).await.is_err() {
+                        return;
+                    }
+                    let mut header = vec![0u8; u32::from_be_bytes(prefix) as usize];
+                    if stream.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let Ok(StreamMessage::ChunkRequest(q)) = StreamMessage::decode(&header) else {
+                        continue;
+                    };
+                    let len = map.chunk_len(q.index).unwrap();
+                    let mut out = frame(&StreamMessage::ChunkResponse(ChunkResponse {
+                        request_id: q.request_id,
+                        status: ChunkStatus::Relay { len: len as u64 },
+                    }));
+                    out.extend((len - 1).to_be_bytes());
+                    out.extend(vec![0xA5u8; len as usize - 1]);
+                    out.extend(RELAY_ABORT.to_be_bytes());
+                    served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let victim_dir = tmp.path().join("victim");
+    let victim = start(
+        &victim_dir,
+        config(&victim_dir, "lab", &[s.addr.clone(), addr]),
+    )
+    .await;
+    eventually("victim meets both", Duration::from_secs(20), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        (peers.contains(&attacker) && peers.contains(&s.client.local_peer_id()))
+            .then_some(())
+            .ok_or(format!("{peers:?}"))
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        victim.client.fetch_blob(digest, Some(map.clone())),
+    )
+    .await
+    .expect("fetch timed out")
+    .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    let aborted = victim.client.metrics().relays_aborted.get();
+    let asked = served.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        aborted >= 1,
+        "the attacker was never asked: the test proves nothing"
+    );
+    // A few aborts per session, then its Relaying is ignored (a session
+    // may be re-opened once after the download backs off the peer).
+    assert!(
+        asked <= 8,
+        "the attacker was asked {asked} times for {count} chunks"
+    );
+    assert_eq!(victim.client.stats().bans, 0, "an abort is not a ban");
+    server.abort();
+    driver.abort();
+    victim.stop().await;
+    s.stop().await;
+}

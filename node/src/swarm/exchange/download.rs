@@ -31,6 +31,9 @@ pub(super) enum Event {
     Corrupt(PeerId, u32, String),
     StoreFailed(PeerId, u32, ChunkStoreError),
     Rejected(PeerId, u32, FailReason),
+    /// A relay answer ended without the chunk (not a fault: the relay's
+    /// source failed; but see [`MAX_RELAY_ABORTS`]).
+    RelayAborted(PeerId, u32),
     Closed(PeerId, Option<String>, bool),
     Candidates(Vec<PeerId>),
 }
@@ -109,6 +112,9 @@ pub(super) async fn download<S: ChunkStore>(
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
     let mut sessions: HashMap<PeerId, Session> = HashMap::new();
     let mut backoff: HashMap<PeerId, Instant> = HashMap::new();
+    // Relay answers each peer aborted; at MAX_RELAY_ABORTS its relaying
+    // is no longer taken in this download.
+    let mut relay_aborts: HashMap<PeerId, u32> = HashMap::new();
     let mut tick = tokio::time::interval(COORDINATOR_TICK);
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
@@ -136,7 +142,8 @@ pub(super) async fn download<S: ChunkStore>(
                             let cancel = session_cancel.child_token();
                             sessions.insert(peer, Session { tx, cancel: cancel.clone() });
                             picker.add_peer(peer);
-                            tokio::spawn(session(inner.clone(), peer, blob, layout, rx, ev_tx.clone(), cancel));
+                            let relaying = relay_aborts.get(&peer).is_none_or(|n| *n < MAX_RELAY_ABORTS);
+                            tokio::spawn(session(inner.clone(), peer, blob, layout, relaying, rx, ev_tx.clone(), cancel));
                         }
                     }
                     Event::Bitfield(peer, bits) => {
@@ -183,6 +190,19 @@ pub(super) async fn download<S: ChunkStore>(
                     Event::Rejected(peer, index, why) => {
                         inner.metrics.rejected_requests.inc();
                         picker.request_failed(&peer, &blob, index, why, now_ms());
+                    }
+                    Event::RelayAborted(peer, index) => {
+                        // Elsewhere if another peer holds the chunk.
+                        picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
+                        let n = relay_aborts.entry(peer).or_default();
+                        *n += 1;
+                        if *n == MAX_RELAY_ABORTS {
+                            // Its advertised relays are forgotten with the
+                            // session; the next one takes verified chunks
+                            // only.
+                            info!(%peer, %blob, "relays keep aborting; taking only verified chunks from this peer");
+                            drop_peer(&mut picker, &mut sessions, &mut backoff, peer, PEER_BACKOFF);
+                        }
                     }
                     Event::Closed(peer, violation, unsupported) => {
                         if let Some(reason) = violation {
@@ -298,6 +318,12 @@ fn download_rate<S>(inner: &Inner<S>) -> Option<u64> {
         .rate(Instant::now())
         .map(|r| r / running)
 }
+
+/// Relay answers of one peer that may abort in a download before its
+/// relaying is ignored: an honest relay aborts only when its own source
+/// fails or stalls; a liar could otherwise keep a requester fetching
+/// chunks that never complete.
+const MAX_RELAY_ABORTS: u32 = 4;
 
 /// Endgame begins when a blob has at most this many chunks missing.
 const ENDGAME_THRESHOLD: u32 = 8;

@@ -61,6 +61,7 @@ pub(super) async fn session<S: ChunkStore>(
     peer: PeerId,
     blob: Digest,
     layout: BlobLayout,
+    accept_relaying: bool,
     requests: mpsc::Receiver<SessionCommand>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
@@ -92,7 +93,7 @@ pub(super) async fn session<S: ChunkStore>(
     let res = tokio::select! {
         _ = cancel.cancelled() => return,
         r = session_writer(w, blob, requests, outstanding.clone()) => r,
-        r = session_reader(&inner, r, peer, blob, &layout, &events, &outstanding) => r,
+        r = session_reader(&inner, r, peer, blob, &layout, accept_relaying, &events, &outstanding) => r,
     };
     let violation = match res {
         Err(e) if e.is_violation() => Some(e.to_string()),
@@ -158,12 +159,14 @@ async fn session_writer<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
     inner: &Arc<Inner<S>>,
     mut r: R,
     peer: PeerId,
     blob: Digest,
     layout: &BlobLayout,
+    accept_relaying: bool,
     events: &mpsc::Sender<Event>,
     outstanding: &Outstanding,
 ) -> Result<(), FrameError> {
@@ -172,6 +175,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
     let writes = Arc::new(Semaphore::new(STORE_WRITES_PER_SESSION));
     loop {
         let msg = frame::read_message(&mut r).await?;
+        let msg_is_relaying = matches!(msg, StreamMessage::Relaying(_));
         let ev = match msg {
             StreamMessage::Hello(_) if !hello => {
                 hello = true;
@@ -196,6 +200,11 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                 if hello =>
             {
                 if b != blob {
+                    continue;
+                }
+                // A peer whose relays kept failing is taken at its
+                // verified chunks only (see `Event::RelayAborted`).
+                if !accept_relaying && msg_is_relaying {
                     continue;
                 }
                 if indices.iter().any(|i| *i >= count) {
@@ -240,13 +249,10 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         let relay = inner.relays.begin(blob, index, expected);
                         if !read_body(&mut r, &mut buf, relayed, relay.as_ref()).await? {
                             // The relay lost its source or its copy: not a
-                            // fault; ask again, there or elsewhere.
+                            // fault; ask again, elsewhere if another peer
+                            // holds the chunk.
                             inner.metrics.relays_aborted.inc();
-                            if events
-                                .send(Event::Rejected(peer, index, FailReason::NotHave))
-                                .await
-                                .is_err()
-                            {
+                            if events.send(Event::RelayAborted(peer, index)).await.is_err() {
                                 return Ok(());
                             }
                             continue;
