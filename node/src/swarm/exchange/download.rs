@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::super::frame::{self, FrameError};
 use super::super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, SwarmError};
-use super::session::{session, SessionCommand};
+use super::session::{session, SessionCommand, Target};
 use super::{lock, penalise, Inner, EVENTS, MAP_REASK, PEER_BACKOFF};
 
 /// Reports from sessions to their download coordinator.
@@ -143,7 +143,8 @@ pub(super) async fn download<S: ChunkStore>(
                             sessions.insert(peer, Session { tx, cancel: cancel.clone() });
                             picker.add_peer(peer);
                             let relaying = relay_aborts.get(&peer).is_none_or(|n| *n < MAX_RELAY_ABORTS);
-                            tokio::spawn(session(inner.clone(), peer, blob, layout, relaying, rx, ev_tx.clone(), cancel));
+                            let target = Target { peer, blob, layout, accept_relaying: relaying };
+                            tokio::spawn(session(inner.clone(), target, rx, ev_tx.clone(), cancel));
                         }
                     }
                     Event::Bitfield(peer, bits) => {

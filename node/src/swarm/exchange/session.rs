@@ -55,17 +55,33 @@ type Outstanding = Arc<Mutex<Requests>>;
 /// `requests_per_peer` requests outstanding).
 const MAX_CANCELLED: usize = 256;
 
+/// What a session fetches, and from whom.
+pub(super) struct Target {
+    /// The peer.
+    pub(super) peer: PeerId,
+    /// The blob.
+    pub(super) blob: Digest,
+    /// The blob's layout.
+    pub(super) layout: BlobLayout,
+    /// Whether the peer's `Relaying` is taken (see
+    /// `download::MAX_RELAY_ABORTS`).
+    pub(super) accept_relaying: bool,
+}
+
 /// One download session with one peer for one blob.
 pub(super) async fn session<S: ChunkStore>(
     inner: Arc<Inner<S>>,
-    peer: PeerId,
-    blob: Digest,
-    layout: BlobLayout,
-    accept_relaying: bool,
+    target: Target,
     requests: mpsc::Receiver<SessionCommand>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) {
+    let Target {
+        peer,
+        blob,
+        layout,
+        accept_relaying,
+    } = target;
     let mut control = inner.control.clone();
     let open = control.open_stream(peer, inner.protocols.chunks.clone());
     let outcome = tokio::select! {
