@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use edgeswarm_protocol::election::Stance;
 use edgeswarm_protocol::release::{Release, SignedRelease};
 use edgeswarm_protocol::signing::PublisherKey;
 use edgeswarm_protocol::wire::{GossipMessage, ReleaseState};
@@ -174,7 +175,10 @@ impl Inner {
     /// this node), and starts the fetch pipeline on targeted nodes.
     pub(super) fn drive(self: &Arc<Self>, id: Digest) {
         let me = self.swarm.local_peer_id();
-        let candidates = self.gateway_candidates();
+        let Some(accepted) = self.releases.accepted_at(&id) else {
+            return;
+        };
+        let candidates = self.gateway_candidates(&id, accepted);
         let work = self
             .releases
             .schedule(&id, &candidates, me, |release| self.targets(release));
@@ -213,11 +217,24 @@ impl Inner {
         }
     }
 
-    /// Live gateway-capable nodes, this one included, as encoded peer ids.
-    fn gateway_candidates(&self) -> Vec<Vec<u8>> {
-        let mut candidates = self.peers.live_gateways();
-        if self.config.gateway {
-            candidates.push(self.swarm.local_peer_id().to_bytes());
+    /// Whether `peer` may act as this locality's gateway
+    /// (`--trust-gateway`; any peer when none is listed).
+    pub(super) fn may_be_gateway(&self, peer: &PeerId) -> bool {
+        let allowed = &self.config.trusted_gateways;
+        allowed.is_empty() || allowed.contains(peer)
+    }
+
+    /// The candidates to pull release `id`, accepted here at `accepted`:
+    /// live gateway-capable nodes allowed to be gateways, this one
+    /// included (it accepted the release), as encoded peer ids with what
+    /// each said of the release.
+    fn gateway_candidates(&self, id: &Digest, accepted: std::time::Instant) -> Vec<(Vec<u8>, Stance)> {
+        let mut candidates = self
+            .peers
+            .gateway_stances(id, accepted, |p| self.may_be_gateway(p));
+        let me = self.swarm.local_peer_id();
+        if self.config.gateway && self.may_be_gateway(&me) {
+            candidates.push((me.to_bytes(), Stance::Accepted));
         }
         candidates
     }

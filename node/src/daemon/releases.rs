@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 
 use edgeswarm_protocol::release::Release;
 use edgeswarm_protocol::wire::ReleaseState;
-use edgeswarm_protocol::{election, Digest};
+use edgeswarm_protocol::election::{self, Outcome, Stance};
+use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
 use super::views::{RefusedView, ReleasePhase};
@@ -288,14 +289,17 @@ impl Releases {
     }
 
     /// Elects release `id`'s gateway among `candidates` (encoded peer ids,
-    /// this node `me` included when it may pull) and decides what this
-    /// node starts: the registry pull when it is the gateway and is not
-    /// pulling yet (unless the release is done), the fetch pipeline when
-    /// `targeted` and not started. Marks what it returns as started.
+    /// this node `me` included when it may pull, each with what it said
+    /// of the release: see `election::elect_accepting`) and decides what
+    /// this node starts: the registry pull when it is the gateway and is
+    /// not pulling yet (unless the release is done), the fetch pipeline
+    /// when `targeted` and not started. Marks what it returns as started.
+    /// While a better-ranked candidate has not said whether it accepted
+    /// the release, the release has no gateway.
     pub(super) fn schedule(
         &self,
         id: &Digest,
-        candidates: &[Vec<u8>],
+        candidates: &[(Vec<u8>, Stance)],
         me: PeerId,
         targeted: impl FnOnce(&Release) -> bool,
     ) -> Work {
@@ -303,8 +307,19 @@ impl Releases {
         let Some(t) = table.releases.get_mut(id) else {
             return Work::default();
         };
-        let gateway = election::elect(&t.release.manifest, candidates)
-            .map(|c| PeerId::from_bytes(c).expect("candidates are encoded peer ids"));
+        let outcome = election::elect_accepting(
+            &t.release.manifest,
+            candidates.iter().map(|(c, s)| (c.as_slice(), *s)),
+        );
+        let peer = |c: &[u8]| PeerId::from_bytes(c).expect("candidates are encoded peer ids");
+        let gateway = match outcome {
+            Outcome::Elected(c) => Some(peer(c)),
+            Outcome::Waiting(c) => {
+                tracing::debug!(release = %id, candidate = %peer(c), "waiting for a better-ranked gateway to accept or decline");
+                None
+            }
+            Outcome::None => None,
+        };
         if gateway != t.gateway {
             tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
             t.gateway = gateway;
@@ -419,6 +434,22 @@ impl Releases {
     /// Release `id`'s elected gateway; `None` when it is not tracked.
     pub(super) fn gateway_of(&self, id: &Digest) -> Option<Option<PeerId>> {
         self.lock().releases.get(id).map(|t| t.gateway)
+    }
+
+    /// When this node accepted release `id`.
+    pub(super) fn accepted_at(&self, id: &Digest) -> Option<Instant> {
+        self.lock().releases.get(id).map(|t| t.accepted)
+    }
+
+    /// Releases in progress that have no gateway yet (waiting for
+    /// candidates to say whether they accepted them).
+    pub(super) fn without_gateway(&self) -> Vec<Digest> {
+        self.lock()
+            .releases
+            .iter()
+            .filter(|(_, t)| t.gateway.is_none() && !is_final(t.state))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Whether release `id` is done.
@@ -588,6 +619,11 @@ mod tests {
         (table, id)
     }
 
+    /// A candidate that accepted the release.
+    fn yes(peer: PeerId) -> (Vec<u8>, Stance) {
+        (peer.to_bytes(), Stance::Accepted)
+    }
+
     fn state(table: &Releases, id: &Digest) -> ReleaseState {
         table.get(id).expect("tracked").state
     }
@@ -683,18 +719,38 @@ mod tests {
     fn schedule_starts_the_pull_on_the_elected_gateway_and_the_fetch_once() {
         let (table, id) = one("reg/app:v1");
         let me = PeerId::random();
-        let work = table.schedule(&id, &[me.to_bytes()], me, |_| true);
+        let work = table.schedule(&id, &[yes(me)], me, |_| true);
         assert!(work.pull.is_some() && work.fetch.is_some());
         assert_eq!(table.gateway_of(&id), Some(Some(me)));
         // Both are running: nothing to start again.
-        let again = table.schedule(&id, &[me.to_bytes()], me, |_| true);
+        let again = table.schedule(&id, &[yes(me)], me, |_| true);
         assert!(again.pull.is_none() && again.fetch.is_none());
         // Another node elected: this one does not pull.
         let (table, id) = one("reg/app:v2");
         let other = PeerId::random();
-        let work = table.schedule(&id, &[other.to_bytes()], me, |_| false);
+        let work = table.schedule(&id, &[yes(other)], me, |_| false);
         assert!(work.pull.is_none() && work.fetch.is_none());
         assert_eq!(table.gateway_of(&id), Some(Some(other)));
+    }
+
+    #[test]
+    fn a_declining_gateway_is_passed_over_and_an_undecided_better_one_awaited() {
+        let (table, id) = one("reg/app:v1");
+        let manifest = table.get(&id).unwrap().release.manifest;
+        let me = PeerId::random();
+        let mine = election::weight(&manifest, &me.to_bytes());
+        let better = std::iter::repeat_with(PeerId::random)
+            .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
+            .unwrap();
+        let with = |stance| [yes(me), (better.to_bytes(), stance)];
+        let work = table.schedule(&id, &with(Stance::Undecided), me, |_| false);
+        assert!(work.pull.is_none(), "pulled before the better one said");
+        assert_eq!(table.gateway_of(&id), Some(None));
+        assert_eq!(table.without_gateway(), vec![id]);
+        let work = table.schedule(&id, &with(Stance::Declined), me, |_| false);
+        assert!(work.pull.is_some(), "the better one declined");
+        assert_eq!(table.gateway_of(&id), Some(Some(me)));
+        assert!(table.without_gateway().is_empty());
     }
 
     #[test]
@@ -702,13 +758,13 @@ mod tests {
         let (table, id) = one("reg/app:v1");
         let me = PeerId::random();
         assert!(table
-            .schedule(&id, &[me.to_bytes()], me, |_| false)
+            .schedule(&id, &[yes(me)], me, |_| false)
             .pull
             .is_some());
         table.pull_finished(&id);
         assert!(
             table
-                .schedule(&id, &[me.to_bytes()], me, |_| false)
+                .schedule(&id, &[yes(me)], me, |_| false)
                 .pull
                 .is_some(),
             "an unfinished release is pulled again once the pull ended"
@@ -716,7 +772,7 @@ mod tests {
         table.pull_finished(&id);
         table.transition(&id, ReleaseState::Done, None).unwrap();
         assert!(table
-            .schedule(&id, &[me.to_bytes()], me, |_| false)
+            .schedule(&id, &[yes(me)], me, |_| false)
             .pull
             .is_none());
         assert!(table.pending().is_empty());
@@ -728,7 +784,7 @@ mod tests {
         let me = PeerId::random();
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         assert!(!table.pulls_itself(&id, &a), "no pull yet");
-        table.schedule(&id, &[me.to_bytes()], me, |_| true);
+        table.schedule(&id, &[yes(me)], me, |_| true);
         assert!(table.pulls_itself(&id, &a) && table.pulls_itself(&id, &b));
         let plan = table.plan_pull(&id, &[a]);
         assert!(table.pulls_itself(&id, &a), "planned blob");

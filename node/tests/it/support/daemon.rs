@@ -40,6 +40,7 @@ pub(crate) fn config(
         // Tests that are about something else than trust deploy with the
         // node's own identity.
         allow_any_publisher: true,
+        trusted_gateways: Vec::new(),
         labels: Default::default(),
         chunk_size: ChunkSize::new(256 << 10).unwrap(),
         keep_versions: 2,
