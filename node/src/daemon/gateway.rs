@@ -192,9 +192,13 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
         if store.is_complete(&layer.digest) {
             continue;
         }
-        if inner.peers.holds(&layer.digest) {
-            tracing::info!(layer = %layer.digest, "layer already in the locality; not pulled");
-            continue;
+        let holders = inner.peers.holders(&layer.digest);
+        if !holders.is_empty() {
+            if let Some(holder) = confirmed_holder(inner, layer, holders).await {
+                tracing::info!(layer = %layer.digest, %holder, "layer already in the locality; not pulled");
+                continue;
+            }
+            tracing::warn!(layer = %layer.digest, "peers claim to hold the layer but none served its chunk map; pulling it");
         }
         missing.push(layer.clone());
     }
@@ -217,6 +221,57 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// How long a gateway waits for a peer that claims to hold a layer to
+/// serve its chunk map before it pulls the layer itself.
+pub(super) const CLAIM_CHECK: Duration = Duration::from_secs(5);
+
+/// Peers asked at once to confirm that they hold a layer.
+const CLAIMS_CHECKED: usize = 4;
+
+/// One of `holders` (peers whose availability gossip says they hold
+/// `layer` complete) that backs the claim by serving a chunk map of the
+/// layer's size within [`CLAIM_CHECK`], if any. Gossip alone is not
+/// enough: a member that announces layers it does not hold would make the
+/// gateway skip them, and the locality would wait for them forever.
+async fn confirmed_holder(
+    inner: &Arc<Inner>,
+    layer: &LayerDescriptor,
+    holders: Vec<libp2p::PeerId>,
+) -> Option<libp2p::PeerId> {
+    let mut asks: futures::stream::FuturesUnordered<_> = holders
+        .into_iter()
+        .take(CLAIMS_CHECKED)
+        .map(|peer| async move { (peer, inner.swarm.chunk_map_from(peer, layer.digest).await) })
+        .collect();
+    let check = async {
+        while let Some((peer, map)) = asks.next().await {
+            match map {
+                Some(map) if map.blob_size() == layer.size => return Some(peer),
+                Some(map) => {
+                    // A map of another size than the verified manifest's
+                    // descriptor: the peer lies about the layer.
+                    let reason = format!(
+                        "chunk map of {} says {} bytes, the manifest {}",
+                        layer.digest,
+                        map.blob_size(),
+                        layer.size
+                    );
+                    tracing::warn!(%peer, %reason, "false layer claim; banning the peer");
+                    inner.swarm.ban(peer, reason);
+                }
+                None => {
+                    tracing::info!(%peer, layer = %layer.digest, "a peer announced a layer it does not serve")
+                }
+            }
+        }
+        None
+    };
+    tokio::time::timeout(CLAIM_CHECK, check)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Streams one layer from the registry into the store, chunk by chunk.

@@ -394,6 +394,16 @@ impl SwarmClient {
         self.exchange.fill_map(blob, peers).await
     }
 
+    /// Asks `peer` for its chunk map of `blob` and returns it without
+    /// storing it (`None` when it serves none). Unbounded in time: wrap it
+    /// in a timeout.
+    pub async fn chunk_map_from(&self, peer: PeerId, blob: Digest) -> Option<ChunkMap> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        self.exchange.map_from(peer, blob).await
+    }
+
     /// Announces in the DHT that this node holds (part of) `blob`.
     pub async fn provide(&self, blob: Digest) -> Result<(), SwarmError> {
         self.cmd

@@ -411,6 +411,23 @@ pub(super) async fn fill_map<S: ChunkStore>(
     Ok(false)
 }
 
+/// `peer`'s chunk map of `blob`, stored nowhere (a gateway checking a
+/// claim that `peer` holds the blob). A protocol violation is penalised.
+pub(super) async fn map_from<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    peer: PeerId,
+    blob: Digest,
+) -> Option<ChunkMap> {
+    match get_map(inner, peer, blob).await {
+        Ok(map) => map,
+        Err(e) if e.is_violation() => {
+            penalise(inner, peer, &e.to_string());
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 async fn ask_for_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,

@@ -77,6 +77,9 @@ pub(crate) trait Fetch: Send + Sync {
     /// Asks `peers` for `blob`'s complete chunk map and stores it; true
     /// once the store knows every digest.
     fn fill_map(&self, blob: Digest, peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>>;
+    /// Asks `peer` for `blob`'s chunk map, storing nothing: `None` when it
+    /// does not serve one.
+    fn map_from(&self, peer: PeerId, blob: Digest) -> BoxFut<Option<ChunkMap>>;
 }
 
 /// The exchange of a peer without a store (the bootstrap peer).
@@ -85,6 +88,10 @@ pub(crate) struct NoStore;
 impl Fetch for NoStore {
     fn fill_map(&self, _blob: Digest, _peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>> {
         Box::pin(async { Ok(false) })
+    }
+
+    fn map_from(&self, _peer: PeerId, _blob: Digest) -> BoxFut<Option<ChunkMap>> {
+        Box::pin(async { None })
     }
 
     fn fetch(&self, _blob: Digest, _map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
@@ -295,6 +302,11 @@ impl<S: ChunkStore> Fetch for Exchange<S> {
     fn fill_map(&self, blob: Digest, peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>> {
         let inner = self.inner.clone();
         Box::pin(async move { download::fill_map(&inner, blob, peers).await })
+    }
+
+    fn map_from(&self, peer: PeerId, blob: Digest) -> BoxFut<Option<ChunkMap>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { download::map_from(&inner, peer, blob).await })
     }
 
     fn fetch(&self, blob: Digest, map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
