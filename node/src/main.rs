@@ -285,7 +285,12 @@ struct NodeArgs {
     /// act as the locality's gateway: be elected to pull a release and
     /// sign its chunk digests; repeatable. Give every node the same list
     /// [default: none: any --gateway member may be elected].
-    #[arg(long, env = "EDGESWARM_TRUST_GATEWAY", value_delimiter = ',', value_name = "PEERID")]
+    #[arg(
+        long,
+        env = "EDGESWARM_TRUST_GATEWAY",
+        value_delimiter = ',',
+        value_name = "PEERID"
+    )]
     trust_gateway: Option<Vec<String>>,
     /// Local HTTP API address [default: 127.0.0.1:7465].
     #[arg(long, env = "EDGESWARM_API")]

@@ -7,6 +7,7 @@
 //! [`Daemon::publish_release`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgeswarm_protocol::election::Stance;
 use edgeswarm_protocol::release::{Release, SignedRelease};
@@ -19,6 +20,13 @@ use super::desired::{Entry, Offer};
 use super::error::ReleaseError;
 use super::{gateway, gossip, pipeline, unix_seconds, Daemon, DaemonError, Inner};
 use crate::swarm::Topic;
+
+/// An elected gateway that has signed no resolution or chunk digests of a
+/// release this long after this node elected it is passed over for that
+/// release (until it signs one): a gateway that pulls publishes its
+/// resolution as soon as the registry answers, so a member that wins the
+/// election and never pulls holds the release up this long at most.
+pub(super) const GATEWAY_SILENCE: Duration = Duration::from_secs(10);
 
 impl Inner {
     /// Checks a release against this node's trust policy and locality.
@@ -178,6 +186,15 @@ impl Inner {
         let Some(accepted) = self.releases.accepted_at(&id) else {
             return;
         };
+        if let Some(quiet) = self
+            .releases
+            .gateway_elected_before(&id, me, GATEWAY_SILENCE)
+        {
+            if !self.peers.vouched(&quiet, &id) {
+                tracing::warn!(release = %id, gateway = %quiet, "elected gateway signed nothing of the release in {GATEWAY_SILENCE:?}; passing it over");
+                self.releases.mark_silent(&id, quiet);
+            }
+        }
         let candidates = self.gateway_candidates(&id, accepted);
         let work = self
             .releases
@@ -228,10 +245,15 @@ impl Inner {
     /// live gateway-capable nodes allowed to be gateways, this one
     /// included (it accepted the release), as encoded peer ids with what
     /// each said of the release.
-    fn gateway_candidates(&self, id: &Digest, accepted: std::time::Instant) -> Vec<(Vec<u8>, Stance)> {
+    fn gateway_candidates(
+        &self,
+        id: &Digest,
+        accepted: std::time::Instant,
+    ) -> Vec<(Vec<u8>, Stance)> {
+        let silent = self.releases.silent(id);
         let mut candidates = self
             .peers
-            .gateway_stances(id, accepted, |p| self.may_be_gateway(p));
+            .gateway_stances(id, accepted, &silent, |p| self.may_be_gateway(p));
         let me = self.swarm.local_peer_id();
         if self.config.gateway && self.may_be_gateway(&me) {
             candidates.push((me.to_bytes(), Stance::Accepted));

@@ -227,9 +227,11 @@ async fn on_chunk_digests(
 /// against the release's gateway (a candidate's first resolution arrives
 /// before its next status report lists the release).
 fn vouched(inner: &Arc<Inner>, source: PeerId, id: Digest) {
+    // Recorded even before this node follows the release: the gateway's
+    // first messages may overtake the release itself.
     if inner.may_be_gateway(&source)
-        && inner.releases.gateway_of(&id).is_some()
         && inner.peers.vouch(source, id)
+        && inner.releases.gateway_of(&id).is_some()
     {
         inner.drive(id);
     }

@@ -239,6 +239,14 @@ impl Peers {
             .collect()
     }
 
+    /// Whether `peer` signed a gateway message of release `id`.
+    pub(super) fn vouched(&self, peer: &PeerId, id: &Digest) -> bool {
+        self.lock()
+            .peers
+            .get(peer)
+            .is_some_and(|e| e.vouched.contains(id))
+    }
+
     /// Records that `peer` signed a gateway message of release `id` (it
     /// accepted the release). True when this is news and `peer` is a live
     /// gateway-capable peer, so that the caller elects again.
@@ -262,12 +270,14 @@ impl Peers {
     /// this node accepted at `accepted`: accepted when its status lists
     /// the release (not failed) or it signed a gateway message of it;
     /// declined when its status lists it failed, or its newest report
-    /// arrived [`DECLINE_GRACE`] after `accepted` without it; undecided
-    /// otherwise.
+    /// arrived [`DECLINE_GRACE`] after `accepted` without it, or it is
+    /// among `silent` (elected, it signed nothing of the release in time)
+    /// and signed nothing since; undecided otherwise.
     pub(super) fn gateway_stances(
         &self,
         id: &Digest,
         accepted: Instant,
+        silent: &[PeerId],
         allowed: impl Fn(&PeerId) -> bool,
     ) -> Vec<(Vec<u8>, Stance)> {
         self.lock()
@@ -278,8 +288,9 @@ impl Peers {
                 let listed = e.status.releases.iter().find(|r| r.release_id == *id);
                 let stance = match listed.map(|r| r.state) {
                     Some(ReleaseState::Failed) => Stance::Declined,
+                    _ if e.vouched.contains(id) => Stance::Accepted,
+                    _ if silent.contains(p) => Stance::Declined,
                     Some(_) => Stance::Accepted,
-                    None if e.vouched.contains(id) => Stance::Accepted,
                     None if e.last_seen.saturating_duration_since(accepted) >= DECLINE_GRACE => {
                         Stance::Declined
                     }
@@ -434,7 +445,7 @@ mod tests {
         assert!(!peers.vouch(vouches, id), "news once");
         let stances = |at: Instant| -> HashMap<PeerId, Stance> {
             peers
-                .gateway_stances(&id, at, |p| *p != barred)
+                .gateway_stances(&id, at, &[], |p| *p != barred)
                 .into_iter()
                 .map(|(p, s)| (PeerId::from_bytes(&p).unwrap(), s))
                 .collect()

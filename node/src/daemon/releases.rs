@@ -37,14 +37,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use edgeswarm_protocol::election::{self, Outcome, Stance};
 use edgeswarm_protocol::release::Release;
 use edgeswarm_protocol::wire::ReleaseState;
-use edgeswarm_protocol::election::{self, Outcome, Stance};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
 use super::views::{RefusedView, ReleasePhase};
 use super::DaemonError;
+
+/// Most gateways passed over as silent per release.
+const MAX_SILENT: usize = 16;
 
 /// How many refusals status keeps.
 pub(super) const MAX_REFUSALS: usize = 32;
@@ -95,6 +98,12 @@ struct Tracked {
     took: Option<Duration>,
     /// The gateway currently expected to pull it.
     gateway: Option<PeerId>,
+    /// When this node elected that gateway.
+    gateway_since: Option<Instant>,
+    /// Gateways elected for it that stayed silent (signed no gateway
+    /// message of it within `GATEWAY_SILENCE`): passed over since, at
+    /// most `MAX_SILENT`.
+    silent: Vec<PeerId>,
     /// Whether this node started pulling it as gateway.
     pulling: bool,
     /// Whether this node's pull (if any) has decided which layers it
@@ -251,6 +260,8 @@ impl Releases {
                 accepted: Instant::now(),
                 took: None,
                 gateway: None,
+                gateway_since: None,
+                silent: Vec::new(),
                 pulling: false,
                 pull_planned: false,
                 fetching: false,
@@ -323,6 +334,7 @@ impl Releases {
         if gateway != t.gateway {
             tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
             t.gateway = gateway;
+            t.gateway_since = gateway.map(|_| Instant::now());
         }
         let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done;
         if pull {
@@ -434,6 +446,42 @@ impl Releases {
     /// Release `id`'s elected gateway; `None` when it is not tracked.
     pub(super) fn gateway_of(&self, id: &Digest) -> Option<Option<PeerId>> {
         self.lock().releases.get(id).map(|t| t.gateway)
+    }
+
+    /// Release `id`'s gateway, when it is another node than `me` elected
+    /// at least `silence` ago: the candidate to check for silence.
+    pub(super) fn gateway_elected_before(
+        &self,
+        id: &Digest,
+        me: PeerId,
+        silence: Duration,
+    ) -> Option<PeerId> {
+        let table = self.lock();
+        let t = table.releases.get(id)?;
+        let since = t.gateway_since?;
+        t.gateway.filter(|g| *g != me && since.elapsed() >= silence)
+    }
+
+    /// Passes over `peer` as release `id`'s gateway from now on, until it
+    /// signs a gateway message of it.
+    pub(super) fn mark_silent(&self, id: &Digest, peer: PeerId) {
+        if let Some(t) = self.lock().releases.get_mut(id) {
+            if !t.silent.contains(&peer) {
+                if t.silent.len() >= MAX_SILENT {
+                    t.silent.remove(0);
+                }
+                t.silent.push(peer);
+            }
+        }
+    }
+
+    /// The gateways passed over as silent for release `id`.
+    pub(super) fn silent(&self, id: &Digest) -> Vec<PeerId> {
+        self.lock()
+            .releases
+            .get(id)
+            .map(|t| t.silent.clone())
+            .unwrap_or_default()
     }
 
     /// When this node accepted release `id`.

@@ -44,7 +44,9 @@ fn identity_above(dir: &std::path::Path, manifest: &Digest, others: &[PeerId]) -
 /// Whether `id` ranks above every one of `others` for `manifest`.
 fn beats(id: &PeerId, manifest: &Digest, others: &[PeerId]) -> bool {
     let mine = weight(manifest, &id.to_bytes());
-    others.iter().all(|o| weight(manifest, &o.to_bytes()) < mine)
+    others
+        .iter()
+        .all(|o| weight(manifest, &o.to_bytes()) < mine)
 }
 
 /// The identity a daemon started in `dir` will have.
@@ -177,7 +179,11 @@ async fn a_gateway_that_refuses_a_release_is_not_elected_and_the_release_complet
     }
     // The refusing node said so, and tracks nothing.
     let status = closed.status().await;
-    assert!(status.this.releases.is_empty(), "{:?}", status.this.releases);
+    assert!(
+        status.this.releases.is_empty(),
+        "{:?}",
+        status.this.releases
+    );
     assert!(
         status
             .refused
@@ -196,18 +202,43 @@ async fn a_gateway_that_refuses_a_release_is_not_elected_and_the_release_complet
 /// pulls the release for the locality.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sybil_gateway_outside_trust_gateway_is_never_elected() {
+    let took = sybil_gateway("sybil", true).await;
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// Without `--trust-gateway` (labs), the same Sybil wins the election and
+/// never pulls: silent, it is passed over after `GATEWAY_SILENCE` (10 s),
+/// and the honest gateway pulls the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_elected_gateway_is_replaced_within_a_bounded_time() {
+    let took = sybil_gateway("silent", false).await;
+    assert!(
+        took >= Duration::from_secs(10),
+        "the sybil was not elected? {took:?}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// A locality of an honest gateway and a node (both listing the gateway
+/// with `--trust-gateway` when `trusted`), and a Sybil member ranked first
+/// in the election of the release that claims it accepted it; returns how
+/// long the release took to complete on both nodes, the honest gateway
+/// having pulled it.
+async fn sybil_gateway(name: &str, trusted: bool) -> Duration {
     init_tracing();
     let registry = TestRegistry::start().await.unwrap();
-    let (built, reference) = image(&registry, "sybil/app").await;
+    let (built, reference) = image(&registry, &format!("{name}/app")).await;
     let manifest = built.manifest_digest;
-    let mut trusted = None;
-    let locality = Locality::start_with("sybil", 2, |i, c| {
+    let mut honest = None;
+    let locality = Locality::start_with(name, 2, |i, c| {
         c.gateway = i == 0;
-        let gateway = *trusted.get_or_insert_with(|| identity(&c.data_dir));
-        c.trusted_gateways = vec![gateway];
+        let gateway = *honest.get_or_insert_with(|| identity(&c.data_dir));
+        if trusted {
+            c.trusted_gateways = vec![gateway];
+        }
     })
     .await;
-    let gateway = trusted.unwrap();
+    let gateway = honest.unwrap();
     let (a, node) = (&locality.daemons[0], &locality.daemons[1]);
 
     let key = std::iter::repeat_with(Keypair::generate_ed25519)
@@ -216,7 +247,7 @@ async fn a_sybil_gateway_outside_trust_gateway_is_never_elected() {
     let sybil = key.public().to_peer_id();
     let (claims, rx) = watch::channel(vec![(Topic::Status, gateway_status(&[]))]);
     let attacker = hostile_member(
-        "sybil",
+        name,
         key,
         a.swarm().listen_addrs().await.unwrap()[0].clone(),
         rx,
@@ -234,12 +265,21 @@ async fn a_sybil_gateway_outside_trust_gateway_is_never_elected() {
     // It claims the release before anyone else has heard of it.
     let signed = a.prepare_release(&reference, vec![], None).await.unwrap();
     claims
-        .send(vec![(Topic::Status, gateway_status(&[signed.release_id()]))])
+        .send(vec![(
+            Topic::Status,
+            gateway_status(&[signed.release_id()]),
+        )])
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
     a.publish_release(signed).await.unwrap();
     let both = [a.clone(), node.clone()];
     wait_done(&both, &reference, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    println!(
+        "sybil gateway ranked first, trust-gateway {trusted}: done in {:.1}s",
+        took.as_secs_f64()
+    );
     for d in &both {
         assert_eq!(
             gateway_seen_by(d, &reference).await,
@@ -249,6 +289,7 @@ async fn a_sybil_gateway_outside_trust_gateway_is_never_elected() {
     assert!(a.registry().unwrap().stats().bytes_pulled >= built.layers_size());
     attacker.abort();
     locality.shutdown().await;
+    took
 }
 
 /// A member announces that it holds every layer of the image complete,
