@@ -198,7 +198,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
                 tracing::info!(layer = %layer.digest, %holder, "layer already in the locality; not pulled");
                 continue;
             }
-            tracing::warn!(layer = %layer.digest, "peers claim to hold the layer but none served its chunk map; pulling it");
+            tracing::warn!(layer = %layer.digest, "peers claim to hold the layer but none served it; pulling it");
         }
         missing.push(layer.clone());
     }
@@ -231,10 +231,12 @@ pub(super) const CLAIM_CHECK: Duration = Duration::from_secs(5);
 const CLAIMS_CHECKED: usize = 4;
 
 /// One of `holders` (peers whose availability gossip says they hold
-/// `layer` complete) that backs the claim by serving a chunk map of the
-/// layer's size within [`CLAIM_CHECK`], if any. Gossip alone is not
-/// enough: a member that announces layers it does not hold would make the
-/// gateway skip them, and the locality would wait for them forever.
+/// `layer` complete) that backs the claim within [`CLAIM_CHECK`]: it
+/// serves a chunk map of the layer's size and a random chunk matching it
+/// (a peer that lies in either is banned). Gossip alone is not enough: a
+/// member that announces layers it does not hold (or holds only the map
+/// of) would make the gateway skip them, and the locality would wait for
+/// them forever.
 async fn confirmed_holder(
     inner: &Arc<Inner>,
     layer: &LayerDescriptor,
@@ -243,28 +245,20 @@ async fn confirmed_holder(
     let mut asks: futures::stream::FuturesUnordered<_> = holders
         .into_iter()
         .take(CLAIMS_CHECKED)
-        .map(|peer| async move { (peer, inner.swarm.chunk_map_from(peer, layer.digest).await) })
+        .map(|peer| async move {
+            let holds = inner
+                .swarm
+                .probe_holder(peer, layer.digest, layer.size)
+                .await;
+            (peer, holds)
+        })
         .collect();
     let check = async {
-        while let Some((peer, map)) = asks.next().await {
-            match map {
-                Some(map) if map.blob_size() == layer.size => return Some(peer),
-                Some(map) => {
-                    // A map of another size than the verified manifest's
-                    // descriptor: the peer lies about the layer.
-                    let reason = format!(
-                        "chunk map of {} says {} bytes, the manifest {}",
-                        layer.digest,
-                        map.blob_size(),
-                        layer.size
-                    );
-                    tracing::warn!(%peer, %reason, "false layer claim; banning the peer");
-                    inner.swarm.ban(peer, reason);
-                }
-                None => {
-                    tracing::info!(%peer, layer = %layer.digest, "a peer announced a layer it does not serve")
-                }
+        while let Some((peer, holds)) = asks.next().await {
+            if holds {
+                return Some(peer);
             }
+            tracing::info!(%peer, layer = %layer.digest, "a peer announced a layer it does not serve");
         }
         None
     };

@@ -394,14 +394,16 @@ impl SwarmClient {
         self.exchange.fill_map(blob, peers).await
     }
 
-    /// Asks `peer` for its chunk map of `blob` and returns it without
-    /// storing it (`None` when it serves none). Unbounded in time: wrap it
-    /// in a timeout.
-    pub async fn chunk_map_from(&self, peer: PeerId, blob: Digest) -> Option<ChunkMap> {
+    /// Whether `peer` backs a claim that it holds `blob` (of `size`
+    /// bytes, as a verified manifest says) complete: it serves a chunk map
+    /// of that size and a random chunk that matches it. Stores nothing; a
+    /// peer that serves a map of another size, or a chunk contradicting
+    /// its own map, is banned. Unbounded in time: wrap it in a timeout.
+    pub async fn probe_holder(&self, peer: PeerId, blob: Digest, size: u64) -> bool {
         if self.shutdown.is_cancelled() {
-            return None;
+            return false;
         }
-        self.exchange.map_from(peer, blob).await
+        self.exchange.probe_holder(peer, blob, size).await
     }
 
     /// Announces in the DHT that this node holds (part of) `blob`.

@@ -190,6 +190,7 @@ fn bad_config_and_options_fail_with_one_clear_line() {
         (vec!["--import", "tape"], "--import"),
         (vec!["--listen", "not-an-addr"], "not a multiaddr"),
         (vec!["--platform", "linux"], "--platform"),
+        (vec!["--trust-gateway", "not-a-peer"], "is not a peer id"),
         // Closed by default: no swarm key needs an explicit open locality.
         (vec![], "--open-locality"),
         (vec![], "edgeswarm swarm-key --out"),

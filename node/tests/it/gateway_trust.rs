@@ -365,3 +365,92 @@ async fn a_false_claim_to_hold_a_layer_does_not_make_the_gateway_skip_it() {
     attacker.abort();
     locality.shutdown().await;
 }
+
+/// A member that holds the real chunk map of every layer (maps are public
+/// in the locality) but none of their data, and announces them complete:
+/// it serves the maps, but not the random chunk the gateway asks it for,
+/// so the gateway pulls the layers from the registry; the release
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_backed_by_the_map_alone_does_not_make_the_gateway_skip_a_layer() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    // Built here: the layer files are read below.
+    let build = tempfile::tempdir().unwrap();
+    let built = build_image(ImageSpec::realistic(2 << 20, "maponly"), build.path())
+        .await
+        .unwrap();
+    let reference = push(&registry, "maponly/app", "v1", &built).await;
+    let locality = Locality::start("maponly", 1, 2).await;
+    let (a, node) = (&locality.daemons[0], &locality.daemons[1]);
+
+    // A real node of the locality whose store holds the layers' maps only.
+    let dir = tempfile::tempdir().unwrap();
+    let liar = crate::support::swarm::start(
+        dir.path(),
+        crate::support::swarm::config(
+            dir.path(),
+            "maponly",
+            &[a.swarm().listen_addrs().await.unwrap()[0].clone()],
+        ),
+    )
+    .await;
+    let chunk = edgeswarm_protocol::ChunkSize::new(256 << 10).unwrap();
+    for layer in &built.layers {
+        let bytes = std::fs::read(&layer.path).unwrap();
+        let map =
+            edgeswarm_protocol::ChunkMap::from_bytes(&bytes, chunk.for_blob(layer.size).unwrap());
+        liar.store.put_chunk_map(layer.digest, &map).await.unwrap();
+        assert!(!liar.store.is_complete(&layer.digest));
+    }
+    let claim = GossipMessage::Availability(AvailabilityBatch {
+        entries: built
+            .layers
+            .iter()
+            .map(|l| AvailabilityEntry {
+                blob: l.digest,
+                availability: Availability::Complete,
+            })
+            .collect(),
+    })
+    .encode();
+    let client = liar.client.clone();
+    let claims = tokio::spawn(async move {
+        loop {
+            let status = GossipMessage::Status(NodeStatus {
+                role: PeerRole::Node,
+                gateway_capable: false,
+                timestamp_ms: rand::random(),
+                releases: Vec::new(),
+                desired: None,
+            })
+            .encode();
+            let _ = client.publish(Topic::Status, status).await;
+            let _ = client.publish(Topic::Availability, claim.clone()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let liar_id = liar.client.local_peer_id().to_string();
+    crate::support::eventually("the liar is seen", Duration::from_secs(20), async || {
+        let nodes = a.status().await.nodes;
+        nodes
+            .iter()
+            .any(|p| p.peer_id == liar_id && !p.gone)
+            .then_some(())
+            .ok_or(format!("{} peers", nodes.len()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let signed = a.prepare_release(&reference, vec![], None).await.unwrap();
+    a.publish_release(signed).await.unwrap();
+    let both = [a.clone(), node.clone()];
+    wait_done(&both, &reference, Duration::from_secs(60)).await;
+    assert!(
+        a.registry().unwrap().stats().bytes_pulled >= built.layers_size(),
+        "a layer was skipped"
+    );
+    claims.abort();
+    liar.stop().await;
+    locality.shutdown().await;
+}

@@ -77,9 +77,9 @@ pub(crate) trait Fetch: Send + Sync {
     /// Asks `peers` for `blob`'s complete chunk map and stores it; true
     /// once the store knows every digest.
     fn fill_map(&self, blob: Digest, peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>>;
-    /// Asks `peer` for `blob`'s chunk map, storing nothing: `None` when it
-    /// does not serve one.
-    fn map_from(&self, peer: PeerId, blob: Digest) -> BoxFut<Option<ChunkMap>>;
+    /// Whether `peer` serves a chunk map of `blob` of `size` bytes and a
+    /// random chunk matching it (storing nothing).
+    fn probe_holder(&self, peer: PeerId, blob: Digest, size: u64) -> BoxFut<bool>;
 }
 
 /// The exchange of a peer without a store (the bootstrap peer).
@@ -90,8 +90,8 @@ impl Fetch for NoStore {
         Box::pin(async { Ok(false) })
     }
 
-    fn map_from(&self, _peer: PeerId, _blob: Digest) -> BoxFut<Option<ChunkMap>> {
-        Box::pin(async { None })
+    fn probe_holder(&self, _peer: PeerId, _blob: Digest, _size: u64) -> BoxFut<bool> {
+        Box::pin(async { false })
     }
 
     fn fetch(&self, _blob: Digest, _map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
@@ -304,9 +304,9 @@ impl<S: ChunkStore> Fetch for Exchange<S> {
         Box::pin(async move { download::fill_map(&inner, blob, peers).await })
     }
 
-    fn map_from(&self, peer: PeerId, blob: Digest) -> BoxFut<Option<ChunkMap>> {
+    fn probe_holder(&self, peer: PeerId, blob: Digest, size: u64) -> BoxFut<bool> {
         let inner = self.inner.clone();
-        Box::pin(async move { download::map_from(&inner, peer, blob).await })
+        Box::pin(async move { download::probe_holder(&inner, peer, blob, size).await })
     }
 
     fn fetch(&self, blob: Digest, map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
