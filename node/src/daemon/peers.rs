@@ -456,6 +456,16 @@ mod tests {
         assert_eq!(now[&vouches], Stance::Accepted);
         assert_eq!(now[&failed], Stance::Declined);
         assert_eq!(now[&silent], Stance::Undecided, "reported just now");
+        // Passed over as silent: declined, unless it signed a gateway
+        // message of the release.
+        let quiet = [lists, vouches];
+        let passed: HashMap<PeerId, Stance> = peers
+            .gateway_stances(&id, accepted, &quiet, |_| true)
+            .into_iter()
+            .map(|(p, s)| (PeerId::from_bytes(&p).unwrap(), s))
+            .collect();
+        assert_eq!(passed[&lists], Stance::Declined);
+        assert_eq!(passed[&vouches], Stance::Accepted);
         // Its newest report came DECLINE_GRACE after this node accepted
         // the release, and does not list it: it declined.
         if let Some(earlier) = accepted.checked_sub(DECLINE_GRACE) {
