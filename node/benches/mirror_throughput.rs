@@ -84,6 +84,7 @@ async fn main() {
         trusted: TrustedKeys::new(),
         // The bench's node imports nothing a publisher signs.
         allow_any_publisher: true,
+        trusted_gateways: Vec::new(),
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,
         keep_versions: 2,

@@ -286,6 +286,17 @@ struct NodeArgs {
     /// [default: off].
     #[arg(long, env = "EDGESWARM_ALLOW_ANY_PUBLISHER", num_args = 0..=1, default_missing_value = "true")]
     allow_any_publisher: Option<bool>,
+    /// Only this peer (its peer id, as `edgeswarm status` shows it) may
+    /// act as the locality's gateway: be elected to pull a release and
+    /// sign its chunk digests; repeatable. Give every node the same list
+    /// [default: none: any --gateway member may be elected].
+    #[arg(
+        long,
+        env = "EDGESWARM_TRUST_GATEWAY",
+        value_delimiter = ',',
+        value_name = "PEERID"
+    )]
+    trust_gateway: Option<Vec<String>>,
     /// Local HTTP API address [default: 127.0.0.1:7465].
     #[arg(long, env = "EDGESWARM_API")]
     api: Option<SocketAddr>,
@@ -371,6 +382,7 @@ impl NodeArgs {
             import,
             trust,
             allow_any_publisher,
+            trust_gateway,
             dir_device_nodes,
             dir_keep_setid,
             api,
@@ -482,6 +494,13 @@ impl NodeArgs {
         if allow_any_publisher && !trusted.is_empty() {
             bail!("--allow-any-publisher and --trust exclude each other: drop one");
         }
+        let mut trusted_gateways = Vec::new();
+        for id in self.trust_gateway.unwrap_or_default() {
+            let peer: libp2p::PeerId = id
+                .parse()
+                .with_context(|| format!("--trust-gateway {id:?} is not a peer id"))?;
+            trusted_gateways.push(peer);
+        }
         let mut labels = BTreeMap::new();
         for term in self.label.unwrap_or_default() {
             let (k, v) = Release::parse_selector_term(&term).context("--label")?;
@@ -534,6 +553,7 @@ impl NodeArgs {
                 import,
                 trusted,
                 allow_any_publisher,
+                trusted_gateways,
                 labels,
                 dir: edgeswarm_node::import::DirPolicy {
                     device_nodes: self.dir_device_nodes.unwrap_or(false),

@@ -11,6 +11,14 @@
 //!
 //! Candidates are opaque byte strings (the node uses libp2p peer ids), so
 //! this module stays free of networking types.
+//!
+//! Only a candidate that accepted the release can pull it: a node that
+//! refuses it (it does not trust the publisher) would hold the release
+//! forever. [`elect_accepting`] walks the ranking with each candidate's
+//! [`Stance`]: declined candidates are passed over, and the election waits
+//! while a better-ranked candidate has not said yet, so that nodes that
+//! learn stances at slightly different times still agree on the winner
+//! instead of each pulling the release.
 
 use sha2::{Digest as _, Sha256};
 
@@ -52,9 +60,104 @@ where
         .max_by_key(|c| weight(manifest, c.as_ref()))
 }
 
+/// What a candidate said about a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stance {
+    /// It accepted the release (it can pull it).
+    Accepted,
+    /// It refused the release, gave up on it, or never said it accepted
+    /// it although it reported since.
+    Declined,
+    /// Not known yet.
+    Undecided,
+}
+
+/// The outcome of [`elect_accepting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a, C: ?Sized> {
+    /// The best-ranked candidate that accepted the release, with every
+    /// better-ranked one declined.
+    Elected(&'a C),
+    /// A better-ranked candidate than any that accepted has not said yet.
+    Waiting(&'a C),
+    /// No candidate is left.
+    None,
+}
+
+/// Elects among `candidates` the best-ranked one that accepted the
+/// release, passing over those that declined it; waits (returns
+/// [`Outcome::Waiting`]) on the first undecided one that outranks every
+/// candidate that accepted.
+pub fn elect_accepting<'a, C>(
+    manifest: &Digest,
+    candidates: impl IntoIterator<Item = (&'a C, Stance)>,
+) -> Outcome<'a, C>
+where
+    C: AsRef<[u8]> + ?Sized + 'a,
+{
+    let mut ranked: Vec<(&C, Stance, [u8; 32])> = candidates
+        .into_iter()
+        .map(|(c, s)| (c, s, weight(manifest, c.as_ref())))
+        .collect();
+    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.2));
+    for (candidate, stance, _) in ranked {
+        match stance {
+            Stance::Accepted => return Outcome::Elected(candidate),
+            Stance::Undecided => return Outcome::Waiting(candidate),
+            Stance::Declined => {}
+        }
+    }
+    Outcome::None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_best_ranked_accepting_candidate_wins_and_undecided_better_ones_are_awaited() {
+        let m = Digest::of(b"manifest");
+        let p = peers(4);
+        let order = rank(&m, &p);
+        let (best, second, third) = (order[0], order[1], order[2]);
+        let stances = |s: [Stance; 3]| {
+            vec![(best, s[0]), (second, s[1]), (third, s[2])]
+                .into_iter()
+                .map(|(c, s)| (c.as_slice(), s))
+                .collect::<Vec<_>>()
+        };
+        use Stance::*;
+        assert_eq!(
+            elect_accepting(&m, stances([Accepted, Accepted, Accepted])),
+            Outcome::Elected(best.as_slice())
+        );
+        // The best declined (it does not trust the publisher): the next
+        // one that accepted wins.
+        assert_eq!(
+            elect_accepting(&m, stances([Declined, Undecided, Accepted])),
+            Outcome::Waiting(second.as_slice())
+        );
+        assert_eq!(
+            elect_accepting(&m, stances([Declined, Declined, Accepted])),
+            Outcome::Elected(third.as_slice())
+        );
+        // An undecided candidate ranked below the winner does not matter.
+        assert_eq!(
+            elect_accepting(&m, stances([Accepted, Undecided, Declined])),
+            Outcome::Elected(best.as_slice())
+        );
+        assert_eq!(
+            elect_accepting(&m, stances([Declined, Declined, Declined])),
+            Outcome::None
+        );
+        // The input order does not change the outcome.
+        let mut reversed = stances([Declined, Accepted, Accepted]);
+        reversed.reverse();
+        assert_eq!(
+            elect_accepting(&m, reversed),
+            Outcome::Elected(second.as_slice())
+        );
+    }
 
     fn peers(n: usize) -> Vec<Vec<u8>> {
         (0..n).map(|i| format!("peer-{i}").into_bytes()).collect()

@@ -7,7 +7,9 @@
 //! [`Daemon::publish_release`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use edgeswarm_protocol::election::Stance;
 use edgeswarm_protocol::release::{Release, SignedRelease};
 use edgeswarm_protocol::signing::PublisherKey;
 use edgeswarm_protocol::wire::{GossipMessage, ReleaseState};
@@ -18,6 +20,13 @@ use super::desired::{Entry, Offer};
 use super::error::ReleaseError;
 use super::{gateway, gossip, pipeline, unix_seconds, Daemon, DaemonError, Inner};
 use crate::swarm::Topic;
+
+/// An elected gateway that has signed no resolution or chunk digests of a
+/// release this long after this node elected it is passed over for that
+/// release (until it signs one): a gateway that pulls publishes its
+/// resolution as soon as the registry answers, so a member that wins the
+/// election and never pulls holds the release up this long at most.
+pub(super) const GATEWAY_SILENCE: Duration = Duration::from_secs(10);
 
 impl Inner {
     /// Checks a release against this node's trust policy and locality.
@@ -174,7 +183,19 @@ impl Inner {
     /// this node), and starts the fetch pipeline on targeted nodes.
     pub(super) fn drive(self: &Arc<Self>, id: Digest) {
         let me = self.swarm.local_peer_id();
-        let candidates = self.gateway_candidates();
+        let Some(accepted) = self.releases.accepted_at(&id) else {
+            return;
+        };
+        if let Some(quiet) = self
+            .releases
+            .gateway_elected_before(&id, me, GATEWAY_SILENCE)
+        {
+            if !self.peers.vouched(&quiet, &id) {
+                tracing::warn!(release = %id, gateway = %quiet, "elected gateway signed nothing of the release in {GATEWAY_SILENCE:?}; passing it over");
+                self.releases.mark_silent(&id, quiet);
+            }
+        }
+        let candidates = self.gateway_candidates(&id, accepted);
         let work = self
             .releases
             .schedule(&id, &candidates, me, |release| self.targets(release));
@@ -213,11 +234,29 @@ impl Inner {
         }
     }
 
-    /// Live gateway-capable nodes, this one included, as encoded peer ids.
-    fn gateway_candidates(&self) -> Vec<Vec<u8>> {
-        let mut candidates = self.peers.live_gateways();
-        if self.config.gateway {
-            candidates.push(self.swarm.local_peer_id().to_bytes());
+    /// Whether `peer` may act as this locality's gateway
+    /// (`--trust-gateway`; any peer when none is listed).
+    pub(super) fn may_be_gateway(&self, peer: &PeerId) -> bool {
+        let allowed = &self.config.trusted_gateways;
+        allowed.is_empty() || allowed.contains(peer)
+    }
+
+    /// The candidates to pull release `id`, accepted here at `accepted`:
+    /// live gateway-capable nodes allowed to be gateways, this one
+    /// included (it accepted the release), as encoded peer ids with what
+    /// each said of the release.
+    fn gateway_candidates(
+        &self,
+        id: &Digest,
+        accepted: std::time::Instant,
+    ) -> Vec<(Vec<u8>, Stance)> {
+        let silent = self.releases.silent(id);
+        let mut candidates = self
+            .peers
+            .gateway_stances(id, accepted, &silent, |p| self.may_be_gateway(p));
+        let me = self.swarm.local_peer_id();
+        if self.config.gateway && self.may_be_gateway(&me) {
+            candidates.push((me.to_bytes(), Stance::Accepted));
         }
         candidates
     }

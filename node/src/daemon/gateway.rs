@@ -192,9 +192,13 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
         if store.is_complete(&layer.digest) {
             continue;
         }
-        if inner.peers.holds(&layer.digest) {
-            tracing::info!(layer = %layer.digest, "layer already in the locality; not pulled");
-            continue;
+        let holders = inner.peers.holders(&layer.digest);
+        if !holders.is_empty() {
+            if let Some(holder) = confirmed_holder(inner, layer, holders).await {
+                tracing::info!(layer = %layer.digest, %holder, "layer already in the locality; not pulled");
+                continue;
+            }
+            tracing::warn!(layer = %layer.digest, "peers claim to hold the layer but none served it; pulling it");
         }
         missing.push(layer.clone());
     }
@@ -217,6 +221,51 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// How long a gateway waits for a peer that claims to hold a layer to
+/// serve its chunk map before it pulls the layer itself.
+pub(super) const CLAIM_CHECK: Duration = Duration::from_secs(5);
+
+/// Peers asked at once to confirm that they hold a layer.
+const CLAIMS_CHECKED: usize = 4;
+
+/// One of `holders` (peers whose availability gossip says they hold
+/// `layer` complete) that backs the claim within [`CLAIM_CHECK`]: it
+/// serves a chunk map of the layer's size and a random chunk matching it
+/// (a peer that lies in either is banned). Gossip alone is not enough: a
+/// member that announces layers it does not hold (or holds only the map
+/// of) would make the gateway skip them, and the locality would wait for
+/// them forever.
+async fn confirmed_holder(
+    inner: &Arc<Inner>,
+    layer: &LayerDescriptor,
+    holders: Vec<libp2p::PeerId>,
+) -> Option<libp2p::PeerId> {
+    let mut asks: futures::stream::FuturesUnordered<_> = holders
+        .into_iter()
+        .take(CLAIMS_CHECKED)
+        .map(|peer| async move {
+            let holds = inner
+                .swarm
+                .probe_holder(peer, layer.digest, layer.size)
+                .await;
+            (peer, holds)
+        })
+        .collect();
+    let check = async {
+        while let Some((peer, holds)) = asks.next().await {
+            if holds {
+                return Some(peer);
+            }
+            tracing::info!(%peer, layer = %layer.digest, "a peer announced a layer it does not serve");
+        }
+        None
+    };
+    tokio::time::timeout(CLAIM_CHECK, check)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Streams one layer from the registry into the store, chunk by chunk.

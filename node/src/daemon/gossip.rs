@@ -122,13 +122,22 @@ fn on_release(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRelease)
 }
 
 /// A peer's status report: who it is, whether it may pull, and how its
-/// releases progress (the liveness that gateway election reads).
-fn on_status(inner: &Inner, source: Option<PeerId>, status: NodeStatus) {
+/// releases progress (the liveness and the acceptances that gateway
+/// election reads).
+fn on_status(inner: &Arc<Inner>, source: Option<PeerId>, status: NodeStatus) {
     if let Some(peer) = source {
+        let candidate = status.gateway_capable && inner.may_be_gateway(&peer);
         if inner.peers.record_status(peer, status) && inner.desired.digest().count > 0 {
             // A peer holding nothing: the status loop's anti-entropy pushes
             // to it at once (`should_push`), not at the next 2 s tick.
             inner.status_changed.notify_one();
+        }
+        if candidate {
+            // It may have accepted or declined a release whose election
+            // waits for it: elect now, not at the next status tick.
+            for id in inner.releases.without_gateway() {
+                inner.drive(id);
+            }
         }
     }
 }
@@ -166,6 +175,9 @@ async fn on_chunk_digests(
             return;
         }
     };
+    if let Some(id) = update.release_id {
+        vouched(inner, source, id);
+    }
     let gateway = update
         .release_id
         .and_then(|id| inner.releases.gateway_of(&id));
@@ -207,6 +219,21 @@ async fn on_chunk_digests(
         .await
     {
         tracing::warn!(%source, blob = %update.blob, error = %e, "chunk digests refused");
+    }
+}
+
+/// `source` signed a gateway message of release `id`, so it accepted the
+/// release: when that is news, elect again before the message is checked
+/// against the release's gateway (a candidate's first resolution arrives
+/// before its next status report lists the release).
+fn vouched(inner: &Arc<Inner>, source: PeerId, id: Digest) {
+    // Recorded even before this node follows the release: the gateway's
+    // first messages may overtake the release itself.
+    if inner.may_be_gateway(&source)
+        && inner.peers.vouch(source, id)
+        && inner.releases.gateway_of(&id).is_some()
+    {
+        inner.drive(id);
     }
 }
 
@@ -281,6 +308,7 @@ async fn on_resolution(
             return;
         }
     };
+    vouched(inner, source, resolution.release_id);
     match inner.releases.gateway_of(&resolution.release_id) {
         Some(Some(gateway)) if gateway == source => {}
         Some(None) => {

@@ -145,6 +145,13 @@ pub struct DaemonConfig {
     /// With no `trusted` key: accept releases and removals signed by any
     /// key (labs only; logged loudly at start and shown in status).
     pub allow_any_publisher: bool,
+    /// The only peers that may act as this locality's gateway (be elected
+    /// to pull a release, and so sign its resolution and chunk digests);
+    /// this node itself pulls only when listed. Empty lets every
+    /// gateway-capable member (labs; logged at start and shown in
+    /// status). Every node of a locality must hold the same list, or they
+    /// elect different gateways.
+    pub trusted_gateways: Vec<PeerId>,
     /// This node's labels, matched against release selectors.
     pub labels: BTreeMap<String, String>,
     /// Chunk size the gateway cuts layers in.
@@ -240,7 +247,7 @@ impl Daemon {
             sink = %sink.kind(),
             "node started"
         );
-        for warning in trust_warnings(&config) {
+        for warning in trust_warnings(&config, swarm.local_peer_id()) {
             tracing::warn!("{warning}");
         }
         let metrics = DaemonMetrics::default();
@@ -326,7 +333,7 @@ pub(crate) const NO_TRUSTED_KEY: &str = "this node trusts no publisher key, so i
 
 /// What an operator must know about this node's trust and membership
 /// settings: logged at start and shown in status.
-pub(crate) fn trust_warnings(config: &DaemonConfig) -> Vec<String> {
+pub(crate) fn trust_warnings(config: &DaemonConfig, me: PeerId) -> Vec<String> {
     let mut out = Vec::new();
     if config.trusted.is_empty() {
         if config.allow_any_publisher {
@@ -338,6 +345,20 @@ pub(crate) fn trust_warnings(config: &DaemonConfig) -> Vec<String> {
         } else {
             out.push(NO_TRUSTED_KEY.to_owned());
         }
+    }
+    if config.trusted_gateways.is_empty() {
+        out.push(
+            "no --trust-gateway: any gateway-capable member of the locality can be elected \
+             to pull a release and sign its chunk digests, and a member that wins the \
+             election and never pulls holds the release up; list the gateways' peer ids \
+             with --trust-gateway on every node to close it"
+                .to_owned(),
+        );
+    } else if config.gateway && !config.trusted_gateways.contains(&me) {
+        out.push(format!(
+            "--gateway, but this node ({me}) is not among the --trust-gateway peers: it is \
+             never elected and pulls nothing"
+        ));
     }
     if config.swarm.swarm_key.is_none() {
         out.push(

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use edgeswarm_protocol::election::Stance;
 use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
@@ -21,6 +22,17 @@ pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(8);
 /// A gone peer's record is dropped this long after its last report
 /// (status views show it as gone until then).
 pub(super) const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// A gateway-capable peer whose newest status report arrived this long
+/// after this node accepted a release, and does not list it, declined the
+/// release (it refused it, or does not follow it): gossip carries a
+/// release to every node within milliseconds, and a node lists a release
+/// in every report from the moment it accepts it.
+pub(super) const DECLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// Releases remembered per peer as vouched for by its signed gateway
+/// messages (see [`Peers::vouch`]).
+const MAX_VOUCHED: usize = 64;
 
 /// Most peers recorded (each of `peers` and `complete_at`). Any key can
 /// author gossip, so without a bound a stream of fresh identities grows
@@ -86,6 +98,9 @@ struct PeerEntry {
     /// long until it reported it done (as observed through status gossip,
     /// so within a status interval of the truth).
     timings: HashMap<Digest, (Instant, Option<Duration>)>,
+    /// Releases for which it signed a resolution or chunk digests: it
+    /// accepted them, whatever its status says yet.
+    vouched: Vec<Digest>,
 }
 
 /// A copy of what is known of one peer, for views.
@@ -139,6 +154,7 @@ impl Peers {
             status: status.clone(),
             last_seen: now,
             timings: HashMap::new(),
+            vouched: Vec::new(),
         });
         entry
             .timings
@@ -220,6 +236,68 @@ impl Peers {
             .iter()
             .filter(|(_, e)| e.status.gateway_capable && e.live())
             .map(|(p, _)| p.to_bytes())
+            .collect()
+    }
+
+    /// Whether `peer` signed a gateway message of release `id`.
+    pub(super) fn vouched(&self, peer: &PeerId, id: &Digest) -> bool {
+        self.lock()
+            .peers
+            .get(peer)
+            .is_some_and(|e| e.vouched.contains(id))
+    }
+
+    /// Records that `peer` signed a gateway message of release `id` (it
+    /// accepted the release). True when this is news and `peer` is a live
+    /// gateway-capable peer, so that the caller elects again.
+    pub(super) fn vouch(&self, peer: PeerId, id: Digest) -> bool {
+        let mut table = self.lock();
+        let Some(entry) = table.peers.get_mut(&peer) else {
+            return false;
+        };
+        if entry.vouched.contains(&id) {
+            return false;
+        }
+        if entry.vouched.len() >= MAX_VOUCHED {
+            entry.vouched.remove(0);
+        }
+        entry.vouched.push(id);
+        entry.status.gateway_capable && entry.live()
+    }
+
+    /// Live gateway-capable peers that `allowed` lets act as gateways, as
+    /// encoded peer ids, each with what it said of release `id`, which
+    /// this node accepted at `accepted`: accepted when its status lists
+    /// the release (not failed) or it signed a gateway message of it;
+    /// declined when its status lists it failed, or its newest report
+    /// arrived [`DECLINE_GRACE`] after `accepted` without it, or it is
+    /// among `silent` (elected, it signed nothing of the release in time)
+    /// and signed nothing since; undecided otherwise.
+    pub(super) fn gateway_stances(
+        &self,
+        id: &Digest,
+        accepted: Instant,
+        silent: &[PeerId],
+        allowed: impl Fn(&PeerId) -> bool,
+    ) -> Vec<(Vec<u8>, Stance)> {
+        self.lock()
+            .peers
+            .iter()
+            .filter(|(p, e)| e.status.gateway_capable && e.live() && allowed(p))
+            .map(|(p, e)| {
+                let listed = e.status.releases.iter().find(|r| r.release_id == *id);
+                let stance = match listed.map(|r| r.state) {
+                    Some(ReleaseState::Failed) => Stance::Declined,
+                    _ if e.vouched.contains(id) => Stance::Accepted,
+                    _ if silent.contains(p) => Stance::Declined,
+                    Some(_) => Stance::Accepted,
+                    None if e.last_seen.saturating_duration_since(accepted) >= DECLINE_GRACE => {
+                        Stance::Declined
+                    }
+                    None => Stance::Undecided,
+                };
+                (p.to_bytes(), stance)
+            })
             .collect()
     }
 
@@ -344,6 +422,55 @@ mod tests {
         peers.record_status(node, status(false, &[]));
         peers.record_status(gateway, status(true, &[]));
         assert_eq!(peers.live_gateways(), vec![gateway.to_bytes()]);
+    }
+
+    #[test]
+    fn a_gateway_accepts_by_listing_a_release_or_vouching_and_declines_by_reporting_without_it() {
+        let peers = Peers::default();
+        let id = Digest::of(b"release");
+        let (lists, silent, failed, vouches, barred) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let accepted = Instant::now();
+        peers.record_status(lists, status(true, &[(id, ReleaseState::Fetching)]));
+        peers.record_status(silent, status(true, &[]));
+        peers.record_status(failed, status(true, &[(id, ReleaseState::Failed)]));
+        peers.record_status(vouches, status(true, &[]));
+        peers.record_status(barred, status(true, &[(id, ReleaseState::Done)]));
+        assert!(peers.vouch(vouches, id));
+        assert!(!peers.vouch(vouches, id), "news once");
+        let stances = |at: Instant| -> HashMap<PeerId, Stance> {
+            peers
+                .gateway_stances(&id, at, &[], |p| *p != barred)
+                .into_iter()
+                .map(|(p, s)| (PeerId::from_bytes(&p).unwrap(), s))
+                .collect()
+        };
+        let now = stances(accepted);
+        assert_eq!(now.len(), 4, "only allowed peers are candidates");
+        assert_eq!(now[&lists], Stance::Accepted);
+        assert_eq!(now[&vouches], Stance::Accepted);
+        assert_eq!(now[&failed], Stance::Declined);
+        assert_eq!(now[&silent], Stance::Undecided, "reported just now");
+        // Passed over as silent: declined, unless it signed a gateway
+        // message of the release.
+        let quiet = [lists, vouches];
+        let passed: HashMap<PeerId, Stance> = peers
+            .gateway_stances(&id, accepted, &quiet, |_| true)
+            .into_iter()
+            .map(|(p, s)| (PeerId::from_bytes(&p).unwrap(), s))
+            .collect();
+        assert_eq!(passed[&lists], Stance::Declined);
+        assert_eq!(passed[&vouches], Stance::Accepted);
+        // Its newest report came DECLINE_GRACE after this node accepted
+        // the release, and does not list it: it declined.
+        if let Some(earlier) = accepted.checked_sub(DECLINE_GRACE) {
+            assert_eq!(stances(earlier)[&silent], Stance::Declined);
+        }
     }
 
     #[test]

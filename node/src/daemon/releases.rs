@@ -37,13 +37,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use edgeswarm_protocol::election::{self, Outcome, Stance};
 use edgeswarm_protocol::release::Release;
 use edgeswarm_protocol::wire::ReleaseState;
-use edgeswarm_protocol::{election, Digest};
+use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
 use super::views::{RefusedView, ReleasePhase};
 use super::DaemonError;
+
+/// Most gateways passed over as silent per release.
+const MAX_SILENT: usize = 16;
 
 /// How many refusals status keeps.
 pub(super) const MAX_REFUSALS: usize = 32;
@@ -94,6 +98,12 @@ struct Tracked {
     took: Option<Duration>,
     /// The gateway currently expected to pull it.
     gateway: Option<PeerId>,
+    /// When this node elected that gateway.
+    gateway_since: Option<Instant>,
+    /// Gateways elected for it that stayed silent (signed no gateway
+    /// message of it within `GATEWAY_SILENCE`): passed over since, at
+    /// most `MAX_SILENT`.
+    silent: Vec<PeerId>,
     /// Whether this node started pulling it as gateway.
     pulling: bool,
     /// Whether this node's pull (if any) has decided which layers it
@@ -250,6 +260,8 @@ impl Releases {
                 accepted: Instant::now(),
                 took: None,
                 gateway: None,
+                gateway_since: None,
+                silent: Vec::new(),
                 pulling: false,
                 pull_planned: false,
                 fetching: false,
@@ -288,14 +300,17 @@ impl Releases {
     }
 
     /// Elects release `id`'s gateway among `candidates` (encoded peer ids,
-    /// this node `me` included when it may pull) and decides what this
-    /// node starts: the registry pull when it is the gateway and is not
-    /// pulling yet (unless the release is done), the fetch pipeline when
-    /// `targeted` and not started. Marks what it returns as started.
+    /// this node `me` included when it may pull, each with what it said
+    /// of the release: see `election::elect_accepting`) and decides what
+    /// this node starts: the registry pull when it is the gateway and is
+    /// not pulling yet (unless the release is done), the fetch pipeline
+    /// when `targeted` and not started. Marks what it returns as started.
+    /// While a better-ranked candidate has not said whether it accepted
+    /// the release, the release has no gateway.
     pub(super) fn schedule(
         &self,
         id: &Digest,
-        candidates: &[Vec<u8>],
+        candidates: &[(Vec<u8>, Stance)],
         me: PeerId,
         targeted: impl FnOnce(&Release) -> bool,
     ) -> Work {
@@ -303,11 +318,23 @@ impl Releases {
         let Some(t) = table.releases.get_mut(id) else {
             return Work::default();
         };
-        let gateway = election::elect(&t.release.manifest, candidates)
-            .map(|c| PeerId::from_bytes(c).expect("candidates are encoded peer ids"));
+        let outcome = election::elect_accepting(
+            &t.release.manifest,
+            candidates.iter().map(|(c, s)| (c.as_slice(), *s)),
+        );
+        let peer = |c: &[u8]| PeerId::from_bytes(c).expect("candidates are encoded peer ids");
+        let gateway = match outcome {
+            Outcome::Elected(c) => Some(peer(c)),
+            Outcome::Waiting(c) => {
+                tracing::debug!(release = %id, candidate = %peer(c), "waiting for a better-ranked gateway to accept or decline");
+                None
+            }
+            Outcome::None => None,
+        };
         if gateway != t.gateway {
             tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
             t.gateway = gateway;
+            t.gateway_since = gateway.map(|_| Instant::now());
         }
         let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done;
         if pull {
@@ -419,6 +446,58 @@ impl Releases {
     /// Release `id`'s elected gateway; `None` when it is not tracked.
     pub(super) fn gateway_of(&self, id: &Digest) -> Option<Option<PeerId>> {
         self.lock().releases.get(id).map(|t| t.gateway)
+    }
+
+    /// Release `id`'s gateway, when it is another node than `me` elected
+    /// at least `silence` ago: the candidate to check for silence.
+    pub(super) fn gateway_elected_before(
+        &self,
+        id: &Digest,
+        me: PeerId,
+        silence: Duration,
+    ) -> Option<PeerId> {
+        let table = self.lock();
+        let t = table.releases.get(id)?;
+        let since = t.gateway_since?;
+        t.gateway.filter(|g| *g != me && since.elapsed() >= silence)
+    }
+
+    /// Passes over `peer` as release `id`'s gateway from now on, until it
+    /// signs a gateway message of it.
+    pub(super) fn mark_silent(&self, id: &Digest, peer: PeerId) {
+        if let Some(t) = self.lock().releases.get_mut(id) {
+            if !t.silent.contains(&peer) {
+                if t.silent.len() >= MAX_SILENT {
+                    t.silent.remove(0);
+                }
+                t.silent.push(peer);
+            }
+        }
+    }
+
+    /// The gateways passed over as silent for release `id`.
+    pub(super) fn silent(&self, id: &Digest) -> Vec<PeerId> {
+        self.lock()
+            .releases
+            .get(id)
+            .map(|t| t.silent.clone())
+            .unwrap_or_default()
+    }
+
+    /// When this node accepted release `id`.
+    pub(super) fn accepted_at(&self, id: &Digest) -> Option<Instant> {
+        self.lock().releases.get(id).map(|t| t.accepted)
+    }
+
+    /// Releases in progress that have no gateway yet (waiting for
+    /// candidates to say whether they accepted them).
+    pub(super) fn without_gateway(&self) -> Vec<Digest> {
+        self.lock()
+            .releases
+            .iter()
+            .filter(|(_, t)| t.gateway.is_none() && !is_final(t.state))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Whether release `id` is done.
@@ -588,6 +667,11 @@ mod tests {
         (table, id)
     }
 
+    /// A candidate that accepted the release.
+    fn yes(peer: PeerId) -> (Vec<u8>, Stance) {
+        (peer.to_bytes(), Stance::Accepted)
+    }
+
     fn state(table: &Releases, id: &Digest) -> ReleaseState {
         table.get(id).expect("tracked").state
     }
@@ -683,18 +767,38 @@ mod tests {
     fn schedule_starts_the_pull_on_the_elected_gateway_and_the_fetch_once() {
         let (table, id) = one("reg/app:v1");
         let me = PeerId::random();
-        let work = table.schedule(&id, &[me.to_bytes()], me, |_| true);
+        let work = table.schedule(&id, &[yes(me)], me, |_| true);
         assert!(work.pull.is_some() && work.fetch.is_some());
         assert_eq!(table.gateway_of(&id), Some(Some(me)));
         // Both are running: nothing to start again.
-        let again = table.schedule(&id, &[me.to_bytes()], me, |_| true);
+        let again = table.schedule(&id, &[yes(me)], me, |_| true);
         assert!(again.pull.is_none() && again.fetch.is_none());
         // Another node elected: this one does not pull.
         let (table, id) = one("reg/app:v2");
         let other = PeerId::random();
-        let work = table.schedule(&id, &[other.to_bytes()], me, |_| false);
+        let work = table.schedule(&id, &[yes(other)], me, |_| false);
         assert!(work.pull.is_none() && work.fetch.is_none());
         assert_eq!(table.gateway_of(&id), Some(Some(other)));
+    }
+
+    #[test]
+    fn a_declining_gateway_is_passed_over_and_an_undecided_better_one_awaited() {
+        let (table, id) = one("reg/app:v1");
+        let manifest = table.get(&id).unwrap().release.manifest;
+        let me = PeerId::random();
+        let mine = election::weight(&manifest, &me.to_bytes());
+        let better = std::iter::repeat_with(PeerId::random)
+            .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
+            .unwrap();
+        let with = |stance| [yes(me), (better.to_bytes(), stance)];
+        let work = table.schedule(&id, &with(Stance::Undecided), me, |_| false);
+        assert!(work.pull.is_none(), "pulled before the better one said");
+        assert_eq!(table.gateway_of(&id), Some(None));
+        assert_eq!(table.without_gateway(), vec![id]);
+        let work = table.schedule(&id, &with(Stance::Declined), me, |_| false);
+        assert!(work.pull.is_some(), "the better one declined");
+        assert_eq!(table.gateway_of(&id), Some(Some(me)));
+        assert!(table.without_gateway().is_empty());
     }
 
     #[test]
@@ -702,13 +806,13 @@ mod tests {
         let (table, id) = one("reg/app:v1");
         let me = PeerId::random();
         assert!(table
-            .schedule(&id, &[me.to_bytes()], me, |_| false)
+            .schedule(&id, &[yes(me)], me, |_| false)
             .pull
             .is_some());
         table.pull_finished(&id);
         assert!(
             table
-                .schedule(&id, &[me.to_bytes()], me, |_| false)
+                .schedule(&id, &[yes(me)], me, |_| false)
                 .pull
                 .is_some(),
             "an unfinished release is pulled again once the pull ended"
@@ -716,7 +820,7 @@ mod tests {
         table.pull_finished(&id);
         table.transition(&id, ReleaseState::Done, None).unwrap();
         assert!(table
-            .schedule(&id, &[me.to_bytes()], me, |_| false)
+            .schedule(&id, &[yes(me)], me, |_| false)
             .pull
             .is_none());
         assert!(table.pending().is_empty());
@@ -728,7 +832,7 @@ mod tests {
         let me = PeerId::random();
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         assert!(!table.pulls_itself(&id, &a), "no pull yet");
-        table.schedule(&id, &[me.to_bytes()], me, |_| true);
+        table.schedule(&id, &[yes(me)], me, |_| true);
         assert!(table.pulls_itself(&id, &a) && table.pulls_itself(&id, &b));
         let plan = table.plan_pull(&id, &[a]);
         assert!(table.pulls_itself(&id, &a), "planned blob");

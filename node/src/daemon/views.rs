@@ -252,7 +252,10 @@ impl Daemon {
                 locality: self.inner.config.swarm.locality.clone(),
                 connected_peers,
                 releases,
-                warnings: super::trust_warnings(&self.inner.config),
+                warnings: super::trust_warnings(
+                    &self.inner.config,
+                    self.inner.swarm.local_peer_id(),
+                ),
             },
             nodes,
             refused: self.inner.releases.refusals(),

@@ -399,6 +399,18 @@ impl SwarmClient {
         self.exchange.fill_map(blob, peers).await
     }
 
+    /// Whether `peer` backs a claim that it holds `blob` (of `size`
+    /// bytes, as a verified manifest says) complete: it serves a chunk map
+    /// of that size and a random chunk that matches it. Stores nothing; a
+    /// peer that serves a map of another size, or a chunk contradicting
+    /// its own map, is banned. Unbounded in time: wrap it in a timeout.
+    pub async fn probe_holder(&self, peer: PeerId, blob: Digest, size: u64) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        self.exchange.probe_holder(peer, blob, size).await
+    }
+
     /// Announces in the DHT that this node holds (part of) `blob`.
     pub async fn provide(&self, blob: Digest) -> Result<(), SwarmError> {
         self.cmd

@@ -38,6 +38,7 @@ async fn start(trusted: TrustedKeys, locality: &str) -> Api {
         platform: Platform::host(),
         import: Some(ImportSinkKind::None),
         allow_any_publisher: trusted.is_empty(),
+        trusted_gateways: Vec::new(),
         trusted,
         labels: Default::default(),
         chunk_size: ChunkSize::DEFAULT,

@@ -181,6 +181,19 @@ fn bad_config_and_options_fail_with_one_clear_line() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("localty"), "{}", stderr(&out));
+    // The gateway allowlist is read from the file too.
+    std::fs::write(
+        &file,
+        "open_locality = true\ntrust_gateway = [\"not-a-peer\"]\n",
+    )
+    .unwrap();
+    let out = edgeswarm(&["node", "--config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--trust-gateway \"not-a-peer\" is not a peer id"),
+        "{}",
+        stderr(&out)
+    );
 
     let data = dir.path().join("data");
     for (args, needle) in [
@@ -190,6 +203,7 @@ fn bad_config_and_options_fail_with_one_clear_line() {
         (vec!["--import", "tape"], "--import"),
         (vec!["--listen", "not-an-addr"], "not a multiaddr"),
         (vec!["--platform", "linux"], "--platform"),
+        (vec!["--trust-gateway", "not-a-peer"], "is not a peer id"),
         // Closed by default: no swarm key needs an explicit open locality.
         (vec![], "--open-locality"),
         (vec![], "edgeswarm swarm-key --out"),

@@ -857,6 +857,26 @@ async fn deploy_key_refuses_to_sign_what_was_not_asked() {
     }
 }
 
+/// Writes into `dir` an identity that ranks above `other` (a peer id) in
+/// the gateway election of the release of `manifest` (`sha256:...`).
+fn closed_identity_ranked_first(dir: &Path, manifest: &str, other: &str) {
+    use edgeswarm_node::swarm::keys;
+    use edgeswarm_protocol::election::weight;
+    let manifest: edgeswarm_protocol::Digest = manifest.parse().unwrap();
+    let other: libp2p::PeerId = other.parse().unwrap();
+    let path = dir.join(keys::IDENTITY_FILE);
+    loop {
+        let _ = std::fs::remove_file(&path);
+        let id = keys::load_or_create_identity(&path)
+            .unwrap()
+            .public()
+            .to_peer_id();
+        if weight(&manifest, &id.to_bytes()) > weight(&manifest, &other.to_bytes()) {
+            return;
+        }
+    }
+}
+
 /// Closed by default: a node started with a swarm key and no `--trust`
 /// refuses every release and removal (signed by its own identity, by a
 /// stranger's key through its API, or accepted by a lab peer and gossiped
@@ -892,14 +912,37 @@ async fn a_node_without_a_trusted_key_refuses_every_release_and_says_how_to_trus
         .json();
     let lab_id = v["self"]["peer_id"].as_str().unwrap().to_owned();
     let addr = v["self"]["addresses"][0].as_str().unwrap().to_owned();
+    // The image's manifest digest: this node does not resolve tags at the
+    // registry, so it is named by digest below.
+    let manifest = reqwest::Client::new()
+        .head(format!(
+            "http://{}/v2/cli/app/manifests/closed",
+            registry.host()
+        ))
+        // The full list: without the Docker types the registry answers
+        // with a schema1 conversion of another digest.
+        .header(
+            "accept",
+            "application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json, \
+             application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    let manifest = manifest.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Gateway-capable, with an identity that wins the election of the
+    // lab's release over the lab node: it refuses the release and must be
+    // passed over (elected, it once left the lab waiting 120 s in CI).
+    closed_identity_ranked_first(dirs[1].path(), &manifest, &lab_id);
     let closed = start_node(
         dirs[1].path(),
         "dir",
-        // Not gateway-capable: the election does not yet know which peers
-        // accepted a release, and a closed node elected gateway of the
-        // lab's release left it waiting (CI, 120 s; issue 13's election
-        // trust).
-        &["--bootstrap", &addr, "--swarm-key", swarm_key],
+        &["--gateway", "--bootstrap", &addr, "--swarm-key", swarm_key],
     )
     .await;
 
@@ -927,24 +970,8 @@ async fn a_node_without_a_trusted_key_refuses_every_release_and_says_how_to_trus
         plain.stdout
     );
 
-    // Through its own API: its identity and a stranger's key are refused
-    // (named by digest: this node does not resolve tags at the registry).
-    let manifest = reqwest::Client::new()
-        .head(format!(
-            "http://{}/v2/cli/app/manifests/closed",
-            registry.host()
-        ))
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .unwrap();
-    let by_digest = format!(
-        "{}/cli/app@{}",
-        registry.host(),
-        manifest.headers()["docker-content-digest"]
-            .to_str()
-            .unwrap()
-    );
+    // Through its own API: its identity and a stranger's key are refused.
+    let by_digest = format!("{}/cli/app@{manifest}", registry.host());
     for key in [None, Some(stranger)] {
         let mut args = vec!["deploy", by_digest.as_str(), "--api", closed.api.as_str()];
         if let Some(k) = key {

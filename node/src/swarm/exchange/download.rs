@@ -438,6 +438,132 @@ pub(super) async fn fill_map<S: ChunkStore>(
     Ok(false)
 }
 
+/// Whether `peer` backs a claim that it holds `blob` (of `size` bytes)
+/// complete: it serves a chunk map of that size and, on the same stream,
+/// one chunk picked at random that matches the map. Nothing is stored. A
+/// map of another size or a chunk that contradicts the peer's own map is
+/// a lie: the peer is penalised.
+pub(super) async fn probe_holder<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    peer: PeerId,
+    blob: Digest,
+    size: u64,
+) -> bool {
+    match probe(inner, peer, blob, size).await {
+        Ok(holds) => holds,
+        Err(e) => {
+            if e.is_violation() {
+                penalise(inner, peer, &e.to_string());
+            }
+            false
+        }
+    }
+}
+
+async fn probe<S: ChunkStore>(
+    inner: &Inner<S>,
+    peer: PeerId,
+    blob: Digest,
+    size: u64,
+) -> Result<bool, FrameError> {
+    let mut control = inner.control.clone();
+    let stream = control
+        .open_stream(peer, inner.protocols.chunks.clone())
+        .await
+        .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
+    let mut stream = super::counted(inner, stream);
+    let hello = StreamMessage::Hello(Hello {
+        protocol_version: wire::STREAM_VERSION,
+        blobs: vec![blob],
+    });
+    frame::write_message(&mut stream, &hello, &[]).await?;
+    let req = StreamMessage::ChunkMapRequest(ChunkMapRequest {
+        request_id: 1,
+        blob,
+    });
+    frame::write_message(&mut stream, &req, &[]).await?;
+    stream.flush().await?;
+    let map = loop {
+        match frame::read_message(&mut stream).await? {
+            StreamMessage::Hello(_) | StreamMessage::Bitfield(_) | StreamMessage::Have(_) => {}
+            StreamMessage::ChunkMapResponse(resp) if resp.request_id == 1 && resp.blob == blob => {
+                let ChunkStatus::Ok { len } = resp.status else {
+                    return Ok(false);
+                };
+                if len > MAX_CHUNK_MAP_BYTES as u64 {
+                    return Err(FrameError::violation("oversize chunk map"));
+                }
+                let mut body = vec![0u8; len as usize];
+                stream.read_exact(&mut body).await?;
+                break ChunkMap::decode(&body).map_err(|e| FrameError::violation(e.to_string()))?;
+            }
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} while awaiting a chunk map",
+                    other.kind()
+                )))
+            }
+        }
+    };
+    if map.blob_size() != size {
+        return Err(FrameError::violation(format!(
+            "claims {blob} complete with a map of {} bytes; its descriptor says {size}",
+            map.blob_size()
+        )));
+    }
+    if map.chunk_count() == 0 {
+        return Ok(true);
+    }
+    let index = rand::random::<u32>() % map.chunk_count();
+    let expected = map
+        .digest(index)
+        .map_err(|e| FrameError::violation(e.to_string()))?;
+    let range = map
+        .chunk_range(index)
+        .map_err(|e| FrameError::violation(e.to_string()))?;
+    let req = StreamMessage::ChunkRequest(wire::ChunkRequest {
+        request_id: 2,
+        blob,
+        index,
+    });
+    frame::write_message(&mut stream, &req, &[]).await?;
+    stream.flush().await?;
+    loop {
+        match frame::read_message(&mut stream).await? {
+            StreamMessage::Hello(_) | StreamMessage::Bitfield(_) | StreamMessage::Have(_) => {}
+            StreamMessage::ChunkResponse(resp) if resp.request_id == 2 => {
+                let ChunkStatus::Ok { len } = resp.status else {
+                    // Not held, or busy: the claim is not backed now.
+                    return Ok(false);
+                };
+                if len != range.end - range.start {
+                    return Err(FrameError::violation(format!(
+                        "chunk {index} of {blob} is {len} bytes; its map says {}",
+                        range.end - range.start
+                    )));
+                }
+                let mut body = vec![0u8; len as usize];
+                stream.read_exact(&mut body).await?;
+                let got = tokio::task::spawn_blocking(move || Digest::of(&body))
+                    .await
+                    .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
+                if got != expected {
+                    return Err(FrameError::violation(format!(
+                        "chunk {index} of {blob} contradicts the map it served"
+                    )));
+                }
+                return Ok(true);
+            }
+            other => {
+                return Err(FrameError::violation(format!(
+                    "unexpected message kind {} while awaiting a chunk",
+                    other.kind()
+                )))
+            }
+        }
+    }
+}
+
 async fn ask_for_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,

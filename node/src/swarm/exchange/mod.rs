@@ -81,6 +81,9 @@ pub(crate) trait Fetch: Send + Sync {
     /// Asks `peers` for `blob`'s complete chunk map and stores it; true
     /// once the store knows every digest.
     fn fill_map(&self, blob: Digest, peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>>;
+    /// Whether `peer` serves a chunk map of `blob` of `size` bytes and a
+    /// random chunk matching it (storing nothing).
+    fn probe_holder(&self, peer: PeerId, blob: Digest, size: u64) -> BoxFut<bool>;
 }
 
 /// The exchange of a peer without a store (the bootstrap peer).
@@ -89,6 +92,10 @@ pub(crate) struct NoStore;
 impl Fetch for NoStore {
     fn fill_map(&self, _blob: Digest, _peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>> {
         Box::pin(async { Ok(false) })
+    }
+
+    fn probe_holder(&self, _peer: PeerId, _blob: Digest, _size: u64) -> BoxFut<bool> {
+        Box::pin(async { false })
     }
 
     fn fetch(&self, _blob: Digest, _map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {
@@ -305,6 +312,11 @@ impl<S: ChunkStore> Fetch for Exchange<S> {
     fn fill_map(&self, blob: Digest, peers: Vec<PeerId>) -> BoxFut<Result<bool, SwarmError>> {
         let inner = self.inner.clone();
         Box::pin(async move { download::fill_map(&inner, blob, peers).await })
+    }
+
+    fn probe_holder(&self, peer: PeerId, blob: Digest, size: u64) -> BoxFut<bool> {
+        let inner = self.inner.clone();
+        Box::pin(async move { download::probe_holder(&inner, peer, blob, size).await })
     }
 
     fn fetch(&self, blob: Digest, map: Option<ChunkMap>) -> BoxFut<Result<(), SwarmError>> {

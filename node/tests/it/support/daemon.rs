@@ -40,6 +40,7 @@ pub(crate) fn config(
         // Tests that are about something else than trust deploy with the
         // node's own identity.
         allow_any_publisher: true,
+        trusted_gateways: Vec::new(),
         labels: Default::default(),
         chunk_size: ChunkSize::new(256 << 10).unwrap(),
         keep_versions: 2,
@@ -58,6 +59,17 @@ pub(crate) struct Locality {
 
 impl Locality {
     pub(crate) async fn start(name: &str, gateways: usize, nodes: usize) -> Locality {
+        Locality::start_with(name, nodes, |i, c| c.gateway = i < gateways).await
+    }
+
+    /// A locality of `nodes` daemons, none gateway-capable until `adjust`
+    /// (called with each node's index and configuration before it starts,
+    /// in order) says so; all bootstrap from the first.
+    pub(crate) async fn start_with(
+        name: &str,
+        nodes: usize,
+        mut adjust: impl FnMut(usize, &mut DaemonConfig),
+    ) -> Locality {
         let dirs: Vec<_> = (0..nodes).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut daemons: Vec<Daemon> = Vec::new();
         let mut tasks = Vec::new();
@@ -66,9 +78,9 @@ impl Locality {
                 Some(first) => vec![first.swarm().listen_addrs().await.unwrap()[0].clone()],
                 None => vec![],
             };
-            let (d, task) = Daemon::start(config(dir.path(), name, i < gateways, bootstrap))
-                .await
-                .unwrap();
+            let mut config = config(dir.path(), name, false, bootstrap);
+            adjust(i, &mut config);
+            let (d, task) = Daemon::start(config).await.unwrap();
             daemons.push(d);
             tasks.push(task);
         }
