@@ -106,6 +106,15 @@ impl Relay {
         }
         (out, st.outcome)
     }
+
+    /// Whether the rest of the chunk from `offset` must come from the
+    /// store: it verified, but it was wanted only after the session had
+    /// read it all (a small chunk, a late requester), so no more bytes
+    /// will be copied here.
+    pub(super) fn rest_in_store(&self, offset: usize) -> bool {
+        let st = lock(&self.state);
+        st.outcome == Outcome::Verified && st.copied <= offset && offset < self.len
+    }
 }
 
 /// The writing end, held by the session reading the chunk: it copies what
@@ -267,6 +276,20 @@ mod tests {
             relays.get(&blob(), 3).is_none(),
             "done relays leave the map"
         );
+    }
+
+    #[test]
+    fn a_relay_wanted_after_the_last_read_sends_the_rest_from_the_store() {
+        let relays = Relays::new();
+        let w = relays.begin(blob(), 1, 6).unwrap();
+        let r = relays.get(&blob(), 1).unwrap();
+        // The session read the whole chunk before anyone wanted it.
+        w.progress(b"abcdef");
+        let _rx = r.want();
+        assert!(!r.rest_in_store(0), "not verified yet: wait");
+        w.verified();
+        assert_eq!(r.sendable(0), (Vec::new(), Outcome::Verified));
+        assert!(r.rest_in_store(0), "nothing will be copied any more");
     }
 
     #[test]

@@ -216,7 +216,7 @@ async fn serve_stream<S: ChunkStore>(
                             }
                             let relay = inner.relays.get(&blob, index).filter(|_| relay_ok && !inner.corrupt_uploads);
                             match relay {
-                                Some(relay) => serve_relay(inner, peer, &mut w, request_id, relay, &cancelled).await?,
+                                Some(relay) => serve_relay(inner, peer, &mut w, request_id, (blob, index), relay, &cancelled).await?,
                                 None => serve_chunk(inner, peer, &mut w, request_id, blob, index).await?,
                             }
                         }
@@ -487,6 +487,7 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     peer: PeerId,
     w: &mut W,
     request_id: u64,
+    (blob, index): (Digest, u32),
     relay: Arc<Relay>,
     cancelled: &std::sync::Mutex<HashSet<u64>>,
 ) -> Result<(), FrameError> {
@@ -514,11 +515,22 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     let mut sent = 0usize;
     loop {
         changed.borrow_and_update();
-        let (pieces, outcome) = relay.sendable(sent);
+        let (mut pieces, outcome) = relay.sendable(sent);
         if outcome == RelayOutcome::Failed || lock(cancelled).contains(&request_id) {
             w.write_all(&wire::RELAY_ABORT.to_be_bytes()).await?;
             debug!(%peer, request_id, "relay aborted");
             return Ok(());
+        }
+        if pieces.is_empty() && relay.rest_in_store(sent) {
+            // Wanted only after the session had read it all: the verified
+            // chunk is in the store now.
+            match inner.store.read_chunk(blob, index).await {
+                Ok(bytes) if bytes.len() == len => pieces = vec![bytes.slice(sent..)],
+                _ => {
+                    w.write_all(&wire::RELAY_ABORT.to_be_bytes()).await?;
+                    return Ok(());
+                }
+            }
         }
         for piece in &pieces {
             for part in piece.chunks(most) {
