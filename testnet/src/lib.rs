@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cgroup;
 mod cmd;
 pub mod counters;
 pub mod error;

@@ -74,6 +74,58 @@ pub fn tx_done_seconds(series: &Series, label: &str, fraction: f64) -> Option<f6
     Some(last.t_s - first.t_s)
 }
 
+/// The rate in Mbit/s at which a cumulative byte counter rose between the
+/// moments it reached `lo` and `hi` (fractions) of its total rise, from
+/// `(t_s, bytes)` samples in time order, interpolated between samples;
+/// `None` if it rose by less than `min_bytes` or the window is empty.
+///
+/// The middle of a transfer is its steady rate: the start (connection
+/// set-up, manifest and chunk-map round trips) and the tail (the last
+/// chunks, teardown) say nothing about whether the link is filled.
+pub fn window_rate_mbit(samples: &[(f64, u64)], lo: f64, hi: f64, min_bytes: u64) -> Option<f64> {
+    let (first, last) = (samples.first()?, samples.last()?);
+    let total = last.1.checked_sub(first.1)?;
+    if total < min_bytes.max(1) || !(0.0..hi).contains(&lo) || hi > 1.0 {
+        return None;
+    }
+    let at = |fraction: f64| -> Option<f64> {
+        let threshold = first.1 as f64 + fraction * total as f64;
+        samples.windows(2).find_map(|w| {
+            let ((ta, ya), (tb, yb)) = ((w[0].0, w[0].1 as f64), (w[1].0, w[1].1 as f64));
+            (yb >= threshold && yb > ya)
+                .then(|| ta + ((threshold - ya) / (yb - ya)).clamp(0.0, 1.0) * (tb - ta))
+        })
+    };
+    let (t_lo, t_hi) = (at(lo)?, at(hi)?);
+    (t_hi > t_lo).then(|| (hi - lo) * total as f64 * 8.0 / (t_hi - t_lo) / 1e6)
+}
+
+/// [`window_rate_mbit`] of probe `label`'s receive (`rx`) or send counter
+/// in `series`.
+pub fn series_rate_mbit(
+    series: &Series,
+    label: &str,
+    rx: bool,
+    lo: f64,
+    hi: f64,
+    min_bytes: u64,
+) -> Option<f64> {
+    let samples: Vec<(f64, u64)> = series
+        .of(label)
+        .map(|s| {
+            (
+                s.t_s,
+                if rx {
+                    s.counters.rx_bytes
+                } else {
+                    s.counters.tx_bytes
+                },
+            )
+        })
+        .collect();
+    window_rate_mbit(&samples, lo, hi, min_bytes)
+}
+
 /// Bytes into and out of each node over its link, by node index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LinkBytes {
@@ -359,5 +411,24 @@ edgeswarm_odd{a="x} y"} 2.5
             Some(77.0)
         );
         assert_eq!(metric(&m, "edgeswarm_missing", &[]), None);
+    }
+
+    #[test]
+    fn window_rate_is_the_steady_middle_of_a_transfer() {
+        // 1 s of nothing, then 12.5 MB/s (100 Mbit/s) for 4 s, then idle.
+        let samples: Vec<(f64, u64)> = (0..=70)
+            .map(|i| {
+                let t = i as f64 * 0.1;
+                let b = ((t - 1.0).clamp(0.0, 4.0) * 12_500_000.0) as u64;
+                (t, b)
+            })
+            .collect();
+        let r = window_rate_mbit(&samples, 0.05, 0.95, 1).unwrap();
+        assert!((r - 100.0).abs() < 0.5, "{r}");
+        // The mean over the whole 7 s would be far lower.
+        assert!(window_rate_mbit(&samples, 0.0, 1.0, 1).unwrap() > 99.0);
+        assert_eq!(window_rate_mbit(&samples, 0.05, 0.95, 60_000_000), None);
+        assert_eq!(window_rate_mbit(&samples[..1], 0.05, 0.95, 1), None);
+        assert_eq!(window_rate_mbit(&samples, 0.95, 0.05, 1), None);
     }
 }
