@@ -237,8 +237,7 @@ pub(crate) fn budget_cmd(a: BudgetArgs) -> Result<()> {
     let plans = plan(&a.sizes, &roles, &imports, !a.no_relay);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let out = std::path::absolute(&a.out)?;
-    let registry_root = out.join("registry/storage");
-    std::fs::create_dir_all(&registry_root)?;
+    std::fs::create_dir_all(out.join("registry/storage"))?;
     let shaping = Shaping {
         cloud_rate: a.cloud_rate,
         node_rate: a.node_rate,
@@ -257,103 +256,26 @@ pub(crate) fn budget_cmd(a: BudgetArgs) -> Result<()> {
     let mut images: Vec<TestImage> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::new();
     for p in &plans {
-        let (topo, mut reg) = locality(
-            "budget",
-            p.nodes(),
+        match run_one(
+            &a,
+            &tools,
+            budget,
+            &hierarchy,
             shaping,
-            &registry_root,
-            &out.join("registry"),
-        )?;
-        if images.is_empty() {
-            eprintln!("   building and pushing the {:?} MB images", a.sizes);
-            images = experiment::push_images(
-                &topo,
-                &tools,
-                &reg.host(),
-                &a.sizes,
-                false,
-                a.layout,
-                &out,
-            )?;
-            print_images(&images);
-        }
-        let image = images
-            .iter()
-            .find(|i| i.nominal_mb == p.size_mb && i.tag == "v1")
-            .with_context(|| format!("no {} MB image was pushed", p.size_mb))?
-            .clone();
-        if p.import == "docker" {
-            remove_from_docker(&image.reference)?;
-        }
-        let cgroup = Cgroup::create(&hierarchy, "edgeswarm-budget", budget)?;
-        let spec = RunSpec {
-            image: image.reference.clone(),
-            work: out.join(p.label()),
-            timeout: Duration::from_secs(a.timeout),
-            sample_interval: Duration::from_millis(100),
-            rust_log: a.node_log.clone(),
-            chunk_size: None,
-            pace_percent: experiment::DEFAULT_PACE_PERCENT,
-            keep_data: false,
-            import: p.import.to_string(),
-            registry_pid: Some(reg.process().pid()),
-            image_bytes: image.layer_bytes,
-            watch_slow: Duration::from_millis(500),
-            budgeted: Some((p.role.subject(), cgroup.procs_files())),
-        };
-        let peaks = PeakWatch::start(&cgroup, Duration::from_millis(100));
-        let mut at_deploy: Option<Usage> = None;
-        let r = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &spec, &mut |pr| {
-            if let Progress::Ready { .. } = pr {
-                at_deploy = cgroup.usage().ok();
+            &out,
+            p,
+            &mut images,
+        ) {
+            Ok(o) => {
+                eprintln!("   {}", line(&o, &outcomes));
+                outcomes.push(o);
             }
-        })
-        .with_context(|| format!("run {}", p.label()))?;
-        let usage = cgroup.usage()?.since(&at_deploy.unwrap_or_default());
-        let (vm_hwm, anon_peak) = peaks.stop();
-        drop(cgroup);
-        let s = p.role.subject();
-        let node = &r.per_node[s];
-        let usable = match p.import {
-            "docker" => {
-                let ok = docker(&["run", "--rm", "--pull", "never", &image.reference]).is_ok();
-                remove_from_docker(&image.reference)?;
-                ok
-            }
-            _ => node.verified,
-        };
-        let label = format!("n0-{s}");
-        let o = Outcome {
-            plan: *p,
-            image_bytes: image.layer_bytes,
-            seconds: node.seconds,
-            rx_bytes: node.link.into_node,
-            tx_bytes: node.link.from_node,
-            rx_mbit: measure::series_rate_mbit(
-                &r.series,
-                &label,
-                true,
-                RATE_WINDOW.0,
-                RATE_WINDOW.1,
-                1,
-            ),
-            tx_mbit: measure::series_rate_mbit(
-                &r.series,
-                &label,
-                false,
-                RATE_WINDOW.0,
-                RATE_WINDOW.1,
-                MIN_RELAY_BYTES,
-            ),
-            usage,
-            vm_hwm,
-            anon_peak,
-            usable,
-        };
-        eprintln!("   {}", line(&o, &outcomes));
-        outcomes.push(o);
-        drop(reg);
-        topo.down()?;
+            // One failed run (a timeout, a node exiting) costs its figures,
+            // not the others'.
+            Err(e) => eprintln!("   {} FAILED: {e:#}", p.label()),
+        }
+        // Written after every run: a benchmark cut short keeps its figures.
+        std::fs::write(out.join("budget.csv"), csv(&outcomes))?;
     }
     let summary = summary(&a, budget, &hierarchy, &images, &outcomes);
     println!("{summary}");
@@ -361,6 +283,152 @@ pub(crate) fn budget_cmd(a: BudgetArgs) -> Result<()> {
     std::fs::write(out.join("budget.csv"), csv(&outcomes))?;
     eprintln!("wrote {}/summary.md and budget.csv", out.display());
     Ok(())
+}
+
+/// One run: a fresh locality and budget cgroup, the deploy, the figures.
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    a: &BudgetArgs,
+    tools: &experiment::Tools,
+    budget: Budget,
+    hierarchy: &Hierarchy,
+    shaping: Shaping,
+    out: &std::path::Path,
+    p: &Plan,
+    images: &mut Vec<TestImage>,
+) -> Result<Outcome> {
+    let (topo, mut reg) = locality(
+        "budget",
+        p.nodes(),
+        shaping,
+        &out.join("registry/storage"),
+        &out.join("registry"),
+    )?;
+    if images.is_empty() {
+        eprintln!("   building and pushing the {:?} MB images", a.sizes);
+        *images =
+            experiment::push_images(&topo, tools, &reg.host(), &a.sizes, false, a.layout, out)?;
+        print_images(images);
+    }
+    let image = images
+        .iter()
+        .find(|i| i.nominal_mb == p.size_mb && i.tag == "v1")
+        .with_context(|| format!("no {} MB image was pushed", p.size_mb))?
+        .clone();
+    if p.import == "docker" {
+        remove_from_docker(&image.reference)?;
+    }
+    let cgroup = Cgroup::create(hierarchy, "edgeswarm-budget", budget)?;
+    let spec = RunSpec {
+        image: image.reference.clone(),
+        work: out.join(p.label()),
+        timeout: Duration::from_secs(a.timeout),
+        sample_interval: Duration::from_millis(100),
+        rust_log: a.node_log.clone(),
+        chunk_size: None,
+        pace_percent: experiment::DEFAULT_PACE_PERCENT,
+        keep_data: false,
+        import: p.import.to_string(),
+        registry_pid: Some(reg.process().pid()),
+        image_bytes: image.layer_bytes,
+        watch_slow: Duration::from_millis(500),
+        budgeted: Some((p.role.subject(), cgroup.procs_files())),
+    };
+    let peaks = PeakWatch::start(&cgroup, Duration::from_millis(100));
+    let mut at_deploy: Option<Usage> = None;
+    let mut profiler: Option<Profiler> = None;
+    let perf_out = out.join(format!("{}.perf.data", p.label()));
+    let r = experiment::run_edgeswarm(&topo, tools, &reg.host(), &spec, &mut |pr| {
+        if let Progress::Ready { .. } = pr {
+            at_deploy = cgroup.usage().ok();
+            if a.perf {
+                profiler = cgroup
+                    .pids()
+                    .first()
+                    .and_then(|&pid| Profiler::start(pid, &perf_out).ok());
+            }
+        }
+    })
+    .with_context(|| format!("run {}", p.label()))?;
+    let usage = cgroup.usage()?.since(&at_deploy.unwrap_or_default());
+    let (vm_hwm, anon_peak) = peaks.stop();
+    drop(profiler);
+    drop(cgroup);
+    let s = p.role.subject();
+    let node = &r.per_node[s];
+    let usable = match p.import {
+        "docker" => {
+            let ok = docker(&["run", "--rm", "--pull", "never", &image.reference]).is_ok();
+            remove_from_docker(&image.reference)?;
+            ok
+        }
+        _ => node.verified,
+    };
+    let label = format!("n0-{s}");
+    let o = Outcome {
+        plan: *p,
+        image_bytes: image.layer_bytes,
+        seconds: node.seconds,
+        rx_bytes: node.link.into_node,
+        tx_bytes: node.link.from_node,
+        rx_mbit: measure::series_rate_mbit(
+            &r.series,
+            &label,
+            true,
+            RATE_WINDOW.0,
+            RATE_WINDOW.1,
+            1,
+        ),
+        tx_mbit: measure::series_rate_mbit(
+            &r.series,
+            &label,
+            false,
+            RATE_WINDOW.0,
+            RATE_WINDOW.1,
+            MIN_RELAY_BYTES,
+        ),
+        usage,
+        vm_hwm,
+        anon_peak,
+        usable,
+    };
+    drop(reg);
+    topo.down()?;
+    Ok(o)
+}
+
+/// `perf record` of one process (call graphs), stopped on drop.
+struct Profiler(std::process::Child);
+
+impl Profiler {
+    fn start(pid: u32, out: &std::path::Path) -> Result<Profiler> {
+        let child = Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(out)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting perf record (apt-get install linux-perf)")?;
+        Ok(Profiler(child))
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        // perf writes its file on SIGINT (its target may be gone already).
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn mib(b: u64) -> f64 {

@@ -55,7 +55,7 @@ impl Budget {
     /// `cores` of CPU (0.25: a quarter of one core) and `memory_bytes`.
     pub fn new(cores: f64, memory_bytes: u64) -> Result<Budget> {
         // The kernel refuses quotas under 1 ms.
-        if !(cores.is_finite() && cores >= 0.01 && cores <= 1024.0) {
+        if !(0.01..=1024.0).contains(&cores) {
             return Err(TestnetError::InvalidSpec(format!(
                 "CPU budget {cores} cores: use 0.01 to 1024"
             )));

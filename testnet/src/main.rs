@@ -434,6 +434,11 @@ struct BudgetArgs {
     /// Seconds before one run is abandoned.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Record the budgeted node of each run with `perf record -g` from the
+    /// deploy on, to OUT/<run>.perf.data (the samples cost the node a
+    /// little CPU: keep such runs apart from the figures) [default: off].
+    #[arg(long)]
+    perf: bool,
 }
 
 /// Tiny network probes, so tests need no extra tools inside namespaces.
