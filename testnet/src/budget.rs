@@ -47,6 +47,9 @@ const RATE_WINDOW: (f64, f64) = (0.05, 0.95);
 /// Below this many bytes sent, a node relayed nothing worth a rate.
 const MIN_RELAY_BYTES: u64 = 2_000_000;
 
+/// An interval carrying less than this is a pause, not a slow receiver.
+const ACTIVE_FLOOR_MBIT: f64 = 10.0;
+
 /// The issue's targets.
 const TARGET_RX_MBIT: f64 = 90.0;
 const TARGET_RSS_BYTES: u64 = 64 << 20;
@@ -158,6 +161,9 @@ pub(crate) struct Outcome {
     tx_bytes: u64,
     rx_mbit: Option<f64>,
     tx_mbit: Option<f64>,
+    /// Receive rate over the 100 ms intervals that carried at least
+    /// [`ACTIVE_FLOOR_MBIT`]: whether the node kept up while bytes came.
+    rx_active_mbit: Option<f64>,
     usage: Usage,
     vm_hwm: u64,
     anon_peak: u64,
@@ -387,6 +393,10 @@ fn run_one(
             RATE_WINDOW.1,
             MIN_RELAY_BYTES,
         ),
+        rx_active_mbit: measure::active_rate_mbit(
+            &measure::series_samples(&r.series, &label, true),
+            ACTIVE_FLOOR_MBIT,
+        ),
         usage,
         vm_hwm,
         anon_peak,
@@ -443,11 +453,12 @@ fn line(o: &Outcome, before: &[Outcome]) -> String {
     let relay =
         cpu_per_gb_relayed(o, before).map_or(String::new(), |r| format!("  relay {r:.1} s/GB"));
     format!(
-        "{:<26} {:>6} s  rx {:>5} Mbit/s  tx {:>5} Mbit/s  cpu {:>5.2} s (throttled {:>5.1} s, \
+        "{:<26} {:>6} s  rx {:>5} Mbit/s (active {:>5})  tx {:>5} Mbit/s  cpu {:>5.2} s (throttled {:>5.1} s, \
          {} s/GB rx){relay}  VmHWM {:.1} MiB  anon {:.1} MiB  cgroup {:.1} MiB  usable {}",
         o.plan.label(),
         opt(o.seconds, 2),
         opt(o.rx_mbit, 1),
+        opt(o.rx_active_mbit, 1),
         opt(o.tx_mbit, 1),
         o.usage.cpu_seconds,
         o.usage.throttled_seconds,
@@ -462,14 +473,14 @@ fn line(o: &Outcome, before: &[Outcome]) -> String {
 /// The results CSV: one row per run.
 pub(crate) fn csv(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
-        "size_mb,role,shape,import,image_bytes,seconds,rx_bytes,tx_bytes,rx_mbit_s,tx_mbit_s,\
+        "size_mb,role,shape,import,image_bytes,seconds,rx_bytes,tx_bytes,rx_mbit_s,rx_active_mbit_s,tx_mbit_s,\
          cpu_seconds,throttled_seconds,cpu_s_per_gb_rx,cpu_s_per_gb_relayed,vm_hwm_bytes,\
          anon_peak_bytes,cgroup_peak_bytes,usable\n",
     );
     let f = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or_default();
     for o in outcomes {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{},{}\n",
             o.plan.size_mb,
             o.plan.role.name(),
             if o.plan.relay { "relay" } else { "leaf" },
@@ -479,6 +490,7 @@ pub(crate) fn csv(outcomes: &[Outcome]) -> String {
             o.rx_bytes,
             o.tx_bytes,
             f(o.rx_mbit),
+            f(o.rx_active_mbit),
             f(o.tx_mbit),
             o.usage.cpu_seconds,
             o.usage.throttled_seconds,
@@ -504,13 +516,14 @@ fn summary(
         "# Device budget: {:.2} cores, {} MiB (cgroup {})\n\n\
          - links: cloud {}, nodes {} (tc tbf, {} ms queue); uploads paced at {} %\n\
          - images: {}\n\
-         - rates: Mbit/s over the budgeted node's link between {:.0} % and {:.0} % of its bytes\n\
+         - rates: Mbit/s over the budgeted node's link between {:.0} % and {:.0} % of its bytes; \
+           `rx active`: over the 100 ms intervals carrying >= {ACTIVE_FLOOR_MBIT} Mbit/s (pauses left out)\n\
          - CPU: the budget cgroup's, deploy to the end of the run; `relay s/GB`: beyond the leaf \
            run's cost per GB received\n\
          - VmHWM: the node's peak resident set; cgroup: the cgroup's peak, page cache included\n\
          - the `docker` sink's dockerd runs outside the budget\n\n\
-         | run | usable after s | rx Mbit/s | tx Mbit/s | CPU s | throttled s | CPU s/GB rx | CPU s/GB relayed | VmHWM MiB | anon MiB | cgroup MiB | usable |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | run | usable after s | rx Mbit/s | rx active Mbit/s | tx Mbit/s | CPU s | throttled s | CPU s/GB rx | CPU s/GB relayed | VmHWM MiB | anon MiB | cgroup MiB | usable |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         budget.cores(),
         budget.memory_bytes >> 20,
         hierarchy.version(),
@@ -528,10 +541,11 @@ fn summary(
     );
     for o in outcomes {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} |\n",
             o.plan.label(),
             opt(o.seconds, 2),
             opt(o.rx_mbit, 1),
+            opt(o.rx_active_mbit, 1),
             opt(o.tx_mbit, 1),
             o.usage.cpu_seconds,
             o.usage.throttled_seconds,
@@ -626,6 +640,7 @@ mod tests {
             tx_bytes: tx,
             rx_mbit: None,
             tx_mbit: None,
+            rx_active_mbit: None,
             usage: Usage {
                 cpu_seconds: cpu,
                 ..Usage::default()
