@@ -364,7 +364,19 @@ fn run_one(
     let node = &r.per_node[s];
     let usable = match p.import {
         "docker" => {
-            let ok = docker(&["run", "--rm", "--pull", "never", &image.reference]).is_ok();
+            // No network: the image needs none, and a container endpoint on
+            // docker0 is not what is measured (it failed here once while
+            // the testnet's namespaces came and went).
+            let ok = docker(&[
+                "run",
+                "--rm",
+                "--pull",
+                "never",
+                "--network",
+                "none",
+                &image.reference,
+            ])
+            .is_ok();
             remove_from_docker(&image.reference)?;
             ok
         }
