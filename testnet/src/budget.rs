@@ -180,6 +180,9 @@ impl Outcome {
 /// in the leaf run of the same size, role and sink: `None` without such a
 /// leaf run or without relayed bytes.
 pub(crate) fn cpu_per_gb_relayed(relay: &Outcome, all: &[Outcome]) -> Option<f64> {
+    if !relay.plan.relay {
+        return None;
+    }
     let leaf = all.iter().find(|o| {
         !o.plan.relay
             && o.plan.size_mb == relay.plan.size_mb
@@ -673,8 +676,10 @@ mod tests {
         let all = [leaf, relay.clone()];
         let r = cpu_per_gb_relayed(&relay, &all).unwrap();
         assert!((r - 8.0).abs() < 1e-9, "{r}");
-        // Without its leaf run, or without bytes relayed: no figure.
+        // Without its leaf run, or without bytes relayed: no figure; nor
+        // for a leaf run (its few bytes out are acks and requests).
         assert_eq!(cpu_per_gb_relayed(&relay, &all[1..]), None);
+        assert_eq!(cpu_per_gb_relayed(&all[0], &all), None);
         let idle = outcome(true, 5.0, 500_000_000, 1000);
         assert_eq!(cpu_per_gb_relayed(&idle, &all), None);
     }
