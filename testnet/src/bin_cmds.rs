@@ -309,6 +309,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             registry_pid: Some(reg.process().pid()),
             image_bytes: img.layer_bytes,
             watch_slow: Duration::from_millis(a.watch_slow_ms),
+            budgeted: None,
         };
         for m in &methods {
             let r = match m {
@@ -454,6 +455,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         registry_pid: None,
         image_bytes: img.layer_bytes,
         watch_slow: Duration::from_millis(500),
+        budgeted: None,
     };
     let mut last_print: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
     let started = Instant::now();

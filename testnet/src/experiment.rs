@@ -96,6 +96,10 @@ pub struct RunSpec {
     /// The watcher's poll interval while a node cannot finish before the
     /// next poll (100 ms gives the old fixed polling, for comparison).
     pub watch_slow: Duration,
+    /// Runs one node inside a device budget: `(node index, the budget
+    /// cgroup's cgroup.procs files)` ([`crate::cgroup::Cgroup`]); `None`:
+    /// no node is budgeted.
+    pub budgeted: Option<(usize, Vec<PathBuf>)>,
 }
 
 /// Which provisioning method a result is for.
@@ -580,6 +584,11 @@ fn node_spec(
     }
     if let Some(rate) = upload_pace(node_rate, spec.pace_percent) {
         s = s.args(["--max-upload-rate".to_string(), rate.to_string()]);
+    }
+    if let Some((i, procs)) = &spec.budgeted {
+        if *i == index {
+            s = s.cgroup(procs.clone());
+        }
     }
     (s, data)
 }

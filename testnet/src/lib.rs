@@ -21,6 +21,9 @@
 //!   metrics of a run.
 //! - [`watch`]: polling nodes' APIs from inside the testnet.
 //! - [`report`]: results CSV, Markdown summary and SVG figures.
+//! - [`cgroup`]: a device budget (CPU quota, memory limit) for one process
+//!   in a cgroup of its own, v1 or v2, and what it used (issue 15's
+//!   `budget` command).
 //!
 //! # Goals
 //! Real TCP/IP between real processes over links with the paper's rate
@@ -51,6 +54,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cgroup;
 mod cmd;
 pub mod counters;
 pub mod error;

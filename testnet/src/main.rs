@@ -6,6 +6,7 @@
 //! `images`, `experiment` and `demo` (in `bin_cmds`) run edgeswarm on it.
 
 mod bin_cmds;
+mod budget;
 mod pull_bench;
 
 use std::path::PathBuf;
@@ -96,6 +97,11 @@ enum Cmd {
     /// One node (its own gateway, importing into Docker) against a stock
     /// `docker pull` of the same image over the same kind of shaped link.
     PullBench(PullBenchArgs),
+    /// Issue 15's device-budget benchmark: one node, and separately the
+    /// gateway, in a cgroup with a Raspberry-Pi-class budget (a quarter of
+    /// one core, 256 MiB) on 100 Mbit/s links; receive and relay rates,
+    /// CPU per GB, peak memory and time to a usable image per sink.
+    Budget(BudgetArgs),
     /// Helpers the experiment runs inside namespaces (hidden).
     #[command(subcommand, hide = true)]
     Helper(Helper),
@@ -378,6 +384,63 @@ struct PullBenchArgs {
     keep_data: bool,
 }
 
+#[derive(Debug, Args)]
+struct BudgetArgs {
+    /// Compressed image sizes in MB, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "50,500")]
+    sizes: Vec<u64>,
+    /// Which node is budgeted, comma-separated: `node` (fed by an
+    /// unbudgeted gateway) and/or `gateway` (pulling from the registry).
+    #[arg(long, value_delimiter = ',', default_value = "node,gateway")]
+    roles: Vec<String>,
+    /// Sinks of the leaf runs, comma-separated (none, dir, docker; docker
+    /// needs a running engine).
+    #[arg(long, value_delimiter = ',', default_value = "none,dir,docker")]
+    imports: Vec<String>,
+    /// Skip the relay run (`none`, an unbudgeted peer also fetching) of
+    /// each size and role [default: off: run it].
+    #[arg(long)]
+    no_relay: bool,
+    /// CPU budget in cores (0.25: a quarter of one core, cfs quota 25000
+    /// of 100000 us).
+    #[arg(long, default_value_t = 0.25)]
+    cpus: f64,
+    /// Memory budget in MiB (page cache included, as the kernel counts).
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// Rate of the cloud link.
+    #[arg(long, default_value = "200mbit")]
+    cloud_rate: Rate,
+    /// Rate of each node link.
+    #[arg(long, default_value = "100mbit")]
+    node_rate: Rate,
+    /// Queue of each shaper in milliseconds at its rate.
+    #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
+    queue_ms: u32,
+    /// How the test images' bytes spread over layers (base, single,
+    /// spread).
+    #[arg(long, default_value = "base")]
+    layout: edgeswarm_testnet::images::Layout,
+    /// Output directory (registry storage, per-run logs, budget.csv,
+    /// summary.md).
+    #[arg(long, default_value = "budget-out")]
+    out: PathBuf,
+    /// The `edgeswarm` binary [default: next to this binary, else on PATH].
+    #[arg(long)]
+    edgeswarm: Option<PathBuf>,
+    /// RUST_LOG of the nodes.
+    #[arg(long, default_value = "info,libp2p=warn")]
+    node_log: String,
+    /// Seconds before one run is abandoned.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Record the budgeted node of each run with `perf record -g` from the
+    /// deploy on, to OUT/<run>.perf.data (the samples cost the node a
+    /// little CPU: keep such runs apart from the figures) [default: off].
+    #[arg(long)]
+    perf: bool,
+}
+
 /// Tiny network probes, so tests need no extra tools inside namespaces.
 #[derive(Debug, Subcommand)]
 enum Probe {
@@ -637,6 +700,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Experiment(a) => experiment_cmd(a)?,
         Cmd::Demo(a) => demo_cmd(a)?,
         Cmd::PullBench(a) => pull_bench::pull_bench_cmd(a)?,
+        Cmd::Budget(a) => budget::budget_cmd(a)?,
         Cmd::Faults(a) => return faults_cmd(a),
         Cmd::Helper(h) => helper(h)?,
     }

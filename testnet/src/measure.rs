@@ -74,6 +74,93 @@ pub fn tx_done_seconds(series: &Series, label: &str, fraction: f64) -> Option<f6
     Some(last.t_s - first.t_s)
 }
 
+/// The rate in Mbit/s at which a cumulative byte counter rose between the
+/// moments it reached `lo` and `hi` (fractions) of its total rise, from
+/// `(t_s, bytes)` samples in time order, interpolated between samples;
+/// `None` if it rose by less than `min_bytes` or the window is empty.
+///
+/// The middle of a transfer is its steady rate: the start (connection
+/// set-up, manifest and chunk-map round trips) and the tail (the last
+/// chunks, teardown) say nothing about whether the link is filled.
+pub fn window_rate_mbit(samples: &[(f64, u64)], lo: f64, hi: f64, min_bytes: u64) -> Option<f64> {
+    let (first, last) = (samples.first()?, samples.last()?);
+    let total = last.1.checked_sub(first.1)?;
+    if total < min_bytes.max(1) || !(0.0..hi).contains(&lo) || hi > 1.0 {
+        return None;
+    }
+    let at = |fraction: f64| -> Option<f64> {
+        let threshold = first.1 as f64 + fraction * total as f64;
+        samples.windows(2).find_map(|w| {
+            let ((ta, ya), (tb, yb)) = ((w[0].0, w[0].1 as f64), (w[1].0, w[1].1 as f64));
+            (yb >= threshold && yb > ya)
+                .then(|| ta + ((threshold - ya) / (yb - ya)).clamp(0.0, 1.0) * (tb - ta))
+        })
+    };
+    let (t_lo, t_hi) = (at(lo)?, at(hi)?);
+    (t_hi > t_lo).then(|| (hi - lo) * total as f64 * 8.0 / (t_hi - t_lo) / 1e6)
+}
+
+/// The rate in Mbit/s while a counter was moving: its rise over the
+/// sampling intervals that carried at least `floor_mbit`, divided by their
+/// length; `None` if no interval did. Unlike [`window_rate_mbit`], a pause
+/// in the middle (a protocol wait, no bytes offered) does not count against
+/// it, so it tells whether the receiver kept up while bytes were offered.
+pub fn active_rate_mbit(samples: &[(f64, u64)], floor_mbit: f64) -> Option<f64> {
+    let (mut bytes, mut secs) = (0u64, 0.0f64);
+    for w in samples.windows(2) {
+        let (dt, db) = (w[1].0 - w[0].0, w[1].1.saturating_sub(w[0].1));
+        if dt > 0.0 && db as f64 * 8.0 / dt / 1e6 >= floor_mbit {
+            bytes += db;
+            secs += dt;
+        }
+    }
+    (secs > 0.0).then(|| bytes as f64 * 8.0 / secs / 1e6)
+}
+
+/// The `(t_s, bytes)` samples of probe `label`'s receive (`rx`) or send
+/// counter in `series`.
+pub fn series_samples(series: &Series, label: &str, rx: bool) -> Vec<(f64, u64)> {
+    series
+        .of(label)
+        .map(|s| {
+            (
+                s.t_s,
+                if rx {
+                    s.counters.rx_bytes
+                } else {
+                    s.counters.tx_bytes
+                },
+            )
+        })
+        .collect()
+}
+
+/// [`window_rate_mbit`] of probe `label`'s receive (`rx`) or send counter
+/// in `series`.
+pub fn series_rate_mbit(
+    series: &Series,
+    label: &str,
+    rx: bool,
+    lo: f64,
+    hi: f64,
+    min_bytes: u64,
+) -> Option<f64> {
+    let samples: Vec<(f64, u64)> = series
+        .of(label)
+        .map(|s| {
+            (
+                s.t_s,
+                if rx {
+                    s.counters.rx_bytes
+                } else {
+                    s.counters.tx_bytes
+                },
+            )
+        })
+        .collect();
+    window_rate_mbit(&samples, lo, hi, min_bytes)
+}
+
 /// Bytes into and out of each node over its link, by node index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LinkBytes {
@@ -359,5 +446,47 @@ edgeswarm_odd{a="x} y"} 2.5
             Some(77.0)
         );
         assert_eq!(metric(&m, "edgeswarm_missing", &[]), None);
+    }
+
+    #[test]
+    fn window_rate_is_the_steady_middle_of_a_transfer() {
+        // 1 s of nothing, then 12.5 MB/s (100 Mbit/s) for 4 s, then idle.
+        let samples: Vec<(f64, u64)> = (0..=70)
+            .map(|i| {
+                let t = i as f64 * 0.1;
+                let b = ((t - 1.0).clamp(0.0, 4.0) * 12_500_000.0) as u64;
+                (t, b)
+            })
+            .collect();
+        let r = window_rate_mbit(&samples, 0.05, 0.95, 1).unwrap();
+        assert!((r - 100.0).abs() < 0.5, "{r}");
+        // The mean over the whole 7 s would be far lower.
+        assert!(window_rate_mbit(&samples, 0.0, 1.0, 1).unwrap() > 99.0);
+        assert_eq!(window_rate_mbit(&samples, 0.05, 0.95, 60_000_000), None);
+        assert_eq!(window_rate_mbit(&samples[..1], 0.05, 0.95, 1), None);
+        assert_eq!(window_rate_mbit(&samples, 0.95, 0.05, 1), None);
+    }
+
+    #[test]
+    fn active_rate_leaves_out_pauses() {
+        // 2 s at 100 Mbit/s, a 3 s pause, 1 s at 50 Mbit/s, in 0.1 s steps.
+        let mut samples = vec![(0.0, 0u64)];
+        let mut b = 0u64;
+        for i in 1..=60 {
+            let t = i as f64 * 0.1;
+            b += match t {
+                t if t <= 2.0 + 1e-9 => 1_250_000,
+                t if t <= 5.0 + 1e-9 => 0,
+                _ => 625_000,
+            };
+            samples.push((t, b));
+        }
+        let r = active_rate_mbit(&samples, 10.0).unwrap();
+        // 25 MB + 6.25 MB over 3 s of movement.
+        assert!((r - 83.33).abs() < 0.1, "{r}");
+        // The window rate counts the pause.
+        assert!(window_rate_mbit(&samples, 0.05, 0.95, 1).unwrap() < 60.0);
+        assert_eq!(active_rate_mbit(&samples, 200.0), None);
+        assert_eq!(active_rate_mbit(&samples[..1], 1.0), None);
     }
 }

@@ -6,7 +6,7 @@
 //! the program's and the group holds its children. Termination sends TERM to
 //! the group, waits a grace period, then KILLs it.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,10 @@ pub struct SpawnSpec {
     /// Working directory, created if missing, also exported as
     /// `EDGESWARM_TESTNET_DATA_DIR`; `None` keeps the caller's.
     pub data_dir: Option<PathBuf>,
+    /// `cgroup.procs` files the process joins before it execs (a device
+    /// budget, [`crate::cgroup::Cgroup::procs_files`]); empty: the caller's
+    /// cgroups.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 impl SpawnSpec {
@@ -44,6 +48,7 @@ impl SpawnSpec {
             envs: Vec::new(),
             log: log.into(),
             data_dir: None,
+            cgroup_procs: Vec::new(),
         }
     }
 
@@ -74,6 +79,33 @@ impl SpawnSpec {
         self.data_dir = Some(dir.into());
         self
     }
+
+    /// Runs the process in the cgroup whose `cgroup.procs` files are
+    /// `procs` (joined before exec: everything it allocates is charged).
+    pub fn cgroup(mut self, procs: Vec<PathBuf>) -> Self {
+        self.cgroup_procs = procs;
+        self
+    }
+}
+
+/// A command that writes its own pid to each of `procs` (`cgroup.procs`
+/// files), then execs `program` with `args` under the same pid: the
+/// program starts inside the cgroup. The join happens in a shell, before
+/// `ip netns exec` (which mounts a fresh `/sys` and so hides
+/// `/sys/fs/cgroup`), and not in a `pre_exec` hook, where writing a file
+/// would allocate in a forked copy of a multi-threaded parent.
+pub fn in_cgroup_command(procs: &[PathBuf], program: &OsStr, args: &[OsString]) -> Command {
+    // Exit 97 if a join fails: running outside the budget would measure
+    // the wrong thing.
+    const JOIN: &str =
+        r#"while [ "$1" != "--" ]; do echo $$ > "$1" || exit 97; shift; done; shift; exec "$@""#;
+    let mut c = Command::new("sh");
+    c.args(["-c", JOIN, "sh"])
+        .args(procs)
+        .arg("--")
+        .arg(program)
+        .args(args);
+    c
 }
 
 /// A process running in a testnet namespace. Dropping the handle terminates
@@ -113,8 +145,15 @@ impl NetnsProcess {
         let log2 = log
             .try_clone()
             .map_err(|e| TestnetError::io("duplicating log handle", e))?;
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(&program).args(&spec.args);
+        let mut ip_args: Vec<OsString> = vec!["netns".into(), "exec".into(), ns.into(), program];
+        ip_args.extend(spec.args.iter().cloned());
+        let mut c = if spec.cgroup_procs.is_empty() {
+            let mut c = Command::new("ip");
+            c.args(&ip_args);
+            c
+        } else {
+            in_cgroup_command(&spec.cgroup_procs, OsStr::new("ip"), &ip_args)
+        };
         c.envs(spec.envs.iter().map(|(k, v)| (k, v)));
         c.env("EDGESWARM_TESTNET_NS", ns);
         if let Some(dir) = &spec.data_dir {

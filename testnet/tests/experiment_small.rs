@@ -67,6 +67,7 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         registry_pid: Some(reg.process().pid()),
         image_bytes: image.layer_bytes,
         watch_slow: Duration::from_millis(500),
+        budgeted: None,
     };
     let result = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &run, &mut |_| {})
         .unwrap_or_else(|e| panic!("edgeswarm run failed: {e}"));

@@ -35,9 +35,13 @@
 //! torn tail), **re-hashes every chunk marked present** on the blocking
 //! pool and clears the bit of any chunk that fails (a torn or rotten
 //! write), then rewrites the journal compactly (temp file + fsync +
-//! rename). When the last chunk lands the whole file is stream-hashed
-//! against the blob digest; on a match it is fsynced and renamed into
-//! `blobs/sha256/` after its chunk map was written to `maps/`. Reads
+//! rename). The blob digest is hashed in order as chunks land (a chunk
+//! that lands out of order is read back once the chunks before it are
+//! there), so when the last chunk lands only the rest, usually nothing, is
+//! hashed, and checked against the blob digest (on a mismatch the whole
+//! file is hashed again from disk first); on a match it is fsynced and
+//! renamed into `blobs/sha256/` after its chunk map was written to
+//! `maps/`. Reads
 //! re-verify every chunk; a complete blob whose chunk rots on disk is
 //! moved back to `partial/` with that one chunk cleared.
 //!
@@ -257,6 +261,27 @@ pub(crate) struct Blob {
     cond: Condvar,
     /// Fsync batching.
     sync: SyncState,
+    /// The blob digest, hashed in order as chunks land.
+    prefix: Mutex<PrefixHash>,
+}
+
+/// The blob's sha256 over its chunks `0..next`, fed as chunks land in
+/// order, so the whole-blob check at completion hashes only what is left
+/// (usually nothing) instead of re-reading the blob from disk: without it
+/// every byte was hashed twice on the way in, once per chunk and once per
+/// blob. The bytes fed are the ones that just passed their chunk check,
+/// or, for chunks that landed out of order, read back from the data file
+/// (as the check at completion did for all of them). A chunk that rots on
+/// disk after it was fed is caught by the re-verification of every read;
+/// and if the prefix ever disagrees with the blob digest, the whole file
+/// is hashed again from disk before anything is declared bad, so a result
+/// never rests on the prefix alone.
+#[derive(Default)]
+struct PrefixHash {
+    /// sha256 state over chunks `0..next`.
+    hasher: Sha256,
+    /// Chunks fed so far.
+    next: u32,
 }
 
 /// Batches fsyncs of one blob's files.
@@ -620,10 +645,44 @@ impl Inner {
             blob: b.digest,
             index,
         });
+        self.advance_prefix(b, file, index, bytes);
         if complete {
             self.finish(b)
         } else {
             Ok(WriteOutcome::Stored)
+        }
+    }
+
+    /// Feeds chunk `index` (just verified and stored as `bytes`) to the
+    /// blob's in-order digest if it is next, then any chunks after it that
+    /// landed earlier, read back from `file`. Never waits: if another
+    /// writer is feeding, that writer (or the check at completion) picks
+    /// this chunk up. Reads stop at the first failure; the check at
+    /// completion reads the rest.
+    fn advance_prefix(&self, b: &Blob, file: &File, index: u32, bytes: &[u8]) {
+        let Ok(mut p) = b.prefix.try_lock() else {
+            return;
+        };
+        if index == p.next {
+            p.hasher.update(bytes);
+            p.next += 1;
+        }
+        let mut buf = Vec::new();
+        while p.next < b.chunk_count {
+            {
+                // Lock order: prefix, then state (never the other way).
+                let st = b.lock();
+                if st.phase != Phase::Partial || !st.have.get(p.next) {
+                    return;
+                }
+            }
+            let r = b.range(p.next);
+            buf.resize((r.end - r.start) as usize, 0);
+            if file.read_exact_at(&mut buf, r.start).is_err() {
+                return;
+            }
+            p.hasher.update(&buf);
+            p.next += 1;
         }
     }
 
@@ -642,7 +701,7 @@ impl Inner {
         let dir = self.partial_dir(&b.digest);
         let data_path = dir.join("data");
         let res = (|| {
-            let actual = hash_file(&file, b.size, &data_path)?;
+            let actual = self.blob_digest(b, &file, &data_path)?;
             if actual != b.digest {
                 // Rot since the chunks were verified, or a lying chunk map?
                 let bad = bad_chunks(b, &file, &digests, &data_path)?;
@@ -726,6 +785,41 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// The digest of a blob whose chunks are all held (blocking): the
+    /// in-order prefix plus the chunks after it, read from `file`. Takes
+    /// the prefix (a retry after refetches starts again from chunk 0). If
+    /// that disagrees with the blob digest, the whole file is hashed from
+    /// disk, so a mismatch never rests on the prefix.
+    fn blob_digest(&self, b: &Blob, file: &File, path: &Path) -> Result<Digest, StoreError> {
+        // Held until done: a late writer's catch-up waits for nothing and
+        // finds the phase no longer Partial.
+        let mut guard = b.prefix.lock().unwrap_or_else(|e| {
+            // A panic while feeding may have left it half updated.
+            let mut g = e.into_inner();
+            *g = PrefixHash::default();
+            g
+        });
+        let PrefixHash { mut hasher, next } = std::mem::take(&mut *guard);
+        if next == 0 {
+            return hash_file(file, b.size, path);
+        }
+        let start = (next as u64 * b.chunk_size.get() as u64).min(b.size);
+        let mut buf = vec![0u8; IO_BUF.min((b.size - start).max(1) as usize)];
+        let mut off = start;
+        while off < b.size {
+            let n = ((b.size - off) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], off).map_err(io(path))?;
+            hasher.update(&buf[..n]);
+            off += n as u64;
+        }
+        let actual = Digest::from_bytes(hasher.finalize().into());
+        if actual == b.digest {
+            return Ok(actual);
+        }
+        tracing::warn!(blob = %b.digest, chunks = next, "in-order digest disagrees; hashing the whole blob from disk");
+        hash_file(file, b.size, path)
     }
 
     /// Reads and re-verifies one chunk (blocking).

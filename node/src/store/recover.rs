@@ -193,6 +193,7 @@ fn complete_blob(digest: Digest, map: ChunkMap, file: Arc<File>, created: System
         }),
         cond: Condvar::new(),
         sync: SyncState::default(),
+        prefix: Default::default(),
     }
 }
 
@@ -367,6 +368,7 @@ fn open_partial(
         }),
         cond: Condvar::new(),
         sync: SyncState::default(),
+        prefix: Default::default(),
     })))
 }
 
@@ -420,6 +422,7 @@ pub(super) fn create_partial(
         }),
         cond: Condvar::new(),
         sync: SyncState::default(),
+        prefix: Default::default(),
     }))
 }
 

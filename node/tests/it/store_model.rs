@@ -42,6 +42,32 @@ struct Model {
     held: BTreeSet<u32>,
     rotten: BTreeSet<u32>,
     complete: bool,
+    /// Chunks `0..fed` went into the store's in-order blob digest (it
+    /// feeds a stored chunk if it is next, then the held chunks after it).
+    fed: u32,
+    /// Rotten chunks that rotted after they were fed: the whole-blob
+    /// check does not see them (reads do).
+    rotted_after_fed: BTreeSet<u32>,
+}
+
+impl Model {
+    /// A chunk was stored: the in-order digest takes it if it is next,
+    /// then every held chunk after it.
+    fn feed(&mut self, i: u32) {
+        if i == self.fed {
+            self.fed += 1;
+        }
+        while self.fed < CHUNKS && self.held.contains(&self.fed) {
+            self.fed += 1;
+        }
+    }
+
+    /// Rot found (by a read, a restart or the whole-blob check).
+    fn cleared(&mut self, i: u32) {
+        self.held.remove(&i);
+        self.rotten.remove(&i);
+        self.rotted_after_fed.remove(&i);
+    }
 }
 
 struct Blob {
@@ -92,15 +118,22 @@ async fn run(ops: Vec<Op>) {
                     assert!(matches!(got, Err(StoreError::Chunk(_))), "{got:?}");
                 } else {
                     m.held.insert(i);
+                    m.feed(i);
                     if m.held.len() == CHUNKS as usize {
-                        if m.rotten.is_empty() {
+                        // The check at completion takes the in-order digest.
+                        m.fed = 0;
+                        if m.rotten.is_subset(&m.rotted_after_fed) {
+                            // Every rotten byte went in before it rotted:
+                            // the digest is right, and reads find the rot.
                             assert_eq!(got.unwrap(), WriteOutcome::BlobComplete);
                             m.complete = true;
                         } else {
-                            // The whole-blob check finds the rot and clears it.
+                            // Rotten bytes were hashed: the whole file is
+                            // hashed again from disk and every rotten
+                            // chunk is found and cleared.
                             assert_eq!(got.unwrap(), WriteOutcome::Stored);
-                            for r in std::mem::take(&mut m.rotten) {
-                                m.held.remove(&r);
+                            for r in m.rotten.clone() {
+                                m.cleared(r);
                             }
                         }
                     } else {
@@ -115,12 +148,12 @@ async fn run(ops: Vec<Op>) {
                         matches!(got, Err(StoreError::ChunkMissing { .. })),
                         "{got:?}"
                     );
-                } else if m.rotten.remove(&i) {
+                } else if m.rotten.contains(&i) {
                     assert!(
                         matches!(got, Err(StoreError::ChunkCorrupt { .. })),
                         "{got:?}"
                     );
-                    m.held.remove(&i);
+                    m.cleared(i);
                     m.complete = false;
                 } else {
                     assert_eq!(got.unwrap(), blob.chunk(i));
@@ -134,16 +167,20 @@ async fn run(ops: Vec<Op>) {
                     let off = blob.map.chunk_range(i).unwrap().start + 11;
                     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
                     f.write_all_at(&[!blob.bytes[off as usize]], off).unwrap();
-                    m.rotten.insert(i);
+                    if m.rotten.insert(i) && i < m.fed {
+                        m.rotted_after_fed.insert(i);
+                    }
                 }
             }
             Op::Reopen => {
                 drop(store);
                 store = open(dir.path()).await;
+                // A restarted store's in-order digest starts at chunk 0.
+                m.fed = 0;
                 if !m.complete {
                     // Partial blobs are re-hashed on open.
-                    for r in std::mem::take(&mut m.rotten) {
-                        m.held.remove(&r);
+                    for r in m.rotten.clone() {
+                        m.cleared(r);
                     }
                 }
             }

@@ -1,0 +1,79 @@
+//! The device budget on this machine's real cgroups: a busy loop in a
+//! quarter-core budget gets a quarter of a core, and is accounted.
+
+#[allow(dead_code)] // only require_root is used here
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use edgeswarm_testnet::cgroup::{Budget, Cgroup, Hierarchy, PeakWatch};
+use edgeswarm_testnet::process::in_cgroup_command;
+
+#[test]
+fn a_busy_loop_in_a_quarter_core_budget_gets_a_quarter_core() {
+    support::require_root();
+    let hierarchy = Hierarchy::detect().expect("cgroup cpu and memory controllers");
+    let cgroup = Cgroup::create(
+        &hierarchy,
+        &format!("edgeswarm-test-{}", std::process::id()),
+        Budget::pi(),
+    )
+    .unwrap();
+    let before = cgroup.usage().unwrap();
+    let peaks = PeakWatch::start(&cgroup, Duration::from_millis(50));
+    let wall = Duration::from_secs(2);
+    let start = Instant::now();
+    let mut child = in_cgroup_command(
+        &cgroup.procs_files(),
+        "timeout".as_ref(),
+        &[
+            format!("{}", wall.as_secs()).into(),
+            "sh".into(),
+            "-c".into(),
+            "while :; do :; done".into(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The program itself (not only a wrapper) runs in the budget.
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+    assert!(
+        own.contains(cgroup.name()),
+        "child not in {}: {own}",
+        cgroup.name()
+    );
+    assert!(cgroup.pids().contains(&child.id()));
+    let status = child.wait().unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(status.code(), Some(124), "timeout ends the loop");
+    let used = cgroup.usage().unwrap().since(&before);
+    let expected = 0.25 * elapsed;
+    // At most the quota (a busy machine, or `nice`, may give it less).
+    assert!(
+        used.cpu_seconds > 0.05 && used.cpu_seconds < expected * 1.3,
+        "{:.3} CPU s in {elapsed:.2} s under a quarter core (expected <= {expected:.2})",
+        used.cpu_seconds
+    );
+    if used.cpu_seconds > expected * 0.8 {
+        // It wanted a whole core: the quota held it back.
+        assert!(
+            used.throttled_seconds > 0.0,
+            "throttled {:.3} s",
+            used.throttled_seconds
+        );
+    }
+    let (hwm, _anon) = peaks.stop();
+    assert!(hwm > 0, "no VmHWM read from the cgroup's processes");
+    assert!(cgroup.usage().unwrap().memory_peak > 0);
+    let dirs: Vec<PathBuf> = cgroup
+        .procs_files()
+        .iter()
+        .map(|f| f.parent().unwrap().to_path_buf())
+        .collect();
+    drop(cgroup);
+    for d in dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
