@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseState};
+use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseProgress, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
@@ -154,6 +154,25 @@ impl Peers {
         newly_empty
     }
 
+    /// What `peer` last reported of release `release`: whether the peer is
+    /// live, and its progress entry if it reports the release. `None` for
+    /// a peer never heard from (or forgotten).
+    pub(super) fn report_of(
+        &self,
+        peer: &PeerId,
+        release: &Digest,
+    ) -> Option<(bool, Option<ReleaseProgress>)> {
+        let table = self.lock();
+        let entry = table.peers.get(peer)?;
+        let progress = entry
+            .status
+            .releases
+            .iter()
+            .find(|r| r.release_id == *release)
+            .cloned();
+        Some((entry.live(), progress))
+    }
+
     /// Whether a live peer may pull from the registry.
     pub(super) fn any_live_gateway(&self) -> bool {
         self.lock()
@@ -250,7 +269,7 @@ impl Peers {
 
 #[cfg(test)]
 mod tests {
-    use edgeswarm_protocol::wire::{PeerRole, ReleaseProgress};
+    use edgeswarm_protocol::wire::PeerRole;
 
     use super::*;
 
@@ -269,6 +288,7 @@ mod tests {
                     bytes_from_cloud: 0,
                     bytes_from_peers: 0,
                     error: None,
+                    waiting: None,
                 })
                 .collect(),
             desired: None,

@@ -115,8 +115,32 @@ struct Tracked {
     bytes_held_before: u64,
     /// Why it failed.
     error: Option<String>,
-    /// Why it is waiting, while it is (a gateway retrying its pull).
-    waiting: Option<String>,
+    /// Why it is waiting, while it is (this node's gateway pull retrying).
+    waiting: Option<Retrying>,
+}
+
+/// This node's gateway pull of a release waiting to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Retrying {
+    /// Why the last attempt failed, in a few words.
+    pub(super) cause: String,
+    /// Attempts failed so far.
+    pub(super) attempt: u32,
+    /// When the next attempt starts.
+    pub(super) next_at: Instant,
+}
+
+impl Retrying {
+    /// The reason status shows, with the delay left until the next
+    /// attempt (rounded up, so it never reads 0 while waiting).
+    pub(super) fn describe(&self) -> String {
+        let left = self.next_at.saturating_duration_since(Instant::now());
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        format!(
+            "retrying: {}, attempt {}, next in {secs} s",
+            self.cause, self.attempt
+        )
+    }
 }
 
 /// A copy of one release's record.
@@ -142,7 +166,8 @@ pub(super) struct Snapshot {
     pub(super) bytes_held_before: u64,
     /// Why it failed.
     pub(super) error: Option<String>,
-    /// Why it is waiting, while it is.
+    /// Why this node's gateway pull waits, while it does
+    /// ([`Retrying::describe`]).
     pub(super) waiting: Option<String>,
 }
 
@@ -223,7 +248,7 @@ impl Tracked {
             layers: self.layers.clone(),
             bytes_held_before: self.bytes_held_before,
             error: self.error.clone(),
-            waiting: self.waiting.clone(),
+            waiting: self.waiting.as_ref().map(Retrying::describe),
         }
     }
 }
@@ -279,9 +304,10 @@ impl Releases {
         true
     }
 
-    /// Records why release `id` is waiting (a gateway retrying its pull),
-    /// or clears it with `None`. Shown in status; not a failure.
-    pub(super) fn set_waiting(&self, id: &Digest, reason: Option<String>) {
+    /// Records that this node's gateway pull of release `id` waits to try
+    /// again, or clears it with `None`. Shown in status and carried in
+    /// status reports; not a failure.
+    pub(super) fn set_waiting(&self, id: &Digest, reason: Option<Retrying>) {
         if let Some(t) = self.lock().releases.get_mut(id) {
             t.waiting = reason;
         }
