@@ -96,6 +96,9 @@ struct Tracked {
     gateway: Option<PeerId>,
     /// Whether this node started pulling it as gateway.
     pulling: bool,
+    /// No gateway pull starts before this (a release resumed at start:
+    /// see [`Releases::hold_pull`]).
+    hold_pull_until: Option<Instant>,
     /// Whether this node's pull (if any) has decided which layers it
     /// pulls from the registry (they are then in `Table::pulling_blobs`).
     /// Until then this node's fetch pipeline asks no peer for layers: the
@@ -276,6 +279,7 @@ impl Releases {
                 took: None,
                 gateway: None,
                 pulling: false,
+                hold_pull_until: None,
                 pull_planned: false,
                 fetching: false,
                 bytes_total: 0,
@@ -302,6 +306,17 @@ impl Releases {
             t.fetching = true;
         }
         true
+    }
+
+    /// Starts no gateway pull of release `id` before `until`. A release
+    /// resumed at start is elected among the gateways this node has heard
+    /// of, which at first is itself alone, and pulled of what the peers it
+    /// has not heard from yet hold: it waits until their status and
+    /// availability came in.
+    pub(super) fn hold_pull(&self, id: &Digest, until: Instant) {
+        if let Some(t) = self.lock().releases.get_mut(id) {
+            t.hold_pull_until = Some(until);
+        }
     }
 
     /// Records that this node's gateway pull of release `id` waits to try
@@ -335,7 +350,8 @@ impl Releases {
             tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
             t.gateway = gateway;
         }
-        let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done;
+        let held = t.hold_pull_until.is_some_and(|u| Instant::now() < u);
+        let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done && !held;
         if pull {
             t.pulling = true;
             t.pull_planned = false;
@@ -746,6 +762,22 @@ mod tests {
             .pull
             .is_none());
         assert!(table.pending().is_empty());
+    }
+
+    #[test]
+    fn a_held_release_starts_no_pull_until_the_hold_ends_but_fetches() {
+        let (table, id) = one("reg/app:v1");
+        let me = PeerId::random();
+        table.hold_pull(&id, Instant::now() + Duration::from_millis(200));
+        let work = table.schedule(&id, &[me.to_bytes()], me, |_| true);
+        assert!(work.pull.is_none(), "pulled during the hold");
+        assert!(work.fetch.is_some(), "the fetch does not wait");
+        assert!(!table.pulls_itself(&id, &Digest::of(b"a")));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(table
+            .schedule(&id, &[me.to_bytes()], me, |_| true)
+            .pull
+            .is_some());
     }
 
     #[test]

@@ -135,8 +135,22 @@ fn stored_twice(logs: &[&Path]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_killed_mid_pull_and_restarted_resumes_the_release_everywhere() {
+/// What one kill-and-restart run measured.
+struct Outcome {
+    delivered_at_kill: u64,
+    layers: u64,
+    cloud: u64,
+    ratio: f64,
+}
+
+/// A locality of three `edgeswarm node` processes, the first `gateways`
+/// of them gateway-capable, deploys a 12 MiB image over a 3 MiB/s cloud
+/// link; the elected gateway is killed -9 half way through the layer and
+/// started again `restart_after` later on its data dir and port. Checks
+/// that every node completes, that the restarted gateway resumed the
+/// release from its persisted desired state, that no node stored a chunk
+/// twice and that every rootfs holds the same layer.
+async fn kill_the_gateway_mid_pull(gateways: usize, restart_after: Duration) -> Outcome {
     let registry = TestRegistry::start().await.unwrap();
     let build = tempfile::tempdir().unwrap();
     let image = build_image(
@@ -155,26 +169,35 @@ async fn the_gateway_killed_mid_pull_and_restarted_resumes_the_release_everywher
 
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("n{i}"))).collect();
-    let gateway_port = free_port();
-    let mut gateway = start_node(&dirs[0], gateway_port, "n0-a.log", &["--gateway"]).await;
-    let view = status(&gateway).await.unwrap();
-    let boot = view.this.addresses[0].clone();
-    let n1 = start_node(&dirs[1], free_port(), "n1.log", &["--bootstrap", &boot]).await;
-    let n2 = start_node(&dirs[2], free_port(), "n2.log", &["--bootstrap", &boot]).await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let role = |i: usize| {
+        if i < gateways {
+            vec!["--gateway"]
+        } else {
+            vec![]
+        }
+    };
+    let mut nodes = vec![start_node(&dirs[0], ports[0], "n0-a.log", &role(0)).await];
+    let boot = status(&nodes[0]).await.unwrap().this.addresses[0].clone();
+    for i in 1..3 {
+        let mut args = role(i);
+        args.extend(["--bootstrap", boot.as_str()]);
+        nodes.push(start_node(&dirs[i], ports[i], &format!("n{i}-a.log"), &args).await);
+    }
     eventually(
-        "the gateway hears both nodes",
+        "the first node hears both others",
         Duration::from_secs(30),
         async || {
-            let v = status(&gateway).await?;
+            let v = status(&nodes[0]).await?;
             let live = v.nodes.iter().filter(|n| !n.gone).count();
-            (live >= 2).then_some(()).ok_or(format!("{} heard", live))
+            (live >= 2).then_some(()).ok_or(format!("{live} heard"))
         },
     )
     .await;
 
     let token = dirs[0].join(edgeswarm_node::api::TOKEN_FILE);
     let out = tokio::process::Command::new(BIN)
-        .args(["deploy", &reference, "--api", &gateway.api])
+        .args(["deploy", &reference, "--api", &nodes[0].api])
         .arg("--token-file")
         .arg(&token)
         .env_remove("EDGESWARM_API")
@@ -187,55 +210,62 @@ async fn the_gateway_killed_mid_pull_and_restarted_resumes_the_release_everywher
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Kill -9 half way through the layer.
+    // Kill -9 the elected gateway half way through the layer.
     let layers = image.layers_size();
     eventually("the pull half done", Duration::from_secs(60), async || {
         let n = cloud.load(Ordering::Relaxed);
         (n >= layers / 2).then_some(()).ok_or(n)
     })
     .await;
-    let gateway_view = status(&gateway).await.unwrap();
-    let at_kill = release(&gateway_view, &reference).cloned();
-    gateway.child.kill().unwrap();
-    gateway.child.wait().unwrap();
+    let view = status(&nodes[0]).await.unwrap();
+    let at_kill = release(&view, &reference).cloned();
+    let elected = at_kill
+        .as_ref()
+        .and_then(|r| r.gateway.clone())
+        .expect("a gateway elected");
+    let mut peer_ids = Vec::new();
+    for n in &nodes {
+        peer_ids.push(status(n).await.unwrap().this.peer_id);
+    }
+    let victim = peer_ids.iter().position(|p| *p == elected).unwrap();
+    assert!(victim < gateways, "only gateway-capable nodes are elected");
+    nodes[victim].child.kill().unwrap();
+    nodes[victim].child.wait().unwrap();
     let delivered_at_kill = cloud.load(Ordering::Relaxed);
     assert!(
         at_kill
             .as_ref()
             .is_some_and(|r| r.state != ReleasePhase::Done),
-        "the gateway was done before the kill: {at_kill:?}"
+        "done before the kill: {at_kill:?}"
     );
     assert!(
         delivered_at_kill < layers * 9 / 10,
         "killed too late: {delivered_at_kill} of {layers} bytes pulled"
     );
-    let first_log = gateway.log.clone();
-    drop(gateway);
+    let mut logs: Vec<Vec<PathBuf>> = nodes.iter().map(|n| vec![n.log.clone()]).collect();
 
-    // Restarted 2 s later on the same data dir and port; it dials a node
-    // too, in case the nodes' redials of its address lag.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let n1_addr = status(&n1).await.unwrap().this.addresses[0].clone();
-    let gateway = start_node(
-        &dirs[0],
-        gateway_port,
-        "n0-b.log",
-        &["--gateway", "--bootstrap", &n1_addr],
-    )
-    .await;
-    let resumed = std::fs::read_to_string(&gateway.log).unwrap();
+    // Restarted on the same data dir and port; it dials another node too,
+    // in case the others' redials of its address lag.
+    tokio::time::sleep(restart_after).await;
+    let other = (victim + 1) % 3;
+    let other_addr = status(&nodes[other]).await.unwrap().this.addresses[0].clone();
+    let mut args = role(victim);
+    args.extend(["--bootstrap", other_addr.as_str()]);
+    let log_name = format!("n{victim}-b.log");
+    nodes[victim] = start_node(&dirs[victim], ports[victim], &log_name, &args).await;
+    logs[victim].push(nodes[victim].log.clone());
+    let resumed = std::fs::read_to_string(&nodes[victim].log).unwrap();
     assert!(
         resumed.contains("desired state loaded") && resumed.contains("resumed=1"),
         "the restarted gateway did not resume the release from its desired state: {resumed}"
     );
 
-    let nodes = [&gateway, &n1, &n2];
     eventually(
         "every node done",
         Duration::from_secs(120),
         async || -> Result<(), String> {
             let mut states = Vec::new();
-            for n in nodes {
+            for n in &nodes {
                 let v = status(n).await?;
                 let r = release(&v, &reference);
                 if let Some(r) = r.filter(|r| r.state == ReleasePhase::Failed) {
@@ -254,28 +284,14 @@ async fn the_gateway_killed_mid_pull_and_restarted_resumes_the_release_everywher
 
     let total = cloud.load(Ordering::Relaxed);
     let ratio = total as f64 / image_bytes(&image) as f64;
-    println!(
-        "gateway killed at {delivered_at_kill} of {layers} layer bytes; \
-         cloud link carried {total} bytes, {ratio:.3}x the image"
-    );
-    assert!(
-        ratio <= 1.1,
-        "the cloud link carried {ratio:.3}x the image ({total} bytes)"
-    );
-    for (i, logs) in [
-        vec![first_log.as_path(), gateway.log.as_path()],
-        vec![n1.log.as_path()],
-        vec![n2.log.as_path()],
-    ]
-    .iter()
-    .enumerate()
-    {
-        let twice = stored_twice(logs);
+    for (i, node_logs) in logs.iter().enumerate() {
+        let paths: Vec<&Path> = node_logs.iter().map(PathBuf::as_path).collect();
+        let twice = stored_twice(&paths);
         assert!(twice.is_empty(), "n{i} stored chunks twice: {twice:?}");
     }
     let name = edgeswarm_node::import::image_dir_name(&reference);
     let file = |dir: &Path| std::fs::read(dir.join("rootfs").join(&name).join("data/layer0.bin"));
-    let expected = file(&dirs[0]).expect("the gateway's rootfs");
+    let expected = file(&dirs[0]).expect("n0's rootfs");
     assert!(!expected.is_empty());
     for dir in &dirs[1..] {
         assert!(
@@ -284,4 +300,44 @@ async fn the_gateway_killed_mid_pull_and_restarted_resumes_the_release_everywher
             dir.display()
         );
     }
+    Outcome {
+        delivered_at_kill,
+        layers,
+        cloud: total,
+        ratio,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_killed_mid_pull_and_restarted_resumes_the_release_everywhere() {
+    // The only gateway-capable node, back within the 8 s a peer is
+    // considered live: nobody takes over; it resumes.
+    let o = kill_the_gateway_mid_pull(1, Duration::from_secs(2)).await;
+    println!(
+        "gateway killed at {} of {} layer bytes; cloud link carried {} bytes, {:.3}x the image",
+        o.delivered_at_kill, o.layers, o.cloud, o.ratio
+    );
+    assert!(
+        o.ratio <= 1.1,
+        "the cloud link carried {:.3}x the image",
+        o.ratio
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_gateway_takes_over_and_the_killed_one_rejoins_without_a_second_pull() {
+    // Two gateway-capable nodes; the killed one is back only after the
+    // other took the release over (a peer is gone after 8 s), and is
+    // elected again when it returns.
+    let o = kill_the_gateway_mid_pull(2, Duration::from_secs(12)).await;
+    println!(
+        "gateway killed at {} of {} layer bytes, the other took over, the first rejoined; \
+         cloud link carried {} bytes, {:.3}x the image",
+        o.delivered_at_kill, o.layers, o.cloud, o.ratio
+    );
+    assert!(
+        o.ratio <= 1.1,
+        "the cloud link carried {:.3}x the image",
+        o.ratio
+    );
 }
