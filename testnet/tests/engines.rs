@@ -11,8 +11,19 @@ use std::process::{Command, Stdio};
 
 use edgeswarm_testnet::engines::{Engine, HELPER_REPO};
 
-mod support;
-use support::require_root;
+/// Panics unless running as root (dockerd needs it).
+fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let euid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2));
+    assert_eq!(
+        euid,
+        Some("0"),
+        "this test starts a dockerd: run it as root"
+    );
+}
 
 /// `docker import`s a rootfs of busybox (`/bin/sh`, `echo`) into `engine`
 /// as `reference`; returns its image id.
