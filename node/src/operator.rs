@@ -494,6 +494,35 @@ mod tests {
     }
 
     #[test]
+    fn plain_status_says_why_each_node_waits() {
+        let mut mine = release(ReleasePhase::Fetching, 1 << 20, None);
+        mine.waiting = Some(
+            "gateway 12D3KooWpeer retrying: registry unreachable (connection refused), \
+             attempt 3, next in 8 s"
+                .into(),
+        );
+        let mut theirs = release(ReleasePhase::Resolving, 0, None);
+        theirs.waiting = Some(
+            "retrying: registry unreachable (connection refused), attempt 3, next in 8 s".into(),
+        );
+        let text = render_plain(&view(mine, theirs, false));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains(
+                "fetching 25% (1.00 MiB of 4.00 MiB; cloud 0 B, peers 1.00 MiB, waiting: gateway \
+                 12D3KooWpeer retrying: registry unreachable (connection refused), attempt 3, \
+                 next in 8 s)"
+            ),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("12D3KooWpeer node"), "{text}");
+        assert!(
+            lines[3].contains("resolving 0% (0 B of 4.00 MiB; cloud 0 B, peers 0 B, waiting: retrying: registry unreachable"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn settled_waits_for_every_live_node_and_reports_failures() {
         let busy = view(
             release(ReleasePhase::Done, 4 << 20, None),

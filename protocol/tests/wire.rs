@@ -170,6 +170,7 @@ fn sample_gossip_messages() -> Vec<GossipMessage> {
                 bytes_from_cloud: 100,
                 bytes_from_peers: 400,
                 error: None,
+                waiting: None,
             }],
             desired: None,
         }),
@@ -201,6 +202,23 @@ fn sample_gossip_messages() -> Vec<GossipMessage> {
                 count: 2,
                 hash: d("desired"),
             }),
+        }),
+        // A progress with its waiting reason (an eighth element).
+        GossipMessage::Status(NodeStatus {
+            role: PeerRole::Gateway,
+            gateway_capable: true,
+            timestamp_ms: 1_700_000_000_123,
+            releases: vec![ReleaseProgress {
+                release_id: d("release"),
+                state: ReleaseState::Announced,
+                bytes_total: 0,
+                bytes_done: 0,
+                bytes_from_cloud: 0,
+                bytes_from_peers: 0,
+                error: None,
+                waiting: Some("retrying".into()),
+            }],
+            desired: None,
         }),
     ]
 }
@@ -238,7 +256,21 @@ const GOSSIP_GOLDEN: &[&str] = &[
     "83010584018502781b72656769737472792e6c6f63616c3a353030302f6170703a312e3067706c616e742d611a6553f100085820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c58402e9d235de4cfb281001b7146510ac7331792b9a55ecdc095b961830d651619f6806e12c6e018a29ab02b1baadba7382fdc74d11a431dced18a0a22879ed76d00",
     // Kind 2 with a desired digest: [..., [], [2, hash]].
     "8301028500f41b0000018bcfe5687b8082025820b60b935389f7cf68e7877a80a4ded0dfc93e248b8807932536e1de0f771d259b",
+    // Kind 2 with a progress that waits: [..., error null, "retrying"].
+    "8301028401f51b0000018bcfe5687b81885820a4d451ec23463726f72c43d64c710968f6b602cd653b4de8adee1b556240a8290000000000f6687265747279696e67",
 ];
+
+#[test]
+fn a_progress_without_waiting_is_seven_elements_and_a_null_eighth_is_refused() {
+    // The status of GOSSIP_GOLDEN[2]: its progress has seven elements.
+    let seven = GOSSIP_GOLDEN[2];
+    assert!(seven.contains("8187"), "{seven}");
+    assert!(GossipMessage::decode(&hex::decode(seven).unwrap()).is_ok());
+    // The same progress with a null eighth element: not canonical (it
+    // would re-encode to seven), so refused.
+    let null_eighth = format!("{}f6", seven.replace("8187", "8188"));
+    assert!(GossipMessage::decode(&hex::decode(null_eighth).unwrap()).is_err());
+}
 
 #[test]
 fn stream_messages_match_golden_bytes() {
@@ -681,8 +713,9 @@ fn arb_progress() -> impl Strategy<Value = ReleaseProgress> {
         (0u64..6).prop_map(|c| ReleaseState::from_code(c).unwrap()),
         any::<[u64; 4]>(),
         proptest::option::of(".{0,40}"),
+        proptest::option::of(".{0,40}"),
     )
-        .prop_map(|(release_id, state, b, error)| ReleaseProgress {
+        .prop_map(|(release_id, state, b, error, waiting)| ReleaseProgress {
             release_id,
             state,
             bytes_total: b[0],
@@ -690,6 +723,7 @@ fn arb_progress() -> impl Strategy<Value = ReleaseProgress> {
             bytes_from_cloud: b[2],
             bytes_from_peers: b[3],
             error,
+            waiting,
         })
 }
 

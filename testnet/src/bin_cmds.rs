@@ -626,6 +626,11 @@ pub(crate) fn faults_cmd(a: FaultsArgs) -> Result<std::process::ExitCode> {
         late_slack: Duration::from_secs(a.late_slack_secs),
         keep_all: a.keep_all,
         budget: a.budget_secs.map(Duration::from_secs),
+        import: if a.import == "docker" {
+            faults::ImportMode::Docker
+        } else {
+            faults::ImportMode::Dir
+        },
     };
     let started = Instant::now();
     let result = faults::run_suite(&topo, &tools, reg, opts, v1, v2, &spec, &mut |t| {
@@ -635,13 +640,14 @@ pub(crate) fn faults_cmd(a: FaultsArgs) -> Result<std::process::ExitCode> {
     let summary = result.summary(&spec);
     println!("{summary}");
     println!(
-        "suite time {:.0} s; command: edgeswarm-testnet faults --trials {} --seed {} --nodes {} --registry-cut-secs {} --image-mb {}",
+        "suite time {:.0} s; command: edgeswarm-testnet faults --trials {} --seed {} --nodes {} --registry-cut-secs {} --image-mb {} --import {}",
         started.elapsed().as_secs_f64(),
         result.trials.len(),
         a.seed,
         a.nodes,
         a.registry_cut_secs,
-        a.image_mb
+        a.image_mb,
+        a.import
     );
     std::fs::write(out.join("summary.txt"), &summary)?;
     std::fs::write(

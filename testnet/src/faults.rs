@@ -61,6 +61,30 @@ pub const LOCALITY: &str = "faults";
 /// Cloud bytes a trial may use, as a multiple of the image (issue 12).
 pub const CLOUD_BYTES_LIMIT: f64 = 1.1;
 
+/// Where the nodes import the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportMode {
+    /// `--import dir`: a rootfs per node, compared file by file with the
+    /// expected tree.
+    #[default]
+    Dir,
+    /// `--import docker`: each node imports into a private Docker engine
+    /// of its own ([`crate::engines`]); checked by image id (the config
+    /// digest), a `docker run` of the image, and no helper tag left.
+    Docker,
+}
+
+impl ImportMode {
+    /// The node's `--import` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImportMode::Dir => "dir",
+            ImportMode::Docker => "docker",
+        }
+    }
+}
+
 /// How the registry is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -251,6 +275,8 @@ pub struct FaultsSpec {
     /// every trial), so a run fits a time slot and still prints its
     /// summary.
     pub budget: Option<Duration>,
+    /// Where the nodes import the image.
+    pub import: ImportMode,
 }
 
 /// A kill that happened, and the node's state when it did.
@@ -362,7 +388,7 @@ impl SuiteResult {
         }
         let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
         let mut s = format!(
-            "trials {n} (seed {}, {} nodes, {:.1} MB image, registry cut {} s)\n\
+            "trials {n} (seed {}, {} nodes, {:.1} MB image, import {}, registry cut {} s)\n\
              converged {conv}/{n} ({:.0} %), all checks passed {passed}/{n} ({:.0} %)\n\
              corrupt images {corrupt}, chunks fetched twice {refetched}, leaks {leaks}, endgame duplicates {dups}\n\
              cloud bytes max {max_ratio:.3}x the image, over {CLOUD_BYTES_LIMIT}x: {over}\n\
@@ -370,6 +396,7 @@ impl SuiteResult {
             spec.seed,
             spec.nodes,
             self.image.total_bytes as f64 / 1e6,
+            spec.import.name(),
             spec.registry_cut.as_secs(),
             pct(conv),
             pct(passed),
@@ -408,6 +435,10 @@ struct Ctx<'a> {
     expected: PathBuf,
     key: PublisherKey,
     trust_file: PathBuf,
+    /// With `--import docker`: one private engine per node slot.
+    engines: Vec<crate::engines::Engine>,
+    /// The image's config digest (its Docker image id).
+    config_digest: String,
 }
 
 /// Runs the suite on `topo` (one locality of `spec.nodes` nodes) with the
@@ -439,6 +470,22 @@ pub fn run_suite(
     let trust_file = spec.work.join("publisher.pub");
     std::fs::write(&trust_file, key.public().to_file_contents())
         .map_err(|e| TestnetError::io("writing the publisher key", e))?;
+    let config_digest = config_digest(topo, &image.reference)?;
+    let mut engines = Vec::new();
+    if spec.import == ImportMode::Docker {
+        let name = &topo.state().name;
+        for i in 0..spec.nodes {
+            let root = spec.work.join("docker");
+            let engine = crate::engines::Engine::start(
+                name,
+                i,
+                &root.join(format!("n{i}")),
+                &root.join(format!("n{i}.log")),
+            )?;
+            engine.reset(&image.reference)?;
+            engines.push(engine);
+        }
+    }
     let mut ctx = Ctx {
         topo,
         tools,
@@ -450,6 +497,8 @@ pub fn run_suite(
         expected,
         key,
         trust_file,
+        engines,
+        config_digest,
     };
     let started = Instant::now();
     let t1_seconds = ctx.lone_run()?;
@@ -526,6 +575,34 @@ fn unpack_expected(topo: &Topology, reference: &str, work: &Path, dest: &Path) -
     Ok(())
 }
 
+/// The config digest of `reference`'s manifest, read with skopeo from node
+/// 0's namespace (before any trial): the image id Docker must show.
+fn config_digest(topo: &Topology, reference: &str) -> Result<String> {
+    let ns = topo.node(0, 0)?.ns.clone();
+    let out = topo.exec_output(
+        &ns,
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    )?;
+    if !out.status.success() {
+        return Err(TestnetError::Experiment(format!(
+            "skopeo inspect {reference}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| TestnetError::Experiment(format!("manifest of {reference}: {e}")))?;
+    manifest["config"]["digest"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| TestnetError::Experiment(format!("{reference}: no config digest")))
+}
+
 /// Seconds since `t0`.
 fn since(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64()
@@ -565,7 +642,7 @@ impl Ctx<'_> {
                 "--api".into(),
                 api_addr(s.addr).to_string(),
                 "--import".into(),
-                "dir".into(),
+                self.spec.import.name().into(),
                 "--trust".into(),
                 self.trust_file.display().to_string(),
                 // As in `experiment`: the namespaces reach nothing but
@@ -573,6 +650,9 @@ impl Ctx<'_> {
                 // membership.
                 "--open-locality".into(),
             ]);
+        if let Some(engine) = self.engines.get(i) {
+            spec = spec.env("DOCKER_HOST", engine.host());
+        }
         if i == 0 {
             let host = self.registry_host();
             spec = spec.args(["--gateway", "--insecure-registry", &host]);
@@ -760,6 +840,9 @@ impl Ctx<'_> {
                 let t = since(t0);
                 stop_all(&mut slots);
                 let _ = std::fs::remove_dir_all(&dir);
+                if let Some(engine) = self.engines.first() {
+                    engine.reset(&self.image.reference)?;
+                }
                 return Ok(t);
             }
             if Instant::now() > deadline {
@@ -842,6 +925,9 @@ impl Ctx<'_> {
             late_seconds: None,
             errors: Vec::new(),
         };
+        for engine in &self.engines {
+            engine.reset(&self.image.reference)?;
+        }
         let cloud_link = self.topo.locality(0)?.cloud_link.clone();
         let cloud0 = self.topo.counters(&cloud_link)?;
         let mut slots = self.slots(&dir)?;
@@ -860,10 +946,28 @@ impl Ctx<'_> {
         out.cloud_bytes = cloud1.since(&cloud0).tx_bytes;
         out.cloud_ratio = out.cloud_bytes as f64 / self.image.total_bytes as f64;
         let dir_name = edgeswarm_node::import::image_dir_name(&self.image.reference);
+        let expect = format!("edgeswarm app {}", self.image.tag);
         for (i, s) in slots.iter().enumerate() {
-            let rootfs = s.data.join("rootfs").join(&dir_name);
-            if let Err(diff) = compare_trees(&self.expected, &rootfs) {
-                out.corrupt.push(format!("n{i}: {diff}"));
+            match self.engines.get(i) {
+                Some(engine) => {
+                    let check =
+                        engine.check_image(&self.image.reference, &self.config_digest, &expect);
+                    if let Err(e) = check {
+                        out.corrupt.push(format!("n{i}: {e}"));
+                    }
+                    out.leaks.extend(
+                        engine
+                            .helper_tags()?
+                            .into_iter()
+                            .map(|t| format!("n{i}: docker helper tag {t}")),
+                    );
+                }
+                None => {
+                    let rootfs = s.data.join("rootfs").join(&dir_name);
+                    if let Err(diff) = compare_trees(&self.expected, &rootfs) {
+                        out.corrupt.push(format!("n{i}: {diff}"));
+                    }
+                }
             }
             let log = std::fs::read_to_string(&s.log).unwrap_or_default();
             let chunks = chunk_log(&log);

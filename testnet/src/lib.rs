@@ -17,6 +17,8 @@
 //!   trials of kills, restarts, late joiners, registry cuts, link bounces
 //!   and replays, each checked for convergence, integrity, refetches,
 //!   leaks and cloud bytes).
+//! - [`engines`]: private Docker engines, one per node, for the fault
+//!   suite's `--import docker`.
 //! - [`measure`]: per-link bytes, per-process CPU, pull times and node
 //!   metrics of a run.
 //! - [`watch`]: polling nodes' APIs from inside the testnet.
@@ -57,6 +59,7 @@
 pub mod cgroup;
 mod cmd;
 pub mod counters;
+pub mod engines;
 pub mod error;
 pub mod experiment;
 pub mod faults;

@@ -346,6 +346,12 @@ struct FaultsArgs {
     /// trials run) [default: no limit].
     #[arg(long)]
     budget_secs: Option<u64>,
+    /// Where the nodes import the image: `dir` (each rootfs compared file
+    /// by file with the expected tree) or `docker` (a private dockerd per
+    /// node; checks the image id, a `docker run`, and that no helper tag
+    /// is left).
+    #[arg(long, default_value = "dir", value_parser = ["dir", "docker"])]
+    import: String,
 }
 
 #[derive(Debug, Args)]

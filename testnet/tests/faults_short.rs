@@ -2,10 +2,12 @@
 //! `edgeswarm-testnet faults` with three seeded trials on a 5-node
 //! locality of real `edgeswarm` processes (kills, restarts, a late joiner,
 //! a registry cut shortened to 5 s, link bounces, a replayed release),
-//! every check of the full suite applied. The full run (100 trials, 60 s
-//! cuts) is in the README's reliability section.
+//! every check of the full suite applied, importing into rootfs
+//! directories and, in a second test, into a private Docker engine per
+//! node (`--import docker`). The full run (100 trials, 60 s cuts) is in
+//! the README's reliability section.
 //!
-//! Needs root (as in CI), `docker-registry`, `skopeo` and `umoci`
+//! Needs root (as in CI), `docker-registry`, `skopeo`, `umoci` and `dockerd`
 //! (`scripts/install-deps.sh`), and the `edgeswarm` binary, built as
 //! `experiment_small` does (or `EDGESWARM_BIN`).
 
@@ -16,17 +18,24 @@ use std::time::Instant;
 mod support;
 use support::{edgeswarm_bin, require_root};
 
-#[test]
-fn three_randomized_fault_trials_converge_with_every_check_passing() {
+/// The two suites build testnets and engines of their own; one at a time
+/// keeps their trials' timing apart.
+static ONE_SUITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs three trials (seed 4) importing with `import`; checks the summary
+/// and that no namespace is left.
+fn three_trials(import: &str) {
     require_root();
+    let _one = ONE_SUITE.lock().unwrap_or_else(|p| p.into_inner());
     let edgeswarm = edgeswarm_bin();
     let out = tempfile::tempdir_in("/var/tmp").unwrap();
-    let name = format!("f{}", std::process::id() % 100_000);
+    let tag = if import == "docker" { "k" } else { "d" };
+    let name = format!("f{tag}{}", std::process::id() % 100_000);
     let started = Instant::now();
     let run = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_edgeswarm-testnet")))
         .args(["faults", "--trials", "3", "--seed", "4", "--nodes", "5"])
         .args(["--registry-cut-secs", "5", "--trial-timeout", "120"])
-        .args(["--image-mb", "30", "--name", &name])
+        .args(["--image-mb", "30", "--name", &name, "--import", import])
         .arg("--out")
         .arg(out.path())
         .arg("--edgeswarm")
@@ -40,6 +49,7 @@ fn three_randomized_fault_trials_converge_with_every_check_passing() {
         started.elapsed().as_secs_f64()
     );
     assert!(run.status.success(), "suite failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("import {import},")), "{stdout}");
     assert!(stdout.contains("converged 3/3 (100 %)"), "{stdout}");
     assert!(
         stdout.contains("corrupt images 0, chunks fetched twice 0, leaks 0"),
@@ -54,4 +64,24 @@ fn three_randomized_fault_trials_converge_with_every_check_passing() {
         "namespaces left: {}",
         String::from_utf8_lossy(&netns.stdout)
     );
+    let engines = std::fs::read_dir("/run")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("edgeswarm-{name}-"))
+        })
+        .count();
+    assert_eq!(engines, 0, "private Docker engines left under /run");
+}
+
+#[test]
+fn three_randomized_fault_trials_converge_with_every_check_passing() {
+    three_trials("dir");
+}
+
+#[test]
+fn three_randomized_fault_trials_importing_into_docker_converge_too() {
+    three_trials("docker");
 }

@@ -28,6 +28,15 @@ use crate::swarm::Topic;
 /// election and never pulls holds the release up this long at most.
 pub(super) const GATEWAY_SILENCE: Duration = Duration::from_secs(10);
 
+/// How long a release resumed at start waits before this node may pull it
+/// as gateway: two status intervals and a second, so that every live peer
+/// has reported (gateway election) and re-announced the blobs it holds
+/// complete to this newly arrived node (what the pull skips). A restarted
+/// gateway that pulled at once elected itself alone and pulled again what
+/// the gateway that took over had pulled meanwhile (1.53x the image).
+pub(super) const RESUME_SETTLE: std::time::Duration =
+    std::time::Duration::from_secs(2 * super::status::STATUS_INTERVAL.as_secs() + 1);
+
 impl Inner {
     /// Checks a release against this node's trust policy and locality.
     pub(super) fn check_release(&self, signed: &SignedRelease) -> Result<Release, DaemonError> {
@@ -117,7 +126,10 @@ impl Inner {
                         self.releases.track_done(release);
                     } else {
                         resumed += 1;
-                        self.accept_release(release);
+                        self.accept_release_held(
+                            release,
+                            Some(std::time::Instant::now() + RESUME_SETTLE),
+                        );
                     }
                 }
                 Entry::Removal(signed) => match self.check_removal(&signed) {
@@ -167,6 +179,12 @@ impl Inner {
 
     /// Starts tracking an accepted release, if this node is targeted.
     pub(super) fn accept_release(self: &Arc<Self>, release: Release) {
+        self.accept_release_held(release, None);
+    }
+
+    /// [`Inner::accept_release`], starting no gateway pull of it before
+    /// `hold` ([`super::releases::Releases::hold_pull`]).
+    fn accept_release_held(self: &Arc<Self>, release: Release, hold: Option<std::time::Instant>) {
         let id = release.id();
         if !self.targets(&release) && !self.config.gateway {
             tracing::info!(release = %id, "release does not select this node");
@@ -175,6 +193,9 @@ impl Inner {
         let image = release.image.clone();
         if self.releases.track(release) {
             tracing::info!(release = %id, %image, "release accepted");
+            if let Some(until) = hold {
+                self.releases.hold_pull(&id, until);
+            }
             self.drive(id);
         }
     }

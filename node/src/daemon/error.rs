@@ -157,7 +157,12 @@ pub(super) enum ReleaseError {
         /// Its size.
         len: u64,
     },
-    /// No peer delivered a blob before the deadline.
+    /// The release was superseded, removed or failed while this node
+    /// waited for its blobs: nothing will complete it any more.
+    #[error("gave up waiting for the release: {0}")]
+    Abandoned(String),
+    /// No peer delivered a blob of a registry-mirror pull before the
+    /// deadline.
     #[error("blob {blob} not available in the locality after {secs}s: {last_error}")]
     Unavailable {
         /// The blob.
@@ -190,4 +195,37 @@ impl ReleaseError {
             _ => false,
         }
     }
+
+    /// Why a transient failure happened, in a few words, for the retry
+    /// reason status shows on every node (at most [`RETRY_CAUSE_CHARS`]
+    /// characters).
+    pub(super) fn retry_cause(&self) -> String {
+        use crate::registry::RegistryError as R;
+        let cause = match self {
+            ReleaseError::Registry(R::RetriesExhausted { last, .. }) => {
+                format!("registry unreachable ({last})")
+            }
+            ReleaseError::Registry(R::Http { status, .. }) => {
+                format!("registry answered HTTP {status}")
+            }
+            ReleaseError::Registry(R::Token { reason, .. }) => {
+                format!("registry token endpoint failing ({reason})")
+            }
+            ReleaseError::StreamEnded { .. } | ReleaseError::Incomplete(_) => {
+                "registry stream cut short".to_owned()
+            }
+            other => other.to_string(),
+        };
+        if cause.chars().count() > RETRY_CAUSE_CHARS {
+            let mut short: String = cause.chars().take(RETRY_CAUSE_CHARS - 1).collect();
+            short.push('…');
+            short
+        } else {
+            cause
+        }
+    }
 }
+
+/// Longest retry cause ([`ReleaseError::retry_cause`]): the reason must
+/// fit a status line, and travel in status gossip for every release.
+pub(super) const RETRY_CAUSE_CHARS: usize = 160;

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use edgeswarm_protocol::release::Release;
@@ -22,6 +22,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use super::error::ReleaseError;
+use super::releases::Retrying;
 use super::Inner;
 use crate::registry::{LayerDescriptor, Platform, Reference, RegistryClient};
 use crate::swarm::Topic;
@@ -68,12 +69,15 @@ pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
             }
             Err(e) if e.is_transient() && inner.still_desired(&release) => {
                 attempt += 1;
-                let reason = format!(
-                    "registry pull failed (attempt {attempt}), retrying in {}s: {e}",
-                    pause.as_secs()
-                );
                 tracing::warn!(release = %id, attempt, error = %e, retry_in = ?pause, "gateway pull failed; retrying");
-                inner.releases.set_waiting(&id, Some(reason));
+                inner.releases.set_waiting(
+                    &id,
+                    Some(Retrying {
+                        cause: e.retry_cause(),
+                        attempt,
+                        next_at: Instant::now() + pause,
+                    }),
+                );
                 inner.status_changed.notify_one();
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}

@@ -127,7 +127,16 @@ fn on_release(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRelease)
 fn on_status(inner: &Arc<Inner>, source: Option<PeerId>, status: NodeStatus) {
     if let Some(peer) = source {
         let candidate = status.gateway_capable && inner.may_be_gateway(&peer);
-        if inner.peers.record_status(peer, status) && inner.desired.digest().count > 0 {
+        let heard = inner.peers.record_status(peer, status);
+        if heard.arrived {
+            // It has not heard which blobs this node holds: the status
+            // loop re-announces them at once (a restarted gateway would
+            // pull them from the registry again).
+            inner
+                .announce_availability
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if heard.arrived || (heard.newly_empty && inner.desired.digest().count > 0) {
             // A peer holding nothing: the status loop's anti-entropy pushes
             // to it at once (`should_push`), not at the next 2 s tick.
             inner.status_changed.notify_one();

@@ -215,6 +215,9 @@ pub(crate) struct Inner {
     gc_deferred: std::sync::atomic::AtomicBool,
     /// Readiness (`/v1/ready`): joined flag and component gates.
     ready: ready::ReadyState,
+    /// A peer arrived: re-announce the complete blobs now rather than at
+    /// the next refresh.
+    announce_availability: std::sync::atomic::AtomicBool,
 }
 
 /// A running node daemon. Cheap to clone.
@@ -278,6 +281,7 @@ impl Daemon {
             gc_deferred: Default::default(),
             mirror,
             ready: Default::default(),
+            announce_availability: Default::default(),
         });
         // Subscribe before resuming, so no release gossiped meanwhile is missed.
         let gossip_rx = inner.swarm.subscribe_gossip();

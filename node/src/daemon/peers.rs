@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use edgeswarm_protocol::election::Stance;
-use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseState};
+use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseProgress, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
@@ -88,6 +88,21 @@ impl PeerTable {
     }
 }
 
+/// What a status report told about its sender that this node acts on at
+/// once ([`Peers::record_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Heard {
+    /// The peer now reports an empty desired state and did not before (a
+    /// node that just joined or was wiped): anti-entropy pushes to it.
+    pub(super) newly_empty: bool,
+    /// The peer was unknown or gone until this report (it joined, or
+    /// restarted after the peer timeout): it has not heard this node's
+    /// availability, which is otherwise re-announced only every 30 s, and
+    /// a gateway among them would pull from the registry what this node
+    /// holds.
+    pub(super) arrived: bool,
+}
+
 /// What the daemon knows of another node.
 struct PeerEntry {
     /// Its last status report.
@@ -137,15 +152,16 @@ impl Peers {
     }
 
     /// Records `peer`'s status report, and when it first reported each
-    /// release done.
-    /// Returns whether the peer now reports an empty desired state and did
-    /// not before (a node that just joined or was wiped), so that this
-    /// node answers it without waiting for its next status tick.
-    pub(super) fn record_status(&self, peer: PeerId, status: NodeStatus) -> bool {
+    /// release done. Says what is new about the peer ([`Heard`]), so that
+    /// this node answers it without waiting for its next status tick.
+    pub(super) fn record_status(&self, peer: PeerId, status: NodeStatus) -> Heard {
         let empty = |s: &NodeStatus| s.desired.as_ref().is_some_and(|d| d.count == 0);
         let mut table = self.lock();
-        let newly_empty =
-            empty(&status) && !table.peers.get(&peer).is_some_and(|e| empty(&e.status));
+        let known = table.peers.get(&peer);
+        let heard = Heard {
+            newly_empty: empty(&status) && !known.is_some_and(|e| empty(&e.status)),
+            arrived: !known.is_some_and(PeerEntry::live),
+        };
         let now = Instant::now();
         if !table.peers.contains_key(&peer) {
             table.make_room(&peer, now);
@@ -167,7 +183,26 @@ impl Peers {
         }
         entry.status = status;
         entry.last_seen = now;
-        newly_empty
+        heard
+    }
+
+    /// What `peer` last reported of release `release`: whether the peer is
+    /// live, and its progress entry if it reports the release. `None` for
+    /// a peer never heard from (or forgotten).
+    pub(super) fn report_of(
+        &self,
+        peer: &PeerId,
+        release: &Digest,
+    ) -> Option<(bool, Option<ReleaseProgress>)> {
+        let table = self.lock();
+        let entry = table.peers.get(peer)?;
+        let progress = entry
+            .status
+            .releases
+            .iter()
+            .find(|r| r.release_id == *release)
+            .cloned();
+        Some((entry.live(), progress))
     }
 
     /// Whether a live peer may pull from the registry.
@@ -328,7 +363,7 @@ impl Peers {
 
 #[cfg(test)]
 mod tests {
-    use edgeswarm_protocol::wire::{PeerRole, ReleaseProgress};
+    use edgeswarm_protocol::wire::PeerRole;
 
     use super::*;
 
@@ -347,6 +382,7 @@ mod tests {
                     bytes_from_cloud: 0,
                     bytes_from_peers: 0,
                     error: None,
+                    waiting: None,
                 })
                 .collect(),
             desired: None,
@@ -365,14 +401,37 @@ mod tests {
         };
         let peers = Peers::default();
         let (late, old) = (PeerId::random(), PeerId::random());
-        assert!(peers.record_status(late, with(0)), "a new, empty peer");
-        assert!(!peers.record_status(late, with(0)), "reported once");
+        let empty = |h: Heard| h.newly_empty;
+        assert!(
+            empty(peers.record_status(late, with(0))),
+            "a new, empty peer"
+        );
+        assert!(!empty(peers.record_status(late, with(0))), "reported once");
         assert!(peers.a_peer_holds_nothing());
-        assert!(!peers.record_status(late, with(1)));
+        assert!(!empty(peers.record_status(late, with(1))));
         assert!(!peers.a_peer_holds_nothing());
-        assert!(peers.record_status(late, with(0)), "wiped: empty again");
-        assert!(!peers.record_status(old, with(3)));
-        assert!(!peers.record_status(old, status(false, &[])), "no digest");
+        assert!(
+            empty(peers.record_status(late, with(0))),
+            "wiped: empty again"
+        );
+        assert!(!empty(peers.record_status(old, with(3))));
+        assert!(
+            !empty(peers.record_status(old, status(false, &[]))),
+            "no digest"
+        );
+    }
+
+    #[test]
+    fn a_peer_arrives_when_first_heard_and_when_back_from_gone() {
+        let peers = Peers::default();
+        let peer = PeerId::random();
+        assert!(peers.record_status(peer, status(true, &[])).arrived);
+        assert!(!peers.record_status(peer, status(true, &[])).arrived);
+        // Gone (no report for PEER_TIMEOUT), then back: arrived again.
+        if let Some(past) = Instant::now().checked_sub(PEER_TIMEOUT + Duration::from_secs(1)) {
+            peers.lock().peers.get_mut(&peer).unwrap().last_seen = past;
+            assert!(peers.record_status(peer, status(true, &[])).arrived);
+        }
     }
 
     #[test]

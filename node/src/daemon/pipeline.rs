@@ -3,6 +3,15 @@
 //! swarm, each streamed from the store into the import sink while its
 //! chunks arrive (the store's reader blocks until the next chunk is
 //! verified, and its cursor steers the picker's deadline window).
+//!
+//! How long a node waits follows the release, not a clock: it waits for
+//! as long as the release is the desired state of its image, whatever
+//! the gateways do meanwhile (a gateway retrying a registry outage, the
+//! elected gateway gone and another one elected, no gateway-capable node
+//! live at all: status says which). It gives up, with the reason as the
+//! release's error, only when the release is superseded, removed or
+//! failed here ([`Inner::abandoned`]); every layer reader of its import
+//! then fails with that reason, so no blocking thread waits on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +26,17 @@ use super::releases::LayerInfo;
 use super::Inner;
 use crate::import::{import_image, ImageImport, ImportOptions, LayerSource};
 use crate::registry::manifest::{parse_manifest, ImageConfig, ManifestDocument};
-use crate::store::{BlobReader, Store};
+use crate::store::{BlobReader, ReaderAbort, Store};
+use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-/// Longest wait for a blob to become available in the locality while no
-/// gateway-capable node is live (a live gateway may be retrying a
-/// registry outage: nodes wait for it as long as it reports).
-const FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
+/// Longest wait for a blob of a registry-mirror pull (not a deployed
+/// release: it follows no desired state) while no gateway-capable node is
+/// live.
+const MIRROR_FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
+/// How often a waiting pipeline checks whether its release is still
+/// wanted.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// Pause between attempts while no peer holds a blob yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// Largest manifest or config read into memory.
@@ -126,6 +139,17 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
         }
     }
 
+    // Every reader of the import fails with the reason once the release
+    // is abandoned (superseded, removed, failed).
+    let give_up = Arc::new(GiveUp::default());
+    let _watcher = {
+        let inner = inner.clone();
+        let give_up = give_up.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let reason = until_abandoned(&inner, &id).await;
+            give_up.set(reason);
+        }))
+    };
     // Every layer downloads at once; each import stream follows its layer.
     let mut fetches = tokio::task::JoinSet::new();
     for layer in &layers {
@@ -145,7 +169,7 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
             reader: Box::new(DeclaredReader {
                 store: inner.store.clone(),
                 blob: layer.digest,
-                deadline: Instant::now() + FETCH_DEADLINE,
+                give_up: give_up.clone(),
                 shutdown: inner.shutdown.clone(),
                 reader: None,
             }),
@@ -167,6 +191,9 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
         },
     )
     .await;
+    if let Some(reason) = give_up.reason() {
+        return Err(ReleaseError::Abandoned(reason));
+    }
     while let Some(result) = fetches.join_next().await {
         result.map_err(|source| ReleaseError::Task {
             what: "fetch",
@@ -213,28 +240,34 @@ fn parse_digest(s: &str, what: impl FnOnce() -> String) -> Result<Digest, Releas
 }
 
 /// Brings a blob into the store: from peers, or by waiting for this node's
-/// own registry pull. Retries while nobody holds it yet.
+/// own registry pull. Retries while nobody holds it yet, for as long as
+/// release `release` is wanted ([`Inner::abandoned`]); a registry-mirror
+/// pull gives up after [`MIRROR_FETCH_DEADLINE`] without a live gateway.
 pub(super) async fn fetch_blob(
     inner: &Arc<Inner>,
     release: Digest,
     digest: Digest,
 ) -> Result<(), ReleaseError> {
+    let deployed = inner.follows_desired(&release);
     let mut started = Instant::now();
     let mut last_error = String::new();
     loop {
         if inner.store.is_complete(&digest) {
             return Ok(());
         }
-        if inner.config.gateway || inner.peers.any_live_gateway() {
-            started = Instant::now();
-        }
         if inner.shutdown.is_cancelled() {
             return Err(ReleaseError::ShuttingDown);
         }
-        if started.elapsed() > FETCH_DEADLINE {
+        if let Some(reason) = inner.abandoned(&release) {
+            return Err(ReleaseError::Abandoned(reason));
+        }
+        if inner.config.gateway || inner.peers.any_live_gateway() {
+            started = Instant::now();
+        }
+        if !deployed && started.elapsed() > MIRROR_FETCH_DEADLINE {
             return Err(ReleaseError::Unavailable {
                 blob: digest,
-                secs: FETCH_DEADLINE.as_secs(),
+                secs: MIRROR_FETCH_DEADLINE.as_secs(),
                 last_error,
             });
         }
@@ -247,6 +280,9 @@ pub(super) async fn fetch_blob(
         let fetched = tokio::select! {
             r = inner.swarm.fetch_blob(digest, None) => r,
             () = until_complete(inner, digest) => Ok(()),
+            reason = until_abandoned(inner, &release) => {
+                return Err(ReleaseError::Abandoned(reason));
+            }
         };
         match fetched {
             Ok(()) => return Ok(()),
@@ -255,6 +291,115 @@ pub(super) async fn fetch_blob(
                 tracing::debug!(blob = %digest, error = %last_error, "blob not fetched yet");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
+        }
+    }
+}
+
+/// Resolves, with the reason, once release `id` is abandoned
+/// ([`Inner::abandoned`]).
+async fn until_abandoned(inner: &Inner, id: &Digest) -> String {
+    loop {
+        if let Some(reason) = inner.abandoned(id) {
+            return reason;
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+impl Inner {
+    /// Whether release `id` is a deployed release this node tracks (its
+    /// waits follow the desired state), not a registry-mirror pull or an
+    /// id nobody tracks.
+    fn follows_desired(&self, id: &Digest) -> bool {
+        self.releases
+            .get(id)
+            .is_some_and(|t| !super::mirror::is_mirror(&t.release))
+    }
+
+    /// Why this node should stop waiting for release `id`, when it
+    /// should: it failed here, or the desired state of its image is now
+    /// a newer release or a removal. `None` (keep waiting) for anything
+    /// else, however long the gateways take: a gateway retrying an outage
+    /// or being replaced is no reason to give up. Mirror pulls and ids not
+    /// tracked are not judged here.
+    pub(super) fn abandoned(&self, id: &Digest) -> Option<String> {
+        use super::desired::Entry;
+        let t = self.releases.get(id)?;
+        if t.state == ReleaseState::Failed {
+            return Some(format!(
+                "the release failed here: {}",
+                t.error.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        if super::mirror::is_mirror(&t.release) {
+            return None;
+        }
+        let image = &t.release.image;
+        match self.desired.get(image)? {
+            Entry::Release(newer) if newer.release_id() != *id => Some(format!(
+                "superseded by release {} (seq {}) of {image}",
+                newer.release_id(),
+                newer.body_unverified().seq
+            )),
+            Entry::Removal(removal) => Some(format!(
+                "{image} was removed from the locality (removal seq {})",
+                removal.body_unverified().seq
+            )),
+            Entry::Release(_) => None,
+        }
+    }
+}
+
+/// Aborts a task when dropped (a pipeline's watcher ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why a release's pipeline gives up, once it does: set once, it fails
+/// every layer reader of the import, those still waiting for their layer
+/// to be declared and those blocked on a chunk.
+#[derive(Default)]
+struct GiveUp {
+    /// The reason, once set.
+    reason: Mutex<Option<String>>,
+    /// The readers opened so far.
+    aborts: Mutex<Vec<ReaderAbort>>,
+}
+
+impl GiveUp {
+    /// Records `reason` (the first one stays) and fails every reader.
+    fn set(&self, reason: String) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        for abort in self.aborts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            abort.abort();
+        }
+    }
+
+    /// The reason, once set.
+    fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adds a reader; it fails at once when the reason is set already.
+    fn register(&self, abort: ReaderAbort) {
+        self.aborts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(abort.clone());
+        // Checked after the push: a concurrent `set` either sees this
+        // reader or has set the reason before this check.
+        if self.reason().is_some() {
+            abort.abort();
         }
     }
 }
@@ -294,14 +439,16 @@ async fn until_complete(inner: &Inner, digest: Digest) {
 
 /// A layer's reader that opens the store's [`BlobReader`] once the store
 /// knows the blob's layout (its first read blocks until then), so that an
-/// import can begin with the layers that are already arriving.
+/// import can begin with the layers that are already arriving. It waits
+/// for as long as its release is wanted: it fails only at shutdown or
+/// once the pipeline gives up ([`GiveUp`]), with the reason.
 struct DeclaredReader {
     /// The store the blob will be declared in.
     store: Store,
     /// The layer blob.
     blob: Digest,
-    /// When to give up waiting for the declaration.
-    deadline: Instant,
+    /// Set when the pipeline gives the release up.
+    give_up: Arc<GiveUp>,
     /// The node's shutdown: stop waiting.
     shutdown: CancellationToken,
     /// The store's reader, once declared.
@@ -313,22 +460,33 @@ impl std::io::Read for DeclaredReader {
         // Runs on the import's blocking thread: sleeping here blocks no
         // async task.
         while self.reader.is_none() {
+            if let Some(reason) = self.give_up.reason() {
+                return Err(std::io::Error::other(format!(
+                    "layer {} never became available: {reason}",
+                    self.blob
+                )));
+            }
             if self.store.blob_info(&self.blob).is_some() {
                 let reader = self
                     .store
                     .reader(self.blob)
                     .map_err(std::io::Error::other)?;
+                self.give_up.register(reader.abort_handle());
                 self.reader = Some(reader);
-            } else if self.shutdown.is_cancelled() || Instant::now() > self.deadline {
+            } else if self.shutdown.is_cancelled() {
                 return Err(std::io::Error::other(format!(
-                    "layer {} never became available",
+                    "layer {} never became available: the node is shutting down",
                     self.blob
                 )));
             } else {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        self.reader.as_mut().expect("set above").read(buf)
+        let read = self.reader.as_mut().expect("set above").read(buf);
+        read.map_err(|e| match self.give_up.reason() {
+            Some(reason) => std::io::Error::other(format!("layer {}: {reason}", self.blob)),
+            None => e,
+        })
     }
 }
 
@@ -346,7 +504,7 @@ mod tests {
         DeclaredReader {
             store: store.clone(),
             blob,
-            deadline: Instant::now() + Duration::from_secs(30),
+            give_up: Arc::new(GiveUp::default()),
             shutdown,
             reader: None,
         }
@@ -407,5 +565,43 @@ mod tests {
             err.to_string().contains("never became available"),
             "unexpected error: {err}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn declared_reader_waits_until_given_up_and_fails_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
+            .await
+            .unwrap();
+        // Two readers: one whose layer is never declared, one blocked on
+        // the second chunk of a declared layer.
+        let bytes: Vec<u8> = (0..2 * 65536u32).map(|i| (i % 253) as u8).collect();
+        let blob = Digest::of(&bytes);
+        let map = ChunkMap::from_bytes(&bytes, ChunkSize::MIN);
+        store.put_chunk_map(blob, &map).await.unwrap();
+        let first = map.chunk_range(0).unwrap();
+        let chunk = Bytes::copy_from_slice(&bytes[first.start as usize..first.end as usize]);
+        store.write_chunk(blob, 0, chunk).await.unwrap();
+        let give_up = Arc::new(GiveUp::default());
+        let mut undeclared = reader(&store, Digest::of(b"never"), CancellationToken::new());
+        undeclared.give_up = give_up.clone();
+        let mut partial = reader(&store, blob, CancellationToken::new());
+        partial.give_up = give_up.clone();
+        let a = tokio::task::spawn_blocking(move || undeclared.read(&mut [0u8; 16]));
+        let b = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            partial.read_to_end(&mut out).map(|_| 0)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!a.is_finished() && !b.is_finished(), "gave up by itself");
+        give_up.set("superseded by release sha256:x (seq 2) of app".into());
+        for read in [a, b] {
+            let err = tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .expect("the reader returned once given up")
+                .unwrap()
+                .unwrap_err();
+            assert!(err.to_string().contains("superseded by release"), "{err}");
+        }
     }
 }

@@ -106,6 +106,9 @@ struct Tracked {
     silent: Vec<PeerId>,
     /// Whether this node started pulling it as gateway.
     pulling: bool,
+    /// No gateway pull starts before this (a release resumed at start:
+    /// see [`Releases::hold_pull`]).
+    hold_pull_until: Option<Instant>,
     /// Whether this node's pull (if any) has decided which layers it
     /// pulls from the registry (they are then in `Table::pulling_blobs`).
     /// Until then this node's fetch pipeline asks no peer for layers: the
@@ -125,8 +128,32 @@ struct Tracked {
     bytes_held_before: u64,
     /// Why it failed.
     error: Option<String>,
-    /// Why it is waiting, while it is (a gateway retrying its pull).
-    waiting: Option<String>,
+    /// Why it is waiting, while it is (this node's gateway pull retrying).
+    waiting: Option<Retrying>,
+}
+
+/// This node's gateway pull of a release waiting to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Retrying {
+    /// Why the last attempt failed, in a few words.
+    pub(super) cause: String,
+    /// Attempts failed so far.
+    pub(super) attempt: u32,
+    /// When the next attempt starts.
+    pub(super) next_at: Instant,
+}
+
+impl Retrying {
+    /// The reason status shows, with the delay left until the next
+    /// attempt (rounded up, so it never reads 0 while waiting).
+    pub(super) fn describe(&self) -> String {
+        let left = self.next_at.saturating_duration_since(Instant::now());
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        format!(
+            "retrying: {}, attempt {}, next in {secs} s",
+            self.cause, self.attempt
+        )
+    }
 }
 
 /// A copy of one release's record.
@@ -152,7 +179,8 @@ pub(super) struct Snapshot {
     pub(super) bytes_held_before: u64,
     /// Why it failed.
     pub(super) error: Option<String>,
-    /// Why it is waiting, while it is.
+    /// Why this node's gateway pull waits, while it does
+    /// ([`Retrying::describe`]).
     pub(super) waiting: Option<String>,
 }
 
@@ -233,7 +261,7 @@ impl Tracked {
             layers: self.layers.clone(),
             bytes_held_before: self.bytes_held_before,
             error: self.error.clone(),
-            waiting: self.waiting.clone(),
+            waiting: self.waiting.as_ref().map(Retrying::describe),
         }
     }
 }
@@ -263,6 +291,7 @@ impl Releases {
                 gateway_since: None,
                 silent: Vec::new(),
                 pulling: false,
+                hold_pull_until: None,
                 pull_planned: false,
                 fetching: false,
                 bytes_total: 0,
@@ -291,9 +320,21 @@ impl Releases {
         true
     }
 
-    /// Records why release `id` is waiting (a gateway retrying its pull),
-    /// or clears it with `None`. Shown in status; not a failure.
-    pub(super) fn set_waiting(&self, id: &Digest, reason: Option<String>) {
+    /// Starts no gateway pull of release `id` before `until`. A release
+    /// resumed at start is elected among the gateways this node has heard
+    /// of, which at first is itself alone, and pulled of what the peers it
+    /// has not heard from yet hold: it waits until their status and
+    /// availability came in.
+    pub(super) fn hold_pull(&self, id: &Digest, until: Instant) {
+        if let Some(t) = self.lock().releases.get_mut(id) {
+            t.hold_pull_until = Some(until);
+        }
+    }
+
+    /// Records that this node's gateway pull of release `id` waits to try
+    /// again, or clears it with `None`. Shown in status and carried in
+    /// status reports; not a failure.
+    pub(super) fn set_waiting(&self, id: &Digest, reason: Option<Retrying>) {
         if let Some(t) = self.lock().releases.get_mut(id) {
             t.waiting = reason;
         }
@@ -336,7 +377,8 @@ impl Releases {
             t.gateway = gateway;
             t.gateway_since = gateway.map(|_| Instant::now());
         }
-        let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done;
+        let held = t.hold_pull_until.is_some_and(|u| Instant::now() < u);
+        let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done && !held;
         if pull {
             t.pulling = true;
             t.pull_planned = false;
@@ -824,6 +866,22 @@ mod tests {
             .pull
             .is_none());
         assert!(table.pending().is_empty());
+    }
+
+    #[test]
+    fn a_held_release_starts_no_pull_until_the_hold_ends_but_fetches() {
+        let (table, id) = one("reg/app:v1");
+        let me = PeerId::random();
+        table.hold_pull(&id, Instant::now() + Duration::from_millis(200));
+        let work = table.schedule(&id, &[yes(me)], me, |_| true);
+        assert!(work.pull.is_none(), "pulled during the hold");
+        assert!(work.fetch.is_some(), "the fetch does not wait");
+        assert!(!table.pulls_itself(&id, &Digest::of(b"a")));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(table
+            .schedule(&id, &[yes(me)], me, |_| true)
+            .pull
+            .is_some());
     }
 
     #[test]

@@ -94,7 +94,10 @@ pub(super) async fn status_loop(inner: Arc<Inner>) {
             .take(MAX_ANNOUNCED_BLOBS)
             .collect();
         complete.sort();
-        let stale = last_refresh.is_none_or(|t| t.elapsed() >= AVAILABILITY_REFRESH);
+        let stale = last_refresh.is_none_or(|t| t.elapsed() >= AVAILABILITY_REFRESH)
+            || inner
+                .announce_availability
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
         if complete != announced || stale {
             let entries = complete
                 .iter()

@@ -107,8 +107,10 @@ pub struct ReleaseView {
     /// knows the release: orders releases of the same image.
     #[serde(default)]
     pub seq: Option<u64>,
-    /// Why the release is waiting, while it is (this node's gateway pull
-    /// retrying after a registry failure, with the next attempt's delay).
+    /// Why the release is waiting, while it is: a gateway pull retrying
+    /// after a registry failure (the cause, the attempt, the next one's
+    /// delay), on the gateway and, naming it, on every node that waits for
+    /// it; the elected gateway gone or failed; no gateway live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
 }
@@ -285,6 +287,50 @@ impl Inner {
                 .saturating_sub(from_cloud)
                 .saturating_sub(t.bytes_held_before),
             error: t.error.clone(),
+            // Only this node's own pull: a reason derived from another
+            // node's report is not passed on (it would echo between nodes).
+            waiting: t
+                .waiting
+                .as_deref()
+                .map(edgeswarm_protocol::wire::truncate_message),
+        }
+    }
+
+    /// Why release `t` waits on this node, while it does: this node's own
+    /// gateway pull retrying; else what its elected gateway reports
+    /// (retrying a registry outage, or failed); else that no gateway is
+    /// live. `None` once the release has its layers, is done or failed.
+    pub(super) fn waiting_of(&self, t: &Snapshot) -> Option<String> {
+        if let Some(own) = &t.waiting {
+            return Some(own.clone());
+        }
+        if !matches!(
+            t.state,
+            ReleaseState::Announced | ReleaseState::Resolving | ReleaseState::Fetching
+        ) {
+            return None;
+        }
+        let me = self.swarm.local_peer_id();
+        match t.gateway {
+            Some(gateway) if gateway == me => None,
+            Some(gateway) => match self.peers.report_of(&gateway, &t.id) {
+                Some((false, _)) => Some(format!(
+                    "gateway {gateway} stopped reporting; waiting for another gateway to take over"
+                )),
+                Some((true, Some(p))) if p.waiting.is_some() => Some(format!(
+                    "gateway {gateway} {}",
+                    p.waiting.as_deref().unwrap_or_default()
+                )),
+                Some((true, Some(p))) if p.state == ReleaseState::Failed => Some(format!(
+                    "gateway {gateway} failed the release ({}); waiting for a new release \
+                     or another gateway",
+                    p.error.as_deref().unwrap_or("no reason given")
+                )),
+                _ => None,
+            },
+            None => {
+                Some("no gateway-capable node is live in the locality; waiting for one".to_owned())
+            }
         }
     }
 
@@ -308,7 +354,10 @@ impl Inner {
     fn release_views(&self, releases: &[Snapshot]) -> Vec<ReleaseView> {
         releases
             .iter()
-            .map(|t| progress_view(&self.progress_of(t), Some(t)))
+            .map(|t| ReleaseView {
+                waiting: self.waiting_of(t),
+                ..progress_view(&self.progress_of(t), Some(t))
+            })
             .collect()
     }
 }
@@ -332,7 +381,7 @@ fn progress_view(p: &ReleaseProgress, tracked: Option<&Snapshot>) -> ReleaseView
         gateway: tracked.and_then(|t| t.gateway).map(|g| g.to_string()),
         created: tracked.map(|t| t.release.created),
         seq: tracked.map(|t| t.release.seq),
-        waiting: tracked.and_then(|t| t.waiting.clone()),
+        waiting: p.waiting.clone(),
     }
 }
 

@@ -401,19 +401,60 @@ async fn a_gateway_retries_a_registry_outage_until_the_release_completes() {
         },
     )
     .await;
-    assert!(reason.contains("retrying in"), "{reason}");
+    assert!(
+        reason.starts_with("retrying: registry unreachable")
+            && reason.contains("attempt 1, next in "),
+        "{reason}"
+    );
     for d in &locality.daemons {
         let r = release_of(d, &reference).await.expect("tracked");
         assert_ne!(r.state, ReleasePhase::Failed, "{r:?}");
         assert!(r.error.is_none(), "{r:?}");
     }
+    // The other node says why it waits, naming the gateway; and shows the
+    // gateway's own reason in its view of that peer.
+    let gateway_id = gateway.swarm().local_peer_id().to_string();
+    let other = &locality.daemons[1];
+    let seen = eventually(
+        "the other node shows the gateway's retry",
+        Duration::from_secs(30),
+        async || {
+            let view = other.status().await;
+            let mine = view
+                .this
+                .releases
+                .iter()
+                .find(|r| r.image == reference)
+                .and_then(|r| r.waiting.clone());
+            let peer = view
+                .nodes
+                .iter()
+                .find(|n| n.peer_id == gateway_id)
+                .and_then(|n| n.releases.iter().find_map(|r| r.waiting.clone()));
+            match (mine, peer) {
+                (Some(m), Some(p)) => Ok((m, p)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let prefix = format!("gateway {gateway_id} retrying: registry unreachable");
+    assert!(seen.0.starts_with(&prefix), "{seen:?}");
+    assert!(
+        seen.0.contains(", attempt ") && seen.0.contains(" s"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.1.starts_with("retrying: registry unreachable"),
+        "{seen:?}"
+    );
     // Let it retry at least once more while the registry is still down.
     eventually("a second retry", Duration::from_secs(60), async || {
         let w = release_of(gateway, &reference)
             .await
             .and_then(|r| r.waiting);
         match w {
-            Some(w) if !w.contains("(attempt 1)") => Ok(()),
+            Some(w) if !w.contains("attempt 1,") => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
@@ -423,10 +464,137 @@ async fn a_gateway_retries_a_registry_outage_until_the_release_completes() {
     let listener = TcpListener::bind(outage).await.unwrap();
     serve_proxy(listener, registry.addr(), 1 << 30);
     wait_done(&locality.daemons, &reference, Duration::from_secs(120)).await;
-    let r = release_of(gateway, &reference).await.unwrap();
-    assert!(r.waiting.is_none(), "{r:?}");
+    for d in &locality.daemons {
+        let r = release_of(d, &reference).await.unwrap();
+        assert!(r.waiting.is_none(), "{r:?}");
+    }
     for dir in &locality.dirs {
         assert!(has_rootfs(dir.path(), &reference));
     }
+    locality.shutdown().await;
+}
+
+/// A proxy to `upstream` at `rate` bytes/s that delivers at most `limit`
+/// response bytes in all; from then on it drops every connection at once
+/// (the registry gone mid-layer). Returns its address.
+async fn proxy_cut_after(upstream: std::net::SocketAddr, rate: u64, limit: u64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            if sent.load(Ordering::Relaxed) >= limit {
+                continue;
+            }
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut server_r, mut server_w) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
+                });
+                let mut buf = vec![0u8; 16 << 10];
+                loop {
+                    let room = limit.saturating_sub(sent.load(Ordering::Relaxed));
+                    let want = buf.len().min(room as usize);
+                    if want == 0 {
+                        break;
+                    }
+                    let n = match server_r.read(&mut buf[..want]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if client_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent.fetch_add(n as u64, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+                }
+                up.abort();
+            });
+        }
+    });
+    addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_waiting_mid_import_gives_up_only_when_the_release_is_superseded() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(
+        ImageSpec::random_layers(&[4 << 20], 5, Compression::None),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    push(&registry, "abandon/app", "v1", &image).await;
+    // The registry goes away once half the layer crossed the cloud link.
+    let proxy = proxy_cut_after(registry.addr(), 2 << 20, image.layers_size() / 2).await;
+    let reference = format!("{proxy}/abandon/app:v1");
+    let locality = Locality::start("abandon", 1, 2).await;
+    let (gateway, node) = (&locality.daemons[0], &locality.daemons[1]);
+    let key = PublisherKey::generate(&mut rand::rngs::OsRng);
+    let first = SignedRelease::sign(
+        release(&reference, image.manifest_digest, "abandon", 1),
+        &key,
+    );
+    let first_id = first.release_id().to_string();
+    gateway.publish_release(first).await.unwrap();
+
+    // The node imports what arrived and waits for the rest (its import
+    // blocked on the next chunk) while the gateway retries the outage.
+    let of = async |id: &str| {
+        let view = node.status().await;
+        view.this.releases.into_iter().find(|r| r.id == id)
+    };
+    let waiting = eventually(
+        "the node waiting mid-layer for a retrying gateway",
+        Duration::from_secs(60),
+        async || match of(&first_id).await {
+            Some(r)
+                if r.state == ReleasePhase::Fetching
+                    && r.bytes_done > 0
+                    && r.waiting
+                        .as_deref()
+                        .is_some_and(|w| w.contains(" retrying: ")) =>
+            {
+                Ok(r)
+            }
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert!(waiting.bytes_done < waiting.bytes_total, "{waiting:?}");
+    // Waiting is not failing: still fetching, no error, a while later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = of(&first_id).await.unwrap();
+    assert_eq!(r.state, ReleasePhase::Fetching, "{r:?}");
+    assert!(r.error.is_none(), "{r:?}");
+
+    // A newer release of the image: the node gives the old one up, with
+    // the reason, and its import ends.
+    let newer = SignedRelease::sign(release(&reference, Digest::of(b"v2"), "abandon", 2), &key);
+    let newer_id = newer.release_id().to_string();
+    gateway.publish_release(newer).await.unwrap();
+    let error = eventually(
+        "the old release given up",
+        Duration::from_secs(20),
+        async || match of(&first_id).await {
+            Some(r) if r.state == ReleasePhase::Failed => Ok(r.error.unwrap_or_default()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert!(
+        error.contains(&format!("superseded by release {newer_id} (seq 2)")),
+        "{error}"
+    );
+    assert!(!has_rootfs(locality.dirs[1].path(), &reference));
     locality.shutdown().await;
 }

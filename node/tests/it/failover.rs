@@ -26,8 +26,20 @@ pub(crate) async fn throttled_proxy(upstream: SocketAddr, rate: u64) -> SocketAd
 /// Proxies every connection `listener` accepts to `upstream`, delivering
 /// responses at `rate` bytes/s.
 pub(crate) fn serve_proxy(listener: TcpListener, upstream: SocketAddr, rate: u64) {
+    serve_counted_proxy(listener, upstream, rate, Default::default());
+}
+
+/// [`serve_proxy`], adding every response byte delivered to `delivered`
+/// (the cloud link's bytes, for nodes that run as processes of their own).
+pub(crate) fn serve_counted_proxy(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    rate: u64,
+    delivered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            let delivered = delivered.clone();
             tokio::spawn(async move {
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     return;
@@ -47,6 +59,7 @@ pub(crate) fn serve_proxy(listener: TcpListener, upstream: SocketAddr, rate: u64
                     if client_w.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
+                    delivered.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
                 }
                 up.abort();

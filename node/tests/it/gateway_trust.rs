@@ -108,6 +108,7 @@ fn gateway_status(releases: &[Digest]) -> Vec<u8> {
                 bytes_from_cloud: 0,
                 bytes_from_peers: 0,
                 error: None,
+                waiting: None,
             })
             .collect(),
         desired: None,

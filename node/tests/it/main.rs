@@ -13,6 +13,7 @@ mod durability;
 mod failover;
 mod fuzz_decoders;
 mod gateway;
+mod gateway_restart;
 mod gateway_trust;
 mod import_dir;
 mod import_docker;

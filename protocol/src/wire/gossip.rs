@@ -181,24 +181,89 @@ code_enum!(ReleaseState {
     Failed = 5
 });
 
-cbor_tuple_struct! {
-    /// Progress of one release on the reporting node.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct ReleaseProgress {
-        /// The release.
-        pub release_id: Digest,
-        /// Its phase.
-        pub state: ReleaseState,
-        /// Bytes of all layers to fetch.
-        pub bytes_total: u64,
-        /// Bytes verified so far.
-        pub bytes_done: u64,
-        /// Of those, fetched from the cloud registry (gateway only).
-        pub bytes_from_cloud: u64,
-        /// Of those, fetched from peers.
-        pub bytes_from_peers: u64,
-        /// Why the release failed, at most [`MAX_MESSAGE_CHARS`].
-        pub error: Option<String>,
+/// Progress of one release on the reporting node.
+///
+/// Encoded as `[release_id, state, bytes_total, bytes_done,
+/// bytes_from_cloud, bytes_from_peers, error / null]`, with an eighth
+/// element, `waiting`, only while the sender has a reason to report (nodes
+/// before it send seven, and so does every node whose release is not
+/// waiting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseProgress {
+    /// The release.
+    pub release_id: Digest,
+    /// Its phase.
+    pub state: ReleaseState,
+    /// Bytes of all layers to fetch.
+    pub bytes_total: u64,
+    /// Bytes verified so far.
+    pub bytes_done: u64,
+    /// Of those, fetched from the cloud registry (gateway only).
+    pub bytes_from_cloud: u64,
+    /// Of those, fetched from peers.
+    pub bytes_from_peers: u64,
+    /// Why the release failed, at most [`MAX_MESSAGE_CHARS`].
+    pub error: Option<String>,
+    /// Why the release is waiting, while it is (a gateway retrying its
+    /// registry pull: the cause, the attempt, the next one's delay), at
+    /// most [`MAX_MESSAGE_CHARS`]. Not a failure.
+    pub waiting: Option<String>,
+}
+
+impl Serialize for ReleaseProgress {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let len = if self.waiting.is_some() { 8 } else { 7 };
+        let mut t = serializer.serialize_tuple(len)?;
+        t.serialize_element(&self.release_id)?;
+        t.serialize_element(&self.state)?;
+        t.serialize_element(&self.bytes_total)?;
+        t.serialize_element(&self.bytes_done)?;
+        t.serialize_element(&self.bytes_from_cloud)?;
+        t.serialize_element(&self.bytes_from_peers)?;
+        t.serialize_element(&self.error)?;
+        if let Some(w) = &self.waiting {
+            t.serialize_element(w)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ReleaseProgress {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ReleaseProgress;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a release progress [release_id, state, bytes_total, bytes_done, \
+                     bytes_from_cloud, bytes_from_peers, error, waiting?]",
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ReleaseProgress, A::Error> {
+                let release_id = next(&mut seq, 0, &self)?;
+                let state = next(&mut seq, 1, &self)?;
+                let bytes_total = next(&mut seq, 2, &self)?;
+                let bytes_done = next(&mut seq, 3, &self)?;
+                let bytes_from_cloud = next(&mut seq, 4, &self)?;
+                let bytes_from_peers = next(&mut seq, 5, &self)?;
+                let error = next(&mut seq, 6, &self)?;
+                // Present only when set: a null here would not re-encode
+                // to the same bytes.
+                let waiting: Option<String> = seq.next_element()?;
+                end(&mut seq)?;
+                Ok(ReleaseProgress {
+                    release_id,
+                    state,
+                    bytes_total,
+                    bytes_done,
+                    bytes_from_cloud,
+                    bytes_from_peers,
+                    error,
+                    waiting,
+                })
+            }
+        }
+        deserializer.deserialize_seq(V)
     }
 }
 
