@@ -17,6 +17,9 @@
 //!   trials of kills, restarts, late joiners, registry cuts, link bounces
 //!   and replays, each checked for convergence, integrity, refetches,
 //!   leaks and cloud bytes).
+//! - [`mirror_pull`]: issue 14's containerd experiment: every node's
+//!   containerd pulls through its node's registry mirror, against one
+//!   node's pull straight from the registry in the same run.
 //! - [`measure`]: per-link bytes, per-process CPU, pull times and node
 //!   metrics of a run.
 //! - [`watch`]: polling nodes' APIs from inside the testnet.
@@ -58,6 +61,7 @@ pub mod experiment;
 pub mod faults;
 pub mod images;
 pub mod measure;
+pub mod mirror_pull;
 pub mod process;
 pub mod rate;
 pub mod registry;
