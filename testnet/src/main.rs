@@ -326,6 +326,13 @@ struct MirrorPullArgs {
     /// Keep the nodes' and containerds' data dirs [default: off].
     #[arg(long)]
     keep_data: bool,
+    /// CPU cores each emulated device (its containerd, ctr and edgeswarm
+    /// node) may use, by a cgroup v1 CPU quota, in the baseline as in the
+    /// mirror run: N devices then do not share the machine's cores
+    /// against the baseline's one (e.g. 0.3 for 5 nodes on 2 cores)
+    /// [default: no cap].
+    #[arg(long)]
+    cpu_per_node: Option<f64>,
 }
 
 #[derive(Debug, Args)]

@@ -88,6 +88,78 @@ pub struct CtrSpec {
     /// The manifest digest pushed (`sha256:...`): what every containerd
     /// must end up with.
     pub manifest: String,
+    /// CPU cores each emulated device may use (a cgroup v1 CPU quota
+    /// over its containerd, `ctr` and edgeswarm node), so that N devices
+    /// do not share the machine's cores unevenly against the baseline's
+    /// one; `None`: no quota (all processes share the machine).
+    pub cpu_per_node: Option<f64>,
+}
+
+/// A CPU quota (cgroup v1 `cpu` controller) for one emulated device's
+/// processes, removed on drop (once they are gone).
+#[derive(Debug)]
+pub struct CpuCap {
+    dir: PathBuf,
+}
+
+/// Parent of the testnet's CPU cgroups.
+const CPU_CGROUP_ROOT: &str = "/sys/fs/cgroup/cpu/edgeswarm-testnet";
+
+impl CpuCap {
+    /// A cgroup `name` limited to `cores` (0.3: 30 ms of CPU per 100 ms).
+    pub fn new(name: &str, cores: f64) -> Result<CpuCap> {
+        let dir = Path::new(CPU_CGROUP_ROOT).join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            TestnetError::io(
+                format!(
+                    "creating the CPU cgroup {} (cgroup v1 `cpu` controller)",
+                    dir.display()
+                ),
+                e,
+            )
+        })?;
+        let period = 100_000u64;
+        let quota = ((cores * period as f64) as u64).max(1000);
+        for (file, value) in [("cpu.cfs_period_us", period), ("cpu.cfs_quota_us", quota)] {
+            std::fs::write(dir.join(file), value.to_string()).map_err(|e| {
+                TestnetError::io(format!("writing {}", dir.join(file).display()), e)
+            })?;
+        }
+        Ok(CpuCap { dir })
+    }
+
+    /// Moves process `pid` (all its threads) into the cgroup.
+    pub fn add(&self, pid: u32) -> Result<()> {
+        let procs = self.dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .map_err(|e| TestnetError::io(format!("writing {}", procs.display()), e))
+    }
+
+    /// The file a process writes its pid into to join.
+    pub fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        // Fails while a process is still in it (a later run reuses it),
+        // and for the parent while another cap lives.
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::remove_dir(CPU_CGROUP_ROOT);
+    }
+}
+
+/// One cap per node of `nodes` when the spec asks for them.
+fn cpu_caps(topo: &Topology, spec: &CtrSpec, nodes: &[usize]) -> Result<Vec<Option<CpuCap>>> {
+    nodes
+        .iter()
+        .map(|&i| {
+            spec.cpu_per_node
+                .map(|cores| CpuCap::new(&format!("{}-n{i}", topo.state().name), cores))
+                .transpose()
+        })
+        .collect()
 }
 
 /// One node's pull.
@@ -280,18 +352,28 @@ pub fn write_hosts_dir(dir: &Path, registry_host: &str) -> Result<PathBuf> {
 }
 
 /// Starts a containerd in each of `nodes`' namespaces, under `dir/n<i>`.
-fn start_containerds(topo: &Topology, nodes: &[usize], dir: &Path) -> Result<Vec<Containerd>> {
+fn start_containerds(
+    topo: &Topology,
+    nodes: &[usize],
+    dir: &Path,
+    caps: &[Option<CpuCap>],
+) -> Result<Vec<Containerd>> {
     let loc = topo.locality(0)?;
     nodes
         .iter()
-        .map(|&i| {
+        .zip(caps)
+        .map(|(&i, cap)| {
             let node = loc.nodes.get(i).ok_or_else(|| {
                 TestnetError::Experiment(format!(
                     "no node {i} in a locality of {}",
                     loc.nodes.len()
                 ))
             })?;
-            Containerd::start(topo, &node.ns, &dir.join(format!("n{i}")))
+            let c = Containerd::start(topo, &node.ns, &dir.join(format!("n{i}")))?;
+            if let Some(cap) = cap {
+                cap.add(c.proc.pid())?;
+            }
+            Ok(c)
         })
         .collect()
 }
@@ -306,6 +388,7 @@ fn timed_pulls(
     daemons: &[Containerd],
     hosts_dir: Option<&Path>,
     logs: &Path,
+    caps: &[Option<CpuCap>],
 ) -> Result<Vec<(Option<f64>, f64)>> {
     let loc = topo.locality(0)?;
     std::fs::create_dir_all(logs)
@@ -321,7 +404,18 @@ fn timed_pulls(
         let err = log
             .try_clone()
             .map_err(|e| TestnetError::io("duplicating a log handle", e))?;
-        let mut cmd = topo.command(&loc.nodes[i].ns, "ctr")?;
+        let mut cmd = match &caps[k] {
+            // Joins the device's cgroup before it execs ctr, so that none
+            // of its CPU escapes the quota.
+            Some(cap) => {
+                let mut c = topo.command(&loc.nodes[i].ns, "sh")?;
+                c.arg("-c")
+                    .arg("echo $$ > \"$0\" && exec ctr \"$@\"")
+                    .arg(cap.procs_file());
+                c
+            }
+            None => topo.command(&loc.nodes[i].ns, "ctr")?,
+        };
         cmd.arg("--address").arg(d.socket()).args([
             "-n",
             CTR_NAMESPACE,
@@ -415,6 +509,7 @@ fn measured_pulls(
     nodes: &[usize],
     daemons: &[Containerd],
     hosts_dir: Option<&Path>,
+    caps: &[Option<CpuCap>],
 ) -> Result<CtrRun> {
     let loc = topo.locality(0)?.clone();
     let work = &spec.run.work;
@@ -432,6 +527,7 @@ fn measured_pulls(
         daemons,
         hosts_dir,
         &work.join(format!("logs/{label}-r{round}")),
+        caps,
     )?;
     let cpu = cpu0.until(CpuTimes::now());
     let ports1 = measure::read_bridge_ports(&loc)?;
@@ -487,10 +583,12 @@ pub fn run_direct(
     round: usize,
     nodes: &[usize],
 ) -> Result<CtrRun> {
+    let caps = cpu_caps(topo, spec, nodes)?;
     let daemons = start_containerds(
         topo,
         nodes,
         &spec.run.work.join(format!("containerd/{label}-r{round}")),
+        &caps,
     )?;
     let run = measured_pulls(
         topo,
@@ -501,8 +599,10 @@ pub fn run_direct(
         nodes,
         &daemons,
         None,
+        &caps,
     );
     finish(daemons, spec.run.keep_data);
+    drop(caps);
     run
 }
 
@@ -526,13 +626,20 @@ pub fn run_mirror(
     // releases are signed by the nodes themselves).
     experiment::write_publisher_key(tools, &run)?;
     let hosts = write_hosts_dir(&spec.run.work.join("hosts-mirror"), registry_host)?;
+    let caps = cpu_caps(topo, spec, &nodes)?;
     let daemons = start_containerds(
         topo,
         &nodes,
         &spec.run.work.join(format!("containerd/{label}-r{round}")),
+        &caps,
     )?;
     let extra = ["--mirror".to_string(), MIRROR_ADDR.to_string()];
     let mut formed = experiment::form_locality(topo, tools, registry_host, &run, &extra)?;
+    for (p, cap) in formed.loc.procs.iter().zip(&caps) {
+        if let Some(cap) = cap {
+            cap.add(p.pid())?;
+        }
+    }
     // The watcher follows deployments, of which there are none: stop its
     // polling before the measurement.
     drop(formed.watcher);
@@ -562,6 +669,7 @@ pub fn run_mirror(
         &nodes,
         &daemons,
         Some(&hosts),
+        &caps,
     );
     experiment::check_alive(&mut formed.loc)?;
     let mut result = result?;
@@ -583,6 +691,7 @@ pub fn run_mirror(
         }
     }
     finish(daemons, spec.run.keep_data);
+    drop(caps);
     Ok(result)
 }
 

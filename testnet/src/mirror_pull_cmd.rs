@@ -81,6 +81,7 @@ pub(crate) fn mirror_pull_cmd(a: MirrorPullArgs) -> Result<()> {
             watch_slow: Duration::from_millis(500),
         },
         manifest: image.manifest.clone(),
+        cpu_per_node: a.cpu_per_node,
     };
     let setup = Setup {
         image: image.reference.clone(),
@@ -100,7 +101,10 @@ pub(crate) fn mirror_pull_cmd(a: MirrorPullArgs) -> Result<()> {
                 0 => "unpaced".to_string(),
                 p => format!("paced at {p} % of the link"),
             }
-        ),
+        ) + &match a.cpu_per_node {
+            Some(c) => format!("; every device (its containerd, ctr and edgeswarm node) capped at {c} CPU cores"),
+            None => "; no CPU cap (every device shares the machine's cores)".to_string(),
+        },
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let all: Vec<usize> = (0..a.nodes).collect();
