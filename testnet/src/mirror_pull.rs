@@ -893,4 +893,57 @@ mod tests {
             "sha256:abc"
         ));
     }
+
+    fn run(label: &str, round: usize, seconds: &[f64], cloud: u64) -> CtrRun {
+        CtrRun {
+            label: label.into(),
+            route: if label == "mirror" {
+                Route::Mirror
+            } else {
+                Route::Registry
+            },
+            round,
+            per_node: seconds
+                .iter()
+                .enumerate()
+                .map(|(node, &s)| CtrNode {
+                    node,
+                    fetched: Some(s / 2.0),
+                    seconds: s,
+                    verified: true,
+                    link: LinkBytes::default(),
+                    mirror_bytes_served: None,
+                    peer_bytes: None,
+                    uploaded: None,
+                })
+                .collect(),
+            cloud_bytes: cloud,
+            cloud_bytes_up: 0,
+            cpu: CpuUse::default(),
+            series: Series::default(),
+        }
+    }
+
+    #[test]
+    fn targets_compare_the_last_mirror_node_with_the_same_rounds_baseline() {
+        let runs = [
+            run("baseline", 0, &[4.0], 100),
+            run("mirror", 0, &[4.4, 5.0, 4.8], 104),
+            run("baseline", 1, &[5.0], 100),
+            run("mirror", 1, &[7.0, 6.0], 120),
+        ];
+        assert_eq!(targets(&runs, 0, 100), Some((1.25, 1.04)));
+        assert_eq!(targets(&runs, 1, 100), Some((1.4, 1.2)));
+        assert_eq!(targets(&runs, 2, 100), None);
+        let setup = Setup {
+            image: "r/i:v1".into(),
+            image_bytes: 100,
+            layers: vec![90, 10],
+            links: "l".into(),
+            command: "c".into(),
+        };
+        let md = summary_markdown(&setup, &runs);
+        assert!(md.contains("| 0 | 1.25 | 1.25 | 1.040 | pass |"), "{md}");
+        assert!(md.contains("| 1 | 1.40 | 1.40 | 1.200 | MISSED |"), "{md}");
+    }
 }
