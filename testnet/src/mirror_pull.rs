@@ -135,6 +135,16 @@ impl CpuCap {
             .map_err(|e| TestnetError::io(format!("writing {}", procs.display()), e))
     }
 
+    /// Seconds its processes were held back by the quota so far
+    /// (`throttled_time` of `cpu.stat`).
+    pub fn throttled_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("throttled_time "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|ns| ns / 1e9)
+    }
+
     /// The file a process writes its pid into to join.
     pub fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
@@ -184,6 +194,9 @@ pub struct CtrNode {
     /// `edgeswarm_bytes_uploaded_total`: chunk bytes served to peers
     /// (mirror runs).
     pub uploaded: Option<f64>,
+    /// Seconds the device's processes were held back by its CPU quota
+    /// during the pulls (`--cpu-per-node` only).
+    pub throttled: Option<f64>,
 }
 
 /// One route on a set of nodes.
@@ -519,6 +532,12 @@ fn measured_pulls(
         Some(work.join(format!("links-{label}-r{round}.csv"))),
     )?;
     let ports0 = measure::read_bridge_ports(&loc)?;
+    let throttled = |caps: &[Option<CpuCap>]| -> Vec<Option<f64>> {
+        caps.iter()
+            .map(|c| c.as_ref().and_then(CpuCap::throttled_seconds))
+            .collect()
+    };
+    let throttled0 = throttled(caps);
     let cpu0 = CpuTimes::now();
     let times = timed_pulls(
         topo,
@@ -530,6 +549,7 @@ fn measured_pulls(
         caps,
     )?;
     let cpu = cpu0.until(CpuTimes::now());
+    let throttled1 = throttled(caps);
     let ports1 = measure::read_bridge_ports(&loc)?;
     let series = sampler.stop()?;
     let links = measure::link_bytes(&ports0, &ports1);
@@ -538,8 +558,10 @@ fn measured_pulls(
         .iter()
         .zip(daemons)
         .zip(times)
-        .map(|((&i, d), (fetched, seconds))| {
+        .enumerate()
+        .map(|(k, ((&i, d), (fetched, seconds)))| {
             Ok(CtrNode {
+                throttled: throttled1[k].zip(throttled0[k]).map(|(b, a)| b - a),
                 node: i,
                 fetched,
                 seconds,
@@ -698,18 +720,20 @@ pub fn run_mirror(
 /// Writes `mirror-pull.csv`: one row per node and run (round, label,
 /// route, nodes, node, fetched_s, seconds, verified, link_in_bytes,
 /// link_out_bytes, mirror_bytes_served, peer_bytes, uploaded_bytes,
-/// cloud_bytes, cloud_up_bytes, cpu_busy; empty where not measured).
+/// throttled_s, cloud_bytes, cloud_up_bytes, cpu_busy; empty where not
+/// measured).
 pub fn write_csv(dir: &Path, runs: &[CtrRun]) -> Result<PathBuf> {
     let path = dir.join("mirror-pull.csv");
     let mut s = String::from(
         "round,label,route,nodes,node,fetched_s,seconds,verified,link_in_bytes,link_out_bytes,\
-         mirror_bytes_served,peer_bytes,uploaded_bytes,cloud_bytes,cloud_up_bytes,cpu_busy\n",
+         mirror_bytes_served,peer_bytes,uploaded_bytes,throttled_s,cloud_bytes,cloud_up_bytes,\
+         cpu_busy\n",
     );
     let opt = |x: Option<f64>| x.map(|x| format!("{x}")).unwrap_or_default();
     for r in runs {
         for n in &r.per_node {
             s.push_str(&format!(
-                "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{:.3}\n",
+                "{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{:.3}\n",
                 r.round,
                 r.label,
                 r.route.name(),
@@ -723,6 +747,7 @@ pub fn write_csv(dir: &Path, runs: &[CtrRun]) -> Result<PathBuf> {
                 opt(n.mirror_bytes_served),
                 opt(n.peer_bytes),
                 opt(n.uploaded),
+                n.throttled.map(|x| format!("{x:.3}")).unwrap_or_default(),
                 r.cloud_bytes,
                 r.cloud_bytes_up,
                 r.cpu.busy,
@@ -846,14 +871,14 @@ pub fn summary_markdown(setup: &Setup, runs: &[CtrRun]) -> String {
         s.push_str(&format!(
             "\n## Mirror run, round {}: per node\n\n\
              Link bytes: kernel counters of the node's bridge port; metrics: the node's `/metrics` after the pulls.\n\n\
-             | node | fetched (s) | done (s) | link in (MB) | link out (MB) | mirror served (MB) | from peers (MB) | to peers (MB) | verified |\n\
-             |---|---|---|---|---|---|---|---|---|\n",
+             | node | fetched (s) | done (s) | link in (MB) | link out (MB) | mirror served (MB) | from peers (MB) | to peers (MB) | CPU-quota throttled (s) | verified |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
             r.round
         ));
         for n in &r.per_node {
             let m = |x: Option<f64>| x.map_or("-".into(), mb);
             s.push_str(&format!(
-                "| {}{} | {} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
+                "| {}{} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
                 n.node,
                 if n.node == 0 { " (gateway)" } else { "" },
                 n.fetched.map_or("-".into(), |x| format!("{x:.2}")),
@@ -863,6 +888,7 @@ pub fn summary_markdown(setup: &Setup, runs: &[CtrRun]) -> String {
                 m(n.mirror_bytes_served),
                 m(n.peer_bytes),
                 m(n.uploaded),
+                n.throttled.map_or("-".into(), |x| format!("{x:.2}")),
                 if n.verified { "yes" } else { "NO" },
             ));
         }
@@ -915,6 +941,7 @@ mod tests {
                     mirror_bytes_served: None,
                     peer_bytes: None,
                     uploaded: None,
+                    throttled: None,
                 })
                 .collect(),
             cloud_bytes: cloud,
