@@ -478,9 +478,9 @@ fn timed_pulls(
             if let Some(status) = status {
                 let t = start.elapsed().as_secs_f64();
                 if !status.success() {
-                    let log = std::fs::read_to_string(logs.join(format!("ctr-n{}.log", nodes[k])))
+                    let log = std::fs::read(logs.join(format!("ctr-n{}.log", nodes[k])))
                         .unwrap_or_default();
-                    let tail = &log[log.len().saturating_sub(1500)..];
+                    let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(1500)..]);
                     return Err(TestnetError::Experiment(format!(
                         "ctr images pull on node {} failed ({status}) after {t:.1}s: {tail}",
                         nodes[k]
