@@ -144,11 +144,6 @@ impl CpuCap {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|ns| ns / 1e9)
     }
-
-    /// The file a process writes its pid into to join.
-    pub fn procs_file(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
-    }
 }
 
 impl Drop for CpuCap {
@@ -417,18 +412,7 @@ fn timed_pulls(
         let err = log
             .try_clone()
             .map_err(|e| TestnetError::io("duplicating a log handle", e))?;
-        let mut cmd = match &caps[k] {
-            // Joins the device's cgroup before it execs ctr, so that none
-            // of its CPU escapes the quota.
-            Some(cap) => {
-                let mut c = topo.command(&loc.nodes[i].ns, "sh")?;
-                c.arg("-c")
-                    .arg("echo $$ > \"$0\" && exec ctr \"$@\"")
-                    .arg(cap.procs_file());
-                c
-            }
-            None => topo.command(&loc.nodes[i].ns, "ctr")?,
-        };
+        let mut cmd = topo.command(&loc.nodes[i].ns, "ctr")?;
         cmd.arg("--address").arg(d.socket()).args([
             "-n",
             CTR_NAMESPACE,
@@ -446,6 +430,12 @@ fn timed_pulls(
         let mut child = cmd
             .spawn()
             .map_err(|e| TestnetError::io("starting ctr images pull", e))?;
+        // `ip netns exec` remounts /sys, so the process cannot join its
+        // cgroup itself; `ip` execs ctr with the same pid, and the few
+        // milliseconds before this write are all that escape the quota.
+        if let Some(cap) = &caps[k] {
+            cap.add(child.id())?;
+        }
         let stdout = child.stdout.take().expect("piped");
         let tx = tx.clone();
         // ctr prints `unpacking <platform> <digest>...` once every blob is

@@ -208,6 +208,9 @@ pub(crate) struct Inner {
     gc_deferred: std::sync::atomic::AtomicBool,
     /// Readiness (`/v1/ready`): joined flag and component gates.
     ready: ready::ReadyState,
+    /// One registry pull of a layer at a time on this node, whichever
+    /// releases want it (see `gateway::pull_layer`).
+    layer_pulls: gateway::LayerPulls,
 }
 
 /// A running node daemon. Cheap to clone.
@@ -271,6 +274,7 @@ impl Daemon {
             gc_deferred: Default::default(),
             mirror,
             ready: Default::default(),
+            layer_pulls: Default::default(),
         });
         // Subscribe before resuming, so no release gossiped meanwhile is missed.
         let gossip_rx = inner.swarm.subscribe_gossip();
