@@ -6,6 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   docker.io          # real Docker engine for the docker import sink and its tests
+  containerd         # containerd 1.6 + ctr, pulling through the mirror (also docker.io's)
   docker-registry    # real OCI registry (CNCF distribution 2.8) for gateway tests
   skopeo umoci       # OCI layout validation in tests
   busybox-static     # a real static rootfs to build test images from

@@ -293,7 +293,7 @@ pub fn api_addr(addr: Ipv4Addr) -> SocketAddr {
 }
 
 /// Kills a child (the watcher) on drop.
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -421,6 +421,18 @@ fn registry_cpu(spec: &RunSpec, before: Option<f64>) -> Option<f64> {
 /// Every node's `/metrics`, scraped from the router namespace (the host
 /// has no route to the nodes), picked for `image`.
 fn scrape_metrics(topo: &Topology, tools: &Tools, image: &str) -> Result<Vec<Option<NodeMetrics>>> {
+    Ok(scrape_raw(topo, tools)?
+        .iter()
+        .map(|m| m.as_ref().map(|m| NodeMetrics::from_scrape(m, image)))
+        .collect())
+}
+
+/// Every node's parsed `/metrics` (`series -> value`), scraped from the
+/// router namespace; `None` for a node that did not answer.
+pub(crate) fn scrape_raw(
+    topo: &Topology,
+    tools: &Tools,
+) -> Result<Vec<Option<std::collections::BTreeMap<String, f64>>>> {
     let loc = topo.locality(0)?;
     let mut cmd = topo.command(&loc.router_ns, &tools.testnet)?;
     cmd.args(["helper", "scrape"]);
@@ -452,9 +464,7 @@ fn scrape_metrics(topo: &Topology, tools: &Tools, image: &str) -> Result<Vec<Opt
             reason: format!("{e}: {line:?}"),
         })?;
         match (s.metrics, s.error) {
-            (Some(m), _) if s.node < metrics.len() => {
-                metrics[s.node] = Some(NodeMetrics::from_scrape(&m, image));
-            }
+            (Some(m), _) if s.node < metrics.len() => metrics[s.node] = Some(m),
             (_, e) => tracing::warn!(node = s.node, error = ?e, "no metrics from a node"),
         }
     }
@@ -490,9 +500,9 @@ pub enum Progress {
 pub const NODE_TOKEN_FILE: &str = "api.token";
 
 /// A running edgeswarm locality: one process per node, killed on drop.
-struct Locality {
-    procs: Vec<NetnsProcess>,
-    data_dirs: Vec<PathBuf>,
+pub(crate) struct Locality {
+    pub(crate) procs: Vec<NetnsProcess>,
+    pub(crate) data_dirs: Vec<PathBuf>,
 }
 
 /// Percent of a node's link rate its uploads are paced at by default.
@@ -517,7 +527,7 @@ fn publisher_key_path(spec: &RunSpec) -> PathBuf {
 }
 
 /// Writes a fresh publisher key pair for one run with `edgeswarm keygen`.
-fn write_publisher_key(tools: &Tools, spec: &RunSpec) -> Result<PathBuf> {
+pub(crate) fn write_publisher_key(tools: &Tools, spec: &RunSpec) -> Result<PathBuf> {
     let key = publisher_key_path(spec);
     if let Some(dir) = key.parent() {
         std::fs::create_dir_all(dir)
@@ -634,22 +644,28 @@ fn start_watcher(
     Ok((KillOnDrop(child), rx))
 }
 
-/// edgeswarm: a gateway-capable node 0 plus N-1 nodes in locality 0;
-/// deploys `spec.image` through node 0 and times every node.
-pub fn run_edgeswarm(
+/// A locality of running edgeswarm nodes whose APIs answer and whose
+/// gateway hears every other node, with the watcher that saw it form.
+pub(crate) struct Formed {
+    pub(crate) loc: Locality,
+    pub(crate) watcher: KillOnDrop,
+    pub(crate) rx: mpsc::Receiver<WatchLine>,
+    pub(crate) latest: Vec<WatchLine>,
+}
+
+/// Starts a gateway-capable node 0 and N-1 nodes bootstrapped from it in
+/// locality 0 (each with `extra` arguments on its command line), and waits
+/// until every API answers and the gateway hears every other node.
+pub(crate) fn form_locality(
     topo: &Topology,
     tools: &Tools,
     registry_host: &str,
     spec: &RunSpec,
-    progress: &mut dyn FnMut(&Progress),
-) -> Result<RunResult> {
+    extra: &[String],
+) -> Result<Formed> {
     let nodes: Vec<_> = topo.locality(0)?.nodes.clone();
     let n = nodes.len();
     let node_rate = topo.state().node_rate;
-    let _ = std::fs::remove_dir_all(spec.work.join("es-data"));
-    let publisher_key = write_publisher_key(tools, spec)?;
-    progress(&Progress::Starting { nodes: n });
-    let formed = Instant::now();
     let mut loc = Locality {
         procs: Vec::new(),
         data_dirs: Vec::new(),
@@ -665,7 +681,7 @@ pub fn run_edgeswarm(
         registry_host,
         None,
     );
-    loc.procs.push(topo.spawn(&nodes[0].ns, s)?);
+    loc.procs.push(topo.spawn(&nodes[0].ns, s.args(extra))?);
     loc.data_dirs.push(d);
     let (watcher, rx) = start_watcher(topo, tools, spec)?;
     let mut latest: Vec<WatchLine> = (0..n)
@@ -707,7 +723,7 @@ pub fn run_edgeswarm(
             registry_host,
             Some(&bootstrap),
         );
-        loc.procs.push(topo.spawn(&node.ns, s)?);
+        loc.procs.push(topo.spawn(&node.ns, s.args(extra))?);
         loc.data_dirs.push(d);
     }
     // Ready: every API answers, and the gateway hears every other node.
@@ -738,6 +754,35 @@ pub fn run_edgeswarm(
             });
         }
     }
+    Ok(Formed {
+        loc,
+        watcher,
+        rx,
+        latest,
+    })
+}
+
+/// edgeswarm: a gateway-capable node 0 plus N-1 nodes in locality 0;
+/// deploys `spec.image` through node 0 and times every node.
+pub fn run_edgeswarm(
+    topo: &Topology,
+    tools: &Tools,
+    registry_host: &str,
+    spec: &RunSpec,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunResult> {
+    let nodes: Vec<_> = topo.locality(0)?.nodes.clone();
+    let n = nodes.len();
+    let _ = std::fs::remove_dir_all(spec.work.join("es-data"));
+    let publisher_key = write_publisher_key(tools, spec)?;
+    progress(&Progress::Starting { nodes: n });
+    let formed = Instant::now();
+    let Formed {
+        mut loc,
+        watcher,
+        rx,
+        mut latest,
+    } = form_locality(topo, tools, registry_host, spec, &[])?;
     progress(&Progress::Ready {
         seconds: formed.elapsed().as_secs_f64(),
     });
@@ -885,7 +930,7 @@ pub fn run_edgeswarm(
 }
 
 /// Fails when a node process has exited.
-fn check_alive(loc: &mut Locality) -> Result<()> {
+pub(crate) fn check_alive(loc: &mut Locality) -> Result<()> {
     for (i, p) in loc.procs.iter_mut().enumerate() {
         if let Some(status) = p.try_wait()? {
             return Err(TestnetError::Experiment(format!(

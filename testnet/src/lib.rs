@@ -19,6 +19,9 @@
 //!   leaks and cloud bytes).
 //! - [`engines`]: private Docker engines, one per node, for the fault
 //!   suite's `--import docker`.
+//! - [`mirror_pull`]: issue 14's containerd experiment: every node's
+//!   containerd pulls through its node's registry mirror, against one
+//!   node's pull straight from the registry in the same run.
 //! - [`measure`]: per-link bytes, per-process CPU, pull times and node
 //!   metrics of a run.
 //! - [`watch`]: polling nodes' APIs from inside the testnet.
@@ -65,6 +68,7 @@ pub mod experiment;
 pub mod faults;
 pub mod images;
 pub mod measure;
+pub mod mirror_pull;
 pub mod process;
 pub mod rate;
 pub mod registry;

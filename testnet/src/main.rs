@@ -7,6 +7,7 @@
 
 mod bin_cmds;
 mod budget;
+mod mirror_pull_cmd;
 mod pull_bench;
 
 use std::path::PathBuf;
@@ -102,6 +103,11 @@ enum Cmd {
     /// one core, 256 MiB) on 100 Mbit/s links; receive and relay rates,
     /// CPU per GB, peak memory and time to a usable image per sink.
     Budget(BudgetArgs),
+    /// Issue 14's containerd experiment: one node's containerd pulling from
+    /// the registry alone (baseline), then every node's containerd pulling
+    /// through its own node's edgeswarm mirror at once; per-node times,
+    /// cloud-link bytes, CSV and Markdown summary.
+    MirrorPull(MirrorPullArgs),
     /// Helpers the experiment runs inside namespaces (hidden).
     #[command(subcommand, hide = true)]
     Helper(Helper),
@@ -269,6 +275,70 @@ struct ExperimentArgs {
     /// `none` (store only: measures distribution without extraction).
     #[arg(long, default_value = "dir")]
     import: String,
+}
+
+#[derive(Debug, Args)]
+struct MirrorPullArgs {
+    /// Nodes in the locality (node 0 is the edgeswarm gateway).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Rounds (each: the baseline, then the mirror run, then the naive
+    /// run if asked).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Also run every node's containerd pulling from the registry at once
+    /// [default: off].
+    #[arg(long)]
+    naive: bool,
+    /// Compressed size of the test image in MB.
+    #[arg(long, default_value_t = 50)]
+    image_mb: u64,
+    /// How the test image's bytes spread over layers: `base`, `single` or
+    /// `spread` (see `experiment --layout`).
+    #[arg(long, default_value = "base")]
+    layout: edgeswarm_testnet::images::Layout,
+    /// Rate of the cloud link, both directions.
+    #[arg(long, default_value = "200mbit")]
+    cloud_rate: Rate,
+    /// Rate of each node link, both directions.
+    #[arg(long, default_value = "100mbit")]
+    node_rate: Rate,
+    /// Queue of each shaper in milliseconds at its rate.
+    #[arg(long, default_value_t = topology::DEFAULT_QUEUE_MS)]
+    queue_ms: u32,
+    /// Bucket of each shaper (tbf burst) in tc size units (issue 11's
+    /// standard shaping: 256kb) [default: 10 ms at the link's rate].
+    #[arg(long)]
+    burst: Option<edgeswarm_testnet::ByteSize>,
+    /// Output directory (CSV, summary.md, link CSVs, logs).
+    #[arg(long, default_value = "mirror-pull-out")]
+    out: PathBuf,
+    /// The `edgeswarm` binary [default: next to this binary, else on PATH].
+    #[arg(long)]
+    edgeswarm: Option<PathBuf>,
+    /// `--chunk-size` for the nodes [default: the node's, 512K].
+    #[arg(long)]
+    chunk_size: Option<String>,
+    /// Paces each node's uploads at this percent of its link rate; 0
+    /// leaves uploads unpaced.
+    #[arg(long, default_value_t = edgeswarm_testnet::experiment::DEFAULT_PACE_PERCENT)]
+    pace_percent: u32,
+    /// RUST_LOG of the nodes (their logs are in OUT/es-r<round>/logs).
+    #[arg(long, default_value = "info,libp2p=warn")]
+    node_log: String,
+    /// Seconds before a run's pulls are abandoned.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Keep the nodes' and containerds' data dirs [default: off].
+    #[arg(long)]
+    keep_data: bool,
+    /// CPU cores each emulated device (its containerd, ctr and edgeswarm
+    /// node) may use, by a cgroup v1 CPU quota, in the baseline as in the
+    /// mirror run: N devices then do not share the machine's cores
+    /// against the baseline's one (e.g. 0.3 for 5 nodes on 2 cores)
+    /// [default: no cap].
+    #[arg(long)]
+    cpu_per_node: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -707,6 +777,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Demo(a) => demo_cmd(a)?,
         Cmd::PullBench(a) => pull_bench::pull_bench_cmd(a)?,
         Cmd::Budget(a) => budget::budget_cmd(a)?,
+        Cmd::MirrorPull(a) => mirror_pull_cmd::mirror_pull_cmd(a)?,
         Cmd::Faults(a) => return faults_cmd(a),
         Cmd::Helper(h) => helper(h)?,
     }

@@ -218,6 +218,9 @@ pub(crate) struct Inner {
     /// A peer arrived: re-announce the complete blobs now rather than at
     /// the next refresh.
     announce_availability: std::sync::atomic::AtomicBool,
+    /// One registry pull of a layer at a time on this node, whichever
+    /// releases want it (see `gateway::pull_layer`).
+    layer_pulls: gateway::LayerPulls,
 }
 
 /// A running node daemon. Cheap to clone.
@@ -282,6 +285,7 @@ impl Daemon {
             mirror,
             ready: Default::default(),
             announce_availability: Default::default(),
+            layer_pulls: Default::default(),
         });
         // Subscribe before resuming, so no release gossiped meanwhile is missed.
         let gossip_rx = inner.swarm.subscribe_gossip();

@@ -878,10 +878,7 @@ mod tests {
         assert!(work.fetch.is_some(), "the fetch does not wait");
         assert!(!table.pulls_itself(&id, &Digest::of(b"a")));
         std::thread::sleep(Duration::from_millis(250));
-        assert!(table
-            .schedule(&id, &[yes(me)], me, |_| true)
-            .pull
-            .is_some());
+        assert!(table.schedule(&id, &[yes(me)], me, |_| true).pull.is_some());
     }
 
     #[test]

@@ -812,3 +812,47 @@ async fn a_peer_serving_corrupt_chunks_never_reaches_the_client() {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_releases_of_one_manifest_pull_each_layer_once() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let (_build, image, _) = pushed(
+        &registry,
+        ImageSpec::random_layers(&[6 << 20, 1 << 10], 61, Compression::None),
+        "mirror/dup",
+        "v1",
+    )
+    .await;
+    // Slow enough that the two pulls overlap.
+    let proxy = crate::failover::throttled_proxy(registry.addr(), 4 << 20).await;
+    let locality = Locality::start("mirror-dup", 1, 1).await;
+    let gateway = &locality.daemons[0];
+    // What a mirror sees when containerds pull at once: the gateway's
+    // release of the tag and a node's release of the bare digest, two
+    // releases of one manifest, made milliseconds apart.
+    let by_tag = format!("{proxy}/mirror/dup:v1");
+    let by_digest = format!("{proxy}/mirror/dup@{}", image.manifest_digest.to_oci());
+    let a = gateway
+        .prepare_release(&by_tag, vec![], None)
+        .await
+        .unwrap();
+    let b = gateway
+        .prepare_release(&by_digest, vec![], None)
+        .await
+        .unwrap();
+    let (ra, rb) = tokio::join!(gateway.publish_release(a), gateway.publish_release(b));
+    ra.unwrap();
+    rb.unwrap();
+    for name in [&by_tag, &by_digest] {
+        wait_done(std::slice::from_ref(gateway), name, Duration::from_secs(60)).await;
+    }
+    let pulled = gateway.registry().unwrap().stats().bytes_pulled;
+    let size = image_bytes(&image);
+    println!("two releases of one manifest: {pulled} bytes pulled for a {size}-byte image");
+    assert!(
+        (pulled as f64) < size as f64 * 1.2,
+        "the gateway pulled {pulled} bytes for a {size}-byte image"
+    );
+    locality.shutdown().await;
+}
