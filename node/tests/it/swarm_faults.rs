@@ -27,21 +27,13 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
         nodes.push(start(&d, config(&d, "lab", &[s.addr.clone(), bad.addr.clone()])).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let fetches: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let c = n.client.clone();
-            let m = map.clone();
-            tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
-        })
-        .collect();
-    for f in fetches {
-        tokio::time::timeout(Duration::from_secs(180), f)
-            .await
-            .expect("fetch timed out")
-            .unwrap()
-            .unwrap();
-    }
+    fetch_all(
+        &nodes.iter().collect::<Vec<_>>(),
+        digest,
+        &map,
+        Duration::from_secs(180),
+    )
+    .await;
     let mut bad_chunks = 0;
     for n in &nodes {
         assert!(holds(&n.store, &digest, &data));

@@ -23,21 +23,13 @@ async fn twenty_nodes_and_a_seed_share_a_64_mib_blob() {
     // would find them.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t0 = Instant::now();
-    let fetches: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let c = n.client.clone();
-            let m = map.clone();
-            tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
-        })
-        .collect();
-    for f in fetches {
-        tokio::time::timeout(Duration::from_secs(600), f)
-            .await
-            .expect("fetch timed out")
-            .unwrap()
-            .unwrap();
-    }
+    fetch_all(
+        &nodes.iter().collect::<Vec<_>>(),
+        digest,
+        &map,
+        Duration::from_secs(600),
+    )
+    .await;
     let elapsed = t0.elapsed();
     let seed_up = s.client.stats().bytes_uploaded;
     let mut sources: Vec<usize> = nodes

@@ -46,21 +46,13 @@ async fn chunks_are_relayed_while_they_arrive_and_every_copy_verifies() {
         )
         .await;
     }
-    let fetches: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let c = n.client.clone();
-            let m = map.clone();
-            tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
-        })
-        .collect();
-    for f in fetches {
-        tokio::time::timeout(Duration::from_secs(120), f)
-            .await
-            .expect("fetch timed out")
-            .unwrap()
-            .unwrap();
-    }
+    fetch_all(
+        &nodes.iter().collect::<Vec<_>>(),
+        digest,
+        &map,
+        Duration::from_secs(120),
+    )
+    .await;
     let mut relayed = 0;
     for n in &nodes {
         assert!(holds(&n.store, &digest, &data));

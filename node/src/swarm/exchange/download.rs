@@ -349,6 +349,9 @@ const COORDINATOR_TICK: Duration = Duration::from_millis(250);
 const MAP_POLL: Duration = Duration::from_millis(50);
 /// How often DHT providers are looked up while waiting for a chunk map.
 const MAP_PROVIDERS_EVERY: Duration = Duration::from_millis(1250);
+/// How long a provider lookup's answer is awaited (while the layout is
+/// still polled).
+const PROVIDERS_WAIT: Duration = Duration::from_secs(2);
 /// How long a download waits for a chunk map at most.
 const MAP_WAIT: Duration = Duration::from_secs(60);
 
@@ -365,6 +368,10 @@ async fn fetch_map<S: ChunkStore>(
     asked: &mut HashMap<PeerId, Instant>,
 ) -> Result<Option<(PeerId, ChunkMap)>, SwarmError> {
     let mut last_providers: Option<Instant> = None;
+    // A DHT lookup answers in up to seconds; meanwhile the layout is still
+    // polled every MAP_POLL (waiting on the lookup in line delayed a small
+    // layer's start by 2 s whose layout had come by gossip long before).
+    let mut lookup: Option<(oneshot::Receiver<Vec<PeerId>>, Instant)> = None;
     let started = Instant::now();
     while started.elapsed() < MAP_WAIT {
         // The layout may arrive meanwhile by other means (gateway gossip).
@@ -386,7 +393,20 @@ async fn fetch_map<S: ChunkStore>(
         if let Some(map) = ask_for_map(inner, blob, candidates, asked).await {
             return Ok(Some(map));
         }
-        if last_providers.is_none_or(|t| t.elapsed() >= MAP_PROVIDERS_EVERY) {
+        if let Some((mut rx, since)) = lookup.take() {
+            match rx.try_recv() {
+                Ok(list) => {
+                    if let Some(map) = ask_for_map(inner, blob, list, asked).await {
+                        return Ok(Some(map));
+                    }
+                }
+                Err(oneshot::error::TryRecvError::Empty) if since.elapsed() < PROVIDERS_WAIT => {
+                    lookup = Some((rx, since));
+                }
+                Err(_) => {}
+            }
+        }
+        if lookup.is_none() && last_providers.is_none_or(|t| t.elapsed() >= MAP_PROVIDERS_EVERY) {
             last_providers = Some(Instant::now());
             let (tx, rx) = oneshot::channel();
             if inner
@@ -395,11 +415,7 @@ async fn fetch_map<S: ChunkStore>(
                 .await
                 .is_ok()
             {
-                if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
-                    if let Some(map) = ask_for_map(inner, blob, list, asked).await {
-                        return Ok(Some(map));
-                    }
-                }
+                lookup = Some((rx, Instant::now()));
             }
         }
         tokio::select! {
@@ -466,45 +482,8 @@ async fn probe<S: ChunkStore>(
     blob: Digest,
     size: u64,
 ) -> Result<bool, FrameError> {
-    let mut control = inner.control.clone();
-    let stream = control
-        .open_stream(peer, inner.protocols.chunks.clone())
-        .await
-        .map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
-    let mut stream = super::counted(inner, stream);
-    let hello = StreamMessage::Hello(Hello {
-        protocol_version: wire::STREAM_VERSION,
-        blobs: vec![blob],
-    });
-    frame::write_message(&mut stream, &hello, &[]).await?;
-    let req = StreamMessage::ChunkMapRequest(ChunkMapRequest {
-        request_id: 1,
-        blob,
-    });
-    frame::write_message(&mut stream, &req, &[]).await?;
-    stream.flush().await?;
-    let map = loop {
-        match frame::read_message(&mut stream).await? {
-            StreamMessage::Hello(_) | StreamMessage::Bitfield(_) | StreamMessage::Have(_) => {}
-            StreamMessage::ChunkMapResponse(resp) if resp.request_id == 1 && resp.blob == blob => {
-                let ChunkStatus::Ok { len } = resp.status else {
-                    return Ok(false);
-                };
-                if len > MAX_CHUNK_MAP_BYTES as u64 {
-                    return Err(FrameError::violation("oversize chunk map"));
-                }
-                let mut body = vec![0u8; len as usize];
-                stream.read_exact(&mut body).await?;
-                break ChunkMap::decode(&body).map_err(|e| FrameError::violation(e.to_string()))?;
-            }
-            other => {
-                return Err(FrameError::violation(format!(
-                    "unexpected message kind {} while awaiting a chunk map",
-                    other.kind()
-                )))
-            }
-        }
-    };
+    let (mut stream, map) = map_on_stream(inner, peer, blob).await?;
+    let Some(map) = map else { return Ok(false) };
     if map.blob_size() != size {
         return Err(FrameError::violation(format!(
             "claims {blob} complete with a map of {} bytes; its descriptor says {size}",
@@ -590,6 +569,17 @@ async fn get_map<S: ChunkStore>(
     peer: PeerId,
     blob: Digest,
 ) -> Result<Option<ChunkMap>, FrameError> {
+    Ok(map_on_stream(inner, peer, blob).await?.1)
+}
+
+/// Opens a chunk stream to `peer`, asks for `blob`'s chunk map and reads
+/// the answer: the stream (for further requests) and the map, `None` if
+/// the peer has none. The `Hello` says version 1: no relays on this stream.
+async fn map_on_stream<S: ChunkStore>(
+    inner: &Inner<S>,
+    peer: PeerId,
+    blob: Digest,
+) -> Result<(super::counted::Counted<libp2p::Stream>, Option<ChunkMap>), FrameError> {
     let mut control = inner.control.clone();
     let stream = control
         .open_stream(peer, inner.protocols.chunks.clone())
@@ -611,19 +601,17 @@ async fn get_map<S: ChunkStore>(
         match frame::read_message(&mut stream).await? {
             StreamMessage::Hello(_) | StreamMessage::Bitfield(_) | StreamMessage::Have(_) => {}
             StreamMessage::ChunkMapResponse(resp) if resp.request_id == 1 && resp.blob == blob => {
-                return match resp.status {
-                    ChunkStatus::Ok { len } => {
-                        if len > MAX_CHUNK_MAP_BYTES as u64 {
-                            return Err(FrameError::violation("oversize chunk map"));
-                        }
-                        let mut body = vec![0u8; len as usize];
-                        stream.read_exact(&mut body).await?;
-                        let map = ChunkMap::decode(&body)
-                            .map_err(|e| FrameError::violation(e.to_string()))?;
-                        Ok(Some(map))
-                    }
-                    _ => Ok(None),
+                let ChunkStatus::Ok { len } = resp.status else {
+                    return Ok((stream, None));
                 };
+                if len > MAX_CHUNK_MAP_BYTES as u64 {
+                    return Err(FrameError::violation("oversize chunk map"));
+                }
+                let mut body = vec![0u8; len as usize];
+                stream.read_exact(&mut body).await?;
+                let map =
+                    ChunkMap::decode(&body).map_err(|e| FrameError::violation(e.to_string()))?;
+                return Ok((stream, Some(map)));
             }
             other => {
                 return Err(FrameError::violation(format!(

@@ -513,6 +513,9 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
         wire::MAX_RELAY_PIECE as usize
     };
     let mut sent = 0usize;
+    // One write per piece, its length prefix included: a separate 4-byte
+    // write became a frame and a packet of its own.
+    let mut piece_buf = Vec::with_capacity(4 + most);
     loop {
         changed.borrow_and_update();
         let (mut pieces, outcome) = relay.sendable(sent);
@@ -537,8 +540,10 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
                 if let Some(bucket) = &inner.bucket {
                     bucket.take(part.len() as u64).await;
                 }
-                w.write_all(&(part.len() as u32).to_be_bytes()).await?;
-                w.write_all(part).await?;
+                piece_buf.clear();
+                piece_buf.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                piece_buf.extend_from_slice(part);
+                w.write_all(&piece_buf).await?;
                 sent += part.len();
             }
         }

@@ -84,3 +84,28 @@ pub(crate) fn holds(store: &Store, digest: &Digest, data: &[u8]) -> bool {
             .and_then(|p| std::fs::read(p).ok())
             .is_some_and(|b| b == data)
 }
+
+/// Every node fetches `digest` at once; panics unless all succeed within
+/// `timeout`.
+pub(crate) async fn fetch_all(
+    nodes: &[&TestNode],
+    digest: Digest,
+    map: &ChunkMap,
+    timeout: Duration,
+) {
+    let fetches: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let c = n.client.clone();
+            let m = map.clone();
+            tokio::spawn(async move { c.fetch_blob(digest, Some(m)).await })
+        })
+        .collect();
+    for f in fetches {
+        tokio::time::timeout(timeout, f)
+            .await
+            .expect("fetch timed out")
+            .unwrap()
+            .unwrap();
+    }
+}
