@@ -491,18 +491,8 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     relay: Arc<Relay>,
     cancelled: &std::sync::Mutex<HashSet<u64>>,
 ) -> Result<(), FrameError> {
-    if inner.upload_slots.available_permits() == 0
-        && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
-    {
+    let Some(_slot) = upload_slot(inner).await? else {
         return respond(w, request_id, ChunkStatus::Busy).await;
-    }
-    let _slot = {
-        let _waiting = WaitingGuard::enter(&inner.upload_waiting);
-        inner
-            .upload_slots
-            .acquire()
-            .await
-            .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?
     };
     let mut changed = relay.want();
     let len = relay.len();
@@ -571,6 +561,29 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// An upload slot, waiting for one while fewer than `upload_queue`
+/// requests wait; `None` when all are busy and enough requests already
+/// wait: the request is answered Busy, and the requester asks a less
+/// loaded holder at once. Queued without bound, a request on a slow link
+/// waited past the requester's stall timeout; the requester then dropped
+/// this peer and asked again elsewhere.
+async fn upload_slot<S>(
+    inner: &Inner<S>,
+) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, FrameError> {
+    if inner.upload_slots.available_permits() == 0
+        && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
+    {
+        return Ok(None);
+    }
+    let _waiting = WaitingGuard::enter(&inner.upload_waiting);
+    let slot = inner
+        .upload_slots
+        .acquire()
+        .await
+        .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
+    Ok(Some(slot))
+}
+
 async fn respond<W: AsyncWrite + Unpin>(
     w: &mut W,
     request_id: u64,
@@ -597,22 +610,8 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         let message = wire::truncate_message(&format!("chunk {index} out of range"));
         return respond(w, request_id, ChunkStatus::Error { message }).await;
     };
-    // All slots busy and enough requests already waiting: say Busy, and the
-    // requester asks a less loaded holder at once. Queued without bound, a
-    // request on a slow link waited past the requester's stall timeout; the
-    // requester then dropped this peer and asked again elsewhere.
-    if inner.upload_slots.available_permits() == 0
-        && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
-    {
+    let Some(_slot) = upload_slot(inner).await? else {
         return respond(w, request_id, ChunkStatus::Busy).await;
-    }
-    let _slot = {
-        let _waiting = WaitingGuard::enter(&inner.upload_waiting);
-        inner
-            .upload_slots
-            .acquire()
-            .await
-            .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?
     };
     let bytes = if inner.corrupt_uploads {
         Bytes::from(vec![0xA5u8; len as usize])
