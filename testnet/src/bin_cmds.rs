@@ -381,6 +381,22 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs `docker ARGS`; its stdout on success, else an error with its stderr.
+pub(crate) fn docker(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .with_context(|| format!("running docker {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn mb(b: u64) -> String {
     format!("{:.1}", b as f64 / 1e6)
 }

@@ -37,6 +37,7 @@ use edgeswarm_testnet::experiment::{self, Progress, RunSpec};
 use edgeswarm_testnet::images::TestImage;
 use edgeswarm_testnet::measure;
 
+use crate::bin_cmds::docker;
 use crate::bin_cmds::{locality, print_images, tools, Shaping};
 use crate::BudgetArgs;
 
@@ -203,21 +204,6 @@ fn sink(name: &str) -> Result<&'static str> {
         "docker" => "docker",
         other => bail!("unknown sink {other:?} (use none, dir, docker)"),
     })
-}
-
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .with_context(|| format!("running docker {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn remove_from_docker(reference: &str) -> Result<()> {

@@ -37,6 +37,7 @@ use edgeswarm_testnet::experiment;
 use edgeswarm_testnet::images::TestImage;
 use edgeswarm_testnet::watch;
 
+use crate::bin_cmds::docker;
 use crate::PullBenchArgs;
 
 /// Most proxied connections at once (dockerd opens three per pull).
@@ -246,22 +247,6 @@ fn summary(image: &TestImage, engine: &str, a: &PullBenchArgs, results: &[Measur
         es - floor
     ));
     s
-}
-
-/// Runs `docker ARGS`; its stdout on success, else an error with its stderr.
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .with_context(|| format!("running docker {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Whether Docker holds `reference`.
