@@ -612,6 +612,8 @@ mod invariants {
         Advance(u64),
         Cursor(u32),
         Lost(u32),
+        Arrive(usize),
+        Land(usize, bool),
     }
 
     const CHUNKS: u32 = 24;
@@ -633,6 +635,8 @@ mod invariants {
             (0u64..3000).prop_map(Op::Advance),
             (0..=CHUNKS).prop_map(Op::Cursor),
             (0..CHUNKS).prop_map(Op::Lost),
+            any::<usize>().prop_map(Op::Arrive),
+            (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::Land(i, ok)),
         ]
     }
 
@@ -662,6 +666,8 @@ mod invariants {
             // Our model of what peers hold and what we hold.
             let mut holds: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
             let mut have: BTreeSet<u32> = BTreeSet::new();
+            // Chunks whose bytes arrived and are being written, by sender.
+            let mut landing: BTreeMap<u32, u32> = BTreeMap::new();
             let mut now = 0u64;
             for op in ops {
                 match op {
@@ -687,6 +693,7 @@ mod invariants {
                             prop_assert!(holds.get(&r.peer).is_some_and(|h| h.contains(&r.index)),
                                 "{r:?} goes to a peer that does not hold the chunk");
                             prop_assert!(!have.contains(&r.index), "{r:?} for a chunk we hold");
+                            prop_assert!(!landing.contains_key(&r.index), "{r:?} for a chunk being written");
                             prop_assert!(!outstanding.contains(&(r.peer, r.index)), "{r:?} repeats an outstanding request");
                             if r.kind == RequestKind::Endgame {
                                 prop_assert!(missing_before <= endgame, "endgame with {missing_before} missing");
@@ -700,6 +707,7 @@ mod invariants {
                             let others = p.chunk_received(&blob(), r.index, Some(&r.peer)).unwrap();
                             prop_assert!(others.iter().all(|o| o.index == r.index && o.peer != r.peer));
                             have.insert(r.index);
+                            landing.remove(&r.index);
                         }
                     }
                     Op::Fail(k, reason) => {
@@ -723,6 +731,28 @@ mod invariants {
                     Op::Lost(i) => {
                         p.chunk_lost(&blob(), i).unwrap();
                         have.remove(&i);
+                    }
+                    Op::Arrive(k) => {
+                        let out = p.outstanding();
+                        if !out.is_empty() {
+                            let r = &out[k % out.len()];
+                            p.chunk_arrived(&blob(), r.index, &r.peer).unwrap();
+                            prop_assert_eq!(p.outstanding().len(), out.len() - 1);
+                            landing.insert(r.index, r.peer);
+                        }
+                    }
+                    Op::Land(k, ok) => {
+                        let all: Vec<(u32, u32)> = landing.iter().map(|(i, p)| (*i, *p)).collect();
+                        if !all.is_empty() {
+                            let (index, peer) = all[k % all.len()];
+                            landing.remove(&index);
+                            if ok {
+                                p.chunk_received(&blob(), index, Some(&peer)).unwrap();
+                                have.insert(index);
+                            } else {
+                                p.request_failed(&peer, &blob(), index, FailReason::Error, now);
+                            }
+                        }
                     }
                 }
                 // Bookkeeping invariants after every event.
@@ -789,4 +819,43 @@ fn total_and_per_peer_limits_cap_outstanding_requests() {
     assert_eq!(p.next_requests(0).len(), 1);
     p.set_total_limit(None);
     assert_eq!(p.next_requests(0).len(), 5);
+}
+
+#[test]
+fn an_arrived_chunk_frees_its_peers_pipeline_and_is_asked_of_nobody_while_it_lands() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 1,
+            ..config()
+        },
+        2,
+    );
+    p.peer_bitfield(&1, &blob(), bits(2, [0, 1])).unwrap();
+    let first = p.next_requests(0);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let landed = first[0].index;
+    // Peer 1 is at its limit until the bytes are in hand...
+    assert!(p.next_requests(10).is_empty());
+    p.chunk_arrived(&blob(), landed, &1).unwrap();
+    assert_eq!(p.in_flight(&1), 0);
+    // ...then its next request goes out while the chunk is written, and
+    // nobody is asked for the landing chunk.
+    let next = p.next_requests(20);
+    assert_eq!(indices(&next), vec![1 - landed], "{next:?}");
+    assert!(!p.is_wanted(&blob(), landed));
+    // The write failed (corrupt bytes): requestable again, from another
+    // holder than the sender.
+    p.request_failed(&1, &blob(), landed, FailReason::Error, 30);
+    assert!(p.is_wanted(&blob(), landed));
+    p.peer_bitfield(&2, &blob(), bits(2, [landed])).unwrap();
+    let again = p.next_requests(40);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!((again[0].peer, again[0].index), (2, landed));
+    // A landing that verifies is held; the sender's count is not taken
+    // twice.
+    p.chunk_arrived(&blob(), 1 - landed, &1).unwrap();
+    p.chunk_received(&blob(), 1 - landed, Some(&1)).unwrap();
+    assert_eq!(p.in_flight(&1), 0);
+    assert_eq!(p.in_flight(&2), 1);
+    assert_eq!(p.missing(&blob()), Some(1));
 }

@@ -27,6 +27,9 @@ use super::{lock, penalise, Inner, EVENTS, MAP_REASK, PEER_BACKOFF};
 pub(super) enum Event {
     Bitfield(PeerId, Bitfield),
     Have(PeerId, Vec<u32>),
+    /// A chunk's bytes are in hand and going to the store (which verifies
+    /// them): the peer's pipeline has room for the next request.
+    Arrived(PeerId, u32),
     Stored(PeerId, u32, ChunkWrite),
     Corrupt(PeerId, u32, String),
     StoreFailed(PeerId, u32, ChunkStoreError),
@@ -158,6 +161,10 @@ pub(super) async fn download<S: ChunkStore>(
                                 let _ = picker.peer_has(&peer, &blob, i);
                             }
                         }
+                    }
+                    Event::Arrived(peer, index) => {
+                        let _ = picker.chunk_arrived(&blob, index, &peer);
+                        picker.peer_progressed(&peer, now_ms());
                     }
                     Event::Stored(peer, index, outcome) => {
                         // Endgame duplicates still outstanding elsewhere

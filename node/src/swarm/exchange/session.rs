@@ -290,6 +290,12 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                             writes.clone().acquire_owned().await.map_err(|_| {
                                 FrameError::Io(std::io::ErrorKind::BrokenPipe.into())
                             })?;
+                        // The next request may go out while this chunk is
+                        // verified and made durable; the permits bound what
+                        // waits for the store.
+                        if events.send(Event::Arrived(peer, index)).await.is_err() {
+                            return Ok(());
+                        }
                         let inner = inner.clone();
                         let events = events.clone();
                         tokio::spawn(async move {
