@@ -27,6 +27,9 @@ pub struct SwarmMetrics {
     pub relays_aborted: Counter,
     /// Relays this node gave up because their chunk stopped arriving.
     pub relays_given_up: Counter,
+    /// Download sessions whose stream the peer dropped unread (its inbound
+    /// queue was full); each is opened again shortly.
+    pub streams_dropped: Counter,
     /// Bytes of chunks served to peers.
     pub bytes_uploaded: Counter,
     /// Chunks that failed verification (each bans the sender).
@@ -200,6 +203,12 @@ impl SwarmMetrics {
         );
         c(
             registry,
+            "streams_dropped",
+            "Download sessions whose stream the peer dropped unread (opened again shortly)",
+            &self.streams_dropped,
+        );
+        c(
+            registry,
             "cancelled_requests",
             "Queued chunk requests skipped because the requester cancelled them",
             &self.cancelled_requests,
@@ -239,6 +248,7 @@ impl SwarmMetrics {
             gossip_rate_limited: self.gossip_rate_limited.get(),
             dht_records_dropped: self.dht_records_dropped.get(),
             stalls: self.stalls.get(),
+            streams_dropped: self.streams_dropped.get(),
             distinct_sources: self.sources.lock().unwrap_or_else(|p| p.into_inner()).len(),
         }
     }
@@ -273,6 +283,8 @@ pub struct SwarmStats {
     pub dht_records_dropped: u64,
     /// Stalled peers.
     pub stalls: u64,
+    /// Download sessions dropped unread by the peer.
+    pub streams_dropped: u64,
     /// Distinct peers verified chunks came from.
     pub distinct_sources: usize,
 }

@@ -154,6 +154,9 @@ pub struct SwarmConfig {
     pub max_requests: Option<usize>,
     /// Peers one download talks to at most.
     pub max_download_peers: usize,
+    /// Inbound chunk streams served at once at most; further streams are
+    /// dropped unread (their requesters open them again shortly).
+    pub max_inbound_streams: usize,
     /// Established connections at most.
     pub max_connections: u32,
     /// Idle connections close after this long.
@@ -219,6 +222,7 @@ impl SwarmConfig {
             // nodes 6.75 -> 6.37 s, 10 nodes 7.53 -> 7.23 s.
             max_requests: Some(3),
             max_download_peers: 32,
+            max_inbound_streams: 256,
             max_connections: 256,
             idle_timeout: Duration::from_secs(600),
             ban_duration: Duration::from_secs(600),

@@ -290,3 +290,75 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
     gw.shutdown();
     join(gw_task).await;
 }
+
+/// A peer drops inbound streams it cannot take: libp2p-stream's one-slot
+/// queue overflows whenever a release starts (each node opens a session
+/// per blob to every peer at once), and a server at its inbound limit
+/// drops the excess. Such a stream is opened again within moments, not
+/// after the five seconds a failed peer is left alone. Here the seed serves
+/// four streams at once, slowly (so the first four sessions hold their
+/// slots), and twelve blobs are fetched from it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_busy_peer_drops_unread_are_opened_again_at_once() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let seed_dir = tmp.path().join("seed");
+    let mut seed_cfg = config(&seed_dir, "lab", &[]);
+    seed_cfg.max_inbound_streams = 4;
+    seed_cfg.max_upload_rate = Some(2_000_000);
+    let s = start(&seed_dir, seed_cfg).await;
+    let mut blobs = Vec::new();
+    for i in 0..12 {
+        let (data, digest, map) = blob(128 << 10, 100 + i, 64 << 10);
+        seed(&s, &data, digest, &map).await;
+        blobs.push((data, digest, map));
+    }
+    let d = tmp.path().join("n");
+    let n = start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await;
+    crate::support::eventually(
+        "the node meets the seed",
+        Duration::from_secs(20),
+        async || {
+            let peers = n
+                .client
+                .connected_peers()
+                .await
+                .map_err(|e| e.to_string())?;
+            if peers.is_empty() {
+                Err("no peer".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let fetches: Vec<_> = blobs
+        .iter()
+        .map(|(_, digest, map)| {
+            let c = n.client.clone();
+            let (digest, map) = (*digest, map.clone());
+            tokio::spawn(async move { c.fetch_blob(digest, Some(map)).await })
+        })
+        .collect();
+    for f in fetches {
+        join(f).await.unwrap();
+    }
+    let took = started.elapsed();
+    for (data, digest, _) in &blobs {
+        assert!(holds(&n.store, digest, data));
+    }
+    let st = n.client.stats();
+    assert!(
+        st.streams_dropped > 0,
+        "the seed dropped no stream: the case is not exercised ({st:?})"
+    );
+    // A dropped stream left to the failed-peer backoff costs 5 s.
+    assert!(
+        took < Duration::from_secs(4),
+        "{} dropped streams delayed the fetches to {took:?}",
+        st.streams_dropped
+    );
+    n.stop().await;
+    s.stop().await;
+}

@@ -45,8 +45,6 @@ mod relay;
 mod serve;
 mod session;
 
-/// Inbound chunk streams served concurrently at most.
-const MAX_INBOUND_STREAMS: usize = 256;
 /// Frames queued between a server's reader and writer halves.
 const SERVER_QUEUE: usize = 64;
 /// Chunks of one session being verified and stored at once.
@@ -190,6 +188,8 @@ struct Inner<S> {
     /// Requests of one download outstanding at most, over all peers.
     max_requests: Option<usize>,
     max_download_peers: usize,
+    /// Inbound chunk streams served at once at most.
+    max_inbound_streams: usize,
     stall_base: Duration,
     stall_min_rate: u64,
     deadline_window: u32,
@@ -297,6 +297,7 @@ impl<S: ChunkStore> Exchange<S> {
             requests_per_peer: config.requests_per_peer.max(1),
             max_requests: config.max_requests,
             max_download_peers: config.max_download_peers.max(1),
+            max_inbound_streams: config.max_inbound_streams.max(1),
             stall_base: config.stall_base,
             stall_min_rate: config.stall_min_rate.max(1),
             deadline_window: config.deadline_window,

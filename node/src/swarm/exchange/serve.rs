@@ -21,13 +21,13 @@ use tracing::debug;
 use super::super::frame::{self, FrameError};
 use super::super::ChunkStore;
 use super::relay::{Outcome as RelayOutcome, Relay};
-use super::{lock, penalise, Inner, MAX_INBOUND_STREAMS, SERVER_QUEUE};
+use super::{lock, penalise, Inner, SERVER_QUEUE};
 
 pub(super) async fn accept_loop<S: ChunkStore>(
     inner: Arc<Inner<S>>,
     mut incoming: libp2p_stream::IncomingStreams,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    let limit = Arc::new(Semaphore::new(inner.max_inbound_streams));
     loop {
         let next = tokio::select! {
             _ = inner.shutdown.cancelled() => return,

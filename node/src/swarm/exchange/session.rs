@@ -5,6 +5,7 @@
 //! path, reporting to the download coordinator.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,35 +92,60 @@ pub(super) async fn session<S: ChunkStore>(
     let stream = match outcome {
         Ok(Ok(s)) => s,
         Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-            let _ = events.send(Event::Closed(peer, None, true)).await;
+            let _ = events.send(Event::Closed(peer, Ending::Unsupported)).await;
             return;
         }
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "cannot open chunk stream");
-            let _ = events.send(Event::Closed(peer, None, false)).await;
+            let _ = events.send(Event::Closed(peer, Ending::Ended)).await;
             return;
         }
         Err(_) => {
-            let _ = events.send(Event::Closed(peer, None, false)).await;
+            let _ = events.send(Event::Closed(peer, Ending::Ended)).await;
             return;
         }
     };
     let (r, w) = super::counted(&inner, stream).split();
     let outstanding: Outstanding = Arc::new(Mutex::new(Requests::default()));
+    let answered = AtomicBool::new(false);
     let res = tokio::select! {
         _ = cancel.cancelled() => return,
         r = session_writer(w, blob, requests, outstanding.clone()) => r,
-        r = session_reader(&inner, r, peer, blob, &layout, accept_relaying, &events, &outstanding) => r,
+        r = session_reader(&inner, r, peer, blob, &layout, accept_relaying, &events, &outstanding, &answered) => r,
     };
-    let violation = match res {
-        Err(e) if e.is_violation() => Some(e.to_string()),
+    let ending = match res {
+        Err(e) if e.is_violation() => Ending::Violation(e.to_string()),
+        Err(e) if !answered.load(Ordering::Relaxed) => {
+            debug!(%peer, error = %e, "chunk stream dropped before the peer's Hello");
+            inner.metrics.streams_dropped.inc();
+            Ending::Dropped
+        }
         Err(e) => {
             debug!(%peer, error = %e, "chunk session ended");
-            None
+            Ending::Ended
         }
-        Ok(()) => None,
+        Ok(()) => Ending::Ended,
     };
-    let _ = events.send(Event::Closed(peer, violation, false)).await;
+    let _ = events.send(Event::Closed(peer, ending)).await;
+}
+
+/// How a session ended, for its download's choice of when to try the peer
+/// again.
+#[derive(Debug)]
+pub(super) enum Ending {
+    /// The peer broke the protocol (it is penalised).
+    Violation(String),
+    /// The peer does not speak the chunk protocol.
+    Unsupported,
+    /// The stream closed before the peer's `Hello`: the peer dropped it
+    /// unread. libp2p-stream hands inbound streams over a channel of one
+    /// slot and drops those that find it full, which happens whenever a
+    /// release starts (each node opens a session per blob to every peer at
+    /// once: 4 of 40 streams dropped at N=5); a server at its inbound
+    /// limit drops streams too. Not the peer's fault, and soon over.
+    Dropped,
+    /// Any other end (the connection closed, a read failed).
+    Ended,
 }
 
 async fn session_writer<W: AsyncWrite + Unpin>(
@@ -185,6 +211,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
     accept_relaying: bool,
     events: &mpsc::Sender<Event>,
     outstanding: &Outstanding,
+    answered: &AtomicBool,
 ) -> Result<(), FrameError> {
     let count = layout.chunk_count();
     let mut hello = false;
@@ -195,6 +222,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
         let ev = match msg {
             StreamMessage::Hello(_) if !hello => {
                 hello = true;
+                answered.store(true, Ordering::Relaxed);
                 continue;
             }
             StreamMessage::Bitfield(b) if hello => {
