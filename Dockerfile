@@ -25,16 +25,18 @@ COPY . .
 # pusher (node/examples/push_test_image.rs), release mode, in three cargo
 # runs: cargo unifies a package's features over everything one run builds,
 # so together the bootstrap would link the whole node and edgeswarm the
-# test support (feature test-support) that the pusher needs.
+# test support (feature test-support) that the pusher needs. The bootstrap
+# ships from the size-optimised profile (it moves no image bytes; see
+# docs/OPERATOR.md, "Binary size").
 RUN if [ -x /out/edgeswarm ]; then \
         echo "using prebuilt binaries in /out"; \
     else \
         cargo build --release --locked -p edgeswarm-node --bin edgeswarm \
-        && cargo build --release --locked -p edgeswarm-bootstrap \
+        && cargo build --profile release-small --locked -p edgeswarm-bootstrap \
         && cargo build --release --locked -p edgeswarm-node --features test-support \
             --example push_test_image \
         && mkdir -p /out \
-        && cp target/release/edgeswarm target/release/edgeswarm-bootstrap /out/ \
+        && cp target/release/edgeswarm target/release-small/edgeswarm-bootstrap /out/ \
         && cp target/release/examples/push_test_image /out/edgeswarm-push-test-image; \
     fi
 

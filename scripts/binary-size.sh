@@ -3,7 +3,10 @@
 # them (from the symbol table: an equivalent of `cargo bloat --crates`
 # without installing it), against the targets of issue 15.
 #
-# Usage: scripts/binary-size.sh [--build] [PROFILE]   [default: release]
+# Usage: scripts/binary-size.sh [--build] [PROFILE]
+#   PROFILE  the cargo profile of both binaries [default: each in the one it
+#            ships in, as the Dockerfile builds them: edgeswarm `release`,
+#            edgeswarm-bootstrap `release-small`]
 #   --build  builds them first, each binary alone as the Dockerfile does
 #            (cargo unifies features over one run: built together, the
 #            bootstrap would link the whole node)
@@ -12,17 +15,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=0
 if [ "${1:-}" = --build ]; then build=1; shift; fi
-profile="${1:-release}"
-dir="${TARGET_DIR:-target}/$profile"
+node_profile="${1:-release}"
+bootstrap_profile="${1:-release-small}"
 if [ "$build" = 1 ]; then
-  cargo build --profile "$profile" --locked -p edgeswarm-node --bin edgeswarm
-  cargo build --profile "$profile" --locked -p edgeswarm-bootstrap
+  cargo build --profile "$node_profile" --locked -p edgeswarm-node --bin edgeswarm
+  cargo build --profile "$bootstrap_profile" --locked -p edgeswarm-bootstrap
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-for spec in edgeswarm:15000000 edgeswarm-bootstrap:6000000; do
-  bin="${spec%%:*}"
-  target="${spec##*:}"
+for spec in edgeswarm:15000000:$node_profile edgeswarm-bootstrap:6000000:$bootstrap_profile; do
+  IFS=: read -r bin target profile <<<"$spec"
+  dir="${TARGET_DIR:-target}/$profile"
   [ -x "$dir/$bin" ] || { echo "$dir/$bin: not built (try --build)"; continue; }
   strip -o "$tmp/$bin" "$dir/$bin"
   size=$(stat -c %s "$tmp/$bin")

@@ -92,7 +92,8 @@ build_binaries() {
     # features, giving the bootstrap the whole node and edgeswarm the
     # test support the pusher needs.
     cargo build --release --locked -p edgeswarm-node --bin edgeswarm
-    cargo build --release --locked -p edgeswarm-bootstrap
+    # The bootstrap ships size-optimised (docs/OPERATOR.md, "Binary size").
+    cargo build --profile release-small --locked -p edgeswarm-bootstrap
     cargo build --release --locked -p edgeswarm-node --features test-support \
         --example push_test_image
 }
@@ -119,7 +120,7 @@ build_base_image() {
     [ -d /etc/iproute2 ] && cp -a /etc/iproute2 "$rootfs/etc/"
     [ -d /usr/share/iproute2 ] && mkdir -p "$rootfs/usr/share" && cp -a /usr/share/iproute2 "$rootfs/usr/share/"
     copy_with_libs "$rootfs" "$BIN_DIR/edgeswarm" /out/edgeswarm
-    copy_with_libs "$rootfs" "$BIN_DIR/edgeswarm-bootstrap" /out/edgeswarm-bootstrap
+    copy_with_libs "$rootfs" "$TARGET_DIR/release-small/edgeswarm-bootstrap" /out/edgeswarm-bootstrap
     copy_with_libs "$rootfs" "$BIN_DIR/examples/push_test_image" /out/edgeswarm-push-test-image
     mkdir -p "$rootfs/etc/ssl/certs"
     cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/" 2>/dev/null ||
