@@ -19,6 +19,20 @@
 //! while a better-ranked candidate has not said yet, so that nodes that
 //! learn stances at slightly different times still agree on the winner
 //! instead of each pulling the release.
+//!
+//! A gateway that is *acting* on a release keeps it ([`elect_acting`]):
+//! one that signed a resolution or chunk digests of it (or reported that
+//! it retries its registry pull) within [`INCUMBENCY`]. Among acting
+//! candidates the best-ranked wins; only when none acts does the ranking
+//! of every accepting candidate decide. So a gateway that returns from a
+//! crash while the runner-up pulls the release is ranked first again but
+//! does not act, and defers (it fetches the layers from the swarm)
+//! instead of pulling them a second time; two gateways that both act (a
+//! healed partition) agree on the better-ranked one, and the other stops;
+//! an incumbent that goes silent stops acting after [`INCUMBENCY`] and
+//! the ranking takes over again.
+
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
@@ -110,9 +124,193 @@ where
     Outcome::None
 }
 
+/// How long after a candidate last acted on a release (signed a gateway
+/// message of it, or reported retrying its pull) it is still acting on it:
+/// as long as an elected gateway may stay silent before it is passed over.
+/// A pulling gateway signs chunk digests as each chunk lands, and reports
+/// its retries in every status report (2 s).
+pub const INCUMBENCY: Duration = Duration::from_secs(10);
+
+/// A candidate as an elector sees it, for [`elect_acting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a, C: ?Sized> {
+    /// Its id (the node uses encoded peer ids).
+    pub id: &'a C,
+    /// What it said about the release.
+    pub stance: Stance,
+    /// How long ago the elector last saw it act on the release as its
+    /// gateway; `None` when it never did (since it last joined: a
+    /// restarted process pulls nothing until it is elected again).
+    pub acted: Option<Duration>,
+}
+
+impl<C: ?Sized> Candidate<'_, C> {
+    /// Whether it accepted the release and acted on it within
+    /// [`INCUMBENCY`].
+    pub fn acting(&self) -> bool {
+        self.stance == Stance::Accepted && self.acted.is_some_and(|a| a <= INCUMBENCY)
+    }
+}
+
+/// Elects a release's gateway, keeping it with whoever acts on it: the
+/// best-ranked candidate that accepted the release and is acting on it
+/// ([`Candidate::acting`]) wins; when none is, [`elect_accepting`] decides.
+/// Deterministic: electors that see the same candidates agree.
+pub fn elect_acting<'a, C>(
+    manifest: &Digest,
+    candidates: impl IntoIterator<Item = Candidate<'a, C>>,
+) -> Outcome<'a, C>
+where
+    C: AsRef<[u8]> + ?Sized + 'a,
+{
+    let candidates: Vec<Candidate<'a, C>> = candidates.into_iter().collect();
+    let acting = candidates
+        .iter()
+        .filter(|c| c.acting())
+        .max_by_key(|c| weight(manifest, c.id.as_ref()));
+    match acting {
+        Some(c) => Outcome::Elected(c.id),
+        None => elect_accepting(manifest, candidates.iter().map(|c| (c.id, c.stance))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A locality of gateway-capable candidates on simulated time, as one
+    /// elector sees it: who is live, what each said, when each last acted.
+    struct Sim {
+        now: Duration,
+        manifest: Digest,
+        ids: Vec<Vec<u8>>,
+        live: Vec<bool>,
+        stance: Vec<Stance>,
+        last_act: Vec<Option<Duration>>,
+    }
+
+    impl Sim {
+        fn new(n: usize) -> Self {
+            Sim {
+                now: Duration::ZERO,
+                manifest: Digest::of(b"manifest"),
+                ids: peers(n),
+                live: vec![true; n],
+                stance: vec![Stance::Accepted; n],
+                last_act: vec![None; n],
+            }
+        }
+        /// Candidates by rank, best first.
+        fn ranked(&self) -> Vec<usize> {
+            rank(&self.manifest, &self.ids)
+                .into_iter()
+                .map(|c| self.ids.iter().position(|i| i == c).unwrap())
+                .collect()
+        }
+        fn advance(&mut self, secs: u64) {
+            self.now += Duration::from_secs(secs);
+        }
+        fn act(&mut self, i: usize) {
+            self.last_act[i] = Some(self.now);
+        }
+        /// The candidate stops reporting (the caller drops it from the
+        /// candidates), then comes back with nothing acted.
+        fn kill(&mut self, i: usize) {
+            self.live[i] = false;
+        }
+        fn restart(&mut self, i: usize) {
+            self.live[i] = true;
+            self.last_act[i] = None;
+        }
+        fn elect(&self) -> Option<usize> {
+            let candidates = (0..self.ids.len())
+                .filter(|&i| self.live[i])
+                .map(|i| Candidate {
+                    id: self.ids[i].as_slice(),
+                    stance: self.stance[i],
+                    acted: self.last_act[i].map(|t| self.now - t),
+                });
+            match elect_acting(&self.manifest, candidates) {
+                Outcome::Elected(c) => Some(self.ids.iter().position(|i| i == c).unwrap()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn a_gateway_back_while_the_runner_up_pulls_defers_until_it_stops_acting() {
+        let mut sim = Sim::new(4);
+        let order = sim.ranked();
+        let (g, r) = (order[0], order[1]);
+        // Nobody acts yet: the ranking decides.
+        assert_eq!(sim.elect(), Some(g));
+        for _ in 0..3 {
+            sim.advance(1);
+            sim.act(g);
+        }
+        // G dies; the elector drops it once its reports stop (8 s), and
+        // elects the runner-up, which pulls and signs chunk digests.
+        sim.kill(g);
+        sim.advance(8);
+        assert_eq!(sim.elect(), Some(r));
+        sim.act(r);
+        sim.advance(1);
+        sim.act(r);
+        // G is back, ranked first, acting on nothing: R keeps the release
+        // as long as it acts, however long the pull takes.
+        sim.restart(g);
+        for _ in 0..30 {
+            assert_eq!(sim.elect(), Some(r), "at {:?}", sim.now);
+            sim.advance(1);
+            sim.act(r);
+        }
+        // R finished (or hung): silent for longer than the incumbency,
+        // the ranking hands the release back to G.
+        sim.advance(INCUMBENCY.as_secs());
+        assert_eq!(sim.elect(), Some(r), "still acting at the bound");
+        sim.advance(1);
+        assert_eq!(sim.elect(), Some(g));
+        // R dies instead of going quiet: failover as before.
+        let mut sim2 = Sim::new(4);
+        sim2.kill(g);
+        sim2.act(r);
+        sim2.kill(r);
+        assert_eq!(sim2.elect(), Some(order[2]));
+    }
+
+    #[test]
+    fn two_acting_gateways_agree_on_the_better_ranked_one() {
+        let mut sim = Sim::new(5);
+        let order = sim.ranked();
+        // A healed partition: each side elected and pulled its own.
+        sim.act(order[1]);
+        sim.act(order[3]);
+        assert_eq!(sim.elect(), Some(order[1]));
+        // The better-ranked one goes silent: the other keeps acting and
+        // takes over; the best-ranked idle candidate does not.
+        sim.advance(INCUMBENCY.as_secs() + 1);
+        sim.act(order[3]);
+        assert_eq!(sim.elect(), Some(order[3]));
+    }
+
+    #[test]
+    fn only_an_accepting_candidate_can_act() {
+        let mut sim = Sim::new(3);
+        let order = sim.ranked();
+        // The second-ranked acted but then failed the release (or was
+        // passed over as silent: declined): the best-ranked wins.
+        sim.act(order[1]);
+        sim.stance[order[1]] = Stance::Declined;
+        assert_eq!(sim.elect(), Some(order[0]));
+        // An undecided better-ranked candidate does not hold up an
+        // acting one (it is pulling already).
+        sim.stance[order[1]] = Stance::Accepted;
+        sim.stance[order[0]] = Stance::Undecided;
+        assert_eq!(sim.elect(), Some(order[1]));
+        // Without anyone acting, the election waits for it as before.
+        sim.advance(INCUMBENCY.as_secs() + 1);
+        assert_eq!(sim.elect(), None);
+    }
 
     #[test]
     fn the_best_ranked_accepting_candidate_wins_and_undecided_better_ones_are_awaited() {

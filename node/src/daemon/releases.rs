@@ -37,12 +37,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::election::{self, Outcome, Stance};
+use edgeswarm_protocol::election::{self, Candidate, Outcome};
 use edgeswarm_protocol::release::Release;
 use edgeswarm_protocol::wire::ReleaseState;
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
+use super::peers::GatewayCandidate;
 use super::views::{RefusedView, ReleasePhase};
 use super::DaemonError;
 
@@ -342,7 +343,9 @@ impl Releases {
 
     /// Elects release `id`'s gateway among `candidates` (encoded peer ids,
     /// this node `me` included when it may pull, each with what it said
-    /// of the release: see `election::elect_accepting`) and decides what
+    /// of the release and when it last acted on it: see
+    /// `election::elect_acting`; this node acts on it while it pulls it)
+    /// and decides what
     /// this node starts: the registry pull when it is the gateway and is
     /// not pulling yet (unless the release is done), the fetch pipeline
     /// when `targeted` and not started. Marks what it returns as started.
@@ -351,7 +354,7 @@ impl Releases {
     pub(super) fn schedule(
         &self,
         id: &Digest,
-        candidates: &[(Vec<u8>, Stance)],
+        candidates: &[GatewayCandidate],
         me: PeerId,
         targeted: impl FnOnce(&Release) -> bool,
     ) -> Work {
@@ -359,9 +362,21 @@ impl Releases {
         let Some(t) = table.releases.get_mut(id) else {
             return Work::default();
         };
-        let outcome = election::elect_accepting(
+        let me_bytes = me.to_bytes();
+        let pulling = t.pulling;
+        let outcome = election::elect_acting(
             &t.release.manifest,
-            candidates.iter().map(|(c, s)| (c.as_slice(), *s)),
+            candidates.iter().map(|(c, stance, acted)| Candidate {
+                id: c.as_slice(),
+                stance: *stance,
+                // Others learn of this node's pull from what it signs, a
+                // gossip hop later; it knows at once.
+                acted: if pulling && *c == me_bytes {
+                    Some(Duration::ZERO)
+                } else {
+                    *acted
+                },
+            }),
         );
         let peer = |c: &[u8]| PeerId::from_bytes(c).expect("candidates are encoded peer ids");
         let gateway = match outcome {
@@ -682,6 +697,7 @@ mod tests {
     use edgeswarm_protocol::release::Platform;
 
     use super::*;
+    use edgeswarm_protocol::election::Stance;
 
     /// A release whose sequence is its creation time.
     fn release(image: &str, created: u64) -> Release {
@@ -710,8 +726,8 @@ mod tests {
     }
 
     /// A candidate that accepted the release.
-    fn yes(peer: PeerId) -> (Vec<u8>, Stance) {
-        (peer.to_bytes(), Stance::Accepted)
+    fn yes(peer: PeerId) -> GatewayCandidate {
+        (peer.to_bytes(), Stance::Accepted, None)
     }
 
     fn state(table: &Releases, id: &Digest) -> ReleaseState {
@@ -832,7 +848,7 @@ mod tests {
         let better = std::iter::repeat_with(PeerId::random)
             .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
             .unwrap();
-        let with = |stance| [yes(me), (better.to_bytes(), stance)];
+        let with = |stance| [yes(me), (better.to_bytes(), stance, None)];
         let work = table.schedule(&id, &with(Stance::Undecided), me, |_| false);
         assert!(work.pull.is_none(), "pulled before the better one said");
         assert_eq!(table.gateway_of(&id), Some(None));
@@ -841,6 +857,44 @@ mod tests {
         assert!(work.pull.is_some(), "the better one declined");
         assert_eq!(table.gateway_of(&id), Some(Some(me)));
         assert!(table.without_gateway().is_empty());
+    }
+
+    #[test]
+    fn a_pulling_gateway_keeps_the_release_until_a_better_ranked_one_acts() {
+        let (table, id) = one("reg/app:v1");
+        let manifest = table.get(&id).unwrap().release.manifest;
+        let me = PeerId::random();
+        let mine = election::weight(&manifest, &me.to_bytes());
+        let better = std::iter::repeat_with(PeerId::random)
+            .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
+            .unwrap();
+        // The better-ranked gateway is gone: this node pulls.
+        assert!(table
+            .schedule(&id, &[yes(me)], me, |_| false)
+            .pull
+            .is_some());
+        // It comes back (a restart), accepting the release and acting on
+        // nothing: this node, pulling, keeps the release.
+        let work = table.schedule(&id, &[yes(me), yes(better)], me, |_| false);
+        assert!(work.pull.is_none());
+        assert_eq!(table.gateway_of(&id), Some(Some(me)));
+        // The better-ranked one acts too (it signed chunk digests just
+        // now): it wins, and this node's pull stops at its next read.
+        let acting = (better.to_bytes(), Stance::Accepted, Some(Duration::ZERO));
+        table.schedule(&id, &[yes(me), acting.clone()], me, |_| false);
+        assert_eq!(table.gateway_of(&id), Some(Some(better)));
+        // Once this node's pull ended, a restarted node that sees another
+        // acting defers to it whatever the ranking.
+        table.pull_finished(&id);
+        let worse = (
+            me.to_bytes(),
+            Stance::Accepted,
+            Some(Duration::from_secs(1)),
+        );
+        let restarted = better;
+        let work = table.schedule(&id, &[yes(restarted), worse], restarted, |_| false);
+        assert!(work.pull.is_none(), "the restarted one pulled");
+        assert_eq!(table.gateway_of(&id), Some(Some(me)));
     }
 
     #[test]
