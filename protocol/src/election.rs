@@ -142,6 +142,10 @@ pub struct Candidate<'a, C: ?Sized> {
     /// gateway; `None` when it never did (since it last joined: a
     /// restarted process pulls nothing until it is elected again).
     pub acted: Option<Duration>,
+    /// Whether the elector elected it for this release before (true for
+    /// every candidate when the elector cannot know: it restarted and
+    /// resumed the release from its persisted state).
+    pub elected_before: bool,
 }
 
 impl<C: ?Sized> Candidate<'_, C> {
@@ -152,24 +156,33 @@ impl<C: ?Sized> Candidate<'_, C> {
     }
 }
 
-/// Elects a release's gateway, keeping it with whoever acts on it: the
-/// best-ranked candidate that accepted the release and is acting on it
-/// ([`Candidate::acting`]) wins; when none is, [`elect_accepting`] decides.
-/// Deterministic: electors that see the same candidates agree.
+/// Elects a release's gateway, keeping it with whoever acts on it.
+/// `incumbent` is the gateway the elector elected last (if any). A
+/// candidate that acts ([`Candidate::acting`]) counts when the elector
+/// elected it before, or when it outranks `incumbent` (it could have won
+/// the ranking): the best-ranked such candidate wins. When none counts,
+/// [`elect_accepting`] decides. A member that signs gateway messages of a
+/// release it was never elected for, ranked below the gateway it would
+/// displace, gains nothing. Electors that saw the same candidates and
+/// elections agree.
 pub fn elect_acting<'a, C>(
     manifest: &Digest,
+    incumbent: Option<&[u8]>,
     candidates: impl IntoIterator<Item = Candidate<'a, C>>,
 ) -> Outcome<'a, C>
 where
     C: AsRef<[u8]> + ?Sized + 'a,
 {
     let candidates: Vec<Candidate<'a, C>> = candidates.into_iter().collect();
+    let bar = incumbent.map(|i| weight(manifest, i));
     let acting = candidates
         .iter()
         .filter(|c| c.acting())
-        .max_by_key(|c| weight(manifest, c.id.as_ref()));
+        .map(|c| (c, weight(manifest, c.id.as_ref())))
+        .filter(|(c, w)| c.elected_before || bar.is_some_and(|b| *w > b))
+        .max_by_key(|(_, w)| *w);
     match acting {
-        Some(c) => Outcome::Elected(c.id),
+        Some((c, _)) => Outcome::Elected(c.id),
         None => elect_accepting(manifest, candidates.iter().map(|c| (c.id, c.stance))),
     }
 }
@@ -187,6 +200,10 @@ mod tests {
         live: Vec<bool>,
         stance: Vec<Stance>,
         last_act: Vec<Option<Duration>>,
+        /// The elector's elections so far (what it elected last, and
+        /// everyone it ever elected).
+        incumbent: Option<usize>,
+        history: Vec<usize>,
     }
 
     impl Sim {
@@ -198,6 +215,8 @@ mod tests {
                 live: vec![true; n],
                 stance: vec![Stance::Accepted; n],
                 last_act: vec![None; n],
+                incumbent: None,
+                history: Vec::new(),
             }
         }
         /// Candidates by rank, best first.
@@ -222,18 +241,28 @@ mod tests {
             self.live[i] = true;
             self.last_act[i] = None;
         }
-        fn elect(&self) -> Option<usize> {
+        /// Elects as the elector, and remembers it.
+        fn elect(&mut self) -> Option<usize> {
             let candidates = (0..self.ids.len())
                 .filter(|&i| self.live[i])
                 .map(|i| Candidate {
                     id: self.ids[i].as_slice(),
                     stance: self.stance[i],
                     acted: self.last_act[i].map(|t| self.now - t),
+                    elected_before: self.history.contains(&i),
                 });
-            match elect_acting(&self.manifest, candidates) {
+            let incumbent = self.incumbent.map(|i| self.ids[i].as_slice());
+            let winner = match elect_acting(&self.manifest, incumbent, candidates) {
                 Outcome::Elected(c) => Some(self.ids.iter().position(|i| i == c).unwrap()),
                 _ => None,
+            };
+            if let Some(w) = winner {
+                if !self.history.contains(&w) {
+                    self.history.push(w);
+                }
             }
+            self.incumbent = winner;
+            winner
         }
     }
 
@@ -259,6 +288,12 @@ mod tests {
         // G is back, ranked first, acting on nothing: R keeps the release
         // as long as it acts, however long the pull takes.
         sim.restart(g);
+        // G's own view: restarted, it knows none of its elections, and
+        // defers to whoever acts.
+        let mut own = Sim::new(4);
+        own.history = (0..4).collect();
+        own.act(r);
+        assert_eq!(own.elect(), Some(r));
         for _ in 0..30 {
             assert_eq!(sim.elect(), Some(r), "at {:?}", sim.now);
             sim.advance(1);
@@ -280,30 +315,76 @@ mod tests {
 
     #[test]
     fn two_acting_gateways_agree_on_the_better_ranked_one() {
+        let mut a = Sim::new(5);
+        let order = a.ranked();
+        let (best, good, worse) = (order[0], order[1], order[3]);
+        let mut b = Sim::new(5);
+        // A partition: side A elected `good` (the best one was not
+        // there), side B `worse`; each pulls.
+        a.live[best] = false;
+        a.live[worse] = false;
+        assert_eq!(a.elect(), Some(good));
+        for i in [best, good, order[2]] {
+            b.live[i] = false;
+        }
+        assert_eq!(b.elect(), Some(worse));
+        // Healed, both acting: side B takes the better-ranked one (it
+        // outranks B's incumbent), side A keeps its own; the best one,
+        // idle, displaces neither.
+        for sim in [&mut a, &mut b] {
+            sim.live = vec![true; 5];
+            sim.act(good);
+            sim.act(worse);
+        }
+        assert_eq!(a.elect(), Some(good));
+        assert_eq!(b.elect(), Some(good));
+        // `good` goes silent (done): after the incumbency both fall back
+        // to the ranking. (`worse`, which stopped pulling, acts no more.)
+        for sim in [&mut a, &mut b] {
+            sim.advance(INCUMBENCY.as_secs() + 1);
+            assert_eq!(sim.elect(), Some(best));
+        }
+    }
+
+    #[test]
+    fn a_member_acting_unelected_below_the_gateway_gains_nothing() {
         let mut sim = Sim::new(5);
         let order = sim.ranked();
-        // A healed partition: each side elected and pulled its own.
-        sim.act(order[1]);
-        sim.act(order[3]);
-        assert_eq!(sim.elect(), Some(order[1]));
-        // The better-ranked one goes silent: the other keeps acting and
-        // takes over; the best-ranked idle candidate does not.
+        let (gateway, member) = (order[0], order[2]);
+        // The gateway is elected and has not signed yet (resolving); a
+        // member ranked below it signs gateway messages of the release.
+        assert_eq!(sim.elect(), Some(gateway));
+        sim.act(member);
+        assert_eq!(sim.elect(), Some(gateway));
+        // Even when the gateway went quiet (its pull is done).
+        sim.act(gateway);
         sim.advance(INCUMBENCY.as_secs() + 1);
-        sim.act(order[3]);
-        assert_eq!(sim.elect(), Some(order[3]));
+        sim.act(member);
+        assert_eq!(sim.elect(), Some(gateway));
+        // An elector that restarted knows none of its elections: it
+        // defers to whoever acts (the others pass a silent gateway over
+        // after 10 s: bounded).
+        let mut restarted = Sim::new(5);
+        restarted.history = (0..5).collect();
+        restarted.act(member);
+        assert_eq!(restarted.elect(), Some(member));
     }
 
     #[test]
     fn only_an_accepting_candidate_can_act() {
         let mut sim = Sim::new(3);
         let order = sim.ranked();
-        // The second-ranked acted but then failed the release (or was
-        // passed over as silent: declined): the best-ranked wins.
+        // The second-ranked was elected (the best one declined then) and
+        // acted, and then failed the release (or was passed over as
+        // silent: declined): the best-ranked wins once it accepts.
+        sim.stance[order[0]] = Stance::Declined;
+        assert_eq!(sim.elect(), Some(order[1]));
         sim.act(order[1]);
+        sim.stance[order[0]] = Stance::Accepted;
         sim.stance[order[1]] = Stance::Declined;
         assert_eq!(sim.elect(), Some(order[0]));
         // An undecided better-ranked candidate does not hold up an
-        // acting one (it is pulling already).
+        // acting one this elector elected (it is pulling already).
         sim.stance[order[1]] = Stance::Accepted;
         sim.stance[order[0]] = Stance::Undecided;
         assert_eq!(sim.elect(), Some(order[1]));

@@ -50,6 +50,9 @@ use super::DaemonError;
 /// Most gateways passed over as silent per release.
 const MAX_SILENT: usize = 16;
 
+/// Most gateways remembered as elected per release.
+const MAX_ELECTED: usize = 16;
+
 /// How many refusals status keeps.
 pub(super) const MAX_REFUSALS: usize = 32;
 
@@ -101,6 +104,13 @@ struct Tracked {
     gateway: Option<PeerId>,
     /// When this node elected that gateway.
     gateway_since: Option<Instant>,
+    /// Every gateway this node elected for it, at most `MAX_ELECTED`
+    /// (an acting one keeps the release: `election::elect_acting`).
+    elected: Vec<PeerId>,
+    /// Resumed at start from the persisted desired state: this node does
+    /// not know whom it elected before, and defers to any gateway acting
+    /// on the release.
+    resumed: bool,
     /// Gateways elected for it that stayed silent (signed no gateway
     /// message of it within `GATEWAY_SILENCE`): passed over since, at
     /// most `MAX_SILENT`.
@@ -290,6 +300,8 @@ impl Releases {
                 took: None,
                 gateway: None,
                 gateway_since: None,
+                elected: Vec::new(),
+                resumed: false,
                 silent: Vec::new(),
                 pulling: false,
                 hold_pull_until: None,
@@ -329,6 +341,7 @@ impl Releases {
     pub(super) fn hold_pull(&self, id: &Digest, until: Instant) {
         if let Some(t) = self.lock().releases.get_mut(id) {
             t.hold_pull_until = Some(until);
+            t.resumed = true;
         }
     }
 
@@ -364,8 +377,11 @@ impl Releases {
         };
         let me_bytes = me.to_bytes();
         let pulling = t.pulling;
+        let elected: Vec<Vec<u8>> = t.elected.iter().map(|p| p.to_bytes()).collect();
+        let incumbent = t.gateway.map(|g| g.to_bytes());
         let outcome = election::elect_acting(
             &t.release.manifest,
+            incumbent.as_deref(),
             candidates.iter().map(|(c, stance, acted)| Candidate {
                 id: c.as_slice(),
                 stance: *stance,
@@ -376,6 +392,7 @@ impl Releases {
                 } else {
                     *acted
                 },
+                elected_before: t.resumed || elected.contains(c),
             }),
         );
         let peer = |c: &[u8]| PeerId::from_bytes(c).expect("candidates are encoded peer ids");
@@ -391,6 +408,12 @@ impl Releases {
             tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
             t.gateway = gateway;
             t.gateway_since = gateway.map(|_| Instant::now());
+            if let Some(g) = gateway.filter(|g| !t.elected.contains(g)) {
+                if t.elected.len() >= MAX_ELECTED {
+                    t.elected.remove(0);
+                }
+                t.elected.push(g);
+            }
         }
         let held = t.hold_pull_until.is_some_and(|u| Instant::now() < u);
         let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done && !held;
@@ -883,18 +906,28 @@ mod tests {
         let acting = (better.to_bytes(), Stance::Accepted, Some(Duration::ZERO));
         table.schedule(&id, &[yes(me), acting.clone()], me, |_| false);
         assert_eq!(table.gateway_of(&id), Some(Some(better)));
-        // Once this node's pull ended, a restarted node that sees another
-        // acting defers to it whatever the ranking.
-        table.pull_finished(&id);
-        let worse = (
+        // The better-ranked node's own table after a restart: the release
+        // resumed (it knows none of its elections), this node acting on
+        // it. It defers, whatever the ranking, and pulls nothing.
+        let (resumed, id) = one("reg/app:v1");
+        resumed.hold_pull(&id, Instant::now());
+        let acting_me = (
             me.to_bytes(),
             Stance::Accepted,
             Some(Duration::from_secs(1)),
         );
-        let restarted = better;
-        let work = table.schedule(&id, &[yes(restarted), worse], restarted, |_| false);
+        let work = resumed.schedule(&id, &[yes(better), acting_me], better, |_| false);
         assert!(work.pull.is_none(), "the restarted one pulled");
-        assert_eq!(table.gateway_of(&id), Some(Some(me)));
+        assert_eq!(resumed.gateway_of(&id), Some(Some(me)));
+        // A node that never elected this one, and did not restart, keeps
+        // the better-ranked gateway it elected: a worse-ranked member
+        // signing gateway messages gains nothing.
+        let (fresh, id) = one("reg/app:v1");
+        let observer = PeerId::random();
+        fresh.schedule(&id, &[yes(better)], observer, |_| false);
+        let acting_me = (me.to_bytes(), Stance::Accepted, Some(Duration::ZERO));
+        fresh.schedule(&id, &[yes(better), acting_me], observer, |_| false);
+        assert_eq!(fresh.gateway_of(&id), Some(Some(better)));
     }
 
     #[test]

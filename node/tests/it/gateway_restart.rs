@@ -144,6 +144,8 @@ struct Outcome {
     layers: u64,
     cloud: u64,
     ratio: f64,
+    /// The restarted gateway's log.
+    restarted_log: String,
 }
 
 /// When the killed gateway is started again.
@@ -376,6 +378,7 @@ async fn run_scenario(sc: Scenario) -> Outcome {
         layers,
         cloud: total,
         ratio,
+        restarted_log: std::fs::read_to_string(&nodes[victim].log).unwrap_or_default(),
     }
 }
 
@@ -450,5 +453,15 @@ async fn a_gateway_back_while_the_runner_up_pulls_defers_to_it() {
         o.ratio <= 1.1,
         "the cloud link carried {:.3}x the image",
         o.ratio
+    );
+    // It deferred: it never pulled the layer from the registry.
+    let pulled = o
+        .restarted_log
+        .lines()
+        .filter(|l| l.contains("gateway pulling missing layers") && !l.contains("pulling=0"))
+        .collect::<Vec<_>>();
+    assert!(
+        pulled.is_empty(),
+        "the restarted gateway pulled: {pulled:?}"
     );
 }
