@@ -19,6 +19,20 @@
 //! while a better-ranked candidate has not said yet, so that nodes that
 //! learn stances at slightly different times still agree on the winner
 //! instead of each pulling the release.
+//!
+//! A gateway that is *acting* on a release keeps it ([`elect_acting`]):
+//! one that signed a resolution or chunk digests of it (or reported that
+//! it retries its registry pull) within [`INCUMBENCY`]. Among acting
+//! candidates the best-ranked wins; only when none acts does the ranking
+//! of every accepting candidate decide. So a gateway that returns from a
+//! crash while the runner-up pulls the release is ranked first again but
+//! does not act, and defers (it fetches the layers from the swarm)
+//! instead of pulling them a second time; two gateways that both act (a
+//! healed partition) agree on the better-ranked one, and the other stops;
+//! an incumbent that goes silent stops acting after [`INCUMBENCY`] and
+//! the ranking takes over again.
+
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
@@ -110,9 +124,274 @@ where
     Outcome::None
 }
 
+/// How long after a candidate last acted on a release (signed a gateway
+/// message of it, or reported retrying its pull) it is still acting on it:
+/// as long as an elected gateway may stay silent before it is passed over.
+/// A pulling gateway signs chunk digests as each chunk lands, and reports
+/// its retries in every status report (2 s).
+pub const INCUMBENCY: Duration = Duration::from_secs(10);
+
+/// A candidate as an elector sees it, for [`elect_acting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a, C: ?Sized> {
+    /// Its id (the node uses encoded peer ids).
+    pub id: &'a C,
+    /// What it said about the release.
+    pub stance: Stance,
+    /// How long ago the elector last saw it act on the release as its
+    /// gateway; `None` when it never did (since it last joined: a
+    /// restarted process pulls nothing until it is elected again).
+    pub acted: Option<Duration>,
+    /// Whether the elector elected it for this release before (true for
+    /// every candidate when the elector cannot know: it restarted and
+    /// resumed the release from its persisted state).
+    pub elected_before: bool,
+}
+
+impl<C: ?Sized> Candidate<'_, C> {
+    /// Whether it accepted the release and acted on it within
+    /// [`INCUMBENCY`].
+    pub fn acting(&self) -> bool {
+        self.stance == Stance::Accepted && self.acted.is_some_and(|a| a <= INCUMBENCY)
+    }
+}
+
+/// Elects a release's gateway, keeping it with whoever acts on it.
+/// `incumbent` is the gateway the elector elected last (if any). A
+/// candidate that acts ([`Candidate::acting`]) counts when the elector
+/// elected it before, or when it outranks `incumbent` (it could have won
+/// the ranking): the best-ranked such candidate wins. When none counts,
+/// [`elect_accepting`] decides. A member that signs gateway messages of a
+/// release it was never elected for, ranked below the gateway it would
+/// displace, gains nothing. Electors that saw the same candidates and
+/// elections agree.
+pub fn elect_acting<'a, C>(
+    manifest: &Digest,
+    incumbent: Option<&[u8]>,
+    candidates: impl IntoIterator<Item = Candidate<'a, C>>,
+) -> Outcome<'a, C>
+where
+    C: AsRef<[u8]> + ?Sized + 'a,
+{
+    let candidates: Vec<Candidate<'a, C>> = candidates.into_iter().collect();
+    let bar = incumbent.map(|i| weight(manifest, i));
+    let acting = candidates
+        .iter()
+        .filter(|c| c.acting())
+        .map(|c| (c, weight(manifest, c.id.as_ref())))
+        .filter(|(c, w)| c.elected_before || bar.is_some_and(|b| *w > b))
+        .max_by_key(|(_, w)| *w);
+    match acting {
+        Some((c, _)) => Outcome::Elected(c.id),
+        None => elect_accepting(manifest, candidates.iter().map(|c| (c.id, c.stance))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A locality of gateway-capable candidates on simulated time, as one
+    /// elector sees it: who is live, what each said, when each last acted.
+    struct Sim {
+        now: Duration,
+        manifest: Digest,
+        ids: Vec<Vec<u8>>,
+        live: Vec<bool>,
+        stance: Vec<Stance>,
+        last_act: Vec<Option<Duration>>,
+        /// The elector's elections so far (what it elected last, and
+        /// everyone it ever elected).
+        incumbent: Option<usize>,
+        history: Vec<usize>,
+    }
+
+    impl Sim {
+        fn new(n: usize) -> Self {
+            Sim {
+                now: Duration::ZERO,
+                manifest: Digest::of(b"manifest"),
+                ids: peers(n),
+                live: vec![true; n],
+                stance: vec![Stance::Accepted; n],
+                last_act: vec![None; n],
+                incumbent: None,
+                history: Vec::new(),
+            }
+        }
+        /// Candidates by rank, best first.
+        fn ranked(&self) -> Vec<usize> {
+            rank(&self.manifest, &self.ids)
+                .into_iter()
+                .map(|c| self.ids.iter().position(|i| i == c).unwrap())
+                .collect()
+        }
+        fn advance(&mut self, secs: u64) {
+            self.now += Duration::from_secs(secs);
+        }
+        fn act(&mut self, i: usize) {
+            self.last_act[i] = Some(self.now);
+        }
+        /// The candidate stops reporting (the caller drops it from the
+        /// candidates), then comes back with nothing acted.
+        fn kill(&mut self, i: usize) {
+            self.live[i] = false;
+        }
+        fn restart(&mut self, i: usize) {
+            self.live[i] = true;
+            self.last_act[i] = None;
+        }
+        /// Elects as the elector, and remembers it.
+        fn elect(&mut self) -> Option<usize> {
+            let candidates = (0..self.ids.len())
+                .filter(|&i| self.live[i])
+                .map(|i| Candidate {
+                    id: self.ids[i].as_slice(),
+                    stance: self.stance[i],
+                    acted: self.last_act[i].map(|t| self.now - t),
+                    elected_before: self.history.contains(&i),
+                });
+            let incumbent = self.incumbent.map(|i| self.ids[i].as_slice());
+            let winner = match elect_acting(&self.manifest, incumbent, candidates) {
+                Outcome::Elected(c) => Some(self.ids.iter().position(|i| i == c).unwrap()),
+                _ => None,
+            };
+            if let Some(w) = winner {
+                if !self.history.contains(&w) {
+                    self.history.push(w);
+                }
+            }
+            self.incumbent = winner;
+            winner
+        }
+    }
+
+    #[test]
+    fn a_gateway_back_while_the_runner_up_pulls_defers_until_it_stops_acting() {
+        let mut sim = Sim::new(4);
+        let order = sim.ranked();
+        let (g, r) = (order[0], order[1]);
+        // Nobody acts yet: the ranking decides.
+        assert_eq!(sim.elect(), Some(g));
+        for _ in 0..3 {
+            sim.advance(1);
+            sim.act(g);
+        }
+        // G dies; the elector drops it once its reports stop (8 s), and
+        // elects the runner-up, which pulls and signs chunk digests.
+        sim.kill(g);
+        sim.advance(8);
+        assert_eq!(sim.elect(), Some(r));
+        sim.act(r);
+        sim.advance(1);
+        sim.act(r);
+        // G is back, ranked first, acting on nothing: R keeps the release
+        // as long as it acts, however long the pull takes.
+        sim.restart(g);
+        // G's own view: restarted, it knows none of its elections, and
+        // defers to whoever acts.
+        let mut own = Sim::new(4);
+        own.history = (0..4).collect();
+        own.act(r);
+        assert_eq!(own.elect(), Some(r));
+        for _ in 0..30 {
+            assert_eq!(sim.elect(), Some(r), "at {:?}", sim.now);
+            sim.advance(1);
+            sim.act(r);
+        }
+        // R finished (or hung): silent for longer than the incumbency,
+        // the ranking hands the release back to G.
+        sim.advance(INCUMBENCY.as_secs());
+        assert_eq!(sim.elect(), Some(r), "still acting at the bound");
+        sim.advance(1);
+        assert_eq!(sim.elect(), Some(g));
+        // R dies instead of going quiet: failover as before.
+        let mut sim2 = Sim::new(4);
+        sim2.kill(g);
+        sim2.act(r);
+        sim2.kill(r);
+        assert_eq!(sim2.elect(), Some(order[2]));
+    }
+
+    #[test]
+    fn two_acting_gateways_agree_on_the_better_ranked_one() {
+        let mut a = Sim::new(5);
+        let order = a.ranked();
+        let (best, good, worse) = (order[0], order[1], order[3]);
+        let mut b = Sim::new(5);
+        // A partition: side A elected `good` (the best one was not
+        // there), side B `worse`; each pulls.
+        a.live[best] = false;
+        a.live[worse] = false;
+        assert_eq!(a.elect(), Some(good));
+        for i in [best, good, order[2]] {
+            b.live[i] = false;
+        }
+        assert_eq!(b.elect(), Some(worse));
+        // Healed, both acting: side B takes the better-ranked one (it
+        // outranks B's incumbent), side A keeps its own; the best one,
+        // idle, displaces neither.
+        for sim in [&mut a, &mut b] {
+            sim.live = vec![true; 5];
+            sim.act(good);
+            sim.act(worse);
+        }
+        assert_eq!(a.elect(), Some(good));
+        assert_eq!(b.elect(), Some(good));
+        // `good` goes silent (done): after the incumbency both fall back
+        // to the ranking. (`worse`, which stopped pulling, acts no more.)
+        for sim in [&mut a, &mut b] {
+            sim.advance(INCUMBENCY.as_secs() + 1);
+            assert_eq!(sim.elect(), Some(best));
+        }
+    }
+
+    #[test]
+    fn a_member_acting_unelected_below_the_gateway_gains_nothing() {
+        let mut sim = Sim::new(5);
+        let order = sim.ranked();
+        let (gateway, member) = (order[0], order[2]);
+        // The gateway is elected and has not signed yet (resolving); a
+        // member ranked below it signs gateway messages of the release.
+        assert_eq!(sim.elect(), Some(gateway));
+        sim.act(member);
+        assert_eq!(sim.elect(), Some(gateway));
+        // Even when the gateway went quiet (its pull is done).
+        sim.act(gateway);
+        sim.advance(INCUMBENCY.as_secs() + 1);
+        sim.act(member);
+        assert_eq!(sim.elect(), Some(gateway));
+        // An elector that restarted knows none of its elections: it
+        // defers to whoever acts (the others pass a silent gateway over
+        // after 10 s: bounded).
+        let mut restarted = Sim::new(5);
+        restarted.history = (0..5).collect();
+        restarted.act(member);
+        assert_eq!(restarted.elect(), Some(member));
+    }
+
+    #[test]
+    fn only_an_accepting_candidate_can_act() {
+        let mut sim = Sim::new(3);
+        let order = sim.ranked();
+        // The second-ranked was elected (the best one declined then) and
+        // acted, and then failed the release (or was passed over as
+        // silent: declined): the best-ranked wins once it accepts.
+        sim.stance[order[0]] = Stance::Declined;
+        assert_eq!(sim.elect(), Some(order[1]));
+        sim.act(order[1]);
+        sim.stance[order[0]] = Stance::Accepted;
+        sim.stance[order[1]] = Stance::Declined;
+        assert_eq!(sim.elect(), Some(order[0]));
+        // An undecided better-ranked candidate does not hold up an
+        // acting one this elector elected (it is pulling already).
+        sim.stance[order[1]] = Stance::Accepted;
+        sim.stance[order[0]] = Stance::Undecided;
+        assert_eq!(sim.elect(), Some(order[1]));
+        // Without anyone acting, the election waits for it as before.
+        sim.advance(INCUMBENCY.as_secs() + 1);
+        assert_eq!(sim.elect(), None);
+    }
 
     #[test]
     fn the_best_ranked_accepting_candidate_wins_and_undecided_better_ones_are_awaited() {

@@ -265,19 +265,20 @@ impl Inner {
     /// The candidates to pull release `id`, accepted here at `accepted`:
     /// live gateway-capable nodes allowed to be gateways, this one
     /// included (it accepted the release), as encoded peer ids with what
-    /// each said of the release.
+    /// each said of the release and when it last acted on it (this node's
+    /// own pull is added by the release table).
     fn gateway_candidates(
         &self,
         id: &Digest,
         accepted: std::time::Instant,
-    ) -> Vec<(Vec<u8>, Stance)> {
+    ) -> Vec<super::peers::GatewayCandidate> {
         let silent = self.releases.silent(id);
         let mut candidates = self
             .peers
             .gateway_stances(id, accepted, &silent, |p| self.may_be_gateway(p));
         let me = self.swarm.local_peer_id();
         if self.config.gateway && self.may_be_gateway(&me) {
-            candidates.push((me.to_bytes(), Stance::Accepted));
+            candidates.push((me.to_bytes(), Stance::Accepted, None));
         }
         candidates
     }

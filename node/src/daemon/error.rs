@@ -51,6 +51,10 @@ pub(super) enum ReleaseError {
     /// The node is shutting down; the release is left unfinished.
     #[error("node shutting down")]
     ShuttingDown,
+    /// Another gateway acts on the release now (see
+    /// `election::elect_acting`): this node's pull stops, not failed.
+    #[error("another gateway acts on the release")]
+    NotElected,
     /// This node was elected gateway but has no registry client.
     #[error("elected as gateway without registry access")]
     NoRegistry,

@@ -68,6 +68,15 @@ pub(super) async fn pull(inner: Arc<Inner>, release: Release) {
                 }
                 break;
             }
+            Err(ReleaseError::NotElected) => {
+                // Two gateways acted at once (a healed partition, a
+                // restart racing a failover): the better-ranked one goes
+                // on, this one leaves the rest of the layers to it. A
+                // later election starts a pull again if need be.
+                inner.releases.set_waiting(&id, None);
+                tracing::info!(release = %id, "another gateway acts on the release; pull stopped");
+                break;
+            }
             Err(e) if e.is_transient() && inner.still_desired(&release) => {
                 attempt += 1;
                 tracing::warn!(release = %id, attempt, error = %e, retry_in = ?pause, "gateway pull failed; retrying");
@@ -284,6 +293,7 @@ async fn pull_layer(
 ) -> Result<(), ReleaseError> {
     let store = &inner.store;
     let blob = layer.digest;
+    let me = inner.swarm.local_peer_id();
     // Two releases of one manifest (a node's mirror release and the
     // gateway's own, made a few milliseconds apart) are pulled at once:
     // each would stream the whole layer from the registry (measured: the
@@ -319,6 +329,11 @@ async fn pull_layer(
         while index < end {
             if inner.shutdown.is_cancelled() {
                 return Err(ReleaseError::ShuttingDown);
+            }
+            // Checked per read: two gateways must not both pull the rest
+            // of a layer once they learn of each other.
+            if inner.releases.gateway_of(&release_id) != Some(Some(me)) {
+                return Err(ReleaseError::NotElected);
             }
             let Some(item) = stream.next().await else {
                 break;

@@ -66,6 +66,10 @@
 //!   the locality fetches and forwards a layer while it still downloads.
 //! - Failover: when the elected gateway stops reporting, the runner-up
 //!   takes the release and pulls only the chunk runs it lacks (Range).
+//!   A gateway acting on a release (signing its chunk digests, or
+//!   retrying its pull) keeps it: a killed gateway that returns while the
+//!   runner-up pulls defers to it (`protocol::election::elect_acting`),
+//!   and of two gateways pulling at once the worse-ranked one stops.
 //! - Non-goals: scheduling containers after import; pulling from more than
 //!   one registry mirror.
 

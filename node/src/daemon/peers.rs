@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::election::Stance;
+use edgeswarm_protocol::election::{self, Stance};
 use edgeswarm_protocol::wire::{DesiredDigest, NodeStatus, ReleaseProgress, ReleaseState};
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
@@ -115,7 +115,17 @@ struct PeerEntry {
     timings: HashMap<Digest, (Instant, Option<Duration>)>,
     /// Releases for which it signed a resolution or chunk digests: it
     /// accepted them, whatever its status says yet.
-    vouched: Vec<Digest>,
+    vouched: Vec<Vouch>,
+}
+
+/// A release a peer signed gateway messages of.
+struct Vouch {
+    /// The release.
+    release: Digest,
+    /// When its last one arrived (it acts on the release as gateway:
+    /// `election::elect_acting`); forgotten when the peer arrives again,
+    /// since a restarted process pulls nothing until it is elected again.
+    acted: Option<Instant>,
 }
 
 /// A copy of what is known of one peer, for views.
@@ -138,7 +148,16 @@ impl PeerSnapshot {
     }
 }
 
+/// A gateway candidate for a release: its encoded peer id, what it said
+/// of the release, and how long ago it last acted on it as gateway.
+pub(super) type GatewayCandidate = (Vec<u8>, Stance, Option<Duration>);
+
 impl PeerEntry {
+    /// Whether it signed a gateway message of release `id`.
+    fn vouches(&self, id: &Digest) -> bool {
+        self.vouched.iter().any(|v| v.release == *id)
+    }
+
     /// Whether the peer reported recently.
     fn live(&self) -> bool {
         self.last_seen.elapsed() <= PEER_TIMEOUT
@@ -162,6 +181,15 @@ impl Peers {
             newly_empty: empty(&status) && !known.is_some_and(|e| empty(&e.status)),
             arrived: !known.is_some_and(PeerEntry::live),
         };
+        if heard.arrived {
+            // Back from gone: whatever it pulled died with it (a restart)
+            // or was cut off; it acts again when it signs again.
+            if let Some(e) = table.peers.get_mut(&peer) {
+                for v in &mut e.vouched {
+                    v.acted = None;
+                }
+            }
+        }
         let now = Instant::now();
         if !table.peers.contains_key(&peer) {
             table.make_room(&peer, now);
@@ -276,28 +304,38 @@ impl Peers {
 
     /// Whether `peer` signed a gateway message of release `id`.
     pub(super) fn vouched(&self, peer: &PeerId, id: &Digest) -> bool {
-        self.lock()
-            .peers
-            .get(peer)
-            .is_some_and(|e| e.vouched.contains(id))
+        self.lock().peers.get(peer).is_some_and(|e| e.vouches(id))
     }
 
-    /// Records that `peer` signed a gateway message of release `id` (it
-    /// accepted the release). True when this is news and `peer` is a live
-    /// gateway-capable peer, so that the caller elects again.
+    /// Records that `peer` signed a gateway message of release `id` just
+    /// now (it accepted the release, and acts on it as gateway). True when
+    /// this is news (it had not signed one, or not within
+    /// `election::INCUMBENCY`) and `peer` is a live gateway-capable peer,
+    /// so that the caller elects again.
     pub(super) fn vouch(&self, peer: PeerId, id: Digest) -> bool {
         let mut table = self.lock();
         let Some(entry) = table.peers.get_mut(&peer) else {
             return false;
         };
-        if entry.vouched.contains(&id) {
-            return false;
-        }
-        if entry.vouched.len() >= MAX_VOUCHED {
-            entry.vouched.remove(0);
-        }
-        entry.vouched.push(id);
-        entry.status.gateway_capable && entry.live()
+        let now = Instant::now();
+        let news = match entry.vouched.iter_mut().find(|v| v.release == id) {
+            Some(v) => {
+                let was_acting = v.acted.is_some_and(|t| now - t <= election::INCUMBENCY);
+                v.acted = Some(now);
+                !was_acting
+            }
+            None => {
+                if entry.vouched.len() >= MAX_VOUCHED {
+                    entry.vouched.remove(0);
+                }
+                entry.vouched.push(Vouch {
+                    release: id,
+                    acted: Some(now),
+                });
+                true
+            }
+        };
+        news && entry.status.gateway_capable && entry.live()
     }
 
     /// Live gateway-capable peers that `allowed` lets act as gateways, as
@@ -307,23 +345,39 @@ impl Peers {
     /// declined when its status lists it failed, or its newest report
     /// arrived [`DECLINE_GRACE`] after `accepted` without it, or it is
     /// among `silent` (elected, it signed nothing of the release in time)
-    /// and signed nothing since; undecided otherwise.
+    /// and signed nothing since; undecided otherwise. With each, how long
+    /// ago it last acted on the release as gateway: signed a gateway
+    /// message of it, or reported (in the status last heard) that it
+    /// retries its registry pull of it.
     pub(super) fn gateway_stances(
         &self,
         id: &Digest,
         accepted: Instant,
         silent: &[PeerId],
         allowed: impl Fn(&PeerId) -> bool,
-    ) -> Vec<(Vec<u8>, Stance)> {
+    ) -> Vec<GatewayCandidate> {
         self.lock()
             .peers
             .iter()
             .filter(|(p, e)| e.status.gateway_capable && e.live() && allowed(p))
             .map(|(p, e)| {
                 let listed = e.status.releases.iter().find(|r| r.release_id == *id);
+                let signed = e
+                    .vouched
+                    .iter()
+                    .find(|v| v.release == *id)
+                    .and_then(|v| v.acted)
+                    .map(|t| t.elapsed());
+                let retrying = listed
+                    .filter(|r| r.waiting.is_some())
+                    .map(|_| e.last_seen.elapsed());
+                let acted = match (signed, retrying) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let stance = match listed.map(|r| r.state) {
                     Some(ReleaseState::Failed) => Stance::Declined,
-                    _ if e.vouched.contains(id) => Stance::Accepted,
+                    _ if e.vouches(id) => Stance::Accepted,
                     _ if silent.contains(p) => Stance::Declined,
                     Some(_) => Stance::Accepted,
                     None if e.last_seen.saturating_duration_since(accepted) >= DECLINE_GRACE => {
@@ -331,7 +385,7 @@ impl Peers {
                     }
                     None => Stance::Undecided,
                 };
-                (p.to_bytes(), stance)
+                (p.to_bytes(), stance, acted)
             })
             .collect()
     }
@@ -501,12 +555,12 @@ mod tests {
         peers.record_status(vouches, status(true, &[]));
         peers.record_status(barred, status(true, &[(id, ReleaseState::Done)]));
         assert!(peers.vouch(vouches, id));
-        assert!(!peers.vouch(vouches, id), "news once");
+        assert!(!peers.vouch(vouches, id), "news once while it acts");
         let stances = |at: Instant| -> HashMap<PeerId, Stance> {
             peers
                 .gateway_stances(&id, at, &[], |p| *p != barred)
                 .into_iter()
-                .map(|(p, s)| (PeerId::from_bytes(&p).unwrap(), s))
+                .map(|(p, s, _)| (PeerId::from_bytes(&p).unwrap(), s))
                 .collect()
         };
         let now = stances(accepted);
@@ -521,7 +575,7 @@ mod tests {
         let passed: HashMap<PeerId, Stance> = peers
             .gateway_stances(&id, accepted, &quiet, |_| true)
             .into_iter()
-            .map(|(p, s)| (PeerId::from_bytes(&p).unwrap(), s))
+            .map(|(p, s, _)| (PeerId::from_bytes(&p).unwrap(), s))
             .collect();
         assert_eq!(passed[&lists], Stance::Declined);
         assert_eq!(passed[&vouches], Stance::Accepted);
@@ -551,5 +605,48 @@ mod tests {
             Duration::ZERO,
             "a dropped release is timed afresh (first seen done)"
         );
+    }
+
+    #[test]
+    fn a_gateway_acts_while_it_signs_or_retries_and_not_after_it_comes_back() {
+        let peers = Peers::default();
+        let id = Digest::of(b"release");
+        let (signs, retries, idle) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let fetching = [(id, ReleaseState::Fetching)];
+        peers.record_status(signs, status(true, &fetching));
+        let mut waiting = status(true, &fetching);
+        waiting.releases[0].waiting = Some("registry unreachable".into());
+        peers.record_status(retries, waiting);
+        peers.record_status(idle, status(true, &fetching));
+        assert!(peers.vouch(signs, id));
+        let acted = || -> HashMap<PeerId, Option<Duration>> {
+            peers
+                .gateway_stances(&id, Instant::now(), &[], |_| true)
+                .into_iter()
+                .map(|(p, _, a)| (PeerId::from_bytes(&p).unwrap(), a))
+                .collect()
+        };
+        let now = acted();
+        assert!(now[&signs].is_some_and(|a| a < Duration::from_secs(1)));
+        assert!(now[&retries].is_some_and(|a| a < Duration::from_secs(1)));
+        assert_eq!(now[&idle], None);
+        // Its last signature is older than the incumbency: no longer
+        // acting, and signing again is news (elect again).
+        let Some(past) = Instant::now().checked_sub(election::INCUMBENCY * 2) else {
+            return;
+        };
+        peers.lock().peers.get_mut(&signs).unwrap().vouched[0].acted = Some(past);
+        assert!(acted()[&signs].is_some_and(|a| a > election::INCUMBENCY));
+        assert!(peers.vouch(signs, id), "acting again is news");
+        // Gone (a crash), then back: it acts on nothing until it signs
+        // again, but still counts as having accepted the release.
+        peers.lock().peers.get_mut(&signs).unwrap().last_seen = past;
+        assert!(peers.record_status(signs, status(true, &[])).arrived);
+        let back = peers.gateway_stances(&id, Instant::now(), &[], |_| true);
+        let entry = back
+            .iter()
+            .find(|(p, _, _)| *p == signs.to_bytes())
+            .unwrap();
+        assert_eq!((entry.1, entry.2), (Stance::Accepted, None));
     }
 }

@@ -37,17 +37,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::election::{self, Outcome, Stance};
+use edgeswarm_protocol::election::{self, Candidate, Outcome};
 use edgeswarm_protocol::release::Release;
 use edgeswarm_protocol::wire::ReleaseState;
 use edgeswarm_protocol::Digest;
 use libp2p::PeerId;
 
+use super::peers::GatewayCandidate;
 use super::views::{RefusedView, ReleasePhase};
 use super::DaemonError;
 
 /// Most gateways passed over as silent per release.
 const MAX_SILENT: usize = 16;
+
+/// Most gateways remembered as elected per release.
+const MAX_ELECTED: usize = 16;
 
 /// How many refusals status keeps.
 pub(super) const MAX_REFUSALS: usize = 32;
@@ -100,6 +104,13 @@ struct Tracked {
     gateway: Option<PeerId>,
     /// When this node elected that gateway.
     gateway_since: Option<Instant>,
+    /// Every gateway this node elected for it, at most `MAX_ELECTED`
+    /// (an acting one keeps the release: `election::elect_acting`).
+    elected: Vec<PeerId>,
+    /// Resumed at start from the persisted desired state: this node does
+    /// not know whom it elected before, and defers to any gateway acting
+    /// on the release.
+    resumed: bool,
     /// Gateways elected for it that stayed silent (signed no gateway
     /// message of it within `GATEWAY_SILENCE`): passed over since, at
     /// most `MAX_SILENT`.
@@ -289,6 +300,8 @@ impl Releases {
                 took: None,
                 gateway: None,
                 gateway_since: None,
+                elected: Vec::new(),
+                resumed: false,
                 silent: Vec::new(),
                 pulling: false,
                 hold_pull_until: None,
@@ -328,6 +341,7 @@ impl Releases {
     pub(super) fn hold_pull(&self, id: &Digest, until: Instant) {
         if let Some(t) = self.lock().releases.get_mut(id) {
             t.hold_pull_until = Some(until);
+            t.resumed = true;
         }
     }
 
@@ -342,7 +356,9 @@ impl Releases {
 
     /// Elects release `id`'s gateway among `candidates` (encoded peer ids,
     /// this node `me` included when it may pull, each with what it said
-    /// of the release: see `election::elect_accepting`) and decides what
+    /// of the release and when it last acted on it: see
+    /// `election::elect_acting`; this node acts on it while it pulls it)
+    /// and decides what
     /// this node starts: the registry pull when it is the gateway and is
     /// not pulling yet (unless the release is done), the fetch pipeline
     /// when `targeted` and not started. Marks what it returns as started.
@@ -351,7 +367,7 @@ impl Releases {
     pub(super) fn schedule(
         &self,
         id: &Digest,
-        candidates: &[(Vec<u8>, Stance)],
+        candidates: &[GatewayCandidate],
         me: PeerId,
         targeted: impl FnOnce(&Release) -> bool,
     ) -> Work {
@@ -359,9 +375,25 @@ impl Releases {
         let Some(t) = table.releases.get_mut(id) else {
             return Work::default();
         };
-        let outcome = election::elect_accepting(
+        let me_bytes = me.to_bytes();
+        let pulling = t.pulling;
+        let elected: Vec<Vec<u8>> = t.elected.iter().map(|p| p.to_bytes()).collect();
+        let incumbent = t.gateway.map(|g| g.to_bytes());
+        let outcome = election::elect_acting(
             &t.release.manifest,
-            candidates.iter().map(|(c, s)| (c.as_slice(), *s)),
+            incumbent.as_deref(),
+            candidates.iter().map(|(c, stance, acted)| Candidate {
+                id: c.as_slice(),
+                stance: *stance,
+                // Others learn of this node's pull from what it signs, a
+                // gossip hop later; it knows at once.
+                acted: if pulling && *c == me_bytes {
+                    Some(Duration::ZERO)
+                } else {
+                    *acted
+                },
+                elected_before: t.resumed || elected.contains(c),
+            }),
         );
         let peer = |c: &[u8]| PeerId::from_bytes(c).expect("candidates are encoded peer ids");
         let gateway = match outcome {
@@ -376,6 +408,12 @@ impl Releases {
             tracing::info!(release = %id, gateway = ?gateway, "gateway elected");
             t.gateway = gateway;
             t.gateway_since = gateway.map(|_| Instant::now());
+            if let Some(g) = gateway.filter(|g| !t.elected.contains(g)) {
+                if t.elected.len() >= MAX_ELECTED {
+                    t.elected.remove(0);
+                }
+                t.elected.push(g);
+            }
         }
         let held = t.hold_pull_until.is_some_and(|u| Instant::now() < u);
         let pull = gateway == Some(me) && !t.pulling && t.state != ReleaseState::Done && !held;
@@ -682,6 +720,7 @@ mod tests {
     use edgeswarm_protocol::release::Platform;
 
     use super::*;
+    use edgeswarm_protocol::election::Stance;
 
     /// A release whose sequence is its creation time.
     fn release(image: &str, created: u64) -> Release {
@@ -710,8 +749,8 @@ mod tests {
     }
 
     /// A candidate that accepted the release.
-    fn yes(peer: PeerId) -> (Vec<u8>, Stance) {
-        (peer.to_bytes(), Stance::Accepted)
+    fn yes(peer: PeerId) -> GatewayCandidate {
+        (peer.to_bytes(), Stance::Accepted, None)
     }
 
     fn state(table: &Releases, id: &Digest) -> ReleaseState {
@@ -832,7 +871,7 @@ mod tests {
         let better = std::iter::repeat_with(PeerId::random)
             .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
             .unwrap();
-        let with = |stance| [yes(me), (better.to_bytes(), stance)];
+        let with = |stance| [yes(me), (better.to_bytes(), stance, None)];
         let work = table.schedule(&id, &with(Stance::Undecided), me, |_| false);
         assert!(work.pull.is_none(), "pulled before the better one said");
         assert_eq!(table.gateway_of(&id), Some(None));
@@ -841,6 +880,54 @@ mod tests {
         assert!(work.pull.is_some(), "the better one declined");
         assert_eq!(table.gateway_of(&id), Some(Some(me)));
         assert!(table.without_gateway().is_empty());
+    }
+
+    #[test]
+    fn a_pulling_gateway_keeps_the_release_until_a_better_ranked_one_acts() {
+        let (table, id) = one("reg/app:v1");
+        let manifest = table.get(&id).unwrap().release.manifest;
+        let me = PeerId::random();
+        let mine = election::weight(&manifest, &me.to_bytes());
+        let better = std::iter::repeat_with(PeerId::random)
+            .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
+            .unwrap();
+        // The better-ranked gateway is gone: this node pulls.
+        assert!(table
+            .schedule(&id, &[yes(me)], me, |_| false)
+            .pull
+            .is_some());
+        // It comes back (a restart), accepting the release and acting on
+        // nothing: this node, pulling, keeps the release.
+        let work = table.schedule(&id, &[yes(me), yes(better)], me, |_| false);
+        assert!(work.pull.is_none());
+        assert_eq!(table.gateway_of(&id), Some(Some(me)));
+        // The better-ranked one acts too (it signed chunk digests just
+        // now): it wins, and this node's pull stops at its next read.
+        let acting = (better.to_bytes(), Stance::Accepted, Some(Duration::ZERO));
+        table.schedule(&id, &[yes(me), acting.clone()], me, |_| false);
+        assert_eq!(table.gateway_of(&id), Some(Some(better)));
+        // The better-ranked node's own table after a restart: the release
+        // resumed (it knows none of its elections), this node acting on
+        // it. It defers, whatever the ranking, and pulls nothing.
+        let (resumed, id) = one("reg/app:v1");
+        resumed.hold_pull(&id, Instant::now());
+        let acting_me = (
+            me.to_bytes(),
+            Stance::Accepted,
+            Some(Duration::from_secs(1)),
+        );
+        let work = resumed.schedule(&id, &[yes(better), acting_me], better, |_| false);
+        assert!(work.pull.is_none(), "the restarted one pulled");
+        assert_eq!(resumed.gateway_of(&id), Some(Some(me)));
+        // A node that never elected this one, and did not restart, keeps
+        // the better-ranked gateway it elected: a worse-ranked member
+        // signing gateway messages gains nothing.
+        let (fresh, id) = one("reg/app:v1");
+        let observer = PeerId::random();
+        fresh.schedule(&id, &[yes(better)], observer, |_| false);
+        let acting_me = (me.to_bytes(), Stance::Accepted, Some(Duration::ZERO));
+        fresh.schedule(&id, &[yes(better), acting_me], observer, |_| false);
+        assert_eq!(fresh.gateway_of(&id), Some(Some(better)));
     }
 
     #[test]

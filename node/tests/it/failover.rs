@@ -156,3 +156,78 @@ async fn another_gateway_takes_over_a_half_pulled_release() {
     }
     locality.shutdown().await;
 }
+
+/// A healed partition: two gateway-capable nodes that cannot hear each
+/// other each elect themselves for the same release and pull it; once
+/// they connect, both act on it, both elect the better-ranked one
+/// (`election::elect_acting`), and the other stops its registry pull at
+/// its next read instead of pulling the rest of the layer a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_pulling_at_once_settle_on_one_when_they_meet() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let image = build_image(
+        ImageSpec::random_layers(&[24 << 20], 11, Compression::None),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    push(&registry, "partition/app", "v1", &image).await;
+    // 2 MiB/s per connection: each side's pull takes 12 s alone.
+    let proxy = throttled_proxy(registry.addr(), 2 << 20).await;
+    let reference = format!("{proxy}/partition/app:v1");
+
+    // Two localities of one node each (same name, no bootstrap): a
+    // partition from the start.
+    let a = Locality::start("partition", 1, 1).await;
+    let b = Locality::start("partition", 1, 1).await;
+    let (da, db) = (&a.daemons[0], &b.daemons[0]);
+    let signed = da.prepare_release(&reference, vec![], None).await.unwrap();
+    da.publish_release(signed.clone()).await.unwrap();
+    db.publish_release(signed).await.unwrap();
+    let pulled = |d: &edgeswarm_node::daemon::Daemon| d.registry().unwrap().stats().bytes_pulled;
+    eventually("both pulling", Duration::from_secs(30), async || {
+        let (x, y) = (pulled(da), pulled(db));
+        (x >= 3 << 20 && y >= 3 << 20)
+            .then_some(())
+            .ok_or(format!("{x} and {y} bytes"))
+    })
+    .await;
+
+    // Heal: b dials a.
+    let addr = da.swarm().listen_addrs().await.unwrap()[0].clone();
+    db.swarm().dial(addr).await.unwrap();
+    let healed_at = (pulled(da), pulled(db));
+    wait_done(
+        &[da.clone(), db.clone()],
+        &reference,
+        Duration::from_secs(90),
+    )
+    .await;
+    let ga = release_of(da, &reference).await.and_then(|r| r.gateway);
+    let gb = release_of(db, &reference).await.and_then(|r| r.gateway);
+    assert_eq!(ga, gb, "the two nodes elect one gateway");
+    let winner = ga.expect("a gateway");
+    let (loser, at_heal) = if winner == da.swarm().local_peer_id().to_string() {
+        (db, healed_at.1)
+    } else {
+        (da, healed_at.0)
+    };
+    let after = pulled(loser) - at_heal;
+    let layer = image.layers_size();
+    println!(
+        "partition healed at {healed_at:?} bytes pulled; the worse-ranked gateway pulled \
+         {after} more of a {layer}-byte layer"
+    );
+    // It learns of the other within a few status intervals (2 s) and
+    // gossip hops: at 2 MiB/s, a few MiB at most; without the stop it
+    // pulled the rest of the layer (about 18 MiB).
+    assert!(
+        pulled(loser) < layer * 3 / 4 && after < 8 << 20,
+        "the worse-ranked gateway kept pulling: {after} bytes after the heal, {} in all",
+        pulled(loser)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

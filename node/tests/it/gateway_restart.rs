@@ -138,38 +138,83 @@ fn stored_twice(logs: &[&Path]) -> Vec<String> {
 /// What one kill-and-restart run measured.
 struct Outcome {
     delivered_at_kill: u64,
+    /// Cloud bytes delivered when the killed gateway's first pull of a
+    /// resumed release could start (its settle hold over).
+    delivered_at_settle: Option<u64>,
     layers: u64,
     cloud: u64,
     ratio: f64,
+    /// The restarted gateway's log.
+    restarted_log: String,
 }
 
-/// A locality of three `edgeswarm node` processes, the first `gateways`
-/// of them gateway-capable, deploys a 12 MiB image over a 3 MiB/s cloud
-/// link; the elected gateway is killed -9 half way through the layer and
-/// started again `restart_after` later on its data dir and port. Checks
-/// that every node completes, that the restarted gateway resumed the
-/// release from its persisted desired state, that no node stored a chunk
-/// twice and that every rootfs holds the same layer.
+/// When the killed gateway is started again.
+#[derive(Clone, Copy)]
+enum Restart {
+    /// This long after the kill.
+    After(Duration),
+    /// As soon as the runner-up has pulled `bytes` more from the registry
+    /// after the kill (it took the release over and is pulling).
+    WhenRunnerUpPulled(u64),
+}
+
+/// One kill-and-restart scenario.
+struct Scenario {
+    /// Nodes in the locality.
+    nodes: usize,
+    /// How many of them (the first ones) are gateway-capable.
+    gateways: usize,
+    /// The image's one layer, bytes.
+    layer: u64,
+    /// The cloud link's rate, bytes/s (per connection).
+    rate: u64,
+    /// The gateway is killed once this fraction (percent) of the layer
+    /// crossed the cloud link.
+    kill_at_percent: u64,
+    restart: Restart,
+}
+
+/// A locality of `nodes` `edgeswarm node` processes, the first
+/// `gateways` of them gateway-capable, deploys a one-layer image over a
+/// throttled cloud link; the elected gateway is killed -9 part way
+/// through the layer and started again (see [`Restart`]) on its data dir
+/// and port. Checks that every node completes, that the restarted
+/// gateway resumed the release from its persisted desired state, that no
+/// node stored a chunk twice and that every rootfs holds the same layer.
 async fn kill_the_gateway_mid_pull(gateways: usize, restart_after: Duration) -> Outcome {
+    run_scenario(Scenario {
+        nodes: 3,
+        gateways,
+        layer: 12 << 20,
+        rate: 3 << 20,
+        kill_at_percent: 50,
+        restart: Restart::After(restart_after),
+    })
+    .await
+}
+
+async fn run_scenario(sc: Scenario) -> Outcome {
+    let n = sc.nodes;
+    let gateways = sc.gateways;
     let registry = TestRegistry::start().await.unwrap();
     let build = tempfile::tempdir().unwrap();
     let image = build_image(
-        ImageSpec::random_layers(&[12 << 20], 21, Compression::None),
+        ImageSpec::random_layers(&[sc.layer], 21, Compression::None),
         build.path(),
     )
     .await
     .unwrap();
     push(&registry, "restart/app", "v1", &image).await;
-    // The cloud link: 3 MiB/s, so the pull takes about 4 s.
+    // The cloud link: the proxy counts every byte it delivers.
     let cloud = Arc::new(AtomicU64::new(0));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = listener.local_addr().unwrap();
-    serve_counted_proxy(listener, registry.addr(), 3 << 20, cloud.clone());
+    serve_counted_proxy(listener, registry.addr(), sc.rate, cloud.clone());
     let reference = format!("{proxy}/restart/app:v1");
 
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("n{i}"))).collect();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let role = |i: usize| {
         if i < gateways {
             vec!["--gateway"]
@@ -179,18 +224,18 @@ async fn kill_the_gateway_mid_pull(gateways: usize, restart_after: Duration) -> 
     };
     let mut nodes = vec![start_node(&dirs[0], ports[0], "n0-a.log", &role(0)).await];
     let boot = status(&nodes[0]).await.unwrap().this.addresses[0].clone();
-    for i in 1..3 {
+    for i in 1..n {
         let mut args = role(i);
         args.extend(["--bootstrap", boot.as_str()]);
         nodes.push(start_node(&dirs[i], ports[i], &format!("n{i}-a.log"), &args).await);
     }
     eventually(
-        "the first node hears both others",
+        "the first node hears every other",
         Duration::from_secs(30),
         async || {
             let v = status(&nodes[0]).await?;
             let live = v.nodes.iter().filter(|n| !n.gone).count();
-            (live >= 2).then_some(()).ok_or(format!("{live} heard"))
+            (live + 1 >= n).then_some(()).ok_or(format!("{live} heard"))
         },
     )
     .await;
@@ -210,11 +255,12 @@ async fn kill_the_gateway_mid_pull(gateways: usize, restart_after: Duration) -> 
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Kill -9 the elected gateway half way through the layer.
+    // Kill -9 the elected gateway part way through the layer.
     let layers = image.layers_size();
-    eventually("the pull half done", Duration::from_secs(60), async || {
+    let kill_at = layers * sc.kill_at_percent / 100;
+    eventually("the pull under way", Duration::from_secs(60), async || {
         let n = cloud.load(Ordering::Relaxed);
-        (n >= layers / 2).then_some(()).ok_or(n)
+        (n >= kill_at).then_some(()).ok_or(n)
     })
     .await;
     let view = status(&nodes[0]).await.unwrap();
@@ -246,24 +292,50 @@ async fn kill_the_gateway_mid_pull(gateways: usize, restart_after: Duration) -> 
 
     // Restarted on the same data dir and port; it dials another node too,
     // in case the others' redials of its address lag.
-    tokio::time::sleep(restart_after).await;
-    let other = (victim + 1) % 3;
+    match sc.restart {
+        Restart::After(delay) => tokio::time::sleep(delay).await,
+        Restart::WhenRunnerUpPulled(bytes) => {
+            eventually(
+                "the runner-up pulling",
+                Duration::from_secs(60),
+                async || {
+                    let n = cloud.load(Ordering::Relaxed);
+                    (n >= delivered_at_kill + bytes).then_some(()).ok_or(n)
+                },
+            )
+            .await;
+            let n = cloud.load(Ordering::Relaxed);
+            assert!(
+                n < layers * 8 / 10,
+                "the runner-up pulled too fast: {n} of {layers} bytes before the restart"
+            );
+        }
+    }
+    let other = (victim + 1) % n;
     let other_addr = status(&nodes[other]).await.unwrap().this.addresses[0].clone();
     let mut args = role(victim);
     args.extend(["--bootstrap", other_addr.as_str()]);
     let log_name = format!("n{victim}-b.log");
     nodes[victim] = start_node(&dirs[victim], ports[victim], &log_name, &args).await;
     logs[victim].push(nodes[victim].log.clone());
+    let restarted_at = tokio::time::Instant::now();
     let resumed = std::fs::read_to_string(&nodes[victim].log).unwrap();
     assert!(
         resumed.contains("desired state loaded") && resumed.contains("resumed=1"),
         "the restarted gateway did not resume the release from its desired state: {resumed}"
     );
+    // The restarted gateway may pull a resumed release once its settle
+    // hold (5 s) is over: what the cloud link had carried by then tells
+    // whether the runner-up was still pulling.
+    let mut delivered_at_settle = None;
 
     eventually(
         "every node done",
         Duration::from_secs(120),
         async || -> Result<(), String> {
+            if delivered_at_settle.is_none() && restarted_at.elapsed() >= Duration::from_secs(6) {
+                delivered_at_settle = Some(cloud.load(Ordering::Relaxed));
+            }
             let mut states = Vec::new();
             for n in &nodes {
                 let v = status(n).await?;
@@ -302,9 +374,11 @@ async fn kill_the_gateway_mid_pull(gateways: usize, restart_after: Duration) -> 
     }
     Outcome {
         delivered_at_kill,
+        delivered_at_settle,
         layers,
         cloud: total,
         ratio,
+        restarted_log: std::fs::read_to_string(&nodes[victim].log).unwrap_or_default(),
     }
 }
 
@@ -339,5 +413,55 @@ async fn another_gateway_takes_over_and_the_killed_one_rejoins_without_a_second_
         o.ratio <= 1.1,
         "the cloud link carried {:.3}x the image",
         o.ratio
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_back_while_the_runner_up_pulls_defers_to_it() {
+    // Four nodes, two gateway-capable; a 40 MiB layer over a 2 MiB/s
+    // cloud link (per connection: two gateways pulling at once each get
+    // it). The elected gateway is killed a quarter of the way through;
+    // the runner-up takes the release over after the 8 s peer timeout and
+    // the killed one is back as soon as the runner-up has pulled 2 MiB,
+    // with most of the layer still to come. Ranked first again, it must
+    // leave the release to the runner-up, which is acting on it (signing
+    // chunk digests), and fetch the layer from the swarm: without
+    // incumbency both pulled the rest of the layer (1.3-1.5x).
+    let o = run_scenario(Scenario {
+        nodes: 4,
+        gateways: 2,
+        layer: 40 << 20,
+        rate: 2 << 20,
+        kill_at_percent: 25,
+        restart: Restart::WhenRunnerUpPulled(2 << 20),
+    })
+    .await;
+    println!(
+        "gateway killed at {} of {} layer bytes, back while the runner-up pulled \
+         ({:?} bytes delivered when its settle hold ended); cloud link carried {} bytes, \
+         {:.3}x the image",
+        o.delivered_at_kill, o.layers, o.delivered_at_settle, o.cloud, o.ratio
+    );
+    let settle = o.delivered_at_settle.expect("done before the hold ended");
+    assert!(
+        settle < o.layers * 9 / 10,
+        "the runner-up had nearly finished when the restarted gateway could pull: \
+         {settle} of {} bytes",
+        o.layers
+    );
+    assert!(
+        o.ratio <= 1.1,
+        "the cloud link carried {:.3}x the image",
+        o.ratio
+    );
+    // It deferred: it never pulled the layer from the registry.
+    let pulled = o
+        .restarted_log
+        .lines()
+        .filter(|l| l.contains("gateway pulling missing layers") && !l.contains("pulling=0"))
+        .collect::<Vec<_>>();
+    assert!(
+        pulled.is_empty(),
+        "the restarted gateway pulled: {pulled:?}"
     );
 }
