@@ -528,17 +528,7 @@ impl<P: Ord + Clone> Picker<P> {
         index: u32,
         from: Option<&P>,
     ) -> Result<Vec<Request<P>>, PickerError> {
-        let state = self
-            .blobs
-            .get_mut(blob)
-            .ok_or(PickerError::UnknownBlob(*blob))?;
-        if index >= state.count {
-            return Err(PickerError::IndexOutOfRange {
-                blob: *blob,
-                index,
-                count: state.count,
-            });
-        }
+        let state = chunk_state(&mut self.blobs, blob, index)?;
         if state.have.set(index) {
             state.missing -= 1;
         }
@@ -578,17 +568,7 @@ impl<P: Ord + Clone> Picker<P> {
         index: u32,
         peer: &P,
     ) -> Result<(), PickerError> {
-        let state = self
-            .blobs
-            .get_mut(blob)
-            .ok_or(PickerError::UnknownBlob(*blob))?;
-        if index >= state.count {
-            return Err(PickerError::IndexOutOfRange {
-                blob: *blob,
-                index,
-                count: state.count,
-            });
-        }
+        let state = chunk_state(&mut self.blobs, blob, index)?;
         if state.have.get(index) {
             return Ok(());
         }
@@ -1075,4 +1055,21 @@ impl<P: Ord + Clone> Picker<P> {
                     / (1 << 20)
         })
     }
+}
+
+/// The state of `blob`, checked to have a chunk `index`.
+fn chunk_state<'a, P>(
+    blobs: &'a mut BTreeMap<Digest, BlobState<P>>,
+    blob: &Digest,
+    index: u32,
+) -> Result<&'a mut BlobState<P>, PickerError> {
+    let state = blobs.get_mut(blob).ok_or(PickerError::UnknownBlob(*blob))?;
+    if index >= state.count {
+        return Err(PickerError::IndexOutOfRange {
+            blob: *blob,
+            index,
+            count: state.count,
+        });
+    }
+    Ok(state)
 }

@@ -315,23 +315,7 @@ async fn streams_a_busy_peer_drops_unread_are_opened_again_at_once() {
     }
     let d = tmp.path().join("n");
     let n = start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await;
-    crate::support::eventually(
-        "the node meets the seed",
-        Duration::from_secs(20),
-        async || {
-            let peers = n
-                .client
-                .connected_peers()
-                .await
-                .map_err(|e| e.to_string())?;
-            if peers.is_empty() {
-                Err("no peer".to_string())
-            } else {
-                Ok(())
-            }
-        },
-    )
-    .await;
+    meets(&n, 1).await;
     let started = std::time::Instant::now();
     let fetches: Vec<_> = blobs
         .iter()

@@ -28,23 +28,7 @@ async fn chunks_are_relayed_while_they_arrive_and_every_copy_verifies() {
         nodes.push(start(&d, config(&d, "lab", std::slice::from_ref(&s.addr))).await);
     }
     for n in &nodes {
-        eventually(
-            "every node meets the others",
-            Duration::from_secs(20),
-            async || {
-                let peers = n
-                    .client
-                    .connected_peers()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if peers.len() >= 4 {
-                    Ok(())
-                } else {
-                    Err(format!("{} peers", peers.len()))
-                }
-            },
-        )
-        .await;
+        meets(n, 4).await;
     }
     fetch_all(
         &nodes.iter().collect::<Vec<_>>(),

@@ -50,6 +50,27 @@ pub(crate) async fn start(dir: &Path, config: SwarmConfig) -> TestNode {
     }
 }
 
+/// Waits (up to 20 s) until `node` is connected to at least `peers` peers.
+pub(crate) async fn meets(node: &TestNode, peers: usize) {
+    super::eventually(
+        "the node meets its peers",
+        Duration::from_secs(20),
+        async || {
+            let connected = node
+                .client
+                .connected_peers()
+                .await
+                .map_err(|e| e.to_string())?;
+            if connected.len() >= peers {
+                Ok(())
+            } else {
+                Err(format!("{} peers of {peers}", connected.len()))
+            }
+        },
+    )
+    .await;
+}
+
 /// Deterministic pseudo-random blob.
 pub(crate) fn blob(size: usize, seed: u64, chunk: u32) -> (Vec<u8>, Digest, ChunkMap) {
     let mut data = vec![0u8; size];
