@@ -862,15 +862,20 @@ mod tests {
         assert_eq!(table.gateway_of(&id), Some(Some(other)));
     }
 
+    /// A random peer ranked above `me` for the release of `manifest`.
+    fn better_ranked(manifest: &Digest, me: &PeerId) -> PeerId {
+        let mine = election::weight(manifest, &me.to_bytes());
+        std::iter::repeat_with(PeerId::random)
+            .find(|p| election::weight(manifest, &p.to_bytes()) > mine)
+            .unwrap()
+    }
+
     #[test]
     fn a_declining_gateway_is_passed_over_and_an_undecided_better_one_awaited() {
         let (table, id) = one("reg/app:v1");
         let manifest = table.get(&id).unwrap().release.manifest;
         let me = PeerId::random();
-        let mine = election::weight(&manifest, &me.to_bytes());
-        let better = std::iter::repeat_with(PeerId::random)
-            .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
-            .unwrap();
+        let better = better_ranked(&manifest, &me);
         let with = |stance| [yes(me), (better.to_bytes(), stance, None)];
         let work = table.schedule(&id, &with(Stance::Undecided), me, |_| false);
         assert!(work.pull.is_none(), "pulled before the better one said");
@@ -887,10 +892,7 @@ mod tests {
         let (table, id) = one("reg/app:v1");
         let manifest = table.get(&id).unwrap().release.manifest;
         let me = PeerId::random();
-        let mine = election::weight(&manifest, &me.to_bytes());
-        let better = std::iter::repeat_with(PeerId::random)
-            .find(|p| election::weight(&manifest, &p.to_bytes()) > mine)
-            .unwrap();
+        let better = better_ranked(&manifest, &me);
         // The better-ranked gateway is gone: this node pulls.
         assert!(table
             .schedule(&id, &[yes(me)], me, |_| false)
