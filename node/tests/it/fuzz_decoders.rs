@@ -5,8 +5,9 @@
 //! API. Each must return an error or a value, never panic, and what it
 //! accepts must be consistent. The swarm's frame reader, `Content-Range`
 //! and the store's journal replay are fuzzed in their modules' unit tests
-//! (private functions); the protocol's decoders in
-//! `protocol/tests/fuzz.rs`.
+//! (private functions); the `dir` sink's tar entry checks in
+//! `import_dir.rs` (hostile layers imported for real); the protocol's
+//! decoders in `protocol/tests/fuzz.rs`.
 
 use edgeswarm_node::daemon::decode_removal;
 use edgeswarm_node::registry::manifest::{parse_manifest, ManifestDocument};
