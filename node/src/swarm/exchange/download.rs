@@ -46,6 +46,20 @@ struct Session {
     cancel: CancellationToken,
 }
 
+/// How a download round ended.
+enum Round {
+    /// The blob is complete and verified.
+    Complete,
+    /// Peers' provisional digests were proven false and dropped with the
+    /// chunks that rested on them (their sources are banned): the digests
+    /// must be learned again.
+    Refuted,
+}
+
+/// Rounds of refuted digests one download goes through at most: each
+/// bans at least one liar, so this only bounds a Sybil crowd.
+const MAX_REFUTED_ROUNDS: u32 = 16;
+
 pub(super) async fn download<S: ChunkStore>(
     inner: Arc<Inner<S>>,
     blob: Digest,
@@ -58,17 +72,47 @@ pub(super) async fn download<S: ChunkStore>(
     if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
         inner.store.put_chunk_map(blob, m).await?;
     }
-    // A map is a member's claim: one that contradicts the blob's pinned
-    // size or the gateway's signed digests gets its sender banned, and
+    let mut need_map = false;
+    for _ in 0..=MAX_REFUTED_ROUNDS {
+        match download_round(&inner, blob, need_map).await? {
+            Round::Complete => return Ok(()),
+            Round::Refuted => need_map = true,
+        }
+    }
+    Err(SwarmError::NoChunkMap(blob))
+}
+
+/// Whether the store knows enough of `blob`'s layout to download: its
+/// layout, or (`need_map`: after digests were refuted) every digest.
+fn map_ready<S: ChunkStore>(inner: &Inner<S>, blob: &Digest, need_map: bool) -> bool {
+    match inner.store.layout(blob) {
+        Some(l) => !need_map || l.digests_known == l.chunk_count() || inner.store.is_complete(blob),
+        None => false,
+    }
+}
+
+async fn download_round<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    need_map: bool,
+) -> Result<Round, SwarmError> {
+    let inner = inner.clone();
+    // A map is a member's claim. Its digests stay provisional (chunks
+    // verified against them are held back) until authoritative ones or
+    // the whole-blob check confirm them. One that contradicts the blob's
+    // pinned size or authoritative digests gets its sender banned, and
     // the next peer is asked.
     let mut asked = HashMap::new();
-    while inner.store.layout(&blob).is_none() {
-        let Some((peer, m)) = fetch_map(&inner, blob, &mut asked).await? else {
+    while !map_ready(&inner, &blob, need_map) {
+        let Some((peer, m)) = fetch_map(&inner, blob, &mut asked, need_map).await? else {
             break;
         };
-        match inner.store.put_chunk_map(blob, &m).await {
+        match inner.store.put_peer_chunk_map(blob, &m, peer).await {
             Ok(()) => {}
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(&inner, peer, &reason),
+            Err(ChunkStoreError::Disputed(reason)) => {
+                info!(%peer, %blob, %reason, "chunk map disputed; asking on");
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -80,7 +124,7 @@ pub(super) async fn download<S: ChunkStore>(
     let count = layout.chunk_count();
     let have = inner
         .store
-        .bitfield(&blob)
+        .stored(&blob)
         .filter(|b| b.len() == count)
         .unwrap_or_else(|| Bitfield::new(count));
     let seed = {
@@ -183,9 +227,22 @@ pub(super) async fn download<S: ChunkStore>(
                     }
                     Event::StoreFailed(peer, index, err) => {
                         picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
-                        warn!(%blob, index, error = %err, "store failed to take a chunk");
-                        if matches!(err, ChunkStoreError::BlobCorrupt(_)) {
-                            return Err(SwarmError::Store(err));
+                        match err {
+                            ChunkStoreError::BlobCorrupt(_) => return Err(SwarmError::Store(err)),
+                            ChunkStoreError::DigestsRefuted { sources, reason } => {
+                                for source in sources {
+                                    warn!(peer = %source, %blob, %reason, "false chunk digests; banning their source");
+                                    inner.bans.ban(source, format!("false chunk digests of {blob}: {reason}"));
+                                }
+                                return Ok(Round::Refuted);
+                            }
+                            // The sender or a map's source lies; the
+                            // whole-blob check or authoritative digests
+                            // will tell which.
+                            ChunkStoreError::Disputed(reason) => {
+                                info!(%peer, %blob, index, %reason, "chunk disputed");
+                            }
+                            err => warn!(%blob, index, error = %err, "store failed to take a chunk"),
                         }
                     }
                     Event::Rejected(peer, index, why) => {
@@ -238,6 +295,16 @@ pub(super) async fn download<S: ChunkStore>(
                         }
                     }
                 }
+                // Chunks the store dropped since they landed (their
+                // provisional digest was refuted, or they rotted) are
+                // fetched again.
+                if let (Some(stored), Some(known)) = (inner.store.stored(&blob), picker.local_bitfield(&blob).cloned()) {
+                    if stored.len() == known.len() {
+                        for index in known.iter_ones().filter(|i| !stored.get(*i)) {
+                            let _ = picker.chunk_lost(&blob, index);
+                        }
+                    }
+                }
                 picker.set_observed_rate(download_rate(&inner));
                 if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
                     let _ = picker.set_cursor(&blob, c);
@@ -281,7 +348,7 @@ pub(super) async fn download<S: ChunkStore>(
     }
     session_cancel.cancel();
     info!(%blob, "blob complete");
-    Ok(())
+    Ok(Round::Complete)
 }
 
 /// Tells each peer of `requests` that its answer is no longer wanted.
@@ -366,6 +433,7 @@ async fn fetch_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
     asked: &mut HashMap<PeerId, Instant>,
+    need_map: bool,
 ) -> Result<Option<(PeerId, ChunkMap)>, SwarmError> {
     let mut last_providers: Option<Instant> = None;
     // A DHT lookup answers in up to seconds; meanwhile the layout is still
@@ -375,7 +443,7 @@ async fn fetch_map<S: ChunkStore>(
     let started = Instant::now();
     while started.elapsed() < MAP_WAIT {
         // The layout may arrive meanwhile by other means (gateway gossip).
-        if inner.store.layout(&blob).is_some() {
+        if map_ready(inner, &blob, need_map) {
             return Ok(None);
         }
         // Connected peers first (no lookup), then DHT providers now and
@@ -439,15 +507,20 @@ pub(super) async fn fill_map<S: ChunkStore>(
     blob: Digest,
     peers: Vec<PeerId>,
 ) -> Result<bool, SwarmError> {
-    if inner.store.chunk_map(&blob).is_some() {
+    if map_ready(inner, &blob, true) {
         return Ok(true);
     }
     let mut asked = HashMap::new();
     while let Some((peer, map)) = ask_for_map(inner, blob, peers.clone(), &mut asked).await {
-        match inner.store.put_chunk_map(blob, &map).await {
-            Ok(()) => return Ok(inner.store.chunk_map(&blob).is_some()),
+        // Provisional: the gap's chunks are held back until the whole
+        // blob (or the gateway's digests) confirm them.
+        match inner.store.put_peer_chunk_map(blob, &map, peer).await {
+            Ok(()) => return Ok(map_ready(inner, &blob, true)),
             // Contradicts the gateway's signed digests or the pinned size.
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(inner, peer, &reason),
+            Err(ChunkStoreError::Disputed(reason)) => {
+                info!(%peer, %blob, %reason, "chunk map disputed; asking on");
+            }
             Err(e) => return Err(e.into()),
         }
     }
