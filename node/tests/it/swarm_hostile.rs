@@ -568,6 +568,10 @@ async fn a_false_chunk_map_before_the_gateway_digests_gets_its_sender_banned_and
     assert!(victim.store.chunk_map(&digest).is_none());
     assert_eq!(stored_events(&mut events, digest), Vec::<u32>::new());
     assert_eq!(victim.client.stats().bans, 0);
+    // The liar stops serving its chunks (it drops the blob), so no bad
+    // chunk can get it banned: only the refutation of its map can.
+    let gone = liar.store.gc().await.unwrap();
+    assert!(gone.removed.contains(&digest), "{gone:?}");
 
     // The gateway's signed digests arrive: they win.
     let refuted = victim
