@@ -235,7 +235,10 @@ async fn on_chunk_digests(
                 tracing::warn!(%peer, blob = %update.blob, gateway = %source, "chunk map contradicts the gateway's signed digests; banning its sender");
                 inner.swarm.ban(
                     peer,
-                    format!("chunk map of {} contradicts the gateway's signed digests", update.blob),
+                    format!(
+                        "chunk map of {} contradicts the gateway's signed digests",
+                        update.blob
+                    ),
                 );
             }
         }

@@ -45,6 +45,24 @@
 //! re-verify every chunk; a complete blob whose chunk rots on disk is
 //! moved back to `partial/` with that one chunk cleared.
 //!
+//! ## Digest provenance
+//!
+//! A chunk digest is *authoritative* when it comes from the release
+//! gateway's signed updates, this node's own hashing of what it pulls, a
+//! one-chunk blob's digest from a verified manifest, or a complete blob
+//! ([`Store::add_chunk_digests`], [`Store::put_chunk_map`]); only those are
+//! journaled. A digest from a peer's (unsigned) chunk map is *provisional*
+//! ([`Store::put_peer_chunk_map`]): a chunk that matches it is written but
+//! held back as *unconfirmed* (not read, not served, not journaled, no
+//! [`StoreEvent::ChunkStored`]) until an authoritative digest or the
+//! whole-blob check confirms it. Authoritative digests always win: one
+//! that contradicts a provisional digest drops every provisional digest
+//! of that peer with the chunks resting on them, and so does a whole-blob
+//! check that fails on provisional digests (chunks verified against
+//! authoritative ones are kept). Either way [`StoreEvent::DigestsRefuted`]
+//! names the peers for the swarm to ban. A restart forgets provisional
+//! digests and unconfirmed chunks.
+//!
 //! ## Space
 //!
 //! `usage()` counts the declared size of every blob, partial or complete
@@ -80,11 +98,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use libp2p::PeerId;
 use edgeswarm_protocol::chunkmap::{chunk_count, MAX_CHUNKS};
 use edgeswarm_protocol::{
     encoding, Bitfield, ChunkError, ChunkMap, ChunkMapBuilder, ChunkSize, Digest,
 };
+use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
@@ -710,7 +728,12 @@ impl Inner {
             let confirmed = match (st.digests[index as usize], st.from_peer[index as usize]) {
                 (Some(d), None) if d == digest => true,
                 (Some(d), Some(_)) if d == digest => false,
-                _ => return Err(StoreError::DigestUnknown { blob: b.digest, index }),
+                _ => {
+                    return Err(StoreError::DigestUnknown {
+                        blob: b.digest,
+                        index,
+                    })
+                }
             };
             if confirmed {
                 self.append(b, &mut st, &Record::Verified(vec![index]))?;

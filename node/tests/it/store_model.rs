@@ -343,7 +343,11 @@ async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
     for op in ops {
         match op {
             POp::Map(who) => {
-                let map = if who == Who::Liar { &liar_map } else { &blob.map };
+                let map = if who == Who::Liar {
+                    &liar_map
+                } else {
+                    &blob.map
+                };
                 let got = store.put_peer_chunk_map(d, map, peer(who)).await;
                 let lies = (0..CHUNKS).any(|i| lies_at(who, i));
                 if m.complete {
@@ -353,8 +357,8 @@ async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
                     }
                     continue;
                 }
-                let against_gateway = (0..CHUNKS)
-                    .any(|i| m.slots[i as usize] == Slot::Gateway && lies_at(who, i));
+                let against_gateway =
+                    (0..CHUNKS).any(|i| m.slots[i as usize] == Slot::Gateway && lies_at(who, i));
                 let disputed = (0..CHUNKS).any(|i| match m.slots[i as usize] {
                     Slot::Map(other) => lies_at(other, i) != lies_at(who, i),
                     _ => false,
@@ -365,7 +369,10 @@ async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
                         "{got:?}"
                     );
                 } else if disputed {
-                    assert!(matches!(got, Err(StoreError::MapDisputed { .. })), "{got:?}");
+                    assert!(
+                        matches!(got, Err(StoreError::MapDisputed { .. })),
+                        "{got:?}"
+                    );
                 } else {
                     got.unwrap();
                     for s in &mut m.slots {
@@ -378,7 +385,11 @@ async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
             POp::Gateway(first, len) => {
                 let range = first..first + len;
                 let got = store
-                    .add_chunk_digests(d, first, &blob.map.digests()[first as usize..(first + len) as usize])
+                    .add_chunk_digests(
+                        d,
+                        first,
+                        &blob.map.digests()[first as usize..(first + len) as usize],
+                    )
                     .await
                     .unwrap();
                 let mut refuted = Vec::new();
@@ -401,7 +412,11 @@ async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
                 }
             }
             POp::Write(i, who) => {
-                let bytes = if who == Who::Liar { liar_chunk(i) } else { blob.chunk(i) };
+                let bytes = if who == Who::Liar {
+                    liar_chunk(i)
+                } else {
+                    blob.chunk(i)
+                };
                 let is_false = lies_at(who, i);
                 let got = store.write_chunk(d, i, bytes).await;
                 if m.complete || m.held.contains(&i) || m.unconfirmed.contains(&i) {
@@ -411,7 +426,10 @@ async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
                 let slot = m.slots[i as usize];
                 let matches = match slot {
                     Slot::Unknown => {
-                        assert!(matches!(got, Err(StoreError::DigestUnknown { .. })), "{got:?}");
+                        assert!(
+                            matches!(got, Err(StoreError::DigestUnknown { .. })),
+                            "{got:?}"
+                        );
                         continue;
                     }
                     Slot::Gateway => !is_false,
@@ -472,7 +490,10 @@ async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
                 if m.held.contains(&i) {
                     assert_eq!(got.unwrap(), blob.chunk(i));
                 } else {
-                    assert!(matches!(got, Err(StoreError::ChunkMissing { .. })), "{got:?}");
+                    assert!(
+                        matches!(got, Err(StoreError::ChunkMissing { .. })),
+                        "{got:?}"
+                    );
                 }
             }
             POp::Reopen => {

@@ -9,13 +9,13 @@ use crate::support::swarm::*;
 use crate::support::{eventually, init_tracing};
 use edgeswarm_node::store::{Store, StoreEvent};
 use edgeswarm_node::swarm::behaviour::{build_swarm, BehaviourEvent, NetConfig, Protocols, Topic};
-use edgeswarm_protocol::{ChunkMap, Digest};
-use tokio::sync::broadcast;
 use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
+use edgeswarm_protocol::{ChunkMap, Digest};
 use futures::StreamExt as _;
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, kad, Multiaddr, PeerId, Swarm};
+use tokio::sync::broadcast;
 
 fn hostile_config() -> NetConfig {
     NetConfig {
@@ -563,7 +563,10 @@ async fn a_false_chunk_map_before_the_gateway_digests_gets_its_sender_banned_and
     // ...and none of them counts as held: not served, not read, not
     // announced, no chunk map served on from the false digests.
     assert_eq!(victim.store.bitfield(&digest).unwrap().count_ones(), 0);
-    assert_eq!(victim.store.unconfirmed(&digest).unwrap().count_ones(), n - 1);
+    assert_eq!(
+        victim.store.unconfirmed(&digest).unwrap().count_ones(),
+        n - 1
+    );
     assert!(victim.store.read_chunk(digest, 0).await.is_err());
     assert!(victim.store.chunk_map(&digest).is_none());
     assert_eq!(stored_events(&mut events, digest), Vec::<u32>::new());
@@ -710,7 +713,11 @@ async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned
     // stored once; the gap's chunks were announced only once confirmed.
     let stored = stored_events(&mut events, digest);
     for i in tail..n {
-        assert_eq!(stored.iter().filter(|&&x| x == i).count(), 1, "chunk {i}: {stored:?}");
+        assert_eq!(
+            stored.iter().filter(|&&x| x == i).count(),
+            1,
+            "chunk {i}: {stored:?}"
+        );
     }
     for n in [liar, victim, honest] {
         n.stop().await;

@@ -342,7 +342,10 @@ async fn ban_refuted<S: ChunkStore>(
             Err(RecvError::Lagged(n)) => {
                 // The refuting paths that know their caller ban directly too
                 // (digest gossip, downloads); only the rest can be missed.
-                warn!(missed = n, "store events missed; a refuted digest source may go unbanned");
+                warn!(
+                    missed = n,
+                    "store events missed; a refuted digest source may go unbanned"
+                );
             }
             Err(RecvError::Closed) => return,
         }

@@ -304,10 +304,8 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                                     // a chunk that rests on a peer's
                                     // provisional digest (held back until
                                     // confirmed): its relays abort.
-                                    let confirmed = inner
-                                        .store
-                                        .bitfield(&blob)
-                                        .is_some_and(|b| b.get(index));
+                                    let confirmed =
+                                        inner.store.bitfield(&blob).is_some_and(|b| b.get(index));
                                     if let (Some(relay), true) = (relay, confirmed) {
                                         relay.verified();
                                     }
