@@ -1533,6 +1533,33 @@ impl Store {
         )
     }
 
+    /// Drops the provisional digests `source`'s chunk map gave `blob`,
+    /// with the chunks verified only against them (their digests are
+    /// disputed: chunks from other peers contradict them). Nobody is
+    /// blamed; the download learns those digests again from someone else.
+    /// Returns how many digests were dropped.
+    pub async fn drop_peer_digests(&self, blob: Digest, source: PeerId) -> Result<u32, StoreError> {
+        let b = self.inner.get(&blob)?;
+        let inner = self.inner.clone();
+        blocking(move || {
+            let (dropped, discarded) = {
+                let mut st = b.lock();
+                if st.phase != Phase::Partial {
+                    return Ok(0);
+                }
+                let before = st.known;
+                let discarded = inner.drop_provisional(&b, &mut st, |p| *p == source);
+                (before - st.known, discarded)
+            };
+            if let Some(&first) = discarded.iter().min() {
+                inner.reset_prefix(&b, first);
+            }
+            b.cond.notify_all();
+            Ok(dropped)
+        })
+        .await
+    }
+
     /// Chunks written and verified only against provisional digests (a
     /// peer's chunk map): held back from readers and peers until confirmed.
     pub fn unconfirmed(&self, blob: &Digest) -> Option<Bitfield> {

@@ -45,8 +45,13 @@ pub enum ChunkStoreError {
     /// A chunk or chunk map contradicts a provisional digest (one only
     /// another peer's unsigned chunk map vouches for): one of the two
     /// lies, and which is not known yet; nobody is penalised.
-    #[error("disputed: {0}")]
-    Disputed(String),
+    #[error("disputed: {reason}")]
+    Disputed {
+        /// The peer whose map gave the disputed digest.
+        map_from: Option<libp2p::PeerId>,
+        /// What was disputed.
+        reason: String,
+    },
     /// Every chunk matched its digest but the assembled blob did not: the
     /// provisional digests from these peers' chunk maps lied. They were
     /// dropped with the chunks verified only against them; the blob stays
@@ -151,6 +156,13 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
         map: &ChunkMap,
         source: libp2p::PeerId,
     ) -> impl Future<Output = Result<(), ChunkStoreError>> + Send;
+    /// Drops the provisional digests peer `source`'s map gave `blob`, with
+    /// the chunks verified only against them. Nobody is blamed.
+    fn drop_peer_digests(
+        &self,
+        blob: Digest,
+        source: libp2p::PeerId,
+    ) -> impl Future<Output = Result<(), ChunkStoreError>> + Send;
     /// Verifies and durably stores one chunk.
     fn write_chunk(
         &self,
@@ -222,6 +234,17 @@ impl ChunkStore for crate::store::Store {
             .map_err(from_store_error)
     }
 
+    async fn drop_peer_digests(
+        &self,
+        blob: Digest,
+        source: libp2p::PeerId,
+    ) -> Result<(), ChunkStoreError> {
+        crate::store::Store::drop_peer_digests(self, blob, source)
+            .await
+            .map(drop)
+            .map_err(from_store_error)
+    }
+
     async fn write_chunk(
         &self,
         blob: Digest,
@@ -257,9 +280,14 @@ fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
         StoreError::Chunk(c) => ChunkStoreError::Corrupt(c.to_string()),
         StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
         e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
-        e @ (StoreError::DigestDisputed { .. } | StoreError::MapDisputed { .. }) => {
-            ChunkStoreError::Disputed(e.to_string())
-        }
+        e @ StoreError::DigestDisputed { peer, .. } => ChunkStoreError::Disputed {
+            map_from: Some(peer),
+            reason: e.to_string(),
+        },
+        e @ StoreError::MapDisputed { .. } => ChunkStoreError::Disputed {
+            map_from: None,
+            reason: e.to_string(),
+        },
         StoreError::DigestsRefuted {
             blob,
             sources,
@@ -304,6 +332,14 @@ impl ChunkStore for NoStore {
         &self,
         _blob: Digest,
         _map: &ChunkMap,
+        _source: libp2p::PeerId,
+    ) -> Result<(), ChunkStoreError> {
+        match *self {}
+    }
+
+    async fn drop_peer_digests(
+        &self,
+        _blob: Digest,
         _source: libp2p::PeerId,
     ) -> Result<(), ChunkStoreError> {
         match *self {}

@@ -723,3 +723,80 @@ async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned
         n.stop().await;
     }
 }
+
+/// A lying member serves a right-size chunk map with false digests and
+/// no chunks (no whole-blob check can ever run on it), and no gateway
+/// digests come (a peer-only blob). Honest peers' chunks contradict the
+/// map: they are refused without blaming their senders, and once two
+/// distinct peers' chunks contradict it, the map is set aside, the blob's
+/// digests are learned from an honest peer, the blob completes, and the
+/// liar, whose map contradicts the verified blob, is banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_sender_banned() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 14, chunk);
+    let (_, _, forged) = blob(3 << 20, 15, chunk);
+    let n = map.chunk_count();
+    let d = tmp.path().join("liar");
+    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar_id = liar.client.local_peer_id();
+    liar.store.put_chunk_map(digest, &forged).await.unwrap();
+    let mut honest = Vec::new();
+    for name in ["honest1", "honest2"] {
+        let d = tmp.path().join(name);
+        let h = start(&d, config(&d, "lab", &[])).await;
+        seed(&h, &data, digest, &map).await;
+        honest.push(h);
+    }
+
+    let d = tmp.path().join("victim");
+    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    eventually(
+        "victim meets the liar",
+        Duration::from_secs(10),
+        async || {
+            let peers = victim.client.connected_peers().await.unwrap();
+            peers
+                .contains(&liar_id)
+                .then_some(())
+                .ok_or(format!("{peers:?}"))
+        },
+    )
+    .await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    eventually("the liar's map taken", Duration::from_secs(20), async || {
+        let known = victim.store.blob_info(&digest).map_or(0, |i| i.digests_known);
+        (known == n).then_some(()).ok_or(known)
+    })
+    .await;
+    for h in &honest {
+        victim.client.dial(h.addr.clone()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(60), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    eventually("the liar is banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let bans = victim.client.stats().bans;
+        (bans == 1 && !peers.contains(&liar_id))
+            .then_some(())
+            .ok_or(bans)
+    })
+    .await;
+    // The honest peers whose chunks contradicted the false map were not
+    // blamed.
+    let peers = victim.client.connected_peers().await.unwrap();
+    for h in &honest {
+        assert!(peers.contains(&h.client.local_peer_id()));
+    }
+    for n in honest.into_iter().chain([liar, victim]) {
+        n.stop().await;
+    }
+}

@@ -54,11 +54,62 @@ enum Round {
     /// chunks that rested on them (their sources are banned): the digests
     /// must be learned again.
     Refuted,
+    /// A peer's provisional digests were contradicted by the chunks of
+    /// several other peers and set aside (see [`DISPUTES_TO_DROP`]): the
+    /// digests must be learned again, from someone else.
+    Disputed,
 }
 
-/// Rounds of refuted digests one download goes through at most: each
-/// bans at least one liar, so this only bounds a Sybil crowd.
+/// Rounds of refuted or disputed digests one download goes through at
+/// most: each bans a liar or sets its map aside, so this only bounds a
+/// Sybil crowd.
 const MAX_REFUTED_ROUNDS: u32 = 16;
+
+/// Distinct peers whose chunks must contradict a peer's provisional
+/// digests before its map is set aside. One is not enough: a single liar
+/// sending false chunks could otherwise get an honest map dropped; and a
+/// map's source that serves no chunks of its own would otherwise stall
+/// the download until authoritative digests came (if ever: a peer-only
+/// blob has none).
+const DISPUTES_TO_DROP: usize = 2;
+
+/// Peers' maps a download remembers at most (taken or set aside).
+const MAX_MAPS: usize = 16;
+
+/// What a download learned of peers' chunk maps, across its rounds.
+#[derive(Default)]
+struct Provenance {
+    /// The map each peer served that the store took (provisionally).
+    taken: HashMap<PeerId, ChunkMap>,
+    /// Maps set aside as disputed: once the blob verifies, a peer whose
+    /// map contradicts it is proven a liar and banned.
+    suspects: Vec<(PeerId, ChunkMap)>,
+    /// Peers whose maps are not asked for again in this download.
+    avoid: std::collections::HashSet<PeerId>,
+}
+
+impl Provenance {
+    fn suspect(&mut self, peer: PeerId, map: ChunkMap) {
+        if self.suspects.len() < MAX_MAPS && !self.suspects.iter().any(|(p, _)| *p == peer) {
+            self.suspects.push((peer, map));
+        }
+    }
+
+    /// Bans the peers whose set-aside maps contradict the verified blob.
+    fn convict<S: ChunkStore>(self, inner: &Inner<S>, blob: Digest) {
+        let Some(real) = inner.store.chunk_map(&blob) else {
+            return;
+        };
+        for (peer, map) in self.suspects {
+            if map != *real {
+                warn!(%peer, %blob, "its chunk map contradicts the verified blob; banning it");
+                inner
+                    .bans
+                    .ban(peer, format!("chunk map of {blob} contradicts the verified blob"));
+            }
+        }
+    }
+}
 
 pub(super) async fn download<S: ChunkStore>(
     inner: Arc<Inner<S>>,
@@ -73,10 +124,14 @@ pub(super) async fn download<S: ChunkStore>(
         inner.store.put_chunk_map(blob, m).await?;
     }
     let mut need_map = false;
+    let mut provenance = Provenance::default();
     for _ in 0..=MAX_REFUTED_ROUNDS {
-        match download_round(&inner, blob, need_map).await? {
-            Round::Complete => return Ok(()),
-            Round::Refuted => need_map = true,
+        match download_round(&inner, blob, need_map, &mut provenance).await? {
+            Round::Complete => {
+                provenance.convict(&inner, blob);
+                return Ok(());
+            }
+            Round::Refuted | Round::Disputed => need_map = true,
         }
     }
     Err(SwarmError::NoChunkMap(blob))
@@ -95,6 +150,7 @@ async fn download_round<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
     need_map: bool,
+    provenance: &mut Provenance,
 ) -> Result<Round, SwarmError> {
     let inner = inner.clone();
     // A map is a member's claim. Its digests stay provisional (chunks
@@ -103,19 +159,30 @@ async fn download_round<S: ChunkStore>(
     // pinned size or authoritative digests gets its sender banned, and
     // the next peer is asked.
     let mut asked = HashMap::new();
+    for peer in &provenance.avoid {
+        // Never due for another ask in this download.
+        asked.insert(*peer, Instant::now() + Duration::from_secs(24 * 3600));
+    }
     while !map_ready(&inner, &blob, need_map) {
         let Some((peer, m)) = fetch_map(&inner, blob, &mut asked, need_map).await? else {
             break;
         };
         match inner.store.put_peer_chunk_map(blob, &m, peer).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if provenance.taken.len() < MAX_MAPS {
+                    provenance.taken.insert(peer, m);
+                }
+            }
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(&inner, peer, &reason),
-            Err(ChunkStoreError::Disputed(reason)) => {
+            Err(ChunkStoreError::Disputed { reason, .. }) => {
                 info!(%peer, %blob, %reason, "chunk map disputed; asking on");
+                provenance.suspect(peer, m);
             }
             Err(e) => return Err(e.into()),
         }
     }
+    // Per provisional source, the peers whose chunks contradicted it.
+    let mut disputes: HashMap<PeerId, std::collections::HashSet<PeerId>> = HashMap::new();
     let layout = inner
         .store
         .layout(&blob)
@@ -239,8 +306,22 @@ async fn download_round<S: ChunkStore>(
                             // The sender or a map's source lies; the
                             // whole-blob check or authoritative digests
                             // will tell which.
-                            ChunkStoreError::Disputed(reason) => {
+                            ChunkStoreError::Disputed { map_from, reason } => {
                                 info!(%peer, %blob, index, %reason, "chunk disputed");
+                                let disputed = map_from.filter(|s| *s != peer).filter(|s| {
+                                    let senders = disputes.entry(*s).or_default();
+                                    senders.insert(peer);
+                                    senders.len() >= DISPUTES_TO_DROP
+                                });
+                                if let Some(source) = disputed {
+                                    warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
+                                    inner.store.drop_peer_digests(blob, source).await?;
+                                    if let Some(m) = provenance.taken.remove(&source) {
+                                        provenance.suspect(source, m);
+                                    }
+                                    provenance.avoid.insert(source);
+                                    return Ok(Round::Disputed);
+                                }
                             }
                             err => warn!(%blob, index, error = %err, "store failed to take a chunk"),
                         }
@@ -518,7 +599,7 @@ pub(super) async fn fill_map<S: ChunkStore>(
             Ok(()) => return Ok(map_ready(inner, &blob, true)),
             // Contradicts the gateway's signed digests or the pinned size.
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(inner, peer, &reason),
-            Err(ChunkStoreError::Disputed(reason)) => {
+            Err(ChunkStoreError::Disputed { reason, .. }) => {
                 info!(%peer, %blob, %reason, "chunk map disputed; asking on");
             }
             Err(e) => return Err(e.into()),
