@@ -768,10 +768,17 @@ async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_se
     .await;
     let client = victim.client.clone();
     let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
-    eventually("the liar's map taken", Duration::from_secs(20), async || {
-        let known = victim.store.blob_info(&digest).map_or(0, |i| i.digests_known);
-        (known == n).then_some(()).ok_or(known)
-    })
+    eventually(
+        "the liar's map taken",
+        Duration::from_secs(20),
+        async || {
+            let known = victim
+                .store
+                .blob_info(&digest)
+                .map_or(0, |i| i.digests_known);
+            (known == n).then_some(()).ok_or(known)
+        },
+    )
     .await;
     for h in &honest {
         victim.client.dial(h.addr.clone()).await.unwrap();

@@ -103,9 +103,10 @@ impl Provenance {
         for (peer, map) in self.suspects {
             if map != *real {
                 warn!(%peer, %blob, "its chunk map contradicts the verified blob; banning it");
-                inner
-                    .bans
-                    .ban(peer, format!("chunk map of {blob} contradicts the verified blob"));
+                inner.bans.ban(
+                    peer,
+                    format!("chunk map of {blob} contradicts the verified blob"),
+                );
             }
         }
     }
