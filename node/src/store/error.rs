@@ -61,6 +61,8 @@ pub enum StoreError {
         index: u32,
         /// The peer whose map gave the digest.
         peer: libp2p::PeerId,
+        /// What the offered chunk hashes to.
+        actual: Digest,
     },
     /// A peer's chunk map contradicts another peer's provisional digest:
     /// one of them lies, and which is not known yet. Nothing of the map

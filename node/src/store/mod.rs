@@ -685,6 +685,7 @@ impl Inner {
                 blob: b.digest,
                 index,
                 peer: source,
+                actual,
             });
         }
         if actual != digest {
@@ -1385,24 +1386,29 @@ impl Store {
         if st.phase != Phase::Partial {
             return Ok(());
         }
+        // A contradicted authoritative digest proves the lie, wherever a
+        // dispute with another peer's map comes first.
         for (i, d) in map.digests().iter().enumerate() {
-            match (st.digests[i], st.from_peer[i]) {
-                (Some(known), None) if known != *d => {
+            if let (Some(known), None) = (st.digests[i], st.from_peer[i]) {
+                if known != *d {
                     return Err(StoreError::DigestConflict {
                         blob,
                         index: i as u32,
                         known,
                         offered: *d,
-                    })
+                    });
                 }
-                (Some(known), Some(other)) if known != *d => {
+            }
+        }
+        for (i, d) in map.digests().iter().enumerate() {
+            if let (Some(known), Some(other)) = (st.digests[i], st.from_peer[i]) {
+                if known != *d {
                     return Err(StoreError::MapDisputed {
                         blob,
                         index: i as u32,
                         peer: other,
-                    })
+                    });
                 }
-                _ => {}
             }
         }
         for (i, d) in map.digests().iter().enumerate() {

@@ -49,6 +49,8 @@ pub enum ChunkStoreError {
     Disputed {
         /// The peer whose map gave the disputed digest.
         map_from: Option<libp2p::PeerId>,
+        /// What the disputed chunk hashes to (a chunk's dispute).
+        actual: Option<Digest>,
         /// What was disputed.
         reason: String,
     },
@@ -280,12 +282,14 @@ fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
         StoreError::Chunk(c) => ChunkStoreError::Corrupt(c.to_string()),
         StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
         e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
-        e @ StoreError::DigestDisputed { peer, .. } => ChunkStoreError::Disputed {
+        e @ StoreError::DigestDisputed { peer, actual, .. } => ChunkStoreError::Disputed {
             map_from: Some(peer),
+            actual: Some(actual),
             reason: e.to_string(),
         },
         e @ StoreError::MapDisputed { .. } => ChunkStoreError::Disputed {
             map_from: None,
+            actual: None,
             reason: e.to_string(),
         },
         StoreError::DigestsRefuted {

@@ -75,6 +75,9 @@ const DISPUTES_TO_DROP: usize = 2;
 
 /// Peers' maps a download remembers at most (taken or set aside).
 const MAX_MAPS: usize = 16;
+/// Disputed chunks a download remembers at most, to judge their senders
+/// once the blob verifies.
+const MAX_DISPUTED_CHUNKS: usize = 256;
 
 /// What a download learned of peers' chunk maps, across its rounds.
 #[derive(Default)]
@@ -86,9 +89,19 @@ struct Provenance {
     suspects: Vec<(PeerId, ChunkMap)>,
     /// Peers whose maps are not asked for again in this download.
     avoid: std::collections::HashSet<PeerId>,
+    /// Chunks refused for contradicting a provisional digest: their
+    /// sender, index and digest. Once the blob verifies, a sender whose
+    /// chunk contradicts it is proven a liar and banned.
+    disputed_chunks: Vec<(PeerId, u32, Digest)>,
 }
 
 impl Provenance {
+    fn disputed_chunk(&mut self, peer: PeerId, index: u32, actual: Digest) {
+        if self.disputed_chunks.len() < MAX_DISPUTED_CHUNKS {
+            self.disputed_chunks.push((peer, index, actual));
+        }
+    }
+
     fn suspect(&mut self, peer: PeerId, map: ChunkMap) {
         if self.suspects.len() < MAX_MAPS && !self.suspects.iter().any(|(p, _)| *p == peer) {
             self.suspects.push((peer, map));
@@ -106,6 +119,15 @@ impl Provenance {
                 inner.bans.ban(
                     peer,
                     format!("chunk map of {blob} contradicts the verified blob"),
+                );
+            }
+        }
+        for (peer, index, actual) in self.disputed_chunks {
+            if real.digest(index).is_ok_and(|d| d != actual) {
+                warn!(%peer, %blob, index, "its chunk contradicts the verified blob; banning it");
+                inner.bans.ban(
+                    peer,
+                    format!("chunk {index} of {blob} contradicts the verified blob"),
                 );
             }
         }
@@ -307,8 +329,23 @@ async fn download_round<S: ChunkStore>(
                             // The sender or a map's source lies; the
                             // whole-blob check or authoritative digests
                             // will tell which.
-                            ChunkStoreError::Disputed { map_from, reason } => {
+                            ChunkStoreError::Disputed { map_from, actual, reason } => {
                                 info!(%peer, %blob, index, %reason, "chunk disputed");
+                                // Refused for not matching its digest.
+                                inner.metrics.bad_chunks.inc();
+                                if map_from == Some(peer) {
+                                    // It contradicts its own map: a liar
+                                    // either way, and its map is worthless.
+                                    warn!(%peer, %blob, index, "chunk contradicts its sender's own chunk map; banning it");
+                                    inner.bans.ban(peer, format!("chunk {index} of {blob} contradicts its own chunk map"));
+                                    inner.store.drop_peer_digests(blob, peer).await?;
+                                    provenance.taken.remove(&peer);
+                                    provenance.avoid.insert(peer);
+                                    return Ok(Round::Disputed);
+                                }
+                                if let Some(actual) = actual {
+                                    provenance.disputed_chunk(peer, index, actual);
+                                }
                                 let disputed = map_from.filter(|s| *s != peer).filter(|s| {
                                     let senders = disputes.entry(*s).or_default();
                                     senders.insert(peer);
