@@ -59,8 +59,8 @@ pub enum StoreError {
         blob: Digest,
         /// The chunk index.
         index: u32,
-        /// The peer whose map gave the digest.
-        peer: libp2p::PeerId,
+        /// The peer whose map gave the digest (boxed: keeps the error small).
+        peer: Box<libp2p::PeerId>,
         /// What the offered chunk hashes to.
         actual: Digest,
     },

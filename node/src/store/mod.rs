@@ -684,7 +684,7 @@ impl Inner {
             return Err(StoreError::DigestDisputed {
                 blob: b.digest,
                 index,
-                peer: source,
+                peer: Box::new(source),
                 actual,
             });
         }

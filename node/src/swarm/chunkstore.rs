@@ -45,15 +45,8 @@ pub enum ChunkStoreError {
     /// A chunk or chunk map contradicts a provisional digest (one only
     /// another peer's unsigned chunk map vouches for): one of the two
     /// lies, and which is not known yet; nobody is penalised.
-    #[error("disputed: {reason}")]
-    Disputed {
-        /// The peer whose map gave the disputed digest.
-        map_from: Option<libp2p::PeerId>,
-        /// What the disputed chunk hashes to (a chunk's dispute).
-        actual: Option<Digest>,
-        /// What was disputed.
-        reason: String,
-    },
+    #[error("disputed: {}", .0.reason)]
+    Disputed(Box<Dispute>),
     /// Every chunk matched its digest but the assembled blob did not: the
     /// provisional digests from these peers' chunk maps lied. They were
     /// dropped with the chunks verified only against them; the blob stays
@@ -68,6 +61,17 @@ pub enum ChunkStoreError {
     /// A local problem (disk, quota): nobody else is at fault.
     #[error("store failure: {0}")]
     Local(String),
+}
+
+/// What a [`ChunkStoreError::Disputed`] is about.
+#[derive(Debug)]
+pub struct Dispute {
+    /// The peer whose map gave the disputed digest (a chunk's dispute).
+    pub map_from: Option<libp2p::PeerId>,
+    /// What the disputed chunk hashes to (a chunk's dispute).
+    pub actual: Option<Digest>,
+    /// What was disputed.
+    pub reason: String,
 }
 
 /// Outcome of a successful [`ChunkStore::write_chunk`].
@@ -282,16 +286,22 @@ fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
         StoreError::Chunk(c) => ChunkStoreError::Corrupt(c.to_string()),
         StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
         e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
-        e @ StoreError::DigestDisputed { peer, actual, .. } => ChunkStoreError::Disputed {
-            map_from: Some(peer),
-            actual: Some(actual),
-            reason: e.to_string(),
-        },
-        e @ StoreError::MapDisputed { .. } => ChunkStoreError::Disputed {
+        e @ StoreError::DigestDisputed { .. } => {
+            let reason = e.to_string();
+            let StoreError::DigestDisputed { peer, actual, .. } = e else {
+                unreachable!("matched above")
+            };
+            ChunkStoreError::Disputed(Box::new(Dispute {
+                map_from: Some(*peer),
+                actual: Some(actual),
+                reason,
+            }))
+        }
+        e @ StoreError::MapDisputed { .. } => ChunkStoreError::Disputed(Box::new(Dispute {
             map_from: None,
             actual: None,
             reason: e.to_string(),
-        },
+        })),
         StoreError::DigestsRefuted {
             blob,
             sources,

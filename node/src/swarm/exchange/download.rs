@@ -197,7 +197,8 @@ async fn download_round<S: ChunkStore>(
                 }
             }
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(&inner, peer, &reason),
-            Err(ChunkStoreError::Disputed { reason, .. }) => {
+            Err(ChunkStoreError::Disputed(d)) => {
+                let reason = d.reason;
                 info!(%peer, %blob, %reason, "chunk map disputed; asking on");
                 provenance.suspect(peer, m);
             }
@@ -329,7 +330,8 @@ async fn download_round<S: ChunkStore>(
                             // The sender or a map's source lies; the
                             // whole-blob check or authoritative digests
                             // will tell which.
-                            ChunkStoreError::Disputed { map_from, actual, reason } => {
+                            ChunkStoreError::Disputed(d) => {
+                                let super::super::Dispute { map_from, actual, reason } = *d;
                                 info!(%peer, %blob, index, %reason, "chunk disputed");
                                 // Refused for not matching its digest.
                                 inner.metrics.bad_chunks.inc();
@@ -637,7 +639,8 @@ pub(super) async fn fill_map<S: ChunkStore>(
             Ok(()) => return Ok(map_ready(inner, &blob, true)),
             // Contradicts the gateway's signed digests or the pinned size.
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(inner, peer, &reason),
-            Err(ChunkStoreError::Disputed { reason, .. }) => {
+            Err(ChunkStoreError::Disputed(d)) => {
+                let reason = d.reason;
                 info!(%peer, %blob, %reason, "chunk map disputed; asking on");
             }
             Err(e) => return Err(e.into()),
