@@ -337,13 +337,14 @@ async fn download_round<S: ChunkStore>(
                                 inner.metrics.bad_chunks.inc();
                                 if map_from == Some(peer) {
                                     // It contradicts its own map: a liar
-                                    // either way, and its map is worthless.
+                                    // either way, dropped as a sender of a
+                                    // corrupt chunk is. Its map stays
+                                    // provisional: the whole-blob check or
+                                    // other peers' chunks judge it.
                                     warn!(%peer, %blob, index, "chunk contradicts its sender's own chunk map; banning it");
                                     inner.bans.ban(peer, format!("chunk {index} of {blob} contradicts its own chunk map"));
-                                    inner.store.drop_peer_digests(blob, peer).await?;
-                                    provenance.taken.remove(&peer);
                                     provenance.avoid.insert(peer);
-                                    return Ok(Round::Disputed);
+                                    drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
                                 }
                                 if let Some(actual) = actual {
                                     provenance.disputed_chunk(peer, index, actual);
