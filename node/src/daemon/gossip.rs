@@ -223,11 +223,28 @@ async fn on_chunk_digests(
         }
         return;
     }
-    if let Err(e) = store
+    match store
         .add_chunk_digests(update.blob, update.first_index, &update.digests)
         .await
     {
-        tracing::warn!(%source, blob = %update.blob, error = %e, "chunk digests refused");
+        // The gateway's signed digests always win: members whose chunk
+        // maps contradicted them lied (their digests and the chunks that
+        // rested on them are gone from the store).
+        Ok(refuted) => {
+            for peer in refuted {
+                tracing::warn!(%peer, blob = %update.blob, gateway = %source, "chunk map contradicts the gateway's signed digests; banning its sender");
+                inner.swarm.ban(
+                    peer,
+                    format!(
+                        "chunk map of {} contradicts the gateway's signed digests",
+                        update.blob
+                    ),
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%source, blob = %update.blob, error = %e, "chunk digests refused")
+        }
     }
 }
 

@@ -411,7 +411,13 @@ impl GiveUp {
 /// the layer completes, or the release is no longer tracked.
 pub(super) async fn fill_digests(inner: Arc<Inner>, release: Digest, blob: Digest) {
     loop {
-        let known = inner.store.chunk_map(&blob).is_some() || inner.store.is_complete(&blob);
+        // Digests from a peer's map count: they are provisional, and the
+        // download confirms or refutes them.
+        let known = inner
+            .store
+            .blob_info(&blob)
+            .is_some_and(|i| i.digests_known == i.chunk_count)
+            || inner.store.is_complete(&blob);
         if known || inner.shutdown.is_cancelled() || inner.releases.get(&release).is_none() {
             return;
         }

@@ -50,6 +50,46 @@ pub enum StoreError {
         /// The conflicting digest offered now.
         offered: Digest,
     },
+    /// A chunk does not match a provisional digest (one only a peer's
+    /// chunk map vouches for): the chunk's sender or the map's `source`
+    /// lies, and which is not known yet. Nothing was stored.
+    #[error("chunk {index} of blob {blob} contradicts the digest {peer}'s chunk map gave it")]
+    DigestDisputed {
+        /// The blob.
+        blob: Digest,
+        /// The chunk index.
+        index: u32,
+        /// The peer whose map gave the digest (boxed: keeps the error small).
+        peer: Box<libp2p::PeerId>,
+        /// What the offered chunk hashes to.
+        actual: Digest,
+    },
+    /// A peer's chunk map contradicts another peer's provisional digest:
+    /// one of them lies, and which is not known yet. Nothing of the map
+    /// was recorded.
+    #[error("chunk map of blob {blob} contradicts, at chunk {index}, the one {peer} served")]
+    MapDisputed {
+        /// The blob.
+        blob: Digest,
+        /// The first chunk index in dispute.
+        index: u32,
+        /// The peer whose map's digest is recorded.
+        peer: libp2p::PeerId,
+    },
+    /// Every chunk matched its digest but the blob hashes to `actual`,
+    /// and some digests were provisional (from peers' chunk maps): those
+    /// lied. They were dropped with the chunks verified only against
+    /// them; chunks verified against authoritative digests are kept, and
+    /// the blob stays partial.
+    #[error("blob {blob}: the chunk maps of {sources:?} assemble content hashing to {actual}; their digests and chunks were dropped")]
+    DigestsRefuted {
+        /// The blob.
+        blob: Digest,
+        /// The peers whose chunk maps gave the false digests.
+        sources: Vec<libp2p::PeerId>,
+        /// What the assembled content hashed to.
+        actual: Digest,
+    },
     /// The chunk is out of range, has the wrong length or the wrong digest.
     #[error(transparent)]
     Chunk(#[from] ChunkError),

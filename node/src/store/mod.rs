@@ -45,6 +45,24 @@
 //! re-verify every chunk; a complete blob whose chunk rots on disk is
 //! moved back to `partial/` with that one chunk cleared.
 //!
+//! ## Digest provenance
+//!
+//! A chunk digest is *authoritative* when it comes from the release
+//! gateway's signed updates, this node's own hashing of what it pulls, a
+//! one-chunk blob's digest from a verified manifest, or a complete blob
+//! ([`Store::add_chunk_digests`], [`Store::put_chunk_map`]); only those are
+//! journaled. A digest from a peer's (unsigned) chunk map is *provisional*
+//! ([`Store::put_peer_chunk_map`]): a chunk that matches it is written but
+//! held back as *unconfirmed* (not read, not served, not journaled, no
+//! [`StoreEvent::ChunkStored`]) until an authoritative digest or the
+//! whole-blob check confirms it. Authoritative digests always win: one
+//! that contradicts a provisional digest drops every provisional digest
+//! of that peer with the chunks resting on them, and so does a whole-blob
+//! check that fails on provisional digests (chunks verified against
+//! authoritative ones are kept). Either way [`StoreEvent::DigestsRefuted`]
+//! names the peers for the swarm to ban. A restart forgets provisional
+//! digests and unconfirmed chunks.
+//!
 //! ## Space
 //!
 //! `usage()` counts the declared size of every blob, partial or complete
@@ -84,6 +102,7 @@ use edgeswarm_protocol::chunkmap::{chunk_count, MAX_CHUNKS};
 use edgeswarm_protocol::{
     encoding, Bitfield, ChunkError, ChunkMap, ChunkMapBuilder, ChunkSize, Digest,
 };
+use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
@@ -145,6 +164,18 @@ pub enum StoreEvent {
         /// Why, for logs and status.
         reason: String,
     },
+    /// Chunk digests that peers' chunk maps supplied were proven false
+    /// (an authoritative digest contradicted them, or the blob they
+    /// assembled failed its whole-blob check): they were dropped with
+    /// every chunk verified only against them. The swarm bans `sources`.
+    DigestsRefuted {
+        /// The blob.
+        blob: Digest,
+        /// The peers whose chunk maps supplied the false digests.
+        sources: Vec<PeerId>,
+        /// Why, for logs and the ban reason.
+        reason: String,
+    },
 }
 
 /// Layout of a blob, available as soon as it is declared.
@@ -157,7 +188,8 @@ pub struct BlobInfo {
     /// Number of chunks.
     pub chunk_count: u32,
     /// Chunks `0..digests_known` have known digests (all once the chunk
-    /// map is known): the prefix, whatever arrived after a gap.
+    /// map is known): the prefix, whatever arrived after a gap. Counts
+    /// provisional digests (from a peer's chunk map) too.
     pub digests_known: u32,
 }
 
@@ -337,12 +369,25 @@ struct BlobState {
     journal_len: u64,
     /// Known chunk digests.
     digests: Vec<Option<Digest>>,
+    /// Provenance of each known digest: `Some(peer)` when only that
+    /// peer's (unsigned) chunk map vouches for it (provisional), `None`
+    /// when it is authoritative (the release gateway's signed updates,
+    /// this node's own hashing, a verified manifest, or the journal,
+    /// which records authoritative digests only).
+    from_peer: Vec<Option<PeerId>>,
     /// How many entries of `digests` are known.
     known: u32,
-    /// The chunk map, once every digest is known.
+    /// The chunk map, once every digest is known and authoritative (a
+    /// map resting on provisional digests is never served on).
     map: Option<Arc<ChunkMap>>,
-    /// Verified chunks.
+    /// Verified chunks: against an authoritative digest, or the whole
+    /// blob. Only these are read, served and journaled.
     have: Bitfield,
+    /// Chunks written and matching a provisional digest only: held back
+    /// (not readable, not advertised, not journaled) until an
+    /// authoritative digest or the whole-blob check confirms them, and
+    /// discarded when their digest is refuted. Disjoint from `have`.
+    unconfirmed: Bitfield,
     /// Bytes consumed by the furthest reader.
     cursor: u64,
     /// Open readers (the blob is not collected while > 0).
@@ -498,6 +543,43 @@ impl Inner {
         Ok(())
     }
 
+    /// Drops every provisional digest whose source `refuted` names, and
+    /// every chunk verified only against one of them (never journaled, so
+    /// nothing on disk needs undoing: the bytes are overwritten when the
+    /// chunk is fetched again). Returns the discarded chunks.
+    fn drop_provisional(
+        &self,
+        b: &Blob,
+        st: &mut BlobState,
+        refuted: impl Fn(&PeerId) -> bool,
+    ) -> Vec<u32> {
+        let mut discarded = Vec::new();
+        for i in 0..b.chunk_count {
+            let slot = i as usize;
+            if !st.from_peer[slot].as_ref().is_some_and(&refuted) {
+                continue;
+            }
+            st.from_peer[slot] = None;
+            st.digests[slot] = None;
+            st.known -= 1;
+            if st.unconfirmed.get(i) {
+                st.unconfirmed.clear(i);
+                discarded.push(i);
+            }
+        }
+        refresh_map(b, st);
+        discarded
+    }
+
+    /// Forgets the in-order digest if it went past chunk `first` (which
+    /// is gone again); the check at completion then hashes from disk.
+    fn reset_prefix(&self, b: &Blob, first: u32) {
+        let mut p = b.prefix.lock().unwrap_or_else(|e| e.into_inner());
+        if p.next > first {
+            *p = PrefixHash::default();
+        }
+    }
+
     /// Fsyncs every journal with unsynced appends (the flusher thread,
     /// [`Store::flush`] and drop).
     fn flush_journals(&self) {
@@ -573,12 +655,15 @@ impl Inner {
         let _ = fs::remove_dir_all(self.partial_dir(d));
     }
 
-    /// Verifies and durably stores one chunk, then sets its bit (blocking).
+    /// Verifies and durably stores one chunk, then sets its bit (blocking):
+    /// `have` for an authoritative digest, `unconfirmed` for a provisional
+    /// one (`from_peer`).
     fn write_chunk_blocking(
         &self,
         b: &Arc<Blob>,
         index: u32,
         digest: Digest,
+        from_peer: Option<PeerId>,
         file: &File,
         bytes: &[u8],
     ) -> Result<WriteOutcome, StoreError> {
@@ -593,6 +678,16 @@ impl Inner {
             .into());
         }
         let actual = Digest::of(bytes);
+        if let (true, Some(source)) = (actual != digest, from_peer) {
+            // Either the sender or the map's source lies: nobody is known
+            // to be at fault yet.
+            return Err(StoreError::DigestDisputed {
+                blob: b.digest,
+                index,
+                peer: Box::new(source),
+                actual,
+            });
+        }
         if actual != digest {
             return Err(ChunkError::DigestMismatch {
                 index,
@@ -624,27 +719,48 @@ impl Inner {
                 }
                 Phase::Removed | Phase::Failed(_) => return Err(StoreError::UnknownBlob(b.digest)),
             }
-            if st.have.get(index) {
+            if st.have.get(index) || st.unconfirmed.get(index) {
                 tracing::debug!(blob = %b.digest, index, "chunk already held");
                 return Ok(WriteOutcome::AlreadyHad);
             }
-            self.append(b, &mut st, &Record::Verified(vec![index]))?;
-            st.have.set(index);
-            // After the journal record: a chunk logged here survives kill -9,
-            // so the fault-injection suite reads a second line for one chunk
-            // as a verified chunk fetched twice.
-            tracing::debug!(blob = %b.digest, index, "chunk stored");
-            let complete = st.have.is_complete();
+            // The digest may have been refuted, or confirmed, while the
+            // chunk was hashed and written: the bit follows what is
+            // recorded now, never what was looked up before.
+            let confirmed = match (st.digests[index as usize], st.from_peer[index as usize]) {
+                (Some(d), None) if d == digest => true,
+                (Some(d), Some(_)) if d == digest => false,
+                _ => {
+                    return Err(StoreError::DigestUnknown {
+                        blob: b.digest,
+                        index,
+                    })
+                }
+            };
+            if confirmed {
+                self.append(b, &mut st, &Record::Verified(vec![index]))?;
+                st.have.set(index);
+                // After the journal record: a chunk logged here survives
+                // kill -9, so the fault-injection suite reads a second line
+                // for one chunk as a verified chunk fetched twice.
+                tracing::debug!(blob = %b.digest, index, "chunk stored");
+            } else {
+                st.unconfirmed.set(index);
+                tracing::debug!(blob = %b.digest, index, "chunk stored unconfirmed (provisional digest)");
+            }
+            let complete = st.have.count_ones() + st.unconfirmed.count_ones() == b.chunk_count;
             if complete {
                 st.phase = Phase::Finishing;
             }
-            complete
+            (complete, confirmed)
         };
+        let (complete, confirmed) = complete;
         b.cond.notify_all();
-        self.emit(StoreEvent::ChunkStored {
-            blob: b.digest,
-            index,
-        });
+        if confirmed {
+            self.emit(StoreEvent::ChunkStored {
+                blob: b.digest,
+                index,
+            });
+        }
         self.advance_prefix(b, file, index, bytes);
         if complete {
             self.finish(b)
@@ -672,7 +788,9 @@ impl Inner {
             {
                 // Lock order: prefix, then state (never the other way).
                 let st = b.lock();
-                if st.phase != Phase::Partial || !st.have.get(p.next) {
+                if st.phase != Phase::Partial
+                    || !(st.have.get(p.next) || st.unconfirmed.get(p.next))
+                {
                     return;
                 }
             }
@@ -688,7 +806,7 @@ impl Inner {
 
     /// Whole-blob check and move into `blobs/` (blocking; phase is Finishing).
     fn finish(&self, b: &Arc<Blob>) -> Result<WriteOutcome, StoreError> {
-        let (file, digests) = {
+        let (file, digests, provisional) = {
             let st = b.lock();
             (
                 st.file.clone(),
@@ -696,6 +814,7 @@ impl Inner {
                     .iter()
                     .map(|d| d.expect("all known"))
                     .collect::<Vec<_>>(),
+                st.from_peer.iter().any(Option::is_some),
             )
         };
         let dir = self.partial_dir(&b.digest);
@@ -727,6 +846,11 @@ impl Inner {
                     st.phase = Phase::Complete;
                     st.journal = None;
                     st.map = Some(Arc::new(map));
+                    // The whole blob verified: every provisional digest
+                    // and unconfirmed chunk was right.
+                    st.have = Bitfield::full(b.chunk_count);
+                    st.unconfirmed = Bitfield::new(b.chunk_count);
+                    st.from_peer.iter_mut().for_each(|p| *p = None);
                 }
                 b.cond.notify_all();
                 tracing::info!(blob = %b.digest, size = b.size, "blob complete and verified");
@@ -741,6 +865,7 @@ impl Inner {
                     let mut st = b.lock();
                     for &i in &bad {
                         st.have.clear(i);
+                        st.unconfirmed.clear(i);
                     }
                     if let Err(e) = self.append(b, &mut st, &Record::Cleared(bad)) {
                         tracing::warn!(blob = %b.digest, error = %e, "could not journal cleared chunks");
@@ -749,6 +874,35 @@ impl Inner {
                 }
                 b.cond.notify_all();
                 Ok(WriteOutcome::Stored)
+            }
+            Ok(Err((actual, _))) if provisional => {
+                // Every chunk matches its digest and the blob is still
+                // wrong: the digests are. Authoritative ones always win,
+                // so the provisional ones lied; they go with the chunks
+                // that rest on them, and the blob is fetched on from the
+                // chunks verified against authoritative digests.
+                let reason = format!("chunk map assembles content hashing to {actual}");
+                let (sources, discarded) = {
+                    let mut st = b.lock();
+                    let mut sources: Vec<PeerId> = st.from_peer.iter().flatten().copied().collect();
+                    sources.sort();
+                    sources.dedup();
+                    let discarded = self.drop_provisional(b, &mut st, |_| true);
+                    st.phase = Phase::Partial;
+                    (sources, discarded)
+                };
+                b.cond.notify_all();
+                tracing::warn!(blob = %b.digest, %actual, ?sources, discarded = discarded.len(), "blob failed its whole-blob check on peers' digests; dropped them and their chunks");
+                self.emit(StoreEvent::DigestsRefuted {
+                    blob: b.digest,
+                    sources: sources.clone(),
+                    reason,
+                });
+                Err(StoreError::DigestsRefuted {
+                    blob: b.digest,
+                    sources,
+                    actual,
+                })
             }
             Ok(Err((actual, _))) => {
                 let reason = format!("content hashes to {actual}");
@@ -933,6 +1087,20 @@ impl Drop for Inner {
     }
 }
 
+/// Sets a partial blob's chunk map once every digest is known and
+/// authoritative, and clears it otherwise.
+fn refresh_map(b: &Blob, st: &mut BlobState) {
+    if st.phase == Phase::Complete {
+        return;
+    }
+    st.map = if st.known == b.chunk_count && st.from_peer.iter().all(Option::is_none) {
+        let all = st.digests.iter().map(|d| d.expect("known")).collect();
+        ChunkMap::new(b.size, b.chunk_size, all).ok().map(Arc::new)
+    } else {
+        None
+    };
+}
+
 /// Sum of declared sizes of live blobs.
 fn usage_of(state: &State) -> u64 {
     state.blobs.values().map(|b| b.size).sum()
@@ -1059,15 +1227,24 @@ impl Store {
         Ok(())
     }
 
-    /// Records chunk digests `first_index..` as they become known (the
-    /// gateway streams them). A digest conflicting with a recorded one is
-    /// refused and nothing of the batch is recorded.
+    /// Records authoritative chunk digests `first_index..` as they become
+    /// known: the release gateway's signed updates, this node's own
+    /// hashing of what it pulls, a one-chunk blob's own digest from a
+    /// verified manifest. A digest conflicting with a recorded
+    /// authoritative one is refused and nothing of the batch is recorded.
+    /// Authoritative digests always win over provisional ones (from a
+    /// peer's chunk map, [`put_peer_chunk_map`](Self::put_peer_chunk_map)):
+    /// a matching provisional digest is confirmed (with its unconfirmed
+    /// chunk); a contradicted one refutes its source, whose provisional
+    /// digests are all dropped with the chunks verified only against them.
+    /// Returns the refuted sources (also sent as
+    /// [`StoreEvent::DigestsRefuted`]) for the caller to ban.
     pub async fn add_chunk_digests(
         &self,
         blob: Digest,
         first_index: u32,
         digests: &[Digest],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<PeerId>, StoreError> {
         let b = self.inner.get(&blob)?;
         let end = first_index as u64 + digests.len() as u64;
         if end > b.chunk_count as u64 {
@@ -1080,13 +1257,14 @@ impl Store {
         let digests = digests.to_vec();
         let inner = self.inner.clone();
         blocking(move || {
-            {
+            let (refuted, discarded, confirmed) = {
                 let mut st = b.lock();
                 let mut new = false;
+                let mut refuted: Vec<PeerId> = Vec::new();
                 for (i, d) in digests.iter().enumerate() {
                     let index = first_index + i as u32;
-                    match st.digests[index as usize] {
-                        Some(known) if known != *d => {
+                    match (st.digests[index as usize], st.from_peer[index as usize]) {
+                        (Some(known), None) if known != *d => {
                             return Err(StoreError::DigestConflict {
                                 blob,
                                 index,
@@ -1094,15 +1272,29 @@ impl Store {
                                 offered: *d,
                             })
                         }
-                        Some(_) => {}
-                        None => new = true,
+                        (Some(_), None) => {}
+                        (Some(known), Some(source)) => {
+                            new = true;
+                            if known != *d && !refuted.contains(&source) {
+                                refuted.push(source);
+                            }
+                        }
+                        (None, _) => new = true,
                     }
                 }
                 if !new {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 match st.phase {
-                    Phase::Partial | Phase::Finishing => {}
+                    Phase::Partial => {}
+                    Phase::Finishing if refuted.is_empty() => {}
+                    Phase::Finishing => {
+                        // Every chunk is in and the whole-blob check is
+                        // running: it fails on the false digests and drops
+                        // them there.
+                        tracing::debug!(%blob, "digests refuted during the whole-blob check");
+                        return Ok(refuted);
+                    }
                     _ => return Err(StoreError::UnknownBlob(blob)),
                 }
                 let rec = Record::Digests {
@@ -1110,25 +1302,132 @@ impl Store {
                     digests: digests.clone(),
                 };
                 inner.append(&b, &mut st, &rec)?;
+                let discarded = inner.drop_provisional(&b, &mut st, |p| refuted.contains(p));
+                let mut confirmed = Vec::new();
                 for (i, d) in digests.iter().enumerate() {
-                    let slot = &mut st.digests[first_index as usize + i];
-                    if slot.is_none() {
-                        *slot = Some(*d);
+                    let index = first_index + i as u32;
+                    let slot = index as usize;
+                    if st.digests[slot].is_none() {
+                        st.digests[slot] = Some(*d);
                         st.known += 1;
                     }
+                    st.from_peer[slot] = None;
+                    if st.unconfirmed.get(index) {
+                        confirmed.push(index);
+                    }
                 }
-                if st.known == b.chunk_count {
-                    let all = st.digests.iter().map(|d| d.expect("known")).collect();
-                    st.map = ChunkMap::new(b.size, b.chunk_size, all).ok().map(Arc::new);
+                if !confirmed.is_empty() {
+                    // Verified against what is now an authoritative digest.
+                    if let Err(e) = inner.append(&b, &mut st, &Record::Verified(confirmed.clone())) {
+                        // Not held then: they are fetched again.
+                        tracing::warn!(%blob, error = %e, "could not journal confirmed chunks");
+                        for &i in &confirmed {
+                            st.unconfirmed.clear(i);
+                        }
+                        confirmed.clear();
+                    }
+                    for &i in &confirmed {
+                        st.unconfirmed.clear(i);
+                        st.have.set(i);
+                    }
                 }
+                refresh_map(&b, &mut st);
+                (refuted, discarded, confirmed)
+            };
+            if let Some(&first) = discarded.iter().min() {
+                inner.reset_prefix(&b, first);
             }
-            Ok(())
+            b.cond.notify_all();
+            for index in confirmed {
+                inner.emit(StoreEvent::ChunkStored { blob, index });
+            }
+            if !refuted.is_empty() {
+                tracing::warn!(%blob, sources = ?refuted, discarded = discarded.len(), "authoritative chunk digests contradict peers' chunk maps; dropped their digests and chunks");
+                inner.emit(StoreEvent::DigestsRefuted {
+                    blob,
+                    sources: refuted.clone(),
+                    reason: "chunk map contradicts the authoritative chunk digests".into(),
+                });
+            }
+            Ok(refuted)
         })
         .await
     }
 
+    /// Records the digests of a chunk map that `source`, a peer, served:
+    /// provisional until an authoritative digest or the whole-blob check
+    /// confirms them (see [`add_chunk_digests`](Self::add_chunk_digests)).
+    /// Declares the blob first. A map contradicting an authoritative
+    /// digest or a complete blob's map is [`StoreError::DigestConflict`]
+    /// (the source lies); one contradicting another peer's provisional
+    /// digest is [`StoreError::MapDisputed`] (one of them lies; the
+    /// whole-blob check will tell) and nothing of it is recorded.
+    pub async fn put_peer_chunk_map(
+        &self,
+        blob: Digest,
+        map: &ChunkMap,
+        source: PeerId,
+    ) -> Result<(), StoreError> {
+        self.create_blob(blob, map.blob_size(), map.chunk_size())
+            .await?;
+        if self.is_complete(&blob) {
+            return self.put_chunk_map(blob, map).await;
+        }
+        let b = self.inner.get(&blob)?;
+        if map.chunk_count() != b.chunk_count {
+            // create_blob checked size and chunk size, so this cannot be.
+            return Err(ChunkError::IndexOutOfRange {
+                index: map.chunk_count(),
+                count: b.chunk_count,
+            }
+            .into());
+        }
+        let mut st = b.lock();
+        if st.phase != Phase::Partial {
+            return Ok(());
+        }
+        // A contradicted authoritative digest proves the lie, wherever a
+        // dispute with another peer's map comes first.
+        for (i, d) in map.digests().iter().enumerate() {
+            if let (Some(known), None) = (st.digests[i], st.from_peer[i]) {
+                if known != *d {
+                    return Err(StoreError::DigestConflict {
+                        blob,
+                        index: i as u32,
+                        known,
+                        offered: *d,
+                    });
+                }
+            }
+        }
+        for (i, d) in map.digests().iter().enumerate() {
+            if let (Some(known), Some(other)) = (st.digests[i], st.from_peer[i]) {
+                if known != *d {
+                    return Err(StoreError::MapDisputed {
+                        blob,
+                        index: i as u32,
+                        peer: other,
+                    });
+                }
+            }
+        }
+        for (i, d) in map.digests().iter().enumerate() {
+            if st.digests[i].is_none() {
+                st.digests[i] = Some(*d);
+                st.from_peer[i] = Some(source);
+                st.known += 1;
+            }
+        }
+        drop(st);
+        b.cond.notify_all();
+        Ok(())
+    }
+
     /// [`create_blob`](Self::create_blob) plus
-    /// [`add_chunk_digests`](Self::add_chunk_digests) for a complete map.
+    /// [`add_chunk_digests`](Self::add_chunk_digests) for a complete map
+    /// this node trusts (authoritative: computed here or checked against
+    /// a verified document); a peer's map goes through
+    /// [`put_peer_chunk_map`](Self::put_peer_chunk_map).
     pub async fn put_chunk_map(&self, blob: Digest, map: &ChunkMap) -> Result<(), StoreError> {
         self.create_blob(blob, map.blob_size(), map.chunk_size())
             .await?;
@@ -1153,7 +1452,9 @@ impl Store {
                 None => Ok(()),
             };
         }
-        self.add_chunk_digests(blob, 0, map.digests()).await
+        self.add_chunk_digests(blob, 0, map.digests())
+            .await
+            .map(drop)
     }
 
     /// Pins `blob`'s size to what its descriptor (a verified manifest)
@@ -1218,16 +1519,71 @@ impl Store {
         })
     }
 
-    /// How many leading chunks have known digests: chunks below this index
-    /// can be verified, so a gateway that takes over a half-pulled blob
-    /// resumes the registry download here and gets the rest from peers.
+    /// How many leading chunks have known authoritative digests: chunks
+    /// below this index can be verified, so a gateway that takes over a
+    /// half-pulled blob resumes the registry download here and gets the
+    /// rest from peers. Provisional digests do not count: the gateway's
+    /// own pull is what confirms or refutes them.
     pub fn known_digest_prefix(&self, blob: &Digest) -> Option<u32> {
         let b = self.inner.get(blob).ok()?;
         let st = b.lock();
         if st.map.is_some() {
             return Some(b.chunk_count);
         }
-        Some(st.digests.iter().take_while(|d| d.is_some()).count() as u32)
+        Some(
+            st.digests
+                .iter()
+                .zip(&st.from_peer)
+                .take_while(|(d, p)| d.is_some() && p.is_none())
+                .count() as u32,
+        )
+    }
+
+    /// Drops the provisional digests `source`'s chunk map gave `blob`,
+    /// with the chunks verified only against them (their digests are
+    /// disputed: chunks from other peers contradict them). Nobody is
+    /// blamed; the download learns those digests again from someone else.
+    /// Returns how many digests were dropped.
+    pub async fn drop_peer_digests(&self, blob: Digest, source: PeerId) -> Result<u32, StoreError> {
+        let b = self.inner.get(&blob)?;
+        let inner = self.inner.clone();
+        blocking(move || {
+            let (dropped, discarded) = {
+                let mut st = b.lock();
+                if st.phase != Phase::Partial {
+                    return Ok(0);
+                }
+                let before = st.known;
+                let discarded = inner.drop_provisional(&b, &mut st, |p| *p == source);
+                (before - st.known, discarded)
+            };
+            if let Some(&first) = discarded.iter().min() {
+                inner.reset_prefix(&b, first);
+            }
+            b.cond.notify_all();
+            Ok(dropped)
+        })
+        .await
+    }
+
+    /// Chunks written and verified only against provisional digests (a
+    /// peer's chunk map): held back from readers and peers until confirmed.
+    pub fn unconfirmed(&self, blob: &Digest) -> Option<Bitfield> {
+        let b = self.inner.get(blob).ok()?;
+        let bits = b.lock().unconfirmed.clone();
+        Some(bits)
+    }
+
+    /// Chunks verified against any known digest, confirmed or not: what a
+    /// download need not fetch again while their digests stand.
+    pub fn stored(&self, blob: &Digest) -> Option<Bitfield> {
+        let b = self.inner.get(blob).ok()?;
+        let st = b.lock();
+        let mut bits = st.have.clone();
+        for i in st.unconfirmed.iter_ones() {
+            bits.set(i);
+        }
+        Some(bits)
     }
 
     /// Snapshot of the verified chunks.
@@ -1253,7 +1609,7 @@ impl Store {
         self.check_open()?;
         let b = self.inner.get(&blob)?;
         b.check_index(index)?;
-        let (digest, file) = {
+        let (digest, from_peer, file) = {
             let st = b.lock();
             match st.phase {
                 Phase::Partial => {}
@@ -1267,12 +1623,17 @@ impl Store {
                 tracing::debug!(blob = %blob, index, "chunk already held");
                 return Ok(WriteOutcome::AlreadyHad);
             }
+            if st.unconfirmed.get(index) {
+                tracing::debug!(blob = %blob, index, "chunk already held unconfirmed");
+                return Ok(WriteOutcome::AlreadyHad);
+            }
             let digest =
                 st.digests[index as usize].ok_or(StoreError::DigestUnknown { blob, index })?;
-            (digest, st.file.clone())
+            (digest, st.from_peer[index as usize], st.file.clone())
         };
         let inner = self.inner.clone();
-        blocking(move || inner.write_chunk_blocking(&b, index, digest, &file, &bytes)).await
+        blocking(move || inner.write_chunk_blocking(&b, index, digest, from_peer, &file, &bytes))
+            .await
     }
 
     /// Reads chunk `index` and re-verifies it; on mismatch clears its bit

@@ -185,9 +185,11 @@ fn complete_blob(digest: Digest, map: ChunkMap, file: Arc<File>, created: System
             journal: None,
             journal_len: 0,
             digests: map.digests().iter().copied().map(Some).collect(),
+            from_peer: vec![None; count as usize],
             known: count,
             map: Some(Arc::new(map)),
             have: Bitfield::full(count),
+            unconfirmed: Bitfield::new(count),
             cursor: 0,
             readers: 0,
         }),
@@ -359,9 +361,11 @@ fn open_partial(
             file: Arc::new(file),
             journal: Some(Arc::new(journal)),
             journal_len,
+            from_peer: vec![None; digests.len()],
             digests,
             known,
             map,
+            unconfirmed: Bitfield::new(have.len()),
             have,
             cursor: 0,
             readers: 0,
@@ -414,9 +418,11 @@ pub(super) fn create_partial(
             journal: Some(Arc::new(journal)),
             journal_len: 0,
             digests: vec![None; count as usize],
+            from_peer: vec![None; count as usize],
             known: 0,
             map: None,
             have: Bitfield::new(count),
+            unconfirmed: Bitfield::new(count),
             cursor: 0,
             readers: 0,
         }),
@@ -460,8 +466,10 @@ pub(super) fn put_blob(
                 st.file = file;
                 st.journal = None;
                 st.digests = map.digests().iter().copied().map(Some).collect();
+                st.from_peer = vec![None; map.chunk_count() as usize];
                 st.known = map.chunk_count();
                 st.have = Bitfield::full(map.chunk_count());
+                st.unconfirmed = Bitfield::new(map.chunk_count());
                 st.map = Some(Arc::new(map));
             }
             b.cond.notify_all();

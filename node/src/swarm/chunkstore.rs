@@ -42,9 +42,36 @@ pub enum ChunkStoreError {
     /// whoever offered it lied.
     #[error("false chunk map: {0}")]
     FalseLayout(String),
+    /// A chunk or chunk map contradicts a provisional digest (one only
+    /// another peer's unsigned chunk map vouches for): one of the two
+    /// lies, and which is not known yet; nobody is penalised.
+    #[error("disputed: {}", .0.reason)]
+    Disputed(Box<Dispute>),
+    /// Every chunk matched its digest but the assembled blob did not: the
+    /// provisional digests from these peers' chunk maps lied. They were
+    /// dropped with the chunks verified only against them; the blob stays
+    /// partial and needs their digests again from someone else.
+    #[error("false chunk digests from {sources:?}: {reason}")]
+    DigestsRefuted {
+        /// The peers whose maps gave the false digests.
+        sources: Vec<libp2p::PeerId>,
+        /// What happened, for logs and the ban reason.
+        reason: String,
+    },
     /// A local problem (disk, quota): nobody else is at fault.
     #[error("store failure: {0}")]
     Local(String),
+}
+
+/// What a [`ChunkStoreError::Disputed`] is about.
+#[derive(Debug)]
+pub struct Dispute {
+    /// The peer whose map gave the disputed digest (a chunk's dispute).
+    pub map_from: Option<libp2p::PeerId>,
+    /// What the disputed chunk hashes to (a chunk's dispute).
+    pub actual: Option<Digest>,
+    /// What was disputed.
+    pub reason: String,
 }
 
 /// Outcome of a successful [`ChunkStore::write_chunk`].
@@ -108,15 +135,39 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
     }
     /// Snapshot of the verified chunks of `blob`, if the blob is known.
     fn bitfield(&self, blob: &Digest) -> Option<Bitfield>;
+    /// The chunks of `blob` stored against any known digest, including
+    /// those verified only against a peer's provisional digest (held back
+    /// from peers and readers until confirmed): what a download need not
+    /// fetch again while their digests stand.
+    fn stored(&self, blob: &Digest) -> Option<Bitfield> {
+        self.bitfield(blob)
+    }
     /// Whether `blob` is complete and verified.
     fn is_complete(&self, blob: &Digest) -> bool;
     /// Bytes of `blob` consumed by the furthest reader (deadline window).
     fn cursor(&self, blob: &Digest) -> u64;
-    /// Declares `blob` with its chunk map. Idempotent.
+    /// Declares `blob` with a chunk map this node trusts (its caller's).
+    /// Idempotent.
     fn put_chunk_map(
         &self,
         blob: Digest,
         map: &ChunkMap,
+    ) -> impl Future<Output = Result<(), ChunkStoreError>> + Send;
+    /// Declares `blob` with the chunk map peer `source` served: its digests
+    /// are provisional until authoritative ones or the whole-blob check
+    /// confirm them. Idempotent.
+    fn put_peer_chunk_map(
+        &self,
+        blob: Digest,
+        map: &ChunkMap,
+        source: libp2p::PeerId,
+    ) -> impl Future<Output = Result<(), ChunkStoreError>> + Send;
+    /// Drops the provisional digests peer `source`'s map gave `blob`, with
+    /// the chunks verified only against them. Nobody is blamed.
+    fn drop_peer_digests(
+        &self,
+        blob: Digest,
+        source: libp2p::PeerId,
     ) -> impl Future<Output = Result<(), ChunkStoreError>> + Send;
     /// Verifies and durably stores one chunk.
     fn write_chunk(
@@ -160,6 +211,10 @@ impl ChunkStore for crate::store::Store {
         crate::store::Store::bitfield(self, blob)
     }
 
+    fn stored(&self, blob: &Digest) -> Option<Bitfield> {
+        crate::store::Store::stored(self, blob)
+    }
+
     fn is_complete(&self, blob: &Digest) -> bool {
         crate::store::Store::is_complete(self, blob)
     }
@@ -171,6 +226,28 @@ impl ChunkStore for crate::store::Store {
     async fn put_chunk_map(&self, blob: Digest, map: &ChunkMap) -> Result<(), ChunkStoreError> {
         crate::store::Store::put_chunk_map(self, blob, map)
             .await
+            .map_err(from_store_error)
+    }
+
+    async fn put_peer_chunk_map(
+        &self,
+        blob: Digest,
+        map: &ChunkMap,
+        source: libp2p::PeerId,
+    ) -> Result<(), ChunkStoreError> {
+        crate::store::Store::put_peer_chunk_map(self, blob, map, source)
+            .await
+            .map_err(from_store_error)
+    }
+
+    async fn drop_peer_digests(
+        &self,
+        blob: Digest,
+        source: libp2p::PeerId,
+    ) -> Result<(), ChunkStoreError> {
+        crate::store::Store::drop_peer_digests(self, blob, source)
+            .await
+            .map(drop)
             .map_err(from_store_error)
     }
 
@@ -209,6 +286,30 @@ fn from_store_error(e: crate::store::StoreError) -> ChunkStoreError {
         StoreError::Chunk(c) => ChunkStoreError::Corrupt(c.to_string()),
         StoreError::UnknownBlob(b) => ChunkStoreError::UnknownBlob(b),
         e @ StoreError::BlobCorrupt { .. } => ChunkStoreError::BlobCorrupt(e.to_string()),
+        e @ StoreError::DigestDisputed { .. } => {
+            let reason = e.to_string();
+            let StoreError::DigestDisputed { peer, actual, .. } = e else {
+                unreachable!("matched above")
+            };
+            ChunkStoreError::Disputed(Box::new(Dispute {
+                map_from: Some(*peer),
+                actual: Some(actual),
+                reason,
+            }))
+        }
+        e @ StoreError::MapDisputed { .. } => ChunkStoreError::Disputed(Box::new(Dispute {
+            map_from: None,
+            actual: None,
+            reason: e.to_string(),
+        })),
+        StoreError::DigestsRefuted {
+            blob,
+            sources,
+            actual,
+        } => ChunkStoreError::DigestsRefuted {
+            sources,
+            reason: format!("their chunk maps of {blob} assemble content hashing to {actual}"),
+        },
         e if e.is_false_layout() => ChunkStoreError::FalseLayout(e.to_string()),
         e => ChunkStoreError::Local(e.to_string()),
     }
@@ -238,6 +339,23 @@ impl ChunkStore for NoStore {
     }
 
     async fn put_chunk_map(&self, _blob: Digest, _map: &ChunkMap) -> Result<(), ChunkStoreError> {
+        match *self {}
+    }
+
+    async fn put_peer_chunk_map(
+        &self,
+        _blob: Digest,
+        _map: &ChunkMap,
+        _source: libp2p::PeerId,
+    ) -> Result<(), ChunkStoreError> {
+        match *self {}
+    }
+
+    async fn drop_peer_digests(
+        &self,
+        _blob: Digest,
+        _source: libp2p::PeerId,
+    ) -> Result<(), ChunkStoreError> {
         match *self {}
     }
 

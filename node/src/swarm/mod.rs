@@ -71,7 +71,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{Protocols, Topic};
-pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite};
+pub use chunkstore::{BlobLayout, ChunkStore, ChunkStoreError, ChunkWrite, Dispute};
 pub use metrics::{SwarmMetrics, SwarmStats};
 pub use task::BANS_FILE;
 

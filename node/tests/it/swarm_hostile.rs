@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::support::swarm::*;
 use crate::support::{eventually, init_tracing};
+use edgeswarm_node::store::{Store, StoreEvent};
 use edgeswarm_node::swarm::behaviour::{build_swarm, BehaviourEvent, NetConfig, Protocols, Topic};
 use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
+use edgeswarm_protocol::{ChunkMap, Digest};
 use futures::StreamExt as _;
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, kad, Multiaddr, PeerId, Swarm};
+use tokio::sync::broadcast;
 
 fn hostile_config() -> NetConfig {
     NetConfig {
@@ -387,10 +390,13 @@ async fn a_chunk_map_contradicting_the_gateway_digests_gets_its_sender_banned() 
         .await
         .unwrap();
     assert!(filled);
+    // The honest map's digests are provisional (no chunk map is served on
+    // from them) until the blob confirms them.
     assert_eq!(
-        victim.store.chunk_map(&digest).unwrap().digests(),
-        map.digests()
+        victim.store.blob_info(&digest).unwrap().digests_known,
+        map.chunk_count()
     );
+    assert!(victim.store.chunk_map(&digest).is_none());
     eventually("the liar is banned", Duration::from_secs(10), async || {
         let bans = victim.client.stats().bans;
         (bans == 1).then_some(()).ok_or(bans)
@@ -404,6 +410,10 @@ async fn a_chunk_map_contradicting_the_gateway_digests_gets_its_sender_banned() 
     .expect("fetch timed out")
     .unwrap();
     assert!(holds(&victim.store, &digest, &data));
+    assert_eq!(
+        victim.store.chunk_map(&digest).unwrap().digests(),
+        map.digests()
+    );
     assert_eq!(victim.client.stats().bans, 1);
     for n in [liar, victim, honest] {
         n.stop().await;
@@ -466,4 +476,334 @@ async fn a_ban_survives_a_restart_of_the_node() {
     }
     task.abort();
     a.stop().await;
+}
+
+/// The chunk of `data` at `index` under `map`.
+fn chunk_of(data: &[u8], map: &ChunkMap, index: u32) -> bytes::Bytes {
+    let r = map.chunk_range(index).unwrap();
+    bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize])
+}
+
+/// Waits until `store` holds (confirmed or not) `n` chunks of `digest`.
+async fn until_stored(store: &Store, digest: Digest, n: u32) {
+    eventually("chunks stored", Duration::from_secs(20), async || {
+        let got = store.stored(&digest).map_or(0, |b| b.count_ones());
+        (got == n).then_some(()).ok_or(got)
+    })
+    .await;
+}
+
+/// Chunk indices of `digest` the store announced as verified so far.
+fn stored_events(rx: &mut broadcast::Receiver<StoreEvent>, digest: Digest) -> Vec<u32> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let StoreEvent::ChunkStored { blob, index } = ev {
+            if blob == digest {
+                out.push(index);
+            }
+        }
+    }
+    out
+}
+
+/// A lying member serves a chunk map of the right size whose digests are
+/// all false, and chunks that match it, *before* the release gateway's
+/// signed digests reach the victim (here recorded as the gossip handler
+/// records them). The victim takes the map as provisional: the liar's
+/// chunks verify against it but are held back (not in the bitfield the
+/// victim serves, not readable, never announced). When the gateway's
+/// digests arrive they win: the false digests and every chunk resting on
+/// them are dropped, the liar is banned (by the swarm, on the store's
+/// refutation), and the real blob completes from an honest peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_chunk_map_before_the_gateway_digests_gets_its_sender_banned_and_none_of_its_chunks_is_held(
+) {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 11, chunk);
+    let (forged_data, _, forged) = blob(3 << 20, 12, chunk);
+    let n = map.chunk_count();
+    let d = tmp.path().join("liar");
+    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar_id = liar.client.local_peer_id();
+    // The liar holds the false map and every chunk matching it but the
+    // last (its own store would check the whole blob and drop it).
+    liar.store.put_chunk_map(digest, &forged).await.unwrap();
+    for i in 0..n - 1 {
+        liar.store
+            .write_chunk(digest, i, chunk_of(&forged_data, &forged, i))
+            .await
+            .unwrap();
+    }
+    let d = tmp.path().join("honest");
+    let honest = start(&d, config(&d, "lab", &[])).await;
+    seed(&honest, &data, digest, &map).await;
+
+    let d = tmp.path().join("victim");
+    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    let mut events = victim.store.subscribe();
+    eventually(
+        "victim meets the liar",
+        Duration::from_secs(10),
+        async || {
+            let peers = victim.client.connected_peers().await.unwrap();
+            peers
+                .contains(&liar_id)
+                .then_some(())
+                .ok_or(format!("{peers:?}"))
+        },
+    )
+    .await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    // Every chunk the liar has reached the victim's store...
+    until_stored(&victim.store, digest, n - 1).await;
+    // ...and none of them counts as held: not served, not read, not
+    // announced, no chunk map served on from the false digests.
+    assert_eq!(victim.store.bitfield(&digest).unwrap().count_ones(), 0);
+    assert_eq!(
+        victim.store.unconfirmed(&digest).unwrap().count_ones(),
+        n - 1
+    );
+    assert!(victim.store.read_chunk(digest, 0).await.is_err());
+    assert!(victim.store.chunk_map(&digest).is_none());
+    assert_eq!(stored_events(&mut events, digest), Vec::<u32>::new());
+    assert_eq!(victim.client.stats().bans, 0);
+    // The liar stops serving its chunks (it drops the blob), so no bad
+    // chunk can get it banned: only the refutation of its map can.
+    let gone = liar.store.gc().await.unwrap();
+    assert!(gone.removed.contains(&digest), "{gone:?}");
+
+    // The gateway's signed digests arrive: they win.
+    let refuted = victim
+        .store
+        .add_chunk_digests(digest, 0, map.digests())
+        .await
+        .unwrap();
+    assert_eq!(refuted, vec![liar_id]);
+    assert_eq!(victim.store.stored(&digest).unwrap().count_ones(), 0);
+    assert_eq!(
+        victim.store.chunk_map(&digest).unwrap().digests(),
+        map.digests()
+    );
+    eventually("the liar is banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let bans = victim.client.stats().bans;
+        (bans == 1 && !peers.contains(&liar_id))
+            .then_some(())
+            .ok_or(bans)
+    })
+    .await;
+
+    victim.client.dial(honest.addr.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    // Every chunk was taken once, from the honest peer, after the refutation.
+    let mut stored = stored_events(&mut events, digest);
+    stored.sort();
+    assert_eq!(stored, (0..n).collect::<Vec<_>>());
+    assert_eq!(victim.client.stats().bans, 1);
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest.client.local_peer_id()));
+    for n in [liar, victim, honest] {
+        n.stop().await;
+    }
+}
+
+/// No authoritative digest contradicts the lie: the victim knows the
+/// gateway's digests of the blob's tail only, and fills the gap from a
+/// lying member's map, whose first digest is false (the liar serves the
+/// chunk matching it, and the rest of the blob honestly). Every chunk
+/// verifies against its digest, the whole-blob check fails: the victim
+/// bans the map's source, drops the provisional digests and the chunks
+/// resting on them, keeps the chunks verified against the gateway's
+/// digests (not fetched again), learns the gap from an honest peer and
+/// completes the real blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned_and_keeps_confirmed_chunks(
+) {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 13, chunk);
+    let n = map.chunk_count();
+    let tail = 8;
+    let garbage = bytes::Bytes::from(vec![0x5a; chunk as usize]);
+    let mut digests = map.digests().to_vec();
+    digests[0] = Digest::of(&garbage);
+    let forged = ChunkMap::new(map.blob_size(), map.chunk_size(), digests).unwrap();
+
+    let d = tmp.path().join("liar");
+    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar_id = liar.client.local_peer_id();
+    liar.store.put_chunk_map(digest, &forged).await.unwrap();
+    liar.store.write_chunk(digest, 0, garbage).await.unwrap();
+    for i in 1..n - 1 {
+        liar.store
+            .write_chunk(digest, i, chunk_of(&data, &map, i))
+            .await
+            .unwrap();
+    }
+    let d = tmp.path().join("honest");
+    let honest = start(&d, config(&d, "lab", &[])).await;
+    seed(&honest, &data, digest, &map).await;
+
+    let d = tmp.path().join("victim");
+    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    victim
+        .store
+        .create_blob(digest, map.blob_size(), map.chunk_size())
+        .await
+        .unwrap();
+    victim
+        .store
+        .add_chunk_digests(digest, tail, &map.digests()[tail as usize..])
+        .await
+        .unwrap();
+    let mut events = victim.store.subscribe();
+    eventually(
+        "victim meets the liar",
+        Duration::from_secs(10),
+        async || {
+            let peers = victim.client.connected_peers().await.unwrap();
+            peers
+                .contains(&liar_id)
+                .then_some(())
+                .ok_or(format!("{peers:?}"))
+        },
+    )
+    .await;
+    // The gap is filled from the liar's map (it agrees with the tail).
+    assert!(victim
+        .client
+        .fill_chunk_map(digest, vec![liar_id])
+        .await
+        .unwrap());
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_stored(&victim.store, digest, n - 1).await;
+    // Only the tail's chunks are held; the gap's wait for confirmation.
+    let held = victim.store.bitfield(&digest).unwrap();
+    assert_eq!(
+        held.iter_ones().collect::<Vec<_>>(),
+        (tail..n - 1).collect::<Vec<_>>()
+    );
+
+    // The last chunk, from an honest peer, completes the set; the blob
+    // check fails on the liar's digest.
+    victim.client.dial(honest.addr.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    assert_eq!(victim.client.stats().bans, 1);
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(!peers.contains(&liar_id));
+    assert!(peers.contains(&honest.client.local_peer_id()));
+    // Chunks verified against the gateway's digests were kept: each was
+    // stored once; the gap's chunks were announced only once confirmed.
+    let stored = stored_events(&mut events, digest);
+    for i in tail..n {
+        assert_eq!(
+            stored.iter().filter(|&&x| x == i).count(),
+            1,
+            "chunk {i}: {stored:?}"
+        );
+    }
+    for n in [liar, victim, honest] {
+        n.stop().await;
+    }
+}
+
+/// A lying member serves a right-size chunk map with false digests and
+/// no chunks (no whole-blob check can ever run on it), and no gateway
+/// digests come (a peer-only blob). Honest peers' chunks contradict the
+/// map: they are refused without blaming their senders, and once two
+/// distinct peers' chunks contradict it, the map is set aside, the blob's
+/// digests are learned from an honest peer, the blob completes, and the
+/// liar, whose map contradicts the verified blob, is banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_sender_banned() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 14, chunk);
+    let (_, _, forged) = blob(3 << 20, 15, chunk);
+    let n = map.chunk_count();
+    let d = tmp.path().join("liar");
+    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar_id = liar.client.local_peer_id();
+    liar.store.put_chunk_map(digest, &forged).await.unwrap();
+    let mut honest = Vec::new();
+    for name in ["honest1", "honest2"] {
+        let d = tmp.path().join(name);
+        let h = start(&d, config(&d, "lab", &[])).await;
+        seed(&h, &data, digest, &map).await;
+        honest.push(h);
+    }
+
+    let d = tmp.path().join("victim");
+    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    eventually(
+        "victim meets the liar",
+        Duration::from_secs(10),
+        async || {
+            let peers = victim.client.connected_peers().await.unwrap();
+            peers
+                .contains(&liar_id)
+                .then_some(())
+                .ok_or(format!("{peers:?}"))
+        },
+    )
+    .await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    eventually(
+        "the liar's map taken",
+        Duration::from_secs(20),
+        async || {
+            let known = victim
+                .store
+                .blob_info(&digest)
+                .map_or(0, |i| i.digests_known);
+            (known == n).then_some(()).ok_or(known)
+        },
+    )
+    .await;
+    for h in &honest {
+        victim.client.dial(h.addr.clone()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(60), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    assert!(holds(&victim.store, &digest, &data));
+    eventually("the liar is banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let bans = victim.client.stats().bans;
+        (bans == 1 && !peers.contains(&liar_id))
+            .then_some(())
+            .ok_or(bans)
+    })
+    .await;
+    // The honest peers whose chunks contradicted the false map were not
+    // blamed.
+    let peers = victim.client.connected_peers().await.unwrap();
+    for h in &honest {
+        assert!(peers.contains(&h.client.local_peer_id()));
+    }
+    for n in honest.into_iter().chain([liar, victim]) {
+        n.stop().await;
+    }
 }

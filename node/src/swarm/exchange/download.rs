@@ -49,6 +49,94 @@ struct Session {
     cancel: CancellationToken,
 }
 
+/// How a download round ended.
+enum Round {
+    /// The blob is complete and verified.
+    Complete,
+    /// Peers' provisional digests were proven false and dropped with the
+    /// chunks that rested on them (their sources are banned): the digests
+    /// must be learned again.
+    Refuted,
+    /// A peer's provisional digests were contradicted by the chunks of
+    /// several other peers and set aside (see [`DISPUTES_TO_DROP`]): the
+    /// digests must be learned again, from someone else.
+    Disputed,
+}
+
+/// Rounds of refuted or disputed digests one download goes through at
+/// most: each bans a liar or sets its map aside, so this only bounds a
+/// Sybil crowd.
+const MAX_REFUTED_ROUNDS: u32 = 16;
+
+/// Distinct peers whose chunks must contradict a peer's provisional
+/// digests before its map is set aside. One is not enough: a single liar
+/// sending false chunks could otherwise get an honest map dropped; and a
+/// map's source that serves no chunks of its own would otherwise stall
+/// the download until authoritative digests came (if ever: a peer-only
+/// blob has none).
+const DISPUTES_TO_DROP: usize = 2;
+
+/// Peers' maps a download remembers at most (taken or set aside).
+const MAX_MAPS: usize = 16;
+/// Disputed chunks a download remembers at most, to judge their senders
+/// once the blob verifies.
+const MAX_DISPUTED_CHUNKS: usize = 256;
+
+/// What a download learned of peers' chunk maps, across its rounds.
+#[derive(Default)]
+struct Provenance {
+    /// The map each peer served that the store took (provisionally).
+    taken: HashMap<PeerId, ChunkMap>,
+    /// Maps set aside as disputed: once the blob verifies, a peer whose
+    /// map contradicts it is proven a liar and banned.
+    suspects: Vec<(PeerId, ChunkMap)>,
+    /// Peers whose maps are not asked for again in this download.
+    avoid: std::collections::HashSet<PeerId>,
+    /// Chunks refused for contradicting a provisional digest: their
+    /// sender, index and digest. Once the blob verifies, a sender whose
+    /// chunk contradicts it is proven a liar and banned.
+    disputed_chunks: Vec<(PeerId, u32, Digest)>,
+}
+
+impl Provenance {
+    fn disputed_chunk(&mut self, peer: PeerId, index: u32, actual: Digest) {
+        if self.disputed_chunks.len() < MAX_DISPUTED_CHUNKS {
+            self.disputed_chunks.push((peer, index, actual));
+        }
+    }
+
+    fn suspect(&mut self, peer: PeerId, map: ChunkMap) {
+        if self.suspects.len() < MAX_MAPS && !self.suspects.iter().any(|(p, _)| *p == peer) {
+            self.suspects.push((peer, map));
+        }
+    }
+
+    /// Bans the peers whose set-aside maps contradict the verified blob.
+    fn convict<S: ChunkStore>(self, inner: &Inner<S>, blob: Digest) {
+        let Some(real) = inner.store.chunk_map(&blob) else {
+            return;
+        };
+        for (peer, map) in self.suspects {
+            if map != *real {
+                warn!(%peer, %blob, "its chunk map contradicts the verified blob; banning it");
+                inner.bans.ban(
+                    peer,
+                    format!("chunk map of {blob} contradicts the verified blob"),
+                );
+            }
+        }
+        for (peer, index, actual) in self.disputed_chunks {
+            if real.digest(index).is_ok_and(|d| d != actual) {
+                warn!(%peer, %blob, index, "its chunk contradicts the verified blob; banning it");
+                inner.bans.ban(
+                    peer,
+                    format!("chunk {index} of {blob} contradicts the verified blob"),
+                );
+            }
+        }
+    }
+}
+
 pub(super) async fn download<S: ChunkStore>(
     inner: Arc<Inner<S>>,
     blob: Digest,
@@ -61,20 +149,67 @@ pub(super) async fn download<S: ChunkStore>(
     if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
         inner.store.put_chunk_map(blob, m).await?;
     }
-    // A map is a member's claim: one that contradicts the blob's pinned
-    // size or the gateway's signed digests gets its sender banned, and
+    let mut need_map = false;
+    let mut provenance = Provenance::default();
+    for _ in 0..=MAX_REFUTED_ROUNDS {
+        match download_round(&inner, blob, need_map, &mut provenance).await? {
+            Round::Complete => {
+                provenance.convict(&inner, blob);
+                return Ok(());
+            }
+            Round::Refuted | Round::Disputed => need_map = true,
+        }
+    }
+    Err(SwarmError::NoChunkMap(blob))
+}
+
+/// Whether the store knows enough of `blob`'s layout to download: its
+/// layout, or (`need_map`: after digests were refuted) every digest.
+fn map_ready<S: ChunkStore>(inner: &Inner<S>, blob: &Digest, need_map: bool) -> bool {
+    match inner.store.layout(blob) {
+        Some(l) => !need_map || l.digests_known == l.chunk_count() || inner.store.is_complete(blob),
+        None => false,
+    }
+}
+
+async fn download_round<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    need_map: bool,
+    provenance: &mut Provenance,
+) -> Result<Round, SwarmError> {
+    let inner = inner.clone();
+    // A map is a member's claim. Its digests stay provisional (chunks
+    // verified against them are held back) until authoritative ones or
+    // the whole-blob check confirm them. One that contradicts the blob's
+    // pinned size or authoritative digests gets its sender banned, and
     // the next peer is asked.
     let mut asked = HashMap::new();
-    while inner.store.layout(&blob).is_none() {
-        let Some((peer, m)) = fetch_map(&inner, blob, &mut asked).await? else {
+    for peer in &provenance.avoid {
+        // Never due for another ask in this download.
+        asked.insert(*peer, Instant::now() + Duration::from_secs(24 * 3600));
+    }
+    while !map_ready(&inner, &blob, need_map) {
+        let Some((peer, m)) = fetch_map(&inner, blob, &mut asked, need_map).await? else {
             break;
         };
-        match inner.store.put_chunk_map(blob, &m).await {
-            Ok(()) => {}
+        match inner.store.put_peer_chunk_map(blob, &m, peer).await {
+            Ok(()) => {
+                if provenance.taken.len() < MAX_MAPS {
+                    provenance.taken.insert(peer, m);
+                }
+            }
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(&inner, peer, &reason),
+            Err(ChunkStoreError::Disputed(d)) => {
+                let reason = d.reason;
+                info!(%peer, %blob, %reason, "chunk map disputed; asking on");
+                provenance.suspect(peer, m);
+            }
             Err(e) => return Err(e.into()),
         }
     }
+    // Per provisional source, the peers whose chunks contradicted it.
+    let mut disputes: HashMap<PeerId, std::collections::HashSet<PeerId>> = HashMap::new();
     let layout = inner
         .store
         .layout(&blob)
@@ -83,7 +218,7 @@ pub(super) async fn download<S: ChunkStore>(
     let count = layout.chunk_count();
     let have = inner
         .store
-        .bitfield(&blob)
+        .stored(&blob)
         .filter(|b| b.len() == count)
         .unwrap_or_else(|| Bitfield::new(count));
     let seed = {
@@ -207,9 +342,53 @@ pub(super) async fn download<S: ChunkStore>(
                     }
                     Event::StoreFailed(peer, index, err) => {
                         picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
-                        warn!(%blob, index, error = %err, "store failed to take a chunk");
-                        if matches!(err, ChunkStoreError::BlobCorrupt(_)) {
-                            return Err(SwarmError::Store(err));
+                        match err {
+                            ChunkStoreError::BlobCorrupt(_) => return Err(SwarmError::Store(err)),
+                            ChunkStoreError::DigestsRefuted { sources, reason } => {
+                                for source in sources {
+                                    warn!(peer = %source, %blob, %reason, "false chunk digests; banning their source");
+                                    inner.bans.ban(source, format!("false chunk digests of {blob}: {reason}"));
+                                }
+                                return Ok(Round::Refuted);
+                            }
+                            // The sender or a map's source lies; the
+                            // whole-blob check or authoritative digests
+                            // will tell which.
+                            ChunkStoreError::Disputed(d) => {
+                                let super::super::Dispute { map_from, actual, reason } = *d;
+                                info!(%peer, %blob, index, %reason, "chunk disputed");
+                                // Refused for not matching its digest.
+                                inner.metrics.bad_chunks.inc();
+                                if map_from == Some(peer) {
+                                    // It contradicts its own map: a liar
+                                    // either way, dropped as a sender of a
+                                    // corrupt chunk is. Its map stays
+                                    // provisional: the whole-blob check or
+                                    // other peers' chunks judge it.
+                                    warn!(%peer, %blob, index, "chunk contradicts its sender's own chunk map; banning it");
+                                    inner.bans.ban(peer, format!("chunk {index} of {blob} contradicts its own chunk map"));
+                                    provenance.avoid.insert(peer);
+                                    drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
+                                }
+                                if let Some(actual) = actual {
+                                    provenance.disputed_chunk(peer, index, actual);
+                                }
+                                let disputed = map_from.filter(|s| *s != peer).filter(|s| {
+                                    let senders = disputes.entry(*s).or_default();
+                                    senders.insert(peer);
+                                    senders.len() >= DISPUTES_TO_DROP
+                                });
+                                if let Some(source) = disputed {
+                                    warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
+                                    inner.store.drop_peer_digests(blob, source).await?;
+                                    if let Some(m) = provenance.taken.remove(&source) {
+                                        provenance.suspect(source, m);
+                                    }
+                                    provenance.avoid.insert(source);
+                                    return Ok(Round::Disputed);
+                                }
+                            }
+                            err => warn!(%blob, index, error = %err, "store failed to take a chunk"),
                         }
                     }
                     Event::Rejected(peer, index, why) => {
@@ -266,6 +445,16 @@ pub(super) async fn download<S: ChunkStore>(
                         }
                     }
                 }
+                // Chunks the store dropped since they landed (their
+                // provisional digest was refuted, or they rotted) are
+                // fetched again.
+                if let (Some(stored), Some(known)) = (inner.store.stored(&blob), picker.local_bitfield(&blob).cloned()) {
+                    if stored.len() == known.len() {
+                        for index in known.iter_ones().filter(|i| !stored.get(*i)) {
+                            let _ = picker.chunk_lost(&blob, index);
+                        }
+                    }
+                }
                 picker.set_observed_rate(download_rate(&inner));
                 if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
                     let _ = picker.set_cursor(&blob, c);
@@ -316,7 +505,7 @@ pub(super) async fn download<S: ChunkStore>(
     }
     session_cancel.cancel();
     info!(%blob, "blob complete");
-    Ok(())
+    Ok(Round::Complete)
 }
 
 /// Tells each peer of `requests` that its answer is no longer wanted.
@@ -404,6 +593,7 @@ async fn fetch_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
     asked: &mut HashMap<PeerId, Instant>,
+    need_map: bool,
 ) -> Result<Option<(PeerId, ChunkMap)>, SwarmError> {
     let mut last_providers: Option<Instant> = None;
     // A DHT lookup answers in up to seconds; meanwhile the layout is still
@@ -413,7 +603,7 @@ async fn fetch_map<S: ChunkStore>(
     let started = Instant::now();
     while started.elapsed() < MAP_WAIT {
         // The layout may arrive meanwhile by other means (gateway gossip).
-        if inner.store.layout(&blob).is_some() {
+        if map_ready(inner, &blob, need_map) {
             return Ok(None);
         }
         // Connected peers first (no lookup), then DHT providers now and
@@ -477,15 +667,21 @@ pub(super) async fn fill_map<S: ChunkStore>(
     blob: Digest,
     peers: Vec<PeerId>,
 ) -> Result<bool, SwarmError> {
-    if inner.store.chunk_map(&blob).is_some() {
+    if map_ready(inner, &blob, true) {
         return Ok(true);
     }
     let mut asked = HashMap::new();
     while let Some((peer, map)) = ask_for_map(inner, blob, peers.clone(), &mut asked).await {
-        match inner.store.put_chunk_map(blob, &map).await {
-            Ok(()) => return Ok(inner.store.chunk_map(&blob).is_some()),
+        // Provisional: the gap's chunks are held back until the whole
+        // blob (or the gateway's digests) confirm them.
+        match inner.store.put_peer_chunk_map(blob, &map, peer).await {
+            Ok(()) => return Ok(map_ready(inner, &blob, true)),
             // Contradicts the gateway's signed digests or the pinned size.
             Err(ChunkStoreError::FalseLayout(reason)) => penalise(inner, peer, &reason),
+            Err(ChunkStoreError::Disputed(d)) => {
+                let reason = d.reason;
+                info!(%peer, %blob, %reason, "chunk map disputed; asking on");
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -305,7 +305,51 @@ impl<S: ChunkStore> Exchange<S> {
             relay: config.relay,
         });
         tokio::spawn(serve::accept_loop(inner.clone(), incoming));
+        if let Some(events) = inner.store.subscribe_events() {
+            tokio::spawn(ban_refuted(inner.clone(), events));
+        }
         Ok(Exchange { inner })
+    }
+}
+
+/// Bans the sources of chunk digests the store proved false, whichever
+/// path proved them (the gateway's signed digests arriving by gossip,
+/// this node's own registry pull, a whole-blob check): a peer that served
+/// a chunk map contradicting authoritative digests lied.
+async fn ban_refuted<S: ChunkStore>(
+    inner: Arc<Inner<S>>,
+    mut events: tokio::sync::broadcast::Receiver<crate::store::StoreEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let ev = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        match ev {
+            Ok(crate::store::StoreEvent::DigestsRefuted {
+                blob,
+                sources,
+                reason,
+            }) => {
+                for peer in sources {
+                    warn!(%peer, %blob, %reason, "false chunk digests; banning their source");
+                    inner
+                        .bans
+                        .ban(peer, format!("false chunk digests of {blob}: {reason}"));
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => {
+                // The refuting paths that know their caller ban directly too
+                // (digest gossip, downloads); only the rest can be missed.
+                warn!(
+                    missed = n,
+                    "store events missed; a refuted digest source may go unbanned"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

@@ -325,7 +325,7 @@ async fn next_stored(
             Ok(StoreEvent::ChunkStored { blob, .. }) | Ok(StoreEvent::BlobComplete { blob }) => {
                 return Some(blob)
             }
-            Ok(StoreEvent::BlobFailed { .. }) => continue,
+            Ok(StoreEvent::BlobFailed { .. } | StoreEvent::DigestsRefuted { .. }) => continue,
             Err(RecvError::Lagged(_)) => return None,
             Err(RecvError::Closed) => {
                 *events = None;

@@ -334,8 +334,13 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                                 .await
                             {
                                 Ok(outcome) => {
-                                    // Verified: its relays may finish.
-                                    if let Some(relay) = relay {
+                                    // Verified: its relays may finish. Not
+                                    // a chunk that rests on a peer's
+                                    // provisional digest (held back until
+                                    // confirmed): its relays abort.
+                                    let confirmed =
+                                        inner.store.bitfield(&blob).is_some_and(|b| b.get(index));
+                                    if let (Some(relay), true) = (relay, confirmed) {
                                         relay.verified();
                                     }
                                     if outcome == ChunkWrite::AlreadyHad {
