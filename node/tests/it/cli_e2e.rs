@@ -603,6 +603,8 @@ fn docker_has(tag: &str) -> bool {
 /// Needs dockerd, which `scripts/install-deps.sh` starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_removes_the_image_from_docker() {
+    // Started here when nothing else did (the import tests do the same).
+    let _dockerd = crate::support::import::ensure_dockerd();
     let registry = TestRegistry::start().await.unwrap();
     let image = build_and_push(&registry, "docker").await;
     let dir = tempfile::tempdir().unwrap();
