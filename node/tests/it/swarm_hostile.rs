@@ -174,8 +174,7 @@ async fn a_gossip_flood_is_rate_limited_and_the_node_stays_responsive() {
 async fn a_banned_peer_that_reconnects_stays_banned() {
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("a");
-    let a = start(&d, config(&d, "lab", &[])).await;
+    let a = start_in(tmp.path(), "a", &[]).await;
     let (bad, mut swarm) = hostile();
     let mut control = swarm.behaviour().stream.new_control();
     let target: Multiaddr = a.addr.clone();
@@ -237,8 +236,7 @@ async fn a_banned_peer_that_reconnects_stays_banned() {
 async fn foreign_dht_records_are_dropped() {
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("a");
-    let a = start(&d, config(&d, "lab", &[])).await;
+    let a = start_in(tmp.path(), "a", &[]).await;
     let (_, mut swarm) = hostile();
     let target_id = a.client.local_peer_id();
     swarm
@@ -285,13 +283,11 @@ async fn a_chunk_map_of_another_size_gets_its_sender_banned_and_the_blob_complet
     let chunk = 256 << 10;
     let (data, digest, map) = blob(3 << 20, 7, chunk);
     let (_, _, longer) = blob(6 << 20, 8, chunk);
-    let d = tmp.path().join("liar");
-    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar = start_in(tmp.path(), "liar", &[]).await;
     liar.store.put_chunk_map(digest, &longer).await.unwrap();
     assert!(liar.store.chunk_map(&digest).is_some());
 
-    let d = tmp.path().join("victim");
-    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
     victim.store.expect_size(digest, map.blob_size()).unwrap();
     eventually(
         "victim meets the liar",
@@ -317,8 +313,7 @@ async fn a_chunk_map_of_another_size_gets_its_sender_banned_and_the_blob_complet
         "the false layout was taken"
     );
 
-    let d = tmp.path().join("honest");
-    let honest = start(&d, config(&d, "lab", &[])).await;
+    let honest = start_in(tmp.path(), "honest", &[]).await;
     seed(&honest, &data, digest, &map).await;
     victim.client.dial(honest.addr.clone()).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), fetch)
@@ -349,15 +344,12 @@ async fn a_chunk_map_contradicting_the_gateway_digests_gets_its_sender_banned() 
     let chunk = 256 << 10;
     let (data, digest, map) = blob(3 << 20, 9, chunk);
     let (_, _, forged) = blob(3 << 20, 10, chunk);
-    let d = tmp.path().join("liar");
-    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar = start_in(tmp.path(), "liar", &[]).await;
     liar.store.put_chunk_map(digest, &forged).await.unwrap();
-    let d = tmp.path().join("honest");
-    let honest = start(&d, config(&d, "lab", &[])).await;
+    let honest = start_in(tmp.path(), "honest", &[]).await;
     seed(&honest, &data, digest, &map).await;
 
-    let d = tmp.path().join("victim");
-    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
     victim.client.dial(honest.addr.clone()).await.unwrap();
     victim.store.expect_size(digest, map.blob_size()).unwrap();
     // The gateway's signed updates gave the first four digests, then the
@@ -524,8 +516,7 @@ async fn a_false_chunk_map_before_the_gateway_digests_gets_its_sender_banned_and
     let (data, digest, map) = blob(3 << 20, 11, chunk);
     let (forged_data, _, forged) = blob(3 << 20, 12, chunk);
     let n = map.chunk_count();
-    let d = tmp.path().join("liar");
-    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar = start_in(tmp.path(), "liar", &[]).await;
     let liar_id = liar.client.local_peer_id();
     // The liar holds the false map and every chunk matching it but the
     // last (its own store would check the whole blob and drop it).
@@ -536,26 +527,13 @@ async fn a_false_chunk_map_before_the_gateway_digests_gets_its_sender_banned_and
             .await
             .unwrap();
     }
-    let d = tmp.path().join("honest");
-    let honest = start(&d, config(&d, "lab", &[])).await;
+    let honest = start_in(tmp.path(), "honest", &[]).await;
     seed(&honest, &data, digest, &map).await;
 
-    let d = tmp.path().join("victim");
-    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
     victim.store.expect_size(digest, map.blob_size()).unwrap();
     let mut events = victim.store.subscribe();
-    eventually(
-        "victim meets the liar",
-        Duration::from_secs(10),
-        async || {
-            let peers = victim.client.connected_peers().await.unwrap();
-            peers
-                .contains(&liar_id)
-                .then_some(())
-                .ok_or(format!("{peers:?}"))
-        },
-    )
-    .await;
+    meets_peer(&victim, liar_id).await;
     let client = victim.client.clone();
     let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
     // Every chunk the liar has reached the victim's store...
@@ -639,8 +617,7 @@ async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned
     digests[0] = Digest::of(&garbage);
     let forged = ChunkMap::new(map.blob_size(), map.chunk_size(), digests).unwrap();
 
-    let d = tmp.path().join("liar");
-    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar = start_in(tmp.path(), "liar", &[]).await;
     let liar_id = liar.client.local_peer_id();
     liar.store.put_chunk_map(digest, &forged).await.unwrap();
     liar.store.write_chunk(digest, 0, garbage).await.unwrap();
@@ -650,12 +627,10 @@ async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned
             .await
             .unwrap();
     }
-    let d = tmp.path().join("honest");
-    let honest = start(&d, config(&d, "lab", &[])).await;
+    let honest = start_in(tmp.path(), "honest", &[]).await;
     seed(&honest, &data, digest, &map).await;
 
-    let d = tmp.path().join("victim");
-    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
     victim.store.expect_size(digest, map.blob_size()).unwrap();
     victim
         .store
@@ -668,18 +643,7 @@ async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned
         .await
         .unwrap();
     let mut events = victim.store.subscribe();
-    eventually(
-        "victim meets the liar",
-        Duration::from_secs(10),
-        async || {
-            let peers = victim.client.connected_peers().await.unwrap();
-            peers
-                .contains(&liar_id)
-                .then_some(())
-                .ok_or(format!("{peers:?}"))
-        },
-    )
-    .await;
+    meets_peer(&victim, liar_id).await;
     // The gap is filled from the liar's map (it agrees with the tail).
     assert!(victim
         .client
@@ -739,8 +703,7 @@ async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_se
     let (data, digest, map) = blob(3 << 20, 14, chunk);
     let (_, _, forged) = blob(3 << 20, 15, chunk);
     let n = map.chunk_count();
-    let d = tmp.path().join("liar");
-    let liar = start(&d, config(&d, "lab", &[])).await;
+    let liar = start_in(tmp.path(), "liar", &[]).await;
     let liar_id = liar.client.local_peer_id();
     liar.store.put_chunk_map(digest, &forged).await.unwrap();
     let mut honest = Vec::new();
@@ -751,21 +714,9 @@ async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_se
         honest.push(h);
     }
 
-    let d = tmp.path().join("victim");
-    let victim = start(&d, config(&d, "lab", std::slice::from_ref(&liar.addr))).await;
+    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
     victim.store.expect_size(digest, map.blob_size()).unwrap();
-    eventually(
-        "victim meets the liar",
-        Duration::from_secs(10),
-        async || {
-            let peers = victim.client.connected_peers().await.unwrap();
-            peers
-                .contains(&liar_id)
-                .then_some(())
-                .ok_or(format!("{peers:?}"))
-        },
-    )
-    .await;
+    meets_peer(&victim, liar_id).await;
     let client = victim.client.clone();
     let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
     eventually(

@@ -50,6 +50,33 @@ pub(crate) async fn start(dir: &Path, config: SwarmConfig) -> TestNode {
     }
 }
 
+/// Starts a node of locality "lab" whose data dir is `name` under `root`.
+pub(crate) async fn start_in(root: &Path, name: &str, bootstrap: &[Multiaddr]) -> TestNode {
+    let dir = root.join(name);
+    start(&dir, config(&dir, "lab", bootstrap)).await
+}
+
+/// Waits (up to 10 s) until `node` is connected to `peer`.
+pub(crate) async fn meets_peer(node: &TestNode, peer: libp2p::PeerId) {
+    super::eventually(
+        "the node meets the peer",
+        Duration::from_secs(10),
+        async || {
+            let peers = node
+                .client
+                .connected_peers()
+                .await
+                .map_err(|e| e.to_string())?;
+            if peers.contains(&peer) {
+                Ok(())
+            } else {
+                Err(format!("{peers:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 /// Waits (up to 20 s) until `node` is connected to at least `peers` peers.
 pub(crate) async fn meets(node: &TestNode, peers: usize) {
     super::eventually(
