@@ -77,6 +77,19 @@ struct Blob {
 }
 
 impl Blob {
+    /// A deterministic blob of `LEN` bytes (byte `lane` of a multiplicative
+    /// hash of each index), with its digest and chunk map.
+    fn test(lane: usize) -> Blob {
+        let bytes: Vec<u8> = (0..LEN)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[lane])
+            .collect();
+        Blob {
+            digest: Digest::of(&bytes),
+            map: ChunkMap::from_bytes(&bytes, ChunkSize::MIN),
+            bytes,
+        }
+    }
+
     fn chunk(&self, i: u32) -> Bytes {
         let r = self.map.chunk_range(i).unwrap();
         Bytes::copy_from_slice(&self.bytes[r.start as usize..r.end as usize])
@@ -90,14 +103,7 @@ async fn open(dir: &Path) -> Store {
 }
 
 async fn run(ops: Vec<Op>) {
-    let bytes: Vec<u8> = (0..LEN)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2])
-        .collect();
-    let blob = Blob {
-        digest: Digest::of(&bytes),
-        map: ChunkMap::from_bytes(&bytes, ChunkSize::MIN),
-        bytes,
-    };
+    let blob = Blob::test(2);
     let d = blob.digest;
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path()).await;
@@ -298,14 +304,7 @@ impl PModel {
 }
 
 async fn run_provenance(ops: Vec<POp>, false_chunks: BTreeSet<u32>) {
-    let bytes: Vec<u8> = (0..LEN)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
-        .collect();
-    let blob = Blob {
-        digest: Digest::of(&bytes),
-        map: ChunkMap::from_bytes(&bytes, ChunkSize::MIN),
-        bytes,
-    };
+    let blob = Blob::test(1);
     let d = blob.digest;
     // The liar's chunks: false where `false_chunks` says, true elsewhere;
     // its map describes them.
