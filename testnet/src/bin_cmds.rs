@@ -156,6 +156,22 @@ pub(crate) fn images_cmd(state_dir: &Path, a: ImagesArgs) -> Result<()> {
     Ok(())
 }
 
+/// Builds and pushes one test image of `size_mb` (tag `v1`, no other
+/// versions); see [`experiment::push_images`].
+pub(crate) fn push_one_image(
+    topo: &Topology,
+    tools: &Tools,
+    registry_host: &str,
+    size_mb: u64,
+    layout: Layout,
+    work: &Path,
+) -> Result<TestImage> {
+    experiment::push_images(topo, tools, registry_host, &[size_mb], false, layout, work)?
+        .into_iter()
+        .find(|i| i.tag == "v1")
+        .context("the helper pushed no v1 image")
+}
+
 pub(crate) fn print_images(images: &[TestImage]) {
     for i in images {
         println!(
@@ -442,16 +458,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         a.image_mb,
         reg.url()
     );
-    let images = experiment::push_images(
-        &topo,
-        &tools,
-        &reg.host(),
-        &[a.image_mb],
-        false,
-        Layout::Base,
-        &work,
-    )?;
-    let img = images.into_iter().next().context("no image pushed")?;
+    let img = push_one_image(&topo, &tools, &reg.host(), a.image_mb, Layout::Base, &work)?;
     println!(
         "image {} : {} MB in {} layers",
         img.reference,

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use edgeswarm_testnet::experiment::{self, RunSpec};
+use edgeswarm_testnet::experiment::RunSpec;
 use edgeswarm_testnet::mirror_pull::{self, CtrRun, CtrSpec, Setup};
 
 use crate::MirrorPullArgs;
@@ -51,20 +51,9 @@ pub(crate) fn mirror_pull_cmd(a: MirrorPullArgs) -> Result<()> {
         &out.join("registry"),
     )?;
     eprintln!("   building and pushing the {} MB test image", a.image_mb);
-    let images = experiment::push_images(
-        &topo,
-        &tools,
-        &reg.host(),
-        &[a.image_mb],
-        false,
-        a.layout,
-        &out,
-    )?;
-    crate::bin_cmds::print_images(&images);
-    let image = images
-        .into_iter()
-        .find(|i| i.tag == "v1")
-        .context("the helper pushed no v1 image")?;
+    let image =
+        crate::bin_cmds::push_one_image(&topo, &tools, &reg.host(), a.image_mb, a.layout, &out)?;
+    crate::bin_cmds::print_images(std::slice::from_ref(&image));
     let spec = CtrSpec {
         run: RunSpec {
             image: image.reference.clone(),

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use edgeswarm_testnet::experiment;
 use edgeswarm_testnet::images::TestImage;
 use edgeswarm_testnet::watch;
 
@@ -101,19 +100,8 @@ pub(crate) fn pull_bench_cmd(a: PullBenchArgs) -> Result<()> {
         a.image_mb,
         a.layout.name()
     );
-    let images = experiment::push_images(
-        &topo,
-        &tools,
-        &reg.host(),
-        &[a.image_mb],
-        false,
-        a.layout,
-        &out,
-    )?;
-    let image = images
-        .into_iter()
-        .find(|i| i.tag == "v1")
-        .context("the helper pushed no v1 image")?;
+    let image =
+        crate::bin_cmds::push_one_image(&topo, &tools, &reg.host(), a.image_mb, a.layout, &out)?;
     crate::bin_cmds::print_images(std::slice::from_ref(&image));
 
     let link = topo.host_link(a.rate, a.queue_ms)?;
