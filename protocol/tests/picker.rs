@@ -24,6 +24,7 @@ fn config() -> PickerConfig {
         timeout_base_ms: 1_000,
         timeout_ms_per_mib: 8_000,
         busy_backoff_ms: 500,
+        spare_patience_ms: 5_000,
     }
 }
 
@@ -661,6 +662,7 @@ mod invariants {
                 timeout_base_ms: 1_000,
                 timeout_ms_per_mib: 1_000,
                 busy_backoff_ms: 300,
+                spare_patience_ms: 1_000,
             };
             let mut p = picker(cfg, CHUNKS);
             // Our model of what peers hold and what we hold.
@@ -795,8 +797,36 @@ fn try_elsewhere_backs_a_lone_holder_off_that_chunk_only() {
     p.peer_bitfield(&2, &blob(), bits(2, [0])).unwrap();
     let r = p.next_requests(20);
     assert_eq!((r[0].peer, r[0].index), (2, 0));
-    p.request_failed(&2, &blob(), 0, FailReason::Busy, 30);
+    // Alone again (peer 2 was wrong about it), peer 1 is asked once the
+    // backoff has passed.
+    p.request_failed(&2, &blob(), 0, FailReason::NotHave, 30);
     assert_eq!(indices(&p.next_requests(510)), vec![0]);
+}
+
+#[test]
+fn a_seed_that_spared_a_chunk_waits_its_patience_while_another_holder_has_it() {
+    let mut p = picker(config(), 2);
+    // Peer 1 is the seed (holds both chunks), peer 2 holds chunk 0.
+    p.peer_bitfield(&1, &blob(), bits(2, [0, 1])).unwrap();
+    p.peer_bitfield(&2, &blob(), bits(2, [0])).unwrap();
+    p.set_peer_limit(&2, Some(0));
+    // Peer 2 takes no requests for now: both chunks go to the seed.
+    assert_eq!(sorted(&p.next_requests(0)), vec![0, 1]);
+    p.request_failed(&1, &blob(), 0, FailReason::TryElsewhere, 10);
+    p.set_peer_limit(&2, Some(1));
+    p.request_failed(&2, &blob(), 0, FailReason::Busy, 300);
+    // Past the backoff (510) the seed is free and peer 2 still busy
+    // (until 800), yet the seed is not asked again: peer 2 holds the
+    // chunk.
+    assert!(p.next_requests(600).is_empty());
+    let r = p.next_requests(800);
+    assert_eq!((r[0].peer, r[0].index), (2, 0));
+    p.request_failed(&2, &blob(), 0, FailReason::Busy, 4_900);
+    assert!(p.next_requests(5_000).is_empty());
+    // Its patience (5 s since the first refusal) spent, the seed is asked
+    // while peer 2 is still busy.
+    let r = p.next_requests(5_010);
+    assert_eq!((r[0].peer, r[0].index), (1, 0));
 }
 
 #[test]

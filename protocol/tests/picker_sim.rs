@@ -46,6 +46,7 @@ fn simulate(seeds: u32, nodes: u32, chunks: u32, k: usize, window: u32, seed: u6
                 timeout_base_ms: 60_000,
                 timeout_ms_per_mib: 0,
                 busy_backoff_ms: 100,
+                spare_patience_ms: PickerConfig::default().spare_patience_ms,
             });
             picker
                 .add_blob(blob, blob_size, chunk_size, have[me as usize].clone())

@@ -841,6 +841,7 @@ impl Sim {
                         timeout_base_ms: 10_000,
                         timeout_ms_per_mib: 4_000,
                         busy_backoff_ms: 250,
+                        spare_patience_ms: PickerConfig::default().spare_patience_ms,
                     });
                     for b in &blobs {
                         p.add_blob(b.digest, b.size, chunk_size, Bitfield::new(b.count))
