@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use edgeswarm_node::swarm::{Node, SwarmConfig};
 use libp2p::Multiaddr;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Command line of `edgeswarm-bootstrap`.
 #[derive(Parser, Debug)]
@@ -37,10 +40,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // `RUST_LOG` as `target=level` directives (`info`, `libp2p_kad=debug`);
+    // `Targets` rather than `EnvFilter`, whose span and field syntax links
+    // a regex engine (docs/OPERATOR.md, "Binary size").
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_max_level(LevelFilter::TRACE)
+        .finish()
+        .with(filter)
         .init();
     let args = Args::parse();
     let data_dir = args
