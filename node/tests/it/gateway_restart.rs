@@ -454,7 +454,8 @@ async fn a_gateway_back_wiped_while_the_runner_up_pulls_defers_to_it() {
     // resume and learns the release from its peers' anti-entropy push,
     // before it has heard who pulls it. Held like a resumed release, it
     // defers to the runner-up; treated as a fresh release it elected
-    // itself at once and pulled the rest of the layer again (1.370x the image; 1.016x with the hold).
+    // itself at once and pulled the rest of the layer again (1.370x the
+    // image; 1.016x with the hold).
     back_while_the_runner_up_pulls(true).await;
 }
 
