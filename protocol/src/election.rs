@@ -30,7 +30,10 @@
 //! instead of pulling them a second time; two gateways that both act (a
 //! healed partition) agree on the better-ranked one, and the other stops;
 //! an incumbent that goes silent stops acting after [`INCUMBENCY`] and
-//! the ranking takes over again.
+//! the ranking takes over again. An elector late to a release (it resumed
+//! it from disk, or learned it from its peers after a wipe) knows none of
+//! the elections made before: it counts every acting candidate
+//! ([`Candidate::elected_before`]), so a wiped gateway defers too.
 
 use std::time::Duration;
 
@@ -144,7 +147,8 @@ pub struct Candidate<'a, C: ?Sized> {
     pub acted: Option<Duration>,
     /// Whether the elector elected it for this release before (true for
     /// every candidate when the elector cannot know: it restarted and
-    /// resumed the release from its persisted state).
+    /// resumed the release from its persisted state, or it learned the
+    /// release late from its peers, say after its data dir was wiped).
     pub elected_before: bool,
 }
 
@@ -311,6 +315,46 @@ mod tests {
         sim2.act(r);
         sim2.kill(r);
         assert_eq!(sim2.elect(), Some(order[2]));
+    }
+
+    #[test]
+    fn a_wiped_gateway_learning_the_release_late_defers_and_takes_over_when_none_acts() {
+        let mut sim = Sim::new(4);
+        let order = sim.ranked();
+        let (g, r) = (order[0], order[1]);
+        // G was elected and killed; the runner-up took the release over
+        // and pulls. G comes back with a wiped data dir and learns the
+        // release from its peers: it never elected anyone for it.
+        let mut wiped = Sim::new(4);
+        wiped.act(r);
+        // Electing as a fresh elector, the ranking puts G first and R's
+        // acting does not count (the gap: G pulled the layer again).
+        let mut fresh = Sim::new(4);
+        fresh.act(r);
+        assert_eq!(fresh.elect(), Some(g));
+        // As a late elector (like a resumed one) it counts every acting
+        // candidate, and defers while R acts.
+        wiped.history = (0..4).collect();
+        for _ in 0..20 {
+            assert_eq!(wiped.elect(), Some(r), "at {:?}", wiped.now);
+            wiped.advance(1);
+            wiped.act(r);
+        }
+        // R done and quiet: G takes the release back by rank.
+        wiped.advance(INCUMBENCY.as_secs() + 1);
+        assert_eq!(wiped.elect(), Some(g));
+        // Back when nobody acts (R died too): G takes over at once.
+        let mut alone = Sim::new(4);
+        alone.history = (0..4).collect();
+        alone.kill(r);
+        assert_eq!(alone.elect(), Some(g));
+        // The others, who elected G and then R, keep R while it acts.
+        sim.elect();
+        sim.kill(g);
+        assert_eq!(sim.elect(), Some(r));
+        sim.restart(g);
+        sim.act(r);
+        assert_eq!(sim.elect(), Some(r));
     }
 
     #[test]

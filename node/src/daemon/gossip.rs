@@ -115,7 +115,7 @@ fn on_release(inner: &Arc<Inner>, source: Option<PeerId>, signed: SignedRelease)
         return;
     }
     match inner.admit_release(&signed) {
-        Ok(Some(release)) => inner.adopt_release(&signed, release),
+        Ok(Some(release)) => inner.adopt_learned_release(&signed, release),
         Ok(None) => {} // held already (anti-entropy re-publishes)
         Err(e) => inner.refuse(&signed, source, &e),
     }

@@ -69,6 +69,8 @@
 //!   A gateway acting on a release (signing its chunk digests, or
 //!   retrying its pull) keeps it: a killed gateway that returns while the
 //!   runner-up pulls defers to it (`protocol::election::elect_acting`),
+//!   whether it resumes the release from disk or, wiped, learns it from
+//!   its peers (`drive`: a release it is late to is held and deferred),
 //!   and of two gateways pulling at once the worse-ranked one stops.
 //! - Non-goals: scheduling containers after import; pulling from more than
 //!   one registry mirror.
@@ -225,6 +227,10 @@ pub(crate) struct Inner {
     /// One registry pull of a layer at a time on this node, whichever
     /// releases want it (see `gateway::pull_layer`).
     layer_pulls: gateway::LayerPulls,
+    /// When this daemon started: a release learned from peers before it
+    /// has heard every live peer is held like a resumed one
+    /// (`Inner::late_hold`).
+    started: std::time::Instant,
 }
 
 /// A running node daemon. Cheap to clone.
@@ -290,6 +296,7 @@ impl Daemon {
             ready: Default::default(),
             announce_availability: Default::default(),
             layer_pulls: Default::default(),
+            started: std::time::Instant::now(),
         });
         // Subscribe before resuming, so no release gossiped meanwhile is missed.
         let gossip_rx = inner.swarm.subscribe_gossip();

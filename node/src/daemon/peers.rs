@@ -307,6 +307,21 @@ impl Peers {
         self.lock().peers.get(peer).is_some_and(|e| e.vouches(id))
     }
 
+    /// Whether the locality is at work on release `id` already: a peer
+    /// signed a gateway message of it (it pulls or pulled it), or a live
+    /// peer reports it done or its pull retrying. A node that only now
+    /// learns such a release is late to it (`Inner::late_hold`).
+    pub(super) fn work_on(&self, id: &Digest) -> bool {
+        self.lock().peers.values().any(|e| {
+            e.vouches(id)
+                || e.live()
+                    && e.status.releases.iter().any(|r| {
+                        r.release_id == *id
+                            && (r.state == ReleaseState::Done || r.waiting.is_some())
+                    })
+        })
+    }
+
     /// Records that `peer` signed a gateway message of release `id` just
     /// now (it accepted the release, and acts on it as gateway). True when
     /// this is news (it had not signed one, or not within

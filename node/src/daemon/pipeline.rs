@@ -39,6 +39,11 @@ const MIRROR_FETCH_DEADLINE: Duration = Duration::from_secs(30 * 60);
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// Pause between attempts while no peer holds a blob yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// How often a layer's digest fill looks again (whether the layer is
+/// declared, whether a peer holds it complete): a gap is filled only from
+/// a holder's map, and a holder appears when a gateway's pull is over, so
+/// a second later costs little against a pull of seconds.
+const FILL_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest manifest or config read into memory.
 const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
 
@@ -129,13 +134,19 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
         .sum();
     inner.releases.set_layers(&id, &layers, held_before);
     inner.set_state(&id, ReleaseState::Fetching);
+    // A layer's digests may have a gap no gateway signs again, and the
+    // downloader requests only the known prefix: the gap is filled from a
+    // holder's map. A layer left partial shows it now; a layer not
+    // declared yet only once declared: a node that learns the release
+    // while a gateway pulls it (a wiped gateway back, a late joiner)
+    // declares it with the first digest update it accepts, the earlier
+    // ones gone. Filled only when found partial here, such a layer was
+    // never filled, and the node stayed in Fetching with every peer done
+    // (`gateway_restart`'s wiped gateway: Fetching, then its layer
+    // declared 94 ms later with no digest for its first 51 chunks).
     for layer in &layers {
-        let partial = inner
-            .store
-            .blob_info(&layer.digest)
-            .is_some_and(|info| info.digests_known < info.chunk_count);
-        if partial && !inner.store.is_complete(&layer.digest) {
-            tokio::spawn(fill_digests(inner.clone(), id, layer.digest));
+        if !inner.store.is_complete(&layer.digest) {
+            tokio::spawn(fill_digests_once_declared(inner.clone(), id, layer.digest));
         }
     }
 
@@ -406,7 +417,7 @@ impl GiveUp {
 
 /// Fills the chunk digests of a layer left partial, with a gap in its
 /// digests (updates gossiped while this node was down, or before it had
-/// elected the release's gateway after a restart, are gone for good), from
+/// learned the release or elected its gateway, are gone for good), from
 /// a live peer holding the layer complete. Ends once every digest is known,
 /// the layer completes, or the release is no longer tracked.
 pub(super) async fn fill_digests(inner: Arc<Inner>, release: Digest, blob: Digest) {
@@ -432,7 +443,25 @@ pub(super) async fn fill_digests(inner: Arc<Inner>, release: Digest, blob: Diges
                 Err(e) => tracing::debug!(%blob, error = %e, "chunk map not filled yet"),
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(FILL_INTERVAL).await;
+    }
+}
+
+/// [`fill_digests`] once `blob` is declared (by a resolution, a digest
+/// update or a peer's map). While it is not, the download asks a holder
+/// for the map itself; the fill is for a gap in digests declared since.
+async fn fill_digests_once_declared(inner: Arc<Inner>, release: Digest, blob: Digest) {
+    loop {
+        if inner.store.is_complete(&blob)
+            || inner.shutdown.is_cancelled()
+            || inner.releases.get(&release).is_none()
+        {
+            return;
+        }
+        if inner.store.blob_info(&blob).is_some() {
+            return fill_digests(inner, release, blob).await;
+        }
+        tokio::time::sleep(FILL_INTERVAL).await;
     }
 }
 

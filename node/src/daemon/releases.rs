@@ -107,18 +107,19 @@ struct Tracked {
     /// Every gateway this node elected for it, at most `MAX_ELECTED`
     /// (an acting one keeps the release: `election::elect_acting`).
     elected: Vec<PeerId>,
-    /// Resumed at start from the persisted desired state: this node does
-    /// not know whom it elected before, and defers to any gateway acting
-    /// on the release.
-    resumed: bool,
+    /// Resumed at start from the persisted desired state, or learned
+    /// late from peers (a wiped node, a healed partition): this node does
+    /// not know whom it (or its peers) elected before, and defers to any
+    /// gateway acting on the release.
+    late: bool,
     /// Gateways elected for it that stayed silent (signed no gateway
     /// message of it within `GATEWAY_SILENCE`): passed over since, at
     /// most `MAX_SILENT`.
     silent: Vec<PeerId>,
     /// Whether this node started pulling it as gateway.
     pulling: bool,
-    /// No gateway pull starts before this (a release resumed at start:
-    /// see [`Releases::hold_pull`]).
+    /// No gateway pull starts before this (a release resumed at start or
+    /// learned late: see [`Releases::hold_pull`]).
     hold_pull_until: Option<Instant>,
     /// Whether this node's pull (if any) has decided which layers it
     /// pulls from the registry (they are then in `Table::pulling_blobs`).
@@ -301,7 +302,7 @@ impl Releases {
                 gateway: None,
                 gateway_since: None,
                 elected: Vec::new(),
-                resumed: false,
+                late: false,
                 silent: Vec::new(),
                 pulling: false,
                 hold_pull_until: None,
@@ -333,15 +334,17 @@ impl Releases {
         true
     }
 
-    /// Starts no gateway pull of release `id` before `until`. A release
-    /// resumed at start is elected among the gateways this node has heard
-    /// of, which at first is itself alone, and pulled of what the peers it
-    /// has not heard from yet hold: it waits until their status and
-    /// availability came in.
+    /// Starts no gateway pull of release `id` before `until`, and defers
+    /// to any gateway acting on it (this node is late to it: resumed at
+    /// start, or learned from peers). Such a release is elected among the
+    /// gateways this node has heard of, which at first is itself alone,
+    /// and pulled of what the peers it has not heard from yet hold: it
+    /// waits until their status, availability and gateway messages came
+    /// in.
     pub(super) fn hold_pull(&self, id: &Digest, until: Instant) {
         if let Some(t) = self.lock().releases.get_mut(id) {
             t.hold_pull_until = Some(until);
-            t.resumed = true;
+            t.late = true;
         }
     }
 
@@ -392,7 +395,7 @@ impl Releases {
                 } else {
                     *acted
                 },
-                elected_before: t.resumed || elected.contains(c),
+                elected_before: t.late || elected.contains(c),
             }),
         );
         let peer = |c: &[u8]| PeerId::from_bytes(c).expect("candidates are encoded peer ids");
@@ -930,6 +933,60 @@ mod tests {
         let acting_me = (me.to_bytes(), Stance::Accepted, Some(Duration::ZERO));
         fresh.schedule(&id, &[yes(better), acting_me], observer, |_| false);
         assert_eq!(fresh.gateway_of(&id), Some(Some(better)));
+    }
+
+    #[test]
+    fn a_release_learned_late_defers_to_an_acting_gateway_and_is_pulled_when_none_acts() {
+        let (table, id) = one("reg/app:v1");
+        let manifest = table.get(&id).unwrap().release.manifest;
+        let runner_up = PeerId::random();
+        let me = better_ranked(&manifest, &runner_up);
+        // This node, wiped and back, is pushed the release by a peer
+        // before it has heard anyone: alone, ranked first, held.
+        table.hold_pull(&id, Instant::now() + Duration::from_secs(60));
+        let work = table.schedule(&id, &[yes(me)], me, |_| false);
+        assert!(work.pull.is_none(), "pulled before the hold ended");
+        // It hears the runner-up, which pulls (signs chunk digests): it
+        // defers to it, during the hold and after.
+        let acting = (
+            runner_up.to_bytes(),
+            Stance::Accepted,
+            Some(Duration::from_secs(1)),
+        );
+        table.schedule(&id, &[yes(me), acting.clone()], me, |_| false);
+        assert_eq!(table.gateway_of(&id), Some(Some(runner_up)));
+        table.hold_pull(&id, Instant::now());
+        let work = table.schedule(&id, &[yes(me), acting.clone()], me, |_| false);
+        assert!(work.pull.is_none(), "pulled while the runner-up acts");
+        assert_eq!(table.gateway_of(&id), Some(Some(runner_up)));
+        // The runner-up quiet past the incumbency (done, or dead): the
+        // ranking hands the release back, and this node pulls.
+        let quiet = (
+            runner_up.to_bytes(),
+            Stance::Accepted,
+            Some(election::INCUMBENCY + Duration::from_secs(1)),
+        );
+        let work = table.schedule(&id, &[yes(me), quiet], me, |_| false);
+        assert!(work.pull.is_some(), "nobody acts: this node takes over");
+        // Back when nobody acts at all: it takes over once the hold ends.
+        let (alone, id) = one("reg/app:v1");
+        alone.hold_pull(&id, Instant::now() + Duration::from_secs(60));
+        assert!(alone
+            .schedule(&id, &[yes(me)], me, |_| false)
+            .pull
+            .is_none());
+        alone.hold_pull(&id, Instant::now());
+        assert!(alone
+            .schedule(&id, &[yes(me)], me, |_| false)
+            .pull
+            .is_some());
+        // Not marked late (the gap): it elected itself over the acting
+        // runner-up, whom it never elected, and pulled again.
+        let (unmarked, id) = one("reg/app:v1");
+        assert!(unmarked
+            .schedule(&id, &[yes(me), acting], me, |_| false)
+            .pull
+            .is_some());
     }
 
     #[test]

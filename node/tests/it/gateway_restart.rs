@@ -6,6 +6,8 @@
 //! release from its persisted desired state and the chunks it verified,
 //! pulling only the rest (Range), and every node completes. No node stores
 //! a verified chunk twice, and the cloud link carries the image about once.
+//! The same with the killed gateway's data dir wiped: it learns the
+//! release again from its peers, and defers to the runner-up as well.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -172,6 +174,10 @@ struct Scenario {
     /// crossed the cloud link.
     kill_at_percent: u64,
     restart: Restart,
+    /// Whether the killed gateway's data dir is wiped before it starts
+    /// again (all but its identity key: the same peer, with no store and
+    /// no desired state, which it learns again from its peers).
+    wipe: bool,
 }
 
 /// A locality of `nodes` `edgeswarm node` processes, the first
@@ -189,6 +195,7 @@ async fn kill_the_gateway_mid_pull(gateways: usize, restart_after: Duration) -> 
         rate: 3 << 20,
         kill_at_percent: 50,
         restart: Restart::After(restart_after),
+        wipe: false,
     })
     .await
 }
@@ -311,6 +318,15 @@ async fn run_scenario(sc: Scenario) -> Outcome {
             );
         }
     }
+    if sc.wipe {
+        let dir = &dirs[victim];
+        let key = std::fs::read(dir.join("identity.key")).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("identity.key"), key).unwrap();
+        // What it stored before is gone: only its new chunks count.
+        logs[victim].clear();
+    }
     let other = (victim + 1) % n;
     let other_addr = status(&nodes[other]).await.unwrap().this.addresses[0].clone();
     let mut args = role(victim);
@@ -320,9 +336,10 @@ async fn run_scenario(sc: Scenario) -> Outcome {
     logs[victim].push(nodes[victim].log.clone());
     let restarted_at = tokio::time::Instant::now();
     let resumed = std::fs::read_to_string(&nodes[victim].log).unwrap();
+    let expected = if sc.wipe { "resumed=0" } else { "resumed=1" };
     assert!(
-        resumed.contains("desired state loaded") && resumed.contains("resumed=1"),
-        "the restarted gateway did not resume the release from its desired state: {resumed}"
+        resumed.contains("desired state loaded") && resumed.contains(expected),
+        "the restarted gateway's desired state: {expected} expected: {resumed}"
     );
     // The restarted gateway may pull a resumed release once its settle
     // hold (5 s) is over: what the cloud link had carried by then tells
@@ -427,6 +444,25 @@ async fn a_gateway_back_while_the_runner_up_pulls_defers_to_it() {
     // leave the release to the runner-up, which is acting on it (signing
     // chunk digests), and fetch the layer from the swarm: without
     // incumbency both pulled the rest of the layer (1.3-1.5x).
+    back_while_the_runner_up_pulls(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_back_wiped_while_the_runner_up_pulls_defers_to_it() {
+    // As above, but the killed gateway's data dir is wiped (its identity
+    // kept, so it is ranked first again): it has no desired state to
+    // resume and learns the release from its peers' anti-entropy push,
+    // before it has heard who pulls it. Held like a resumed release, it
+    // defers to the runner-up; treated as a fresh release it elected
+    // itself at once and pulled the rest of the layer again (1.370x the
+    // image; 1.016x with the hold).
+    back_while_the_runner_up_pulls(true).await;
+}
+
+/// The killed gateway back (wiped or not) while the runner-up pulls: it
+/// defers, the cloud link carries the image about once and every node
+/// completes.
+async fn back_while_the_runner_up_pulls(wipe: bool) {
     let o = run_scenario(Scenario {
         nodes: 4,
         gateways: 2,
@@ -434,12 +470,13 @@ async fn a_gateway_back_while_the_runner_up_pulls_defers_to_it() {
         rate: 2 << 20,
         kill_at_percent: 25,
         restart: Restart::WhenRunnerUpPulled(2 << 20),
+        wipe,
     })
     .await;
     println!(
-        "gateway killed at {} of {} layer bytes, back while the runner-up pulled \
-         ({:?} bytes delivered when its settle hold ended); cloud link carried {} bytes, \
-         {:.3}x the image",
+        "gateway killed at {} of {} layer bytes, back (wiped: {wipe}) while the runner-up \
+         pulled ({:?} bytes delivered when its settle hold ended); cloud link carried {} \
+         bytes, {:.3}x the image",
         o.delivered_at_kill, o.layers, o.delivered_at_settle, o.cloud, o.ratio
     );
     let settle = o.delivered_at_settle.expect("done before the hold ended");
