@@ -758,3 +758,106 @@ async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_se
         n.stop().await;
     }
 }
+
+/// Upload cap of the slow honest holder below: 16 chunks of 256 KiB take
+/// it 8 s, long enough for two fast liars to dispute its map, and well
+/// under the 11 s a 256 KiB request may take before the requester counts
+/// it stalled (10 s base plus 1 s at 256 KiB/s).
+const SLOW_HONEST_RATE: u64 = 512 << 10;
+
+/// Two members agree on a false chunk map (every digest false but the
+/// last) and serve the chunks matching it, all but the last (a real store
+/// never holds a whole blob that fails its check); the only honest holder
+/// is slow. The victim takes the honest map first; the two liars' chunks
+/// dispute it and it is set aside. The liars' map is taken next, and the
+/// whole-blob check (once the honest peer's last chunk is in) refutes it
+/// and bans its source; the other liar goes the same way. The honest map,
+/// set aside on the word of peers since proven liars, is asked for again
+/// and the real blob completes in bounded time. Before the fix the honest
+/// peer stayed avoided for the whole download: once both liars were
+/// banned nobody was asked for a map, and the fetch failed after waiting
+/// 60 s for one (a daemon retried it with a download that never asks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_completes() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(4 << 20, 16, chunk);
+    let (forged_data, _, _) = blob(4 << 20, 17, chunk);
+    let n = map.chunk_count();
+    let mut digests: Vec<Digest> = (0..n - 1)
+        .map(|i| Digest::of(&chunk_of(&forged_data, &map, i)))
+        .collect();
+    digests.push(map.digests()[n as usize - 1]);
+    let forged = ChunkMap::new(map.blob_size(), map.chunk_size(), digests).unwrap();
+    let mut liars = Vec::new();
+    for name in ["liar1", "liar2"] {
+        let liar = start_in(tmp.path(), name, &[]).await;
+        liar.store.put_chunk_map(digest, &forged).await.unwrap();
+        for i in 0..n - 1 {
+            liar.store
+                .write_chunk(digest, i, chunk_of(&forged_data, &map, i))
+                .await
+                .unwrap();
+        }
+        liars.push(liar);
+    }
+    let d = tmp.path().join("honest");
+    let mut c = config(&d, "lab", &[]);
+    c.max_upload_rate = Some(SLOW_HONEST_RATE);
+    let honest = start(&d, c).await;
+    seed(&honest, &data, digest, &map).await;
+    let honest_id = honest.client.local_peer_id();
+
+    // Only the honest peer is connected when the download asks for a map.
+    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&honest.addr)).await;
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    meets_peer(&victim, honest_id).await;
+    let started = Instant::now();
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    eventually(
+        "the honest map taken",
+        Duration::from_secs(20),
+        async || {
+            let known = victim
+                .store
+                .blob_info(&digest)
+                .map_or(0, |i| i.digests_known);
+            (known == n).then_some(()).ok_or(known)
+        },
+    )
+    .await;
+    for liar in &liars {
+        victim.client.dial(liar.addr.clone()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(50), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(holds(&victim.store, &digest, &data));
+    // The dispute path ran: the honest map was set aside at least once.
+    let stats = victim.client.stats();
+    assert!(stats.maps_set_aside >= 1, "{stats:?}");
+    println!(
+        "two agreeing liars against a slow honest holder: complete in {:.1} s, {} map(s) set aside",
+        took.as_secs_f64(),
+        stats.maps_set_aside
+    );
+    eventually("both liars banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let out = liars
+            .iter()
+            .all(|l| !peers.contains(&l.client.local_peer_id()));
+        let bans = victim.client.stats().bans;
+        (bans == 2 && out).then_some(()).ok_or(bans)
+    })
+    .await;
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+}
