@@ -137,8 +137,9 @@ impl Provenance {
     /// may be asked again. Without this, two agreeing liars whose chunks
     /// disputed the only honest holder's map had it avoided for the whole
     /// download: once the whole-blob check had banned them both, nobody
-    /// else was asked for a map, and the download waited `MAP_WAIT` (60 s)
-    /// for nothing and failed.
+    /// else was asked for a map, and the download waited for one until
+    /// `MAP_WAIT` (60 s) ran out (measured: not complete after 50 s; 11 s
+    /// with this).
     fn reinstate(&mut self) -> Vec<PeerId> {
         let proven = &self.proven;
         let mut back = Vec::new();
