@@ -36,6 +36,9 @@ pub struct SwarmMetrics {
     pub bad_chunks: Counter,
     /// Peers banned (bad chunks or protocol violations).
     pub bans: Counter,
+    /// Peers' chunk maps set aside because chunks of several other peers
+    /// contradicted them (their digests were learned again).
+    pub maps_set_aside: Counter,
     /// Peers banned right now.
     pub banned_peers: Gauge,
     /// Upload slots running now (rate-based choking under a rate cap).
@@ -119,6 +122,12 @@ impl SwarmMetrics {
             &self.bad_chunks,
         );
         c(registry, "bans", "Peers banned", &self.bans);
+        c(
+            registry,
+            "maps_set_aside",
+            "Peers' chunk maps set aside as disputed by other peers' chunks",
+            &self.maps_set_aside,
+        );
         c(
             registry,
             "stream_bytes_received",
@@ -250,6 +259,7 @@ impl SwarmMetrics {
             bytes_uploaded: self.bytes_uploaded.get(),
             bad_chunks: self.bad_chunks.get(),
             bans: self.bans.get(),
+            maps_set_aside: self.maps_set_aside.get(),
             protocol_violations: self.protocol_violations.get(),
             gossip_rejected: self.gossip_rejected.get(),
             gossip_rate_limited: self.gossip_rate_limited.get(),
@@ -280,6 +290,8 @@ pub struct SwarmStats {
     pub bad_chunks: u64,
     /// Bans issued.
     pub bans: u64,
+    /// Chunk maps set aside as disputed.
+    pub maps_set_aside: u64,
     /// Protocol violations seen.
     pub protocol_violations: u64,
     /// Gossip messages rejected.

@@ -758,3 +758,310 @@ async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_se
         n.stop().await;
     }
 }
+
+/// Upload cap of the slow honest holder below: 16 chunks of 256 KiB take
+/// it 8 s, long enough for two fast liars to dispute its map, and well
+/// under the 11 s a 256 KiB request may take before the requester counts
+/// it stalled (10 s base plus 1 s at 256 KiB/s).
+const SLOW_HONEST_RATE: u64 = 512 << 10;
+
+/// Two members agree on a false chunk map (every digest false but the
+/// last) and serve the chunks matching it, all but the last (a real store
+/// never holds a whole blob that fails its check); the only honest holder
+/// is slow. The victim takes the honest map first; the two liars' chunks
+/// dispute it and it is set aside. The liars' map is taken next, and the
+/// whole-blob check (once the honest peer's last chunk is in) refutes it
+/// and bans its source; the other liar goes the same way. The honest map,
+/// set aside on the word of peers since proven liars, is asked for again
+/// and the real blob completes in bounded time. Before the fix the honest
+/// peer stayed avoided for the whole download: once both liars were
+/// banned nobody was asked for a map, and the fetch failed after waiting
+/// 60 s for one (a daemon retried it with a download that never asks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_completes() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(4 << 20, 16, chunk);
+    let (forged_data, _, _) = blob(4 << 20, 17, chunk);
+    let n = map.chunk_count();
+    let mut digests: Vec<Digest> = (0..n - 1)
+        .map(|i| Digest::of(&chunk_of(&forged_data, &map, i)))
+        .collect();
+    digests.push(map.digests()[n as usize - 1]);
+    let forged = ChunkMap::new(map.blob_size(), map.chunk_size(), digests).unwrap();
+    let mut liars = Vec::new();
+    for name in ["liar1", "liar2"] {
+        let liar = start_in(tmp.path(), name, &[]).await;
+        liar.store.put_chunk_map(digest, &forged).await.unwrap();
+        for i in 0..n - 1 {
+            liar.store
+                .write_chunk(digest, i, chunk_of(&forged_data, &map, i))
+                .await
+                .unwrap();
+        }
+        liars.push(liar);
+    }
+    let d = tmp.path().join("honest");
+    let mut c = config(&d, "lab", &[]);
+    c.max_upload_rate = Some(SLOW_HONEST_RATE);
+    let honest = start(&d, c).await;
+    seed(&honest, &data, digest, &map).await;
+    let honest_id = honest.client.local_peer_id();
+
+    // Only the honest peer is connected when the download asks for a map.
+    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&honest.addr)).await;
+    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    meets_peer(&victim, honest_id).await;
+    let started = Instant::now();
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    eventually(
+        "the honest map taken",
+        Duration::from_secs(20),
+        async || {
+            let known = victim
+                .store
+                .blob_info(&digest)
+                .map_or(0, |i| i.digests_known);
+            (known == n).then_some(()).ok_or(known)
+        },
+    )
+    .await;
+    for liar in &liars {
+        victim.client.dial(liar.addr.clone()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(50), fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(holds(&victim.store, &digest, &data));
+    // The dispute path ran: the honest map was set aside at least once.
+    let stats = victim.client.stats();
+    assert!(stats.maps_set_aside >= 1, "{stats:?}");
+    println!(
+        "two agreeing liars against a slow honest holder: complete in {:.1} s, {} map(s) set aside",
+        took.as_secs_f64(),
+        stats.maps_set_aside
+    );
+    eventually("both liars banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let out = liars
+            .iter()
+            .all(|l| !peers.contains(&l.client.local_peer_id()));
+        let bans = victim.client.stats().bans;
+        (bans == 2 && out).then_some(()).ok_or(bans)
+    })
+    .await;
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+}
+
+/// End to end, with real daemons: a gateway pulling from a real
+/// `docker-registry` through a throttled link (1 MiB/s), an honest node,
+/// and a hostile member (a real swarm node) holding a false chunk map of
+/// the image's second layer (right size, every digest false) and the
+/// chunks matching it but the last. A victim node joins while the gateway
+/// still pulls the first layer: it missed the release's resolution, so
+/// it asks its peers for the second layer's map, and only the liar has
+/// one. The liar's map arrives before any of the gateway's signed digests
+/// of that layer, and while those of the first layer arrive. The victim
+/// takes it provisionally and stores the liar's chunks unconfirmed (never
+/// held: every chunk it ever holds is the real one). When the gateway
+/// reaches the layer, its signed digests refute the map, and the liar is
+/// banned (nothing else can ban it: it serves only chunks matching its
+/// own map, and nobody holds the layer's last chunk before the gateway
+/// has sent its digests). The victim deploys the real image.
+///
+/// Ignored: in the one run so far the attack played out as above (the
+/// store's log: the gateway's digests refuted the map and dropped the
+/// liar's 12 unconfirmed chunks; the liar banned; the attacked layer
+/// complete on the victim), but the victim never finished the *other*
+/// layer, the one the gateway was pulling when it joined (not complete
+/// 90 s later; the honest node there from the start finished in 16 s),
+/// so the assertions after `wait_done` never ran. The same happened with
+/// the refutation bans disabled: a late joiner's stall, not this
+/// attack's; open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a node joining mid-pull never completes the layer being pulled (open; see the doc)"]
+async fn in_a_real_locality_a_liars_chunk_map_loses_to_the_gateways_signed_digests() {
+    use crate::support::daemon::{self as daemons, Locality};
+    use crate::support::push;
+    use edgeswarm_node::daemon::Daemon;
+    use edgeswarm_node::registry::testing::{build_image, ImageSpec, TestRegistry};
+    use edgeswarm_node::registry::Compression;
+    use edgeswarm_protocol::ChunkSize;
+
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    // The first layer keeps the gateway busy for 12 s while the victim
+    // joins and learns the second layer's map from the liar.
+    let image = build_image(
+        ImageSpec::random_layers(&[12 << 20, 3 << 20], 31, Compression::None),
+        build.path(),
+    )
+    .await
+    .unwrap();
+    push(&registry, "hostile/app", "v1", &image).await;
+    let proxy = crate::failover::throttled_proxy(registry.addr(), 1 << 20).await;
+    let reference = format!("{proxy}/hostile/app:v1");
+    let layer = &image.layers[1];
+    let real = std::fs::read(&layer.path).unwrap();
+    // The daemons' chunk size (support::daemon::config) for this layer.
+    let chunk = ChunkSize::new(256 << 10)
+        .unwrap()
+        .for_blob(layer.size)
+        .unwrap();
+    let map = ChunkMap::from_bytes(&real, chunk);
+    let n = map.chunk_count();
+    let (forged_data, _, forged) = blob(real.len(), 32, chunk.get());
+    assert!(map
+        .digests()
+        .iter()
+        .zip(forged.digests())
+        .all(|(a, b)| a != b));
+
+    let locality = Locality::start("hostile", 1, 2).await;
+    let (gateway, honest) = (&locality.daemons[0], &locality.daemons[1]);
+    let gateway_addr = gateway.swarm().listen_addrs().await.unwrap()[0].clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("liar");
+    let liar = start(
+        &d,
+        config(&d, "hostile", std::slice::from_ref(&gateway_addr)),
+    )
+    .await;
+    let liar_id = liar.client.local_peer_id();
+    liar.store
+        .put_chunk_map(layer.digest, &forged)
+        .await
+        .unwrap();
+    for i in 0..n - 1 {
+        liar.store
+            .write_chunk(layer.digest, i, chunk_of(&forged_data, &forged, i))
+            .await
+            .unwrap();
+    }
+
+    let signed = gateway
+        .prepare_release(&reference, vec![], None)
+        .await
+        .unwrap();
+    gateway.publish_release(signed).await.unwrap();
+    eventually(
+        "the gateway pulls the first layer",
+        Duration::from_secs(30),
+        async || {
+            let pulled = gateway.registry().unwrap().stats().bytes_pulled;
+            (pulled >= 1 << 20).then_some(()).ok_or(pulled)
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let victim_dir = tempfile::tempdir().unwrap();
+    let (victim, victim_task) = Daemon::start(daemons::config(
+        victim_dir.path(),
+        "hostile",
+        false,
+        vec![gateway_addr],
+    ))
+    .await
+    .unwrap();
+    victim.swarm().dial(liar.addr.clone()).await.unwrap();
+    // Watches the victim's store until the layer completes: every chunk
+    // it holds (and so may serve) must be the real one; the liar's chunks
+    // must reach it (unconfirmed), or the race was not run.
+    let watcher = {
+        let store = victim.store().clone();
+        let (digest, real, map) = (layer.digest, real.clone(), map.clone());
+        tokio::spawn(async move {
+            let mut checked = edgeswarm_protocol::Bitfield::new(n);
+            let mut most_unconfirmed = 0;
+            let mut false_held = Vec::new();
+            loop {
+                let complete = store.is_complete(&digest);
+                let held = if complete {
+                    Some(edgeswarm_protocol::Bitfield::full(n))
+                } else {
+                    store.bitfield(&digest)
+                };
+                if let Some(u) = store.unconfirmed(&digest) {
+                    most_unconfirmed = most_unconfirmed.max(u.count_ones());
+                }
+                for i in held.iter().flat_map(|h| h.iter_ones()) {
+                    if checked.get(i) {
+                        continue;
+                    }
+                    checked.set(i);
+                    match store.read_chunk(digest, i).await {
+                        Ok(bytes) if bytes == chunk_of(&real, &map, i) => {}
+                        Ok(_) => false_held.push(i),
+                        // Held a moment ago, gone now (refetched later).
+                        Err(_) => checked.clear(i),
+                    }
+                }
+                if complete {
+                    return (most_unconfirmed, false_held);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let everyone = [gateway.clone(), honest.clone(), victim.clone()];
+    daemons::wait_done(&everyone, &reference, Duration::from_secs(90)).await;
+    let took = started.elapsed();
+    let (most_unconfirmed, false_held) = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the watcher never saw the layer complete")
+        .unwrap();
+    assert_eq!(
+        false_held,
+        Vec::<u32>::new(),
+        "the victim held false chunks"
+    );
+    assert!(
+        most_unconfirmed > 0,
+        "the liar's chunks never reached the victim: the race was not run"
+    );
+    println!(
+        "victim done {:.1} s after joining; up to {most_unconfirmed} of the liar's {} chunks held back unconfirmed",
+        took.as_secs_f64(),
+        n - 1
+    );
+    // The real image, byte for byte, in the store and unpacked.
+    for built in &image.layers {
+        let bytes = std::fs::read(&built.path).unwrap();
+        assert!(
+            holds(victim.store(), &built.digest, &bytes),
+            "{}",
+            built.digest
+        );
+    }
+    let rootfs = victim_dir
+        .path()
+        .join("rootfs")
+        .join(edgeswarm_node::import::image_dir_name(&reference));
+    assert!(rootfs.join("data/layer1.bin").is_file());
+    // The liar, and only the liar, is banned.
+    eventually("the liar is banned", Duration::from_secs(10), async || {
+        let peers = victim.swarm().connected_peers().await.unwrap();
+        let bans = victim.swarm().stats().bans;
+        (bans == 1 && !peers.contains(&liar_id))
+            .then_some(())
+            .ok_or(bans)
+    })
+    .await;
+    let peers = victim.swarm().connected_peers().await.unwrap();
+    assert!(peers.contains(&gateway.swarm().local_peer_id()));
+    assert!(peers.contains(&honest.swarm().local_peer_id()));
+    victim.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(10), crate::support::join(victim_task)).await;
+    liar.stop().await;
+    locality.shutdown().await;
+}

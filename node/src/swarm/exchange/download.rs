@@ -4,7 +4,7 @@
 //! ([`super::session`]). Chunk maps of blobs not yet declared here are
 //! asked of connected peers and providers first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,8 +90,16 @@ struct Provenance {
     /// Maps set aside as disputed: once the blob verifies, a peer whose
     /// map contradicts it is proven a liar and banned.
     suspects: Vec<(PeerId, ChunkMap)>,
-    /// Peers whose maps are not asked for again in this download.
-    avoid: std::collections::HashSet<PeerId>,
+    /// Peers whose maps are not asked for again in this download (while
+    /// their set-aside stands, see [`Provenance::reinstate`]).
+    avoid: HashSet<PeerId>,
+    /// Each set-aside map's source, with the peers whose chunks disputed
+    /// it.
+    set_aside: HashMap<PeerId, HashSet<PeerId>>,
+    /// Peers this download proved liars (and banned): senders of corrupt
+    /// chunks or of chunks contradicting their own map, sources of digests
+    /// the whole-blob check refuted.
+    proven: HashSet<PeerId>,
     /// Chunks refused for contradicting a provisional digest: their
     /// sender, index and digest. Once the blob verifies, a sender whose
     /// chunk contradicts it is proven a liar and banned.
@@ -109,6 +117,45 @@ impl Provenance {
         if self.suspects.len() < MAX_MAPS && !self.suspects.iter().any(|(p, _)| *p == peer) {
             self.suspects.push((peer, map));
         }
+    }
+
+    /// Sets `source`'s map aside on the word of `disputers`: not asked
+    /// for again while the dispute stands.
+    fn set_aside(&mut self, source: PeerId, disputers: HashSet<PeerId>) {
+        if let Some(m) = self.taken.remove(&source) {
+            self.suspect(source, m);
+        }
+        self.avoid.insert(source);
+        if self.set_aside.len() < MAX_MAPS {
+            self.set_aside.insert(source, disputers);
+        }
+    }
+
+    /// Takes back the maps set aside on the word of peers since proven
+    /// liars: with fewer than [`DISPUTES_TO_DROP`] of its disputers left
+    /// standing, the dispute does not stand either, and the map's source
+    /// may be asked again. Without this, two agreeing liars whose chunks
+    /// disputed the only honest holder's map had it avoided for the whole
+    /// download: once the whole-blob check had banned them both, nobody
+    /// else was asked for a map, and the download waited for one until
+    /// `MAP_WAIT` (60 s) ran out (measured: not complete after 50 s; 11 s
+    /// with this).
+    fn reinstate(&mut self) -> Vec<PeerId> {
+        let proven = &self.proven;
+        let mut back = Vec::new();
+        self.set_aside.retain(|source, disputers| {
+            let standing = disputers.iter().filter(|p| !proven.contains(p)).count();
+            let stands = standing >= DISPUTES_TO_DROP || proven.contains(source);
+            if !stands {
+                back.push(*source);
+            }
+            stands
+        });
+        for source in &back {
+            self.avoid.remove(source);
+            self.suspects.retain(|(p, _)| p != source);
+        }
+        back
     }
 
     /// Bans the peers whose set-aside maps contradict the verified blob.
@@ -184,8 +231,11 @@ async fn download_round<S: ChunkStore>(
     // the whole-blob check confirm them. One that contradicts the blob's
     // pinned size or authoritative digests gets its sender banned, and
     // the next peer is asked.
+    for peer in provenance.reinstate() {
+        info!(%peer, %blob, "the peers that disputed its chunk map were proven liars; asking it again");
+    }
     let mut asked = HashMap::new();
-    for peer in &provenance.avoid {
+    for peer in provenance.avoid.iter().chain(&provenance.proven) {
         // Never due for another ask in this download.
         asked.insert(*peer, Instant::now() + Duration::from_secs(24 * 3600));
     }
@@ -209,7 +259,7 @@ async fn download_round<S: ChunkStore>(
         }
     }
     // Per provisional source, the peers whose chunks contradicted it.
-    let mut disputes: HashMap<PeerId, std::collections::HashSet<PeerId>> = HashMap::new();
+    let mut disputes: HashMap<PeerId, HashSet<PeerId>> = HashMap::new();
     let layout = inner
         .store
         .layout(&blob)
@@ -337,6 +387,7 @@ async fn download_round<S: ChunkStore>(
                         warn!(%peer, %blob, index, %reason, "bad chunk; banning sender");
                         inner.metrics.bad_chunks.inc();
                         inner.bans.ban(peer, format!("bad chunk {index} of {blob}: {reason}"));
+                        provenance.proven.insert(peer);
                         picker.request_failed(&peer, &blob, index, FailReason::Error, now_ms());
                         drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
                     }
@@ -348,6 +399,7 @@ async fn download_round<S: ChunkStore>(
                                 for source in sources {
                                     warn!(peer = %source, %blob, %reason, "false chunk digests; banning their source");
                                     inner.bans.ban(source, format!("false chunk digests of {blob}: {reason}"));
+                                    provenance.proven.insert(source);
                                 }
                                 return Ok(Round::Refuted);
                             }
@@ -367,6 +419,7 @@ async fn download_round<S: ChunkStore>(
                                     // other peers' chunks judge it.
                                     warn!(%peer, %blob, index, "chunk contradicts its sender's own chunk map; banning it");
                                     inner.bans.ban(peer, format!("chunk {index} of {blob} contradicts its own chunk map"));
+                                    provenance.proven.insert(peer);
                                     provenance.avoid.insert(peer);
                                     drop_peer(&mut picker, &mut sessions, &mut backoff, peer, Duration::from_secs(3600));
                                 }
@@ -380,11 +433,10 @@ async fn download_round<S: ChunkStore>(
                                 });
                                 if let Some(source) = disputed {
                                     warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
+                                    inner.metrics.maps_set_aside.inc();
                                     inner.store.drop_peer_digests(blob, source).await?;
-                                    if let Some(m) = provenance.taken.remove(&source) {
-                                        provenance.suspect(source, m);
-                                    }
-                                    provenance.avoid.insert(source);
+                                    let disputers = disputes.remove(&source).unwrap_or_default();
+                                    provenance.set_aside(source, disputers);
                                     return Ok(Round::Disputed);
                                 }
                             }
