@@ -293,46 +293,6 @@ impl<P: Ord + Clone> Uploader<P> {
     }
 }
 
-/// Rate-based choking: the upload slots to run for the next interval,
-/// from the last one. `sent` bytes left through a rate cap of `capacity`
-/// bytes per interval; `refused` tells whether a request was answered
-/// `Busy` for want of a slot.
-///
-/// A slot's upload runs at the pace of its receiver's downlink, which other
-/// senders share: at 10 Mbit/s with ten nodes a flow often got a third of
-/// it, so three slots left a seed's uplink a third to two thirds idle
-/// while a starved node was answered `Busy` (testnet, 20/10 Mbit/s, N =
-/// 10: one node received at 6.6-7.8 Mbit/s for 40 s and finished 9 s
-/// after the rest). So, as libtorrent's rate-based choker does, a slot is
-/// added while requests are refused and the uplink runs below
-/// [`SLOTS_GROW_BELOW`] of its cap, and one is taken away again (down to
-/// `base`) once nobody is refused or the uplink is full: few slots at
-/// full rate stay the rule (module docs, rule 1).
-pub fn adapt_slots(
-    current: usize,
-    base: usize,
-    max: usize,
-    sent: u64,
-    capacity: u64,
-    refused: bool,
-) -> usize {
-    let (base, max) = (base.max(1), max.max(base.max(1)));
-    let current = current.clamp(base, max);
-    let below = |share: f64| (sent as f64) < share * capacity as f64;
-    if refused && below(SLOTS_GROW_BELOW) {
-        (current + 1).min(max)
-    } else if !refused || !below(SLOTS_FULL) {
-        current.saturating_sub(1).max(base)
-    } else {
-        current
-    }
-}
-
-/// Share of the rate cap below which refused requests earn another slot.
-pub const SLOTS_GROW_BELOW: f64 = 0.85;
-/// Share of the rate cap at which the uplink counts as full.
-pub const SLOTS_FULL: f64 = 0.95;
-
 /// Requests to keep outstanding at one peer so its link never idles
 /// between chunks: the bandwidth-delay product in chunks, rounded up, plus
 /// one being transferred, clamped to `min..=max`. `rate` is the peer's
@@ -552,21 +512,5 @@ mod tests {
         }
         let rate = r.rate().unwrap();
         assert!((19_900_000..=20_000_000).contains(&rate), "{rate}");
-    }
-    #[test]
-    fn slots_grow_while_refusing_below_the_cap_and_shrink_back_to_base() {
-        let cap = 1_000_000;
-        // Refusing with the uplink at half its cap: one more slot, up to max.
-        assert_eq!(adapt_slots(3, 3, 8, cap / 2, cap, true), 4);
-        assert_eq!(adapt_slots(8, 3, 8, cap / 2, cap, true), 8);
-        // Refusing, between 85 % and 95 %: keep.
-        assert_eq!(adapt_slots(5, 3, 8, cap * 9 / 10, cap, true), 5);
-        // Full uplink, or nobody refused: back toward base, never below.
-        assert_eq!(adapt_slots(5, 3, 8, cap, cap, true), 4);
-        assert_eq!(adapt_slots(5, 3, 8, cap / 2, cap, false), 4);
-        assert_eq!(adapt_slots(3, 3, 8, 0, cap, false), 3);
-        // Out-of-range inputs are clamped.
-        assert_eq!(adapt_slots(0, 3, 8, 0, cap, false), 3);
-        assert_eq!(adapt_slots(20, 3, 8, cap, cap, true), 7);
     }
 }

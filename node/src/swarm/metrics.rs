@@ -41,8 +41,6 @@ pub struct SwarmMetrics {
     pub maps_set_aside: Counter,
     /// Peers banned right now.
     pub banned_peers: Gauge,
-    /// Upload slots running now (rate-based choking under a rate cap).
-    pub upload_slots: Gauge,
     /// Stream or gossip messages that broke the protocol.
     pub protocol_violations: Counter,
     /// Gossip messages rejected by validation.
@@ -228,11 +226,6 @@ impl SwarmMetrics {
             "banned_peers",
             "Peers banned now",
             self.banned_peers.clone(),
-        );
-        registry.register(
-            "upload_slots",
-            "Upload slots running now (grown under a rate cap while requests are refused and the uplink has room)",
-            self.upload_slots.clone(),
         );
         registry.register(
             "connected_peers",

@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -110,9 +110,6 @@ struct TokenBucket {
     rate: f64,
     burst: f64,
     state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
-    /// Bytes let through so far (the slot governor's measure of the
-    /// uplink's use).
-    taken: AtomicU64,
 }
 
 impl TokenBucket {
@@ -125,14 +122,12 @@ impl TokenBucket {
             rate,
             burst,
             state: tokio::sync::Mutex::new((burst, tokio::time::Instant::now())),
-            taken: AtomicU64::new(0),
         }
     }
 
     /// Takes `n` tokens, sleeping while in debt (holding the lock, which
     /// serialises uploaders: that is what a rate cap means).
     async fn take(&self, n: u64) {
-        self.taken.fetch_add(n, Ordering::Relaxed);
         let mut st = self.state.lock().await;
         let now = tokio::time::Instant::now();
         let elapsed = now.duration_since(st.1).as_secs_f64();
@@ -161,9 +156,6 @@ struct Inner<S> {
     shutdown: CancellationToken,
     local_peer: PeerId,
     upload_slots: Arc<Semaphore>,
-    /// Requests answered `Busy` for want of an upload slot, so far (the
-    /// slot governor grows the slots while the uplink has room).
-    busy_refusals: AtomicU64,
     /// Chunk requests waiting for an upload slot.
     upload_waiting: AtomicUsize,
     /// Requests that may wait for a slot before `Busy` (unbounded, a
@@ -290,7 +282,6 @@ impl<S: ChunkStore> Exchange<S> {
             shutdown,
             local_peer,
             upload_slots: Arc::new(Semaphore::new(config.upload_slots.max(1))),
-            busy_refusals: AtomicU64::new(0),
             upload_waiting: AtomicUsize::new(0),
             upload_queue: config.upload_queue,
             bucket: config.max_upload_rate.map(TokenBucket::new),
@@ -314,60 +305,10 @@ impl<S: ChunkStore> Exchange<S> {
             relay: config.relay,
         });
         tokio::spawn(serve::accept_loop(inner.clone(), incoming));
-        if inner.bucket.is_some() {
-            tokio::spawn(govern_slots(inner.clone(), config.upload_slots.max(1)));
-        }
         if let Some(events) = inner.store.subscribe_events() {
             tokio::spawn(ban_refuted(inner.clone(), events));
         }
         Ok(Exchange { inner })
-    }
-}
-
-/// How often the slot governor looks at the uplink.
-const SLOT_INTERVAL: Duration = Duration::from_secs(1);
-/// Upload slots at most, however idle the uplink: BitTorrent's usual
-/// ceiling of unchoked peers.
-const MAX_UPLOAD_SLOTS: usize = 8;
-
-/// Rate-based choking under a known rate cap
-/// ([`edgeswarm_protocol::upload::adapt_slots`]): adds an upload slot
-/// while requests are refused and the uplink has room, and gives it back
-/// once it is full or nobody is refused.
-async fn govern_slots<S>(inner: Arc<Inner<S>>, base: usize) {
-    let Some(bucket) = inner.bucket.as_ref() else {
-        return;
-    };
-    let capacity = (bucket.rate * SLOT_INTERVAL.as_secs_f64()) as u64;
-    let mut tick = tokio::time::interval(SLOT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut slots = base;
-    let (mut sent_before, mut refused_before) = (0u64, 0u64);
-    loop {
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let sent = bucket.taken.load(Ordering::Relaxed);
-        let refused = inner.busy_refusals.load(Ordering::Relaxed);
-        let want = edgeswarm_protocol::upload::adapt_slots(
-            slots,
-            base,
-            MAX_UPLOAD_SLOTS.max(base),
-            sent - sent_before,
-            capacity,
-            refused > refused_before,
-        );
-        (sent_before, refused_before) = (sent, refused);
-        if want > slots {
-            inner.upload_slots.add_permits(want - slots);
-            slots = want;
-        } else if want < slots {
-            // Only a free slot can be taken back; a running upload keeps
-            // its own, and the next interval tries again.
-            slots -= inner.upload_slots.forget_permits(slots - want);
-        }
-        inner.metrics.upload_slots.set(slots as i64);
     }
 }
 

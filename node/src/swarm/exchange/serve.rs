@@ -573,7 +573,6 @@ async fn upload_slot<S>(
     if inner.upload_slots.available_permits() == 0
         && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
     {
-        inner.busy_refusals.fetch_add(1, Ordering::Relaxed);
         return Ok(None);
     }
     let _waiting = WaitingGuard::enter(&inner.upload_waiting);
