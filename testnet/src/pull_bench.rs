@@ -219,9 +219,14 @@ fn last_byte_at(series: &Series, label: &str) -> Option<f64> {
     let samples: Vec<_> = series.of(label).collect();
     samples
         .windows(2)
-        .filter(|w| w[1].counters.tx_bytes.saturating_sub(w[0].counters.tx_bytes) >= BULK_BYTES)
+        .rev()
+        .find(|w| {
+            w[1].counters
+                .tx_bytes
+                .saturating_sub(w[0].counters.tx_bytes)
+                >= BULK_BYTES
+        })
         .map(|w| w[1].t_s)
-        .last()
 }
 
 fn secs(x: Option<f64>) -> String {

@@ -71,6 +71,41 @@ async fn break_the_protocol(a: &TestNode, bad: PeerId, control: &mut libp2p_stre
     stream.flush().await.unwrap();
 }
 
+/// A victim node in `root` that knows `first` at start and expects blob
+/// `digest` of `size` bytes (as a release's manifest tells it).
+async fn victim_in(
+    root: &std::path::Path,
+    first: &Multiaddr,
+    digest: Digest,
+    size: u64,
+) -> TestNode {
+    let victim = start_in(root, "victim", std::slice::from_ref(first)).await;
+    victim.store.expect_size(digest, size).unwrap();
+    victim
+}
+
+/// Waits until `node` knows all `n` chunk digests of `digest`: it took a
+/// whole chunk map (`what`).
+async fn until_map_taken(node: &TestNode, digest: Digest, n: u32, what: &str) {
+    eventually(what, Duration::from_secs(20), async || {
+        let known = node.store.blob_info(&digest).map_or(0, |i| i.digests_known);
+        (known == n).then_some(()).ok_or(known)
+    })
+    .await;
+}
+
+/// The result of a spawned fetch, which must succeed within `limit`.
+async fn fetched<T, E: std::fmt::Debug>(
+    fetch: tokio::task::JoinHandle<Result<T, E>>,
+    limit: Duration,
+) -> T {
+    tokio::time::timeout(limit, fetch)
+        .await
+        .expect("fetch timed out")
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gossip_flood_is_rate_limited_and_the_node_stays_responsive() {
     init_tracing();
@@ -287,8 +322,7 @@ async fn a_chunk_map_of_another_size_gets_its_sender_banned_and_the_blob_complet
     liar.store.put_chunk_map(digest, &longer).await.unwrap();
     assert!(liar.store.chunk_map(&digest).is_some());
 
-    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
-    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    let victim = victim_in(tmp.path(), &liar.addr, digest, map.blob_size()).await;
     eventually(
         "victim meets the liar",
         Duration::from_secs(10),
@@ -316,11 +350,7 @@ async fn a_chunk_map_of_another_size_gets_its_sender_banned_and_the_blob_complet
     let honest = start_in(tmp.path(), "honest", &[]).await;
     seed(&honest, &data, digest, &map).await;
     victim.client.dial(honest.addr.clone()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), fetch)
-        .await
-        .expect("fetch timed out")
-        .unwrap()
-        .unwrap();
+    fetched(fetch, Duration::from_secs(60)).await;
     assert!(holds(&victim.store, &digest, &data));
     // Only the liar was banned; the honest peer stayed connected.
     assert_eq!(victim.client.stats().bans, 1);
@@ -530,8 +560,7 @@ async fn a_false_chunk_map_before_the_gateway_digests_gets_its_sender_banned_and
     let honest = start_in(tmp.path(), "honest", &[]).await;
     seed(&honest, &data, digest, &map).await;
 
-    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
-    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    let victim = victim_in(tmp.path(), &liar.addr, digest, map.blob_size()).await;
     let mut events = victim.store.subscribe();
     meets_peer(&victim, liar_id).await;
     let client = victim.client.clone();
@@ -576,11 +605,7 @@ async fn a_false_chunk_map_before_the_gateway_digests_gets_its_sender_banned_and
     .await;
 
     victim.client.dial(honest.addr.clone()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), fetch)
-        .await
-        .expect("fetch timed out")
-        .unwrap()
-        .unwrap();
+    fetched(fetch, Duration::from_secs(60)).await;
     assert!(holds(&victim.store, &digest, &data));
     // Every chunk was taken once, from the honest peer, after the refutation.
     let mut stored = stored_events(&mut events, digest);
@@ -630,8 +655,7 @@ async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned
     let honest = start_in(tmp.path(), "honest", &[]).await;
     seed(&honest, &data, digest, &map).await;
 
-    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
-    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    let victim = victim_in(tmp.path(), &liar.addr, digest, map.blob_size()).await;
     victim
         .store
         .create_blob(digest, map.blob_size(), map.chunk_size())
@@ -663,11 +687,7 @@ async fn a_false_chunk_map_caught_by_the_whole_blob_check_gets_its_sender_banned
     // The last chunk, from an honest peer, completes the set; the blob
     // check fails on the liar's digest.
     victim.client.dial(honest.addr.clone()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), fetch)
-        .await
-        .expect("fetch timed out")
-        .unwrap()
-        .unwrap();
+    fetched(fetch, Duration::from_secs(60)).await;
     assert!(holds(&victim.store, &digest, &data));
     assert_eq!(victim.client.stats().bans, 1);
     let peers = victim.client.connected_peers().await.unwrap();
@@ -714,31 +734,15 @@ async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_se
         honest.push(h);
     }
 
-    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&liar.addr)).await;
-    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    let victim = victim_in(tmp.path(), &liar.addr, digest, map.blob_size()).await;
     meets_peer(&victim, liar_id).await;
     let client = victim.client.clone();
     let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
-    eventually(
-        "the liar's map taken",
-        Duration::from_secs(20),
-        async || {
-            let known = victim
-                .store
-                .blob_info(&digest)
-                .map_or(0, |i| i.digests_known);
-            (known == n).then_some(()).ok_or(known)
-        },
-    )
-    .await;
+    until_map_taken(&victim, digest, n, "the liar's map taken").await;
     for h in &honest {
         victim.client.dial(h.addr.clone()).await.unwrap();
     }
-    tokio::time::timeout(Duration::from_secs(60), fetch)
-        .await
-        .expect("fetch timed out")
-        .unwrap()
-        .unwrap();
+    fetched(fetch, Duration::from_secs(60)).await;
     assert!(holds(&victim.store, &digest, &data));
     eventually("the liar is banned", Duration::from_secs(10), async || {
         let peers = victim.client.connected_peers().await.unwrap();
@@ -810,32 +814,16 @@ async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_
     let honest_id = honest.client.local_peer_id();
 
     // Only the honest peer is connected when the download asks for a map.
-    let victim = start_in(tmp.path(), "victim", std::slice::from_ref(&honest.addr)).await;
-    victim.store.expect_size(digest, map.blob_size()).unwrap();
+    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
     meets_peer(&victim, honest_id).await;
     let started = Instant::now();
     let client = victim.client.clone();
     let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
-    eventually(
-        "the honest map taken",
-        Duration::from_secs(20),
-        async || {
-            let known = victim
-                .store
-                .blob_info(&digest)
-                .map_or(0, |i| i.digests_known);
-            (known == n).then_some(()).ok_or(known)
-        },
-    )
-    .await;
+    until_map_taken(&victim, digest, n, "the honest map taken").await;
     for liar in &liars {
         victim.client.dial(liar.addr.clone()).await.unwrap();
     }
-    tokio::time::timeout(Duration::from_secs(50), fetch)
-        .await
-        .expect("fetch timed out")
-        .unwrap()
-        .unwrap();
+    fetched(fetch, Duration::from_secs(50)).await;
     let took = started.elapsed();
     assert!(holds(&victim.store, &digest, &data));
     // The dispute path ran: the honest map was set aside at least once.
