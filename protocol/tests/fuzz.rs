@@ -186,3 +186,18 @@ proptest! {
         fuzz_checks::text_parsers(b"plant-7");
     }
 }
+
+/// The input proptest found (CI, 2026-12-01): a flipped byte turns a
+/// chunk answer's `Ok` status into `Relay`, whose chunk follows in
+/// length-prefixed pieces. The decoder read pieces; the test's model of
+/// the node read a bare payload, and the two disagreed on the frames.
+#[test]
+fn frame_reader_agrees_on_a_relay_answer_made_by_a_flipped_status() {
+    let mut input = vec![1u8];
+    input.extend(mutate(
+        valid_stream(11),
+        &[(3763650614518254642, 5)],
+        273969186114425566,
+    ));
+    fuzz_checks::frame_reader(&input);
+}

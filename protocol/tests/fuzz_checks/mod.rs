@@ -13,8 +13,8 @@
 use edgeswarm_protocol::release::{Platform, SignedRelease, SignedRemoval, MAX_REMOVAL_BYTES};
 use edgeswarm_protocol::signing::{PublicKey, PublisherKey};
 use edgeswarm_protocol::wire::{
-    decode_frame_len, FrameDecoder, GossipMessage, Locality, StreamMessage, Topic, WireError,
-    FRAME_PREFIX_BYTES, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES,
+    check_relay_piece, decode_frame_len, FrameDecoder, GossipMessage, Locality, StreamMessage,
+    Topic, WireError, FRAME_PREFIX_BYTES, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES,
 };
 use edgeswarm_protocol::{encoding, Bitfield, ChunkMap};
 
@@ -35,7 +35,7 @@ pub(crate) fn stream_message(data: &[u8]) {
 }
 
 /// A frame read by the node's receiver, with its payload.
-type NodeFrame<'a> = (StreamMessage, &'a [u8]);
+type NodeFrame<'a> = (StreamMessage, std::borrow::Cow<'a, [u8]>);
 
 /// How a read of a whole byte stream ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,13 +71,43 @@ fn read_like_the_node(mut stream: &[u8]) -> (Vec<NodeFrame<'_>>, End) {
             Ok(m) => m,
             Err(_) => return (frames, End::Violation),
         };
+        if let Some(mut left) = message.relayed_len() {
+            // A `Relay` answer: its chunk follows in length-prefixed
+            // pieces, or ends early with the abort marker (the node's
+            // session reads it so; the payload is then empty).
+            let mut joined = Vec::new();
+            let mut rest = rest;
+            while left > 0 {
+                let Some((piece, after)) = rest.split_first_chunk::<4>() else {
+                    return (frames, End::Eof);
+                };
+                let n = match check_relay_piece(*piece, left) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        joined.clear();
+                        rest = after;
+                        break;
+                    }
+                    Err(_) => return (frames, End::Violation),
+                };
+                let Some((bytes, after)) = after.split_at_checked(n as usize) else {
+                    return (frames, End::Eof);
+                };
+                joined.extend_from_slice(bytes);
+                left -= u64::from(n);
+                rest = after;
+            }
+            frames.push((message, std::borrow::Cow::Owned(joined)));
+            stream = rest;
+            continue;
+        }
         let payload_len = message.payload_len();
         // The payload buffer is at most one chunk.
         assert!(payload_len <= MAX_PAYLOAD_BYTES);
         let Some((payload, rest)) = rest.split_at_checked(payload_len as usize) else {
             return (frames, End::Eof);
         };
-        frames.push((message, payload));
+        frames.push((message, std::borrow::Cow::Borrowed(payload)));
         stream = rest;
     }
 }
@@ -126,7 +156,7 @@ pub(crate) fn frame_reader(data: &[u8]) {
     assert_eq!(frames.len(), node_frames.len());
     for (f, (message, payload)) in frames.iter().zip(&node_frames) {
         assert_eq!(&f.message, message);
-        assert_eq!(f.payload.as_slice(), *payload);
+        assert_eq!(f.payload.as_slice(), payload.as_ref());
     }
 }
 
