@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use edgeswarm_node::swarm::{Node, SwarmConfig};
 use libp2p::Multiaddr;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -40,14 +40,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // `RUST_LOG` as `target=level` directives (`info`, `libp2p_kad=debug`);
-    // `Targets` rather than `EnvFilter`, whose span and field syntax links
-    // a regex engine (docs/OPERATOR.md, "Binary size").
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .and_then(|s| s.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    // `RUST_LOG` as `target=level` directives (`info`, `libp2p_kad=debug`).
+    let filter =
+        edgeswarm_node::logging::log_filter(std::env::var("RUST_LOG").ok().as_deref(), "info");
     tracing_subscriber::fmt()
         .with_max_level(LevelFilter::TRACE)
         .finish()

@@ -73,6 +73,8 @@ pub mod daemon;
 pub mod fsutil;
 #[cfg(feature = "import")]
 pub mod import;
+#[cfg(feature = "logging")]
+pub mod logging;
 #[cfg(feature = "api")]
 pub mod mirror;
 #[cfg(feature = "registry")]

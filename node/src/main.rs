@@ -662,31 +662,13 @@ async fn run() -> Result<()> {
 /// `RUST_LOG` when it is unset, empty or does not parse.
 const DEFAULT_LOG_FILTER: &str = "info,libp2p=warn";
 
-/// The log filter: `RUST_LOG` as `target=level` directives
-/// (`info,libp2p=warn`, `debug`, `edgeswarm_node::swarm=debug`). A
-/// `Targets` filter rather than `EnvFilter`, whose span and field matching
-/// (`[span{field=value}]=level`) links a regex engine: 0.94 MB of the
-/// stripped binary for a syntax no deployment here uses (docs/OPERATOR.md,
-/// "Binary size").
-fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::filter::Targets {
-    let default = || {
-        DEFAULT_LOG_FILTER
-            .parse()
-            .expect("the default filter parses")
-    };
-    match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
-        None => default(),
-        Some(spec) => spec.parse().unwrap_or_else(|e| {
-            eprintln!("RUST_LOG={spec:?} ignored ({e}): using {DEFAULT_LOG_FILTER}");
-            default()
-        }),
-    }
-}
-
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = edgeswarm_node::logging::log_filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        DEFAULT_LOG_FILTER,
+    );
     // The filter decides; the builder's own level (INFO by default) must
     // not cap it first.
     let builder =
@@ -1277,33 +1259,5 @@ async fn wait_for(client: &ClientArgs, image: &str, nodes: usize, timeout: Durat
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tracing::Level;
-
-    use super::log_filter;
-
-    #[test]
-    fn rust_log_directives_filter_by_target_prefix_and_level() {
-        let f = log_filter(Some("info,libp2p=warn,edgeswarm_node::swarm=debug"));
-        assert!(f.would_enable("edgeswarm_node::daemon", &Level::INFO));
-        assert!(!f.would_enable("edgeswarm_node::daemon", &Level::DEBUG));
-        assert!(f.would_enable("edgeswarm_node::swarm::task", &Level::DEBUG));
-        assert!(!f.would_enable("libp2p_kad::behaviour", &Level::INFO));
-        assert!(f.would_enable("libp2p_kad::behaviour", &Level::WARN));
-        assert!(log_filter(Some("debug")).would_enable("hyper", &Level::DEBUG));
-    }
-
-    #[test]
-    fn unset_empty_or_bad_rust_log_falls_back_to_the_default() {
-        for spec in [None, Some(""), Some("  "), Some("info,=[bad")] {
-            let f = log_filter(spec);
-            assert!(f.would_enable("edgeswarm_node", &Level::INFO), "{spec:?}");
-            assert!(!f.would_enable("edgeswarm_node", &Level::DEBUG), "{spec:?}");
-            assert!(!f.would_enable("libp2p_swarm", &Level::INFO), "{spec:?}");
-        }
     }
 }
