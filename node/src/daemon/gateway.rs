@@ -36,6 +36,29 @@ use crate::swarm::Topic;
 /// `edgeswarm-testnet pull-bench` (README).
 const PARALLEL_LAYER_PULLS: usize = 1;
 
+/// Layers up to this size are pulled before the others (each group in
+/// manifest order). Pulled after a big layer, a small one reaches the
+/// locality last, queued behind the big layer's remaining chunks on
+/// every node: in a 10-node run at 100 Mbit/s (single layout, 46 MB
+/// layer then 0.9 and 1.1 MB ones) the nodes had the small layers 1.1-1.2
+/// s after the gateway, 0.25-0.4 s after their big layer, and that was
+/// the run's tail. Pulled first they cost the big layer's start at most
+/// 0.2 s at 100 Mbit/s, which no importer notices: it needs the big layer
+/// first and consumes it while it streams, and the small ones are then
+/// already whole.
+const SMALL_LAYER_FIRST: u64 = 2 * 1024 * 1024;
+
+/// The order the gateway pulls `missing` in: the small layers
+/// (≤ [`SMALL_LAYER_FIRST`]) first, then the rest, each group in manifest
+/// order.
+fn pull_order(missing: Vec<LayerDescriptor>) -> Vec<LayerDescriptor> {
+    let (mut small, large): (Vec<_>, Vec<_>) = missing
+        .into_iter()
+        .partition(|layer| layer.size <= SMALL_LAYER_FIRST);
+    small.extend(large);
+    small
+}
+
 /// First pause before a failed pull is tried again.
 pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest pause between two attempts (the pause doubles up to it).
@@ -225,7 +248,7 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
     // for layers: it waits for these instead of downloading them twice.
     let blobs: Vec<Digest> = missing.iter().map(|layer| layer.digest).collect();
     let _plan = inner.releases.plan_pull(&id, &blobs);
-    let results: Vec<Result<(), ReleaseError>> = futures::stream::iter(missing)
+    let results: Vec<Result<(), ReleaseError>> = futures::stream::iter(pull_order(missing))
         .map(|layer| {
             let cloud = cloud.clone();
             let reference = reference.clone();
@@ -511,5 +534,47 @@ impl<'a> DigestAnnouncer<'a> {
         {
             tracing::debug!(error = %e, "chunk digests not gossiped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Compression;
+
+    fn layer(n: u8, size: u64) -> LayerDescriptor {
+        LayerDescriptor {
+            digest: Digest::of(&[n]),
+            size,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            compression: Compression::Gzip,
+            foreign: false,
+            urls: Vec::new(),
+            diff_id: Digest::of(&[n, n]),
+        }
+    }
+
+    #[test]
+    fn small_layers_are_pulled_first_and_each_group_keeps_manifest_order() {
+        let manifest = vec![
+            layer(0, 46_000_000),
+            layer(1, 877_759),
+            layer(2, 30_000_000),
+            layer(3, SMALL_LAYER_FIRST),
+            layer(4, 193),
+            layer(5, SMALL_LAYER_FIRST + 1),
+        ];
+        let order: Vec<u64> = pull_order(manifest).iter().map(|l| l.size).collect();
+        assert_eq!(
+            order,
+            vec![
+                877_759,
+                SMALL_LAYER_FIRST,
+                193,
+                46_000_000,
+                30_000_000,
+                SMALL_LAYER_FIRST + 1
+            ]
+        );
     }
 }
