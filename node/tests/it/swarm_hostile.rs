@@ -850,6 +850,89 @@ async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_
     }
 }
 
+/// Two members agree on a false chunk map (every digest false, the last
+/// too) and serve the chunks matching it but the last, which they cannot
+/// have (no chunk matching it makes the blob): the whole-blob check can
+/// never run on their map, so nothing ever proves them liars by it. The
+/// only honest holder is slow. The victim takes the honest map first; the
+/// two liars' chunks dispute it and it is set aside; a liar's map is
+/// taken next. The last chunk is then held by the honest peer alone, and
+/// its chunk contradicts the liars' map: the download can make no
+/// progress with that map. The honest map is taken back, the liars'
+/// disputes of it no longer count, and the real blob completes from the
+/// honest peer; both liars, whose chunks and map contradict the verified
+/// blob, are banned. Before the fix the download asked the honest peer
+/// for the last chunk over and over (each refused against the liars' map)
+/// and never completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agreeing_liars_that_cannot_finish_their_map_lose_to_a_slow_honest_map() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(4 << 20, 18, chunk);
+    let (forged_data, _, forged) = blob(4 << 20, 19, chunk);
+    let n = map.chunk_count();
+    assert!(map
+        .digests()
+        .iter()
+        .zip(forged.digests())
+        .all(|(a, b)| a != b));
+    let mut liars = Vec::new();
+    for name in ["liar1", "liar2"] {
+        let liar = start_in(tmp.path(), name, &[]).await;
+        liar.store.put_chunk_map(digest, &forged).await.unwrap();
+        for i in 0..n - 1 {
+            liar.store
+                .write_chunk(digest, i, chunk_of(&forged_data, &forged, i))
+                .await
+                .unwrap();
+        }
+        liars.push(liar);
+    }
+    let d = tmp.path().join("honest");
+    let mut c = config(&d, "lab", &[]);
+    c.max_upload_rate = Some(SLOW_HONEST_RATE);
+    let honest = start(&d, c).await;
+    seed(&honest, &data, digest, &map).await;
+    let honest_id = honest.client.local_peer_id();
+
+    // Only the honest peer is connected when the download asks for a map.
+    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
+    meets_peer(&victim, honest_id).await;
+    let started = Instant::now();
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_map_taken(&victim, digest, n, "the honest map taken").await;
+    for liar in &liars {
+        victim.client.dial(liar.addr.clone()).await.unwrap();
+    }
+    fetched(fetch, Duration::from_secs(50)).await;
+    let took = started.elapsed();
+    assert!(holds(&victim.store, &digest, &data));
+    let stats = victim.client.stats();
+    // The honest map was set aside, and so was the liars' stuck one.
+    assert!(stats.maps_set_aside >= 2, "{stats:?}");
+    println!(
+        "two agreeing liars that cannot finish their map, against a slow honest holder: complete in {:.1} s, {} map(s) set aside",
+        took.as_secs_f64(),
+        stats.maps_set_aside
+    );
+    eventually("both liars banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let out = liars
+            .iter()
+            .all(|l| !peers.contains(&l.client.local_peer_id()));
+        let bans = victim.client.stats().bans;
+        (bans == 2 && out).then_some(()).ok_or(bans)
+    })
+    .await;
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+}
+
 /// End to end, with real daemons: a gateway pulling from a real
 /// `docker-registry` through a throttled link (1 MiB/s), an honest node,
 /// and a hostile member (a real swarm node) holding a false chunk map of

@@ -93,9 +93,12 @@ struct Provenance {
     /// Peers whose maps are not asked for again in this download (while
     /// their set-aside stands, see [`Provenance::reinstate`]).
     avoid: HashSet<PeerId>,
-    /// Each set-aside map's source, with the peers whose chunks disputed
-    /// it.
-    set_aside: HashMap<PeerId, HashSet<PeerId>>,
+    /// Each set-aside map's source, with the word it was set aside on.
+    set_aside: HashMap<PeerId, Aside>,
+    /// Per map source, the peers whose chunks no longer count against
+    /// its map: they disputed it once, and the map they offered instead
+    /// could not be completed (see [`Provenance::take_back`]).
+    discounted: HashMap<PeerId, HashSet<PeerId>>,
     /// Peers this download proved liars (and banned): senders of corrupt
     /// chunks or of chunks contradicting their own map, sources of digests
     /// the whole-blob check refuted.
@@ -104,6 +107,14 @@ struct Provenance {
     /// sender, index and digest. Once the blob verifies, a sender whose
     /// chunk contradicts it is proven a liar and banned.
     disputed_chunks: Vec<(PeerId, u32, Digest)>,
+}
+
+/// The word a map was set aside on.
+struct Aside {
+    /// The peers whose chunks contradicted it.
+    disputers: HashSet<PeerId>,
+    /// How many of them must stay unproven for the set-aside to stand.
+    needed: usize,
 }
 
 impl Provenance {
@@ -121,20 +132,52 @@ impl Provenance {
 
     /// Sets `source`'s map aside on the word of `disputers`: not asked
     /// for again while the dispute stands.
-    fn set_aside(&mut self, source: PeerId, disputers: HashSet<PeerId>) {
+    fn set_aside(&mut self, source: PeerId, disputers: HashSet<PeerId>, needed: usize) {
         if let Some(m) = self.taken.remove(&source) {
             self.suspect(source, m);
         }
         self.avoid.insert(source);
         if self.set_aside.len() < MAX_MAPS {
-            self.set_aside.insert(source, disputers);
+            self.set_aside.insert(source, Aside { disputers, needed });
         }
     }
 
+    /// Whether `peer`'s chunks no longer count against `source`'s map.
+    fn discounted(&self, source: &PeerId, peer: &PeerId) -> bool {
+        self.discounted
+            .get(source)
+            .is_some_and(|d| d.contains(peer))
+    }
+
+    /// When the map in use (from `current`) cannot be completed, the map
+    /// set aside last (not `current`'s, not a proven liar's): its source
+    /// is no longer avoided, and the peers whose chunks disputed it no
+    /// longer count against it. Two agreeing liars could otherwise set
+    /// the only honest holder's map aside for good: their own map, whose
+    /// last chunk nobody can serve, never reaches the whole-blob check
+    /// that would prove them liars, and the honest holder alone cannot
+    /// dispute it ([`DISPUTES_TO_DROP`]). With the honest map back, their
+    /// chunks are refused against it, the blob verifies, and the verified
+    /// blob convicts them. Nothing is taken on trust: chunks still verify
+    /// against the map in use, and the whole blob against its digest.
+    fn take_back(&mut self, current: &PeerId) -> Option<(PeerId, ChunkMap)> {
+        let at = self.suspects.iter().rposition(|(p, _)| {
+            p != current && self.set_aside.contains_key(p) && !self.proven.contains(p)
+        })?;
+        let (source, map) = self.suspects.remove(at);
+        if let Some(aside) = self.set_aside.remove(&source) {
+            let discounted = self.discounted.entry(source).or_default();
+            discounted.extend(aside.disputers);
+        }
+        self.avoid.remove(&source);
+        Some((source, map))
+    }
+
     /// Takes back the maps set aside on the word of peers since proven
-    /// liars: with fewer than [`DISPUTES_TO_DROP`] of its disputers left
-    /// standing, the dispute does not stand either, and the map's source
-    /// may be asked again. Without this, two agreeing liars whose chunks
+    /// liars: with fewer than the needed number of its disputers left
+    /// standing ([`DISPUTES_TO_DROP`] for a map set aside as disputed),
+    /// the dispute does not stand either, and the map's source may be
+    /// asked again. Without this, two agreeing liars whose chunks
     /// disputed the only honest holder's map had it avoided for the whole
     /// download: once the whole-blob check had banned them both, nobody
     /// else was asked for a map, and the download waited for one until
@@ -143,9 +186,13 @@ impl Provenance {
     fn reinstate(&mut self) -> Vec<PeerId> {
         let proven = &self.proven;
         let mut back = Vec::new();
-        self.set_aside.retain(|source, disputers| {
-            let standing = disputers.iter().filter(|p| !proven.contains(p)).count();
-            let stands = standing >= DISPUTES_TO_DROP || proven.contains(source);
+        self.set_aside.retain(|source, aside| {
+            let standing = aside
+                .disputers
+                .iter()
+                .filter(|p| !proven.contains(p))
+                .count();
+            let stands = standing >= aside.needed || proven.contains(source);
             if !stands {
                 back.push(*source);
             }
@@ -260,6 +307,10 @@ async fn download_round<S: ChunkStore>(
     }
     // Per provisional source, the peers whose chunks contradicted it.
     let mut disputes: HashMap<PeerId, HashSet<PeerId>> = HashMap::new();
+    // Per chunk, the peers whose copy was refused against a provisional
+    // digest: once every known holder of a chunk is among them, the map
+    // in use cannot be completed.
+    let mut refused: HashMap<u32, HashSet<PeerId>> = HashMap::new();
     let layout = inner
         .store
         .layout(&blob)
@@ -426,18 +477,36 @@ async fn download_round<S: ChunkStore>(
                                 if let Some(actual) = actual {
                                     provenance.disputed_chunk(peer, index, actual);
                                 }
-                                let disputed = map_from.filter(|s| *s != peer).filter(|s| {
-                                    let senders = disputes.entry(*s).or_default();
+                                // A peer whose chunks disputed this map
+                                // before, and whose own alternative could
+                                // not be completed, is not heard again.
+                                let source = map_from
+                                    .filter(|s| *s != peer && !provenance.discounted(s, &peer));
+                                if let Some(source) = source {
+                                    let senders = disputes.entry(source).or_default();
                                     senders.insert(peer);
-                                    senders.len() >= DISPUTES_TO_DROP
-                                });
-                                if let Some(source) = disputed {
-                                    warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
-                                    inner.metrics.maps_set_aside.inc();
-                                    inner.store.drop_peer_digests(blob, source).await?;
-                                    let disputers = disputes.remove(&source).unwrap_or_default();
-                                    provenance.set_aside(source, disputers);
-                                    return Ok(Round::Disputed);
+                                    if senders.len() >= DISPUTES_TO_DROP {
+                                        warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
+                                        inner.metrics.maps_set_aside.inc();
+                                        inner.store.drop_peer_digests(blob, source).await?;
+                                        let disputers = disputes.remove(&source).unwrap_or_default();
+                                        provenance.set_aside(source, disputers, DISPUTES_TO_DROP);
+                                        return Ok(Round::Disputed);
+                                    }
+                                    let refusers = refused.entry(index).or_default();
+                                    refusers.insert(peer);
+                                    let holders = picker.availability(&blob, index);
+                                    let live = refusers.iter().filter(|p| sessions.contains_key(p)).count() as u32;
+                                    // Every holder of this chunk has a copy
+                                    // the map in use refuses: the download
+                                    // can make no progress with it.
+                                    if holders > 0 && live >= holders {
+                                        if let Some(back) = provenance.take_back(&source) {
+                                            let refusers = refused.remove(&index).unwrap_or_default();
+                                            stuck(&inner, blob, index, source, back, refusers, provenance).await?;
+                                            return Ok(Round::Disputed);
+                                        }
+                                    }
                                 }
                             }
                             err => warn!(%blob, index, error = %err, "store failed to take a chunk"),
@@ -558,6 +627,41 @@ async fn download_round<S: ChunkStore>(
     session_cancel.cancel();
     info!(%blob, "blob complete");
     Ok(Round::Complete)
+}
+
+/// Sets aside the map in use (from `source`), which no holder of chunk
+/// `index` can serve a matching copy of (`refusers`: their copies were
+/// refused against it), and puts back `back`, the map it displaced.
+async fn stuck<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    index: u32,
+    source: PeerId,
+    (back, map): (PeerId, ChunkMap),
+    refusers: HashSet<PeerId>,
+    provenance: &mut Provenance,
+) -> Result<(), SwarmError> {
+    warn!(%source, %blob, index, %back, "no holder's chunk matches its chunk map; setting the map aside and taking back the one it displaced");
+    inner.metrics.maps_set_aside.inc();
+    inner.store.drop_peer_digests(blob, source).await?;
+    // Stands while one of the refusing holders is not proven a liar.
+    provenance.set_aside(source, refusers, 1);
+    match inner.store.put_peer_chunk_map(blob, &map, back).await {
+        Ok(()) => {
+            if provenance.taken.len() < MAX_MAPS {
+                provenance.taken.insert(back, map);
+            }
+        }
+        Err(ChunkStoreError::FalseLayout(reason)) => {
+            penalise(inner, back, &reason);
+            provenance.proven.insert(back);
+        }
+        // Another provisional map disagrees with it: the next round asks
+        // for a map again, and `back` is no longer avoided.
+        Err(ChunkStoreError::Disputed(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Tells each peer of `requests` that its answer is no longer wanted.
