@@ -933,6 +933,82 @@ async fn two_agreeing_liars_that_cannot_finish_their_map_lose_to_a_slow_honest_m
     }
 }
 
+/// A download that fails while it needs a chunk map is retried: the retry
+/// asks for a map. A lying member serves a false map and no chunks; two
+/// honest peers hold the first half of the blob against the gateway's
+/// signed digests, which lets them serve those chunks but no map. Their
+/// chunks dispute the liar's map, which is set aside; nobody else serves
+/// a map, and the fetch fails once it has waited for one (60 s). The
+/// blob stays declared with its digests dropped. A complete honest holder
+/// joins and the fetch is retried, as a daemon retries it: the retry asks
+/// for a map and completes. Before the fix it started at once, requested
+/// nothing (no digest was known) and never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_failed_needing_a_chunk_map_asks_for_one_when_retried() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 20, chunk);
+    let (_, _, forged) = blob(3 << 20, 21, chunk);
+    let n = map.chunk_count();
+    let liar = start_in(tmp.path(), "liar", &[]).await;
+    let liar_id = liar.client.local_peer_id();
+    liar.store.put_chunk_map(digest, &forged).await.unwrap();
+    let mut halves = Vec::new();
+    for name in ["half1", "half2"] {
+        let h = start_in(tmp.path(), name, &[]).await;
+        h.store
+            .create_blob(digest, map.blob_size(), map.chunk_size())
+            .await
+            .unwrap();
+        h.store
+            .add_chunk_digests(digest, 0, &map.digests()[..n as usize / 2])
+            .await
+            .unwrap();
+        for i in 0..n / 2 {
+            h.store
+                .write_chunk(digest, i, chunk_of(&data, &map, i))
+                .await
+                .unwrap();
+        }
+        assert!(h.store.chunk_map(&digest).is_none());
+        halves.push(h);
+    }
+
+    let victim = victim_in(tmp.path(), &liar.addr, digest, map.blob_size()).await;
+    meets_peer(&victim, liar_id).await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_map_taken(&victim, digest, n, "the liar's map taken").await;
+    for h in &halves {
+        victim.client.dial(h.addr.clone()).await.unwrap();
+    }
+    let failed = tokio::time::timeout(Duration::from_secs(90), fetch)
+        .await
+        .expect("the first fetch neither failed nor completed")
+        .unwrap();
+    assert!(failed.is_err(), "the first fetch completed: {failed:?}");
+    assert!(victim.client.stats().maps_set_aside >= 1);
+    let known = victim.store.blob_info(&digest).map(|i| i.digests_known);
+    assert_eq!(known, Some(0), "the liar's digests were not dropped");
+
+    let honest = start_in(tmp.path(), "honest", &[]).await;
+    seed(&honest, &data, digest, &map).await;
+    victim.client.dial(honest.addr.clone()).await.unwrap();
+    meets_peer(&victim, honest.client.local_peer_id()).await;
+    let client = victim.client.clone();
+    let retry = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    fetched(retry, Duration::from_secs(30)).await;
+    assert!(holds(&victim.store, &digest, &data));
+    // Whether the liar is banned depends on whom the retry asks first
+    // (its map is set aside and judged only if taken again).
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest.client.local_peer_id()));
+    for n in halves.into_iter().chain([liar, honest, victim]) {
+        n.stop().await;
+    }
+}
+
 /// End to end, with real daemons: a gateway pulling from a real
 /// `docker-registry` through a throttled link (1 MiB/s), an honest node,
 /// and a hostile member (a real swarm node) holding a false chunk map of

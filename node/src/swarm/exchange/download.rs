@@ -243,15 +243,44 @@ pub(super) async fn download<S: ChunkStore>(
     if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
         inner.store.put_chunk_map(blob, m).await?;
     }
-    let mut need_map = false;
+    // A download that failed needing a map left the blob declared with a
+    // gap in its digests (those refuted or set aside were dropped): the
+    // retry asks for a map first. It used to start at once, requested
+    // nothing past the gap, and waited for digests nobody would send (a
+    // daemon retries a failed fetch, and that retry never ended).
+    let mut need_map = lock(&inner.maps_wanted).remove(&blob);
+    let res = rounds(&inner, blob, &mut need_map).await;
+    if need_map
+        && res
+            .as_ref()
+            .is_err_and(|e| !matches!(e, SwarmError::Shutdown))
+    {
+        let mut wanted = lock(&inner.maps_wanted);
+        if wanted.len() < MAX_MAPS_WANTED {
+            wanted.insert(blob);
+        }
+    }
+    res
+}
+
+/// Blobs remembered at most as needing a chunk map on their next
+/// download (one per failed download of a blob whose map was disputed:
+/// a handful at a time, at most one per layer being fetched).
+const MAX_MAPS_WANTED: usize = 1024;
+
+async fn rounds<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    need_map: &mut bool,
+) -> Result<(), SwarmError> {
     let mut provenance = Provenance::default();
     for _ in 0..=MAX_REFUTED_ROUNDS {
-        match download_round(&inner, blob, need_map, &mut provenance).await? {
+        match download_round(inner, blob, *need_map, &mut provenance).await? {
             Round::Complete => {
-                provenance.convict(&inner, blob);
+                provenance.convict(inner, blob);
                 return Ok(());
             }
-            Round::Refuted | Round::Disputed => need_map = true,
+            Round::Refuted | Round::Disputed => *need_map = true,
         }
     }
     Err(SwarmError::NoChunkMap(blob))
