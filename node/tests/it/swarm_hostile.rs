@@ -1009,6 +1009,89 @@ async fn a_fetch_that_failed_needing_a_chunk_map_asks_for_one_when_retried() {
     }
 }
 
+/// Two members hold chunks matching false digests and serve them, but no
+/// chunk map (their store knows every digest but the last); the only
+/// honest holder is slow. Their chunks dispute the honest map, which is
+/// set aside, and nobody else serves a map. The two are then banned
+/// outside the download (here by the daemon's path, as the digest gossip
+/// handler bans the sources of refuted digests): the download counts them
+/// proven liars, the dispute no longer stands, the honest map is asked
+/// for again and the blob completes. Before the fix only the download's
+/// own bans counted: it waited out its 60 s for a map and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liars_banned_outside_the_download_no_longer_keep_a_map_set_aside() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(4 << 20, 22, chunk);
+    let (forged_data, _, forged) = blob(4 << 20, 23, chunk);
+    let n = map.chunk_count();
+    let mut liars = Vec::new();
+    for name in ["liar1", "liar2"] {
+        let liar = start_in(tmp.path(), name, &[]).await;
+        liar.store
+            .create_blob(digest, map.blob_size(), map.chunk_size())
+            .await
+            .unwrap();
+        liar.store
+            .add_chunk_digests(digest, 0, &forged.digests()[..n as usize - 1])
+            .await
+            .unwrap();
+        for i in 0..n - 1 {
+            liar.store
+                .write_chunk(digest, i, chunk_of(&forged_data, &forged, i))
+                .await
+                .unwrap();
+        }
+        assert!(liar.store.chunk_map(&digest).is_none());
+        liars.push(liar);
+    }
+    let d = tmp.path().join("honest");
+    let mut c = config(&d, "lab", &[]);
+    c.max_upload_rate = Some(SLOW_HONEST_RATE);
+    let honest = start(&d, c).await;
+    seed(&honest, &data, digest, &map).await;
+    let honest_id = honest.client.local_peer_id();
+
+    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
+    meets_peer(&victim, honest_id).await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_map_taken(&victim, digest, n, "the honest map taken").await;
+    for liar in &liars {
+        victim.client.dial(liar.addr.clone()).await.unwrap();
+    }
+    eventually(
+        "the honest map set aside",
+        Duration::from_secs(20),
+        async || {
+            let n = victim.client.stats().maps_set_aside;
+            (n >= 1).then_some(()).ok_or(n)
+        },
+    )
+    .await;
+    let banned = Instant::now();
+    for liar in &liars {
+        victim
+            .client
+            .ban(liar.client.local_peer_id(), "test: liar".into());
+    }
+    fetched(fetch, Duration::from_secs(40)).await;
+    assert!(holds(&victim.store, &digest, &data));
+    println!(
+        "liars banned outside the download: blob complete {:.1} s after the bans",
+        banned.elapsed().as_secs_f64()
+    );
+    let stats = victim.client.stats();
+    assert_eq!(stats.maps_set_aside, 1, "{stats:?}");
+    assert_eq!(stats.bans, 2, "{stats:?}");
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+}
+
 /// End to end, with real daemons: a gateway pulling from a real
 /// `docker-registry` through a throttled link (1 MiB/s), an honest node,
 /// and a hostile member (a real swarm node) holding a false chunk map of

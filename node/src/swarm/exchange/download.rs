@@ -205,6 +205,43 @@ impl Provenance {
         back
     }
 
+    /// Counts as proven the peers named in set-aside maps (their sources
+    /// and disputers) whose ban was asked for since the download began
+    /// elsewhere: by the digest gossip handler when the gateway's signed
+    /// digests refuted their map, or by the daemon.
+    fn learn_bans(&mut self, banned: &(dyn Fn(&PeerId) -> bool + Sync)) {
+        let named = self
+            .set_aside
+            .iter()
+            .flat_map(|(source, aside)| std::iter::once(source).chain(&aside.disputers));
+        let learned: Vec<PeerId> = named
+            .filter(|p| !self.proven.contains(p) && banned(p))
+            .copied()
+            .collect();
+        self.proven.extend(learned);
+    }
+
+    /// Takes in what changed since the last look (bans asked for
+    /// elsewhere, maps to take back) and brings `asked` up to date with
+    /// it: the sources of maps taken back are due for an ask, avoided and
+    /// proven peers never are.
+    fn refresh(
+        &mut self,
+        banned: &(dyn Fn(&PeerId) -> bool + Sync),
+        blob: Digest,
+        asked: &mut HashMap<PeerId, Instant>,
+    ) {
+        self.learn_bans(banned);
+        for peer in self.reinstate() {
+            info!(%peer, %blob, "the peers that disputed its chunk map were proven liars; asking it again");
+            asked.remove(&peer);
+        }
+        for peer in self.avoid.iter().chain(&self.proven) {
+            // Never due for another ask in this download.
+            asked.insert(*peer, Instant::now() + Duration::from_secs(24 * 3600));
+        }
+    }
+
     /// Bans the peers whose set-aside maps contradict the verified blob.
     fn convict<S: ChunkStore>(self, inner: &Inner<S>, blob: Digest) {
         let Some(real) = inner.store.chunk_map(&blob) else {
@@ -274,8 +311,10 @@ async fn rounds<S: ChunkStore>(
     need_map: &mut bool,
 ) -> Result<(), SwarmError> {
     let mut provenance = Provenance::default();
+    let started = Instant::now();
+    let banned = |p: &PeerId| inner.bans.since(p, started);
     for _ in 0..=MAX_REFUTED_ROUNDS {
-        match download_round(inner, blob, *need_map, &mut provenance).await? {
+        match download_round(inner, blob, *need_map, &mut provenance, &banned).await? {
             Round::Complete => {
                 provenance.convict(inner, blob);
                 return Ok(());
@@ -300,6 +339,7 @@ async fn download_round<S: ChunkStore>(
     blob: Digest,
     need_map: bool,
     provenance: &mut Provenance,
+    banned: &(dyn Fn(&PeerId) -> bool + Sync),
 ) -> Result<Round, SwarmError> {
     let inner = inner.clone();
     // A map is a member's claim. Its digests stay provisional (chunks
@@ -307,16 +347,14 @@ async fn download_round<S: ChunkStore>(
     // the whole-blob check confirm them. One that contradicts the blob's
     // pinned size or authoritative digests gets its sender banned, and
     // the next peer is asked.
-    for peer in provenance.reinstate() {
-        info!(%peer, %blob, "the peers that disputed its chunk map were proven liars; asking it again");
-    }
     let mut asked = HashMap::new();
-    for peer in provenance.avoid.iter().chain(&provenance.proven) {
-        // Never due for another ask in this download.
-        asked.insert(*peer, Instant::now() + Duration::from_secs(24 * 3600));
-    }
     while !map_ready(&inner, &blob, need_map) {
-        let Some((peer, m)) = fetch_map(&inner, blob, &mut asked, need_map).await? else {
+        let wait = MapWait {
+            asked: &mut asked,
+            provenance: &mut *provenance,
+            banned,
+        };
+        let Some((peer, m)) = fetch_map(&inner, blob, wait, need_map).await? else {
             break;
         };
         match inner.store.put_peer_chunk_map(blob, &m, peer).await {
@@ -767,6 +805,15 @@ const PROVIDERS_WAIT: Duration = Duration::from_secs(2);
 /// How long a download waits for a chunk map at most.
 const MAP_WAIT: Duration = Duration::from_secs(60);
 
+/// What a wait for a chunk map keeps across its asks.
+struct MapWait<'a> {
+    /// When each peer was last asked (see [`fetch_map`]).
+    asked: &'a mut HashMap<PeerId, Instant>,
+    provenance: &'a mut Provenance,
+    /// Whether a peer's ban was asked for since the download began.
+    banned: &'a (dyn Fn(&PeerId) -> bool + Sync),
+}
+
 /// Asks candidate peers for the chunk map of `blob` until one answers, or
 /// until the store learns the blob's layout some other way (`None`).
 ///
@@ -777,9 +824,14 @@ const MAP_WAIT: Duration = Duration::from_secs(60);
 async fn fetch_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
-    asked: &mut HashMap<PeerId, Instant>,
+    wait: MapWait<'_>,
     need_map: bool,
 ) -> Result<Option<(PeerId, ChunkMap)>, SwarmError> {
+    let MapWait {
+        asked,
+        provenance,
+        banned,
+    } = wait;
     let mut last_providers: Option<Instant> = None;
     // A DHT lookup answers in up to seconds; meanwhile the layout is still
     // polled every MAP_POLL (waiting on the lookup in line delayed a small
@@ -791,6 +843,9 @@ async fn fetch_map<S: ChunkStore>(
         if map_ready(inner, &blob, need_map) {
             return Ok(None);
         }
+        // Peers banned meanwhile (by the digest gossip handler, say) may
+        // be all that kept a set-aside map from being asked for again.
+        provenance.refresh(banned, blob, asked);
         // Connected peers first (no lookup), then DHT providers now and
         // then, for holders this node is not connected to.
         let (tx, rx) = oneshot::channel();
