@@ -37,7 +37,8 @@ pub struct SwarmMetrics {
     /// Peers banned (bad chunks or protocol violations).
     pub bans: Counter,
     /// Peers' chunk maps set aside because chunks of several other peers
-    /// contradicted them (their digests were learned again).
+    /// contradicted them, or because no holder of a missing chunk had a
+    /// copy matching them (their digests were learned again).
     pub maps_set_aside: Counter,
     /// Peers banned right now.
     pub banned_peers: Gauge,
@@ -123,7 +124,7 @@ impl SwarmMetrics {
         c(
             registry,
             "maps_set_aside",
-            "Peers' chunk maps set aside as disputed by other peers' chunks",
+            "Peers' chunk maps set aside as disputed by other peers' chunks or not completable",
             &self.maps_set_aside,
         );
         c(

@@ -269,6 +269,10 @@ pub struct ReceivedGossip {
 /// set on every wake-up, so this is only a backstop against a bug.
 const MAX_PENDING_BANS: usize = 4096;
 
+/// Bans remembered with when they were asked for, at most: as many as may
+/// wait for the swarm task at once.
+const MAX_BANS_RECORDED: usize = MAX_PENDING_BANS;
+
 /// Bans on their way to the swarm task. Unlike a command on the bounded
 /// channel (`try_send`, dropped when full: a flood of traffic could let
 /// the very peer causing it escape its ban) a ban request is never lost:
@@ -280,11 +284,26 @@ pub(crate) struct BanRequests {
         std::sync::Mutex<std::collections::HashMap<PeerId, String>>,
         tokio::sync::Notify,
     )>,
+    /// When each peer's ban was last asked for, whoever asked (see
+    /// [`BanRequests::since`]).
+    requested: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, std::time::Instant>>>,
 }
 
 impl BanRequests {
     /// Asks the swarm task to ban `peer`.
     pub(crate) fn ban(&self, peer: PeerId, reason: String) {
+        {
+            let mut requested = self.requested.lock().unwrap_or_else(|p| p.into_inner());
+            if requested.len() >= MAX_BANS_RECORDED && !requested.contains_key(&peer) {
+                // Downloads ask about bans since they began: the oldest
+                // half goes.
+                let mut times: Vec<std::time::Instant> = requested.values().copied().collect();
+                times.sort_unstable();
+                let cut = times[times.len() / 2];
+                requested.retain(|_, t| *t > cut);
+            }
+            requested.insert(peer, std::time::Instant::now());
+        }
         {
             let mut pending = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
             if pending.len() >= MAX_PENDING_BANS && !pending.contains_key(&peer) {
@@ -294,6 +313,14 @@ impl BanRequests {
             pending.entry(peer).or_insert(reason);
         }
         self.inner.1.notify_one();
+    }
+
+    /// Whether a ban of `peer` was asked for at or after `since` (by a
+    /// download, the gossip handlers or the daemon): a download counts
+    /// such a peer a proven liar.
+    pub(crate) fn since(&self, peer: &PeerId, since: std::time::Instant) -> bool {
+        let requested = self.requested.lock().unwrap_or_else(|p| p.into_inner());
+        requested.get(peer).is_some_and(|t| *t >= since)
     }
 
     /// Waits until a ban may be pending.

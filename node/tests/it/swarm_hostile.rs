@@ -850,6 +850,248 @@ async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_
     }
 }
 
+/// Two members agree on a false chunk map (every digest false, the last
+/// too) and serve the chunks matching it but the last, which they cannot
+/// have (no chunk matching it makes the blob): the whole-blob check can
+/// never run on their map, so nothing ever proves them liars by it. The
+/// only honest holder is slow. The victim takes the honest map first; the
+/// two liars' chunks dispute it and it is set aside; a liar's map is
+/// taken next. The last chunk is then held by the honest peer alone, and
+/// its chunk contradicts the liars' map: the download can make no
+/// progress with that map. The honest map is taken back, the liars'
+/// disputes of it no longer count, and the real blob completes from the
+/// honest peer; both liars, whose chunks and map contradict the verified
+/// blob, are banned. Before the fix the download asked the honest peer
+/// for the last chunk over and over (each refused against the liars' map)
+/// and never completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agreeing_liars_that_cannot_finish_their_map_lose_to_a_slow_honest_map() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(4 << 20, 18, chunk);
+    let (forged_data, _, forged) = blob(4 << 20, 19, chunk);
+    let n = map.chunk_count();
+    assert!(map
+        .digests()
+        .iter()
+        .zip(forged.digests())
+        .all(|(a, b)| a != b));
+    let mut liars = Vec::new();
+    for name in ["liar1", "liar2"] {
+        let liar = start_in(tmp.path(), name, &[]).await;
+        liar.store.put_chunk_map(digest, &forged).await.unwrap();
+        for i in 0..n - 1 {
+            liar.store
+                .write_chunk(digest, i, chunk_of(&forged_data, &forged, i))
+                .await
+                .unwrap();
+        }
+        liars.push(liar);
+    }
+    let d = tmp.path().join("honest");
+    let mut c = config(&d, "lab", &[]);
+    c.max_upload_rate = Some(SLOW_HONEST_RATE);
+    let honest = start(&d, c).await;
+    seed(&honest, &data, digest, &map).await;
+    let honest_id = honest.client.local_peer_id();
+
+    // Only the honest peer is connected when the download asks for a map.
+    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
+    meets_peer(&victim, honest_id).await;
+    let started = Instant::now();
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_map_taken(&victim, digest, n, "the honest map taken").await;
+    for liar in &liars {
+        victim.client.dial(liar.addr.clone()).await.unwrap();
+    }
+    fetched(fetch, Duration::from_secs(50)).await;
+    let took = started.elapsed();
+    assert!(holds(&victim.store, &digest, &data));
+    let stats = victim.client.stats();
+    // The honest map was set aside, and so was the liars' stuck one.
+    assert!(stats.maps_set_aside >= 2, "{stats:?}");
+    println!(
+        "two agreeing liars that cannot finish their map, against a slow honest holder: complete in {:.1} s, {} map(s) set aside",
+        took.as_secs_f64(),
+        stats.maps_set_aside
+    );
+    eventually("both liars banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let out = liars
+            .iter()
+            .all(|l| !peers.contains(&l.client.local_peer_id()));
+        let bans = victim.client.stats().bans;
+        (bans == 2 && out).then_some(()).ok_or(bans)
+    })
+    .await;
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+}
+
+/// A download that fails while it needs a chunk map is retried: the retry
+/// asks for a map. A lying member serves a false map and no chunks; two
+/// honest peers hold the first half of the blob against the gateway's
+/// signed digests, which lets them serve those chunks but no map. Their
+/// chunks dispute the liar's map, which is set aside; nobody else serves
+/// a map, and the fetch fails once it has waited for one (60 s). The
+/// blob stays declared with its digests dropped. A complete honest holder
+/// joins and the fetch is retried, as a daemon retries it: the retry asks
+/// for a map and completes. Before the fix it started at once, requested
+/// nothing (no digest was known) and never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_failed_needing_a_chunk_map_asks_for_one_when_retried() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(3 << 20, 20, chunk);
+    let (_, _, forged) = blob(3 << 20, 21, chunk);
+    let n = map.chunk_count();
+    let liar = start_in(tmp.path(), "liar", &[]).await;
+    let liar_id = liar.client.local_peer_id();
+    liar.store.put_chunk_map(digest, &forged).await.unwrap();
+    let mut halves = Vec::new();
+    for name in ["half1", "half2"] {
+        let h = start_in(tmp.path(), name, &[]).await;
+        h.store
+            .create_blob(digest, map.blob_size(), map.chunk_size())
+            .await
+            .unwrap();
+        h.store
+            .add_chunk_digests(digest, 0, &map.digests()[..n as usize / 2])
+            .await
+            .unwrap();
+        for i in 0..n / 2 {
+            h.store
+                .write_chunk(digest, i, chunk_of(&data, &map, i))
+                .await
+                .unwrap();
+        }
+        assert!(h.store.chunk_map(&digest).is_none());
+        halves.push(h);
+    }
+
+    let victim = victim_in(tmp.path(), &liar.addr, digest, map.blob_size()).await;
+    meets_peer(&victim, liar_id).await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_map_taken(&victim, digest, n, "the liar's map taken").await;
+    for h in &halves {
+        victim.client.dial(h.addr.clone()).await.unwrap();
+    }
+    let failed = tokio::time::timeout(Duration::from_secs(90), fetch)
+        .await
+        .expect("the first fetch neither failed nor completed")
+        .unwrap();
+    assert!(failed.is_err(), "the first fetch completed: {failed:?}");
+    assert!(victim.client.stats().maps_set_aside >= 1);
+    let known = victim.store.blob_info(&digest).map(|i| i.digests_known);
+    assert_eq!(known, Some(0), "the liar's digests were not dropped");
+
+    let honest = start_in(tmp.path(), "honest", &[]).await;
+    seed(&honest, &data, digest, &map).await;
+    victim.client.dial(honest.addr.clone()).await.unwrap();
+    meets_peer(&victim, honest.client.local_peer_id()).await;
+    let client = victim.client.clone();
+    let retry = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    fetched(retry, Duration::from_secs(30)).await;
+    assert!(holds(&victim.store, &digest, &data));
+    // Whether the liar is banned depends on whom the retry asks first
+    // (its map is set aside and judged only if taken again).
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest.client.local_peer_id()));
+    for n in halves.into_iter().chain([liar, honest, victim]) {
+        n.stop().await;
+    }
+}
+
+/// Two members hold chunks matching false digests and serve them, but no
+/// chunk map (their store knows every digest but the last); the only
+/// honest holder is slow. Their chunks dispute the honest map, which is
+/// set aside, and nobody else serves a map. The two are then banned
+/// outside the download (here by the daemon's path, as the digest gossip
+/// handler bans the sources of refuted digests): the download counts them
+/// proven liars, the dispute no longer stands, the honest map is asked
+/// for again and the blob completes. Before the fix only the download's
+/// own bans counted: it waited out its 60 s for a map and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liars_banned_outside_the_download_no_longer_keep_a_map_set_aside() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 256 << 10;
+    let (data, digest, map) = blob(4 << 20, 22, chunk);
+    let (forged_data, _, forged) = blob(4 << 20, 23, chunk);
+    let n = map.chunk_count();
+    let mut liars = Vec::new();
+    for name in ["liar1", "liar2"] {
+        let liar = start_in(tmp.path(), name, &[]).await;
+        liar.store
+            .create_blob(digest, map.blob_size(), map.chunk_size())
+            .await
+            .unwrap();
+        liar.store
+            .add_chunk_digests(digest, 0, &forged.digests()[..n as usize - 1])
+            .await
+            .unwrap();
+        for i in 0..n - 1 {
+            liar.store
+                .write_chunk(digest, i, chunk_of(&forged_data, &forged, i))
+                .await
+                .unwrap();
+        }
+        assert!(liar.store.chunk_map(&digest).is_none());
+        liars.push(liar);
+    }
+    let d = tmp.path().join("honest");
+    let mut c = config(&d, "lab", &[]);
+    c.max_upload_rate = Some(SLOW_HONEST_RATE);
+    let honest = start(&d, c).await;
+    seed(&honest, &data, digest, &map).await;
+    let honest_id = honest.client.local_peer_id();
+
+    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
+    meets_peer(&victim, honest_id).await;
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_map_taken(&victim, digest, n, "the honest map taken").await;
+    for liar in &liars {
+        victim.client.dial(liar.addr.clone()).await.unwrap();
+    }
+    eventually(
+        "the honest map set aside",
+        Duration::from_secs(20),
+        async || {
+            let n = victim.client.stats().maps_set_aside;
+            (n >= 1).then_some(()).ok_or(n)
+        },
+    )
+    .await;
+    let banned = Instant::now();
+    for liar in &liars {
+        victim
+            .client
+            .ban(liar.client.local_peer_id(), "test: liar".into());
+    }
+    fetched(fetch, Duration::from_secs(40)).await;
+    assert!(holds(&victim.store, &digest, &data));
+    println!(
+        "liars banned outside the download: blob complete {:.1} s after the bans",
+        banned.elapsed().as_secs_f64()
+    );
+    let stats = victim.client.stats();
+    assert_eq!(stats.maps_set_aside, 1, "{stats:?}");
+    assert_eq!(stats.bans, 2, "{stats:?}");
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+}
+
 /// End to end, with real daemons: a gateway pulling from a real
 /// `docker-registry` through a throttled link (1 MiB/s), an honest node,
 /// and a hostile member (a real swarm node) holding a false chunk map of

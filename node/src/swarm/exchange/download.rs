@@ -93,9 +93,12 @@ struct Provenance {
     /// Peers whose maps are not asked for again in this download (while
     /// their set-aside stands, see [`Provenance::reinstate`]).
     avoid: HashSet<PeerId>,
-    /// Each set-aside map's source, with the peers whose chunks disputed
-    /// it.
-    set_aside: HashMap<PeerId, HashSet<PeerId>>,
+    /// Each set-aside map's source, with the word it was set aside on.
+    set_aside: HashMap<PeerId, Aside>,
+    /// Per map source, the peers whose chunks no longer count against
+    /// its map: they disputed it once, and the map they offered instead
+    /// could not be completed (see [`Provenance::take_back`]).
+    discounted: HashMap<PeerId, HashSet<PeerId>>,
     /// Peers this download proved liars (and banned): senders of corrupt
     /// chunks or of chunks contradicting their own map, sources of digests
     /// the whole-blob check refuted.
@@ -104,6 +107,14 @@ struct Provenance {
     /// sender, index and digest. Once the blob verifies, a sender whose
     /// chunk contradicts it is proven a liar and banned.
     disputed_chunks: Vec<(PeerId, u32, Digest)>,
+}
+
+/// The word a map was set aside on.
+struct Aside {
+    /// The peers whose chunks contradicted it.
+    disputers: HashSet<PeerId>,
+    /// How many of them must stay unproven for the set-aside to stand.
+    needed: usize,
 }
 
 impl Provenance {
@@ -121,20 +132,52 @@ impl Provenance {
 
     /// Sets `source`'s map aside on the word of `disputers`: not asked
     /// for again while the dispute stands.
-    fn set_aside(&mut self, source: PeerId, disputers: HashSet<PeerId>) {
+    fn set_aside(&mut self, source: PeerId, disputers: HashSet<PeerId>, needed: usize) {
         if let Some(m) = self.taken.remove(&source) {
             self.suspect(source, m);
         }
         self.avoid.insert(source);
         if self.set_aside.len() < MAX_MAPS {
-            self.set_aside.insert(source, disputers);
+            self.set_aside.insert(source, Aside { disputers, needed });
         }
     }
 
+    /// Whether `peer`'s chunks no longer count against `source`'s map.
+    fn discounted(&self, source: &PeerId, peer: &PeerId) -> bool {
+        self.discounted
+            .get(source)
+            .is_some_and(|d| d.contains(peer))
+    }
+
+    /// When the map in use (from `current`) cannot be completed, the map
+    /// set aside last (not `current`'s, not a proven liar's): its source
+    /// is no longer avoided, and the peers whose chunks disputed it no
+    /// longer count against it. Two agreeing liars could otherwise set
+    /// the only honest holder's map aside for good: their own map, whose
+    /// last chunk nobody can serve, never reaches the whole-blob check
+    /// that would prove them liars, and the honest holder alone cannot
+    /// dispute it ([`DISPUTES_TO_DROP`]). With the honest map back, their
+    /// chunks are refused against it, the blob verifies, and the verified
+    /// blob convicts them. Nothing is taken on trust: chunks still verify
+    /// against the map in use, and the whole blob against its digest.
+    fn take_back(&mut self, current: &PeerId) -> Option<(PeerId, ChunkMap)> {
+        let at = self.suspects.iter().rposition(|(p, _)| {
+            p != current && self.set_aside.contains_key(p) && !self.proven.contains(p)
+        })?;
+        let (source, map) = self.suspects.remove(at);
+        if let Some(aside) = self.set_aside.remove(&source) {
+            let discounted = self.discounted.entry(source).or_default();
+            discounted.extend(aside.disputers);
+        }
+        self.avoid.remove(&source);
+        Some((source, map))
+    }
+
     /// Takes back the maps set aside on the word of peers since proven
-    /// liars: with fewer than [`DISPUTES_TO_DROP`] of its disputers left
-    /// standing, the dispute does not stand either, and the map's source
-    /// may be asked again. Without this, two agreeing liars whose chunks
+    /// liars: with fewer than the needed number of its disputers left
+    /// standing ([`DISPUTES_TO_DROP`] for a map set aside as disputed),
+    /// the dispute does not stand either, and the map's source may be
+    /// asked again. Without this, two agreeing liars whose chunks
     /// disputed the only honest holder's map had it avoided for the whole
     /// download: once the whole-blob check had banned them both, nobody
     /// else was asked for a map, and the download waited for one until
@@ -143,9 +186,13 @@ impl Provenance {
     fn reinstate(&mut self) -> Vec<PeerId> {
         let proven = &self.proven;
         let mut back = Vec::new();
-        self.set_aside.retain(|source, disputers| {
-            let standing = disputers.iter().filter(|p| !proven.contains(p)).count();
-            let stands = standing >= DISPUTES_TO_DROP || proven.contains(source);
+        self.set_aside.retain(|source, aside| {
+            let standing = aside
+                .disputers
+                .iter()
+                .filter(|p| !proven.contains(p))
+                .count();
+            let stands = standing >= aside.needed || proven.contains(source);
             if !stands {
                 back.push(*source);
             }
@@ -156,6 +203,43 @@ impl Provenance {
             self.suspects.retain(|(p, _)| p != source);
         }
         back
+    }
+
+    /// Counts as proven the peers named in set-aside maps (their sources
+    /// and disputers) whose ban was asked for since the download began
+    /// elsewhere: by the digest gossip handler when the gateway's signed
+    /// digests refuted their map, or by the daemon.
+    fn learn_bans(&mut self, banned: &(dyn Fn(&PeerId) -> bool + Sync)) {
+        let named = self
+            .set_aside
+            .iter()
+            .flat_map(|(source, aside)| std::iter::once(source).chain(&aside.disputers));
+        let learned: Vec<PeerId> = named
+            .filter(|p| !self.proven.contains(p) && banned(p))
+            .copied()
+            .collect();
+        self.proven.extend(learned);
+    }
+
+    /// Takes in what changed since the last look (bans asked for
+    /// elsewhere, maps to take back) and brings `asked` up to date with
+    /// it: the sources of maps taken back are due for an ask, avoided and
+    /// proven peers never are.
+    fn refresh(
+        &mut self,
+        banned: &(dyn Fn(&PeerId) -> bool + Sync),
+        blob: Digest,
+        asked: &mut HashMap<PeerId, Instant>,
+    ) {
+        self.learn_bans(banned);
+        for peer in self.reinstate() {
+            info!(%peer, %blob, "the peers that disputed its chunk map were proven liars; asking it again");
+            asked.remove(&peer);
+        }
+        for peer in self.avoid.iter().chain(&self.proven) {
+            // Never due for another ask in this download.
+            asked.insert(*peer, Instant::now() + Duration::from_secs(24 * 3600));
+        }
     }
 
     /// Bans the peers whose set-aside maps contradict the verified blob.
@@ -196,15 +280,46 @@ pub(super) async fn download<S: ChunkStore>(
     if let (Some(m), None) = (&map, inner.store.layout(&blob)) {
         inner.store.put_chunk_map(blob, m).await?;
     }
-    let mut need_map = false;
+    // A download that failed needing a map left the blob declared with a
+    // gap in its digests (those refuted or set aside were dropped): the
+    // retry asks for a map first. It used to start at once, requested
+    // nothing past the gap, and waited for digests nobody would send (a
+    // daemon retries a failed fetch, and that retry never ended).
+    let mut need_map = lock(&inner.maps_wanted).remove(&blob);
+    let res = rounds(&inner, blob, &mut need_map).await;
+    if need_map
+        && res
+            .as_ref()
+            .is_err_and(|e| !matches!(e, SwarmError::Shutdown))
+    {
+        let mut wanted = lock(&inner.maps_wanted);
+        if wanted.len() < MAX_MAPS_WANTED {
+            wanted.insert(blob);
+        }
+    }
+    res
+}
+
+/// Blobs remembered at most as needing a chunk map on their next
+/// download (one per failed download of a blob whose map was disputed:
+/// a handful at a time, at most one per layer being fetched).
+const MAX_MAPS_WANTED: usize = 1024;
+
+async fn rounds<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    need_map: &mut bool,
+) -> Result<(), SwarmError> {
     let mut provenance = Provenance::default();
+    let started = Instant::now();
+    let banned = |p: &PeerId| inner.bans.since(p, started);
     for _ in 0..=MAX_REFUTED_ROUNDS {
-        match download_round(&inner, blob, need_map, &mut provenance).await? {
+        match download_round(inner, blob, *need_map, &mut provenance, &banned).await? {
             Round::Complete => {
-                provenance.convict(&inner, blob);
+                provenance.convict(inner, blob);
                 return Ok(());
             }
-            Round::Refuted | Round::Disputed => need_map = true,
+            Round::Refuted | Round::Disputed => *need_map = true,
         }
     }
     Err(SwarmError::NoChunkMap(blob))
@@ -224,6 +339,7 @@ async fn download_round<S: ChunkStore>(
     blob: Digest,
     need_map: bool,
     provenance: &mut Provenance,
+    banned: &(dyn Fn(&PeerId) -> bool + Sync),
 ) -> Result<Round, SwarmError> {
     let inner = inner.clone();
     // A map is a member's claim. Its digests stay provisional (chunks
@@ -231,16 +347,14 @@ async fn download_round<S: ChunkStore>(
     // the whole-blob check confirm them. One that contradicts the blob's
     // pinned size or authoritative digests gets its sender banned, and
     // the next peer is asked.
-    for peer in provenance.reinstate() {
-        info!(%peer, %blob, "the peers that disputed its chunk map were proven liars; asking it again");
-    }
     let mut asked = HashMap::new();
-    for peer in provenance.avoid.iter().chain(&provenance.proven) {
-        // Never due for another ask in this download.
-        asked.insert(*peer, Instant::now() + Duration::from_secs(24 * 3600));
-    }
     while !map_ready(&inner, &blob, need_map) {
-        let Some((peer, m)) = fetch_map(&inner, blob, &mut asked, need_map).await? else {
+        let wait = MapWait {
+            asked: &mut asked,
+            provenance: &mut *provenance,
+            banned,
+        };
+        let Some((peer, m)) = fetch_map(&inner, blob, wait, need_map).await? else {
             break;
         };
         match inner.store.put_peer_chunk_map(blob, &m, peer).await {
@@ -260,6 +374,10 @@ async fn download_round<S: ChunkStore>(
     }
     // Per provisional source, the peers whose chunks contradicted it.
     let mut disputes: HashMap<PeerId, HashSet<PeerId>> = HashMap::new();
+    // Per chunk, the peers whose copy was refused against a provisional
+    // digest: once every known holder of a chunk is among them, the map
+    // in use cannot be completed.
+    let mut refused: HashMap<u32, HashSet<PeerId>> = HashMap::new();
     let layout = inner
         .store
         .layout(&blob)
@@ -426,18 +544,36 @@ async fn download_round<S: ChunkStore>(
                                 if let Some(actual) = actual {
                                     provenance.disputed_chunk(peer, index, actual);
                                 }
-                                let disputed = map_from.filter(|s| *s != peer).filter(|s| {
-                                    let senders = disputes.entry(*s).or_default();
+                                // A peer whose chunks disputed this map
+                                // before, and whose own alternative could
+                                // not be completed, is not heard again.
+                                let source = map_from
+                                    .filter(|s| *s != peer && !provenance.discounted(s, &peer));
+                                if let Some(source) = source {
+                                    let senders = disputes.entry(source).or_default();
                                     senders.insert(peer);
-                                    senders.len() >= DISPUTES_TO_DROP
-                                });
-                                if let Some(source) = disputed {
-                                    warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
-                                    inner.metrics.maps_set_aside.inc();
-                                    inner.store.drop_peer_digests(blob, source).await?;
-                                    let disputers = disputes.remove(&source).unwrap_or_default();
-                                    provenance.set_aside(source, disputers);
-                                    return Ok(Round::Disputed);
+                                    if senders.len() >= DISPUTES_TO_DROP {
+                                        warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
+                                        inner.metrics.maps_set_aside.inc();
+                                        inner.store.drop_peer_digests(blob, source).await?;
+                                        let disputers = disputes.remove(&source).unwrap_or_default();
+                                        provenance.set_aside(source, disputers, DISPUTES_TO_DROP);
+                                        return Ok(Round::Disputed);
+                                    }
+                                    let refusers = refused.entry(index).or_default();
+                                    refusers.insert(peer);
+                                    let holders = picker.availability(&blob, index);
+                                    let live = refusers.iter().filter(|p| sessions.contains_key(p)).count() as u32;
+                                    // Every holder of this chunk has a copy
+                                    // the map in use refuses: the download
+                                    // can make no progress with it.
+                                    if holders > 0 && live >= holders {
+                                        if let Some(back) = provenance.take_back(&source) {
+                                            let refusers = refused.remove(&index).unwrap_or_default();
+                                            stuck(&inner, blob, index, source, back, refusers, provenance).await?;
+                                            return Ok(Round::Disputed);
+                                        }
+                                    }
                                 }
                             }
                             err => warn!(%blob, index, error = %err, "store failed to take a chunk"),
@@ -560,6 +696,41 @@ async fn download_round<S: ChunkStore>(
     Ok(Round::Complete)
 }
 
+/// Sets aside the map in use (from `source`), which no holder of chunk
+/// `index` can serve a matching copy of (`refusers`: their copies were
+/// refused against it), and puts back `back`, the map it displaced.
+async fn stuck<S: ChunkStore>(
+    inner: &Arc<Inner<S>>,
+    blob: Digest,
+    index: u32,
+    source: PeerId,
+    (back, map): (PeerId, ChunkMap),
+    refusers: HashSet<PeerId>,
+    provenance: &mut Provenance,
+) -> Result<(), SwarmError> {
+    warn!(%source, %blob, index, %back, "no holder's chunk matches its chunk map; setting the map aside and taking back the one it displaced");
+    inner.metrics.maps_set_aside.inc();
+    inner.store.drop_peer_digests(blob, source).await?;
+    // Stands while one of the refusing holders is not proven a liar.
+    provenance.set_aside(source, refusers, 1);
+    match inner.store.put_peer_chunk_map(blob, &map, back).await {
+        Ok(()) => {
+            if provenance.taken.len() < MAX_MAPS {
+                provenance.taken.insert(back, map);
+            }
+        }
+        Err(ChunkStoreError::FalseLayout(reason)) => {
+            penalise(inner, back, &reason);
+            provenance.proven.insert(back);
+        }
+        // Another provisional map disagrees with it: the next round asks
+        // for a map again, and `back` is no longer avoided.
+        Err(ChunkStoreError::Disputed(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 /// Tells each peer of `requests` that its answer is no longer wanted.
 fn cancel_requests(sessions: &HashMap<PeerId, Session>, requests: Vec<Request<PeerId>>) {
     for r in requests {
@@ -634,6 +805,15 @@ const PROVIDERS_WAIT: Duration = Duration::from_secs(2);
 /// How long a download waits for a chunk map at most.
 const MAP_WAIT: Duration = Duration::from_secs(60);
 
+/// What a wait for a chunk map keeps across its asks.
+struct MapWait<'a> {
+    /// When each peer was last asked (see [`fetch_map`]).
+    asked: &'a mut HashMap<PeerId, Instant>,
+    provenance: &'a mut Provenance,
+    /// Whether a peer's ban was asked for since the download began.
+    banned: &'a (dyn Fn(&PeerId) -> bool + Sync),
+}
+
 /// Asks candidate peers for the chunk map of `blob` until one answers, or
 /// until the store learns the blob's layout some other way (`None`).
 ///
@@ -644,9 +824,14 @@ const MAP_WAIT: Duration = Duration::from_secs(60);
 async fn fetch_map<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
-    asked: &mut HashMap<PeerId, Instant>,
+    wait: MapWait<'_>,
     need_map: bool,
 ) -> Result<Option<(PeerId, ChunkMap)>, SwarmError> {
+    let MapWait {
+        asked,
+        provenance,
+        banned,
+    } = wait;
     let mut last_providers: Option<Instant> = None;
     // A DHT lookup answers in up to seconds; meanwhile the layout is still
     // polled every MAP_POLL (waiting on the lookup in line delayed a small
@@ -658,6 +843,9 @@ async fn fetch_map<S: ChunkStore>(
         if map_ready(inner, &blob, need_map) {
             return Ok(None);
         }
+        // Peers banned meanwhile (by the digest gossip handler, say) may
+        // be all that kept a set-aside map from being asked for again.
+        provenance.refresh(banned, blob, asked);
         // Connected peers first (no lookup), then DHT providers now and
         // then, for holders this node is not connected to.
         let (tx, rx) = oneshot::channel();

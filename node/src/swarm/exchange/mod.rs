@@ -180,6 +180,10 @@ struct Inner<S> {
     connected: Arc<Mutex<HashSet<PeerId>>>,
     /// Running downloads, shared by concurrent callers.
     downloads: Mutex<HashMap<Digest, DownloadWatch>>,
+    /// Blobs whose last download failed while it needed their chunk map
+    /// (its digests were refuted or set aside): the next download asks
+    /// for one before it starts (see `download::download`).
+    maps_wanted: Mutex<HashSet<Digest>>,
     /// Verified chunks arriving from peers, over every download: the
     /// rate endgame judges lateness by.
     arrivals: Mutex<ArrivalRate>,
@@ -292,6 +296,7 @@ impl<S: ChunkStore> Exchange<S> {
             offers: Mutex::new(offers::Offers::default()),
             connected,
             downloads: Mutex::new(HashMap::new()),
+            maps_wanted: Mutex::new(HashSet::new()),
             arrivals: Mutex::new(ArrivalRate::default()),
             corrupt_uploads: config.corrupt_uploads(),
             requests_per_peer: config.requests_per_peer.max(1),
