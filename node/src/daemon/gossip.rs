@@ -136,7 +136,13 @@ fn on_status(inner: &Arc<Inner>, source: Option<PeerId>, status: NodeStatus) {
                 .announce_availability
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        if heard.arrived || (heard.newly_empty && inner.desired.digest().count > 0) {
+        let push = heard.newly_empty && inner.desired.digest().count > 0;
+        if push {
+            inner
+                .push_to_empty_peer
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if heard.arrived || push {
             // A peer holding nothing: the status loop's anti-entropy pushes
             // to it at once (`should_push`), not at the next 2 s tick.
             inner.status_changed.notify_one();

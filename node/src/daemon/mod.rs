@@ -224,6 +224,10 @@ pub(crate) struct Inner {
     /// A peer arrived: re-announce the complete blobs now rather than at
     /// the next refresh.
     announce_availability: std::sync::atomic::AtomicBool,
+    /// A live peer newly reports an empty desired state (a late joiner, a
+    /// wiped node): anti-entropy pushes to it now, even within
+    /// `status::SYNC_INTERVAL` of its last push.
+    push_to_empty_peer: std::sync::atomic::AtomicBool,
     /// One registry pull of a layer at a time on this node, whichever
     /// releases want it (see `gateway::pull_layer`).
     layer_pulls: gateway::LayerPulls,
@@ -295,6 +299,7 @@ impl Daemon {
             mirror,
             ready: Default::default(),
             announce_availability: Default::default(),
+            push_to_empty_peer: Default::default(),
             layer_pulls: Default::default(),
             started: std::time::Instant::now(),
         });
