@@ -769,6 +769,76 @@ async fn a_false_chunk_map_whose_sender_serves_no_chunks_is_set_aside_and_its_se
 /// it stalled (10 s base plus 1 s at 256 KiB/s).
 const SLOW_HONEST_RATE: u64 = 512 << 10;
 
+/// The scenario both two-liar tests share: two members hold `forged` as
+/// `digest`'s chunk map and the chunks of `forged_data` it lists, all
+/// but the last; the only honest holder serves `data` at
+/// [`SLOW_HONEST_RATE`]. The victim, connected to the honest peer alone,
+/// takes its map first, then meets the liars. Checks that the real blob
+/// completes within 50 s with at least `min_set_aside` maps set aside,
+/// that both liars end banned and the honest peer not, and returns how
+/// long the fetch took.
+async fn two_liars_against_a_slow_honest_holder(
+    data: &[u8],
+    digest: Digest,
+    map: &ChunkMap,
+    forged: &ChunkMap,
+    forged_data: &[u8],
+    min_set_aside: u64,
+) -> Duration {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = map.chunk_count();
+    let mut liars = Vec::new();
+    for name in ["liar1", "liar2"] {
+        let liar = start_in(tmp.path(), name, &[]).await;
+        liar.store.put_chunk_map(digest, forged).await.unwrap();
+        for i in 0..n - 1 {
+            liar.store
+                .write_chunk(digest, i, chunk_of(forged_data, forged, i))
+                .await
+                .unwrap();
+        }
+        liars.push(liar);
+    }
+    let d = tmp.path().join("honest");
+    let mut c = config(&d, "lab", &[]);
+    c.max_upload_rate = Some(SLOW_HONEST_RATE);
+    let honest = start(&d, c).await;
+    seed(&honest, data, digest, map).await;
+    let honest_id = honest.client.local_peer_id();
+
+    // Only the honest peer is connected when the download asks for a map.
+    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
+    meets_peer(&victim, honest_id).await;
+    let started = Instant::now();
+    let client = victim.client.clone();
+    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
+    until_map_taken(&victim, digest, n, "the honest map taken").await;
+    for liar in &liars {
+        victim.client.dial(liar.addr.clone()).await.unwrap();
+    }
+    fetched(fetch, Duration::from_secs(50)).await;
+    let took = started.elapsed();
+    assert!(holds(&victim.store, &digest, data));
+    let stats = victim.client.stats();
+    assert!(stats.maps_set_aside >= min_set_aside, "{stats:?}");
+    eventually("both liars banned", Duration::from_secs(10), async || {
+        let peers = victim.client.connected_peers().await.unwrap();
+        let out = liars
+            .iter()
+            .all(|l| !peers.contains(&l.client.local_peer_id()));
+        let bans = victim.client.stats().bans;
+        (bans == 2 && out).then_some(()).ok_or(bans)
+    })
+    .await;
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    println!("{} map(s) set aside", victim.client.stats().maps_set_aside);
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+    took
+}
+
 /// Two members agree on a false chunk map (every digest false but the
 /// last) and serve the chunks matching it, all but the last (a real store
 /// never holds a whole blob that fails its check); the only honest holder
@@ -784,7 +854,6 @@ const SLOW_HONEST_RATE: u64 = 512 << 10;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_completes() {
     init_tracing();
-    let tmp = tempfile::tempdir().unwrap();
     let chunk = 256 << 10;
     let (data, digest, map) = blob(4 << 20, 16, chunk);
     let (forged_data, _, _) = blob(4 << 20, 17, chunk);
@@ -794,60 +863,13 @@ async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_
         .collect();
     digests.push(map.digests()[n as usize - 1]);
     let forged = ChunkMap::new(map.blob_size(), map.chunk_size(), digests).unwrap();
-    let mut liars = Vec::new();
-    for name in ["liar1", "liar2"] {
-        let liar = start_in(tmp.path(), name, &[]).await;
-        liar.store.put_chunk_map(digest, &forged).await.unwrap();
-        for i in 0..n - 1 {
-            liar.store
-                .write_chunk(digest, i, chunk_of(&forged_data, &map, i))
-                .await
-                .unwrap();
-        }
-        liars.push(liar);
-    }
-    let d = tmp.path().join("honest");
-    let mut c = config(&d, "lab", &[]);
-    c.max_upload_rate = Some(SLOW_HONEST_RATE);
-    let honest = start(&d, c).await;
-    seed(&honest, &data, digest, &map).await;
-    let honest_id = honest.client.local_peer_id();
-
-    // Only the honest peer is connected when the download asks for a map.
-    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
-    meets_peer(&victim, honest_id).await;
-    let started = Instant::now();
-    let client = victim.client.clone();
-    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
-    until_map_taken(&victim, digest, n, "the honest map taken").await;
-    for liar in &liars {
-        victim.client.dial(liar.addr.clone()).await.unwrap();
-    }
-    fetched(fetch, Duration::from_secs(50)).await;
-    let took = started.elapsed();
-    assert!(holds(&victim.store, &digest, &data));
     // The dispute path ran: the honest map was set aside at least once.
-    let stats = victim.client.stats();
-    assert!(stats.maps_set_aside >= 1, "{stats:?}");
+    let took =
+        two_liars_against_a_slow_honest_holder(&data, digest, &map, &forged, &forged_data, 1).await;
     println!(
-        "two agreeing liars against a slow honest holder: complete in {:.1} s, {} map(s) set aside",
-        took.as_secs_f64(),
-        stats.maps_set_aside
+        "two agreeing liars against a slow honest holder: complete in {:.1} s",
+        took.as_secs_f64()
     );
-    eventually("both liars banned", Duration::from_secs(10), async || {
-        let peers = victim.client.connected_peers().await.unwrap();
-        let out = liars
-            .iter()
-            .all(|l| !peers.contains(&l.client.local_peer_id()));
-        let bans = victim.client.stats().bans;
-        (bans == 2 && out).then_some(()).ok_or(bans)
-    })
-    .await;
-    let peers = victim.client.connected_peers().await.unwrap();
-    assert!(peers.contains(&honest_id), "the honest peer was blamed");
-    for n in liars.into_iter().chain([honest, victim]) {
-        n.stop().await;
-    }
 }
 
 /// Two members agree on a false chunk map (every digest false, the last
@@ -867,70 +889,21 @@ async fn two_agreeing_liars_disputing_a_slow_honest_map_are_banned_and_the_blob_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agreeing_liars_that_cannot_finish_their_map_lose_to_a_slow_honest_map() {
     init_tracing();
-    let tmp = tempfile::tempdir().unwrap();
     let chunk = 256 << 10;
     let (data, digest, map) = blob(4 << 20, 18, chunk);
     let (forged_data, _, forged) = blob(4 << 20, 19, chunk);
-    let n = map.chunk_count();
     assert!(map
         .digests()
         .iter()
         .zip(forged.digests())
         .all(|(a, b)| a != b));
-    let mut liars = Vec::new();
-    for name in ["liar1", "liar2"] {
-        let liar = start_in(tmp.path(), name, &[]).await;
-        liar.store.put_chunk_map(digest, &forged).await.unwrap();
-        for i in 0..n - 1 {
-            liar.store
-                .write_chunk(digest, i, chunk_of(&forged_data, &forged, i))
-                .await
-                .unwrap();
-        }
-        liars.push(liar);
-    }
-    let d = tmp.path().join("honest");
-    let mut c = config(&d, "lab", &[]);
-    c.max_upload_rate = Some(SLOW_HONEST_RATE);
-    let honest = start(&d, c).await;
-    seed(&honest, &data, digest, &map).await;
-    let honest_id = honest.client.local_peer_id();
-
-    // Only the honest peer is connected when the download asks for a map.
-    let victim = victim_in(tmp.path(), &honest.addr, digest, map.blob_size()).await;
-    meets_peer(&victim, honest_id).await;
-    let started = Instant::now();
-    let client = victim.client.clone();
-    let fetch = tokio::spawn(async move { client.fetch_blob(digest, None).await });
-    until_map_taken(&victim, digest, n, "the honest map taken").await;
-    for liar in &liars {
-        victim.client.dial(liar.addr.clone()).await.unwrap();
-    }
-    fetched(fetch, Duration::from_secs(50)).await;
-    let took = started.elapsed();
-    assert!(holds(&victim.store, &digest, &data));
-    let stats = victim.client.stats();
     // The honest map was set aside, and so was the liars' stuck one.
-    assert!(stats.maps_set_aside >= 2, "{stats:?}");
+    let took =
+        two_liars_against_a_slow_honest_holder(&data, digest, &map, &forged, &forged_data, 2).await;
     println!(
-        "two agreeing liars that cannot finish their map, against a slow honest holder: complete in {:.1} s, {} map(s) set aside",
-        took.as_secs_f64(),
-        stats.maps_set_aside
+        "two agreeing liars that cannot finish their map, against a slow honest holder: complete in {:.1} s",
+        took.as_secs_f64()
     );
-    eventually("both liars banned", Duration::from_secs(10), async || {
-        let peers = victim.client.connected_peers().await.unwrap();
-        let out = liars
-            .iter()
-            .all(|l| !peers.contains(&l.client.local_peer_id()));
-        let bans = victim.client.stats().bans;
-        (bans == 2 && out).then_some(()).ok_or(bans)
-    })
-    .await;
-    let peers = victim.client.connected_peers().await.unwrap();
-    assert!(peers.contains(&honest_id), "the honest peer was blamed");
-    for n in liars.into_iter().chain([honest, victim]) {
-        n.stop().await;
-    }
 }
 
 /// A download that fails while it needs a chunk map is retried: the retry
