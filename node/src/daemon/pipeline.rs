@@ -111,6 +111,8 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
     // was time the gateway's uplink, the only way into the locality for
     // the layer it pulls, stayed idle (10 nodes at 100 Mbit/s: the gateway
     // had taken in 3.5 MB more than it had uploaded 0.5 s into the pull).
+    // Back to back, no effect on T(10) was measurable against the
+    // testnet's run-to-run spread (`issue11-startup-2026-12-01`).
     // What was here before counts as held, not fetched: measured before
     // the downloads start (a small layer may complete during the config's
     // round trip).
