@@ -48,7 +48,15 @@ fn three_trials(import: &str) {
         "{stdout}\n{stderr}\n({:.0} s)",
         started.elapsed().as_secs_f64()
     );
-    assert!(run.status.success(), "suite failed:\n{stdout}\n{stderr}");
+    if !run.status.success() {
+        // Kept for diagnosis: a dropped temp dir took the failed trials'
+        // logs with it (a CI run's trial at 1.146x cloud bytes, 2026-12-01).
+        let kept = out.keep();
+        panic!(
+            "suite failed (its output and failed trials' logs kept in {}):\n{stdout}\n{stderr}",
+            kept.display()
+        );
+    }
     assert!(stdout.contains(&format!("import {import},")), "{stdout}");
     assert!(stdout.contains("converged 3/3 (100 %)"), "{stdout}");
     assert!(
