@@ -105,6 +105,16 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
     for (digest, size) in &pinned_sizes {
         inner.store.expect_size(*digest, *size)?;
     }
+    // The layers' pinned sizes (the config's comes first).
+    let layer_sizes = &pinned_sizes[1..];
+    // What was here before counts as held, not fetched: measured before
+    // the downloads start (a small layer may complete during the config's
+    // round trip).
+    let held_before = layer_sizes
+        .iter()
+        .filter(|(digest, _)| inner.store.is_complete(digest))
+        .map(|(_, size)| size)
+        .sum();
     // Every layer downloads at once, starting now rather than once the
     // config is here: its round trip (100-170 ms at a release's start,
     // when peers' stream channels overflow and sessions are opened again)
@@ -113,19 +123,9 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
     // had taken in 3.5 MB more than it had uploaded 0.5 s into the pull).
     // Back to back, no effect on T(10) was measurable against the
     // testnet's run-to-run spread (`issue11-startup-2026-12-01`).
-    // What was here before counts as held, not fetched: measured before
-    // the downloads start (a small layer may complete during the config's
-    // round trip).
-    let held_before = pinned_sizes
-        .iter()
-        .skip(1)
-        .filter(|(digest, _)| inner.store.is_complete(digest))
-        .map(|(_, size)| size)
-        .sum();
     let mut fetches = tokio::task::JoinSet::new();
-    for (digest, _) in pinned_sizes.iter().skip(1) {
+    for &(digest, _) in layer_sizes {
         let inner = inner.clone();
-        let digest = *digest;
         fetches.spawn(async move { fetch_blob(&inner, id, digest).await });
     }
     let config_bytes = fetch_document(inner, id, config_digest).await?;
