@@ -161,8 +161,31 @@ impl Provenance {
     /// blob convicts them. Nothing is taken on trust: chunks still verify
     /// against the map in use, and the whole blob against its digest.
     fn take_back(&mut self, current: &PeerId) -> Option<(PeerId, ChunkMap)> {
+        self.take_back_where(|source, _| source != current)
+    }
+
+    /// When no peer has served a map for [`TAKE_BACK_OUTVOTED_AFTER`]:
+    /// the map set aside last on the word of disputing chunks alone (not
+    /// one that no holder could complete, nor a proven liar's), taken
+    /// back as [`Provenance::take_back`] does. Two liars that serve
+    /// false chunks but no map of their own outvote the only honest map
+    /// ([`DISPUTES_TO_DROP`]) and are never proven liars by a map: the
+    /// download waited `MAP_WAIT` (60 s) for a map nobody else had, failed,
+    /// and its retry did the same. With the honest map back, their chunks
+    /// are refused against it without counting, the blob verifies from
+    /// the honest peer, and the verified blob convicts them.
+    fn take_back_outvoted(&mut self) -> Option<(PeerId, ChunkMap)> {
+        self.take_back_where(|_, aside| aside.needed >= DISPUTES_TO_DROP)
+    }
+
+    /// The map set aside last whose source and word pass `pick` (never a
+    /// proven liar's): no longer avoided, its disputers discounted.
+    fn take_back_where(
+        &mut self,
+        pick: impl Fn(&PeerId, &Aside) -> bool,
+    ) -> Option<(PeerId, ChunkMap)> {
         let at = self.suspects.iter().rposition(|(p, _)| {
-            p != current && self.set_aside.contains_key(p) && !self.proven.contains(p)
+            !self.proven.contains(p) && self.set_aside.get(p).is_some_and(|a| pick(p, a))
         })?;
         let (source, map) = self.suspects.remove(at);
         if let Some(aside) = self.set_aside.remove(&source) {
@@ -544,22 +567,26 @@ async fn download_round<S: ChunkStore>(
                                 if let Some(actual) = actual {
                                     provenance.disputed_chunk(peer, index, actual);
                                 }
-                                // A peer whose chunks disputed this map
-                                // before, and whose own alternative could
-                                // not be completed, is not heard again.
-                                let source = map_from
-                                    .filter(|s| *s != peer && !provenance.discounted(s, &peer));
-                                if let Some(source) = source {
-                                    let senders = disputes.entry(source).or_default();
-                                    senders.insert(peer);
-                                    if senders.len() >= DISPUTES_TO_DROP {
-                                        warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
-                                        inner.metrics.maps_set_aside.inc();
-                                        inner.store.drop_peer_digests(blob, source).await?;
-                                        let disputers = disputes.remove(&source).unwrap_or_default();
-                                        provenance.set_aside(source, disputers, DISPUTES_TO_DROP);
-                                        return Ok(Round::Disputed);
+                                if let Some(source) = map_from.filter(|s| *s != peer) {
+                                    // A peer whose chunks disputed this map
+                                    // before, and whose own alternative could
+                                    // not be completed, is not heard again.
+                                    if !provenance.discounted(&source, &peer) {
+                                        let senders = disputes.entry(source).or_default();
+                                        senders.insert(peer);
+                                        if senders.len() >= DISPUTES_TO_DROP {
+                                            warn!(%source, %blob, "other peers' chunks contradict its chunk map; setting the map aside");
+                                            inner.metrics.maps_set_aside.inc();
+                                            inner.store.drop_peer_digests(blob, source).await?;
+                                            let disputers = disputes.remove(&source).unwrap_or_default();
+                                            provenance.set_aside(source, disputers, DISPUTES_TO_DROP);
+                                            return Ok(Round::Disputed);
+                                        }
                                     }
+                                    // Its copy still counts against the map
+                                    // being completable: a map taken back
+                                    // with every holder's copy refused was
+                                    // asked for chunks over and over.
                                     let refusers = refused.entry(index).or_default();
                                     refusers.insert(peer);
                                     let holders = picker.availability(&blob, index);
@@ -568,11 +595,10 @@ async fn download_round<S: ChunkStore>(
                                     // the map in use refuses: the download
                                     // can make no progress with it.
                                     if holders > 0 && live >= holders {
-                                        if let Some(back) = provenance.take_back(&source) {
-                                            let refusers = refused.remove(&index).unwrap_or_default();
-                                            stuck(&inner, blob, index, source, back, refusers, provenance).await?;
-                                            return Ok(Round::Disputed);
-                                        }
+                                        let refusers = refused.remove(&index).unwrap_or_default();
+                                        let back = provenance.take_back(&source);
+                                        stuck(&inner, blob, index, source, back, refusers, provenance).await?;
+                                        return Ok(Round::Disputed);
                                     }
                                 }
                             }
@@ -698,21 +724,29 @@ async fn download_round<S: ChunkStore>(
 
 /// Sets aside the map in use (from `source`), which no holder of chunk
 /// `index` can serve a matching copy of (`refusers`: their copies were
-/// refused against it), and puts back `back`, the map it displaced.
+/// refused against it), and puts back `back`, the map it displaced, if
+/// any. Without one, the next round asks for a map again, and `source`
+/// is not asked: a single liar whose map was taken first, against a
+/// single honest holder, kept the download on its map for good (one
+/// peer's chunks are not enough to dispute a map, [`DISPUTES_TO_DROP`]).
 async fn stuck<S: ChunkStore>(
     inner: &Arc<Inner<S>>,
     blob: Digest,
     index: u32,
     source: PeerId,
-    (back, map): (PeerId, ChunkMap),
+    back: Option<(PeerId, ChunkMap)>,
     refusers: HashSet<PeerId>,
     provenance: &mut Provenance,
 ) -> Result<(), SwarmError> {
-    warn!(%source, %blob, index, %back, "no holder's chunk matches its chunk map; setting the map aside and taking back the one it displaced");
     inner.metrics.maps_set_aside.inc();
     inner.store.drop_peer_digests(blob, source).await?;
     // Stands while one of the refusing holders is not proven a liar.
     provenance.set_aside(source, refusers, 1);
+    let Some((back, map)) = back else {
+        warn!(%source, %blob, index, "no holder's chunk matches its chunk map; setting the map aside and asking for another");
+        return Ok(());
+    };
+    warn!(%source, %blob, index, %back, "no holder's chunk matches its chunk map; setting the map aside and taking back the one it displaced");
     match inner.store.put_peer_chunk_map(blob, &map, back).await {
         Ok(()) => {
             if provenance.taken.len() < MAX_MAPS {
@@ -804,6 +838,12 @@ const MAP_PROVIDERS_EVERY: Duration = Duration::from_millis(1250);
 const PROVIDERS_WAIT: Duration = Duration::from_secs(2);
 /// How long a download waits for a chunk map at most.
 const MAP_WAIT: Duration = Duration::from_secs(60);
+/// How long a download waits for a map from another peer before it takes
+/// back a map that disputing chunks outvoted
+/// ([`Provenance::take_back_outvoted`]): the connected peers asked twice
+/// or more ([`MAP_REASK`]) and a DHT provider lookup answered
+/// ([`PROVIDERS_WAIT`] after it was sent, [`MAP_PROVIDERS_EVERY`] apart).
+const TAKE_BACK_OUTVOTED_AFTER: Duration = Duration::from_secs(4);
 
 /// What a wait for a chunk map keeps across its asks.
 struct MapWait<'a> {
@@ -860,6 +900,12 @@ async fn fetch_map<S: ChunkStore>(
         }
         if let Some(map) = ask_for_map(inner, blob, candidates, asked).await {
             return Ok(Some(map));
+        }
+        if started.elapsed() >= TAKE_BACK_OUTVOTED_AFTER {
+            if let Some((source, map)) = provenance.take_back_outvoted() {
+                info!(%source, %blob, "no peer serves another chunk map; taking back the one its disputers outvoted");
+                return Ok(Some((source, map)));
+            }
         }
         if let Some((mut rx, since)) = lookup.take() {
             match rx.try_recv() {
@@ -1107,5 +1153,46 @@ async fn map_on_stream<S: ChunkStore>(
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeswarm_protocol::ChunkSize;
+
+    fn map(seed: u8) -> ChunkMap {
+        ChunkMap::from_bytes(&[seed; 3 << 16], ChunkSize::MIN)
+    }
+
+    #[test]
+    fn after_a_map_wait_only_a_map_outvoted_by_disputing_chunks_is_taken_back() {
+        let mut p = Provenance::default();
+        let [honest, liar1, liar2, stuck_source, holder] = [(); 5].map(|()| PeerId::random());
+        p.taken.insert(honest, map(1));
+        p.set_aside(honest, HashSet::from([liar1, liar2]), DISPUTES_TO_DROP);
+        // Set aside last, as one that no holder could complete.
+        p.taken.insert(stuck_source, map(2));
+        p.set_aside(stuck_source, HashSet::from([holder]), 1);
+
+        let (back, m) = p.take_back_outvoted().expect("the outvoted map");
+        assert_eq!((back, m), (honest, map(1)));
+        assert!(!p.avoid.contains(&honest));
+        assert!(p.discounted(&honest, &liar1) && p.discounted(&honest, &liar2));
+        // The map that could not be completed stays aside, and the one
+        // taken back is not taken back twice.
+        assert!(p.avoid.contains(&stuck_source));
+        assert!(p.take_back_outvoted().is_none());
+    }
+
+    #[test]
+    fn a_proven_liars_outvoted_map_is_not_taken_back() {
+        let mut p = Provenance::default();
+        let [liar, honest1, honest2] = [(); 3].map(|()| PeerId::random());
+        p.taken.insert(liar, map(3));
+        p.set_aside(liar, HashSet::from([honest1, honest2]), DISPUTES_TO_DROP);
+        p.proven.insert(liar);
+        assert!(p.take_back_outvoted().is_none());
+        assert!(p.avoid.contains(&liar));
     }
 }
