@@ -846,6 +846,19 @@ async fn two_liars_against_a_slow_honest_holder(
     assert!(holds(&victim.store, &digest, data));
     let stats = victim.client.stats();
     assert!(stats.maps_set_aside >= min_set_aside, "{stats:?}");
+    until_both_liars_banned(&victim, &liars).await;
+    let peers = victim.client.connected_peers().await.unwrap();
+    assert!(peers.contains(&honest_id), "the honest peer was blamed");
+    println!("{} map(s) set aside", victim.client.stats().maps_set_aside);
+    for n in liars.into_iter().chain([honest, victim]) {
+        n.stop().await;
+    }
+    took
+}
+
+/// Waits (10 s at most) until `victim` has banned both `liars`, and no
+/// one else, and is connected to neither.
+async fn until_both_liars_banned(victim: &TestNode, liars: &[TestNode]) {
     eventually("both liars banned", Duration::from_secs(10), async || {
         let peers = victim.client.connected_peers().await.unwrap();
         let out = liars
@@ -855,13 +868,6 @@ async fn two_liars_against_a_slow_honest_holder(
         (bans == 2 && out).then_some(()).ok_or(bans)
     })
     .await;
-    let peers = victim.client.connected_peers().await.unwrap();
-    assert!(peers.contains(&honest_id), "the honest peer was blamed");
-    println!("{} map(s) set aside", victim.client.stats().maps_set_aside);
-    for n in liars.into_iter().chain([honest, victim]) {
-        n.stop().await;
-    }
-    took
 }
 
 /// Two members agree on a false chunk map (every digest false but the
@@ -1107,15 +1113,7 @@ async fn two_liars_serving_no_map(ban_them: bool, blob_seed: u64) -> Duration {
     fetched(fetch, Duration::from_secs(40)).await;
     let took = set_aside.elapsed();
     assert!(holds(&victim.store, &digest, &data));
-    eventually("both liars banned", Duration::from_secs(10), async || {
-        let peers = victim.client.connected_peers().await.unwrap();
-        let out = liars
-            .iter()
-            .all(|l| !peers.contains(&l.client.local_peer_id()));
-        let bans = victim.client.stats().bans;
-        (bans == 2 && out).then_some(()).ok_or(bans)
-    })
-    .await;
+    until_both_liars_banned(&victim, &liars).await;
     let stats = victim.client.stats();
     assert_eq!(stats.maps_set_aside, 1, "{stats:?}");
     let peers = victim.client.connected_peers().await.unwrap();
