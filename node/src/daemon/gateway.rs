@@ -3,8 +3,8 @@
 //!
 //! Layers are cut into chunks as they arrive: each chunk is hashed on the
 //! blocking pool, its digest recorded, and the chunk written (and verified)
-//! by the store while the stream is read on, so memory holds at most
-//! [`CHUNKS_STORED_AT_ONCE`] chunks and a partial one per layer; their
+//! by the store while the stream is read on, so memory holds a few chunks
+//! per layer ([`CHUNKS_STORED_AT_ONCE`] and a partial one); their
 //! digests are gossiped in order beside the pull. The store
 //! checks the whole blob's sha256 when its last chunk lands. A pull that
 //! stops half-way (crash, restart, failover to this node) resumes with a
@@ -371,10 +371,16 @@ async fn pull_layer(
 /// registry. One at a time, reading stopped for each chunk's hash, write,
 /// fdatasync and digest gossip (40-120 ms a 512 KiB chunk on a loaded
 /// node): a gateway that stored 8 MB/s from a 12 MB/s stream left the
-/// rest in its socket, whose autotuned receive buffer grew to 6 MB, and a
-/// kill -9 lost it all (the next pull took it from the cloud again: 1.12-
-/// 1.20x the image in `faults` seed 4). Writes in flight together share
-/// one fdatasync (the store's group commit).
+/// rest in its socket, whose autotuned receive buffer grew to several MB,
+/// and a kill -9 lost it all (the next pull took it from the cloud again:
+/// 1.12-1.20x the image in `faults` seed 4, debug build). Writes in
+/// flight together share one fdatasync (the store's group commit). On
+/// that trial under extra load, 5 runs each: 2 at once gave 1.025-1.068x
+/// (mean 1.048x), 4 gave 1.042-1.079x (mean 1.057x), as chunks being
+/// stored are lost on a kill too (`testnet/results/issue12-gateway-kill-
+/// 2026-12-01/`). A read that completes a chunk may start its store
+/// while this many run: one more at most (a read is smaller than a
+/// chunk).
 const CHUNKS_STORED_AT_ONCE: usize = 2;
 
 /// Chunk digests stored but not yet gossiped that a pull may run ahead
