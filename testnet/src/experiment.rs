@@ -5,11 +5,13 @@
 //! - **Naive baseline** ([`run_naive`]): every node runs `skopeo copy
 //!   docker://REGISTRY/IMAGE dir:DIR` at the same moment, i.e. pulls every
 //!   blob from the registry itself and verifies its digest, as `docker pull`
-//!   does on each device (skopeo does not extract layers, so the baseline
-//!   does slightly less work than edgeswarm, which also imports).
+//!   does on each device. When the edgeswarm nodes extract (`--import
+//!   dir`), each naive node then extracts its layers with `tar -xf`, so that
+//!   both methods do the same work (and issue 15 compares their CPU); with
+//!   `none` neither extracts.
 //! - **edgeswarm** ([`run_edgeswarm`]): node 0 runs `edgeswarm node
 //!   --gateway`, nodes 1..N run `edgeswarm node` bootstrapped from it (mDNS
-//!   on too), all with `--import dir`. The gateway is **one of the N nodes**
+//!   on too), all with the run's `--import` sink. The gateway is **one of the N nodes**
 //!   (it imports the image like every other node), so both methods provision
 //!   exactly N devices. After every node is up and the gateway hears every
 //!   other node's status reports, the release is deployed through node 0's
@@ -31,6 +33,7 @@
 //! the last pull), the registry's CPU seconds, the machine's CPU use, and a
 //! time series of every link ([`crate::counters::Sampler`], 100 ms).
 
+use std::fmt::Write as _;
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -307,9 +310,18 @@ fn start_sampler(topo: &Topology, spec: &RunSpec, csv: PathBuf) -> Result<Sample
 }
 
 /// The naive baseline: every node of locality 0 runs `skopeo copy` from the
-/// registry at once.
+/// registry at once. With `--import dir` each node then extracts the layers
+/// it copied, in manifest order, with `tar -xf` into a rootfs of its own
+/// (GNU tar runs `gzip -d` for gzip layers): what a device without a
+/// container engine would do, and the CPU baseline of issue 15's `dir`
+/// target ("`skopeo copy` + `tar xzf` of the same layers"). A node is done,
+/// and its CPU seconds counted, when both steps have ended.
 pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
     crate::cmd::require("skopeo", "apt-get install skopeo")?;
+    let extract = spec.import == "dir";
+    if extract {
+        crate::cmd::require("tar", "apt-get install tar")?;
+    }
     std::fs::create_dir_all(&spec.work)
         .map_err(|e| TestnetError::io(format!("creating {}", spec.work.display()), e))?;
     let loc = topo.locality(0)?.clone();
@@ -320,9 +332,10 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
     let registry_cpu0 = spec.registry_pid.and_then(measure::proc_cpu_seconds);
     let cpu0 = CpuTimes::now();
     let start = Instant::now();
+    let dest_of = |index: usize| spec.work.join(format!("naive-data/n{index}"));
     let mut procs = Vec::with_capacity(n);
     for node in &nodes {
-        let dest = spec.work.join(format!("naive-data/n{}", node.index));
+        let dest = dest_of(node.index);
         let _ = std::fs::remove_dir_all(&dest);
         std::fs::create_dir_all(&dest)
             .map_err(|e| TestnetError::io(format!("creating {}", dest.display()), e))?;
@@ -338,26 +351,53 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
             ]),
         )?);
     }
+    let mut extracting = vec![false; n];
     let mut done: Vec<Option<f64>> = vec![None; n];
-    let mut cpu_seconds: Vec<Option<f64>> = vec![None; n];
+    // CPU seconds of the steps that ended (`None` once one step's could
+    // not be read), and of the running step.
+    let mut cpu_ended: Vec<Option<f64>> = vec![Some(0.0); n];
+    let mut cpu_running: Vec<Option<f64>> = vec![None; n];
     while done.iter().any(Option::is_none) {
         for (i, p) in procs.iter_mut().enumerate() {
-            if done[i].is_none() {
-                // Read before reaping: an exited process keeps its final
-                // CPU times until it is waited for (at worst this misses
-                // the last 10 ms before exit).
-                if let Some(c) = measure::proc_cpu_seconds(p.pid()) {
-                    cpu_seconds[i] = Some(c);
-                }
-                if let Some(status) = p.try_wait()? {
-                    if !status.success() {
-                        return Err(TestnetError::Experiment(format!(
-                            "naive node {i}: skopeo failed ({status}): {}",
-                            p.log_tail(800)
-                        )));
-                    }
-                    done[i] = Some(start.elapsed().as_secs_f64());
-                }
+            if done[i].is_some() {
+                continue;
+            }
+            // Read before reaping: an exited process keeps its final CPU
+            // times until it is waited for (at worst this misses the last
+            // 10 ms before exit). The extraction's shell holds its tar and
+            // gzip children's times once it has waited for them.
+            let c = if extracting[i] {
+                measure::proc_cpu_seconds_with_children(p.pid())
+            } else {
+                measure::proc_cpu_seconds(p.pid())
+            };
+            if c.is_some() {
+                cpu_running[i] = c;
+            }
+            let Some(status) = p.try_wait()? else {
+                continue;
+            };
+            let step = if extracting[i] { "tar -xf" } else { "skopeo" };
+            if !status.success() {
+                return Err(TestnetError::Experiment(format!(
+                    "naive node {i}: {step} failed ({status}): {}",
+                    p.log_tail(800)
+                )));
+            }
+            cpu_ended[i] = cpu_ended[i].zip(cpu_running[i].take()).map(|(a, b)| a + b);
+            if extract && !extracting[i] {
+                let node = &nodes[i];
+                let dest = dest_of(node.index);
+                let log = spec
+                    .work
+                    .join(format!("logs/naive-n{}-tar.log", node.index));
+                *p = topo.spawn(
+                    &node.ns,
+                    SpawnSpec::new("sh", log).args(["-c".to_string(), extract_script(&dest)?]),
+                )?;
+                extracting[i] = true;
+            } else {
+                done[i] = Some(start.elapsed().as_secs_f64());
             }
         }
         if start.elapsed() > spec.timeout {
@@ -368,6 +408,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let cpu_seconds = cpu_ended;
     let cpu = cpu0.until(CpuTimes::now());
     let ports1 = measure::read_bridge_ports(&loc)?;
     let registry_cpu_seconds = registry_cpu(spec, registry_cpu0);
@@ -379,8 +420,11 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         .zip(&done)
         .enumerate()
         .map(|(i, (node, s))| {
-            let dest = spec.work.join(format!("naive-data/n{}", node.index));
-            let verified = dest.join("manifest.json").is_file();
+            let dest = dest_of(node.index);
+            let verified = dest.join("manifest.json").is_file()
+                && (!extract
+                    || std::fs::read_dir(dest.join("rootfs"))
+                        .is_ok_and(|mut d| d.next().is_some()));
             if !spec.keep_data {
                 let _ = std::fs::remove_dir_all(&dest);
             }
@@ -410,6 +454,55 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
         registry_cpu_seconds,
         watcher_cpu_seconds: None,
     })
+}
+
+/// The shell script extracting, in manifest order, the layers `skopeo copy`
+/// put in `dest` (a `dir:` copy: `manifest.json` plus one file per blob,
+/// named by its hex digest) into `dest/rootfs`.
+fn extract_script(dest: &Path) -> Result<String> {
+    let manifest = dest.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| TestnetError::io(format!("reading {}", manifest.display()), e))?;
+    let layers = layer_files(&text).map_err(|reason| TestnetError::Parse {
+        command: format!("skopeo copy's {}", manifest.display()),
+        reason,
+    })?;
+    if dest.to_string_lossy().contains('\'') {
+        return Err(TestnetError::Experiment(format!(
+            "cannot quote {} for the extraction script",
+            dest.display()
+        )));
+    }
+    let rootfs = dest.join("rootfs");
+    let mut script = format!("set -e\nmkdir -p '{}'\n", rootfs.display());
+    for hex in layers {
+        let _ = writeln!(
+            script,
+            "tar -xf '{}' -C '{}'",
+            dest.join(hex).display(),
+            rootfs.display()
+        );
+    }
+    Ok(script)
+}
+
+/// The blob file names (hex digests) of a manifest's layers, base first.
+fn layer_files(manifest: &str) -> std::result::Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(manifest).map_err(|e| e.to_string())?;
+    let layers = v["layers"].as_array().ok_or("no `layers` array")?;
+    layers
+        .iter()
+        .map(|l| {
+            let digest = l["digest"].as_str().ok_or("a layer without a digest")?;
+            let hex = digest
+                .strip_prefix("sha256:")
+                .ok_or_else(|| format!("not a sha256 digest: {digest}"))?;
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("not a sha256 digest: {digest}"));
+            }
+            Ok(hex.to_string())
+        })
+        .collect()
 }
 
 /// The registry's CPU seconds since `before` (`None` without its pid).
@@ -1026,5 +1119,43 @@ mod tests {
         assert_eq!(upload_pace(Rate::mbit(100), 92), Some(11_500_000));
         assert_eq!(upload_pace(Rate::mbit(20), 50), Some(1_250_000));
         assert_eq!(upload_pace(Rate::mbit(100), 0), None);
+    }
+
+    const BASE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const APP: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn naive_extraction_untars_the_copied_layers_in_manifest_order() {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"sha256:{APP}ff"}},
+               "layers":[{{"digest":"sha256:{BASE}","size":1}},{{"digest":"sha256:{APP}","size":2}}]}}"#
+        );
+        assert_eq!(layer_files(&manifest).unwrap(), vec![BASE, APP]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), &manifest).unwrap();
+        let script = extract_script(dir.path()).unwrap();
+        let d = dir.path().display();
+        assert_eq!(
+            script,
+            format!(
+                "set -e\nmkdir -p '{d}/rootfs'\ntar -xf '{d}/{BASE}' -C '{d}/rootfs'\n\
+                 tar -xf '{d}/{APP}' -C '{d}/rootfs'\n"
+            )
+        );
+    }
+
+    #[test]
+    fn naive_extraction_refuses_manifests_it_cannot_name_files_from() {
+        assert!(layer_files("{}").is_err());
+        assert!(layer_files("not json").is_err());
+        assert!(layer_files(r#"{"layers":[{"size":1}]}"#).is_err());
+        // A digest is used as a file name: nothing but 64 hex digits passes.
+        let sneaky = r#"{"layers":[{"digest":"sha256:../../etc/passwd"}]}"#;
+        assert!(layer_files(sneaky).unwrap_err().contains("not a sha256"));
+        assert!(layer_files(r#"{"layers":[{"digest":"sha512:ab"}]}"#).is_err());
+        assert_eq!(
+            layer_files(r#"{"layers":[]}"#).unwrap(),
+            Vec::<String>::new()
+        );
     }
 }

@@ -259,7 +259,7 @@ struct ExperimentArgs {
     chunk_size: Option<String>,
     /// Paces each node's uploads at this percent of its link rate
     /// (the node's `--max-upload-rate`), keeping its uplink's queue short;
-    /// 0 leaves uploads unpaced [default: 92].
+    /// 0 leaves uploads unpaced.
     #[arg(long, default_value_t = edgeswarm_testnet::experiment::DEFAULT_PACE_PERCENT)]
     pace_percent: u32,
     /// RUST_LOG of the nodes (their logs are in OUT/n<N>/logs).

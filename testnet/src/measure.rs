@@ -44,6 +44,24 @@ pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     parse_proc_stat_cpu(&text)
 }
 
+/// User + system CPU seconds of a process *and of the children it has
+/// waited for* (`cutime`, `cstime`: fields 16 and 17), from the text of
+/// `/proc/PID/stat`. A shell running `tar -xf` (which runs `gzip -d`)
+/// holds the whole pipeline's time here once each step has exited.
+pub fn parse_proc_stat_cpu_with_children(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)? + ticks(13)? + ticks(14)?) as f64 / USER_HZ)
+}
+
+/// [`parse_proc_stat_cpu_with_children`] of a live (or exited but not yet
+/// reaped) process, `None` once it is gone.
+pub fn proc_cpu_seconds_with_children(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_proc_stat_cpu_with_children(&text)
+}
+
 /// Seconds (from the start of `series`) at which probe `label`'s transmit
 /// counter reached `fraction` of what it carried over the whole series,
 /// interpolated between samples; `None` when it carried nothing.
@@ -356,6 +374,12 @@ mod tests {
         let stat = "4242 (edge swarm) (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 130 0 0 20 0 9 0 100 1000000 500 18446744073709551615";
         assert_eq!(parse_proc_stat_cpu(stat), Some(3.8));
         assert_eq!(parse_proc_stat_cpu("garbage"), None);
+        // Fields 16/17 (cutime, cstime) = 0 here, then 700 and 20 ticks.
+        assert_eq!(parse_proc_stat_cpu_with_children(stat), Some(3.8));
+        let waited = "4242 (sh) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 130 700 20 20 0 9 0 100";
+        assert_eq!(parse_proc_stat_cpu(waited), Some(3.8));
+        assert_eq!(parse_proc_stat_cpu_with_children(waited), Some(11.0));
+        assert_eq!(parse_proc_stat_cpu_with_children("1 (sh) S 1 2"), None);
         let me = proc_cpu_seconds(std::process::id()).unwrap();
         assert!(me >= 0.0);
     }

@@ -183,6 +183,43 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         summary.contains("N=3: bytes the gateway takes from peers for layers it pulls"),
         "{summary}"
     );
+
+    // The naive baseline with `dir`: every node copies the image with
+    // skopeo, then extracts its layers with tar (issue 15's CPU baseline).
+    let naive_spec = RunSpec {
+        work: work.path().join("naive"),
+        ..run.clone()
+    };
+    let naive = experiment::run_naive(&topo, &naive_spec)
+        .unwrap_or_else(|e| panic!("naive run failed: {e}"));
+    let ratio = naive.cloud_bytes as f64 / image.total_bytes as f64;
+    assert!(
+        (2.9..=3.3).contains(&ratio),
+        "3 naive pulls carried {ratio:.3}x the image over the cloud link"
+    );
+    for n in &naive.per_node {
+        assert!(n.seconds.is_some() && n.verified, "naive node: {n:?}");
+        let run_sh = naive_spec
+            .work
+            .join(format!("naive-data/n{}/rootfs/app/run.sh", n.node));
+        let text = std::fs::read_to_string(&run_sh).unwrap();
+        assert!(
+            text.contains("edgeswarm app v1"),
+            "{}: {text:?}",
+            run_sh.display()
+        );
+        assert!(n.cpu_seconds.expect("naive CPU seconds") > 0.0, "{n:?}");
+    }
+    let both = [result.clone(), naive];
+    let setting = edgeswarm_testnet::report::Setting {
+        import: "dir".into(),
+        ..Default::default()
+    };
+    let rows = edgeswarm_testnet::report::cpu_targets(&setting, &both);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(rows[0].target.starts_with("N=3: CPU per node"), "{rows:#?}");
+    assert!(rows[0].pass.is_some(), "{rows:#?}");
+    println!("{rows:#?}");
     drop(reg);
     topo.down().unwrap();
 }

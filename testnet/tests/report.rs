@@ -240,3 +240,51 @@ fn summary_holds_the_run_table_and_the_targets_table() {
     // registry / watcher.
     assert!(s.contains("| 1.50 | 4.00 / 5.50 | 0.70 / - | 50% |"), "{s}");
 }
+
+#[test]
+fn cpu_rows_compare_the_mean_node_of_each_method_at_each_n_run_both_ways() {
+    let mut runs = runs();
+    // Edgeswarm at N=21: node i used 1.5 + i CPU-s, a mean of 11.5.
+    // Naive nodes used 10 each: 1.15x, within 1.2x.
+    for n in &mut runs[3].per_node {
+        n.cpu_seconds = Some(10.0);
+    }
+    let rows = report::cpu_targets(&setting("dir"), &runs);
+    // Only N=21 ran both ways.
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let row = find(
+        &rows,
+        "N=21: CPU per node, `--import dir`, over `skopeo copy` + `tar -xf` of the same bytes",
+    );
+    assert_eq!(row.goal, "<= 1.2x");
+    assert!(
+        row.measured
+            .starts_with("1.150x (edgeswarm 11.50 CPU-s per node over 21 nodes / naive 10.00)"),
+        "{row:?}"
+    );
+    assert_eq!(row.pass, Some(true));
+    assert_eq!(row.machine_cpu, "edgeswarm 50% / naive 90%");
+
+    // 9 CPU-s per naive node: 1.28x, over the goal.
+    for n in &mut runs[3].per_node {
+        n.cpu_seconds = Some(9.0);
+    }
+    let rows = report::cpu_targets(&setting("none"), &runs);
+    assert_eq!(rows[0].pass, Some(false), "{rows:#?}");
+    assert!(
+        rows[0].target.contains("over `skopeo copy` of"),
+        "{rows:#?}"
+    );
+    // No target for a sink the baseline does not do.
+    let rows = report::cpu_targets(&setting("docker"), &runs);
+    assert_eq!(rows[0].pass, None, "{rows:#?}");
+    // A node whose CPU was not read leaves the row unmeasured, not judged.
+    runs[3].per_node[4].cpu_seconds = None;
+    let rows = report::cpu_targets(&setting("dir"), &runs);
+    assert_eq!(
+        (rows[0].measured.as_str(), rows[0].pass),
+        ("not measured", None)
+    );
+    let s = report::summary_markdown(&image(), &setting("dir"), &runs);
+    assert!(s.contains("## Issue 15 targets (CPU per node)"), "{s}");
+}
