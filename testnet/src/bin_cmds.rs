@@ -328,6 +328,22 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             budgeted: None,
         };
         for m in &methods {
+            let data_dir = spec.work.join(match m {
+                Method::Naive => "naive-data",
+                Method::Edgeswarm => "es-data",
+            });
+            let mut scratch = if a.shared_data_fs || a.keep_data {
+                None
+            } else {
+                // Sparse: N copies of the image, compressed and extracted
+                // (about 3x), with room to spare.
+                let size = a.image_mb * 1_000_000 * n as u64 * 12;
+                let _ = std::fs::remove_dir_all(&data_dir);
+                Some(
+                    edgeswarm_testnet::scratch::ScratchFs::mount(&data_dir, size)
+                        .with_context(|| format!("a fresh filesystem at {}", data_dir.display()))?,
+                )
+            };
             let r = match m {
                 Method::Naive => experiment::run_naive(&topo, &spec),
                 Method::Edgeswarm => {
@@ -339,6 +355,10 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 }
             }
             .with_context(|| format!("{} run with {n} nodes", m.name()))?;
+            if let Some(fs) = scratch.as_mut() {
+                // The data dirs go with it, --keep-data or not.
+                fs.unmount()?;
+            }
             r.write_nodes_csv(&spec.work)?;
             eprintln!(
                 "   {:<9} last node {:>6}s  mean {:>6.1}s  cloud {:>7.1} MB ({:.3}x)  CPU busy {:.0}% iowait {:.0}%",

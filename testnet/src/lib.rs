@@ -26,6 +26,8 @@
 //!   metrics of a run.
 //! - [`watch`]: polling nodes' APIs from inside the testnet.
 //! - [`report`]: results CSV, Markdown summary and SVG figures.
+//! - [`scratch`]: a fresh loop-mounted ext4 for one run's data dirs, so
+//!   that file creation costs do not depend on the runs before it.
 //! - [`cgroup`]: a device budget (CPU quota, memory limit) for one process
 //!   in a cgroup of its own, v1 or v2, and what it used (issue 15's
 //!   `budget` command).
@@ -73,6 +75,7 @@ pub mod process;
 pub mod rate;
 pub mod registry;
 pub mod report;
+pub mod scratch;
 pub mod topology;
 pub mod watch;
 

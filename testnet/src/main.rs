@@ -268,13 +268,22 @@ struct ExperimentArgs {
     /// Seconds before a run is abandoned.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Keep the nodes' data dirs (N copies of the image) [default: off].
+    /// Keep the nodes' data dirs (N copies of the image; implies
+    /// --shared-data-fs) [default: off].
     #[arg(long)]
     keep_data: bool,
     /// Where edgeswarm nodes put the image: `dir` (extract a rootfs) or
-    /// `none` (store only: measures distribution without extraction).
+    /// `none` (store only: measures distribution without extraction). With
+    /// `dir` the naive nodes extract too (`tar -xf` of each layer after
+    /// `skopeo copy`), so that both methods do the same work.
     #[arg(long, default_value = "dir")]
     import: String,
+    /// Keep every run's node data dirs on the output directory's own
+    /// filesystem [default: off: each run (method and N) gets a fresh
+    /// loop-mounted ext4, so that file creation costs do not depend on
+    /// the trees earlier runs deleted: see `edgeswarm_testnet::scratch`].
+    #[arg(long)]
+    shared_data_fs: bool,
 }
 
 #[derive(Debug, Args)]
