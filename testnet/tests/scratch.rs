@@ -3,6 +3,7 @@
 
 use edgeswarm_testnet::scratch::{is_mount_point, ScratchFs, MIN_SIZE};
 
+#[allow(dead_code)] // only require_root is used here
 mod support;
 use support::require_root;
 
