@@ -393,6 +393,8 @@ async fn blob(
     let digest = parse_digest(digest_text)?;
     // Validates the name and `ns` like a manifest request does.
     reference(state, uri, name, &format!("@{digest_text}"))?;
+    let started = std::time::Instant::now();
+    tracing::debug!(%digest, head, "mirror blob asked");
     let found = state
         .daemon
         .mirror_blob(digest)
@@ -401,6 +403,15 @@ async fn blob(
     let size = match &found {
         MirrorBlob::Complete { size, .. } | MirrorBlob::Arriving { size, .. } => *size,
     };
+    tracing::debug!(
+        %digest,
+        size,
+        head,
+        arriving = matches!(found, MirrorBlob::Arriving { .. }),
+        range = ?headers.get(header::RANGE),
+        ms = started.elapsed().as_millis() as u64,
+        "mirror blob found"
+    );
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let range = match parse_range(range_header, size) {
         Ok(r) => r,

@@ -480,8 +480,24 @@ fn timed_pulls(
             }
         }
         if start.elapsed() > spec.run.timeout {
+            // ctr prints each blob's progress: the tails say which blob
+            // each unfinished pull was waiting for.
+            let tails: String = nodes
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| d.is_none())
+                .map(|(i, _)| {
+                    let log = std::fs::read(logs.join(format!("ctr-n{i}.log"))).unwrap_or_default();
+                    let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(1500)..])
+                        .into_owned();
+                    format!("\n--- ctr on node {i} (tail) ---\n{tail}")
+                })
+                .collect();
             return Err(TestnetError::Timeout {
-                what: format!("ctr images pull of {} on nodes {nodes:?}", spec.run.image),
+                what: format!(
+                    "ctr images pull of {} on nodes {nodes:?}{tails}",
+                    spec.run.image
+                ),
                 after: spec.run.timeout,
             });
         }
@@ -684,7 +700,7 @@ pub fn run_mirror(
         &caps,
     );
     experiment::check_alive(&mut formed.loc)?;
-    let mut result = result?;
+    let mut result = result.map_err(|e| with_log_tails(e, &formed.loc.procs, &daemons))?;
     // After the measurement window: the scrape's traffic stays out of it.
     let metrics = experiment::scrape_raw(topo, tools)?;
     for n in &mut result.per_node {
@@ -705,6 +721,26 @@ pub fn run_mirror(
     finish(daemons, spec.run.keep_data);
     drop(caps);
     Ok(result)
+}
+
+/// Appends the tails of the nodes' and containerds' logs to a failed
+/// mirror run's error: the run's work directory is usually a test's
+/// temporary directory, gone by the time anyone reads the failure.
+fn with_log_tails(e: TestnetError, nodes: &[NetnsProcess], daemons: &[Containerd]) -> TestnetError {
+    let mut text = e.to_string();
+    for (i, p) in nodes.iter().enumerate() {
+        text.push_str(&format!(
+            "\n--- edgeswarm node {i} (tail) ---\n{}",
+            p.log_tail(4000)
+        ));
+    }
+    for (i, d) in daemons.iter().enumerate() {
+        text.push_str(&format!(
+            "\n--- containerd on node {i} (tail) ---\n{}",
+            d.proc.log_tail(1500)
+        ));
+    }
+    TestnetError::Experiment(text)
 }
 
 /// Writes `mirror-pull.csv`: one row per node and run (round, label,

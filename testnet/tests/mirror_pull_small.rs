@@ -57,7 +57,9 @@ fn containerd_pulls_through_every_nodes_mirror_with_one_copy_over_the_cloud_link
             work: work.path().join("run"),
             timeout: Duration::from_secs(120),
             sample_interval: Duration::from_millis(100),
-            rust_log: "info,libp2p=warn".into(),
+            // The mirror's requests at debug: a failure prints the nodes' log
+            // tails, which then say what each containerd asked for.
+            rust_log: "info,libp2p=warn,edgeswarm_node::mirror=debug".into(),
             chunk_size: None,
             pace_percent: experiment::DEFAULT_PACE_PERCENT,
             keep_data: false,
