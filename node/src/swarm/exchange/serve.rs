@@ -301,9 +301,6 @@ fn retried_long_enough<S>(
 
 /// Chunks of at most this many bytes are never spared by an origin seed.
 const SPARE_MIN_CHUNK: u32 = 64 << 10;
-/// Bytes of a paced upload written per token-bucket take: small against a
-/// link's queue (16 KiB is 1.3 ms at 100 Mbit/s).
-const PACING_PIECE: usize = 16 << 10;
 
 /// How often a server re-checks what it advertises without a store event:
 /// a safety net after missed (lagged) events, and when super-seeding
@@ -497,10 +494,9 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     let mut changed = relay.want();
     let len = relay.len();
     respond(w, request_id, ChunkStatus::Relay { len: len as u64 }).await?;
-    let most = if inner.bucket.is_some() {
-        PACING_PIECE
-    } else {
-        wire::MAX_RELAY_PIECE as usize
+    let most = match &inner.bucket {
+        Some(bucket) => bucket.piece(),
+        None => wire::MAX_RELAY_PIECE as usize,
     };
     let mut sent = 0usize;
     // One write per piece, its length prefix included: a separate 4-byte
@@ -681,7 +677,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
             // below the link keeps that queue, and with it the latency of
             // every request and `Have` crossing it, short.
             frame::write_head(w, &head).await?;
-            for piece in bytes.chunks(PACING_PIECE) {
+            for piece in bytes.chunks(bucket.piece()) {
                 bucket.take(piece.len() as u64).await;
                 w.write_all(piece).await?;
             }
