@@ -531,6 +531,18 @@ impl Releases {
         self.lock().releases.get(id).map(|t| t.gateway)
     }
 
+    /// Whether `peer` is the elected gateway of a tracked release whose
+    /// verified manifest lists `layer`. Two releases of one manifest (a
+    /// mirror pull by tag and another by digest) share their layers, and
+    /// the gateway pulls each layer once, under one of them: a node that
+    /// follows only the other must still take the digests it signs.
+    pub(super) fn gateway_of_layer(&self, layer: &Digest, peer: &PeerId) -> bool {
+        self.lock()
+            .releases
+            .values()
+            .any(|t| t.gateway.as_ref() == Some(peer) && t.layers.contains(layer))
+    }
+
     /// Release `id`'s gateway, when it is another node than `me` elected
     /// at least `silence` ago: the candidate to check for silence.
     pub(super) fn gateway_elected_before(
@@ -1108,6 +1120,28 @@ mod tests {
         );
         assert!(table.get(&old_id).is_none());
         assert!(table.get(&other_id).is_some());
+    }
+
+    #[test]
+    fn a_layer_belongs_to_the_gateway_elected_for_a_release_that_lists_it() {
+        let (table, id) = one("reg/app@sha256:abc");
+        let gateway = PeerId::random();
+        let shared = layer("shared", 10);
+        assert!(
+            !table.gateway_of_layer(&shared.digest, &gateway),
+            "no layers yet"
+        );
+        table.set_layers(&id, std::slice::from_ref(&shared), 0);
+        assert!(
+            !table.gateway_of_layer(&shared.digest, &gateway),
+            "no gateway elected yet"
+        );
+        table.schedule(&id, &[yes(gateway)], PeerId::random(), |_| false);
+        assert_eq!(table.gateway_of(&id), Some(Some(gateway)));
+        assert!(table.gateway_of_layer(&shared.digest, &gateway));
+        // Not another peer, and not a layer the manifest does not list.
+        assert!(!table.gateway_of_layer(&shared.digest, &PeerId::random()));
+        assert!(!table.gateway_of_layer(&layer("other", 10).digest, &gateway));
     }
 
     #[test]
