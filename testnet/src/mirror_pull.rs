@@ -468,12 +468,10 @@ fn timed_pulls(
             if let Some(status) = status {
                 let t = start.elapsed().as_secs_f64();
                 if !status.success() {
-                    let log = std::fs::read(logs.join(format!("ctr-n{}.log", nodes[k])))
-                        .unwrap_or_default();
-                    let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(1500)..]);
                     return Err(TestnetError::Experiment(format!(
-                        "ctr images pull on node {} failed ({status}) after {t:.1}s: {tail}",
-                        nodes[k]
+                        "ctr images pull on node {} failed ({status}) after {t:.1}s: {}",
+                        nodes[k],
+                        ctr_log_tail(logs, nodes[k])
                     )));
                 }
                 done[k] = Some(t);
@@ -487,10 +485,10 @@ fn timed_pulls(
                 .zip(&done)
                 .filter(|(_, d)| d.is_none())
                 .map(|(i, _)| {
-                    let log = std::fs::read(logs.join(format!("ctr-n{i}.log"))).unwrap_or_default();
-                    let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(1500)..])
-                        .into_owned();
-                    format!("\n--- ctr on node {i} (tail) ---\n{tail}")
+                    format!(
+                        "\n--- ctr on node {i} (tail) ---\n{}",
+                        ctr_log_tail(logs, *i)
+                    )
                 })
                 .collect();
             return Err(TestnetError::Timeout {
@@ -515,6 +513,13 @@ fn timed_pulls(
         .zip(done)
         .map(|(f, d)| (f, d.unwrap_or_default()))
         .collect())
+}
+
+/// The last 1500 bytes of node `node`'s `ctr` log under `logs` (empty
+/// when it cannot be read).
+fn ctr_log_tail(logs: &Path, node: usize) -> String {
+    let log = std::fs::read(logs.join(format!("ctr-n{node}.log"))).unwrap_or_default();
+    String::from_utf8_lossy(&log[log.len().saturating_sub(1500)..]).into_owned()
 }
 
 /// Times the pulls on `nodes` with link counters, CPU and checks.

@@ -212,11 +212,10 @@ async fn on_chunk_digests(
         }
         // A release this node does not follow: still the digests of a
         // layer of one it does follow when they come from that release's
-        // gateway (the gateway pulls a layer shared by two releases once,
-        // under one of them). Without them, a node following only the
-        // other release could verify no chunk of that layer, and its
-        // relays stalled, until the layer's map was complete (7 s of a
-        // 9.5 s containerd pull through the mirror).
+        // gateway (see `Releases::gateway_of_layer`). Without them, a node
+        // following only another release could verify no chunk of that
+        // layer, and its relays stalled, until the layer's map was
+        // complete (7 s of a 9.5 s containerd pull through the mirror).
         None if inner.releases.gateway_of_layer(&update.blob, &source) => {}
         None => return,
     }

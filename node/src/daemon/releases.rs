@@ -532,10 +532,11 @@ impl Releases {
     }
 
     /// Whether `peer` is the elected gateway of a tracked release whose
-    /// verified manifest lists `layer`. Two releases of one manifest (a
-    /// mirror pull by tag and another by digest) share their layers, and
-    /// the gateway pulls each layer once, under one of them: a node that
-    /// follows only the other must still take the digests it signs.
+    /// verified manifest lists `layer`. Releases that share a layer (two
+    /// mirror releases of one manifest, by tag and by digest, or two images
+    /// on one base layer) get it pulled once, under one of them, with its
+    /// digests signed under that one: a node that follows only another
+    /// must still take them.
     pub(super) fn gateway_of_layer(&self, layer: &Digest, peer: &PeerId) -> bool {
         self.lock()
             .releases
