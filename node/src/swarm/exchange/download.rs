@@ -16,7 +16,7 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::super::frame::{self, FrameError};
 use super::super::{ChunkStore, ChunkStoreError, ChunkWrite, Command, SwarmError};
@@ -1073,12 +1073,20 @@ async fn ask_for_map<S: ChunkStore>(
         if asked.get(&peer).is_some_and(|t| t.elapsed() < MAP_REASK) {
             continue;
         }
-        asked.insert(peer, Instant::now());
-        match tokio::time::timeout(Duration::from_secs(10), get_map(inner, peer, blob)).await {
-            Ok(Ok(Some(map))) => return Some((peer, map)),
-            Ok(Ok(None)) => {}
+        let asked_at = Instant::now();
+        asked.insert(peer, asked_at);
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), get_map(inner, peer, blob)).await;
+        let ms = asked_at.elapsed().as_millis() as u64;
+        match answer {
+            Ok(Ok(Some(map))) => {
+                debug!(%peer, %blob, ms, "chunk map served");
+                return Some((peer, map));
+            }
+            Ok(Ok(None)) => debug!(%peer, %blob, ms, "chunk map not held by the peer"),
             Ok(Err(e)) if e.is_violation() => penalise(inner, peer, &e.to_string()),
-            Ok(Err(_)) => {
+            Ok(Err(e)) => {
+                debug!(%peer, %blob, ms, error = %e, "chunk map ask failed");
                 // The stream failed before an answer, mostly dropped unread
                 // by a peer swamped with a release's first streams (the
                 // sessions' case, `DROPPED_RETRY`): asked again after that
@@ -1091,7 +1099,7 @@ async fn ask_for_map<S: ChunkStore>(
                     .unwrap_or_else(Instant::now);
                 asked.insert(peer, asked_at);
             }
-            Err(_) => {}
+            Err(_) => debug!(%peer, %blob, ms, "chunk map ask timed out"),
         }
     }
     None
