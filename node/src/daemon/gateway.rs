@@ -38,29 +38,37 @@ use crate::swarm::Topic;
 /// `edgeswarm-testnet pull-bench` (README).
 const PARALLEL_LAYER_PULLS: usize = 1;
 
-/// Layers up to this size are pulled before the others (each group in
-/// manifest order). Pulled after a big layer, a small one reaches the
-/// locality last, queued behind the big layer's remaining chunks on
-/// every node: in a 10-node run at 100 Mbit/s (single layout, 46 MB
-/// layer then 0.9 and 1.1 MB ones) the nodes had the small layers 1.1-1.2
-/// s after the gateway, 0.25-0.4 s after their big layer, and that was
-/// the run's tail. Pulled first they cost the big layer's start at most
-/// 0.2 s at 100 Mbit/s, which no importer notices: it needs the big layer
-/// first and consumes it while it streams, and the small ones are then
-/// already whole. Back to back (with two other start-up changes) T(10)
-/// showed no effect measurable against the run-to-run spread of 1.29-1.52
-/// T(1) on the 2-core testnet (`issue11-startup-2026-12-01`).
+/// Layers up to this size are pulled beside the others, from the start
+/// of the pull, instead of in turn with them.
+///
+/// Pulled after a big layer, a small one reached the locality last,
+/// queued behind the big layer's remaining chunks on every node: in a
+/// 10-node run at 100 Mbit/s (single layout, 46 MB layer then 0.9 and 1.1
+/// MB ones) the nodes had the small layers 1.1-1.2 s after the gateway,
+/// 0.25-0.4 s after their big layer, and that was the run's tail. Pulled
+/// before it, in turn, each small layer costs a fixed round of registry
+/// requests and store fsyncs while the link idles: 0.06-0.1 s each on
+/// the testnet, whose cloud link has no delay (the kernel has no netem),
+/// so the big layer still ended at the same time there (`experiment
+/// --nodes 1,5,10`, interleaved: the image's last byte at +4.15-4.32 s
+/// either way). Against a registry 50-200 ms away, which redirects blob
+/// requests to a storage host, those rounds cost a few round trips per
+/// small layer; beside the big layer they overlap it, and the small
+/// layers still arrive long before it ends.
 const SMALL_LAYER_FIRST: u64 = 2 * 1024 * 1024;
 
-/// The order the gateway pulls `missing` in: the small layers
-/// (≤ [`SMALL_LAYER_FIRST`]) first, then the rest, each group in manifest
-/// order.
-fn pull_order(missing: Vec<LayerDescriptor>) -> Vec<LayerDescriptor> {
-    let (mut small, large): (Vec<_>, Vec<_>) = missing
+/// Small layers (≤ [`SMALL_LAYER_FIRST`]) pulled at once at most: an
+/// image of many small layers does not open a connection per layer.
+const SMALL_LAYERS_AT_ONCE: usize = 4;
+
+/// How the gateway pulls `missing`: the small layers (≤
+/// [`SMALL_LAYER_FIRST`]), [`SMALL_LAYERS_AT_ONCE`] at a time, beside the
+/// others, which go [`PARALLEL_LAYER_PULLS`] at a time; each group in
+/// manifest order.
+fn pull_plan(missing: Vec<LayerDescriptor>) -> (Vec<LayerDescriptor>, Vec<LayerDescriptor>) {
+    missing
         .into_iter()
-        .partition(|layer| layer.size <= SMALL_LAYER_FIRST);
-    small.extend(large);
-    small
+        .partition(|layer| layer.size <= SMALL_LAYER_FIRST)
 }
 
 /// First pause before a failed pull is tried again.
@@ -252,16 +260,26 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
     // for layers: it waits for these instead of downloading them twice.
     let blobs: Vec<Digest> = missing.iter().map(|layer| layer.digest).collect();
     let _plan = inner.releases.plan_pull(&id, &blobs);
-    let results: Vec<Result<(), ReleaseError>> = futures::stream::iter(pull_order(missing))
-        .map(|layer| {
-            let cloud = cloud.clone();
-            let reference = reference.clone();
-            async move { pull_layer(inner, registry, id, &reference, &layer, &cloud).await }
-        })
-        .buffered(PARALLEL_LAYER_PULLS)
-        .collect()
-        .await;
-    results.into_iter().collect()
+    let (small, large) = pull_plan(missing);
+    let pull = |layer: LayerDescriptor| {
+        let cloud = cloud.clone();
+        let reference = reference.clone();
+        async move { pull_layer(inner, registry, id, &reference, &layer, &cloud).await }
+    };
+    let (small, large): (Vec<_>, Vec<_>) = tokio::join!(
+        futures::stream::iter(small)
+            .map(pull)
+            .buffered(SMALL_LAYERS_AT_ONCE)
+            .collect(),
+        futures::stream::iter(large)
+            .map(pull)
+            .buffered(PARALLEL_LAYER_PULLS)
+            .collect(),
+    );
+    small
+        .into_iter()
+        .chain(large)
+        .collect::<Result<(), ReleaseError>>()
 }
 
 /// How long a gateway waits for a peer that claims to hold a layer to
@@ -709,7 +727,7 @@ mod tests {
     }
 
     #[test]
-    fn small_layers_are_pulled_first_and_each_group_keeps_manifest_order() {
+    fn small_layers_are_pulled_beside_the_others_and_each_group_keeps_manifest_order() {
         let manifest = vec![
             layer(0, 46_000_000),
             layer(1, 877_759),
@@ -718,17 +736,12 @@ mod tests {
             layer(4, 193),
             layer(5, SMALL_LAYER_FIRST + 1),
         ];
-        let order: Vec<u64> = pull_order(manifest).iter().map(|l| l.size).collect();
+        let (small, large) = pull_plan(manifest);
+        let sizes = |v: Vec<LayerDescriptor>| v.iter().map(|l| l.size).collect::<Vec<u64>>();
+        assert_eq!(sizes(small), vec![877_759, SMALL_LAYER_FIRST, 193]);
         assert_eq!(
-            order,
-            vec![
-                877_759,
-                SMALL_LAYER_FIRST,
-                193,
-                46_000_000,
-                30_000_000,
-                SMALL_LAYER_FIRST + 1
-            ]
+            sizes(large),
+            vec![46_000_000, 30_000_000, SMALL_LAYER_FIRST + 1]
         );
     }
 }
