@@ -83,7 +83,8 @@ impl Offers {
     /// gone). Chunks not offered to anyone yet are assigned now, in turn
     /// among the bound requesters. `fetched(index)` says whether the chunk
     /// was uploaded since it was offered (then it stays with its assignee,
-    /// who relays it).
+    /// who relays it). Chunks for which `small(index)` holds are shown to
+    /// everyone at once, never offered.
     pub(super) fn visible(
         &mut self,
         blob: &Digest,
@@ -91,6 +92,7 @@ impl Offers {
         held: &Bitfield,
         now: Instant,
         fetched: impl Fn(u32) -> bool,
+        small: impl Fn(u32) -> bool,
     ) -> Bitfield {
         let Some(b) = self.blobs.get_mut(blob) else {
             return held.clone();
@@ -102,6 +104,10 @@ impl Offers {
         let mut out = Bitfield::new(held.len());
         let requesters: Vec<PeerId> = b.requesters.keys().copied().collect();
         for index in held.iter_ones() {
+            if small(index) {
+                out.set(index);
+                continue;
+            }
             let (to, at) = match b.assigned.get(&index) {
                 Some(&(to, at)) if b.requesters.contains_key(&to) => (to, at),
                 _ => {
@@ -153,7 +159,7 @@ mod tests {
         let held = full(40);
         let seen: Vec<Bitfield> = peers
             .iter()
-            .map(|p| o.visible(&blob(), p, &held, t, |_| false))
+            .map(|p| o.visible(&blob(), p, &held, t, |_| false, |_| false))
             .collect();
         for i in 0..40 {
             let owners = seen.iter().filter(|s| s.get(i)).count();
@@ -165,11 +171,43 @@ mod tests {
     }
 
     #[test]
+    fn small_chunks_are_shown_to_every_requester_at_once() {
+        let mut o = Offers::default();
+        let t = Instant::now();
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            o.bind(blob(), *p, t);
+        }
+        // A one-chunk blob (a manifest), and a layer's short last chunk.
+        let one = full(1);
+        for p in &peers {
+            let seen = o.visible(&blob(), p, &one, t, |_| false, |i| i == 0);
+            assert!(
+                seen.get(0),
+                "a small chunk was offered to one requester only"
+            );
+        }
+        let layer = full(9);
+        let seen: Vec<Bitfield> = peers
+            .iter()
+            .map(|p| o.visible(&blob(), p, &layer, t, |_| false, |i| i == 8))
+            .collect();
+        assert!(seen.iter().all(|s| s.get(8)));
+        for i in 0..8 {
+            let owners = seen.iter().filter(|s| s.get(i)).count();
+            assert_eq!(
+                owners, 1,
+                "full-size chunk {i} offered to {owners} requesters"
+            );
+        }
+    }
+
+    #[test]
     fn an_unfetched_offer_lapses_to_everyone_and_a_fetched_one_does_not() {
         let (mut o, t, a, b) = two_requesters();
         let held = full(2);
-        let now_a = o.visible(&blob(), &a, &held, t, |_| false);
-        let now_b = o.visible(&blob(), &b, &held, t, |_| false);
+        let now_a = o.visible(&blob(), &a, &held, t, |_| false, |_| false);
+        let now_b = o.visible(&blob(), &b, &held, t, |_| false, |_| false);
         assert_eq!((now_a.count_ones(), now_b.count_ones()), (1, 1));
         let ia = now_a.iter_ones().next().unwrap();
         let ib = now_b.iter_ones().next().unwrap();
@@ -177,8 +215,8 @@ mod tests {
         // a fetched its chunk; b never fetched its own.
         let later = t + OFFER_TIMEOUT;
         let fetched = |i: u32| i == ia;
-        let later_a = o.visible(&blob(), &a, &held, later, fetched);
-        let later_b = o.visible(&blob(), &b, &held, later, fetched);
+        let later_a = o.visible(&blob(), &a, &held, later, fetched, |_| false);
+        let later_b = o.visible(&blob(), &b, &held, later, fetched, |_| false);
         assert!(later_a.get(ib), "a lapsed, unfetched offer stayed hidden");
         assert!(
             !later_b.get(ia),
@@ -191,9 +229,9 @@ mod tests {
     fn a_chunk_of_a_requester_that_left_is_offered_again() {
         let (mut o, t, a, b) = two_requesters();
         let held = full(2);
-        let for_a = o.visible(&blob(), &a, &held, t, |_| false);
+        let for_a = o.visible(&blob(), &a, &held, t, |_| false, |_| false);
         o.unbind(&blob(), &a);
-        let for_b = o.visible(&blob(), &b, &held, t, |_| false);
+        let for_b = o.visible(&blob(), &b, &held, t, |_| false, |_| false);
         assert_eq!(for_a.count_ones(), 1);
         assert_eq!(
             for_b.count_ones(),
@@ -208,7 +246,7 @@ mod tests {
         let held = full(3);
         let p = PeerId::random();
         assert_eq!(
-            o.visible(&blob(), &p, &held, Instant::now(), |_| false),
+            o.visible(&blob(), &p, &held, Instant::now(), |_| false, |_| false),
             held
         );
     }

@@ -398,7 +398,20 @@ fn advertised<S: ChunkStore>(inner: &Inner<S>, peer: PeerId, blob: &Digest) -> O
     }
     let recent = lock(&inner.recent_uploads);
     let fetched = |index: u32| recent.contains_key(&(*blob, index));
-    Some(lock(&inner.offers).visible(blob, &peer, &bits, Instant::now(), fetched))
+    // Small chunks (a manifest, a config, a layer's short last chunk) are
+    // shown to everyone, as they are never spared: offered to one
+    // requester, the others waited for its relay, or for OFFER_TIMEOUT
+    // when it did not fetch it (its stream dropped as the release began):
+    // in 3 of about 20 five-node mirror rounds every node had the 895-byte
+    // manifest 1.1 s after the gateway, against 0.06-0.3 s otherwise.
+    let layout = inner.store.layout(blob);
+    let small = |index: u32| {
+        layout
+            .as_ref()
+            .and_then(|l| l.chunk_len(index))
+            .is_some_and(|len| len <= SPARE_MIN_CHUNK)
+    };
+    Some(lock(&inner.offers).visible(blob, &peer, &bits, Instant::now(), fetched, small))
 }
 
 /// Sends the bitfield of `blob` the first time we know it, then `Have`
