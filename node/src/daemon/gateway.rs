@@ -55,20 +55,20 @@ const PARALLEL_LAYER_PULLS: usize = 1;
 /// requests to a storage host, those rounds cost a few round trips per
 /// small layer; beside the big layer they overlap it, and the small
 /// layers still arrive long before it ends.
-const SMALL_LAYER_FIRST: u64 = 2 * 1024 * 1024;
+const SMALL_LAYER_MAX: u64 = 2 * 1024 * 1024;
 
-/// Small layers (≤ [`SMALL_LAYER_FIRST`]) pulled at once at most: an
+/// Small layers (≤ [`SMALL_LAYER_MAX`]) pulled at once at most: an
 /// image of many small layers does not open a connection per layer.
 const SMALL_LAYERS_AT_ONCE: usize = 4;
 
 /// How the gateway pulls `missing`: the small layers (≤
-/// [`SMALL_LAYER_FIRST`]), [`SMALL_LAYERS_AT_ONCE`] at a time, beside the
+/// [`SMALL_LAYER_MAX`]), [`SMALL_LAYERS_AT_ONCE`] at a time, beside the
 /// others, which go [`PARALLEL_LAYER_PULLS`] at a time; each group in
 /// manifest order.
 fn pull_plan(missing: Vec<LayerDescriptor>) -> (Vec<LayerDescriptor>, Vec<LayerDescriptor>) {
     missing
         .into_iter()
-        .partition(|layer| layer.size <= SMALL_LAYER_FIRST)
+        .partition(|layer| layer.size <= SMALL_LAYER_MAX)
 }
 
 /// First pause before a failed pull is tried again.
@@ -732,16 +732,16 @@ mod tests {
             layer(0, 46_000_000),
             layer(1, 877_759),
             layer(2, 30_000_000),
-            layer(3, SMALL_LAYER_FIRST),
+            layer(3, SMALL_LAYER_MAX),
             layer(4, 193),
-            layer(5, SMALL_LAYER_FIRST + 1),
+            layer(5, SMALL_LAYER_MAX + 1),
         ];
         let (small, large) = pull_plan(manifest);
         let sizes = |v: Vec<LayerDescriptor>| v.iter().map(|l| l.size).collect::<Vec<u64>>();
-        assert_eq!(sizes(small), vec![877_759, SMALL_LAYER_FIRST, 193]);
+        assert_eq!(sizes(small), vec![877_759, SMALL_LAYER_MAX, 193]);
         assert_eq!(
             sizes(large),
-            vec![46_000_000, 30_000_000, SMALL_LAYER_FIRST + 1]
+            vec![46_000_000, 30_000_000, SMALL_LAYER_MAX + 1]
         );
     }
 }

@@ -138,32 +138,38 @@ mod tests {
         Bitfield::full(n)
     }
 
-    /// Offers with two requesters bound to `blob()` at `t`.
-    fn two_requesters() -> (Offers, Instant, PeerId, PeerId) {
+    /// Offers with `n` requesters bound to `blob()` at `t`.
+    fn requesters(n: usize) -> (Offers, Instant, Vec<PeerId>) {
         let mut o = Offers::default();
         let t = Instant::now();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        o.bind(blob(), a, t);
-        o.bind(blob(), b, t);
-        (o, t, a, b)
+        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            o.bind(blob(), *p, t);
+        }
+        (o, t, peers)
+    }
+
+    /// Offers with two requesters bound to `blob()` at `t`.
+    fn two_requesters() -> (Offers, Instant, PeerId, PeerId) {
+        let (o, t, peers) = requesters(2);
+        (o, t, peers[0], peers[1])
+    }
+
+    /// How many of the requesters' views show chunk `index`.
+    fn owners(seen: &[Bitfield], index: u32) -> usize {
+        seen.iter().filter(|s| s.get(index)).count()
     }
 
     #[test]
     fn each_chunk_is_offered_to_one_requester_in_turn() {
-        let mut o = Offers::default();
-        let t = Instant::now();
-        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
-        for p in &peers {
-            o.bind(blob(), *p, t);
-        }
+        let (mut o, t, peers) = requesters(4);
         let held = full(40);
         let seen: Vec<Bitfield> = peers
             .iter()
             .map(|p| o.visible(&blob(), p, &held, t, |_| false, |_| false))
             .collect();
         for i in 0..40 {
-            let owners = seen.iter().filter(|s| s.get(i)).count();
-            assert_eq!(owners, 1, "chunk {i} offered to {owners} requesters");
+            assert_eq!(owners(&seen, i), 1, "chunk {i} offered to several or none");
         }
         for s in &seen {
             assert_eq!(s.count_ones(), 10, "unbalanced offers");
@@ -172,12 +178,7 @@ mod tests {
 
     #[test]
     fn small_chunks_are_shown_to_every_requester_at_once() {
-        let mut o = Offers::default();
-        let t = Instant::now();
-        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
-        for p in &peers {
-            o.bind(blob(), *p, t);
-        }
+        let (mut o, t, peers) = requesters(4);
         // A one-chunk blob (a manifest), and a layer's short last chunk.
         let one = full(1);
         for p in &peers {
@@ -192,12 +193,12 @@ mod tests {
             .iter()
             .map(|p| o.visible(&blob(), p, &layer, t, |_| false, |i| i == 8))
             .collect();
-        assert!(seen.iter().all(|s| s.get(8)));
+        assert_eq!(owners(&seen, 8), 4, "the short last chunk was offered");
         for i in 0..8 {
-            let owners = seen.iter().filter(|s| s.get(i)).count();
             assert_eq!(
-                owners, 1,
-                "full-size chunk {i} offered to {owners} requesters"
+                owners(&seen, i),
+                1,
+                "full-size chunk {i} offered to several or none"
             );
         }
     }
