@@ -40,3 +40,4 @@ mod swarm_malformed;
 mod swarm_many;
 mod swarm_membership;
 mod swarm_relay;
+mod swarm_streams;
