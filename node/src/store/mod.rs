@@ -24,26 +24,32 @@
 //! ## Crash safety
 //!
 //! A chunk is hashed and compared with its known digest before anything is
-//! written. Its bytes are then written at their offset in `data` and
-//! `fdatasync`ed (group commit: concurrent writers of a blob share one
-//! fsync), and only then is its index appended to the journal and its bit
-//! set in memory (visible to peers and readers). A killed process loses
-//! nothing acknowledged (the page cache keeps the append); journal fsyncs
-//! are batched by a flusher thread every [`JOURNAL_FLUSH`], so a power
-//! loss can lose the bits of that last window: those chunks are fetched
-//! again, never trusted blindly. On open the store replays each journal (dropping a
-//! torn tail), **re-hashes every chunk marked present** on the blocking
-//! pool and clears the bit of any chunk that fails (a torn or rotten
-//! write), then rewrites the journal compactly (temp file + fsync +
-//! rename). The blob digest is hashed in order as chunks land (a chunk
-//! that lands out of order is read back once the chunks before it are
-//! there), so when the last chunk lands only the rest, usually nothing, is
-//! hashed, and checked against the blob digest (on a mismatch the whole
-//! file is hashed again from disk first); on a match it is fsynced and
-//! renamed into `blobs/sha256/` after its chunk map was written to
-//! `maps/`. Reads
-//! re-verify every chunk; a complete blob whose chunk rots on disk is
-//! moved back to `partial/` with that one chunk cleared.
+//! written. Its bytes are then written at their offset in `data`, its
+//! index is appended to the journal and its bit set in memory (visible to
+//! peers and readers). A killed process loses nothing acknowledged (the
+//! page cache keeps both writes). Durability against power loss is
+//! batched: a flusher thread `fdatasync`s each blob's data, then its
+//! journal, every [`JOURNAL_FLUSH`], so a power loss can lose that last
+//! window: a bit whose record was lost is simply fetched again, and a
+//! record whose bytes were lost (or torn) is caught on open, where the
+//! store replays each journal (dropping a torn tail), **re-hashes every
+//! chunk marked present** on the blocking pool and clears the bit of any
+//! chunk that fails, then rewrites the journal compactly (temp file +
+//! fsync + rename). Nothing is ever trusted because a journal says so.
+//! (Each write used to wait for an `fdatasync`, shared by the writes in
+//! flight: a wait on every chunk's path, and one per few chunks on flash
+//! that wears. On the 10-node testnet, the gateway's storing fell
+//! 1.4-2.6 s behind its registry stream; this and the gateway storing 4
+//! chunks at once brought that to 0.6-1.3 s: `CHUNKS_STORED_AT_ONCE` in
+//! `daemon/gateway.rs`.) The blob digest is hashed in order as chunks
+//! land (a chunk that lands out of order is read back once the chunks
+//! before it are there), so when the last chunk lands only the rest,
+//! usually nothing, is hashed, and checked against the blob digest (on a
+//! mismatch the whole file is hashed again from disk first); on a match
+//! it is fsynced and renamed into `blobs/sha256/` after its chunk map was
+//! written to `maps/`. Reads re-verify every chunk; a complete blob whose
+//! chunk rots on disk is moved back to `partial/` with that one chunk
+//! cleared.
 //!
 //! ## Digest provenance
 //!
@@ -318,16 +324,13 @@ struct PrefixHash {
 
 /// Batches fsyncs of one blob's files.
 ///
-/// Data: group commit. Every chunk write bumps `written` after its
-/// `pwrite`; a writer then needs one `fdatasync` that started after its
-/// bump. Whoever holds `synced` syncs everything written so far, so
-/// concurrent writers share one fsync instead of queueing one each.
-///
-/// Journal: the record of a verified chunk is appended before the write
-/// returns (a killed process loses nothing: the page cache keeps it), and
-/// fsynced by the flusher thread within [`JOURNAL_FLUSH`] (a power loss
-/// within that window costs refetching those chunks, whose data on disk is
-/// re-verified on open either way).
+/// A chunk write returns once its bytes are written (`pwrite`) and its
+/// journal record appended: a killed process loses nothing, as the page
+/// cache keeps both. The flusher thread makes them durable within
+/// [`JOURNAL_FLUSH`]: it `fdatasync`s the data up to `written`, then the
+/// journal. A power loss within that window costs refetching those
+/// chunks; a record that reached the disk without its bytes fails the
+/// re-hash on open (see the module doc).
 #[derive(Default)]
 struct SyncState {
     /// Data writes completed (pwrite returned).
@@ -580,20 +583,40 @@ impl Inner {
         }
     }
 
-    /// Fsyncs every journal with unsynced appends (the flusher thread,
+    /// Fsyncs, blob by blob, the chunk data written since the last pass,
+    /// then the journal's unsynced appends (the flusher thread,
     /// [`Store::flush`] and drop).
     fn flush_journals(&self) {
         let blobs: Vec<Arc<Blob>> = self.lock().blobs.values().cloned().collect();
         for b in blobs {
+            let (data, journal) = {
+                let st = b.lock();
+                (st.file.clone(), st.journal.clone())
+            };
+            {
+                let mut synced = b.sync.synced.lock().unwrap_or_else(|e| e.into_inner());
+                let target = b.sync.written.load(Ordering::SeqCst);
+                if *synced < target {
+                    match data.sync_data() {
+                        Ok(()) => *synced = target,
+                        // Nothing here can tell which chunks were lost (a
+                        // failed sync need not fail again): the re-hash on
+                        // open clears what never reached the disk.
+                        Err(e) => {
+                            tracing::warn!(blob = %b.digest, error = %e, "chunk data fsync failed")
+                        }
+                    }
+                }
+            }
             if !b.sync.journal_dirty.swap(false, Ordering::SeqCst) {
                 continue;
             }
-            let Some(j) = b.lock().journal.clone() else {
+            let Some(j) = journal else {
                 continue;
             };
             if let Err(e) = j.sync_data() {
                 b.sync.journal_dirty.store(true, Ordering::SeqCst);
-                // The data is durable; at worst chunks are fetched again.
+                // At worst chunks are fetched again.
                 tracing::warn!(blob = %b.digest, error = %e, "journal fsync failed");
             }
         }
@@ -699,16 +722,8 @@ impl Inner {
         let data_path = self.partial_dir(&b.digest).join("data");
         file.write_all_at(bytes, range.start)
             .map_err(|e| StoreError::io(&data_path, bytes.len() as u64, e))?;
-        let mine = b.sync.written.fetch_add(1, Ordering::SeqCst) + 1;
-        {
-            let mut synced = b.sync.synced.lock().unwrap_or_else(|e| e.into_inner());
-            if *synced < mine {
-                let target = b.sync.written.load(Ordering::SeqCst);
-                file.sync_data()
-                    .map_err(|e| StoreError::io(&data_path, bytes.len() as u64, e))?;
-                *synced = target;
-            }
-        }
+        // Made durable by the flusher (`SyncState`), not here.
+        b.sync.written.fetch_add(1, Ordering::SeqCst);
         let complete = {
             let mut st = b.lock();
             match st.phase {
@@ -1812,9 +1827,9 @@ impl Store {
         }
     }
 
-    /// Makes every acknowledged chunk's bit durable now (fsyncs pending
-    /// journal appends; otherwise done within [`JOURNAL_FLUSH`]). Call on
-    /// graceful shutdown.
+    /// Makes every acknowledged chunk durable now (fsyncs the chunk data
+    /// written, then the pending journal appends; otherwise done within
+    /// [`JOURNAL_FLUSH`]). Call on graceful shutdown.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
