@@ -391,15 +391,20 @@ async fn pull_layer(
 /// node): a gateway that stored 8 MB/s from a 12 MB/s stream left the
 /// rest in its socket, whose autotuned receive buffer grew to several MB,
 /// and a kill -9 lost it all (the next pull took it from the cloud again:
-/// 1.12-1.20x the image in `faults` seed 4, debug build). Writes in
-/// flight together share one fdatasync (the store's group commit). On
-/// that trial under extra load, 5 runs each: 2 at once gave 1.025-1.068x
-/// (mean 1.048x), 4 gave 1.042-1.079x (mean 1.057x), as chunks being
-/// stored are lost on a kill too (`testnet/results/issue12-gateway-kill-
-/// 2026-12-01/`). A read that completes a chunk may start its store
-/// while this many run: one more at most (a read is smaller than a
-/// chunk).
-const CHUNKS_STORED_AT_ONCE: usize = 2;
+/// 1.12-1.20x the image in `faults` seed 4, debug build). On that trial
+/// under extra load, 5 runs each: 2 at once gave 1.025-1.068x (mean
+/// 1.048x), 4 gave 1.042-1.079x (mean 1.057x), as chunks being stored
+/// are lost on a kill too (`testnet/results/issue12-gateway-kill-
+/// 2026-12-01/`). But with 2, a gateway serving 9 peers on the 2-core
+/// testnet (machine 92-94 % busy) still stored its last chunk 1.4-2.6 s
+/// after the registry's last byte had arrived (the bytes waited in its
+/// socket), and the swarm waited on it. With 4 that lag was 0.8-1.5 s,
+/// and 0.6-1.3 s once the store's data fsync moved to its flusher (6
+/// runs before, 3 with 4 alone, 6 with both;
+/// `testnet/results/gateway-lag-2026-12-03/`). A read that completes a
+/// chunk may start its store while this many run: one more at most (a
+/// read is smaller than a chunk).
+const CHUNKS_STORED_AT_ONCE: usize = 4;
 
 /// Chunk digests stored but not yet gossiped that a pull may run ahead
 /// of its announcements by (32 bytes each): gossip waits on the swarm
