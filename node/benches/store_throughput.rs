@@ -1,8 +1,9 @@
-//! Store throughput: write + verify (per-chunk hash, fdatasync, journal,
-//! whole-blob check at the end) of a 256 MiB blob in chunks of the
-//! default size (`ChunkSize::DEFAULT`, what nodes store), then
-//! an in-order read through `BlobReader` (re-verifies every chunk), then
-//! reopening a half-written blob (re-hashes every chunk held).
+//! Store throughput: write + verify (per-chunk hash, write, journal,
+//! fsyncs by the store's flusher, whole-blob check at the end) of a 256
+//! MiB blob in chunks of the default size (`ChunkSize::DEFAULT`, what
+//! nodes store), then an in-order read through `BlobReader` (re-verifies
+//! every chunk), then reopening a half-written blob (re-hashes every
+//! chunk held).
 //!
 //! `cargo bench -p edgeswarm-node --bench store_throughput`
 //! (`STORE_BENCH_DIR` picks the file system; default: the temp dir;
@@ -105,7 +106,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    let chunks = mib * ((1 << 20) / CS as u32);
+    let chunks = (mib as u64 * (1 << 20) / CS as u64) as u32;
     let base = std::env::var("STORE_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());

@@ -29,7 +29,7 @@
 //! peers and readers). A killed process loses nothing acknowledged (the
 //! page cache keeps both writes). Durability against power loss is
 //! batched: a flusher thread `fdatasync`s each blob's data, then its
-//! journal, every [`JOURNAL_FLUSH`], so a power loss can lose that last
+//! journal, every [`FLUSH_INTERVAL`], so a power loss can lose that last
 //! window: a bit whose record was lost is simply fetched again, and a
 //! record whose bytes were lost (or torn) is caught on open, where the
 //! store replays each journal (dropping a torn tail), **re-hashes every
@@ -327,7 +327,7 @@ struct PrefixHash {
 /// A chunk write returns once its bytes are written (`pwrite`) and its
 /// journal record appended: a killed process loses nothing, as the page
 /// cache keeps both. The flusher thread makes them durable within
-/// [`JOURNAL_FLUSH`]: it `fdatasync`s the data up to `written`, then the
+/// [`FLUSH_INTERVAL`]: it `fdatasync`s the data up to `written`, then the
 /// journal. A power loss within that window costs refetching those
 /// chunks; a record that reached the disk without its bytes fails the
 /// re-hash on open (see the module doc).
@@ -341,8 +341,9 @@ struct SyncState {
     journal_dirty: AtomicBool,
 }
 
-/// Longest delay before an appended journal record is fsynced.
-pub const JOURNAL_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest delay before written chunk data and appended journal records
+/// are fsynced (by the flusher thread).
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Where a blob is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -585,40 +586,45 @@ impl Inner {
 
     /// Fsyncs, blob by blob, the chunk data written since the last pass,
     /// then the journal's unsynced appends (the flusher thread,
-    /// [`Store::flush`] and drop).
-    fn flush_journals(&self) {
+    /// [`Store::flush`] and drop). A blob with neither costs two atomic
+    /// loads and an uncontended lock: no state lock, no syscall.
+    fn flush_blobs(&self) {
         let blobs: Vec<Arc<Blob>> = self.lock().blobs.values().cloned().collect();
         for b in blobs {
-            let (data, journal) = {
-                let st = b.lock();
-                (st.file.clone(), st.journal.clone())
-            };
-            {
-                let mut synced = b.sync.synced.lock().unwrap_or_else(|e| e.into_inner());
-                let target = b.sync.written.load(Ordering::SeqCst);
-                if *synced < target {
-                    match data.sync_data() {
-                        Ok(()) => *synced = target,
-                        // Nothing here can tell which chunks were lost (a
-                        // failed sync need not fail again): the re-hash on
-                        // open clears what never reached the disk.
-                        Err(e) => {
-                            tracing::warn!(blob = %b.digest, error = %e, "chunk data fsync failed")
-                        }
-                    }
-                }
-            }
-            if !b.sync.journal_dirty.swap(false, Ordering::SeqCst) {
-                continue;
-            }
-            let Some(j) = journal else {
-                continue;
-            };
-            if let Err(e) = j.sync_data() {
-                b.sync.journal_dirty.store(true, Ordering::SeqCst);
-                // At worst chunks are fetched again.
-                tracing::warn!(blob = %b.digest, error = %e, "journal fsync failed");
-            }
+            self.sync_data(&b);
+            self.sync_journal(&b);
+        }
+    }
+
+    /// Fsyncs `b`'s chunk data if a write came since the last sync.
+    fn sync_data(&self, b: &Blob) {
+        let mut synced = b.sync.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let target = b.sync.written.load(Ordering::SeqCst);
+        if *synced >= target {
+            return;
+        }
+        let data = b.lock().file.clone();
+        match data.sync_data() {
+            Ok(()) => *synced = target,
+            // Nothing here can tell which chunks were lost (a failed sync
+            // need not fail again): the re-hash on open clears what never
+            // reached the disk.
+            Err(e) => tracing::warn!(blob = %b.digest, error = %e, "chunk data fsync failed"),
+        }
+    }
+
+    /// Fsyncs `b`'s journal if it has appends not yet synced.
+    fn sync_journal(&self, b: &Blob) {
+        if !b.sync.journal_dirty.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let Some(j) = b.lock().journal.clone() else {
+            return;
+        };
+        if let Err(e) = j.sync_data() {
+            b.sync.journal_dirty.store(true, Ordering::SeqCst);
+            // At worst chunks are fetched again.
+            tracing::warn!(blob = %b.digest, error = %e, "journal fsync failed");
         }
     }
 
@@ -1098,7 +1104,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.flush_journals();
+        self.flush_blobs();
     }
 }
 
@@ -1135,9 +1141,9 @@ impl Store {
         std::thread::Builder::new()
             .name("store-flush".into())
             .spawn(move || loop {
-                std::thread::sleep(JOURNAL_FLUSH);
+                std::thread::sleep(FLUSH_INTERVAL);
                 let Some(inner) = weak.upgrade() else { break };
-                inner.flush_journals();
+                inner.flush_blobs();
             })
             .map_err(|e| StoreError::Task(format!("spawning the journal flusher: {e}")))?;
         for b in finish {
@@ -1829,11 +1835,11 @@ impl Store {
 
     /// Makes every acknowledged chunk durable now (fsyncs the chunk data
     /// written, then the pending journal appends; otherwise done within
-    /// [`JOURNAL_FLUSH`]). Call on graceful shutdown.
+    /// [`FLUSH_INTERVAL`]). Call on graceful shutdown.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
-            inner.flush_journals();
+            inner.flush_blobs();
             Ok(())
         })
         .await
