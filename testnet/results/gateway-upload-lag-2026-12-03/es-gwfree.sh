@@ -1,6 +1,8 @@
 #!/bin/bash
 # EDGESWARM_BIN=path/to/edgeswarm; used as the experiment's --edgeswarm
 # the gateway (node given --gateway) unpaced; every other node as given
+set -eu
+: "${EDGESWARM_BIN:?set EDGESWARM_BIN to the edgeswarm binary}"
 args=("$@"); gw=0
 for a in "${args[@]}"; do [ "$a" = --gateway ] && gw=1; done
 if [ $gw = 1 ]; then out=(); skip=0
