@@ -182,6 +182,13 @@ pub enum StoreEvent {
         /// Why, for logs and the ban reason.
         reason: String,
     },
+    /// Chunk digests of a partial blob became known (the gateway's signed
+    /// digests by gossip, a peer's chunk map): its downloads may request
+    /// those chunks now rather than at their next periodic look.
+    DigestsLearned {
+        /// The blob.
+        blob: Digest,
+    },
 }
 
 /// Layout of a blob, available as soon as it is declared.
@@ -1359,6 +1366,7 @@ impl Store {
                 inner.reset_prefix(&b, first);
             }
             b.cond.notify_all();
+            inner.emit(StoreEvent::DigestsLearned { blob });
             for index in confirmed {
                 inner.emit(StoreEvent::ChunkStored { blob, index });
             }
@@ -1432,15 +1440,20 @@ impl Store {
                 }
             }
         }
+        let mut learned = false;
         for (i, d) in map.digests().iter().enumerate() {
             if st.digests[i].is_none() {
                 st.digests[i] = Some(*d);
                 st.from_peer[i] = Some(source);
                 st.known += 1;
+                learned = true;
             }
         }
         drop(st);
         b.cond.notify_all();
+        if learned {
+            self.inner.emit(StoreEvent::DigestsLearned { blob });
+        }
         Ok(())
     }
 

@@ -131,15 +131,20 @@ async fn round_trip_write_read_verify_complete() {
 
     let mut stored = Vec::new();
     let mut complete = false;
+    let mut learned = 0;
     while let Ok(ev) = events.try_recv() {
         match ev {
             StoreEvent::ChunkStored { blob, index } if blob == t.digest => stored.push(index),
             StoreEvent::BlobComplete { blob } if blob == t.digest => complete = true,
+            StoreEvent::DigestsLearned { blob } if blob == t.digest => learned += 1,
             other => panic!("unexpected event {other:?}"),
         }
     }
     assert_eq!(stored, vec![3, 0, 5, 1, 4, 2]);
     assert!(complete);
+    // The map's digests were new once: the repeated declaration taught
+    // nothing.
+    assert_eq!(learned, 1);
 
     // Survives a restart as a complete blob.
     drop(store);
@@ -866,4 +871,55 @@ async fn waiting_reader_fails_when_the_blob_fails() {
     let err = read.await.unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     assert!(err.to_string().contains("hashes to"), "{err}");
+}
+
+/// Downloads request a chunk only once its digest is known, and learn of
+/// new digests from this event rather than at their next periodic look.
+#[tokio::test]
+async fn newly_known_digests_are_announced_once_each_time_some_are_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let t = TestBlob::new(4 * 65536, 7, ChunkSize::MIN);
+    store
+        .create_blob(t.digest, t.bytes.len() as u64, ChunkSize::MIN)
+        .await
+        .unwrap();
+    let mut events = store.subscribe();
+    let learned = |events: &mut tokio::sync::broadcast::Receiver<StoreEvent>| {
+        let mut n = 0;
+        while let Ok(ev) = events.try_recv() {
+            if ev == (StoreEvent::DigestsLearned { blob: t.digest }) {
+                n += 1;
+            }
+        }
+        n
+    };
+    let digests = t.map.digests();
+    // A gateway's signed digests, one chunk at a time.
+    store
+        .add_chunk_digests(t.digest, 0, &digests[..1])
+        .await
+        .unwrap();
+    assert_eq!(learned(&mut events), 1);
+    assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 1);
+    // The same digest again (a gateway announces its prefix again).
+    store
+        .add_chunk_digests(t.digest, 0, &digests[..1])
+        .await
+        .unwrap();
+    assert_eq!(learned(&mut events), 0);
+    // A peer's chunk map fills in the rest.
+    let peer = libp2p::PeerId::random();
+    store
+        .put_peer_chunk_map(t.digest, &t.map, peer)
+        .await
+        .unwrap();
+    assert_eq!(learned(&mut events), 1);
+    assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 4);
+    // The same map again teaches nothing.
+    store
+        .put_peer_chunk_map(t.digest, &t.map, peer)
+        .await
+        .unwrap();
+    assert_eq!(learned(&mut events), 0);
 }

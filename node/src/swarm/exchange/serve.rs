@@ -322,7 +322,11 @@ async fn next_stored(
             Ok(StoreEvent::ChunkStored { blob, .. }) | Ok(StoreEvent::BlobComplete { blob }) => {
                 return Some(blob)
             }
-            Ok(StoreEvent::BlobFailed { .. } | StoreEvent::DigestsRefuted { .. }) => continue,
+            Ok(
+                StoreEvent::BlobFailed { .. }
+                | StoreEvent::DigestsRefuted { .. }
+                | StoreEvent::DigestsLearned { .. },
+            ) => continue,
             Err(RecvError::Lagged(_)) => return None,
             Err(RecvError::Closed) => {
                 *events = None;
