@@ -307,6 +307,59 @@ async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_super_seeding_origin_queues_requests_for_its_chunks_instead_of_answering_busy() {
+    use edgeswarm_protocol::wire::{encode_frame, ChunkRequest, ChunkStatus, Hello, StreamMessage};
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest, map) = blob(2 << 20, 9, 256 << 10);
+    let d = tmp.path().join("seed");
+    let mut c = config(&d, "lab", &[]);
+    // One slot and no queue for other requests; a 256 KiB chunk holds the
+    // slot for about 1 s. The seed spares (super-seeds) its blob.
+    c.upload_slots = 1;
+    c.upload_queue = 0;
+    c.max_upload_rate = Some(256 << 10);
+    c.seed_sparing = Some(Duration::from_secs(60));
+    let s = start(&d, c).await;
+    seed(&s, &data, digest, &map).await;
+    let (_, mut control, task) = connected_attacker(&s).await;
+
+    // Three requests for three chunks on three streams while the slot is
+    // held: the origin's only copies, so they wait rather than bounce.
+    let mut streams = Vec::new();
+    for i in 0..3u32 {
+        let mut stream = open_chunk_stream(&mut control, &s).await;
+        let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
+            protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
+            blobs: vec![digest],
+        }));
+        bytes.extend(encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+            request_id: u64::from(i),
+            blob: digest,
+            index: i,
+        })));
+        stream.write_all(&bytes).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        streams.push(stream);
+    }
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let answer = tokio::time::timeout(Duration::from_secs(20), next_chunk_response(stream))
+            .await
+            .expect("a request was never answered");
+        assert_eq!(answer.request_id, i as u64);
+        assert!(
+            matches!(answer.status, ChunkStatus::Ok { .. }),
+            "request {i}: {:?}",
+            answer.status
+        );
+    }
+    drop(streams);
+    task.abort();
+    s.stop().await;
+}
+
 /// Reads `ChunkResponse`s from one stream, keeping the decoder (and so
 /// payloads and frames already received) across calls.
 #[derive(Default)]

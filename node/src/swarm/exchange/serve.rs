@@ -506,7 +506,7 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     relay: Arc<Relay>,
     cancelled: &std::sync::Mutex<HashSet<u64>>,
 ) -> Result<(), FrameError> {
-    let Some(_slot) = upload_slot(inner).await? else {
+    let Some(_slot) = upload_slot(inner, inner.upload_queue).await? else {
         return respond(w, request_id, ChunkStatus::Busy).await;
     };
     let mut changed = relay.want();
@@ -575,7 +575,17 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// An upload slot, waiting for one while fewer than `upload_queue`
+/// Requests for chunks of an origin seed (see `serve_chunk`) that may
+/// wait for an upload slot at once, over all requesters. Each chunk stream
+/// is served in order, so at most one request per requester stream waits;
+/// this bounds the rest. Testnet, 10 nodes, one 46 MB layer, 100 Mbit/s
+/// links, 100 ms queues: with none waiting, the gateway served some of its
+/// first chunks 0.9-1.2 s after storing them, and its uploads ended
+/// 0.7-1.1 s after its pull (10 runs); waiting, 0.4-0.7 s after (7 runs;
+/// `testnet/results/gateway-busy-2026-12-03/`).
+const ORIGIN_UPLOAD_QUEUE: usize = 32;
+
+/// An upload slot, waiting for one while fewer than `queue`
 /// requests wait; `None` when all are busy and enough requests already
 /// wait: the request is answered Busy, and the requester asks a less
 /// loaded holder at once. Queued without bound, a request on a slow link
@@ -583,9 +593,10 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
 /// this peer and asked again elsewhere.
 async fn upload_slot<S>(
     inner: &Inner<S>,
+    queue: usize,
 ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, FrameError> {
     if inner.upload_slots.available_permits() == 0
-        && inner.upload_waiting.load(Ordering::Relaxed) >= inner.upload_queue
+        && inner.upload_waiting.load(Ordering::Relaxed) >= queue
     {
         return Ok(None);
     }
@@ -624,7 +635,19 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         let message = wire::truncate_message(&format!("chunk {index} out of range"));
         return respond(w, request_id, ChunkStatus::Error { message }).await;
     };
-    let Some(_slot) = upload_slot(inner).await? else {
+    // A super-seeding origin seed's chunk has no other holder to go to
+    // (a gateway's chunk is offered to one requester alone, `offers`),
+    // and the requester asked for it because it was offered: `Busy` sent the
+    // requester away from its only source for the picker's busy backoff,
+    // and then past the offer's timeout, while the uplink the whole
+    // locality waits on stood idle. So requests for it wait.
+    let origin = !lock(&inner.downloaded).contains(&blob);
+    let queue = if origin && inner.seed_sparing.is_some() {
+        inner.upload_queue.max(ORIGIN_UPLOAD_QUEUE)
+    } else {
+        inner.upload_queue
+    };
+    let Some(_slot) = upload_slot(inner, queue).await? else {
         return respond(w, request_id, ChunkStatus::Busy).await;
     };
     let bytes = if inner.corrupt_uploads {
@@ -639,7 +662,6 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         // Small chunks (manifests, configs) are not spared: they cost the
         // seed little, and each extra hop delays every node's start.
         if let Some(period) = inner.seed_sparing.filter(|_| len > SPARE_MIN_CHUNK) {
-            let origin = !lock(&inner.downloaded).contains(&blob);
             if origin {
                 let now = Instant::now();
                 let recently = {
