@@ -233,7 +233,7 @@ struct NodeArgs {
     #[arg(long, env = "EDGESWARM_REQUESTS_PER_PEER")]
     requests_per_peer: Option<usize>,
     /// Chunk requests of one download kept outstanding over all peers
-    /// [default: 3].
+    /// [default: 4].
     #[arg(long, env = "EDGESWARM_MAX_REQUESTS")]
     max_requests: Option<usize>,
     /// Store quota, bytes with optional K/M/G suffix [default: unlimited].

@@ -325,10 +325,11 @@ async fn a_super_seeding_origin_queues_requests_for_its_chunks_instead_of_answer
     seed(&s, &data, digest, &map).await;
     let (_, mut control, task) = connected_attacker(&s).await;
 
-    // Three requests for three chunks on three streams while the slot is
-    // held: the origin's only copies, so they wait rather than bounce.
+    // Five requests for five chunks on five streams while the slot is
+    // held: the origin's only copies, so three wait rather than bounce;
+    // the fifth finds the origin's queue full.
     let mut streams = Vec::new();
-    for i in 0..3u32 {
+    for i in 0..5u32 {
         let mut stream = open_chunk_stream(&mut control, &s).await;
         let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
             protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
@@ -344,7 +345,12 @@ async fn a_super_seeding_origin_queues_requests_for_its_chunks_instead_of_answer
         tokio::time::sleep(Duration::from_millis(100)).await;
         streams.push(stream);
     }
-    for (i, stream) in streams.iter_mut().enumerate() {
+    let busy = tokio::time::timeout(Duration::from_secs(2), next_chunk_response(&mut streams[4]))
+        .await
+        .expect("the fifth request was queued past the origin's queue");
+    assert_eq!(busy.request_id, 4);
+    assert_eq!(busy.status, ChunkStatus::Busy);
+    for (i, stream) in streams.iter_mut().take(4).enumerate() {
         let answer = tokio::time::timeout(Duration::from_secs(20), next_chunk_response(stream))
             .await
             .expect("a request was never answered");

@@ -575,15 +575,23 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Requests for chunks of an origin seed (see `serve_chunk`) that may
-/// wait for an upload slot at once, over all requesters. Each chunk stream
-/// is served in order, so at most one request per requester stream waits;
-/// this bounds the rest. Testnet, 10 nodes, one 46 MB layer, 100 Mbit/s
-/// links, 100 ms queues: with none waiting, the gateway served some of its
-/// first chunks 0.9-1.2 s after storing them, and its uploads ended
-/// 0.7-1.1 s after its pull (10 runs); waiting, 0.4-0.7 s after (7 runs;
-/// `testnet/results/gateway-busy-2026-12-03/`).
-const ORIGIN_UPLOAD_QUEUE: usize = 32;
+/// Requests for chunks of a super-seeding origin seed (see `serve_chunk`)
+/// that may wait for an upload slot at once, over all requesters: one per
+/// slot, so a slot that frees has its next upload at hand.
+///
+/// Testnet, 10 nodes, one 46 MB layer, 100 Mbit/s links, 100 ms queues,
+/// interleaved runs (`testnet/results/gateway-busy-2026-12-03/`):
+/// - None waiting (`Busy` at once): some of the gateway's first chunks
+///   were served 0.9-1.2 s after it stored them, and its uploads ended
+///   0.6-1.1 s after its pull.
+/// - 32 waiting: they ended 0.4-0.7 s after, but a request waiting there
+///   held one of its requester's few requests (`max_requests`), and the
+///   nodes' exchange slowed: the last node came 0.6-1.8 s after the
+///   gateway's last upload instead of 0.1-0.9 s, T(10) 5.7-7.0 s against
+///   5.6-6.7 s (10 runs each).
+/// - 3 waiting, with 4 requests per download: uploads ended 0.3-0.5 s
+///   after the pull, T(10) 5.16-5.53 s against 5.43-5.60 s (6 pairs).
+const ORIGIN_UPLOAD_QUEUE: usize = 3;
 
 /// An upload slot, waiting for one while fewer than `queue`
 /// requests wait; `None` when all are busy and enough requests already
