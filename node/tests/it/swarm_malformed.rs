@@ -247,9 +247,40 @@ async fn next_chunk_response(
     }
 }
 
+/// Opens `count` chunk streams to `s`; on the `i`th, binds `blob` and
+/// requests its chunk `i` (request id `i`). `gap` apart, so that each
+/// request reaches the server before the next.
+async fn request_chunks_each_on_a_stream(
+    control: &mut libp2p_stream::Control,
+    s: &TestNode,
+    blob: edgeswarm_protocol::Digest,
+    count: u32,
+    gap: Duration,
+) -> Vec<libp2p::Stream> {
+    use edgeswarm_protocol::wire::{encode_frame, ChunkRequest, Hello, StreamMessage};
+    let mut streams = Vec::new();
+    for i in 0..count {
+        let mut stream = open_chunk_stream(control, s).await;
+        let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
+            protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
+            blobs: vec![blob],
+        }));
+        bytes.extend(encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+            request_id: u64::from(i),
+            blob,
+            index: i,
+        })));
+        stream.write_all(&bytes).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(gap).await;
+        streams.push(stream);
+    }
+    streams
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
-    use edgeswarm_protocol::wire::{encode_frame, ChunkRequest, ChunkStatus, Hello, StreamMessage};
+    use edgeswarm_protocol::wire::ChunkStatus;
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(2 << 20, 9, 256 << 10);
@@ -266,24 +297,9 @@ async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
 
     // Six requests on six streams: one is served, four wait for the slot,
     // the sixth finds slot and queue full.
-    let mut streams = Vec::new();
-    for i in 0..6u32 {
-        let mut stream = open_chunk_stream(&mut control, &s).await;
-        let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
-            protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
-            blobs: vec![digest],
-        }));
-        bytes.extend(encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
-            request_id: u64::from(i),
-            blob: digest,
-            index: i,
-        })));
-        stream.write_all(&bytes).await.unwrap();
-        stream.flush().await.unwrap();
-        // In order: each request reaches the server before the next.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        streams.push(stream);
-    }
+    let mut streams =
+        request_chunks_each_on_a_stream(&mut control, &s, digest, 6, Duration::from_millis(200))
+            .await;
     let busy = tokio::time::timeout(Duration::from_secs(2), next_chunk_response(&mut streams[5]))
         .await
         .expect("the sixth request was queued instead of refused");
@@ -309,7 +325,7 @@ async fn a_server_with_its_slots_and_queue_full_answers_busy_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_super_seeding_origin_queues_requests_for_its_chunks_instead_of_answering_busy() {
-    use edgeswarm_protocol::wire::{encode_frame, ChunkRequest, ChunkStatus, Hello, StreamMessage};
+    use edgeswarm_protocol::wire::ChunkStatus;
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(2 << 20, 9, 256 << 10);
@@ -328,23 +344,9 @@ async fn a_super_seeding_origin_queues_requests_for_its_chunks_instead_of_answer
     // Five requests for five chunks on five streams while the slot is
     // held: the origin's only copies, so three wait rather than bounce;
     // the fifth finds the origin's queue full.
-    let mut streams = Vec::new();
-    for i in 0..5u32 {
-        let mut stream = open_chunk_stream(&mut control, &s).await;
-        let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
-            protocol_version: edgeswarm_protocol::wire::STREAM_VERSION,
-            blobs: vec![digest],
-        }));
-        bytes.extend(encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
-            request_id: u64::from(i),
-            blob: digest,
-            index: i,
-        })));
-        stream.write_all(&bytes).await.unwrap();
-        stream.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        streams.push(stream);
-    }
+    let mut streams =
+        request_chunks_each_on_a_stream(&mut control, &s, digest, 5, Duration::from_millis(100))
+            .await;
     let busy = tokio::time::timeout(Duration::from_secs(2), next_chunk_response(&mut streams[4]))
         .await
         .expect("the fifth request was queued past the origin's queue");
