@@ -221,7 +221,8 @@ struct NodeArgs {
     #[arg(long, env = "EDGESWARM_UPLOAD_SLOTS")]
     upload_slots: Option<usize>,
     /// Chunk requests that may wait for an upload slot; more are answered
-    /// Busy so the requester asks another holder [default: 0].
+    /// Busy so the requester asks another holder (at least 3 for blobs this
+    /// node did not fetch from peers, such as a gateway's) [default: 0].
     #[arg(long, env = "EDGESWARM_UPLOAD_QUEUE")]
     upload_queue: Option<usize>,
     /// Serve chunks only once whole and verified here, instead of passing

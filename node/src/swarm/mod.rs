@@ -143,7 +143,9 @@ pub struct SwarmConfig {
     /// Chunks served concurrently at most (upload slots).
     pub upload_slots: usize,
     /// Chunk requests that may wait for an upload slot; more are answered
-    /// `Busy` at once, and the requester asks another holder.
+    /// `Busy` at once, and the requester asks another holder. Requests for
+    /// a super-seeding origin's chunks, which have no other holder, may
+    /// wait up to 3 (`exchange::serve::ORIGIN_UPLOAD_QUEUE`) when this is less.
     pub upload_queue: usize,
     /// Requests pipelined to one peer at most.
     pub requests_per_peer: usize,
