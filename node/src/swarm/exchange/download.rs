@@ -681,7 +681,9 @@ async fn download_round<S: ChunkStore>(
                 if let Some(c) = layout.chunk_at(inner.store.cursor(&blob)) {
                     let _ = picker.set_cursor(&blob, c);
                 }
-                // Digests arrive while a gateway streams the blob in.
+                // Digests arrive while a gateway streams the blob in; the
+                // store's event (`digests_learned`) says so at once, this
+                // catches any the event missed.
                 if let Some(l) = inner.store.layout(&blob) {
                     let _ = picker.set_digests_known(&blob, l.digests_known);
                 }

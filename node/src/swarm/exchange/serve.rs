@@ -576,8 +576,10 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
 }
 
 /// Requests for chunks of a super-seeding origin seed (see `serve_chunk`)
-/// that may wait for an upload slot at once, over all requesters: one per
-/// slot, so a slot that frees has its next upload at hand.
+/// that may wait for an upload slot at once, over all requesters: as many
+/// as the default upload slots (3), so that a slot that frees has its next
+/// upload at hand. A constant, not the configured slot count: measured only
+/// at the default.
 ///
 /// Testnet, 10 nodes, one 46 MB layer, 100 Mbit/s links, 100 ms queues,
 /// interleaved runs (`testnet/results/gateway-busy-2026-12-03/`):
