@@ -190,8 +190,9 @@ struct NodeArgs {
     /// Listen address, repeatable [default: /ip4/0.0.0.0/tcp/4001].
     #[arg(long, env = "EDGESWARM_LISTEN", value_delimiter = ',')]
     listen: Option<Vec<String>>,
-    /// Peer to dial at start (multiaddr with /p2p/ID), repeatable
-    /// [default: none].
+    /// Peer to dial at start (multiaddr with /p2p/ID), and again while
+    /// the node has no connection (after 1 s, backing off to 30 s),
+    /// repeatable [default: none].
     #[arg(long, env = "EDGESWARM_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Option<Vec<String>>,
     /// Locality membership key (go-ipfs swarm.key); peers without it

@@ -32,6 +32,8 @@
 //!   requested only once their digests are known, so a gateway's chunks
 //!   are forwarded while it is still streaming the layer in.
 //! - [`metrics`]: prometheus counters/gauges and per-node statistics.
+//! - `redial` (private): when a node with no connection dials its
+//!   bootstrap peers again (backing off from 1 s to 30 s).
 //!
 //! ## Goals
 //!
@@ -58,6 +60,7 @@ mod frame;
 pub mod keys;
 pub mod metrics;
 mod ratelimit;
+mod redial;
 mod task;
 
 use std::path::PathBuf;
@@ -132,7 +135,8 @@ pub struct SwarmConfig {
     pub locality: String,
     /// Addresses to listen on (e.g. `/ip4/0.0.0.0/tcp/4001`).
     pub listen: Vec<Multiaddr>,
-    /// Peers to dial at start (`/ip4/../tcp/../p2p/<id>` preferred).
+    /// Peers to dial at start (`/ip4/../tcp/../p2p/<id>` preferred), and
+    /// again while the node has no connection at all.
     pub bootstrap: Vec<Multiaddr>,
     /// go-ipfs swarm.key file restricting membership (pnet).
     pub swarm_key: Option<PathBuf>,

@@ -188,6 +188,8 @@ pub(crate) async fn start<S: ChunkStore>(
         limiter: super::ratelimit::GossipLimiter::new(config.gossip_rate, config.gossip_burst),
         provider_queries: HashMap::new(),
         bootstrapped: false,
+        bootstrap: config.bootstrap.clone(),
+        redial: super::redial::Redial::new(Instant::now()),
         shutdown: shutdown.clone(),
         connected,
         bans_saved: bans_tx,
@@ -237,6 +239,11 @@ struct SwarmTask {
     /// Running provider lookups: found so far and whom to tell.
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     bootstrapped: bool,
+    /// The `--bootstrap` addresses, dialed at start and again while the
+    /// node has no connection at all (`redial`).
+    bootstrap: Vec<Multiaddr>,
+    /// When to dial `bootstrap` again.
+    redial: super::redial::Redial,
     shutdown: CancellationToken,
     /// Connected peers, shared with the exchange.
     connected: Arc<std::sync::Mutex<HashSet<PeerId>>>,
@@ -265,7 +272,10 @@ impl SwarmTask {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                _ = tick.tick() => self.expire_bans(),
+                _ = tick.tick() => {
+                    self.expire_bans();
+                    self.redial_bootstrap();
+                }
                 _ = self.ban_requests.wait() => {
                     for (peer, reason) in self.ban_requests.take() {
                         self.ban(peer, reason);
@@ -274,6 +284,25 @@ impl SwarmTask {
             }
         }
         info!("swarm task stopped");
+    }
+
+    /// Dials the bootstrap peers again when the node has been alone for
+    /// the redial schedule's wait (see `redial`).
+    fn redial_bootstrap(&mut self) {
+        if self.bootstrap.is_empty() {
+            return;
+        }
+        let connected = self.swarm.connected_peers().next().is_some();
+        if !self.redial.due(Instant::now(), connected) {
+            return;
+        }
+        info!(
+            addrs = self.bootstrap.len(),
+            "no connection: dialing the bootstrap peers again"
+        );
+        for addr in self.bootstrap.clone() {
+            self.add_bootstrap(addr);
+        }
     }
 
     fn expire_bans(&mut self) {

@@ -236,13 +236,25 @@ async fn run_scenario(sc: Scenario) -> Outcome {
         args.extend(["--bootstrap", boot.as_str()]);
         nodes.push(start_node(&dirs[i], ports[i], &format!("n{i}-a.log"), &args).await);
     }
+    let hearing_since = tokio::time::Instant::now();
     eventually(
         "the first node hears every other",
         Duration::from_secs(30),
         async || {
             let v = status(&nodes[0]).await?;
             let live = v.nodes.iter().filter(|n| !n.gone).count();
-            (live + 1 >= n).then_some(()).ok_or(format!("{live} heard"))
+            if live + 1 >= n {
+                return Ok(());
+            }
+            let mut seen = format!("{live} heard, {} connected", v.this.connected_peers);
+            // About to fail: say what each node did (the data dirs and
+            // logs go with the panic).
+            if hearing_since.elapsed() > Duration::from_secs(25) {
+                for node in &nodes {
+                    seen += &format!("\n--- {}:\n{}", node.log.display(), tail(&node.log));
+                }
+            }
+            Err(seen)
         },
     )
     .await;
