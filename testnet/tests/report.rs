@@ -224,6 +224,38 @@ fn links_in_ratio_is_over_n_times_the_image() {
 }
 
 #[test]
+fn payload_ratio_counts_streams_gossip_and_the_gateways_registry_bytes() {
+    // Two nodes: the gateway read the image from the registry and 0.01 of
+    // it as gossip; the other node 1.02 images of chunk streams and 0.01
+    // of gossip. Their links' counters (1.02 and 1.03) are not used.
+    let mut r = es(2, 5.0, 4.4, 1.05, 1.03);
+    r.per_node[0].bytes_from_cloud = IMAGE;
+    r.per_node[0].metrics = Some(NodeMetrics {
+        gossip_bytes_received: 0.01 * IMAGE as f64,
+        ..NodeMetrics::default()
+    });
+    r.per_node[1].metrics = Some(NodeMetrics {
+        stream_bytes_received: 1.02 * IMAGE as f64,
+        gossip_bytes_received: 0.01 * IMAGE as f64,
+        ..NodeMetrics::default()
+    });
+    let v = report::payload_ratio(&r, IMAGE).unwrap();
+    // (1 + 0.01 + 1.02 + 0.01) / 2 = 1.02.
+    assert!((v - 1.02).abs() < 1e-9, "{v}");
+    let rows = report::targets(&image(), &setting("none"), &[r.clone()]);
+    let row = find(
+        &rows,
+        "N=2: the same above TCP (chunk streams, gossip, registry blobs) / (N x image)",
+    );
+    assert_eq!((row.measured.as_str(), row.pass), ("1.020x", Some(true)));
+    // A node without metrics: no figure, and no row.
+    r.per_node[1].metrics = None;
+    assert_eq!(report::payload_ratio(&r, IMAGE), None);
+    let rows = report::targets(&image(), &setting("none"), &[r]);
+    assert!(!rows.iter().any(|row| row.target.contains("above TCP")));
+}
+
+#[test]
 fn summary_holds_the_run_table_and_the_targets_table() {
     let s = report::summary_markdown(&image(), &setting("none"), &runs());
     assert!(s.contains("## Links, pulls and CPU of every run"), "{s}");
