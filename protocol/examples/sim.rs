@@ -34,6 +34,7 @@
 //!                          (0: each node its own core)
 //!   --have-ms 0            Have batching (0: immediate)
 //!   --slots 3 --queue 0    upload slots, requests waiting before Busy
+//!   --origin-queue 0       requests waiting for an origin's chunks (current: 3)
 //!   --sparing-ms 60000     seed sparing period (0: off)
 //!   --depth 2 | bdp:4      requests per peer, fixed or BDP-sized (max)
 //!   --total 3              requests outstanding over all peers (0: no cap)
@@ -105,6 +106,7 @@ fn main() {
             "--have-ms" => cfg.have_interval_us = us(val()),
             "--slots" => cfg.upload.slots = num(&val()) as usize,
             "--queue" => cfg.upload.queue = num(&val()) as usize,
+            "--origin-queue" => cfg.upload.origin_queue = num(&val()) as usize,
             "--sparing-ms" => {
                 let v = num(&val()) as u64;
                 cfg.upload.sparing_ms = (v > 0).then_some(v);
@@ -200,7 +202,7 @@ fn on(s: &str) -> bool {
 fn describe(c: &SimConfig) -> String {
     format!(
         "# image {:.1} MB in {} layers; links {} Mbit/s ({}% at {} Mbit/s), cloud {} Mbit/s; \
-         rtt {} ms, queue {} ms, cpu {} ms/chunk; slots {}, queue {}, sparing {:?} ms; \
+         rtt {} ms, queue {} ms, cpu {} ms/chunk; slots {}, queue {} (origin {}), sparing {:?} ms; \
          Have every {} ms; depth {:?}, total {:?}; peers {}, gateway peers {}; cut-through {}, cancel {}, \
          elsewhere backoff {}; window {}, endgame {} (after {} ms); churn {}% in {}-{} ms; seed {}; \
          efficiency {}, gateway start {} ms, tail {} ms, nodes start {}-{} ms, digest tick {} ms, \
@@ -216,6 +218,7 @@ fn describe(c: &SimConfig) -> String {
         c.cpu_us_per_chunk as f64 / 1000.0,
         c.upload.slots,
         c.upload.queue,
+        c.upload.origin_queue,
         c.upload.sparing_ms,
         c.have_interval_us as f64 / 1000.0,
         c.depth,

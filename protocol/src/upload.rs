@@ -29,6 +29,8 @@
 //!    their downlink's bandwidth-delay product outstanding, a queue of 0
 //!    (no waiting at all) was best in the simulator: a request waiting
 //!    behind others is a downlink idling while another holder is free.
+//!    Except at a super-seeding origin ([`UploadConfig::origin_queue`]):
+//!    its offered chunk has no other holder, so a few requests wait.
 //! 3. **Seed sparing (super-seeding).** For a blob marked as *origin*
 //!    ([`Uploader::set_origin`]: held without downloading it from peers, a
 //!    seed or a gateway streaming from the registry), a chunk already
@@ -58,18 +60,25 @@ pub struct UploadConfig {
     pub slots: usize,
     /// Requests waiting for a slot at most; more are answered `Busy`.
     pub queue: usize,
+    /// Requests waiting for a slot at most when the request is for an
+    /// origin blob's chunk and seed sparing is on (the larger of this and
+    /// `queue` applies). A super-seeding origin offers each chunk to one
+    /// requester, which has no other holder to ask: `Busy` would send it
+    /// away from its only source. The node's `ORIGIN_UPLOAD_QUEUE`.
+    pub origin_queue: usize,
     /// Seed sparing period for origin blobs (`None`: off).
     pub sparing_ms: Option<u64>,
 }
 
 impl Default for UploadConfig {
     /// Three slots and none waiting (the simulator's best with 100 Mbit/s
-    /// links, see the module docs), sparing for 60 s: the node's defaults
-    /// (`SimConfig::default` models the node).
+    /// links, see the module docs), except 3 for a super-seeding origin's
+    /// chunks, sparing for 60 s: the node's defaults.
     fn default() -> Self {
         UploadConfig {
             slots: 3,
             queue: 0,
+            origin_queue: 3,
             sparing_ms: Some(60_000),
         }
     }
@@ -184,7 +193,12 @@ impl<P: Ord + Clone> Uploader<P> {
             return;
         }
         let startable = self.active.len() < self.config.slots && !self.active.contains_key(&peer);
-        if !startable && self.waiting.len() >= self.config.queue {
+        let queue = if self.config.sparing_ms.is_some() && self.origin.contains_key(&blob) {
+            self.config.queue.max(self.config.origin_queue)
+        } else {
+            self.config.queue
+        };
+        if !startable && self.waiting.len() >= queue {
             self.reply(peer, request, Refusal::Busy);
             return;
         }
@@ -378,8 +392,47 @@ mod tests {
         UploadConfig {
             slots,
             queue,
+            origin_queue: 0,
             sparing_ms,
         }
+    }
+
+    #[test]
+    fn requests_for_an_origins_chunks_wait_in_the_origin_queue_others_get_busy() {
+        let mut cfg = config(1, 0, Some(60_000));
+        cfg.origin_queue = 2;
+        let mut u = Uploader::new(cfg);
+        let other = Digest::of(b"downloaded blob");
+        u.set_origin(blob(), true);
+        // Peer 0 takes the one slot; two requests for origin chunks wait,
+        // the third is Busy; a request for a downloaded blob's chunk is
+        // Busy at once (queue 0).
+        for p in 0..4 {
+            u.request(0, p, 1, blob(), p, true);
+        }
+        u.request(0, 9, 1, other, 0, true);
+        assert_eq!(
+            drain(&mut u),
+            vec![
+                send(0, 1, 0),
+                reply(3, 1, Refusal::Busy),
+                reply(9, 1, Refusal::Busy)
+            ]
+        );
+        assert_eq!((u.active(), u.waiting()), (1, 2));
+        u.finished(&0, 1);
+        assert_eq!(drain(&mut u), vec![send(1, 1, 1)]);
+        // Without seed sparing the origin's queue does not apply.
+        let mut cfg = config(1, 0, None);
+        cfg.origin_queue = 2;
+        let mut u = Uploader::new(cfg);
+        u.set_origin(blob(), true);
+        u.request(0, 0, 1, blob(), 0, true);
+        u.request(0, 1, 1, blob(), 1, true);
+        assert_eq!(
+            drain(&mut u),
+            vec![send(0, 1, 0), reply(1, 1, Refusal::Busy)]
+        );
     }
 
     #[test]

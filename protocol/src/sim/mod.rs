@@ -262,6 +262,7 @@ impl Default for SimConfig {
             upload: UploadConfig {
                 slots: 3,
                 queue: 0,
+                origin_queue: 0,
                 sparing_ms: Some(60_000),
             },
             depth: Depth::Fixed(2),
@@ -400,6 +401,7 @@ impl SimConfig {
             upload: UploadConfig {
                 slots: 3,
                 queue: 0,
+                origin_queue: 0,
                 sparing_ms: Some(60_000),
             },
             have_interval_us: 0,
@@ -425,14 +427,23 @@ impl SimConfig {
     /// (the registry's flow into the gateway keeps its calibrated queue);
     /// 512 KiB chunks; cut-through relay (`node/src/swarm/exchange/relay.rs`:
     /// a chunk advertised and served as soon as its answer begins to
-    /// arrive, no relayed copy complete before the relay's own). Not
-    /// calibrated as a whole: the testnet's paced runs were faster than
-    /// this at N = 10 (docs/SIMULATOR.md).
+    /// arrive, no relayed copy complete before the relay's own); since
+    /// 2026-12-03, four requests per download, digests read as the store
+    /// learns them (no tick), and up to three requests waiting for a
+    /// super-seeding origin's chunks (`ORIGIN_UPLOAD_QUEUE` in
+    /// `node/src/swarm/exchange/serve.rs`). Checked against the testnet in
+    /// docs/SIMULATOR.md.
     pub fn current(self) -> Self {
         SimConfig {
             queue_us: 5_000,
             chunk_bytes: 512 << 10,
             cut_through: true,
+            total_requests: Some(4),
+            digest_tick_us: 0,
+            upload: UploadConfig {
+                origin_queue: 3,
+                ..self.upload
+            },
             ..self
         }
     }
