@@ -13,7 +13,8 @@
 //!                          found (then flags override)
 //!   --calibrate            the calibration table: the preset on the
 //!                          testnet's 2-core machine against every
-//!                          measured T(N), with the error
+//!                          measured T(N), with the error (`current`:
+//!                          against today's node's runs)
 //!   --layout single|base|spread   issue 11's image (48.3 MB, one 46 MB
 //!                          layer), the testnet's own (54.1 MB), or four
 //!                          12 MB layers
@@ -59,12 +60,19 @@ fn main() {
     let mut ablate: Option<usize> = None;
     let mut from_node = true;
     let mut calibrate = false;
+    // The testnet measurements a preset is checked against.
+    let mut measured: &[(&str, usize, f64)] = &cal::MEASURED;
+    let mut start_21 = cal::START_US_21;
     // The preset first, so that other flags override it.
     if let Some(i) = args.iter().position(|a| a == "--preset") {
         match args.get(i + 1).map(String::as_str) {
             Some("node") => {}
             Some("tuned") => cfg = cfg.tuned(),
-            Some("current") => cfg = cfg.current(),
+            Some("current") => {
+                cfg = cfg.current();
+                measured = &cal::MEASURED_CURRENT;
+                start_21 = cal::START_US_21_CURRENT;
+            }
             other => die(&format!("unknown preset {other:?}")),
         }
     }
@@ -171,7 +179,7 @@ fn main() {
     }
     println!("{}", describe(&cfg));
     if calibrate {
-        return calibration(&cfg);
+        return calibration(&cfg, measured, start_21);
     }
     match ablate {
         Some(n) => ablation(&cfg, n, from_node),
@@ -310,14 +318,14 @@ fn scaling(cfg: &SimConfig, nodes: &[usize]) {
 
 /// The calibration table: the preset on the testnet's 2-core machine
 /// against every measured T(N), with the error.
-fn calibration(cfg: &SimConfig) {
+fn calibration(cfg: &SimConfig, table: &[(&str, usize, f64)], start_21: (u64, u64)) {
     println!(
         "| layout | N | testnet T s | sim T s (mean of {} seeds) | error | sim machine CPU-s |",
         cal::SEEDS
     );
     println!("|---|---|---|---|---|---|");
-    for (layout, n, measured) in cal::MEASURED {
-        let c = cal::testnet_run(cfg, layout, n);
+    for &(layout, n, measured) in table {
+        let c = cal::testnet_run_starting(cfg, layout, n, start_21);
         let t = cal::mean_t(&c);
         let cpu = run(&c).cpu_seconds;
         let (t, err) = match t {

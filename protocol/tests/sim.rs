@@ -264,3 +264,30 @@ fn cut_through_relay_keeps_a_hundred_nodes_near_one_link() {
         "{mean} / {max} images per node"
     );
 }
+
+#[test]
+fn the_current_preset_is_within_15_percent_of_todays_testnet() {
+    // Issue 11's calibration points (N = 1, 5 and 21, both layouts)
+    // against today's node in the testnet (`cal::MEASURED_CURRENT`).
+    let mut worst: f64 = 0.0;
+    println!("| layout | N | testnet s | sim s | error |");
+    for (layout, n, measured) in cal::MEASURED_CURRENT {
+        if ![1, 5, 21].contains(&n) {
+            continue;
+        }
+        let cfg = cal::testnet_run_starting(
+            &SimConfig::default().current(),
+            layout,
+            n,
+            cal::START_US_21_CURRENT,
+        );
+        let t = cal::mean_t(&cfg).expect("every run completes");
+        let err = t / measured - 1.0;
+        println!(
+            "| {layout} | {n} | {measured:.2} | {t:.2} | {:+.1} % |",
+            err * 100.0
+        );
+        worst = worst.max(err.abs());
+    }
+    assert!(worst <= 0.15, "worst error {:.1} %", worst * 100.0);
+}
