@@ -50,6 +50,7 @@ impl ScratchFs {
     pub fn mount(mount: &Path, size: u64) -> Result<ScratchFs> {
         cmd::require("mkfs.ext4", "apt-get install e2fsprogs")?;
         cmd::require("mount", "apt-get install mount")?;
+        cmd::require("losetup", "apt-get install mount")?;
         if !cmd::is_root() {
             return Err(TestnetError::NotRoot);
         }
@@ -81,15 +82,27 @@ impl ScratchFs {
             &[OsStr::new("-q"), OsStr::new("-F"), image.as_os_str()],
         )
         .and_then(|_| {
-            cmd::run(
-                "mount",
+            // Direct I/O on the backing file: the loop device then writes
+            // through to the disk instead of copying every page into the
+            // host's cache a second time, and its CPU is closer to a real
+            // block device's. At 21 nodes on the 2 busy cores, the buffered
+            // loop took T(21) to 14.8-17.7 s against 10.9-12.9 s with the
+            // data on the root filesystem (single layout, 2026-12-03).
+            let dev = cmd::run(
+                "losetup",
                 &[
-                    OsStr::new("-o"),
-                    OsStr::new("loop"),
+                    OsStr::new("--direct-io=on"),
+                    OsStr::new("--find"),
+                    OsStr::new("--show"),
                     image.as_os_str(),
-                    mount.as_os_str(),
                 ],
-            )
+            )?;
+            let dev = dev.trim().to_string();
+            let mounted = cmd::run("mount", &[OsStr::new(&dev), mount.as_os_str()]);
+            // Detached now, the device is freed once unmounted (as
+            // `mount -o loop` does), or at once if the mount failed.
+            let _ = cmd::run("losetup", &[OsStr::new("-d"), OsStr::new(&dev)]);
+            mounted
         });
         if let Err(e) = made {
             let _ = std::fs::remove_file(&image);

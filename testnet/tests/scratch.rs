@@ -26,10 +26,24 @@ fn a_scratch_filesystem_is_mounted_fresh_and_gone_after_unmount_or_drop() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec!["lost+found"]);
+    // Its loop device reads and writes the backing file with direct I/O.
+    let devices = loops_of(&image);
+    assert_eq!(devices.len(), 1, "loop devices of the image: {devices:?}");
+    assert_eq!(devices[0].1, "1", "{} without direct I/O", devices[0].0);
     std::fs::write(mount.join("n0"), b"data").unwrap();
     fs.unmount().unwrap();
     assert!(!is_mount_point(&mount));
     assert!(!image.exists(), "backing file left behind");
+    // The loop device was freed with the mount (lazily: give it a moment).
+    let mut left = loops_of(&image);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = loops_of(&image);
+    }
+    assert!(left.is_empty(), "loop devices left behind: {left:?}");
     // What was written went with it.
     assert!(!mount.join("n0").exists());
     fs.unmount().unwrap();
@@ -46,4 +60,21 @@ fn a_scratch_filesystem_is_mounted_fresh_and_gone_after_unmount_or_drop() {
     assert!(is_mount_point(fs.path()));
     drop(fs);
     assert!(!is_mount_point(&mount) && !image.exists());
+}
+
+/// Loop devices backed by `image`, with their `loop/dio` flag, from sysfs.
+fn loops_of(image: &std::path::Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(backing) = std::fs::read_to_string(dir.join("loop/backing_file")) else {
+            continue;
+        };
+        // A removed backing file reads as "PATH (deleted)".
+        if backing.trim().trim_end_matches(" (deleted)") == image.to_str().unwrap() {
+            let dio = std::fs::read_to_string(dir.join("loop/dio")).unwrap_or_default();
+            found.push((dir.display().to_string(), dio.trim().to_string()));
+        }
+    }
+    found
 }
