@@ -362,9 +362,10 @@ pub mod calibration {
     /// and 2 runs). The N = 21 runs kept the nodes' data on the host's
     /// root filesystem (`--shared-data-fs`), as the runs [`MEASURED`]
     /// comes from did: on the loop-mounted ext4 the testnet gives each run
-    /// by default, the loop device's own CPU took T(21) to 14.8-17.7 s
-    /// (single) and 17.6-20.5 s (base) on the 2 busy cores, a cost of
-    /// the emulation this model leaves out.
+    /// by default, the loop device's own CPU (buffered, as it was then)
+    /// took T(21) to 14.8-17.7 s (single) and 17.6-20.5 s (base) on the 2
+    /// busy cores, a cost of the emulation this model leaves out. With
+    /// direct I/O (the testnet's loop device since) single took 12.9-13.0 s.
     pub const MEASURED_CURRENT: [(&str, usize, f64); 10] = [
         ("single", 1, 4.30),
         ("single", 2, 4.66),
