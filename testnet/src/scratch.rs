@@ -85,9 +85,10 @@ impl ScratchFs {
             // Direct I/O on the backing file: the loop device then writes
             // through to the disk instead of copying every page into the
             // host's cache a second time, and its CPU is closer to a real
-            // block device's. At 21 nodes on the 2 busy cores, the buffered
-            // loop took T(21) to 14.8-17.7 s against 10.9-12.9 s with the
-            // data on the root filesystem (single layout, 2026-12-03).
+            // block device's. At 21 nodes on the 2 busy cores, single
+            // layout: T(21) 12.91 and 13.04 s with direct I/O against
+            // 14.88 and 14.81 s buffered, in the same hour
+            // (testnet/results/sim-current-2026-12-03/).
             let dev = cmd::run(
                 "losetup",
                 &[
