@@ -67,6 +67,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgeswarm_protocol::upload::UploadConfig;
 use edgeswarm_protocol::{wire, ChunkMap, Digest};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -149,7 +150,7 @@ pub struct SwarmConfig {
     /// Chunk requests that may wait for an upload slot; more are answered
     /// `Busy` at once, and the requester asks another holder. Requests for
     /// a super-seeding origin's chunks, which have no other holder, may
-    /// wait up to 3 (`exchange::serve::ORIGIN_UPLOAD_QUEUE`) when this is less.
+    /// wait up to 3 (`UploadConfig::origin_queue`) when this is less.
     pub upload_queue: usize,
     /// Requests pipelined to one peer at most.
     pub requests_per_peer: usize,
@@ -226,7 +227,7 @@ impl SwarmConfig {
             // About our downlink's bandwidth-delay product plus two. At 3
             // (the simulator's best; testnet, base layout: 5 nodes 6.75
             // -> 6.37 s, 10 nodes 7.53 -> 7.23 s against 2), a request
-            // waiting at a gateway (`serve.rs` `ORIGIN_UPLOAD_QUEUE`) left
+            // waiting at a gateway (`UploadConfig::origin_queue`) left
             // too few for the other peers. Testnet, single layout, 10
             // nodes, interleaved: 4 with the gateway's queue gave T(10)
             // 5.16-5.53 s against 5.43-5.60 s (6 pairs); 4 alone changed
@@ -250,6 +251,20 @@ impl SwarmConfig {
             deadline_window: 8,
             #[cfg(feature = "test-support")]
             corrupt_uploads: false,
+        }
+    }
+
+    /// The upload policy these settings give (the protocol crate's, which
+    /// the simulator runs too): `upload_slots`, `upload_queue` and
+    /// `seed_sparing`, with the policy's defaults for the rest.
+    pub fn upload_policy(&self) -> UploadConfig {
+        UploadConfig {
+            slots: self.upload_slots.max(1),
+            queue: self.upload_queue,
+            sparing_ms: self
+                .seed_sparing
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ..UploadConfig::default()
         }
     }
 
@@ -283,6 +298,16 @@ const MAX_PENDING_BANS: usize = 4096;
 /// Bans remembered with when they were asked for, at most: as many as may
 /// wait for the swarm task at once.
 const MAX_BANS_RECORDED: usize = MAX_PENDING_BANS;
+
+/// Peers connected now, kept by the swarm task, and how often that set
+/// changed (so the exchange acts on departures once, not per request).
+#[derive(Debug, Default)]
+pub(crate) struct ConnectedPeers {
+    /// The connected peers.
+    pub(crate) peers: std::collections::HashSet<PeerId>,
+    /// Changes of `peers` so far.
+    pub(crate) generation: u64,
+}
 
 /// Bans on their way to the swarm task. Unlike a command on the bounded
 /// channel (`try_send`, dropped when full: a flood of traffic could let
@@ -522,5 +547,35 @@ impl Node {
         key_file: PathBuf,
     ) -> Result<(SwarmClient, JoinHandle<()>), SwarmError> {
         task::start::<chunkstore::NoStore>(config, key_file, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeswarm_protocol::sim::SimConfig;
+
+    /// The node serves by the protocol crate's upload policy on its
+    /// defaults, and the simulator's `current` preset runs that same
+    /// policy: a change to one shows here.
+    #[test]
+    fn the_default_upload_policy_is_the_protocols_and_the_simulators() {
+        let config = SwarmConfig::new("/nonexistent", "test");
+        assert_eq!(config.upload_policy(), UploadConfig::default());
+        assert_eq!(
+            SimConfig::default().current().upload,
+            config.upload_policy()
+        );
+        let off = SwarmConfig {
+            seed_sparing: None,
+            upload_slots: 0,
+            upload_queue: 5,
+            ..config
+        };
+        let policy = off.upload_policy();
+        assert_eq!(
+            (policy.sparing_ms, policy.slots, policy.queue),
+            (None, 1, 5)
+        );
     }
 }

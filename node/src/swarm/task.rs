@@ -150,7 +150,7 @@ pub(crate) async fn start<S: ChunkStore>(
     let (gossip_tx, _) = broadcast::channel(256);
     let metrics = SwarmMetrics::default();
     let shutdown = CancellationToken::new();
-    let connected = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let connected = Arc::new(std::sync::Mutex::new(super::ConnectedPeers::default()));
     let exchange: Arc<dyn Fetch> = match store {
         Some(store) => Arc::new(Exchange::start(
             &config,
@@ -246,7 +246,7 @@ struct SwarmTask {
     redial: super::redial::Redial,
     shutdown: CancellationToken,
     /// Connected peers, shared with the exchange.
-    connected: Arc<std::sync::Mutex<HashSet<PeerId>>>,
+    connected: Arc<std::sync::Mutex<super::ConnectedPeers>>,
 }
 
 impl SwarmTask {
@@ -428,7 +428,11 @@ impl SwarmTask {
             SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
                 let now: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
                 self.metrics.connected_peers.set(now.len() as i64);
-                *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                let mut connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+                if connected.peers != now {
+                    connected.peers = now;
+                    connected.generation += 1;
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

@@ -64,8 +64,9 @@ async fn a_peer_serving_corrupt_chunks_is_banned_and_everyone_ends_correct() {
 /// A member takes every chunk of an origin seed and then serves garbage:
 /// the seed spares those chunks (it uploaded them moments ago, to a peer
 /// still connected to it), and the victim bans the hoarder. The victim
-/// must still get them from the seed, after `serve::SPARE_RETRY` (5 s),
-/// not after the 60 s sparing period.
+/// must still get them from the seed, after the sparing retry
+/// (`UploadConfig::spare_retry_ms`, 5 s), not after the 60 s sparing
+/// period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_hoarding_the_seeds_chunks_does_not_hold_them_hostage() {
     init_tracing();

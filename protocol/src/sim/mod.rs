@@ -68,7 +68,7 @@ use crate::address::Digest;
 use crate::bitfield::Bitfield;
 use crate::chunkmap::ChunkSize;
 use crate::picker::{FailReason, Picker, PickerConfig};
-use crate::upload::{pipeline_depth, Action, Refusal, UploadConfig, Uploader};
+use crate::upload::{pipeline_depth, Action, Ask, Refusal, UploadConfig, Uploader};
 
 use link::{FlowId, Network};
 
@@ -264,6 +264,8 @@ impl Default for SimConfig {
                 queue: 0,
                 origin_queue: 0,
                 sparing_ms: Some(60_000),
+                spare_retry_ms: None,
+                spare_min_len: 0,
             },
             depth: Depth::Fixed(2),
             total_requests: Some(3),
@@ -441,6 +443,8 @@ impl SimConfig {
                 queue: 0,
                 origin_queue: 0,
                 sparing_ms: Some(60_000),
+                spare_retry_ms: None,
+                spare_min_len: 0,
             },
             have_interval_us: 0,
             depth: Depth::Bdp(4),
@@ -468,9 +472,10 @@ impl SimConfig {
     /// arrive, no relayed copy complete before the relay's own); since
     /// 2026-12-03, four requests per download, digests read as the store
     /// learns them (no tick), and up to three requests waiting for a
-    /// super-seeding origin's chunks (`ORIGIN_UPLOAD_QUEUE` in
-    /// `node/src/swarm/exchange/serve.rs`). Checked against the testnet in
-    /// docs/SIMULATOR.md.
+    /// super-seeding origin's chunks; the node's upload policy exactly
+    /// ([`UploadConfig::default`], which the node serves by since
+    /// 2026-12-03: the origin queue, the sparing retry, small chunks never
+    /// spared). Checked against the testnet in docs/SIMULATOR.md.
     pub fn current(self) -> Self {
         SimConfig {
             queue_us: 5_000,
@@ -478,10 +483,8 @@ impl SimConfig {
             cut_through: true,
             total_requests: Some(4),
             digest_tick_us: 0,
-            upload: UploadConfig {
-                origin_queue: 3,
-                ..self.upload
-            },
+            // The node's own upload policy (`SwarmConfig::upload_policy`).
+            upload: UploadConfig::default(),
             ..self
         }
     }
@@ -918,12 +921,7 @@ impl Sim {
                 if slow[i] {
                     upload.slots = cfg.slow_slots.unwrap_or(upload.slots);
                 }
-                let mut uploader = Uploader::new(upload);
-                if i == 0 {
-                    for b in &blobs {
-                        uploader.set_origin(b.digest, true);
-                    }
-                }
+                let uploader = Uploader::new(upload);
                 let start_at = if i == 0 {
                     0
                 } else if cfg.start_us.1 > cfg.start_us.0 {
@@ -1424,9 +1422,20 @@ impl Sim {
         let held = self.advertises(node, chunk);
         let (blob, index) = self.locate(chunk);
         let now_ms = self.now_ms();
+        let len = self.chunk_len(chunk);
         let n = &mut self.nodes[node as usize];
         n.inbound.insert((from, id), chunk);
-        n.uploader.request(now_ms, from, id, blob, index, held);
+        // The gateway (node 0) holds every blob without downloading it.
+        let ask = Ask {
+            requester: from,
+            request: id,
+            blob,
+            index,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            held,
+            origin: node == 0,
+        };
+        n.uploader.request(now_ms, ask);
         self.drain_uploader(node);
     }
 
@@ -1434,7 +1443,7 @@ impl Sim {
         while let Some(a) = self.nodes[node as usize].uploader.poll_action() {
             match a {
                 Action::Send {
-                    peer,
+                    requester: peer,
                     request,
                     index,
                     blob,
@@ -1476,7 +1485,7 @@ impl Sim {
                     self.begin_arrival(peer, chunk);
                 }
                 Action::Reply {
-                    peer,
+                    requester: peer,
                     request,
                     refusal,
                 } => {

@@ -7,8 +7,10 @@
 //!   `Have` for newly verified chunks every 200 ms, and answers requests in
 //!   order: each chunk under an upload slot and the optional token bucket,
 //!   read from the store (which re-verifies it). Partial blobs are served.
-//!   An origin seed answers `TryElsewhere` for a chunk it uploaded moments ago
-//!   (seed sparing), so peers trade it among themselves.
+//!   Which request gets an upload, waits, or is refused (`Busy`, or
+//!   `TryElsewhere` from an origin seed for a chunk it uploaded moments ago,
+//!   so peers trade it among themselves) is the protocol crate's upload
+//!   policy (`uploads`), the same state machine the simulator runs.
 //! - **Downloading.** One coordinator task per blob owns a
 //!   `protocol::picker::Picker` fed with our bitfield, each peer's
 //!   bitfield/haves, arrivals and failures; it hands requests to per-peer
@@ -25,13 +27,12 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeswarm_protocol::{ChunkMap, Digest};
 use libp2p::PeerId;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -44,6 +45,7 @@ mod offers;
 mod relay;
 mod serve;
 mod session;
+mod uploads;
 
 /// Frames queued between a server's reader and writer halves.
 const SERVER_QUEUE: usize = 64;
@@ -189,29 +191,18 @@ struct Inner<S> {
     metrics: SwarmMetrics,
     shutdown: CancellationToken,
     local_peer: PeerId,
-    upload_slots: Arc<Semaphore>,
-    /// Chunk requests waiting for an upload slot.
-    upload_waiting: AtomicUsize,
-    /// Requests that may wait for a slot before `Busy` (unbounded, a
-    /// request on a 10 Mbit/s link waited past the requester's 14 s stall
-    /// timeout).
-    upload_queue: usize,
+    /// The upload policy (slots, waiting requests, seed sparing): the
+    /// protocol crate's `Uploader`, as in the simulator.
+    uploads: uploads::Uploads,
     bucket: Option<TokenBucket>,
-    seed_sparing: Option<Duration>,
     /// Blobs downloaded through the swarm in this process (not origin seeds).
     downloaded: Mutex<HashSet<Digest>>,
-    /// Last upload time of chunks of origin-seeded blobs.
-    /// and to whom.
-    recent_uploads: Mutex<HashMap<(Digest, u32), (Instant, PeerId)>>,
-    /// When each requester was first told to try elsewhere for a spared
-    /// chunk (see `serve::SPARE_RETRY`).
-    spared_refusals: Mutex<HashMap<(Digest, u32, PeerId), Instant>>,
     /// Super-seeding: which requester each chunk of an origin blob is
     /// offered to.
     offers: Mutex<offers::Offers>,
     /// Peers connected now (kept by the swarm task): sparing ends early
     /// for a chunk whose only recipient left.
-    connected: Arc<Mutex<HashSet<PeerId>>>,
+    connected: Arc<Mutex<super::ConnectedPeers>>,
     /// Running downloads, shared by concurrent callers.
     downloads: Mutex<HashMap<Digest, DownloadWatch>>,
     /// Blobs whose last download failed while it needed their chunk map
@@ -305,7 +296,7 @@ impl<S: ChunkStore> Exchange<S> {
         metrics: SwarmMetrics,
         shutdown: CancellationToken,
         local_peer: PeerId,
-        connected: Arc<Mutex<HashSet<PeerId>>>,
+        connected: Arc<Mutex<super::ConnectedPeers>>,
     ) -> Result<Self, SwarmError> {
         let incoming = control
             .accept(protocols.chunks.clone())
@@ -319,14 +310,9 @@ impl<S: ChunkStore> Exchange<S> {
             metrics,
             shutdown,
             local_peer,
-            upload_slots: Arc::new(Semaphore::new(config.upload_slots.max(1))),
-            upload_waiting: AtomicUsize::new(0),
-            upload_queue: config.upload_queue,
+            uploads: uploads::Uploads::new(config.upload_policy()),
             bucket: config.max_upload_rate.map(TokenBucket::new),
-            seed_sparing: config.seed_sparing,
             downloaded: Mutex::new(HashSet::new()),
-            recent_uploads: Mutex::new(HashMap::new()),
-            spared_refusals: Mutex::new(HashMap::new()),
             offers: Mutex::new(offers::Offers::default()),
             connected,
             downloads: Mutex::new(HashMap::new()),

@@ -1,14 +1,15 @@
 //! The serving side: every inbound chunk stream gets a task (bounded); a
 //! reader half parses the requester's frames into a bounded queue, the
 //! writer half answers `Hello`, pushes bitfields and `Have`s, serves chunk
-//! maps and chunks under upload slots, the token bucket and seed sparing.
+//! maps and chunks as the upload policy ([`super::uploads`]: slots, seed
+//! sparing) decides, under the token bucket.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edgeswarm_protocol::upload::Refusal;
 use edgeswarm_protocol::wire::{
     self, BitfieldMsg, ChunkMapResponse, ChunkResponse, ChunkStatus, Have, Hello, StreamMessage,
 };
@@ -21,6 +22,7 @@ use tracing::debug;
 use super::super::frame::{self, FrameError};
 use super::super::ChunkStore;
 use super::relay::{Outcome as RelayOutcome, Relay};
+use super::uploads::{ChunkAsk, StreamUploads};
 use super::{lock, penalise, Inner, SERVER_QUEUE};
 
 pub(super) async fn accept_loop<S: ChunkStore>(
@@ -136,6 +138,7 @@ async fn serve_stream<S: ChunkStore>(
     stream: Stream,
 ) -> Result<(), FrameError> {
     let (r, mut w) = super::counted(inner, stream).split();
+    let uploads = inner.uploads.open(peer);
     let (tx, mut rx) = mpsc::channel(SERVER_QUEUE);
     let cancelled = std::sync::Mutex::new(HashSet::new());
     let reader = serve_reader(r, tx, &cancelled);
@@ -216,8 +219,8 @@ async fn serve_stream<S: ChunkStore>(
                             }
                             let relay = inner.relays.get(&blob, index).filter(|_| relay_ok && !inner.corrupt_uploads);
                             match relay {
-                                Some(relay) => serve_relay(inner, peer, &mut w, request_id, (blob, index), relay, &cancelled).await?,
-                                None => serve_chunk(inner, peer, &mut w, request_id, blob, index).await?,
+                                Some(relay) => serve_relay(inner, peer, &uploads, &mut w, request_id, (blob, index), relay, &cancelled).await?,
+                                None => serve_chunk(inner, peer, &uploads, &mut w, request_id, blob, index).await?,
                             }
                         }
                     }
@@ -255,52 +258,8 @@ async fn serve_stream<S: ChunkStore>(
     }
 }
 
-/// How long after a requester was first told to try elsewhere for a
-/// spared chunk its next request for it is served: a requester with another
-/// holder fetches from it within this; one that asks again has none. At
-/// 2 s the gateway served 2.2-3.3 % of a 49 MB layer twice at N=5 and 10
-/// (testnet, 100 Mbit/s): a requester whose chunk was still on its way to
-/// the peer the seed fed asked again before that peer had it.
-const SPARE_RETRY: Duration = Duration::from_secs(5);
-
 /// How long a relay waits for more bytes of its chunk before it aborts.
 const RELAY_IDLE: Duration = Duration::from_secs(2);
-
-/// Refusals remembered at most (older ones are dropped first).
-const MAX_SPARED_REFUSALS: usize = 1 << 16;
-
-/// Whether `peer` was told to try elsewhere for this chunk at least
-/// [`SPARE_RETRY`] ago (and so should be served now); records the first
-/// refusal otherwise.
-fn retried_long_enough<S>(
-    inner: &Inner<S>,
-    blob: Digest,
-    index: u32,
-    peer: PeerId,
-    now: Instant,
-) -> bool {
-    let mut refusals = lock(&inner.spared_refusals);
-    if refusals.len() >= MAX_SPARED_REFUSALS {
-        refusals.retain(|_, t| now.duration_since(*t) < SPARE_RETRY * 4);
-        if refusals.len() >= MAX_SPARED_REFUSALS {
-            refusals.clear();
-        }
-    }
-    match refusals.get(&(blob, index, peer)) {
-        Some(first) if now.duration_since(*first) >= SPARE_RETRY => {
-            refusals.remove(&(blob, index, peer));
-            true
-        }
-        Some(_) => false,
-        None => {
-            refusals.insert((blob, index, peer), now);
-            false
-        }
-    }
-}
-
-/// Chunks of at most this many bytes are never spared by an origin seed.
-const SPARE_MIN_CHUNK: u32 = 64 << 10;
 
 /// How often a server re-checks what it advertises without a store event:
 /// a safety net after missed (lagged) events, and when super-seeding
@@ -333,23 +292,6 @@ async fn next_stored(
                 return std::future::pending().await;
             }
         }
-    }
-}
-
-/// Counts a request waiting for an upload slot, also when its future is
-/// dropped while waiting (the peer's stream closed).
-struct WaitingGuard<'a>(&'a AtomicUsize);
-
-impl<'a> WaitingGuard<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        WaitingGuard(counter)
-    }
-}
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -397,11 +339,11 @@ fn advertised<S: ChunkStore>(inner: &Inner<S>, peer: PeerId, blob: &Digest) -> O
     if inner.corrupt_uploads {
         return Some(Bitfield::full(bits.len()));
     }
-    if inner.seed_sparing.is_none() || lock(&inner.downloaded).contains(blob) {
+    let policy = inner.uploads.policy();
+    if policy.sparing_ms.is_none() || lock(&inner.downloaded).contains(blob) {
         return Some(bits);
     }
-    let recent = lock(&inner.recent_uploads);
-    let fetched = |index: u32| recent.contains_key(&(*blob, index));
+    let fetched = |index: u32| inner.uploads.given(blob, index);
     // Small chunks (a manifest, a config, a layer's short last chunk) are
     // shown to everyone, as they are never spared: offered to one
     // requester, the others waited for its relay, or for OFFER_TIMEOUT
@@ -414,7 +356,7 @@ fn advertised<S: ChunkStore>(inner: &Inner<S>, peer: PeerId, blob: &Digest) -> O
         layout
             .as_ref()
             .and_then(|l| l.chunk_len(index))
-            .is_some_and(|len| len <= SPARE_MIN_CHUNK)
+            .is_some_and(|len| len <= policy.spare_min_len)
     };
     Some(lock(&inner.offers).visible(blob, &peer, &bits, Instant::now(), fetched, small))
 }
@@ -497,20 +439,31 @@ async fn push_relaying<S: ChunkStore, W: AsyncWrite + Unpin>(
 /// bytes in pieces as they come, under an upload slot and the token bucket
 /// like any upload; the last byte only once our copy verified. Aborts if
 /// our copy fails or the requester cancels.
+#[allow(clippy::too_many_arguments)]
 async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
     peer: PeerId,
+    uploads: &StreamUploads<'_>,
     w: &mut W,
     request_id: u64,
     (blob, index): (Digest, u32),
     relay: Arc<Relay>,
     cancelled: &std::sync::Mutex<HashSet<u64>>,
 ) -> Result<(), FrameError> {
-    let Some(_slot) = upload_slot(inner, inner.upload_queue).await? else {
-        return respond(w, request_id, ChunkStatus::Busy).await;
+    let len = relay.len();
+    // A chunk arriving here is of a blob we download: never spared.
+    let ask = ChunkAsk {
+        request: request_id,
+        blob,
+        index,
+        len: u32::try_from(len).unwrap_or(u32::MAX),
+        origin: false,
+    };
+    let _slot = match uploads.ask(ask).await {
+        Ok(slot) => slot,
+        Err(refusal) => return respond(w, request_id, refused(refusal)).await,
     };
     let mut changed = relay.want();
-    let len = relay.len();
     respond(w, request_id, ChunkStatus::Relay { len: len as u64 }).await?;
     let most = match &inner.bucket {
         Some(bucket) => bucket.piece(),
@@ -575,48 +528,13 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Requests for chunks of a super-seeding origin seed (see `serve_chunk`)
-/// that may wait for an upload slot at once, over all requesters: as many
-/// as the default upload slots (3), so that a slot that frees has its next
-/// upload at hand. A constant, not the configured slot count: measured only
-/// at the default.
-///
-/// Testnet, 10 nodes, one 46 MB layer, 100 Mbit/s links, 100 ms queues,
-/// interleaved runs (`testnet/results/gateway-busy-2026-12-03/`):
-/// - None waiting (`Busy` at once): some of the gateway's first chunks
-///   were served 0.9-1.2 s after it stored them, and its uploads ended
-///   0.6-1.1 s after its pull.
-/// - 32 waiting: they ended 0.4-0.7 s after, but a request waiting there
-///   held one of its requester's few requests (`max_requests`), and the
-///   nodes' exchange slowed: the last node came 0.6-1.8 s after the
-///   gateway's last upload instead of 0.1-0.9 s, T(10) 5.7-7.0 s against
-///   5.6-6.7 s (10 runs each).
-/// - 3 waiting, with 4 requests per download: uploads ended 0.3-0.5 s
-///   after the pull, T(10) 5.16-5.53 s against 5.43-5.60 s (6 pairs).
-const ORIGIN_UPLOAD_QUEUE: usize = 3;
-
-/// An upload slot, waiting for one while fewer than `queue`
-/// requests wait; `None` when all are busy and enough requests already
-/// wait: the request is answered Busy, and the requester asks a less
-/// loaded holder at once. Queued without bound, a request on a slow link
-/// waited past the requester's stall timeout; the requester then dropped
-/// this peer and asked again elsewhere.
-async fn upload_slot<S>(
-    inner: &Inner<S>,
-    queue: usize,
-) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, FrameError> {
-    if inner.upload_slots.available_permits() == 0
-        && inner.upload_waiting.load(Ordering::Relaxed) >= queue
-    {
-        return Ok(None);
+/// The answer a refusal of the upload policy sends.
+fn refused(refusal: Refusal) -> ChunkStatus {
+    match refusal {
+        Refusal::NotHave => ChunkStatus::NotHave,
+        Refusal::Busy => ChunkStatus::Busy,
+        Refusal::TryElsewhere => ChunkStatus::TryElsewhere,
     }
-    let _waiting = WaitingGuard::enter(&inner.upload_waiting);
-    let slot = inner
-        .upload_slots
-        .acquire()
-        .await
-        .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?;
-    Ok(Some(slot))
 }
 
 async fn respond<W: AsyncWrite + Unpin>(
@@ -631,6 +549,7 @@ async fn respond<W: AsyncWrite + Unpin>(
 async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
     peer: PeerId,
+    uploads: &StreamUploads<'_>,
     w: &mut W,
     request_id: u64,
     blob: Digest,
@@ -645,66 +564,33 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         let message = wire::truncate_message(&format!("chunk {index} out of range"));
         return respond(w, request_id, ChunkStatus::Error { message }).await;
     };
-    // A super-seeding origin seed's chunk has no other holder to go to
-    // (a gateway's chunk is offered to one requester alone, `offers`),
-    // and the requester asked for it because it was offered: `Busy` sent the
-    // requester away from its only source for the picker's busy backoff,
-    // and then past the offer's timeout, while the uplink the whole
-    // locality waits on stood idle. So requests for it wait.
-    let origin = !lock(&inner.downloaded).contains(&blob);
-    let queue = if origin && inner.seed_sparing.is_some() {
-        inner.upload_queue.max(ORIGIN_UPLOAD_QUEUE)
-    } else {
-        inner.upload_queue
+    // An origin seed holds chunks it did not download from peers (a seed,
+    // or a gateway while the blob still streams in from the registry): the
+    // policy spares them (answers TryElsewhere for a chunk another peer
+    // just got, so peers trade it) and lets a few requests wait for them,
+    // as they have no other holder. The corrupt-uploads fault serves
+    // everyone.
+    let origin = !inner.corrupt_uploads && !lock(&inner.downloaded).contains(&blob);
+    if origin {
+        let connected = lock(&inner.connected);
+        inner
+            .uploads
+            .sync_peers(connected.generation, |p| connected.peers.contains(p));
+    }
+    let ask = ChunkAsk {
+        request: request_id,
+        blob,
+        index,
+        len,
+        origin,
     };
-    let Some(_slot) = upload_slot(inner, queue).await? else {
-        return respond(w, request_id, ChunkStatus::Busy).await;
+    let _slot = match uploads.ask(ask).await {
+        Ok(slot) => slot,
+        Err(refusal) => return respond(w, request_id, refused(refusal)).await,
     };
     let bytes = if inner.corrupt_uploads {
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
-        // Seed sparing (super-seeding): an origin seed, one that holds
-        // chunks it did not download from peers (a seed, or a gateway while
-        // the blob still streams in from the registry), uploads each chunk
-        // once per period and answers TryElsewhere meanwhile, so different
-        // peers get different chunks and fetch the rest from each other;
-        // unless the peer it went to has disconnected.
-        // Small chunks (manifests, configs) are not spared: they cost the
-        // seed little, and each extra hop delays every node's start.
-        if let Some(period) = inner.seed_sparing.filter(|_| len > SPARE_MIN_CHUNK) {
-            if origin {
-                let now = Instant::now();
-                let recently = {
-                    let mut recent = lock(&inner.recent_uploads);
-                    if recent.len() > 1 << 20 {
-                        recent.retain(|_, (t, _)| now.duration_since(*t) < period);
-                    }
-                    let spared = match recent.get(&(blob, index)) {
-                        Some((t, to)) => {
-                            now.duration_since(*t) < period
-                                && *to != peer
-                                && lock(&inner.connected).contains(to)
-                        }
-                        None => false,
-                    };
-                    // A requester that asks again for a chunk it was told
-                    // to fetch elsewhere has no usable holder (the one the
-                    // seed fed may refuse it, serve garbage and be banned
-                    // by it, or be too slow): it gets the chunk after
-                    // SPARE_RETRY rather than after the whole period. A
-                    // member that hoarded the seed's chunks held the rest
-                    // of the locality back 57 s (the sparing period).
-                    let spared = spared && !retried_long_enough(inner, blob, index, peer, now);
-                    if !spared {
-                        recent.insert((blob, index), (now, peer));
-                    }
-                    spared
-                };
-                if recently {
-                    return respond(w, request_id, ChunkStatus::TryElsewhere).await;
-                }
-            }
-        }
         match inner.store.read_chunk(blob, index).await {
             Ok(b) => b,
             Err(e) => {
