@@ -31,7 +31,8 @@
 //!   window, per-peer caps, endgame, seeded tie-breaking).
 //! - [`upload`]: the serving side's policy (upload slots and choking,
 //!   `Busy`, seed sparing), a state machine fed events and returning
-//!   actions; and request pipelining sized to the bandwidth-delay product.
+//!   actions, which the node serves by; and request pipelining sized to the
+//!   bandwidth-delay product.
 //! - [`sim`]: a deterministic discrete-event simulator of a locality's
 //!   swarm that drives the picker and the upload policy over a link model
 //!   (`examples/sim.rs` prints its figures up to 10,000 nodes).
