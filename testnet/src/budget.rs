@@ -32,7 +32,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use edgeswarm_testnet::cgroup::{Budget, Cgroup, Hierarchy, PeakWatch, Usage};
+use edgeswarm_testnet::cgroup::{process_written, Budget, Cgroup, Hierarchy, PeakWatch, Usage};
 use edgeswarm_testnet::experiment::{self, Progress, RunSpec};
 use edgeswarm_testnet::images::TestImage;
 use edgeswarm_testnet::measure;
@@ -168,6 +168,12 @@ pub(crate) struct Outcome {
     usage: Usage,
     vm_hwm: u64,
     anon_peak: u64,
+    /// Bytes the budgeted node caused to be written to storage (its store,
+    /// and the files of a `dir` or `oci` sink), `/proc/PID/io`.
+    written_node: u64,
+    /// The same for dockerd over the run (the `docker` sink's layers, as
+    /// dockerd spools and extracts them); `None` for other sinks.
+    written_engine: Option<u64>,
     usable: bool,
 }
 
@@ -175,6 +181,22 @@ impl Outcome {
     fn cpu_per_gb_rx(&self) -> Option<f64> {
         (self.rx_bytes > 0).then(|| self.usage.cpu_seconds / (self.rx_bytes as f64 / 1e9))
     }
+
+    /// Bytes written to storage (the node's, and dockerd's for the `docker`
+    /// sink) per byte of the image's layers (compressed, as transferred).
+    fn written_per_image_byte(&self) -> f64 {
+        (self.written_node + self.written_engine.unwrap_or(0)) as f64
+            / self.image_bytes.max(1) as f64
+    }
+}
+
+/// dockerd's pid, from the pid file it writes by default.
+fn dockerd_pid() -> Option<u32> {
+    std::fs::read_to_string("/var/run/docker.pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// CPU seconds per GB relayed of a relay run, beyond what receiving cost
@@ -330,12 +352,15 @@ fn run_one(
         budgeted: Some((p.role.subject(), cgroup.procs_files())),
     };
     let peaks = PeakWatch::start(&cgroup, Duration::from_millis(100));
+    let engine = (p.import == "docker").then(dockerd_pid).flatten();
     let mut at_deploy: Option<Usage> = None;
+    let mut engine_at_deploy: Option<u64> = None;
     let mut profiler: Option<Profiler> = None;
     let perf_out = out.join(format!("{}.perf.data", p.label()));
     let r = experiment::run_edgeswarm(&topo, tools, &reg.host(), &spec, &mut |pr| {
         if let Progress::Ready { .. } = pr {
             at_deploy = cgroup.usage().ok();
+            engine_at_deploy = engine.and_then(process_written);
             if a.perf {
                 profiler = cgroup
                     .pids()
@@ -346,7 +371,12 @@ fn run_one(
     })
     .with_context(|| format!("run {}", p.label()))?;
     let usage = cgroup.usage()?.since(&at_deploy.unwrap_or_default());
-    let (vm_hwm, anon_peak) = peaks.stop();
+    // Before the `docker run` check below, which writes a container layer.
+    let written_engine = match (engine.and_then(process_written), engine_at_deploy) {
+        (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let peaks = peaks.stop();
     drop(profiler);
     drop(cgroup);
     let s = p.role.subject();
@@ -399,8 +429,10 @@ fn run_one(
             ACTIVE_FLOOR_MBIT,
         ),
         usage,
-        vm_hwm,
-        anon_peak,
+        vm_hwm: peaks.vm_hwm,
+        anon_peak: peaks.anon,
+        written_node: peaks.written,
+        written_engine,
         usable,
     };
     drop(reg);
@@ -455,7 +487,8 @@ fn line(o: &Outcome, before: &[Outcome]) -> String {
         cpu_per_gb_relayed(o, before).map_or(String::new(), |r| format!("  relay {r:.1} s/GB"));
     format!(
         "{:<26} {:>6} s  rx {:>5} Mbit/s (active {:>5})  tx {:>5} Mbit/s  cpu {:>5.2} s (throttled {:>5.1} s, \
-         {} s/GB rx){relay}  VmHWM {:.1} MiB  anon {:.1} MiB  cgroup {:.1} MiB  usable {}",
+         {} s/GB rx){relay}  VmHWM {:.1} MiB  anon {:.1} MiB  cgroup {:.1} MiB  \
+         written {:.2}x the image  usable {}",
         o.plan.label(),
         opt(o.seconds, 2),
         opt(o.rx_mbit, 1),
@@ -467,8 +500,24 @@ fn line(o: &Outcome, before: &[Outcome]) -> String {
         mib(o.vm_hwm),
         mib(o.anon_peak),
         mib(o.usage.memory_peak),
+        o.written_per_image_byte(),
         o.usable
     )
+}
+
+/// `1.02x (1.02 + 0.00)`: all writes over the image, and the node's and
+/// dockerd's parts.
+fn written_cell(o: &Outcome) -> String {
+    let part = |b: u64| b as f64 / o.image_bytes.max(1) as f64;
+    match o.written_engine {
+        Some(engine) => format!(
+            "{:.2}x ({:.2} + {:.2})",
+            o.written_per_image_byte(),
+            part(o.written_node),
+            part(engine)
+        ),
+        None => format!("{:.2}x", o.written_per_image_byte()),
+    }
 }
 
 /// The results CSV: one row per run.
@@ -476,12 +525,12 @@ pub(crate) fn csv(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
         "size_mb,role,shape,import,image_bytes,seconds,rx_bytes,tx_bytes,rx_mbit_s,rx_active_mbit_s,tx_mbit_s,\
          cpu_seconds,throttled_seconds,cpu_s_per_gb_rx,cpu_s_per_gb_relayed,vm_hwm_bytes,\
-         anon_peak_bytes,cgroup_peak_bytes,usable\n",
+         anon_peak_bytes,cgroup_peak_bytes,written_node_bytes,written_engine_bytes,usable\n",
     );
     let f = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or_default();
     for o in outcomes {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{},{},{},{},{},{},{},{}\n",
             o.plan.size_mb,
             o.plan.role.name(),
             if o.plan.relay { "relay" } else { "leaf" },
@@ -500,6 +549,8 @@ pub(crate) fn csv(outcomes: &[Outcome]) -> String {
             o.vm_hwm,
             o.anon_peak,
             o.usage.memory_peak,
+            o.written_node,
+            o.written_engine.map(|w| w.to_string()).unwrap_or_default(),
             o.usable
         ));
     }
@@ -522,9 +573,12 @@ fn summary(
          - CPU: the budget cgroup's, deploy to the end of the run; `relay s/GB`: beyond the leaf \
            run's cost per GB received\n\
          - VmHWM: the node's peak resident set; cgroup: the cgroup's peak, page cache included\n\
+         - written: bytes written to storage (`/proc/PID/io` `write_bytes` less \
+           `cancelled_write_bytes`) by the node, plus dockerd's during the run for the `docker` \
+           sink, over the image's compressed layer bytes\n\
          - the `docker` sink's dockerd runs outside the budget\n\n\
-         | run | usable after s | rx Mbit/s | rx active Mbit/s | tx Mbit/s | CPU s | throttled s | CPU s/GB rx | CPU s/GB relayed | VmHWM MiB | anon MiB | cgroup MiB | usable |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | run | usable after s | rx Mbit/s | rx active Mbit/s | tx Mbit/s | CPU s | throttled s | CPU s/GB rx | CPU s/GB relayed | VmHWM MiB | anon MiB | cgroup MiB | written x image (node + dockerd) | usable |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         budget.cores(),
         budget.memory_bytes >> 20,
         hierarchy.version(),
@@ -542,7 +596,7 @@ fn summary(
     );
     for o in outcomes {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
             o.plan.label(),
             opt(o.seconds, 2),
             opt(o.rx_mbit, 1),
@@ -555,6 +609,7 @@ fn summary(
             mib(o.vm_hwm),
             mib(o.anon_peak),
             mib(o.usage.memory_peak),
+            written_cell(o),
             o.usable
         ));
     }
@@ -648,8 +703,24 @@ mod tests {
             },
             vm_hwm: 0,
             anon_peak: 0,
+            written_node: 51_000_000,
+            written_engine: None,
             usable: true,
         }
+    }
+
+    #[test]
+    fn writes_are_reported_over_the_image_with_dockerds_part_apart() {
+        let mut o = outcome(false, 5.0, 50_000_000, 0);
+        assert_eq!(written_cell(&o), "1.02x");
+        o.written_engine = Some(100_000_000);
+        assert_eq!(written_cell(&o), "3.02x (1.02 + 2.00)");
+        let text = csv(&[o]);
+        assert!(text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with(",51000000,100000000,true"));
     }
 
     #[test]

@@ -207,6 +207,33 @@ pub fn parse_vm_hwm(status: &str) -> Option<u64> {
     })
 }
 
+/// Bytes a process caused to be written to storage so far, from its
+/// `/proc/PID/io` text: `write_bytes` (pages it dirtied, counted when it
+/// dirtied them, so writeback by the kernel's flusher threads is still
+/// charged to it) less `cancelled_write_bytes` (dirty pages dropped before
+/// they reached the disk: a file truncated or deleted first).
+pub fn parse_io_written(io: &str) -> Option<u64> {
+    let field = |name: &str| {
+        io.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let written = field("write_bytes")?;
+    Some(written.saturating_sub(field("cancelled_write_bytes").unwrap_or(0)))
+}
+
+/// [`parse_io_written`] of a running process (`None` once it is gone, or
+/// without the permission to read another user's `/proc/PID/io`).
+pub fn process_written(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|t| parse_io_written(&t))
+}
+
 /// The pids listed in a `cgroup.procs` text.
 pub fn parse_procs(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
@@ -423,7 +450,19 @@ impl Drop for Cgroup {
 #[derive(Debug)]
 pub struct PeakWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(u64, u64)>>,
+    thread: Option<std::thread::JoinHandle<Peaks>>,
+}
+
+/// What a [`PeakWatch`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peaks {
+    /// Largest `VmHWM` of any process of the cgroup, bytes.
+    pub vm_hwm: u64,
+    /// Largest anonymous memory of the cgroup, bytes.
+    pub anon: u64,
+    /// Bytes the cgroup's processes caused to be written to storage
+    /// ([`parse_io_written`]), each process as last read while it ran.
+    pub written: u64,
 }
 
 impl PeakWatch {
@@ -444,6 +483,9 @@ impl PeakWatch {
         };
         let thread = std::thread::spawn(move || {
             let (mut hwm, mut anon) = (0u64, 0u64);
+            // Per process, its last reading: a process that ended keeps
+            // what it had written by then.
+            let mut written = std::collections::HashMap::<u32, u64>::new();
             loop {
                 let done = stopping.load(std::sync::atomic::Ordering::Relaxed);
                 for pid in std::fs::read_to_string(&procs)
@@ -456,12 +498,19 @@ impl PeakWatch {
                     {
                         hwm = hwm.max(h);
                     }
+                    if let Some(w) = process_written(pid) {
+                        written.insert(pid, w);
+                    }
                 }
                 if let Ok(t) = std::fs::read_to_string(&mem_stat) {
                     anon = anon.max(parse_keyed(&t).get(anon_key).copied().unwrap_or(0));
                 }
                 if done {
-                    return (hwm, anon);
+                    return Peaks {
+                        vm_hwm: hwm,
+                        anon,
+                        written: written.values().sum(),
+                    };
                 }
                 std::thread::sleep(interval);
             }
@@ -472,9 +521,8 @@ impl PeakWatch {
         }
     }
 
-    /// Stops polling: (largest `VmHWM` of any process, largest anonymous
-    /// memory of the cgroup), in bytes.
-    pub fn stop(mut self) -> (u64, u64) {
+    /// Stops polling and returns what it saw.
+    pub fn stop(mut self) -> Peaks {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread
             .take()
@@ -537,6 +585,20 @@ mod tests {
         assert_eq!(parse_vm_hwm(status), Some(40 << 20));
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
         assert_eq!(parse_procs("12\n345\n\n"), vec![12, 345]);
+    }
+
+    #[test]
+    fn written_bytes_are_write_bytes_less_the_cancelled() {
+        let io = "rchar: 100\nwchar: 9000\nsyscr: 3\nsyscw: 4\nread_bytes: 0\n\
+                  write_bytes: 8192\ncancelled_write_bytes: 4096\n";
+        assert_eq!(parse_io_written(io), Some(4096));
+        assert_eq!(parse_io_written("write_bytes: 12288\n"), Some(12288));
+        // `wchar` (bytes passed to write(2), page cache included) is not it.
+        assert_eq!(parse_io_written("wchar: 9000\n"), None);
+        assert_eq!(
+            parse_io_written("write_bytes: 4096\ncancelled_write_bytes: 8192\n"),
+            Some(0)
+        );
     }
 
     /// A fake mount tree in a temporary directory.

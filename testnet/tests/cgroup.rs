@@ -1,5 +1,6 @@
 //! The device budget on this machine's real cgroups: a busy loop in a
-//! quarter-core budget gets a quarter of a core, and is accounted.
+//! quarter-core budget gets a quarter of a core, and is accounted; a
+//! writer's disk writes are counted.
 
 #[allow(dead_code)] // only require_root is used here
 mod support;
@@ -64,8 +65,11 @@ fn a_busy_loop_in_a_quarter_core_budget_gets_a_quarter_core() {
             used.throttled_seconds
         );
     }
-    let (hwm, _anon) = peaks.stop();
-    assert!(hwm > 0, "no VmHWM read from the cgroup's processes");
+    let peaks = peaks.stop();
+    assert!(
+        peaks.vm_hwm > 0,
+        "no VmHWM read from the cgroup's processes"
+    );
     assert!(cgroup.usage().unwrap().memory_peak > 0);
     let dirs: Vec<PathBuf> = cgroup
         .procs_files()
@@ -76,4 +80,38 @@ fn a_busy_loop_in_a_quarter_core_budget_gets_a_quarter_core() {
     for d in dirs {
         assert!(!d.exists(), "{} left behind", d.display());
     }
+}
+
+#[test]
+fn the_disk_writes_of_a_budgeted_process_and_its_children_are_counted() {
+    support::require_root();
+    let hierarchy = Hierarchy::detect().expect("cgroup cpu and memory controllers");
+    let cgroup = Cgroup::create(
+        &hierarchy,
+        &format!("edgeswarm-test-w{}", std::process::id()),
+        Budget::pi(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let file = dir.path().join("written");
+    let peaks = PeakWatch::start(&cgroup, Duration::from_millis(50));
+    // dd writes 8 MiB and exits; the shell that reaped it lives on, and
+    // its /proc/PID/io then carries its child's writes.
+    let script = format!(
+        "dd if=/dev/zero of={} bs=1M count=8 conv=fsync status=none; sleep 0.5",
+        file.display()
+    );
+    let status = in_cgroup_command(
+        &cgroup.procs_files(),
+        "sh".as_ref(),
+        &["-c".into(), script.into()],
+    )
+    .status()
+    .unwrap();
+    assert!(status.success());
+    let written = peaks.stop().written;
+    assert!(
+        (8 << 20..32 << 20).contains(&written),
+        "{written} bytes counted for an 8 MiB write"
+    );
 }
