@@ -275,11 +275,16 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         ),
         layout: a.layout.name().to_string(),
         nodes: format!(
-            "chunk size {}, uploads {}",
+            "chunk size {}, uploads {}, {}",
             a.chunk_size.as_deref().unwrap_or("the node's default"),
             match a.pace_percent {
                 0 => "unpaced".to_string(),
                 p => format!("paced at {p} % of the link"),
+            },
+            if a.pnet {
+                "a swarm key (pnet)"
+            } else {
+                "no swarm key (`--open-locality`)"
             }
         ),
     };
@@ -326,6 +331,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             image_bytes: img.layer_bytes,
             watch_slow: Duration::from_millis(a.watch_slow_ms),
             budgeted: None,
+            pnet: a.pnet,
         };
         for m in &methods {
             let data_dir = spec.work.join(match m {
@@ -499,6 +505,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
         image_bytes: img.layer_bytes,
         watch_slow: Duration::from_millis(500),
         budgeted: None,
+        pnet: false,
     };
     let mut last_print: BTreeMap<usize, (Instant, String)> = BTreeMap::new();
     let started = Instant::now();

@@ -350,6 +350,7 @@ fn run_one(
         image_bytes: image.layer_bytes,
         watch_slow: Duration::from_millis(500),
         budgeted: Some((p.role.subject(), cgroup.procs_files())),
+        pnet: false,
     };
     let peaks = PeakWatch::start(&cgroup, Duration::from_millis(100));
     let engine = (p.import == "docker").then(dockerd_pid).flatten();

@@ -103,6 +103,10 @@ pub struct RunSpec {
     /// cgroup's cgroup.procs files)` ([`crate::cgroup::Cgroup`]); `None`:
     /// no node is budgeted.
     pub budgeted: Option<(usize, Vec<PathBuf>)>,
+    /// Give the locality a swarm key (`--swarm-key`: pnet, every byte
+    /// encrypted a second time), as a node's defaults require; `false`
+    /// runs it open (`--open-locality`), comparable with earlier runs.
+    pub pnet: bool,
 }
 
 /// Which provisioning method a result is for.
@@ -619,21 +623,37 @@ fn publisher_key_path(spec: &RunSpec) -> PathBuf {
     spec.work.join("es-data/publisher.key")
 }
 
-/// Writes a fresh publisher key pair for one run with `edgeswarm keygen`.
+fn swarm_key_path(spec: &RunSpec) -> PathBuf {
+    spec.work.join("es-data/swarm.key")
+}
+
+/// Writes a fresh publisher key pair for one run with `edgeswarm keygen`,
+/// and its swarm key with `edgeswarm swarm-key` if the run has one.
 pub(crate) fn write_publisher_key(tools: &Tools, spec: &RunSpec) -> Result<PathBuf> {
     let key = publisher_key_path(spec);
     if let Some(dir) = key.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| TestnetError::io(format!("creating {}", dir.display()), e))?;
     }
-    let args = [
+    let program = tools.edgeswarm.display().to_string();
+    let mut commands = vec![[
         "keygen".to_string(),
         "--out".into(),
         key.display().to_string(),
-    ];
-    let program = tools.edgeswarm.display().to_string();
-    let out = crate::cmd::output(&program, &args)?;
-    crate::cmd::check(&program, &args, &out)?;
+    ]];
+    if spec.pnet {
+        let swarm_key = swarm_key_path(spec);
+        let _ = std::fs::remove_file(&swarm_key);
+        commands.push([
+            "swarm-key".to_string(),
+            "--out".into(),
+            swarm_key.display().to_string(),
+        ]);
+    }
+    for args in commands {
+        let out = crate::cmd::output(&program, &args)?;
+        crate::cmd::check(&program, &args, &out)?;
+    }
     Ok(key)
 }
 
@@ -671,11 +691,18 @@ fn node_spec(
                 .with_extension("key.pub")
                 .display()
                 .to_string(),
-            // The namespaces reach nothing but each other; a swarm key
-            // would add pnet's second encryption to every byte measured
-            // and make runs incomparable with earlier ones.
-            "--open-locality".into(),
         ]);
+    // The namespaces reach nothing but each other; a swarm key adds pnet's
+    // second encryption to every byte measured, so it is the run's choice
+    // (open by default: comparable with earlier runs).
+    s = if spec.pnet {
+        s.args([
+            "--swarm-key".to_string(),
+            swarm_key_path(spec).display().to_string(),
+        ])
+    } else {
+        s.args(["--open-locality"])
+    };
     if gateway {
         s = s.args(["--gateway", "--insecure-registry", registry_host]);
     }

@@ -284,6 +284,12 @@ struct ExperimentArgs {
     /// the trees earlier runs deleted: see `edgeswarm_testnet::scratch`].
     #[arg(long)]
     shared_data_fs: bool,
+    /// Give the locality a swarm key (pnet, as a node requires by
+    /// default: every byte between nodes encrypted a second time)
+    /// [default: off: the nodes run with `--open-locality`, as in every
+    /// earlier run].
+    #[arg(long)]
+    pnet: bool,
 }
 
 #[derive(Debug, Args)]

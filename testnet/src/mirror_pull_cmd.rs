@@ -69,6 +69,7 @@ pub(crate) fn mirror_pull_cmd(a: MirrorPullArgs) -> Result<()> {
             image_bytes: image.layer_bytes,
             watch_slow: Duration::from_millis(500),
             budgeted: None,
+            pnet: false,
         },
         manifest: image.manifest.clone(),
         cpu_per_node: a.cpu_per_node,

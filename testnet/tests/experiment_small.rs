@@ -68,6 +68,7 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         image_bytes: image.layer_bytes,
         watch_slow: Duration::from_millis(500),
         budgeted: None,
+        pnet: false,
     };
     let result = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &run, &mut |_| {})
         .unwrap_or_else(|e| panic!("edgeswarm run failed: {e}"));
@@ -183,6 +184,23 @@ fn three_nodes_import_a_real_image_with_one_copy_over_the_cloud_link() {
         summary.contains("N=3: bytes the gateway takes from peers for layers it pulls"),
         "{summary}"
     );
+
+    // The same locality closed by a swarm key (pnet), as the node's
+    // defaults require: it forms and delivers the image the same way.
+    let pnet_spec = RunSpec {
+        work: work.path().join("pnet"),
+        import: "none".into(),
+        keep_data: false,
+        pnet: true,
+        ..run.clone()
+    };
+    let pnet = experiment::run_edgeswarm(&topo, &tools, &reg.host(), &pnet_spec, &mut |_| {})
+        .unwrap_or_else(|e| panic!("edgeswarm run with a swarm key failed: {e}"));
+    assert!(pnet_spec.work.join("es-data/swarm.key").exists());
+    for n in &pnet.per_node {
+        assert!(n.seconds.is_some() && n.verified, "with pnet: {n:?}");
+    }
+    assert_eq!(pnet.per_node[1].bytes_from_peers, image.layer_bytes);
 
     // The naive baseline with `dir`: every node copies the image with
     // skopeo, then extracts its layers with tar (issue 15's CPU baseline).

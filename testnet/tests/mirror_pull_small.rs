@@ -68,6 +68,7 @@ fn containerd_pulls_through_every_nodes_mirror_with_one_copy_over_the_cloud_link
             image_bytes: image.layer_bytes,
             watch_slow: Duration::from_millis(500),
             budgeted: None,
+            pnet: false,
         },
         manifest: image.manifest.clone(),
         cpu_per_node: None,
