@@ -350,7 +350,7 @@ fn run_one(
         image_bytes: image.layer_bytes,
         watch_slow: Duration::from_millis(500),
         budgeted: Some((p.role.subject(), cgroup.procs_files())),
-        pnet: false,
+        pnet: a.pnet,
     };
     let peaks = PeakWatch::start(&cgroup, Duration::from_millis(100));
     let engine = (p.import == "docker").then(dockerd_pid).flatten();
@@ -567,7 +567,7 @@ fn summary(
 ) -> String {
     let mut s = format!(
         "# Device budget: {:.2} cores, {} MiB (cgroup {})\n\n\
-         - links: cloud {}, nodes {} (tc tbf, {} ms queue); uploads paced at {} %\n\
+         - links: cloud {}, nodes {} (tc tbf, {} ms queue); uploads paced at {} %; {}\n\
          - images: {}\n\
          - rates: Mbit/s over the budgeted node's link between {:.0} % and {:.0} % of its bytes; \
            `rx active`: over the 100 ms intervals carrying >= {ACTIVE_FLOOR_MBIT} Mbit/s (pauses left out)\n\
@@ -587,6 +587,11 @@ fn summary(
         a.node_rate,
         a.queue_ms,
         experiment::DEFAULT_PACE_PERCENT,
+        if a.pnet {
+            "a swarm key (pnet)"
+        } else {
+            "no swarm key (`--open-locality`)"
+        },
         images
             .iter()
             .map(|i| format!("{} ({:.1} MB in {} layers)", i.reference, i.layer_bytes as f64 / 1e6, i.layers.len()))

@@ -530,6 +530,10 @@ struct BudgetArgs {
     /// little CPU: keep such runs apart from the figures) [default: off].
     #[arg(long)]
     perf: bool,
+    /// Give the locality a swarm key (pnet), as a node requires by
+    /// default [default: off: `--open-locality`, as in earlier runs].
+    #[arg(long)]
+    pnet: bool,
 }
 
 /// Tiny network probes, so tests need no extra tools inside namespaces.
