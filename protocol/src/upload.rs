@@ -869,27 +869,18 @@ mod tests {
     }
 
     #[test]
-    fn peer_left_frees_its_slot() {
-        let mut u = Uploader::new(config(1, 4, None));
-        u.request(0, ask(1, 1, 0));
-        u.request(0, ask(1, 2, 1));
-        u.request(0, ask(2, 1, 2));
-        drain(&mut u);
-        u.peer_left(&1);
-        assert_eq!(drain(&mut u), vec![send(2, 1, 2)]);
-        assert_eq!(u.waiting(), 0);
-    }
-
-    #[test]
-    fn closed_frees_the_streams_slot_and_drops_its_waiting_requests() {
-        let mut u = Uploader::new(config(1, 4, None));
-        u.request(0, ask(1, 1, 0));
-        u.request(0, ask(1, 2, 1));
-        u.request(0, ask(2, 1, 2));
-        drain(&mut u);
-        u.closed(&1);
-        assert_eq!(drain(&mut u), vec![send(2, 1, 2)]);
-        assert_eq!(u.waiting(), 0);
+    fn a_departed_peer_or_closed_stream_frees_its_slot_and_drops_its_waiting_requests() {
+        let ends: [fn(&mut Uploader<u32>); 2] = [|u| u.peer_left(&1), |u| u.closed(&1)];
+        for end in ends {
+            let mut u = Uploader::new(config(1, 4, None));
+            u.request(0, ask(1, 1, 0));
+            u.request(0, ask(1, 2, 1));
+            u.request(0, ask(2, 1, 2));
+            drain(&mut u);
+            end(&mut u);
+            assert_eq!(drain(&mut u), vec![send(2, 1, 2)]);
+            assert_eq!(u.waiting(), 0);
+        }
     }
 
     #[test]

@@ -11,16 +11,21 @@ use std::time::{Duration, Instant};
 use edgeswarm_testnet::cgroup::{Budget, Cgroup, Hierarchy, PeakWatch};
 use edgeswarm_testnet::process::in_cgroup_command;
 
-#[test]
-fn a_busy_loop_in_a_quarter_core_budget_gets_a_quarter_core() {
+/// A Raspberry-Pi-class budget cgroup of this test process, named by `tag`.
+fn pi_cgroup(tag: &str) -> Cgroup {
     support::require_root();
     let hierarchy = Hierarchy::detect().expect("cgroup cpu and memory controllers");
-    let cgroup = Cgroup::create(
+    Cgroup::create(
         &hierarchy,
-        &format!("edgeswarm-test-{}", std::process::id()),
+        &format!("edgeswarm-test-{tag}{}", std::process::id()),
         Budget::pi(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_busy_loop_in_a_quarter_core_budget_gets_a_quarter_core() {
+    let cgroup = pi_cgroup("");
     let before = cgroup.usage().unwrap();
     let peaks = PeakWatch::start(&cgroup, Duration::from_millis(50));
     let wall = Duration::from_secs(2);
@@ -84,14 +89,7 @@ fn a_busy_loop_in_a_quarter_core_budget_gets_a_quarter_core() {
 
 #[test]
 fn the_disk_writes_of_a_budgeted_process_and_its_children_are_counted() {
-    support::require_root();
-    let hierarchy = Hierarchy::detect().expect("cgroup cpu and memory controllers");
-    let cgroup = Cgroup::create(
-        &hierarchy,
-        &format!("edgeswarm-test-w{}", std::process::id()),
-        Budget::pi(),
-    )
-    .unwrap();
+    let cgroup = pi_cgroup("w");
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let file = dir.path().join("written");
     let peaks = PeakWatch::start(&cgroup, Duration::from_millis(50));
