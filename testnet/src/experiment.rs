@@ -629,7 +629,7 @@ fn swarm_key_path(spec: &RunSpec) -> PathBuf {
 
 /// Writes a fresh publisher key pair for one run with `edgeswarm keygen`,
 /// and its swarm key with `edgeswarm swarm-key` if the run has one.
-pub(crate) fn write_publisher_key(tools: &Tools, spec: &RunSpec) -> Result<PathBuf> {
+pub(crate) fn write_run_keys(tools: &Tools, spec: &RunSpec) -> Result<PathBuf> {
     let key = publisher_key_path(spec);
     if let Some(dir) = key.parent() {
         std::fs::create_dir_all(dir)
@@ -894,7 +894,7 @@ pub fn run_edgeswarm(
     let nodes: Vec<_> = topo.locality(0)?.nodes.clone();
     let n = nodes.len();
     let _ = std::fs::remove_dir_all(spec.work.join("es-data"));
-    let publisher_key = write_publisher_key(tools, spec)?;
+    let publisher_key = write_run_keys(tools, spec)?;
     progress(&Progress::Starting { nodes: n });
     let formed = Instant::now();
     let Formed {

@@ -657,7 +657,7 @@ pub fn run_mirror(
     let _ = std::fs::remove_dir_all(run.work.join("es-data"));
     // Nodes trust the run's publisher key (nothing is deployed: mirror
     // releases are signed by the nodes themselves).
-    experiment::write_publisher_key(tools, &run)?;
+    experiment::write_run_keys(tools, &run)?;
     let hosts = write_hosts_dir(&spec.run.work.join("hosts-mirror"), registry_host)?;
     let caps = cpu_caps(topo, spec, &nodes)?;
     let daemons = start_containerds(

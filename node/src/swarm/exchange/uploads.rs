@@ -213,13 +213,11 @@ impl<'a> StreamUploads<'a> {
         let mut waiting = WaitingAsk {
             uploads: self.uploads,
             key,
-            rx: Some(rx),
+            rx,
+            answered: false,
         };
-        let decision = match waiting.rx.as_mut() {
-            Some(rx) => rx.await,
-            None => Ok(Decision::Refuse(Refusal::Busy)),
-        };
-        waiting.rx = None;
+        let decision = (&mut waiting.rx).await;
+        waiting.answered = true;
         // The sender is dropped without a decision only when the stream's
         // requests were dropped (peer gone): nothing to send then.
         self.slot(
@@ -253,18 +251,20 @@ impl Drop for StreamUploads<'_> {
 struct WaitingAsk<'a> {
     uploads: &'a Uploads,
     key: (StreamId, u64),
-    rx: Option<oneshot::Receiver<Decision>>,
+    rx: oneshot::Receiver<Decision>,
+    /// The decision was received (the caller owns what it says).
+    answered: bool,
 }
 
 impl Drop for WaitingAsk<'_> {
     fn drop(&mut self) {
-        let Some(mut rx) = self.rx.take() else {
+        if self.answered {
             return;
-        };
+        }
         let mut state = lock(&self.uploads.state);
         if state.pending.remove(&self.key).is_some() {
             state.uploader.cancel(&self.key.0, self.key.1);
-        } else if let Ok(Decision::Send) = rx.try_recv() {
+        } else if let Ok(Decision::Send) = self.rx.try_recv() {
             // Granted while this ask was being dropped: give the slot back.
             state.uploader.finished(&self.key.0, self.key.1);
             state.dispatch(None);
@@ -363,10 +363,12 @@ mod tests {
         let mut waiting = Box::pin(sc.ask(chunk(1, 2, false)));
         let _ = tokio::time::timeout(Duration::from_millis(20), &mut waiting).await;
         drop(held);
-        // The decision is in the channel now; dropping the ask returns it.
+        assert_eq!(uploads.load(), (1, 0), "granted to the waiting ask");
+        // The decision is in the channel now; dropping the ask returns it
+        // (before its stream closes, which would free it too).
         drop(waiting);
-        drop(sc);
         assert_eq!(uploads.load(), (0, 0));
+        drop(sc);
     }
 
     #[tokio::test]
