@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use edgeswarm_node::swarm::{Node, SwarmConfig};
 use libp2p::Multiaddr;
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -44,7 +43,7 @@ async fn main() -> Result<()> {
     let filter =
         edgeswarm_node::logging::log_filter(std::env::var("RUST_LOG").ok().as_deref(), "info");
     tracing_subscriber::fmt()
-        .with_max_level(LevelFilter::TRACE)
+        .with_max_level(edgeswarm_node::logging::max_level(&filter))
         .finish()
         .with(filter)
         .init();

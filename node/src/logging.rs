@@ -8,7 +8,7 @@
 //! (docs/OPERATOR.md, "Binary size"). Non-goal: installing the subscriber
 //! (each binary picks its format).
 
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 
 /// The filter `rust_log` (the `RUST_LOG` value, if set) asks for, or
 /// `default` when it is unset, empty or does not parse; a value that does
@@ -27,11 +27,43 @@ pub fn log_filter(rust_log: Option<&str>, default: &str) -> Targets {
     }
 }
 
+/// The most verbose level `filter` lets through anywhere: the level to
+/// give the `fmt` subscriber beneath it.
+///
+/// Installing a subscriber also sets the `log` crate's maximum level (the
+/// records of yamux, multistream-select and other dependencies that log
+/// through `log`) to the subscriber's level hint. With the `fmt` builder at
+/// `TRACE` under an `info` filter that hint was `TRACE`, so every
+/// `log::trace!` on a hot path (yamux logs per frame) went through
+/// `LogTracer` and this filter before being dropped; at the filter's own
+/// most verbose level they stop at one integer comparison.
+pub fn max_level(filter: &Targets) -> LevelFilter {
+    tracing_subscriber::Layer::<tracing_subscriber::Registry>::max_level_hint(filter)
+        .unwrap_or(LevelFilter::TRACE)
+}
+
 #[cfg(test)]
 mod tests {
     use tracing::Level;
+    use tracing_subscriber::filter::LevelFilter;
 
-    use super::log_filter;
+    use super::{log_filter, max_level};
+
+    #[test]
+    fn the_subscriber_level_is_the_most_verbose_directive() {
+        let default = log_filter(None, DEFAULT);
+        assert_eq!(max_level(&default), LevelFilter::INFO);
+        let verbose = log_filter(Some("warn,edgeswarm_node::swarm=debug"), DEFAULT);
+        assert_eq!(max_level(&verbose), LevelFilter::DEBUG);
+        assert_eq!(
+            max_level(&log_filter(Some("trace"), DEFAULT)),
+            LevelFilter::TRACE
+        );
+        assert_eq!(
+            max_level(&log_filter(Some("error"), DEFAULT)),
+            LevelFilter::ERROR
+        );
+    }
 
     const DEFAULT: &str = "info,libp2p=warn";
 

@@ -672,9 +672,9 @@ fn init_tracing(format: LogFormat) {
         DEFAULT_LOG_FILTER,
     );
     // The filter decides; the builder's own level (INFO by default) must
-    // not cap it first.
+    // not cap it first, nor exceed it (it becomes the `log` crate's level).
     let builder =
-        tracing_subscriber::fmt().with_max_level(tracing_subscriber::filter::LevelFilter::TRACE);
+        tracing_subscriber::fmt().with_max_level(edgeswarm_node::logging::max_level(&filter));
     match format {
         LogFormat::Text => builder.finish().with(filter).init(),
         // Fields at the top level (not under "fields") and the span list
