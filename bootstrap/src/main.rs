@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use edgeswarm_node::swarm::{Node, SwarmConfig};
 use libp2p::Multiaddr;
-use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Command line of `edgeswarm-bootstrap`.
@@ -42,11 +41,7 @@ async fn main() -> Result<()> {
     // `RUST_LOG` as `target=level` directives (`info`, `libp2p_kad=debug`).
     let filter =
         edgeswarm_node::logging::log_filter(std::env::var("RUST_LOG").ok().as_deref(), "info");
-    tracing_subscriber::fmt()
-        .with_max_level(edgeswarm_node::logging::max_level(&filter))
-        .finish()
-        .with(filter)
-        .init();
+    edgeswarm_node::logging::subscriber(filter, edgeswarm_node::logging::Format::Text).init();
     let args = Args::parse();
     let data_dir = args
         .key

@@ -5,10 +5,21 @@
 //! A `Targets` filter rather than `EnvFilter`, whose span and field
 //! matching (`[span{field=value}]=level`) links a regex engine: 0.94 MB of
 //! the stripped binary for a syntax no deployment here uses
-//! (docs/OPERATOR.md, "Binary size"). Non-goal: installing the subscriber
-//! (each binary picks its format).
+//! (docs/OPERATOR.md, "Binary size"). [`subscriber`] builds the binaries'
+//! subscriber from that filter; installing it (`.init()`) is the binary's.
 
+use tracing::Subscriber;
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+
+/// How the binaries write log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event, fields at the top level.
+    Json,
+}
 
 /// The filter `rust_log` (the `RUST_LOG` value, if set) asks for, or
 /// `default` when it is unset, empty or does not parse; a value that does
@@ -27,17 +38,38 @@ pub fn log_filter(rust_log: Option<&str>, default: &str) -> Targets {
     }
 }
 
-/// The most verbose level `filter` lets through anywhere: the level to
-/// give the `fmt` subscriber beneath it.
+/// The binaries' subscriber: `filter` over a `fmt` subscriber writing
+/// `format` to stdout.
 ///
-/// Installing a subscriber also sets the `log` crate's maximum level (the
-/// records of yamux, multistream-select and other dependencies that log
-/// through `log`) to the subscriber's level hint. With the `fmt` builder at
-/// `TRACE` under an `info` filter that hint was `TRACE`, so every
-/// `log::trace!` on a hot path (yamux logs per frame) went through
-/// `LogTracer` and this filter before being dropped; at the filter's own
-/// most verbose level they stop at one integer comparison.
-pub fn max_level(filter: &Targets) -> LevelFilter {
+/// The `fmt` subscriber's own level is the filter's most verbose directive:
+/// lower (its default is INFO) it would cap `RUST_LOG=debug`; higher, it
+/// would raise the subscriber's level hint, which installing the subscriber
+/// also makes the `log` crate's maximum level (the records of yamux,
+/// multistream-select and other dependencies that log through `log`). At
+/// `TRACE` under an `info` filter, every `log::trace!` on a hot path (yamux
+/// logs per frame) went through `LogTracer` and the filter before being
+/// dropped (about 1 % of a node's CPU, issue 15); now it stops at one
+/// integer comparison.
+pub fn subscriber(filter: Targets, format: Format) -> Box<dyn Subscriber + Send + Sync> {
+    let builder = tracing_subscriber::fmt().with_max_level(max_level(&filter));
+    match format {
+        Format::Text => Box::new(builder.finish().with(filter)),
+        // Fields at the top level (not under "fields") and the span list
+        // off: what log collectors index without a parsing rule.
+        Format::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish()
+                .with(filter),
+        ),
+    }
+}
+
+/// The most verbose level `filter` lets through anywhere.
+fn max_level(filter: &Targets) -> LevelFilter {
     tracing_subscriber::Layer::<tracing_subscriber::Registry>::max_level_hint(filter)
         .unwrap_or(LevelFilter::TRACE)
 }
@@ -47,7 +79,27 @@ mod tests {
     use tracing::Level;
     use tracing_subscriber::filter::LevelFilter;
 
-    use super::{log_filter, max_level};
+    use super::{log_filter, max_level, subscriber, Format};
+
+    /// The level hint of the installed subscriber is what `init()` makes
+    /// the `log` crate's maximum level: the filter's, in both formats.
+    #[test]
+    fn the_subscribers_level_hint_is_the_filters() {
+        for format in [Format::Text, Format::Json] {
+            let default = subscriber(log_filter(None, DEFAULT), format);
+            assert_eq!(
+                default.max_level_hint(),
+                Some(LevelFilter::INFO),
+                "{format:?}"
+            );
+            let debug = subscriber(log_filter(Some("warn,libp2p_kad=debug"), DEFAULT), format);
+            assert_eq!(
+                debug.max_level_hint(),
+                Some(LevelFilter::DEBUG),
+                "{format:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_subscriber_level_is_the_most_verbose_directive() {

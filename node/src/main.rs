@@ -665,29 +665,16 @@ async fn run() -> Result<()> {
 const DEFAULT_LOG_FILTER: &str = "info,libp2p=warn";
 
 fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = edgeswarm_node::logging::log_filter(
         std::env::var("RUST_LOG").ok().as_deref(),
         DEFAULT_LOG_FILTER,
     );
-    // The filter decides; the builder's own level (INFO by default) must
-    // not cap it first, nor exceed it (it becomes the `log` crate's level).
-    let builder =
-        tracing_subscriber::fmt().with_max_level(edgeswarm_node::logging::max_level(&filter));
-    match format {
-        LogFormat::Text => builder.finish().with(filter).init(),
-        // Fields at the top level (not under "fields") and the span list
-        // off: what log collectors index without a parsing rule.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .finish()
-            .with(filter)
-            .init(),
-    }
+    let format = match format {
+        LogFormat::Text => edgeswarm_node::logging::Format::Text,
+        LogFormat::Json => edgeswarm_node::logging::Format::Json,
+    };
+    edgeswarm_node::logging::subscriber(filter, format).init();
 }
 
 async fn node(args: NodeArgs) -> Result<()> {

@@ -5,9 +5,9 @@
 //! noise. The salsa20 crate (0.11) computes its keystream one 64-byte block
 //! at a time in portable code: 373-407 MiB/s on the development machine (an
 //! AMD EPYC at 2 cores), which made a node with a swarm key cost a fifth to
-//! a third more CPU than one without (issue 15). Salsa20's blocks are independent given their counter, so this
-//! module computes eight of them at once, one 32-bit word of each block per
-//! SIMD lane: 2219 MiB/s with AVX2 (8 lanes), 1154 MiB/s with SSE2 (4
+//! a third more CPU than one without (issue 15). Salsa20's blocks are
+//! independent given their counter, so this module computes eight of them
+//! at once, one 32-bit word of each block per SIMD lane: 2219 MiB/s with AVX2 (8 lanes), 1154 MiB/s with SSE2 (4
 //! lanes, every x86_64 CPU), keystream alone, same machine
 //! (`cargo bench -p libp2p-pnet`). Elsewhere (aarch64 among others) the
 //! portable loop computes the same bytes one block at a time.
