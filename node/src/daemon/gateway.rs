@@ -579,7 +579,11 @@ async fn store_chunk(
         .store
         .add_chunk_digests(blob, index, &[digest])
         .await?;
-    inner.store.write_chunk(blob, index, chunk).await?;
+    // Hashed once: the digest just computed is the one recorded.
+    inner
+        .store
+        .write_own_chunk(blob, index, chunk, digest)
+        .await?;
     Ok(digest)
 }
 

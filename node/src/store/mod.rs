@@ -136,6 +136,16 @@ pub struct StoreConfig {
     pub max_size: Option<u64>,
 }
 
+/// What a chunk about to be stored is checked against.
+struct ChunkCheck {
+    /// The digest it must have.
+    digest: Digest,
+    /// The peer whose chunk map supplied `digest` (provisional), if any.
+    from_peer: Option<PeerId>,
+    /// Its sha256, when the caller has just computed it from these bytes.
+    sha256: Option<Digest>,
+}
+
 /// What [`Store::write_chunk`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -703,16 +713,20 @@ impl Inner {
 
     /// Verifies and durably stores one chunk, then sets its bit (blocking):
     /// `have` for an authoritative digest, `unconfirmed` for a provisional
-    /// one (`from_peer`).
+    /// one (`check.from_peer`).
     fn write_chunk_blocking(
         &self,
         b: &Arc<Blob>,
         index: u32,
-        digest: Digest,
-        from_peer: Option<PeerId>,
+        check: ChunkCheck,
         file: &File,
         bytes: &[u8],
     ) -> Result<WriteOutcome, StoreError> {
+        let ChunkCheck {
+            digest,
+            from_peer,
+            sha256,
+        } = check;
         let range = b.range(index);
         let expected = (range.end - range.start) as u32;
         if bytes.len() != expected as usize {
@@ -723,7 +737,7 @@ impl Inner {
             }
             .into());
         }
-        let actual = Digest::of(bytes);
+        let actual = sha256.unwrap_or_else(|| Digest::of(bytes));
         if let (true, Some(source)) = (actual != digest, from_peer) {
             // Either the sender or the map's source lies: nobody is known
             // to be at fault yet.
@@ -1650,6 +1664,32 @@ impl Store {
         index: u32,
         bytes: Bytes,
     ) -> Result<WriteOutcome, StoreError> {
+        self.write_chunk_hashed(blob, index, bytes, None).await
+    }
+
+    /// [`Self::write_chunk`] for a chunk whose sha256 the caller has just
+    /// computed from these very bytes (the gateway hashes what it pulls to
+    /// announce the digest): `sha256` is compared with the known digest
+    /// instead of hashing the chunk a second time.
+    pub async fn write_own_chunk(
+        &self,
+        blob: Digest,
+        index: u32,
+        bytes: Bytes,
+        sha256: Digest,
+    ) -> Result<WriteOutcome, StoreError> {
+        debug_assert_eq!(Digest::of(&bytes), sha256, "not the digest of these bytes");
+        self.write_chunk_hashed(blob, index, bytes, Some(sha256))
+            .await
+    }
+
+    async fn write_chunk_hashed(
+        &self,
+        blob: Digest,
+        index: u32,
+        bytes: Bytes,
+        sha256: Option<Digest>,
+    ) -> Result<WriteOutcome, StoreError> {
         self.check_open()?;
         let b = self.inner.get(&blob)?;
         b.check_index(index)?;
@@ -1676,8 +1716,12 @@ impl Store {
             (digest, st.from_peer[index as usize], st.file.clone())
         };
         let inner = self.inner.clone();
-        blocking(move || inner.write_chunk_blocking(&b, index, digest, from_peer, &file, &bytes))
-            .await
+        let check = ChunkCheck {
+            digest,
+            from_peer,
+            sha256,
+        };
+        blocking(move || inner.write_chunk_blocking(&b, index, check, &file, &bytes)).await
     }
 
     /// Reads chunk `index` and re-verifies it; on mismatch clears its bit

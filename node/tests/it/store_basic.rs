@@ -923,3 +923,35 @@ async fn newly_known_digests_are_announced_once_each_time_some_are_new() {
         .unwrap();
     assert_eq!(learned(&mut events), 0);
 }
+
+#[tokio::test]
+async fn own_chunks_are_checked_with_the_callers_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let t = TestBlob::new(2 * 65536 + 5, 23, ChunkSize::MIN);
+    store.put_chunk_map(t.digest, &t.map).await.unwrap();
+    // Other bytes, hashed by the caller: refused like any wrong chunk.
+    let other = t.chunk(1);
+    let err = store
+        .write_own_chunk(t.digest, 0, other.clone(), Digest::of(&other))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Chunk(ChunkError::DigestMismatch { index: 0, .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(store.bitfield(&t.digest).unwrap().count_ones(), 0);
+    for i in 0..3 {
+        let c = t.chunk(i);
+        let sha = Digest::of(&c);
+        store.write_own_chunk(t.digest, i, c, sha).await.unwrap();
+    }
+    assert!(store.is_complete(&t.digest));
+    assert_eq!(
+        std::fs::read(store.blob_path(&t.digest).unwrap()).unwrap(),
+        t.bytes
+    );
+}
