@@ -737,6 +737,11 @@ impl Inner {
             }
             .into());
         }
+        // Off the runtime (this runs on the blocking pool), like the hash.
+        debug_assert!(
+            sha256.is_none_or(|s| s == Digest::of(bytes)),
+            "write_own_chunk: not the digest of these bytes"
+        );
         let actual = sha256.unwrap_or_else(|| Digest::of(bytes));
         if let (true, Some(source)) = (actual != digest, from_peer) {
             // Either the sender or the map's source lies: nobody is known
@@ -1678,7 +1683,6 @@ impl Store {
         bytes: Bytes,
         sha256: Digest,
     ) -> Result<WriteOutcome, StoreError> {
-        debug_assert_eq!(Digest::of(&bytes), sha256, "not the digest of these bytes");
         self.write_chunk_hashed(blob, index, bytes, Some(sha256))
             .await
     }
