@@ -89,6 +89,7 @@
 //! - Not a general key-value store: no deletion of single chunks by callers,
 //!   no compression, no deduplication across chunk sizes.
 
+pub mod buffers;
 mod error;
 mod journal;
 mod reader;
@@ -278,6 +279,8 @@ struct Inner {
     /// Sizes that descriptors pin for blobs (bounded): a layout of another
     /// size is refused whoever offers it.
     expected: Mutex<HashMap<Digest, u64>>,
+    /// Chunk buffers for reads, writes and the swarm's receive path.
+    buffers: buffers::ChunkBuffers,
 }
 
 /// Most blob sizes [`Store::expect_size`] remembers (a few releases' layers).
@@ -840,7 +843,8 @@ impl Inner {
             p.hasher.update(bytes);
             p.next += 1;
         }
-        let mut buf = Vec::new();
+        // Taken from the pool only when a chunk has to be read back.
+        let mut buf: Option<Vec<u8>> = None;
         while p.next < b.chunk_count {
             {
                 // Lock order: prefix, then state (never the other way).
@@ -848,16 +852,21 @@ impl Inner {
                 if st.phase != Phase::Partial
                     || !(st.have.get(p.next) || st.unconfirmed.get(p.next))
                 {
-                    return;
+                    break;
                 }
             }
             let r = b.range(p.next);
-            buf.resize((r.end - r.start) as usize, 0);
-            if file.read_exact_at(&mut buf, r.start).is_err() {
-                return;
+            let len = (r.end - r.start) as usize;
+            let buf = buf.get_or_insert_with(|| self.buffers.take(len));
+            buf.resize(len, 0);
+            if file.read_exact_at(buf, r.start).is_err() {
+                break;
             }
-            p.hasher.update(&buf);
+            p.hasher.update(buf);
             p.next += 1;
+        }
+        if let Some(buf) = buf {
+            self.buffers.give_back_vec(buf);
         }
     }
 
@@ -1059,7 +1068,7 @@ impl Inner {
             )
         };
         let range = b.range(index);
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let mut buf = self.buffers.take((range.end - range.start) as usize);
         file.read_exact_at(&mut buf, range.start)
             .map_err(io(&path))?;
         let actual = Digest::of(&buf);
@@ -1725,7 +1734,33 @@ impl Store {
             from_peer,
             sha256,
         };
-        blocking(move || inner.write_chunk_blocking(&b, index, check, &file, &bytes)).await
+        blocking(move || {
+            let outcome = inner.write_chunk_blocking(&b, index, check, &file, &bytes);
+            // The caller's buffer (from `chunk_buffer`, or a pulled
+            // chunk's) serves the next chunk, unless someone still holds
+            // a view of it.
+            inner.buffers.give_back(bytes);
+            outcome
+        })
+        .await
+    }
+
+    /// A buffer of `len` bytes for a chunk about to be received, from the
+    /// store's bounded pool (contents unspecified: fill all of it). Handing
+    /// it to [`Self::write_chunk`] as [`Bytes`] returns it to the pool.
+    pub fn chunk_buffer(&self, len: usize) -> Vec<u8> {
+        self.inner.buffers.take(len)
+    }
+
+    /// Returns a chunk's buffer (from [`Self::read_chunk`] once it has been
+    /// sent, say) to the pool; a buffer still shared is simply dropped.
+    pub fn recycle_chunk(&self, bytes: Bytes) {
+        self.inner.buffers.give_back(bytes);
+    }
+
+    /// How the chunk buffer pool has been used.
+    pub fn buffer_stats(&self) -> buffers::BufferStats {
+        self.inner.buffers.stats()
     }
 
     /// Reads chunk `index` and re-verifies it; on mismatch clears its bit

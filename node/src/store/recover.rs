@@ -38,6 +38,7 @@ pub(super) fn open(
         events,
         closing: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
+        buffers: super::buffers::ChunkBuffers::default(),
         expected: Default::default(),
     };
     let tmp = inner.dir.join("tmp");

@@ -182,6 +182,17 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
         blob: Digest,
         index: u32,
     ) -> impl Future<Output = Result<Bytes, ChunkStoreError>> + Send;
+    /// A buffer of `len` bytes to receive a chunk into (contents
+    /// unspecified: the caller fills all of it). A store that pools
+    /// buffers takes it back through [`Self::write_chunk`].
+    fn chunk_buffer(&self, len: usize) -> Vec<u8> {
+        vec![0u8; len]
+    }
+    /// A chunk's buffer is no longer needed (a read chunk was sent): a
+    /// store that pools buffers may reuse it.
+    fn recycle_chunk(&self, bytes: Bytes) {
+        drop(bytes);
+    }
     /// Events of chunks verified and blobs completed, whichever path they
     /// took (a peer, the gateway's registry pull): servers announce them
     /// at once instead of at their next periodic check. `None` for stores
@@ -270,6 +281,14 @@ impl ChunkStore for crate::store::Store {
         crate::store::Store::read_chunk(self, blob, index)
             .await
             .map_err(from_store_error)
+    }
+
+    fn chunk_buffer(&self, len: usize) -> Vec<u8> {
+        crate::store::Store::chunk_buffer(self, len)
+    }
+
+    fn recycle_chunk(&self, bytes: Bytes) {
+        crate::store::Store::recycle_chunk(self, bytes);
     }
 
     fn subscribe_events(

@@ -621,6 +621,7 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     }
     inner.metrics.chunks_uploaded.inc();
     inner.metrics.bytes_uploaded.inc_by(bytes.len() as u64);
+    inner.store.recycle_chunk(bytes);
     debug!(%peer, %blob, index, "served chunk");
     Ok(())
 }
