@@ -91,8 +91,8 @@ impl ChunkBuffers {
         match pooled {
             Some(mut buf) => {
                 self.reused.fetch_add(1, Ordering::Relaxed);
-                // Zero-fills only what the buffer never held (a buffer is
-                // returned at its full length, so only when it grows).
+                // Truncates, or zero-fills past the length it was
+                // returned with (after a blob's short last chunk).
                 buf.resize(len, 0);
                 buf
             }
@@ -114,15 +114,13 @@ impl ChunkBuffers {
     }
 
     /// [`Self::give_back`] for a buffer that never became [`Bytes`].
-    pub fn give_back_vec(&self, mut buf: Vec<u8>) {
-        if buf.capacity() > MAX_POOLED_CAPACITY || buf.capacity() == 0 {
+    pub fn give_back_vec(&self, buf: Vec<u8>) {
+        if buf.capacity() > MAX_POOLED_CAPACITY || buf.is_empty() {
             return;
         }
-        // Kept at its full length so that `take` never zeroes what the
-        // buffer already held (the bytes past `len` were written before).
-        // Extending within the capacity never reallocates.
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
+        // Kept at the length it had: `take` zero-fills only past it, which
+        // after a full chunk is nothing (and a buffer that is not kept is
+        // not touched at all).
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push(buf);
