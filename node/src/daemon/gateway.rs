@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use edgeswarm_protocol::release::Release;
 use edgeswarm_protocol::wire::{
     BlobDescriptor, ChunkDigestUpdate, GossipMessage, ReleaseResolution, ReleaseState,
@@ -444,7 +444,10 @@ async fn pull_run(
     let chunk_len = |i: u32| (layer.size - i as u64 * cs).min(cs) as usize;
     let mut stream = registry.layer_stream(reference, layer, run.first as u64 * cs);
     let counter = stream.counter();
-    let mut buffer = BytesMut::with_capacity(cs as usize);
+    // The chunk being cut from the stream (empty between chunks): a buffer
+    // from the store's pool, given back once stored, filled up to `filled`.
+    let mut cutting: Vec<u8> = Vec::new();
+    let mut filled = 0usize;
     let mut before = 0;
     // The next chunk to cut from the stream.
     let mut next = run.first;
@@ -476,11 +479,22 @@ async fn pull_run(
                 cloud.fetch_add(now - before, Ordering::Relaxed);
                 inner.metrics.cloud_bytes.inc_by(now - before);
                 before = now;
-                buffer.extend_from_slice(&bytes);
-                while next < run.end && !buffer.is_empty() && buffer.len() >= chunk_len(next) {
-                    let chunk = buffer.split_to(chunk_len(next)).freeze();
-                    storing.push_back(store_chunk(inner, blob, next, chunk));
-                    next += 1;
+                let mut rest: &[u8] = &bytes;
+                while next < run.end && !rest.is_empty() {
+                    let len = chunk_len(next);
+                    if cutting.is_empty() {
+                        cutting = inner.store.chunk_buffer(len);
+                    }
+                    let n = (len - filled).min(rest.len());
+                    cutting[filled..filled + n].copy_from_slice(&rest[..n]);
+                    filled += n;
+                    rest = &rest[n..];
+                    if filled == len {
+                        let chunk = Bytes::from(std::mem::take(&mut cutting));
+                        filled = 0;
+                        storing.push_back(store_chunk(inner, blob, next, chunk));
+                        next += 1;
+                    }
                 }
             }
             else => break,
@@ -566,7 +580,7 @@ async fn store_chunk(
     inner: &Arc<Inner>,
     blob: Digest,
     index: u32,
-    chunk: bytes::Bytes,
+    chunk: Bytes,
 ) -> Result<Digest, ReleaseError> {
     let for_hash = chunk.clone();
     let digest = tokio::task::spawn_blocking(move || Digest::of(&for_hash))

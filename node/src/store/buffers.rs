@@ -11,8 +11,8 @@
 //! sound because every user overwrites the whole buffer before it reads
 //! it (a read that fails part way discards the buffer).
 //!
-//! Bounded: at most [`ChunkBuffers::max_idle`] buffers wait in the pool
-//! (8 by default, 4 MiB at the default chunk size); a buffer larger than
+//! Bounded: at most [`DEFAULT_MAX_IDLE`] buffers wait in the pool
+//! (4 MiB at the default chunk size); a buffer larger than
 //! [`MAX_POOLED_CAPACITY`] is never kept. Buffers in use are bounded by
 //! their users (sessions, write permits, upload slots), not here.
 
@@ -73,11 +73,6 @@ impl ChunkBuffers {
         }
     }
 
-    /// How many buffers wait at most.
-    pub fn max_idle(&self) -> usize {
-        self.max_idle
-    }
-
     /// A buffer of exactly `len` bytes whose contents are unspecified (a
     /// previous chunk's bytes, or zeroes): the caller overwrites all of it.
     pub fn take(&self, len: usize) -> Vec<u8> {
@@ -107,10 +102,20 @@ impl ChunkBuffers {
     /// when it is too large, or when `bytes` is still shared (a relay or a
     /// reader holds a view of it: it is freed with the last view).
     pub fn give_back(&self, bytes: Bytes) {
+        // Checked before the conversion, which would move a view that does
+        // not start its allocation to the front (every buffer the node
+        // makes does: the pool's, the gateway's cut chunks).
+        if bytes.len() > MAX_POOLED_CAPACITY || self.is_full() {
+            return;
+        }
         let Ok(unique) = bytes.try_into_mut() else {
             return;
         };
         self.give_back_vec(Vec::from(unique));
+    }
+
+    fn is_full(&self) -> bool {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.max_idle
     }
 
     /// [`Self::give_back`] for a buffer that never became [`Bytes`].
