@@ -94,6 +94,15 @@ fn short_message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
 /// Largest Kademlia message accepted or sent (see `build_swarm`).
 pub const KAD_MAX_PACKET: usize = 256 << 10;
 
+/// How many closest peers a DHT query converges on and a provider record
+/// is stored at (Kademlia's k; libp2p's default is 20). A locality's DHT
+/// only finds holders a node is not connected to, and with k = 20 every
+/// query at 21 peers asked all of them, each answering with 20 peers and
+/// their addresses: a node's `Provide` of each blob cost ~40 KiB of its
+/// link. 8 copies of a provider record still outlive any plausible churn
+/// within their 30-minute republication.
+pub const KAD_REPLICATION: usize = 8;
+
 /// Whether a provider record a peer sent is one this protocol uses: its
 /// key is a blob's raw CIDv1 (sha2-256), as `Command::Provide` makes it.
 pub fn accept_provider_record(key: &[u8]) -> bool {
@@ -176,6 +185,9 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
         .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
     if let Some(n) = NonZeroUsize::new(3) {
         kcfg.set_parallelism(n);
+    }
+    if let Some(k) = NonZeroUsize::new(KAD_REPLICATION) {
+        kcfg.set_replication_factor(k);
     }
     let store = MemoryStore::with_config(
         peer_id,

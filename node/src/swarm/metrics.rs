@@ -53,6 +53,11 @@ pub struct SwarmMetrics {
     pub gossip_rate_limited: Counter,
     /// DHT records from peers dropped as kinds this protocol does not use.
     pub dht_records_dropped: Counter,
+    /// DHT provider lookups started.
+    pub dht_provider_lookups: Counter,
+    /// Provider lookups of downloads answered at once, without a query:
+    /// every peer the routing table knew was connected already.
+    pub dht_lookups_skipped: Counter,
     /// Peers whose requests were reassigned because they stalled.
     pub stalls: Counter,
     /// Requests declined by servers (seed sparing, not held).
@@ -183,6 +188,18 @@ impl SwarmMetrics {
         );
         c(
             registry,
+            "dht_provider_lookups",
+            "DHT provider lookups started",
+            &self.dht_provider_lookups,
+        );
+        c(
+            registry,
+            "dht_lookups_skipped",
+            "Provider lookups answered without a query (every known peer connected)",
+            &self.dht_lookups_skipped,
+        );
+        c(
+            registry,
             "stalls",
             "Stalled peers whose requests were reassigned",
             &self.stalls,
@@ -258,6 +275,8 @@ impl SwarmMetrics {
             gossip_rejected: self.gossip_rejected.get(),
             gossip_rate_limited: self.gossip_rate_limited.get(),
             dht_records_dropped: self.dht_records_dropped.get(),
+            dht_provider_lookups: self.dht_provider_lookups.get(),
+            dht_lookups_skipped: self.dht_lookups_skipped.get(),
             stalls: self.stalls.get(),
             streams_dropped: self.streams_dropped.get(),
             distinct_sources: self.sources.lock().unwrap_or_else(|p| p.into_inner()).len(),
@@ -294,6 +313,10 @@ pub struct SwarmStats {
     pub gossip_rate_limited: u64,
     /// DHT records from peers dropped.
     pub dht_records_dropped: u64,
+    /// DHT provider lookups started.
+    pub dht_provider_lookups: u64,
+    /// Provider lookups answered without a query.
+    pub dht_lookups_skipped: u64,
     /// Stalled peers.
     pub stalls: u64,
     /// Download sessions dropped unread by the peer.

@@ -380,6 +380,11 @@ pub(crate) enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<(), SwarmError>>),
     Provide(Digest),
     GetProviders(Digest, oneshot::Sender<Vec<PeerId>>),
+    /// Providers of a blob that this node is not connected to: answers
+    /// at once, with none, when every peer of the routing table is
+    /// connected (a lookup could only name peers a download already asks
+    /// directly, and at 21 peers each lookup cost every node ~40 KiB).
+    UnconnectedProviders(Digest, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, oneshot::Sender<Result<(), SwarmError>>),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
 }

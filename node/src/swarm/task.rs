@@ -34,6 +34,14 @@ pub const BANS_FILE: &str = "bans.json";
 /// peer ids, which a ban list cannot stop anyway.
 const MAX_PERSISTED_BANS: usize = 4096;
 
+/// How long a gossip author counts as a live member of the locality:
+/// every node publishes its status each 2 s (`daemon::status`), so 30 s
+/// is many missed reports.
+const AUTHOR_MEMORY: Duration = Duration::from_secs(30);
+
+/// Most gossip authors tracked (a locality's members; bounds the map).
+const MAX_AUTHORS: usize = 4096;
+
 /// One ban in [`BANS_FILE`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct PersistedBan {
@@ -186,6 +194,7 @@ pub(crate) async fn start<S: ChunkStore>(
         ban_requests: bans.clone(),
         ban_duration: config.ban_duration,
         limiter: super::ratelimit::GossipLimiter::new(config.gossip_rate, config.gossip_burst),
+        authors: HashMap::new(),
         provider_queries: HashMap::new(),
         bootstrapped: false,
         bootstrap: config.bootstrap.clone(),
@@ -236,6 +245,9 @@ struct SwarmTask {
     ban_duration: Duration,
     /// Per-peer rate limit of valid gossip.
     limiter: super::ratelimit::GossipLimiter,
+    /// Authors of valid gossip and when each was last heard (at most
+    /// [`MAX_AUTHORS`]): the live members of the locality.
+    authors: HashMap<PeerId, Instant>,
     /// Running provider lookups: found so far and whom to tell.
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     bootstrapped: bool,
@@ -393,10 +405,14 @@ impl SwarmTask {
                     warn!(%blob, error = %e, "cannot provide");
                 }
             }
-            Command::GetProviders(blob, tx) => {
-                let key = kad::RecordKey::new(&blob.to_cid(Codec::Raw).to_bytes());
-                let id = self.swarm.behaviour_mut().kad.get_providers(key);
-                self.provider_queries.insert(id, (HashSet::new(), tx));
+            Command::GetProviders(blob, tx) => self.get_providers(blob, tx),
+            Command::UnconnectedProviders(blob, tx) => {
+                if self.knows_only_connected_peers() {
+                    self.metrics.dht_lookups_skipped.inc();
+                    let _ = tx.send(Vec::new());
+                } else {
+                    self.get_providers(blob, tx);
+                }
             }
             Command::Publish(topic, bytes, tx) => {
                 self.metrics
@@ -503,6 +519,60 @@ impl SwarmTask {
     /// Stores the provider records this protocol uses; drops the rest
     /// (value records, keys that are no blob's) so a peer cannot fill the
     /// DHT store with data of its own.
+    /// Starts a DHT provider lookup for `blob`, answered on `tx` when it ends.
+    fn get_providers(
+        &mut self,
+        blob: edgeswarm_protocol::Digest,
+        tx: oneshot::Sender<Vec<PeerId>>,
+    ) {
+        let key = kad::RecordKey::new(&blob.to_cid(Codec::Raw).to_bytes());
+        let id = self.swarm.behaviour_mut().kad.get_providers(key);
+        self.provider_queries.insert(id, (HashSet::new(), tx));
+        self.metrics.dht_provider_lookups.inc();
+    }
+
+    /// Notes that `author` published valid gossip (it is a live member of
+    /// the locality), forgetting authors not heard from for
+    /// [`AUTHOR_MEMORY`] once the list is full.
+    fn heard_from(&mut self, author: PeerId) {
+        let now = Instant::now();
+        if self.authors.len() >= MAX_AUTHORS && !self.authors.contains_key(&author) {
+            self.authors
+                .retain(|_, t| now.duration_since(*t) < AUTHOR_MEMORY);
+            if self.authors.len() >= MAX_AUTHORS {
+                // A locality this large always runs its lookups.
+                return;
+            }
+        }
+        self.authors.insert(author, now);
+    }
+
+    /// Whether this node is connected to every peer it knows of: each
+    /// entry of the DHT's routing table, and each author of gossip heard
+    /// within [`AUTHOR_MEMORY`] (gossip crosses the whole locality, so a
+    /// member this node was never connected to shows up there). Then a
+    /// provider lookup can only name peers a download already asks
+    /// directly. False when the node knows no one, or when
+    /// [`MAX_AUTHORS`] authors leave some untracked.
+    fn knows_only_connected_peers(&mut self) -> bool {
+        let now = Instant::now();
+        if self.authors.len() >= MAX_AUTHORS {
+            return false;
+        }
+        let mut known: Vec<PeerId> = self
+            .authors
+            .iter()
+            .filter(|(p, t)| {
+                now.duration_since(**t) < AUTHOR_MEMORY && **p != *self.swarm.local_peer_id()
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            known.extend(bucket.iter().map(|e| *e.node.key.preimage()));
+        }
+        !known.is_empty() && known.iter().all(|p| self.swarm.is_connected(p))
+    }
+
     fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
         use kad::store::RecordStore as _;
         match request {
@@ -542,6 +612,9 @@ impl SwarmTask {
             None => Err("unknown topic".to_string()),
             Some(t) => decode_gossip(t, &msg.data),
         };
+        if let (Ok(_), Some(author)) = (&verdict, msg.source) {
+            self.heard_from(author);
+        }
         let (acceptance, decoded) = match verdict {
             Ok(message) => match self.limiter.check(msg.source, from, Instant::now()) {
                 super::ratelimit::Verdict::Allowed => {

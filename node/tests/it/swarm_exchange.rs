@@ -346,3 +346,82 @@ async fn streams_a_busy_peer_drops_unread_are_opened_again_at_once() {
     n.stop().await;
     s.stop().await;
 }
+
+/// A download looks holders up in the DHT only while this node may not be
+/// connected to every member of the locality: a node connected to its
+/// only peer answers its lookups at once, without a query; a node that
+/// hears gossip from a member it is not connected to (its connection
+/// limit keeps it to one peer) queries the DHT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_lookups_run_only_while_a_known_member_is_not_connected() {
+    use edgeswarm_node::swarm::Topic;
+    use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
+
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    // Nobody holds this blob: each fetch keeps looking for holders until
+    // its timeout.
+    let absent = edgeswarm_protocol::Digest::of(b"held by no one");
+    let look = async |node: &TestNode| {
+        let r = tokio::time::timeout(Duration::from_secs(3), node.client.fetch_blob(absent, None))
+            .await;
+        assert!(r.is_err(), "a blob nobody holds was fetched: {r:?}");
+        node.client.stats()
+    };
+
+    let s = start_in(tmp.path(), "s", &[]).await;
+    let n = start_in(tmp.path(), "n", std::slice::from_ref(&s.addr)).await;
+    meets_peer(&n, s.client.local_peer_id()).await;
+    let st = look(&n).await;
+    assert!(st.dht_lookups_skipped >= 1, "no lookup asked for: {st:?}");
+    assert_eq!(
+        st.dht_provider_lookups, 0,
+        "a DHT query although every known peer is connected: {st:?}"
+    );
+
+    let d = tmp.path().join("far");
+    let mut c = config(&d, "lab", std::slice::from_ref(&n.addr));
+    c.max_connections = 1;
+    let far = start(&d, c).await;
+    meets_peer(&far, n.client.local_peer_id()).await;
+    // `s` speaks on gossip until `far` hears it through `n`.
+    let mut inbox = far.client.subscribe_gossip();
+    let author = s.client.local_peer_id();
+    let heard = async {
+        for i in 0u64.. {
+            let status = GossipMessage::Status(NodeStatus {
+                role: PeerRole::Node,
+                gateway_capable: false,
+                timestamp_ms: i,
+                releases: Vec::new(),
+                desired: None,
+            });
+            let _ = s.client.publish(Topic::Status, status.encode()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while let Ok(g) = inbox.try_recv() {
+                if g.source == Some(author) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), heard)
+        .await
+        .expect("`far` never heard `s` through `n`");
+    assert!(
+        !far.client
+            .connected_peers()
+            .await
+            .unwrap()
+            .contains(&author),
+        "the connection limit let `far` connect to `s`"
+    );
+    let st = look(&far).await;
+    assert!(
+        st.dht_provider_lookups >= 1,
+        "no DHT query although `s` is a member `far` is not connected to: {st:?}"
+    );
+    for node in [far, n, s] {
+        node.stop().await;
+    }
+}

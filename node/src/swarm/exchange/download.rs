@@ -709,7 +709,7 @@ async fn download_round<S: ChunkStore>(
                 if last_providers.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
                     last_providers = Some(now);
                     let (tx, rx) = oneshot::channel();
-                    if inner.commands.try_send(Command::GetProviders(blob, tx)).is_ok() {
+                    if inner.commands.try_send(Command::UnconnectedProviders(blob, tx)).is_ok() {
                         let ev_tx = ev_tx.clone();
                         tokio::spawn(async move {
                             if let Ok(list) = rx.await { let _ = ev_tx.send(Event::Candidates(list)).await; }
@@ -966,7 +966,7 @@ async fn fetch_map<S: ChunkStore>(
             let (tx, rx) = oneshot::channel();
             if inner
                 .commands
-                .send(Command::GetProviders(blob, tx))
+                .send(Command::UnconnectedProviders(blob, tx))
                 .await
                 .is_ok()
             {
