@@ -381,9 +381,10 @@ pub(crate) enum Command {
     Provide(Digest),
     GetProviders(Digest, oneshot::Sender<Vec<PeerId>>),
     /// Providers of a blob that this node is not connected to: answers
-    /// at once, with none, when every peer of the routing table is
-    /// connected (a lookup could only name peers a download already asks
-    /// directly, and at 21 peers each lookup cost every node ~40 KiB).
+    /// at once, with none, when every peer of the routing table and every
+    /// recent gossip author is connected (a lookup could only name peers
+    /// a download already asks directly, and at 21 peers each lookup cost
+    /// every node ~40 KiB).
     UnconnectedProviders(Digest, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, oneshot::Sender<Result<(), SwarmError>>),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),

@@ -516,9 +516,6 @@ impl SwarmTask {
         }
     }
 
-    /// Stores the provider records this protocol uses; drops the rest
-    /// (value records, keys that are no blob's) so a peer cannot fill the
-    /// DHT store with data of its own.
     /// Starts a DHT provider lookup for `blob`, answered on `tx` when it ends.
     fn get_providers(
         &mut self,
@@ -563,7 +560,10 @@ impl SwarmTask {
             .authors
             .iter()
             .filter(|(p, t)| {
-                now.duration_since(**t) < AUTHOR_MEMORY && **p != *self.swarm.local_peer_id()
+                now.duration_since(**t) < AUTHOR_MEMORY
+                    && **p != *self.swarm.local_peer_id()
+                    // A banned peer is refused, not unknown.
+                    && !self.bans.contains_key(*p)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -573,6 +573,9 @@ impl SwarmTask {
         !known.is_empty() && known.iter().all(|p| self.swarm.is_connected(p))
     }
 
+    /// Stores the provider records this protocol uses; drops the rest
+    /// (value records, keys that are no blob's) so a peer cannot fill the
+    /// DHT store with data of its own.
     fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
         use kad::store::RecordStore as _;
         match request {
