@@ -178,6 +178,10 @@ impl BlobReader {
                 Err(StoreError::ChunkCorrupt { .. }) | Err(StoreError::ChunkMissing { .. }) => {
                     continue
                 }
+                // The blob failed or went between the wait and the read:
+                // the wait reports why (a failed whole-blob check is
+                // `InvalidData` with its reason, not "unknown blob").
+                Err(StoreError::UnknownBlob(_)) => continue,
                 Err(e) => return Err(io::Error::other(e)),
             }
         }
