@@ -603,9 +603,26 @@ fn parse_size(flag: &str, s: &str) -> Result<u64> {
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
-        eprintln!("edgeswarm: {e:#}");
+        eprintln!("edgeswarm: {}", error_text(&e));
         std::process::exit(1);
     }
+}
+
+/// `error` with its causes, each said once: the library errors display
+/// the error they wrap and also expose it as their source, so anyhow's
+/// `{:#}` repeated every message below the first wrapping one.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn run() -> Result<()> {

@@ -56,7 +56,8 @@ pub struct SwarmMetrics {
     /// DHT provider lookups started.
     pub dht_provider_lookups: Counter,
     /// Provider lookups of downloads answered at once, without a query:
-    /// every peer the routing table knew was connected already.
+    /// every peer the routing table knew, and every author of gossip heard
+    /// lately, was connected already.
     pub dht_lookups_skipped: Counter,
     /// Peers whose requests were reassigned because they stalled.
     pub stalls: Counter,
@@ -195,7 +196,7 @@ impl SwarmMetrics {
         c(
             registry,
             "dht_lookups_skipped",
-            "Provider lookups answered without a query (every known peer connected)",
+            "Provider lookups answered without a query (every routing-table peer and recent gossip author connected)",
             &self.dht_lookups_skipped,
         );
         c(

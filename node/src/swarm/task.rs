@@ -133,7 +133,7 @@ pub(crate) async fn start<S: ChunkStore>(
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
-            .map_err(|e| SwarmError::Transport(format!("listen on {addr}: {e}")))?;
+            .map_err(|e| SwarmError::Transport(format!("listen on {addr}: {}", error_chain(&e))))?;
     }
     // Wait until every listener reports an address, so callers can hand
     // them out immediately.
@@ -143,11 +143,11 @@ pub(crate) async fn start<S: ChunkStore>(
         match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
             Ok(SwarmEvent::NewListenAddr { address, .. }) => listen_addrs.push(address),
             Ok(SwarmEvent::ListenerError { error, .. }) => {
-                return Err(SwarmError::Transport(error.to_string()))
+                return Err(SwarmError::Transport(error_chain(&error)))
             }
             Ok(SwarmEvent::ListenerClosed {
                 reason: Err(error), ..
-            }) => return Err(SwarmError::Transport(error.to_string())),
+            }) => return Err(SwarmError::Transport(error_chain(&error))),
             Ok(_) => {}
             Err(_) => return Err(SwarmError::Transport("listen timed out".into())),
         }
@@ -384,13 +384,7 @@ impl SwarmTask {
                 let _ = tx.send(self.swarm.connected_peers().copied().collect());
             }
             Command::RoutingPeers(tx) => {
-                let mut peers = Vec::new();
-                for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-                    for e in bucket.iter() {
-                        peers.push(*e.node.key.preimage());
-                    }
-                }
-                let _ = tx.send(peers);
+                let _ = tx.send(self.routing_peers());
             }
             Command::Dial(addr, tx) => {
                 let r = self
@@ -528,20 +522,34 @@ impl SwarmTask {
         self.metrics.dht_provider_lookups.inc();
     }
 
-    /// Notes that `author` published valid gossip (it is a live member of
-    /// the locality), forgetting authors not heard from for
-    /// [`AUTHOR_MEMORY`] once the list is full.
+    /// The peers in the DHT's routing table.
+    fn routing_peers(&mut self) -> Vec<PeerId> {
+        let mut peers = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            peers.extend(bucket.iter().map(|e| *e.node.key.preimage()));
+        }
+        peers
+    }
+
+    /// Notes that `author` published valid gossip: it is a live member of
+    /// the locality. Past [`MAX_AUTHORS`] live authors, new ones are not
+    /// tracked (see [`Self::knows_only_connected_peers`]).
     fn heard_from(&mut self, author: PeerId) {
-        let now = Instant::now();
+        // Pruned only when full: this runs for every gossip message.
         if self.authors.len() >= MAX_AUTHORS && !self.authors.contains_key(&author) {
-            self.authors
-                .retain(|_, t| now.duration_since(*t) < AUTHOR_MEMORY);
+            self.forget_stale_authors();
             if self.authors.len() >= MAX_AUTHORS {
-                // A locality this large always runs its lookups.
                 return;
             }
         }
-        self.authors.insert(author, now);
+        self.authors.insert(author, Instant::now());
+    }
+
+    /// Forgets the authors not heard from for [`AUTHOR_MEMORY`].
+    fn forget_stale_authors(&mut self) {
+        let now = Instant::now();
+        self.authors
+            .retain(|_, t| now.duration_since(*t) < AUTHOR_MEMORY);
     }
 
     /// Whether this node is connected to every peer it knows of: each
@@ -550,26 +558,22 @@ impl SwarmTask {
     /// member this node was never connected to shows up there). Then a
     /// provider lookup can only name peers a download already asks
     /// directly. False when the node knows no one, or when
-    /// [`MAX_AUTHORS`] authors leave some untracked.
+    /// [`MAX_AUTHORS`] live authors may leave some untracked (a locality
+    /// that large always runs its lookups).
     fn knows_only_connected_peers(&mut self) -> bool {
-        let now = Instant::now();
+        self.forget_stale_authors();
         if self.authors.len() >= MAX_AUTHORS {
             return false;
         }
+        let local = *self.swarm.local_peer_id();
         let mut known: Vec<PeerId> = self
             .authors
-            .iter()
-            .filter(|(p, t)| {
-                now.duration_since(**t) < AUTHOR_MEMORY
-                    && **p != *self.swarm.local_peer_id()
-                    // A banned peer is refused, not unknown.
-                    && !self.bans.contains_key(*p)
-            })
-            .map(|(p, _)| *p)
+            .keys()
+            // A banned peer is refused, not unknown.
+            .filter(|p| **p != local && !self.bans.contains_key(*p))
+            .copied()
             .collect();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            known.extend(bucket.iter().map(|e| *e.node.key.preimage()));
-        }
+        known.extend(self.routing_peers());
         !known.is_empty() && known.iter().all(|p| self.swarm.is_connected(p))
     }
 
@@ -659,4 +663,23 @@ impl SwarmTask {
 /// are checked by the consumer (it holds the trust policy).
 fn decode_gossip(topic: Topic, data: &[u8]) -> Result<GossipMessage, String> {
     GossipMessage::decode_on(topic, data).map_err(|e| e.to_string())
+}
+
+/// `error` with the errors it wraps: libp2p's transport errors print
+/// nothing of their own and keep the cause (an `io::Error` such as "address
+/// in use") as their source.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.contains(&cause_text) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

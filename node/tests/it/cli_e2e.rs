@@ -1040,6 +1040,39 @@ async fn a_node_without_a_trusted_key_refuses_every_release_and_says_how_to_trus
     assert!(pins(&lab.api).await.contains(&image));
 }
 
+/// A node whose listen address is taken exits at start and says why
+/// (the OS's "address in use", which libp2p keeps as the error's source),
+/// once: each wrapping error used to repeat the one it wraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_listen_port_is_a_clear_error_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let api = format!("127.0.0.1:{}", free_port());
+    let out = cli(&[
+        "node",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--api",
+        &api,
+        "--listen",
+        &listen,
+        "--no-mdns",
+        "--open-locality",
+    ])
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    // Linux's text for EADDRINUSE.
+    assert!(
+        out.stderr.contains("Address already in use"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.matches(&listen).count(), 1, "{}", out.stderr);
+    drop(taken);
+}
+
 /// Without a swarm key, a node starts only with `--open-locality`, and
 /// then says in its log and status that its locality is open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
