@@ -246,8 +246,9 @@ impl RunResult {
     /// link_out_bytes, cpu_seconds, done_gap_s, then the `/metrics`
     /// counters: release_peer_bytes, bytes_downloaded, duplicate_chunks,
     /// bytes_uploaded, stream_bytes_received, stream_bytes_sent,
-    /// gossip_bytes_received, gossip_bytes_published, rejected_requests;
-    /// empty where not measured).
+    /// gossip_bytes_received, gossip_bytes_published, rejected_requests,
+    /// chunks_relayed, relays_aborted, relay_bytes_aborted, stalls; empty
+    /// where not measured).
     pub fn write_nodes_csv(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("nodes-{}-{}.csv", self.method.name(), self.nodes));
         let mut s = String::from(
@@ -255,7 +256,8 @@ impl RunResult {
              link_in_bytes,link_out_bytes,cpu_seconds,done_gap_s,\
              release_peer_bytes,bytes_downloaded,duplicate_chunks,bytes_uploaded,\
              stream_bytes_received,stream_bytes_sent,gossip_bytes_received,\
-             gossip_bytes_published,rejected_requests\n",
+             gossip_bytes_published,rejected_requests,chunks_relayed,relays_aborted,\
+             relay_bytes_aborted,stalls\n",
         );
         let f3 = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or_default();
         for n in &self.per_node {
@@ -266,7 +268,7 @@ impl RunResult {
                     .unwrap_or_default()
             };
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 n.node,
                 f3(n.seconds),
                 n.bytes_from_cloud,
@@ -286,6 +288,10 @@ impl RunResult {
                 m(|m| m.gossip_bytes_received),
                 m(|m| m.gossip_bytes_published),
                 m(|m| m.rejected_requests),
+                m(|m| m.chunks_relayed),
+                m(|m| m.relays_aborted),
+                m(|m| m.relay_bytes_aborted),
+                m(|m| m.stalls),
             ));
         }
         std::fs::write(&path, s)

@@ -251,6 +251,17 @@ pub struct NodeMetrics {
     /// `edgeswarm_rejected_requests_total`: chunk requests this node's
     /// servers declined.
     pub rejected_requests: f64,
+    /// `edgeswarm_chunks_relayed_total`: chunks this node served while they
+    /// still arrived (cut-through).
+    pub chunks_relayed: f64,
+    /// `edgeswarm_relays_aborted_total`: relayed chunk answers that ended
+    /// without the chunk (asked again).
+    pub relays_aborted: f64,
+    /// `edgeswarm_relay_bytes_aborted_total`: payload bytes of those,
+    /// received and thrown away.
+    pub relay_bytes_aborted: f64,
+    /// `edgeswarm_stalls_total`: peers whose requests were reassigned.
+    pub stalls: f64,
 }
 
 impl NodeMetrics {
@@ -278,6 +289,10 @@ impl NodeMetrics {
             gossip_bytes_received: get("edgeswarm_gossip_bytes_received_total"),
             gossip_bytes_published: get("edgeswarm_gossip_bytes_published_total"),
             rejected_requests: get("edgeswarm_rejected_requests_total"),
+            chunks_relayed: get("edgeswarm_chunks_relayed_total"),
+            relays_aborted: get("edgeswarm_relays_aborted_total"),
+            relay_bytes_aborted: get("edgeswarm_relay_bytes_aborted_total"),
+            stalls: get("edgeswarm_stalls_total"),
         }
     }
 }

@@ -25,6 +25,9 @@ pub struct SwarmMetrics {
     /// Relayed answers received that ended without the chunk (the relay
     /// lost its source); each is asked again.
     pub relays_aborted: Counter,
+    /// Payload bytes read of those aborted answers: received, then thrown
+    /// away (the chunk is fetched again).
+    pub relay_bytes_aborted: Counter,
     /// Relays this node gave up because their chunk stopped arriving.
     pub relays_given_up: Counter,
     /// Download sessions whose stream the peer dropped unread (its inbound
@@ -222,6 +225,12 @@ impl SwarmMetrics {
             "relays_aborted",
             "Relayed chunk answers received that ended without the chunk",
             &self.relays_aborted,
+        );
+        c(
+            registry,
+            "relay_bytes_aborted",
+            "Payload bytes of aborted relayed answers, read and thrown away",
+            &self.relay_bytes_aborted,
         );
         c(
             registry,

@@ -293,11 +293,14 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         let header_at = Instant::now();
                         // Passed on to our own requesters as it arrives.
                         let relay = inner.relays.begin(blob, index, expected);
-                        if !read_body(&mut r, &mut buf, relayed, relay.as_ref()).await? {
+                        if let Body::Aborted { read } =
+                            read_body(&mut r, &mut buf, relayed, relay.as_ref()).await?
+                        {
                             // The relay lost its source or its copy: not a
                             // fault; ask again, elsewhere if another peer
                             // holds the chunk.
                             inner.metrics.relays_aborted.inc();
+                            inner.metrics.relay_bytes_aborted.inc_by(read as u64);
                             if events.send(Event::RelayAborted(peer, index)).await.is_err() {
                                 return Ok(());
                             }
@@ -407,15 +410,27 @@ fn announced_len(layout: &BlobLayout, index: u32, announced: u64) -> Result<u32,
 /// relay hop adds about this much delay (64 KiB is 5 ms at 100 Mbit/s).
 const READ_STEP: usize = 64 << 10;
 
+/// How a chunk answer's body ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Body {
+    /// Every byte arrived.
+    Complete,
+    /// The relay aborted after `read` payload bytes.
+    Aborted {
+        /// Payload bytes read before the abort (thrown away).
+        read: usize,
+    },
+}
+
 /// Reads a chunk answer's bytes into `buf` (its announced length): the raw
 /// payload of an `Ok`, or the pieces of a `Relay`, telling `relay` what has
-/// arrived as it comes. False if the relay aborted.
+/// arrived as it comes.
 async fn read_body<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut [u8],
     relayed: bool,
     relay: Option<&RelayWriter>,
-) -> Result<bool, FrameError> {
+) -> Result<Body, FrameError> {
     let mut filled = 0usize;
     while filled < buf.len() {
         let end = if relayed {
@@ -423,7 +438,7 @@ async fn read_body<R: AsyncRead + Unpin>(
             r.read_exact(&mut prefix).await?;
             match wire::check_relay_piece(prefix, (buf.len() - filled) as u64)? {
                 Some(n) => filled + n as usize,
-                None => return Ok(false),
+                None => return Ok(Body::Aborted { read: filled }),
             }
         } else {
             buf.len()
@@ -440,5 +455,5 @@ async fn read_body<R: AsyncRead + Unpin>(
             }
         }
     }
-    Ok(true)
+    Ok(Body::Complete)
 }
