@@ -67,7 +67,8 @@ fn restartable_port() -> u16 {
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let low = range.saturating_sub(10_000).max(1024);
-    let span = range - low;
+    let span = range.saturating_sub(low);
+    assert!(span > 1, "no ports below the ephemeral range ({range})");
     let _ = NEXT.compare_exchange(
         0,
         rand::Rng::gen_range(&mut rand::thread_rng(), 1..span),
