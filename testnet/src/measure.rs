@@ -262,6 +262,12 @@ pub struct NodeMetrics {
     pub relay_bytes_aborted: f64,
     /// `edgeswarm_stalls_total`: peers whose requests were reassigned.
     pub stalls: f64,
+    /// `edgeswarm_cancelled_answers_cut_total`: answers this node had
+    /// cancelled that the server stopped under way.
+    pub cancelled_answers_cut: f64,
+    /// `edgeswarm_cancelled_bytes_read_total`: payload bytes of answers this
+    /// node had cancelled, read and thrown away.
+    pub cancelled_bytes_read: f64,
 }
 
 impl NodeMetrics {
@@ -293,6 +299,8 @@ impl NodeMetrics {
             relays_aborted: get("edgeswarm_relays_aborted_total"),
             relay_bytes_aborted: get("edgeswarm_relay_bytes_aborted_total"),
             stalls: get("edgeswarm_stalls_total"),
+            cancelled_answers_cut: get("edgeswarm_cancelled_answers_cut_total"),
+            cancelled_bytes_read: get("edgeswarm_cancelled_bytes_read_total"),
         }
     }
 }

@@ -28,6 +28,12 @@ pub struct SwarmMetrics {
     /// Payload bytes read of those aborted answers: received, then thrown
     /// away (the chunk is fetched again).
     pub relay_bytes_aborted: Counter,
+    /// Answers this node had cancelled that the server stopped under way
+    /// (the rest of the chunk never crossed the link).
+    pub cancelled_answers_cut: Counter,
+    /// Payload bytes read of answers this node had cancelled, thrown away:
+    /// whole endgame duplicates and the start of answers cut short.
+    pub cancelled_bytes_read: Counter,
     /// Relays this node gave up because their chunk stopped arriving.
     pub relays_given_up: Counter,
     /// Download sessions whose stream the peer dropped unread (its inbound
@@ -66,8 +72,9 @@ pub struct SwarmMetrics {
     pub stalls: Counter,
     /// Requests declined by servers (seed sparing, not held).
     pub rejected_requests: Counter,
-    /// Queued chunk requests this node skipped because the requester
-    /// cancelled them (the chunk came from elsewhere first).
+    /// Chunk requests this node skipped, or whose answer it stopped under
+    /// way, because the requester cancelled them (the chunk came from
+    /// elsewhere first).
     pub cancelled_requests: Counter,
     /// Peers connected right now.
     pub connected_peers: Gauge,
@@ -234,6 +241,18 @@ impl SwarmMetrics {
         );
         c(
             registry,
+            "cancelled_answers_cut",
+            "Answers this node cancelled that the server stopped under way",
+            &self.cancelled_answers_cut,
+        );
+        c(
+            registry,
+            "cancelled_bytes_read",
+            "Payload bytes of answers this node had cancelled, read and thrown away",
+            &self.cancelled_bytes_read,
+        );
+        c(
+            registry,
             "relays_given_up",
             "Relays given up because their chunk stopped arriving",
             &self.relays_given_up,
@@ -247,7 +266,7 @@ impl SwarmMetrics {
         c(
             registry,
             "cancelled_requests",
-            "Queued chunk requests skipped because the requester cancelled them",
+            "Chunk requests skipped or answers stopped because the requester cancelled them",
             &self.cancelled_requests,
         );
         registry.register(

@@ -458,3 +458,122 @@ async fn cancelled_queued_requests_are_skipped_and_the_stream_goes_on() {
     task.abort();
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_an_answer_under_way_and_the_stream_goes_on() {
+    use edgeswarm_protocol::wire::{
+        encode_frame, Cancel, ChunkRequest, ChunkStatus, FrameDecoder, Hello, StreamMessage,
+        HELLO_VERSION,
+    };
+    use futures::AsyncReadExt as _;
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 1usize << 20;
+    let (data, digest, map) = blob(2 * chunk + (64 << 10), 12, chunk as u32);
+    let d = tmp.path().join("seed");
+    let mut c = config(&d, "lab", &[]);
+    // 64 KiB of burst, then 128 KiB/s: chunk 0 takes about 8 s whole.
+    c.max_upload_rate = Some(128 << 10);
+    c.seed_sparing = None;
+    let s = start(&d, c).await;
+    seed(&s, &data, digest, &map).await;
+    let (_, mut control, task) = connected_attacker(&s).await;
+    let mut stream = open_chunk_stream(&mut control, &s).await;
+    let mut bytes = encode_frame(&StreamMessage::Hello(Hello {
+        protocol_version: HELLO_VERSION,
+        blobs: vec![digest],
+    }));
+    bytes.extend(encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+        request_id: 0,
+        blob: digest,
+        index: 0,
+    })));
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
+
+    // Once the answer is under way, cancel it.
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut received = 0usize;
+    while received < 32 << 10 {
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the answer never began")
+            .unwrap();
+        assert!(n > 0, "stream closed before the answer");
+        decoder.push(&buf[..n]);
+        received += n;
+    }
+    let cancel_at = std::time::Instant::now();
+    let received_at_cancel = received;
+    let cancel = encode_frame(&StreamMessage::Cancel(Cancel { request_id: 0 }));
+    stream.write_all(&cancel).await.unwrap();
+    stream.flush().await.unwrap();
+    let answer = loop {
+        if let Some(frame) = decoder.next_frame().unwrap() {
+            if let StreamMessage::ChunkResponse(r) = frame.message {
+                break (r, frame.relay_aborted, frame.payload.len());
+            }
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the cancelled answer neither ended nor aborted")
+            .unwrap();
+        assert!(n > 0, "stream closed before the answer ended");
+        decoder.push(&buf[..n]);
+        received += n;
+    };
+    let (response, aborted, payload) = answer;
+    assert_eq!(response.request_id, 0);
+    assert_eq!(
+        response.status,
+        ChunkStatus::Relay { len: chunk as u64 },
+        "a held chunk goes in pieces to a requester that reads them"
+    );
+    assert!(
+        aborted,
+        "the answer ran to its end ({payload} bytes) after the Cancel"
+    );
+    // Stopped at the next paced piece: far less than the chunk crossed.
+    assert!(
+        received < chunk / 2,
+        "{received} bytes arrived ({received_at_cancel} before the Cancel)"
+    );
+    assert!(
+        cancel_at.elapsed() < Duration::from_secs(4),
+        "the abort took {:?}",
+        cancel_at.elapsed()
+    );
+    assert!(s.client.metrics().cancelled_requests.get() >= 1);
+
+    // The stream goes on: the next request is answered whole and right.
+    let more = encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+        request_id: 1,
+        blob: digest,
+        index: 2,
+    }));
+    stream.write_all(&more).await.unwrap();
+    stream.flush().await.unwrap();
+    let next = loop {
+        if let Some(frame) = decoder.next_frame().unwrap() {
+            if let StreamMessage::ChunkResponse(r) = &frame.message {
+                break (r.clone(), frame);
+            }
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the request after the cancelled one was never answered")
+            .unwrap();
+        assert!(n > 0, "stream closed before the next answer");
+        decoder.push(&buf[..n]);
+    };
+    let (response, frame) = next;
+    assert_eq!(response.request_id, 1);
+    assert!(!frame.relay_aborted);
+    assert_eq!(frame.payload, data[2 * chunk..]);
+    drop(stream);
+    task.abort();
+    s.stop().await;
+}

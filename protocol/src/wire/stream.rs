@@ -31,8 +31,8 @@
 //! `status` is `[0, payload_len]` (Ok), `[1]` (NotHave), `[2]` (Busy: try
 //! later or elsewhere), `[3, message: text]` (Error), `[4]` (TryElsewhere:
 //! a seed sparing its upload for a chunk it sent very recently), `[5, len]`
-//! (Relay: a chunk of `len` bytes the responder is still receiving follows
-//! in relay pieces).
+//! (Relay: a chunk of `len` bytes follows in relay pieces, and may be
+//! aborted).
 //!
 //! ## Cut-through relay
 //!
@@ -43,7 +43,13 @@
 //! pieces, each `n: u32 big-endian` then `n` raw bytes (1 ≤ `n` ≤
 //! [`MAX_RELAY_PIECE`], never past `len`), until `len` bytes have come; or
 //! the 4 bytes of [`RELAY_ABORT`], after which the answer is over without
-//! the chunk (the relay lost its source or its copy failed verification).
+//! the chunk (the relay lost its source or its copy failed verification,
+//! or the requester had sent [`Cancel`] for it).
+//!
+//! A responder may also answer such a peer with `Relay` for a chunk it
+//! holds, so that a [`Cancel`] arriving while the answer is under way stops
+//! it at the next piece rather than after the whole chunk (an endgame
+//! duplicate otherwise crossed the requester's link whole).
 //! A relay sends the last byte of a chunk only after its own copy
 //! verified, so a complete relayed chunk that fails verification is the
 //! relay's fault, and the receiver bans it as it would any sender.
@@ -173,8 +179,9 @@ pub enum ChunkStatus {
         /// Human-readable reason, at most [`MAX_MESSAGE_CHARS`].
         message: String,
     },
-    /// The responder is still receiving the chunk and relays it: `len`
-    /// bytes follow in relay pieces (see the module docs), or an abort.
+    /// `len` bytes follow in relay pieces (see the module docs), or an
+    /// abort: a chunk the responder is still receiving and relays, or one
+    /// it holds, sent so that a `Cancel` can stop it.
     Relay {
         /// The chunk's length in bytes.
         len: u64,

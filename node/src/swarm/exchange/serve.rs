@@ -23,7 +23,7 @@ use super::super::frame::{self, FrameError};
 use super::super::ChunkStore;
 use super::relay::{Outcome as RelayOutcome, Relay};
 use super::uploads::{ChunkAsk, StreamUploads};
-use super::{lock, penalise, Inner, SERVER_QUEUE};
+use super::{lock, penalise, Inner, TokenBucket, SERVER_QUEUE};
 
 pub(super) async fn accept_loop<S: ChunkStore>(
     inner: Arc<Inner<S>>,
@@ -106,8 +106,9 @@ async fn serve_reader<R: AsyncRead + Unpin>(
             StreamMessage::ChunkMapRequest(q) if hello => Incoming::Map(q.request_id, q.blob),
             StreamMessage::Cancel(c) if hello => {
                 // A request still queued is skipped without an answer; one
-                // already being answered completes (the requester reads
-                // and drops it).
+                // already being answered in pieces stops at the next piece
+                // (`RELAY_ABORT`); an unpieced answer to an old requester
+                // completes (it reads and drops it).
                 let mut set = lock(cancelled);
                 if set.len() < MAX_CANCELLED {
                     set.insert(c.request_id);
@@ -148,6 +149,9 @@ async fn serve_stream<S: ChunkStore>(
         // Whether the requester takes relayed chunks, and those of each
         // bound blob announced to it as relaying.
         let mut relay_ok = false;
+        // Whether the requester reads answers in pieces (`Relay` framing),
+        // so that its `Cancel` can stop one under way.
+        let mut pieces_ok = false;
         let mut relaying: Vec<HashSet<u32>> = Vec::new();
         let mut relay_starts = inner.relays.subscribe();
         // Registers this requester with super-seeding while the stream lives.
@@ -182,7 +186,8 @@ async fn serve_stream<S: ChunkStore>(
                             let known: Vec<Digest> = blobs.iter().copied().filter(|b| inner.store.bitfield(b).is_some()).collect();
                             let hello = StreamMessage::Hello(Hello { protocol_version: wire::HELLO_VERSION, blobs: known });
                             frame::write_message(&mut w, &hello, &[]).await?;
-                            relay_ok = inner.relay && version >= wire::HELLO_VERSION_RELAY;
+                            pieces_ok = version >= wire::HELLO_VERSION_RELAY;
+                            relay_ok = inner.relay && pieces_ok;
                             bound = blobs.into_iter().map(|b| (b, None)).collect();
                             relaying = vec![HashSet::new(); bound.len()];
                             binding.bind(bound.iter().map(|(b, _)| *b).collect());
@@ -220,7 +225,10 @@ async fn serve_stream<S: ChunkStore>(
                             let relay = inner.relays.get(&blob, index).filter(|_| relay_ok && !inner.corrupt_uploads);
                             match relay {
                                 Some(relay) => serve_relay(inner, peer, &uploads, &mut w, request_id, (blob, index), relay, &cancelled).await?,
-                                None => serve_chunk(inner, peer, &uploads, &mut w, request_id, blob, index).await?,
+                                None => {
+                                    let abortable = pieces_ok.then_some(&cancelled);
+                                    serve_chunk(inner, peer, &uploads, &mut w, request_id, (blob, index), abortable).await?
+                                }
                             }
                         }
                     }
@@ -470,8 +478,6 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
         None => wire::MAX_RELAY_PIECE as usize,
     };
     let mut sent = 0usize;
-    // One write per piece, its length prefix included: a separate 4-byte
-    // write became a frame and a packet of its own.
     let mut piece_buf = Vec::with_capacity(4 + most);
     loop {
         changed.borrow_and_update();
@@ -497,10 +503,7 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
                 if let Some(bucket) = &inner.bucket {
                     bucket.take(part.len() as u64).await;
                 }
-                piece_buf.clear();
-                piece_buf.extend_from_slice(&(part.len() as u32).to_be_bytes());
-                piece_buf.extend_from_slice(part);
-                w.write_all(&piece_buf).await?;
+                write_piece(w, &mut piece_buf, part).await?;
                 sent += part.len();
             }
         }
@@ -546,14 +549,22 @@ async fn respond<W: AsyncWrite + Unpin>(
     frame::write_message(w, &msg, &[]).await
 }
 
+/// Answers a request for a chunk we hold. To a requester that reads
+/// pieces (`abortable` is its stream's cancelled requests) the chunk goes
+/// as a `Relay` answer in pieces, and its `Cancel` stops it at the next
+/// piece: an endgame duplicate whose answer had begun was otherwise sent
+/// whole, up to a chunk (1 MiB, 2 % of a 48.7 MB image) per duplicate on
+/// a requester's link (20/10 Mbit/s, N = 10: 0-3 per round, the rounds at
+/// 1.049-1.053x the bytes needed).
+#[allow(clippy::too_many_arguments)]
 async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
     peer: PeerId,
     uploads: &StreamUploads<'_>,
     w: &mut W,
     request_id: u64,
-    blob: Digest,
-    index: u32,
+    (blob, index): (Digest, u32),
+    abortable: Option<&std::sync::Mutex<HashSet<u64>>>,
 ) -> Result<(), FrameError> {
     // The layout suffices: a partial blob's verified chunks are served
     // while its later digests are still unknown.
@@ -588,6 +599,13 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
         Ok(slot) => slot,
         Err(refusal) => return respond(w, request_id, refused(refusal)).await,
     };
+    let is_cancelled = || abortable.is_some_and(|set| lock(set).contains(&request_id));
+    if is_cancelled() {
+        // Cancelled while it waited for its slot: no answer (the requester
+        // expects none or any).
+        inner.metrics.cancelled_requests.inc();
+        return Ok(());
+    }
     let bytes = if inner.corrupt_uploads {
         Bytes::from(vec![0xA5u8; len as usize])
     } else {
@@ -599,6 +617,41 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
             }
         }
     };
+    if abortable.is_some() {
+        respond(
+            w,
+            request_id,
+            ChunkStatus::Relay {
+                len: bytes.len() as u64,
+            },
+        )
+        .await?;
+        let most = inner
+            .bucket
+            .as_ref()
+            .map_or(UNPACED_STORED_PIECE, TokenBucket::piece);
+        let mut piece_buf = Vec::with_capacity(4 + most);
+        for part in bytes.chunks(most) {
+            // Checked before each piece's tokens and write: what is still
+            // unsent of a cancelled answer never enters the link.
+            if is_cancelled() {
+                w.write_all(&wire::RELAY_ABORT.to_be_bytes()).await?;
+                inner.metrics.cancelled_requests.inc();
+                debug!(%peer, %blob, index, request_id, "answer cancelled under way");
+                inner.store.recycle_chunk(bytes);
+                return Ok(());
+            }
+            if let Some(bucket) = &inner.bucket {
+                bucket.take(part.len() as u64).await;
+            }
+            write_piece(w, &mut piece_buf, part).await?;
+        }
+        inner.metrics.chunks_uploaded.inc();
+        inner.metrics.bytes_uploaded.inc_by(bytes.len() as u64);
+        inner.store.recycle_chunk(bytes);
+        debug!(%peer, %blob, index, "served chunk");
+        return Ok(());
+    }
     let head = StreamMessage::ChunkResponse(ChunkResponse {
         request_id,
         status: ChunkStatus::Ok {
@@ -623,5 +676,25 @@ async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner.metrics.bytes_uploaded.inc_by(bytes.len() as u64);
     inner.store.recycle_chunk(bytes);
     debug!(%peer, %blob, index, "served chunk");
+    Ok(())
+}
+
+/// Piece size of an unpaced answer from the store: small enough that a
+/// `Cancel` stops it within a piece once the link pushes back, large
+/// enough that the 4-byte prefixes cost nothing (0.006 %).
+const UNPACED_STORED_PIECE: usize = 64 << 10;
+
+/// Writes one relay piece, its length prefix included, in one write: a
+/// separate 4-byte write became a yamux frame and a packet of its own.
+async fn write_piece<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &mut Vec<u8>,
+    part: &[u8],
+) -> Result<(), FrameError> {
+    debug_assert!(!part.is_empty() && part.len() <= wire::MAX_RELAY_PIECE as usize);
+    buf.clear();
+    buf.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    buf.extend_from_slice(part);
+    w.write_all(buf).await?;
     Ok(())
 }

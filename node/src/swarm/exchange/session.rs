@@ -272,15 +272,28 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         },
                     }
                 };
-                let relayed = matches!(resp.status, ChunkStatus::Relay { .. });
+                // In relay pieces: a chunk still arriving at the server, or
+                // one it holds sent so that our `Cancel` can stop it.
+                let in_pieces = matches!(resp.status, ChunkStatus::Relay { .. });
                 if cancelled {
                     // The server had begun the answer before our Cancel:
-                    // the chunk is already held, read past it.
+                    // the chunk is already held, read past it (a server
+                    // answering in pieces stops at the next one).
                     if let ChunkStatus::Ok { len } | ChunkStatus::Relay { len } = resp.status {
                         let expected = announced_len(layout, index, len)?;
-                        let mut buf = vec![0u8; expected as usize];
-                        read_body(&mut r, &mut buf, relayed, None).await?;
-                        inner.metrics.duplicate_chunks.inc();
+                        let mut buf = inner.store.chunk_buffer(expected as usize);
+                        let read = match read_body(&mut r, &mut buf, in_pieces, None).await? {
+                            Body::Complete => {
+                                inner.metrics.duplicate_chunks.inc();
+                                buf.len()
+                            }
+                            Body::Aborted { read } => {
+                                inner.metrics.cancelled_answers_cut.inc();
+                                read
+                            }
+                        };
+                        inner.metrics.cancelled_bytes_read.inc_by(read as u64);
+                        inner.store.recycle_chunk(Bytes::from(buf));
                     }
                     continue;
                 }
@@ -294,7 +307,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         // Passed on to our own requesters as it arrives.
                         let relay = inner.relays.begin(blob, index, expected);
                         if let Body::Aborted { read } =
-                            read_body(&mut r, &mut buf, relayed, relay.as_ref()).await?
+                            read_body(&mut r, &mut buf, in_pieces, relay.as_ref()).await?
                         {
                             // The relay lost its source or its copy: not a
                             // fault; ask again, elsewhere if another peer
@@ -312,7 +325,7 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         debug!(
                             %peer,
                             index,
-                            relayed,
+                            in_pieces,
                             wait_ms = asked.map(|a| header_at.duration_since(a).as_millis()),
                             transfer_ms = header_at.elapsed().as_millis(),
                             "chunk received"
@@ -415,7 +428,8 @@ const READ_STEP: usize = 64 << 10;
 enum Body {
     /// Every byte arrived.
     Complete,
-    /// The relay aborted after `read` payload bytes.
+    /// The server aborted the answer (`RELAY_ABORT`) after `read` payload
+    /// bytes.
     Aborted {
         /// Payload bytes read before the abort (thrown away).
         read: usize,
@@ -428,12 +442,12 @@ enum Body {
 async fn read_body<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut [u8],
-    relayed: bool,
+    in_pieces: bool,
     relay: Option<&RelayWriter>,
 ) -> Result<Body, FrameError> {
     let mut filled = 0usize;
     while filled < buf.len() {
-        let end = if relayed {
+        let end = if in_pieces {
             let mut prefix = [0u8; 4];
             r.read_exact(&mut prefix).await?;
             match wire::check_relay_piece(prefix, (buf.len() - filled) as u64)? {
