@@ -10,7 +10,8 @@ use edgeswarm_protocol::release::{Platform, Release, Removal, SignedRelease, Sig
 use edgeswarm_protocol::signing::PublisherKey;
 use edgeswarm_protocol::wire::{
     encode_frame, Availability, AvailabilityBatch, AvailabilityEntry, Cancel, ChunkRequest,
-    ChunkResponse, ChunkStatus, GossipMessage, Have, Hello, StreamMessage, STREAM_VERSION,
+    ChunkResponse, ChunkStatus, GossipMessage, Have, Hello, SealedGossip, StreamMessage,
+    STREAM_VERSION,
 };
 use edgeswarm_protocol::{ChunkMap, ChunkSize, Digest};
 use proptest::prelude::*;
@@ -164,6 +165,14 @@ proptest! {
         fuzz_checks::gossip_message(&data);
         fuzz_checks::gossip_message(&valid_gossip(n));
         fuzz_checks::gossip_message(&mutate(valid_gossip(n), &f, cut));
+    }
+
+    #[test]
+    fn sealed_gossip_target(data in bytes(), n in any::<u32>(), f in flips(), cut in any::<usize>()) {
+        fuzz_checks::sealed_gossip(&data);
+        let sealed = SealedGossip::seal(&key(9), "edgeswarm/lab/status", u64::from(n), valid_gossip(n)).encode();
+        fuzz_checks::sealed_gossip(&sealed);
+        fuzz_checks::sealed_gossip(&mutate(sealed, &f, cut));
     }
 
     #[test]

@@ -957,7 +957,10 @@ fn names_of_a_locality_are_pinned() {
     assert_eq!(stream_protocol(&l), "/edgeswarm/plant-7/chunks/1.0.0");
     assert_eq!(kad_protocol(&l), "/edgeswarm/plant-7/kad/1.0.0");
     assert_eq!(identify_protocol(&l), "/edgeswarm/plant-7/id/1.0.0");
-    assert_eq!(gossip_protocol_prefix(&l), "/edgeswarm/plant-7/meshsub");
+    assert_eq!(
+        gossip_protocol_prefix(&l),
+        "/edgeswarm/plant-7/meshsub-sealed"
+    );
     assert_eq!(
         Topic::ALL.map(|t| topic_name(&l, t)),
         [

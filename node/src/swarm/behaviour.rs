@@ -19,8 +19,9 @@ use libp2p::{
     PeerId, StreamProtocol, Swarm, Transport as _,
 };
 
+use edgeswarm_protocol::signing::PublisherKey;
 pub use edgeswarm_protocol::wire::Topic;
-use edgeswarm_protocol::wire::{self, Locality, MAX_GOSSIP_BYTES};
+use edgeswarm_protocol::wire::{self, Locality, MAX_SEALED_BYTES};
 
 use super::SwarmError;
 
@@ -78,17 +79,54 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
 }
 
+/// Bytes of a gossipsub RPC around one message's data at most: field tags
+/// and lengths, and the topic name (a 64-character locality and the
+/// longest topic make 86 bytes).
+const GOSSIP_RPC_FRAMING: usize = 512;
+
 /// Gossipsub's target mesh degree (peers each message is pushed to).
 const GOSSIP_MESH: usize = 4;
 
-/// A gossip message's id: 16 bytes of SHA-256 over its author and
-/// sequence number (unique per author; the author's signature covers
-/// both, so a relay cannot forge a collision with another's message).
+/// A gossip message's id: 16 bytes of SHA-256 over its bytes, a
+/// [`wire::SealedGossip`] (unique per author and `seq`, both signed; every
+/// copy of one message has the same bytes). Gossipsub runs unsigned, so
+/// this is what tells one message from another.
 fn short_message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
-    let mut key = m.source.map(|p| p.to_bytes()).unwrap_or_default();
-    key.extend_from_slice(&m.sequence_number.unwrap_or_default().to_be_bytes());
-    let digest = edgeswarm_protocol::Digest::of(&key);
-    gossipsub::MessageId::new(&digest.as_bytes()[..16])
+    gossipsub::MessageId::new(&wire::SealedGossip::message_id(&m.data))
+}
+
+/// The key a node seals its gossip with: its libp2p identity, which must
+/// be ed25519 (the key its `PeerId` inlines).
+pub fn gossip_key(key: &Keypair) -> Result<PublisherKey, SwarmError> {
+    let ed = key
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| SwarmError::Config("gossip needs an ed25519 identity key".into()))?;
+    let secret: [u8; 32] = ed
+        .secret()
+        .as_ref()
+        .try_into()
+        .map_err(|_| SwarmError::Config("an ed25519 secret key is not 32 bytes".into()))?;
+    Ok(PublisherKey::from_secret_bytes(secret))
+}
+
+/// Seals a gossip message (a [`wire::GossipMessage`] encoding) for `topic`
+/// with the author's key (see [`gossip_key`]): the bytes to publish.
+pub fn seal_gossip(
+    key: &PublisherKey,
+    protocols: &Protocols,
+    topic: Topic,
+    seq: u64,
+    body: Vec<u8>,
+) -> Vec<u8> {
+    let name = wire::topic_name(&protocols.locality, topic);
+    wire::SealedGossip::seal(key, &name, seq, body).encode()
+}
+
+/// The `PeerId` of a seal's author.
+pub fn author_peer(author: &edgeswarm_protocol::signing::PublicKey) -> Option<PeerId> {
+    let ed = libp2p::identity::ed25519::PublicKey::try_from_bytes(author.as_bytes()).ok()?;
+    Some(libp2p::identity::PublicKey::from(ed).to_peer_id())
 }
 
 /// Largest Kademlia message accepted or sent (see `build_swarm`).
@@ -202,12 +240,15 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
     let mut kad = kad::Behaviour::with_config(peer_id, store, kcfg);
     kad.set_mode(Some(kad::Mode::Server));
 
-    // Gossipsub: signed, strict, application-validated, bounded messages.
+    // Gossipsub: unsigned (each message is sealed by its author and the
+    // seal checked once per message, not per copy: `wire::SealedGossip`),
+    // application-validated, bounded messages.
     let gcfg = gossipsub::ConfigBuilder::default()
         .protocol_id_prefix(p.gossip_prefix.clone())
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
-        .max_transmit_size(MAX_GOSSIP_BYTES)
+        // A sealed message and its RPC framing (topic name, field tags).
+        .max_transmit_size(MAX_SEALED_BYTES + GOSSIP_RPC_FRAMING)
         .heartbeat_interval(Duration::from_millis(700))
         // A locality is a few dozen peers that all connect to each other.
         // The defaults (mesh 6-12, every publish flooded to every peer)
@@ -230,9 +271,8 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
         .history_gossip(2)
         .build()
         .map_err(|e| SwarmError::Config(e.to_string()))?;
-    let mut gossipsub =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
-            .map_err(|e| SwarmError::Config(e.to_string()))?;
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
+        .map_err(|e| SwarmError::Config(e.to_string()))?;
     let mut params = gossipsub::PeerScoreParams::default();
     for t in Topic::ALL {
         // Quiet topics are normal here: no penalties for few deliveries;
@@ -298,23 +338,39 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Sw
 mod tests {
     use super::*;
 
-    fn message(source: PeerId, seqno: u64, data: &[u8]) -> gossipsub::Message {
+    fn message(data: &[u8]) -> gossipsub::Message {
         gossipsub::Message {
-            source: Some(source),
+            source: None,
             data: data.to_vec(),
-            sequence_number: Some(seqno),
+            sequence_number: None,
             topic: gossipsub::TopicHash::from_raw("t"),
         }
     }
 
     #[test]
     fn message_ids_are_16_bytes_and_tell_author_and_sequence_apart() {
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let id = short_message_id(&message(a, 7, b"x"));
+        let protocols = Protocols::new("lab").unwrap();
+        let (a, b) = (
+            gossip_key(&Keypair::generate_ed25519()).unwrap(),
+            gossip_key(&Keypair::generate_ed25519()).unwrap(),
+        );
+        let sealed =
+            |k: &PublisherKey, seq| seal_gossip(k, &protocols, Topic::Status, seq, b"x".to_vec());
+        let id = short_message_id(&message(&sealed(&a, 7)));
         assert_eq!(id.0.len(), 16);
         // The id names the author's message, whatever relay carried it.
-        assert_eq!(id, short_message_id(&message(a, 7, b"x")));
-        assert_ne!(id, short_message_id(&message(a, 8, b"x")));
-        assert_ne!(id, short_message_id(&message(b, 7, b"x")));
+        assert_eq!(id, short_message_id(&message(&sealed(&a, 7))));
+        assert_ne!(id, short_message_id(&message(&sealed(&a, 8))));
+        assert_ne!(id, short_message_id(&message(&sealed(&b, 7))));
+    }
+
+    #[test]
+    fn a_seal_names_the_peer_whose_identity_signed_it() {
+        let identity = Keypair::generate_ed25519();
+        let key = gossip_key(&identity).unwrap();
+        assert_eq!(
+            author_peer(&key.public()),
+            Some(identity.public().to_peer_id())
+        );
     }
 }

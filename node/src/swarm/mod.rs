@@ -284,7 +284,8 @@ impl SwarmConfig {
 /// subscriber holds the trust policy.
 #[derive(Debug, Clone)]
 pub struct ReceivedGossip {
-    /// The signing author.
+    /// The author whose seal the message carried (`wire::SealedGossip`);
+    /// always `Some` for gossip the swarm delivers.
     pub source: Option<PeerId>,
     /// The message; `message.topic()` is the topic it arrived on.
     pub message: wire::GossipMessage,

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeswarm_protocol::wire::GossipMessage;
+use edgeswarm_protocol::signing::PublisherKey;
+use edgeswarm_protocol::wire::{self, GossipMessage};
 use edgeswarm_protocol::Codec;
 use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
@@ -18,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::behaviour::{build_swarm, Behaviour, BehaviourEvent, NetConfig, Protocols, Topic};
+use super::behaviour::{
+    author_peer, build_swarm, seal_gossip, Behaviour, BehaviourEvent, NetConfig, Protocols, Topic,
+};
 use super::exchange::{Exchange, Fetch, NoStore};
 use super::keys::{load_or_create_identity, read_swarm_key};
 use super::metrics::SwarmMetrics;
@@ -129,6 +132,7 @@ pub(crate) async fn start<S: ChunkStore>(
         idle_timeout: config.idle_timeout,
     };
     let peer_id = key.public().to_peer_id();
+    let seal_key = super::behaviour::gossip_key(&key)?;
     let mut swarm = build_swarm(key, &net)?;
     for addr in &config.listen {
         swarm
@@ -202,6 +206,12 @@ pub(crate) async fn start<S: ChunkStore>(
         shutdown: shutdown.clone(),
         connected,
         bans_saved: bans_tx,
+        seal_key,
+        // From the clock, so a restarted node repeats no message id its
+        // peers still remember (`wire::SealedGossip`).
+        next_seq: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     };
     if !restored.is_empty() {
         info!(peers = restored.len(), "bans restored from the data dir");
@@ -259,6 +269,10 @@ struct SwarmTask {
     shutdown: CancellationToken,
     /// Connected peers, shared with the exchange.
     connected: Arc<std::sync::Mutex<super::ConnectedPeers>>,
+    /// This node's identity key, which seals the gossip it publishes.
+    seal_key: PublisherKey,
+    /// The `seq` of the next sealed message.
+    next_seq: u64,
 }
 
 impl SwarmTask {
@@ -414,13 +428,18 @@ impl SwarmTask {
                     .inc_by(bytes.len() as u64);
                 let r = match decode_gossip(topic, &bytes) {
                     Err(reason) => Err(SwarmError::Publish(reason)),
-                    Ok(_) => self
-                        .swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .publish(self.protocols.topic(topic), bytes)
-                        .map(|_| ())
-                        .map_err(|e| SwarmError::Publish(e.to_string())),
+                    Ok(_) => {
+                        let seq = self.next_seq;
+                        self.next_seq = self.next_seq.wrapping_add(1);
+                        let sealed =
+                            seal_gossip(&self.seal_key, &self.protocols, topic, seq, bytes);
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .publish(self.protocols.topic(topic), sealed)
+                            .map(|_| ())
+                            .map_err(|e| SwarmError::Publish(e.to_string()))
+                    }
                 };
                 let _ = tx.send(r);
             }
@@ -617,16 +636,17 @@ impl SwarmTask {
             .find(|t| self.protocols.topic(*t).hash() == msg.topic);
         let verdict = match topic {
             None => Err("unknown topic".to_string()),
-            Some(t) => decode_gossip(t, &msg.data),
+            Some(t) => open_gossip(&self.protocols, t, &msg.data),
         };
-        if let (Ok(_), Some(author)) = (&verdict, msg.source) {
-            self.heard_from(author);
+        if let Ok((author, _)) = &verdict {
+            self.heard_from(*author);
         }
         let (acceptance, decoded) = match verdict {
-            Ok(message) => match self.limiter.check(msg.source, from, Instant::now()) {
-                super::ratelimit::Verdict::Allowed => {
-                    (gossipsub::MessageAcceptance::Accept, Some(message))
-                }
+            Ok((author, message)) => match self.limiter.check(Some(author), from, Instant::now()) {
+                super::ratelimit::Verdict::Allowed => (
+                    gossipsub::MessageAcceptance::Accept,
+                    Some((author, message)),
+                ),
                 super::ratelimit::Verdict::Limited { peer, first } => {
                     if first {
                         warn!(%peer, relay = %from, "gossip over the per-peer rate limit; dropping until it slows down");
@@ -648,19 +668,37 @@ impl SwarmTask {
             .behaviour_mut()
             .gossipsub
             .report_message_validation_result(&id, &from, acceptance);
-        if let Some(message) = decoded {
+        if let Some((author, message)) = decoded {
             self.metrics.gossip_accepted.inc();
             let _ = self.gossip.send(ReceivedGossip {
-                source: msg.source,
+                source: Some(author),
                 message,
             });
         }
     }
 }
 
-/// Decodes and validates a gossip payload with `protocol::wire`: bounded,
+/// Opens a sealed gossip payload received on `topic`: its seal must verify
+/// (once per message: gossipsub drops copies by id before this), then its
+/// body is decoded and validated with `protocol::wire`: bounded,
 /// canonical, a known message kind on the topic it belongs to. Signatures
-/// are checked by the consumer (it holds the trust policy).
+/// inside the body are checked by the consumer (it holds the trust
+/// policy).
+fn open_gossip(
+    protocols: &Protocols,
+    topic: Topic,
+    data: &[u8],
+) -> Result<(PeerId, GossipMessage), String> {
+    let sealed = wire::SealedGossip::decode(data).map_err(|e| e.to_string())?;
+    sealed
+        .open(&wire::topic_name(&protocols.locality, topic))
+        .map_err(|e| e.to_string())?;
+    let author = author_peer(&sealed.author).ok_or("a seal's author key is not ed25519")?;
+    Ok((author, decode_gossip(topic, &sealed.body)?))
+}
+
+/// Decodes and validates a gossip body with `protocol::wire`: bounded,
+/// canonical, a known message kind on the topic it belongs to.
 fn decode_gossip(topic: Topic, data: &[u8]) -> Result<GossipMessage, String> {
     GossipMessage::decode_on(topic, data).map_err(|e| e.to_string())
 }

@@ -10,7 +10,9 @@ use crate::support::daemon::*;
 use crate::support::{init_tracing, push};
 use edgeswarm_node::daemon::Daemon;
 use edgeswarm_node::registry::testing::{build_image, BuiltImage, ImageSpec, TestRegistry};
-use edgeswarm_node::swarm::behaviour::{build_swarm, NetConfig, Protocols, Topic};
+use edgeswarm_node::swarm::behaviour::{
+    build_swarm, gossip_key, seal_gossip, NetConfig, Protocols, Topic,
+};
 use edgeswarm_node::swarm::keys;
 use edgeswarm_protocol::election::weight;
 use edgeswarm_protocol::wire::{
@@ -74,17 +76,22 @@ fn hostile_member(
         max_connections: 16,
         idle_timeout: Duration::from_secs(60),
     };
+    // It seals its messages with its own identity, as any member does.
+    let seal_key = gossip_key(&key).unwrap();
     let mut swarm = build_swarm(key, &config).unwrap();
     swarm.dial(target).unwrap();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(300));
+        let mut seq = 0u64;
         loop {
             tokio::select! {
                 _ = swarm.select_next_some() => {}
                 _ = tick.tick() => {
                     for (topic, bytes) in messages.borrow().iter() {
+                        seq += 1;
+                        let sealed = seal_gossip(&seal_key, &config.protocols, *topic, seq, bytes.clone());
                         let topic = config.protocols.topic(*topic);
-                        let _ = swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone());
+                        let _ = swarm.behaviour_mut().gossipsub.publish(topic, sealed);
                     }
                 }
             }

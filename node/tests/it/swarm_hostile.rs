@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use crate::support::swarm::*;
 use crate::support::{eventually, init_tracing};
 use edgeswarm_node::store::{Store, StoreEvent};
-use edgeswarm_node::swarm::behaviour::{build_swarm, BehaviourEvent, NetConfig, Protocols, Topic};
+use edgeswarm_node::swarm::behaviour::{
+    build_swarm, gossip_key, seal_gossip, BehaviourEvent, NetConfig, Protocols, Topic,
+};
 use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole};
 use edgeswarm_protocol::{ChunkMap, Digest};
 use futures::StreamExt as _;
@@ -123,9 +125,13 @@ async fn a_gossip_flood_is_rate_limited_and_the_node_stays_responsive() {
     let b = start(&d, c).await;
     let mut inbox = a.client.subscribe_gossip();
 
-    // The flooder: valid, signed status messages as fast as gossipsub
+    // The flooder: valid, sealed status messages as fast as gossipsub
     // takes them, once `a` subscribes.
-    let (flooder, mut swarm) = hostile();
+    let key = Keypair::generate_ed25519();
+    let flooder = key.public().to_peer_id();
+    let seal_key = gossip_key(&key).unwrap();
+    let mut swarm = build_swarm(key, &hostile_config()).unwrap();
+    let protocols = hostile_config().protocols;
     swarm.dial(a.addr.clone()).unwrap();
     let topic = hostile_config().protocols.topic(Topic::Status);
     const FLOOD: u64 = 3000;
@@ -138,7 +144,10 @@ async fn a_gossip_flood_is_rate_limited_and_the_node_stays_responsive() {
                     if swarm
                         .behaviour_mut()
                         .gossipsub
-                        .publish(topic.clone(), status(sent))
+                        .publish(
+                            topic.clone(),
+                            seal_gossip(&seal_key, &protocols, Topic::Status, sent, status(sent)),
+                        )
                         .is_ok()
                     {
                         sent += 1;

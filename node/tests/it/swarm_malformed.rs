@@ -21,33 +21,78 @@ fn attacker_config() -> NetConfig {
     }
 }
 
+/// What an attacker publishes on gossip.
+#[derive(Clone, Copy, PartialEq)]
+enum Gossip {
+    /// Nothing.
+    Quiet,
+    /// Bytes that are no sealed message at all.
+    Garbage,
+    /// Well-formed status reports whose seals do not verify: one claims
+    /// another author, one was sealed for another locality's topic.
+    ForgedSeals,
+}
+
 /// Starts a bare attacker peer speaking our protocols, connected to
-/// `target`. With `gossip_garbage`, it publishes invalid messages once the
-/// target subscribes to the availability topic.
+/// `target`, publishing `gossip` once the target subscribes to the
+/// availability topic.
 fn attacker(
     target: Multiaddr,
-    gossip_garbage: bool,
+    gossip: Gossip,
 ) -> (PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>) {
+    use edgeswarm_node::swarm::behaviour::{gossip_key, seal_gossip};
+    use edgeswarm_protocol::wire::{GossipMessage, NodeStatus, PeerRole, SealedGossip};
     let key = Keypair::generate_ed25519();
     let id = key.public().to_peer_id();
+    let seal_key = gossip_key(&key).unwrap();
+    let victim = gossip_key(&Keypair::generate_ed25519()).unwrap().public();
     let mut swarm = build_swarm(key, &attacker_config()).unwrap();
     let control = swarm.behaviour().stream.new_control();
     swarm.dial(target).unwrap();
-    let topic = attacker_config().protocols.topic(Topic::Availability);
+    let protocols = attacker_config().protocols;
+    let elsewhere = Protocols::new("elsewhere").unwrap();
+    let availability = protocols.topic(Topic::Availability);
+    let status = protocols.topic(Topic::Status);
     let handle = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(300));
         let mut ready = false;
+        let mut seq = 0u64;
         loop {
             tokio::select! {
                 ev = swarm.select_next_some() => {
                     if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic: t, .. })) = ev {
-                        if t == topic.hash() { ready = true; }
+                        if t == availability.hash() { ready = true; }
                     }
                 }
                 _ = tick.tick() => {
-                    if gossip_garbage && ready {
-                        let junk = format!("not cbor {}", rand::random::<u64>()).into_bytes();
-                        let _ = swarm.behaviour_mut().gossipsub.publish(topic.clone(), junk);
+                    if !ready {
+                        continue;
+                    }
+                    seq += 1;
+                    match gossip {
+                        Gossip::Quiet => {}
+                        Gossip::Garbage => {
+                            let junk = format!("not cbor {}", rand::random::<u64>()).into_bytes();
+                            let _ = swarm.behaviour_mut().gossipsub.publish(availability.clone(), junk);
+                        }
+                        Gossip::ForgedSeals => {
+                            let body = GossipMessage::Status(NodeStatus {
+                                role: PeerRole::Node,
+                                gateway_capable: true,
+                                timestamp_ms: seq,
+                                releases: Vec::new(),
+                                desired: None,
+                            })
+                            .encode();
+                            let sealed = seal_gossip(&seal_key, &protocols, Topic::Status, seq, body.clone());
+                            let mut impostor = SealedGossip::decode(&sealed).unwrap();
+                            impostor.author = victim;
+                            let _ = swarm.behaviour_mut().gossipsub.publish(status.clone(), impostor.encode());
+                            // Sealed for another locality's status topic,
+                            // replayed here.
+                            let replayed = seal_gossip(&seal_key, &elsewhere, Topic::Status, seq, body);
+                            let _ = swarm.behaviour_mut().gossipsub.publish(status.clone(), replayed);
+                        }
                     }
                 }
             }
@@ -60,7 +105,7 @@ fn attacker(
 async fn connected_attacker(
     s: &TestNode,
 ) -> (PeerId, libp2p_stream::Control, tokio::task::JoinHandle<()>) {
-    let (id, control, task) = attacker(s.addr.clone(), false);
+    let (id, control, task) = attacker(s.addr.clone(), Gossip::Quiet);
     eventually(
         &format!("attacker {id} connected"),
         Duration::from_secs(20),
@@ -155,6 +200,15 @@ async fn malformed_stream_frames_get_the_sender_banned_and_the_node_keeps_servin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
+    invalid_gossip_is_rejected_and_lowers_the_sender_score_with(Gossip::Garbage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_whose_seal_does_not_verify_is_rejected_and_lowers_the_sender_score() {
+    invalid_gossip_is_rejected_and_lowers_the_sender_score_with(Gossip::ForgedSeals).await;
+}
+
+async fn invalid_gossip_is_rejected_and_lowers_the_sender_score_with(gossip: Gossip) {
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("a");
@@ -162,7 +216,7 @@ async fn invalid_gossip_is_rejected_and_lowers_the_sender_score() {
     let d = tmp.path().join("b");
     let b = start(&d, config(&d, "lab", std::slice::from_ref(&a.addr))).await;
     let mut inbox = a.client.subscribe_gossip();
-    let (bad_id, _control, task) = attacker(a.addr.clone(), true);
+    let (bad_id, _control, task) = attacker(a.addr.clone(), gossip);
 
     eventually(
         "garbage gossip rejected (twice)",

@@ -14,6 +14,8 @@
 //! - `gossip`: [`GossipMessage`] and its bodies (availability, status, the
 //!   gateway's signed chunk digests and resolutions), and the topic each
 //!   kind travels on ([`GossipMessage::topic`]).
+//! - `sealed`: [`SealedGossip`], the author's signature every gossip
+//!   message travels in (checked once per message, not per copy).
 //! - `names`: the [`Locality`] rule and every name derived from it: the
 //!   libp2p protocol names ([`stream_protocol`] and others) and the gossip
 //!   [`Topic`]s.
@@ -244,8 +246,10 @@ impl<'de> Deserialize<'de> for DigestList {
 
 mod gossip;
 mod names;
+mod sealed;
 mod stream;
 
 pub use gossip::*;
 pub use names::*;
+pub use sealed::*;
 pub use stream::*;

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | Kademlia | `/edgeswarm/L/kad/1.0.0` ([`kad_protocol`]) |
 //! | identify | `/edgeswarm/L/id/1.0.0` ([`identify_protocol`]) |
-//! | gossipsub protocol prefix | `/edgeswarm/L/meshsub` ([`gossip_protocol_prefix`]) |
+//! | gossipsub protocol prefix | `/edgeswarm/L/meshsub-sealed` ([`gossip_protocol_prefix`]) |
 //! | chunk exchange streams | `/edgeswarm/L/chunks/1.0.0` ([`stream_protocol`]) |
 //! | gossip topics | `edgeswarm/L/releases`, `edgeswarm/L/availability`, `edgeswarm/L/status` ([`topic_name`]) |
 //!
@@ -66,9 +66,12 @@ pub fn identify_protocol(locality: &Locality) -> String {
     format!("/edgeswarm/{locality}/id/1.0.0")
 }
 
-/// The gossipsub protocol id prefix of `locality`.
+/// The gossipsub protocol id prefix of `locality`. `-sealed`: its
+/// messages are [`SealedGossip`]s, published unsigned; peers that publish
+/// gossipsub-signed messages (the former `/meshsub`) speak another
+/// protocol, so the two never mix in one mesh.
 pub fn gossip_protocol_prefix(locality: &Locality) -> String {
-    format!("/edgeswarm/{locality}/meshsub")
+    format!("/edgeswarm/{locality}/meshsub-sealed")
 }
 
 /// The libp2p stream protocol name of chunk exchange in `locality` (the

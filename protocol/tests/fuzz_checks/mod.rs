@@ -13,10 +13,30 @@
 use edgeswarm_protocol::release::{Platform, SignedRelease, SignedRemoval, MAX_REMOVAL_BYTES};
 use edgeswarm_protocol::signing::{PublicKey, PublisherKey};
 use edgeswarm_protocol::wire::{
-    check_relay_piece, decode_frame_len, FrameDecoder, GossipMessage, Locality, StreamMessage,
-    Topic, WireError, FRAME_PREFIX_BYTES, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES,
+    check_relay_piece, decode_frame_len, topic_name, FrameDecoder, GossipMessage, Locality,
+    SealedGossip, StreamMessage, Topic, WireError, FRAME_PREFIX_BYTES, MAX_GOSSIP_BYTES,
+    MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES,
 };
 use edgeswarm_protocol::{encoding, Bitfield, ChunkMap};
+
+/// Sealed gossip: errors, never panics; what decodes is canonical with a
+/// bounded body; opening a seal on any topic returns, and the body goes
+/// through the gossip message checks.
+pub(crate) fn sealed_gossip(data: &[u8]) {
+    let Ok(sealed) = SealedGossip::decode(data) else {
+        return;
+    };
+    assert_eq!(sealed.encode(), data, "decoded input must be canonical");
+    assert!(sealed.body.len() <= MAX_GOSSIP_BYTES);
+    let locality = Locality::new("lab").expect("valid locality");
+    let opened: Vec<bool> = Topic::ALL
+        .into_iter()
+        .map(|t| sealed.open(&topic_name(&locality, t)).is_ok())
+        .collect();
+    // A seal covers one topic: it cannot open on two.
+    assert!(opened.iter().filter(|o| **o).count() <= 1);
+    gossip_message(&sealed.body);
+}
 
 /// Chunk maps and bitfields.
 pub(crate) fn chunk_map(data: &[u8]) {
