@@ -84,10 +84,11 @@ pub struct SwarmMetrics {
     pub stream_bytes_received: Counter,
     /// Every byte written to chunk streams.
     pub stream_bytes_sent: Counter,
-    /// Bytes of gossip messages delivered to this node (each message once:
-    /// gossipsub's duplicates and control traffic are not seen here).
+    /// Bytes of gossip messages delivered to this node, seals included
+    /// (each message once: gossipsub's duplicates and control traffic are
+    /// not seen here).
     pub gossip_bytes_received: Counter,
-    /// Bytes of gossip messages this node published.
+    /// Bytes of gossip messages this node published, seals included.
     pub gossip_bytes_published: Counter,
     /// Distinct peers this node has received verified chunks from.
     sources: Arc<Mutex<HashSet<PeerId>>>,

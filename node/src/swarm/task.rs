@@ -423,9 +423,6 @@ impl SwarmTask {
                 }
             }
             Command::Publish(topic, bytes, tx) => {
-                self.metrics
-                    .gossip_bytes_published
-                    .inc_by(bytes.len() as u64);
                 let r = match decode_gossip(topic, &bytes) {
                     Err(reason) => Err(SwarmError::Publish(reason)),
                     Ok(_) => {
@@ -433,6 +430,9 @@ impl SwarmTask {
                         self.next_seq = self.next_seq.wrapping_add(1);
                         let sealed =
                             seal_gossip(&self.seal_key, &self.protocols, topic, seq, bytes);
+                        self.metrics
+                            .gossip_bytes_published
+                            .inc_by(sealed.len() as u64);
                         self.swarm
                             .behaviour_mut()
                             .gossipsub
