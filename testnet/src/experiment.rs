@@ -248,8 +248,8 @@ impl RunResult {
     /// bytes_uploaded, stream_bytes_received, stream_bytes_sent,
     /// gossip_bytes_received, gossip_bytes_published, rejected_requests,
     /// chunks_relayed, relays_aborted, relay_bytes_aborted, stalls,
-    /// cancelled_answers_cut, cancelled_bytes_read; empty where not
-    /// measured).
+    /// cancelled_answers_cut, cancelled_bytes_read,
+    /// relays_completed_from_store; empty where not measured).
     pub fn write_nodes_csv(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("nodes-{}-{}.csv", self.method.name(), self.nodes));
         let mut s = String::from(
@@ -258,7 +258,8 @@ impl RunResult {
              release_peer_bytes,bytes_downloaded,duplicate_chunks,bytes_uploaded,\
              stream_bytes_received,stream_bytes_sent,gossip_bytes_received,\
              gossip_bytes_published,rejected_requests,chunks_relayed,relays_aborted,\
-             relay_bytes_aborted,stalls,cancelled_answers_cut,cancelled_bytes_read\n",
+             relay_bytes_aborted,stalls,cancelled_answers_cut,cancelled_bytes_read,\
+             relays_completed_from_store\n",
         );
         let f3 = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or_default();
         for n in &self.per_node {
@@ -269,7 +270,7 @@ impl RunResult {
                     .unwrap_or_default()
             };
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 n.node,
                 f3(n.seconds),
                 n.bytes_from_cloud,
@@ -295,6 +296,7 @@ impl RunResult {
                 m(|m| m.stalls),
                 m(|m| m.cancelled_answers_cut),
                 m(|m| m.cancelled_bytes_read),
+                m(|m| m.relays_completed_from_store),
             ));
         }
         std::fs::write(&path, s)

@@ -268,6 +268,9 @@ pub struct NodeMetrics {
     /// `edgeswarm_cancelled_bytes_read_total`: payload bytes of answers this
     /// node had cancelled, read and thrown away.
     pub cancelled_bytes_read: f64,
+    /// `edgeswarm_relays_completed_from_store_total`: relays whose own copy
+    /// ended early, completed from the store instead of aborted.
+    pub relays_completed_from_store: f64,
 }
 
 impl NodeMetrics {
@@ -301,6 +304,7 @@ impl NodeMetrics {
             stalls: get("edgeswarm_stalls_total"),
             cancelled_answers_cut: get("edgeswarm_cancelled_answers_cut_total"),
             cancelled_bytes_read: get("edgeswarm_cancelled_bytes_read_total"),
+            relays_completed_from_store: get("edgeswarm_relays_completed_from_store_total"),
         }
     }
 }

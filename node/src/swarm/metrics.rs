@@ -36,6 +36,9 @@ pub struct SwarmMetrics {
     pub cancelled_bytes_read: Counter,
     /// Relays this node gave up because their chunk stopped arriving.
     pub relays_given_up: Counter,
+    /// Relays whose own copy ended early that this node completed from
+    /// the verified chunk in its store instead of aborting.
+    pub relays_completed_from_store: Counter,
     /// Download sessions whose stream the peer dropped unread (its inbound
     /// queue was full); each is opened again shortly.
     pub streams_dropped: Counter,
@@ -251,6 +254,12 @@ impl SwarmMetrics {
             "cancelled_bytes_read",
             "Payload bytes of answers this node had cancelled, read and thrown away",
             &self.cancelled_bytes_read,
+        );
+        c(
+            registry,
+            "relays_completed_from_store",
+            "Relays whose copy ended early, completed from the verified chunk in the store",
+            &self.relays_completed_from_store,
         );
         c(
             registry,

@@ -293,3 +293,269 @@ async fn a_peer_whose_relays_always_abort_is_ignored_not_followed() {
     victim.stop().await;
     s.stop().await;
 }
+
+/// A bare libp2p peer speaking our protocols, listening on loopback and
+/// dialing `dial` if given; its swarm is driven in the background. Returns
+/// its id, address, stream control and the driver task.
+async fn bare_peer(
+    dial: Option<libp2p::Multiaddr>,
+) -> (
+    libp2p::PeerId,
+    libp2p::Multiaddr,
+    libp2p_stream::Control,
+    tokio::task::JoinHandle<()>,
+) {
+    use edgeswarm_node::swarm::behaviour::{build_swarm, NetConfig, Protocols};
+    use futures::StreamExt as _;
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let id = key.public().to_peer_id();
+    let net = NetConfig {
+        protocols: Protocols::new("lab").unwrap(),
+        swarm_key: None,
+        mdns: false,
+        max_connections: 16,
+        idle_timeout: Duration::from_secs(60),
+    };
+    let mut swarm = build_swarm(key, &net).unwrap();
+    let control = swarm.behaviour().stream.new_control();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+            swarm.select_next_some().await
+        {
+            break address;
+        }
+    };
+    if let Some(target) = dial {
+        swarm.dial(target).unwrap();
+    }
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (id, addr, control, driver)
+}
+
+/// A relay's own copy ends early because its download completed from
+/// another source (the session still reading the first copy is closed):
+/// it completes what it relays from the verified chunk in its store, so
+/// its requester gets the whole chunk instead of an abort near its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_copy_is_closed_by_a_completed_download_finishes_from_the_store() {
+    relay_closed_by_a_completed_download(false).await;
+}
+
+/// As above, but the bytes already relayed came from a lying source: they
+/// do not match the verified chunk, so the relay aborts rather than
+/// complete a chunk that would not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_closed_copy_differs_from_the_stored_chunk_aborts() {
+    relay_closed_by_a_completed_download(true).await;
+}
+
+async fn relay_closed_by_a_completed_download(lying_source: bool) {
+    use edgeswarm_protocol::wire::{
+        encode_frame, BitfieldMsg, ChunkRequest, ChunkResponse, ChunkStatus, FrameDecoder, Hello,
+        StreamMessage, HELLO_VERSION,
+    };
+    use edgeswarm_protocol::Bitfield;
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    // One chunk of 256 KiB.
+    let (data, digest, map) = blob(256 << 10, 14, 256 << 10);
+    assert_eq!(map.chunk_count(), 1);
+    let len = data.len();
+
+    // The slow source: serves the right bytes, half at once, then 1 KiB
+    // every 100 ms (the relay stays alive; its requester waits).
+    let (_, slow_addr, mut slow_control, slow_driver) = bare_peer(None).await;
+    let mut incoming = slow_control
+        .accept(
+            edgeswarm_node::swarm::behaviour::Protocols::new("lab")
+                .unwrap()
+                .chunks,
+        )
+        .unwrap();
+    let mut slow_data = data.clone();
+    if lying_source {
+        slow_data[10] ^= 0xFF;
+    }
+    let slow = tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let data = slow_data.clone();
+            tokio::spawn(async move {
+                let mut out = encode_frame(&StreamMessage::Hello(Hello {
+                    protocol_version: HELLO_VERSION,
+                    blobs: vec![digest],
+                }));
+                out.extend(encode_frame(&StreamMessage::Bitfield(BitfieldMsg {
+                    blob: digest,
+                    bitfield: Bitfield::full(1),
+                })));
+                if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                    return;
+                }
+                loop {
+                    let mut prefix = [0u8; 4];
+                    if stream.read_exact(&mut prefix).await.is_err() {
+                        return;
+                    }
+                    let mut header = vec![0u8; u32::from_be_bytes(prefix) as usize];
+                    if stream.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let Ok(StreamMessage::ChunkRequest(q)) = StreamMessage::decode(&header) else {
+                        continue;
+                    };
+                    let mut out = encode_frame(&StreamMessage::ChunkResponse(ChunkResponse {
+                        request_id: q.request_id,
+                        status: ChunkStatus::Relay { len: len as u64 },
+                    }));
+                    let half = len / 2;
+                    out.extend((half as u32).to_be_bytes());
+                    out.extend_from_slice(&data[..half]);
+                    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                    // Never quite finishes: 1 KiB per 100 ms, stopping
+                    // short of the last byte.
+                    let mut at = half;
+                    while at + 1024 < len {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let mut piece = (1024u32).to_be_bytes().to_vec();
+                        piece.extend_from_slice(&data[at..at + 1024]);
+                        if stream.write_all(&piece).await.is_err() || stream.flush().await.is_err()
+                        {
+                            return;
+                        }
+                        at += 1024;
+                    }
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
+    });
+
+    // The relay fetches the chunk from the slow source alone, for now.
+    let relay_dir = tmp.path().join("relay");
+    let relay = start(&relay_dir, config(&relay_dir, "lab", &[slow_addr])).await;
+    meets(&relay, 1).await;
+    let fetch = {
+        let client = relay.client.clone();
+        let map = map.clone();
+        tokio::spawn(async move { client.fetch_blob(digest, Some(map)).await })
+    };
+
+    // A requester asks the relay for the chunk once the relay says it is
+    // receiving it.
+    let (_, _, mut requester, requester_driver) = bare_peer(Some(relay.addr.clone())).await;
+    let relay_id = relay.client.local_peer_id();
+    let chunks = edgeswarm_node::swarm::behaviour::Protocols::new("lab")
+        .unwrap()
+        .chunks;
+    let mut stream = loop {
+        match requester.open_stream(relay_id, chunks.clone()).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let hello = encode_frame(&StreamMessage::Hello(Hello {
+        protocol_version: HELLO_VERSION,
+        blobs: vec![digest],
+    }));
+    stream.write_all(&hello).await.unwrap();
+    stream.flush().await.unwrap();
+    'relaying: loop {
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            if let StreamMessage::Relaying(r) = frame.message {
+                if r.indices.contains(&0) {
+                    break 'relaying;
+                }
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the relay never said it receives the chunk")
+            .unwrap();
+        assert!(n > 0, "the relay closed the stream");
+        decoder.push(&buf[..n]);
+    }
+    let request = encode_frame(&StreamMessage::ChunkRequest(ChunkRequest {
+        request_id: 1,
+        blob: digest,
+        index: 0,
+    }));
+    stream.write_all(&request).await.unwrap();
+    stream.flush().await.unwrap();
+    // Wait until the relay passes on at least a quarter of the chunk.
+    let mut received = 0usize;
+    while received < len / 4 {
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the relay never began its answer")
+            .unwrap();
+        assert!(n > 0, "the relay closed the stream");
+        decoder.push(&buf[..n]);
+        received += n;
+    }
+
+    // An honest seed appears: the relay's download completes from it and
+    // closes the session still reading the slow copy.
+    let seed_dir = tmp.path().join("seed");
+    let s = start(
+        &seed_dir,
+        config(&seed_dir, "lab", std::slice::from_ref(&relay.addr)),
+    )
+    .await;
+    seed(&s, &data, digest, &map).await;
+    tokio::time::timeout(Duration::from_secs(60), fetch)
+        .await
+        .expect("the relay's download never completed")
+        .unwrap()
+        .unwrap();
+    assert!(holds(&relay.store, &digest, &data));
+
+    // The requester gets the whole, right chunk, not an abort.
+    let frame = loop {
+        if let Some(frame) = decoder.next_frame().unwrap() {
+            if matches!(frame.message, StreamMessage::ChunkResponse(_)) {
+                break frame;
+            }
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the relayed answer neither ended nor aborted")
+            .unwrap();
+        assert!(n > 0, "the relay closed the stream");
+        decoder.push(&buf[..n]);
+    };
+    if lying_source {
+        assert!(
+            frame.relay_aborted,
+            "a relay completed bytes it did not verify"
+        );
+        assert_eq!(relay.client.metrics().relays_completed_from_store.get(), 0);
+    } else {
+        assert!(
+            !frame.relay_aborted,
+            "the relay aborted instead of finishing from its store"
+        );
+        assert_eq!(frame.payload, data);
+        assert!(relay.client.metrics().relays_completed_from_store.get() >= 1);
+    }
+
+    drop(stream);
+    slow.abort();
+    slow_driver.abort();
+    requester_driver.abort();
+    relay.stop().await;
+    s.stop().await;
+}

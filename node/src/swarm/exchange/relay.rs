@@ -107,6 +107,28 @@ impl Relay {
         (out, st.outcome)
     }
 
+    /// Whether the first `prefix.len()` bytes copied here are `prefix`:
+    /// after a failure, the bytes a requester already has can be
+    /// completed from another (verified) copy only if they match it.
+    pub(super) fn copied_prefix_is(&self, prefix: &[u8]) -> bool {
+        let st = lock(&self.state);
+        if st.copied < prefix.len() {
+            return false;
+        }
+        let mut at = 0usize;
+        for piece in &st.pieces {
+            if at >= prefix.len() {
+                break;
+            }
+            let n = piece.len().min(prefix.len() - at);
+            if piece[..n] != prefix[at..at + n] {
+                return false;
+            }
+            at += n;
+        }
+        at == prefix.len()
+    }
+
     /// Whether the rest of the chunk from `offset` must come from the
     /// store: it verified, but it was wanted only after the session had
     /// read it all (a small chunk, a late requester), so no more bytes
@@ -306,6 +328,11 @@ mod tests {
         w.progress(b"ab");
         drop(w);
         assert_eq!(r.sendable(0), (Vec::new(), Outcome::Failed));
+        // What was copied is kept, to be matched against another copy.
+        assert!(r.copied_prefix_is(b"ab"));
+        assert!(r.copied_prefix_is(b"a"));
+        assert!(!r.copied_prefix_is(b"ax"));
+        assert!(!r.copied_prefix_is(b"abc"), "more than was copied");
         assert!(relays.in_flight(&blob()).is_empty());
         assert!(
             relays.begin(blob(), 0, 4).is_some(),
