@@ -490,12 +490,13 @@ async fn serve_relay<S: ChunkStore, W: AsyncWrite + Unpin>(
         let (mut pieces, outcome) = relay.sendable(sent);
         let requester_cancelled = lock(cancelled).contains(&request_id);
         if outcome == RelayOutcome::Failed && !requester_cancelled {
-            // Our copy ended early. When our download completes from
-            // another copy it closes the session still reading this one:
-            // relays cut that way near their end cost requesters 400-500
-            // KB each in 3 of 7 rounds at 20/10 Mbit/s, N = 10. The rest
-            // can come from the store if we hold the chunk verified and
-            // the requester's bytes so far are its bytes.
+            // Our copy ended early, for example because our download
+            // completed from another copy and closed the session still
+            // reading this one (relays aborted 400-500 KB into a 512 KiB
+            // chunk in 3 of 7 rounds at 20/10 Mbit/s, N = 10; that this
+            // was their cause is not measured). The rest can come from
+            // the store if we hold the chunk verified and the requester's
+            // bytes so far are its bytes.
             match rest_from_store(inner, &relay, (blob, index), sent).await {
                 Some(rest) => {
                     inner.metrics.relays_completed_from_store.inc();
@@ -596,9 +597,8 @@ async fn respond<W: AsyncWrite + Unpin>(
 /// pieces (`abortable` is its stream's cancelled requests) the chunk goes
 /// as a `Relay` answer in pieces, and its `Cancel` stops it at the next
 /// piece: an endgame duplicate whose answer had begun was otherwise sent
-/// whole, up to a chunk (1 MiB, 2 % of a 48.7 MB image) per duplicate on
-/// a requester's link (20/10 Mbit/s, N = 10: 0-3 per round, the rounds at
-/// 1.049-1.053x the bytes needed).
+/// whole, a chunk per duplicate on a requester's link (20/10 Mbit/s,
+/// N = 10: 0-3 per round, the rounds at 1.048-1.053x the bytes needed).
 #[allow(clippy::too_many_arguments)]
 async fn serve_chunk<S: ChunkStore, W: AsyncWrite + Unpin>(
     inner: &Inner<S>,
