@@ -409,16 +409,8 @@ pub(crate) fn peer_public_key(peer: &PeerId) -> Option<PublicKey> {
 /// The node's libp2p identity as a signing key: resolutions it signs verify
 /// against the public key inlined in its peer id.
 fn publisher_key(keypair: &libp2p::identity::Keypair) -> Result<PublisherKey, DaemonError> {
-    let ed = keypair
-        .clone()
-        .try_into_ed25519()
-        .map_err(|_| DaemonError::Identity("not an ed25519 key".into()))?;
-    let secret: [u8; 32] = ed
-        .secret()
-        .as_ref()
-        .try_into()
-        .map_err(|_| DaemonError::Identity("ed25519 secret is not 32 bytes".into()))?;
-    Ok(PublisherKey::from_secret_bytes(secret))
+    // The same key that seals this node's gossip.
+    crate::swarm::behaviour::gossip_key(keypair).map_err(|e| DaemonError::Identity(e.to_string()))
 }
 
 /// Seconds since the unix epoch.
