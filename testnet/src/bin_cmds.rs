@@ -200,6 +200,8 @@ pub(crate) struct Shaping {
     pub queue_ms: u32,
     /// Shaper bucket (`None`: 10 ms at the rate).
     pub burst: Option<edgeswarm_testnet::ByteSize>,
+    /// TCP congestion control of every namespace (`None`: the host's).
+    pub congestion_control: Option<edgeswarm_testnet::topology::CongestionControl>,
 }
 
 /// A topology plus a registry whose storage persists across topologies.
@@ -221,6 +223,7 @@ pub(crate) fn locality(
     spec.node_rate = shaping.node_rate;
     spec.queue_ms = shaping.queue_ms;
     spec.burst = shaping.burst;
+    spec.congestion_control = shaping.congestion_control;
     let topo = Topology::up(&spec).with_context(|| format!("creating testnet {name:?}"))?;
     let mut reg = Registry::start(
         &topo,
@@ -266,11 +269,19 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         node_rate: a.node_rate.to_string(),
         import: a.import.clone(),
         shaping: format!(
-            "queue {} ms, burst {}",
+            "queue {} ms, burst {}; TCP congestion control {}",
             a.queue_ms,
             a.burst.map_or_else(
                 || "10 ms at the link's rate".to_string(),
                 |b| format!("{b} ({} bytes)", b.get())
+            ),
+            a.congestion_control.map_or_else(
+                || format!(
+                    "{} (the host's default)",
+                    edgeswarm_testnet::topology::host_congestion_control()
+                        .unwrap_or_else(|| "unknown".into())
+                ),
+                |c| c.name().to_string()
             )
         ),
         layout: a.layout.name().to_string(),
@@ -298,6 +309,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 node_rate: a.node_rate,
                 queue_ms: a.queue_ms,
                 burst: a.burst,
+                congestion_control: a.congestion_control,
             },
             &registry_root,
             &registry_work,
@@ -475,6 +487,7 @@ pub(crate) fn demo_cmd(a: DemoArgs) -> Result<()> {
             node_rate: a.node_rate,
             queue_ms: edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
             burst: None,
+            congestion_control: None,
         },
         &work.join("registry/storage"),
         &work.join("registry"),
@@ -635,6 +648,7 @@ pub(crate) fn faults_cmd(a: FaultsArgs) -> Result<std::process::ExitCode> {
             node_rate: a.node_rate,
             queue_ms: edgeswarm_testnet::topology::DEFAULT_QUEUE_MS,
             burst: None,
+            congestion_control: None,
         },
         &registry_root,
         &registry_work,

@@ -260,6 +260,7 @@ pub(crate) fn budget_cmd(a: BudgetArgs) -> Result<()> {
         node_rate: a.node_rate,
         queue_ms: a.queue_ms,
         burst: None,
+        congestion_control: None,
     };
     eprintln!(
         "== device budget: {:.2} cores ({} of {} us), {} MiB, cgroup {}; {} runs",

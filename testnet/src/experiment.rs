@@ -45,7 +45,7 @@ use serde::Serialize;
 
 use crate::counters::{Sampler, Series};
 use crate::error::{Result, TestnetError};
-use crate::measure::{self, LinkBytes, NodeMetrics};
+use crate::measure::{self, LinkBytes, NodeMetrics, TcpSegments};
 use crate::process::{NetnsProcess, SpawnSpec};
 use crate::rate::Rate;
 use crate::topology::Topology;
@@ -153,6 +153,9 @@ pub struct NodeResult {
     /// How long before the watcher saw the node done it had last seen it
     /// not done, in seconds: the uncertainty of `seconds` (edgeswarm only).
     pub done_gap: Option<f64>,
+    /// TCP segments the node's namespace sent, and sent again, during the
+    /// run (`None` if unreadable).
+    pub tcp: Option<TcpSegments>,
 }
 
 /// One method at one N.
@@ -249,7 +252,9 @@ impl RunResult {
     /// gossip_bytes_received, gossip_bytes_published, rejected_requests,
     /// chunks_relayed, relays_aborted, relay_bytes_aborted, stalls,
     /// cancelled_answers_cut, cancelled_bytes_read,
-    /// relays_completed_from_store; empty where not measured).
+    /// relays_completed_from_store, then the namespace's TCP segments:
+    /// tcp_segments_sent, tcp_segments_retransmitted; empty where not
+    /// measured).
     pub fn write_nodes_csv(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("nodes-{}-{}.csv", self.method.name(), self.nodes));
         let mut s = String::from(
@@ -259,7 +264,7 @@ impl RunResult {
              stream_bytes_received,stream_bytes_sent,gossip_bytes_received,\
              gossip_bytes_published,rejected_requests,chunks_relayed,relays_aborted,\
              relay_bytes_aborted,stalls,cancelled_answers_cut,cancelled_bytes_read,\
-             relays_completed_from_store\n",
+             relays_completed_from_store,tcp_segments_sent,tcp_segments_retransmitted\n",
         );
         let f3 = |x: Option<f64>| x.map(|x| format!("{x:.3}")).unwrap_or_default();
         for n in &self.per_node {
@@ -270,7 +275,7 @@ impl RunResult {
                     .unwrap_or_default()
             };
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 n.node,
                 f3(n.seconds),
                 n.bytes_from_cloud,
@@ -297,6 +302,10 @@ impl RunResult {
                 m(|m| m.cancelled_answers_cut),
                 m(|m| m.cancelled_bytes_read),
                 m(|m| m.relays_completed_from_store),
+                n.tcp.map(|t| t.sent.to_string()).unwrap_or_default(),
+                n.tcp
+                    .map(|t| t.retransmitted.to_string())
+                    .unwrap_or_default(),
             ));
         }
         std::fs::write(&path, s)
@@ -345,6 +354,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
     let sampler = start_sampler(topo, spec, spec.work.join(format!("links-naive-{n}.csv")))?;
     let ports0 = measure::read_bridge_ports(&loc)?;
     let registry_cpu0 = spec.registry_pid.and_then(measure::proc_cpu_seconds);
+    let tcp0 = measure::read_tcp_segments_all(topo, &loc);
     let cpu0 = CpuTimes::now();
     let start = Instant::now();
     let dest_of = |index: usize| spec.work.join(format!("naive-data/n{index}"));
@@ -426,6 +436,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
     let cpu_seconds = cpu_ended;
     let cpu = cpu0.until(CpuTimes::now());
     let ports1 = measure::read_bridge_ports(&loc)?;
+    let tcp = measure::tcp_segments_since(&tcp0, &measure::read_tcp_segments_all(topo, &loc));
     let registry_cpu_seconds = registry_cpu(spec, registry_cpu0);
     let series = sampler.stop()?;
     let cloud = series.delta("cloud0").unwrap_or_default();
@@ -454,6 +465,7 @@ pub fn run_naive(topo: &Topology, spec: &RunSpec) -> Result<RunResult> {
                 cpu_seconds: cpu_seconds[i],
                 metrics: None,
                 done_gap: None,
+                tcp: tcp[i],
             }
         })
         .collect();
@@ -931,6 +943,7 @@ pub fn run_edgeswarm(
         .collect();
     let registry_cpu0 = spec.registry_pid.and_then(measure::proc_cpu_seconds);
     let watcher_cpu0 = measure::proc_cpu_seconds(watcher.0.id());
+    let tcp0 = measure::read_tcp_segments_all(topo, &loc0);
     let cpu0 = CpuTimes::now();
     // The node writes its API token at start; deploy, like any change,
     // must present it.
@@ -997,6 +1010,7 @@ pub fn run_edgeswarm(
     }
     let cpu = cpu0.until(CpuTimes::now());
     let ports1 = measure::read_bridge_ports(&loc0)?;
+    let tcp = measure::tcp_segments_since(&tcp0, &measure::read_tcp_segments_all(topo, &loc0));
     let node_cpu: Vec<Option<f64>> = loc
         .procs
         .iter()
@@ -1035,6 +1049,7 @@ pub fn run_edgeswarm(
                 cpu_seconds: node_cpu[i],
                 metrics: metrics[i],
                 done_gap: done_gap[i],
+                tcp: tcp[i],
             }
         })
         .collect();

@@ -238,6 +238,10 @@ struct ExperimentArgs {
     /// the link's rate: 125000 bytes at 100mbit, 250000 at 200mbit].
     #[arg(long)]
     burst: Option<edgeswarm_testnet::ByteSize>,
+    /// TCP congestion control of every namespace (cubic, reno, bbr)
+    /// [default: the host's, which new namespaces inherit].
+    #[arg(long, value_enum)]
+    congestion_control: Option<edgeswarm_testnet::topology::CongestionControl>,
     /// How the test image's bytes spread over layers: `base` (the bulk in
     /// one host-library layer, ~98 % of the image, plus busybox and app
     /// layers), `single` (issue 11's image: ~46/48.7 of the image in one
@@ -610,6 +614,10 @@ struct UpArgs {
     /// 100mbit, 250000 at 200mbit].
     #[arg(long)]
     burst: Option<edgeswarm_testnet::ByteSize>,
+    /// TCP congestion control of every namespace (cubic, reno, bbr)
+    /// [default: the host's, which new namespaces inherit].
+    #[arg(long, value_enum)]
+    congestion_control: Option<edgeswarm_testnet::topology::CongestionControl>,
     /// Testnet name (1-12 chars of [a-z0-9]); namespaces are `es-<name>-*`.
     #[arg(long, default_value = "default")]
     name: String,
@@ -678,6 +686,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 node_rate: a.node_rate,
                 queue_ms: a.queue_ms,
                 burst: a.burst,
+                congestion_control: a.congestion_control,
                 state_dir: cli.state_dir,
             };
             let mut topo =

@@ -37,6 +37,73 @@ pub fn parse_proc_stat_cpu(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// TCP segment counters of one network namespace, from the `Tcp:` lines
+/// of its `/proc/net/snmp`: what the kernel sent and how much of it was
+/// sent again. Retransmissions cross the links and count in their byte
+/// counters, so they explain part of the bytes beyond the payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TcpSegments {
+    /// Segments sent (`OutSegs`: the kernel counts retransmitted ones apart).
+    pub sent: u64,
+    /// Segments sent again (`RetransSegs`).
+    pub retransmitted: u64,
+}
+
+impl TcpSegments {
+    /// `self - earlier`, saturating.
+    pub fn since(&self, earlier: &TcpSegments) -> TcpSegments {
+        TcpSegments {
+            sent: self.sent.saturating_sub(earlier.sent),
+            retransmitted: self.retransmitted.saturating_sub(earlier.retransmitted),
+        }
+    }
+}
+
+/// Parses the text of `/proc/net/snmp`: a `Tcp:` line of field names,
+/// then a `Tcp:` line of values.
+pub fn parse_snmp_tcp(snmp: &str) -> Option<TcpSegments> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names: Vec<&str> = tcp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = tcp.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(TcpSegments {
+        sent: get("OutSegs")?,
+        retransmitted: get("RetransSegs")?,
+    })
+}
+
+/// TCP segment counters of namespace `ns` (`None` if they cannot be read).
+pub fn read_tcp_segments(topo: &crate::topology::Topology, ns: &str) -> Option<TcpSegments> {
+    let out = topo.exec_output(ns, "cat", &["/proc/net/snmp"]).ok()?;
+    parse_snmp_tcp(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Each node namespace's TCP counters now, in node order.
+pub fn read_tcp_segments_all(
+    topo: &crate::topology::Topology,
+    loc: &LocalityInfo,
+) -> Vec<Option<TcpSegments>> {
+    loc.nodes
+        .iter()
+        .map(|n| read_tcp_segments(topo, &n.ns))
+        .collect()
+}
+
+/// Per node, the counters' change between two readings.
+pub fn tcp_segments_since(
+    before: &[Option<TcpSegments>],
+    after: &[Option<TcpSegments>],
+) -> Vec<Option<TcpSegments>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| Some(a.as_ref()?.since(b.as_ref()?)))
+        .collect()
+}
+
 /// CPU seconds of a live (or exited but not yet reaped) process, `None`
 /// once it is gone.
 pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
@@ -394,6 +461,46 @@ pub fn metric(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) ->
 mod tests {
     use super::*;
     use crate::counters::Sample;
+
+    #[test]
+    fn reads_tcp_segments_by_field_name() {
+        // As this machine's kernel prints it (fields found by name, not place).
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n\
+            Tcp: 1 200 120000 -1 29 4 1 2 0 10431 7942 17 0 12 0\n\
+            Udp: InDatagrams NoPorts\nUdp: 5 0\n";
+        let t = parse_snmp_tcp(snmp).expect("parsed");
+        assert_eq!(
+            t,
+            TcpSegments {
+                sent: 7942,
+                retransmitted: 17
+            }
+        );
+        let later = TcpSegments {
+            sent: 8000,
+            retransmitted: 20,
+        };
+        assert_eq!(
+            later.since(&t),
+            TcpSegments {
+                sent: 58,
+                retransmitted: 3
+            }
+        );
+        assert_eq!(parse_snmp_tcp("Tcp: OutSegs\n"), None);
+        assert_eq!(parse_snmp_tcp("Tcp: InSegs OutSegs\nTcp: 1 2\n"), None);
+        assert_eq!(
+            tcp_segments_since(&[Some(t), None], &[Some(later), Some(later)]),
+            vec![
+                Some(TcpSegments {
+                    sent: 58,
+                    retransmitted: 3
+                }),
+                None
+            ]
+        );
+    }
 
     #[test]
     fn reads_cpu_times_past_odd_command_names() {

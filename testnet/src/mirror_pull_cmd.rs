@@ -46,6 +46,7 @@ pub(crate) fn mirror_pull_cmd(a: MirrorPullArgs) -> Result<()> {
             node_rate: a.node_rate,
             queue_ms: a.queue_ms,
             burst: a.burst,
+            congestion_control: None,
         },
         &registry_root,
         &out.join("registry"),

@@ -118,6 +118,7 @@ pub(crate) fn pull_bench_cmd(a: PullBenchArgs) -> Result<()> {
             node_rate: a.rate,
             queue_ms: a.queue_ms,
             burst: None,
+            congestion_control: None,
         },
         &registry_root,
         &registry_work,

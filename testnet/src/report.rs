@@ -219,6 +219,23 @@ pub fn payload_ratio(run: &RunResult, image_bytes: u64) -> Option<f64> {
     Some(sum / (run.nodes as f64 * image_bytes as f64))
 }
 
+/// TCP segments resent over all node namespaces, and their share of the
+/// segments sent: `resent (share %)`, `-` unless every node's were read.
+fn tcp_resent(run: &RunResult) -> String {
+    let all: Option<Vec<_>> = run.per_node.iter().map(|n| n.tcp).collect();
+    match all {
+        Some(all) if !all.is_empty() => {
+            let resent: u64 = all.iter().map(|t| t.retransmitted).sum();
+            let sent: u64 = all.iter().map(|t| t.sent).sum();
+            format!(
+                "{resent} ({:.2} %)",
+                resent as f64 * 100.0 / sent.max(1) as f64
+            )
+        }
+        _ => "-".into(),
+    }
+}
+
 /// The N=1 edgeswarm run's pull: the gateway pulling alone.
 pub fn lone_pull(runs: &[RunResult]) -> Option<f64> {
     find(runs, Method::Edgeswarm, 1).and_then(|r| r.pull_seconds)
@@ -245,14 +262,19 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
          Pull: until the cloud link had carried 99.5 % of its bytes (edgeswarm: the \
          gateway's pull; naive: the last pull); alone: the N=1 edgeswarm run's. \
          CPU-s: user + system seconds of each node's process during the run \
-         (nodes: mean / max of the non-gateway nodes); machine: all cores' busy share.\n",
+         (nodes: mean / max of the non-gateway nodes); machine: all cores' busy share. \
+         TCP resent: segments the node namespaces sent again, over all they sent \
+         (`/proc/net/snmp`), each resent segment is on the link counters twice.\n",
         image.bytes as f64 / 1e6
     );
     let _ = writeln!(
         s,
-        "| method | N | last (s) | pull (s) | pull alone (s) | gateway in / out | other nodes in (min-max per node) | other nodes out (sum) | all in / out | CPU-s gateway | CPU-s nodes (mean / max) | CPU-s registry / watcher | machine CPU |"
+        "| method | N | last (s) | pull (s) | pull alone (s) | gateway in / out | other nodes in (min-max per node) | other nodes out (sum) | all in / out | CPU-s gateway | CPU-s nodes (mean / max) | CPU-s registry / watcher | machine CPU | TCP resent |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let img = image.bytes as f64;
     for r in runs {
         let gw = r.per_node.first();
@@ -290,7 +312,7 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {others_in} | {others_out} | {} / {} | {} | {nodes_cpu} | {} / {} | {:.0}% |",
+            "| {} | {} | {} | {} | {} | {} | {others_in} | {others_out} | {} / {} | {} | {nodes_cpu} | {} / {} | {:.0}% | {} |",
             r.method.name(),
             r.nodes,
             opt_s(r.last_seconds()),
@@ -310,7 +332,8 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
             opt_s(gw.and_then(|g| g.cpu_seconds)),
             opt_s(r.registry_cpu_seconds),
             opt_s(r.watcher_cpu_seconds),
-            r.cpu.busy * 100.0
+            r.cpu.busy * 100.0,
+            tcp_resent(r)
         );
     }
     let gaps: Vec<f64> = runs

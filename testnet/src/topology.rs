@@ -109,8 +109,49 @@ pub struct TopologySpec {
     /// standard shaping is 256 KB); bursts are what queue a flow's ACKs
     /// behind another flow's data.
     pub burst: Option<ByteSize>,
+    /// TCP congestion control of every namespace. `None`: each namespace
+    /// keeps what Linux gives a new one, the host's default at the time
+    /// (`net.ipv4.tcp_congestion_control` of the initial namespace).
+    pub congestion_control: Option<CongestionControl>,
     /// Directory for the state file.
     pub state_dir: PathBuf,
+}
+
+/// A TCP congestion control algorithm a testnet's namespaces can be given.
+///
+/// It matters for the bytes on the links: with several paced uploads
+/// converging on one node's downlink, the shapers' FIFOs drop packets, and
+/// how a sender reacts to the loss (cubic halves its window, BBRv1 keeps
+/// sending at its estimate of the bottleneck) decides how many segments
+/// cross the link twice. Debian and Raspberry Pi OS default to cubic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    /// CUBIC, Linux's default.
+    Cubic,
+    /// NewReno.
+    Reno,
+    /// BBR (version 1 in this kernel); its module must be available.
+    Bbr,
+}
+
+impl CongestionControl {
+    /// The name the kernel knows it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            CongestionControl::Cubic => "cubic",
+            CongestionControl::Reno => "reno",
+            CongestionControl::Bbr => "bbr",
+        }
+    }
+}
+
+/// The host's default TCP congestion control, which new namespaces copy
+/// (`None` if unreadable).
+pub fn host_congestion_control() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 impl TopologySpec {
@@ -125,6 +166,7 @@ impl TopologySpec {
             node_rate: Rate::mbit(100),
             queue_ms: DEFAULT_QUEUE_MS,
             burst: None,
+            congestion_control: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
@@ -219,6 +261,10 @@ pub struct TopologyState {
     /// Shaper bucket in bytes (`None`: 10 ms at each link's rate).
     #[serde(default)]
     pub burst: Option<ByteSize>,
+    /// TCP congestion control set in every namespace (`None`: the host's
+    /// default, inherited).
+    #[serde(default)]
+    pub congestion_control: Option<CongestionControl>,
     /// The cloud namespace.
     pub cloud: CloudInfo,
     /// The localities.
@@ -365,6 +411,7 @@ fn plan(spec: &TopologySpec) -> Result<TopologyState> {
         node_rate: spec.node_rate,
         queue_ms: spec.queue_ms,
         burst: spec.burst,
+        congestion_control: spec.congestion_control,
         cloud: CloudInfo {
             ns: cloud_ns,
             addr: CLOUD_ADDR,
@@ -749,6 +796,15 @@ impl Topology {
         self.state.namespaces.push(ns.to_string());
         self.save()?;
         ip_n(ns, &["link", "set", "dev", "lo", "up"])?;
+        if let Some(cc) = self.state.congestion_control {
+            ns_sh(
+                ns,
+                &format!(
+                    "echo {} > /proc/sys/net/ipv4/tcp_congestion_control",
+                    cc.name()
+                ),
+            )?;
+        }
         Ok(())
     }
 

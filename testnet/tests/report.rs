@@ -4,7 +4,7 @@
 
 use edgeswarm_testnet::counters::Series;
 use edgeswarm_testnet::experiment::{CpuUse, Method, NodeResult, RunResult};
-use edgeswarm_testnet::measure::{LinkBytes, NodeMetrics};
+use edgeswarm_testnet::measure::{LinkBytes, NodeMetrics, TcpSegments};
 use edgeswarm_testnet::report::{self, ImageInfo, Setting, TargetRow};
 
 const IMAGE: u64 = 48_700_000;
@@ -24,6 +24,10 @@ fn node(i: usize, seconds: f64, into: f64, out: f64) -> NodeResult {
         cpu_seconds: Some(1.5 + i as f64),
         metrics: None,
         done_gap: Some(0.1),
+        tcp: Some(TcpSegments {
+            sent: 1_000,
+            retransmitted: 10 * i as u64,
+        }),
     }
 }
 
@@ -269,8 +273,20 @@ fn summary_holds_the_run_table_and_the_targets_table() {
     assert!(s.contains("at most 100 ms"), "{s}");
     // CPU seconds (node i: 1.5 + i): gateway 1.50, nodes 1-4 mean 4.00 /
     // max 5.50 (N=5),
-    // registry / watcher.
-    assert!(s.contains("| 1.50 | 4.00 / 5.50 | 0.70 / - | 50% |"), "{s}");
+    // registry / watcher, then TCP segments resent (node i: 10 i of
+    // 1,000): 100 of 5,000.
+    assert!(
+        s.contains("| 1.50 | 4.00 / 5.50 | 0.70 / - | 50% | 100 (2.00 %) |"),
+        "{s}"
+    );
+    // A node whose counters could not be read leaves the column empty.
+    let mut runs = runs();
+    runs[2].per_node[1].tcp = None;
+    let s = report::summary_markdown(&image(), &setting("none"), &runs);
+    assert!(
+        s.contains("| 1.50 | 4.00 / 5.50 | 0.70 / - | 50% | - |"),
+        "{s}"
+    );
 }
 
 #[test]
