@@ -20,6 +20,7 @@ fn config() -> PickerConfig {
         endgame_threshold: 0,
         max_requests_per_chunk: 2,
         endgame_min_age_ms: 0,
+        endgame_begun_chunk_times: 8,
         seed: 42,
         timeout_base_ms: 1_000,
         timeout_ms_per_mib: 8_000,
@@ -327,6 +328,46 @@ fn endgame_on_a_slow_link_waits_for_what_is_outstanding_to_drain() {
     let mut q = two_chunks_in_endgame();
     q.set_observed_rate(Some(CS.get() as u64 * 1_000));
     assert_eq!(q.next_requests(1_750).len(), 2);
+}
+
+#[test]
+fn endgame_leaves_an_answer_under_way_alone_until_it_is_slow() {
+    let mut p = picker(
+        PickerConfig {
+            max_in_flight_per_peer: 100,
+            endgame_threshold: 2,
+            endgame_min_age_ms: 750,
+            ..config()
+        },
+        2,
+    );
+    p.peer_has_all(&1, &blob()).unwrap();
+    p.peer_has_all(&2, &blob()).unwrap();
+    let reqs = p.next_requests(1_000);
+    assert_eq!(reqs.len(), 2);
+    // Two chunks per second: one chunk takes 500 ms at our rate.
+    p.set_observed_rate(Some(CS.get() as u64 * 2));
+    let began = &reqs[0];
+    p.answer_began(&blob(), began.index, &began.peer, 1_100);
+    // Answers to requests we no longer have are ignored.
+    p.answer_began(&blob(), began.index, &9, 1_100);
+    // The request not answered yet is late once what is outstanding had
+    // 1.5 times its drain time (2 chunks: 1.5 s); the one under way is not.
+    assert!(p.next_requests(2_499).is_empty());
+    let dups = p.next_requests(2_500);
+    assert_eq!(dups.len(), 1, "{dups:?}");
+    assert_eq!(dups[0].index, reqs[1].index);
+    assert_eq!(dups[0].kind, RequestKind::Endgame);
+    // The answer under way is slow only after 8 chunk times (4 s) of
+    // streaming.
+    assert!(
+        p.next_requests(5_099).is_empty(),
+        "duplicated an answer under way"
+    );
+    let late = p.next_requests(5_100);
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].index, began.index);
+    assert_ne!(late[0].peer, began.peer);
 }
 
 #[test]
@@ -658,6 +699,7 @@ mod invariants {
                 endgame_threshold: endgame,
                 max_requests_per_chunk: 2,
                 endgame_min_age_ms: 0,
+                endgame_begun_chunk_times: 8,
                 seed,
                 timeout_base_ms: 1_000,
                 timeout_ms_per_mib: 1_000,

@@ -42,6 +42,7 @@ fn simulate(seeds: u32, nodes: u32, chunks: u32, k: usize, window: u32, seed: u6
                 endgame_threshold: 4,
                 max_requests_per_chunk: 2,
                 endgame_min_age_ms: 0,
+                endgame_begun_chunk_times: PickerConfig::default().endgame_begun_chunk_times,
                 seed: seed ^ (me as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 timeout_base_ms: 60_000,
                 timeout_ms_per_mib: 0,

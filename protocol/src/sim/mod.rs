@@ -888,6 +888,8 @@ impl Sim {
                         endgame_threshold: cfg.endgame_chunks,
                         max_requests_per_chunk: 2,
                         endgame_min_age_ms: cfg.endgame_min_age_ms,
+                        endgame_begun_chunk_times: PickerConfig::default()
+                            .endgame_begun_chunk_times,
                         seed: cfg.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                         // The node's defaults: 10 s + 1 MiB per 4 s.
                         timeout_base_ms: 10_000,
@@ -1483,6 +1485,12 @@ impl Sim {
                         },
                     );
                     self.begin_arrival(peer, chunk);
+                    // The requester sees its answer begin (a one-way delay
+                    // early: close enough for endgame's patience).
+                    let now_ms = self.now_ms();
+                    if let Some(p) = self.nodes[peer as usize].picker.as_mut() {
+                        p.answer_began(&blob, index, &node, now_ms);
+                    }
                 }
                 Action::Reply {
                     requester: peer,

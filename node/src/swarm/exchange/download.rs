@@ -27,6 +27,9 @@ use super::{lock, penalise, Inner, EVENTS, MAP_REASK, PEER_BACKOFF};
 pub(super) enum Event {
     Bitfield(PeerId, Bitfield),
     Have(PeerId, Vec<u32>),
+    /// The answer to our request for this chunk began to arrive: endgame
+    /// leaves it alone while it runs (`PickerConfig::endgame_begun_chunk_times`).
+    Began(PeerId, u32),
     /// A chunk's bytes are in hand and going to the store (which verifies
     /// them): the peer's pipeline has room for the next request.
     Arrived(PeerId, u32),
@@ -511,6 +514,9 @@ async fn download_round<S: ChunkStore>(
                                 let _ = picker.peer_has(&peer, &blob, i);
                             }
                         }
+                    }
+                    Event::Began(peer, index) => {
+                        picker.answer_began(&blob, index, &peer, now_ms());
                     }
                     Event::Arrived(peer, index) => {
                         let _ = picker.chunk_arrived(&blob, index, &peer);

@@ -304,6 +304,9 @@ async fn session_reader<S: ChunkStore, R: AsyncRead + Unpin>(
                         // ~3 % of a node's CPU (see `store::buffers`).
                         let mut buf = inner.store.chunk_buffer(expected as usize);
                         let header_at = Instant::now();
+                        if events.send(Event::Began(peer, index)).await.is_err() {
+                            return Ok(());
+                        }
                         // Passed on to our own requesters as it arrives.
                         let relay = inner.relays.begin(blob, index, expected);
                         if let Body::Aborted { read } =
