@@ -332,18 +332,8 @@ fn endgame_on_a_slow_link_waits_for_what_is_outstanding_to_drain() {
 
 #[test]
 fn endgame_leaves_an_answer_under_way_alone_until_it_is_slow() {
-    let mut p = picker(
-        PickerConfig {
-            max_in_flight_per_peer: 100,
-            endgame_threshold: 2,
-            endgame_min_age_ms: 750,
-            ..config()
-        },
-        2,
-    );
-    p.peer_has_all(&1, &blob()).unwrap();
-    p.peer_has_all(&2, &blob()).unwrap();
-    let reqs = p.next_requests(1_000);
+    let mut p = two_chunks_in_endgame();
+    let reqs = p.outstanding();
     assert_eq!(reqs.len(), 2);
     // Two chunks per second: one chunk takes 500 ms at our rate.
     p.set_observed_rate(Some(CS.get() as u64 * 2));
@@ -656,6 +646,7 @@ mod invariants {
         Lost(u32),
         Arrive(usize),
         Land(usize, bool),
+        Begin(usize),
     }
 
     const CHUNKS: u32 = 24;
@@ -679,6 +670,7 @@ mod invariants {
             (0..CHUNKS).prop_map(Op::Lost),
             any::<usize>().prop_map(Op::Arrive),
             (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::Land(i, ok)),
+            any::<usize>().prop_map(Op::Begin),
         ]
     }
 
@@ -783,6 +775,15 @@ mod invariants {
                             p.chunk_arrived(&blob(), r.index, &r.peer).unwrap();
                             prop_assert_eq!(p.outstanding().len(), out.len() - 1);
                             landing.insert(r.index, r.peer);
+                        }
+                    }
+                    Op::Begin(k) => {
+                        // An answer beginning changes no request.
+                        let out = p.outstanding();
+                        if !out.is_empty() {
+                            let r = &out[k % out.len()];
+                            p.answer_began(&blob(), r.index, &r.peer, now);
+                            prop_assert_eq!(p.outstanding(), out);
                         }
                     }
                     Op::Land(k, ok) => {
