@@ -276,13 +276,13 @@ struct SwarmTask {
 }
 
 impl SwarmTask {
+    /// Dials a bootstrap peer. It enters the routing table only once its
+    /// identify shows this locality's Kademlia protocol (`on_event`): added
+    /// at the dial, a peer of another locality sat in the table until its
+    /// identify was read, and came back at every redial while the node was
+    /// alone (`swarm_membership::another_locality_cannot_join` saw it under
+    /// load).
     fn add_bootstrap(&mut self, addr: Multiaddr) {
-        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, addr.clone());
-        }
         if let Err(e) = self.swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
