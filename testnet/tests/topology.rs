@@ -13,7 +13,7 @@ use std::time::Duration;
 use edgeswarm_testnet::counters::{Probe, Sampler};
 use edgeswarm_testnet::process::SpawnSpec;
 use edgeswarm_testnet::registry::{Registry, RegistryOptions};
-use edgeswarm_testnet::topology::{self, Topology, TopologySpec};
+use edgeswarm_testnet::topology::{self, CongestionControl, Topology, TopologySpec};
 use edgeswarm_testnet::{Rate, TestnetError};
 
 fn require_root() {
@@ -283,6 +283,44 @@ fn burst_and_queue_reach_every_shaper() {
         Topology::up(&spec),
         Err(TestnetError::InvalidSpec(_))
     ));
+}
+
+#[test]
+fn congestion_control_reaches_every_namespace() {
+    let cc_of = |topo: &Topology, ns: &str| {
+        topo.exec(ns, "cat", &["/proc/sys/net/ipv4/tcp_congestion_control"])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let host = topology::host_congestion_control().expect("readable");
+    // Reno is built into every kernel; pick it unless the host already
+    // runs it, so that inheritance cannot pass for the setting.
+    let (want, other) = if host == "reno" {
+        (CongestionControl::Cubic, "cubic")
+    } else {
+        (CongestionControl::Reno, "reno")
+    };
+    let (mut spec, _dir) = setup("ccset", 1);
+    spec.congestion_control = Some(want);
+    let topo = Topology::up(&spec).unwrap();
+    assert_eq!(topo.state().congestion_control, Some(want));
+    let loc = topo.locality(0).unwrap().clone();
+    for ns in [
+        topo.state().cloud.ns.clone(),
+        loc.router_ns.clone(),
+        loc.nodes[0].ns.clone(),
+    ] {
+        assert_eq!(cc_of(&topo, &ns), other, "namespace {ns}");
+    }
+    topo.down().unwrap();
+
+    // Without the option, namespaces inherit the host's.
+    let (spec, _dir) = setup("ccdef", 1);
+    let topo = Topology::up(&spec).unwrap();
+    let n0 = topo.locality(0).unwrap().nodes[0].ns.clone();
+    assert_eq!(cc_of(&topo, &n0), host);
+    topo.down().unwrap();
 }
 
 #[test]
