@@ -39,8 +39,9 @@ pub fn parse_proc_stat_cpu(stat: &str) -> Option<f64> {
 
 /// TCP segment counters of one network namespace, from the `Tcp:` lines
 /// of its `/proc/net/snmp`: what the kernel sent and how much of it was
-/// sent again. Retransmissions cross the links and count in their byte
-/// counters, so they explain part of the bytes beyond the payload.
+/// sent again. A segment lost in a shaper's queue was counted on the
+/// sending node's link before the drop, so its resend adds to that node's
+/// bytes out, not to the receiver's bytes in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TcpSegments {
     /// Segments sent (`OutSegs`: the kernel counts retransmitted ones apart).

@@ -264,7 +264,8 @@ pub fn runs_markdown(image: &ImageInfo, runs: &[RunResult]) -> String {
          CPU-s: user + system seconds of each node's process during the run \
          (nodes: mean / max of the non-gateway nodes); machine: all cores' busy share. \
          TCP resent: segments the node namespaces sent again, over all they sent \
-         (`/proc/net/snmp`), each resent segment is on the link counters twice.\n",
+         (`/proc/net/snmp`); a segment dropped in the receiving link's queue is counted \
+         in its sender's bytes out, not in the receiver's bytes in.\n",
         image.bytes as f64 / 1e6
     );
     let _ = writeln!(

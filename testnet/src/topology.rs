@@ -122,7 +122,7 @@ pub struct TopologySpec {
 /// Where several paced uploads converge on one node's downlink, the
 /// shapers' FIFOs drop packets, and how a sender reacts to loss (cubic
 /// halves its window, BBRv1 keeps to its estimate of the bottleneck)
-/// could change how many segments cross a link twice. Measured at 20/10
+/// could change how many segments are sent twice. Measured at 20/10
 /// Mbit/s with 10 nodes it did not: cubic and bbr resent as many segments
 /// and gave the same bytes (testnet/results/issue11-endgame-begun-2026-12-06).
 /// Debian and Raspberry Pi OS default to cubic; many hosts that run the
