@@ -1,5 +1,5 @@
 //! The libp2p behaviour of an edgeswarm node, shared with the bootstrap
-//! binary: transport (TCP + optional pnet + noise + yamux), Kademlia,
+//! binary: transport (TCP + optional pnet + TLS or noise + yamux), Kademlia,
 //! gossipsub and identify scoped to a locality, mDNS, ping, connection
 //! limits, a block list for bans, and `libp2p-stream` for chunk bytes.
 
@@ -15,14 +15,15 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
-    PeerId, StreamProtocol, Swarm, Transport as _,
+    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, ping, tcp, yamux, PeerId,
+    StreamProtocol, Swarm, Transport as _,
 };
 
 use edgeswarm_protocol::signing::PublisherKey;
 pub use edgeswarm_protocol::wire::Topic;
 use edgeswarm_protocol::wire::{self, Locality, MAX_SEALED_BYTES};
 
+use super::security::{prefer_tls, Security};
 use super::SwarmError;
 
 /// Protocol names of one locality, as `edgeswarm_protocol::wire` builds
@@ -171,12 +172,14 @@ pub struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
 }
 
-/// Builds the transport: TCP (+ pnet if keyed) + noise + yamux.
+/// Builds the transport: TCP (+ pnet if keyed) + TLS or noise (whichever
+/// this CPU encrypts faster first, [`super::security`]) + yamux.
 fn transport(
     key: &Keypair,
     psk: Option<PreSharedKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, SwarmError> {
-    let noise = noise::Config::new(key).map_err(|e| SwarmError::Transport(e.to_string()))?;
+    let security =
+        Security::new(key, prefer_tls()).map_err(|e| SwarmError::Transport(e.to_string()))?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let mut yamux = yamux::Config::default();
     yamux.set_max_num_streams(512);
@@ -184,13 +187,13 @@ fn transport(
         Some(psk) => tcp
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1Lazy)
-            .authenticate(noise)
+            .authenticate(security)
             .multiplex(yamux)
             .timeout(Duration::from_secs(20))
             .boxed(),
         None => tcp
             .upgrade(Version::V1Lazy)
-            .authenticate(noise)
+            .authenticate(security)
             .multiplex(yamux)
             .timeout(Duration::from_secs(20))
             .boxed(),

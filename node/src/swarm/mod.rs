@@ -61,6 +61,7 @@ pub mod keys;
 pub mod metrics;
 mod ratelimit;
 mod redial;
+mod security;
 mod task;
 
 use std::path::PathBuf;

@@ -1,0 +1,552 @@
+//! The connection's security upgrade: TLS 1.3 or noise, whichever costs
+//! this CPU less per byte, with the other one offered as well.
+//!
+//! Every byte between two nodes is encrypted once by the security upgrade
+//! (and again by pnet when the locality has a swarm key). Noise's only
+//! cipher is ChaCha20-Poly1305; TLS 1.3 also has AES-GCM, which CPUs with
+//! AES instructions run several times faster. Measured with ring on this
+//! project's 2-core x86-64 test machine (AVX-512, AES-NI, 64 KiB records):
+//! ChaCha20-Poly1305 1.42-1.46 GB/s, AES-128-GCM 7.67-7.68 GB/s. There,
+//! noise's sealing and opening were 11 % of a node's CPU in a 5-node
+//! deploy (`perf`, issue 15), the largest item after sha256.
+//!
+//! So a node with AES instructions proposes `/tls/1.0.0` first and noise
+//! second; one without (a Raspberry Pi 4 has none) proposes noise first,
+//! as before. A listener accepts either, so nodes of either kind (and
+//! nodes built before TLS was offered, which speak only noise) connect as
+//! they always did. Inside TLS the cipher suite follows the same rule
+//! (`libp2p_tls::has_aes_hardware`, third_party/libp2p-tls/PATCHES.md).
+
+use std::io;
+use std::iter;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use futures::future::{BoxFuture, Either};
+use futures::{AsyncRead, AsyncWrite, FutureExt as _};
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
+use libp2p::identity::Keypair;
+use libp2p::{noise, tls, PeerId};
+
+/// TLS and noise, offered in the order [`prefer_tls`] gives.
+#[derive(Clone)]
+pub(crate) struct Security {
+    /// The TLS 1.3 upgrade (libp2p's TLS spec).
+    tls: tls::Config,
+    /// The noise XX upgrade.
+    noise: noise::Config,
+    /// Whether `/tls/1.0.0` is proposed before `/noise` when dialing.
+    tls_first: bool,
+}
+
+/// The environment variable that overrides [`prefer_tls`]: `tls` or
+/// `noise` (anything else, or unset: follow the CPU). For measuring one
+/// against the other with the same binary, and for an operator whose
+/// peers' CPUs differ from this one's.
+pub(crate) const SECURITY_ENV: &str = "EDGESWARM_SECURITY";
+
+/// Whether this node proposes TLS before noise: when its CPU has AES
+/// instructions (see the module docs), unless [`SECURITY_ENV`] says.
+pub(crate) fn prefer_tls() -> bool {
+    first_choice(
+        std::env::var(SECURITY_ENV).ok().as_deref(),
+        tls::has_aes_hardware(),
+    )
+}
+
+/// TLS first or not, from the override (if any) and the CPU.
+fn first_choice(setting: Option<&str>, aes_hardware: bool) -> bool {
+    match setting {
+        Some("tls") => true,
+        Some("noise") => false,
+        _ => aes_hardware,
+    }
+}
+
+impl Security {
+    /// Both upgrades for `key`, TLS first if `tls_first`.
+    pub(crate) fn new(key: &Keypair, tls_first: bool) -> Result<Self, SecurityError> {
+        Ok(Security {
+            tls: tls::Config::new(key).map_err(|e| SecurityError::Setup(e.to_string()))?,
+            noise: noise::Config::new(key).map_err(|e| SecurityError::Setup(e.to_string()))?,
+            tls_first,
+        })
+    }
+}
+
+/// One of the two protocol names, tagged with the upgrade that speaks it.
+#[derive(Debug, Clone)]
+pub(crate) enum SecurityProtocol {
+    /// `/tls/1.0.0`.
+    Tls(&'static str),
+    /// `/noise`.
+    Noise(&'static str),
+}
+
+impl AsRef<str> for SecurityProtocol {
+    fn as_ref(&self) -> &str {
+        match self {
+            SecurityProtocol::Tls(name) | SecurityProtocol::Noise(name) => name,
+        }
+    }
+}
+
+/// Why a connection's security upgrade failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SecurityError {
+    /// The upgrades could not be built (a certificate for TLS, noise's
+    /// static key).
+    #[error("security upgrade setup: {0}")]
+    Setup(String),
+    /// The TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::UpgradeError),
+    /// The noise handshake failed.
+    #[error("noise: {0}")]
+    Noise(#[from] noise::Error),
+}
+
+impl UpgradeInfo for Security {
+    type Info = SecurityProtocol;
+    type InfoIter = iter::Chain<iter::Once<SecurityProtocol>, iter::Once<SecurityProtocol>>;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        let tls = self.tls.protocol_info().next().map(SecurityProtocol::Tls);
+        let noise = self
+            .noise
+            .protocol_info()
+            .next()
+            .map(SecurityProtocol::Noise);
+        // Each upgrade names exactly one protocol.
+        let (tls, noise) = (
+            tls.unwrap_or(SecurityProtocol::Tls("/tls/1.0.0")),
+            noise.unwrap_or(SecurityProtocol::Noise("/noise")),
+        );
+        if self.tls_first {
+            iter::once(tls).chain(iter::once(noise))
+        } else {
+            iter::once(noise).chain(iter::once(tls))
+        }
+    }
+}
+
+/// The secured connection: TLS's stream (writes packed into whole
+/// records) or noise's.
+pub(crate) type Secured<C> = Either<WholeRecords<tls::TlsStream<C>>, noise::Output<C>>;
+
+/// The most plaintext one TLS record carries (RFC 8446, 5.1).
+const TLS_RECORD_PLAINTEXT: usize = 16 * 1024;
+
+/// Packs writes into whole TLS records. yamux writes each frame's 12-byte
+/// header and its body (up to 16 KiB) separately, and rustls seals every
+/// write as at least one record of its own (22 bytes of overhead each:
+/// header, content type, tag), so a data frame took two or three records:
+/// ~0.3 % more bytes on the wire than noise, which buffers up to 64 KiB
+/// per frame. Packed, a record is 16 KiB unless the writer flushed
+/// (0.13 %). Reads pass through.
+pub(crate) struct WholeRecords<S> {
+    /// The TLS stream.
+    inner: S,
+    /// Plaintext not yet handed to TLS, at most one record's worth.
+    pending: Vec<u8>,
+    /// How much of `pending` TLS has taken already.
+    taken: usize,
+}
+
+impl<S> WholeRecords<S> {
+    fn new(inner: S) -> Self {
+        WholeRecords {
+            inner,
+            pending: Vec::with_capacity(TLS_RECORD_PLAINTEXT),
+            taken: 0,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> WholeRecords<S> {
+    /// Hands everything pending to TLS.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.taken < self.pending.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.taken..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.taken += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending.clear();
+        self.taken = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WholeRecords<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WholeRecords<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.pending.len() == TLS_RECORD_PLAINTEXT {
+            ready!(this.poll_drain(cx))?;
+        }
+        if this.pending.is_empty() && buf.len() >= TLS_RECORD_PLAINTEXT {
+            // A whole record's worth already: no copy.
+            return Pin::new(&mut this.inner).poll_write(cx, &buf[..TLS_RECORD_PLAINTEXT]);
+        }
+        let n = buf.len().min(TLS_RECORD_PLAINTEXT - this.pending.len());
+        this.pending.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx)
+    }
+}
+
+impl<C> InboundConnectionUpgrade<C> for Security
+where
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Output = (PeerId, Secured<C>);
+    type Error = SecurityError;
+    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
+        match info {
+            SecurityProtocol::Tls(name) => self
+                .tls
+                .upgrade_inbound(socket, name)
+                .map(|r| {
+                    r.map(|(peer, s)| (peer, Either::Left(WholeRecords::new(s))))
+                        .map_err(Into::into)
+                })
+                .boxed(),
+            SecurityProtocol::Noise(name) => self
+                .noise
+                .upgrade_inbound(socket, name)
+                .map(|r| {
+                    r.map(|(peer, s)| (peer, Either::Right(s)))
+                        .map_err(Into::into)
+                })
+                .boxed(),
+        }
+    }
+}
+
+impl<C> OutboundConnectionUpgrade<C> for Security
+where
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Output = (PeerId, Secured<C>);
+    type Error = SecurityError;
+    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
+        match info {
+            SecurityProtocol::Tls(name) => self
+                .tls
+                .upgrade_outbound(socket, name)
+                .map(|r| {
+                    r.map(|(peer, s)| (peer, Either::Left(WholeRecords::new(s))))
+                        .map_err(Into::into)
+                })
+                .boxed(),
+            SecurityProtocol::Noise(name) => self
+                .noise
+                .upgrade_outbound(socket, name)
+                .map(|r| {
+                    r.map(|(peer, s)| (peer, Either::Right(s)))
+                        .map_err(Into::into)
+                })
+                .boxed(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+    use libp2p::core::transport::memory::{Channel, MemoryTransport};
+    use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportEvent};
+    use libp2p::core::{Endpoint, Transport as _};
+    use libp2p::Multiaddr;
+    use multistream_select::{dialer_select_proto, listener_select_proto, Version};
+
+    use super::*;
+
+    /// Which upgrade secured a connection.
+    #[derive(Debug, PartialEq, Clone, Copy)]
+    enum Used {
+        Tls,
+        Noise,
+    }
+
+    /// What a node offers.
+    enum Offer {
+        /// Both upgrades, in this build's way ([`Security`]).
+        Both(Box<Security>),
+        /// A node built before TLS was offered: noise only.
+        NoiseOnly(Box<noise::Config>),
+    }
+
+    fn used<C>(secured: &Secured<C>) -> Used {
+        match secured {
+            Either::Left(_) => Used::Tls,
+            Either::Right(_) => Used::Noise,
+        }
+    }
+
+    /// A secured connection, kept open until both sides are done (a TLS
+    /// server still flushes its session tickets after the client is done).
+    type Open = Box<dyn Send>;
+
+    /// One side's half of connection setup, as libp2p's transport upgrade
+    /// does it: multistream-select over `io`, then the chosen upgrade.
+    async fn handshake(offer: Offer, io: Channel<Vec<u8>>, dialer: bool) -> (PeerId, Used, Open) {
+        match offer {
+            Offer::Both(security) => {
+                let security = *security;
+                let names: Vec<SecurityProtocol> = security.protocol_info().collect();
+                let (name, io) = if dialer {
+                    dialer_select_proto(io, names, Version::V1).await
+                } else {
+                    listener_select_proto(io, names).await
+                }
+                .expect("negotiation");
+                let (peer, secured) = if dialer {
+                    security.upgrade_outbound(io, name).await
+                } else {
+                    security.upgrade_inbound(io, name).await
+                }
+                .expect("upgrade");
+                (peer, used(&secured), Box::new(secured))
+            }
+            Offer::NoiseOnly(noise) => {
+                let noise = *noise;
+                let names: Vec<&'static str> = noise.protocol_info().collect();
+                let (name, io) = if dialer {
+                    dialer_select_proto(io, names, Version::V1).await
+                } else {
+                    listener_select_proto(io, names).await
+                }
+                .expect("negotiation");
+                let (peer, secured) = if dialer {
+                    noise.upgrade_outbound(io, name).await
+                } else {
+                    noise.upgrade_inbound(io, name).await
+                }
+                .expect("upgrade");
+                (peer, Used::Noise, Box::new(secured))
+            }
+        }
+    }
+
+    /// Connects a dialer offering `dialer` to a listener offering
+    /// `listener` over an in-memory transport; returns what each ended with.
+    async fn connect(
+        dialer: Offer,
+        listener: Offer,
+        port: u64,
+    ) -> ((PeerId, Used), (PeerId, Used)) {
+        let addr: Multiaddr = format!("/memory/{port}").parse().expect("address");
+        let mut server = MemoryTransport::default().boxed();
+        server
+            .listen_on(ListenerId::next(), addr.clone())
+            .expect("listen");
+        let dial = MemoryTransport::default()
+            .boxed()
+            .dial(
+                addr,
+                DialOpts {
+                    role: Endpoint::Dialer,
+                    port_use: PortUse::New,
+                },
+            )
+            .expect("dial");
+        let accept = async {
+            loop {
+                if let TransportEvent::Incoming { upgrade, .. } = server.select_next_some().await {
+                    return upgrade.await.expect("inbound connection");
+                }
+            }
+        };
+        let (out, inbound) = futures::join!(dial, accept);
+        let ((a, a_used, _a), (b, b_used, _b)) = futures::join!(
+            handshake(dialer, out.expect("outbound connection"), true),
+            handshake(listener, inbound, false)
+        );
+        ((a, a_used), (b, b_used))
+    }
+
+    fn both(key: &Keypair, tls_first: bool) -> Offer {
+        Offer::Both(Box::new(Security::new(key, tls_first).expect("security")))
+    }
+
+    fn noise_only(key: &Keypair) -> Offer {
+        Offer::NoiseOnly(Box::new(noise::Config::new(key).expect("noise")))
+    }
+
+    #[tokio::test]
+    async fn the_dialer_s_first_choice_secures_the_connection() {
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        for (tls_first, expected) in [(true, Used::Tls), (false, Used::Noise)] {
+            // Whatever the listener prefers itself.
+            for listener_tls_first in [true, false] {
+                let port = 40_000 + u64::from(tls_first) * 2 + u64::from(listener_tls_first);
+                let ((seen_by_dialer, dialer_used), (seen_by_listener, listener_used)) =
+                    connect(both(&a, tls_first), both(&b, listener_tls_first), port).await;
+                assert_eq!(dialer_used, expected);
+                assert_eq!(listener_used, expected);
+                assert_eq!(seen_by_dialer, b.public().to_peer_id());
+                assert_eq!(seen_by_listener, a.public().to_peer_id());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_speaks_only_noise_still_connects_both_ways() {
+        let (new, old) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let ((peer, used), (_, old_used)) =
+            connect(both(&new, true), noise_only(&old), 40_100).await;
+        assert_eq!(
+            (peer, used, old_used),
+            (old.public().to_peer_id(), Used::Noise, Used::Noise)
+        );
+        let ((peer, _), (_, used)) = connect(noise_only(&old), both(&new, true), 40_101).await;
+        assert_eq!((peer, used), (new.public().to_peer_id(), Used::Noise));
+    }
+
+    #[test]
+    fn the_order_follows_the_cpu() {
+        let key = Keypair::generate_ed25519();
+        let names = |tls_first| -> Vec<String> {
+            Security::new(&key, tls_first)
+                .expect("security")
+                .protocol_info()
+                .map(|p| p.as_ref().to_string())
+                .collect()
+        };
+        assert_eq!(names(true), ["/tls/1.0.0", "/noise"]);
+        assert_eq!(names(false), ["/noise", "/tls/1.0.0"]);
+        // Unset (or unknown), the CPU decides; the override wins either way.
+        for aes in [true, false] {
+            assert_eq!(first_choice(None, aes), aes);
+            assert_eq!(first_choice(Some("auto"), aes), aes);
+            assert!(first_choice(Some("tls"), aes));
+            assert!(!first_choice(Some("noise"), aes));
+        }
+    }
+
+    /// A writer that records the size of every write it takes, taking at
+    /// most `limit` bytes a call (as a TLS stream whose buffer is filling).
+    struct Recorder {
+        writes: Vec<usize>,
+        bytes: Vec<u8>,
+        flushes: usize,
+        limit: usize,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let n = buf.len().min(this.limit);
+            this.writes.push(n);
+            this.bytes.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn yamux_frames_go_out_as_whole_records() {
+        use futures::AsyncWriteExt as _;
+        let mut packed = WholeRecords::new(Recorder {
+            writes: Vec::new(),
+            bytes: Vec::new(),
+            flushes: 0,
+            limit: usize::MAX,
+        });
+        // Ten data frames the way yamux writes them: a 12-byte header, then
+        // a 16 KiB body; then a window update (a header alone) and a flush.
+        let mut sent = Vec::new();
+        for frame in 0..10u8 {
+            let header = [frame; 12];
+            let body = vec![frame ^ 0xff; 16 * 1024];
+            packed.write_all(&header).await.expect("header");
+            packed.write_all(&body).await.expect("body");
+            sent.extend_from_slice(&header);
+            sent.extend_from_slice(&body);
+        }
+        packed.write_all(&[7; 12]).await.expect("window update");
+        sent.extend_from_slice(&[7; 12]);
+        packed.flush().await.expect("flush");
+        let inner = &packed.inner;
+        assert_eq!(inner.bytes, sent, "every byte, in order");
+        let (last, whole) = inner.writes.split_last().expect("writes");
+        assert!(
+            whole.iter().all(|&n| n == TLS_RECORD_PLAINTEXT),
+            "{:?}",
+            inner.writes
+        );
+        assert_eq!(whole.len(), sent.len() / TLS_RECORD_PLAINTEXT);
+        assert_eq!(*last, sent.len() % TLS_RECORD_PLAINTEXT);
+        assert_eq!(inner.flushes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_takes_little_at_a_time_still_gets_every_byte() {
+        use futures::AsyncWriteExt as _;
+        let mut packed = WholeRecords::new(Recorder {
+            writes: Vec::new(),
+            bytes: Vec::new(),
+            flushes: 0,
+            limit: 1000,
+        });
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for piece in data.chunks(7_001) {
+            packed.write_all(piece).await.expect("write");
+        }
+        packed.close().await.expect("close");
+        assert_eq!(packed.inner.bytes, data);
+        assert!(packed.pending.is_empty());
+    }
+}
