@@ -18,8 +18,9 @@
 //! 1.022-1.023x N x image into the node links against 1.018-1.019x
 //! (0.4 % more). yamux flushes after every frame, and a frame (12-byte
 //! header and 16 KiB body) is 12 bytes over TLS's 16 KiB record, so each
-//! frame leaves as two records, the second tiny and, with `TCP_NODELAY`,
-//! often in a segment of its own. Noise takes the frame in one message.
+//! frame leaves as two records, the second tiny (and, with `TCP_NODELAY`,
+//! possibly in a segment of its own; not measured). Noise takes the frame
+//! in one message.
 //! Issue 11's bytes target (<= 1.05x) has less room than the CPU saved is
 //! worth.
 //!
