@@ -142,6 +142,22 @@ impl UpgradeInfo for Security {
 /// The secured connection: TLS's stream or noise's.
 pub(crate) type Secured<C> = Either<tls::TlsStream<C>, noise::Output<C>>;
 
+/// A finished TLS handshake, as the upgrade's output.
+fn tls_secured<C>(
+    result: Result<(PeerId, tls::TlsStream<C>), tls::UpgradeError>,
+) -> Result<(PeerId, Secured<C>), SecurityError> {
+    let (peer, stream) = result?;
+    Ok((peer, Either::Left(stream)))
+}
+
+/// A finished noise handshake, as the upgrade's output.
+fn noise_secured<C>(
+    result: Result<(PeerId, noise::Output<C>), noise::Error>,
+) -> Result<(PeerId, Secured<C>), SecurityError> {
+    let (peer, stream) = result?;
+    Ok((peer, Either::Right(stream)))
+}
+
 impl<C> InboundConnectionUpgrade<C> for Security
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -155,18 +171,12 @@ where
             SecurityProtocol::Tls(name) => self
                 .tls
                 .upgrade_inbound(socket, name)
-                .map(|r| {
-                    r.map(|(peer, s)| (peer, Either::Left(s)))
-                        .map_err(Into::into)
-                })
+                .map(tls_secured)
                 .boxed(),
             SecurityProtocol::Noise(name) => self
                 .noise
                 .upgrade_inbound(socket, name)
-                .map(|r| {
-                    r.map(|(peer, s)| (peer, Either::Right(s)))
-                        .map_err(Into::into)
-                })
+                .map(noise_secured)
                 .boxed(),
         }
     }
@@ -185,18 +195,12 @@ where
             SecurityProtocol::Tls(name) => self
                 .tls
                 .upgrade_outbound(socket, name)
-                .map(|r| {
-                    r.map(|(peer, s)| (peer, Either::Left(s)))
-                        .map_err(Into::into)
-                })
+                .map(tls_secured)
                 .boxed(),
             SecurityProtocol::Noise(name) => self
                 .noise
                 .upgrade_outbound(socket, name)
-                .map(|r| {
-                    r.map(|(peer, s)| (peer, Either::Right(s)))
-                        .map_err(Into::into)
-                })
+                .map(noise_secured)
                 .boxed(),
         }
     }
