@@ -172,8 +172,8 @@ pub struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
 }
 
-/// Builds the transport: TCP (+ pnet if keyed) + noise or TLS (both
-/// offered, [`super::security`]) + yamux.
+/// Builds the transport: TCP (+ pnet if keyed) + noise (or TLS where
+/// configured, [`super::security`]) + yamux.
 fn transport(
     key: &Keypair,
     psk: Option<PreSharedKey>,

@@ -24,11 +24,15 @@
 //! Issue 11's bytes target (<= 1.05x) has less room than the CPU saved is
 //! worth.
 //!
-//! So every node offers both and accepts both; `EDGESWARM_SECURITY=tls`
-//! proposes TLS first, `auto` proposes TLS first where the CPU has AES
-//! instructions (a Raspberry Pi 4 has none), and anything else, or unset,
-//! proposes noise first, as nodes did before TLS was offered (they speak
-//! only noise and still connect). Inside TLS the cipher suite follows the
+//! So TLS is opt-in. `EDGESWARM_SECURITY=tls` offers TLS and noise, TLS
+//! first (dialing and listening); `auto` does so where the CPU has AES
+//! instructions (a Raspberry Pi 4 has none); anything else, or unset,
+//! offers noise alone, exactly as nodes did before TLS was offered (one
+//! protocol, so multistream-select's `V1Lazy` sends the handshake without
+//! waiting a round trip for the listener's confirmation, which two
+//! proposals would cost). A connection is TLS when the dialer proposes it
+//! first and the listener offers it; otherwise noise, so every mix of
+//! settings and versions connects. Inside TLS the cipher suite follows the
 //! CPU (`libp2p_tls::has_aes_hardware`, third_party/libp2p-tls/PATCHES.md).
 
 use std::iter;
@@ -39,14 +43,15 @@ use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade,
 use libp2p::identity::Keypair;
 use libp2p::{noise, tls, PeerId};
 
-/// TLS and noise, offered in the order [`prefer_tls`] gives.
+/// Noise alone, or TLS and noise, as [`prefer_tls`] says.
 #[derive(Clone)]
 pub(crate) struct Security {
     /// The TLS 1.3 upgrade (libp2p's TLS spec).
     tls: tls::Config,
     /// The noise XX upgrade.
     noise: noise::Config,
-    /// Whether `/tls/1.0.0` is proposed before `/noise` when dialing.
+    /// Whether `/tls/1.0.0` is offered (before `/noise`), dialing and
+    /// listening.
     tls_first: bool,
 }
 
@@ -55,7 +60,7 @@ pub(crate) struct Security {
 /// default; see the module docs).
 pub(crate) const SECURITY_ENV: &str = "EDGESWARM_SECURITY";
 
-/// Whether this node proposes TLS before noise, as [`SECURITY_ENV`] says.
+/// Whether this node offers TLS (before noise), as [`SECURITY_ENV`] says.
 pub(crate) fn prefer_tls() -> bool {
     first_choice(
         std::env::var(SECURITY_ENV).ok().as_deref(),
@@ -73,7 +78,8 @@ fn first_choice(setting: Option<&str>, aes_hardware: bool) -> bool {
 }
 
 impl Security {
-    /// Both upgrades for `key`, TLS first if `tls_first`.
+    /// The upgrades for `key`: TLS then noise if `tls_first`, else noise
+    /// alone.
     pub(crate) fn new(key: &Keypair, tls_first: bool) -> Result<Self, SecurityError> {
         Ok(Security {
             tls: tls::Config::new(key).map_err(|e| SecurityError::Setup(e.to_string()))?,
@@ -117,7 +123,8 @@ pub(crate) enum SecurityError {
 
 impl UpgradeInfo for Security {
     type Info = SecurityProtocol;
-    type InfoIter = iter::Chain<iter::Once<SecurityProtocol>, iter::Once<SecurityProtocol>>;
+    type InfoIter =
+        iter::Chain<iter::Once<SecurityProtocol>, std::option::IntoIter<SecurityProtocol>>;
 
     fn protocol_info(&self) -> Self::InfoIter {
         let tls = self.tls.protocol_info().next().map(SecurityProtocol::Tls);
@@ -132,9 +139,9 @@ impl UpgradeInfo for Security {
             noise.unwrap_or(SecurityProtocol::Noise("/noise")),
         );
         if self.tls_first {
-            iter::once(tls).chain(iter::once(noise))
+            iter::once(tls).chain(Some(noise))
         } else {
-            iter::once(noise).chain(iter::once(tls))
+            iter::once(noise).chain(None)
         }
     }
 }
@@ -330,11 +337,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_dialer_s_first_choice_secures_the_connection() {
+    async fn tls_secures_the_connection_only_when_both_sides_offer_it() {
         let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-        for (tls_first, expected) in [(true, Used::Tls), (false, Used::Noise)] {
-            // Whatever the listener prefers itself.
+        for tls_first in [true, false] {
             for listener_tls_first in [true, false] {
+                let expected = if tls_first && listener_tls_first {
+                    Used::Tls
+                } else {
+                    Used::Noise
+                };
                 let port = 40_000 + u64::from(tls_first) * 2 + u64::from(listener_tls_first);
                 let ((seen_by_dialer, dialer_used), (seen_by_listener, listener_used)) =
                     connect(both(&a, tls_first), both(&b, listener_tls_first), port).await;
@@ -360,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn the_order_follows_the_cpu() {
+    fn the_offer_follows_the_setting() {
         let key = Keypair::generate_ed25519();
         let names = |tls_first| -> Vec<String> {
             Security::new(&key, tls_first)
@@ -370,7 +381,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(names(true), ["/tls/1.0.0", "/noise"]);
-        assert_eq!(names(false), ["/noise", "/tls/1.0.0"]);
+        assert_eq!(names(false), ["/noise"]);
         // Unset (or unknown): noise, measured the better default; `auto`
         // follows the CPU; `tls` and `noise` win either way.
         for aes in [true, false] {
