@@ -1,5 +1,5 @@
-//! The connection's security upgrade: TLS 1.3 or noise, both offered and
-//! accepted, noise proposed first unless `EDGESWARM_SECURITY` says.
+//! The connection's security upgrade: noise, or TLS 1.3 where
+//! `EDGESWARM_SECURITY` asks for it and both ends offer it.
 //!
 //! Every byte between two nodes is encrypted once by the security upgrade
 //! (and again by pnet when the locality has a swarm key). Noise's only
