@@ -62,10 +62,18 @@ pub(crate) const SECURITY_ENV: &str = "EDGESWARM_SECURITY";
 
 /// Whether this node offers TLS (before noise), as [`SECURITY_ENV`] says.
 pub(crate) fn prefer_tls() -> bool {
-    first_choice(
-        std::env::var(SECURITY_ENV).ok().as_deref(),
-        tls::has_aes_hardware(),
-    )
+    let setting = std::env::var(SECURITY_ENV).ok();
+    if let Some(unknown) = setting
+        .as_deref()
+        .filter(|v| !matches!(*v, "tls" | "auto" | "noise"))
+    {
+        // A typo must not pass unseen as the default.
+        tracing::warn!(
+            value = unknown,
+            "{SECURITY_ENV} is not tls, auto or noise; offering noise alone"
+        );
+    }
+    first_choice(setting.as_deref(), tls::has_aes_hardware())
 }
 
 /// TLS first or not, from the setting (if any) and the CPU.
