@@ -23,7 +23,7 @@ use edgeswarm_protocol::signing::PublisherKey;
 pub use edgeswarm_protocol::wire::Topic;
 use edgeswarm_protocol::wire::{self, Locality, MAX_SEALED_BYTES};
 
-use super::security::{prefer_tls, Security};
+use super::security::{prefer_tls, Security, YAMUX_FRAME_PAYLOAD};
 use super::SwarmError;
 
 /// Protocol names of one locality, as `edgeswarm_protocol::wire` builds
@@ -182,7 +182,9 @@ fn transport(
         Security::new(key, prefer_tls()).map_err(|e| SwarmError::Transport(e.to_string()))?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let mut yamux = yamux::Config::default();
-    yamux.set_max_num_streams(512);
+    yamux
+        .set_max_num_streams(512)
+        .set_split_send_size(YAMUX_FRAME_PAYLOAD);
     Ok(match psk {
         Some(psk) => tcp
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))

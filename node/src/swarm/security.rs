@@ -16,13 +16,13 @@
 //! `testnet/results/issue15-tls-2026-12-06/`): 0.346 and 0.356 CPU-s per
 //! node with TLS against 0.358 and 0.370 with noise (3-4 % less), but
 //! 1.022-1.023x N x image into the node links against 1.018-1.019x
-//! (0.4 % more). yamux flushes after every frame, and a frame (12-byte
-//! header and 16 KiB body) is 12 bytes over TLS's 16 KiB record, so each
-//! frame leaves as two records, the second tiny (and, with `TCP_NODELAY`,
-//! possibly in a segment of its own; not measured). Noise takes the frame
-//! in one message.
-//! Issue 11's bytes target (<= 1.05x) has less room than the CPU saved is
-//! worth.
+//! (0.4 % more). Since yamux frames fill a noise message
+//! ([`YAMUX_FRAME_PAYLOAD`], `testnet/results/issue15-yamux-frames-2026-12-06/`)
+//! TLS still costs bytes: 1.017-1.018x against noise's 1.011-1.013x on
+//! another machine of the kind (an AMD EPYC; three rounds each, not
+//! interleaved with each other; the cause of the difference was not
+//! measured). Issue 11's bytes target (<= 1.05x) has less room
+//! than the CPU TLS might save is worth.
 //!
 //! So TLS is opt-in. `EDGESWARM_SECURITY=tls` offers TLS and noise, TLS
 //! first (dialing and listening); `auto` does so where the CPU has AES
@@ -75,6 +75,27 @@ pub(crate) fn prefer_tls() -> bool {
     }
     first_choice(setting.as_deref(), tls::has_aes_hardware())
 }
+
+/// The most bytes noise seals in one message (libp2p-noise's
+/// `MAX_FRAME_LEN`: 65,535 less 1,024 kept for the tag and headroom).
+const NOISE_MESSAGE_PAYLOAD: usize = 65_535 - 1_024;
+/// A yamux frame's header.
+const YAMUX_HEADER: usize = 12;
+
+/// The payload of the yamux data frames a node sends (yamux's
+/// `split_send_size`; its default is 16 KiB): a frame with its header
+/// fills one noise message. yamux flushes after every frame, so a frame
+/// is what the security layer seals at once and one write to the socket;
+/// at 16 KiB that was four noise messages (length prefixes, tags, socket
+/// writes, and TCP segments cut short at each) where one does. Measured
+/// on the 2-core test machine, N = 5, one 46 MB layer, `--import none`,
+/// interleaved (`testnet/results/issue15-yamux-frames-2026-12-06/`):
+/// non-gateway nodes 0.59-0.65 CPU-s against 0.65-0.76, 8 % fewer TCP
+/// segments, 1.011-1.013x N x image into the node links against
+/// 1.017-1.018x. TLS gains as much from it (rustls cuts a frame into
+/// four records and writes them at once): 1.017-1.018x against
+/// 1.024-1.027x with frames of one record each (16,372 bytes).
+pub(crate) const YAMUX_FRAME_PAYLOAD: usize = NOISE_MESSAGE_PAYLOAD - YAMUX_HEADER;
 
 /// TLS first or not, from the setting (if any) and the CPU.
 fn first_choice(setting: Option<&str>, aes_hardware: bool) -> bool {
@@ -376,6 +397,145 @@ mod tests {
         );
         let ((peer, _), (_, used)) = connect(noise_only(&old), both(&new, true), 40_101).await;
         assert_eq!((peer, used), (new.public().to_peer_id(), Used::Noise));
+    }
+
+    /// Records the size of every write that reaches the socket.
+    struct Recorder {
+        inner: tokio_util::compat::Compat<tokio::io::DuplexStream>,
+        writes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let std::task::Poll::Ready(Ok(n)) = &written {
+                self.writes.lock().expect("writes").push(*n);
+            }
+            written
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_close(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_close(cx)
+        }
+    }
+
+    /// Sends `data` on one yamux stream over noise, the sender's frames
+    /// `split` bytes; returns what arrived and the sizes of the sender's
+    /// socket writes after the handshake.
+    async fn over_noise(data: Vec<u8>, split: usize) -> (Vec<u8>, Vec<usize>) {
+        use futures::future::poll_fn;
+        use futures::{AsyncReadExt as _, AsyncWriteExt as _};
+        use libp2p::core::muxing::StreamMuxerExt as _;
+        use tokio_util::compat::TokioAsyncReadCompatExt as _;
+
+        // Room for all of `data`: no write is ever cut short, so each write
+        // is one whole noise message.
+        let (a, b) = tokio::io::duplex(data.len() * 2);
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Recorder {
+            inner: a.compat(),
+            writes: writes.clone(),
+        };
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (dialed, accepted) = futures::join!(
+            noise::Config::new(&ka)
+                .expect("noise")
+                .upgrade_outbound(recorded, "/noise"),
+            noise::Config::new(&kb)
+                .expect("noise")
+                .upgrade_inbound(b.compat(), "/noise"),
+        );
+        let ((_, dialed), (_, accepted)) = (dialed.expect("dial"), accepted.expect("accept"));
+        writes.lock().expect("writes").clear();
+        let mut config = libp2p::yamux::Config::default();
+        config.set_split_send_size(split);
+        let mut sender = config
+            .upgrade_outbound(dialed, "/yamux/1.0.0")
+            .await
+            .expect("yamux");
+        let mut receiver = libp2p::yamux::Config::default()
+            .upgrade_inbound(accepted, "/yamux/1.0.0")
+            .await
+            .expect("yamux");
+        let reading = tokio::spawn(async move {
+            let mut stream = poll_fn(|cx| receiver.poll_inbound_unpin(cx))
+                .await
+                .expect("inbound");
+            let drive = tokio::spawn(async move {
+                while poll_fn(|cx| receiver.poll_unpin(cx)).await.is_ok() {}
+            });
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.expect("read");
+            drive.abort();
+            got
+        });
+        let mut stream = poll_fn(|cx| sender.poll_outbound_unpin(cx))
+            .await
+            .expect("outbound");
+        let drive =
+            tokio::spawn(async move { while poll_fn(|cx| sender.poll_unpin(cx)).await.is_ok() {} });
+        stream.write_all(&data).await.expect("write");
+        stream.close().await.expect("close");
+        let got = reading.await.expect("reader");
+        drive.abort();
+        let writes = writes.lock().expect("writes").clone();
+        (got, writes)
+    }
+
+    /// With noise, a data frame of [`YAMUX_FRAME_PAYLOAD`] fills one noise
+    /// message exactly: the socket sees full messages (2-byte length,
+    /// 64,511 bytes sealed, 16-byte tag), where yamux's 16 KiB frames
+    /// made four, and one byte more would spill each frame into a second
+    /// message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_yamux_frame_fills_one_noise_message() {
+        let sent: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let full_message = 2 + NOISE_MESSAGE_PAYLOAD + 16;
+        let (got, writes) = over_noise(sent.clone(), YAMUX_FRAME_PAYLOAD).await;
+        assert!(got == sent, "every byte arrives in order");
+        let full = writes.iter().filter(|&&n| n == full_message).count();
+        assert_eq!(writes.iter().copied().max(), Some(full_message));
+        // Most bytes went in full messages (a frame is shorter where the
+        // stream's send window ran out).
+        assert!(full * NOISE_MESSAGE_PAYLOAD >= sent.len() / 2, "{writes:?}");
+
+        let (got, writes) = over_noise(sent.clone(), 16 << 10).await;
+        assert!(got == sent);
+        assert_eq!(
+            writes.iter().copied().max(),
+            Some(2 + YAMUX_HEADER + (16 << 10) + 16)
+        );
+
+        let (got, writes) = over_noise(sent.clone(), YAMUX_FRAME_PAYLOAD + 1).await;
+        assert!(got == sent);
+        // Noise writes the full message and the one the last byte spilled
+        // into at once.
+        assert!(
+            writes.iter().any(|&n| n == full_message + 2 + 1 + 16),
+            "the frame's last byte spilled into a second message: {writes:?}"
+        );
     }
 
     #[test]
