@@ -195,6 +195,9 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
                 shutdown: inner.shutdown.clone(),
                 reader: None,
             }),
+            // The store's reader re-verifies each chunk it returns and
+            // ends only after the whole-blob check.
+            checked_blob: Some(layer.digest),
         })
         .collect();
     let image = ImageImport {

@@ -55,7 +55,7 @@ use std::sync::Arc;
 use filetime::FileTime;
 use tar::EntryType;
 
-use super::layer::{stream_layer, Expected, LayerStats};
+use super::layer::{stream_layer, LayerStats};
 use super::publish::{publish, WORK_PREFIX};
 use super::{
     image_dir_name, is_echo, DirPolicy, ImageImport, ImportError, ImportOptions, LayerAction,
@@ -271,13 +271,7 @@ fn extract_layer(
     let stats = stream_layer(
         reader,
         info.compression,
-        Expected {
-            index,
-            diff_id: info.diff_id,
-            digest: Some(info.digest),
-            size: Some(info.size),
-            unpack: info.unpack,
-        },
+        info.expected(index),
         None,
         Some(abort),
         &mut |plain| extract_tar(index, plain, staging, &mut staged, perms),

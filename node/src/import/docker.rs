@@ -41,7 +41,7 @@ use edgeswarm_protocol::address::Digest;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::layer::{stream_layer, Compression, Expected, LayerStats};
+use super::layer::{stream_layer, Compression, LayerStats};
 use super::{
     chain_ids, docker_tag, is_echo, ImageImport, ImportError, ImportOptions, LayerAction,
     LayerInfo, LayerReport, LayerSource, ParsedImage,
@@ -618,13 +618,7 @@ fn write_layer_entry(
     };
     let send_err = |source: io::Error| ImportError::LayerStream { index, source };
     let name = layer_file_name(index);
-    let expected = Expected {
-        index,
-        diff_id: info.diff_id,
-        digest: Some(info.digest),
-        size: Some(info.size),
-        unpack: info.unpack,
-    };
+    let expected = info.expected(index);
     let (stats, size) = match info.compression {
         Compression::Gzip | Compression::None => {
             // Pass through: Docker decompresses gzip itself.

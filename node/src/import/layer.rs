@@ -7,16 +7,21 @@
 //! source -> [tee] -> HashReader (blob digest, size) -> decoder -> HashReader (diff_id)
 //! ```
 //!
-//! The two sha256 computations run on one dedicated hashing thread per
-//! layer, fed in 256 KiB batches through a bounded channel, so hashing
-//! overlaps decompression (sha256 costs about as much per byte as gzip
-//! decoding; in series the pair could not reach 500 MB/s on one core).
+//! and hands the uncompressed reader to a sink-specific consumer. The two
+//! sha256 computations run on one dedicated hashing thread per layer, fed
+//! in 256 KiB batches through a bounded channel, so hashing overlaps
+//! decompression (sha256 costs about as much per byte as gzip decoding; in
+//! series the pair could not reach 500 MB/s on one core). A source that
+//! vouches for the blob (the store's reader, which re-verifies every chunk
+//! it returns and ends only after the whole-blob check) is counted, not
+//! hashed: the daemon's imports leave the blob digest to the store instead
+//! of computing it a second time.
 //!
-//! and hands the uncompressed reader to a sink-specific consumer. After the
-//! consumer returns, both streams are drained to their end (so the digests
-//! cover every byte) and checked: the uncompressed sha256 against the
-//! config's diff_id, the compressed sha256 and size against the manifest
-//! descriptor. Everything here is blocking and runs on the blocking pool.
+//! After the consumer returns, both streams are drained to their end (so
+//! the digests cover every byte) and checked: the uncompressed sha256
+//! against the config's diff_id, the compressed sha256 (unless vouched
+//! for) and size against the manifest descriptor. Everything here is
+//! blocking and runs on the blocking pool.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
@@ -97,6 +102,11 @@ pub struct LayerStats {
     pub uncompressed_bytes: u64,
     /// sha256 of the uncompressed bytes (must equal the diff_id).
     pub diff_id: Digest,
+    /// Whether the compressed bytes were hashed here. `false` when the
+    /// source vouched for the blob ([`super::LayerSource::checked_blob`]):
+    /// `compressed_digest` is then the manifest's digest, which the
+    /// source checked every byte against.
+    pub compressed_hashed: bool,
 }
 
 /// The error a layer's reader returns once another layer of the same
@@ -316,6 +326,11 @@ pub(crate) struct Expected {
     pub(crate) size: Option<u64>,
     /// The bound on its uncompressed size.
     pub(crate) unpack: UnpackLimit,
+    /// The source yields exactly the blob `digest` names and checked it
+    /// (the store's reader), so the compressed bytes are counted but not
+    /// hashed again: one sha256 pass over the layer less, done in
+    /// software on CPUs without SHA instructions (a Raspberry Pi 4's).
+    pub(crate) checked_by_source: bool,
 }
 
 /// Streams one layer: decompresses `source`, optionally copies the
@@ -335,14 +350,17 @@ pub(crate) fn stream_layer(
     let index = expected.index;
     let stream_err = |source: io::Error| ImportError::LayerStream { index, source };
     let hasher = Rc::new(RefCell::new(OffloadHasher::new().map_err(stream_err)?));
+    // The digest the source checked every byte against, if it did.
+    let vouched = expected.digest.filter(|_| expected.checked_by_source);
     let mut compressed = HashReader {
         inner: TeeReader {
             inner: source,
             sink: tee,
         },
         hasher: hasher.clone(),
-        // An uncompressed layer's blob digest is its diff_id: hash once.
-        which: (compression != Compression::None).then_some(0),
+        // An uncompressed layer's blob digest is its diff_id: hash once;
+        // a blob its source checked is not hashed again.
+        which: (compression != Compression::None && vouched.is_none()).then_some(0),
         count: 0,
         abort,
         limit: None,
@@ -396,10 +414,11 @@ pub(crate) fn stream_layer(
     let compressed_bytes = compressed.count;
     drop(compressed);
     let [compressed_digest, diff_id] = hasher.borrow_mut().finish().map_err(stream_err)?;
-    let compressed_digest = if compression == Compression::None {
-        diff_id
-    } else {
-        compressed_digest
+    let compressed_hashed = compression != Compression::None && vouched.is_none();
+    let compressed_digest = match (compression, vouched) {
+        (Compression::None, _) => diff_id,
+        (_, Some(digest)) => digest,
+        _ => compressed_digest,
     };
     if let Some(size) = expected.size {
         if size != compressed_bytes {
@@ -431,6 +450,7 @@ pub(crate) fn stream_layer(
         compressed_digest,
         uncompressed_bytes,
         diff_id,
+        compressed_hashed,
     })
 }
 
@@ -457,6 +477,7 @@ pub fn verify_layer(
             digest: None,
             size: None,
             unpack: UnpackLimit::default(),
+            checked_by_source: false,
         },
         None,
         None,
@@ -558,5 +579,48 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    fn vouched(data: &[u8], z: &[u8], size: u64) -> Result<LayerStats, ImportError> {
+        stream_layer(
+            &mut Cursor::new(z),
+            Compression::Gzip,
+            Expected {
+                index: 0,
+                diff_id: Digest::of(data),
+                digest: Some(Digest::of(z)),
+                size: Some(size),
+                unpack: UnpackLimit::default(),
+                checked_by_source: true,
+            },
+            None,
+            None,
+            &mut |_| Ok(()),
+        )
+    }
+
+    /// A source that vouches for the blob is counted, not hashed; its
+    /// size and the diff_id are still checked.
+    #[test]
+    fn a_vouched_blob_is_counted_and_its_diff_id_still_checked() {
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let z = gzip(&data);
+        let stats = vouched(&data, &z, z.len() as u64).unwrap();
+        assert!(!stats.compressed_hashed);
+        assert_eq!(stats.compressed_digest, Digest::of(&z));
+        assert_eq!(stats.compressed_bytes, z.len() as u64);
+        assert_eq!(stats.diff_id, Digest::of(&data));
+        let err = vouched(&data, &z, z.len() as u64 + 1).unwrap_err();
+        assert!(matches!(err, ImportError::SizeMismatch { .. }), "{err}");
+        let err = vouched(b"something else", &z, z.len() as u64).unwrap_err();
+        assert!(matches!(err, ImportError::DiffIdMismatch { .. }), "{err}");
+        // Not vouched: hashed, as before.
+        let stats = verify_layer(
+            &mut Cursor::new(&z),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Digest::of(&data),
+        )
+        .unwrap();
+        assert!(stats.compressed_hashed);
     }
 }

@@ -212,6 +212,14 @@ pub struct LayerSource {
     /// The compressed bytes as they arrive; reads may block until the next
     /// chunk is verified. Read exactly once, on a blocking thread.
     pub reader: Box<dyn Read + Send>,
+    /// `Some(blob)` when `reader` itself guarantees that it yields exactly
+    /// the bytes of `blob` and ends only once they all matched it (the
+    /// store's [`crate::store::BlobReader`]: each chunk re-verified as it
+    /// is read, end of file only after the whole-blob check). When that is
+    /// the blob the manifest names, the import does not hash the
+    /// compressed stream a second time; `None` (any other reader): it
+    /// does, and checks the digest and size itself.
+    pub checked_blob: Option<Digest>,
 }
 
 impl std::fmt::Debug for LayerSource {
@@ -458,6 +466,24 @@ pub(crate) struct LayerInfo {
     pub(crate) diff_id: Digest,
     /// The bound on its uncompressed size (from [`ImportOptions`]).
     pub(crate) unpack: layer::UnpackLimit,
+    /// Its source vouches for this very blob digest
+    /// ([`LayerSource::checked_blob`]): the compressed bytes are not
+    /// hashed again.
+    pub(crate) checked_by_source: bool,
+}
+
+impl LayerInfo {
+    /// What layer `index` must match when it streams.
+    pub(crate) fn expected(&self, index: usize) -> layer::Expected {
+        layer::Expected {
+            index,
+            diff_id: self.diff_id,
+            digest: Some(self.digest),
+            size: Some(self.size),
+            unpack: self.unpack,
+            checked_by_source: self.checked_by_source,
+        }
+    }
 }
 
 /// The parsed parts of manifest and config the sinks need.
@@ -533,13 +559,15 @@ pub(crate) fn parse_image(image: &ImageImport) -> Result<ParsedImage, ImportErro
         let size = desc["size"]
             .as_u64()
             .ok_or_else(|| ImportError::InvalidManifest(format!("layer {index}: no size")))?;
+        let digest = parse_digest(&desc["digest"], "layer digest")?;
         layers.push(LayerInfo {
             media_type,
             compression,
-            digest: parse_digest(&desc["digest"], "layer digest")?,
+            digest,
             size,
             diff_id,
             unpack: layer::UnpackLimit::default(),
+            checked_by_source: source.checked_blob == Some(digest),
         });
     }
     Ok(ParsedImage { manifest, layers })

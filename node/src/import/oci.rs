@@ -25,7 +25,7 @@ use std::sync::Arc;
 use edgeswarm_protocol::address::Digest;
 use serde_json::json;
 
-use super::layer::{stream_layer, Expected};
+use super::layer::stream_layer;
 use super::publish::{publish, WORK_PREFIX};
 use super::{
     image_dir_name, is_echo, reference_tag, ImageImport, ImportError, ImportOptions, LayerAction,
@@ -92,13 +92,7 @@ pub(super) async fn import(
             let result = stream_layer(
                 &mut *reader,
                 info.compression,
-                Expected {
-                    index,
-                    diff_id: info.diff_id,
-                    digest: Some(info.digest),
-                    size: Some(info.size),
-                    unpack: info.unpack,
-                },
+                info.expected(index),
                 Some(&mut out),
                 Some(abort.clone()),
                 &mut |_| Ok(()),

@@ -172,6 +172,111 @@ async fn dir_wrong_diff_id_keeps_nothing() {
     assert_no_leftovers(tmp.path());
 }
 
+/// Flips one byte of a file behind the store's back.
+fn rot(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0xFF], offset).unwrap();
+}
+
+/// The daemon imports from the store, whose reader re-verifies each chunk
+/// it returns and ends only after the whole-blob check: the import leaves
+/// the blob digest to it instead of hashing the compressed bytes again.
+/// Rot on disk under the complete blob is still caught (the reader clears
+/// the chunk and waits for it), the import ends with the right files, and
+/// a source that vouches for another digest than the manifest's is
+/// hashed as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dir_leaves_the_blob_digest_to_the_store_reader_which_still_catches_rot() {
+    use bytes::Bytes;
+    use edgeswarm_node::import::{ImageImport, LayerSource};
+    use edgeswarm_node::store::{Store, StoreConfig};
+    use edgeswarm_protocol::address::Digest;
+    use edgeswarm_protocol::chunkmap::{ChunkMap, ChunkSize};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(&[(base_layer("vouched"), Compression::Gzip)], false, None);
+    let (media_type, blob, diff_id) = image.layers[0].clone();
+    let digest = Digest::of(&blob);
+    let map = ChunkMap::from_bytes(&blob, ChunkSize::MIN);
+    assert!(map.chunk_count() > 2, "the layer spans several chunks");
+    let store = Store::open(tmp.path().join("store"), StoreConfig::default())
+        .await
+        .unwrap();
+    store.put_chunk_map(digest, &map).await.unwrap();
+    let chunk = |i: u32| {
+        let r = map.chunk_range(i).unwrap();
+        Bytes::copy_from_slice(&blob[r.start as usize..r.end as usize])
+    };
+    for i in 0..map.chunk_count() {
+        store.write_chunk(digest, i, chunk(i)).await.unwrap();
+    }
+    assert!(store.is_complete(&digest));
+    rot(
+        &store.blob_path(&digest).unwrap(),
+        map.chunk_range(1).unwrap().start + 100,
+    );
+
+    let import = |reference: &str, checked_blob: Option<Digest>| ImageImport {
+        reference: reference.to_owned(),
+        config_bytes: image.config.clone(),
+        manifest_bytes: image.manifest.clone(),
+        layers: vec![LayerSource {
+            media_type: media_type.clone(),
+            diff_id,
+            reader: Box::new(store.reader(digest).unwrap()),
+            checked_blob,
+        }],
+    };
+    let sink = dir_sink(tmp.path());
+    let running = tokio::spawn({
+        let (sink, image) = (sink.clone(), import("local/vouched:v1", Some(digest)));
+        async move { import_image(&sink, image, &ImportOptions::default()).await }
+    });
+    // The reader finds the rotten chunk and clears it; the import waits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.bitfield(&digest).unwrap().get(1) {
+        assert!(std::time::Instant::now() < deadline, "rot never caught");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!store.is_complete(&digest));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!running.is_finished(), "the import waits for the chunk");
+    store.write_chunk(digest, 1, chunk(1)).await.unwrap();
+    let report = running.await.unwrap().unwrap();
+    let stats = report.layers[0].stats.expect("streamed");
+    assert!(!stats.compressed_hashed, "the store vouched for the blob");
+    assert_eq!(stats.compressed_digest, digest);
+    assert_eq!(stats.compressed_bytes, blob.len() as u64);
+    assert_eq!(stats.diff_id, diff_id);
+    let root = tmp.path().join("rootfs/local_vouched_v1");
+    assert!(root.join("bin/busybox").is_file());
+
+    // Vouching for another blob than the manifest names counts for
+    // nothing, and neither does not vouching.
+    for (n, checked_blob) in [Some(Digest::of(b"another blob")), None]
+        .into_iter()
+        .enumerate()
+    {
+        let report = import_image(
+            &sink,
+            import(&format!("local/hashed:v{n}"), checked_blob),
+            &ImportOptions::default(),
+        )
+        .await
+        .unwrap();
+        let stats = report.layers[0].stats.expect("streamed");
+        assert!(stats.compressed_hashed, "{checked_blob:?}");
+        assert_eq!(stats.compressed_digest, digest);
+    }
+}
+
 #[tokio::test]
 async fn dir_reimport_replaces_the_previous_rootfs() {
     let tmp = tempfile::tempdir().unwrap();

@@ -436,6 +436,7 @@ impl TestImage {
                             delays[i],
                             probes[i].clone(),
                         )),
+                        checked_blob: None,
                     }
                 })
                 .collect(),
