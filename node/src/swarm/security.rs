@@ -92,9 +92,9 @@ const YAMUX_HEADER: usize = 12;
 /// interleaved (`testnet/results/issue15-yamux-frames-2026-12-06/`):
 /// non-gateway nodes 0.59-0.65 CPU-s against 0.65-0.76, 8 % fewer TCP
 /// segments, 1.011-1.013x N x image into the node links against
-/// 1.017-1.018x. TLS gains as much from it (rustls cuts a frame into
-/// four records and writes them at once): 1.017-1.018x against
-/// 1.024-1.027x with frames of one record each (16,372 bytes).
+/// 1.017-1.018x. TLS gains from it too (a frame is four records there):
+/// 1.017-1.018x against 1.024-1.027x with frames of one record each
+/// (16,372 bytes), which had been this code's guess for TLS.
 pub(crate) const YAMUX_FRAME_PAYLOAD: usize = NOISE_MESSAGE_PAYLOAD - YAMUX_HEADER;
 
 /// TLS first or not, from the setting (if any) and the CPU.
@@ -450,8 +450,8 @@ mod tests {
         use libp2p::core::muxing::StreamMuxerExt as _;
         use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
-        // Room for all of `data`: no write is ever cut short, so each write
-        // is one whole noise message.
+        // Room for all of `data`: no write is ever cut short, so a write
+        // holds whole noise messages.
         let (a, b) = tokio::io::duplex(data.len() * 2);
         let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = Recorder {
