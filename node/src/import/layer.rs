@@ -352,15 +352,16 @@ pub(crate) fn stream_layer(
     let hasher = Rc::new(RefCell::new(OffloadHasher::new().map_err(stream_err)?));
     // The digest the source checked every byte against, if it did.
     let vouched = expected.digest.filter(|_| expected.checked_by_source);
+    // An uncompressed layer's blob digest is its diff_id: hash once; a
+    // blob its source checked is not hashed again.
+    let compressed_hashed = compression != Compression::None && vouched.is_none();
     let mut compressed = HashReader {
         inner: TeeReader {
             inner: source,
             sink: tee,
         },
         hasher: hasher.clone(),
-        // An uncompressed layer's blob digest is its diff_id: hash once;
-        // a blob its source checked is not hashed again.
-        which: (compression != Compression::None && vouched.is_none()).then_some(0),
+        which: compressed_hashed.then_some(0),
         count: 0,
         abort,
         limit: None,
@@ -414,7 +415,6 @@ pub(crate) fn stream_layer(
     let compressed_bytes = compressed.count;
     drop(compressed);
     let [compressed_digest, diff_id] = hasher.borrow_mut().finish().map_err(stream_err)?;
-    let compressed_hashed = compression != Compression::None && vouched.is_none();
     let compressed_digest = match (compression, vouched) {
         (Compression::None, _) => diff_id,
         (_, Some(digest)) => digest,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::import::*;
+use crate::support::{corrupt, eventually, join};
 use edgeswarm_node::import::{
     import_image, Compression, DirPolicy, ImportError, ImportOptions, ImportSink, LayerAction,
 };
@@ -172,19 +173,6 @@ async fn dir_wrong_diff_id_keeps_nothing() {
     assert_no_leftovers(tmp.path());
 }
 
-/// Flips one byte of a file behind the store's back.
-fn rot(path: &Path, offset: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).unwrap();
-    f.write_all_at(&[b[0] ^ 0xFF], offset).unwrap();
-}
-
 /// The daemon imports from the store, whose reader re-verifies each chunk
 /// it returns and ends only after the whole-blob check: the import leaves
 /// the blob digest to it instead of hashing the compressed bytes again.
@@ -218,7 +206,7 @@ async fn dir_leaves_the_blob_digest_to_the_store_reader_which_still_catches_rot(
         store.write_chunk(digest, i, chunk(i)).await.unwrap();
     }
     assert!(store.is_complete(&digest));
-    rot(
+    corrupt(
         &store.blob_path(&digest).unwrap(),
         map.chunk_range(1).unwrap().start + 100,
     );
@@ -240,16 +228,23 @@ async fn dir_leaves_the_blob_digest_to_the_store_reader_which_still_catches_rot(
         async move { import_image(&sink, image, &ImportOptions::default()).await }
     });
     // The reader finds the rotten chunk and clears it; the import waits.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while store.bitfield(&digest).unwrap().get(1) {
-        assert!(std::time::Instant::now() < deadline, "rot never caught");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the reader clears the rotten chunk",
+        Duration::from_secs(20),
+        async || {
+            if store.bitfield(&digest).unwrap().get(1) {
+                Err("chunk 1 still held")
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     assert!(!store.is_complete(&digest));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!running.is_finished(), "the import waits for the chunk");
     store.write_chunk(digest, 1, chunk(1)).await.unwrap();
-    let report = running.await.unwrap().unwrap();
+    let report = join(running).await.unwrap();
     let stats = report.layers[0].stats.expect("streamed");
     assert!(!stats.compressed_hashed, "the store vouched for the blob");
     assert_eq!(stats.compressed_digest, digest);

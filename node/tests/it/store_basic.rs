@@ -11,6 +11,8 @@ use bytes::Bytes;
 use edgeswarm_node::store::{Store, StoreConfig, StoreError, StoreEvent, WriteOutcome};
 use edgeswarm_protocol::{ChunkError, ChunkMap, ChunkSize, Digest};
 
+use crate::support::corrupt;
+
 /// Deterministic pseudo-random bytes (sha256 counter mode).
 fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);
@@ -54,20 +56,6 @@ async fn open(dir: &Path) -> Store {
     Store::open(dir.to_path_buf(), StoreConfig::default())
         .await
         .unwrap()
-}
-
-/// Flips one byte of a file on disk, behind the store's back.
-fn corrupt(path: &Path, offset: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).unwrap();
-    b[0] ^= 0xff;
-    f.write_all_at(&b, offset).unwrap();
-    f.sync_all().unwrap();
 }
 
 fn partial_data(dir: &Path, blob: &Digest) -> std::path::PathBuf {

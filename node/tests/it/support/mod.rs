@@ -69,6 +69,22 @@ pub(crate) async fn eventually<T, E: Display>(
     }
 }
 
+/// Flips one byte of a file on disk, behind the store's back (rot), and
+/// syncs it.
+pub(crate) fn corrupt(path: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
 /// Awaits a spawned task and returns its output; a panic in the task is
 /// raised again here, so a node task that panicked fails the test instead
 /// of being dropped with the join error.
