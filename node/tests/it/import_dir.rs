@@ -410,6 +410,120 @@ async fn dir_rejects_writing_through_a_relative_symlink_escape() {
     assert!(!Path::new("/tmp/edgeswarm-rel-escape").exists());
 }
 
+/// The extraction remembers the directories it has checked; a directory
+/// the tar itself later replaces by a symlink must not stay remembered,
+/// whether it was the last parent used or an ancestor of it.
+#[tokio::test]
+async fn dir_rejects_writing_through_a_symlink_that_replaced_a_checked_directory() {
+    for (replaced, write) in [
+        (&b"evil"[..], &b"evil/pwned"[..]),
+        (&b"evil"[..], &b"evil/deep/pwned"[..]),
+    ] {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().to_str().unwrap().as_bytes().to_vec();
+        std::fs::create_dir(outside.path().join("deep")).unwrap();
+        let (_tmp, err) = import_hostile(raw_tar(&[
+            raw_entry(b"evil/", EntryType::Directory, b"", b""),
+            raw_entry(b"evil/deep/", EntryType::Directory, b"", b""),
+            raw_entry(b"evil/deep/before", EntryType::Regular, b"", b"fine"),
+            raw_entry(replaced, EntryType::Symlink, &target, b""),
+            raw_entry(write, EntryType::Regular, b"", b"owned"),
+        ]))
+        .await;
+        assert_unsafe(&err, "a parent directory is a symlink");
+        let written = Path::new(std::str::from_utf8(write).unwrap());
+        let below = written.strip_prefix("evil").unwrap();
+        assert!(
+            !outside.path().join(below).exists(),
+            "wrote through the symlink: {}",
+            below.display()
+        );
+    }
+}
+
+/// Files are written in large full blocks; sizes around the write buffer
+/// and a decompressor's short reads must still give back every byte, and
+/// a file replacing a directory (or a directory a file) must work.
+#[tokio::test]
+async fn dir_writes_large_files_whole_and_replaces_entries_of_another_kind() {
+    let patterned = |len: usize, seed: u32| -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    };
+    let sizes = [
+        0,
+        1,
+        256 * 1024 - 1,
+        256 * 1024,
+        256 * 1024 + 1,
+        3 * 1024 * 1024 + 17,
+    ];
+    let files: Vec<(String, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (format!("data/f{i}"), patterned(len, i as u32 + 1)))
+        .collect();
+    // Directories a user can enter, whoever runs the test.
+    let dir = |name: &[u8]| {
+        let mut entry = raw_entry(name, EntryType::Directory, b"", b"");
+        entry[100..108].copy_from_slice(b"0000755\0");
+        fix_checksum(&mut entry[..512]);
+        entry
+    };
+    let mut entries = vec![
+        dir(b"data/"),
+        raw_entry(b"swap", EntryType::Regular, b"", b"a file first"),
+        dir(b"swap/"),
+        raw_entry(b"swap/inside", EntryType::Regular, b"", b"then a directory"),
+        dir(b"back/"),
+        raw_entry(b"back/child", EntryType::Regular, b"", b"gone"),
+        raw_entry(
+            b"back",
+            EntryType::Regular,
+            b"",
+            b"a directory, then a file",
+        ),
+    ];
+    for (path, data) in &files {
+        entries.push(raw_entry(path.as_bytes(), EntryType::Regular, b"", data));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let image = build_image(&[(raw_tar(&entries), Compression::Gzip)], false, None);
+    let probe = Arc::new(ReadProbe::default());
+    let report = import_image(
+        &dir_sink(tmp.path()),
+        image.import("big:v1", Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let root = Path::new(&report.location);
+    for (path, data) in &files {
+        let got = std::fs::read(root.join(path)).unwrap();
+        assert!(
+            got == *data,
+            "{path}: {} bytes back, {} written",
+            got.len(),
+            data.len()
+        );
+    }
+    assert_eq!(
+        std::fs::read(root.join("swap/inside")).unwrap(),
+        b"then a directory"
+    );
+    assert_eq!(
+        std::fs::read(root.join("back")).unwrap(),
+        b"a directory, then a file"
+    );
+}
+
 #[tokio::test]
 async fn dir_rejects_hard_links_out_of_the_rootfs() {
     let (_tmp, err) = import_hostile(raw_tar(&[raw_entry(
