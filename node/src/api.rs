@@ -335,8 +335,37 @@ async fn ready(State(daemon): State<Daemon>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
-async fn status(State(daemon): State<Daemon>) -> impl IntoResponse {
-    Json(daemon.status().await)
+/// Header of a `GET /v1/status` answer: the node's count of release
+/// phase changes, to pass back as `phase` to wait for the next one.
+pub const PHASES_HEADER: &str = "x-edgeswarm-phases";
+/// Header of a `GET /v1/status` answer: milliseconds the node waited
+/// before answering a long poll (0 for an answer at once).
+pub const WAITED_HEADER: &str = "x-edgeswarm-waited-ms";
+
+/// `GET /v1/status` parameters: both set make a long poll.
+#[derive(Debug, serde::Deserialize)]
+struct StatusQuery {
+    /// The [`PHASES_HEADER`] of the previous answer: answer once the
+    /// node's release phases moved past it.
+    phase: Option<u64>,
+    /// The longest to wait for that, in milliseconds (default 0, at most
+    /// 30,000).
+    wait_ms: Option<u64>,
+}
+
+async fn status(
+    State(daemon): State<Daemon>,
+    axum::extract::Query(query): axum::extract::Query<StatusQuery>,
+) -> impl IntoResponse {
+    let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0));
+    let answer = daemon.status_after(query.phase, wait).await;
+    (
+        [
+            (PHASES_HEADER, answer.phases.to_string()),
+            (WAITED_HEADER, answer.waited.as_millis().to_string()),
+        ],
+        Json(answer.view),
+    )
 }
 
 fn selector(terms: &[String]) -> Result<Vec<(String, String)>, ApiError> {

@@ -17,8 +17,10 @@
 //!   other node's status reports, the release is deployed through node 0's
 //!   API; a watcher in the router namespace polls every node's API (every
 //!   100 ms while the node may finish before a 500 ms poll would see it,
-//!   else every 500 ms: [`crate::watch::PollPolicy`]) and a node's time is
-//!   when the watcher first sees it `done`, within the recorded poll gap.
+//!   else every 500 ms: [`crate::watch::PollPolicy`]; once the node knows
+//!   the release, a long poll it answers at each phase change) and a node's
+//!   time is when the watcher first sees it `done`, within the recorded
+//!   poll gap.
 //!
 //! # What is recorded
 //! Per node: completion time (seconds since the deploy/pull started), the

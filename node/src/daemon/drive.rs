@@ -357,6 +357,7 @@ impl Inner {
                 tracing::debug!(release = %id, from = ?change.from, to = ?new, "release phase");
                 self.metrics.record_phase(new, change.took);
                 self.status_changed.notify_one();
+                self.phases.send_modify(|count| *count += 1);
                 if let Some(e) = error {
                     tracing::error!(release = %id, error = %e, "release failed");
                 }

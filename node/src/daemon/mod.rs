@@ -102,7 +102,10 @@ use peers::Peers;
 pub use ready::{Readiness, ReadyCheck, ReadyGate};
 use releases::Releases;
 use status::status_loop;
-pub use views::{PeerView, RefusedView, ReleasePhase, ReleaseView, SelfView, StatusView};
+pub use views::{
+    PeerView, RefusedView, ReleasePhase, ReleaseView, SelfView, StatusAfter, StatusView,
+    MAX_STATUS_WAIT,
+};
 
 pub use removal::{
     decode_signed as decode_removal, encode_gossip as encode_removal_gossip, repository_of,
@@ -204,6 +207,9 @@ pub(crate) struct Inner {
     /// Wakes the status loop when a release changes state, so the locality
     /// learns of completions without waiting for the next periodic report.
     status_changed: tokio::sync::Notify,
+    /// Counts this node's release phase changes (every change recorded by
+    /// `record_phase`): what a long-polling `GET /v1/status` waits on.
+    phases: tokio::sync::watch::Sender<u64>,
     /// Gateway messages that arrived before this node elected the gateway.
     early: gossip::EarlyMessages,
     /// Release-level metrics.
@@ -290,6 +296,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             release_slots: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE_RELEASES)),
             status_changed: tokio::sync::Notify::new(),
+            phases: tokio::sync::watch::Sender::new(0),
             early: gossip::EarlyMessages::default(),
             metrics,
             metrics_registry: registry_metrics,

@@ -185,7 +185,50 @@ pub struct SelfView {
     pub warnings: Vec<String>,
 }
 
+/// The longest a [`Daemon::status_after`] waits for a phase change.
+pub const MAX_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A status answered by [`Daemon::status_after`].
+#[derive(Debug)]
+pub struct StatusAfter {
+    /// The locality as this node sees it.
+    pub view: StatusView,
+    /// How many release phase changes this node had recorded when the
+    /// view was built (the view may already show a later one): the next
+    /// long poll passes it back.
+    pub phases: u64,
+    /// How long the call waited before a change (or the deadline) let it
+    /// answer.
+    pub waited: std::time::Duration,
+}
+
 impl Daemon {
+    /// The status once this node's release phases differ from `seen` (a
+    /// count earlier returned as [`StatusAfter::phases`]), or after
+    /// `wait` (capped at [`MAX_STATUS_WAIT`]), or at shutdown; at once
+    /// when `seen` is `None` or already stale. A watcher that long-polls
+    /// this learns of every phase change as it happens, for one request
+    /// per change instead of one per poll interval.
+    pub async fn status_after(&self, seen: Option<u64>, wait: std::time::Duration) -> StatusAfter {
+        let started = std::time::Instant::now();
+        let mut phases = self.inner.phases.subscribe();
+        if seen.is_some_and(|seen| *phases.borrow_and_update() == seen) {
+            tokio::select! {
+                _ = phases.changed() => {}
+                () = tokio::time::sleep(wait.min(MAX_STATUS_WAIT)) => {}
+                () = self.inner.shutdown.cancelled() => {}
+            }
+        }
+        let waited = started.elapsed();
+        // Read before the view is built: the view is at least this new.
+        let count = *phases.borrow();
+        StatusAfter {
+            view: self.status().await,
+            phases: count,
+            waited,
+        }
+    }
+
     /// The locality as this node sees it.
     pub async fn status(&self) -> StatusView {
         let me = self.inner.swarm.local_peer_id();

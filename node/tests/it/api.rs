@@ -231,6 +231,77 @@ async fn untrusted_and_foreign_releases_are_refused_and_reported() {
     api.daemon.shutdown();
 }
 
+/// `(phases, waited ms, elapsed)` of one `GET` of `path`.
+async fn status_headers(api: &Api, path: &str) -> (u64, u64, Duration) {
+    let started = std::time::Instant::now();
+    let r = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let header = |name: &str| -> u64 { r.headers()[name].to_str().unwrap().parse().unwrap() };
+    let out = (
+        header(edgeswarm_node::api::PHASES_HEADER),
+        header(edgeswarm_node::api::WAITED_HEADER),
+        started.elapsed(),
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["self"]["peer_id"].is_string(), "{body}");
+    out
+}
+
+/// A long poll of `/v1/status` answers when a release changes phase (not
+/// before, and not later than the change), at once when the caller's count
+/// is already stale, and at its deadline when nothing happens.
+#[tokio::test]
+async fn status_long_poll_answers_on_a_phase_change() {
+    let publisher = key(1);
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(publisher.public());
+    let api = std::sync::Arc::new(start(trusted, "plant").await);
+
+    let (before, waited, _) = status_headers(&api, "/v1/status").await;
+    assert_eq!(waited, 0, "a plain GET does not wait");
+    let (same, waited, took) =
+        status_headers(&api, &format!("/v1/status?phase={before}&wait_ms=300")).await;
+    assert_eq!(same, before, "nothing happened");
+    assert!(
+        waited >= 300 && took >= Duration::from_millis(300),
+        "{waited} ms"
+    );
+
+    let poll = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            status_headers(&api, &format!("/v1/status?phase={before}&wait_ms=20000")).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poll.is_finished(), "answered before any change");
+    // A release of an image no registry serves: it is accepted, then
+    // fails on this node; either way its phase changes.
+    let signed = SignedRelease::sign(release("plant"), &publisher);
+    let (status, json) = api.post("/v1/releases", &encoded(&signed)).await;
+    assert_eq!(status, 200, "{json}");
+    let (after, waited, took) = tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .expect("the long poll answers once the phase changes")
+        .unwrap();
+    assert!(after > before, "phases {before} -> {after}");
+    assert!(
+        waited >= 500 && took < Duration::from_secs(15),
+        "{waited} ms"
+    );
+
+    let (now, waited, _) =
+        status_headers(&api, &format!("/v1/status?phase={before}&wait_ms=20000")).await;
+    assert!(now >= after);
+    assert_eq!(waited, 0, "a stale count answers at once");
+    api.daemon.shutdown();
+}
+
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let api = start(TrustedKeys::new(), "metrics").await;
