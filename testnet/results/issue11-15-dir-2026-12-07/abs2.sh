@@ -2,7 +2,7 @@
 # abs2.sh SET ROUNDS IMPORT N LABEL=NODEBIN,TESTNETBIN... : edgeswarm and naive in each run, builds interleaved per round
 set -u
 SET=$1; R=$2; IMP=$3; N=$4; shift 4
-for r in $(seq 1 $R); do
+for r in $(seq ${START:-1} $R); do
   for lb in "$@"; do
     label=${lb%%=*}; rest=${lb#*=}; bin=${rest%%,*}; tn=${rest#*,}
     out=/work/out/$SET-$IMP-n$N-$label-r$r
