@@ -82,13 +82,17 @@ impl Api {
         (status, json)
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
-        let r = self
-            .http
+    /// The answer to an unauthenticated `GET` of `path`.
+    async fn get_response(&self, path: &str) -> reqwest::Response {
+        self.http
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.get_response(path).await;
         (r.status().as_u16(), r.text().await.unwrap())
     }
 }
@@ -234,12 +238,7 @@ async fn untrusted_and_foreign_releases_are_refused_and_reported() {
 /// `(phases, waited ms, elapsed)` of one `GET` of `path`.
 async fn status_headers(api: &Api, path: &str) -> (u64, u64, Duration) {
     let started = std::time::Instant::now();
-    let r = api
-        .http
-        .get(format!("{}{path}", api.base))
-        .send()
-        .await
-        .unwrap();
+    let r = api.get_response(path).await;
     assert_eq!(r.status().as_u16(), 200);
     let header = |name: &str| -> u64 { r.headers()[name].to_str().unwrap().parse().unwrap() };
     let out = (

@@ -20,6 +20,22 @@ fn dir_sink(root: &Path) -> ImportSink {
     }
 }
 
+/// Imports `image` as `reference` into a dir sink under `root`, read at
+/// full speed with default options.
+async fn import_plain(
+    root: &Path,
+    image: &TestImage,
+    reference: &str,
+) -> Result<edgeswarm_node::import::ImportReport, ImportError> {
+    let probe = Arc::new(ReadProbe::default());
+    import_image(
+        &dir_sink(root),
+        image.import(reference, Duration::ZERO, &probe),
+        &ImportOptions::default(),
+    )
+    .await
+}
+
 /// Nothing is left in the sink root but finished images.
 fn assert_no_leftovers(root: &Path) {
     let rootfs = root.join("rootfs");
@@ -157,14 +173,9 @@ async fn dir_wrong_diff_id_keeps_nothing() {
         true,
         Some(1),
     );
-    let probe = Arc::new(ReadProbe::default());
-    let err = import_image(
-        &dir_sink(tmp.path()),
-        image.import("local/wrong:v1", Duration::ZERO, &probe),
-        &ImportOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = import_plain(tmp.path(), &image, "local/wrong:v1")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, ImportError::DiffIdMismatch { index: 1, .. }),
         "{err}"
@@ -333,14 +344,9 @@ async fn dir_reimport_replaces_the_previous_rootfs() {
 async fn import_hostile(tar: Vec<u8>) -> (tempfile::TempDir, ImportError) {
     let tmp = tempfile::tempdir().unwrap();
     let image = build_image(&[(tar, Compression::Gzip)], false, None);
-    let probe = Arc::new(ReadProbe::default());
-    let err = import_image(
-        &dir_sink(tmp.path()),
-        image.import("hostile:v1", Duration::ZERO, &probe),
-        &ImportOptions::default(),
-    )
-    .await
-    .expect_err("hostile tar must be rejected");
+    let err = import_plain(tmp.path(), &image, "hostile:v1")
+        .await
+        .expect_err("hostile tar must be rejected");
     assert_no_leftovers(tmp.path());
     (tmp, err)
 }
@@ -496,14 +502,7 @@ async fn dir_writes_large_files_whole_and_replaces_entries_of_another_kind() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let image = build_image(&[(raw_tar(&entries), Compression::Gzip)], false, None);
-    let probe = Arc::new(ReadProbe::default());
-    let report = import_image(
-        &dir_sink(tmp.path()),
-        image.import("big:v1", Duration::ZERO, &probe),
-        &ImportOptions::default(),
-    )
-    .await
-    .unwrap();
+    let report = import_plain(tmp.path(), &image, "big:v1").await.unwrap();
     let root = Path::new(&report.location);
     for (path, data) in &files {
         let got = std::fs::read(root.join(path)).unwrap();
@@ -596,14 +595,7 @@ async fn dir_follows_lower_layer_symlinks_only_inside_the_rootfs() {
         false,
         None,
     );
-    let probe = Arc::new(ReadProbe::default());
-    let report = import_image(
-        &dir_sink(tmp.path()),
-        image.import("links:v1", Duration::ZERO, &probe),
-        &ImportOptions::default(),
-    )
-    .await
-    .unwrap();
+    let report = import_plain(tmp.path(), &image, "links:v1").await.unwrap();
     let root = Path::new(&report.location);
     assert_eq!(
         std::fs::read_link(root.join("lib")).unwrap(),
@@ -679,14 +671,7 @@ async fn dir_handles_gnu_long_names_and_pax_paths() {
         false,
         None,
     );
-    let probe = Arc::new(ReadProbe::default());
-    let report = import_image(
-        &dir_sink(tmp.path()),
-        image.import("long:v1", Duration::ZERO, &probe),
-        &ImportOptions::default(),
-    )
-    .await
-    .unwrap();
+    let report = import_plain(tmp.path(), &image, "long:v1").await.unwrap();
     let root = Path::new(&report.location);
     assert_eq!(std::fs::read(root.join(&long_file)).unwrap(), b"long");
     assert_eq!(
