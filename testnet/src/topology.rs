@@ -467,6 +467,32 @@ fn shape_in(
     cmd::run("tc", &args).map(drop)
 }
 
+/// The sysctls that send bridged frames through the host's netfilter
+/// (present only while the `br_netfilter` module is loaded; per namespace).
+pub const BRIDGE_NETFILTER_SYSCTLS: [&str; 3] = [
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+    "/proc/sys/net/bridge/bridge-nf-call-arptables",
+];
+
+/// Keeps the frames crossing the bridges of namespace `ns` out of
+/// netfilter. Docker loads `br_netfilter`, and every new namespace then
+/// starts with these sysctls at 1, so each frame between two emulated
+/// devices went through the bridge's netfilter hooks (`br_nf_pre_routing`,
+/// `br_nf_forward_ip`, `br_nf_post_routing`, an skb extension each) in the
+/// softirq of whichever process sent it, with no rule to match: about
+/// 0.02 CPU-s of each node at N = 21 with `dir` (self time in a 2026-12-07
+/// profile), a cost no switch puts on real devices. The testnet adds no
+/// netfilter rules of its own.
+fn bridge_without_netfilter(ns: &str) -> Result<()> {
+    let script = BRIDGE_NETFILTER_SYSCTLS
+        .iter()
+        .map(|f| format!("if [ -e {f} ]; then echo 0 > {f}; fi"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ns_sh(ns, &script)
+}
+
 /// Runs a shell snippet inside a namespace (for sysctls under /proc/sys/net,
 /// which are per namespace).
 fn ns_sh(ns: &str, script: &str) -> Result<()> {
@@ -821,6 +847,7 @@ impl Topology {
             &["addr", "add", &format!("{}/24", cloud.addr), "dev", "br0"],
         )?;
         ip_n(&cloud.ns, &["link", "set", "dev", "br0", "up"])?;
+        bridge_without_netfilter(&cloud.ns)?;
         ns_sh(&cloud.ns, "echo 1 > /proc/sys/net/ipv4/ip_forward")?;
         let (cloud_rate, node_rate) = (self.state.cloud_rate, self.state.node_rate);
         let (queue_ms, burst) = (self.state.queue_ms, self.state.burst);
@@ -885,6 +912,7 @@ impl Topology {
                 ],
             )?;
             ip_n(lan, &["link", "set", "dev", "br0", "up"])?;
+            bridge_without_netfilter(lan)?;
             ip_n(
                 lan,
                 &[

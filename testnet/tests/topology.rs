@@ -286,6 +286,28 @@ fn burst_and_queue_reach_every_shaper() {
 }
 
 #[test]
+fn bridged_frames_skip_the_hosts_netfilter() {
+    let (spec, _dir) = setup("brnf", 1);
+    let topo = Topology::up(&spec).unwrap();
+    let loc = topo.locality(0).unwrap().clone();
+    let host_has_br_netfilter = Path::new(topology::BRIDGE_NETFILTER_SYSCTLS[0]).exists();
+    for ns in [topo.state().cloud.ns.clone(), loc.lan_ns.clone()] {
+        for sysctl in topology::BRIDGE_NETFILTER_SYSCTLS {
+            let value = topo
+                .exec(
+                    &ns,
+                    "sh",
+                    &["-c", &format!("cat {sysctl} 2>/dev/null || echo absent")],
+                )
+                .unwrap();
+            let want = if host_has_br_netfilter { "0" } else { "absent" };
+            assert_eq!(value.trim(), want, "{sysctl} in {ns}");
+        }
+    }
+    topo.down().unwrap();
+}
+
+#[test]
 fn congestion_control_reaches_every_namespace() {
     let cc_of = |topo: &Topology, ns: &str| {
         topo.exec(ns, "cat", &["/proc/sys/net/ipv4/tcp_congestion_control"])
