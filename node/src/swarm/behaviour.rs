@@ -352,6 +352,61 @@ mod tests {
         }
     }
 
+    /// The vendored libp2p-kad's `ClosestIter` (third_party/libp2p-kad,
+    /// PATCHES.md) against a brute-force sort by XOR distance: both its
+    /// uses (keys for lookups, entries for answering peers), across targets
+    /// in near and far buckets, with a routing table of a few peers (most
+    /// buckets empty, as in a locality) and of many.
+    #[test]
+    fn kademlia_lists_the_closest_local_peers_in_distance_order() {
+        use libp2p::kad::KBucketKey;
+        use libp2p::Multiaddr;
+        for peers in [3usize, 21, 200] {
+            let local = PeerId::random();
+            let mut kad = kad::Behaviour::with_config(
+                local,
+                MemoryStore::new(local),
+                kad::Config::new(StreamProtocol::new("/edgeswarm-test/kad")),
+            );
+            let mut known = Vec::new();
+            for i in 0..peers {
+                let peer = PeerId::random();
+                let addr: Multiaddr = format!("/ip4/10.0.{}.{}/tcp/4001", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap();
+                if matches!(kad.add_address(&peer, addr), kad::RoutingUpdate::Success) {
+                    known.push(peer);
+                }
+            }
+            assert!(
+                known.len() >= peers.min(20),
+                "{} of {peers} peers in the table",
+                known.len()
+            );
+            let mut targets: Vec<PeerId> = (0..16).map(|_| PeerId::random()).collect();
+            targets.extend(known.iter().take(4).copied());
+            for target in targets {
+                let key = KBucketKey::from(target);
+                let mut want = known.clone();
+                want.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
+                let keys: Vec<PeerId> = kad
+                    .get_closest_local_peers(&key)
+                    .map(|k| *k.preimage())
+                    .collect();
+                assert_eq!(keys, want, "{peers} peers");
+                // Answering a peer: the same order without the asker, at
+                // most K of them.
+                let asker = want[0];
+                let answer: Vec<PeerId> = kad
+                    .find_closest_local_peers(&key, &asker)
+                    .map(|p| p.node_id)
+                    .collect();
+                let expected: Vec<PeerId> = want[1..].iter().take(20).copied().collect();
+                assert_eq!(answer, expected, "{peers} peers");
+            }
+        }
+    }
+
     #[test]
     fn message_ids_are_16_bytes_and_tell_author_and_sequence_apart() {
         let protocols = Protocols::new("lab").unwrap();
