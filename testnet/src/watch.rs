@@ -269,6 +269,43 @@ pub fn line_from_status(node: usize, status: &serde_json::Value, image: &str) ->
     line
 }
 
+/// The phase count to long-poll from: the node's count (`phases`, from
+/// its last answer's header) once it knows the release (its `last` line
+/// is up with a state). `None` means a plain status request: before the
+/// release, and always for a node whose answers carry no count (one
+/// without long polls).
+fn long_poll_from(phases: Option<u64>, last: Option<&WatchLine>) -> Option<u64> {
+    let knows_release = last.is_some_and(|l| l.up && !l.state.is_empty());
+    phases.filter(|_| knows_release)
+}
+
+/// The status request for [`long_poll_from`]'s answer.
+fn status_path(long_poll: Option<u64>) -> String {
+    match long_poll {
+        Some(seen) => format!("/v1/status?phase={seen}&wait_ms={}", LONG_POLL.as_millis()),
+        None => "/v1/status".to_string(),
+    }
+}
+
+/// How late an answer's line may be (`WatchLine::poll_gap_ms`). A long
+/// poll the node answered after waiting `waited_ms` saw the change come
+/// while it waited: late by at most the answer's way back, the time since
+/// the request was sent less the wait. Otherwise the change may have come
+/// any time since the previous answer (`since_prev_reply_ms`; 0 for the
+/// first).
+fn poll_gap_ms(
+    long_poll: bool,
+    since_sent_ms: u64,
+    waited_ms: u64,
+    since_prev_reply_ms: Option<u64>,
+) -> u64 {
+    if long_poll && waited_ms > 0 {
+        since_sent_ms.saturating_sub(waited_ms)
+    } else {
+        since_prev_reply_ms.unwrap_or(0)
+    }
+}
+
 /// The watcher's main loop (the `helper watch` subcommand): polls every API
 /// as `policy` says until every node finished (or the reader went away),
 /// printing a [`WatchLine`] per change to stdout.
@@ -288,14 +325,8 @@ pub fn run_watcher(apis: &[SocketAddr], image: &str, policy: PollPolicy) -> Resu
                 let mut phases: Option<u64> = None;
                 loop {
                     let sent = Instant::now();
-                    let long_poll = phases
-                        .filter(|_| last.as_ref().is_some_and(|l| l.up && !l.state.is_empty()));
-                    let path = match long_poll {
-                        Some(seen) => {
-                            format!("/v1/status?phase={seen}&wait_ms={}", LONG_POLL.as_millis())
-                        }
-                        None => "/v1/status".to_string(),
-                    };
+                    let long_poll = long_poll_from(phases, last.as_ref());
+                    let path = status_path(long_poll);
                     let reply =
                         http_get_with_head(addr, &path, Duration::from_secs(2) + LONG_POLL).ok();
                     let now = Instant::now();
@@ -315,16 +346,12 @@ pub fn run_watcher(apis: &[SocketAddr], image: &str, policy: PollPolicy) -> Resu
                             ..WatchLine::default()
                         },
                     };
-                    // How late this line may be. A long poll the node
-                    // answered after waiting saw the change come while it
-                    // waited: late by at most the answer's own way back.
-                    // Otherwise the change came after the previous answer.
-                    let since_sent = now.duration_since(sent).as_millis() as u64;
-                    line.poll_gap_ms = if long_poll.is_some() && waited > 0 {
-                        since_sent.saturating_sub(waited)
-                    } else {
-                        prev_reply.map_or(0, |p| now.duration_since(p).as_millis() as u64)
-                    };
+                    line.poll_gap_ms = poll_gap_ms(
+                        long_poll.is_some(),
+                        now.duration_since(sent).as_millis() as u64,
+                        waited,
+                        prev_reply.map(|p| now.duration_since(p).as_millis() as u64),
+                    );
                     prev_reply = Some(now);
                     if last.as_ref().is_none_or(|l| line.changed_from(l)) {
                         let text = serde_json::to_string(&line).expect("line serializes");
@@ -337,7 +364,7 @@ pub fn run_watcher(apis: &[SocketAddr], image: &str, policy: PollPolicy) -> Resu
                     let Some(wait) = policy.next(&line) else {
                         return;
                     };
-                    let long_poll_next = phases.is_some() && line.up && !line.state.is_empty();
+                    let long_poll_next = long_poll_from(phases, Some(&line)).is_some();
                     last = Some(line);
                     if !long_poll_next {
                         std::thread::sleep(wait);
@@ -442,6 +469,47 @@ mod tests {
         // Unknown link rate: the old fixed polling.
         let f = PollPolicy::fixed(Duration::from_millis(100));
         assert_eq!(f.next(&line("", 0, 0)), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn long_polls_only_a_node_that_counts_phases_and_knows_the_release() {
+        let knowing = WatchLine {
+            node: 0,
+            up: true,
+            state: "fetching".into(),
+            ..WatchLine::default()
+        };
+        assert_eq!(long_poll_from(Some(7), Some(&knowing)), Some(7));
+        assert_eq!(status_path(Some(7)), "/v1/status?phase=7&wait_ms=1000");
+        // A node whose answers carry no phase count (no long polls): the
+        // plain request, every time.
+        assert_eq!(long_poll_from(None, Some(&knowing)), None);
+        assert_eq!(status_path(None), "/v1/status");
+        // Before the release, before the first answer, and while down.
+        let idle = WatchLine {
+            state: String::new(),
+            ..knowing.clone()
+        };
+        assert_eq!(long_poll_from(Some(7), Some(&idle)), None);
+        assert_eq!(long_poll_from(Some(7), None), None);
+        let down = WatchLine {
+            up: false,
+            ..knowing
+        };
+        assert_eq!(long_poll_from(Some(7), Some(&down)), None);
+    }
+
+    #[test]
+    fn a_woken_long_poll_is_late_by_its_way_back_only() {
+        // Sent 840 ms ago, the node waited 800 ms: the change is 40 ms old.
+        assert_eq!(poll_gap_ms(true, 840, 800, Some(900)), 40);
+        // A long poll answered at once (a change already seen as stale) or
+        // a plain poll: the change came some time since the previous answer.
+        assert_eq!(poll_gap_ms(true, 30, 0, Some(500)), 500);
+        assert_eq!(poll_gap_ms(false, 30, 800, Some(100)), 100);
+        assert_eq!(poll_gap_ms(false, 30, 0, None), 0);
+        // A clock step never underflows.
+        assert_eq!(poll_gap_ms(true, 10, 800, None), 0);
     }
 
     #[test]
