@@ -1085,6 +1085,9 @@ impl Inner {
 
     /// A held chunk failed re-verification: clear its bit durably. A
     /// complete blob goes back to `partial/` so only this chunk is refetched.
+    /// A partial blob's in-order digest forgets it if it went past the
+    /// chunk: it may have hashed these rotten bytes, and the prefix only
+    /// ever covers chunks still held (as for discarded provisional ones).
     fn chunk_corrupt(&self, b: &Arc<Blob>, index: u32) {
         tracing::warn!(blob = %b.digest, index, "chunk failed re-verification; cleared for refetch");
         let mut st = b.lock();
@@ -1111,6 +1114,8 @@ impl Inner {
             _ => {}
         }
         drop(st);
+        // Lock order: prefix before state, so only once `st` is dropped.
+        self.reset_prefix(b, index);
         b.cond.notify_all();
     }
 
