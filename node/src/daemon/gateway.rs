@@ -178,30 +178,43 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
             source,
         })?
         .with_digest(release.manifest);
-    let platform = Platform::from(&release.platform);
-    let resolved = registry.resolve(&reference, &platform).await?;
-    if resolved.manifest_digest != release.manifest {
-        return Err(ReleaseError::ManifestMismatch {
-            served: resolved.manifest_digest,
-            image: release.image.clone(),
-            pinned: release.manifest,
-        });
-    }
+    // A later pull of the release (see `Tracked::resolved`) reuses what
+    // the first one resolved: the manifest is pinned, so it cannot change.
+    let (resolved, fresh) = match inner.releases.resolution(&id) {
+        Some(resolved) => (resolved, false),
+        None => {
+            let platform = Platform::from(&release.platform);
+            let resolved = registry.resolve(&reference, &platform).await?;
+            if resolved.manifest_digest != release.manifest {
+                return Err(ReleaseError::ManifestMismatch {
+                    served: resolved.manifest_digest,
+                    image: release.image.clone(),
+                    pinned: release.manifest,
+                });
+            }
+            let resolved = Arc::new(resolved);
+            inner.releases.keep_resolution(&id, resolved.clone());
+            (resolved, true)
+        }
+    };
     let store = &inner.store;
+    // Local and idempotent: a removal or rot since the last pull is healed.
     store
         .put_blob(resolved.manifest_digest, resolved.manifest_bytes.clone())
         .await?;
     store
         .put_blob(resolved.config_digest, resolved.config_bytes.clone())
         .await?;
-    for blob in [resolved.manifest_digest, resolved.config_digest] {
-        let _ = inner.swarm.provide(blob).await;
-    }
     let cloud = inner.releases.cloud_counter(&id);
-    cloud.fetch_add(
-        (resolved.manifest_bytes.len() + resolved.config_bytes.len()) as u64,
-        Ordering::Relaxed,
-    );
+    if fresh {
+        for blob in [resolved.manifest_digest, resolved.config_digest] {
+            let _ = inner.swarm.provide(blob).await;
+        }
+        cloud.fetch_add(
+            (resolved.manifest_bytes.len() + resolved.config_bytes.len()) as u64,
+            Ordering::Relaxed,
+        );
+    }
     let resolution = ReleaseResolution {
         release_id: id,
         manifest: BlobDescriptor {
@@ -251,11 +264,21 @@ async fn pull_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), Release
         }
         missing.push(layer.clone());
     }
-    tracing::info!(
-        layers = resolved.layers.len(),
-        pulling = missing.len(),
-        "gateway pulling missing layers"
-    );
+    if fresh || !missing.is_empty() {
+        tracing::info!(
+            layers = resolved.layers.len(),
+            pulling = missing.len(),
+            "gateway pulling missing layers"
+        );
+    } else {
+        // The election re-runs a finished pull each status tick until
+        // this node's import ends: nothing to say when the locality lacks
+        // nothing.
+        tracing::debug!(
+            layers = resolved.layers.len(),
+            "gateway pull: nothing missing"
+        );
+    }
     // Mark the whole plan before this node's fetch pipeline may ask peers
     // for layers: it waits for these instead of downloading them twice.
     let blobs: Vec<Digest> = missing.iter().map(|layer| layer.digest).collect();

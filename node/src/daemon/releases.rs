@@ -46,6 +46,7 @@ use libp2p::PeerId;
 use super::peers::GatewayCandidate;
 use super::views::{RefusedView, ReleasePhase};
 use super::DaemonError;
+use crate::registry::ResolvedImage;
 
 /// Most gateways passed over as silent per release.
 const MAX_SILENT: usize = 16;
@@ -142,6 +143,15 @@ struct Tracked {
     error: Option<String>,
     /// Why it is waiting, while it is (this node's gateway pull retrying).
     waiting: Option<Retrying>,
+    /// The registry's answer for the release's manifest, from this node's
+    /// first gateway pull of it. The manifest is pinned by digest, so a
+    /// later pull (the election starts one whenever this node is gateway,
+    /// not pulling and not done: all through its own import, and to heal
+    /// a layer the locality lost) needs no registry round trip. Without
+    /// it, a gateway fetched the manifest and config again every status
+    /// tick until its import ended; Docker Hub counts each manifest GET
+    /// against its pull limit.
+    resolved: Option<Arc<ResolvedImage>>,
 }
 
 /// This node's gateway pull of a release waiting to try again.
@@ -314,6 +324,7 @@ impl Releases {
                 bytes_held_before: 0,
                 error: None,
                 waiting: None,
+                resolved: None,
             },
         );
         true
@@ -465,6 +476,20 @@ impl Releases {
             t.waiting = None;
         }
         Ok(Transition { from, took: t.took })
+    }
+
+    /// What this node's gateway pull learned of release `id`'s manifest
+    /// from the registry, if it resolved it since it started.
+    pub(super) fn resolution(&self, id: &Digest) -> Option<Arc<ResolvedImage>> {
+        self.lock().releases.get(id)?.resolved.clone()
+    }
+
+    /// Keeps `resolved` (release `id`'s manifest, as the registry served
+    /// it and as the release pins it) for this node's later pulls.
+    pub(super) fn keep_resolution(&self, id: &Digest, resolved: Arc<ResolvedImage>) {
+        if let Some(t) = self.lock().releases.get_mut(id) {
+            t.resolved = Some(resolved);
+        }
     }
 
     /// This node's gateway pull of release `id` ended (however): a later

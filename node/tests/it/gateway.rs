@@ -67,6 +67,49 @@ async fn a_second_release_pulls_only_its_new_layers() {
     locality.shutdown().await;
 }
 
+/// A gateway that imports the release itself fetches its manifest from
+/// the registry once. The election re-runs its finished pull at each
+/// status tick until its import ends (a layer the locality lost is pulled
+/// again that way); those re-runs reuse the first one's resolution, where
+/// they fetched the manifest and config again (Docker Hub counts each
+/// manifest GET against its pull limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_importing_its_release_fetches_the_manifest_once() {
+    init_tracing();
+    let registry = TestRegistry::start().await.unwrap();
+    let build = tempfile::tempdir().unwrap();
+    // Its import outlasts the pull: re-run three times in 1 s, the pull
+    // took 11 requests before the reuse.
+    let image = build_image(ImageSpec::realistic(48 << 20, "once"), build.path())
+        .await
+        .unwrap();
+    let reference = push(&registry, "once/app", "v1", &image).await;
+    let locality = Locality::start("once", 1, 1).await;
+    let gateway = &locality.daemons[0];
+    let signed = gateway
+        .prepare_release(&reference, vec![], None)
+        .await
+        .unwrap();
+    let before = gateway.registry().unwrap().stats();
+    gateway.publish_release(signed).await.unwrap();
+    wait_done(&locality.daemons, &reference, Duration::from_secs(120)).await;
+    let after = gateway.registry().unwrap().stats();
+    let took = release_of(gateway, &reference)
+        .await
+        .and_then(|r| r.seconds);
+    let requests = after.requests - before.requests;
+    println!(
+        "{requests} registry requests for the pull ({} retries); done in {took:?} s",
+        after.retries - before.retries
+    );
+    // The manifest, the config and each layer's blob, once.
+    assert_eq!(
+        requests,
+        2 + image.layers.len() as u64 + (after.retries - before.retries)
+    );
+    locality.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zstd_and_multi_arch_images_deploy() {
     init_tracing();
