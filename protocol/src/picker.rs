@@ -54,8 +54,12 @@
 //!    its chunk becomes requestable from another holder.
 //!
 //! Only chunks whose digests are known are requested
-//! ([`Picker::set_digests_known`]): while the gateway is still streaming a
-//! blob from the registry, its later chunks cannot be verified yet.
+//! ([`Picker::set_known_digests`]): while the gateway is still streaming a
+//! blob from the registry, its later chunks cannot be verified yet. The
+//! known digests are a set, not a prefix: a node that missed some of the
+//! gateway's digest updates (it was down, or the gateway was killed
+//! before it gossiped them) still fetches every chunk after the gap whose
+//! digest it has.
 //!
 //! ## Non-goals
 //!
@@ -240,8 +244,8 @@ struct BlobState<P> {
     have: Bitfield,
     missing: u32,
     cursor: u32,
-    /// Chunks `0..known` have known digests.
-    known: u32,
+    /// Chunks whose digests are known (and so may be requested).
+    known: Bitfield,
     /// Number of known peers holding each chunk.
     availability: Vec<u32>,
     in_flight: BTreeMap<u32, Vec<InFlight<P>>>,
@@ -345,7 +349,7 @@ impl<P: Ord + Clone> Picker<P> {
 
     /// Starts fetching a blob, of which we already hold `have` (its length
     /// must be the chunk count). All digests are assumed known; see
-    /// [`set_digests_known`](Self::set_digests_known). Re-adding a blob
+    /// [`set_known_digests`](Self::set_known_digests). Re-adding a blob
     /// replaces its local state.
     pub fn add_blob(
         &mut self,
@@ -387,7 +391,7 @@ impl<P: Ord + Clone> Picker<P> {
                 have,
                 missing,
                 cursor: 0,
-                known: count,
+                known: Bitfield::full(count),
                 availability,
                 in_flight: BTreeMap::new(),
                 landing: BTreeMap::new(),
@@ -421,10 +425,36 @@ impl<P: Ord + Clone> Picker<P> {
         dropped
     }
 
-    /// Only chunks `0..count` have known digests and may be requested.
+    /// Only chunks `0..count` have known digests and may be requested (a
+    /// gateway's digests arrive in chunk order).
     pub fn set_digests_known(&mut self, blob: &Digest, count: u32) -> Result<(), PickerError> {
         let state = self.blob_mut(blob)?;
-        state.known = count.min(state.count);
+        let mut known = Bitfield::new(state.count);
+        for index in 0..count.min(state.count) {
+            known.set(index);
+        }
+        state.known = known;
+        Ok(())
+    }
+
+    /// Only the chunks set in `known` have known digests and may be
+    /// requested (its length must be the chunk count).
+    pub fn set_known_digests(
+        &mut self,
+        blob: &Digest,
+        known: &Bitfield,
+    ) -> Result<(), PickerError> {
+        let state = self.blob_mut(blob)?;
+        if known.len() != state.count {
+            return Err(PickerError::LengthMismatch {
+                blob: *blob,
+                expected: state.count,
+                found: known.len(),
+            });
+        }
+        if state.known != *known {
+            state.known.clone_from(known);
+        }
         Ok(())
     }
 
@@ -836,8 +866,11 @@ impl<P: Ord + Clone> Picker<P> {
             let end = s
                 .cursor
                 .saturating_add(self.config.window_chunks)
-                .min(s.known);
+                .min(s.count);
             for index in s.cursor..end {
+                if !s.known.get(index) {
+                    continue;
+                }
                 let scarce = contended(s, with, index);
                 if !s.have.get(index) && !scarce && !s.pending(index) && holds(bits, index) {
                     window.push((index - s.cursor, self.rng.next_u64(), *blob, index));
@@ -852,8 +885,8 @@ impl<P: Ord + Clone> Picker<P> {
                 continue;
             }
             for index in s.have.iter_zeros() {
-                if index >= s.known {
-                    break;
+                if !s.known.get(index) {
+                    continue;
                 }
                 let in_window =
                     (s.cursor..window_end).contains(&index) && !contended(s, with, index);
@@ -894,7 +927,7 @@ impl<P: Ord + Clone> Picker<P> {
                 let other_work = s
                     .have
                     .iter_zeros()
-                    .any(|i| i < s.known && s.availability[i as usize] > 0 && !s.pending(i));
+                    .any(|i| s.known.get(i) && s.availability[i as usize] > 0 && !s.pending(i));
                 if other_work {
                     continue;
                 }
@@ -1141,7 +1174,7 @@ impl<P: Ord + Clone> Picker<P> {
     pub fn is_wanted(&self, blob: &Digest, index: u32) -> bool {
         self.blobs
             .get(blob)
-            .is_some_and(|s| index < s.known && !s.have.get(index) && !s.pending(index))
+            .is_some_and(|s| s.known.get(index) && !s.have.get(index) && !s.pending(index))
     }
 
     /// Whether `peer` may be sent another request at `now_ms` (below its

@@ -932,3 +932,25 @@ fn an_arrived_chunk_frees_its_peers_pipeline_and_is_asked_of_nobody_while_it_lan
     assert_eq!(p.in_flight(&2), 1);
     assert_eq!(p.missing(&blob()), Some(1));
 }
+
+#[test]
+fn known_digests_after_a_gap_are_requested() {
+    let mut p = picker(config(), 10);
+    p.peer_has_all(&1, &blob()).unwrap();
+    // Digests of chunks 0..3 and 8 missed; 3..8 and 9 known.
+    let mut known = Bitfield::new(10);
+    for i in (3..8).chain([9]) {
+        known.set(i);
+    }
+    p.set_known_digests(&blob(), &known).unwrap();
+    assert_eq!(sorted(&p.next_requests(0)), vec![3, 4, 5, 6, 7, 9]);
+    assert!(!p.is_wanted(&blob(), 0) && !p.is_wanted(&blob(), 8));
+    // The gap's digests arrive: only its chunks are new.
+    p.set_known_digests(&blob(), &Bitfield::full(10)).unwrap();
+    assert_eq!(sorted(&p.next_requests(0)), vec![0, 1, 2, 8]);
+    // A set of another length is refused.
+    assert!(matches!(
+        p.set_known_digests(&blob(), &Bitfield::full(9)),
+        Err(PickerError::LengthMismatch { .. })
+    ));
+}

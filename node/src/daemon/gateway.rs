@@ -384,9 +384,21 @@ async fn pull_layer(
     let _ = inner.swarm.provide(blob).await;
     // Pull every run of chunks this node lacks: all of the layer normally;
     // after a failover, what the previous gateway had not delivered here.
+    let mut first_run = true;
     while let Some((first, end)) = next_missing_run(store, &blob) {
         let (digests_tx, digests_rx) = tokio::sync::mpsc::channel(DIGESTS_QUEUED);
-        let announcer = DigestAnnouncer::new(inner, release_id, layer, chunk_size, first);
+        let mut announcer = DigestAnnouncer::new(inner, release_id, layer, chunk_size, first);
+        if std::mem::take(&mut first_run) && first > 0 {
+            // Resuming (this gateway restarted, or took over): the digests
+            // of the chunks it holds went out before, if at all, and a
+            // node that was down then, or the update a kill cut off,
+            // never had them. Those chunks wait for them until some
+            // holder serves the whole map, after this pull (a node
+            // finished 2-15 s after the others in `faults` seed 4).
+            if let Some(held) = store.authoritative_digests(&blob, first) {
+                announcer.resume_with(held).await;
+            }
+        }
         let run = PulledRun {
             release_id,
             layer,
@@ -682,20 +694,35 @@ impl<'a> DigestAnnouncer<'a> {
         }
     }
 
+    /// Takes `held`, the digests of chunks `0..next_index` this node holds
+    /// from before, as announced by this pull: announces them at once,
+    /// and again with the pull's own ([`announce_again_after`]).
+    async fn resume_with(&mut self, held: Vec<Digest>) {
+        debug_assert_eq!(held.len() as u32, self.next_index);
+        self.first_index = 0;
+        self.announced = held;
+        self.announce_all().await;
+    }
+
+    /// Announces every digest of this pull so far again.
+    async fn announce_all(&self) {
+        let mut first = self.first_index;
+        for batch in self
+            .announced
+            .chunks(edgeswarm_protocol::wire::MAX_DIGESTS_PER_UPDATE)
+        {
+            self.announce_at(first, batch.to_vec(), false).await;
+            first += batch.len() as u32;
+        }
+    }
+
     /// Announces the digest of the next chunk (and, now and then, every
     /// digest of this pull again: [`announce_again_after`]).
     async fn push(&mut self, digest: Digest) {
         self.announce(vec![digest], false).await;
         self.announced.push(digest);
         if announce_again_after(self.announced.len()) {
-            let mut first = self.first_index;
-            for batch in self
-                .announced
-                .chunks(edgeswarm_protocol::wire::MAX_DIGESTS_PER_UPDATE)
-            {
-                self.announce_at(first, batch.to_vec(), false).await;
-                first += batch.len() as u32;
-            }
+            self.announce_all().await;
         }
     }
 

@@ -1576,10 +1576,12 @@ impl Store {
     pub fn blob_info(&self, blob: &Digest) -> Option<BlobInfo> {
         let b = self.inner.get(blob).ok()?;
         // The known *prefix*, not the count: digests can arrive out of
-        // order (a node that missed the first digest updates), and a
-        // downloader requests every chunk below this index. Counting them
-        // made a node fetch chunks it could not verify, over and over
-        // (83 refused chunks, the gateway uploading the image twice).
+        // order (a node that missed the first digest updates), and whoever
+        // takes this as "chunks below it can be verified" must not count
+        // the ones after a gap (a downloader that did fetched chunks it
+        // could not verify, over and over: 83 refused chunks, the gateway
+        // uploading the image twice). Downloads take the set instead
+        // (`known_digests`).
         let known = {
             let st = b.lock();
             if st.map.is_some() {
@@ -1594,6 +1596,25 @@ impl Store {
             chunk_count: b.chunk_count,
             digests_known: known,
         })
+    }
+
+    /// The chunks of `blob` whose digests are known (provisional ones
+    /// from a peer's chunk map included; all once the map is), whatever
+    /// the gaps: a download requests exactly these (see
+    /// [`BlobInfo::digests_known`] for the prefix).
+    pub fn known_digests(&self, blob: &Digest) -> Option<Bitfield> {
+        let b = self.inner.get(blob).ok()?;
+        let st = b.lock();
+        if st.map.is_some() {
+            return Some(Bitfield::full(b.chunk_count));
+        }
+        let mut known = Bitfield::new(b.chunk_count);
+        for (index, digest) in st.digests.iter().enumerate() {
+            if digest.is_some() {
+                known.set(index as u32);
+            }
+        }
+        Some(known)
     }
 
     /// How many leading chunks have known authoritative digests: chunks
@@ -1614,6 +1635,23 @@ impl Store {
                 .take_while(|(d, p)| d.is_some() && p.is_none())
                 .count() as u32,
         )
+    }
+
+    /// The authoritative digests of chunks `0..end` of a partial `blob`
+    /// (its own pull's, or its gateway's signed ones; none from a peer's
+    /// map), or `None` if one of them is not known so.
+    pub fn authoritative_digests(&self, blob: &Digest, end: u32) -> Option<Vec<Digest>> {
+        let b = self.inner.get(blob).ok()?;
+        let st = b.lock();
+        let end = end as usize;
+        if end > st.digests.len() {
+            return None;
+        }
+        st.digests[..end]
+            .iter()
+            .zip(&st.from_peer[..end])
+            .map(|(d, p)| if p.is_none() { *d } else { None })
+            .collect()
     }
 
     /// Drops the provisional digests `source`'s chunk map gave `blob`,

@@ -133,6 +133,19 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
     fn layout(&self, blob: &Digest) -> Option<BlobLayout> {
         self.chunk_map(blob).map(|m| BlobLayout::of(&m))
     }
+    /// The chunks of `blob` whose digests are known (provisional ones
+    /// included), once declared: what a download may request. A set, not
+    /// a prefix: digests after a gap count (a node that missed some of
+    /// the gateway's updates).
+    fn known_digests(&self, blob: &Digest) -> Option<Bitfield> {
+        self.layout(blob).map(|l| {
+            let mut known = Bitfield::new(l.chunk_count());
+            for index in 0..l.digests_known {
+                known.set(index);
+            }
+            known
+        })
+    }
     /// Snapshot of the verified chunks of `blob`, if the blob is known.
     fn bitfield(&self, blob: &Digest) -> Option<Bitfield>;
     /// The chunks of `blob` stored against any known digest, including
@@ -216,6 +229,10 @@ impl ChunkStore for crate::store::Store {
             chunk_size: i.chunk_size,
             digests_known: i.digests_known,
         })
+    }
+
+    fn known_digests(&self, blob: &Digest) -> Option<Bitfield> {
+        crate::store::Store::known_digests(self, blob)
     }
 
     fn bitfield(&self, blob: &Digest) -> Option<Bitfield> {

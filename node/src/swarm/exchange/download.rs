@@ -442,7 +442,9 @@ async fn download_round<S: ChunkStore>(
     picker
         .add_blob(blob, layout.size, layout.chunk_size, have)
         .map_err(|e| SwarmError::Config(e.to_string()))?;
-    let _ = picker.set_digests_known(&blob, layout.digests_known);
+    if let Some(known) = inner.store.known_digests(&blob) {
+        let _ = picker.set_known_digests(&blob, &known);
+    }
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENTS);
     let mut sessions: HashMap<PeerId, Session> = HashMap::new();
@@ -467,8 +469,8 @@ async fn download_round<S: ChunkStore>(
         tokio::select! {
             _ = inner.shutdown.cancelled() => return Err(SwarmError::Shutdown),
             () = digests_learned(&mut store_events, blob) => {
-                if let Some(l) = inner.store.layout(&blob) {
-                    let _ = picker.set_digests_known(&blob, l.digests_known);
+                if let Some(known) = inner.store.known_digests(&blob) {
+                    let _ = picker.set_known_digests(&blob, &known);
                 }
             }
             ev = ev_rx.recv() => {
@@ -690,8 +692,8 @@ async fn download_round<S: ChunkStore>(
                 // Digests arrive while a gateway streams the blob in; the
                 // store's event (`digests_learned`) says so at once, this
                 // catches any the event missed.
-                if let Some(l) = inner.store.layout(&blob) {
-                    let _ = picker.set_digests_known(&blob, l.digests_known);
+                if let Some(known) = inner.store.known_digests(&blob) {
+                    let _ = picker.set_known_digests(&blob, &known);
                 }
                 // Peers whose streams were dropped unread are tried again
                 // as their backoff passes, without waiting for discovery.
