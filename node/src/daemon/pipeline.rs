@@ -109,11 +109,12 @@ async fn run_inner(inner: &Arc<Inner>, release: &Release) -> Result<(), ReleaseE
     let layer_sizes = &pinned_sizes[1..];
     // What was here before counts as held, not fetched: measured before
     // the downloads start (a small layer may complete during the config's
-    // round trip).
+    // round trip). Chunks of a layer left partial count too: a gateway
+    // restarted mid-pull showed the chunks it had kept as bytes from
+    // peers (15.7 MB of a 64.4 MB layer it took none of from peers).
     let held_before = layer_sizes
         .iter()
-        .filter(|(digest, _)| inner.store.is_complete(digest))
-        .map(|(_, size)| size)
+        .map(|(digest, _)| inner.store.held_bytes(digest))
         .sum();
     // Every layer downloads at once, starting now rather than once the
     // config is here: its round trip (100-170 ms at a release's start,

@@ -532,7 +532,7 @@ impl Releases {
     }
 
     /// Records release `id`'s layers (from its verified manifest), of
-    /// which `bytes_held_before` bytes were complete here already.
+    /// which `bytes_held_before` bytes were held here already.
     pub(super) fn set_layers(&self, id: &Digest, layers: &[LayerInfo], bytes_held_before: u64) {
         if let Some(t) = self.lock().releases.get_mut(id) {
             t.layers = layers.iter().map(|l| l.digest).collect();

@@ -381,15 +381,7 @@ impl Inner {
     fn bytes_done(&self, t: &Snapshot) -> u64 {
         t.layers
             .iter()
-            .map(|layer| match self.store.blob_info(layer) {
-                Some(info) if self.store.is_complete(layer) => info.size,
-                Some(info) => self
-                    .store
-                    .bitfield(layer)
-                    .map(|b| (b.count_ones() as u64 * info.chunk_size.get() as u64).min(info.size))
-                    .unwrap_or(0),
-                None => 0,
-            })
+            .map(|layer| self.store.held_bytes(layer))
             .sum()
     }
 

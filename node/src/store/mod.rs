@@ -1637,6 +1637,20 @@ impl Store {
         )
     }
 
+    /// Bytes of `blob` held verified: all of it once complete, else its
+    /// verified chunks counted whole (0 for a blob not declared here).
+    pub fn held_bytes(&self, blob: &Digest) -> u64 {
+        let Some(info) = self.blob_info(blob) else {
+            return 0;
+        };
+        if self.is_complete(blob) {
+            return info.size;
+        }
+        self.bitfield(blob).map_or(0, |b| {
+            (b.count_ones() as u64 * info.chunk_size.get() as u64).min(info.size)
+        })
+    }
+
     /// The authoritative digests of chunks `0..end` of a partial `blob`
     /// (its own pull's, or its gateway's signed ones; none from a peer's
     /// map), or `None` if one of them is not known so.

@@ -292,8 +292,8 @@ async fn digests_streamed_in_batches() {
 #[tokio::test]
 async fn digests_after_a_gap_do_not_count_as_known() {
     // A node that missed the first digest updates learns later ones first:
-    // only the prefix is verifiable, and a downloader requests chunks
-    // below `digests_known`.
+    // they do not count in the known prefix (`digests_known`), and the
+    // set a download requests from (`known_digests`) has them, not the gap.
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let t = TestBlob::new(4 * 65536, 3, ChunkSize::MIN);
@@ -306,16 +306,58 @@ async fn digests_after_a_gap_do_not_count_as_known() {
         .await
         .unwrap();
     assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 0);
+    let known = store.known_digests(&t.digest).unwrap();
+    assert_eq!(known.iter_ones().collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(store.authoritative_digests(&t.digest, 1), None);
+    assert_eq!(store.authoritative_digests(&t.digest, 0), Some(vec![]));
     store
         .add_chunk_digests(t.digest, 0, &t.map.digests()[..1])
         .await
         .unwrap();
     assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 1);
+    assert_eq!(
+        store.authoritative_digests(&t.digest, 1),
+        Some(t.map.digests()[..1].to_vec())
+    );
+    assert_eq!(store.authoritative_digests(&t.digest, 2), None);
+    assert_eq!(
+        store.authoritative_digests(&t.digest, 5),
+        None,
+        "past the end"
+    );
     store
         .add_chunk_digests(t.digest, 1, &t.map.digests()[1..2])
         .await
         .unwrap();
     assert_eq!(store.blob_info(&t.digest).unwrap().digests_known, 4);
+}
+
+/// Held bytes count a partial blob's verified chunks (what a release
+/// resumed after a restart held before it fetched anything), then the
+/// whole blob.
+#[tokio::test]
+async fn held_bytes_count_verified_chunks_then_the_whole_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let t = TestBlob::new(3 * 65536 + 100, 4, ChunkSize::MIN);
+    assert_eq!(store.held_bytes(&t.digest), 0, "not declared");
+    store.put_chunk_map(t.digest, &t.map).await.unwrap();
+    assert_eq!(store.held_bytes(&t.digest), 0);
+    store.write_chunk(t.digest, 1, t.chunk(1)).await.unwrap();
+    assert_eq!(store.held_bytes(&t.digest), 65536);
+    for i in [0, 2, 3] {
+        store.write_chunk(t.digest, i, t.chunk(i)).await.unwrap();
+    }
+    assert!(store.is_complete(&t.digest));
+    assert_eq!(store.held_bytes(&t.digest), t.bytes.len() as u64);
+    // Reopened partial: its kept chunks are held.
+    let u = TestBlob::new(2 * 65536, 5, ChunkSize::MIN);
+    store.put_chunk_map(u.digest, &u.map).await.unwrap();
+    store.write_chunk(u.digest, 0, u.chunk(0)).await.unwrap();
+    store.flush().await.unwrap();
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(store.held_bytes(&u.digest), 65536);
 }
 
 #[tokio::test]
