@@ -29,8 +29,14 @@ impl Bitfield {
 
     /// A bitfield over `len` chunks with every bit set.
     pub fn full(len: u32) -> Self {
+        Self::prefix(len, len)
+    }
+
+    /// A bitfield over `len` chunks with chunks `0..count` set (all of
+    /// them if `count` is larger).
+    pub fn prefix(len: u32, count: u32) -> Self {
         let mut b = Self::new(len);
-        for i in 0..len {
+        for i in 0..count.min(len) {
             b.set(i);
         }
         b
@@ -154,6 +160,17 @@ impl<'de> Deserialize<'de> for Bitfield {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn prefix_sets_the_first_bits_only() {
+        let b = Bitfield::prefix(10, 3);
+        assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(Bitfield::prefix(5, 9), Bitfield::full(5));
+        assert_eq!(Bitfield::prefix(12, 0), Bitfield::new(12));
+        // Unused trailing bits stay zero: it round-trips the wire check.
+        let full = Bitfield::full(12);
+        assert!(Bitfield::from_bytes(12, full.as_bytes().to_vec()).is_ok());
+    }
 
     #[test]
     fn set_get_count() {

@@ -429,11 +429,7 @@ impl<P: Ord + Clone> Picker<P> {
     /// gateway's digests arrive in chunk order).
     pub fn set_digests_known(&mut self, blob: &Digest, count: u32) -> Result<(), PickerError> {
         let state = self.blob_mut(blob)?;
-        let mut known = Bitfield::new(state.count);
-        for index in 0..count.min(state.count) {
-            known.set(index);
-        }
-        state.known = known;
+        state.known = Bitfield::prefix(state.count, count);
         Ok(())
     }
 

@@ -1640,15 +1640,14 @@ impl Store {
     /// Bytes of `blob` held verified: all of it once complete, else its
     /// verified chunks counted whole (0 for a blob not declared here).
     pub fn held_bytes(&self, blob: &Digest) -> u64 {
-        let Some(info) = self.blob_info(blob) else {
+        let Ok(b) = self.inner.get(blob) else {
             return 0;
         };
-        if self.is_complete(blob) {
-            return info.size;
+        let st = b.lock();
+        if st.phase == Phase::Complete {
+            return b.size;
         }
-        self.bitfield(blob).map_or(0, |b| {
-            (b.count_ones() as u64 * info.chunk_size.get() as u64).min(info.size)
-        })
+        (st.have.count_ones() as u64 * b.chunk_size.get() as u64).min(b.size)
     }
 
     /// The authoritative digests of chunks `0..end` of a partial `blob`

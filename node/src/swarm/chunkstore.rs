@@ -138,13 +138,8 @@ pub trait ChunkStore: Clone + Send + Sync + 'static {
     /// a prefix: digests after a gap count (a node that missed some of
     /// the gateway's updates).
     fn known_digests(&self, blob: &Digest) -> Option<Bitfield> {
-        self.layout(blob).map(|l| {
-            let mut known = Bitfield::new(l.chunk_count());
-            for index in 0..l.digests_known {
-                known.set(index);
-            }
-            known
-        })
+        self.layout(blob)
+            .map(|l| Bitfield::prefix(l.chunk_count(), l.digests_known))
     }
     /// Snapshot of the verified chunks of `blob`, if the blob is known.
     fn bitfield(&self, blob: &Digest) -> Option<Bitfield>;

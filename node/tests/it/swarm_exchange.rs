@@ -210,69 +210,51 @@ async fn chunks_are_forwarded_while_the_gateway_still_streams_the_blob() {
 /// chunk map filled the gap (10-15 s of `faults` seed 4, kill-gateway).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_some_digests_fetches_the_chunks_after_the_gap() {
-    use edgeswarm_node::store::{Store, StoreConfig};
-    use edgeswarm_node::swarm::Node;
     use edgeswarm_protocol::ChunkSize;
     init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let (data, digest, map) = blob(4 << 20, 13, 256 << 10);
     let count = map.chunk_count();
     let cs = ChunkSize::new(256 << 10).unwrap();
-    let open = |dir: std::path::PathBuf| async move {
-        Store::open(dir.join("store"), StoreConfig { max_size: None })
-            .await
-            .unwrap()
-    };
-    let gd = tmp.path().join("gw");
-    let gw_store = open(gd.clone()).await;
-    let (gw, gw_task) = Node::start(config(&gd, "lab", &[]), gw_store.clone())
-        .await
-        .unwrap();
-    let gw_addr = gw.listen_addrs().await.unwrap()[0].clone();
-    let nd = tmp.path().join("node");
-    let n_store = open(nd.clone()).await;
-    let (n, n_task) = Node::start(config(&nd, "lab", &[gw_addr]), n_store.clone())
-        .await
-        .unwrap();
+    let gw = start_in(tmp.path(), "gw", &[]).await;
+    let n = start_in(tmp.path(), "node", std::slice::from_ref(&gw.addr)).await;
     let chunk = |i: u32| {
         let r = map.chunk_range(i).unwrap();
         bytes::Bytes::copy_from_slice(&data[r.start as usize..r.end as usize])
     };
+    let learn = async |node: &TestNode, indices: std::ops::Range<u32>| {
+        for i in indices {
+            node.store
+                .add_chunk_digests(digest, i, &[map.digest(i).unwrap()])
+                .await
+                .unwrap();
+        }
+    };
     // The gateway is still streaming: it holds every chunk but the last.
-    gw_store
-        .create_blob(digest, data.len() as u64, cs)
-        .await
-        .unwrap();
-    n_store
-        .create_blob(digest, data.len() as u64, cs)
-        .await
-        .unwrap();
-    for i in 0..count - 1 {
-        gw_store
-            .add_chunk_digests(digest, i, &[map.digest(i).unwrap()])
+    for node in [&gw, &n] {
+        node.store
+            .create_blob(digest, data.len() as u64, cs)
             .await
             .unwrap();
-        gw_store.write_chunk(digest, i, chunk(i)).await.unwrap();
     }
-    gw.provide(digest).await.unwrap();
+    learn(&gw, 0..count - 1).await;
+    for i in 0..count - 1 {
+        gw.store.write_chunk(digest, i, chunk(i)).await.unwrap();
+    }
+    gw.client.provide(digest).await.unwrap();
     // The node missed the digests of chunks 0..4 and has those after.
     const GAP: u32 = 4;
-    for i in GAP..count - 1 {
-        n_store
-            .add_chunk_digests(digest, i, &[map.digest(i).unwrap()])
-            .await
-            .unwrap();
-    }
-    assert_eq!(n_store.blob_info(&digest).unwrap().digests_known, 0);
+    learn(&n, GAP..count - 1).await;
+    assert_eq!(n.store.blob_info(&digest).unwrap().digests_known, 0);
     let fetch = {
-        let n = n.clone();
-        tokio::spawn(async move { n.fetch_blob(digest, None).await })
+        let client = n.client.clone();
+        tokio::spawn(async move { client.fetch_blob(digest, None).await })
     };
     eventually(
         "the node holds every chunk after the gap whose digest it has",
         Duration::from_secs(30),
         async || {
-            let held = n_store.bitfield(&digest).unwrap();
+            let held = n.store.bitfield(&digest).unwrap();
             let after_gap = (GAP..count - 1).filter(|&i| held.get(i)).count() as u32;
             if after_gap == count - 1 - GAP {
                 Ok(())
@@ -282,24 +264,17 @@ async fn a_node_that_missed_some_digests_fetches_the_chunks_after_the_gap() {
         },
     )
     .await;
-    let held = n_store.bitfield(&digest).unwrap();
+    let held = n.store.bitfield(&digest).unwrap();
     assert!(
         (0..GAP).all(|i| !held.get(i)) && !held.get(count - 1),
         "chunks without a known digest were fetched"
     );
     // The gap's digests come (a peer's map, or the gateway again) and the
     // gateway's last chunk lands: the fetch completes.
-    for i in (0..GAP).chain([count - 1]) {
-        n_store
-            .add_chunk_digests(digest, i, &[map.digest(i).unwrap()])
-            .await
-            .unwrap();
-    }
-    gw_store
-        .add_chunk_digests(digest, count - 1, &[map.digest(count - 1).unwrap()])
-        .await
-        .unwrap();
-    gw_store
+    learn(&n, 0..GAP).await;
+    learn(&n, count - 1..count).await;
+    learn(&gw, count - 1..count).await;
+    gw.store
         .write_chunk(digest, count - 1, chunk(count - 1))
         .await
         .unwrap();
@@ -309,13 +284,11 @@ async fn a_node_that_missed_some_digests_fetches_the_chunks_after_the_gap() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        std::fs::read(n_store.blob_path(&digest).unwrap()).unwrap(),
+        std::fs::read(n.store.blob_path(&digest).unwrap()).unwrap(),
         data
     );
-    n.shutdown();
-    gw.shutdown();
-    join(n_task).await;
-    join(gw_task).await;
+    n.stop().await;
+    gw.stop().await;
 }
 
 /// Super-seeding while a blob streams in: the gateway, which holds chunks it
