@@ -61,6 +61,7 @@ impl Backend {
 
     /// Every backend this CPU runs (for the tests and the benchmark).
     pub fn available() -> Vec<Backend> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut backends = vec![Backend::Portable];
         #[cfg(target_arch = "x86_64")]
         {
