@@ -13,7 +13,12 @@ flush()
 excl=set(sys.argv[2].split(","))
 pc=collections.defaultdict(set)
 for (c,p,t),f in samples: pc[p].add(c)
-nodes={p for p in pc if p not in excl and pc[p]&{"edgeswarm-main","tokio-rt-worker","layer-sha256"} and not pc[p] <= {"edgeswarm-testn","tokio-rt-worker","testnet-sampler","ip","cat"}}
+# Binaries renamed for a run: NODE_COMMS / TESTNET_COMMS (comma-separated
+# thread names) add to the defaults; RATE is perf's sampling rate in Hz.
+import os
+RATE=int(os.environ.get("RATE","299"))
+extra=lambda v: {c for c in os.environ.get(v,"").split(",") if c}
+nodes={p for p in pc if p not in excl and pc[p]&({"edgeswarm-main","tokio-rt-worker","layer-sha256"}|extra("NODE_COMMS")) and not pc[p] <= ({"edgeswarm-testn","tokio-rt-worker","testnet-sampler","ip","cat"}|extra("TESTNET_COMMS"))}
 print("node pids",len(nodes))
 rules=[
  ("inflate", lambda s,k: "zlib_rs::inflate" in s or "MultiGzDecoder" in s or "crc32" in s and not k),
@@ -51,4 +56,4 @@ for (c,p,t),f in samples:
     if s & {"schedule","__schedule","finish_task_switch.isra.0"}: cats["k sched"]+=1; continue
     cats["k other "+names[-1]]+=1
 print("samples",n, "per node", round(n/len(nodes)))
-for k,v in cats.most_common(40): print(f"{v:6} {100*v/n:5.1f}% {v/len(nodes)/299:6.3f}s/node {k}")
+for k,v in cats.most_common(40): print(f"{v:6} {100*v/n:5.1f}% {v/len(nodes)/RATE:6.3f}s/node {k}")

@@ -1,5 +1,5 @@
-import sys, collections
-exec(open("cat.py").read().split("cats=collections.Counter()")[0])
+import os, sys, collections
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../issue11-15-dir-2026-12-07/cat.py")).read().split("cats=collections.Counter()")[0])
 markers=[("import","edgeswarm_node::import::"),("store-write","write_chunk_blocking"),("store-read","read_chunk_blocking"),
 ("store-other","edgeswarm_node::store::"),
 ("libp2p-conn","libp2p_swarm::connection::Connection"),("swarm-task","SwarmTask"),("swarm-poll","libp2p_swarm::Swarm"),("exchange-serve","exchange::serve"),
@@ -19,4 +19,4 @@ for (cm,p,t),f in samples:
         if s & {"net_rx_action","process_backlog","__netif_receive_skb"}: c["k softirq (no user frame)"]+=1
         else: c[("k " if k else "u ")+"unattributed "+names[-1][:40]]+=1
 print("samples",n)
-for k,v in c.most_common(30): print(f"{v:6} {v/len(nodes)/499:6.3f}s/node {k}")
+for k,v in c.most_common(30): print(f"{v:6} {v/len(nodes)/RATE:6.3f}s/node {k}")
