@@ -160,4 +160,71 @@ async fn main() {
         (held as u64 * CS as u64) >> 20,
         mibs(held as u64 * CS as u64, secs)
     );
+    drop(store);
+
+    for kept in [StoreConfig::default().recent_chunks, 0] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        serve_after_store(dir.path(), chunks, kept).await;
+    }
+}
+
+/// Reads each chunk `READS_PER_CHUNK` times right after storing it (as
+/// peers ask a node for the chunk it just got) and prints the CPU time
+/// the reads took per chunk served, with `kept` recently verified chunks
+/// in memory.
+async fn serve_after_store(dir: &std::path::Path, chunks: u32, kept: usize) {
+    const READS_PER_CHUNK: u32 = 2;
+    let config = StoreConfig {
+        recent_chunks: kept,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.to_path_buf(), config).await.unwrap();
+    let mut b = ChunkMapBuilder::new(ChunkSize::DEFAULT);
+    for i in 0..chunks {
+        b.update(&chunk(i % POOL, CS));
+    }
+    let (map, digest) = b.finish();
+    store.put_chunk_map(digest, &map).await.unwrap();
+    let pool: Vec<Bytes> = (0..POOL).map(|i| Bytes::from(chunk(i, CS))).collect();
+    let mut reading = std::time::Duration::ZERO;
+    let cpu0 = process_cpu_seconds();
+    let mut write_cpu = 0.0;
+    for i in 0..chunks {
+        let w0 = process_cpu_seconds();
+        store
+            .write_chunk(digest, i, pool[(i % POOL) as usize].clone())
+            .await
+            .unwrap();
+        write_cpu += process_cpu_seconds() - w0;
+        let start = Instant::now();
+        for _ in 0..READS_PER_CHUNK {
+            let bytes = store.read_chunk(digest, i).await.unwrap();
+            assert_eq!(bytes.len(), CS);
+            store.recycle_chunk(bytes);
+        }
+        reading += start.elapsed();
+    }
+    let read_cpu = process_cpu_seconds() - cpu0 - write_cpu;
+    let served = (chunks * READS_PER_CHUNK) as f64;
+    let stats = store.recent_stats();
+    println!(
+        "serve each chunk {READS_PER_CHUNK}x right after storing it, {kept} kept in memory: \
+         {:.1} us wall, {:.0} us CPU per chunk served ({} from memory, {} from disk)",
+        reading.as_secs_f64() / served * 1e6,
+        read_cpu / served * 1e6,
+        stats.hits,
+        stats.misses
+    );
+}
+
+/// This process's user + system CPU seconds so far.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are
+    // the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = 100.0; // USER_HZ on Linux
+    (ticks(11) + ticks(12)) / hz
 }

@@ -462,6 +462,7 @@ impl NodeArgs {
                 .max_store_size
                 .map(|s| parse_size("--max-store-size", &s))
                 .transpose()?,
+            ..StoreConfig::default()
         };
         let gateway = self.gateway.unwrap_or(false);
         let mut registry = RegistryConfig::from_flags(

@@ -47,9 +47,12 @@
 //! usually nothing, is hashed, and checked against the blob digest (on a
 //! mismatch the whole file is hashed again from disk first); on a match
 //! it is fsynced and renamed into `blobs/sha256/` after its chunk map was
-//! written to `maps/`. Reads re-verify every chunk; a complete blob whose
-//! chunk rots on disk is moved back to `partial/` with that one chunk
-//! cleared.
+//! written to `maps/`. Reads re-verify every chunk they read from disk; a
+//! complete blob whose chunk rots on disk is moved back to `partial/` with
+//! that one chunk cleared. The last few chunks verified on write are kept
+//! in memory (`recent`, [`DEFAULT_RECENT_CHUNKS`]) and served from there:
+//! those are the very bytes that were checked, and in a swarm they are
+//! the chunks peers ask for first.
 //!
 //! ## Digest provenance
 //!
@@ -83,7 +86,7 @@
 //! ## Goals and non-goals
 //!
 //! - Never trust a byte that was not verified: chunks on write, chunks again
-//!   on read and on restart, whole blobs at completion.
+//!   on every read from disk and on restart, whole blobs at completion.
 //! - Never block the async runtime: every disk access and hash runs on
 //!   `spawn_blocking`; a whole blob is never held in memory.
 //! - Not a general key-value store: no deletion of single chunks by callers,
@@ -93,6 +96,7 @@ pub mod buffers;
 mod error;
 mod journal;
 mod reader;
+mod recent;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -116,6 +120,7 @@ use tokio::sync::broadcast;
 pub use error::StoreError;
 use journal::Record;
 pub use reader::{BlobReader, ReaderAbort};
+pub use recent::{RecentStats, DEFAULT_RECENT_CHUNKS};
 
 use crate::fsutil::AtomicWriteError;
 
@@ -130,11 +135,24 @@ const IO_BUF: usize = 1 << 20;
 const META_VERSION: u64 = 1;
 
 /// Store settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// Upper bound on [`Store::usage`] in bytes (`--max-store-size`);
     /// `None` means limited only by the disk.
     pub max_size: Option<u64>,
+    /// Chunks verified moments ago kept in memory to serve reads without
+    /// a disk read and re-hash (default [`DEFAULT_RECENT_CHUNKS`]; 0 keeps
+    /// none, so every read goes to disk and is re-verified).
+    pub recent_chunks: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_size: None,
+            recent_chunks: DEFAULT_RECENT_CHUNKS,
+        }
+    }
 }
 
 /// What a chunk about to be stored is checked against.
@@ -281,6 +299,8 @@ struct Inner {
     expected: Mutex<HashMap<Digest, u64>>,
     /// Chunk buffers for reads, writes and the swarm's receive path.
     buffers: buffers::ChunkBuffers,
+    /// Chunks verified moments ago, served again without a read.
+    recent: recent::RecentChunks,
 }
 
 /// Most blob sizes [`Store::expect_size`] remembers (a few releases' layers).
@@ -692,6 +712,7 @@ impl Inner {
                 st.phase = Phase::Removed;
                 drop(st);
                 b.cond.notify_all();
+                self.forget_recent(&b);
                 state.blobs.remove(&b.digest);
                 usage -= b.size;
                 report.removed.push(b.digest);
@@ -723,7 +744,7 @@ impl Inner {
         index: u32,
         check: ChunkCheck,
         file: &File,
-        bytes: &[u8],
+        bytes: &Bytes,
     ) -> Result<WriteOutcome, StoreError> {
         let ChunkCheck {
             digest,
@@ -814,6 +835,13 @@ impl Inner {
             (complete, confirmed)
         };
         let (complete, confirmed) = complete;
+        if confirmed {
+            // Only chunks readers may read (`have`): an unconfirmed one's
+            // bytes could be refuted and replaced without a write.
+            for old in self.recent.insert(b, index, bytes) {
+                self.buffers.give_back(old);
+            }
+        }
         b.cond.notify_all();
         if confirmed {
             self.emit(StoreEvent::ChunkStored {
@@ -977,6 +1005,7 @@ impl Inner {
                     st.phase = Phase::Failed(reason.clone());
                 }
                 b.cond.notify_all();
+                self.forget_recent(b);
                 {
                     let mut state = self.lock();
                     if state
@@ -1043,19 +1072,14 @@ impl Inner {
     }
 
     /// Reads and re-verifies one chunk (blocking).
-    fn read_chunk_blocking(&self, b: &Arc<Blob>, index: u32) -> Result<Vec<u8>, StoreError> {
+    fn read_chunk_blocking(&self, b: &Arc<Blob>, index: u32) -> Result<Bytes, StoreError> {
         let (file, digest, path) = {
             let st = b.lock();
-            match st.phase {
-                Phase::Removed | Phase::Failed(_) => return Err(StoreError::UnknownBlob(b.digest)),
-                _ => {}
+            self.check_readable(b, &st, index)?;
+            if let Some(bytes) = self.recent.get(b, index) {
+                return Ok(bytes);
             }
-            if !st.have.get(index) {
-                return Err(StoreError::ChunkMissing {
-                    blob: b.digest,
-                    index,
-                });
-            }
+            self.recent.missed();
             let path = if st.phase == Phase::Complete {
                 self.blob_path(&b.digest)
             } else {
@@ -1080,7 +1104,39 @@ impl Inner {
                 actual,
             });
         }
-        Ok(buf)
+        Ok(Bytes::from(buf))
+    }
+
+    /// Frees the recently verified chunks of `b`, which is gone.
+    fn forget_recent(&self, b: &Arc<Blob>) {
+        for old in self.recent.forget_blob(b) {
+            self.buffers.give_back(old);
+        }
+    }
+
+    /// Chunk `index` of `b` as [`Self::read_chunk_blocking`] would return
+    /// it, if it is held and still in [`Inner::recent`]: no disk, no hash,
+    /// so no need for the blocking pool.
+    fn recent_chunk(&self, b: &Arc<Blob>, index: u32) -> Option<Bytes> {
+        let st = b.lock();
+        self.check_readable(b, &st, index).ok()?;
+        self.recent.get(b, index)
+    }
+
+    /// Whether chunk `index` of `b` may be read: its blob live, the chunk
+    /// held (`have`; an unconfirmed chunk is not read).
+    fn check_readable(&self, b: &Blob, st: &BlobState, index: u32) -> Result<(), StoreError> {
+        match st.phase {
+            Phase::Removed | Phase::Failed(_) => return Err(StoreError::UnknownBlob(b.digest)),
+            _ => {}
+        }
+        if !st.have.get(index) {
+            return Err(StoreError::ChunkMissing {
+                blob: b.digest,
+                index,
+            });
+        }
+        Ok(())
     }
 
     /// A held chunk failed re-verification: clear its bit durably. A
@@ -1819,13 +1875,22 @@ impl Store {
         self.inner.buffers.stats()
     }
 
+    /// How many chunk reads the recently verified chunks in memory served
+    /// (and how many went to disk).
+    pub fn recent_stats(&self) -> RecentStats {
+        self.inner.recent.stats()
+    }
+
     /// Reads chunk `index` and re-verifies it; on mismatch clears its bit
     /// (so it is fetched again) and returns [`StoreError::ChunkCorrupt`].
     pub async fn read_chunk(&self, blob: Digest, index: u32) -> Result<Bytes, StoreError> {
         let b = self.inner.get(&blob)?;
         b.check_index(index)?;
+        if let Some(bytes) = self.inner.recent_chunk(&b, index) {
+            return Ok(bytes);
+        }
         let inner = self.inner.clone();
-        blocking(move || inner.read_chunk_blocking(&b, index).map(Bytes::from)).await
+        blocking(move || inner.read_chunk_blocking(&b, index)).await
     }
 
     /// Stores a whole small blob (manifest, config) after checking that its
@@ -1985,7 +2050,14 @@ impl Store {
     /// are refused with [`StoreError::Closing`]. Everything already
     /// acknowledged is durable.
     pub fn close(&self) {
-        self.inner.closing.store(true, Ordering::SeqCst);
+        if !self.inner.closing.swap(true, Ordering::SeqCst) {
+            let RecentStats { hits, misses } = self.inner.recent.stats();
+            tracing::info!(
+                from_memory = hits,
+                from_disk = misses,
+                "store closed; chunk reads served from recently verified chunks in memory, and from disk"
+            );
+        }
         let blobs: Vec<Arc<Blob>> = self.inner.lock().blobs.values().cloned().collect();
         for b in blobs {
             // Take the lock so a reader between its check and its wait

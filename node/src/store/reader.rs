@@ -5,11 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::{Blob, Inner, Phase, StoreError};
 
 /// Reads a blob in order, blocking on a condvar until the next chunk is
-/// verified. Each chunk is re-verified from disk before its bytes are
-/// returned (at most one chunk is buffered). Reading advances the blob's
+/// verified. Each chunk read from disk is re-verified before its bytes are
+/// returned; one verified moments ago comes from the store's memory
+/// (`recent`), the bytes that were checked (at most one chunk is
+/// buffered). Reading advances the blob's
 /// consume cursor, which the picker's deadline window follows. End of file
 /// is reported only once the whole blob passed its final sha256 check, so
 /// a consumer never mistakes a corrupt blob for a clean one.
@@ -25,7 +29,7 @@ pub struct BlobReader {
     /// Next blob offset to return.
     pos: u64,
     /// The verified chunk being returned.
-    buf: Vec<u8>,
+    buf: Bytes,
     /// Blob offset of `buf[0]`.
     buf_start: u64,
     /// Longest wait for one chunk; `None` waits until aborted.
@@ -69,7 +73,7 @@ impl BlobReader {
             inner,
             blob,
             pos: 0,
-            buf: Vec::new(),
+            buf: Bytes::new(),
             buf_start: 0,
             timeout: None,
             aborted: Arc::new(AtomicBool::new(false)),
@@ -170,7 +174,8 @@ impl BlobReader {
             self.wait_for(&format!("chunk {index}"), |st| st.have.get(index))?;
             match self.inner.read_chunk_blocking(&b, index) {
                 Ok(bytes) => {
-                    self.buf = bytes;
+                    let done = std::mem::replace(&mut self.buf, bytes);
+                    self.inner.buffers.give_back(done);
                     self.buf_start = index as u64 * cs;
                     return Ok(());
                 }

@@ -30,6 +30,7 @@ pub(super) fn open(
         fs::create_dir_all(&p).map_err(|e| StoreError::io(&p, 0, e))?;
     }
     let (events, _) = broadcast::channel::<StoreEvent>(EVENT_CAPACITY);
+    let recent = super::recent::RecentChunks::new(config.recent_chunks);
     let inner = Inner {
         dir,
         config,
@@ -39,6 +40,7 @@ pub(super) fn open(
         closing: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
         buffers: super::buffers::ChunkBuffers::default(),
+        recent,
         expected: Default::default(),
     };
     let tmp = inner.dir.join("tmp");

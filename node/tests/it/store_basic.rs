@@ -58,6 +58,16 @@ async fn open(dir: &Path) -> Store {
         .unwrap()
 }
 
+/// A store that keeps no recently verified chunk in memory: every read
+/// goes to disk (for the tests of rot under held chunks).
+async fn open_reading_disk(dir: &Path) -> Store {
+    let config = StoreConfig {
+        recent_chunks: 0,
+        ..StoreConfig::default()
+    };
+    Store::open(dir.to_path_buf(), config).await.unwrap()
+}
+
 fn partial_data(dir: &Path, blob: &Digest) -> std::path::PathBuf {
     dir.join("partial").join(blob.to_hex()).join("data")
 }
@@ -434,7 +444,7 @@ async fn torn_chunk_on_disk_is_cleared_on_reopen_and_fetched_again() {
 #[tokio::test]
 async fn in_order_chunks_are_hashed_as_they_land_and_later_rot_is_caught_on_read() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let store = open_reading_disk(dir.path()).await;
     let t = TestBlob::new(4 * 65536 + 9, 11, ChunkSize::MIN);
     store.put_chunk_map(t.digest, &t.map).await.unwrap();
     for i in 0..4 {
@@ -497,7 +507,7 @@ async fn in_order_chunks_are_hashed_as_they_land_and_later_rot_is_caught_on_read
 #[tokio::test]
 async fn reads_reverify_and_clear_rotten_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let store = open_reading_disk(dir.path()).await;
     // Partial blob: rot under a set bit.
     let t = TestBlob::new(3 * 65536, 6, ChunkSize::MIN);
     store.put_chunk_map(t.digest, &t.map).await.unwrap();
@@ -544,7 +554,7 @@ async fn reads_reverify_and_clear_rotten_chunks() {
     assert_eq!(store.read_chunk(t.digest, 0).await.unwrap(), t.chunk(0));
     // Survives a restart in that state, then heals.
     drop(store);
-    let store = open(dir.path()).await;
+    let store = open_reading_disk(dir.path()).await;
     assert_eq!(
         store
             .bitfield(&t.digest)
@@ -561,6 +571,108 @@ async fn reads_reverify_and_clear_rotten_chunks() {
         std::fs::read(store.blob_path(&t.digest).unwrap()).unwrap(),
         t.bytes
     );
+}
+
+/// The last chunks verified are served again from memory, the bytes that
+/// were checked, without a disk read (rot written under them after the
+/// check goes unseen until they are forgotten); older chunks are read from
+/// disk and re-verified. A blob collected and declared again never sees
+/// the old one's chunks.
+#[tokio::test]
+async fn recently_verified_chunks_are_served_from_memory_and_older_ones_from_disk() {
+    use edgeswarm_node::store::DEFAULT_RECENT_CHUNKS;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let kept = DEFAULT_RECENT_CHUNKS as u32;
+    let chunks = kept + 3;
+    let t = TestBlob::new(chunks as usize * 65536 + 77, 31, ChunkSize::MIN);
+    store.put_chunk_map(t.digest, &t.map).await.unwrap();
+    for i in 0..chunks - 1 {
+        store.write_chunk(t.digest, i, t.chunk(i)).await.unwrap();
+    }
+    // Chunks 2..=kept+1 are the last `kept` stored; 0 and 1 were forgotten.
+    let newest = chunks - 2;
+    let oldest_kept = newest + 1 - kept;
+    assert_eq!(oldest_kept, 2);
+    let path = partial_data(dir.path(), &t.digest);
+    corrupt(&path, t.offset(newest) + 9);
+    corrupt(&path, t.offset(1) + 9);
+    let before = store.recent_stats();
+    assert_eq!(
+        store.read_chunk(t.digest, newest).await.unwrap(),
+        t.chunk(newest)
+    );
+    assert_eq!(
+        store.read_chunk(t.digest, oldest_kept).await.unwrap(),
+        t.chunk(oldest_kept)
+    );
+    let after = store.recent_stats();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (2, 0)
+    );
+    // Chunk 1 is read from disk: its rot is found and it is cleared.
+    assert!(matches!(
+        store.read_chunk(t.digest, 1).await,
+        Err(StoreError::ChunkCorrupt { index: 1, .. })
+    ));
+    assert_eq!(store.recent_stats().misses - after.misses, 1);
+    assert!(!store.bitfield(&t.digest).unwrap().get(1));
+    // Chunk 0 from disk, intact.
+    assert_eq!(store.read_chunk(t.digest, 0).await.unwrap(), t.chunk(0));
+    // The blob reader takes the same path: kept chunks from memory.
+    store.write_chunk(t.digest, 1, t.chunk(1)).await.unwrap();
+    let hits = store.recent_stats().hits;
+    let mut reader = store.reader(t.digest).unwrap();
+    reader.set_timeout(Some(Duration::from_secs(10)));
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = vec![0u8; 65536];
+        reader.read_exact(&mut out).map(|()| out)
+    });
+    assert_eq!(read.await.unwrap().unwrap(), t.chunk(0).to_vec());
+    assert_eq!(
+        store.recent_stats().hits,
+        hits,
+        "chunk 0 was forgotten: disk"
+    );
+
+    // Forgotten after a restart: the rot under the newest chunk is found
+    // (a partial blob's chunks are re-hashed on open).
+    drop(store);
+    let store = open(dir.path()).await;
+    assert!(!store.bitfield(&t.digest).unwrap().get(newest));
+    assert!(matches!(
+        store.read_chunk(t.digest, newest).await,
+        Err(StoreError::ChunkMissing { .. })
+    ));
+
+    // Collected, declared again: the old blob's kept chunks are not the
+    // new one's, whatever the digest.
+    let u = TestBlob::new(2 * 65536, 32, ChunkSize::MIN);
+    store.put_chunk_map(u.digest, &u.map).await.unwrap();
+    store.write_chunk(u.digest, 0, u.chunk(0)).await.unwrap();
+    store.gc().await.unwrap();
+    assert!(store.bitfield(&u.digest).is_none(), "collected: not pinned");
+    store.put_chunk_map(u.digest, &u.map).await.unwrap();
+    assert!(matches!(
+        store.read_chunk(u.digest, 0).await,
+        Err(StoreError::ChunkMissing { index: 0, .. })
+    ));
+}
+
+/// Chunks over 1 MiB are never kept in memory (a 16 MiB chunk size must
+/// not pin 128 MiB of a 1 GiB device): their reads go to disk.
+#[tokio::test]
+async fn large_chunks_are_not_kept_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let cs = ChunkSize::new(2 << 20).unwrap();
+    let t = TestBlob::new(2 * (2 << 20), 33, cs);
+    store.put_chunk_map(t.digest, &t.map).await.unwrap();
+    store.write_chunk(t.digest, 0, t.chunk(0)).await.unwrap();
+    assert_eq!(store.read_chunk(t.digest, 0).await.unwrap(), t.chunk(0));
+    let stats = store.recent_stats();
+    assert_eq!((stats.hits, stats.misses), (0, 1));
 }
 
 #[tokio::test]
@@ -636,6 +748,7 @@ async fn quota_gc_and_pins() {
     const S: usize = 2 * 65536;
     let config = StoreConfig {
         max_size: Some(3 * S as u64),
+        ..StoreConfig::default()
     };
     let store = Store::open(dir.path().to_path_buf(), config.clone())
         .await
@@ -982,7 +1095,9 @@ async fn own_chunks_are_checked_with_the_callers_digest() {
 #[tokio::test]
 async fn chunk_buffers_are_reused_across_writes_and_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    // Nothing kept in memory: a written chunk's buffer goes straight back
+    // to the pool (kept chunks' buffers go back when forgotten).
+    let store = open_reading_disk(dir.path()).await;
     let t = TestBlob::new(4 * 65536, 29, ChunkSize::MIN);
     store.put_chunk_map(t.digest, &t.map).await.unwrap();
     let before = store.buffer_stats();

@@ -1,8 +1,9 @@
 //! Model-based property test of `node::store`: random sequences of good
 //! and bad chunk writes, reads, on-disk rot of held chunks and restarts,
-//! checked after every step against a small model of what must be held.
+//! checked after every step against a small model of what must be held,
+//! with and without the store's memory of recently verified chunks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -50,6 +51,13 @@ struct Model {
     /// Rot that came after a chunk was fed goes unseen by that check
     /// (reads find it).
     poisoned: bool,
+    /// How many recently verified chunks the store keeps in memory.
+    cache: usize,
+    /// The chunks it keeps, oldest first: the last `cache` chunks
+    /// stored, whose reads return the bytes that were verified (rot on
+    /// disk under them is found once they are forgotten). A restart
+    /// forgets them all.
+    recent: VecDeque<u32>,
 }
 
 impl Model {
@@ -63,6 +71,18 @@ impl Model {
             self.poisoned |= self.rotten.contains(&self.fed);
             self.fed += 1;
         }
+    }
+
+    /// Chunk `i` was verified and stored: the store keeps its bytes.
+    fn remember(&mut self, i: u32) {
+        if self.cache == 0 {
+            return;
+        }
+        self.recent.retain(|&r| r != i);
+        while self.recent.len() >= self.cache {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(i);
     }
 
     /// The in-order digest starts again from chunk 0.
@@ -109,18 +129,28 @@ impl Blob {
 }
 
 async fn open(dir: &Path) -> Store {
-    Store::open(dir.to_path_buf(), StoreConfig::default())
-        .await
-        .unwrap()
+    open_keeping(dir, StoreConfig::default().recent_chunks).await
 }
 
-async fn run(ops: Vec<Op>) {
+/// Opens the store keeping `cache` recently verified chunks in memory.
+async fn open_keeping(dir: &Path, cache: usize) -> Store {
+    let config = StoreConfig {
+        recent_chunks: cache,
+        ..StoreConfig::default()
+    };
+    Store::open(dir.to_path_buf(), config).await.unwrap()
+}
+
+async fn run(ops: Vec<Op>, cache: usize) {
     let blob = Blob::test(2);
     let d = blob.digest;
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path()).await;
+    let mut store = open_keeping(dir.path(), cache).await;
     store.put_chunk_map(d, &blob.map).await.unwrap();
-    let mut m = Model::default();
+    let mut m = Model {
+        cache,
+        ..Model::default()
+    };
     for op in ops {
         match op {
             Op::Write(i, good) => {
@@ -136,6 +166,7 @@ async fn run(ops: Vec<Op>) {
                     assert!(matches!(got, Err(StoreError::Chunk(_))), "{got:?}");
                 } else {
                     m.held.insert(i);
+                    m.remember(i);
                     m.feed(i);
                     if m.held.len() == CHUNKS as usize {
                         // The check at completion takes the in-order digest.
@@ -168,7 +199,7 @@ async fn run(ops: Vec<Op>) {
                         matches!(got, Err(StoreError::ChunkMissing { .. })),
                         "{got:?}"
                     );
-                } else if m.rotten.contains(&i) {
+                } else if m.rotten.contains(&i) && !m.recent.contains(&i) {
                     assert!(
                         matches!(got, Err(StoreError::ChunkCorrupt { .. })),
                         "{got:?}"
@@ -192,9 +223,11 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Reopen => {
                 drop(store);
-                store = open(dir.path()).await;
-                // A restarted store's in-order digest starts at chunk 0.
+                store = open_keeping(dir.path(), cache).await;
+                // A restarted store's in-order digest starts at chunk 0,
+                // and it keeps no chunk in memory.
                 m.restart_digest();
+                m.recent.clear();
                 if !m.complete {
                     // Partial blobs are re-hashed on open.
                     for r in m.rotten.clone() {
@@ -207,8 +240,14 @@ async fn run(ops: Vec<Op>) {
         assert_eq!(bits.iter_ones().collect::<BTreeSet<_>>(), m.held, "{m:?}");
         assert_eq!(store.is_complete(&d), m.complete, "{m:?}");
     }
-    // Heal: reads find the rot, writes fill the gaps, the blob completes
-    // and reads back intact.
+    // Heal: after a restart (nothing in memory, partial blobs re-hashed)
+    // reads find the rot, writes fill the gaps, the blob completes and
+    // reads back intact.
+    drop(store);
+    store = open_keeping(dir.path(), cache).await;
+    if !m.complete {
+        m.rotten.clear();
+    }
     for r in std::mem::take(&mut m.rotten) {
         assert!(store.read_chunk(d, r).await.is_err());
     }
@@ -231,13 +270,13 @@ async fn run(ops: Vec<Op>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
-    fn store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn store_matches_model(ops in proptest::collection::vec(op(), 1..40), cache in 0usize..4) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(run(ops));
+        rt.block_on(run(ops, cache));
     }
 }
 
@@ -566,17 +605,20 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rot_found_by_a_read_behind_the_digest_front_restarts_the_digest() {
     use Op::*;
-    run(vec![
-        Write(0, true),
-        Write(5, true),
-        Write(2, true),
-        Rot(2),
-        Write(1, true),
-        Read(2),
-        Write(4, true),
-        Rot(0),
-        Write(2, true),
-        Write(3, true),
-    ])
+    run(
+        vec![
+            Write(0, true),
+            Write(5, true),
+            Write(2, true),
+            Rot(2),
+            Write(1, true),
+            Read(2),
+            Write(4, true),
+            Rot(0),
+            Write(2, true),
+            Write(3, true),
+        ],
+        0,
+    ) // every read from disk, where the rot is
     .await;
 }

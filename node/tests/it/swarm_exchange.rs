@@ -70,7 +70,7 @@ async fn nodes_fetch_in_turn_and_one_learns_the_chunk_map_from_peers() {
     let open = |name: &str| {
         let d = tmp.path().join(name);
         async move {
-            let store = Store::open(d.join("store"), StoreConfig { max_size: None })
+            let store = Store::open(d.join("store"), StoreConfig::default())
                 .await
                 .unwrap();
             (d, store)
@@ -136,7 +136,7 @@ async fn chunks_are_forwarded_while_the_gateway_still_streams_the_blob() {
     let (data, digest, map) = blob(8 << 20, 11, 256 << 10);
     let cs = ChunkSize::new(256 << 10).unwrap();
     let gd = tmp.path().join("gw");
-    let gw_store = Store::open(gd.join("store"), StoreConfig { max_size: None })
+    let gw_store = Store::open(gd.join("store"), StoreConfig::default())
         .await
         .unwrap();
     let (gw, gw_task) = Node::start(config(&gd, "lab", &[]), gw_store.clone())
@@ -144,7 +144,7 @@ async fn chunks_are_forwarded_while_the_gateway_still_streams_the_blob() {
         .unwrap();
     let gw_addr = gw.listen_addrs().await.unwrap()[0].clone();
     let nd = tmp.path().join("node");
-    let n_store = Store::open(nd.join("store"), StoreConfig { max_size: None })
+    let n_store = Store::open(nd.join("store"), StoreConfig::default())
         .await
         .unwrap();
     let (n, n_task) = Node::start(config(&nd, "lab", &[gw_addr]), n_store.clone())
@@ -305,7 +305,7 @@ async fn a_streaming_gateway_gives_different_peers_different_chunks() {
     let (data, digest, map) = blob(8 << 20, 12, 256 << 10);
     let cs = ChunkSize::new(256 << 10).unwrap();
     let open = |dir: std::path::PathBuf| async move {
-        Store::open(dir.join("store"), StoreConfig { max_size: None })
+        Store::open(dir.join("store"), StoreConfig::default())
             .await
             .unwrap()
     };
