@@ -1881,8 +1881,10 @@ impl Store {
         self.inner.recent.stats()
     }
 
-    /// Reads chunk `index` and re-verifies it; on mismatch clears its bit
-    /// (so it is fetched again) and returns [`StoreError::ChunkCorrupt`].
+    /// Reads chunk `index`: from memory if it is one of the chunks verified
+    /// last (the bytes that were checked), else from disk, re-verified; on
+    /// a mismatch clears its bit (so it is fetched again) and returns
+    /// [`StoreError::ChunkCorrupt`].
     pub async fn read_chunk(&self, blob: Digest, index: u32) -> Result<Bytes, StoreError> {
         let b = self.inner.get(&blob)?;
         b.check_index(index)?;

@@ -14,8 +14,9 @@
 //! back from disk, so serving them needs no second check. Reads of any
 //! other chunk go to the file and are re-verified as before.
 //!
-//! Bounded: at most [`DEFAULT_RECENT_CHUNKS`] chunks (4 MiB at the
-//! default chunk size), the oldest forgotten first. Chunks larger than
+//! Bounded: at most `StoreConfig::recent_chunks` chunks (by default
+//! [`DEFAULT_RECENT_CHUNKS`], 4 MiB at the default chunk size), the oldest
+//! forgotten first. Chunks larger than
 //! [`MAX_RECENT_CHUNK`] are not kept, so a 16 MiB chunk size cannot pin
 //! 128 MiB of a 1 GiB device. An entry names its blob by a weak pointer to
 //! the store's in-memory blob: a blob removed and declared again is a new
