@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use edgeswarm_node::store::{Store, StoreConfig, WriteOutcome};
-use edgeswarm_protocol::{ChunkMapBuilder, ChunkSize};
+use edgeswarm_protocol::{ChunkMap, ChunkMapBuilder, ChunkSize, Digest};
 
 /// The chunk size nodes use (the bench once hard-coded 1 MiB and failed
 /// on every write when the default became 512 KiB).
@@ -39,16 +39,26 @@ fn mibs(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
 
-async fn write_all(store: &Store, chunks: u32, concurrency: usize) -> f64 {
+/// The chunk map and digest of the benches' blob: `chunks` chunks
+/// repeating the pool's.
+fn blob_layout(chunks: u32) -> (ChunkMap, Digest) {
     let mut b = ChunkMapBuilder::new(ChunkSize::DEFAULT);
     for i in 0..chunks {
         b.update(&chunk(i % POOL, CS));
     }
-    let (map, digest) = b.finish();
+    b.finish()
+}
+
+/// The pool's distinct chunks, generated ahead of time (16 MiB, not the
+/// whole blob) so only the store is timed.
+fn chunk_pool() -> Vec<Bytes> {
+    (0..POOL).map(|i| Bytes::from(chunk(i, CS))).collect()
+}
+
+async fn write_all(store: &Store, chunks: u32, concurrency: usize) -> f64 {
+    let (map, digest) = blob_layout(chunks);
     store.put_chunk_map(digest, &map).await.unwrap();
-    // A pool of 16 distinct chunks generated ahead of time (16 MiB, not
-    // the whole blob) so only the store is timed.
-    let pool: Vec<Bytes> = (0..POOL).map(|i| Bytes::from(chunk(i, CS))).collect();
+    let pool = chunk_pool();
     let start = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = Vec::new();
@@ -132,11 +142,7 @@ async fn main() {
 
     // Recovery cost: half a blob held, reopen re-hashes it.
     let dir = tempfile::tempdir_in(&base).unwrap();
-    let mut b = ChunkMapBuilder::new(ChunkSize::DEFAULT);
-    for i in 0..chunks {
-        b.update(&chunk(i % POOL, CS));
-    }
-    let (map, digest) = b.finish();
+    let (map, digest) = blob_layout(chunks);
     {
         let store = Store::open(dir.path().to_path_buf(), StoreConfig::default())
             .await
@@ -169,9 +175,9 @@ async fn main() {
 }
 
 /// Reads each chunk `READS_PER_CHUNK` times right after storing it (as
-/// peers ask a node for the chunk it just got) and prints the CPU time
-/// the reads took per chunk served, with `kept` recently verified chunks
-/// in memory.
+/// peers ask a node for the chunk it just got), with `kept` recently
+/// verified chunks in memory, and prints the time per chunk served (the
+/// reads run one at a time, so on an idle machine that is their CPU).
 async fn serve_after_store(dir: &std::path::Path, chunks: u32, kept: usize) {
     const READS_PER_CHUNK: u32 = 2;
     let config = StoreConfig {
@@ -179,23 +185,15 @@ async fn serve_after_store(dir: &std::path::Path, chunks: u32, kept: usize) {
         ..StoreConfig::default()
     };
     let store = Store::open(dir.to_path_buf(), config).await.unwrap();
-    let mut b = ChunkMapBuilder::new(ChunkSize::DEFAULT);
-    for i in 0..chunks {
-        b.update(&chunk(i % POOL, CS));
-    }
-    let (map, digest) = b.finish();
+    let (map, digest) = blob_layout(chunks);
     store.put_chunk_map(digest, &map).await.unwrap();
-    let pool: Vec<Bytes> = (0..POOL).map(|i| Bytes::from(chunk(i, CS))).collect();
+    let pool = chunk_pool();
     let mut reading = std::time::Duration::ZERO;
-    let cpu0 = process_cpu_seconds();
-    let mut write_cpu = 0.0;
     for i in 0..chunks {
-        let w0 = process_cpu_seconds();
         store
             .write_chunk(digest, i, pool[(i % POOL) as usize].clone())
             .await
             .unwrap();
-        write_cpu += process_cpu_seconds() - w0;
         let start = Instant::now();
         for _ in 0..READS_PER_CHUNK {
             let bytes = store.read_chunk(digest, i).await.unwrap();
@@ -204,27 +202,13 @@ async fn serve_after_store(dir: &std::path::Path, chunks: u32, kept: usize) {
         }
         reading += start.elapsed();
     }
-    let read_cpu = process_cpu_seconds() - cpu0 - write_cpu;
     let served = (chunks * READS_PER_CHUNK) as f64;
     let stats = store.recent_stats();
     println!(
         "serve each chunk {READS_PER_CHUNK}x right after storing it, {kept} kept in memory: \
-         {:.1} us wall, {:.0} us CPU per chunk served ({} from memory, {} from disk)",
+         {:.1} us per chunk served ({} from memory, {} from disk)",
         reading.as_secs_f64() / served * 1e6,
-        read_cpu / served * 1e6,
         stats.hits,
         stats.misses
     );
-}
-
-/// This process's user + system CPU seconds so far.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime and stime are
-    // the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let hz = 100.0; // USER_HZ on Linux
-    (ticks(11) + ticks(12)) / hz
 }
