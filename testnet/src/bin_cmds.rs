@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use edgeswarm_testnet::experiment::{self, Method, Progress, RunResult, RunSpec, Tools};
+use edgeswarm_testnet::hostmem;
 use edgeswarm_testnet::images::{Layout, TestImage};
 use edgeswarm_testnet::registry::{Registry, RegistryOptions};
 use edgeswarm_testnet::report::{self, ImageInfo, Setting};
@@ -264,7 +265,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
     std::fs::create_dir_all(&registry_root)?;
     let mut image: Option<TestImage> = None;
     let mut runs: Vec<RunResult> = Vec::new();
-    let setting = Setting {
+    let mut setting = Setting {
         cloud_rate: a.cloud_rate.to_string(),
         node_rate: a.node_rate.to_string(),
         import: a.import.clone(),
@@ -298,6 +299,26 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
                 "no swarm key (`--open-locality`)"
             }
         ),
+        host_memory: String::new(),
+    };
+    // Before the first run, for all of them: the pages every run fills
+    // are then the guest's own (edgeswarm_testnet::hostmem).
+    let quiet_memory = if a.keep_page_reporting {
+        hostmem::QuietMemory::untouched(
+            "free page reporting left as it was (`--keep-page-reporting`)",
+        )
+    } else {
+        let largest = node_counts.iter().copied().max().unwrap_or(1);
+        let warm = hostmem::warm_bytes(
+            largest,
+            a.image_mb * 1_000_000,
+            hostmem::mem_available().unwrap_or(0),
+        );
+        hostmem::QuietMemory::pause(
+            Path::new(hostmem::PAGE_REPORTING_ORDER),
+            Path::new(hostmem::REPORTED_KIB),
+            warm,
+        )
     };
     for &n in &node_counts {
         eprintln!("== N = {n}: building the testnet");
@@ -415,6 +436,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
             reference: img.reference.clone(),
             bytes: img.total_bytes,
         };
+        setting.host_memory = quiet_memory.describe(Path::new(hostmem::REPORTED_KIB));
         report::write_all(&out, &info, &setting, &runs)?;
     }
     let img = image.context("no run")?;

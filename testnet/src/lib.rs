@@ -28,6 +28,9 @@
 //! - [`report`]: results CSV, Markdown summary and SVG figures.
 //! - [`scratch`]: a fresh loop-mounted ext4 for one run's data dirs, so
 //!   that file creation costs do not depend on the runs before it.
+//! - [`hostmem`]: a virtual machine's free page reporting paused during an
+//!   experiment, and its memory touched beforehand, so that page cache
+//!   costs do not depend on which free pages the hypervisor took back.
 //! - [`cgroup`]: a device budget (CPU quota, memory limit) for one process
 //!   in a cgroup of its own, v1 or v2, and what it used (issue 15's
 //!   `budget` command).
@@ -68,6 +71,7 @@ pub mod engines;
 pub mod error;
 pub mod experiment;
 pub mod faults;
+pub mod hostmem;
 pub mod images;
 pub mod measure;
 pub mod mirror_pull;

@@ -294,6 +294,13 @@ struct ExperimentArgs {
     /// earlier run].
     #[arg(long)]
     pnet: bool,
+    /// Leave a virtual machine's free page reporting on and its memory
+    /// untouched [default: off: reporting is paused for the experiment
+    /// and the memory its runs will fill is touched once before them, so
+    /// that no run pays the hypervisor for pages it took back: see
+    /// `edgeswarm_testnet::hostmem`].
+    #[arg(long)]
+    keep_page_reporting: bool,
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,9 @@ pub struct Setting {
     /// The edgeswarm nodes' settings that shape the swarm (chunk size,
     /// upload pacing).
     pub nodes: String,
+    /// What was done to the host's memory for the experiment
+    /// ([`crate::hostmem`]); empty: nothing said.
+    pub host_memory: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestnetError + '_ {
@@ -108,6 +111,9 @@ pub fn summary_markdown(image: &ImageInfo, setting: &Setting, runs: &[RunResult]
         setting.layout,
         setting.nodes
     );
+    if !setting.host_memory.is_empty() {
+        let _ = writeln!(s, "Host memory: {}.\n", setting.host_memory);
+    }
     let _ = writeln!(
         s,
         "| nodes | naive last (s) | naive cloud (MB) | edgeswarm last (s) | edgeswarm mean (s) | edgeswarm cloud (MB) | cloud x image | speed-up | CPU busy naive / edgeswarm |"

@@ -290,6 +290,19 @@ fn summary_holds_the_run_table_and_the_targets_table() {
 }
 
 #[test]
+fn summary_says_what_was_done_to_the_hosts_memory_when_told() {
+    let s = report::summary_markdown(&image(), &setting("dir"), &runs());
+    assert!(!s.contains("Host memory"), "{s}");
+    let mut told = setting("dir");
+    told.host_memory = "free page reporting paused (order 9 -> 11)".into();
+    let s = report::summary_markdown(&image(), &told, &runs());
+    assert!(
+        s.contains("Host memory: free page reporting paused (order 9 -> 11).\n"),
+        "{s}"
+    );
+}
+
+#[test]
 fn cpu_rows_compare_the_mean_node_of_each_method_at_each_n_run_both_ways() {
     let mut runs = runs();
     // Edgeswarm at N=21: node i used 1.5 + i CPU-s, a mean of 11.5.
