@@ -317,6 +317,7 @@ pub(crate) fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         hostmem::QuietMemory::pause(
             Path::new(hostmem::PAGE_REPORTING_ORDER),
             Path::new(hostmem::REPORTED_KIB),
+            hostmem::page_orders(),
             warm,
         )
     };

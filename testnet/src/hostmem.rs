@@ -28,6 +28,12 @@
 //! and the bridges kept out of netfilter: costs no real device has are
 //! taken out of the emulation, for both methods alike.
 //!
+//! Stock kernels take orders only up to their highest page order, so
+//! there reporting goes on for blocks of that order (4 MiB on x86-64);
+//! the order written is compared with the kernel's number of page orders
+//! (`/proc/buddyinfo`), and the summary says "paused" only when no block
+//! can reach it.
+//!
 //! # Non-goals
 //! Pausing reporting for good: the previous order is written back when
 //! the [`QuietMemory`] is dropped (a killed experiment leaves it paused,
@@ -114,32 +120,63 @@ impl QuietMemory {
     /// runs take are the guest's own. Without `param`, or when it cannot
     /// be written (no root, a read-only `/sys` in a container), nothing
     /// is changed and the description says why.
-    pub fn pause(param: &Path, reported_kib: &Path, warm: u64) -> QuietMemory {
+    ///
+    /// `page_orders` is the kernel's number of page orders (the columns
+    /// of `/proc/buddyinfo`, [`page_orders`]): reporting is paused only
+    /// when the order written reaches it. Kernels that take no order that
+    /// high (stock ones stop at the highest page order) keep reporting
+    /// blocks of that order, and the description says so.
+    pub fn pause(
+        param: &Path,
+        reported_kib: &Path,
+        page_orders: Option<u32>,
+        warm: u64,
+    ) -> QuietMemory {
         let Some(previous) = read_order(param) else {
             return QuietMemory::untouched("free page reporting: none on this machine");
         };
-        let Some(paused) = (previous + 1..=HIGHEST_ORDER_TRIED)
-            .rev()
-            .find(|order| fs::write(param, order.to_string()).is_ok())
-        else {
-            return QuietMemory::untouched(&format!(
-                "free page reporting left on (order {previous}; {} not writable)",
+        let off = |order: u32| page_orders.is_some_and(|n| order >= n);
+        let (raised, restore) = if off(previous) {
+            (previous, None)
+        } else {
+            let Some(raised) = (previous + 1..=HIGHEST_ORDER_TRIED)
+                .rev()
+                .find(|order| fs::write(param, order.to_string()).is_ok())
+            else {
+                return QuietMemory::untouched(&format!(
+                    "free page reporting left on (order {previous}; {} not writable)",
+                    param.display()
+                ));
+            };
+            eprintln!(
+                "   free page reporting raised from order {previous} to {raised} for the experiment; \
+                 if this process is killed, restore it with `echo {previous} > {}`",
                 param.display()
-            ));
+            );
+            (raised, Some((param.to_path_buf(), previous)))
         };
-        eprintln!(
-            "   free page reporting paused for the experiment (order {previous} -> {paused}); \
-             if this process is killed, restore it with `echo {previous} > {}`",
-            param.display()
-        );
+        let state = match (restore.is_some(), off(raised), page_orders) {
+            (false, _, _) => format!("free page reporting already off (order {previous})"),
+            (true, true, _) => {
+                format!("free page reporting paused (order {previous} -> {raised})")
+            }
+            (true, false, Some(n)) => format!(
+                "free page reporting raised from order {previous} to {raised}, the highest this \
+                 kernel takes (of {n} page orders: blocks of order {raised} are still reported)"
+            ),
+            (true, false, None) => format!(
+                "free page reporting raised from order {previous} to {raised} (the kernel's page \
+                 orders unknown: it may still report)"
+            ),
+        };
         let reported_at_start = read_u64(reported_kib);
         let (touched, took) = touch_and_free(warm);
         QuietMemory {
-            restore: Some((param.to_path_buf(), previous)),
+            restore,
             reported_at_start,
             description: format!(
-                "free page reporting paused (order {previous} -> {paused}) and {:.1} GB of memory \
-                 touched and freed in {:.1} s before the runs (`--keep-page-reporting` leaves both alone)",
+                "{state}, and {:.1} GB of memory touched and freed in {:.1} s before the runs \
+                 (`--keep-page-reporting` leaves both alone)",
                 touched as f64 / 1e9,
                 took.as_secs_f64()
             ),
@@ -150,7 +187,7 @@ impl QuietMemory {
     /// pause where the kernel counts them: 0 when the pause held).
     pub fn describe(&self, reported_kib: &Path) -> String {
         match (self.reported_at_start, read_u64(reported_kib)) {
-            (Some(start), Some(now)) if self.restore.is_some() => format!(
+            (Some(start), Some(now)) => format!(
                 "{}; {} KiB reported to the host since",
                 self.description,
                 now.saturating_sub(start)
@@ -176,6 +213,25 @@ impl Drop for QuietMemory {
     fn drop(&mut self) {
         self.restore();
     }
+}
+
+/// The kernel's number of page orders, from `/proc/buddyinfo`.
+pub fn page_orders() -> Option<u32> {
+    parse_page_orders(&fs::read_to_string("/proc/buddyinfo").ok()?)
+}
+
+/// The number of free-block counts on the first zone line of a
+/// `/proc/buddyinfo` text (`Node 0, zone   Normal  8567  6452 ...`): one
+/// per page order.
+pub fn parse_page_orders(buddyinfo: &str) -> Option<u32> {
+    let line = buddyinfo.lines().next()?;
+    let (_, counts) = line.split_once("zone")?;
+    let n = counts
+        .split_whitespace()
+        .skip(1)
+        .take_while(|c| c.parse::<u64>().is_ok())
+        .count();
+    (n > 0).then_some(n as u32)
 }
 
 fn read_order(param: &Path) -> Option<u32> {
@@ -238,22 +294,55 @@ mod tests {
         let counter = dir.path().join("reported_kib");
         fs::write(&param, "9\n").unwrap();
         fs::write(&counter, "1000\n").unwrap();
-        let quiet = QuietMemory::pause(&param, &counter, 3 << 20);
+        let quiet = QuietMemory::pause(&param, &counter, Some(11), 3 << 20);
         // A plain file takes any order: the highest tried.
         assert_eq!(read_order(&param), Some(HIGHEST_ORDER_TRIED));
         fs::write(&counter, "1512\n").unwrap();
         let text = quiet.describe(&counter);
-        assert!(text.contains("order 9 -> 20"), "{text}");
+        assert!(text.contains("paused (order 9 -> 20)"), "{text}");
         assert!(text.contains("512 KiB reported"), "{text}");
         drop(quiet);
         assert_eq!(read_order(&param), Some(9));
     }
 
     #[test]
+    fn an_order_below_the_kernels_page_orders_is_not_called_a_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let param = dir.path().join("page_reporting_order");
+        fs::write(&param, "9\n").unwrap();
+        // As if the kernel had 32 page orders: order 20 is still reported.
+        let quiet = QuietMemory::pause(&param, &dir.path().join("c"), Some(32), 0);
+        let text = quiet.describe(&dir.path().join("c"));
+        assert!(!text.contains("paused"), "{text}");
+        assert!(
+            text.contains("blocks of order 20 are still reported"),
+            "{text}"
+        );
+        drop(quiet);
+        assert_eq!(read_order(&param), Some(9));
+        // Already off: nothing written, nothing to restore.
+        fs::write(&param, "11\n").unwrap();
+        let quiet = QuietMemory::pause(&param, &dir.path().join("c"), Some(11), 0);
+        assert!(quiet.describe(&param).contains("already off (order 11)"));
+        fs::write(&param, "7\n").unwrap();
+        drop(quiet);
+        assert_eq!(read_order(&param), Some(7));
+    }
+
+    #[test]
+    fn page_orders_are_the_columns_of_buddyinfo() {
+        let buddyinfo = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n\
+                         Node 0, zone   Normal   8567   6452   6021   2886   2824    824    266   1225    346    454   1696 \n";
+        assert_eq!(parse_page_orders(buddyinfo), Some(11));
+        assert_eq!(parse_page_orders(""), None);
+        assert_eq!(parse_page_orders("Node 0, zone DMA\n"), None);
+    }
+
+    #[test]
     fn no_reporting_means_nothing_changed() {
         let dir = tempfile::tempdir().unwrap();
         let param = dir.path().join("absent");
-        let quiet = QuietMemory::pause(&param, &dir.path().join("c"), 1 << 20);
+        let quiet = QuietMemory::pause(&param, &dir.path().join("c"), Some(11), 1 << 20);
         assert!(quiet.describe(&param).contains("none on this machine"));
         drop(quiet);
         assert!(!param.exists());
